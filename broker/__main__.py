@@ -1,0 +1,212 @@
+"""The ``broker`` command line. Every command accepts ``--json`` for machine-readable output."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from broker.errors import BrokerError
+from broker.services import admin, reports
+from broker.services.context import Context
+from broker.settings import Settings
+from broker.storage import db
+from broker.web.handlers import parse_date
+
+CLI_ACTOR = "cli"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = argparse.ArgumentParser(prog="broker", description="Alliance Broker")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dbp = sub.add_parser("db", help="database").add_subparsers(dest="action", required=True)
+    dbp.add_parser("upgrade", parents=[common], help="run migrations, seed alliances")
+
+    serve = sub.add_parser("serve", parents=[common], help="start the broker")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+
+    demo = sub.add_parser("demo", parents=[common], help="fresh demo database, nodes and server")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--dir", default="var/demo", help="where the demo database and keyring live")
+
+    node = sub.add_parser("node", help="nodes").add_subparsers(dest="action", required=True)
+    add = node.add_parser("add", parents=[common], help="register a node, print its token once")
+    add.add_argument("id")
+    add.add_argument("--nation", required=True)
+    add.add_argument("--clearance", required=True)
+    add.add_argument("--roles", required=True, help="comma-separated: publish,subscribe,audit,admin")
+    add.add_argument("--caveats", default="")
+    add.add_argument("--ed25519-public-key")
+    add.add_argument("--x25519-public-key")
+    node.add_parser("list", parents=[common])
+    node.add_parser("revoke", parents=[common]).add_argument("id")
+
+    alliance = sub.add_parser("alliance", help="alliances").add_subparsers(dest="action", required=True)
+    create = alliance.add_parser("create", parents=[common])
+    create.add_argument("id")
+    create.add_argument("--name", required=True)
+    create.add_argument("--history", choices=["full", "since-join"], default="full")
+    for name in ("join", "leave"):
+        p = alliance.add_parser(name, parents=[common])
+        p.add_argument("id")
+        p.add_argument("nation")
+        p.add_argument("--date", help="ISO-8601 (default: now)")
+    alliance.add_parser("list", parents=[common])
+
+    keys = sub.add_parser("keys", help="keyring").add_subparsers(dest="action", required=True)
+    keys.add_parser("rotate", parents=[common]).add_argument("--rewrap", action="store_true")
+
+    report = sub.add_parser("report", help="reports").add_subparsers(dest="action", required=True)
+    report.add_parser("erase", parents=[common], help="crypto-shred a report").add_argument("id")
+    return parser
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+async def _with_context(settings: Settings, work: Callable[[Context], Awaitable[Any]]) -> Any:
+    ctx = Context.open(settings)
+    try:
+        if not await db.at_head(ctx.db.engine):
+            raise BrokerError("the database is not migrated: run `broker db upgrade` first")
+        return await work(ctx)
+    finally:
+        await ctx.close()
+
+
+async def upgrade(settings: Settings) -> dict[str, Any]:
+    """Migrate the database and seed the configured alliances into an empty one."""
+    ctx = Context.open(settings)
+    try:
+        await db.upgrade(ctx.db.engine)
+        seeded = await admin.seed_alliances(ctx, settings.alliances)
+    finally:
+        await ctx.close()
+    return {"migrated": True, "alliances_seeded": seeded}
+
+
+def _command(args: argparse.Namespace, settings: Settings) -> Callable[[Context], Awaitable[Any]]:
+    key = (args.command, getattr(args, "action", None))
+    date = parse_date(getattr(args, "date", None))
+    table: dict[tuple[str, str | None], Callable[[Context], Awaitable[Any]]] = {
+        ("node", "add"): lambda c: admin.add_node(c, _node_spec(args), actor=CLI_ACTOR),
+        ("node", "list"): admin.list_nodes,
+        ("node", "revoke"): lambda c: admin.revoke_node(c, args.id, actor=CLI_ACTOR),
+        ("alliance", "create"): lambda c: admin.create_alliance(
+            c, args.id, name=args.name, history=args.history, actor=CLI_ACTOR
+        ),
+        ("alliance", "join"): lambda c: admin.join(c, args.id, args.nation, at=date, actor=CLI_ACTOR),
+        ("alliance", "leave"): lambda c: admin.leave(c, args.id, args.nation, at=date, actor=CLI_ACTOR),
+        ("alliance", "list"): admin.list_alliances,
+        ("keys", "rotate"): lambda c: admin.rotate_keys(c, rewrap=args.rewrap),
+        ("report", "erase"): lambda c: _erase(c, args.id),
+    }
+    return table[key]
+
+
+async def _erase(ctx: Context, report_id: str) -> dict[str, Any]:
+    await reports.erase(ctx, report_id, actor=CLI_ACTOR)
+    return {"id": report_id, "erased": True}
+
+
+def _node_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "id": args.id,
+        "nation": args.nation,
+        "clearance": args.clearance,
+        "roles": _csv(args.roles),
+        "caveats": _csv(args.caveats),
+    }
+    if args.ed25519_public_key:
+        spec["ed25519_public_key"] = args.ed25519_public_key
+    if args.x25519_public_key:
+        spec["x25519_public_key"] = args.x25519_public_key
+    return spec
+
+
+def _print(result: Any, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    if isinstance(result, list):
+        for row in result:
+            if "members" in row:
+                print(
+                    f"{row['id']:8} {row['name']} ({len(row['members'])} members): {' '.join(row['members'])}"
+                )
+            else:
+                print("  ".join(f"{k}={v}" for k, v in row.items() if v not in (None, [], "")))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+
+
+def _serve(settings: Settings) -> None:
+    from aiohttp import web
+
+    from broker.app import create_app
+
+    async def _check() -> None:
+        await _with_context(settings, lambda _c: asyncio.sleep(0))
+
+    asyncio.run(_check())
+    logging.getLogger(__name__).info("serving on http://%s:%s", settings.host, settings.port)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> None:
+    from broker.demo import prepare
+
+    folder = Path(args.dir)
+    if folder.exists():
+        shutil.rmtree(folder)
+    settings = replace(
+        settings,
+        database_url=f"sqlite+aiosqlite:///{folder / 'broker.db'}",
+        keyring_path=folder / "keyring.json",
+        host=args.host,
+        port=args.port,
+    )
+    asyncio.run(upgrade(settings))
+    print(asyncio.run(_with_context(settings, lambda c: prepare(c, settings))), flush=True)
+    _serve(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.INFO if args.command in {"serve", "demo"} else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings.load()
+        if args.command == "serve":
+            _serve(replace(settings, host=args.host or settings.host, port=args.port or settings.port))
+            return 0
+        if args.command == "demo":
+            _demo(args, settings)
+            return 0
+        if args.command == "db":
+            result = asyncio.run(upgrade(settings))
+        else:
+            result = asyncio.run(_with_context(settings, _command(args, settings)))
+    except BrokerError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    _print(result, as_json=args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""create_app: the one place where settings, services and the web edge are wired together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+
+from aiohttp import web
+
+from broker.services.context import Context, utc_now
+from broker.settings import Settings
+from broker.web.handlers import CONTEXT, LIMITER, TokenBucket
+from broker.web.middleware import problems
+from broker.web.routes import add_routes
+
+
+def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
+    """The aiohttp application. The database schema must already be migrated."""
+    app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
+    app[LIMITER] = TokenBucket(rate=settings.publish_rate_per_second, burst=settings.publish_burst)
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        ctx = Context.open(settings, clock=clock)
+        app[CONTEXT] = ctx
+        yield
+        await ctx.close()
+
+    app.cleanup_ctx.append(context)
+    add_routes(app)
+    return app

@@ -1,0 +1,117 @@
+"""The access rule: one pure function deciding whether a node may receive a report."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from broker.domain.alliances import Directory
+from broker.domain.labels import Policy, SecurityLabel, parse_label
+from broker.errors import InvalidInput
+
+# Stable reason codes. Auditors filter on these; never rename one.
+ALLOWED = "allowed"
+MISSING_ROLE = "missing_role"
+NODE_REVOKED = "node_revoked"
+UNKNOWN_LABEL_POLICY = "unknown_label_policy"
+INVALID_LABEL = "invalid_label"
+INSUFFICIENT_CLEARANCE = "insufficient_clearance"
+MISSING_CAVEAT = "missing_caveat"
+NOT_RELEASABLE = "not_releasable"
+RECALLED = "recalled"
+
+ROLES = frozenset({"publish", "subscribe", "audit", "admin"})
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A node as the access rule sees it."""
+
+    id: str
+    nation: str
+    clearance: str
+    caveats: frozenset[str]
+    roles: frozenset[str]
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class ReportFacts:
+    """What the access rule needs of a report: its raw stored label and a few facts."""
+
+    originator_nation: str
+    label: Mapping[str, Any]
+    created: datetime
+    recalled: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+
+
+def _deny(reason: str) -> Decision:
+    return Decision(allowed=False, reason=reason)
+
+
+def _releasable(
+    *, node: Subject, label: SecurityLabel, facts: ReportFacts, directory: Directory, now: datetime
+) -> bool:
+    if node.nation == facts.originator_nation or node.nation in label.releasable_to:
+        return True
+    for entry in label.releasable_to:
+        membership = directory.membership_at(entry, node.nation, now)
+        if membership is None:
+            continue
+        alliance = directory.alliances.get(entry)
+        if alliance is not None and alliance.history == "since-join" and membership.joined > facts.created:
+            continue
+        return True
+    return False
+
+
+def decide(
+    *,
+    node: Subject,
+    report: ReportFacts,
+    directory: Directory,
+    policy: Policy,
+    now: datetime,
+    role: str = "subscribe",
+) -> Decision:
+    """Decide whether ``node`` may receive ``report`` at ``now``.
+
+    Allowed iff the node is not revoked and holds ``role``; the stored label still parses
+    under ``policy`` (fail closed otherwise); the node's clearance ranks at or above the
+    classification and it holds every caveat; its nation is the originator's, is named in
+    ``releasable_to``, or is a member at ``now`` of an alliance named there (honouring an
+    alliance's ``since-join`` history); and the report is not recalled.
+    Every denial carries a stable reason code.
+    """
+    if node.revoked:
+        return _deny(NODE_REVOKED)
+    if role not in node.roles:
+        return _deny(MISSING_ROLE)
+    try:
+        label = parse_label(report.label, policy=policy, known_alliances=None)
+    except InvalidInput as exc:
+        reason = (
+            UNKNOWN_LABEL_POLICY
+            if exc.code in {"unknown_label_policy", "unknown_classification"}
+            else INVALID_LABEL
+        )
+        return _deny(reason)
+    if not policy.is_level(node.clearance):
+        return _deny(INSUFFICIENT_CLEARANCE)
+    if policy.rank(node.clearance) < policy.rank(label.classification):
+        return _deny(INSUFFICIENT_CLEARANCE)
+    if not label.caveats <= node.caveats:
+        return _deny(MISSING_CAVEAT)
+    if not _releasable(node=node, label=label, facts=report, directory=directory, now=now):
+        return _deny(NOT_RELEASABLE)
+    if report.recalled:
+        return _deny(RECALLED)
+    return Decision(allowed=True, reason=ALLOWED)

@@ -1,0 +1,130 @@
+"""Plain records that storage hands to services (no ORM objects leave storage)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from broker.domain.access import ReportFacts, Subject
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    id: str
+    nation: str
+    clearance: str
+    caveats: tuple[str, ...]
+    roles: tuple[str, ...]
+    token_hash: str
+    created_at: datetime
+    ed25519_public_key: str | None = None
+    x25519_public_key: str | None = None
+    revoked_at: datetime | None = None
+
+    def subject(self) -> Subject:
+        """The node as the access rule sees it."""
+        return Subject(
+            id=self.id,
+            nation=self.nation,
+            clearance=self.clearance,
+            caveats=frozenset(self.caveats),
+            roles=frozenset(self.roles),
+            revoked=self.revoked_at is not None,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The node as admins see it: never the token hash."""
+        return {
+            "id": self.id,
+            "nation": self.nation,
+            "clearance": self.clearance,
+            "caveats": list(self.caveats),
+            "roles": list(self.roles),
+            "ed25519_public_key": self.ed25519_public_key,
+            "x25519_public_key": self.x25519_public_key,
+            "created": self.created_at.isoformat(),
+            "revoked": None if self.revoked_at is None else self.revoked_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class ReportRecord:
+    seq: int
+    id: str
+    originator_node: str
+    originator_nation: str
+    label_json: str
+    label: dict[str, Any]
+    label_hash: str
+    topics: tuple[str, ...]
+    created_at: datetime
+    payload_sha256: str
+    signature: str | None
+    request_hash: str
+    recalled_at: datetime | None = None
+    erased_at: datetime | None = None
+    ciphertext: bytes | None = None
+    wrapped_key: bytes | None = None
+    kek_id: str | None = None
+
+    def facts(self) -> ReportFacts:
+        return ReportFacts(
+            originator_nation=self.originator_nation,
+            label=self.label,
+            created=self.created_at,
+            recalled=self.recalled_at is not None,
+        )
+
+
+@dataclass(frozen=True)
+class AuditDraft:
+    """An audit event before it gets its sequence number, time and hashes."""
+
+    action: str
+    actor: str | None = None
+    report: str | None = None
+    node: str | None = None
+    nation: str | None = None
+    decision: str | None = None
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    seq: int
+    time: datetime
+    draft: AuditDraft
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class Head:
+    report_seq: int
+    audit_seq: int
+    audit_hash: str
+    change_counter: int
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 UTC with microseconds: the one time format hashed into audit events."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_document(*, seq: int, time: datetime, draft: AuditDraft, prev_hash: str) -> dict[str, Any]:
+    """The JSON object an audit event is hashed as (and exported as, plus ``hash``)."""
+    return {
+        "seq": seq,
+        "time": format_time(time),
+        "actor": draft.actor,
+        "action": draft.action,
+        "report": draft.report,
+        "node": draft.node,
+        "nation": draft.nation,
+        "decision": draft.decision,
+        "reason": draft.reason,
+        "details": draft.details,
+        "prev_hash": prev_hash,
+    }

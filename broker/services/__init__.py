@@ -1,0 +1,1 @@
+"""Use cases. Each public function owns its transaction; none sees a web request."""

@@ -1,0 +1,325 @@
+"""Alliance administration: nodes, memberships, keys. Every change is audited."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from broker.crypto import envelope
+from broker.crypto import keyring as keyring_file
+from broker.crypto.signing import check_public_key
+from broker.crypto.tokens import hash_token, new_token
+from broker.domain.access import ROLES
+from broker.domain.alliances import HISTORY_VALUES, Alliance, Membership
+from broker.domain.labels import CAVEAT
+from broker.domain.nations import ALLIANCE_ID, is_nation
+from broker.domain.records import AuditDraft, NodeRecord
+from broker.errors import Conflict, InvalidInput, NotFound
+from broker.services import audit
+from broker.services.context import Context
+from broker.settings import AllianceSeed
+
+NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NODE_FIELDS = frozenset(
+    {"id", "nation", "clearance", "roles", "caveats", "ed25519_public_key", "x25519_public_key"}
+)
+
+
+def _str_list(value: object, *, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInput(f"{name} must be a list of strings", code="invalid_node")
+    return tuple(dict.fromkeys(value))
+
+
+def _optional_key(spec: Mapping[str, Any], name: str) -> str | None:
+    value = spec.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be base64", code="invalid_key")
+    return check_public_key(value, what=name)
+
+
+def parse_node_spec(spec: Mapping[str, Any], *, ctx: Context) -> NodeRecord:
+    """Validate a new node's fields; the token hash is filled in by ``add_node``."""
+    unknown = set(spec) - NODE_FIELDS
+    if unknown:
+        raise InvalidInput(f"unknown fields: {sorted(unknown)}", code="invalid_node")
+    node_id, nation, clearance = spec.get("id"), spec.get("nation"), spec.get("clearance")
+    if not isinstance(node_id, str) or not NODE_ID.match(node_id):
+        raise InvalidInput(f"id must match {NODE_ID.pattern}", code="invalid_node")
+    if not isinstance(nation, str) or not is_nation(nation):
+        raise InvalidInput("nation must be an ISO 3166-1 alpha-3 code", code="unknown_nation")
+    if not isinstance(clearance, str) or not ctx.policy.is_level(clearance):
+        raise InvalidInput(f"clearance must be one of {list(ctx.policy.levels)}", code="invalid_node")
+    roles = _str_list(spec.get("roles", []), name="roles")
+    if not roles or not set(roles) <= ROLES:
+        raise InvalidInput(f"roles must be a non-empty subset of {sorted(ROLES)}", code="invalid_node")
+    caveats = _str_list(spec.get("caveats", []), name="caveats")
+    if not all(CAVEAT.match(c) for c in caveats):
+        raise InvalidInput(f"caveats must match {CAVEAT.pattern}", code="invalid_node")
+    return NodeRecord(
+        id=node_id,
+        nation=nation,
+        clearance=clearance,
+        caveats=caveats,
+        roles=roles,
+        token_hash="",
+        created_at=ctx.now(),
+        ed25519_public_key=_optional_key(spec, "ed25519_public_key"),
+        x25519_public_key=_optional_key(spec, "x25519_public_key"),
+    )
+
+
+async def add_node(ctx: Context, spec: Mapping[str, Any], *, actor: str) -> dict[str, Any]:
+    """Register a node; returns its id and token. The token is shown only here, once."""
+    node = parse_node_spec(spec, ctx=ctx)
+    token = new_token()
+    node = NodeRecord(**{**node.__dict__, "token_hash": hash_token(token)})
+    async with ctx.db.transaction() as tx:
+        if await tx.node(node.id) is not None:
+            raise Conflict(f"node {node.id!r} already exists", code="node_exists")
+        await tx.insert_node(node)
+        details = {k: v for k, v in node.public().items() if k not in {"id", "created", "revoked"}}
+        await audit.record(
+            tx,
+            [
+                AuditDraft(
+                    action="node_add",
+                    actor=actor,
+                    node=node.id,
+                    nation=node.nation,
+                    decision="allow",
+                    details=details,
+                )
+            ],
+            now=node.created_at,
+        )
+    return {"id": node.id, "token": token}
+
+
+async def list_nodes(ctx: Context) -> list[dict[str, Any]]:
+    async with ctx.db.transaction() as tx:
+        return [n.public() for n in await tx.nodes()]
+
+
+async def revoke_node(ctx: Context, node_id: str, *, actor: str) -> dict[str, Any]:
+    """Revoke a node: its token stops working at once."""
+    async with ctx.db.transaction() as tx:
+        node = await tx.node(node_id)
+        if node is None:
+            raise NotFound(f"no node {node_id!r}", code="not_found")
+        now = ctx.now()
+        changed = await tx.revoke_node(node_id, at=now)
+        await audit.record(
+            tx,
+            [
+                AuditDraft(
+                    action="node_revoke", actor=actor, node=node_id, nation=node.nation, decision="allow"
+                )
+            ],
+            now=now,
+            changed=changed,
+        )
+    return {"id": node_id, "revoked": True}
+
+
+def _alliance_id(value: str) -> str:
+    if not ALLIANCE_ID.match(value) or is_nation(value):
+        raise InvalidInput(
+            "alliance id must look like NATO and not be a nation code", code="invalid_alliance"
+        )
+    return value
+
+
+def _nation(value: str) -> str:
+    if not is_nation(value):
+        raise InvalidInput(f"{value!r} is not an ISO 3166-1 alpha-3 code", code="unknown_nation")
+    return value
+
+
+async def create_alliance(
+    ctx: Context, alliance_id: str, *, name: str, history: str = "full", actor: str
+) -> dict[str, Any]:
+    """Create an alliance with no members."""
+    if history not in HISTORY_VALUES or not name or len(name) > 200:
+        raise InvalidInput(
+            "name must be 1-200 characters; history full or since-join", code="invalid_alliance"
+        )
+    alliance = Alliance(
+        id=_alliance_id(alliance_id), name=name, history="since-join" if history == "since-join" else "full"
+    )
+    async with ctx.db.transaction() as tx:
+        if alliance.id in (await tx.load_directory()).alliances:
+            raise Conflict(f"alliance {alliance.id!r} already exists", code="alliance_exists")
+        now = ctx.now()
+        await tx.insert_alliance(alliance, at=now)
+        await audit.record(
+            tx,
+            [
+                AuditDraft(
+                    action="alliance_create",
+                    actor=actor,
+                    decision="allow",
+                    details={"alliance": alliance.id, "history": history},
+                )
+            ],
+            now=now,
+            changed=True,
+        )
+    return {"id": alliance.id, "name": name, "history": alliance.history}
+
+
+async def join(
+    ctx: Context, alliance_id: str, nation: str, *, at: datetime | None, actor: str
+) -> dict[str, Any]:
+    """Record that ``nation`` joins ``alliance_id`` at ``at`` (default: now). 409 when it is
+    already a member."""
+    nation = _nation(nation)
+    async with ctx.db.transaction() as tx:
+        directory = await tx.load_directory()
+        if alliance_id not in directory.alliances:
+            raise NotFound(f"no alliance {alliance_id!r}", code="not_found")
+        now = ctx.now()
+        joined = at or now
+        if any(
+            m.nation == nation and (m.left is None or m.left > joined)
+            for m in directory.memberships.get(alliance_id, ())
+        ):
+            raise Conflict(f"{nation} is already a member of {alliance_id}", code="already_member")
+        await tx.insert_membership(Membership(alliance=alliance_id, nation=nation, joined=joined))
+        await audit.record(
+            tx,
+            [
+                AuditDraft(
+                    action="membership_join",
+                    actor=actor,
+                    nation=nation,
+                    decision="allow",
+                    details={"alliance": alliance_id, "joined": joined.isoformat()},
+                )
+            ],
+            now=now,
+            changed=True,
+        )
+    return {"alliance": alliance_id, "nation": nation, "joined": joined.isoformat()}
+
+
+async def leave(
+    ctx: Context, alliance_id: str, nation: str, *, at: datetime | None, actor: str
+) -> dict[str, Any]:
+    """Record that ``nation`` leaves ``alliance_id``; it stops receiving at once."""
+    nation = _nation(nation)
+    async with ctx.db.transaction() as tx:
+        now = ctx.now()
+        left = at or now
+        if not await tx.close_membership(alliance=alliance_id, nation=nation, at=left):
+            raise NotFound(f"{nation} is not a member of {alliance_id}", code="not_member")
+        await audit.record(
+            tx,
+            [
+                AuditDraft(
+                    action="membership_leave",
+                    actor=actor,
+                    nation=nation,
+                    decision="allow",
+                    details={"alliance": alliance_id, "left": left.isoformat()},
+                )
+            ],
+            now=now,
+            changed=True,
+        )
+    return {"alliance": alliance_id, "nation": nation, "left": left.isoformat()}
+
+
+async def list_alliances(ctx: Context) -> list[dict[str, Any]]:
+    """Every alliance with its current members and its full membership history."""
+    async with ctx.db.transaction() as tx:
+        directory = await tx.load_directory()
+    now = ctx.now()
+    return [
+        {
+            "id": a.id,
+            "name": a.name,
+            "history": a.history,
+            "members": sorted(directory.members_at(a.id, now)),
+            "memberships": [
+                {
+                    "nation": m.nation,
+                    "joined": m.joined.isoformat(),
+                    "left": None if m.left is None else m.left.isoformat(),
+                }
+                for m in directory.memberships.get(a.id, ())
+            ],
+        }
+        for a in sorted(directory.alliances.values(), key=lambda a: a.id)
+    ]
+
+
+async def seed_alliances(ctx: Context, seeds: tuple[AllianceSeed, ...]) -> int:
+    """Load the configured alliances into an empty database; returns how many were added."""
+    async with ctx.db.transaction() as tx:
+        if await tx.count_alliances() > 0:
+            return 0
+        now = ctx.now()
+        for seed in seeds:
+            await tx.insert_alliance(seed.alliance, at=now)
+            for membership in seed.members:
+                await tx.insert_membership(membership)
+        drafts = [
+            AuditDraft(
+                action="alliance_seed",
+                actor="config",
+                decision="allow",
+                details={"alliance": s.alliance.id, "members": len(s.members)},
+            )
+            for s in seeds
+        ]
+        await audit.record(tx, drafts, now=now, changed=True)
+    return len(seeds)
+
+
+async def rotate_keys(ctx: Context, *, rewrap: bool, batch: int = 500) -> dict[str, Any]:
+    """Make a new KEK current; with ``rewrap``, re-wrap every data key under it and then
+    destroy the retired KEKs.
+
+    The change counter is bumped under the head lock right after the new KEK is saved, and
+    publishers refresh their keyring under that same lock, so no report can be wrapped by a
+    retired KEK after the re-wrap sweep has passed.
+    """
+    ring = ctx.keyring.with_new_kek()
+    keyring_file.save(ctx.keyring_path, ring)
+    ctx.keyring = ring
+    await _audit_change(ctx, "keys_rotate", {"kek_id": ring.current})
+    if not rewrap:
+        return {"kek_id": ring.current, "rewrapped": 0, "retired_destroyed": False}
+    rewrapped = 0
+    while True:
+        async with ctx.db.transaction() as tx:
+            rows = await tx.reports_wrapped_not_by(ring.current, limit=batch)
+            for row in rows:
+                if row.wrapped_key is None or row.ciphertext is None or row.kek_id is None:
+                    continue
+                old = envelope.StoredPayload(row.ciphertext, row.wrapped_key, row.kek_id)
+                new = envelope.rewrap(stored=old, keyring=ring)
+                await tx.set_wrapped_key(row.seq, wrapped_key=new.wrapped_key, kek_id=new.kek_id)
+            rewrapped += len(rows)
+        if len(rows) < batch:
+            break
+    ring = ring.only_current()
+    keyring_file.save(ctx.keyring_path, ring)
+    ctx.keyring = ring
+    await _audit_change(ctx, "keys_retire", {"kek_id": ring.current, "rewrapped": rewrapped})
+    return {"kek_id": ring.current, "rewrapped": rewrapped, "retired_destroyed": True}
+
+
+async def _audit_change(ctx: Context, action: str, details: dict[str, Any]) -> None:
+    async with ctx.db.transaction() as tx:
+        await audit.record(
+            tx,
+            [AuditDraft(action=action, actor="cli", decision="allow", details=details)],
+            now=ctx.now(),
+            changed=True,
+        )

@@ -1,0 +1,66 @@
+"""What every service needs: the database, the policy, the keyring and a clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from broker.crypto import keyring as keyring_file
+from broker.crypto.keyring import Keyring
+from broker.domain.alliances import Directory
+from broker.domain.labels import Policy
+from broker.settings import Settings
+from broker.storage.db import create_engine
+from broker.storage.repos import Database, Tx
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Context:
+    """Shared state of one broker process.
+
+    The alliance directory and the keyring are cached, and the cache is checked against the
+    database's change counter in every transaction that decides, so a change made by another
+    process (the CLI, another broker) applies to the very next decision.
+    """
+
+    db: Database
+    policy: Policy
+    keyring_path: Path
+    keyring: Keyring
+    settings: Settings
+    clock: Callable[[], datetime] = utc_now
+    _counter: int = field(default=-1, repr=False)
+    _directory: Directory = field(default_factory=Directory, repr=False)
+
+    @classmethod
+    def open(cls, settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Context:
+        """Connect to the database and load (or create) the keyring."""
+        return cls(
+            db=Database(create_engine(settings.database_url)),
+            policy=settings.policy,
+            keyring_path=settings.keyring_path,
+            keyring=keyring_file.load_or_create(settings.keyring_path),
+            settings=settings,
+            clock=clock,
+        )
+
+    async def directory(self, tx: Tx) -> Directory:
+        """The current alliance directory, reloaded when the change counter moved."""
+        counter = await tx.change_counter()
+        if counter != self._counter:
+            self._directory = await tx.load_directory()
+            self.keyring = keyring_file.load(self.keyring_path)
+            self._counter = counter
+        return self._directory
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    async def close(self) -> None:
+        await self.db.dispose()

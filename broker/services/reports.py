@@ -1,0 +1,392 @@
+"""Publishing, reading, listing, recalling and erasing reports."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from broker.crypto import envelope, seal, signing
+from broker.domain.access import Decision, decide
+from broker.domain.canonical import canonical, sha256_hex
+from broker.domain.labels import SecurityLabel, parse_label
+from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
+from broker.errors import AccessDenied, BrokerError, Conflict, InvalidInput, NotFound
+from broker.services import audit
+from broker.services.auth import require_role
+from broker.services.context import Context
+from broker.storage.repos import Tx
+
+TOPIC = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+MAX_TOPICS = 16
+BODY_KEYS = frozenset({"id", "label", "topics", "payload", "signature"})
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A publish request parsed at the edge; its invariants hold from here on."""
+
+    report_id: str | None
+    label_raw: dict[str, Any]
+    label: SecurityLabel
+    canonical_label: bytes
+    topics: tuple[str, ...]
+    canonical_payload: bytes
+    signature: str | None
+    request_hash: str
+
+
+def parse_submission(body: object, *, ctx: Context, known_alliances: Sequence[str]) -> Submission:
+    """Validate a publish body; InvalidInput (422) names the first problem."""
+    if not isinstance(body, Mapping):
+        raise InvalidInput("the body must be a JSON object", code="invalid_body")
+    unknown = set(body) - BODY_KEYS
+    if unknown:
+        raise InvalidInput(f"unknown fields: {sorted(unknown)}", code="invalid_body")
+    report_id = body.get("id")
+    if report_id is not None:
+        report_id = _uuid(report_id)
+    label = parse_label(body.get("label"), policy=ctx.policy, known_alliances=known_alliances)
+    payload = body.get("payload")
+    if not isinstance(payload, Mapping):
+        raise InvalidInput("payload must be a JSON object", code="invalid_payload")
+    signature = body.get("signature")
+    if signature is not None and not isinstance(signature, str):
+        raise InvalidInput("signature must be a base64 string", code="invalid_signature")
+    label_raw = dict(body["label"])
+    topics = _topics(body.get("topics", []))
+    canonical_label, canonical_payload = canonical(label_raw), canonical(payload)
+    request_hash = sha256_hex(
+        canonical(
+            {
+                "id": report_id,
+                "label": label_raw,
+                "topics": list(topics),
+                "payload": sha256_hex(canonical_payload),
+                "signature": signature,
+            }
+        )
+    )
+    return Submission(
+        report_id, label_raw, label, canonical_label, topics, canonical_payload, signature, request_hash
+    )
+
+
+def _uuid(value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput("id must be a UUID string", code="invalid_id")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as exc:
+        raise InvalidInput("id must be a UUID string", code="invalid_id") from exc
+
+
+def _topics(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_TOPICS:
+        raise InvalidInput(f"topics must be a list of at most {MAX_TOPICS} tags", code="invalid_topics")
+    for topic in value:
+        if not isinstance(topic, str) or not TOPIC.match(topic):
+            raise InvalidInput(f"topic {topic!r} must match {TOPIC.pattern}", code="invalid_topics")
+    return tuple(dict.fromkeys(value))
+
+
+def _check_publisher(node: NodeRecord, sub: Submission, *, ctx: Context) -> None:
+    """A node may not label above its clearance or with caveats it does not hold, and a node
+    with a registered Ed25519 key must sign."""
+    policy = ctx.policy
+    if not policy.is_level(node.clearance) or policy.rank(node.clearance) < policy.rank(
+        sub.label.classification
+    ):
+        raise AccessDenied("the label is above your clearance", code="label_above_clearance")
+    if not sub.label.caveats <= set(node.caveats):
+        raise AccessDenied("the label has a caveat you do not hold", code="caveat_not_held")
+    if node.ed25519_public_key is None:
+        if sub.signature is not None:
+            raise InvalidInput(
+                "no Ed25519 key is registered to verify this signature", code="unverifiable_signature"
+            )
+        return
+    if sub.signature is None:
+        raise InvalidInput("your node has an Ed25519 key: reports must be signed", code="signature_required")
+    message = signing.signing_message(
+        canonical_label=sub.canonical_label, canonical_payload=sub.canonical_payload
+    )
+    if not signing.verify(
+        public_key_b64=node.ed25519_public_key, signature_b64=sub.signature, message=message
+    ):
+        raise InvalidInput("the signature does not verify", code="invalid_signature")
+
+
+def _receipt(report: ReportRecord) -> dict[str, Any]:
+    return {"id": report.id, "sequence": report.seq, "created": report.created_at.isoformat()}
+
+
+async def publish(
+    ctx: Context, node: NodeRecord, body: object, *, idempotency_key: str | None
+) -> dict[str, Any]:
+    """Store a report and its audit event in one transaction; return the receipt.
+
+    The receipt is returned only after commit. A repeated idempotency key (or report id) with
+    the same request returns the first receipt; with a different request, 409.
+    """
+    await require_role(ctx, node, "publish", act="publish")
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
+        raise InvalidInput("Idempotency-Key must be 1 to 200 characters", code="invalid_idempotency_key")
+    try:
+        async with ctx.db.transaction() as tx:
+            directory = await ctx.directory(tx)
+        sub = parse_submission(body, ctx=ctx, known_alliances=list(directory.alliances))
+        _check_publisher(node, sub, ctx=ctx)
+    except BrokerError as exc:
+        await audit.record_alone(
+            ctx,
+            [
+                AuditDraft(
+                    action="publish",
+                    actor=node.id,
+                    node=node.id,
+                    nation=node.nation,
+                    decision="deny",
+                    reason=exc.code,
+                )
+            ],
+        )
+        raise
+    async with ctx.db.transaction() as tx:
+        head = await tx.lock_head()
+        await ctx.directory(tx)  # refresh the keyring under the lock (see admin.rotate_keys)
+        earlier = await _earlier(tx, node, sub, idempotency_key)
+        if earlier is not None:
+            return _receipt(earlier)
+        now = ctx.now()
+        report_id = sub.report_id or str(uuid.uuid4())
+        stored = envelope.encrypt_payload(
+            plaintext=sub.canonical_payload,
+            report_id=report_id,
+            canonical_label=sub.canonical_label,
+            keyring=ctx.keyring,
+        )
+        report = ReportRecord(
+            seq=head.report_seq + 1,
+            id=report_id,
+            originator_node=node.id,
+            originator_nation=node.nation,
+            label_json=json.dumps(sub.label_raw),
+            label=sub.label_raw,
+            label_hash=sha256_hex(sub.canonical_label),
+            topics=sub.topics,
+            created_at=now,
+            payload_sha256=sha256_hex(sub.canonical_payload),
+            signature=sub.signature,
+            request_hash=sub.request_hash,
+            ciphertext=stored.ciphertext,
+            wrapped_key=stored.wrapped_key,
+            kek_id=stored.kek_id,
+        )
+        await tx.insert_report(report, idempotency_key=idempotency_key)
+        draft = AuditDraft(
+            action="publish",
+            actor=node.id,
+            report=report_id,
+            node=node.id,
+            nation=node.nation,
+            decision="allow",
+            reason="accepted",
+            details=_label_details(report),
+        )
+        await audit.record(tx, [draft], now=now, head=replace(head, report_seq=report.seq))
+    return _receipt(report)
+
+
+async def _earlier(
+    tx: Tx, node: NodeRecord, sub: Submission, idempotency_key: str | None
+) -> ReportRecord | None:
+    earlier = None
+    if idempotency_key is not None:
+        earlier = await tx.report_by_idempotency_key(node=node.id, key=idempotency_key)
+    if earlier is None and sub.report_id is not None:
+        earlier = await tx.report(sub.report_id)
+        if earlier is not None and earlier.originator_node != node.id:
+            raise Conflict("a report with this id already exists", code="duplicate_id")
+    if earlier is not None and earlier.request_hash != sub.request_hash:
+        raise Conflict(
+            "this idempotency key or id was used for another request", code="idempotency_key_reused"
+        )
+    return earlier
+
+
+def _label_details(report: ReportRecord) -> dict[str, Any]:
+    """Metadata an auditor may see: the label's hash and classification, never content."""
+    return {
+        "label_hash": report.label_hash,
+        "classification": report.label.get("classification"),
+        "originator": report.originator_node,
+    }
+
+
+def _deny_draft(node: NodeRecord, report_id: str, reason: str, action: str) -> AuditDraft:
+    return AuditDraft(
+        action=action,
+        actor=node.id,
+        report=report_id,
+        node=node.id,
+        nation=node.nation,
+        decision="deny",
+        reason=reason,
+    )
+
+
+def _allow_draft(node: NodeRecord, report: ReportRecord, action: str) -> AuditDraft:
+    return AuditDraft(
+        action=action,
+        actor=node.id,
+        report=report.id,
+        node=node.id,
+        nation=node.nation,
+        decision="allow",
+        reason="allowed",
+        details={"label_hash": report.label_hash, "sequence": report.seq},
+    )
+
+
+def _decide(ctx: Context, node: NodeRecord, report: ReportRecord, directory: Any) -> Decision:
+    return decide(
+        node=node.subject(), report=report.facts(), directory=directory, policy=ctx.policy, now=ctx.now()
+    )
+
+
+def document(ctx: Context, node: NodeRecord, report: ReportRecord) -> dict[str, Any]:
+    """The report as the contract shows it to ``node``: payload decrypted, then sealed to the
+    node's X25519 key when it has one and the policy asks for sealing at this level."""
+    if report.ciphertext is None or report.wrapped_key is None or report.kek_id is None:
+        raise NotFound("no such report", code="not_found")
+    canonical_label = canonical(report.label)
+    plaintext = envelope.decrypt_payload(
+        stored=envelope.StoredPayload(report.ciphertext, report.wrapped_key, report.kek_id),
+        report_id=report.id,
+        canonical_label=canonical_label,
+        keyring=ctx.keyring,
+    )
+    doc: dict[str, Any] = {
+        "id": report.id,
+        "sequence": report.seq,
+        "originator": {"node": report.originator_node, "nation": report.originator_nation},
+        "label": report.label,
+        "topics": list(report.topics),
+        "created": report.created_at.isoformat(),
+        "signature": report.signature,
+    }
+    classification = str(report.label.get("classification"))
+    if node.x25519_public_key and ctx.policy.requires_sealing(classification):
+        doc["sealed"] = seal.seal(
+            plaintext=plaintext,
+            recipient_public_key_b64=node.x25519_public_key,
+            report_id=report.id,
+            canonical_label=canonical_label,
+        )
+    else:
+        doc["payload"] = json.loads(plaintext)
+    return doc
+
+
+async def read(ctx: Context, node: NodeRecord, report_id: str) -> dict[str, Any]:
+    """One report, if ``node`` may see it; otherwise 404 (audited with the reason)."""
+    try:
+        canonical_id = _uuid(report_id)
+    except InvalidInput:
+        canonical_id = None
+    async with ctx.db.transaction() as tx:
+        directory = await ctx.directory(tx)
+        report = None if canonical_id is None else await tx.report(canonical_id)
+        reason = _read_denial(ctx, node, report, directory)
+        if reason is None and report is not None:
+            doc = document(ctx, node, report)
+            await audit.record(tx, [_allow_draft(node, report, "read")], now=ctx.now())
+            return doc
+    await audit.record_alone(ctx, [_deny_draft(node, report_id[:36], reason or "not_found", "read")])
+    raise NotFound("no such report", code="not_found")
+
+
+def _read_denial(ctx: Context, node: NodeRecord, report: ReportRecord | None, directory: Any) -> str | None:
+    if report is None:
+        return "not_found"
+    if report.erased_at is not None:
+        return "erased"
+    decision = _decide(ctx, node, report, directory)
+    return None if decision.allowed else decision.reason
+
+
+async def listing(
+    ctx: Context, node: NodeRecord, *, after: int, limit: int, topics: Sequence[str]
+) -> dict[str, Any]:
+    """Reports above ``after`` that ``node`` may see, at most ``limit``.
+
+    At most ``max_scan_rows`` stored rows are examined per call, so a node that may see little
+    still gets a bounded answer; ``next_after`` always advances past what was examined, and
+    equals ``after`` only when nothing more is stored.
+    """
+    await require_role(ctx, node, "subscribe", act="list")
+    found: list[dict[str, Any]] = []
+    drafts: list[AuditDraft] = []
+    cursor, scanned = after, 0
+    chunk = max(limit, 50)
+    async with ctx.db.transaction() as tx:
+        directory = await ctx.directory(tx)
+        while len(found) < limit and scanned < ctx.settings.max_scan_rows:
+            rows = await tx.reports_after(after=cursor, topics=topics, limit=chunk)
+            for report in rows:
+                cursor, scanned = report.seq, scanned + 1
+                if report.erased_at is None and _decide(ctx, node, report, directory).allowed:
+                    found.append(document(ctx, node, report))
+                    drafts.append(_allow_draft(node, report, "read"))
+                    if len(found) == limit:
+                        break
+            if len(rows) < chunk:
+                break
+        await audit.record(tx, drafts, now=ctx.now())
+    return {"reports": found, "next_after": cursor}
+
+
+async def recall(ctx: Context, node: NodeRecord, report_id: str) -> dict[str, Any]:
+    """Recall a report (originator only). Nodes that may not see it get 404, others 403."""
+    async with ctx.db.transaction() as tx:
+        directory = await ctx.directory(tx)
+        report = await tx.report(report_id) if _is_uuid(report_id) else None
+        if report is not None and report.originator_node == node.id:
+            now = ctx.now()
+            if report.recalled_at is None:
+                await tx.set_recalled(report.id, at=now)
+            await audit.record(tx, [_allow_draft(node, report, "recall")], now=now)
+            return {"id": report.id, "recalled": True}
+        visible = report is not None and _read_denial(ctx, node, report, directory) is None
+    reason = "not_originator" if visible else "not_found"
+    await audit.record_alone(ctx, [_deny_draft(node, report_id[:36], reason, "recall")])
+    if visible:
+        raise AccessDenied("only the originator may recall a report", code="not_originator")
+    raise NotFound("no such report", code="not_found")
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        _uuid(value)
+    except InvalidInput:
+        return False
+    return True
+
+
+async def erase(ctx: Context, report_id: str, *, actor: str) -> None:
+    """Crypto-shred a report: its wrapped data key and ciphertext are destroyed for good."""
+    async with ctx.db.transaction() as tx:
+        report = await tx.report(report_id) if _is_uuid(report_id) else None
+        if report is None:
+            raise NotFound("no such report", code="not_found")
+        now = ctx.now()
+        await tx.erase(report.id, at=now)
+        await audit.record(
+            tx,
+            [AuditDraft(action="erase", actor=actor, report=report.id, decision="allow", reason="erased")],
+            now=now,
+        )

@@ -1,0 +1,177 @@
+"""Settings: the only reader of os.environ and of the TOML files in the config directory.
+
+Precedence: built-in defaults < ``config/broker.toml`` < ``BROKER_*`` environment variables.
+Everything is validated here, once; a bad value stops start-up with the file, key and problem.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+
+from broker.domain.alliances import HISTORY_VALUES, Alliance, Membership
+from broker.domain.labels import DEFAULT_POLICY, Policy
+from broker.domain.nations import ALLIANCE_ID, is_nation
+from broker.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/broker.db"
+
+
+@dataclass(frozen=True)
+class AllianceSeed:
+    alliance: Alliance
+    members: tuple[Membership, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    keyring_path: Path = Path("var/keyring.json")
+    config_dir: Path = Path("config")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1024 * 1024
+    publish_rate_per_second: float = 200.0
+    publish_burst: int = 400
+    max_page_size: int = 500
+    max_scan_rows: int = 5000
+    policy: Policy = DEFAULT_POLICY
+    alliances: tuple[AllianceSeed, ...] = ()
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the config directory and the environment; raise ConfigError on any problem."""
+        env = os.environ if env is None else env
+        config_dir = Path(env.get("BROKER_CONFIG_DIR", "config"))
+        if not config_dir.is_dir():
+            raise ConfigError(file=str(config_dir), key="BROKER_CONFIG_DIR", problem="not a directory")
+        broker_file = config_dir / "broker.toml"
+        raw = _read_toml(broker_file) if broker_file.exists() else {}
+        database = _table(raw, "database", broker_file)
+        keyring = _table(raw, "keyring", broker_file)
+        server = _table(raw, "server", broker_file)
+        get = _Getter(broker_file)
+        return cls(
+            database_url=env.get("BROKER_DATABASE_URL")
+            or get.text(database, "database.url", DEFAULT_DATABASE_URL),
+            keyring_path=Path(
+                env.get("BROKER_KEYRING") or get.text(keyring, "keyring.path", "var/keyring.json")
+            ),
+            config_dir=config_dir,
+            host=get.text(server, "server.host", "127.0.0.1"),
+            port=get.number(server, "server.port", 8080, 0, 65535),
+            max_body_bytes=get.number(server, "server.max_body_bytes", 1024 * 1024, 1024, 1 << 30),
+            publish_rate_per_second=float(
+                get.number(server, "server.publish_rate_per_second", 200, 1, 1_000_000)
+            ),
+            publish_burst=get.number(server, "server.publish_burst", 400, 1, 1_000_000),
+            max_page_size=get.number(server, "server.max_page_size", 500, 1, 10_000),
+            max_scan_rows=get.number(server, "server.max_scan_rows", 5000, 1, 1_000_000),
+            policy=load_policy(config_dir / "policy.toml"),
+            alliances=load_alliances(config_dir / "alliances.toml"),
+        )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(file=str(path), key="-", problem=f"cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file=str(path), key="-", problem=f"not valid TOML: {exc}") from exc
+
+
+def _table(raw: Mapping[str, Any], key: str, path: Path) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(file=str(path), key=key, problem="must be a table")
+    return value
+
+
+@dataclass(frozen=True)
+class _Getter:
+    path: Path
+
+    def text(self, table: Mapping[str, Any], dotted: str, default: str) -> str:
+        value = table.get(dotted.rsplit(".", 1)[-1], default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(file=str(self.path), key=dotted, problem="must be a non-empty string")
+        return value
+
+    def number(self, table: Mapping[str, Any], dotted: str, default: int, low: int, high: int) -> int:
+        value = table.get(dotted.rsplit(".", 1)[-1], default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(
+                file=str(self.path), key=dotted, problem=f"must be an integer in [{low}, {high}]"
+            )
+        return value
+
+
+def load_policy(path: Path) -> Policy:
+    """Read ``policy.toml``; the default policy when the file is absent."""
+    if not path.exists():
+        return DEFAULT_POLICY
+    raw = _read_toml(path)
+    levels = raw.get("levels")
+    if not isinstance(levels, list) or not levels or not all(isinstance(x, str) for x in levels):
+        raise ConfigError(file=str(path), key="levels", problem="must be a non-empty list of strings")
+    policy_id = raw.get("id", "ALLIANCE-BROKER")
+    seal = raw.get("seal_at_or_above", levels[0])
+    if not isinstance(policy_id, str) or not isinstance(seal, str):
+        raise ConfigError(file=str(path), key="id", problem="id and seal_at_or_above must be strings")
+    try:
+        return Policy(id=policy_id, levels=tuple(levels), seal_at_or_above=seal)
+    except ValueError as exc:
+        raise ConfigError(file=str(path), key="levels", problem=str(exc)) from exc
+
+
+def as_utc(value: object, *, file: Path, key: str) -> datetime:
+    """A TOML date or offset datetime as an aware UTC datetime (a date means 00:00 UTC)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ConfigError(file=str(file), key=key, problem="datetime needs a UTC offset")
+        return value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime.combine(value, time(0), tzinfo=UTC)
+    raise ConfigError(file=str(file), key=key, problem="must be a date (YYYY-MM-DD)")
+
+
+def load_alliances(path: Path) -> tuple[AllianceSeed, ...]:
+    """Read ``alliances.toml`` into alliance seeds; nothing when the file is absent."""
+    if not path.exists():
+        return ()
+    table = _table(_read_toml(path), "alliances", path)
+    seeds = []
+    for alliance_id, body in table.items():
+        key = f"alliances.{alliance_id}"
+        if not ALLIANCE_ID.match(alliance_id) or is_nation(alliance_id):
+            raise ConfigError(file=str(path), key=key, problem="id must look like NATO, not a nation")
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise ConfigError(file=str(path), key=f"{key}.name", problem="must be a string")
+        history = body.get("history", "full")
+        if history not in HISTORY_VALUES:
+            raise ConfigError(
+                file=str(path), key=f"{key}.history", problem=f"must be one of {HISTORY_VALUES}"
+            )
+        members = []
+        for i, row in enumerate(body.get("members", [])):
+            row_key = f"{key}.members[{i}]"
+            nation = row.get("nation") if isinstance(row, dict) else None
+            if not isinstance(nation, str) or not is_nation(nation):
+                raise ConfigError(
+                    file=str(path), key=f"{row_key}.nation", problem="not an ISO 3166-1 alpha-3 code"
+                )
+            joined = as_utc(row.get("joined"), file=path, key=f"{row_key}.joined")
+            left = None if row.get("left") is None else as_utc(row["left"], file=path, key=f"{row_key}.left")
+            if left is not None and left <= joined:
+                raise ConfigError(file=str(path), key=f"{row_key}.left", problem="must be after joined")
+            members.append(Membership(alliance=alliance_id, nation=nation, joined=joined, left=left))
+        alliance = Alliance(id=alliance_id, name=body["name"], history=history)
+        seeds.append(AllianceSeed(alliance=alliance, members=tuple(members)))
+    return tuple(seeds)

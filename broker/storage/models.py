@@ -1,0 +1,159 @@
+"""SQLAlchemy 2 models. The alembic migrations are the source of the schema; a test checks that
+these models and the migrations agree."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every engine (SQLite hands back naive values otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused: the broker stores UTC only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class AllianceRow(Base):
+    __tablename__ = "alliances"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    history: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MembershipRow(Base):
+    """One membership period; leaving fills ``left``, rejoining adds a new row."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (Index("ix_memberships_alliance_nation", "alliance_id", "nation"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alliance_id: Mapped[str] = mapped_column(ForeignKey("alliances.id"))
+    nation: Mapped[str] = mapped_column(String(3))
+    joined: Mapped[datetime] = mapped_column(UTCDateTime)
+    left: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class NodeRow(Base):
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nation: Mapped[str] = mapped_column(String(3))
+    clearance: Mapped[str] = mapped_column(String(64))
+    caveats: Mapped[list[str]] = mapped_column(JSON)
+    roles: Mapped[list[str]] = mapped_column(JSON)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    ed25519_public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    x25519_public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tls_fingerprint: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ReportRow(Base):
+    """A report. The payload exists only as ciphertext; erasing nulls the wrapped key."""
+
+    __tablename__ = "reports"
+    __table_args__ = (
+        UniqueConstraint("originator_node", "idempotency_key", name="uq_reports_idempotency"),
+        Index("ix_reports_kek_id", "kek_id"),
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    id: Mapped[str] = mapped_column(String(36), unique=True)
+    originator_node: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    originator_nation: Mapped[str] = mapped_column(String(3))
+    label_json: Mapped[str] = mapped_column(Text)
+    label_hash: Mapped[str] = mapped_column(String(64))
+    topics: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str | None] = mapped_column(Text, nullable=True)
+    recalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    kek_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+
+
+class ReportTopicRow(Base):
+    __tablename__ = "report_topics"
+    topic: Mapped[str] = mapped_column(String(64), primary_key=True)
+    report_seq: Mapped[int] = mapped_column(ForeignKey("reports.seq"), primary_key=True)
+
+
+class AuditEventRow(Base):
+    """An audit event: metadata only, never payload content."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_report", "report"),
+        Index("ix_audit_events_node", "node"),
+        Index("ix_audit_events_action", "action"),
+        Index("ix_audit_events_time", "time"),
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    action: Mapped[str] = mapped_column(String(32))
+    report: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    node: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    nation: Mapped[str | None] = mapped_column(String(3), nullable=True)
+    decision: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class LogHeadRow(Base):
+    """The single row (id = 1) that serialises appends: next report sequence, audit chain head,
+    and the change counter other processes watch to drop their caches."""
+
+    __tablename__ = "log_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    report_seq: Mapped[int] = mapped_column(BigInteger)
+    audit_seq: Mapped[int] = mapped_column(BigInteger)
+    audit_hash: Mapped[str] = mapped_column(String(64))
+    change_counter: Mapped[int] = mapped_column(BigInteger)

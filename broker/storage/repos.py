@@ -1,0 +1,290 @@
+"""Repositories: a transaction object with the queries the services need.
+
+Sessions go in, records (``broker.domain.records``) come out; no ORM object leaves here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from broker.domain.alliances import Alliance, Directory, History, Membership
+from broker.domain.records import AuditEvent, Head, NodeRecord, ReportRecord
+from broker.errors import Unavailable
+from broker.storage.models import (
+    AllianceRow,
+    AuditEventRow,
+    LogHeadRow,
+    MembershipRow,
+    NodeRow,
+    ReportRow,
+    ReportTopicRow,
+)
+
+
+def _node(row: NodeRow) -> NodeRecord:
+    return NodeRecord(
+        id=row.id,
+        nation=row.nation,
+        clearance=row.clearance,
+        caveats=tuple(row.caveats),
+        roles=tuple(row.roles),
+        token_hash=row.token_hash,
+        created_at=row.created_at,
+        ed25519_public_key=row.ed25519_public_key,
+        x25519_public_key=row.x25519_public_key,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _report(row: ReportRow) -> ReportRecord:
+    return ReportRecord(
+        seq=row.seq,
+        id=row.id,
+        originator_node=row.originator_node,
+        originator_nation=row.originator_nation,
+        label_json=row.label_json,
+        label=json.loads(row.label_json),
+        label_hash=row.label_hash,
+        topics=tuple(row.topics),
+        created_at=row.created_at,
+        payload_sha256=row.payload_sha256,
+        signature=row.signature,
+        request_hash=row.request_hash,
+        recalled_at=row.recalled_at,
+        erased_at=row.erased_at,
+        ciphertext=row.ciphertext,
+        wrapped_key=row.wrapped_key,
+        kek_id=row.kek_id,
+    )
+
+
+class Tx:
+    """One database transaction. Created only by ``Database.transaction()``."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._s = session
+
+    # -- the head row: sequence numbers, audit chain head, change counter ----------------
+    async def lock_head(self) -> Head:
+        """Lock the head row until commit (a no-op lock on SQLite, which BEGIN IMMEDIATE
+        already serialised) and return it."""
+        row = (
+            await self._s.execute(select(LogHeadRow).where(LogHeadRow.id == 1).with_for_update())
+        ).scalar_one()
+        return Head(row.report_seq, row.audit_seq, row.audit_hash, row.change_counter)
+
+    async def change_counter(self) -> int:
+        value = await self._s.scalar(select(LogHeadRow.change_counter).where(LogHeadRow.id == 1))
+        return int(value or 0)
+
+    async def save_head(self, head: Head) -> None:
+        await self._s.execute(
+            update(LogHeadRow)
+            .where(LogHeadRow.id == 1)
+            .values(
+                report_seq=head.report_seq,
+                audit_seq=head.audit_seq,
+                audit_hash=head.audit_hash,
+                change_counter=head.change_counter,
+            )
+        )
+
+    # -- alliances ------------------------------------------------------------------------
+    async def load_directory(self) -> Directory:
+        alliances = {
+            r.id: Alliance(id=r.id, name=r.name, history=_history(r.history))
+            for r in (await self._s.scalars(select(AllianceRow))).all()
+        }
+        memberships: dict[str, list[Membership]] = {a: [] for a in alliances}
+        rows = await self._s.scalars(select(MembershipRow).order_by(MembershipRow.id))
+        for m in rows.all():
+            memberships[m.alliance_id].append(
+                Membership(alliance=m.alliance_id, nation=m.nation, joined=m.joined, left=m.left)
+            )
+        return Directory(alliances=alliances, memberships={k: tuple(v) for k, v in memberships.items()})
+
+    async def count_alliances(self) -> int:
+        return int(await self._s.scalar(select(func.count()).select_from(AllianceRow)) or 0)
+
+    async def insert_alliance(self, alliance: Alliance, *, at: datetime) -> None:
+        self._s.add(AllianceRow(id=alliance.id, name=alliance.name, history=alliance.history, created_at=at))
+        await self._s.flush()
+
+    async def insert_membership(self, membership: Membership) -> None:
+        self._s.add(
+            MembershipRow(
+                alliance_id=membership.alliance,
+                nation=membership.nation,
+                joined=membership.joined,
+                left=membership.left,
+            )
+        )
+        await self._s.flush()
+
+    async def close_membership(self, *, alliance: str, nation: str, at: datetime) -> bool:
+        """Set ``left`` on the open membership period; False when there is none."""
+        result = await self._s.execute(
+            update(MembershipRow)
+            .where(
+                MembershipRow.alliance_id == alliance,
+                MembershipRow.nation == nation,
+                MembershipRow.left.is_(None),
+            )
+            .values(left=at)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    # -- nodes ----------------------------------------------------------------------------
+    async def insert_node(self, node: NodeRecord) -> None:
+        self._s.add(
+            NodeRow(
+                id=node.id,
+                nation=node.nation,
+                clearance=node.clearance,
+                caveats=list(node.caveats),
+                roles=list(node.roles),
+                token_hash=node.token_hash,
+                ed25519_public_key=node.ed25519_public_key,
+                x25519_public_key=node.x25519_public_key,
+                created_at=node.created_at,
+            )
+        )
+        await self._s.flush()
+
+    async def node(self, node_id: str) -> NodeRecord | None:
+        row = await self._s.get(NodeRow, node_id)
+        return None if row is None else _node(row)
+
+    async def node_by_token_hash(self, token_hash: str) -> NodeRecord | None:
+        row = await self._s.scalar(select(NodeRow).where(NodeRow.token_hash == token_hash))
+        return None if row is None else _node(row)
+
+    async def nodes(self) -> list[NodeRecord]:
+        return [_node(r) for r in (await self._s.scalars(select(NodeRow).order_by(NodeRow.id))).all()]
+
+    async def revoke_node(self, node_id: str, *, at: datetime) -> bool:
+        result = await self._s.execute(
+            update(NodeRow).where(NodeRow.id == node_id, NodeRow.revoked_at.is_(None)).values(revoked_at=at)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    # -- reports --------------------------------------------------------------------------
+    async def insert_report(self, report: ReportRecord, *, idempotency_key: str | None) -> None:
+        self._s.add(
+            ReportRow(
+                seq=report.seq,
+                id=report.id,
+                originator_node=report.originator_node,
+                originator_nation=report.originator_nation,
+                label_json=report.label_json,
+                label_hash=report.label_hash,
+                topics=list(report.topics),
+                created_at=report.created_at,
+                payload_sha256=report.payload_sha256,
+                signature=report.signature,
+                ciphertext=report.ciphertext,
+                wrapped_key=report.wrapped_key,
+                kek_id=report.kek_id,
+                idempotency_key=idempotency_key,
+                request_hash=report.request_hash,
+            )
+        )
+        await self._s.flush()
+        self._s.add_all(ReportTopicRow(topic=t, report_seq=report.seq) for t in report.topics)
+        await self._s.flush()
+
+    async def report(self, report_id: str) -> ReportRecord | None:
+        row = await self._s.scalar(select(ReportRow).where(ReportRow.id == report_id))
+        return None if row is None else _report(row)
+
+    async def report_by_idempotency_key(self, *, node: str, key: str) -> ReportRecord | None:
+        row = await self._s.scalar(
+            select(ReportRow).where(ReportRow.originator_node == node, ReportRow.idempotency_key == key)
+        )
+        return None if row is None else _report(row)
+
+    async def reports_after(self, *, after: int, topics: Sequence[str], limit: int) -> list[ReportRecord]:
+        query = select(ReportRow).where(ReportRow.seq > after).order_by(ReportRow.seq).limit(limit)
+        if topics:
+            query = query.where(
+                ReportRow.seq.in_(select(ReportTopicRow.report_seq).where(ReportTopicRow.topic.in_(topics)))
+            )
+        return [_report(r) for r in (await self._s.scalars(query)).all()]
+
+    async def set_recalled(self, report_id: str, *, at: datetime) -> None:
+        await self._s.execute(update(ReportRow).where(ReportRow.id == report_id).values(recalled_at=at))
+
+    async def erase(self, report_id: str, *, at: datetime) -> None:
+        """Crypto-shred: drop the wrapped data key and the ciphertext."""
+        await self._s.execute(
+            update(ReportRow)
+            .where(ReportRow.id == report_id)
+            .values(erased_at=at, wrapped_key=None, ciphertext=None, kek_id=None)
+        )
+
+    async def reports_wrapped_not_by(self, kek_id: str, *, limit: int) -> list[ReportRecord]:
+        query = (
+            select(ReportRow)
+            .where(ReportRow.kek_id.is_not(None), ReportRow.kek_id != kek_id)
+            .order_by(ReportRow.seq)
+            .limit(limit)
+        )
+        return [_report(r) for r in (await self._s.scalars(query)).all()]
+
+    async def set_wrapped_key(self, seq: int, *, wrapped_key: bytes, kek_id: str) -> None:
+        await self._s.execute(
+            update(ReportRow).where(ReportRow.seq == seq).values(wrapped_key=wrapped_key, kek_id=kek_id)
+        )
+
+    # -- audit ----------------------------------------------------------------------------
+    async def insert_events(self, events: Sequence[AuditEvent]) -> None:
+        self._s.add_all(
+            AuditEventRow(
+                seq=e.seq,
+                time=e.time,
+                actor=e.draft.actor,
+                action=e.draft.action,
+                report=e.draft.report,
+                node=e.draft.node,
+                nation=e.draft.nation,
+                decision=e.draft.decision,
+                reason=e.draft.reason,
+                details=e.draft.details,
+                prev_hash=e.prev_hash,
+                hash=e.hash,
+            )
+            for e in events
+        )
+        await self._s.flush()
+
+
+def _history(value: str) -> History:
+    return "since-join" if value == "since-join" else "full"
+
+
+class Database:
+    """Owns the engine; hands out transactions."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        """A transaction that commits when the block ends normally, else rolls back.
+        Database outages surface as Unavailable (503)."""
+        try:
+            async with self._sessions() as session, session.begin():
+                yield Tx(session)
+        except (OperationalError, InterfaceError, OSError) as exc:
+            raise Unavailable("database unavailable") from exc
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

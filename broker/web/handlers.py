@@ -1,0 +1,185 @@
+"""Thin HTTP handlers: parse the edge, call a service, serialise the answer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from broker.domain.records import NodeRecord
+from broker.errors import BadRequest, InvalidInput, RateLimited
+from broker.services import admin, auth, reports
+from broker.services.context import Context
+from broker.storage.db import ping
+from broker.web.middleware import read_json
+
+CONTEXT = web.AppKey("context", Context)
+
+
+@dataclass
+class TokenBucket:
+    """Per-node publish rate limit: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    rate: float
+    burst: float
+    _state: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def take(self, key: str) -> bool:
+        now = time.monotonic()
+        tokens, stamp = self._state.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        if tokens < 1:
+            self._state[key] = (tokens, now)
+            return False
+        self._state[key] = (tokens - 1, now)
+        return True
+
+
+LIMITER = web.AppKey("limiter", TokenBucket)
+
+
+def _ctx(request: web.Request) -> Context:
+    return request.app[CONTEXT]
+
+
+async def _node(request: web.Request) -> NodeRecord:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return await auth.authenticate(_ctx(request), token.strip() if scheme.lower() == "bearer" else None)
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an integer", code="invalid_parameter") from exc
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}", code="invalid_parameter")
+    return value
+
+
+def _topics_param(request: web.Request) -> list[str]:
+    raw = request.query.get("topics", "")
+    topics = [t for t in raw.split(",") if t]
+    if len(topics) > reports.MAX_TOPICS or not all(reports.TOPIC.match(t) for t in topics):
+        raise BadRequest("topics must be comma-separated tags", code="invalid_parameter")
+    return topics
+
+
+async def health(request: web.Request) -> web.Response:
+    await ping(_ctx(request).db.engine)
+    return web.json_response({"status": "ok"})
+
+
+async def publish(request: web.Request) -> web.Response:
+    node = await _node(request)
+    if not request.app[LIMITER].take(node.id):
+        raise RateLimited("too many reports per second from this node", code="rate_limited")
+    body = await read_json(request)
+    receipt = await reports.publish(
+        _ctx(request), node, body, idempotency_key=request.headers.get("Idempotency-Key")
+    )
+    return web.json_response(receipt, status=201)
+
+
+async def read_report(request: web.Request) -> web.Response:
+    node = await _node(request)
+    await auth.require_role(_ctx(request), node, "subscribe", act="read")
+    return web.json_response(await reports.read(_ctx(request), node, request.match_info["id"]))
+
+
+async def list_reports(request: web.Request) -> web.Response:
+    node = await _node(request)
+    ctx = _ctx(request)
+    result = await reports.listing(
+        ctx,
+        node,
+        after=_int_param(request, "after", 0, 0, 2**62),
+        limit=_int_param(request, "limit", 100, 1, ctx.settings.max_page_size),
+        topics=_topics_param(request),
+    )
+    return web.json_response(result)
+
+
+async def recall(request: web.Request) -> web.Response:
+    node = await _node(request)
+    await auth.require_role(_ctx(request), node, "publish", act="recall")
+    return web.json_response(await reports.recall(_ctx(request), node, request.match_info["id"]))
+
+
+async def _admin(request: web.Request) -> NodeRecord:
+    node = await _node(request)
+    await auth.require_role(_ctx(request), node, "admin", act="admin")
+    return node
+
+
+async def admin_add_node(request: web.Request) -> web.Response:
+    actor = await _admin(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", code="invalid_body")
+    return web.json_response(await admin.add_node(_ctx(request), body, actor=actor.id), status=201)
+
+
+async def admin_list_nodes(request: web.Request) -> web.Response:
+    await _admin(request)
+    return web.json_response({"nodes": await admin.list_nodes(_ctx(request))})
+
+
+async def admin_revoke_node(request: web.Request) -> web.Response:
+    actor = await _admin(request)
+    return web.json_response(await admin.revoke_node(_ctx(request), request.match_info["id"], actor=actor.id))
+
+
+def _date_param(body: Any) -> datetime | None:
+    if body is None:
+        return None
+    if not isinstance(body, dict) or set(body) - {"date"}:
+        raise InvalidInput('the body may only hold {"date": ISO-8601}', code="invalid_body")
+    return parse_date(body.get("date"))
+
+
+def parse_date(value: object) -> datetime | None:
+    """An ISO-8601 date or datetime as aware UTC; a date alone means 00:00 UTC."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput("date must be an ISO-8601 string", code="invalid_date")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidInput("date must be ISO-8601", code="invalid_date") from exc
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+async def _optional_body(request: web.Request) -> Any:
+    return await read_json(request) if request.can_read_body else None
+
+
+async def admin_join(request: web.Request) -> web.Response:
+    actor = await _admin(request)
+    at = _date_param(await _optional_body(request))
+    result = await admin.join(
+        _ctx(request), request.match_info["id"], request.match_info["nation"], at=at, actor=actor.id
+    )
+    return web.json_response(result, status=201)
+
+
+async def admin_leave(request: web.Request) -> web.Response:
+    actor = await _admin(request)
+    at = _date_param(await _optional_body(request))
+    result = await admin.leave(
+        _ctx(request), request.match_info["id"], request.match_info["nation"], at=at, actor=actor.id
+    )
+    return web.json_response(result)
+
+
+async def alliances(request: web.Request) -> web.Response:
+    await _node(request)
+    return web.json_response({"alliances": await admin.list_alliances(_ctx(request))})

@@ -1,0 +1,271 @@
+"""The OpenAPI 3.1 document served at /v1/openapi.json. Tests check that it names every route
+and that real responses validate against its schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from broker import __version__
+
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {"description": "problem", "content": {PROBLEM: {"schema": _ref("Problem")}}}
+        for s in statuses
+    }
+
+
+_STR_LIST = {"type": "array", "items": {"type": "string"}}
+_PATH_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_NATION = {"name": "nation", "in": "path", "required": True, "schema": {"type": "string"}}
+_SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
+
+SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "request_id": {"type": "string"},
+        },
+    },
+    "Label": {
+        "type": "object",
+        "required": ["classification"],
+        "additionalProperties": False,
+        "properties": {
+            "policy": {"type": "string"},
+            "classification": {"type": "string"},
+            "releasable_to": _STR_LIST,
+            "caveats": _STR_LIST,
+            "tlp": {"enum": ["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]},
+        },
+    },
+    "PublishRequest": {
+        "type": "object",
+        "required": ["label", "payload"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "label": _ref("Label"),
+            "topics": _STR_LIST,
+            "payload": {"type": "object"},
+            "signature": {"type": "string"},
+        },
+    },
+    "Receipt": {
+        "type": "object",
+        "required": ["id", "sequence", "created"],
+        "properties": {
+            "id": {"type": "string"},
+            "sequence": {"type": "integer"},
+            "created": {"type": "string"},
+        },
+    },
+    "Report": {
+        "type": "object",
+        "required": ["id", "sequence", "originator", "label", "topics", "created", "signature"],
+        "properties": {
+            "id": {"type": "string"},
+            "sequence": {"type": "integer"},
+            "originator": {
+                "type": "object",
+                "required": ["node", "nation"],
+                "properties": {"node": {"type": "string"}, "nation": {"type": "string"}},
+            },
+            "label": {"type": "object"},
+            "topics": _STR_LIST,
+            "created": {"type": "string"},
+            "signature": {"type": ["string", "null"]},
+            "payload": {"type": "object"},
+            "sealed": {
+                "type": "object",
+                "required": ["enc", "ct"],
+                "properties": {"enc": {"type": "string"}, "ct": {"type": "string"}},
+            },
+        },
+        "oneOf": [{"required": ["payload"]}, {"required": ["sealed"]}],
+    },
+    "ReportPage": {
+        "type": "object",
+        "required": ["reports", "next_after"],
+        "properties": {
+            "reports": {"type": "array", "items": _ref("Report")},
+            "next_after": {"type": "integer"},
+        },
+    },
+    "NodeSpec": {
+        "type": "object",
+        "required": ["id", "nation", "clearance", "roles"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string"},
+            "nation": {"type": "string"},
+            "clearance": {"type": "string"},
+            "roles": _STR_LIST,
+            "caveats": _STR_LIST,
+            "ed25519_public_key": {"type": "string"},
+            "x25519_public_key": {"type": "string"},
+        },
+    },
+    "NodeToken": {
+        "type": "object",
+        "required": ["id", "token"],
+        "properties": {"id": {"type": "string"}, "token": {"type": "string"}},
+    },
+    "Node": {"type": "object", "required": ["id", "nation", "clearance", "roles", "caveats"]},
+    "Membership": {
+        "type": "object",
+        "required": ["alliance", "nation"],
+        "properties": {
+            "alliance": {"type": "string"},
+            "nation": {"type": "string"},
+            "joined": {"type": "string"},
+            "left": {"type": "string"},
+        },
+    },
+    "Alliance": {
+        "type": "object",
+        "required": ["id", "name", "history", "members", "memberships"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "history": {"enum": ["full", "since-join"]},
+            "members": _STR_LIST,
+            "memberships": {"type": "array"},
+        },
+    },
+}
+
+
+def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "responses": responses, "security": _SECURED, **extra}
+
+
+PATHS: dict[str, Any] = {
+    "/v1/health": {
+        "get": {
+            "summary": "Readiness: the database answers",
+            "security": [],
+            "responses": {"200": _json({"type": "object", "required": ["status"]}, "ok"), **_problems(503)},
+        }
+    },
+    "/v1/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "security": [],
+            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+        }
+    },
+    "/v1/reports": {
+        "post": _op(
+            "Publish a report (role publish)",
+            {"201": _json(_ref("Receipt"), "stored durably"), **_problems(400, 401, 403, 409, 413, 422, 429)},
+            requestBody={"required": True, "content": {JSON: {"schema": _ref("PublishRequest")}}},
+            parameters=[{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}],
+        ),
+        "get": _op(
+            "Reports above a sequence that the caller may see (role subscribe)",
+            {"200": _json(_ref("ReportPage"), "a page"), **_problems(400, 401, 403)},
+            parameters=[
+                {"name": n, "in": "query", "schema": {"type": t}}
+                for n, t in (("after", "integer"), ("limit", "integer"), ("topics", "string"))
+            ],
+        ),
+    },
+    "/v1/reports/{id}": {
+        "get": _op(
+            "One report; 404 when absent or not releasable to the caller",
+            {"200": _json(_ref("Report"), "the report"), **_problems(401, 403, 404)},
+            parameters=[_PATH_ID],
+        )
+    },
+    "/v1/reports/{id}/recall": {
+        "post": _op(
+            "Recall a report (originator only)",
+            {"200": _json({"type": "object"}, "recalled"), **_problems(401, 403, 404)},
+            parameters=[_PATH_ID],
+        )
+    },
+    "/v1/alliances": {
+        "get": _op(
+            "Alliances with current members and history",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {"alliances": {"type": "array", "items": _ref("Alliance")}},
+                    },
+                    "alliances",
+                ),
+                **_problems(401),
+            },
+        )
+    },
+    "/v1/admin/nodes": {
+        "post": _op(
+            "Register a node (role admin); the token is shown once",
+            {"201": _json(_ref("NodeToken"), "created"), **_problems(400, 401, 403, 409, 422)},
+            requestBody={"required": True, "content": {JSON: {"schema": _ref("NodeSpec")}}},
+        ),
+        "get": _op(
+            "List nodes (role admin)",
+            {
+                "200": _json(
+                    {"type": "object", "properties": {"nodes": {"type": "array", "items": _ref("Node")}}},
+                    "nodes",
+                ),
+                **_problems(401, 403),
+            },
+        ),
+    },
+    "/v1/admin/nodes/{id}/revoke": {
+        "post": _op(
+            "Revoke a node (role admin)",
+            {"200": _json({"type": "object"}, "revoked"), **_problems(401, 403, 404)},
+            parameters=[_PATH_ID],
+        )
+    },
+    "/v1/admin/alliances/{id}/members/{nation}": {
+        "put": _op(
+            'A nation joins (role admin); optional body {"date": ISO-8601}',
+            {"201": _json(_ref("Membership"), "joined"), **_problems(400, 401, 403, 404, 409, 422)},
+            parameters=[_PATH_ID, _NATION],
+        ),
+        "delete": _op(
+            'A nation leaves (role admin); optional body {"date": ISO-8601}',
+            {"200": _json(_ref("Membership"), "left"), **_problems(400, 401, 403, 404, 422)},
+            parameters=[_PATH_ID, _NATION],
+        ),
+    },
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "Alliance Broker", "version": __version__},
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    },
+}
+
+
+async def openapi(_request: web.Request) -> web.Response:
+    return web.json_response(DOCUMENT)

@@ -1,0 +1,27 @@
+"""The route table: every route here is described in openapi.py, and a test keeps it so."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.web import handlers
+from broker.web.openapi import openapi
+
+
+def add_routes(app: web.Application) -> None:
+    app.add_routes(
+        [
+            web.get("/v1/health", handlers.health),
+            web.get("/v1/openapi.json", openapi),
+            web.post("/v1/reports", handlers.publish),
+            web.get("/v1/reports", handlers.list_reports),
+            web.get("/v1/reports/{id}", handlers.read_report),
+            web.post("/v1/reports/{id}/recall", handlers.recall),
+            web.get("/v1/alliances", handlers.alliances),
+            web.post("/v1/admin/nodes", handlers.admin_add_node),
+            web.get("/v1/admin/nodes", handlers.admin_list_nodes),
+            web.post("/v1/admin/nodes/{id}/revoke", handlers.admin_revoke_node),
+            web.put("/v1/admin/alliances/{id}/members/{nation}", handlers.admin_join),
+            web.delete("/v1/admin/alliances/{id}/members/{nation}", handlers.admin_leave),
+        ]
+    )
