@@ -15,6 +15,7 @@ from broker.errors import BadRequest, BrokerError, PayloadTooLarge
 log = logging.getLogger(__name__)
 PROBLEM_BASE = "urn:alliance-broker:problem:"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID = web.RequestKey("request_id", str)
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
@@ -36,7 +37,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     """Turn BrokerErrors and aiohttp's own HTTP errors into problem documents; anything else
     into a 500 without detail (the traceback goes to the log, never to the client)."""
     request_id = secrets.token_hex(8)
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
     except BrokerError as exc:

@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Each creates the virtualenv
+# on first use (and again when pyproject.toml changes) and does every other step itself.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+# Two workers: the machine has two cores; each worker clones its own PostgreSQL template.
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/broker demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check broker tests bench
+	$(BIN)/ruff format --check broker tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider --junitxml=var/junit.xml
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

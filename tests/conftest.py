@@ -1,0 +1,141 @@
+"""Shared fixtures: databases on both engines, settings, a fixed clock, a real server.
+
+PostgreSQL: the server at BROKER_TEST_DATABASE_URL (default: the local one, user postgres).
+Each test gets a database of its own, cloned from a template migrated once per worker by
+``alembic upgrade head``, and dropped afterwards. Without a reachable server the PostgreSQL
+tests skip with the reason, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from broker.services import admin
+from broker.services.context import Context
+from broker.settings import Settings
+from broker.storage import db
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config"
+PG_DEFAULT = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+START = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    moment: datetime = START
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+    def advance(self, **delta: float) -> datetime:
+        self.moment += timedelta(**delta)
+        return self.moment
+
+
+def _settings(url: str, keyring: Path) -> Settings:
+    return Settings.load(
+        env={"BROKER_CONFIG_DIR": str(CONFIG), "BROKER_DATABASE_URL": url, "BROKER_KEYRING": str(keyring)}
+    )
+
+
+async def _migrate_and_seed(url: str, keyring: Path) -> None:
+    settings = _settings(url, keyring)
+    ctx = Context.open(settings, clock=FakeClock(datetime(2026, 1, 1, tzinfo=UTC)))
+    try:
+        await db.upgrade(ctx.db.engine)
+        await admin.seed_alliances(ctx, settings.alliances)
+    finally:
+        await ctx.close()
+
+
+async def _pg_exec(server_url: str, *statements: str) -> None:
+    import asyncpg
+
+    url = make_url(server_url)
+    conn = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+        database=url.database or "postgres", timeout=5,
+    )
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Name of a migrated template database on the PostgreSQL server (one per worker)."""
+    server = os.environ.get("BROKER_TEST_DATABASE_URL", PG_DEFAULT)
+    name = f"broker_tmpl_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_pg_exec(server, f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 -- any failure means "unreachable"
+        reason = f"PostgreSQL not reachable at {make_url(server).render_as_string(hide_password=True)}: {exc!r}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI requires PostgreSQL tests to run; {reason}")
+        pytest.skip(reason)
+    template_url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_migrate_and_seed(template_url, tmp_path_factory.mktemp("pgkeys") / "keyring.json"))
+    yield name
+    asyncio.run(_pg_exec(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    asyncio.run(_migrate_and_seed(f"sqlite+aiosqlite:///{path}", path.parent / "keyring.json"))
+    return path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated, seeded database on each engine."""
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "broker.db"
+        shutil.copyfile(template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    template_name: str = request.getfixturevalue("pg_template")
+    server = os.environ.get("BROKER_TEST_DATABASE_URL", PG_DEFAULT)
+    name = f"broker_t_{secrets.token_hex(6)}"
+    asyncio.run(_pg_exec(server, f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"'))
+    yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_pg_exec(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return _settings(database_url, tmp_path / "keyring.json")
+
+
+@pytest.fixture
+async def ctx(settings: Settings, clock: FakeClock) -> AsyncIterator[Context]:
+    context = Context.open(settings, clock=clock)
+    yield context
+    await context.close()
+
+
+def label(classification: str = "UNCLASSIFIED", releasable_to: list[str] | None = None,
+          caveats: list[str] | None = None) -> dict[str, Any]:
+    return {"classification": classification, "releasable_to": releasable_to or [], "caveats": caveats or []}

@@ -1,0 +1,55 @@
+"""A real broker on a loopback port, and a small client for the tests to talk to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from broker.app import create_app
+from broker.services import admin
+from broker.services.context import Context
+from broker.settings import Settings
+from tests.conftest import FakeClock
+
+
+@dataclass
+class Api:
+    client: TestClient[Any, Any]
+    ctx: Context
+
+    async def node(self, node_id: str, nation: str, clearance: str = "SECRET",
+                   roles: tuple[str, ...] = ("publish", "subscribe"), caveats: tuple[str, ...] = (),
+                   **keys: str) -> str:
+        spec = {"id": node_id, "nation": nation, "clearance": clearance, "roles": list(roles),
+                "caveats": list(caveats), **keys}
+        return str((await admin.add_node(self.ctx, spec, actor="test"))["token"])
+
+    async def call(self, method: str, path: str, token: str | None = None, *,
+                   json: Any = None, data: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        async with self.client.request(method, path, json=json, data=data, headers=all_headers) as resp:
+            if resp.content_type in ("application/json", "application/problem+json"):
+                return resp.status, await resp.json(content_type=None)
+            return resp.status, await resp.text()
+
+    async def publish(self, token: str, body: dict[str, Any], **kw: Any) -> tuple[int, Any]:
+        return await self.call("POST", "/v1/reports", token, json=body, **kw)
+
+    async def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        return await self.call("GET", path, token)
+
+
+@pytest.fixture
+async def api(settings: Settings, clock: FakeClock, ctx: Context) -> AsyncIterator[Api]:
+    server = TestServer(create_app(settings, clock=clock), host="127.0.0.1")
+    client = TestClient(server)
+    await client.start_server()
+    yield Api(client=client, ctx=ctx)
+    await client.close()

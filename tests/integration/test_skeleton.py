@@ -1,0 +1,78 @@
+"""The walking skeleton: migrations on both engines, shipped alliances, health, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from broker.services import admin
+from broker.services.context import Context
+from broker.storage import db
+from tests.conftest import CONFIG
+from tests.integration.conftest import Api
+
+
+async def test_models_and_migrations_agree(ctx: Context) -> None:
+    assert await db.at_head(ctx.db.engine)
+    assert await db.schema_drift(ctx.db.engine) == []
+
+
+async def test_shipped_alliances_are_seeded(ctx: Context) -> None:
+    alliances = {a["id"]: a for a in await admin.list_alliances(ctx)}
+    assert set(alliances) == {"NATO", "FVEY", "AU", "ASEAN", "GCC", "EU"}
+    assert len(alliances["NATO"]["members"]) == 32
+    assert alliances["FVEY"]["members"] == ["AUS", "CAN", "GBR", "NZL", "USA"]
+    assert len(alliances["AU"]["members"]) == 55
+    assert len(alliances["ASEAN"]["members"]) == 11
+    assert len(alliances["GCC"]["members"]) == 6
+    assert len(alliances["EU"]["members"]) == 27
+    assert "GBR" not in alliances["EU"]["members"]  # history kept, membership ended
+    joined = {m["nation"]: m["joined"][:10] for m in alliances["NATO"]["memberships"]}
+    assert joined["FIN"] == "2023-04-04"
+    assert joined["SWE"] == "2024-03-07"
+    assert joined["MKD"] == "2020-03-27"
+    eu_gbr = [m for m in alliances["EU"]["memberships"] if m["nation"] == "GBR"]
+    assert eu_gbr[0]["left"][:10] == "2020-02-01"
+
+
+async def test_seeding_twice_adds_nothing(ctx: Context) -> None:
+    assert await admin.seed_alliances(ctx, ctx.settings.alliances) == 0
+
+
+async def test_health(api: Api) -> None:
+    assert await api.get("/v1/health") == (200, {"status": "ok"})
+
+
+def _cli(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BROKER_DATABASE_URL": url, "BROKER_CONFIG_DIR": str(CONFIG),
+           "BROKER_KEYRING": str(tmp_path / "cli-keyring.json")}
+    return subprocess.run([sys.executable, "-m", "broker", *args], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_cli_upgrade_list_and_nodes(database_url: str, tmp_path: Path) -> None:
+    assert _cli(tmp_path, database_url, "db", "upgrade", "--json").returncode == 0
+    listed = _cli(tmp_path, database_url, "alliance", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {a["id"] for a in json.loads(listed.stdout)} >= {"NATO", "FVEY", "AU", "ASEAN", "GCC", "EU"}
+    added = _cli(tmp_path, database_url, "node", "add", "fra-1", "--nation", "FRA", "--clearance",
+                 "SECRET", "--roles", "publish,subscribe", "--json")
+    assert added.returncode == 0, added.stderr
+    token = json.loads(added.stdout)["token"]
+    assert token.startswith("abk_") and len(token) > 40
+    nodes = json.loads(_cli(tmp_path, database_url, "node", "list", "--json").stdout)
+    assert [n["id"] for n in nodes] == ["fra-1"] and "token_hash" not in nodes[0]
+    assert token not in _cli(tmp_path, database_url, "node", "list", "--json").stdout
+    bad = _cli(tmp_path, database_url, "node", "add", "x", "--nation", "XXX", "--clearance", "SECRET",
+               "--roles", "publish")
+    assert bad.returncode == 2 and "ISO 3166" in bad.stderr
+    assert _cli(tmp_path, database_url, "alliance", "create", "NORDEFCO", "--name", "Nordic").returncode == 0
+    assert _cli(tmp_path, database_url, "alliance", "join", "NORDEFCO", "SWE", "--date", "2009-11-04").returncode == 0
+    assert _cli(tmp_path, database_url, "alliance", "leave", "NORDEFCO", "SWE").returncode == 0
+    again = _cli(tmp_path, database_url, "alliance", "leave", "NORDEFCO", "SWE")
+    assert again.returncode == 2 and "not a member" in again.stderr
+    revoked = _cli(tmp_path, database_url, "node", "revoke", "fra-1", "--json")
+    assert json.loads(revoked.stdout) == {"id": "fra-1", "revoked": True}
