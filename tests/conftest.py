@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,8 +67,12 @@ async def _pg_exec(server_url: str, *statements: str) -> None:
 
     url = make_url(server_url)
     conn = await asyncpg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-        database=url.database or "postgres", timeout=5,
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        database=url.database or "postgres",
+        timeout=5,
     )
     try:
         for statement in statements:
@@ -84,8 +88,10 @@ def pg_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     name = f"broker_tmpl_{secrets.token_hex(4)}"
     try:
         asyncio.run(_pg_exec(server, f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 -- any failure means "unreachable"
-        reason = f"PostgreSQL not reachable at {make_url(server).render_as_string(hide_password=True)}: {exc!r}"
+    except (TimeoutError, OSError, Exception) as exc:
+        reason = (
+            f"PostgreSQL not reachable at {make_url(server).render_as_string(hide_password=True)}: {exc!r}"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI requires PostgreSQL tests to run; {reason}")
         pytest.skip(reason)
@@ -136,6 +142,9 @@ async def ctx(settings: Settings, clock: FakeClock) -> AsyncIterator[Context]:
     await context.close()
 
 
-def label(classification: str = "UNCLASSIFIED", releasable_to: list[str] | None = None,
-          caveats: list[str] | None = None) -> dict[str, Any]:
+def label(
+    classification: str = "UNCLASSIFIED",
+    releasable_to: list[str] | None = None,
+    caveats: list[str] | None = None,
+) -> dict[str, Any]:
     return {"classification": classification, "releasable_to": releasable_to or [], "caveats": caveats or []}

@@ -21,16 +21,35 @@ class Api:
     client: TestClient[Any, Any]
     ctx: Context
 
-    async def node(self, node_id: str, nation: str, clearance: str = "SECRET",
-                   roles: tuple[str, ...] = ("publish", "subscribe"), caveats: tuple[str, ...] = (),
-                   **keys: str) -> str:
-        spec = {"id": node_id, "nation": nation, "clearance": clearance, "roles": list(roles),
-                "caveats": list(caveats), **keys}
+    async def node(
+        self,
+        node_id: str,
+        nation: str,
+        clearance: str = "SECRET",
+        roles: tuple[str, ...] = ("publish", "subscribe"),
+        caveats: tuple[str, ...] = (),
+        **keys: str,
+    ) -> str:
+        spec = {
+            "id": node_id,
+            "nation": nation,
+            "clearance": clearance,
+            "roles": list(roles),
+            "caveats": list(caveats),
+            **keys,
+        }
         return str((await admin.add_node(self.ctx, spec, actor="test"))["token"])
 
-    async def call(self, method: str, path: str, token: str | None = None, *,
-                   json: Any = None, data: bytes | None = None,
-                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        *,
+        json: Any = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         all_headers = dict(headers or {})
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"

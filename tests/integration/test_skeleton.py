@@ -47,10 +47,20 @@ async def test_health(api: Api) -> None:
 
 
 def _cli(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BROKER_DATABASE_URL": url, "BROKER_CONFIG_DIR": str(CONFIG),
-           "BROKER_KEYRING": str(tmp_path / "cli-keyring.json")}
-    return subprocess.run([sys.executable, "-m", "broker", *args], env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    env = {
+        **os.environ,
+        "BROKER_DATABASE_URL": url,
+        "BROKER_CONFIG_DIR": str(CONFIG),
+        "BROKER_KEYRING": str(tmp_path / "cli-keyring.json"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_cli_upgrade_list_and_nodes(database_url: str, tmp_path: Path) -> None:
@@ -58,21 +68,51 @@ def test_cli_upgrade_list_and_nodes(database_url: str, tmp_path: Path) -> None:
     listed = _cli(tmp_path, database_url, "alliance", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert {a["id"] for a in json.loads(listed.stdout)} >= {"NATO", "FVEY", "AU", "ASEAN", "GCC", "EU"}
-    added = _cli(tmp_path, database_url, "node", "add", "fra-1", "--nation", "FRA", "--clearance",
-                 "SECRET", "--roles", "publish,subscribe", "--json")
+    added = _cli(
+        tmp_path,
+        database_url,
+        "node",
+        "add",
+        "fra-1",
+        "--nation",
+        "FRA",
+        "--clearance",
+        "SECRET",
+        "--roles",
+        "publish,subscribe",
+        "--json",
+    )
     assert added.returncode == 0, added.stderr
     token = json.loads(added.stdout)["token"]
-    assert token.startswith("abk_") and len(token) > 40
+    assert token.startswith("abk_")
+    assert len(token) > 40
     nodes = json.loads(_cli(tmp_path, database_url, "node", "list", "--json").stdout)
-    assert [n["id"] for n in nodes] == ["fra-1"] and "token_hash" not in nodes[0]
+    assert [n["id"] for n in nodes] == ["fra-1"]
+    assert "token_hash" not in nodes[0]
     assert token not in _cli(tmp_path, database_url, "node", "list", "--json").stdout
-    bad = _cli(tmp_path, database_url, "node", "add", "x", "--nation", "XXX", "--clearance", "SECRET",
-               "--roles", "publish")
-    assert bad.returncode == 2 and "ISO 3166" in bad.stderr
+    bad = _cli(
+        tmp_path,
+        database_url,
+        "node",
+        "add",
+        "x",
+        "--nation",
+        "XXX",
+        "--clearance",
+        "SECRET",
+        "--roles",
+        "publish",
+    )
+    assert bad.returncode == 2
+    assert "ISO 3166" in bad.stderr
     assert _cli(tmp_path, database_url, "alliance", "create", "NORDEFCO", "--name", "Nordic").returncode == 0
-    assert _cli(tmp_path, database_url, "alliance", "join", "NORDEFCO", "SWE", "--date", "2009-11-04").returncode == 0
+    assert (
+        _cli(tmp_path, database_url, "alliance", "join", "NORDEFCO", "SWE", "--date", "2009-11-04").returncode
+        == 0
+    )
     assert _cli(tmp_path, database_url, "alliance", "leave", "NORDEFCO", "SWE").returncode == 0
     again = _cli(tmp_path, database_url, "alliance", "leave", "NORDEFCO", "SWE")
-    assert again.returncode == 2 and "not a member" in again.stderr
+    assert again.returncode == 2
+    assert "not a member" in again.stderr
     revoked = _cli(tmp_path, database_url, "node", "revoke", "fra-1", "--json")
     assert json.loads(revoked.stdout) == {"id": "fra-1", "revoked": True}

@@ -1,0 +1,165 @@
+"""The access rule: one table row per reason code, and properties against a reference model."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.domain.access import ReportFacts, Subject, decide
+from broker.domain.alliances import Alliance, Directory, Membership
+from broker.domain.labels import DEFAULT_POLICY
+
+LEVELS = DEFAULT_POLICY.levels
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def node(nation: str = "SWE", clearance: str = "SECRET", caveats: tuple[str, ...] = (),
+         roles: tuple[str, ...] = ("subscribe",), revoked: bool = False) -> Subject:
+    return Subject(id="n", nation=nation, clearance=clearance, caveats=frozenset(caveats),
+                   roles=frozenset(roles), revoked=revoked)
+
+
+def report(label: dict[str, Any], *, origin: str = "USA", created: datetime = T0,
+           recalled: bool = False) -> ReportFacts:
+    return ReportFacts(originator_nation=origin, label=label, created=created, recalled=recalled)
+
+
+def lab(classification: str = "SECRET", to: tuple[str, ...] = ("NATO",), caveats: tuple[str, ...] = (),
+        **extra: Any) -> dict[str, Any]:
+    return {"classification": classification, "releasable_to": list(to), "caveats": list(caveats), **extra}
+
+
+NATO = Directory(
+    alliances={"NATO": Alliance("NATO", "NATO"), "NEW": Alliance("NEW", "New", history="since-join")},
+    memberships={
+        "NATO": (
+            Membership("NATO", "USA", datetime(1949, 8, 24, tzinfo=UTC)),
+            Membership("NATO", "SWE", datetime(2024, 3, 7, tzinfo=UTC)),
+            Membership("NATO", "TUR", datetime(1952, 2, 18, tzinfo=UTC), left=datetime(2026, 3, 1, tzinfo=UTC)),
+            Membership("NATO", "UKR", datetime(2026, 5, 1, tzinfo=UTC)),
+        ),
+        "NEW": (Membership("NEW", "FIN", datetime(2026, 2, 1, tzinfo=UTC)),),
+    },
+)
+
+TABLE = [
+    ("allowed", node(), report(lab()), True, "allowed"),
+    ("originator nation, not named", node("USA"), report(lab(to=())), True, "allowed"),
+    ("nation named directly", node("NGA"), report(lab(to=("NGA",))), True, "allowed"),
+    ("missing_role", node(roles=("publish",)), report(lab()), False, "missing_role"),
+    ("node_revoked", node(revoked=True), report(lab()), False, "node_revoked"),
+    ("insufficient_clearance", node(clearance="CONFIDENTIAL"), report(lab()), False, "insufficient_clearance"),
+    ("unknown clearance fails closed", node(clearance="COSMIC"), report(lab()), False, "insufficient_clearance"),
+    ("missing_caveat", node(caveats=("A",)), report(lab(caveats=("A", "B"))), False, "missing_caveat"),
+    ("all caveats held", node(caveats=("A", "B", "C")), report(lab(caveats=("A", "B"))), True, "allowed"),
+    ("not_releasable", node("NGA"), report(lab()), False, "not_releasable"),
+    ("left the alliance", node("TUR"), report(lab()), False, "not_releasable"),
+    ("joined later, full history", node("UKR"), report(lab()), True, "allowed"),
+    ("joined later, since-join", node("FIN"), report(lab(to=("NEW",))), False, "not_releasable"),
+    ("since-join, created after join", node("FIN"), report(lab(to=("NEW",)), created=NOW), True, "allowed"),
+    ("recalled", node(), report(lab(), recalled=True), False, "recalled"),
+    ("unknown_label_policy", node(), report(lab(policy="OTHER")), False, "unknown_label_policy"),
+    ("unknown level", node(), report(lab(classification="COSMIC")), False, "unknown_label_policy"),
+    ("invalid_label (extra key)", node(), report(lab(handling="x")), False, "invalid_label"),
+    ("invalid_label (not a list)", node(), report({"classification": "SECRET", "releasable_to": "NATO"}),
+     False, "invalid_label"),
+]
+
+
+@pytest.mark.parametrize(("name", "subject", "facts", "allowed", "reason"), TABLE, ids=[t[0] for t in TABLE])
+def test_reason_table(name: str, subject: Subject, facts: ReportFacts, allowed: bool, reason: str) -> None:
+    decision = decide(node=subject, report=facts, directory=NATO, policy=DEFAULT_POLICY, now=NOW)
+    assert (decision.allowed, decision.reason) == (allowed, reason)
+
+
+def test_membership_is_judged_at_the_moment_of_decision() -> None:
+    before_leaving = datetime(2026, 2, 1, tzinfo=UTC)
+    facts = report(lab())
+    assert decide(node=node("TUR"), report=facts, directory=NATO, policy=DEFAULT_POLICY, now=before_leaving).allowed
+    assert not decide(node=node("TUR"), report=facts, directory=NATO, policy=DEFAULT_POLICY, now=NOW).allowed
+    before_joining = datetime(2026, 4, 1, tzinfo=UTC)
+    assert not decide(node=node("UKR"), report=facts, directory=NATO, policy=DEFAULT_POLICY,
+                      now=before_joining).allowed
+
+
+# -- reference model ------------------------------------------------------------------------
+NATIONS = ["USA", "GBR", "SWE", "FIN", "NGA"]
+ALLIANCES = ["A1", "A2"]
+CAVEATS = ["X", "Y"]
+DAYS = st.integers(min_value=0, max_value=60)
+
+
+def reference(subject: Subject, facts: ReportFacts, directory: Directory, now: datetime) -> str:
+    """An independent statement of DESIGN.md's rule (valid labels only)."""
+    if subject.revoked or "subscribe" not in subject.roles:
+        return "deny"
+    if LEVELS.index(subject.clearance) < LEVELS.index(facts.label["classification"]):
+        return "deny"
+    if any(c not in subject.caveats for c in facts.label["caveats"]):
+        return "deny"
+    eligible = {facts.originator_nation} | set(facts.label["releasable_to"])
+    for alliance in set(facts.label["releasable_to"]) & set(directory.alliances):
+        for m in directory.memberships[alliance]:
+            current = m.joined <= now and (m.left is None or now < m.left)
+            history_ok = directory.alliances[alliance].history == "full" or m.joined <= facts.created
+            if current and history_ok:
+                eligible.add(m.nation)
+    if subject.nation not in eligible:
+        return "deny"
+    return "deny" if facts.recalled else "allow"
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> tuple[Subject, ReportFacts, Directory, datetime]:
+    alliances = {a: Alliance(a, a, history=draw(st.sampled_from(["full", "since-join"]))) for a in ALLIANCES}
+    memberships: dict[str, tuple[Membership, ...]] = {}
+    for a in ALLIANCES:
+        rows = []
+        for nation in draw(st.lists(st.sampled_from(NATIONS), unique=True)):
+            joined = T0 + timedelta(days=draw(DAYS))
+            left = draw(st.none() | DAYS.map(lambda d, j=joined: j + timedelta(days=d + 1)))
+            rows.append(Membership(a, nation, joined, left))
+        memberships[a] = tuple(rows)
+    subject = Subject(
+        id="n", nation=draw(st.sampled_from(NATIONS)), clearance=draw(st.sampled_from(LEVELS)),
+        caveats=frozenset(draw(st.lists(st.sampled_from(CAVEATS), unique=True))),
+        roles=frozenset(draw(st.lists(st.sampled_from(["subscribe", "publish", "audit"]), unique=True))),
+        revoked=draw(st.booleans()),
+    )
+    label = {
+        "classification": draw(st.sampled_from(LEVELS)),
+        "releasable_to": draw(st.lists(st.sampled_from(NATIONS + ALLIANCES), unique=True)),
+        "caveats": draw(st.lists(st.sampled_from(CAVEATS), unique=True)),
+    }
+    facts = ReportFacts(originator_nation=draw(st.sampled_from(NATIONS)), label=label,
+                        created=T0 + timedelta(days=draw(DAYS)), recalled=draw(st.booleans()))
+    now = T0 + timedelta(days=draw(st.integers(0, 130)))
+    return subject, facts, Directory(alliances=alliances, memberships=memberships), now
+
+
+@settings(max_examples=2000, deadline=None)
+@given(worlds())
+def test_decide_matches_reference_model(world: tuple[Subject, ReportFacts, Directory, datetime]) -> None:
+    subject, facts, directory, now = world
+    decision = decide(node=subject, report=facts, directory=directory, policy=DEFAULT_POLICY, now=now)
+    assert ("allow" if decision.allowed else "deny") == reference(subject, facts, directory, now)
+    assert decision.allowed == (decision.reason == "allowed")
+
+
+@settings(max_examples=500, deadline=None)
+@given(worlds(), st.sampled_from(LEVELS))
+def test_raising_clearance_never_removes_access(
+    world: tuple[Subject, ReportFacts, Directory, datetime], higher: str
+) -> None:
+    subject, facts, directory, now = world
+    if LEVELS.index(higher) < LEVELS.index(subject.clearance):
+        return
+    before = decide(node=subject, report=facts, directory=directory, policy=DEFAULT_POLICY, now=now)
+    raised = Subject(**{**subject.__dict__, "clearance": higher})
+    after = decide(node=raised, report=facts, directory=directory, policy=DEFAULT_POLICY, now=now)
+    assert after.allowed or not before.allowed
