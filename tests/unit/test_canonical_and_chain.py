@@ -35,7 +35,7 @@ def test_rfc8785_examples() -> None:
     assert canonical({"literals": [None, True, False]}) == b'{"literals":[null,true,false]}'
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 2**64, 2.0**60])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 2**64, 2**53])
 def test_uncanonicalisable_values_are_invalid_input(bad: Any) -> None:
     with pytest.raises(InvalidInput):
         canonical({"x": bad})
