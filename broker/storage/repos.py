@@ -15,7 +15,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from broker.domain.alliances import Alliance, Directory, History, Membership
-from broker.domain.records import AuditEvent, Head, NodeRecord, ReportRecord
+from broker.domain.records import AuditDraft, AuditEvent, Head, NodeRecord, ReportRecord
 from broker.errors import Unavailable
 from broker.storage.models import (
     AllianceRow,
@@ -63,6 +63,20 @@ def _report(row: ReportRow) -> ReportRecord:
         wrapped_key=row.wrapped_key,
         kek_id=row.kek_id,
     )
+
+
+def _event(row: AuditEventRow) -> AuditEvent:
+    draft = AuditDraft(
+        action=row.action,
+        actor=row.actor,
+        report=row.report,
+        node=row.node,
+        nation=row.nation,
+        decision=row.decision,
+        reason=row.reason,
+        details=dict(row.details),
+    )
+    return AuditEvent(seq=row.seq, time=row.time, draft=draft, prev_hash=row.prev_hash, hash=row.hash)
 
 
 class Tx:
@@ -244,6 +258,28 @@ class Tx:
         )
 
     # -- audit ----------------------------------------------------------------------------
+    async def events(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        report: str | None = None,
+        node: str | None = None,
+        action: str | None = None,
+    ) -> list[AuditEvent]:
+        """Audit events above ``after`` in sequence order, optionally filtered."""
+        query = (
+            select(AuditEventRow).where(AuditEventRow.seq > after).order_by(AuditEventRow.seq).limit(limit)
+        )
+        for column, value in (
+            (AuditEventRow.report, report),
+            (AuditEventRow.node, node),
+            (AuditEventRow.action, action),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        return [_event(r) for r in (await self._s.scalars(query)).all()]
+
     async def insert_events(self, events: Sequence[AuditEvent]) -> None:
         self._s.add_all(
             AuditEventRow(

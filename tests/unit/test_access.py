@@ -18,19 +18,35 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
-def node(nation: str = "SWE", clearance: str = "SECRET", caveats: tuple[str, ...] = (),
-         roles: tuple[str, ...] = ("subscribe",), revoked: bool = False) -> Subject:
-    return Subject(id="n", nation=nation, clearance=clearance, caveats=frozenset(caveats),
-                   roles=frozenset(roles), revoked=revoked)
+def node(
+    nation: str = "SWE",
+    clearance: str = "SECRET",
+    caveats: tuple[str, ...] = (),
+    roles: tuple[str, ...] = ("subscribe",),
+    revoked: bool = False,
+) -> Subject:
+    return Subject(
+        id="n",
+        nation=nation,
+        clearance=clearance,
+        caveats=frozenset(caveats),
+        roles=frozenset(roles),
+        revoked=revoked,
+    )
 
 
-def report(label: dict[str, Any], *, origin: str = "USA", created: datetime = T0,
-           recalled: bool = False) -> ReportFacts:
+def report(
+    label: dict[str, Any], *, origin: str = "USA", created: datetime = T0, recalled: bool = False
+) -> ReportFacts:
     return ReportFacts(originator_nation=origin, label=label, created=created, recalled=recalled)
 
 
-def lab(classification: str = "SECRET", to: tuple[str, ...] = ("NATO",), caveats: tuple[str, ...] = (),
-        **extra: Any) -> dict[str, Any]:
+def lab(
+    classification: str = "SECRET",
+    to: tuple[str, ...] = ("NATO",),
+    caveats: tuple[str, ...] = (),
+    **extra: Any,
+) -> dict[str, Any]:
     return {"classification": classification, "releasable_to": list(to), "caveats": list(caveats), **extra}
 
 
@@ -40,7 +56,9 @@ NATO = Directory(
         "NATO": (
             Membership("NATO", "USA", datetime(1949, 8, 24, tzinfo=UTC)),
             Membership("NATO", "SWE", datetime(2024, 3, 7, tzinfo=UTC)),
-            Membership("NATO", "TUR", datetime(1952, 2, 18, tzinfo=UTC), left=datetime(2026, 3, 1, tzinfo=UTC)),
+            Membership(
+                "NATO", "TUR", datetime(1952, 2, 18, tzinfo=UTC), left=datetime(2026, 3, 1, tzinfo=UTC)
+            ),
             Membership("NATO", "UKR", datetime(2026, 5, 1, tzinfo=UTC)),
         ),
         "NEW": (Membership("NEW", "FIN", datetime(2026, 2, 1, tzinfo=UTC)),),
@@ -53,8 +71,20 @@ TABLE = [
     ("nation named directly", node("NGA"), report(lab(to=("NGA",))), True, "allowed"),
     ("missing_role", node(roles=("publish",)), report(lab()), False, "missing_role"),
     ("node_revoked", node(revoked=True), report(lab()), False, "node_revoked"),
-    ("insufficient_clearance", node(clearance="CONFIDENTIAL"), report(lab()), False, "insufficient_clearance"),
-    ("unknown clearance fails closed", node(clearance="COSMIC"), report(lab()), False, "insufficient_clearance"),
+    (
+        "insufficient_clearance",
+        node(clearance="CONFIDENTIAL"),
+        report(lab()),
+        False,
+        "insufficient_clearance",
+    ),
+    (
+        "unknown clearance fails closed",
+        node(clearance="COSMIC"),
+        report(lab()),
+        False,
+        "insufficient_clearance",
+    ),
     ("missing_caveat", node(caveats=("A",)), report(lab(caveats=("A", "B"))), False, "missing_caveat"),
     ("all caveats held", node(caveats=("A", "B", "C")), report(lab(caveats=("A", "B"))), True, "allowed"),
     ("not_releasable", node("NGA"), report(lab()), False, "not_releasable"),
@@ -66,8 +96,13 @@ TABLE = [
     ("unknown_label_policy", node(), report(lab(policy="OTHER")), False, "unknown_label_policy"),
     ("unknown level", node(), report(lab(classification="COSMIC")), False, "unknown_label_policy"),
     ("invalid_label (extra key)", node(), report(lab(handling="x")), False, "invalid_label"),
-    ("invalid_label (not a list)", node(), report({"classification": "SECRET", "releasable_to": "NATO"}),
-     False, "invalid_label"),
+    (
+        "invalid_label (not a list)",
+        node(),
+        report({"classification": "SECRET", "releasable_to": "NATO"}),
+        False,
+        "invalid_label",
+    ),
 ]
 
 
@@ -80,11 +115,14 @@ def test_reason_table(name: str, subject: Subject, facts: ReportFacts, allowed: 
 def test_membership_is_judged_at_the_moment_of_decision() -> None:
     before_leaving = datetime(2026, 2, 1, tzinfo=UTC)
     facts = report(lab())
-    assert decide(node=node("TUR"), report=facts, directory=NATO, policy=DEFAULT_POLICY, now=before_leaving).allowed
+    assert decide(
+        node=node("TUR"), report=facts, directory=NATO, policy=DEFAULT_POLICY, now=before_leaving
+    ).allowed
     assert not decide(node=node("TUR"), report=facts, directory=NATO, policy=DEFAULT_POLICY, now=NOW).allowed
     before_joining = datetime(2026, 4, 1, tzinfo=UTC)
-    assert not decide(node=node("UKR"), report=facts, directory=NATO, policy=DEFAULT_POLICY,
-                      now=before_joining).allowed
+    assert not decide(
+        node=node("UKR"), report=facts, directory=NATO, policy=DEFAULT_POLICY, now=before_joining
+    ).allowed
 
 
 # -- reference model ------------------------------------------------------------------------
@@ -126,7 +164,9 @@ def worlds(draw: st.DrawFn) -> tuple[Subject, ReportFacts, Directory, datetime]:
             rows.append(Membership(a, nation, joined, left))
         memberships[a] = tuple(rows)
     subject = Subject(
-        id="n", nation=draw(st.sampled_from(NATIONS)), clearance=draw(st.sampled_from(LEVELS)),
+        id="n",
+        nation=draw(st.sampled_from(NATIONS)),
+        clearance=draw(st.sampled_from(LEVELS)),
         caveats=frozenset(draw(st.lists(st.sampled_from(CAVEATS), unique=True))),
         roles=frozenset(draw(st.lists(st.sampled_from(["subscribe", "publish", "audit"]), unique=True))),
         revoked=draw(st.booleans()),
@@ -136,8 +176,12 @@ def worlds(draw: st.DrawFn) -> tuple[Subject, ReportFacts, Directory, datetime]:
         "releasable_to": draw(st.lists(st.sampled_from(NATIONS + ALLIANCES), unique=True)),
         "caveats": draw(st.lists(st.sampled_from(CAVEATS), unique=True)),
     }
-    facts = ReportFacts(originator_nation=draw(st.sampled_from(NATIONS)), label=label,
-                        created=T0 + timedelta(days=draw(DAYS)), recalled=draw(st.booleans()))
+    facts = ReportFacts(
+        originator_nation=draw(st.sampled_from(NATIONS)),
+        label=label,
+        created=T0 + timedelta(days=draw(DAYS)),
+        recalled=draw(st.booleans()),
+    )
     now = T0 + timedelta(days=draw(st.integers(0, 130)))
     return subject, facts, Directory(alliances=alliances, memberships=memberships), now
 

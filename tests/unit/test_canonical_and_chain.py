@@ -18,7 +18,10 @@ from broker.errors import InvalidInput
 from broker.services.audit import chain
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=10)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.text(max_size=10)
     | st.floats(min_value=-(2.0**52), max_value=2.0**52),  # I-JSON range, as RFC 8785 requires
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=20,

@@ -22,11 +22,14 @@ LABEL = canonical({"classification": "SECRET", "releasable_to": ["NATO"], "cavea
 
 def test_envelope_round_trip_and_binding(tmp_path: Path) -> None:
     ring = keyring.load_or_create(tmp_path / "k.json")
-    stored = envelope.encrypt_payload(plaintext=b'{"ioc":"1.2.3.4"}', report_id="r1",
-                                      canonical_label=LABEL, keyring=ring)
+    stored = envelope.encrypt_payload(
+        plaintext=b'{"ioc":"1.2.3.4"}', report_id="r1", canonical_label=LABEL, keyring=ring
+    )
     assert b"1.2.3.4" not in stored.ciphertext + stored.wrapped_key
-    assert envelope.decrypt_payload(stored=stored, report_id="r1", canonical_label=LABEL,
-                                    keyring=ring) == b'{"ioc":"1.2.3.4"}'
+    assert (
+        envelope.decrypt_payload(stored=stored, report_id="r1", canonical_label=LABEL, keyring=ring)
+        == b'{"ioc":"1.2.3.4"}'
+    )
     with pytest.raises(envelope.EnvelopeError):
         envelope.decrypt_payload(stored=stored, report_id="r2", canonical_label=LABEL, keyring=ring)
     other_label = canonical({"classification": "UNCLASSIFIED", "releasable_to": ["NATO"], "caveats": []})
@@ -42,7 +45,9 @@ def test_rotation_and_rewrap(tmp_path: Path) -> None:
     moved = envelope.rewrap(stored=stored, keyring=rotated)
     assert moved.kek_id == rotated.current and moved.ciphertext == stored.ciphertext
     shredded = rotated.only_current()
-    assert envelope.decrypt_payload(stored=moved, report_id="r", canonical_label=LABEL, keyring=shredded) == b"x"
+    assert (
+        envelope.decrypt_payload(stored=moved, report_id="r", canonical_label=LABEL, keyring=shredded) == b"x"
+    )
     with pytest.raises(envelope.EnvelopeError):
         envelope.decrypt_payload(stored=stored, report_id="r", canonical_label=LABEL, keyring=shredded)
 
@@ -67,10 +72,17 @@ def _raw_public(key: X25519PrivateKey | Ed25519PrivateKey) -> str:
 
 def test_seal_opens_only_with_the_right_key() -> None:
     recipient, stranger = X25519PrivateKey.generate(), X25519PrivateKey.generate()
-    sealed = seal.seal(plaintext=b"secret", recipient_public_key_b64=_raw_public(recipient),
-                       report_id="r", canonical_label=LABEL)
+    sealed = seal.seal(
+        plaintext=b"secret",
+        recipient_public_key_b64=_raw_public(recipient),
+        report_id="r",
+        canonical_label=LABEL,
+    )
     assert len(base64.b64decode(sealed["enc"])) == 32
-    assert seal.open_sealed(sealed=sealed, private_key=recipient, report_id="r", canonical_label=LABEL) == b"secret"
+    assert (
+        seal.open_sealed(sealed=sealed, private_key=recipient, report_id="r", canonical_label=LABEL)
+        == b"secret"
+    )
     with pytest.raises(Exception):  # noqa: B017,PT011 -- cryptography raises its own opaque error
         seal.open_sealed(sealed=sealed, private_key=stranger, report_id="r", canonical_label=LABEL)
     with pytest.raises(Exception):  # noqa: B017,PT011
@@ -88,7 +100,9 @@ def test_signature_over_contract_bytes() -> None:
     assert message.endswith(b"\n" + hashlib.sha256(payload).hexdigest().encode())
     signature = signing.sign(private_key=key, message=message)
     assert signing.verify(public_key_b64=_raw_public(key), signature_b64=signature, message=message)
-    assert not signing.verify(public_key_b64=_raw_public(key), signature_b64=signature, message=message + b"x")
+    assert not signing.verify(
+        public_key_b64=_raw_public(key), signature_b64=signature, message=message + b"x"
+    )
     assert not signing.verify(public_key_b64=_raw_public(key), signature_b64="not base64!", message=message)
 
 

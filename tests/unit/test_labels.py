@@ -20,8 +20,15 @@ def parse(raw: Any) -> Any:
 
 
 def test_valid_label() -> None:
-    label = parse({"policy": "ALLIANCE-BROKER", "classification": "SECRET",
-                   "releasable_to": ["NATO", "SWE"], "caveats": ["CT-OPS"], "tlp": "AMBER+STRICT"})
+    label = parse(
+        {
+            "policy": "ALLIANCE-BROKER",
+            "classification": "SECRET",
+            "releasable_to": ["NATO", "SWE"],
+            "caveats": ["CT-OPS"],
+            "tlp": "AMBER+STRICT",
+        }
+    )
     assert label.classification == "SECRET"
     assert label.releasable_to == {"NATO", "SWE"}
     assert label.caveats == {"CT-OPS"}
