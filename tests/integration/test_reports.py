@@ -18,14 +18,17 @@ async def test_publish_then_read_by_an_ally(api: Api) -> None:
     sent["label"]["tlp"] = "AMBER"
     status, receipt = await api.publish(usa, sent)
     assert status == 201
-    assert set(receipt) == {"id", "sequence", "created"} and receipt["sequence"] == 1
+    assert set(receipt) == {"id", "sequence", "created"}
+    assert receipt["sequence"] == 1
     status, got = await api.get(f"/v1/reports/{receipt['id']}", swe)
     assert status == 200
     assert got["label"] == sent["label"]  # kept exactly as sent
     assert list(got["label"]) == list(sent["label"])
     assert got["payload"] == sent["payload"]
     assert got["originator"] == {"node": "usa-1", "nation": "USA"}
-    assert got["sequence"] == 1 and got["topics"] == ["ransomware"] and got["signature"] is None
+    assert got["sequence"] == 1
+    assert got["topics"] == ["ransomware"]
+    assert got["signature"] is None
     log = await events(api.ctx, report=receipt["id"])
     assert [(e["action"], e["decision"], e["node"]) for e in log] == [
         ("publish", "allow", "usa-1"),
@@ -90,7 +93,8 @@ async def test_membership_changes_apply_to_the_next_decision(api: Api, clock: Fa
     assert (await api.call("DELETE", "/v1/admin/alliances/NATO/members/SWE", admin))[0] == 200
     assert (await api.get(path, swe))[0] == 404
     status, joined = await api.call("PUT", "/v1/admin/alliances/NATO/members/SWE", admin)
-    assert status == 201 and joined["nation"] == "SWE"
+    assert status == 201
+    assert joined["nation"] == "SWE"
     assert (await api.get(path, swe))[0] == 200  # full history: sees what was released before
     assert (await api.call("PUT", "/v1/admin/alliances/NATO/members/SWE", admin))[0] == 409
     assert (await api.call("PUT", "/v1/admin/alliances/NATO/members/XXX", admin))[0] == 422
@@ -133,7 +137,8 @@ async def test_recall_by_originator_only(api: Api) -> None:
         for e in await events(api.ctx, report=receipt["id"])
         if e["decision"] == "deny"
     ]
-    assert ("gbr-1", "not_originator") in reasons and ("nga-1", "not_found") in reasons
+    assert ("gbr-1", "not_originator") in reasons
+    assert ("nga-1", "not_found") in reasons
     assert ("gbr-1", "recalled") in reasons
 
 
@@ -188,9 +193,11 @@ async def test_idempotency_key_and_client_ids(api: Api) -> None:
     key = {"Idempotency-Key": "abc-1"}
     first = await api.publish(usa, body(), headers=key)
     again = await api.publish(usa, body(), headers=key)
-    assert first == again and first[0] == 201
+    assert first == again
+    assert first[0] == 201
     other = await api.publish(usa, body(topics=["other"]), headers=key)
-    assert other[0] == 409 and other[1]["type"].endswith("idempotency_key_reused")
+    assert other[0] == 409
+    assert other[1]["type"].endswith("idempotency_key_reused")
     assert (await api.publish(gbr, body(), headers=key))[0] == 201  # keys are per node
     chosen = str(uuid.uuid4())
     with_id = {**body(), "id": chosen}

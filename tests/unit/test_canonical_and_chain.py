@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -64,8 +65,9 @@ def test_chain_links_each_event_to_the_previous(actions: list[str]) -> None:
     events, new_head = chain(head, [AuditDraft(action=a) for a in actions], now=now)
     assert [e.seq for e in events] == list(range(1, len(actions) + 1))
     assert events[0].prev_hash == GENESIS
-    for before, after in zip(events, events[1:], strict=False):
+    for before, after in itertools.pairwise(events):
         assert after.prev_hash == before.hash
-    assert new_head.audit_hash == events[-1].hash and new_head.audit_seq == len(actions)
+    assert new_head.audit_hash == events[-1].hash
+    assert new_head.audit_seq == len(actions)
     altered = event_document(seq=1, time=now, draft=AuditDraft(action="tampered"), prev_hash=GENESIS)
     assert event_hash(altered) != events[0].hash

@@ -43,7 +43,8 @@ def test_rotation_and_rewrap(tmp_path: Path) -> None:
     rotated = ring.with_new_kek()
     assert rotated.current != ring.current
     moved = envelope.rewrap(stored=stored, keyring=rotated)
-    assert moved.kek_id == rotated.current and moved.ciphertext == stored.ciphertext
+    assert moved.kek_id == rotated.current
+    assert moved.ciphertext == stored.ciphertext
     shredded = rotated.only_current()
     assert (
         envelope.decrypt_payload(stored=moved, report_id="r", canonical_label=LABEL, keyring=shredded) == b"x"
@@ -108,8 +109,10 @@ def test_signature_over_contract_bytes() -> None:
 
 def test_tokens_are_random_and_stored_hashed() -> None:
     first, second = tokens.new_token(), tokens.new_token()
-    assert first != second and first.startswith("abk_")
+    assert first != second
+    assert first.startswith("abk_")
     stored = tokens.hash_token(first)
-    assert first not in stored and len(stored) == 64
+    assert first not in stored
+    assert len(stored) == 64
     assert tokens.token_matches(token=first, stored_hash=stored)
     assert not tokens.token_matches(token=second, stored_hash=stored)
