@@ -18,7 +18,7 @@ def canonical(value: Any) -> bytes:
     """
     try:
         return rfc8785.dumps(value)
-    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+    except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"value cannot be canonicalised: {exc}", code="not_canonicalisable") from exc
 
 

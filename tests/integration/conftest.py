@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json as _json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +16,7 @@ from broker.services import admin
 from broker.services.context import Context
 from broker.settings import Settings
 from tests.conftest import FakeClock
+from tests.integration.openapi_check import check_response
 
 
 @dataclass
@@ -53,9 +56,15 @@ class Api:
         all_headers = dict(headers or {})
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
-        async with self.client.request(method, path, json=json, data=data, headers=all_headers) as resp:
+        if json is not None:
+            data = _json.dumps(json).encode()
+            all_headers.setdefault("Content-Type", "application/json")
+        stream = None if data is None else io.BytesIO(data)  # aiohttp warns on large raw bytes
+        async with self.client.request(method, path, data=stream, headers=all_headers) as resp:
             if resp.content_type in ("application/json", "application/problem+json"):
-                return resp.status, await resp.json(content_type=None)
+                answer = await resp.json(content_type=None)
+                check_response(method, path, resp.status, resp.content_type, answer)
+                return resp.status, answer
             return resp.status, await resp.text()
 
     async def publish(self, token: str, body: dict[str, Any], **kw: Any) -> tuple[int, Any]:
