@@ -1,0 +1,270 @@
+"""The broker as a process: demo, serve, kill -9 durability, bad configuration, health."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.errors import ConfigError
+from broker.settings import Settings
+from tests.conftest import CONFIG
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _http(method: str, url: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 -- loopback URL we built
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen[str], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"broker exited early: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if _http("GET", f"{base}/v1/health")[0] == 200:
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("broker did not become healthy")
+
+
+def _env(url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "BROKER_DATABASE_URL": url,
+        "BROKER_CONFIG_DIR": str(CONFIG),
+        "BROKER_KEYRING": str(tmp_path / "keyring.json"),
+    }
+
+
+def _broker(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_kill_9_after_201_loses_nothing(database_url: str, tmp_path: Path) -> None:
+    env = _env(database_url, tmp_path)
+    assert _broker("db", "upgrade", env=env).returncode == 0
+    token = json.loads(
+        _broker(
+            "node",
+            "add",
+            "usa-1",
+            "--nation",
+            "USA",
+            "--clearance",
+            "SECRET",
+            "--roles",
+            "publish,subscribe",
+            "--json",
+            env=env,
+        ).stdout
+    )["token"]
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_healthy(base, proc)
+        receipts = []
+        for i in range(20):
+            status, receipt = _http(
+                "POST",
+                f"{base}/v1/reports",
+                token,
+                {"label": {"classification": "SECRET", "releasable_to": ["NATO"]}, "payload": {"n": i}},
+            )
+            assert status == 201
+            receipts.append(receipt)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stdout:
+            proc.stdout.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_healthy(base, proc)
+        _, page = _http("GET", f"{base}/v1/reports?limit=100", token)
+        assert [r["id"] for r in page["reports"]] == [r["id"] for r in receipts]
+        assert [r["payload"]["n"] for r in page["reports"]] == list(range(20))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_demo_command_starts_a_broker_with_printed_tokens(tmp_path: Path) -> None:
+    port = _free_port()
+    workdir = tmp_path / "fresh"
+    workdir.mkdir()
+    shutil.copytree(CONFIG, workdir / "config")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "demo", "--port", str(port)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, proc, seconds=60)
+        lines = []
+        assert proc.stdout is not None
+        while not any("API description" in line for line in lines):
+            lines.append(proc.stdout.readline())
+        text = "".join(lines)
+        tokens = dict(re.findall(r"^\s+(\S+)\s+.*token (abk_\S+)$", text, re.MULTILINE))
+        assert {"usa-cyber", "swe-cert", "nga-cert", "auditor", "admin"} <= set(tokens)
+        status, receipt = _http(
+            "POST",
+            f"{base}/v1/reports",
+            tokens["usa-cyber"],
+            {"label": {"classification": "CONFIDENTIAL", "releasable_to": ["NATO"]}, "payload": {"x": 1}},
+        )
+        assert status == 201
+        assert _http("GET", f"{base}/v1/reports/{receipt['id']}", tokens["swe-cert"])[0] == 200
+        assert _http("GET", f"{base}/v1/reports/{receipt['id']}", tokens["nga-cert"])[0] == 404
+        assert (workdir / "var" / "demo" / "broker.db").exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def _config_dir(tmp_path: Path, name: str, text: str) -> Path:
+    folder = tmp_path / "config"
+    shutil.copytree(CONFIG, folder)
+    (folder / name).write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "key", "problem"),
+    [
+        ("broker.toml", "[server]\nport = 'eighty'\n", "server.port", "integer"),
+        ("broker.toml", "[server\n", "-", "not valid TOML"),
+        ("policy.toml", "levels = []\n", "levels", "non-empty"),
+        ("policy.toml", "levels = ['A', 'B']\nseal_at_or_above = 'C'\n", "levels", "not a level"),
+        (
+            "alliances.toml",
+            "[alliances.NATO]\nname = 'N'\nmembers = [{nation = 'XXX', joined = 2020-01-01}]\n",
+            "alliances.NATO.members[0].nation",
+            "ISO 3166",
+        ),
+        (
+            "alliances.toml",
+            "[alliances.NATO]\nname = 'N'\nmembers = [{nation = 'USA', joined = 'soon'}]\n",
+            "alliances.NATO.members[0].joined",
+            "date",
+        ),
+        ("alliances.toml", "[alliances.USA]\nname = 'N'\n", "alliances.USA", "not a nation"),
+        (
+            "alliances.toml",
+            "[alliances.X1]\nname = 'N'\nhistory = 'some'\n",
+            "alliances.X1.history",
+            "must be",
+        ),
+    ],
+)
+def test_bad_configuration_names_file_key_and_problem(
+    tmp_path: Path, name: str, text: str, key: str, problem: str
+) -> None:
+    folder = _config_dir(tmp_path, name, text)
+    with pytest.raises(ConfigError) as info:
+        Settings.load(env={"BROKER_CONFIG_DIR": str(folder)})
+    assert info.value.file.endswith(name) and info.value.key == key and problem in info.value.problem
+    result = _broker("db", "upgrade", env={**os.environ, "BROKER_CONFIG_DIR": str(folder)}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert name in result.stderr and key in result.stderr
+
+
+def test_environment_overrides_the_files(tmp_path: Path) -> None:
+    settings = Settings.load(
+        env={
+            "BROKER_CONFIG_DIR": str(CONFIG),
+            "BROKER_DATABASE_URL": "sqlite+aiosqlite:///x.db",
+            "BROKER_KEYRING": "/tmp/k.json",
+        }
+    )
+    assert settings.database_url == "sqlite+aiosqlite:///x.db"
+    assert str(settings.keyring_path) == "/tmp/k.json"  # noqa: S108
+    assert settings.max_body_bytes == 1024 * 1024
+
+
+def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    env = _env(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}", tmp_path)
+    result = _broker("serve", "--port", str(_free_port()), env=env)
+    assert result.returncode == 2 and "broker db upgrade" in result.stderr
+
+
+async def test_health_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from broker.app import create_app
+
+    settings = Settings.load(
+        env={
+            "BROKER_CONFIG_DIR": str(CONFIG),
+            "BROKER_KEYRING": str(tmp_path / "k.json"),
+            "BROKER_DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none",
+        }
+    )
+    client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        async with client.get("/v1/health") as resp:
+            assert resp.status == 503
+            assert (await resp.json(content_type=None))["type"].endswith("unavailable")
+    finally:
+        await client.close()
