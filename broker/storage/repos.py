@@ -5,6 +5,7 @@ Sessions go in, records (``broker.domain.records``) come out; no ORM object leav
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -311,16 +312,27 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # SQLite admits one writer, and every transaction here begins IMMEDIATE; queueing them in
+        # the process avoids the busy handler's sleep-and-retry, which ruins tail latency.
+        self._serial = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         """A transaction that commits when the block ends normally, else rolls back.
         Database outages surface as Unavailable (503)."""
         try:
-            async with self._sessions() as session, session.begin():
+            async with self._serialised(), self._sessions() as session, session.begin():
                 yield Tx(session)
         except (OperationalError, InterfaceError, OSError) as exc:
             raise Unavailable("database unavailable") from exc
+
+    @asynccontextmanager
+    async def _serialised(self) -> AsyncIterator[None]:
+        if self._serial is None:
+            yield
+            return
+        async with self._serial:
+            yield
 
     async def dispose(self) -> None:
         await self.engine.dispose()
