@@ -226,7 +226,8 @@ async def main() -> None:
                     (engine, case, result, result["rate"] / ceiling["rate"] if "publish" in case else None)
                 )
     lines = [
-        f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} cores, commit {_commit()}",
+        f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+        f"{os.cpu_count()} cores, commit {_commit()}",
         "",
         "| server | case | reports/s | p50 ms | p99 ms | ours/null |",
         "|---|---|---|---|---|---|",
