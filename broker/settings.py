@@ -122,11 +122,13 @@ def load_policy(path: Path) -> Policy:
     if not isinstance(levels, list) or not levels or not all(isinstance(x, str) for x in levels):
         raise ConfigError(file=str(path), key="levels", problem="must be a non-empty list of strings")
     policy_id = raw.get("id", "ALLIANCE-BROKER")
-    seal = raw.get("seal_at_or_above", levels[0])
-    if not isinstance(policy_id, str) or not isinstance(seal, str):
-        raise ConfigError(file=str(path), key="id", problem="id and seal_at_or_above must be strings")
+    seal = raw.get("require_sealing_at_or_above")
+    if not isinstance(policy_id, str) or not (seal is None or isinstance(seal, str)):
+        raise ConfigError(
+            file=str(path), key="id", problem="id and require_sealing_at_or_above must be strings"
+        )
     try:
-        return Policy(id=policy_id, levels=tuple(levels), seal_at_or_above=seal)
+        return Policy(id=policy_id, levels=tuple(levels), require_sealing_at_or_above=seal)
     except ValueError as exc:
         raise ConfigError(file=str(path), key="levels", problem=str(exc)) from exc
 

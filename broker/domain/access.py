@@ -21,6 +21,7 @@ INSUFFICIENT_CLEARANCE = "insufficient_clearance"
 MISSING_CAVEAT = "missing_caveat"
 NOT_RELEASABLE = "not_releasable"
 RECALLED = "recalled"
+SEALING_REQUIRED = "sealing_required"
 
 ROLES = frozenset({"publish", "subscribe", "audit", "admin"})
 
@@ -35,6 +36,7 @@ class Subject:
     caveats: frozenset[str]
     roles: frozenset[str]
     revoked: bool = False
+    can_open_sealed: bool = False  # has an X25519 key
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ def decide(
     under ``policy`` (fail closed otherwise); the node's clearance ranks at or above the
     classification and it holds every caveat; its nation is the originator's, is named in
     ``releasable_to``, or is a member at ``now`` of an alliance named there (honouring an
-    alliance's ``since-join`` history); and the report is not recalled.
+    alliance's ``since-join`` history); the report is not recalled; and, where the policy
+    requires sealing at the report's level, the node has a key to open it.
     Every denial carries a stable reason code.
     """
     if node.revoked:
@@ -114,4 +117,6 @@ def decide(
         return _deny(NOT_RELEASABLE)
     if report.recalled:
         return _deny(RECALLED)
+    if policy.requires_sealing(label.classification) and not node.can_open_sealed:
+        return _deny(SEALING_REQUIRED)
     return Decision(allowed=True, reason=ALLOWED)

@@ -28,13 +28,17 @@ class Policy:
 
     id: str
     levels: tuple[str, ...]
-    seal_at_or_above: str
+    # At or above this level a payload is delivered only sealed: nodes without an X25519 key
+    # are refused (reason ``sealing_required``). None: no such requirement. Nodes that have a
+    # key always receive sealed payloads, whatever the level (contract v1).
+    require_sealing_at_or_above: str | None = None
 
     def __post_init__(self) -> None:
         if not self.levels or len(set(self.levels)) != len(self.levels):
             raise ValueError("levels must be a non-empty list without repeats")
-        if self.seal_at_or_above not in self.levels:
-            raise ValueError(f"seal_at_or_above {self.seal_at_or_above!r} is not a level")
+        threshold = self.require_sealing_at_or_above
+        if threshold is not None and threshold not in self.levels:
+            raise ValueError(f"require_sealing_at_or_above {threshold!r} is not a level")
 
     def is_level(self, level: str) -> bool:
         """True when ``level`` is one of the policy's classifications."""
@@ -48,14 +52,15 @@ class Policy:
             raise KeyError(level) from None
 
     def requires_sealing(self, level: str) -> bool:
-        """True when payloads at ``level`` must be sealed to recipients that have a key."""
-        return self.rank(level) >= self.rank(self.seal_at_or_above)
+        """True when payloads at ``level`` may only be delivered sealed."""
+        threshold = self.require_sealing_at_or_above
+        return threshold is not None and self.rank(level) >= self.rank(threshold)
 
 
 DEFAULT_POLICY = Policy(
     id="ALLIANCE-BROKER",
     levels=("UNCLASSIFIED", "RESTRICTED", "CONFIDENTIAL", "SECRET", "TOP_SECRET"),
-    seal_at_or_above="UNCLASSIFIED",
+    require_sealing_at_or_above=None,
 )
 
 

@@ -31,6 +31,7 @@ class NodeRecord:
             caveats=frozenset(self.caveats),
             roles=frozenset(self.roles),
             revoked=self.revoked_at is not None,
+            can_open_sealed=self.x25519_public_key is not None,
         )
 
     def public(self) -> dict[str, Any]:

@@ -195,7 +195,7 @@ def _config_dir(tmp_path: Path, name: str, text: str) -> Path:
         ("broker.toml", "[server]\nport = 'eighty'\n", "server.port", "integer"),
         ("broker.toml", "[server\n", "-", "not valid TOML"),
         ("policy.toml", "levels = []\n", "levels", "non-empty"),
-        ("policy.toml", "levels = ['A', 'B']\nseal_at_or_above = 'C'\n", "levels", "not a level"),
+        ("policy.toml", "levels = ['A', 'B']\nrequire_sealing_at_or_above = 'C'\n", "levels", "not a level"),
         (
             "alliances.toml",
             "[alliances.NATO]\nname = 'N'\nmembers = [{nation = 'XXX', joined = 2020-01-01}]\n",

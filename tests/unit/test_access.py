@@ -207,3 +207,22 @@ def test_raising_clearance_never_removes_access(
     raised = Subject(**{**subject.__dict__, "clearance": higher})
     after = decide(node=raised, report=facts, directory=directory, policy=DEFAULT_POLICY, now=now)
     assert after.allowed or not before.allowed
+
+
+def test_policy_can_require_sealing_at_or_above_a_level() -> None:
+    from broker.domain.labels import Policy
+
+    policy = Policy(id="ALLIANCE-BROKER", levels=LEVELS, require_sealing_at_or_above="SECRET")
+    keyless = node(clearance="TOP_SECRET")
+    keyed = Subject(**{**keyless.__dict__, "can_open_sealed": True})
+    for level, keyless_reason in (
+        ("CONFIDENTIAL", "allowed"),
+        ("SECRET", "sealing_required"),
+        ("TOP_SECRET", "sealing_required"),
+    ):
+        facts = report(lab(level))
+        assert (
+            decide(node=keyless, report=facts, directory=NATO, policy=policy, now=NOW).reason
+            == keyless_reason
+        )
+        assert decide(node=keyed, report=facts, directory=NATO, policy=policy, now=NOW).allowed

@@ -73,9 +73,9 @@ def test_arbitrary_objects_parse_or_fail_with_422(raw: dict[str, Any]) -> None:
 
 def test_policy_rejects_bad_levels() -> None:
     with pytest.raises(ValueError, match="repeats"):
-        Policy(id="p", levels=("A", "A"), seal_at_or_above="A")
+        Policy(id="p", levels=("A", "A"))
     with pytest.raises(ValueError, match="not a level"):
-        Policy(id="p", levels=("A",), seal_at_or_above="B")
+        Policy(id="p", levels=("A",), require_sealing_at_or_above="B")
     assert DEFAULT_POLICY.rank("TOP_SECRET") == 4
     with pytest.raises(KeyError):
         DEFAULT_POLICY.rank("COSMIC")
