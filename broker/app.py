@@ -7,11 +7,14 @@ from datetime import datetime
 
 from aiohttp import web
 
+from broker.realtime.hub import Hub
+from broker.services import deliver
 from broker.services.context import Context, utc_now
 from broker.settings import Settings
-from broker.web.handlers import CONTEXT, LIMITER, TokenBucket
+from broker.web.handlers import CONTEXT, LIMITER, WAKE, TokenBucket
 from broker.web.middleware import problems
 from broker.web.routes import add_routes
+from broker.web.ws import HUB, STREAMS, close_all
 
 
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
@@ -19,12 +22,20 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
     app[LIMITER] = TokenBucket(rate=settings.publish_rate_per_second, burst=settings.publish_burst)
 
+    app[STREAMS] = set()
+
     async def context(app: web.Application) -> AsyncIterator[None]:
         ctx = Context.open(settings, clock=clock)
         app[CONTEXT] = ctx
+        hub = Hub(lambda: deliver.head_state(ctx), interval=settings.change_poll_seconds)
+        app[HUB] = hub
+        app[WAKE] = hub.wake
+        hub.start()
         yield
+        await hub.stop()
         await ctx.close()
 
     app.cleanup_ctx.append(context)
+    app.on_shutdown.append(close_all)
     add_routes(app)
     return app

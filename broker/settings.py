@@ -40,6 +40,11 @@ class Settings:
     publish_burst: int = 400
     max_page_size: int = 500
     max_scan_rows: int = 5000
+    stream_queue_size: int = 1000
+    stream_heartbeat_seconds: float = 15.0
+    max_ws_frame_bytes: int = 64 * 1024
+    allowed_origins: tuple[str, ...] = ()
+    change_poll_seconds: float = 0.2
     policy: Policy = DEFAULT_POLICY
     alliances: tuple[AllianceSeed, ...] = ()
 
@@ -72,9 +77,23 @@ class Settings:
             publish_burst=get.number(server, "server.publish_burst", 400, 1, 1_000_000),
             max_page_size=get.number(server, "server.max_page_size", 500, 1, 10_000),
             max_scan_rows=get.number(server, "server.max_scan_rows", 5000, 1, 1_000_000),
+            stream_queue_size=get.number(server, "server.stream_queue_size", 1000, 1, 1_000_000),
+            stream_heartbeat_seconds=float(
+                get.number(server, "server.stream_heartbeat_seconds", 15, 1, 3600)
+            ),
+            max_ws_frame_bytes=get.number(server, "server.max_ws_frame_bytes", 64 * 1024, 256, 1 << 26),
+            allowed_origins=_origins(server, broker_file),
+            change_poll_seconds=get.number(server, "server.change_poll_ms", 200, 10, 10_000) / 1000,
             policy=load_policy(config_dir / "policy.toml"),
             alliances=load_alliances(config_dir / "alliances.toml"),
         )
+
+
+def _origins(server: Mapping[str, Any], path: Path) -> tuple[str, ...]:
+    value = server.get("allowed_origins", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(file=str(path), key="server.allowed_origins", problem="must be a list of origins")
+    return tuple(value)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

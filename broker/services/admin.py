@@ -100,6 +100,20 @@ async def add_node(ctx: Context, spec: Mapping[str, Any], *, actor: str) -> dict
     return {"id": node.id, "token": token}
 
 
+async def node_keys(ctx: Context, node_id: str) -> dict[str, Any]:
+    """A node's public identity: nation and public keys (what a recipient needs to verify)."""
+    async with ctx.db.transaction() as tx:
+        node = await tx.node(node_id)
+    if node is None:
+        raise NotFound(f"no node {node_id!r}", code="not_found")
+    return {
+        "id": node.id,
+        "nation": node.nation,
+        "ed25519_public_key": node.ed25519_public_key,
+        "x25519_public_key": node.x25519_public_key,
+    }
+
+
 async def list_nodes(ctx: Context) -> list[dict[str, Any]]:
     async with ctx.db.transaction() as tx:
         return [n.public() for n in await tx.nodes()]

@@ -31,11 +31,12 @@ async def record(
     now: datetime,
     head: Head | None = None,
     changed: bool = False,
-) -> Head:
+) -> None:
     """Append ``drafts`` in the transaction ``tx``. ``head`` is the already-locked head, if
-    the caller took it; ``changed`` bumps the change counter other processes watch."""
-    if not drafts and not changed:
-        return head if head is not None else await tx.lock_head()
+    the caller took it; ``changed`` bumps the change counter other processes watch.
+    With nothing to append and nothing changed, the head is not even locked."""
+    if not drafts and not changed and head is None:
+        return
     if head is None:
         head = await tx.lock_head()
     events, head = chain(head, drafts, now=now)
@@ -43,7 +44,6 @@ async def record(
         head = replace(head, change_counter=head.change_counter + 1)
     await tx.insert_events(events)
     await tx.save_head(head)
-    return head
 
 
 async def record_alone(ctx: Context, drafts: Sequence[AuditDraft]) -> None:

@@ -239,7 +239,7 @@ def _deny_draft(node: NodeRecord, report_id: str, reason: str, action: str) -> A
     )
 
 
-def _allow_draft(node: NodeRecord, report: ReportRecord, action: str) -> AuditDraft:
+def allow_draft(node: NodeRecord, report: ReportRecord, action: str) -> AuditDraft:
     return AuditDraft(
         action=action,
         actor=node.id,
@@ -252,7 +252,7 @@ def _allow_draft(node: NodeRecord, report: ReportRecord, action: str) -> AuditDr
     )
 
 
-def _decide(ctx: Context, node: NodeRecord, report: ReportRecord, directory: Any) -> Decision:
+def decide_for(ctx: Context, node: NodeRecord, report: ReportRecord, directory: Any) -> Decision:
     return decide(
         node=node.subject(), report=report.facts(), directory=directory, policy=ctx.policy, now=ctx.now()
     )
@@ -304,7 +304,7 @@ async def read(ctx: Context, node: NodeRecord, report_id: str) -> dict[str, Any]
         reason = _read_denial(ctx, node, report, directory)
         if reason is None and report is not None:
             doc = document(ctx, node, report)
-            await audit.record(tx, [_allow_draft(node, report, "read")], now=ctx.now())
+            await audit.record(tx, [allow_draft(node, report, "read")], now=ctx.now())
             return doc
     await audit.record_alone(ctx, [_deny_draft(node, report_id[:36], reason or "not_found", "read")])
     raise NotFound("no such report", code="not_found")
@@ -315,7 +315,7 @@ def _read_denial(ctx: Context, node: NodeRecord, report: ReportRecord | None, di
         return "not_found"
     if report.erased_at is not None:
         return "erased"
-    decision = _decide(ctx, node, report, directory)
+    decision = decide_for(ctx, node, report, directory)
     return None if decision.allowed else decision.reason
 
 
@@ -339,9 +339,9 @@ async def listing(
             rows = await tx.reports_after(after=cursor, topics=topics, limit=chunk)
             for report in rows:
                 cursor, scanned = report.seq, scanned + 1
-                if report.erased_at is None and _decide(ctx, node, report, directory).allowed:
+                if report.erased_at is None and decide_for(ctx, node, report, directory).allowed:
                     found.append(document(ctx, node, report))
-                    drafts.append(_allow_draft(node, report, "read"))
+                    drafts.append(allow_draft(node, report, "read"))
                     if len(found) == limit:
                         break
             if len(rows) < chunk:
@@ -359,7 +359,7 @@ async def recall(ctx: Context, node: NodeRecord, report_id: str) -> dict[str, An
             now = ctx.now()
             if report.recalled_at is None:
                 await tx.set_recalled(report.id, at=now)
-            await audit.record(tx, [_allow_draft(node, report, "recall")], now=now)
+            await audit.record(tx, [allow_draft(node, report, "recall")], now=now)
             return {"id": report.id, "recalled": True}
         visible = report is not None and _read_denial(ctx, node, report, directory) is None
     reason = "not_originator" if visible else "not_found"

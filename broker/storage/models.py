@@ -157,3 +157,13 @@ class LogHeadRow(Base):
     audit_seq: Mapped[int] = mapped_column(BigInteger)
     audit_hash: Mapped[str] = mapped_column(String(64))
     change_counter: Mapped[int] = mapped_column(BigInteger)
+
+
+class StreamCursorRow(Base):
+    """The last sequence a node acknowledged on a named stream."""
+
+    __tablename__ = "stream_cursors"
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -26,6 +26,7 @@ from broker.storage.models import (
     NodeRow,
     ReportRow,
     ReportTopicRow,
+    StreamCursorRow,
 )
 
 
@@ -257,6 +258,33 @@ class Tx:
         await self._s.execute(
             update(ReportRow).where(ReportRow.seq == seq).values(wrapped_key=wrapped_key, kek_id=kek_id)
         )
+
+    async def head_state(self) -> tuple[int, int]:
+        """(last report sequence, change counter), without locking: what the hub watches."""
+        row = (
+            await self._s.execute(
+                select(LogHeadRow.report_seq, LogHeadRow.change_counter).where(LogHeadRow.id == 1)
+            )
+        ).one()
+        return int(row[0]), int(row[1])
+
+    # -- stream cursors -------------------------------------------------------------------
+    async def cursor(self, *, node: str, name: str) -> int | None:
+        value = await self._s.scalar(
+            select(StreamCursorRow.sequence).where(
+                StreamCursorRow.node_id == node, StreamCursorRow.name == name
+            )
+        )
+        return None if value is None else int(value)
+
+    async def save_cursor(self, *, node: str, name: str, sequence: int, at: datetime) -> None:
+        """Store the acknowledged sequence; a cursor never moves backwards."""
+        row = await self._s.get(StreamCursorRow, (node, name))
+        if row is None:
+            self._s.add(StreamCursorRow(node_id=node, name=name, sequence=sequence, updated_at=at))
+        elif sequence > row.sequence:
+            row.sequence, row.updated_at = sequence, at
+        await self._s.flush()
 
     # -- audit ----------------------------------------------------------------------------
     async def events(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +40,8 @@ class TokenBucket:
 
 
 LIMITER = web.AppKey("limiter", TokenBucket)
+# Set by create_app to the hub's wake(): a publish wakes this process's open streams at once.
+WAKE: web.AppKey[Callable[[], None]] = web.AppKey("wake")
 
 
 def _ctx(request: web.Request) -> Context:
@@ -85,6 +88,7 @@ async def publish(request: web.Request) -> web.Response:
     receipt = await reports.publish(
         _ctx(request), node, body, idempotency_key=request.headers.get("Idempotency-Key")
     )
+    request.app[WAKE]()
     return web.json_response(receipt, status=201)
 
 
@@ -183,3 +187,8 @@ async def admin_leave(request: web.Request) -> web.Response:
 async def alliances(request: web.Request) -> web.Response:
     await _node(request)
     return web.json_response({"alliances": await admin.list_alliances(_ctx(request))})
+
+
+async def node_keys(request: web.Request) -> web.Response:
+    await _node(request)
+    return web.json_response(await admin.node_keys(_ctx(request), request.match_info["id"]))

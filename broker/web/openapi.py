@@ -124,6 +124,16 @@ SCHEMAS: dict[str, Any] = {
             "x25519_public_key": {"type": "string"},
         },
     },
+    "NodeKeys": {
+        "type": "object",
+        "required": ["id", "nation", "ed25519_public_key", "x25519_public_key"],
+        "properties": {
+            "id": {"type": "string"},
+            "nation": {"type": "string"},
+            "ed25519_public_key": {"type": ["string", "null"]},
+            "x25519_public_key": {"type": ["string", "null"]},
+        },
+    },
     "NodeToken": {
         "type": "object",
         "required": ["id", "token"],
@@ -200,6 +210,27 @@ PATHS: dict[str, Any] = {
         "post": _op(
             "Recall a report (originator only)",
             {"200": _json({"type": "object"}, "recalled"), **_problems(401, 403, 404)},
+            parameters=[_PATH_ID],
+        )
+    },
+    "/v1/stream": {
+        "get": _op(
+            "Websocket (role subscribe): replays eligible reports above `after` (default: after the "
+            'last ack on stream `name`), then live. Server frames: {"type": "report", "report": '
+            'Report} and {"type": "heartbeat"}; client frames: {"type": "ack", "sequence": N}. '
+            "Close codes: 1001 shutting down, 4001 revoked, 4008 slow consumer (resume from cursor), "
+            "4400 bad client message.",
+            {"101": {"description": "switching to the websocket protocol"}, **_problems(400, 401, 403)},
+            parameters=[
+                {"name": n, "in": "query", "schema": {"type": t}}
+                for n, t in (("after", "integer"), ("topics", "string"), ("name", "string"))
+            ],
+        )
+    },
+    "/v1/nodes/{id}": {
+        "get": _op(
+            "A node's nation and public keys (any authenticated node): to verify signatures",
+            {"200": _json(_ref("NodeKeys"), "the node"), **_problems(401, 404)},
             parameters=[_PATH_ID],
         )
     },

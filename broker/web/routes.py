@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.web import handlers
+from broker.web import handlers, ws
 from broker.web.openapi import openapi
 
 
@@ -17,6 +17,8 @@ def add_routes(app: web.Application) -> None:
             web.get("/v1/reports", handlers.list_reports),
             web.get("/v1/reports/{id}", handlers.read_report),
             web.post("/v1/reports/{id}/recall", handlers.recall),
+            web.get("/v1/stream", ws.stream),
+            web.get("/v1/nodes/{id}", handlers.node_keys),
             web.get("/v1/alliances", handlers.alliances),
             web.post("/v1/admin/nodes", handlers.admin_add_node),
             web.get("/v1/admin/nodes", handlers.admin_list_nodes),

@@ -1,0 +1,1 @@
+"""Live delivery plumbing: wake-ups for open streams (pure asyncio, no database)."""

@@ -1,0 +1,167 @@
+"""GET /v1/stream: replay from a cursor, then live, over a websocket.
+
+Close codes (also in the README):
+
+- 1001 the broker is shutting down: reconnect.
+- 4001 the node was revoked (or its token no longer works): do not reconnect.
+- 4008 slow consumer: the connection's queue overflowed; reconnect and resume from the cursor.
+- 4400 the client sent something that is not a valid message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+
+from aiohttp import WSMsgType, web
+
+from broker.domain.records import NodeRecord
+from broker.errors import AccessDenied, BadRequest, Unauthenticated
+from broker.realtime.hub import Hub
+from broker.services import auth, deliver
+from broker.services.context import Context
+from broker.web.handlers import CONTEXT, _int_param, _node, _topics_param
+
+log = logging.getLogger(__name__)
+HUB = web.AppKey("hub", Hub)
+STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams")
+STREAM_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_REVOKED = 4001
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_BAD_MESSAGE = 4400
+
+
+class _Closed(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+@dataclass
+class StreamSession:
+    ctx: Context
+    hub: Hub
+    ws: web.WebSocketResponse
+    node: NodeRecord
+    name: str
+    topics: list[str]
+    cursor: int
+    queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+
+    def _enqueue(self, frame: str) -> None:
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            raise _Closed(CLOSE_SLOW_CONSUMER, "slow consumer: resume from your cursor") from None
+
+    async def pump(self) -> None:
+        """Read what is eligible above the cursor, queue it, then wait for a wake-up."""
+        heartbeat = self.ctx.settings.stream_heartbeat_seconds
+        while True:
+            wake = self.hub.event()
+            try:
+                batch = await deliver.fetch(self.ctx, self.node.id, after=self.cursor, topics=self.topics)
+            except Unauthenticated:
+                raise _Closed(CLOSE_REVOKED, "node revoked") from None
+            for report in batch.reports:
+                self._enqueue(json.dumps({"type": "report", "report": report}))
+            self.cursor = batch.cursor
+            if batch.more:
+                continue
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=heartbeat)
+            except TimeoutError:
+                self._enqueue('{"type": "heartbeat"}')
+
+    async def send(self) -> None:
+        while True:
+            frame = await self.queue.get()
+            await self.ws.send_str(frame)
+
+    async def receive(self) -> None:
+        async for message in self.ws:
+            if message.type != WSMsgType.TEXT:
+                raise _Closed(CLOSE_BAD_MESSAGE, "only text frames are accepted")
+            try:
+                parsed = json.loads(message.data)
+                sequence = parsed["sequence"] if parsed.get("type") == "ack" else None
+            except (ValueError, TypeError, KeyError, AttributeError):
+                raise _Closed(CLOSE_BAD_MESSAGE, 'expected {"type": "ack", "sequence": N}') from None
+            if isinstance(sequence, int) and not isinstance(sequence, bool) and sequence >= 0:
+                await deliver.acknowledge(self.ctx, self.node, self.name, sequence)
+            else:
+                raise _Closed(CLOSE_BAD_MESSAGE, 'expected {"type": "ack", "sequence": N}')
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(c()) for c in (self.pump, self.send, self.receive)]
+        code, reason = CLOSE_GOING_AWAY, "closing"
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = task.exception()
+                if isinstance(error, _Closed):
+                    code, reason = error.code, error.reason
+                elif error is not None and not isinstance(error, ConnectionError):
+                    log.error("stream_failed node=%s", self.node.id, exc_info=error)
+                    code, reason = 1011, "internal error"
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.ws.close(code=code, message=reason.encode())
+
+
+def _check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in allowed:
+        raise AccessDenied("this Origin may not open a stream", code="origin_not_allowed")
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Authenticate at the handshake (errors are ordinary problem documents), then stream."""
+    ctx = request.app[CONTEXT]
+    node = await _node(request)
+    await auth.require_role(ctx, node, "subscribe", act="stream")
+    _check_origin(request, ctx.settings.allowed_origins)
+    name = request.query.get("name", "default")
+    if not STREAM_NAME.match(name):
+        raise BadRequest("name must be 1-64 letters, digits, '.', '_' or '-'", code="invalid_parameter")
+    topics = _topics_param(request)
+    if "after" in request.query:
+        after = _int_param(request, "after", 0, 0, 2**62)
+    else:
+        after = await deliver.resume_point(ctx, node, name)
+    ws = web.WebSocketResponse(compress=False, max_msg_size=ctx.settings.max_ws_frame_bytes)
+    await ws.prepare(request)
+    streams = request.app[STREAMS]
+    streams.add(ws)
+    session = StreamSession(
+        ctx=ctx,
+        hub=request.app[HUB],
+        ws=ws,
+        node=node,
+        name=name,
+        topics=topics,
+        cursor=after,
+        queue=asyncio.Queue(maxsize=ctx.settings.stream_queue_size),
+    )
+    try:
+        await session.run()
+    finally:
+        streams.discard(ws)
+    return ws
+
+
+async def close_all(app: web.Application) -> None:
+    """On shutdown: tell every open stream to reconnect later."""
+    open_streams: set[web.WebSocketResponse] = app[STREAMS]
+    for ws in list(open_streams):
+        await ws.close(code=CLOSE_GOING_AWAY, message=b"broker shutting down")
