@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import json as _json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -73,11 +73,31 @@ class Api:
     async def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
         return await self.call("GET", path, token)
 
+    @property
+    def base_url(self) -> str:
+        return str(self.client.make_url("")).rstrip("/")
+
+
+StartServer = Callable[..., Awaitable[Api]]
+
 
 @pytest.fixture
-async def api(settings: Settings, clock: FakeClock, ctx: Context) -> AsyncIterator[Api]:
-    server = TestServer(create_app(settings, clock=clock), host="127.0.0.1")
-    client = TestClient(server)
-    await client.start_server()
-    yield Api(client=client, ctx=ctx)
-    await client.close()
+async def start_server(settings: Settings, clock: FakeClock, ctx: Context) -> AsyncIterator[StartServer]:
+    """Start a broker on a loopback port; keyword arguments override settings."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(**overrides: Any) -> Api:
+        changed = replace(settings, **overrides)
+        client = TestClient(TestServer(create_app(changed, clock=clock), host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return Api(client=client, ctx=ctx)
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def api(start_server: StartServer) -> Api:
+    return await start_server()

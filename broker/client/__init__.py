@@ -1,0 +1,31 @@
+"""Python SDK for Alliance Broker nodes: publish (signed), read, stream (sealed payloads opened,
+signatures verified, reconnects resuming from the last sequence).
+
+Errors::
+
+    ClientError
+    ├── ApiError          the broker answered with a problem document (``status``, ``code``)
+    ├── SignatureError    a report's signature is missing or does not verify: never yielded
+    ├── SealedError       a sealed payload cannot be opened with this node's key
+    └── StreamClosed      the broker closed the stream for good (revoked, bad message)
+"""
+
+from broker.client.sdk import (
+    ApiError,
+    BrokerClient,
+    ClientError,
+    Received,
+    SealedError,
+    SignatureError,
+    StreamClosed,
+)
+
+__all__ = [
+    "ApiError",
+    "BrokerClient",
+    "ClientError",
+    "Received",
+    "SealedError",
+    "SignatureError",
+    "StreamClosed",
+]

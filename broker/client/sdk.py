@@ -1,0 +1,264 @@
+"""The SDK's implementation (see ``broker.client`` for the error tree)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from broker.crypto import seal, signing
+from broker.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from broker.domain.canonical import canonical
+
+PERMANENT_CLOSE_CODES = {4001: "node revoked", 4400: "the broker rejected a client message"}
+DEDUP_WINDOW = 100_000
+
+
+class ClientError(Exception):
+    """Base of the SDK's errors."""
+
+
+class ApiError(ClientError):
+    def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
+        self.status = status
+        self.code = str(problem.get("type", "")).rsplit(":", 1)[-1]
+        self.problem = dict(problem)
+        super().__init__(f"{status} {self.code}: {problem.get('detail', '')}")
+
+
+class SignatureError(ClientError):
+    pass
+
+
+class SealedError(ClientError):
+    pass
+
+
+class StreamClosed(ClientError):
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        super().__init__(f"stream closed by the broker: {code} {reason}")
+
+
+@dataclass(frozen=True)
+class Received:
+    """A report as received: ``payload`` opened, ``verified`` True when the originator's
+    signature checked out, False when the originator has no signing key."""
+
+    id: str
+    sequence: int
+    originator: dict[str, str]
+    label: dict[str, Any]
+    topics: list[str]
+    created: str
+    payload: dict[str, Any]
+    signature: str | None
+    verified: bool
+    was_sealed: bool
+
+
+class BrokerClient:
+    """A node's connection to one broker. Use as ``async with BrokerClient(...) as client``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        signing_key: Ed25519PrivateKey | None = None,
+        sealing_key: X25519PrivateKey | None = None,
+        trusted_keys: Mapping[str, str] | None = None,
+        reconnect_delay: float = 0.2,
+    ) -> None:
+        """``trusted_keys`` maps node ids to Ed25519 public keys (base64) learnt out of band; a
+        node not in it has its key fetched from the broker (which then has to be trusted)."""
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._signing_key = signing_key
+        self._sealing_key = sealing_key
+        self._trusted = dict(trusted_keys or {})
+        self._fetched: dict[str, str | None] = {}
+        self._delay = reconnect_delay
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> BrokerClient:
+        self._session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise ClientError("use the client as `async with BrokerClient(...)`")
+        return self._session
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        async with self.session.request(
+            method,
+            self.base_url + path,
+            json=body,
+            params=params,
+            headers={**self._headers, **(headers or {})},
+        ) as resp:
+            answer = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise ApiError(resp.status, answer if isinstance(answer, dict) else {})
+            return answer
+
+    async def publish(
+        self,
+        *,
+        label: Mapping[str, Any],
+        payload: Mapping[str, Any],
+        topics: Sequence[str] = (),
+        idempotency_key: str | None = None,
+        report_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Publish a report, signed when the client has a signing key. Returns the receipt."""
+        body: dict[str, Any] = {"label": dict(label), "topics": list(topics), "payload": dict(payload)}
+        if report_id is not None:
+            body["id"] = report_id
+        if self._signing_key is not None:
+            message = signing.signing_message(
+                canonical_label=canonical(body["label"]), canonical_payload=canonical(body["payload"])
+            )
+            body["signature"] = signing.sign(private_key=self._signing_key, message=message)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return dict(await self._call("POST", "/v1/reports", body=body, headers=headers))
+
+    async def read(self, report_id: str) -> Received:
+        return await self.open(await self._call("GET", f"/v1/reports/{report_id}"))
+
+    async def list(
+        self, *, after: int = 0, limit: int = 100, topics: Sequence[str] = ()
+    ) -> tuple[list[Received], int]:
+        params = {"after": str(after), "limit": str(limit)}
+        if topics:
+            params["topics"] = ",".join(topics)
+        page = await self._call("GET", "/v1/reports", params=params)
+        return [await self.open(r) for r in page["reports"]], int(page["next_after"])
+
+    async def recall(self, report_id: str) -> None:
+        await self._call("POST", f"/v1/reports/{report_id}/recall")
+
+    async def _originator_key(self, node_id: str) -> str | None:
+        if node_id in self._trusted:
+            return self._trusted[node_id]
+        if node_id not in self._fetched:
+            self._fetched[node_id] = (await self._call("GET", f"/v1/nodes/{node_id}"))["ed25519_public_key"]
+        return self._fetched[node_id]
+
+    async def open(self, report: Mapping[str, Any]) -> Received:
+        """Open a sealed payload and verify the originator's signature (fail closed)."""
+        label, report_id = report["label"], report["id"]
+        if "sealed" in report:
+            if self._sealing_key is None:
+                raise SealedError("the payload is sealed but this client has no sealing key")
+            try:
+                plaintext = seal.open_sealed(
+                    sealed=report["sealed"],
+                    private_key=self._sealing_key,
+                    report_id=report_id,
+                    canonical_label=canonical(label),
+                )
+            except Exception as exc:  # cryptography raises opaque errors; all mean "cannot open"
+                raise SealedError(f"cannot open the payload of {report_id}") from exc
+            payload = json.loads(plaintext)
+        else:
+            payload = report["payload"]
+        verified = await self._verify(report, payload)
+        return Received(
+            id=report_id,
+            sequence=int(report["sequence"]),
+            originator=dict(report["originator"]),
+            label=dict(label),
+            topics=list(report["topics"]),
+            created=str(report["created"]),
+            payload=payload,
+            signature=report.get("signature"),
+            verified=verified,
+            was_sealed="sealed" in report,
+        )
+
+    async def _verify(self, report: Mapping[str, Any], payload: Any) -> bool:
+        key = await self._originator_key(report["originator"]["node"])
+        signature = report.get("signature")
+        if key is None:
+            return False
+        if not signature:
+            raise SignatureError(f"report {report['id']} is unsigned but its originator has a key")
+        message = signing.signing_message(
+            canonical_label=canonical(report["label"]), canonical_payload=canonical(payload)
+        )
+        if not signing.verify(public_key_b64=key, signature_b64=signature, message=message):
+            raise SignatureError(f"report {report['id']} does not verify against its originator's key")
+        return True
+
+    async def stream(
+        self,
+        *,
+        after: int | None = None,
+        topics: Sequence[str] = (),
+        name: str = "default",
+        ack: bool = True,
+        reconnect: bool = True,
+    ) -> AsyncIterator[Received]:
+        """Yield reports as they arrive, forever. ``after=None`` resumes after the last ack on
+        ``name``. On a dropped connection (or a slow-consumer close) it reconnects from the last
+        sequence it yielded; reports are deduplicated by id. A report is acked when the caller
+        asks for the next one, so a crash while handling it means it is delivered again."""
+        last, seen = after, OrderedDict[str, None]()
+        while True:
+            params = {"name": name}
+            if last is not None:
+                params["after"] = str(last)
+            if topics:
+                params["topics"] = ",".join(topics)
+            try:
+                async with self.session.ws_connect(
+                    self.base_url + "/v1/stream", headers=self._headers, params=params, autoping=True
+                ) as ws:
+                    async for message in ws:
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        frame = json.loads(message.data)
+                        if frame.get("type") != "report":
+                            continue
+                        report = frame["report"]
+                        if report["id"] not in seen:
+                            seen[report["id"]] = None
+                            if len(seen) > DEDUP_WINDOW:
+                                seen.popitem(last=False)
+                            yield await self.open(report)
+                        last = int(report["sequence"])
+                        if ack:
+                            await ws.send_json({"type": "ack", "sequence": last})
+                    code = ws.close_code or 1006
+            except aiohttp.WSServerHandshakeError as exc:
+                raise ApiError(exc.status, {"type": "handshake", "detail": exc.message}) from exc
+            except (TimeoutError, aiohttp.ClientError, ConnectionError):
+                code = 1006
+            if code in PERMANENT_CLOSE_CODES:
+                raise StreamClosed(code, PERMANENT_CLOSE_CODES[code])
+            if not reconnect:
+                return
+            await asyncio.sleep(self._delay)
