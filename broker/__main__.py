@@ -8,7 +8,7 @@ import json
 import logging
 import shutil
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -154,21 +154,32 @@ def _print(result: Any, *, as_json: bool) -> None:
             print(f"{k}: {v}")
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Serve until interrupted; ``alongside`` runs as a background task once the app starts."""
     from aiohttp import web
 
     from broker.app import create_app
+    from broker.demo import background
 
     async def _check() -> None:
         await _with_context(settings, lambda _c: asyncio.sleep(0))
 
     asyncio.run(_check())
+    app = create_app(settings)
+    if alongside is not None:
+        job = alongside
+
+        async def _alongside(_app: web.Application) -> AsyncIterator[None]:
+            async with background(job()):
+                yield
+
+        app.cleanup_ctx.append(_alongside)
     logging.getLogger(__name__).info("serving on http://%s:%s", settings.host, settings.port)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    web.run_app(app, host=settings.host, port=settings.port, print=None)
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> None:
-    from broker.demo import prepare
+    from broker.demo import exchange, prepare
 
     folder = Path(args.dir)
     if folder.exists():
@@ -181,8 +192,10 @@ def _demo(args: argparse.Namespace, settings: Settings) -> None:
         port=args.port,
     )
     asyncio.run(upgrade(settings))
-    print(asyncio.run(_with_context(settings, lambda c: prepare(c, settings))), flush=True)
-    _serve(settings)
+    guide, live = asyncio.run(_with_context(settings, lambda c: prepare(c, settings)))
+    print(guide, flush=True)
+    base = f"http://{settings.host}:{settings.port}"
+    _serve(settings, alongside=lambda: exchange(base, live, lambda line: print(line, flush=True)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

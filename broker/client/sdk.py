@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -221,7 +221,7 @@ class BrokerClient:
         name: str = "default",
         ack: bool = True,
         reconnect: bool = True,
-    ) -> AsyncIterator[Received]:
+    ) -> AsyncGenerator[Received, None]:
         """Yield reports as they arrive, forever. ``after=None`` resumes after the last ack on
         ``name``. On a dropped connection (or a slow-consumer close) it reconnects from the last
         sequence it yielded; reports are deduplicated by id. A report is acked when the caller

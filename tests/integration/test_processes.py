@@ -175,6 +175,14 @@ def test_demo_command_starts_a_broker_with_printed_tokens(tmp_path: Path) -> Non
         assert _http("GET", f"{base}/v1/reports/{receipt['id']}", tokens["swe-cert"])[0] == 200
         assert _http("GET", f"{base}/v1/reports/{receipt['id']}", tokens["nga-cert"])[0] == 404
         assert (workdir / "var" / "demo" / "broker.db").exists()
+        live = []
+        deadline = time.monotonic() + 20
+        while len(live) < 2 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("live:"):
+                live.append(line)
+        assert "published report" in live[0]
+        assert "sealed=True signature verified=True" in live[1], live
     finally:
         proc.terminate()
         proc.wait(timeout=10)
