@@ -14,7 +14,7 @@ from broker.settings import Settings
 from broker.web.handlers import CONTEXT, LIMITER, WAKE, TokenBucket
 from broker.web.middleware import problems
 from broker.web.routes import add_routes
-from broker.web.ws import HUB, STREAMS, close_all
+from broker.web.ws import FEED, HUB, STREAMS, close_all
 
 
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
@@ -27,9 +27,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     async def context(app: web.Application) -> AsyncIterator[None]:
         ctx = Context.open(settings, clock=clock)
         app[CONTEXT] = ctx
-        hub = Hub(lambda: deliver.head_state(ctx), interval=settings.change_poll_seconds)
-        app[HUB] = hub
-        app[WAKE] = hub.wake
+        feed = deliver.Feed(ctx)
+        hub = Hub(feed.refresh, interval=settings.change_poll_seconds)
+        app[FEED], app[HUB], app[WAKE] = feed, hub, hub.nudge
         hub.start()
         yield
         await hub.stop()

@@ -1,10 +1,10 @@
 """The hub wakes open streams when something they may need to see has changed.
 
-Streams never receive reports from the hub: they read them from the database, which stays the
-truth. The hub only says "look again". A local publish wakes streams at once; a watcher polls
-the database's head (last sequence, change counter) every ``interval`` seconds, so a report
-published by another broker process, or a revocation or membership change made by the CLI,
-reaches every open stream within that interval.
+Streams never receive reports from the hub: the hub only says "look again". Its watcher runs the
+probe every ``interval`` seconds, and at once when nudged after a local publish. The probe loads
+what changed into the delivery feed and returns the database's (last sequence, change counter);
+when that moved, every waiting stream is woken. So a report published by another broker process,
+or a revocation or membership change made by the CLI, reaches every open stream within the interval.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class Hub:
         self._probe = probe
         self._interval = interval
         self._event = asyncio.Event()
+        self._nudge = asyncio.Event()
         self._seen: tuple[int, int] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -37,8 +38,13 @@ class Hub:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
+    def nudge(self) -> None:
+        """Probe now instead of at the next interval (after a local publish)."""
+        self._nudge.set()
+
     async def _watch(self) -> None:
         while True:
+            self._nudge.clear()
             try:
                 state = await self._probe()
             except Exception:  # a failed probe must not stop the watcher; the next one retries
@@ -47,7 +53,8 @@ class Hub:
                 if state != self._seen:
                     self._seen = state
                     self.wake()
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudge.wait(), timeout=self._interval)
 
     def start(self) -> None:
         if self._task is None:

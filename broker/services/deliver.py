@@ -1,18 +1,31 @@
-"""Delivery to streams: what a node may receive above its cursor, audited in batches."""
+"""Delivery to streams.
+
+Live streams read from the ``Feed``: one in-memory copy, per process, of the reports published
+since the broker started (bounded in bytes), refreshed by the hub in one transaction however
+many streams are open. Decisions use the feed's directory and node records, which are dropped
+whenever the database's change counter moves (a revocation, membership change, recall, erasure
+or key rotation), so every decision sees changes within the hub's interval. A stream whose
+cursor lies before the feed's floor (replay after reconnect) reads from the database instead.
+Every delivery is audited before its frame is queued; live deliveries share group commits.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from broker.domain.records import AuditDraft, NodeRecord
+from broker.domain.alliances import Directory
+from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.errors import Unauthenticated
 from broker.services import audit
 from broker.services.context import Context
-from broker.services.reports import allow_draft, decide_for, document
+from broker.services.reports import allow_draft, decide_for, document, open_payload
 
-CURSOR_NAME_MAX = 64
+FEED_MAX_BYTES = 64 * 1024 * 1024
+REFRESH_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -24,9 +37,102 @@ class Batch:
     more: bool
 
 
+@dataclass
+class _Entry:
+    report: ReportRecord
+    plaintext: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.report.ciphertext or b"") * 2 + len(self.report.label_json) + 512
+
+
+@dataclass
+class Feed:
+    ctx: Context
+    max_bytes: int = FEED_MAX_BYTES
+    batcher: audit.Batcher = field(init=False)
+    _entries: list[_Entry] = field(default_factory=list)
+    _seqs: list[int] = field(default_factory=list)
+    _floor: int | None = None  # every report with floor < seq <= _head is in memory
+    _head: int = 0
+    _bytes: int = 0
+    _counter: int | None = None
+    _directory: Directory = field(default_factory=Directory)
+    _nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.batcher = audit.Batcher(self.ctx)
+
+    async def refresh(self) -> tuple[int, int]:
+        """Load new reports and the current directory in one transaction; return the
+        database's (last sequence, change counter). The hub calls this."""
+        async with self._lock, self.ctx.db.transaction() as tx:
+            head, counter = await tx.head_state()
+            directory = await self.ctx.directory(tx)
+            if counter != self._counter or self._floor is None:
+                # Something other than a publish changed: drop every cached decision input.
+                self._entries, self._seqs, self._bytes, self._nodes = [], [], 0, {}
+                self._floor = self._head = head
+                self._counter = counter
+            self._directory = directory
+            while self._head < head:
+                rows = await tx.reports_after(after=self._head, topics=(), limit=REFRESH_BATCH)
+                if not rows:
+                    break
+                for row in rows:
+                    self._append(_Entry(row))
+                self._head = rows[-1].seq
+        return head, counter
+
+    def _append(self, entry: _Entry) -> None:
+        self._entries.append(entry)
+        self._seqs.append(entry.report.seq)
+        self._bytes += entry.size
+        if self._bytes > self.max_bytes:
+            drop = max(1, len(self._entries) // 4)
+            self._bytes -= sum(e.size for e in self._entries[:drop])
+            self._floor = self._seqs[drop - 1]
+            del self._entries[:drop], self._seqs[:drop]
+
+    async def _node(self, node_id: str) -> NodeRecord:
+        node = self._nodes.get(node_id)
+        if node is None:
+            async with self.ctx.db.transaction() as tx:
+                node = await tx.node(node_id)
+            if node is None or node.revoked_at is not None:
+                raise Unauthenticated("the node was revoked", code="node_revoked")
+            self._nodes[node_id] = node
+        return node
+
+    async def next_batch(self, node_id: str, *, after: int, topics: Sequence[str], limit: int = 100) -> Batch:
+        """The next reports ``node_id`` may receive above ``after``, audited."""
+        if self._floor is None or after < self._floor:
+            return await fetch(self.ctx, node_id, after=after, topics=topics, limit=limit)
+        node = await self._node(node_id)
+        start = bisect.bisect_right(self._seqs, after)
+        window = self._entries[start : start + limit]
+        wanted = set(topics)
+        found: list[dict[str, Any]] = []
+        drafts: list[AuditDraft] = []
+        for entry in window:
+            report = entry.report
+            if wanted and wanted.isdisjoint(report.topics):
+                continue
+            if report.erased_at is None and decide_for(self.ctx, node, report, self._directory).allowed:
+                if entry.plaintext is None:
+                    entry.plaintext = open_payload(self.ctx, report)
+                found.append(document(self.ctx, node, report, plaintext=entry.plaintext))
+                drafts.append(allow_draft(node, report, "deliver"))
+        await self.batcher.append(drafts)
+        cursor = window[-1].report.seq if window else after
+        return Batch(reports=found, cursor=cursor, more=len(window) == limit)
+
+
 async def fetch(ctx: Context, node_id: str, *, after: int, topics: Sequence[str], limit: int = 100) -> Batch:
-    """Eligible reports above ``after``, decided afresh (node, clearance and memberships read
-    now), with one ``deliver`` audit event each, appended in the same transaction.
+    """Eligible reports above ``after`` read from the database, decided afresh (node and
+    memberships read now), with one ``deliver`` audit event each in the same transaction.
 
     Raises Unauthenticated when the node was revoked: the stream must close.
     """
@@ -57,9 +163,3 @@ async def acknowledge(ctx: Context, node: NodeRecord, name: str, sequence: int) 
     """Store the node's acknowledged sequence for ``name`` (never moving it backwards)."""
     async with ctx.db.transaction() as tx:
         await tx.save_cursor(node=node.id, name=name, sequence=sequence, at=ctx.now())
-
-
-async def head_state(ctx: Context) -> tuple[int, int]:
-    """(last report sequence, change counter): what the hub watches."""
-    async with ctx.db.transaction() as tx:
-        return await tx.head_state()

@@ -258,19 +258,26 @@ def decide_for(ctx: Context, node: NodeRecord, report: ReportRecord, directory: 
     )
 
 
-def document(ctx: Context, node: NodeRecord, report: ReportRecord) -> dict[str, Any]:
-    """The report as the contract shows it to ``node``: payload decrypted, then sealed to the
-    node's X25519 key when it has one (the access rule already refused nodes without a key
-    where the policy requires sealing)."""
+def open_payload(ctx: Context, report: ReportRecord) -> bytes:
+    """The report's canonical payload bytes, decrypted; NotFound when it was erased."""
     if report.ciphertext is None or report.wrapped_key is None or report.kek_id is None:
         raise NotFound("no such report", code="not_found")
-    canonical_label = canonical(report.label)
-    plaintext = envelope.decrypt_payload(
+    return envelope.decrypt_payload(
         stored=envelope.StoredPayload(report.ciphertext, report.wrapped_key, report.kek_id),
         report_id=report.id,
-        canonical_label=canonical_label,
+        canonical_label=canonical(report.label),
         keyring=ctx.keyring,
     )
+
+
+def document(
+    ctx: Context, node: NodeRecord, report: ReportRecord, *, plaintext: bytes | None = None
+) -> dict[str, Any]:
+    """The report as the contract shows it to ``node``: payload decrypted (or ``plaintext``, when
+    the caller already holds it), then sealed to the node's X25519 key when it has one (the access
+    rule already refused nodes without a key where the policy requires sealing)."""
+    if plaintext is None:
+        plaintext = open_payload(ctx, report)
     doc: dict[str, Any] = {
         "id": report.id,
         "sequence": report.seq,
@@ -285,7 +292,7 @@ def document(ctx: Context, node: NodeRecord, report: ReportRecord) -> dict[str, 
             plaintext=plaintext,
             recipient_public_key_b64=node.x25519_public_key,
             report_id=report.id,
-            canonical_label=canonical_label,
+            canonical_label=canonical(report.label),
         )
     else:
         doc["payload"] = json.loads(plaintext)
@@ -359,7 +366,8 @@ async def recall(ctx: Context, node: NodeRecord, report_id: str) -> dict[str, An
             now = ctx.now()
             if report.recalled_at is None:
                 await tx.set_recalled(report.id, at=now)
-            await audit.record(tx, [allow_draft(node, report, "recall")], now=now)
+            # changed=True: live feeds drop their cached copies, so the recall applies at once.
+            await audit.record(tx, [allow_draft(node, report, "recall")], now=now, changed=True)
             return {"id": report.id, "recalled": True}
         visible = report is not None and _read_denial(ctx, node, report, directory) is None
     reason = "not_originator" if visible else "not_found"
@@ -389,4 +397,5 @@ async def erase(ctx: Context, report_id: str, *, actor: str) -> None:
             tx,
             [AuditDraft(action="erase", actor=actor, report=report.id, decision="allow", reason="erased")],
             now=now,
+            changed=True,
         )

@@ -40,7 +40,7 @@ class TokenBucket:
 
 
 LIMITER = web.AppKey("limiter", TokenBucket)
-# Set by create_app to the hub's wake(): a publish wakes this process's open streams at once.
+# Set by create_app to the hub's nudge(): after a publish, the feed loads it and streams wake.
 WAKE: web.AppKey[Callable[[], None]] = web.AppKey("wake")
 
 

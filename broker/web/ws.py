@@ -28,6 +28,7 @@ from broker.web.handlers import CONTEXT, _int_param, _node, _topics_param
 
 log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", Hub)
+FEED = web.AppKey("feed", deliver.Feed)
 STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams")
 STREAM_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -47,6 +48,7 @@ class _Closed(Exception):
 class StreamSession:
     ctx: Context
     hub: Hub
+    feed: deliver.Feed
     ws: web.WebSocketResponse
     node: NodeRecord
     name: str
@@ -66,7 +68,7 @@ class StreamSession:
         while True:
             wake = self.hub.event()
             try:
-                batch = await deliver.fetch(self.ctx, self.node.id, after=self.cursor, topics=self.topics)
+                batch = await self.feed.next_batch(self.node.id, after=self.cursor, topics=self.topics)
             except Unauthenticated:
                 raise _Closed(CLOSE_REVOKED, "node revoked") from None
             for report in batch.reports:
@@ -146,6 +148,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     session = StreamSession(
         ctx=ctx,
         hub=request.app[HUB],
+        feed=request.app[FEED],
         ws=ws,
         node=node,
         name=name,

@@ -274,3 +274,34 @@ async def await_auth(ctx: Any, token: str) -> AsyncIterator[Any]:
     from broker.services.auth import authenticate
 
     yield await authenticate(ctx, token)
+
+
+async def test_replay_from_the_database_then_live_from_the_feed(start_server: StartServer) -> None:
+    first = await start_server()
+    usa, swe = await first.node("usa-1", "USA"), await first.node("swe-1", "SWE")
+    old = await publish_many(first, usa, 5)
+    api = await start_server()  # a broker started after those reports: its feed begins above them
+    async with BrokerClient(api.base_url, swe) as client:
+        stream = client.stream(after=0)
+        replayed = await take(stream, 5)
+        live = await publish_many(api, usa, 3)
+        got = await take(stream, 3)
+        await stream.aclose()
+    assert [r.id for r in replayed] == old
+    assert [r.id for r in got] == live
+
+
+async def test_recall_applies_to_open_streams(api: Api) -> None:
+    usa, swe = await api.node("usa-1", "USA"), await api.node("swe-1", "SWE")
+    async with BrokerClient(api.base_url, swe) as client:
+        stream = client.stream(after=0, topics=["late"])
+        recalled = (await api.publish(usa, body(topics=["late"])))[1]["id"]
+        await api.call("POST", f"/v1/reports/{recalled}/recall", usa)
+        kept = (await api.publish(usa, body(topics=["late"])))[1]["id"]
+        got = await take(stream, 1)
+        await stream.aclose()
+    # the stream may have delivered the first report before the recall; it must never follow one
+    assert got[0].id in (recalled, kept)
+    async with BrokerClient(api.base_url, swe) as client:
+        replay = await take(client.stream(after=0, topics=["late"]), 1)
+    assert [r.id for r in replay] == [kept]

@@ -1,0 +1,189 @@
+"""Fan-out over websockets: deliveries/s and publish->receive latency at 1, 10, 100 subscribers,
+with and without HPKE sealing, beside the raw seal rate measured in the same run.
+
+    .venv/bin/python bench/fanout.py [--engine sqlite|postgres] [--reports 50] [--subscribers 1,10,100]
+
+The broker runs in this process on a loopback port with a fresh database. Subscribers are raw
+websocket clients (they do not open sealed payloads: that cost is the recipient's). Latency is
+from the moment the publish request is sent to the moment a subscriber receives the frame.
+Not a test: nothing is asserted. Results are appended to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.throughput import BODY, PG, ROOT, _commit, _pg, _start, make_url, secrets
+from broker.app import create_app
+from broker.crypto import seal
+from broker.crypto.keys import new_sealing_key, public_b64
+from broker.domain.canonical import canonical
+from broker.services import admin
+from broker.services.context import Context
+from broker.settings import Settings
+from broker.storage import db
+
+
+def raw_seal_rate(seconds: float = 2.0) -> float:
+    """Seals per second of one report payload to one recipient, the way delivery seals it."""
+    key = public_b64(new_sealing_key())
+    plaintext, label = canonical(BODY["payload"]), canonical(BODY["label"])
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        seal.seal(plaintext=plaintext, recipient_public_key_b64=key, report_id="r", canonical_label=label)
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+async def _subscriber(
+    url: str,
+    token: str,
+    expected: int,
+    sent: dict[str, float],
+    latencies: list[float],
+    ready: asyncio.Event,
+    done: list[float],
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url, headers={"Authorization": f"Bearer {token}"}, max_msg_size=0) as ws,
+    ):
+        ready.set()
+        got = 0
+        async for message in ws:
+            frame = json.loads(message.data)
+            if frame["type"] != "report":
+                continue
+            now = time.perf_counter()
+            latencies.append(now - sent.get(frame["report"]["id"], now))
+            got += 1
+            if got == expected:
+                done.append(now)
+                return
+
+
+async def run_case(settings: Settings, subscribers: int, reports: int, sealed: bool) -> dict[str, float]:
+    ctx = Context.open(settings)
+    tokens = []
+    tag = secrets.token_hex(3)
+    for i in range(subscribers):
+        spec: dict[str, Any] = {
+            "id": f"sub-{tag}-{i}",
+            "nation": "GBR",
+            "clearance": "SECRET",
+            "roles": ["subscribe"],
+        }
+        if sealed:
+            spec["x25519_public_key"] = public_b64(new_sealing_key())
+        tokens.append((await admin.add_node(ctx, spec, actor="bench"))["token"])
+    publisher = (
+        await admin.add_node(
+            ctx,
+            {"id": f"pub-{tag}", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]},
+            actor="bench",
+        )
+    )["token"]
+    async with ctx.db.transaction() as tx:
+        start_seq, _ = await tx.head_state()
+    await ctx.close()
+    runner, base = await _start(create_app(settings))
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    done: list[float] = []
+    try:
+        readies = [asyncio.Event() for _ in tokens]
+        url = f"{base}/v1/stream?after={start_seq}&topics=bench-{tag}"
+        subs = [
+            asyncio.create_task(_subscriber(url, t, reports, sent, latencies, r, done))
+            for t, r in zip(tokens, readies, strict=True)
+        ]
+        await asyncio.gather(*(r.wait() for r in readies))
+        await asyncio.sleep(0.3)
+        body = {**BODY, "topics": [f"bench-{tag}"]}
+        start = time.perf_counter()
+        async with aiohttp.ClientSession() as session:
+            for _ in range(reports):
+                t0 = time.perf_counter()
+                async with session.post(
+                    f"{base}/v1/reports", json=body, headers={"Authorization": f"Bearer {publisher}"}
+                ) as resp:
+                    sent[(await resp.json())["id"]] = t0
+        await asyncio.wait_for(asyncio.gather(*subs), timeout=600)
+        elapsed = max(done) - start
+    finally:
+        await runner.cleanup()
+    latencies.sort()
+    return {
+        "deliveries_per_s": subscribers * reports / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--reports", type=int, default=50)
+    parser.add_argument("--subscribers", default="1,10,100")
+    args = parser.parse_args()
+    seal_rate = raw_seal_rate()
+    print(f"raw HPKE seal rate: {seal_rate:.0f}/s", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        dbname = f"broker_fanout_{secrets.token_hex(4)}"
+        if args.engine == "sqlite":
+            url = f"sqlite+aiosqlite:///{Path(tmp) / 'fanout.db'}"
+        else:
+            await _pg(f'CREATE DATABASE "{dbname}"')
+            url = make_url(PG).set(database=dbname).render_as_string(hide_password=False)
+        settings = Settings.load(
+            env={
+                "BROKER_CONFIG_DIR": str(ROOT / "config"),
+                "BROKER_DATABASE_URL": url,
+                "BROKER_KEYRING": str(Path(tmp) / "keyring.json"),
+            }
+        )
+        ctx = Context.open(settings)
+        await db.upgrade(ctx.db.engine)
+        await admin.seed_alliances(ctx, settings.alliances)
+        await ctx.close()
+        try:
+            for n in (int(x) for x in args.subscribers.split(",")):
+                for sealed in (False, True):
+                    print(f"running {n} subscribers, sealed={sealed}...", flush=True)
+                    result = await run_case(settings, n, args.reports, sealed)
+                    rows.append((n, sealed, result))
+        finally:
+            if args.engine == "postgres":
+                await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    lines = [
+        f"## fan-out, {args.engine}, {args.reports} reports, commit {_commit()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC",
+        "",
+        f"raw HPKE seal rate (same run): {seal_rate:.0f}/s",
+        "",
+        "| subscribers | sealed | deliveries/s | p50 ms | p99 ms | sealed deliveries / raw seal rate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, sealed, r in rows:
+        ratio = f"{r['deliveries_per_s'] / seal_rate:.2f}" if sealed else ""
+        lines.append(
+            f"| {n} | {sealed} | {r['deliveries_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {ratio} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    with (ROOT / "bench" / "RESULTS.md").open("a") as fh:
+        fh.write(table + "\n\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
