@@ -177,7 +177,8 @@ async def main() -> None:
     for n, sealed, r in rows:
         ratio = f"{r['deliveries_per_s'] / seal_rate:.2f}" if sealed else ""
         lines.append(
-            f"| {n} | {sealed} | {r['deliveries_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {ratio} |"
+            f"| {n} | {sealed} | {r['deliveries_per_s']:.0f} | {r['p50_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {ratio} |"
         )
     table = "\n".join(lines)
     print(table)
