@@ -107,6 +107,18 @@ class Head:
     audit_seq: int
     audit_hash: str
     change_counter: int
+    # The audit Merkle tree's frontier: (level, index, hash) of the perfect subtrees covering it.
+    frontier: tuple[tuple[int, int, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed checkpoint of the audit log: its first ``size`` events have Merkle ``root``."""
+
+    size: int
+    root: bytes
+    time: datetime
+    note: str
 
 
 def format_time(moment: datetime) -> str:

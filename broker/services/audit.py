@@ -7,14 +7,18 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
+from broker.crypto import merkle
 from broker.crypto.chain import event_hash
 from broker.domain.records import AuditDraft, AuditEvent, Head, event_document
 from broker.services.context import Context
 from broker.storage.repos import Tx
 
 
-def chain(head: Head, drafts: Sequence[AuditDraft], *, now: datetime) -> tuple[list[AuditEvent], Head]:
-    """Give ``drafts`` sequence numbers and hashes after ``head``; return them and the new head."""
+def chain(
+    head: Head, drafts: Sequence[AuditDraft], *, now: datetime
+) -> tuple[list[AuditEvent], list[merkle.Node], Head]:
+    """Give ``drafts`` sequence numbers and hashes after ``head``; return them, the Merkle
+    nodes they complete, and the new head."""
     events = []
     seq, prev = head.audit_seq, head.audit_hash
     for draft in drafts:
@@ -22,7 +26,8 @@ def chain(head: Head, drafts: Sequence[AuditDraft], *, now: datetime) -> tuple[l
         digest = event_hash(event_document(seq=seq, time=now, draft=draft, prev_hash=prev))
         events.append(AuditEvent(seq=seq, time=now, draft=draft, prev_hash=prev, hash=digest))
         prev = digest
-    return events, replace(head, audit_seq=seq, audit_hash=prev)
+    frontier, nodes = merkle.append(head.frontier, [bytes.fromhex(e.hash) for e in events], head.audit_seq)
+    return events, nodes, replace(head, audit_seq=seq, audit_hash=prev, frontier=tuple(frontier))
 
 
 async def record(
@@ -40,10 +45,11 @@ async def record(
         return
     if head is None:
         head = await tx.lock_head()
-    events, head = chain(head, drafts, now=now)
+    events, nodes, head = chain(head, drafts, now=now)
     if changed:
         head = replace(head, change_counter=head.change_counter + 1)
     await tx.insert_events(events)
+    await tx.insert_nodes(nodes)
     await tx.save_head(head)
 
 

@@ -157,6 +157,8 @@ class LogHeadRow(Base):
     audit_seq: Mapped[int] = mapped_column(BigInteger)
     audit_hash: Mapped[str] = mapped_column(String(64))
     change_counter: Mapped[int] = mapped_column(BigInteger)
+    # JSON [[level, index, hex hash], ...]: the Merkle tree's frontier (see crypto/merkle.py).
+    audit_frontier: Mapped[str] = mapped_column(Text, server_default="[]")
 
 
 class StreamCursorRow(Base):
@@ -167,3 +169,22 @@ class StreamCursorRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     sequence: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MerkleNodeRow(Base):
+    """A complete perfect subtree of the audit log's Merkle tree."""
+
+    __tablename__ = "merkle_nodes"
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class CheckpointRow(Base):
+    """A signed checkpoint (C2SP signed note) of the audit log at ``size`` events."""
+
+    __tablename__ = "checkpoints"
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root: Mapped[str] = mapped_column(String(64))
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    note: Mapped[str] = mapped_column(Text)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 
@@ -16,13 +16,15 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from broker.domain.alliances import Alliance, Directory, History, Membership
-from broker.domain.records import AuditDraft, AuditEvent, Head, NodeRecord, ReportRecord
+from broker.domain.records import AuditDraft, AuditEvent, Checkpoint, Head, NodeRecord, ReportRecord
 from broker.errors import Unavailable
 from broker.storage.models import (
     AllianceRow,
     AuditEventRow,
+    CheckpointRow,
     LogHeadRow,
     MembershipRow,
+    MerkleNodeRow,
     NodeRow,
     ReportRow,
     ReportTopicRow,
@@ -67,6 +69,10 @@ def _report(row: ReportRow) -> ReportRecord:
     )
 
 
+def _checkpoint(row: CheckpointRow) -> Checkpoint:
+    return Checkpoint(size=row.size, root=bytes.fromhex(row.root), time=row.time, note=row.note)
+
+
 def _event(row: AuditEventRow) -> AuditEvent:
     draft = AuditDraft(
         action=row.action,
@@ -94,7 +100,10 @@ class Tx:
         row = (
             await self._s.execute(select(LogHeadRow).where(LogHeadRow.id == 1).with_for_update())
         ).scalar_one()
-        return Head(row.report_seq, row.audit_seq, row.audit_hash, row.change_counter)
+        frontier = tuple(
+            (int(lvl), int(idx), bytes.fromhex(h)) for lvl, idx, h in json.loads(row.audit_frontier)
+        )
+        return Head(row.report_seq, row.audit_seq, row.audit_hash, row.change_counter, frontier)
 
     async def change_counter(self) -> int:
         value = await self._s.scalar(select(LogHeadRow.change_counter).where(LogHeadRow.id == 1))
@@ -109,6 +118,7 @@ class Tx:
                 audit_seq=head.audit_seq,
                 audit_hash=head.audit_hash,
                 change_counter=head.change_counter,
+                audit_frontier=json.dumps([[lvl, idx, h.hex()] for lvl, idx, h in head.frontier]),
             )
         )
 
@@ -295,8 +305,13 @@ class Tx:
         report: str | None = None,
         node: str | None = None,
         action: str | None = None,
+        nation: str | None = None,
+        decision: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        upto: int | None = None,
     ) -> list[AuditEvent]:
-        """Audit events above ``after`` in sequence order, optionally filtered."""
+        """Audit events above ``after`` (and at most ``upto``) in sequence order, filtered."""
         query = (
             select(AuditEventRow).where(AuditEventRow.seq > after).order_by(AuditEventRow.seq).limit(limit)
         )
@@ -304,10 +319,50 @@ class Tx:
             (AuditEventRow.report, report),
             (AuditEventRow.node, node),
             (AuditEventRow.action, action),
+            (AuditEventRow.nation, nation),
+            (AuditEventRow.decision, decision),
         ):
             if value is not None:
                 query = query.where(column == value)
+        if since is not None:
+            query = query.where(AuditEventRow.time >= since)
+        if until is not None:
+            query = query.where(AuditEventRow.time < until)
+        if upto is not None:
+            query = query.where(AuditEventRow.seq <= upto)
         return [_event(r) for r in (await self._s.scalars(query)).all()]
+
+    # -- Merkle tree and checkpoints ------------------------------------------------------
+    async def insert_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        self._s.add_all(MerkleNodeRow(level=lvl, idx=idx, hash=h.hex()) for lvl, idx, h in nodes)
+        await self._s.flush()
+
+    async def merkle_nodes(self, coords: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Stored Merkle nodes by (level, index); absent ones are simply missing."""
+        found: dict[tuple[int, int], bytes] = {}
+        by_level: dict[int, list[int]] = {}
+        for lvl, idx in coords:
+            by_level.setdefault(lvl, []).append(idx)
+        for lvl, indexes in by_level.items():
+            query = select(MerkleNodeRow).where(MerkleNodeRow.level == lvl, MerkleNodeRow.idx.in_(indexes))
+            for row in (await self._s.scalars(query)).all():
+                found[(row.level, row.idx)] = bytes.fromhex(row.hash)
+        return found
+
+    async def latest_checkpoint(self) -> Checkpoint | None:
+        row = await self._s.scalar(select(CheckpointRow).order_by(CheckpointRow.size.desc()).limit(1))
+        return None if row is None else _checkpoint(row)
+
+    async def checkpoints(self, *, upto: int) -> list[Checkpoint]:
+        query = select(CheckpointRow).where(CheckpointRow.size <= upto).order_by(CheckpointRow.size)
+        return [_checkpoint(r) for r in (await self._s.scalars(query)).all()]
+
+    async def insert_checkpoint(self, checkpoint: Checkpoint) -> None:
+        row = CheckpointRow(
+            size=checkpoint.size, root=checkpoint.root.hex(), time=checkpoint.time, note=checkpoint.note
+        )
+        self._s.add(row)
+        await self._s.flush()
 
     async def insert_events(self, events: Sequence[AuditEvent]) -> None:
         self._s.add_all(

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker.crypto import merkle
 from broker.crypto.chain import GENESIS, event_hash
 from broker.domain.canonical import canonical
 from broker.domain.records import AuditDraft, Head, event_document
@@ -62,7 +63,10 @@ def test_event_hash_is_rfc6962_leaf_of_canonical_event() -> None:
 def test_chain_links_each_event_to_the_previous(actions: list[str]) -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     head = Head(report_seq=0, audit_seq=0, audit_hash=GENESIS, change_counter=0)
-    events, new_head = chain(head, [AuditDraft(action=a) for a in actions], now=now)
+    events, nodes, new_head = chain(head, [AuditDraft(action=a) for a in actions], now=now)
+    assert merkle.root_of(new_head.frontier) == merkle.range_root(
+        0, len(actions), {(lvl, idx): h for lvl, idx, h in nodes}
+    )
     assert [e.seq for e in events] == list(range(1, len(actions) + 1))
     assert events[0].prev_hash == GENESIS
     for before, after in itertools.pairwise(events):
