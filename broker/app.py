@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from aiohttp import web
 
 from broker.realtime.hub import Hub
-from broker.services import deliver
+from broker.services import deliver, ledger
 from broker.services.context import Context, utc_now
 from broker.settings import Settings
 from broker.web.handlers import CONTEXT, LIMITER, WAKE, TokenBucket
@@ -31,7 +33,11 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         hub = Hub(feed.refresh, interval=settings.change_poll_seconds)
         app[FEED], app[HUB], app[WAKE] = feed, hub, hub.nudge
         hub.start()
+        checkpoints = asyncio.create_task(ledger.checkpointer(ctx), name="checkpointer")
         yield
+        checkpoints.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await checkpoints
         await hub.stop()
         await ctx.close()
 

@@ -45,6 +45,9 @@ class Settings:
     max_ws_frame_bytes: int = 64 * 1024
     allowed_origins: tuple[str, ...] = ()
     change_poll_seconds: float = 0.2
+    audit_origin: str = "alliance-broker.example/audit"
+    checkpoint_every_events: int = 1000
+    checkpoint_every_seconds: float = 10.0
     policy: Policy = DEFAULT_POLICY
     alliances: tuple[AllianceSeed, ...] = ()
 
@@ -60,6 +63,7 @@ class Settings:
         database = _table(raw, "database", broker_file)
         keyring = _table(raw, "keyring", broker_file)
         server = _table(raw, "server", broker_file)
+        audit = _table(raw, "audit", broker_file)
         get = _Getter(broker_file)
         return cls(
             database_url=env.get("BROKER_DATABASE_URL")
@@ -84,6 +88,11 @@ class Settings:
             max_ws_frame_bytes=get.number(server, "server.max_ws_frame_bytes", 64 * 1024, 256, 1 << 26),
             allowed_origins=_origins(server, broker_file),
             change_poll_seconds=get.number(server, "server.change_poll_ms", 200, 10, 10_000) / 1000,
+            audit_origin=get.text(audit, "audit.origin", "alliance-broker.example/audit"),
+            checkpoint_every_events=get.number(audit, "audit.checkpoint_every_events", 1000, 1, 10**9),
+            checkpoint_every_seconds=float(
+                get.number(audit, "audit.checkpoint_every_seconds", 10, 1, 86_400)
+            ),
             policy=load_policy(config_dir / "policy.toml"),
             alliances=load_alliances(config_dir / "alliances.toml"),
         )

@@ -349,6 +349,14 @@ class Tx:
                 found[(row.level, row.idx)] = bytes.fromhex(row.hash)
         return found
 
+    async def event(self, seq: int) -> AuditEvent | None:
+        row = await self._s.get(AuditEventRow, seq)
+        return None if row is None else _event(row)
+
+    async def audit_size(self) -> int:
+        """Events in the log (without locking the head)."""
+        return int(await self._s.scalar(select(LogHeadRow.audit_seq).where(LogHeadRow.id == 1)) or 0)
+
     async def latest_checkpoint(self) -> Checkpoint | None:
         row = await self._s.scalar(select(CheckpointRow).order_by(CheckpointRow.size.desc()).limit(1))
         return None if row is None else _checkpoint(row)

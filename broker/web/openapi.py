@@ -134,6 +134,73 @@ SCHEMAS: dict[str, Any] = {
             "x25519_public_key": {"type": ["string", "null"]},
         },
     },
+    "Event": {
+        "type": "object",
+        "required": [
+            "seq",
+            "time",
+            "actor",
+            "action",
+            "report",
+            "node",
+            "nation",
+            "decision",
+            "reason",
+            "details",
+            "prev_hash",
+            "hash",
+        ],
+        "properties": {
+            "seq": {"type": "integer"},
+            "time": {"type": "string"},
+            "actor": {"type": ["string", "null"]},
+            "action": {"type": "string"},
+            "report": {"type": ["string", "null"]},
+            "node": {"type": ["string", "null"]},
+            "nation": {"type": ["string", "null"]},
+            "decision": {"type": ["string", "null"]},
+            "reason": {"type": ["string", "null"]},
+            "details": {"type": "object"},
+            "prev_hash": {"type": "string"},
+            "hash": {"type": "string"},
+        },
+    },
+    "EventPage": {
+        "type": "object",
+        "required": ["events", "next_after"],
+        "properties": {
+            "events": {"type": "array", "items": _ref("Event")},
+            "next_after": {"type": "integer"},
+        },
+    },
+    "Checkpoint": {
+        "type": "object",
+        "required": ["size", "head", "time", "key_id", "signature", "origin", "note"],
+        "properties": {
+            "size": {"type": "integer"},
+            "head": {"type": "string"},
+            "time": {"type": "string"},
+            "key_id": {"type": "string"},
+            "signature": {"type": "string"},
+            "origin": {"type": "string"},
+            "note": {"type": "string"},
+        },
+    },
+    "CheckpointKey": {
+        "type": "object",
+        "required": ["name", "public_key", "key_id", "vkey"],
+        "properties": {k: {"type": "string"} for k in ("name", "public_key", "key_id", "vkey")},
+    },
+    "InclusionProof": {
+        "type": "object",
+        "required": ["seq", "leaf_index", "tree_size", "leaf_hash", "root", "path"],
+        "properties": {"path": {"type": "array", "items": {"type": "string"}}},
+    },
+    "ConsistencyProof": {
+        "type": "object",
+        "required": ["first", "second", "first_root", "second_root", "path"],
+        "properties": {"path": {"type": "array", "items": {"type": "string"}}},
+    },
     "NodeToken": {
         "type": "object",
         "required": ["id", "token"],
@@ -233,6 +300,97 @@ PATHS: dict[str, Any] = {
             {"200": _json(_ref("NodeKeys"), "the node"), **_problems(401, 404)},
             parameters=[_PATH_ID],
         )
+    },
+    "/v1/audit/events": {
+        "get": _op(
+            "Audit events (role audit), filtered, by sequence; each query is itself audited",
+            {"200": _json(_ref("EventPage"), "a page"), **_problems(400, 401, 403, 422)},
+            parameters=[
+                {"name": n, "in": "query", "schema": {"type": t}}
+                for n, t in (
+                    ("report", "string"),
+                    ("node", "string"),
+                    ("nation", "string"),
+                    ("action", "string"),
+                    ("decision", "string"),
+                    ("since", "string"),
+                    ("until", "string"),
+                    ("after", "integer"),
+                    ("limit", "integer"),
+                )
+            ],
+        )
+    },
+    "/v1/audit/export": {
+        "get": _op(
+            "NDJSON export (role audit): every event up to a freshly signed checkpoint, one per line, then "
+            'one {"checkpoint": Checkpoint} line per signed checkpoint. '
+            "`broker audit verify` checks it offline.",
+            {
+                "200": {
+                    "description": "NDJSON",
+                    "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                },
+                **_problems(401, 403),
+            },
+        )
+    },
+    "/v1/audit/checkpoints/latest": {
+        "get": _op(
+            "The latest signed checkpoint (role audit)",
+            {"200": _json(_ref("Checkpoint"), "checkpoint"), **_problems(401, 403)},
+        )
+    },
+    "/v1/audit/checkpoints": {
+        "post": _op(
+            "Sign a checkpoint now (role audit)",
+            {"201": _json(_ref("Checkpoint"), "checkpoint"), **_problems(401, 403, 500)},
+        )
+    },
+    "/v1/audit/proofs/inclusion": {
+        "get": _op(
+            "RFC 9162 inclusion proof of event `seq` in the tree of `size` events "
+            "(default: the latest checkpoint)",
+            {"200": _json(_ref("InclusionProof"), "proof"), **_problems(400, 401, 403, 404)},
+            parameters=[{"name": n, "in": "query", "schema": {"type": "integer"}} for n in ("seq", "size")],
+        )
+    },
+    "/v1/audit/proofs/consistency": {
+        "get": _op(
+            "RFC 9162 consistency proof between tree sizes `first` and `second`",
+            {"200": _json(_ref("ConsistencyProof"), "proof"), **_problems(400, 401, 403, 422)},
+            parameters=[
+                {"name": n, "in": "query", "schema": {"type": "integer"}} for n in ("first", "second")
+            ],
+        )
+    },
+    "/.well-known/alliance-broker/checkpoint-key": {
+        "get": {
+            "summary": "The public key that signs checkpoints (name, raw key, key id, C2SP vkey)",
+            "security": [],
+            "responses": {"200": _json(_ref("CheckpointKey"), "key")},
+        }
+    },
+    "/audit/": {
+        "get": {
+            "summary": "The auditor web page",
+            "security": [],
+            "responses": {
+                "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}
+            },
+        }
+    },
+    "/audit/app.js": {
+        "get": {
+            "summary": "The auditor web page's script",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "JavaScript",
+                    "content": {"text/javascript": {"schema": {"type": "string"}}},
+                }
+            },
+        }
     },
     "/v1/alliances": {
         "get": _op(

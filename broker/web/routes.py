@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.web import handlers, ws
+from broker.web import audit, handlers, ws
 from broker.web.openapi import openapi
 
 
@@ -20,6 +20,15 @@ def add_routes(app: web.Application) -> None:
             web.get("/v1/stream", ws.stream),
             web.get("/v1/nodes/{id}", handlers.node_keys),
             web.get("/v1/alliances", handlers.alliances),
+            web.get("/v1/audit/events", audit.events),
+            web.get("/v1/audit/export", audit.export),
+            web.get("/v1/audit/checkpoints/latest", audit.latest_checkpoint),
+            web.post("/v1/audit/checkpoints", audit.sign_checkpoint),
+            web.get("/v1/audit/proofs/inclusion", audit.inclusion),
+            web.get("/v1/audit/proofs/consistency", audit.consistency),
+            web.get("/.well-known/alliance-broker/checkpoint-key", audit.checkpoint_key),
+            web.get("/audit/", audit.page),
+            web.get("/audit/app.js", audit.script),
             web.post("/v1/admin/nodes", handlers.admin_add_node),
             web.get("/v1/admin/nodes", handlers.admin_list_nodes),
             web.post("/v1/admin/nodes/{id}/revoke", handlers.admin_revoke_node),

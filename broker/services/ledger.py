@@ -1,0 +1,194 @@
+"""The audit log for auditors: queries, signed checkpoints, proofs, export."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from broker.crypto import merkle, notes
+from broker.domain.records import AuditEvent, Checkpoint, event_document, format_time
+from broker.errors import BrokerError, InvalidInput, NotFound
+from broker.services.context import Context
+from broker.storage.repos import Tx
+
+log = logging.getLogger(__name__)
+EXPORT_PAGE = 1000
+
+
+class LogInconsistent(BrokerError):
+    """The stored log no longer matches a checkpoint the broker signed: refuse to sign again."""
+
+    status = 500
+    code = "log_inconsistent"
+
+
+def event_json(event: AuditEvent) -> dict[str, Any]:
+    """An event as auditors and exports see it: its hashed document plus its hash."""
+    doc = event_document(seq=event.seq, time=event.time, draft=event.draft, prev_hash=event.prev_hash)
+    return {**doc, "hash": event.hash}
+
+
+def _public(ctx: Context) -> bytes:
+    return notes.public_key(ctx.keyring.checkpoint_key)
+
+
+def checkpoint_json(ctx: Context, checkpoint: Checkpoint) -> dict[str, Any]:
+    """The contract's fields (size, head, time, key_id, signature) plus the signed note."""
+    name = ctx.settings.audit_origin
+    stamp = base64.b64decode(checkpoint.note.rsplit(" ", 1)[-1])
+    return {
+        "size": checkpoint.size,
+        "head": checkpoint.root.hex(),
+        "time": format_time(checkpoint.time),
+        "key_id": notes.key_id(name, _public(ctx)).hex(),
+        "signature": base64.b64encode(stamp[4:]).decode(),
+        "origin": name,
+        "note": checkpoint.note,
+    }
+
+
+def public_key(ctx: Context) -> dict[str, str]:
+    """What a verifier pins: the checkpoint key's name, raw public key and C2SP vkey."""
+    name, public = ctx.settings.audit_origin, _public(ctx)
+    return {
+        "name": name,
+        "public_key": base64.b64encode(public).decode(),
+        "key_id": notes.key_id(name, public).hex(),
+        "vkey": notes.vkey(name, public),
+    }
+
+
+async def _root(tx: Tx, size: int) -> bytes:
+    coords = merkle.perfect_parts(0, size)
+    nodes = await tx.merkle_nodes(coords)
+    if len(nodes) != len(coords):
+        raise LogInconsistent(f"Merkle nodes for size {size} are missing")
+    return merkle.range_root(0, size, nodes)
+
+
+async def sign_checkpoint(ctx: Context) -> Checkpoint:
+    """Sign the log at its current size, unless the latest checkpoint already covers it.
+
+    The stored tree is first checked against the previous checkpoint (its root at the old size
+    must be unchanged), so the broker never signs two checkpoints that are inconsistent."""
+    async with ctx.db.transaction() as tx:
+        head = await tx.lock_head()
+        last = await tx.latest_checkpoint()
+        if last is not None and last.size == head.audit_seq:
+            return last
+        if last is not None and (last.size > head.audit_seq or await _root(tx, last.size) != last.root):
+            log.error("checkpoint_refused size=%s last=%s", head.audit_seq, last.size)
+            raise LogInconsistent(f"the log no longer matches the checkpoint at size {last.size}")
+        root = merkle.root_of(head.frontier)
+        body = notes.CheckpointBody(origin=ctx.settings.audit_origin, size=head.audit_seq, root=root)
+        note, _ = notes.sign(body, name=ctx.settings.audit_origin, private_key=ctx.keyring.checkpoint_key)
+        checkpoint = Checkpoint(size=head.audit_seq, root=root, time=ctx.now(), note=note)
+        await tx.insert_checkpoint(checkpoint)
+    return checkpoint
+
+
+async def latest(ctx: Context) -> dict[str, Any]:
+    async with ctx.db.transaction() as tx:
+        checkpoint = await tx.latest_checkpoint()
+    if checkpoint is None:
+        checkpoint = await sign_checkpoint(ctx)
+    return checkpoint_json(ctx, checkpoint)
+
+
+async def checkpointer(ctx: Context) -> None:
+    """Sign a checkpoint every N events or T seconds (whichever comes first), forever."""
+    every_events, every_seconds = ctx.settings.checkpoint_every_events, ctx.settings.checkpoint_every_seconds
+    waited = 0.0
+    step = min(1.0, every_seconds)
+    while True:
+        await asyncio.sleep(step)
+        waited += step
+        try:
+            async with ctx.db.transaction() as tx:
+                size = await tx.audit_size()
+                last = await tx.latest_checkpoint()
+            signed = 0 if last is None else last.size
+            if size > signed and (size - signed >= every_events or waited >= every_seconds):
+                await sign_checkpoint(ctx)
+                waited = 0.0
+        except BrokerError:
+            log.exception("checkpoint_failed")
+
+
+async def events(ctx: Context, *, after: int, limit: int, filters: dict[str, Any]) -> dict[str, Any]:
+    async with ctx.db.transaction() as tx:
+        found = await tx.events(after=after, limit=limit, **filters)
+    next_after = found[-1].seq if found else after
+    return {"events": [event_json(e) for e in found], "next_after": next_after}
+
+
+async def inclusion(ctx: Context, *, seq: int, size: int | None) -> dict[str, Any]:
+    """Proof that event ``seq`` is in the tree of ``size`` (default: the latest checkpoint)."""
+    async with ctx.db.transaction() as tx:
+        if size is None:
+            checkpoint = await tx.latest_checkpoint()
+            size = checkpoint.size if checkpoint else 0
+        event = await tx.event(seq)
+        if event is None or not 1 <= seq <= size:
+            raise NotFound("no such event in a tree of that size", code="not_found")
+        ranges = merkle.inclusion_ranges(seq - 1, size)
+        nodes = await tx.merkle_nodes(merkle.needed([*ranges, (0, size)]))
+    return {
+        "seq": seq,
+        "leaf_index": seq - 1,
+        "tree_size": size,
+        "leaf_hash": event.hash,
+        "root": merkle.range_root(0, size, nodes).hex(),
+        "path": [merkle.range_root(lo, hi, nodes).hex() for lo, hi in ranges],
+    }
+
+
+async def consistency(ctx: Context, *, first: int, second: int) -> dict[str, Any]:
+    """Proof that the tree of ``first`` events is a prefix of the tree of ``second``."""
+    async with ctx.db.transaction() as tx:
+        size = await tx.audit_size()
+        if not 0 < first <= second <= size:
+            raise InvalidInput(f"need 0 < first <= second <= {size}", code="invalid_parameter")
+        ranges = merkle.consistency_ranges(first, second)
+        nodes = await tx.merkle_nodes(merkle.needed([*ranges, (0, first), (0, second)]))
+    return {
+        "first": first,
+        "second": second,
+        "first_root": merkle.range_root(0, first, nodes).hex(),
+        "second_root": merkle.range_root(0, second, nodes).hex(),
+        "path": [merkle.range_root(lo, hi, nodes).hex() for lo, hi in ranges],
+    }
+
+
+async def export(ctx: Context) -> AsyncIterator[str]:
+    """NDJSON lines: every event up to a freshly signed checkpoint, then every checkpoint."""
+    checkpoint = await sign_checkpoint(ctx)
+    after = 0
+    while after < checkpoint.size:
+        async with ctx.db.transaction() as tx:
+            page = await tx.events(after=after, limit=EXPORT_PAGE, upto=checkpoint.size)
+        if not page:
+            break
+        for event in page:
+            yield json.dumps(event_json(event), separators=(",", ":")) + "\n"
+        after = page[-1].seq
+    async with ctx.db.transaction() as tx:
+        signed = await tx.checkpoints(upto=checkpoint.size)
+    for item in signed:
+        yield json.dumps({"checkpoint": checkpoint_json(ctx, item)}, separators=(",", ":")) + "\n"
+
+
+def parse_time(value: str | None, *, name: str) -> datetime | None:
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if moment.tzinfo is not None:
+            return moment
+    raise InvalidInput(f"{name} must be an ISO-8601 time with an offset", code="invalid_parameter")

@@ -1,0 +1,126 @@
+"""Auditor endpoints (role ``audit``), the public checkpoint key, and the auditor web page."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from broker.domain.records import AuditDraft
+from broker.errors import BadRequest
+from broker.services import audit, auth, ledger
+from broker.services.context import Context
+from broker.web.handlers import CONTEXT, _int_param, _node
+
+FILTERS = ("report", "node", "nation", "action", "decision")
+STATIC = resources.files("broker") / "web" / "static"
+PAGE = (STATIC / "audit.html").read_text()
+SCRIPT = (STATIC / "audit.js").read_text()
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def _auditor(request: web.Request, act: str) -> tuple[Context, str]:
+    ctx = request.app[CONTEXT]
+    node = await _node(request)
+    await auth.require_role(ctx, node, "audit", act=act)
+    return ctx, node.id
+
+
+def _filters(request: web.Request) -> dict[str, Any]:
+    filters: dict[str, Any] = {}
+    for name in FILTERS:
+        value = request.query.get(name)
+        if value is not None:
+            if not value or len(value) > 64:
+                raise BadRequest(f"{name} must be 1-64 characters", code="invalid_parameter")
+            filters[name] = value
+    for name in ("since", "until"):
+        filters[name] = ledger.parse_time(request.query.get(name), name=name)
+    return filters
+
+
+async def events(request: web.Request) -> web.Response:
+    ctx, auditor = await _auditor(request, "audit_query")
+    filters = _filters(request)
+    result = await ledger.events(
+        ctx,
+        after=_int_param(request, "after", 0, 0, 2**62),
+        limit=_int_param(request, "limit", 100, 1, 1000),
+        filters=filters,
+    )
+    # Who watches the auditors: every query is itself an audited act.
+    query = {k: v if isinstance(v, str) or v is None else v.isoformat() for k, v in filters.items()}
+    await audit.record_alone(
+        ctx,
+        [
+            AuditDraft(
+                action="audit_query",
+                actor=auditor,
+                node=auditor,
+                decision="allow",
+                details={k: v for k, v in query.items() if v},
+            )
+        ],
+    )
+    return web.json_response(result)
+
+
+async def export(request: web.Request) -> web.StreamResponse:
+    ctx, auditor = await _auditor(request, "audit_export")
+    await audit.record_alone(
+        ctx, [AuditDraft(action="audit_export", actor=auditor, node=auditor, decision="allow")]
+    )
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/x-ndjson",
+            "Content-Disposition": 'attachment; filename="audit-export.ndjson"',
+        }
+    )
+    await response.prepare(request)
+    async for line in ledger.export(ctx):
+        await response.write(line.encode())
+    await response.write_eof()
+    return response
+
+
+async def latest_checkpoint(request: web.Request) -> web.Response:
+    ctx, _ = await _auditor(request, "audit_checkpoint")
+    return web.json_response(await ledger.latest(ctx))
+
+
+async def sign_checkpoint(request: web.Request) -> web.Response:
+    ctx, _ = await _auditor(request, "audit_checkpoint")
+    return web.json_response(ledger.checkpoint_json(ctx, await ledger.sign_checkpoint(ctx)), status=201)
+
+
+async def inclusion(request: web.Request) -> web.Response:
+    ctx, _ = await _auditor(request, "audit_proof")
+    size = _int_param(request, "size", 0, 0, 2**62) if "size" in request.query else None
+    return web.json_response(
+        await ledger.inclusion(ctx, seq=_int_param(request, "seq", 0, 1, 2**62), size=size)
+    )
+
+
+async def consistency(request: web.Request) -> web.Response:
+    ctx, _ = await _auditor(request, "audit_proof")
+    first = _int_param(request, "first", 0, 1, 2**62)
+    second = _int_param(request, "second", 0, 1, 2**62)
+    return web.json_response(await ledger.consistency(ctx, first=first, second=second))
+
+
+async def checkpoint_key(request: web.Request) -> web.Response:
+    return web.json_response(ledger.public_key(request.app[CONTEXT]))
+
+
+async def page(_request: web.Request) -> web.Response:
+    return web.Response(text=PAGE, content_type="text/html", headers=HEADERS)
+
+
+async def script(_request: web.Request) -> web.Response:
+    return web.Response(text=SCRIPT, content_type="text/javascript", headers=HEADERS)
