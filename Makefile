@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 # Two workers: the machine has two cores; each worker clones its own PostgreSQL template.
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check broker tests bench
 	$(BIN)/mypy
 
-test: lint
+# The auditor page's browser test drives Debian's chromium through chromedriver. Installing them
+# needs root (as in CI); elsewhere, if this fails, that one test skips and says why.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver for the browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+	    || [ "$$CI" != "true" ]; \
+	fi
+
+test: lint browser
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider --junitxml=var/junit.xml
 
 clean:

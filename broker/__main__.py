@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import shutil
@@ -13,8 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from broker.crypto import keyring, notes, verify_export
 from broker.errors import BrokerError
-from broker.services import admin, reports
+from broker.services import admin, ledger, reports
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -68,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="keyring").add_subparsers(dest="action", required=True)
     keys.add_parser("rotate", parents=[common]).add_argument("--rewrap", action="store_true")
 
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="action", required=True)
+    audit.add_parser("export", parents=[common], help="write an NDJSON export").add_argument("file")
+    verify = audit.add_parser(
+        "verify", parents=[common], help="verify an export offline (exit 1 if tampered)"
+    )
+    verify.add_argument("file")
+    verify.add_argument("--key", help="the broker's checkpoint public key, base64 (default: local keyring)")
+    audit.add_parser("key", parents=[common], help="print the checkpoint public key")
+
     report = sub.add_parser("report", help="reports").add_subparsers(dest="action", required=True)
     report.add_parser("erase", parents=[common], help="crypto-shred a report").add_argument("id")
     return parser
@@ -113,8 +125,41 @@ def _command(args: argparse.Namespace, settings: Settings) -> Callable[[Context]
         ("alliance", "list"): admin.list_alliances,
         ("keys", "rotate"): lambda c: admin.rotate_keys(c, rewrap=args.rewrap),
         ("report", "erase"): lambda c: _erase(c, args.id),
+        ("audit", "export"): lambda c: _export(c, Path(args.file)),
+        ("audit", "key"): lambda c: asyncio.sleep(0, ledger.public_key(c)),
     }
     return table[key]
+
+
+async def _export(ctx: Context, path: Path) -> dict[str, Any]:
+    lines = 0
+    with path.open("w") as fh:
+        async for line in ledger.export(ctx):
+            fh.write(line)
+            lines += 1
+            if lines % 10_000 == 0:
+                print(f"exported {lines} lines...", file=sys.stderr)
+    return {"file": str(path), "lines": lines}
+
+
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    """Offline: no database. Exit 0 when intact, 1 when tampered (naming the place)."""
+    if args.key:
+        public = base64.b64decode(args.key, validate=True)
+    else:
+        if not settings.keyring_path.exists():
+            raise BrokerError(f"no keyring at {settings.keyring_path}: pass --key")
+        public = notes.public_key(keyring.load(settings.keyring_path).checkpoint_key)
+    try:
+        with Path(args.file).open() as fh:
+            finding = verify_export.verify(fh, public_key=public)
+    except OSError as exc:
+        raise BrokerError(f"cannot read {args.file}: {exc.strerror}") from exc
+    if args.json:
+        print(json.dumps(finding.__dict__, indent=2))
+    else:
+        print(("OK " if finding.ok else "TAMPERED ") + finding.message)
+    return 0 if finding.ok else 1
 
 
 async def _erase(ctx: Context, report_id: str) -> dict[str, Any]:
@@ -210,12 +255,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             _demo(args, settings)
             return 0
+        if args.command == "audit" and args.action == "verify":
+            return _verify(args, settings)
         if args.command == "db":
             result = asyncio.run(upgrade(settings))
         else:
             result = asyncio.run(_with_context(settings, _command(args, settings)))
     except BrokerError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except binascii.Error:
+        print("error: --key must be base64", file=sys.stderr)
         return 2
     _print(result, as_json=args.json)
     return 0
