@@ -1,6 +1,6 @@
 """Publish and read throughput of one broker on loopback, beside a null endpoint.
 
-    .venv/bin/python bench/throughput.py [--engine sqlite|postgres|both] [--n 500] [--concurrency 16]
+    .venv/bin/python -m bench.throughput [--engine sqlite|postgres|both] [--n 500] [--concurrency 16]
 
 Starts the broker in this process on a loopback port (a fresh database: SQLite in a temporary
 folder, or a fresh PostgreSQL database created and dropped on BROKER_BENCH_PG, default the local
