@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from broker.services.context import Context
+from tests.conftest import CONFIG
 
 
 async def events(ctx: Context, **filters: Any) -> list[dict[str, Any]]:
@@ -46,3 +51,26 @@ def body(
         "topics": topics or ["ransomware"],
         "payload": payload or {"type": "indicator", "pattern": "[ipv4-addr:value = '198.51.100.7']"},
     }
+
+
+def cli_env(url: str, keyring: Path) -> dict[str, str]:
+    """The environment a `broker` subprocess needs for one test database and keyring."""
+    return {
+        **os.environ,
+        "BROKER_DATABASE_URL": url,
+        "BROKER_CONFIG_DIR": str(CONFIG),
+        "BROKER_KEYRING": str(keyring),
+    }
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m broker ARGS` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

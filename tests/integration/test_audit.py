@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,9 +19,8 @@ from broker.services import reports as report_service
 from broker.services.auth import authenticate
 from broker.services.context import Context
 from broker.settings import Settings
-from tests.conftest import CONFIG
 from tests.integration.conftest import Api
-from tests.integration.helpers import body
+from tests.integration.helpers import body, cli_env, run_cli
 
 
 async def test_auditor_queries_with_filters_and_pages(api: Api) -> None:
@@ -152,20 +149,7 @@ async def test_concurrent_writers_on_two_brokers_keep_one_chain(settings: Settin
 
 
 def _broker(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "BROKER_DATABASE_URL": settings.database_url,
-        "BROKER_CONFIG_DIR": str(CONFIG),
-        "BROKER_KEYRING": str(settings.keyring_path),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(*args, env=cli_env(settings.database_url, settings.keyring_path))
 
 
 async def test_export_and_offline_verify_by_cli(api: Api, settings: Settings, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import pytest
 from broker.errors import ConfigError
 from broker.settings import Settings
 from tests.conftest import CONFIG
+from tests.integration.helpers import cli_env, run_cli
 
 
 def _free_port() -> int:
@@ -56,24 +59,34 @@ def _wait_healthy(base: str, proc: subprocess.Popen[str], seconds: float = 30) -
 
 
 def _env(url: str, tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "BROKER_DATABASE_URL": url,
-        "BROKER_CONFIG_DIR": str(CONFIG),
-        "BROKER_KEYRING": str(tmp_path / "keyring.json"),
-    }
+    return cli_env(url, tmp_path / "keyring.json")
 
 
 def _broker(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
+    return run_cli(*args, env=env, cwd=cwd)
+
+
+@contextlib.contextmanager
+def _serving(env: dict[str, str], port: int, *, kill: bool = False) -> Iterator[subprocess.Popen[str]]:
+    """`broker serve` on ``port`` until the block ends (SIGKILL with ``kill``, else SIGTERM)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "serve", "--port", str(port)],
         env=env,
-        cwd=cwd,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=120,
-        check=False,
     )
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        yield proc
+    finally:
+        if kill:
+            proc.send_signal(signal.SIGKILL)
+        else:
+            proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
 
 
 def test_kill_9_after_201_loses_nothing(database_url: str, tmp_path: Path) -> None:
@@ -96,49 +109,19 @@ def test_kill_9_after_201_loses_nothing(database_url: str, tmp_path: Path) -> No
     )["token"]
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broker", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        _wait_healthy(base, proc)
+    label = {"classification": "SECRET", "releasable_to": ["NATO"]}
+    with _serving(env, port, kill=True):
         receipts = []
         for i in range(20):
             status, receipt = _http(
-                "POST",
-                f"{base}/v1/reports",
-                token,
-                {"label": {"classification": "SECRET", "releasable_to": ["NATO"]}, "payload": {"n": i}},
+                "POST", f"{base}/v1/reports", token, {"label": label, "payload": {"n": i}}
             )
             assert status == 201
             receipts.append(receipt)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if proc.stdout:
-            proc.stdout.close()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broker", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        _wait_healthy(base, proc)
+    with _serving(env, port):  # a new process on the same files: everything acknowledged is there
         _, page = _http("GET", f"{base}/v1/reports?limit=100", token)
-        assert [r["id"] for r in page["reports"]] == [r["id"] for r in receipts]
-        assert [r["payload"]["n"] for r in page["reports"]] == list(range(20))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
+    assert [r["id"] for r in page["reports"]] == [r["id"] for r in receipts]
+    assert [r["payload"]["n"] for r in page["reports"]] == list(range(20))
 
 
 def test_demo_command_starts_a_broker_with_printed_tokens(tmp_path: Path) -> None:

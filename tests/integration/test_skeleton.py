@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from broker.services import admin
 from broker.services.context import Context
 from broker.storage import db
-from tests.conftest import CONFIG
 from tests.integration.conftest import Api
+from tests.integration.helpers import cli_env, run_cli
 
 
 async def test_models_and_migrations_agree(ctx: Context) -> None:
@@ -47,20 +45,7 @@ async def test_health(api: Api) -> None:
 
 
 def _cli(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "BROKER_DATABASE_URL": url,
-        "BROKER_CONFIG_DIR": str(CONFIG),
-        "BROKER_KEYRING": str(tmp_path / "cli-keyring.json"),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(*args, env=cli_env(url, tmp_path / "cli-keyring.json"))
 
 
 def test_cli_upgrade_list_and_nodes(database_url: str, tmp_path: Path) -> None:
