@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
@@ -33,11 +32,11 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         hub = Hub(feed.refresh, interval=settings.change_poll_seconds)
         app[FEED], app[HUB], app[WAKE] = feed, hub, hub.nudge
         hub.start()
-        checkpoints = asyncio.create_task(ledger.checkpointer(ctx), name="checkpointer")
+        stop = asyncio.Event()
+        checkpoints = asyncio.create_task(ledger.checkpointer(ctx, stop), name="checkpointer")
         yield
-        checkpoints.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await checkpoints
+        stop.set()
+        await checkpoints  # it finishes the transaction it is in, then returns
         await hub.stop()
         await ctx.close()
 

@@ -27,6 +27,7 @@ class Hub:
         self._nudge = asyncio.Event()
         self._seen: tuple[int, int] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def event(self) -> asyncio.Event:
         """The event the next wake-up sets. Take it *before* reading, so no wake-up is lost
@@ -43,7 +44,7 @@ class Hub:
         self._nudge.set()
 
     async def _watch(self) -> None:
-        while True:
+        while not self._stopping:
             self._nudge.clear()
             try:
                 state = await self._probe()
@@ -61,9 +62,14 @@ class Hub:
             self._task = asyncio.create_task(self._watch(), name="hub-watch")
 
     async def stop(self) -> None:
+        """Let a probe in flight finish (cancelling one mid-transaction would leave its
+        connection to be cleaned up by the garbage collector), then stop."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping = True
+            self._nudge.set()
+            try:
+                await asyncio.wait_for(self._task, timeout=10)
+            except TimeoutError:
+                log.warning("hub_stop_timeout")
             self._task = None
         self.wake()

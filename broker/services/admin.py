@@ -127,6 +127,7 @@ async def revoke_node(ctx: Context, node_id: str, *, actor: str) -> dict[str, An
             raise NotFound(f"no node {node_id!r}", code="not_found")
         now = ctx.now()
         changed = await tx.revoke_node(node_id, at=now)
+        ctx.tokens.clear()  # this process stops accepting the token now; others within a poll
         await audit.record(
             tx,
             [

@@ -19,8 +19,12 @@ async def authenticate(ctx: Context, token: str | None) -> NodeRecord:
     if not token or len(token) > MAX_TOKEN_LENGTH:
         await _fail(ctx, reason="missing_token" if not token else "malformed_token")
     digest = hash_token(token)
-    async with ctx.db.transaction() as tx:
-        node = await tx.node_by_token_hash(digest)
+    node = ctx.tokens.get(digest)
+    if node is None:
+        async with ctx.db.transaction() as tx:
+            node = await tx.node_by_token_hash(digest)
+        if node is not None and node.revoked_at is None:
+            ctx.tokens[digest] = node
     if node is None or not token_matches(token=token, stored_hash=node.token_hash):
         await _fail(ctx, reason="unknown_token")
     if node.revoked_at is not None:

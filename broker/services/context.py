@@ -11,6 +11,7 @@ from broker.crypto import keyring as keyring_file
 from broker.crypto.keyring import Keyring
 from broker.domain.alliances import Directory
 from broker.domain.labels import Policy
+from broker.domain.records import NodeRecord
 from broker.settings import Settings
 from broker.storage.db import create_engine
 from broker.storage.repos import Database, Tx
@@ -35,6 +36,9 @@ class Context:
     keyring: Keyring
     settings: Settings
     clock: Callable[[], datetime] = utc_now
+    # Authenticated nodes by token hash. Dropped whenever the change counter moves (every
+    # revocation bumps it; the hub reads it every change_poll_ms) and on a local revocation.
+    tokens: dict[str, NodeRecord] = field(default_factory=dict, repr=False)
     _counter: int = field(default=-1, repr=False)
     _directory: Directory = field(default_factory=Directory, repr=False)
 
@@ -52,11 +56,25 @@ class Context:
 
     async def directory(self, tx: Tx) -> Directory:
         """The current alliance directory, reloaded when the change counter moved."""
-        counter = await tx.change_counter()
+        return await self.directory_at(tx, await tx.change_counter())
+
+    async def directory_at(self, tx: Tx, counter: int) -> Directory:
+        """As ``directory``, for a caller that already read the change counter (with the head)."""
         if counter != self._counter:
             self._directory = await tx.load_directory()
             self.keyring = keyring_file.load(self.keyring_path)
+            self.tokens.clear()
             self._counter = counter
+        return self._directory
+
+    async def cached_directory(self) -> Directory:
+        """The directory as last loaded (loading it once if never), without a database read.
+
+        Alliances are only ever added, never removed, so a label valid against this copy is
+        valid against the current one; callers retry with ``directory`` when an id is unknown."""
+        if self._counter < 0:
+            async with self.db.transaction() as tx:
+                return await self.directory(tx)
         return self._directory
 
     def now(self) -> datetime:

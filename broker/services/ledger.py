@@ -101,13 +101,15 @@ async def latest(ctx: Context) -> dict[str, Any]:
     return checkpoint_json(ctx, checkpoint)
 
 
-async def checkpointer(ctx: Context) -> None:
-    """Sign a checkpoint every N events or T seconds (whichever comes first), forever."""
+async def checkpointer(ctx: Context, stop: asyncio.Event) -> None:
+    """Sign a checkpoint every N events or T seconds (whichever comes first) until ``stop``."""
     every_events, every_seconds = ctx.settings.checkpoint_every_events, ctx.settings.checkpoint_every_seconds
     waited = 0.0
     step = min(1.0, every_seconds)
-    while True:
-        await asyncio.sleep(step)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=step)
+            return
         waited += step
         try:
             async with ctx.db.transaction() as tx:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,7 +39,7 @@ class Submission:
     request_hash: str
 
 
-def parse_submission(body: object, *, ctx: Context, known_alliances: Sequence[str]) -> Submission:
+def parse_submission(body: object, *, ctx: Context, known_alliances: Collection[str]) -> Submission:
     """Validate a publish body; InvalidInput (422) names the first problem."""
     if not isinstance(body, Mapping):
         raise InvalidInput("the body must be a JSON object", code="invalid_body")
@@ -136,9 +136,7 @@ async def publish(
     if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
         raise InvalidInput("Idempotency-Key must be 1 to 200 characters", code="invalid_idempotency_key")
     try:
-        async with ctx.db.transaction() as tx:
-            directory = await ctx.directory(tx)
-        sub = parse_submission(body, ctx=ctx, known_alliances=list(directory.alliances))
+        sub = await _parse_fresh(ctx, body)
         _check_publisher(node, sub, ctx=ctx)
     except BrokerError as exc:
         await audit.record_alone(
@@ -157,7 +155,7 @@ async def publish(
         raise
     async with ctx.db.transaction() as tx:
         head = await tx.lock_head()
-        await ctx.directory(tx)  # refresh the keyring under the lock (see admin.rotate_keys)
+        await ctx.directory_at(tx, head.change_counter)  # keyring fresh under the lock (see rotate_keys)
         earlier = await _earlier(tx, node, sub, idempotency_key)
         if earlier is not None:
             return _receipt(earlier)
@@ -199,6 +197,19 @@ async def publish(
         )
         await audit.record(tx, [draft], now=now, head=replace(head, report_seq=report.seq))
     return _receipt(report)
+
+
+async def _parse_fresh(ctx: Context, body: object) -> Submission:
+    """Parse against the cached directory; on an unknown alliance id, once more against a
+    freshly read one (an alliance created by another process a moment ago)."""
+    try:
+        return parse_submission(body, ctx=ctx, known_alliances=(await ctx.cached_directory()).alliances)
+    except InvalidInput as exc:
+        if exc.code != "unknown_releasability":
+            raise
+    async with ctx.db.transaction() as tx:
+        directory = await ctx.directory(tx)
+    return parse_submission(body, ctx=ctx, known_alliances=directory.alliances)
 
 
 async def _earlier(

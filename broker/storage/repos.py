@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -203,28 +203,29 @@ class Tx:
 
     # -- reports --------------------------------------------------------------------------
     async def insert_report(self, report: ReportRecord, *, idempotency_key: str | None) -> None:
-        self._s.add(
-            ReportRow(
-                seq=report.seq,
-                id=report.id,
-                originator_node=report.originator_node,
-                originator_nation=report.originator_nation,
-                label_json=report.label_json,
-                label_hash=report.label_hash,
-                topics=list(report.topics),
-                created_at=report.created_at,
-                payload_sha256=report.payload_sha256,
-                signature=report.signature,
-                ciphertext=report.ciphertext,
-                wrapped_key=report.wrapped_key,
-                kek_id=report.kek_id,
-                idempotency_key=idempotency_key,
-                request_hash=report.request_hash,
+        # Core-style bulk inserts: no identity map bookkeeping on the hot path.
+        row = {
+            "seq": report.seq,
+            "id": report.id,
+            "originator_node": report.originator_node,
+            "originator_nation": report.originator_nation,
+            "label_json": report.label_json,
+            "label_hash": report.label_hash,
+            "topics": list(report.topics),
+            "created_at": report.created_at,
+            "payload_sha256": report.payload_sha256,
+            "signature": report.signature,
+            "ciphertext": report.ciphertext,
+            "wrapped_key": report.wrapped_key,
+            "kek_id": report.kek_id,
+            "idempotency_key": idempotency_key,
+            "request_hash": report.request_hash,
+        }
+        await self._s.execute(insert(ReportRow), [row])
+        if report.topics:
+            await self._s.execute(
+                insert(ReportTopicRow), [{"topic": t, "report_seq": report.seq} for t in report.topics]
             )
-        )
-        await self._s.flush()
-        self._s.add_all(ReportTopicRow(topic=t, report_seq=report.seq) for t in report.topics)
-        await self._s.flush()
 
     async def report(self, report_id: str) -> ReportRecord | None:
         row = await self._s.scalar(select(ReportRow).where(ReportRow.id == report_id))
@@ -334,8 +335,10 @@ class Tx:
 
     # -- Merkle tree and checkpoints ------------------------------------------------------
     async def insert_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
-        self._s.add_all(MerkleNodeRow(level=lvl, idx=idx, hash=h.hex()) for lvl, idx, h in nodes)
-        await self._s.flush()
+        if nodes:
+            await self._s.execute(
+                insert(MerkleNodeRow), [{"level": lvl, "idx": idx, "hash": h.hex()} for lvl, idx, h in nodes]
+            )
 
     async def merkle_nodes(self, coords: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         """Stored Merkle nodes by (level, index); absent ones are simply missing."""
@@ -373,24 +376,26 @@ class Tx:
         await self._s.flush()
 
     async def insert_events(self, events: Sequence[AuditEvent]) -> None:
-        self._s.add_all(
-            AuditEventRow(
-                seq=e.seq,
-                time=e.time,
-                actor=e.draft.actor,
-                action=e.draft.action,
-                report=e.draft.report,
-                node=e.draft.node,
-                nation=e.draft.nation,
-                decision=e.draft.decision,
-                reason=e.draft.reason,
-                details=e.draft.details,
-                prev_hash=e.prev_hash,
-                hash=e.hash,
-            )
+        if not events:
+            return
+        rows = [
+            {
+                "seq": e.seq,
+                "time": e.time,
+                "actor": e.draft.actor,
+                "action": e.draft.action,
+                "report": e.draft.report,
+                "node": e.draft.node,
+                "nation": e.draft.nation,
+                "decision": e.draft.decision,
+                "reason": e.draft.reason,
+                "details": e.draft.details,
+                "prev_hash": e.prev_hash,
+                "hash": e.hash,
+            }
             for e in events
-        )
-        await self._s.flush()
+        ]
+        await self._s.execute(insert(AuditEventRow), rows)
 
 
 def _history(value: str) -> History:

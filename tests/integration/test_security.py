@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -64,11 +65,20 @@ async def test_authentication_and_roles(api: Api) -> None:
 
 async def test_revoked_node_is_refused_at_once(api: Api) -> None:
     usa = await api.node("usa-1", "USA")
-    assert (await api.get("/v1/reports", usa))[0] == 200
-    await admin.revoke_node(api.ctx, "usa-1", actor="test")
+    root = await api.node("root", "BEL", roles=("admin",))
+    assert (await api.get("/v1/reports", usa))[0] == 200  # its token is now cached by the server
+    assert (await api.call("POST", "/v1/admin/nodes/usa-1/revoke", root))[0] == 200
     status, problem = await api.get("/v1/reports", usa)
     assert status == 401 and problem["type"].endswith("unauthenticated")
     assert (await events(api.ctx, action="authenticate"))[-1]["reason"] == "node_revoked"
+
+
+async def test_revocation_by_another_process_applies_within_a_poll(api: Api) -> None:
+    usa = await api.node("usa-1", "USA")
+    assert (await api.get("/v1/reports", usa))[0] == 200
+    await admin.revoke_node(api.ctx, "usa-1", actor="cli")  # api.ctx is not the server's: another process
+    await asyncio.sleep(api.ctx.settings.change_poll_seconds * 3)
+    assert (await api.get("/v1/reports", usa))[0] == 401
 
 
 async def test_admin_api_adds_nodes_and_tokens_are_stored_hashed(api: Api, settings: Settings) -> None:
