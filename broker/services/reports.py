@@ -7,6 +7,7 @@ import re
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from broker.crypto import envelope, seal, signing
@@ -160,43 +161,52 @@ async def publish(
         if earlier is not None:
             return _receipt(earlier)
         now = ctx.now()
-        report_id = sub.report_id or str(uuid.uuid4())
-        stored = envelope.encrypt_payload(
-            plaintext=sub.canonical_payload,
-            report_id=report_id,
-            canonical_label=sub.canonical_label,
-            keyring=ctx.keyring,
-        )
-        report = ReportRecord(
-            seq=head.report_seq + 1,
-            id=report_id,
-            originator_node=node.id,
-            originator_nation=node.nation,
-            label_json=json.dumps(sub.label_raw),
-            label=sub.label_raw,
-            label_hash=sha256_hex(sub.canonical_label),
-            topics=sub.topics,
-            created_at=now,
-            payload_sha256=sha256_hex(sub.canonical_payload),
-            signature=sub.signature,
-            request_hash=sub.request_hash,
-            ciphertext=stored.ciphertext,
-            wrapped_key=stored.wrapped_key,
-            kek_id=stored.kek_id,
-        )
+        report, draft = build_report(ctx, node, sub, seq=head.report_seq + 1, now=now)
         await tx.insert_report(report, idempotency_key=idempotency_key)
-        draft = AuditDraft(
-            action="publish",
-            actor=node.id,
-            report=report_id,
-            node=node.id,
-            nation=node.nation,
-            decision="allow",
-            reason="accepted",
-            details=_label_details(report),
-        )
         await audit.record(tx, [draft], now=now, head=replace(head, report_seq=report.seq))
     return _receipt(report)
+
+
+def build_report(
+    ctx: Context, node: NodeRecord, sub: Submission, *, seq: int, now: datetime
+) -> tuple[ReportRecord, AuditDraft]:
+    """The stored form of a submission (payload encrypted under a fresh data key) and its
+    publish event."""
+    report_id = sub.report_id or str(uuid.uuid4())
+    stored = envelope.encrypt_payload(
+        plaintext=sub.canonical_payload,
+        report_id=report_id,
+        canonical_label=sub.canonical_label,
+        keyring=ctx.keyring,
+    )
+    report = ReportRecord(
+        seq=seq,
+        id=report_id,
+        originator_node=node.id,
+        originator_nation=node.nation,
+        label_json=json.dumps(sub.label_raw),
+        label=sub.label_raw,
+        label_hash=sha256_hex(sub.canonical_label),
+        topics=sub.topics,
+        created_at=now,
+        payload_sha256=sha256_hex(sub.canonical_payload),
+        signature=sub.signature,
+        request_hash=sub.request_hash,
+        ciphertext=stored.ciphertext,
+        wrapped_key=stored.wrapped_key,
+        kek_id=stored.kek_id,
+    )
+    draft = AuditDraft(
+        action="publish",
+        actor=node.id,
+        report=report_id,
+        node=node.id,
+        nation=node.nation,
+        decision="allow",
+        reason="accepted",
+        details=_label_details(report),
+    )
+    return report, draft
 
 
 async def _parse_fresh(ctx: Context, body: object) -> Submission:

@@ -203,29 +203,35 @@ class Tx:
 
     # -- reports --------------------------------------------------------------------------
     async def insert_report(self, report: ReportRecord, *, idempotency_key: str | None) -> None:
-        # Core-style bulk inserts: no identity map bookkeeping on the hot path.
-        row = {
-            "seq": report.seq,
-            "id": report.id,
-            "originator_node": report.originator_node,
-            "originator_nation": report.originator_nation,
-            "label_json": report.label_json,
-            "label_hash": report.label_hash,
-            "topics": list(report.topics),
-            "created_at": report.created_at,
-            "payload_sha256": report.payload_sha256,
-            "signature": report.signature,
-            "ciphertext": report.ciphertext,
-            "wrapped_key": report.wrapped_key,
-            "kek_id": report.kek_id,
-            "idempotency_key": idempotency_key,
-            "request_hash": report.request_hash,
-        }
-        await self._s.execute(insert(ReportRow), [row])
-        if report.topics:
-            await self._s.execute(
-                insert(ReportTopicRow), [{"topic": t, "report_seq": report.seq} for t in report.topics]
-            )
+        await self.insert_reports([(report, idempotency_key)])
+
+    async def insert_reports(self, reports: Sequence[tuple[ReportRecord, str | None]]) -> None:
+        """Insert reports (with their idempotency keys) and their topics, as bulk inserts: no
+        identity-map bookkeeping on the hot path."""
+        rows = [
+            {
+                "seq": r.seq,
+                "id": r.id,
+                "originator_node": r.originator_node,
+                "originator_nation": r.originator_nation,
+                "label_json": r.label_json,
+                "label_hash": r.label_hash,
+                "topics": list(r.topics),
+                "created_at": r.created_at,
+                "payload_sha256": r.payload_sha256,
+                "signature": r.signature,
+                "ciphertext": r.ciphertext,
+                "wrapped_key": r.wrapped_key,
+                "kek_id": r.kek_id,
+                "idempotency_key": key,
+                "request_hash": r.request_hash,
+            }
+            for r, key in reports
+        ]
+        await self._s.execute(insert(ReportRow), rows)
+        topics = [{"topic": t, "report_seq": r.seq} for r, _ in reports for t in r.topics]
+        if topics:
+            await self._s.execute(insert(ReportTopicRow), topics)
 
     async def report(self, report_id: str) -> ReportRecord | None:
         row = await self._s.scalar(select(ReportRow).where(ReportRow.id == report_id))

@@ -1,0 +1,432 @@
+"""Publish and read against the TAXII 2.1 reference server (medallion 3.0.0, memory backend) and
+a null endpoint, in one run, at growing store sizes.
+
+    .venv/bin/python -m bench.peer [--n 300] [--sizes 0,10000,100000] [--engine sqlite|postgres]
+
+Everything runs on loopback. medallion is installed into its own virtualenv under var/bench/
+(first run only) and started with a config this script writes, its store preloaded through its
+memory backend's data file. Our store is preloaded through the services in bulk transactions
+(every report encrypted and audited like any other). The load client opens a new connection per
+request for all three servers and sends the same STIX 2.1 indicator, one per request. Prints
+reports/s, p50/p99 latency, server RSS and the ratios ours/medallion and ours/null; appends the
+table to bench/RESULTS.md. Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bench.throughput import BODY, INDICATOR, PG, ROOT, _commit, _pg, _start, make_url, secrets
+from broker.app import create_app
+from broker.services import admin, audit, reports
+from broker.services.context import Context
+from broker.settings import Settings
+from broker.storage import db
+
+PEER_VENV = ROOT / "var" / "bench" / "medallion-venv"
+TAXII = "application/taxii+json;version=2.1"
+COLLECTION = "91a7b528-80eb-42ed-a74d-c6fbd5a26116"
+Call = Callable[[aiohttp.ClientSession, int], Awaitable[None]]
+
+
+def indicator(i: int) -> dict[str, Any]:
+    obj = dict(INDICATOR["objects"][0])
+    obj["id"] = f"indicator--{uuid.UUID(int=i + 1)}"
+    return obj
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+MAX_SECONDS = 20.0  # every case stops issuing requests after this long, done or not
+REQUEST_TIMEOUT = 30.0  # a request slower than this counts as timed out (and stops its client)
+
+
+async def load(n: int, concurrency: int, call: Call) -> dict[str, float]:
+    """At most ``n`` requests from ``concurrency`` clients, for at most MAX_SECONDS."""
+    latencies: list[float] = []
+    timeouts: list[int] = []
+    counter = iter(range(n))
+    deadline = time.perf_counter() + MAX_SECONDS
+
+    async def worker() -> None:
+        # force_close: a new TCP connection per request, as a fleet of national nodes would do.
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True), timeout=timeout
+        ) as session:
+            for i in counter:
+                if time.perf_counter() > deadline:
+                    return
+                start = time.perf_counter()
+                try:
+                    await call(session, i)
+                except TimeoutError:
+                    timeouts.append(i)
+                    return
+                latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    if not latencies:
+        return {"rate": 0.0, "p50": float("nan"), "p99": float("nan"), "timeouts": float(len(timeouts))}
+    latencies.sort()
+    return {
+        "rate": len(latencies) / elapsed,
+        "p50": statistics.median(latencies) * 1000,
+        "p99": latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000,
+        "timeouts": float(len(timeouts)),
+    }
+
+
+def ensure_medallion() -> Path:
+    exe = PEER_VENV / "bin" / "medallion"
+    if not exe.exists():
+        print("installing medallion 3.0.0 into var/bench/medallion-venv (first run only)...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(PEER_VENV / "bin" / "pip"), "install", "-q", "medallion==3.0.0"], check=True)
+    return exe
+
+
+def start_medallion(folder: Path, stored: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    objects = [indicator(10_000_000 + i) for i in range(stored)]
+    manifest = [
+        {
+            "id": o["id"],
+            "date_added": "2026-11-25T12:00:00.000000Z",
+            "version": o["modified"],
+            "media_type": "application/stix+json;version=2.1",
+        }
+        for o in objects
+    ]
+    data = {
+        "/discovery": {"title": "bench", "default": f"{base}/api1/", "api_roots": [f"{base}/api1/"]},
+        "api1": {
+            "information": {"title": "bench", "versions": [TAXII], "max_content_length": 10_485_760},
+            "status": [],
+            "collections": [
+                {
+                    "id": COLLECTION,
+                    "title": "bench",
+                    "can_read": True,
+                    "can_write": True,
+                    "media_types": ["application/stix+json;version=2.1"],
+                    "objects": objects,
+                    "manifest": manifest,
+                }
+            ],
+        },
+    }
+    (folder / "medallion-data.json").write_text(json.dumps(data))
+    config = {
+        "backend": {
+            "module": "medallion.backends.memory_backend",
+            "module_class": "MemoryBackend",
+            "filename": str(folder / "medallion-data.json"),
+        },
+        "users": {"bench": "bench-pass"},
+        "taxii": {"max_page_size": 100},
+    }
+    (folder / "medallion.json").write_text(json.dumps(config))
+    proc = subprocess.Popen(
+        [
+            str(ensure_medallion()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "ERROR",
+            str(folder / "medallion.json"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, base
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("medallion did not start")
+
+
+def medallion_calls(base: str) -> tuple[Call, Call, Call]:
+    basic = "Basic " + base64.b64encode(b"bench:bench-pass").decode()
+    headers = {"Accept": TAXII, "Content-Type": TAXII, "Authorization": basic}
+    objects = f"{base}/api1/collections/{COLLECTION}/objects/"
+
+    async def post(session: aiohttp.ClientSession, i: int) -> None:
+        async with session.post(objects, json={"objects": [indicator(i)]}, headers=headers) as r:
+            assert r.status == 202, await r.text()
+
+    async def page(session: aiohttp.ClientSession, _i: int) -> None:
+        async with session.get(objects, params={"limit": "100"}, headers=headers) as r:
+            assert r.status == 200, await r.text()
+
+    async def one(session: aiohttp.ClientSession, i: int) -> None:
+        async with session.get(f"{objects}{indicator(10_000_000 + i % 1000)['id']}/", headers=headers) as r:
+            assert r.status == 200, await r.text()
+
+    return post, page, one
+
+
+async def fill_ours(ctx: Context, node_token: str, n: int, batch: int = 1000) -> list[str]:
+    """Store n reports through the services, a thousand per transaction."""
+    from broker.services.auth import authenticate
+
+    node = await authenticate(ctx, node_token)
+    directory = await ctx.cached_directory()
+    ids: list[str] = []
+    for start in range(0, n, batch):
+        async with ctx.db.transaction() as tx:
+            head = await tx.lock_head()
+            now = ctx.now()
+            built = []
+            for i in range(start, min(n, start + batch)):
+                body = {
+                    **BODY,
+                    "payload": {
+                        "type": "bundle",
+                        "id": f"bundle--{uuid.UUID(int=i + 1)}",
+                        "objects": [indicator(20_000_000 + i)],
+                    },
+                }
+                sub = reports.parse_submission(body, ctx=ctx, known_alliances=directory.alliances)
+                built.append(
+                    reports.build_report(ctx, node, sub, seq=head.report_seq + 1 + len(built), now=now)
+                )
+            await tx.insert_reports([(r, None) for r, _ in built])
+            await audit.record(
+                tx,
+                [d for _, d in built],
+                now=now,
+                head=replace(head, report_seq=head.report_seq + len(built)),
+            )
+            ids += [r.id for r, _ in built]
+        if (start // batch) % 20 == 19:
+            print(f"  stored {start + batch} reports", flush=True)
+    return ids
+
+
+async def ours(
+    settings: Settings, n: int, sizes: list[int], results: list[tuple[str, str, int, dict[str, float]]]
+) -> None:
+    ctx = Context.open(settings)
+    await db.upgrade(ctx.db.engine)
+    await admin.seed_alliances(ctx, settings.alliances)
+    pub = (
+        await admin.add_node(
+            ctx, {"id": "usa", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]}, actor="bench"
+        )
+    )["token"]
+    sub = (
+        await admin.add_node(
+            ctx, {"id": "swe", "nation": "SWE", "clearance": "SECRET", "roles": ["subscribe"]}, actor="bench"
+        )
+    )["token"]
+    runner, base = await _start(create_app(settings))
+    stored_ids: list[str] = []
+    stored = 0
+    try:
+        for size in sizes:
+            if size > stored:
+                print(f"ours: filling the store to {size} reports...", flush=True)
+                stored_ids += await fill_ours(ctx, pub, size - stored)
+                stored = size
+
+            async def post(session: aiohttp.ClientSession, _i: int) -> None:
+                async with session.post(
+                    f"{base}/v1/reports", json=BODY, headers={"Authorization": f"Bearer {pub}"}
+                ) as r:
+                    assert r.status == 201, await r.text()
+
+            label = f"{size} stored"
+            results.append(("ours", f"publish sequential, {label}", os.getpid(), await load(n, 1, post)))
+            results.append(("ours", f"publish 16 clients, {label}", os.getpid(), await load(n, 16, post)))
+            stored += 2 * n
+            if stored_ids:
+                middle = len(stored_ids) // 2
+
+                async def page(session: aiohttp.ClientSession, _i: int) -> None:
+                    async with session.get(
+                        f"{base}/v1/reports",
+                        params={"after": str(middle), "limit": "100"},
+                        headers={"Authorization": f"Bearer {sub}"},
+                    ) as r:
+                        assert r.status == 200 and len((await r.json())["reports"]) == 100
+
+                async def one(session: aiohttp.ClientSession, i: int) -> None:
+                    async with session.get(
+                        f"{base}/v1/reports/{stored_ids[i % len(stored_ids)]}",
+                        headers={"Authorization": f"Bearer {sub}"},
+                    ) as r:
+                        assert r.status == 200
+
+                results.append(
+                    ("ours", f"list 100, {label}", os.getpid(), await load(max(50, n // 4), 1, page))
+                )
+                results.append(("ours", f"read by id, {label}", os.getpid(), await load(n, 1, one)))
+    finally:
+        await runner.cleanup()
+        await ctx.close()
+
+
+def ratio(ours: dict[str, float], peer: dict[str, float] | None) -> str:
+    if peer is None:
+        return ""
+    return f"{ours['rate'] / peer['rate']:.2f}" if peer["rate"] else "peer timed out"
+
+
+class Rows(list[tuple[str, str, int, dict[str, float]]]):
+    """Results, each printed the moment it is measured (a crash later loses nothing)."""
+
+    def append(self, row: tuple[str, str, int, dict[str, float]]) -> None:
+        server, case, _, r = row
+        print(
+            f"  {server:9} {case:40} {r['rate']:8.1f}/s p50 {r['p50']:8.2f} ms p99 {r['p99']:8.2f} ms"
+            f"{' timeouts ' + str(int(r['timeouts'])) if r.get('timeouts') else ''}",
+            flush=True,
+        )
+        super().append(row)
+
+
+def _table(rows: list[tuple[str, str, int, dict[str, float]]], rss: dict[str, int], engine: str) -> str:
+    by = {(s, c): r for s, c, _, r in rows}
+    lines = [
+        f"## peer comparison ({engine}), {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
+        f"{os.uname().nodename}, {os.cpu_count()} cores, commit {_commit()}",
+        "",
+        "New connection per request; same STIX 2.1 indicator per request.",
+        "",
+        "| server | case | req/s | p50 ms | p99 ms | ours/medallion | ours/null |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for server, case, _, r in rows:
+        peer = by.get(("medallion", case))
+        null = by.get(("null", case.split(",")[0] + ", 0 stored"))
+        ratio_m = ratio(r, peer) if server == "ours" else ""
+        ratio_n = ratio(r, null) if server == "ours" and "publish" in case else ""
+        numbers = f"{r['rate']:.0f} | {r['p50']:.2f} | {r['p99']:.2f}"
+        late = f" ({r['timeouts']:.0f} timed out at {REQUEST_TIMEOUT:.0f} s)" if r.get("timeouts") else ""
+        lines.append(f"| {server} | {case}{late} | {numbers} | {ratio_m} | {ratio_n} |")
+    lines += ["", "Peak RSS (MB): " + ", ".join(f"{k} {v / 1024:.0f}" for k, v in rss.items())]
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--sizes", default="0,10000,100000")
+    parser.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = Rows()
+    rss: dict[str, int] = {}
+
+    async def created(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"id": "x", "sequence": 1, "created": "now"}, status=201)
+
+    null_app = web.Application()
+    null_app.router.add_post("/v1/reports", created)
+    runner, null_base = await _start(null_app)
+
+    async def null_post(session: aiohttp.ClientSession, _i: int) -> None:
+        async with session.post(f"{null_base}/v1/reports", json=BODY) as r:
+            assert r.status == 201
+
+    rows.append(("null", "publish sequential, 0 stored", os.getpid(), await load(args.n * 3, 1, null_post)))
+    rows.append(("null", "publish 16 clients, 0 stored", os.getpid(), await load(args.n * 3, 16, null_post)))
+    await runner.cleanup()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for size in sizes:
+            print(f"medallion: {size} stored...", flush=True)
+            proc, base = start_medallion(folder, size)
+            try:
+                post, page, one = medallion_calls(base)
+                label = f"{size} stored"
+                rows.append(
+                    ("medallion", f"publish sequential, {label}", proc.pid, await load(args.n, 1, post))
+                )
+                rows.append(
+                    ("medallion", f"publish 16 clients, {label}", proc.pid, await load(args.n, 16, post))
+                )
+                if size:
+                    rows.append(
+                        (
+                            "medallion",
+                            f"list 100, {label}",
+                            proc.pid,
+                            await load(max(50, args.n // 4), 1, page),
+                        )
+                    )
+                    rows.append(("medallion", f"read by id, {label}", proc.pid, await load(args.n, 1, one)))
+                rss[f"medallion at {size}"] = rss_kb(proc.pid)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
+        dbname = f"broker_peer_{secrets.token_hex(4)}"
+        if args.engine == "sqlite":
+            url = f"sqlite+aiosqlite:///{folder / 'ours.db'}"
+        else:
+            await _pg(f'CREATE DATABASE "{dbname}"')
+            url = make_url(PG).set(database=dbname).render_as_string(hide_password=False)
+        settings = Settings.load(
+            env={
+                "BROKER_CONFIG_DIR": str(ROOT / "config"),
+                "BROKER_DATABASE_URL": url,
+                "BROKER_KEYRING": str(folder / "keyring.json"),
+            }
+        )
+        settings = replace(
+            settings, publish_rate_per_second=1e6, publish_burst=10**6, checkpoint_every_seconds=3600
+        )
+        try:
+            await ours(settings, args.n, sizes, rows)
+        finally:
+            if args.engine == "postgres":
+                await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        rss["ours (whole bench process)"] = rss_kb(os.getpid())
+    order = {"null": 0, "medallion": 1, "ours": 2}
+    rows.sort(key=lambda r: (r[1].split(", ")[-1].split()[0].zfill(9), r[1], order[r[0]]))
+    table = _table(rows, rss, args.engine)
+    print(table)
+    with (ROOT / "bench" / "RESULTS.md").open("a") as fh:
+        fh.write(table + "\n\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
