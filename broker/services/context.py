@@ -6,12 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from broker.crypto import keyring as keyring_file
 from broker.crypto.keyring import Keyring
 from broker.domain.alliances import Directory
 from broker.domain.labels import Policy
 from broker.domain.records import NodeRecord
+from broker.services.groupcommit import GroupCommit
 from broker.settings import Settings
 from broker.storage.db import create_engine
 from broker.storage.repos import Database, Tx
@@ -39,6 +41,8 @@ class Context:
     # Authenticated nodes by token hash. Dropped whenever the change counter moves (every
     # revocation bumps it; the hub reads it every change_poll_ms) and on a local revocation.
     tokens: dict[str, NodeRecord] = field(default_factory=dict, repr=False)
+    # Publishes in flight share transactions (see services.reports._publisher).
+    publishes: GroupCommit[Any, Any] | None = field(default=None, repr=False)
     _counter: int = field(default=-1, repr=False)
     _directory: Directory = field(default_factory=Directory, repr=False)
 

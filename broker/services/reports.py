@@ -6,8 +6,9 @@ import json
 import re
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from broker.crypto import envelope, seal, signing
@@ -19,6 +20,7 @@ from broker.errors import AccessDenied, BrokerError, Conflict, InvalidInput, Not
 from broker.services import audit
 from broker.services.auth import require_role
 from broker.services.context import Context
+from broker.services.groupcommit import GroupCommit
 from broker.storage.repos import Tx
 
 TOPIC = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -154,17 +156,69 @@ async def publish(
             ],
         )
         raise
-    async with ctx.db.transaction() as tx:
-        head = await tx.lock_head()
-        await ctx.directory_at(tx, head.change_counter)  # keyring fresh under the lock (see rotate_keys)
-        earlier = await _earlier(tx, node, sub, idempotency_key)
-        if earlier is not None:
-            return _receipt(earlier)
-        now = ctx.now()
-        report, draft = build_report(ctx, node, sub, seq=head.report_seq + 1, now=now)
-        await tx.insert_report(report, idempotency_key=idempotency_key)
-        await audit.record(tx, [draft], now=now, head=replace(head, report_seq=report.seq))
+    report = await _publisher(ctx).submit(PublishAct(node=node, sub=sub, idempotency_key=idempotency_key))
     return _receipt(report)
+
+
+@dataclass(frozen=True)
+class PublishAct:
+    """One checked publish request, waiting for its transaction."""
+
+    node: NodeRecord
+    sub: Submission
+    idempotency_key: str | None
+
+
+@dataclass
+class _Batch:
+    """Reports stored so far in this transaction, for idempotency checks among them."""
+
+    by_key: dict[tuple[str, str], ReportRecord] = field(default_factory=dict)
+    by_id: dict[str, ReportRecord] = field(default_factory=dict)
+
+
+def _publisher(ctx: Context) -> GroupCommit[PublishAct, ReportRecord]:
+    """Concurrent publishes share a transaction (group commit); each still answers only after
+    the commit that holds its report."""
+    if ctx.publishes is None:
+        ctx.publishes = GroupCommit(ctx.db, partial(store_publishes, ctx))
+    publisher: GroupCommit[PublishAct, ReportRecord] = ctx.publishes
+    return publisher
+
+
+async def store_publishes(
+    ctx: Context, tx: Tx, acts: Sequence[PublishAct]
+) -> list[ReportRecord | BrokerError]:
+    """Store ``acts`` (the earlier receipt for a repeat) with their audit events, in ``tx``."""
+    head = await tx.lock_head()
+    await ctx.directory_at(tx, head.change_counter)  # keyring fresh under the lock (see rotate_keys)
+    now = ctx.now()
+    seq = head.report_seq
+    batch = _Batch()
+    outcomes: list[ReportRecord | BrokerError] = []
+    new: list[tuple[ReportRecord, str | None]] = []
+    drafts: list[AuditDraft] = []
+    for act in acts:
+        try:
+            earlier = await _earlier(tx, act.node, act.sub, act.idempotency_key, batch)
+        except BrokerError as exc:
+            outcomes.append(exc)
+            continue
+        if earlier is not None:
+            outcomes.append(earlier)
+            continue
+        seq += 1
+        report, draft = build_report(ctx, act.node, act.sub, seq=seq, now=now)
+        new.append((report, act.idempotency_key))
+        drafts.append(draft)
+        batch.by_id[report.id] = report
+        if act.idempotency_key is not None:
+            batch.by_key[(act.node.id, act.idempotency_key)] = report
+        outcomes.append(report)
+    if new:
+        await tx.insert_reports(new)
+        await audit.record(tx, drafts, now=now, head=replace(head, report_seq=seq))
+    return outcomes
 
 
 def build_report(
@@ -223,13 +277,17 @@ async def _parse_fresh(ctx: Context, body: object) -> Submission:
 
 
 async def _earlier(
-    tx: Tx, node: NodeRecord, sub: Submission, idempotency_key: str | None
+    tx: Tx, node: NodeRecord, sub: Submission, idempotency_key: str | None, batch: _Batch
 ) -> ReportRecord | None:
     earlier = None
     if idempotency_key is not None:
-        earlier = await tx.report_by_idempotency_key(node=node.id, key=idempotency_key)
+        earlier = batch.by_key.get((node.id, idempotency_key))
+        if earlier is None:
+            earlier = await tx.report_by_idempotency_key(node=node.id, key=idempotency_key)
     if earlier is None and sub.report_id is not None:
-        earlier = await tx.report(sub.report_id)
+        earlier = batch.by_id.get(sub.report_id)
+        if earlier is None:
+            earlier = await tx.report(sub.report_id)
         if earlier is not None and earlier.originator_node != node.id:
             raise Conflict("a report with this id already exists", code="duplicate_id")
     if earlier is not None and earlier.request_hash != sub.request_hash:

@@ -1,0 +1,159 @@
+"""Group commit: concurrent publishes share transactions without losing order, idempotency,
+durability of the answer, or one act's failure spilling onto the others."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from broker.crypto import merkle
+from broker.crypto.chain import GENESIS, event_hash
+from broker.domain.records import AuditDraft, NodeRecord
+from broker.errors import BrokerError, Conflict
+from broker.services import admin, audit, ledger
+from broker.services import reports as report_service
+from broker.services.auth import authenticate
+from broker.services.context import Context
+from broker.services.groupcommit import GroupCommit
+from broker.storage.repos import Tx
+from tests.integration.helpers import body, events, report_count
+
+
+async def _node(ctx: Context, node_id: str, nation: str) -> NodeRecord:
+    spec = {"id": node_id, "nation": nation, "clearance": "SECRET", "roles": ["publish", "subscribe"]}
+    return await authenticate(ctx, (await admin.add_node(ctx, spec, actor="test"))["token"])
+
+
+async def _chain_holds(ctx: Context) -> int:
+    """Check the hash chain and the Merkle frontier end to end; return the number of events."""
+    async with ctx.db.transaction() as tx:
+        found = await tx.events(limit=100_000)
+        head = await tx.lock_head()
+    assert [e.seq for e in found] == list(range(1, len(found) + 1))
+    prev = GENESIS
+    for e in found:
+        doc = ledger.event_json(e)
+        assert doc["prev_hash"] == prev and event_hash(doc) == e.hash
+        prev = e.hash
+    frontier, _ = merkle.append([], [bytes.fromhex(e.hash) for e in found], 0)
+    assert merkle.root_of(frontier) == merkle.root_of(head.frontier)
+    return len(found)
+
+
+async def test_concurrent_publishes_share_transactions_in_order(ctx: Context) -> None:
+    usa, gbr = await _node(ctx, "usa-1", "USA"), await _node(ctx, "gbr-1", "GBR")
+    n = 64
+    receipts = await asyncio.gather(
+        *(
+            report_service.publish(ctx, (usa, gbr)[i % 2], body(payload={"n": i}), idempotency_key=None)
+            for i in range(n)
+        )
+    )
+    assert sorted(r["sequence"] for r in receipts) == list(range(1, n + 1))
+    assert len({r["id"] for r in receipts}) == n
+    publisher = ctx.publishes
+    assert publisher is not None and publisher.acts == n
+    assert publisher.transactions < n  # shared, or group commit is not working
+    # Every receipt names a stored report with its own payload, and one publish event.
+    for i, receipt in enumerate(receipts):
+        reader = (gbr, usa)[i % 2]
+        got = await report_service.read(ctx, reader, receipt["id"])
+        assert got["payload"] == {"n": i} and got["sequence"] == receipt["sequence"]
+    published = [e for e in await events(ctx, action="publish") if e["decision"] == "allow"]
+    assert sorted(e["report"] for e in published) == sorted(r["id"] for r in receipts)
+    await _chain_holds(ctx)
+
+
+async def test_repeats_inside_one_batch(ctx: Context) -> None:
+    usa, gbr = await _node(ctx, "usa-1", "USA"), await _node(ctx, "gbr-1", "GBR")
+    directory = await ctx.cached_directory()
+
+    def act(node: NodeRecord, raw: dict[str, Any], key: str | None = None) -> report_service.PublishAct:
+        sub = report_service.parse_submission(raw, ctx=ctx, known_alliances=directory.alliances)
+        return report_service.PublishAct(node=node, sub=sub, idempotency_key=key)
+
+    before = await _chain_holds(ctx)
+    with_id = {**body(), "id": "0b7e8f8c-6a55-4d49-9a0c-2d1d2f0c9a11"}
+    acts = [
+        act(usa, body(), "k1"),
+        act(usa, body(), "k1"),  # same key, same request: the first receipt
+        act(usa, body(topics=["other"]), "k1"),  # same key, another request: 409
+        act(gbr, body(), "k1"),  # keys are per node: a report of its own
+        act(usa, with_id),
+        act(usa, with_id),  # same id, same request: the first receipt
+        act(gbr, with_id),  # someone else's id: 409
+    ]
+    async with ctx.db.transaction() as tx:
+        outcomes = await report_service.store_publishes(ctx, tx, acts)
+    first, again, reused, own, by_id, by_id_again, taken = outcomes
+    assert not isinstance(first, BrokerError) and not isinstance(again, BrokerError)
+    assert again.seq == first.seq
+    assert isinstance(reused, Conflict) and reused.code == "idempotency_key_reused"
+    assert not isinstance(own, BrokerError) and own.seq != first.seq
+    assert not isinstance(by_id, BrokerError) and not isinstance(by_id_again, BrokerError)
+    assert by_id.id == by_id_again.id == with_id["id"] and by_id.seq == by_id_again.seq
+    assert isinstance(taken, Conflict) and taken.code == "duplicate_id"
+    assert await report_count(ctx) == 3
+    assert await _chain_holds(ctx) == before + 3  # three publish events, no more
+    # Across transactions the same rules hold: the stored report answers the repeat.
+    async with ctx.db.transaction() as tx:
+        later = await report_service.store_publishes(ctx, tx, [act(usa, body(), "k1"), act(gbr, with_id)])
+    assert not isinstance(later[0], BrokerError) and later[0].seq == first.seq
+    assert isinstance(later[1], Conflict)
+
+
+_NOW = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+async def _record(tx: Tx, items: Sequence[str], *, fail_on: str = "", pause: float = 0.0) -> list[Any]:
+    if fail_on in items and len(items) > 1:
+        await audit.record(tx, [AuditDraft(action=i) for i in items], now=_NOW)  # then roll back
+        raise ValueError("this batch breaks")
+    if fail_on in items:
+        raise ValueError(f"{fail_on} breaks on its own")
+    await asyncio.sleep(pause)
+    await audit.record(tx, [AuditDraft(action=i) for i in items], now=_NOW)
+    return list(items)
+
+
+async def test_one_broken_act_fails_alone(ctx: Context) -> None:
+    async def apply(tx: Tx, items: Sequence[str]) -> list[Any]:
+        return await _record(tx, items, fail_on="bad")
+
+    group: GroupCommit[str, str] = GroupCommit(ctx.db, apply)
+    names = ["a", "b", "bad", "c", "d", "e"]
+    outcomes = await asyncio.gather(*(group.submit(n) for n in names), return_exceptions=True)
+    assert [o if isinstance(o, str) else type(o) for o in outcomes] == [
+        "a",
+        "b",
+        ValueError,
+        "c",
+        "d",
+        "e",
+    ]
+    logged = [e["action"] for e in await events(ctx) if e["action"] != "alliance_seed"]
+    assert sorted(logged) == ["a", "b", "c", "d", "e"]  # the broken batch left nothing behind
+    await _chain_holds(ctx)
+
+
+async def test_a_caller_going_away_does_not_abort_the_others(ctx: Context) -> None:
+    async def apply(tx: Tx, items: Sequence[str]) -> list[Any]:
+        return await _record(tx, items, pause=0.05)
+
+    group: GroupCommit[str, str] = GroupCommit(ctx.db, apply)
+    leader = asyncio.create_task(group.submit("leader"))
+    await asyncio.sleep(0.01)  # the leader's transaction is in flight
+    followers = [asyncio.create_task(group.submit(f"f{i}")) for i in range(4)]
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    assert await asyncio.gather(*followers) == ["f0", "f1", "f2", "f3"]
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    await asyncio.sleep(0.1)  # the shielded commit finishes on its own
+    logged = [e["action"] for e in await events(ctx) if e["action"] != "alliance_seed"]
+    assert sorted(logged) == ["f0", "f1", "f2", "f3", "leader"]
+    assert group.transactions == 2
