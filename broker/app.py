@@ -29,8 +29,17 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         ctx = Context.open(settings, clock=clock)
         app[CONTEXT] = ctx
         feed = deliver.Feed(ctx)
-        hub = Hub(feed.refresh, interval=settings.change_poll_seconds)
-        app[FEED], app[HUB], app[WAKE] = feed, hub, hub.nudge
+        streams = app[STREAMS]
+
+        async def probe() -> tuple[int, int]:
+            return await feed.refresh(load=bool(streams))
+
+        def wake() -> None:  # after a local publish: only open streams need to hear at once
+            if streams:
+                hub.nudge()
+
+        hub = Hub(probe, interval=settings.change_poll_seconds)
+        app[FEED], app[HUB], app[WAKE] = feed, hub, wake
         hub.start()
         stop = asyncio.Event()
         checkpoints = asyncio.create_task(ledger.checkpointer(ctx, stop), name="checkpointer")

@@ -65,13 +65,15 @@ class Feed:
     def __post_init__(self) -> None:
         self.batcher = audit.Batcher(self.ctx)
 
-    async def refresh(self) -> tuple[int, int]:
+    async def refresh(self, *, load: bool = True) -> tuple[int, int]:
         """Load new reports and the current directory in one transaction; return the
-        database's (last sequence, change counter). The hub calls this."""
+        database's (last sequence, change counter). The hub calls this. With ``load`` false
+        (no stream is open) nothing is kept in memory: the window restarts empty at the head,
+        and a stream that opens later replays from the database up to it."""
         async with self._lock, self.ctx.db.transaction() as tx:
             head, counter = await tx.head_state()
             directory = await self.ctx.directory(tx)
-            if counter != self._counter or self._floor is None:
+            if counter != self._counter or self._floor is None or not load:
                 # Something other than a publish changed: drop every cached decision input.
                 self._entries, self._seqs, self._bytes, self._nodes = [], [], 0, {}
                 self._floor = self._head = head

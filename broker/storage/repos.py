@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -30,6 +30,24 @@ from broker.storage.models import (
     ReportTopicRow,
     StreamCursorRow,
 )
+
+
+def _table(model: type[object]) -> Table:
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table
+
+
+# The hot path (publish) runs Core statements built once on the tables: no ORM unit of work,
+# no per-call statement construction, and SQLAlchemy's compiled cache hits every time.
+_HEAD = _table(LogHeadRow)
+_LOCK_HEAD = select(_HEAD).where(_HEAD.c.id == 1).with_for_update()
+_SAVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1)
+_HEAD_STATE = select(_HEAD.c.report_seq, _HEAD.c.change_counter).where(_HEAD.c.id == 1)
+_INSERT_REPORTS = insert(_table(ReportRow))
+_INSERT_TOPICS = insert(_table(ReportTopicRow))
+_INSERT_EVENTS = insert(_table(AuditEventRow))
+_INSERT_NODES = insert(_table(MerkleNodeRow))
 
 
 def _node(row: NodeRow) -> NodeRecord:
@@ -97,29 +115,25 @@ class Tx:
     async def lock_head(self) -> Head:
         """Lock the head row until commit (a no-op lock on SQLite, which BEGIN IMMEDIATE
         already serialised) and return it."""
-        row = (
-            await self._s.execute(select(LogHeadRow).where(LogHeadRow.id == 1).with_for_update())
-        ).scalar_one()
+        row = (await self._s.execute(_LOCK_HEAD)).one()
         frontier = tuple(
             (int(lvl), int(idx), bytes.fromhex(h)) for lvl, idx, h in json.loads(row.audit_frontier)
         )
         return Head(row.report_seq, row.audit_seq, row.audit_hash, row.change_counter, frontier)
 
     async def change_counter(self) -> int:
-        value = await self._s.scalar(select(LogHeadRow.change_counter).where(LogHeadRow.id == 1))
-        return int(value or 0)
+        return (await self.head_state())[1]
 
     async def save_head(self, head: Head) -> None:
         await self._s.execute(
-            update(LogHeadRow)
-            .where(LogHeadRow.id == 1)
-            .values(
-                report_seq=head.report_seq,
-                audit_seq=head.audit_seq,
-                audit_hash=head.audit_hash,
-                change_counter=head.change_counter,
-                audit_frontier=json.dumps([[lvl, idx, h.hex()] for lvl, idx, h in head.frontier]),
-            )
+            _SAVE_HEAD,
+            {
+                "report_seq": head.report_seq,
+                "audit_seq": head.audit_seq,
+                "audit_hash": head.audit_hash,
+                "change_counter": head.change_counter,
+                "audit_frontier": json.dumps([[lvl, idx, h.hex()] for lvl, idx, h in head.frontier]),
+            },
         )
 
     # -- alliances ------------------------------------------------------------------------
@@ -228,10 +242,10 @@ class Tx:
             }
             for r, key in reports
         ]
-        await self._s.execute(insert(ReportRow), rows)
+        await self._s.execute(_INSERT_REPORTS, rows)
         topics = [{"topic": t, "report_seq": r.seq} for r, _ in reports for t in r.topics]
         if topics:
-            await self._s.execute(insert(ReportTopicRow), topics)
+            await self._s.execute(_INSERT_TOPICS, topics)
 
     async def report(self, report_id: str) -> ReportRecord | None:
         row = await self._s.scalar(select(ReportRow).where(ReportRow.id == report_id))
@@ -278,11 +292,7 @@ class Tx:
 
     async def head_state(self) -> tuple[int, int]:
         """(last report sequence, change counter), without locking: what the hub watches."""
-        row = (
-            await self._s.execute(
-                select(LogHeadRow.report_seq, LogHeadRow.change_counter).where(LogHeadRow.id == 1)
-            )
-        ).one()
+        row = (await self._s.execute(_HEAD_STATE)).one()
         return int(row[0]), int(row[1])
 
     # -- stream cursors -------------------------------------------------------------------
@@ -343,7 +353,7 @@ class Tx:
     async def insert_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
         if nodes:
             await self._s.execute(
-                insert(MerkleNodeRow), [{"level": lvl, "idx": idx, "hash": h.hex()} for lvl, idx, h in nodes]
+                _INSERT_NODES, [{"level": lvl, "idx": idx, "hash": h.hex()} for lvl, idx, h in nodes]
             )
 
     async def merkle_nodes(self, coords: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
@@ -401,7 +411,7 @@ class Tx:
             }
             for e in events
         ]
-        await self._s.execute(insert(AuditEventRow), rows)
+        await self._s.execute(_INSERT_EVENTS, rows)
 
 
 def _history(value: str) -> History:
