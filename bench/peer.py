@@ -3,13 +3,15 @@ a null endpoint, in one run, at growing store sizes.
 
     .venv/bin/python -m bench.peer [--n 300] [--sizes 0,10000,100000] [--engine sqlite|postgres]
 
-Everything runs on loopback. medallion is installed into its own virtualenv under var/bench/
-(first run only) and started with a config this script writes, its store preloaded through its
-memory backend's data file. Our store is preloaded through the services in bulk transactions
-(every report encrypted and audited like any other). The load client opens a new connection per
-request for all three servers and sends the same STIX 2.1 indicator, one per request. Prints
-reports/s, p50/p99 latency, server RSS and the ratios ours/medallion and ours/null; appends the
-table to bench/RESULTS.md. Not a test: nothing is asserted.
+Everything runs on loopback, each server in a process of its own (ours as ``broker serve``,
+with the shipped config but no per-node rate limit), the load client in this one. medallion is
+installed into its own virtualenv under var/bench/ (first run only) and started with a config
+this script writes, its store preloaded through its memory backend's data file. Our store is
+preloaded through the services in bulk transactions (every report encrypted and audited like
+any other). The load client opens a new connection per request for all three servers and sends
+the same STIX 2.1 indicator, one per request. Prints reports/s, p50/p99 latency, each server's
+peak RSS and the ratios ours/medallion and ours/null; appends the table to bench/RESULTS.md.
+Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -32,10 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-from bench.throughput import BODY, INDICATOR, PG, ROOT, _commit, _pg, _start, make_url, secrets
-from broker.app import create_app
+from bench.throughput import BODY, INDICATOR, PG, ROOT, _commit, _pg, make_url, secrets
 from broker.services import admin, audit, reports
 from broker.services.context import Context
 from broker.settings import Settings
@@ -54,8 +54,9 @@ def indicator(i: int) -> dict[str, Any]:
 
 
 def rss_kb(pid: int) -> int:
+    """Peak resident set size of a running process, in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
 
@@ -173,13 +174,57 @@ def start_medallion(folder: Path, stored: int) -> tuple[subprocess.Popen[bytes],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    wait_for(proc, port, "medallion")
+    return proc, base
+
+
+def wait_for(proc: subprocess.Popen[bytes], port: int, name: str) -> None:
     for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode} before listening")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, base
+                return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError("medallion did not start")
+    raise RuntimeError(f"{name} did not start")
+
+
+def start_process(
+    name: str, argv: list[str], port: int, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(proc, port, name)
+    except RuntimeError:
+        proc.kill()
+        raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}") from None
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def bench_config(folder: Path) -> Path:
+    """A copy of config/ with the per-node publish rate limit out of the way (one node sends
+    every request here) and checkpoints at their default cadence."""
+    target = folder / "config"
+    target.mkdir(exist_ok=True)
+    for source in (ROOT / "config").glob("*.toml"):
+        text = source.read_text()
+        if source.name == "broker.toml":
+            text = text.replace("publish_rate_per_second = 200", "publish_rate_per_second = 1000000")
+            text = text.replace("publish_burst = 400", "publish_burst = 1000000")
+            assert "publish_burst = 1000000" in text, "config/broker.toml changed: update bench_config"
+        (target / source.name).write_text(text)
+    return target
 
 
 def medallion_calls(base: str) -> tuple[Call, Call, Call]:
@@ -240,67 +285,88 @@ async def fill_ours(ctx: Context, node_token: str, n: int, batch: int = 1000) ->
     return ids
 
 
-async def ours(
-    settings: Settings, n: int, sizes: list[int], results: list[tuple[str, str, int, dict[str, float]]]
-) -> None:
+async def ours(folder: Path, url: str, n: int, sizes: list[int], results: Rows, rss: dict[str, int]) -> None:
+    """Our broker as it is deployed: ``broker serve`` in a process of its own."""
+    env = {
+        **os.environ,
+        "BROKER_CONFIG_DIR": str(bench_config(folder)),
+        "BROKER_DATABASE_URL": url,
+        "BROKER_KEYRING": str(folder / "keyring.json"),
+    }
+    settings = Settings.load(env=env)
     ctx = Context.open(settings)
-    await db.upgrade(ctx.db.engine)
-    await admin.seed_alliances(ctx, settings.alliances)
-    pub = (
-        await admin.add_node(
-            ctx, {"id": "usa", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]}, actor="bench"
-        )
-    )["token"]
-    sub = (
-        await admin.add_node(
-            ctx, {"id": "swe", "nation": "SWE", "clearance": "SECRET", "roles": ["subscribe"]}, actor="bench"
-        )
-    )["token"]
-    runner, base = await _start(create_app(settings))
+    try:
+        await db.upgrade(ctx.db.engine)
+        await admin.seed_alliances(ctx, settings.alliances)
+        pub = (
+            await admin.add_node(
+                ctx,
+                {"id": "usa", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]},
+                actor="bench",
+            )
+        )["token"]
+        sub = (
+            await admin.add_node(
+                ctx,
+                {"id": "swe", "nation": "SWE", "clearance": "SECRET", "roles": ["subscribe"]},
+                actor="bench",
+            )
+        )["token"]
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        proc = start_process("broker", argv, port, folder / "broker.log", env=env)
+        try:
+            await _ours_cases(ctx, base, pub, sub, n, sizes, results, proc.pid)
+            rss["ours"] = rss_kb(proc.pid)
+        finally:
+            stop(proc)
+    finally:
+        await ctx.close()
+
+
+async def _ours_cases(
+    ctx: Context, base: str, pub: str, sub: str, n: int, sizes: list[int], results: Rows, pid: int
+) -> None:
     stored_ids: list[str] = []
     stored = 0
-    try:
-        for size in sizes:
-            if size > stored:
-                print(f"ours: filling the store to {size} reports...", flush=True)
-                stored_ids += await fill_ours(ctx, pub, size - stored)
-                stored = size
+    for size in sizes:
+        if size > stored:
+            print(f"ours: filling the store to {size} reports...", flush=True)
+            stored_ids += await fill_ours(ctx, pub, size - stored)
+            stored = size
 
-            async def post(session: aiohttp.ClientSession, _i: int) -> None:
-                async with session.post(
-                    f"{base}/v1/reports", json=BODY, headers={"Authorization": f"Bearer {pub}"}
-                ) as r:
-                    assert r.status == 201, await r.text()
+        async def post(session: aiohttp.ClientSession, _i: int) -> None:
+            async with session.post(
+                f"{base}/v1/reports", json=BODY, headers={"Authorization": f"Bearer {pub}"}
+            ) as r:
+                assert r.status == 201, await r.text()
 
-            label = f"{size} stored"
-            results.append(("ours", f"publish sequential, {label}", os.getpid(), await load(n, 1, post)))
-            results.append(("ours", f"publish 16 clients, {label}", os.getpid(), await load(n, 16, post)))
-            stored += 2 * n
-            if stored_ids:
-                middle = len(stored_ids) // 2
+        label = f"{size} stored"
+        results.append(("ours", f"publish sequential, {label}", pid, await load(n, 1, post)))
+        results.append(("ours", f"publish 16 clients, {label}", pid, await load(n, 16, post)))
+        stored += 2 * n
+        if not stored_ids:
+            continue
+        middle = len(stored_ids) // 2
 
-                async def page(session: aiohttp.ClientSession, _i: int) -> None:
-                    async with session.get(
-                        f"{base}/v1/reports",
-                        params={"after": str(middle), "limit": "100"},
-                        headers={"Authorization": f"Bearer {sub}"},
-                    ) as r:
-                        assert r.status == 200 and len((await r.json())["reports"]) == 100
+        async def page(session: aiohttp.ClientSession, _i: int) -> None:
+            async with session.get(
+                f"{base}/v1/reports",
+                params={"after": str(middle), "limit": "100"},
+                headers={"Authorization": f"Bearer {sub}"},
+            ) as r:
+                assert r.status == 200 and len((await r.json())["reports"]) == 100
 
-                async def one(session: aiohttp.ClientSession, i: int) -> None:
-                    async with session.get(
-                        f"{base}/v1/reports/{stored_ids[i % len(stored_ids)]}",
-                        headers={"Authorization": f"Bearer {sub}"},
-                    ) as r:
-                        assert r.status == 200
+        async def one(session: aiohttp.ClientSession, i: int) -> None:
+            async with session.get(
+                f"{base}/v1/reports/{stored_ids[i % len(stored_ids)]}",
+                headers={"Authorization": f"Bearer {sub}"},
+            ) as r:
+                assert r.status == 200
 
-                results.append(
-                    ("ours", f"list 100, {label}", os.getpid(), await load(max(50, n // 4), 1, page))
-                )
-                results.append(("ours", f"read by id, {label}", os.getpid(), await load(n, 1, one)))
-    finally:
-        await runner.cleanup()
-        await ctx.close()
+        results.append(("ours", f"list 100, {label}", pid, await load(max(50, n // 4), 1, page)))
+        results.append(("ours", f"read by id, {label}", pid, await load(n, 1, one)))
 
 
 def ratio(ours: dict[str, float], peer: dict[str, float] | None) -> str:
@@ -354,24 +420,26 @@ async def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = Rows()
     rss: dict[str, int] = {}
-
-    async def created(request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({"id": "x", "sequence": 1, "created": "now"}, status=201)
-
-    null_app = web.Application()
-    null_app.router.add_post("/v1/reports", created)
-    runner, null_base = await _start(null_app)
-
-    async def null_post(session: aiohttp.ClientSession, _i: int) -> None:
-        async with session.post(f"{null_base}/v1/reports", json=BODY) as r:
-            assert r.status == 201
-
-    rows.append(("null", "publish sequential, 0 stored", os.getpid(), await load(args.n * 3, 1, null_post)))
-    rows.append(("null", "publish 16 clients, 0 stored", os.getpid(), await load(args.n * 3, 16, null_post)))
-    await runner.cleanup()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        port = free_port()
+        null = start_process(
+            "null endpoint",
+            [sys.executable, "-m", "bench.null_server", str(port)],
+            port,
+            folder / "null.log",
+        )
+        try:
+
+            async def null_post(session: aiohttp.ClientSession, _i: int) -> None:
+                async with session.post(f"http://127.0.0.1:{port}/v1/reports", json=BODY) as r:
+                    assert r.status == 201
+
+            for clients, case in ((1, "sequential"), (16, "16 clients")):
+                result = await load(args.n * 3, clients, null_post)
+                rows.append(("null", f"publish {case}, 0 stored", null.pid, result))
+        finally:
+            stop(null)
         for size in sizes:
             print(f"medallion: {size} stored...", flush=True)
             proc, base = start_medallion(folder, size)
@@ -385,41 +453,23 @@ async def main() -> None:
                     ("medallion", f"publish 16 clients, {label}", proc.pid, await load(args.n, 16, post))
                 )
                 if size:
-                    rows.append(
-                        (
-                            "medallion",
-                            f"list 100, {label}",
-                            proc.pid,
-                            await load(max(50, args.n // 4), 1, page),
-                        )
-                    )
+                    page_result = await load(max(50, args.n // 4), 1, page)
+                    rows.append(("medallion", f"list 100, {label}", proc.pid, page_result))
                     rows.append(("medallion", f"read by id, {label}", proc.pid, await load(args.n, 1, one)))
                 rss[f"medallion at {size}"] = rss_kb(proc.pid)
             finally:
-                proc.terminate()
-                proc.wait(timeout=10)
+                stop(proc)
         dbname = f"broker_peer_{secrets.token_hex(4)}"
         if args.engine == "sqlite":
             url = f"sqlite+aiosqlite:///{folder / 'ours.db'}"
         else:
             await _pg(f'CREATE DATABASE "{dbname}"')
             url = make_url(PG).set(database=dbname).render_as_string(hide_password=False)
-        settings = Settings.load(
-            env={
-                "BROKER_CONFIG_DIR": str(ROOT / "config"),
-                "BROKER_DATABASE_URL": url,
-                "BROKER_KEYRING": str(folder / "keyring.json"),
-            }
-        )
-        settings = replace(
-            settings, publish_rate_per_second=1e6, publish_burst=10**6, checkpoint_every_seconds=3600
-        )
         try:
-            await ours(settings, args.n, sizes, rows)
+            await ours(folder, url, args.n, sizes, rows, rss)
         finally:
             if args.engine == "postgres":
                 await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        rss["ours (whole bench process)"] = rss_kb(os.getpid())
     order = {"null": 0, "medallion": 1, "ours": 2}
     rows.sort(key=lambda r: (r[1].split(", ")[-1].split()[0].zfill(9), r[1], order[r[0]]))
     table = _table(rows, rss, args.engine)

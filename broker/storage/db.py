@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from broker.errors import ConfigError, Unavailable
+from broker.storage import sqlite_driver
 from broker.storage.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -45,7 +46,9 @@ def create_engine(url: str) -> AsyncEngine:
         path = _sqlite_file(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        if parsed.drivername == "sqlite+aiosqlite":  # same driver, one thread trip per statement
+            parsed = parsed.set(drivername=sqlite_driver.register())
+        engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
         return engine
     if backend == "postgresql":

@@ -1,0 +1,81 @@
+"""The one-trip aiosqlite dialect behaves as a DB-API cursor should: rows, row counts, last row
+ids, executemany, errors mapped to SQLAlchemy's, transactions that commit and roll back, and
+one trip to the SQLite thread per statement."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiosqlite.core
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from broker.storage import db
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    made = db.create_engine(f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}")
+    assert made.dialect.driver == "broker_aiosqlite"
+    async with made.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)"))
+    yield made
+    await made.dispose()
+
+
+async def test_rows_counts_and_ids(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        inserted = await conn.execute(text("INSERT INTO t (name) VALUES ('a')"))
+        assert inserted.lastrowid == 1 and inserted.rowcount == 1
+        many = await conn.execute(text("INSERT INTO t (name) VALUES (:n)"), [{"n": "b"}, {"n": "c"}])
+        assert many.rowcount == 2
+        updated = await conn.execute(text("UPDATE t SET name = name || '!' WHERE id > 1"))
+        assert updated.rowcount == 2
+        rows = (await conn.execute(text("SELECT id, name FROM t ORDER BY id"))).all()
+        assert [tuple(r) for r in rows] == [(1, "a"), (2, "b!"), (3, "c!")]
+        first = (await conn.execute(text("SELECT name FROM t ORDER BY id"))).first()
+        assert first is not None and first.name == "a"
+        assert (await conn.execute(text("SELECT name FROM t WHERE id = 99"))).first() is None
+
+
+async def test_errors_and_rollback(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO t (name) VALUES ('a')"))
+
+    async def insert_b_then_a() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO t (name) VALUES ('b')"))
+            await conn.execute(text("INSERT INTO t (name) VALUES ('a')"))  # unique: fails
+
+    async def bad_column() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT nope FROM t"))
+
+    with pytest.raises(IntegrityError):
+        await insert_b_then_a()
+    with pytest.raises(OperationalError):
+        await bad_column()
+    async with engine.connect() as conn:
+        names = (await conn.execute(text("SELECT name FROM t"))).scalars().all()
+    assert names == ["a"]  # 'b' rolled back with its transaction
+
+
+async def test_one_trip_per_statement(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    trips: list[str] = []
+    real = aiosqlite.core.Connection._execute
+
+    async def counted(self: aiosqlite.core.Connection, fn: object, *args: object, **kw: object) -> object:
+        trips.append(getattr(fn, "__name__", repr(fn)))
+        return await real(self, fn, *args, **kw)  # type: ignore[no-untyped-call]
+
+    async with engine.connect():
+        pass  # the pool holds a connection now
+    monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted)
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO t (name) VALUES ('a')"))
+        await conn.execute(text("SELECT name FROM t"))
+    # BEGIN IMMEDIATE, the insert, the select, the commit; no rollback on return to the pool
+    assert trips == ["work", "work", "work", "commit"]
