@@ -30,6 +30,7 @@ from broker.storage.models import (
     ReportTopicRow,
     StreamCursorRow,
 )
+from broker.storage.sqlite_driver import PIPELINED
 
 
 def _table(model: type[object]) -> Table:
@@ -39,15 +40,18 @@ def _table(model: type[object]) -> Table:
 
 
 # The hot path (publish) runs Core statements built once on the tables: no ORM unit of work,
-# no per-call statement construction, and SQLAlchemy's compiled cache hits every time.
+# no per-call statement construction, and SQLAlchemy's compiled cache hits every time. Writes
+# whose results nobody reads are PIPELINED: on SQLite they ride along with the next statement or
+# the commit (see storage/sqlite_driver.py); elsewhere the option means nothing.
 _HEAD = _table(LogHeadRow)
 _LOCK_HEAD = select(_HEAD).where(_HEAD.c.id == 1).with_for_update()
-_SAVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1)
 _HEAD_STATE = select(_HEAD.c.report_seq, _HEAD.c.change_counter).where(_HEAD.c.id == 1)
-_INSERT_REPORTS = insert(_table(ReportRow))
-_INSERT_TOPICS = insert(_table(ReportTopicRow))
-_INSERT_EVENTS = insert(_table(AuditEventRow))
-_INSERT_NODES = insert(_table(MerkleNodeRow))
+_WRITE = {PIPELINED: True}
+_SAVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1).execution_options(**_WRITE)
+_INSERT_REPORTS = insert(_table(ReportRow)).execution_options(**_WRITE)
+_INSERT_TOPICS = insert(_table(ReportTopicRow)).execution_options(**_WRITE)
+_INSERT_EVENTS = insert(_table(AuditEventRow)).execution_options(**_WRITE)
+_INSERT_NODES = insert(_table(MerkleNodeRow)).execution_options(**_WRITE)
 
 
 def _node(row: NodeRow) -> NodeRecord:

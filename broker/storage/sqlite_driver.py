@@ -7,15 +7,23 @@ pool takes back, even one with no transaction open. On a 2-core machine a trip c
 so a publish spent more time crossing threads than in SQLite. Here a statement is one trip
 (execute, fetch and close together) and a rollback with no open transaction is none.
 
+Writes whose results nobody reads can go further: a statement marked with the execution option
+``PIPELINED`` (and every ``BEGIN IMMEDIATE``) is queued on the connection and run on the SQLite
+thread just before the next statement, or the commit, in the same trip. A publish is then two
+trips: begin and lock the head; every write and the commit. Order and atomicity are unchanged;
+only an error from a queued write surfaces at the next statement or at the commit, where it
+fails the transaction all the same. A marked statement's row count and last row id are unknown.
+
 ``create_engine`` selects this dialect for ``sqlite+aiosqlite`` URLs; behaviour is otherwise
 SQLAlchemy's own (same SQL, same types, same errors).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import sqlite3
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import (
@@ -28,14 +36,27 @@ from sqlalchemy.util import EMPTY_DICT
 from sqlalchemy.util.concurrency import await_
 
 NAME = "broker_aiosqlite"
+# Execution option: run this statement with the next trip (see above). Ignored by other dialects.
+PIPELINED = "broker_pipelined"
 
 _Outcome = tuple[Any, int, int | None, list[Any]]
+_Queued = tuple[str, Any, bool]  # statement, parameters, executemany
+
+
+def _run_queued(raw: sqlite3.Connection, queued: list[_Queued]) -> None:  # on the SQLite thread
+    for operation, parameters, many in queued:
+        if many:
+            raw.executemany(operation, parameters)
+        elif parameters is None:
+            raw.execute(operation)
+        else:
+            raw.execute(operation, parameters)
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     """A cursor whose statement runs, is fetched and closed in one call on the SQLite thread."""
 
-    __slots__ = ("_description", "_lastrowid", "_rowcount")
+    __slots__ = ("_defer", "_description", "_lastrowid", "_rowcount")
     _awaitable_cursor_close = False  # there is no driver cursor left open to close
 
     def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection) -> None:
@@ -47,6 +68,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._description: Any = None
         self._rowcount = -1
         self._lastrowid: int | None = None
+        self._defer = False  # set by the dialect for a statement marked PIPELINED
 
     @property
     def description(self) -> Any:
@@ -69,22 +91,32 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         raise NotImplementedError("this cursor fetches every row at once")
 
     def execute(self, operation: Any, parameters: Any = None) -> Any:
-        try:
-            await_(self._run(operation, parameters, many=False))
-        except Exception as error:
-            self._adapt_connection._handle_exception(error)
+        self._submit(operation, parameters, many=False)
 
     def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
+        self._submit(operation, seq_of_parameters, many=True)
+
+    def _submit(self, operation: str, parameters: Any, *, many: bool) -> None:
+        connection: OneTripConnection = self._adapt_connection  # type: ignore[assignment]
+        if self._defer or operation == "BEGIN IMMEDIATE":
+            connection.queued.append((operation, parameters, many))
+            # SQLAlchemy's AsyncConnection insists that a statement awaits something.
+            await_(asyncio.sleep(0))
+            return
         try:
-            await_(self._run(operation, seq_of_parameters, many=True))
+            await_(self._run(operation, parameters, many=many))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
 
     async def _run(self, operation: str, parameters: Any, *, many: bool) -> None:
+        adapted: OneTripConnection = self._adapt_connection  # type: ignore[assignment]
         connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        queued, adapted.queued = adapted.queued, []
 
-        def work() -> _Outcome:  # on the SQLite thread
-            cursor = connection._conn.cursor()
+        def statement() -> _Outcome:  # on the SQLite thread
+            raw = connection._conn
+            _run_queued(raw, queued)
+            cursor = raw.cursor()
             try:
                 if many:
                     cursor.executemany(operation, parameters)
@@ -98,7 +130,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
                 cursor.close()
 
         async with self._adapt_connection._execute_mutex:
-            outcome: _Outcome = await connection._execute(work)  # type: ignore[no-untyped-call]
+            outcome: _Outcome = await connection._execute(statement)  # type: ignore[no-untyped-call]
         self._description, self._rowcount, self._lastrowid, rows = outcome
         self._rows = collections.deque(rows)
 
@@ -110,12 +142,38 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    __slots__ = ("queued",)
     _cursor_cls = OneTripCursor  # type: ignore[assignment]
 
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        self.queued: list[_Queued] = []  # statements waiting for the next trip
+
+    def _in_transaction(self) -> bool:
+        raw: sqlite3.Connection | None = cast(aiosqlite.Connection, self._connection)._connection
+        return raw is not None and raw.in_transaction
+
+    def commit(self) -> None:
+        queued, self.queued = self.queued, []
+        if all(operation == "BEGIN IMMEDIATE" for operation, _, _ in queued):
+            if self._in_transaction():
+                super().commit()
+            return  # a transaction that never ran a statement has nothing to commit
+        connection = cast(aiosqlite.Connection, self._connection)
+
+        def queued_then_commit() -> None:  # on the SQLite thread
+            raw = connection._conn
+            _run_queued(raw, queued)
+            raw.commit()
+
+        try:
+            await_(connection._execute(queued_then_commit))  # type: ignore[no-untyped-call]
+        except Exception as error:
+            self._handle_exception(error)
+
     def rollback(self) -> None:
-        raw: sqlite3.Connection | None = self._connection._connection
-        if raw is not None and not raw.in_transaction:
+        self.queued = []  # never run: nothing of them to undo
+        if not self._in_transaction():
             return  # nothing to undo: spare the trip (the pool rolls back every returned connection)
         super().rollback()
 
@@ -134,6 +192,19 @@ class Dialect(SQLiteDialect_aiosqlite):
     @classmethod
     def import_dbapi(cls) -> OneTripDBAPI:
         return OneTripDBAPI(aiosqlite, sqlite3)
+
+    def do_execute(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
+        _mark(cursor, context)
+        super().do_execute(cursor, statement, parameters, context)  # type: ignore[no-untyped-call]
+
+    def do_executemany(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
+        _mark(cursor, context)
+        super().do_executemany(cursor, statement, parameters, context)  # type: ignore[no-untyped-call]
+
+
+def _mark(cursor: Any, context: Any) -> None:
+    if context is not None and context.execution_options.get(PIPELINED) and isinstance(cursor, OneTripCursor):
+        cursor._defer = True
 
 
 def register() -> str:

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.storage import db
+from broker.storage import db, sqlite_driver
 
 
 @pytest.fixture
@@ -63,19 +63,52 @@ async def test_errors_and_rollback(engine: AsyncEngine) -> None:
     assert names == ["a"]  # 'b' rolled back with its transaction
 
 
-async def test_one_trip_per_statement(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    trips: list[str] = []
+@pytest.fixture
+def trips(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the calls made on the SQLite thread from now on."""
+    made: list[str] = []
     real = aiosqlite.core.Connection._execute
 
     async def counted(self: aiosqlite.core.Connection, fn: object, *args: object, **kw: object) -> object:
-        trips.append(getattr(fn, "__name__", repr(fn)))
+        made.append(getattr(fn, "__name__", repr(fn)))
         return await real(self, fn, *args, **kw)  # type: ignore[no-untyped-call]
 
-    async with engine.connect():
-        pass  # the pool holds a connection now
     monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted)
+    return made
+
+
+async def test_one_trip_per_statement(engine: AsyncEngine, trips: list[str]) -> None:
     async with engine.begin() as conn:
-        await conn.execute(text("INSERT INTO t (name) VALUES ('a')"))
+        await conn.execute(text("INSERT INTO t (name) VALUES ('a')"))  # with BEGIN IMMEDIATE
         await conn.execute(text("SELECT name FROM t"))
-    # BEGIN IMMEDIATE, the insert, the select, the commit; no rollback on return to the pool
-    assert trips == ["work", "work", "work", "commit"]
+    assert trips == ["statement", "statement", "commit"]  # and no rollback on return to the pool
+    trips.clear()
+    async with engine.begin():
+        pass
+    assert trips == []  # a transaction that ran nothing costs nothing
+
+
+async def test_pipelined_writes_ride_with_the_commit(engine: AsyncEngine, trips: list[str]) -> None:
+    async with engine.begin() as conn:
+        write = text("INSERT INTO t (name) VALUES (:n)").execution_options(**{sqlite_driver.PIPELINED: True})
+        await conn.execute(write, {"n": "a"})
+        await conn.execute(write, [{"n": "b"}, {"n": "c"}])
+        assert trips == []
+    assert trips == ["queued_then_commit"]
+    trips.clear()
+    async with engine.begin() as conn:
+        await conn.execute(write, {"n": "d"})
+        names = (await conn.execute(text("SELECT name FROM t ORDER BY id"))).scalars().all()
+    assert names == ["a", "b", "c", "d"]  # a queued write runs before the next statement
+    assert trips == ["statement", "commit"]
+
+    async def duplicate() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(write, {"n": "e"})
+            await conn.execute(write, {"n": "a"})  # unique: fails, at the commit
+
+    with pytest.raises(IntegrityError):
+        await duplicate()
+    async with engine.connect() as conn:
+        names = (await conn.execute(text("SELECT name FROM t ORDER BY id"))).scalars().all()
+    assert names == ["a", "b", "c", "d"]  # 'e' went with its transaction
