@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given
+import rfc8785
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.crypto import merkle
@@ -50,6 +51,51 @@ def test_uncanonicalisable_values_are_invalid_input(bad: Any) -> None:
 def test_canonical_is_stable_under_reparse(value: Any) -> None:
     once = canonical(value)
     assert canonical(json.loads(once)) == once
+
+
+# Every kind of value the fast path must get right or hand over: floats, integers at and beyond
+# the exact range, control characters, non-BMP text and keys (UTF-16 order differs from code-point
+# order there), lone surrogates, booleans (an int subclass).
+ANY_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**54), 2**54)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(alphabet=st.characters(codec=None), max_size=8)
+    | st.sampled_from(["\ud800", "\u2028", "\x7f", "\x00\x1f", "\U0001f600", "\ue000"]),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.text(alphabet=st.characters(codec=None), max_size=4)
+            | st.sampled_from(["\U0001f600", "\ue000", "\uffff", "a", "\ud7ff"]),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=25,
+)
+
+
+@given(ANY_JSON)
+@settings(max_examples=500)
+def test_canonical_equals_the_reference_implementation(value: Any) -> None:
+    try:
+        expected: bytes | None = rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, ValueError):
+        expected = None
+    if expected is None:
+        with pytest.raises(InvalidInput):
+            canonical(value)
+    else:
+        assert canonical(value) == expected
+
+
+def test_deep_nesting_is_invalid_input_not_a_crash() -> None:
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(InvalidInput):
+        canonical(deep)
 
 
 def test_event_hash_is_rfc6962_leaf_of_canonical_event() -> None:
