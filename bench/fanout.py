@@ -1,11 +1,12 @@
 """Fan-out over websockets: deliveries/s and publish->receive latency at 1, 10, 100 subscribers,
 with and without HPKE sealing, beside the raw seal rate measured in the same run.
 
-    .venv/bin/python bench/fanout.py [--engine sqlite|postgres] [--reports 50] [--subscribers 1,10,100]
+    .venv/bin/python -m bench.fanout [--engine sqlite|postgres] [--reports 50] [--subscribers 1,10,100]
 
-The broker runs in this process on a loopback port with a fresh database. Subscribers are raw
-websocket clients (they do not open sealed payloads: that cost is the recipient's). Latency is
-from the moment the publish request is sent to the moment a subscriber receives the frame.
+The broker runs as ``broker serve`` in a process of its own on a loopback port with a fresh
+database; publisher and subscribers run in this one. Subscribers are raw websocket clients (they
+do not open sealed payloads: that cost is the recipient's). Each report carries an id chosen
+before it is sent, and latency runs from that moment to the moment a subscriber has the frame.
 Not a test: nothing is asserted. Results are appended to bench/RESULTS.md.
 """
 
@@ -17,13 +18,14 @@ import json
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.throughput import BODY, PG, ROOT, _commit, _pg, _start, make_url, secrets
-from broker.app import create_app
+from bench.procs import broker_env, start_broker, stop
+from bench.throughput import BODY, PG, ROOT, _commit, _pg, make_url, secrets
 from broker.crypto import seal
 from broker.crypto.keys import new_sealing_key, public_b64
 from broker.domain.canonical import canonical
@@ -64,15 +66,17 @@ async def _subscriber(
             if frame["type"] != "report":
                 continue
             now = time.perf_counter()
-            latencies.append(now - sent.get(frame["report"]["id"], now))
+            latencies.append(now - sent[frame["report"]["id"]])
             got += 1
             if got == expected:
                 done.append(now)
                 return
 
 
-async def run_case(settings: Settings, subscribers: int, reports: int, sealed: bool) -> dict[str, float]:
-    ctx = Context.open(settings)
+async def run_case(
+    folder: Path, env: dict[str, str], subscribers: int, reports: int, sealed: bool
+) -> dict[str, float]:
+    ctx = Context.open(Settings.load(env=env))
     tokens = []
     tag = secrets.token_hex(3)
     for i in range(subscribers):
@@ -95,7 +99,7 @@ async def run_case(settings: Settings, subscribers: int, reports: int, sealed: b
     async with ctx.db.transaction() as tx:
         start_seq, _ = await tx.head_state()
     await ctx.close()
-    runner, base = await _start(create_app(settings))
+    proc, base = start_broker(folder, env)
     sent: dict[str, float] = {}
     latencies: list[float] = []
     done: list[float] = []
@@ -108,19 +112,20 @@ async def run_case(settings: Settings, subscribers: int, reports: int, sealed: b
         ]
         await asyncio.gather(*(r.wait() for r in readies))
         await asyncio.sleep(0.3)
-        body = {**BODY, "topics": [f"bench-{tag}"]}
         start = time.perf_counter()
         async with aiohttp.ClientSession() as session:
             for _ in range(reports):
-                t0 = time.perf_counter()
+                report_id = str(uuid.uuid4())
+                body = {**BODY, "id": report_id, "topics": [f"bench-{tag}"]}
+                sent[report_id] = time.perf_counter()
                 async with session.post(
                     f"{base}/v1/reports", json=body, headers={"Authorization": f"Bearer {publisher}"}
                 ) as resp:
-                    sent[(await resp.json())["id"]] = t0
+                    assert resp.status == 201, await resp.text()
         await asyncio.wait_for(asyncio.gather(*subs), timeout=600)
         elapsed = max(done) - start
     finally:
-        await runner.cleanup()
+        stop(proc)
     latencies.sort()
     return {
         "deliveries_per_s": subscribers * reports / elapsed,
@@ -145,13 +150,8 @@ async def main() -> None:
         else:
             await _pg(f'CREATE DATABASE "{dbname}"')
             url = make_url(PG).set(database=dbname).render_as_string(hide_password=False)
-        settings = Settings.load(
-            env={
-                "BROKER_CONFIG_DIR": str(ROOT / "config"),
-                "BROKER_DATABASE_URL": url,
-                "BROKER_KEYRING": str(Path(tmp) / "keyring.json"),
-            }
-        )
+        env = broker_env(Path(tmp), url)
+        settings = Settings.load(env=env)
         ctx = Context.open(settings)
         await db.upgrade(ctx.db.engine)
         await admin.seed_alliances(ctx, settings.alliances)
@@ -160,7 +160,7 @@ async def main() -> None:
             for n in (int(x) for x in args.subscribers.split(",")):
                 for sealed in (False, True):
                     print(f"running {n} subscribers, sealed={sealed}...", flush=True)
-                    result = await run_case(settings, n, args.reports, sealed)
+                    result = await run_case(Path(tmp), env, n, args.reports, sealed)
                     rows.append((n, sealed, result))
         finally:
             if args.engine == "postgres":

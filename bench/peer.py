@@ -21,7 +21,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.procs import broker_env, free_port, rss_kb, start_broker, start_process, stop, wait_for
 from bench.throughput import BODY, INDICATOR, PG, ROOT, _commit, _pg, make_url, secrets
 from broker.services import admin, audit, reports
 from broker.services.context import Context
@@ -51,20 +51,6 @@ def indicator(i: int) -> dict[str, Any]:
     obj = dict(INDICATOR["objects"][0])
     obj["id"] = f"indicator--{uuid.UUID(int=i + 1)}"
     return obj
-
-
-def rss_kb(pid: int) -> int:
-    """Peak resident set size of a running process, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 MAX_SECONDS = 20.0  # every case stops issuing requests after this long, done or not
@@ -178,55 +164,6 @@ def start_medallion(folder: Path, stored: int) -> tuple[subprocess.Popen[bytes],
     return proc, base
 
 
-def wait_for(proc: subprocess.Popen[bytes], port: int, name: str) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{name} did not start")
-
-
-def start_process(
-    name: str, argv: list[str], port: int, log: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for(proc, port, name)
-    except RuntimeError:
-        proc.kill()
-        raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}") from None
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def bench_config(folder: Path) -> Path:
-    """A copy of config/ with the per-node publish rate limit out of the way (one node sends
-    every request here) and checkpoints at their default cadence."""
-    target = folder / "config"
-    target.mkdir(exist_ok=True)
-    for source in (ROOT / "config").glob("*.toml"):
-        text = source.read_text()
-        if source.name == "broker.toml":
-            text = text.replace("publish_rate_per_second = 200", "publish_rate_per_second = 1000000")
-            text = text.replace("publish_burst = 400", "publish_burst = 1000000")
-            assert "publish_burst = 1000000" in text, "config/broker.toml changed: update bench_config"
-        (target / source.name).write_text(text)
-    return target
-
-
 def medallion_calls(base: str) -> tuple[Call, Call, Call]:
     basic = "Basic " + base64.b64encode(b"bench:bench-pass").decode()
     headers = {"Accept": TAXII, "Content-Type": TAXII, "Authorization": basic}
@@ -287,12 +224,7 @@ async def fill_ours(ctx: Context, node_token: str, n: int, batch: int = 1000) ->
 
 async def ours(folder: Path, url: str, n: int, sizes: list[int], results: Rows, rss: dict[str, int]) -> None:
     """Our broker as it is deployed: ``broker serve`` in a process of its own."""
-    env = {
-        **os.environ,
-        "BROKER_CONFIG_DIR": str(bench_config(folder)),
-        "BROKER_DATABASE_URL": url,
-        "BROKER_KEYRING": str(folder / "keyring.json"),
-    }
+    env = broker_env(folder, url)
     settings = Settings.load(env=env)
     ctx = Context.open(settings)
     try:
@@ -312,10 +244,7 @@ async def ours(folder: Path, url: str, n: int, sizes: list[int], results: Rows, 
                 actor="bench",
             )
         )["token"]
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        argv = [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        proc = start_process("broker", argv, port, folder / "broker.log", env=env)
+        proc, base = start_broker(folder, env)
         try:
             await _ours_cases(ctx, base, pub, sub, n, sizes, results, proc.pid)
             rss["ours"] = rss_kb(proc.pid)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from broker.domain.alliances import Directory
+from broker.domain.canonical import canonical
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.errors import Unauthenticated
 from broker.services import audit
@@ -30,21 +32,30 @@ REFRESH_BATCH = 500
 
 @dataclass(frozen=True)
 class Batch:
-    """Reports to send, the cursor after them, and whether more rows may be waiting."""
+    """Frames to send (each a report frame's JSON text), the cursor after them, and whether
+    more rows may be waiting."""
 
-    reports: list[dict[str, Any]]
+    frames: list[str]
     cursor: int
     more: bool
+
+
+def report_frame(doc: dict[str, Any]) -> str:
+    return json.dumps({"type": "report", "report": doc})
 
 
 @dataclass
 class _Entry:
     report: ReportRecord
     plaintext: bytes | None = None
+    # The frame every node without a sealing key receives (it names no recipient), encoded once
+    # for all of them; and the canonical label every sealed copy binds.
+    open_frame: str | None = None
+    canonical_label: bytes | None = None
 
     @property
     def size(self) -> int:
-        return len(self.report.ciphertext or b"") * 2 + len(self.report.label_json) + 512
+        return len(self.report.ciphertext or b"") * 3 + len(self.report.label_json) * 3 + 512
 
 
 @dataclass
@@ -108,6 +119,22 @@ class Feed:
             self._nodes[node_id] = node
         return node
 
+    def _frame(self, entry: _Entry, node: NodeRecord) -> str:
+        if entry.plaintext is None:
+            entry.plaintext = open_payload(self.ctx, entry.report)
+        if not node.x25519_public_key:
+            if entry.open_frame is None:
+                entry.open_frame = report_frame(
+                    document(self.ctx, node, entry.report, plaintext=entry.plaintext)
+                )
+            return entry.open_frame
+        if entry.canonical_label is None:
+            entry.canonical_label = canonical(entry.report.label)
+        doc = document(
+            self.ctx, node, entry.report, plaintext=entry.plaintext, canonical_label=entry.canonical_label
+        )
+        return report_frame(doc)
+
     async def next_batch(self, node_id: str, *, after: int, topics: Sequence[str], limit: int = 100) -> Batch:
         """The next reports ``node_id`` may receive above ``after``, audited."""
         if self._floor is None or after < self._floor:
@@ -116,20 +143,18 @@ class Feed:
         start = bisect.bisect_right(self._seqs, after)
         window = self._entries[start : start + limit]
         wanted = set(topics)
-        found: list[dict[str, Any]] = []
+        frames: list[str] = []
         drafts: list[AuditDraft] = []
         for entry in window:
             report = entry.report
             if wanted and wanted.isdisjoint(report.topics):
                 continue
             if report.erased_at is None and decide_for(self.ctx, node, report, self._directory).allowed:
-                if entry.plaintext is None:
-                    entry.plaintext = open_payload(self.ctx, report)
-                found.append(document(self.ctx, node, report, plaintext=entry.plaintext))
+                frames.append(self._frame(entry, node))
                 drafts.append(allow_draft(node, report, "deliver"))
         await self.batcher.append(drafts)
         cursor = window[-1].report.seq if window else after
-        return Batch(reports=found, cursor=cursor, more=len(window) == limit)
+        return Batch(frames=frames, cursor=cursor, more=len(window) == limit)
 
 
 async def fetch(ctx: Context, node_id: str, *, after: int, topics: Sequence[str], limit: int = 100) -> Batch:
@@ -144,15 +169,15 @@ async def fetch(ctx: Context, node_id: str, *, after: int, topics: Sequence[str]
             raise Unauthenticated("the node was revoked", code="node_revoked")
         directory = await ctx.directory(tx)
         rows = await tx.reports_after(after=after, topics=topics, limit=limit)
-        found: list[dict[str, Any]] = []
+        frames: list[str] = []
         drafts: list[AuditDraft] = []
         for report in rows:
             if report.erased_at is None and decide_for(ctx, node, report, directory).allowed:
-                found.append(document(ctx, node, report))
+                frames.append(report_frame(document(ctx, node, report)))
                 drafts.append(allow_draft(node, report, "deliver"))
         await audit.record(tx, drafts, now=ctx.now())
     cursor = rows[-1].seq if rows else after
-    return Batch(reports=found, cursor=cursor, more=len(rows) == limit)
+    return Batch(frames=frames, cursor=cursor, more=len(rows) == limit)
 
 
 async def resume_point(ctx: Context, node: NodeRecord, name: str) -> int:

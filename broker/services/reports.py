@@ -350,7 +350,12 @@ def open_payload(ctx: Context, report: ReportRecord) -> bytes:
 
 
 def document(
-    ctx: Context, node: NodeRecord, report: ReportRecord, *, plaintext: bytes | None = None
+    ctx: Context,
+    node: NodeRecord,
+    report: ReportRecord,
+    *,
+    plaintext: bytes | None = None,
+    canonical_label: bytes | None = None,
 ) -> dict[str, Any]:
     """The report as the contract shows it to ``node``: payload decrypted (or ``plaintext``, when
     the caller already holds it), then sealed to the node's X25519 key when it has one (the access
@@ -371,7 +376,7 @@ def document(
             plaintext=plaintext,
             recipient_public_key_b64=node.x25519_public_key,
             report_id=report.id,
-            canonical_label=canonical(report.label),
+            canonical_label=canonical(report.label) if canonical_label is None else canonical_label,
         )
     else:
         doc["payload"] = json.loads(plaintext)

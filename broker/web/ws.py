@@ -71,8 +71,8 @@ class StreamSession:
                 batch = await self.feed.next_batch(self.node.id, after=self.cursor, topics=self.topics)
             except Unauthenticated:
                 raise _Closed(CLOSE_REVOKED, "node revoked") from None
-            for report in batch.reports:
-                self._enqueue(json.dumps({"type": "report", "report": report}))
+            for frame in batch.frames:
+                self._enqueue(frame)
             self.cursor = batch.cursor
             if batch.more:
                 continue

@@ -305,3 +305,31 @@ async def test_recall_applies_to_open_streams(api: Api) -> None:
     async with BrokerClient(api.base_url, swe) as client:
         replay = await take(client.stream(after=0, topics=["late"]), 1)
     assert [r.id for r in replay] == [kept]
+
+
+async def test_one_feed_serves_open_and_sealed_recipients_each_their_own_copy(api: Api) -> None:
+    usa = await api.node("usa-1", "USA")
+    keys = {"gbr-1": None, "can-1": None, "fra-1": new_sealing_key(), "deu-1": new_sealing_key()}
+    nations = {"gbr-1": "GBR", "can-1": "CAN", "fra-1": "FRA", "deu-1": "DEU"}
+    tokens = {
+        node: await api.node(node, nations[node], **({"x25519_public_key": public_b64(k)} if k else {}))
+        for node, k in keys.items()
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {
+            node: await stack.enter_async_context(
+                BrokerClient(api.base_url, tokens[node], sealing_key=keys[node])
+            )
+            for node in keys
+        }
+        streams = {node: client.stream(after=0) for node, client in clients.items()}
+        firsts = {node: asyncio.ensure_future(take(s, 2)) for node, s in streams.items()}
+        await asyncio.sleep(0.3)  # every stream is open and live before anything is published
+        ids = await publish_many(api, usa, 2)
+        got = {node: await first for node, first in firsts.items()}
+        for stream in streams.values():
+            await stream.aclose()
+    for node, received in got.items():
+        assert [r.id for r in received] == ids
+        assert [r.payload for r in received] == [{"n": 0}, {"n": 1}]  # opened with its own key
+        assert all(r.was_sealed == (keys[node] is not None) for r in received)
