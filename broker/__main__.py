@@ -219,8 +219,23 @@ def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | Non
                 yield
 
         app.cleanup_ctx.append(_alongside)
-    logging.getLogger(__name__).info("serving on http://%s:%s", settings.host, settings.port)
-    web.run_app(app, host=settings.host, port=settings.port, print=None)
+    loop = _event_loop(settings.event_loop)
+    logging.getLogger(__name__).info(
+        "serving on http://%s:%s (event loop: %s)", settings.host, settings.port, type(loop).__module__
+    )
+    web.run_app(app, host=settings.host, port=settings.port, print=None, loop=loop)
+
+
+def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed and not declined ("auto"), else the standard loop."""
+    if choice == "auto":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> None:

@@ -45,6 +45,7 @@ class Settings:
     max_ws_frame_bytes: int = 64 * 1024
     allowed_origins: tuple[str, ...] = ()
     change_poll_seconds: float = 0.2
+    event_loop: str = "auto"
     audit_origin: str = "alliance-broker.example/audit"
     checkpoint_every_events: int = 1000
     checkpoint_every_seconds: float = 10.0
@@ -88,6 +89,7 @@ class Settings:
             max_ws_frame_bytes=get.number(server, "server.max_ws_frame_bytes", 64 * 1024, 256, 1 << 26),
             allowed_origins=_origins(server, broker_file),
             change_poll_seconds=get.number(server, "server.change_poll_ms", 200, 10, 10_000) / 1000,
+            event_loop=get.choice(server, "server.event_loop", "auto", ("auto", "asyncio")),
             audit_origin=get.text(audit, "audit.origin", "alliance-broker.example/audit"),
             checkpoint_every_events=get.number(audit, "audit.checkpoint_every_events", 1000, 1, 10**9),
             checkpoint_every_seconds=float(
@@ -131,6 +133,12 @@ class _Getter:
         if not isinstance(value, str) or not value:
             raise ConfigError(file=str(self.path), key=dotted, problem="must be a non-empty string")
         return value
+
+    def choice(self, table: Mapping[str, Any], dotted: str, default: str, choices: tuple[str, ...]) -> str:
+        value = table.get(dotted.rsplit(".", 1)[-1], default)
+        if value not in choices:
+            raise ConfigError(file=str(self.path), key=dotted, problem=f"must be one of {', '.join(choices)}")
+        return str(value)
 
     def number(self, table: Mapping[str, Any], dotted: str, default: int, low: int, high: int) -> int:
         value = table.get(dotted.rsplit(".", 1)[-1], default)

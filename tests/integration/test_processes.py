@@ -185,6 +185,7 @@ def _config_dir(tmp_path: Path, name: str, text: str) -> Path:
     [
         ("broker.toml", "[server]\nport = 'eighty'\n", "server.port", "integer"),
         ("broker.toml", "[server\n", "-", "not valid TOML"),
+        ("broker.toml", "[server]\nevent_loop = 'tokio'\n", "server.event_loop", "auto, asyncio"),
         ("policy.toml", "levels = []\n", "levels", "non-empty"),
         ("policy.toml", "levels = ['A', 'B']\nrequire_sealing_at_or_above = 'C'\n", "levels", "not a level"),
         (
