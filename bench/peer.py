@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 
 from bench.procs import broker_env, free_port, rss_kb, start_broker, start_process, stop, wait_for
-from bench.throughput import BODY, INDICATOR, PG, ROOT, _commit, _pg, make_url, secrets
+from bench.throughput import BODY, INDICATOR, PG, ROOT, _commit, _pg, bench_nodes, make_url, secrets
 from broker.services import admin, audit, reports
 from broker.services.context import Context
 from broker.settings import Settings
@@ -230,20 +230,7 @@ async def ours(folder: Path, url: str, n: int, sizes: list[int], results: Rows, 
     try:
         await db.upgrade(ctx.db.engine)
         await admin.seed_alliances(ctx, settings.alliances)
-        pub = (
-            await admin.add_node(
-                ctx,
-                {"id": "usa", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]},
-                actor="bench",
-            )
-        )["token"]
-        sub = (
-            await admin.add_node(
-                ctx,
-                {"id": "swe", "nation": "SWE", "clearance": "SECRET", "roles": ["subscribe"]},
-                actor="bench",
-            )
-        )["token"]
+        pub, sub = await bench_nodes(ctx)
         proc, base = start_broker(folder, env)
         try:
             await _ours_cases(ctx, base, pub, sub, n, sizes, results, proc.pid)
@@ -333,7 +320,8 @@ def _table(rows: list[tuple[str, str, int, dict[str, float]]], rss: dict[str, in
         null = by.get(("null", case.split(",")[0] + ", 0 stored"))
         ratio_m = ratio(r, peer) if server == "ours" else ""
         ratio_n = ratio(r, null) if server == "ours" and "publish" in case else ""
-        numbers = f"{r['rate']:.0f} | {r['p50']:.2f} | {r['p99']:.2f}"
+        rate = f"{r['rate']:.0f}" if r["rate"] >= 10 else f"{r['rate']:.2f}"
+        numbers = f"{rate} | {r['p50']:.2f} | {r['p99']:.2f}"
         late = f" ({r['timeouts']:.0f} timed out at {REQUEST_TIMEOUT:.0f} s)" if r.get("timeouts") else ""
         lines.append(f"| {server} | {case}{late} | {numbers} | {ratio_m} | {ratio_n} |")
     lines += ["", "Peak RSS (MB): " + ", ".join(f"{k} {v / 1024:.0f}" for k, v in rss.items())]

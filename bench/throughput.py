@@ -74,6 +74,15 @@ async def _pg(statement: str) -> None:
         await conn.close()
 
 
+async def bench_nodes(ctx: Context) -> tuple[str, str]:
+    """Register the benchmark's publisher (USA) and subscriber (SWE, a NATO ally); their tokens."""
+    tokens = []
+    for node_id, nation, role in (("usa", "USA", "publish"), ("swe", "SWE", "subscribe")):
+        spec = {"id": node_id, "nation": nation, "clearance": "SECRET", "roles": [role]}
+        tokens.append((await admin.add_node(ctx, spec, actor="bench"))["token"])
+    return tokens[0], tokens[1]
+
+
 async def _start(app: web.Application) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -146,20 +155,7 @@ async def bench_engine(engine: str, n: int, concurrency: int, folder: Path) -> d
     try:
         await db.upgrade(ctx.db.engine)
         await admin.seed_alliances(ctx, settings.alliances)
-        pub = (
-            await admin.add_node(
-                ctx,
-                {"id": "usa", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]},
-                actor="bench",
-            )
-        )["token"]
-        sub = (
-            await admin.add_node(
-                ctx,
-                {"id": "swe", "nation": "SWE", "clearance": "SECRET", "roles": ["subscribe"]},
-                actor="bench",
-            )
-        )["token"]
+        pub, sub = await bench_nodes(ctx)
         runner, base = await _start(create_app(settings))
         try:
             results = {

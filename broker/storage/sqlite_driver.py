@@ -43,14 +43,20 @@ _Outcome = tuple[Any, int, int | None, list[Any]]
 _Queued = tuple[str, Any, bool]  # statement, parameters, executemany
 
 
+def _execute(
+    target: sqlite3.Connection | sqlite3.Cursor, operation: str, parameters: Any, many: bool
+) -> None:
+    if many:
+        target.executemany(operation, parameters)
+    elif parameters is None:
+        target.execute(operation)
+    else:
+        target.execute(operation, parameters)
+
+
 def _run_queued(raw: sqlite3.Connection, queued: list[_Queued]) -> None:  # on the SQLite thread
     for operation, parameters, many in queued:
-        if many:
-            raw.executemany(operation, parameters)
-        elif parameters is None:
-            raw.execute(operation)
-        else:
-            raw.execute(operation, parameters)
+        _execute(raw, operation, parameters, many)
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -118,12 +124,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
             _run_queued(raw, queued)
             cursor = raw.cursor()
             try:
-                if many:
-                    cursor.executemany(operation, parameters)
-                elif parameters is None:
-                    cursor.execute(operation)
-                else:
-                    cursor.execute(operation, parameters)
+                _execute(cursor, operation, parameters, many)
                 rows = cursor.fetchall() if cursor.description else []
                 return cursor.description, cursor.rowcount, cursor.lastrowid, rows
             finally:

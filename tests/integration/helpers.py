@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from broker.crypto import merkle
+from broker.crypto.chain import GENESIS, event_hash
+from broker.services import ledger
 from broker.services.context import Context
 from tests.conftest import CONFIG
 
@@ -28,6 +31,22 @@ async def events(ctx: Context, **filters: Any) -> list[dict[str, Any]]:
         }
         for e in found
     ]
+
+
+async def chain_holds(ctx: Context) -> int:
+    """Check the audit hash chain and the Merkle frontier end to end; return the event count."""
+    async with ctx.db.transaction() as tx:
+        found = await tx.events(limit=100_000)
+        head = await tx.lock_head()
+    assert [e.seq for e in found] == list(range(1, len(found) + 1))
+    prev = GENESIS
+    for e in found:
+        doc = ledger.event_json(e)
+        assert doc["prev_hash"] == prev and event_hash(doc) == e.hash
+        prev = e.hash
+    frontier, _ = merkle.append([], [bytes.fromhex(e.hash) for e in found], 0)
+    assert merkle.root_of(frontier) == merkle.root_of(head.frontier)
+    return len(found)
 
 
 async def report_count(ctx: Context) -> int:

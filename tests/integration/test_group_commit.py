@@ -10,38 +10,20 @@ from typing import Any
 
 import pytest
 
-from broker.crypto import merkle
-from broker.crypto.chain import GENESIS, event_hash
 from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import BrokerError, Conflict
-from broker.services import admin, audit, ledger
+from broker.services import admin, audit
 from broker.services import reports as report_service
 from broker.services.auth import authenticate
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
 from broker.storage.repos import Tx
-from tests.integration.helpers import body, events, report_count
+from tests.integration.helpers import body, chain_holds, events, report_count
 
 
 async def _node(ctx: Context, node_id: str, nation: str) -> NodeRecord:
     spec = {"id": node_id, "nation": nation, "clearance": "SECRET", "roles": ["publish", "subscribe"]}
     return await authenticate(ctx, (await admin.add_node(ctx, spec, actor="test"))["token"])
-
-
-async def _chain_holds(ctx: Context) -> int:
-    """Check the hash chain and the Merkle frontier end to end; return the number of events."""
-    async with ctx.db.transaction() as tx:
-        found = await tx.events(limit=100_000)
-        head = await tx.lock_head()
-    assert [e.seq for e in found] == list(range(1, len(found) + 1))
-    prev = GENESIS
-    for e in found:
-        doc = ledger.event_json(e)
-        assert doc["prev_hash"] == prev and event_hash(doc) == e.hash
-        prev = e.hash
-    frontier, _ = merkle.append([], [bytes.fromhex(e.hash) for e in found], 0)
-    assert merkle.root_of(frontier) == merkle.root_of(head.frontier)
-    return len(found)
 
 
 async def test_concurrent_publishes_share_transactions_in_order(ctx: Context) -> None:
@@ -65,7 +47,7 @@ async def test_concurrent_publishes_share_transactions_in_order(ctx: Context) ->
         assert got["payload"] == {"n": i} and got["sequence"] == receipt["sequence"]
     published = [e for e in await events(ctx, action="publish") if e["decision"] == "allow"]
     assert sorted(e["report"] for e in published) == sorted(r["id"] for r in receipts)
-    await _chain_holds(ctx)
+    await chain_holds(ctx)
 
 
 async def test_repeats_inside_one_batch(ctx: Context) -> None:
@@ -76,7 +58,7 @@ async def test_repeats_inside_one_batch(ctx: Context) -> None:
         sub = report_service.parse_submission(raw, ctx=ctx, known_alliances=directory.alliances)
         return report_service.PublishAct(node=node, sub=sub, idempotency_key=key)
 
-    before = await _chain_holds(ctx)
+    before = await chain_holds(ctx)
     with_id = {**body(), "id": "0b7e8f8c-6a55-4d49-9a0c-2d1d2f0c9a11"}
     acts = [
         act(usa, body(), "k1"),
@@ -98,7 +80,7 @@ async def test_repeats_inside_one_batch(ctx: Context) -> None:
     assert by_id.id == by_id_again.id == with_id["id"] and by_id.seq == by_id_again.seq
     assert isinstance(taken, Conflict) and taken.code == "duplicate_id"
     assert await report_count(ctx) == 3
-    assert await _chain_holds(ctx) == before + 3  # three publish events, no more
+    assert await chain_holds(ctx) == before + 3  # three publish events, no more
     # Across transactions the same rules hold: the stored report answers the repeat.
     async with ctx.db.transaction() as tx:
         later = await report_service.store_publishes(ctx, tx, [act(usa, body(), "k1"), act(gbr, with_id)])
@@ -137,7 +119,7 @@ async def test_one_broken_act_fails_alone(ctx: Context) -> None:
     ]
     logged = [e["action"] for e in await events(ctx) if e["action"] != "alliance_seed"]
     assert sorted(logged) == ["a", "b", "c", "d", "e"]  # the broken batch left nothing behind
-    await _chain_holds(ctx)
+    await chain_holds(ctx)
 
 
 async def test_a_caller_going_away_does_not_abort_the_others(ctx: Context) -> None:
