@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -10,7 +9,9 @@ from datetime import datetime
 from broker.crypto import merkle
 from broker.crypto.chain import event_hash
 from broker.domain.records import AuditDraft, AuditEvent, Head, event_document
+from broker.errors import BrokerError
 from broker.services.context import Context
+from broker.services.groupcommit import GroupCommit
 from broker.storage.repos import Tx
 
 
@@ -69,29 +70,13 @@ class Batcher:
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._pending: list[tuple[list[AuditDraft], asyncio.Future[None]]] = []
-        self._lock = asyncio.Lock()
+        self._group: GroupCommit[list[AuditDraft], None] = GroupCommit(ctx.db, self._append)
 
     async def append(self, drafts: Sequence[AuditDraft]) -> None:
         """Return once ``drafts`` are committed to the log (raise if that failed)."""
-        if not drafts:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((list(drafts), future))
-        async with self._lock:
-            if not future.done():
-                await self._commit()
-        await future
+        if drafts:
+            await self._group.submit(list(drafts))
 
-    async def _commit(self) -> None:
-        await asyncio.sleep(0)  # let callers scheduled in this same tick join the batch
-        batch, self._pending = self._pending, []
-        try:
-            async with self._ctx.db.transaction() as tx:
-                await record(tx, [d for drafts, _ in batch for d in drafts], now=self._ctx.now())
-        except Exception as exc:
-            for _, future in batch:
-                future.set_exception(exc)
-        else:
-            for _, future in batch:
-                future.set_result(None)
+    async def _append(self, tx: Tx, batch: Sequence[list[AuditDraft]]) -> list[BrokerError | None]:
+        await record(tx, [d for drafts in batch for d in drafts], now=self._ctx.now())
+        return [None] * len(batch)

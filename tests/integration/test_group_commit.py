@@ -139,3 +139,17 @@ async def test_a_caller_going_away_does_not_abort_the_others(ctx: Context) -> No
     logged = [e["action"] for e in await events(ctx) if e["action"] != "alliance_seed"]
     assert sorted(logged) == ["f0", "f1", "f2", "f3", "leader"]
     assert group.transactions == 2
+
+
+async def test_delivery_events_share_transactions(ctx: Context) -> None:
+    batcher = audit.Batcher(ctx)
+    before = await chain_holds(ctx)
+    await asyncio.gather(
+        *(
+            batcher.append([AuditDraft(action="deliver", node=f"n{i}"), AuditDraft(action="x")])
+            for i in range(20)
+        )
+    )
+    await batcher.append([])  # nothing to write: no transaction
+    assert await chain_holds(ctx) == before + 40
+    assert batcher._group.acts == 20 and batcher._group.transactions < 20
