@@ -7,12 +7,13 @@ pool takes back, even one with no transaction open. On a 2-core machine a trip c
 so a publish spent more time crossing threads than in SQLite. Here a statement is one trip
 (execute, fetch and close together) and a rollback with no open transaction is none.
 
-Writes whose results nobody reads can go further: a statement marked with the execution option
-``PIPELINED`` (and every ``BEGIN IMMEDIATE``) is queued on the connection and run on the SQLite
-thread just before the next statement, or the commit, in the same trip. A publish is then two
-trips: begin and lock the head; every write and the commit. Order and atomicity are unchanged;
-only an error from a queued write surfaces at the next statement or at the commit, where it
-fails the transaction all the same. A marked statement's row count and last row id are unknown.
+Writes whose results nobody reads can go further: a statement marked with the execution
+option ``PIPELINED``, and the ``BEGIN IMMEDIATE`` that opens every transaction, are queued on the
+connection and run on the SQLite thread just before the next statement, or the commit, in the
+same trip. A publish is then two trips: begin and lock the head; every write and the commit.
+Order and atomicity are unchanged; only an error from a queued write surfaces at the next
+statement or at the commit, where it fails the transaction all the same. A marked statement's
+row count and last row id are unknown.
 
 ``create_engine`` selects this dialect for ``sqlite+aiosqlite`` URLs; behaviour is otherwise
 SQLAlchemy's own (same SQL, same types, same errors).
@@ -41,6 +42,7 @@ PIPELINED = "broker_pipelined"
 
 _Outcome = tuple[Any, int, int | None, list[Any]]
 _Queued = tuple[str, Any, bool]  # statement, parameters, executemany
+BEGIN = "BEGIN IMMEDIATE"
 
 
 def _execute(
@@ -104,7 +106,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
     def _submit(self, operation: str, parameters: Any, *, many: bool) -> None:
         connection: OneTripConnection = self._adapt_connection  # type: ignore[assignment]
-        if self._defer or operation == "BEGIN IMMEDIATE":
+        if self._defer:
             connection.queued.append((operation, parameters, many))
             # SQLAlchemy's AsyncConnection insists that a statement awaits something.
             await_(asyncio.sleep(0))
@@ -156,7 +158,7 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
     def commit(self) -> None:
         queued, self.queued = self.queued, []
-        if all(operation == "BEGIN IMMEDIATE" for operation, _, _ in queued):
+        if all(operation == BEGIN for operation, _, _ in queued):
             if self._in_transaction():
                 super().commit()
             return  # a transaction that never ran a statement has nothing to commit
@@ -193,6 +195,12 @@ class Dialect(SQLiteDialect_aiosqlite):
     @classmethod
     def import_dbapi(cls) -> OneTripDBAPI:
         return OneTripDBAPI(aiosqlite, sqlite3)
+
+    def do_begin(self, dbapi_connection: Any) -> None:
+        """Every transaction takes the write lock at once (``BEGIN IMMEDIATE``), so writers queue
+        on it instead of failing to upgrade a read lock; queued, it costs no trip of its own."""
+        adapted = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
+        adapted.queued.append((BEGIN, None, False))
 
     def do_execute(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
         _mark(cursor, context)
