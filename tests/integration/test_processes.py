@@ -67,8 +67,11 @@ def _broker(*args: str, env: dict[str, str], cwd: Path | None = None) -> subproc
 
 
 @contextlib.contextmanager
-def _serving(env: dict[str, str], port: int, *, kill: bool = False) -> Iterator[subprocess.Popen[str]]:
-    """`broker serve` on ``port`` until the block ends (SIGKILL with ``kill``, else SIGTERM)."""
+def _serving(
+    env: dict[str, str], port: int, *, kill: bool = False, log: list[str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """`broker serve` on ``port`` until the block ends (SIGKILL with ``kill``, else SIGTERM);
+    what it printed goes into ``log``."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "broker", "serve", "--port", str(port)],
         env=env,
@@ -86,6 +89,8 @@ def _serving(env: dict[str, str], port: int, *, kill: bool = False) -> Iterator[
             proc.terminate()
         proc.wait(timeout=10)
         if proc.stdout:
+            if log is not None:
+                log.append(proc.stdout.read())
             proc.stdout.close()
 
 
@@ -118,8 +123,10 @@ def test_kill_9_after_201_loses_nothing(database_url: str, tmp_path: Path) -> No
             )
             assert status == 201
             receipts.append(receipt)
-    with _serving(env, port):  # a new process on the same files: everything acknowledged is there
+    log: list[str] = []
+    with _serving(env, port, log=log):  # a new process on the same files: everything acknowledged is there
         _, page = _http("GET", f"{base}/v1/reports?limit=100", token)
+    assert "(event loop: uvloop)" in log[0]  # the default, where uvloop is installed (a dependency)
     assert [r["id"] for r in page["reports"]] == [r["id"] for r in receipts]
     assert [r["payload"]["n"] for r in page["reports"]] == list(range(20))
 
