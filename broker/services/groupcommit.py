@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from broker.errors import BrokerError
+from broker.errors import BrokerError, Unavailable
 from broker.storage.repos import Database, Tx
 
 Item = TypeVar("Item")
@@ -19,7 +19,8 @@ Result = TypeVar("Result")
 
 # Applies a batch of acts in one transaction; one outcome per act, in order. A BrokerError in
 # the list fails that act alone (it must have written nothing); an exception raised fails the
-# whole transaction, and each act is then retried in a transaction of its own.
+# whole transaction, and each act is then retried in a transaction of its own (unless the
+# database is unavailable: then every act of the batch fails with that).
 Apply = Callable[[Tx, Sequence[Item]], Awaitable[list["Result | BrokerError"]]]
 
 
@@ -53,8 +54,10 @@ class GroupCommit(Generic[Item, Result]):
         try:
             outcomes = await self._run([item for item, _ in batch])
         except Exception as exc:
-            if len(batch) == 1:
-                _settle(batch[0][1], exc)
+            if len(batch) == 1 or isinstance(exc, Unavailable):
+                # The database is down or locked out: one attempt each would only fail slower.
+                for _, future in batch:
+                    _settle(future, exc)
                 return
             # One act may have broken the batch (say, a row another process inserted a moment
             # ago): give each its own transaction, so only that one fails.

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from broker.domain.records import AuditDraft, NodeRecord
-from broker.errors import BrokerError, Conflict
+from broker.errors import BrokerError, Conflict, Unavailable
 from broker.services import admin, audit
 from broker.services import reports as report_service
 from broker.services.auth import authenticate
@@ -120,6 +120,20 @@ async def test_one_broken_act_fails_alone(ctx: Context) -> None:
     logged = [e["action"] for e in await events(ctx) if e["action"] != "alliance_seed"]
     assert sorted(logged) == ["a", "b", "c", "d", "e"]  # the broken batch left nothing behind
     await chain_holds(ctx)
+
+
+async def test_an_unavailable_database_fails_the_batch_without_retrying_each(ctx: Context) -> None:
+    calls: list[int] = []
+
+    async def apply(tx: Tx, items: Sequence[str]) -> list[Any]:
+        calls.append(len(items))
+        await asyncio.sleep(0.02)  # the others arrive while this one is in flight
+        raise Unavailable("database unavailable")
+
+    group: GroupCommit[str, str] = GroupCommit(ctx.db, apply)
+    outcomes = await asyncio.gather(*(group.submit(f"a{i}") for i in range(6)), return_exceptions=True)
+    assert all(isinstance(o, Unavailable) for o in outcomes)
+    assert sum(calls) == 6 and len(calls) < 6  # batched, and no act tried twice
 
 
 async def test_a_caller_going_away_does_not_abort_the_others(ctx: Context) -> None:
