@@ -10,8 +10,9 @@ import json
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -43,15 +44,100 @@ def _table(model: type[object]) -> Table:
 # no per-call statement construction, and SQLAlchemy's compiled cache hits every time. Writes
 # whose results nobody reads are PIPELINED: on SQLite they ride along with the next statement or
 # the commit (see storage/sqlite_driver.py); elsewhere the option means nothing.
-_HEAD = _table(LogHeadRow)
-_LOCK_HEAD = select(_HEAD).where(_HEAD.c.id == 1).with_for_update()
-_HEAD_STATE = select(_HEAD.c.report_seq, _HEAD.c.change_counter).where(_HEAD.c.id == 1)
-_WRITE = {PIPELINED: True}
-_SAVE_HEAD = update(_HEAD).where(_HEAD.c.id == 1).execution_options(**_WRITE)
-_INSERT_REPORTS = insert(_table(ReportRow)).execution_options(**_WRITE)
-_INSERT_TOPICS = insert(_table(ReportTopicRow)).execution_options(**_WRITE)
-_INSERT_EVENTS = insert(_table(AuditEventRow)).execution_options(**_WRITE)
-_INSERT_NODES = insert(_table(MerkleNodeRow)).execution_options(**_WRITE)
+HEAD = _table(LogHeadRow)
+LOCK_HEAD = select(HEAD).where(HEAD.c.id == 1).with_for_update()
+HEAD_STATE = select(HEAD.c.report_seq, HEAD.c.change_counter).where(HEAD.c.id == 1)
+_PIPELINED_WRITE = {PIPELINED: True}
+SAVE_HEAD = update(HEAD).where(HEAD.c.id == 1).execution_options(**_PIPELINED_WRITE)
+INSERT_REPORTS = insert(_table(ReportRow)).execution_options(**_PIPELINED_WRITE)
+INSERT_TOPICS = insert(_table(ReportTopicRow)).execution_options(**_PIPELINED_WRITE)
+INSERT_EVENTS = insert(_table(AuditEventRow)).execution_options(**_PIPELINED_WRITE)
+INSERT_NODES = insert(_table(MerkleNodeRow)).execution_options(**_PIPELINED_WRITE)
+
+
+_REPORTS = _table(ReportRow)
+REPORT_BY_ID = select(_REPORTS).where(_REPORTS.c.id == bindparam("id"))
+REPORT_BY_KEY = select(_REPORTS).where(
+    _REPORTS.c.originator_node == bindparam("node"), _REPORTS.c.idempotency_key == bindparam("key")
+)
+ALLIANCES = select(_table(AllianceRow))
+MEMBERSHIPS = select(_table(MembershipRow)).order_by(_table(MembershipRow).c.id)
+
+
+def head_of(row: Any) -> Head:
+    frontier = tuple((int(lvl), int(idx), bytes.fromhex(h)) for lvl, idx, h in json.loads(row.audit_frontier))
+    return Head(row.report_seq, row.audit_seq, row.audit_hash, row.change_counter, frontier)
+
+
+def head_values(head: Head) -> dict[str, Any]:
+    return {
+        "report_seq": head.report_seq,
+        "audit_seq": head.audit_seq,
+        "audit_hash": head.audit_hash,
+        "change_counter": head.change_counter,
+        "audit_frontier": json.dumps([[lvl, idx, h.hex()] for lvl, idx, h in head.frontier]),
+    }
+
+
+def directory_of(alliances: Sequence[Any], memberships: Sequence[Any]) -> Directory:
+    by_id = {r.id: Alliance(id=r.id, name=r.name, history=_history(r.history)) for r in alliances}
+    members: dict[str, list[Membership]] = {a: [] for a in by_id}
+    for m in memberships:
+        members[m.alliance_id].append(
+            Membership(alliance=m.alliance_id, nation=m.nation, joined=m.joined, left=m.left)
+        )
+    return Directory(alliances=by_id, memberships={k: tuple(v) for k, v in members.items()})
+
+
+def report_rows(
+    reports: Sequence[tuple[ReportRecord, str | None]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of the reports table (with their idempotency keys) and of the topics table."""
+    rows = [
+        {
+            "seq": r.seq,
+            "id": r.id,
+            "originator_node": r.originator_node,
+            "originator_nation": r.originator_nation,
+            "label_json": r.label_json,
+            "label_hash": r.label_hash,
+            "topics": list(r.topics),
+            "created_at": r.created_at,
+            "payload_sha256": r.payload_sha256,
+            "signature": r.signature,
+            "ciphertext": r.ciphertext,
+            "wrapped_key": r.wrapped_key,
+            "kek_id": r.kek_id,
+            "idempotency_key": key,
+            "request_hash": r.request_hash,
+        }
+        for r, key in reports
+    ]
+    return rows, [{"topic": t, "report_seq": r.seq} for r, _ in reports for t in r.topics]
+
+
+def event_rows(events: Sequence[AuditEvent]) -> list[dict[str, Any]]:
+    return [
+        {
+            "seq": e.seq,
+            "time": e.time,
+            "actor": e.draft.actor,
+            "action": e.draft.action,
+            "report": e.draft.report,
+            "node": e.draft.node,
+            "nation": e.draft.nation,
+            "decision": e.draft.decision,
+            "reason": e.draft.reason,
+            "details": e.draft.details,
+            "prev_hash": e.prev_hash,
+            "hash": e.hash,
+        }
+        for e in events
+    ]
+
+
+def node_rows(nodes: Sequence[tuple[int, int, bytes]]) -> list[dict[str, Any]]:
+    return [{"level": lvl, "idx": idx, "hash": h.hex()} for lvl, idx, h in nodes]
 
 
 def _node(row: NodeRow) -> NodeRecord:
@@ -69,7 +155,8 @@ def _node(row: NodeRow) -> NodeRecord:
     )
 
 
-def _report(row: ReportRow) -> ReportRecord:
+def _report(row: Any) -> ReportRecord:
+    """From an ORM row or a Core row of the reports table."""
     return ReportRecord(
         seq=row.seq,
         id=row.id,
@@ -119,40 +206,18 @@ class Tx:
     async def lock_head(self) -> Head:
         """Lock the head row until commit (a no-op lock on SQLite, which BEGIN IMMEDIATE
         already serialised) and return it."""
-        row = (await self._s.execute(_LOCK_HEAD)).one()
-        frontier = tuple(
-            (int(lvl), int(idx), bytes.fromhex(h)) for lvl, idx, h in json.loads(row.audit_frontier)
-        )
-        return Head(row.report_seq, row.audit_seq, row.audit_hash, row.change_counter, frontier)
+        return head_of((await self._s.execute(LOCK_HEAD)).one())
 
     async def change_counter(self) -> int:
         return (await self.head_state())[1]
 
     async def save_head(self, head: Head) -> None:
-        await self._s.execute(
-            _SAVE_HEAD,
-            {
-                "report_seq": head.report_seq,
-                "audit_seq": head.audit_seq,
-                "audit_hash": head.audit_hash,
-                "change_counter": head.change_counter,
-                "audit_frontier": json.dumps([[lvl, idx, h.hex()] for lvl, idx, h in head.frontier]),
-            },
-        )
+        await self._s.execute(SAVE_HEAD, head_values(head))
 
     # -- alliances ------------------------------------------------------------------------
     async def load_directory(self) -> Directory:
-        alliances = {
-            r.id: Alliance(id=r.id, name=r.name, history=_history(r.history))
-            for r in (await self._s.scalars(select(AllianceRow))).all()
-        }
-        memberships: dict[str, list[Membership]] = {a: [] for a in alliances}
-        rows = await self._s.scalars(select(MembershipRow).order_by(MembershipRow.id))
-        for m in rows.all():
-            memberships[m.alliance_id].append(
-                Membership(alliance=m.alliance_id, nation=m.nation, joined=m.joined, left=m.left)
-            )
-        return Directory(alliances=alliances, memberships={k: tuple(v) for k, v in memberships.items()})
+        alliances = (await self._s.execute(ALLIANCES)).all()
+        return directory_of(alliances, (await self._s.execute(MEMBERSHIPS)).all())
 
     async def count_alliances(self) -> int:
         return int(await self._s.scalar(select(func.count()).select_from(AllianceRow)) or 0)
@@ -226,39 +291,17 @@ class Tx:
     async def insert_reports(self, reports: Sequence[tuple[ReportRecord, str | None]]) -> None:
         """Insert reports (with their idempotency keys) and their topics, as bulk inserts: no
         identity-map bookkeeping on the hot path."""
-        rows = [
-            {
-                "seq": r.seq,
-                "id": r.id,
-                "originator_node": r.originator_node,
-                "originator_nation": r.originator_nation,
-                "label_json": r.label_json,
-                "label_hash": r.label_hash,
-                "topics": list(r.topics),
-                "created_at": r.created_at,
-                "payload_sha256": r.payload_sha256,
-                "signature": r.signature,
-                "ciphertext": r.ciphertext,
-                "wrapped_key": r.wrapped_key,
-                "kek_id": r.kek_id,
-                "idempotency_key": key,
-                "request_hash": r.request_hash,
-            }
-            for r, key in reports
-        ]
-        await self._s.execute(_INSERT_REPORTS, rows)
-        topics = [{"topic": t, "report_seq": r.seq} for r, _ in reports for t in r.topics]
+        rows, topics = report_rows(reports)
+        await self._s.execute(INSERT_REPORTS, rows)
         if topics:
-            await self._s.execute(_INSERT_TOPICS, topics)
+            await self._s.execute(INSERT_TOPICS, topics)
 
     async def report(self, report_id: str) -> ReportRecord | None:
-        row = await self._s.scalar(select(ReportRow).where(ReportRow.id == report_id))
+        row = (await self._s.execute(REPORT_BY_ID, {"id": report_id})).first()
         return None if row is None else _report(row)
 
     async def report_by_idempotency_key(self, *, node: str, key: str) -> ReportRecord | None:
-        row = await self._s.scalar(
-            select(ReportRow).where(ReportRow.originator_node == node, ReportRow.idempotency_key == key)
-        )
+        row = (await self._s.execute(REPORT_BY_KEY, {"node": node, "key": key})).first()
         return None if row is None else _report(row)
 
     async def reports_after(self, *, after: int, topics: Sequence[str], limit: int) -> list[ReportRecord]:
@@ -296,7 +339,7 @@ class Tx:
 
     async def head_state(self) -> tuple[int, int]:
         """(last report sequence, change counter), without locking: what the hub watches."""
-        row = (await self._s.execute(_HEAD_STATE)).one()
+        row = (await self._s.execute(HEAD_STATE)).one()
         return int(row[0]), int(row[1])
 
     # -- stream cursors -------------------------------------------------------------------
@@ -356,9 +399,7 @@ class Tx:
     # -- Merkle tree and checkpoints ------------------------------------------------------
     async def insert_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
         if nodes:
-            await self._s.execute(
-                _INSERT_NODES, [{"level": lvl, "idx": idx, "hash": h.hex()} for lvl, idx, h in nodes]
-            )
+            await self._s.execute(INSERT_NODES, node_rows(nodes))
 
     async def merkle_nodes(self, coords: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         """Stored Merkle nodes by (level, index); absent ones are simply missing."""
@@ -398,24 +439,8 @@ class Tx:
     async def insert_events(self, events: Sequence[AuditEvent]) -> None:
         if not events:
             return
-        rows = [
-            {
-                "seq": e.seq,
-                "time": e.time,
-                "actor": e.draft.actor,
-                "action": e.draft.action,
-                "report": e.draft.report,
-                "node": e.draft.node,
-                "nation": e.draft.nation,
-                "decision": e.draft.decision,
-                "reason": e.draft.reason,
-                "details": e.draft.details,
-                "prev_hash": e.prev_hash,
-                "hash": e.hash,
-            }
-            for e in events
-        ]
-        await self._s.execute(_INSERT_EVENTS, rows)
+        rows = event_rows(events)
+        await self._s.execute(INSERT_EVENTS, rows)
 
 
 def _history(value: str) -> History:
