@@ -12,7 +12,7 @@ from broker.domain.records import AuditDraft, AuditEvent, Head, event_document
 from broker.errors import BrokerError
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
-from broker.storage.repos import Tx
+from broker.storage.repos import WriteTx
 
 
 def chain(
@@ -32,7 +32,7 @@ def chain(
 
 
 async def record(
-    tx: Tx,
+    tx: WriteTx,
     drafts: Sequence[AuditDraft],
     *,
     now: datetime,
@@ -77,6 +77,6 @@ class Batcher:
         if drafts:
             await self._group.submit(list(drafts))
 
-    async def _append(self, tx: Tx, batch: Sequence[list[AuditDraft]]) -> list[BrokerError | None]:
+    async def _append(self, tx: WriteTx, batch: Sequence[list[AuditDraft]]) -> list[BrokerError | None]:
         await record(tx, [d for drafts in batch for d in drafts], now=self._ctx.now())
         return [None] * len(batch)

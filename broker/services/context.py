@@ -16,7 +16,7 @@ from broker.domain.records import NodeRecord
 from broker.services.groupcommit import GroupCommit
 from broker.settings import Settings
 from broker.storage.db import create_engine
-from broker.storage.repos import Database, Tx
+from broker.storage.repos import Database, WriteTx
 
 
 def utc_now() -> datetime:
@@ -58,11 +58,11 @@ class Context:
             clock=clock,
         )
 
-    async def directory(self, tx: Tx) -> Directory:
+    async def directory(self, tx: WriteTx) -> Directory:
         """The current alliance directory, reloaded when the change counter moved."""
         return await self.directory_at(tx, await tx.change_counter())
 
-    async def directory_at(self, tx: Tx, counter: int) -> Directory:
+    async def directory_at(self, tx: WriteTx, counter: int) -> Directory:
         """As ``directory``, for a caller that already read the change counter (with the head)."""
         if counter != self._counter:
             self._directory = await tx.load_directory()

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from broker.errors import BrokerError, Unavailable
-from broker.storage.repos import Database, Tx
+from broker.storage.repos import Database, WriteTx
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -21,7 +21,7 @@ Result = TypeVar("Result")
 # the list fails that act alone (it must have written nothing); an exception raised fails the
 # whole transaction, and each act is then retried in a transaction of its own (unless the
 # database is unavailable: then every act of the batch fails with that).
-Apply = Callable[[Tx, Sequence[Item]], Awaitable[list["Result | BrokerError"]]]
+Apply = Callable[[WriteTx, Sequence[Item]], Awaitable[list["Result | BrokerError"]]]
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -71,7 +71,7 @@ class GroupCommit(Generic[Item, Result]):
             _settle(future, outcome)
 
     async def _run(self, items: list[Item]) -> list[Result | BrokerError]:
-        async with self._db.transaction() as tx:
+        async with self._db.write_transaction() as tx:
             outcomes = await self._apply(tx, items)
         self.transactions += 1
         self.acts += len(items)

@@ -21,7 +21,7 @@ from broker.services import audit
 from broker.services.auth import require_role
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
-from broker.storage.repos import Tx
+from broker.storage.repos import WriteTx
 
 TOPIC = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MAX_TOPICS = 16
@@ -187,7 +187,7 @@ def _publisher(ctx: Context) -> GroupCommit[PublishAct, ReportRecord]:
 
 
 async def store_publishes(
-    ctx: Context, tx: Tx, acts: Sequence[PublishAct]
+    ctx: Context, tx: WriteTx, acts: Sequence[PublishAct]
 ) -> list[ReportRecord | BrokerError]:
     """Store ``acts`` (the earlier receipt for a repeat) with their audit events, in ``tx``."""
     head = await tx.lock_head()
@@ -277,7 +277,7 @@ async def _parse_fresh(ctx: Context, body: object) -> Submission:
 
 
 async def _earlier(
-    tx: Tx, node: NodeRecord, sub: Submission, idempotency_key: str | None, batch: _Batch
+    tx: WriteTx, node: NodeRecord, sub: Submission, idempotency_key: str | None, batch: _Batch
 ) -> ReportRecord | None:
     earlier = None
     if idempotency_key is not None:

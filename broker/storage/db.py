@@ -26,6 +26,13 @@ from broker.storage import sqlite_driver
 from broker.storage.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Every SQLite connection, SQLAlchemy's and the group-commit writer's (storage/sqlite_writer.py).
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+)
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -67,12 +74,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # Take transaction control away from the driver so BEGIN IMMEDIATE below is ours.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        for pragma in (
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA synchronous=FULL",
-            "PRAGMA foreign_keys=ON",
-            f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
-        ):
+        for pragma in SQLITE_PRAGMAS:
             cursor.execute(pragma)
         cursor.close()
 

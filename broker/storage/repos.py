@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from broker.domain.alliances import Alliance, Directory, History, Membership
 from broker.domain.records import AuditDraft, AuditEvent, Checkpoint, Head, NodeRecord, ReportRecord
 from broker.errors import Unavailable
+from broker.storage.db import SQLITE_PRAGMAS
 from broker.storage.models import (
     AllianceRow,
     AuditEventRow,
@@ -32,6 +34,9 @@ from broker.storage.models import (
     StreamCursorRow,
 )
 from broker.storage.sqlite_driver import PIPELINED
+
+if TYPE_CHECKING:
+    from broker.storage.sqlite_writer import SqliteWriter
 
 
 def _table(model: type[object]) -> Table:
@@ -155,7 +160,7 @@ def _node(row: NodeRow) -> NodeRecord:
     )
 
 
-def _report(row: Any) -> ReportRecord:
+def report_of(row: Any) -> ReportRecord:
     """From an ORM row or a Core row of the reports table."""
     return ReportRecord(
         seq=row.seq,
@@ -298,11 +303,11 @@ class Tx:
 
     async def report(self, report_id: str) -> ReportRecord | None:
         row = (await self._s.execute(REPORT_BY_ID, {"id": report_id})).first()
-        return None if row is None else _report(row)
+        return None if row is None else report_of(row)
 
     async def report_by_idempotency_key(self, *, node: str, key: str) -> ReportRecord | None:
         row = (await self._s.execute(REPORT_BY_KEY, {"node": node, "key": key})).first()
-        return None if row is None else _report(row)
+        return None if row is None else report_of(row)
 
     async def reports_after(self, *, after: int, topics: Sequence[str], limit: int) -> list[ReportRecord]:
         query = select(ReportRow).where(ReportRow.seq > after).order_by(ReportRow.seq).limit(limit)
@@ -310,7 +315,7 @@ class Tx:
             query = query.where(
                 ReportRow.seq.in_(select(ReportTopicRow.report_seq).where(ReportTopicRow.topic.in_(topics)))
             )
-        return [_report(r) for r in (await self._s.scalars(query)).all()]
+        return [report_of(r) for r in (await self._s.scalars(query)).all()]
 
     async def set_recalled(self, report_id: str, *, at: datetime) -> None:
         await self._s.execute(update(ReportRow).where(ReportRow.id == report_id).values(recalled_at=at))
@@ -330,7 +335,7 @@ class Tx:
             .order_by(ReportRow.seq)
             .limit(limit)
         )
-        return [_report(r) for r in (await self._s.scalars(query)).all()]
+        return [report_of(r) for r in (await self._s.scalars(query)).all()]
 
     async def set_wrapped_key(self, seq: int, *, wrapped_key: bytes, kek_id: str) -> None:
         await self._s.execute(
@@ -443,6 +448,21 @@ class Tx:
         await self._s.execute(INSERT_EVENTS, rows)
 
 
+class WriteTx(Protocol):
+    """What a group-committed act may do in its transaction: ``Tx`` everywhere, and on SQLite
+    ``sqlite_writer.SqliteWriteTx`` (the same statements without SQLAlchemy's async layer)."""
+
+    async def lock_head(self) -> Head: ...
+    async def change_counter(self) -> int: ...
+    async def save_head(self, head: Head) -> None: ...
+    async def load_directory(self) -> Directory: ...
+    async def insert_reports(self, reports: Sequence[tuple[ReportRecord, str | None]]) -> None: ...
+    async def insert_events(self, events: Sequence[AuditEvent]) -> None: ...
+    async def insert_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None: ...
+    async def report(self, report_id: str) -> ReportRecord | None: ...
+    async def report_by_idempotency_key(self, *, node: str, key: str) -> ReportRecord | None: ...
+
+
 def _history(value: str) -> History:
     return "since-join" if value == "since-join" else "full"
 
@@ -456,6 +476,12 @@ class Database:
         # SQLite admits one writer, and every transaction here begins IMMEDIATE; queueing them in
         # the process avoids the busy handler's sleep-and-retry, which ruins tail latency.
         self._serial = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self._writer: SqliteWriter | None = None
+        path = engine.url.database
+        if engine.dialect.name == "sqlite" and path and path != ":memory:":
+            from broker.storage.sqlite_writer import SqliteWriter  # it builds on this module
+
+            self._writer = SqliteWriter(path, engine.dialect, SQLITE_PRAGMAS)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
@@ -468,6 +494,20 @@ class Database:
             raise Unavailable("database unavailable") from exc
 
     @asynccontextmanager
+    async def write_transaction(self) -> AsyncIterator[WriteTx]:
+        """A transaction for group-committed writes (see ``WriteTx``); commits when the block
+        ends normally, else rolls back. Outages surface as Unavailable (503)."""
+        if self._writer is None:
+            async with self.transaction() as tx:
+                yield tx
+            return
+        try:
+            async with self._serialised(), self._writer.transaction() as fast:
+                yield fast
+        except sqlite3.OperationalError as exc:
+            raise Unavailable("database unavailable") from exc
+
+    @asynccontextmanager
     async def _serialised(self) -> AsyncIterator[None]:
         if self._serial is None:
             yield
@@ -476,4 +516,6 @@ class Database:
             yield
 
     async def dispose(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
         await self.engine.dispose()

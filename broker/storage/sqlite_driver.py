@@ -10,7 +10,7 @@ so a publish spent more time crossing threads than in SQLite. Here a statement i
 Writes whose results nobody reads can go further: a statement marked with the execution
 option ``PIPELINED``, and the ``BEGIN IMMEDIATE`` that opens every transaction, are queued on the
 connection and run on the SQLite thread just before the next statement, or the commit, in the
-same trip. A publish is then two trips: begin and lock the head; every write and the commit.
+same trip: begin and lock the head in one trip; every write and the commit in another.
 Order and atomicity are unchanged; only an error from a queued write surfaces at the next
 statement or at the commit, where it fails the transaction all the same. A marked statement's
 row count and last row id are unknown.
