@@ -56,7 +56,7 @@ async def record(
 
 async def record_alone(ctx: Context, drafts: Sequence[AuditDraft]) -> None:
     """Append events in a transaction of their own: for acts that failed and changed nothing."""
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.write_transaction() as tx:
         await record(tx, drafts, now=ctx.now())
 
 

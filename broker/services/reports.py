@@ -389,7 +389,7 @@ async def read(ctx: Context, node: NodeRecord, report_id: str) -> dict[str, Any]
         canonical_id = _uuid(report_id)
     except InvalidInput:
         canonical_id = None
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.write_transaction() as tx:  # it writes the read's audit event
         directory = await ctx.directory(tx)
         report = None if canonical_id is None else await tx.report(canonical_id)
         reason = _read_denial(ctx, node, report, directory)

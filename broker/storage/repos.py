@@ -495,8 +495,9 @@ class Database:
 
     @asynccontextmanager
     async def write_transaction(self) -> AsyncIterator[WriteTx]:
-        """A transaction for group-committed writes (see ``WriteTx``); commits when the block
-        ends normally, else rolls back. Outages surface as Unavailable (503)."""
+        """A transaction limited to ``WriteTx`` (the acts on the hot path: publishes, reads and
+        deliveries with their audit events); commits when the block ends normally, else rolls
+        back. Outages surface as Unavailable (503)."""
         if self._writer is None:
             async with self.transaction() as tx:
                 yield tx

@@ -1,7 +1,8 @@
-"""Group-committed write transactions on SQLite, without SQLAlchemy's async layer.
+"""The hot path's transactions on SQLite, without SQLAlchemy's async layer.
 
-Publishes and delivery events are written by one transaction per batch (services.groupcommit).
-Through an AsyncSession such a transaction costs about 1.3 ms of event-loop CPU on the 2-core
+Publishes and delivery events (one transaction per batch, services.groupcommit), reads by id
+and refusals with their audit events run here (``Database.write_transaction``). Through an
+AsyncSession such a transaction costs about 1.3 ms of event-loop CPU on the 2-core
 machine, mostly SQLAlchemy's asynchronous execution machinery; SQLite's own work, commit and
 fsync included, is a fraction of that. Here the same transaction runs on a connection of its own
 in at most one trip to the SQLite thread per read (with ``BEGIN IMMEDIATE`` and any queued writes
