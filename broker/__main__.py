@@ -223,7 +223,19 @@ def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | Non
     logging.getLogger(__name__).info(
         "serving on http://%s:%s (event loop: %s)", settings.host, settings.port, type(loop).__module__
     )
-    web.run_app(app, host=settings.host, port=settings.port, print=None, loop=loop)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        loop=loop,
+        access_log_format=ACCESS_LOG_FORMAT,
+    )
+
+
+# Peer address, request line, status, bytes, seconds taken. The log line's own timestamp (see
+# basicConfig) makes aiohttp's %t redundant, and formatting it on every request is not free.
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf'
 
 
 def _event_loop(choice: str) -> asyncio.AbstractEventLoop:

@@ -127,6 +127,7 @@ def test_kill_9_after_201_loses_nothing(database_url: str, tmp_path: Path) -> No
     with _serving(env, port, log=log):  # a new process on the same files: everything acknowledged is there
         _, page = _http("GET", f"{base}/v1/reports?limit=100", token)
     assert "(event loop: uvloop)" in log[0]  # the default, where uvloop is installed (a dependency)
+    assert '"GET /v1/reports?limit=100 HTTP/1.1" 200' in log[0] and token not in log[0]  # no secrets
     assert [r["id"] for r in page["reports"]] == [r["id"] for r in receipts]
     assert [r["payload"]["n"] for r in page["reports"]] == list(range(20))
 
