@@ -43,9 +43,10 @@ class _Prepared:
     binds: tuple[Processor, ...]
     row: Callable[..., Any] | None  # result row factory (select only)
     results: tuple[Processor, ...]
+    direct: bool  # every parameter comes from the row (no literals to fill in)
 
     def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        values = self.compiled.construct_params(dict(params))
+        values = params if self.direct else self.compiled.construct_params(dict(params))
         return tuple(
             value if proc is None else proc(value)
             for value, proc in zip((values[name] for name in self.order), self.binds, strict=True)
@@ -63,12 +64,19 @@ def _prepare(statement: Any, dialect: Dialect, keys: tuple[str, ...] | None) -> 
     assert isinstance(compiled, SQLCompiler)
     order = tuple(compiled.positiontup or ())
     binds = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order)
+    direct = keys is not None and set(order) <= set(keys)
+    if keys is not None:
+        # SQLAlchemy fills Python-side column defaults at execution, not in construct_params:
+        # a parameter that is neither in the rows nor a literal would silently go in as NULL.
+        missing = [n for n in order if n not in keys and compiled.binds[n].value is None]
+        if missing:
+            raise TypeError(f"sqlite_writer: no value for {missing} (a Python-side default?)")
     columns = list(getattr(statement, "selected_columns", ()))
     if not columns:
-        return _Prepared(compiled, order, binds, None, ())
+        return _Prepared(compiled, order, binds, None, (), direct)
     row = namedtuple("Row", [c.key for c in columns])  # type: ignore[misc]
     results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
-    return _Prepared(compiled, order, binds, row, results)
+    return _Prepared(compiled, order, binds, row, results, direct)
 
 
 class SqliteWriter:

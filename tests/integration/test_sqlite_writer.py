@@ -147,3 +147,16 @@ async def test_a_locked_database_is_an_operational_error(sqlite_template: Path, 
         holder.close()
         await writer.close()
         await engine.dispose()
+
+
+def test_a_statement_that_needs_a_python_side_default_is_refused() -> None:
+    from sqlalchemy import Column, Integer, MetaData, String, Table, insert
+
+    from broker.storage.db import SQLITE_PRAGMAS, create_engine
+
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("v", String, default="x"))
+    engine = create_engine("sqlite+aiosqlite:///:memory:")
+    writer = SqliteWriter(":memory:", engine.dialect, SQLITE_PRAGMAS)
+    assert writer.prepared(insert(table), ("id", "v")).direct
+    with pytest.raises(TypeError, match="Python-side default"):
+        writer.prepared(insert(table), ("id",))
