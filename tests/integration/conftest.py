@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import aiosqlite.core
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -101,3 +102,17 @@ async def start_server(settings: Settings, clock: FakeClock, ctx: Context) -> As
 @pytest.fixture
 async def api(start_server: StartServer) -> Api:
     return await start_server()
+
+
+@pytest.fixture
+def sqlite_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the calls made on any aiosqlite thread from now on (one call, one trip)."""
+    made: list[str] = []
+    real = aiosqlite.core.Connection._execute
+
+    async def counted(self: aiosqlite.core.Connection, fn: object, *args: object, **kw: object) -> object:
+        made.append(getattr(fn, "__name__", repr(fn)))
+        return await real(self, fn, *args, **kw)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted)
+    return made

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiosqlite.core
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -63,21 +62,8 @@ async def test_errors_and_rollback(engine: AsyncEngine) -> None:
     assert names == ["a"]  # 'b' rolled back with its transaction
 
 
-@pytest.fixture
-def trips(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the calls made on the SQLite thread from now on."""
-    made: list[str] = []
-    real = aiosqlite.core.Connection._execute
-
-    async def counted(self: aiosqlite.core.Connection, fn: object, *args: object, **kw: object) -> object:
-        made.append(getattr(fn, "__name__", repr(fn)))
-        return await real(self, fn, *args, **kw)  # type: ignore[no-untyped-call]
-
-    monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted)
-    return made
-
-
-async def test_one_trip_per_statement(engine: AsyncEngine, trips: list[str]) -> None:
+async def test_one_trip_per_statement(engine: AsyncEngine, sqlite_trips: list[str]) -> None:
+    trips = sqlite_trips
     async with engine.begin() as conn:
         await conn.execute(text("INSERT INTO t (name) VALUES ('a')"))  # with BEGIN IMMEDIATE
         await conn.execute(text("SELECT name FROM t"))
@@ -88,7 +74,8 @@ async def test_one_trip_per_statement(engine: AsyncEngine, trips: list[str]) -> 
     assert trips == []  # a transaction that ran nothing costs nothing
 
 
-async def test_pipelined_writes_ride_with_the_commit(engine: AsyncEngine, trips: list[str]) -> None:
+async def test_pipelined_writes_ride_with_the_commit(engine: AsyncEngine, sqlite_trips: list[str]) -> None:
+    trips = sqlite_trips
     async with engine.begin() as conn:
         write = text("INSERT INTO t (name) VALUES (:n)").execution_options(**{sqlite_driver.PIPELINED: True})
         await conn.execute(write, {"n": "a"})

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
-import aiosqlite.core
 import pytest
 
 from broker.domain.records import AuditDraft
@@ -69,19 +68,12 @@ async def test_what_it_writes_sqlalchemy_reads_back_unchanged(sqlite_ctx: Contex
     await chain_holds(ctx)
 
 
-async def test_two_trips_per_publish(sqlite_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_two_trips_per_publish(sqlite_ctx: Context, request: pytest.FixtureRequest) -> None:
     ctx = sqlite_ctx
     spec = {"id": "usa-1", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]}
     node = await authenticate(ctx, (await admin.add_node(ctx, spec, actor="t"))["token"])
     await report_service.publish(ctx, node, body(), idempotency_key=None)  # caches warm
-    trips: list[str] = []
-    real = aiosqlite.core.Connection._execute
-
-    async def counted(self: aiosqlite.core.Connection, fn: object, *args: object, **kw: object) -> object:
-        trips.append(getattr(fn, "__name__", repr(fn)))
-        return await real(self, fn, *args, **kw)  # type: ignore[no-untyped-call]
-
-    monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted)
+    trips: list[str] = request.getfixturevalue("sqlite_trips")  # counting from here on
     await report_service.publish(ctx, node, body(), idempotency_key=None)
     assert len(trips) == 2  # begin + lock the head; the writes + commit
     assert await report_count(ctx) == 2
