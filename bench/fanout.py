@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from bench.procs import broker_env, start_broker, stop
-from bench.throughput import BODY, PG, ROOT, _commit, _pg, make_url, secrets
+from bench.throughput import BODY, _commit, append_results, fresh_database, secrets
 from broker.crypto import seal
 from broker.crypto.keys import new_sealing_key, public_b64
 from broker.domain.canonical import canonical
@@ -149,28 +149,19 @@ async def main() -> None:
     print(f"raw HPKE seal rate: {seal_rate:.0f}/s", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        dbname = f"broker_fanout_{secrets.token_hex(4)}"
-        if args.engine == "sqlite":
-            url = f"sqlite+aiosqlite:///{Path(tmp) / 'fanout.db'}"
-        else:
-            await _pg(f'CREATE DATABASE "{dbname}"')
-            url = make_url(PG).set(database=dbname).render_as_string(hide_password=False)
-        env = broker_env(Path(tmp), url)
-        settings = Settings.load(env=env)
-        ctx = Context.open(settings)
-        await db.upgrade(ctx.db.engine)
-        await admin.seed_alliances(ctx, settings.alliances)
-        await ctx.close()
-        try:
+        async with fresh_database(args.engine, Path(tmp), "fanout") as url:
+            env = broker_env(Path(tmp), url)
+            settings = Settings.load(env=env)
+            ctx = Context.open(settings)
+            await db.upgrade(ctx.db.engine)
+            await admin.seed_alliances(ctx, settings.alliances)
+            await ctx.close()
             for n in (int(x) for x in args.subscribers.split(",")):
                 for sealed in (False, True):
                     print(f"running {n} subscribers, sealed={sealed}...", flush=True)
                     result = await run_case(Path(tmp), env, n, args.reports, sealed)
                     paced = await run_case(Path(tmp), env, n, args.reports, sealed, pace=args.pace)
                     rows.append((n, sealed, result, paced))
-        finally:
-            if args.engine == "postgres":
-                await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     lines = [
         f"## fan-out, {args.engine}, {args.reports} reports, commit {_commit()}, "
         f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC",
@@ -189,10 +180,7 @@ async def main() -> None:
             f"| {n} | {sealed} | {r['deliveries_per_s']:.0f} | {r['p50_ms']:.1f} | "
             f"{r['p99_ms']:.1f} | {ratio} | {paced['p50_ms']:.1f} | {paced['p99_ms']:.1f} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    with (ROOT / "bench" / "RESULTS.md").open("a") as fh:
-        fh.write(table + "\n\n")
+    append_results("\n".join(lines))
 
 
 if __name__ == "__main__":

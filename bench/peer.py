@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 
 from bench.procs import broker_env, free_port, rss_kb, start_broker, start_process, stop, wait_for
-from bench.throughput import BODY, INDICATOR, PG, ROOT, _commit, _pg, bench_nodes, make_url, secrets
+from bench.throughput import BODY, INDICATOR, ROOT, _commit, append_results, bench_nodes, fresh_database
 from broker.services import admin, audit, reports
 from broker.services.context import Context
 from broker.settings import Settings
@@ -382,23 +382,11 @@ async def main() -> None:
                 rss[f"medallion at {size}"] = rss_kb(proc.pid)
             finally:
                 stop(proc)
-        dbname = f"broker_peer_{secrets.token_hex(4)}"
-        if args.engine == "sqlite":
-            url = f"sqlite+aiosqlite:///{folder / 'ours.db'}"
-        else:
-            await _pg(f'CREATE DATABASE "{dbname}"')
-            url = make_url(PG).set(database=dbname).render_as_string(hide_password=False)
-        try:
+        async with fresh_database(args.engine, folder, "peer") as url:
             await ours(folder, url, args.n, sizes, rows, rss)
-        finally:
-            if args.engine == "postgres":
-                await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     order = {"null": 0, "medallion": 1, "ours": 2}
     rows.sort(key=lambda r: (r[1].split(", ")[-1].split()[0].zfill(9), r[1], order[r[0]]))
-    table = _table(rows, rss, args.engine)
-    print(table)
-    with (ROOT / "bench" / "RESULTS.md").open("a") as fh:
-        fh.write(table + "\n\n")
+    append_results(_table(rows, rss, args.engine))
 
 
 if __name__ == "__main__":

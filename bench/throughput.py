@@ -20,7 +20,8 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,28 @@ async def bench_nodes(ctx: Context) -> tuple[str, str]:
     return tokens[0], tokens[1]
 
 
+@asynccontextmanager
+async def fresh_database(engine: str, folder: Path, name: str) -> AsyncIterator[str]:
+    """The URL of an empty database: a SQLite file in ``folder``, or a PostgreSQL database
+    created on BROKER_BENCH_PG and dropped afterwards."""
+    if engine == "sqlite":
+        yield f"sqlite+aiosqlite:///{folder / f'{name}.db'}"
+        return
+    dbname = f"broker_{name}_{secrets.token_hex(4)}"
+    await _pg(f'CREATE DATABASE "{dbname}"')
+    try:
+        yield make_url(PG).set(database=dbname).render_as_string(hide_password=False)
+    finally:
+        await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def append_results(table: str) -> None:
+    """Print a results table and append it to bench/RESULTS.md."""
+    print(table)
+    with (ROOT / "bench" / "RESULTS.md").open("a") as fh:
+        fh.write(table + "\n\n")
+
+
 async def _start(app: web.Application) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -137,12 +160,13 @@ async def _post(base: str, token: str) -> Callable[[aiohttp.ClientSession, int],
 
 
 async def bench_engine(engine: str, n: int, concurrency: int, folder: Path) -> dict[str, dict[str, float]]:
-    dbname = f"broker_bench_{secrets.token_hex(4)}"
-    if engine == "sqlite":
-        url = f"sqlite+aiosqlite:///{folder / 'bench.db'}"
-    else:
-        await _pg(f'CREATE DATABASE "{dbname}"')
-        url = make_url(PG).set(database=dbname).render_as_string(hide_password=False)
+    async with fresh_database(engine, folder, "bench") as url:
+        return await _bench_url(engine, url, n, concurrency, folder)
+
+
+async def _bench_url(
+    engine: str, url: str, n: int, concurrency: int, folder: Path
+) -> dict[str, dict[str, float]]:
     settings = Settings.load(
         env={
             "BROKER_CONFIG_DIR": str(ROOT / "config"),
@@ -180,8 +204,6 @@ async def bench_engine(engine: str, n: int, concurrency: int, folder: Path) -> d
             await runner.cleanup()
     finally:
         await ctx.close()
-        if engine == "postgres":
-            await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     return results
 
 
@@ -233,10 +255,7 @@ async def main() -> None:
             f"| {server} | {case} | {r['rate']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
             f"{'' if ratio is None else f'{ratio:.2f}'} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    with (ROOT / "bench" / "RESULTS.md").open("a") as fh:
-        fh.write(table + "\n\n")
+    append_results("\n".join(lines))
     print(json.dumps({"appended_to": "bench/RESULTS.md"}))
 
 

@@ -290,9 +290,6 @@ class Tx:
         return bool(getattr(result, "rowcount", 0))
 
     # -- reports --------------------------------------------------------------------------
-    async def insert_report(self, report: ReportRecord, *, idempotency_key: str | None) -> None:
-        await self.insert_reports([(report, idempotency_key)])
-
     async def insert_reports(self, reports: Sequence[tuple[ReportRecord, str | None]]) -> None:
         """Insert reports (with their idempotency keys) and their topics, as bulk inserts: no
         identity-map bookkeeping on the hot path."""
