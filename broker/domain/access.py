@@ -9,6 +9,7 @@ from typing import Any
 
 from broker.domain.alliances import Directory
 from broker.domain.labels import Policy, SecurityLabel, parse_label
+from broker.domain.nations import is_nation
 from broker.errors import InvalidInput
 
 # Stable reason codes. Auditors filter on these; never rename one.
@@ -65,6 +66,8 @@ def _releasable(
     if node.nation == facts.originator_nation or node.nation in label.releasable_to:
         return True
     for entry in label.releasable_to:
+        if is_nation(entry):  # a nation, never an alliance, even if one was stored under its code
+            continue
         membership = directory.membership_at(entry, node.nation, now)
         if membership is None:
             continue

@@ -16,6 +16,7 @@ from broker.domain.nations import ALLIANCE_ID, is_nation
 from broker.errors import InvalidInput
 
 TLP_VALUES = frozenset({"CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"})
+# Match with ``fullmatch``: with ``match`` the ``$`` would also accept a trailing newline.
 CAVEAT = re.compile(r"^[A-Z0-9][A-Z0-9_-]{0,31}$")
 LABEL_KEYS = frozenset({"policy", "classification", "releasable_to", "caveats", "tlp"})
 MAX_RELEASABLE = 300
@@ -115,7 +116,7 @@ def parse_label(
     releasable = _string_list(raw, "releasable_to", MAX_RELEASABLE)
     for entry in releasable:
         known = is_nation(entry) or (
-            ALLIANCE_ID.match(entry) is not None and (known_alliances is None or entry in known_alliances)
+            ALLIANCE_ID.fullmatch(entry) is not None and (known_alliances is None or entry in known_alliances)
         )
         if not known:
             raise InvalidInput(
@@ -124,7 +125,7 @@ def parse_label(
             )
     caveats = _string_list(raw, "caveats", MAX_CAVEATS)
     for caveat in caveats:
-        if not CAVEAT.match(caveat):
+        if CAVEAT.fullmatch(caveat) is None:
             raise InvalidInput(f"label.caveats has a malformed caveat: {caveat!r}", code="invalid_label")
     tlp = raw.get("tlp")
     if tlp is not None and tlp not in TLP_VALUES:

@@ -1,30 +1,44 @@
-"""ISO 3166-1 alpha-3 country codes: the nations a label or a node may name."""
+"""ISO 3166-1 alpha-3 country codes: the nations a label or a node may name.
+
+The codes come from ``pycountry`` (the ISO 3166-1 database, maintained upstream), read once at
+import. Alliance ids share the namespace of label entries with nations, so an alliance may never
+take a nation's code: ``releasable_to: ["UKR"]`` must mean Ukraine and nothing else.
+"""
 
 from __future__ import annotations
 
 import re
 
-_CODES = """
-ABW AFG AGO AIA ALA ALB AND ARE ARG ARM ASM ATA ATF ATG AUS AUT AZE BDI BEL BEN BES BFA BGD
-BGR BHR BHS BIH BLM BLR BLZ BMU BOL BRA BRB BRN BTN BVT BWA CAF CAN CCK CHE CHL CHN CIV CMR
-COD COG COK COL COM CPV CRI CUB CUW CXR CYM CYP CZE DEU DJI DMA DNK DOM DZA ECU EGY ERI ESH
-ESP EST ETH FIN FJI FLK FRA FRO FSM GAB GBR GEO GGY GHA GIB GIN GLP GMB GNB GNQ GRC GRD GRL
-GTM GUF GUM GUY HKG HMD HND HRV HTI HUN IDN IMN IND IOT IRL IRN IRQ ISL ISR ITA JAM JEY JOR
-JPN KAZ KEN KGZ KHM KIR KNA KOR KWT LAO LBN LBR LBY LCA LIE LKA LSO LTU LUX LVA MAC MAF MAR
-MCO MDA MDG MDV MEX MHL MKD MLI MLT MMR MNE MNG MNP MOZ MRT MSR MTQ MUS MWI MYS MYT NAM NCL
-NER NFK NGA NIC NIU NLD NOR NPL NRU NZL OMN PAK PAN PCN PER PHL PLW PNG POL PRI PRK PRT PRY
-PSE PYF QAT REU ROU RUS RWA SAU SDN SEN SGP SGS SHN SJM SLB SLE SLV SMR SOM SPM SRB SSD STP
-SUR SVK SVN SWE SWZ SXM SYC SYR TCA TCD TGO THA TJK TKL TKM TLS TON TTO TUN TUR TUV TWN TZA
-UGA UMI URY USA UZB VAT VCT VEN VGB VIR VNM VUT WLF WSM YEM ZAF ZMB ZWE
-"""
+import pycountry
 
-NATIONS: frozenset[str] = frozenset(_CODES.split())
+from broker.errors import InvalidInput
 
-# Alliance ids share the namespace of label entries with nations, so they must not look like one
-# another's typos: upper-case letters, digits, '-' and '_', 2 to 32 characters.
+NATIONS: frozenset[str] = frozenset(country.alpha_3 for country in pycountry.countries)
+
+# Upper-case letters, digits, '-' and '_', 2 to 32 characters. Always match it with
+# ``fullmatch``: with ``match`` the ``$`` would also accept a trailing newline.
 ALLIANCE_ID = re.compile(r"^[A-Z][A-Z0-9_-]{1,31}$")
 
 
 def is_nation(code: str) -> bool:
     """True when ``code`` is an assigned ISO 3166-1 alpha-3 code."""
     return code in NATIONS
+
+
+def check_alliance_id(value: object) -> str:
+    """Return ``value`` when it may name a new alliance; raise InvalidInput (422) otherwise.
+
+    Codes: ``invalid_alliance`` when it does not look like ``NATO``, ``alliance_id_is_nation``
+    when it is an ISO 3166-1 alpha-3 code (it would be read as that nation in every label).
+    """
+    if not isinstance(value, str) or ALLIANCE_ID.fullmatch(value) is None:
+        raise InvalidInput(
+            f"alliance id {value!r} must be 2-32 of A-Z, 0-9, '-' and '_', starting with a letter",
+            code="invalid_alliance",
+        )
+    if is_nation(value):
+        raise InvalidInput(
+            f"alliance id {value!r} is an ISO 3166-1 alpha-3 nation code; choose another id",
+            code="alliance_id_is_nation",
+        )
+    return value
