@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("file")
     verify.add_argument("--key", help="the broker's checkpoint public key, base64 (default: local keyring)")
+    verify.add_argument(
+        "--trusted-checkpoint",
+        metavar="NOTE",
+        help="a file holding a checkpoint note saved earlier (the note, or JSON holding it): "
+        "the export must extend it (exit 1 if it was rolled back or rewritten)",
+    )
     audit.add_parser("key", parents=[common], help="print the checkpoint public key")
 
     report = sub.add_parser("report", help="reports").add_subparsers(dest="action", required=True)
@@ -143,23 +149,51 @@ async def _export(ctx: Context, path: Path) -> dict[str, Any]:
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
-    """Offline: no database. Exit 0 when intact, 1 when tampered (naming the place)."""
-    if args.key:
-        public = base64.b64decode(args.key, validate=True)
-    else:
-        if not settings.keyring_path.exists():
-            raise BrokerError(f"no keyring at {settings.keyring_path}: pass --key")
-        public = notes.public_key(keyring.load(settings.keyring_path).checkpoint_key)
+    """Offline: no database. Exit 0 when intact, 1 when tampered (naming the place), 2 when the
+    key, the export or the trusted checkpoint cannot be read or is malformed (one line on stderr)."""
+    public = _checkpoint_public_key(args.key, settings)
+    trusted = None
+    if args.trusted_checkpoint is not None:
+        trusted = _read_text(Path(args.trusted_checkpoint))
     try:
-        with Path(args.file).open() as fh:
-            finding = verify_export.verify(fh, public_key=public)
+        with Path(args.file).open(encoding="utf-8") as fh:
+            finding = verify_export.verify(fh, public_key=public, trusted=trusted)
     except OSError as exc:
-        raise BrokerError(f"cannot read {args.file}: {exc.strerror}") from exc
+        raise BrokerError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
+    if finding.exit_code == 2:
+        raise BrokerError(" ".join(f"cannot verify {args.file}: {finding.message}".splitlines()))
     if args.json:
         print(json.dumps(finding.__dict__, indent=2))
     else:
         print(("OK " if finding.ok else "TAMPERED ") + finding.message)
-    return 0 if finding.ok else 1
+    return finding.exit_code
+
+
+def _checkpoint_public_key(key: str | None, settings: Settings) -> bytes:
+    """The raw Ed25519 key checkpoints must be signed by: ``--key``, else the local keyring's."""
+    if key is None:
+        if not settings.keyring_path.exists():
+            raise BrokerError(f"no keyring at {settings.keyring_path}: pass --key")
+        return notes.public_key(keyring.load(settings.keyring_path).checkpoint_key)
+    try:
+        public = base64.b64decode(key, validate=True)
+    except ValueError:  # binascii.Error, or characters outside ASCII
+        raise BrokerError("--key must be base64") from None
+    if not notes.valid_public_key(public):
+        raise BrokerError(
+            f"--key is not an Ed25519 public key: {len(public)} bytes"
+            + (" that are not a curve point" if len(public) == 32 else ", not 32")
+        )
+    return public
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BrokerError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise BrokerError(f"{path} is not UTF-8 text") from None
 
 
 async def _erase(ctx: Context, report_id: str) -> dict[str, Any]:

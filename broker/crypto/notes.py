@@ -13,8 +13,9 @@ SHA-256(key name || "\\n" || 0x01 || public key), 0x01 naming Ed25519.
 from __future__ import annotations
 
 import base64
-import binascii
+import contextlib
 import hashlib
+import re
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -22,10 +23,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 DASH = "\u2014"
+ROOT_BYTES = 32
+_SIZE = re.compile(r"0|[1-9][0-9]{0,19}")
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 
 class NoteError(Exception):
     """The note is malformed, or no signature by the expected key verifies."""
+
+
+class MalformedNote(NoteError):
+    """The text is not a well-formed checkpoint note: nothing about any signature can be said."""
+
+
+class MalformedKey(ValueError):
+    """The bytes given as a public key are not an Ed25519 public key."""
 
 
 @dataclass(frozen=True)
@@ -67,34 +79,88 @@ def sign(body: CheckpointBody, *, name: str, private_key: bytes) -> tuple[str, b
 
 
 def verify(note: str, *, name: str, public: bytes) -> CheckpointBody:
-    """Parse ``note`` and check it carries a valid signature by (name, public); NoteError if not."""
-    text, sep, signatures = note.partition("\n\n")
-    if not sep or not text:
-        raise NoteError("not a signed note: no blank line before the signatures")
-    text += "\n"
-    lines = text.splitlines()
-    if len(lines) < 3:
-        raise NoteError("a checkpoint needs origin, size and root")
-    try:
-        size = int(lines[1])
-        root = base64.b64decode(lines[2], validate=True)
-    except (ValueError, binascii.Error) as exc:
-        raise NoteError("malformed size or root line") from exc
+    """Parse ``note`` and check it carries a valid signature by (name, public); NoteError if not
+    (MalformedNote if it is no checkpoint note at all, MalformedKey if ``public`` is no key)."""
+    return verify_signature(note, name=name, public=public)[0]
+
+
+def verify_signature(note: str, *, name: str, public: bytes) -> tuple[CheckpointBody, bytes]:
+    """As ``verify``, and also return the Ed25519 signature that verified."""
+    text, body, signatures = parse(note)
+    if not valid_public_key(public):
+        raise MalformedKey("not an Ed25519 public key (32 bytes encoding a curve point)")
     wanted = key_id(name, public)
     verifier = Ed25519PublicKey.from_public_bytes(public)
-    for line in signatures.splitlines():
-        parts = line.split(" ")
-        if len(parts) != 3 or parts[0] != DASH or parts[1] != name:
-            continue
-        try:
-            raw = base64.b64decode(parts[2], validate=True)
-        except binascii.Error:
-            continue
-        if raw[:4] != wanted:
+    for signer, raw in signatures:
+        if signer != name or raw[:4] != wanted:
             continue
         try:
             verifier.verify(raw[4:], text.encode())
         except InvalidSignature:
             raise NoteError("the checkpoint signature does not verify") from None
-        return CheckpointBody(origin=lines[0], size=size, root=root)
+        return body, raw[4:]
     raise NoteError(f"no signature by key {name!r} ({wanted.hex()}) on the note")
+
+
+def parse(note: object) -> tuple[str, CheckpointBody, list[tuple[str, bytes]]]:
+    """Split a note into its signed text, the checkpoint it states, and its signatures as
+    (key name, key id || signature). MalformedNote unless it is a well-formed checkpoint note:
+    origin, a decimal size without leading zeros, a base64 SHA-256 root, a blank line, and one
+    or more signature lines, with no control characters but newlines."""
+    if not isinstance(note, str):
+        raise MalformedNote(f"a note is text, not {type(note).__name__}")
+    try:
+        note.encode()
+    except UnicodeEncodeError:
+        raise MalformedNote("the note is not valid Unicode text") from None
+    if _CONTROL.search(note):
+        raise MalformedNote("the note holds a control character")
+    text, sep, block = note.partition("\n\n")
+    if not sep or not text:
+        raise MalformedNote("not a signed note: no blank line before the signatures")
+    text += "\n"
+    lines = text.split("\n")[:-1]
+    if len(lines) < 3 or not all(lines):
+        raise MalformedNote("a checkpoint needs origin, size and root lines")
+    if not _SIZE.fullmatch(lines[1]):
+        raise MalformedNote(f"the size line {lines[1][:40]!r} is not a decimal number")
+    try:
+        root = base64.b64decode(lines[2], validate=True)
+    except ValueError:  # binascii.Error, or characters outside ASCII
+        root = b""
+    if len(root) != ROOT_BYTES:
+        raise MalformedNote("the root line is not the base64 of a 32-byte hash")
+    if not block.endswith("\n") or not block[:-1]:
+        raise MalformedNote("no signature lines after the blank line")
+    signatures: list[tuple[str, bytes]] = []
+    for line in block[:-1].split("\n"):
+        parts = line.split(" ")
+        raw = b""
+        if len(parts) == 3 and parts[0] == DASH and parts[1]:
+            with contextlib.suppress(ValueError):  # binascii.Error, or characters outside ASCII
+                raw = base64.b64decode(parts[2], validate=True)
+        if len(raw) < 5:  # a key id and at least some signature
+            raise MalformedNote(f"malformed signature line {line[:60]!r}")
+        signatures.append((parts[1], raw))
+    return text, CheckpointBody(origin=lines[0], size=int(lines[1]), root=root), signatures
+
+
+# Edwards25519 (RFC 8032): p = 2^255 - 19, and -x^2 + y^2 = 1 + d x^2 y^2.
+_P = 2**255 - 19
+_D = -121665 * pow(121666, -1, _P) % _P
+
+
+def valid_public_key(public: bytes) -> bool:
+    """Whether ``public`` is a raw Ed25519 public key: 32 bytes that decode to a curve point
+    (RFC 8032 section 5.1.3). OpenSSL loads any 32 bytes, and would only fail to verify."""
+    if len(public) != 32:
+        return False
+    y = int.from_bytes(public, "little") & ((1 << 255) - 1)
+    sign = public[31] >> 7
+    if y >= _P:
+        return False
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x2 = u * pow(v, -1, _P) % _P
+    if x2 == 0:
+        return sign == 0
+    return pow(x2, (_P - 1) // 2, _P) == 1  # a square: some x lies on the curve at y

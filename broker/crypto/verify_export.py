@@ -1,25 +1,46 @@
 """Offline verification of an audit export: the hash chain, the Merkle tree and the signed
 checkpoints. Names the first event that was altered, inserted, removed or reordered, or says
-the tail was truncated. Pure: the caller reads the file and supplies the broker's public key."""
+the tail was truncated. Pure: the caller reads the file and supplies the broker's public key.
+
+An export alone cannot show that it was rolled back to an earlier checkpoint (events and later
+checkpoints cut off): it is a smaller, valid export. A checkpoint the auditor saved earlier (the
+``trusted`` note) can: the export must reach its size and reproduce its root there.
+
+Verdicts: ``ok`` (exit code 0); tampered (1); or the inputs cannot be checked at all (2): a key,
+note or export line that is malformed, or a trusted checkpoint the key did not sign."""
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from broker.crypto import merkle, notes
 from broker.crypto.chain import GENESIS, event_hash
+from broker.errors import InvalidInput
+
+# Kinds that say the input could not be checked, not that it was tampered with.
+UNCHECKABLE = frozenset({"malformed", "untrusted"})
 
 
 @dataclass(frozen=True)
 class Finding:
     ok: bool
-    kind: str  # intact | altered | inserted | removed | reordered | truncated | signature | malformed
+    # intact; tampered: altered | inserted | removed | reordered | truncated | signature |
+    # checkpoint | rolled_back | inconsistent; uncheckable: malformed | untrusted
+    kind: str
     message: str
     seq: int | None = None
     line: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 intact, 1 tampered, 2 the input could not be checked."""
+        if self.ok:
+            return 0
+        return 2 if self.kind in UNCHECKABLE else 1
 
 
 def _fail(kind: str, message: str, seq: int | None = None, line: int | None = None) -> Finding:
@@ -32,7 +53,10 @@ def _parse(lines: Iterable[str]) -> tuple[list[tuple[int, dict[str, Any]]], list
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        obj = json.loads(line)
+        try:
+            obj = json.loads(line)
+        except RecursionError:
+            raise ValueError(f"line {number} is nested too deeply") from None
         if not isinstance(obj, dict):
             raise ValueError(f"line {number} is not a JSON object")
         (checkpoints if "checkpoint" in obj else events).append((number, obj))
@@ -43,7 +67,7 @@ def _check_order(events: list[tuple[int, dict[str, Any]]]) -> Finding | None:
     where: dict[int, int] = {}
     for line, event in events:
         seq = event.get("seq")
-        if not isinstance(seq, int):
+        if not isinstance(seq, int) or isinstance(seq, bool):
             return _fail("malformed", f"line {line}: event without an integer seq", line=line)
         if seq in where:
             return _fail(
@@ -79,7 +103,11 @@ def _check_chain(events: list[tuple[int, dict[str, Any]]]) -> Finding | None:
     prev = GENESIS
     for line, event in events:
         seq = event["seq"]
-        if event_hash(event) != event.get("hash"):
+        try:
+            computed: str | None = event_hash(event)
+        except InvalidInput:  # a value the broker could not have hashed: NaN, a lone surrogate
+            computed = None
+        if computed is None or computed != event.get("hash"):
             return _fail(
                 "altered",
                 f"line {line}: event {seq} was altered: its content does not match its hash",
@@ -98,8 +126,17 @@ def _check_chain(events: list[tuple[int, dict[str, Any]]]) -> Finding | None:
     return None
 
 
-def verify(lines: Iterable[str], *, public_key: bytes) -> Finding:
-    """Check an NDJSON export (event lines, then ``{"checkpoint": {...}}`` lines)."""
+def verify(lines: Iterable[str], *, public_key: bytes, trusted: str | None = None) -> Finding:
+    """Check an NDJSON export (event lines, then ``{"checkpoint": {...}}`` lines). ``trusted``:
+    the text of a checkpoint the auditor saved earlier, which the export must extend."""
+    if not notes.valid_public_key(public_key):
+        return _fail("malformed", "the public key is not an Ed25519 public key (32 bytes, a curve point)")
+    anchor: notes.CheckpointBody | None = None
+    if trusted is not None:
+        checked = _trusted(trusted, public_key)
+        if isinstance(checked, Finding):
+            return checked
+        anchor = checked
     try:
         events, checkpoint_lines = _parse(lines)
     except ValueError as exc:
@@ -108,20 +145,110 @@ def verify(lines: Iterable[str], *, public_key: bytes) -> Finding:
         return _fail("signature", "the export carries no signed checkpoint")
     signed: list[tuple[int, notes.CheckpointBody]] = []
     for line, obj in checkpoint_lines:
-        note = obj["checkpoint"].get("note", "") if isinstance(obj["checkpoint"], dict) else ""
-        origin = note.split("\n", 1)[0]
+        record = obj["checkpoint"]
+        if not isinstance(record, dict):
+            return _fail("malformed", f"line {line}: the checkpoint record is not a JSON object", line=line)
+        if "note" not in record:
+            return _fail("malformed", f"line {line}: the checkpoint record has no note", line=line)
         try:
-            signed.append((line, notes.verify(note, name=origin, public=public_key)))
+            body, signature = _verify_note(record.get("note"), public_key)
+        except notes.MalformedNote as exc:
+            return _fail("malformed", f"line {line}: malformed checkpoint note: {exc}", line=line)
         except notes.NoteError as exc:
             return _fail("signature", f"line {line}: checkpoint signature invalid: {exc}", line=line)
+        finding = _check_fields(line, record, body, signature)
+        if finding is not None:
+            return finding
+        signed.append((line, body))
     finding = _check_order(events) or _check_chain(events)
     if finding is not None:
         return finding
-    return _check_tree(events, signed)
+    return _check_tree(events, signed, anchor)
+
+
+def _verify_note(note: object, public_key: bytes) -> tuple[notes.CheckpointBody, bytes]:
+    """The checkpoint a note states and its signature, checked under the key named by its origin."""
+    origin = notes.parse(note)[1].origin
+    return notes.verify_signature(str(note), name=origin, public=public_key)
+
+
+def _trusted(text: str, public_key: bytes) -> notes.CheckpointBody | Finding:
+    """The checkpoint the auditor trusts: a note as the broker serves it, as it is written in an
+    export (a JSON string, or its text between the quotes), or a JSON object holding one (an
+    export's checkpoint line, or ``GET /v1/audit/checkpoints/latest``). Only the note counts:
+    fields beside it are not signed."""
+    note = _trusted_note(text)
+    if note is None:
+        return _fail("malformed", "the trusted checkpoint holds no checkpoint note")
+    try:
+        return _verify_note(note, public_key)[0]
+    except notes.MalformedNote as exc:
+        return _fail("malformed", f"the trusted checkpoint is not a checkpoint note: {exc}")
+    except notes.NoteError as exc:
+        return _fail("untrusted", f"the trusted checkpoint does not verify under the public key: {exc}")
+
+
+def _trusted_note(text: str) -> object:
+    stripped = text.strip()
+    if stripped.startswith(("{", '"')):
+        try:
+            value: object = json.loads(stripped)
+        except (ValueError, RecursionError):
+            return None
+        if isinstance(value, dict):
+            value = value.get("checkpoint", value)
+            value = value.get("note") if isinstance(value, dict) else None
+        return value
+    if "\n" not in stripped and "\\n" in stripped:  # a JSON string's text, copied without its quotes
+        try:
+            decoded: object = json.loads(f'"{stripped}"')
+        except ValueError:
+            return stripped
+        return decoded
+    return stripped + "\n"  # a note file: its own final newline, whatever an editor or `jq -r` did
+
+
+def _check_fields(
+    line: int, record: dict[str, Any], body: notes.CheckpointBody, signature: bytes
+) -> Finding | None:
+    """The fields an export carries beside a note (size, head, root, signature) are not signed
+    themselves: each must say what the signed note says."""
+
+    def same_b64(value: str, wanted: bytes) -> bool:
+        try:
+            return base64.b64decode(value, validate=True) == wanted
+        except ValueError:  # binascii.Error, or characters outside ASCII
+            return False
+
+    expected: dict[str, tuple[str, Callable[[Any], bool]]] = {
+        "size": (str(body.size), lambda v: type(v) is int and v == body.size),
+        "head": (body.root.hex(), lambda v: isinstance(v, str) and v.lower() == body.root.hex()),
+        "root": (
+            body.root.hex(),
+            lambda v: isinstance(v, str) and (v.lower() == body.root.hex() or same_b64(v, body.root)),
+        ),
+        "signature": (
+            base64.b64encode(signature).decode(),
+            lambda v: isinstance(v, str) and same_b64(v, signature),
+        ),
+    }
+    for field, (wanted, agrees) in expected.items():
+        if field in record and not agrees(record[field]):
+            shown = json.dumps(record[field])
+            shown = shown if len(shown) <= 70 else shown[:67] + "..."
+            return _fail(
+                "checkpoint",
+                f"line {line}: the checkpoint's {field} field says {shown} but its signed note "
+                f"(size {body.size}) says {wanted}: the checkpoint record was altered",
+                line=line,
+            )
+    return None
 
 
 def _check_tree(
-    events: list[tuple[int, dict[str, Any]]], signed: list[tuple[int, notes.CheckpointBody]]
+    events: list[tuple[int, dict[str, Any]]],
+    signed: list[tuple[int, notes.CheckpointBody]],
+    anchor: notes.CheckpointBody | None,
 ) -> Finding:
     signed.sort(key=lambda item: item[1].size)
     last = signed[-1][1]
@@ -141,24 +268,51 @@ def _check_tree(
             event["seq"],
             line,
         )
+    # Walk the checkpoints by size, the trusted one after an export one of the same size.
+    stops: list[tuple[int, bool, int | None, notes.CheckpointBody]] = [
+        (body.size, False, line, body) for line, body in signed
+    ]
+    if anchor is not None and anchor.size <= last.size:
+        stops.append((anchor.size, True, None, anchor))
+    stops.sort(key=lambda stop: (stop[0], stop[1]))
     frontier: list[merkle.Node] = []
-    size, previous = 0, 0
-    for line, body in signed:
-        leaves = [bytes.fromhex(e["hash"]) for _, e in events[size : body.size]]
+    size, verified = 0, []
+    for target, is_anchor, at, body in stops:
+        leaves = [bytes.fromhex(e["hash"]) for _, e in events[size:target]]
         frontier, _ = merkle.append(frontier, leaves, size)
-        size = body.size
-        if merkle.root_of(frontier) != body.root:
+        size = target
+        if merkle.root_of(frontier) == body.root:
+            if not is_anchor:
+                verified.append(target)
+            continue
+        first = max((v for v in verified if v < target), default=0) + 1
+        if is_anchor:
             return _fail(
-                "altered",
-                f"events {previous + 1}..{body.size} do not match the checkpoint signed at "
-                f"size {body.size} (line {line}): the log was rewritten there",
-                previous + 1,
-                line,
+                "inconsistent",
+                f"events {first}..{target} do not reproduce the root of the trusted checkpoint at "
+                f"size {target}: the log was rewritten after the auditor saw it (the broker's key "
+                f"signed both histories)",
+                first,
             )
-        previous = body.size
+        return _fail(
+            "altered",
+            f"events {first}..{target} do not match the checkpoint signed at "
+            f"size {target} (line {at}): the log was rewritten there",
+            first,
+            at,
+        )
+    if anchor is not None and anchor.size > last.size:
+        return _fail(
+            "rolled_back",
+            f"the export covers {last.size} events but the trusted checkpoint covers {anchor.size}: "
+            f"the export was rolled back (events {last.size + 1}..{anchor.size} and the checkpoints "
+            f"after size {last.size} are missing)",
+            last.size + 1,
+        )
+    extends = "" if anchor is None else f", and extend the trusted checkpoint at size {anchor.size}"
     return Finding(
         ok=True,
         kind="intact",
         message=f"intact: {len(events)} events, chain and Merkle root match "
-        f"the checkpoint signed at size {last.size}",
+        f"the checkpoint signed at size {last.size}{extends}",
     )

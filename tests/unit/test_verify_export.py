@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 from datetime import UTC, datetime
@@ -35,8 +36,23 @@ def build(n: int = 12, checkpoints: tuple[int, ...] = (5, 12)) -> list[str]:
         note, _ = notes.sign(
             notes.CheckpointBody(ORIGIN, size, merkle.root_of(frontier)), name=ORIGIN, private_key=KEY
         )
-        lines.append(json.dumps({"checkpoint": {"size": size, "note": note}}))
+        lines.append(json.dumps({"checkpoint": _fields(note)}))
     return lines
+
+
+def _fields(note: str) -> dict[str, Any]:
+    """A checkpoint record as the broker exports it: the note and the fields beside it."""
+    body = notes.verify(note, name=ORIGIN, public=PUBLIC)
+    stamp = base64.b64decode(note.rsplit(" ", 1)[-1])
+    return {
+        "size": body.size,
+        "head": body.root.hex(),
+        "time": "2026-01-01T00:00:00Z",
+        "key_id": stamp[:4].hex(),
+        "signature": base64.b64encode(stamp[4:]).decode(),
+        "origin": ORIGIN,
+        "note": note,
+    }
 
 
 def rehash(line: str, **changes: Any) -> str:
@@ -137,3 +153,228 @@ def test_signed_note_format() -> None:
     assert notes.verify(note, name=ORIGIN, public=PUBLIC) == body
     assert notes.vkey(ORIGIN, PUBLIC).startswith(f"{ORIGIN}+{notes.key_id(ORIGIN, PUBLIC).hex()}+")
     assert len(signature) == 64
+
+
+# Rollback, the fields beside each note, and inputs that cannot be checked at all.
+
+
+def _events(lines: list[str]) -> list[str]:
+    return [line for line in lines if "checkpoint" not in json.loads(line)]
+
+
+def _note_at(lines: list[str], size: int, key: bytes = KEY, root: bytes | None = None) -> str:
+    """A note signed over the first ``size`` events of the export (or over ``root``)."""
+    if root is None:
+        frontier, _ = merkle.append(
+            [], [bytes.fromhex(json.loads(e)["hash"]) for e in _events(lines)[:size]], 0
+        )
+        root = merkle.root_of(frontier)
+    return notes.sign(notes.CheckpointBody(ORIGIN, size, root), name=ORIGIN, private_key=key)[0]
+
+
+def _rolled_back(lines: list[str], size: int) -> list[str]:
+    """The export as it stood at its checkpoint of ``size``: later events and checkpoints cut off."""
+    kept = [line for line in lines if json.loads(line).get("checkpoint", {}).get("size", 0) <= size]
+    return _events(kept)[:size] + [line for line in kept if "checkpoint" in json.loads(line)]
+
+
+def test_export_rolled_back_to_an_earlier_checkpoint_is_caught_by_a_trusted_checkpoint() -> None:
+    full = build()
+    rolled = _rolled_back(full, 5)
+    assert verify(rolled, public_key=PUBLIC).ok  # on its own it is a valid, smaller export
+    finding = verify(rolled, public_key=PUBLIC, trusted=_note_at(full, 12))
+    assert (finding.ok, finding.kind, finding.seq, finding.exit_code) == (False, "rolled_back", 6, 1)
+    assert "rolled back" in finding.message and "12" in finding.message
+
+
+@pytest.mark.parametrize("size", [1, 5, 7, 12])
+def test_export_extending_the_trusted_checkpoint_is_intact(size: int) -> None:
+    lines = build()
+    finding = verify(lines, public_key=PUBLIC, trusted=_note_at(lines, size))
+    assert (finding.ok, finding.kind, finding.exit_code) == (True, "intact", 0)
+    assert "trusted" in finding.message
+
+
+@pytest.mark.parametrize(("size", "first"), [(3, 1), (5, 1), (7, 6), (12, 6)])
+def test_export_that_does_not_reproduce_the_trusted_root_is_caught(size: int, first: int) -> None:
+    lines = build()
+    trusted = _note_at(lines, size, root=secrets.token_bytes(32))  # the broker signed another history
+    finding = verify(lines, public_key=PUBLIC, trusted=trusted)
+    assert (finding.ok, finding.kind, finding.seq, finding.exit_code) == (False, "inconsistent", first, 1)
+    assert f"trusted checkpoint at size {size}" in finding.message
+
+
+def test_trusted_checkpoint_is_checked_after_the_events_themselves() -> None:
+    lines = _rolled_back(build(), 5)
+    event = json.loads(lines[2])
+    event["decision"] = "deny"
+    lines[2] = json.dumps(event)
+    finding = verify(lines, public_key=PUBLIC, trusted=_note_at(build(), 12))
+    assert (finding.kind, finding.seq) == ("altered", 3)
+
+
+@pytest.mark.parametrize(
+    "form", ["note", "note and newline", "JSON string", "escaped text", "export line", "checkpoint object"]
+)
+def test_trusted_checkpoint_is_accepted_as_written(form: str) -> None:
+    lines = build()
+    note = _note_at(lines, 12)
+    quoted = json.dumps(note)
+    text = {
+        "note": note,
+        "note and newline": note + "\n",  # as `jq -r .note` writes it
+        "JSON string": quoted,
+        "escaped text": quoted[1:-1],  # copied from between the quotes in the export
+        "export line": lines[-1],
+        "checkpoint object": json.dumps(json.loads(lines[-1])["checkpoint"], indent=2),
+    }[form]
+    finding = verify(lines, public_key=PUBLIC, trusted=text)
+    assert finding.ok, finding.message
+
+
+@pytest.mark.parametrize(
+    ("case", "kind"),
+    [
+        ("garbage", "malformed"),
+        ("no note", "malformed"),
+        ("bad size", "malformed"),
+        ("other key", "untrusted"),
+        ("forged", "untrusted"),
+    ],
+)
+def test_unusable_trusted_checkpoint_is_not_tampering(case: str, kind: str) -> None:
+    lines = build()
+    note = _note_at(lines, 12)
+    text = {
+        "garbage": "hello\n",
+        "no note": json.dumps({"size": 12, "head": "00" * 32}),
+        "bad size": note.replace("\n12\n", "\ntwelve\n"),
+        "other key": _note_at(lines, 12, key=secrets.token_bytes(32)),
+        "forged": note.replace("\n12\n", "\n13\n"),
+    }[case]
+    finding = verify(lines, public_key=PUBLIC, trusted=text)
+    assert (finding.ok, finding.kind, finding.exit_code) == (False, kind, 2)
+    assert "trusted checkpoint" in finding.message
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("size", 11),
+        ("size", 13),
+        ("size", "12"),
+        ("size", None),
+        ("head", "00" * 32),
+        ("head", "not hex"),
+        ("head", "\u00e9"),
+        ("root", "00" * 32),
+        ("signature", base64.b64encode(bytes(64)).decode()),
+        ("signature", "\u00e9"),
+    ],
+)
+def test_checkpoint_fields_must_agree_with_the_signed_note(field: str, value: Any) -> None:
+    lines = build()
+    record = json.loads(lines[-1])
+    record["checkpoint"][field] = value
+    lines[-1] = json.dumps(record)
+    finding = verify(lines, public_key=PUBLIC)
+    assert (finding.ok, finding.kind, finding.line, finding.exit_code) == (False, "checkpoint", 14, 1)
+    assert f"line 14: the checkpoint's {field}" in finding.message
+    assert "signed note" in finding.message
+
+
+@pytest.mark.parametrize("field", ["head", "root"])
+def test_checkpoint_fields_that_agree_in_another_spelling_pass(field: str) -> None:
+    lines = build()
+    record = json.loads(lines[-1])
+    root = notes.verify(record["checkpoint"]["note"], name=ORIGIN, public=PUBLIC).root
+    record["checkpoint"][field] = root.hex().upper() if field == "head" else base64.b64encode(root).decode()
+    lines[-1] = json.dumps(record)
+    assert verify(lines, public_key=PUBLIC).ok
+
+
+def _bad_note(note: str, case: str) -> Any:
+    text = note.partition("\n\n")[0]
+    origin, size, root = text.split("\n")
+    return {
+        "not text": 5,
+        "missing": None,
+        "empty": "",
+        "garbage": "hello",
+        "no blank line": note.replace("\n\n", "\n"),
+        "size not a number": note.replace(f"\n{size}\n", "\ntwelve\n"),
+        "negative size": note.replace(f"\n{size}\n", f"\n-{size}\n"),
+        "leading zero": note.replace(f"\n{size}\n", f"\n0{size}\n"),
+        "short root": note.replace(root, "AAAA"),
+        "root not base64": note.replace(root, "!" * 44),
+        "root not ASCII": note.replace(root, "\u00e9" * 44),
+        "signature not ASCII": f"{text}\n\n\u2014 {origin} \u00e9\u00e9\u00e9\u00e9\n",
+        "lone surrogate": note.replace(origin, origin + "\ud800", 1),
+        "no signature line": f"{text}\n\n",
+        "signature line garbled": f"{text}\n\nnot a signature\n",
+    }[case]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not text",
+        "missing",
+        "empty",
+        "garbage",
+        "no blank line",
+        "size not a number",
+        "negative size",
+        "leading zero",
+        "short root",
+        "root not base64",
+        "root not ASCII",
+        "signature not ASCII",
+        "lone surrogate",
+        "no signature line",
+        "signature line garbled",
+    ],
+)
+def test_malformed_note_in_the_export_is_not_tampering(case: str) -> None:
+    lines = build()
+    record = json.loads(lines[12])
+    record["checkpoint"]["note"] = _bad_note(record["checkpoint"]["note"], case)
+    if case == "missing":
+        del record["checkpoint"]["note"]
+    lines[12] = json.dumps(record)
+    finding = verify(lines, public_key=PUBLIC)
+    assert (finding.ok, finding.kind, finding.line, finding.exit_code) == (False, "malformed", 13, 2)
+    assert finding.message.startswith("line 13: ")
+
+
+def test_checkpoint_record_that_is_not_an_object_is_malformed() -> None:
+    lines = build()
+    lines[12] = json.dumps({"checkpoint": 5})
+    finding = verify(lines, public_key=PUBLIC)
+    assert (finding.kind, finding.line, finding.exit_code) == ("malformed", 13, 2)
+
+
+# y = 2 is not the y-coordinate of any point on edwards25519: no x satisfies the curve equation.
+NOT_A_POINT = (2).to_bytes(32, "little")
+
+
+@pytest.mark.parametrize(
+    "public",
+    [b"", b"\x00\x00\x00", PUBLIC + b"\x00", NOT_A_POINT],
+    ids=["empty", "3 bytes", "33 bytes", "no point"],
+)
+def test_malformed_public_key_is_not_tampering(public: bytes) -> None:
+    finding = verify(build(), public_key=public)
+    assert (finding.ok, finding.kind, finding.exit_code) == (False, "malformed", 2)
+    assert "public key" in finding.message
+    assert not notes.valid_public_key(public)
+    assert notes.valid_public_key(PUBLIC)
+
+
+def test_exit_codes_name_tampering_only() -> None:
+    lines = build()
+    assert verify(lines, public_key=PUBLIC).exit_code == 0
+    assert verify(lines[:-2], public_key=PUBLIC).exit_code == 1  # no checkpoint: unverifiable, tampered
+    del lines[8]
+    assert verify(lines, public_key=PUBLIC).exit_code == 1
+    assert verify(["not json"], public_key=PUBLIC).exit_code == 2
