@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from aiohttp import web
 
 from broker.realtime.hub import Hub
-from broker.services import deliver, ledger
+from broker.services import auth, deliver, ledger
 from broker.services.context import Context, utc_now
 from broker.settings import Settings
+from broker.storage.listen import ChangeListener, is_postgresql
 from broker.web.handlers import CONTEXT, LIMITER, WAKE, TokenBucket
-from broker.web.middleware import problems
+from broker.web.middleware import BODY_TIMEOUT, problems
 from broker.web.routes import add_routes
-from broker.web.ws import FEED, HUB, STREAMS, close_all
+from broker.web.ws import FEED, HUB, PER_NODE, STREAMS, close_all
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
@@ -24,6 +29,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     app[LIMITER] = TokenBucket(rate=settings.publish_rate_per_second, burst=settings.publish_burst)
 
     app[STREAMS] = set()
+    app[PER_NODE] = {}
+    app[BODY_TIMEOUT] = settings.body_read_timeout_seconds
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         ctx = Context.open(settings, clock=clock)
@@ -38,14 +45,29 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
             if streams:
                 hub.nudge()
 
-        hub = Hub(probe, interval=settings.change_poll_seconds)
+        listener: ChangeListener | None = None
+
+        def interval() -> float:  # poll fast unless LISTEN/NOTIFY is working
+            if listener is not None and listener.connected:
+                return settings.safety_poll_seconds
+            return settings.change_poll_seconds
+
+        hub = Hub(probe, interval=interval)
         app[FEED], app[HUB], app[WAKE] = feed, hub, wake
+        if is_postgresql(settings.database_url):
+            listener = ChangeListener(settings.database_url, hub.nudge)
+            listener.start()
+            await listener.wait_ready(5)
         hub.start()
         stop = asyncio.Event()
         checkpoints = asyncio.create_task(ledger.checkpointer(ctx, stop), name="checkpointer")
+        failures = asyncio.create_task(_flush_failures(ctx, stop), name="auth-failures")
         yield
         stop.set()
         await checkpoints  # it finishes the transaction it is in, then returns
+        await failures  # it writes what was counted, then returns
+        if listener is not None:
+            await listener.stop()
         await hub.stop()
         await ctx.close()
 
@@ -53,3 +75,15 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     app.on_shutdown.append(close_all)
     add_routes(app)
     return app
+
+
+async def _flush_failures(ctx: Context, stop: asyncio.Event) -> None:
+    """Every ``auth_failure_window_seconds``, and once more at shutdown, write the failed
+    authentications counted meanwhile as one audit event per source."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=ctx.settings.auth_failure_window_seconds)
+        try:
+            await auth.flush_failures(ctx)
+        except Exception:  # the database may be down: keep counting, write them next time
+            log.warning("auth_failures_flush_failed", exc_info=True)

@@ -12,7 +12,9 @@
     ├── Conflict          409  (idempotency key reused with another body, duplicate id)
     ├── PayloadTooLarge   413
     ├── RateLimited       429
+    ├── RequestTimeout    408  (a request body that trickles past the read timeout)
     └── Unavailable       503  (database unreachable)
+        └── Stale         503  (security state changed under a decision, and retries ran out)
 
 The web middleware turns these into RFC 9457 problem documents; the client sees ``code`` and a
 plain message, never internals. Anything else becomes a 500 with no detail.
@@ -86,6 +88,19 @@ class RateLimited(BrokerError):
     code = "rate_limited"
 
 
+class RequestTimeout(BrokerError):
+    status = 408
+    code = "request_timeout"
+
+
 class Unavailable(BrokerError):
     status = 503
     code = "unavailable"
+
+
+class Stale(Unavailable):
+    """The change counter moved between a decision and the commit of its audit event (a
+    revocation, membership change, recall or key change committed meanwhile): the act must be
+    decided again. Services retry; only when they give up does a client see 503."""
+
+    code = "retry"

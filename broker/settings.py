@@ -16,8 +16,8 @@ from typing import Any
 
 from broker.domain.alliances import HISTORY_VALUES, Alliance, Membership
 from broker.domain.labels import DEFAULT_POLICY, Policy
-from broker.domain.nations import ALLIANCE_ID, is_nation
-from broker.errors import ConfigError
+from broker.domain.nations import check_alliance_id, is_nation
+from broker.errors import ConfigError, InvalidInput
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/broker.db"
 
@@ -44,7 +44,16 @@ class Settings:
     stream_heartbeat_seconds: float = 15.0
     max_ws_frame_bytes: int = 64 * 1024
     allowed_origins: tuple[str, ...] = ()
-    change_poll_seconds: float = 0.2
+    max_page_bytes: int = 8 * 1024 * 1024
+    stream_queue_bytes: int = 16 * 1024 * 1024
+    max_streams_per_node: int = 16
+    ack_flush_seconds: float = 0.5
+    auth_failures_per_second: float = 5.0
+    auth_failure_burst: int = 50
+    auth_failure_window_seconds: float = 10.0
+    body_read_timeout_seconds: float = 30.0
+    change_poll_seconds: float = 0.05
+    safety_poll_seconds: float = 1.0
     event_loop: str = "auto"
     audit_origin: str = "alliance-broker.example/audit"
     checkpoint_every_events: int = 1000
@@ -88,7 +97,22 @@ class Settings:
             ),
             max_ws_frame_bytes=get.number(server, "server.max_ws_frame_bytes", 64 * 1024, 256, 1 << 26),
             allowed_origins=_origins(server, broker_file),
-            change_poll_seconds=get.number(server, "server.change_poll_ms", 200, 10, 10_000) / 1000,
+            max_page_bytes=get.number(server, "server.max_page_bytes", 8 << 20, 64 << 10, 1 << 30),
+            stream_queue_bytes=get.number(server, "server.stream_queue_bytes", 16 << 20, 64 << 10, 1 << 32),
+            max_streams_per_node=get.number(server, "server.max_streams_per_node", 16, 1, 10_000),
+            ack_flush_seconds=get.number(server, "server.ack_flush_ms", 500, 10, 60_000) / 1000,
+            auth_failures_per_second=float(
+                get.number(server, "server.auth_failures_per_second", 5, 1, 1_000_000)
+            ),
+            auth_failure_burst=get.number(server, "server.auth_failure_burst", 50, 1, 1_000_000),
+            auth_failure_window_seconds=float(
+                get.number(server, "server.auth_failure_window_seconds", 10, 1, 3600)
+            ),
+            body_read_timeout_seconds=float(
+                get.number(server, "server.body_read_timeout_seconds", 30, 1, 3600)
+            ),
+            change_poll_seconds=get.number(server, "server.change_poll_ms", 50, 10, 10_000) / 1000,
+            safety_poll_seconds=get.number(server, "server.safety_poll_ms", 1000, 10, 60_000) / 1000,
             event_loop=get.choice(server, "server.event_loop", "auto", ("auto", "asyncio")),
             audit_origin=get.text(audit, "audit.origin", "alliance-broker.example/audit"),
             checkpoint_every_events=get.number(audit, "audit.checkpoint_every_events", 1000, 1, 10**9),
@@ -188,8 +212,10 @@ def load_alliances(path: Path) -> tuple[AllianceSeed, ...]:
     seeds = []
     for alliance_id, body in table.items():
         key = f"alliances.{alliance_id}"
-        if not ALLIANCE_ID.match(alliance_id) or is_nation(alliance_id):
-            raise ConfigError(file=str(path), key=key, problem="id must look like NATO, not a nation")
+        try:
+            check_alliance_id(alliance_id)
+        except InvalidInput as exc:
+            raise ConfigError(file=str(path), key=key, problem=exc.message) from exc
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
             raise ConfigError(file=str(path), key=f"{key}.name", problem="must be a string")
         history = body.get("history", "full")

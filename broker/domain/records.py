@@ -21,6 +21,10 @@ class NodeRecord:
     ed25519_public_key: str | None = None
     x25519_public_key: str | None = None
     revoked_at: datetime | None = None
+    # The database's change counter when this record was read (-1: unknown). Every change to a
+    # node bumps the counter, so an act whose transaction still reads this value may trust the
+    # record; any other value means "read it again" (services.auth.recheck).
+    version: int = field(default=-1, compare=False)
 
     def subject(self) -> Subject:
         """The node as the access rule sees it."""

@@ -1,7 +1,8 @@
 """The hub wakes open streams when something they may need to see has changed.
 
 Streams never receive reports from the hub: the hub only says "look again". Its watcher runs the
-probe every ``interval`` seconds, and at once when nudged after a local publish. The probe loads
+probe every ``interval`` seconds, and at once when nudged: after a local publish or change, and on
+PostgreSQL when another process's NOTIFY arrives (storage/listen.py). The probe loads
 what changed into the delivery feed and returns the database's (last sequence, change counter);
 when that moved, every waiting stream is woken. So a report published by another broker process,
 or a revocation or membership change made by the CLI, reaches every open stream within the interval.
@@ -20,9 +21,10 @@ Probe = Callable[[], Awaitable[tuple[int, int]]]
 
 
 class Hub:
-    def __init__(self, probe: Probe, *, interval: float = 0.2) -> None:
+    def __init__(self, probe: Probe, *, interval: float | Callable[[], float] = 0.05) -> None:
         self._probe = probe
-        self._interval = interval
+        # A number, or a function asked before each wait (on PostgreSQL: long while LISTEN works).
+        self._interval = interval if callable(interval) else (lambda: interval)
         self._event = asyncio.Event()
         self._nudge = asyncio.Event()
         self._seen: tuple[int, int] | None = None
@@ -55,7 +57,7 @@ class Hub:
                     self._seen = state
                     self.wake()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._nudge.wait(), timeout=self._interval)
+                await asyncio.wait_for(self._nudge.wait(), timeout=self._interval())
 
     def start(self) -> None:
         if self._task is None:

@@ -14,13 +14,14 @@ from broker.crypto.tokens import hash_token, new_token
 from broker.domain.access import ROLES
 from broker.domain.alliances import HISTORY_VALUES, Alliance, Membership
 from broker.domain.labels import CAVEAT
-from broker.domain.nations import ALLIANCE_ID, is_nation
+from broker.domain.nations import check_alliance_id, is_nation
 from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import Conflict, InvalidInput, NotFound
 from broker.services import audit
 from broker.services.context import Context
 from broker.settings import AllianceSeed
 
+# Match with ``fullmatch``: with ``match`` the ``$`` would also accept a trailing newline.
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NODE_FIELDS = frozenset(
     {"id", "nation", "clearance", "roles", "caveats", "ed25519_public_key", "x25519_public_key"}
@@ -48,7 +49,7 @@ def parse_node_spec(spec: Mapping[str, Any], *, ctx: Context) -> NodeRecord:
     if unknown:
         raise InvalidInput(f"unknown fields: {sorted(unknown)}", code="invalid_node")
     node_id, nation, clearance = spec.get("id"), spec.get("nation"), spec.get("clearance")
-    if not isinstance(node_id, str) or not NODE_ID.match(node_id):
+    if not isinstance(node_id, str) or NODE_ID.fullmatch(node_id) is None:
         raise InvalidInput(f"id must match {NODE_ID.pattern}", code="invalid_node")
     if not isinstance(nation, str) or not is_nation(nation):
         raise InvalidInput("nation must be an ISO 3166-1 alpha-3 code", code="unknown_nation")
@@ -58,7 +59,7 @@ def parse_node_spec(spec: Mapping[str, Any], *, ctx: Context) -> NodeRecord:
     if not roles or not set(roles) <= ROLES:
         raise InvalidInput(f"roles must be a non-empty subset of {sorted(ROLES)}", code="invalid_node")
     caveats = _str_list(spec.get("caveats", []), name="caveats")
-    if not all(CAVEAT.match(c) for c in caveats):
+    if not all(CAVEAT.fullmatch(c) for c in caveats):
         raise InvalidInput(f"caveats must match {CAVEAT.pattern}", code="invalid_node")
     return NodeRecord(
         id=node_id,
@@ -141,14 +142,6 @@ async def revoke_node(ctx: Context, node_id: str, *, actor: str) -> dict[str, An
     return {"id": node_id, "revoked": True}
 
 
-def _alliance_id(value: str) -> str:
-    if not ALLIANCE_ID.match(value) or is_nation(value):
-        raise InvalidInput(
-            "alliance id must look like NATO and not be a nation code", code="invalid_alliance"
-        )
-    return value
-
-
 def _nation(value: str) -> str:
     if not is_nation(value):
         raise InvalidInput(f"{value!r} is not an ISO 3166-1 alpha-3 code", code="unknown_nation")
@@ -164,7 +157,9 @@ async def create_alliance(
             "name must be 1-200 characters; history full or since-join", code="invalid_alliance"
         )
     alliance = Alliance(
-        id=_alliance_id(alliance_id), name=name, history="since-join" if history == "since-join" else "full"
+        id=check_alliance_id(alliance_id),
+        name=name,
+        history="since-join" if history == "since-join" else "full",
     )
     async with ctx.db.transaction() as tx:
         if alliance.id in (await tx.load_directory()).alliances:
@@ -191,8 +186,11 @@ async def join(
     ctx: Context, alliance_id: str, nation: str, *, at: datetime | None, actor: str
 ) -> dict[str, Any]:
     """Record that ``nation`` joins ``alliance_id`` at ``at`` (default: now). 409 when it is
-    already a member."""
+    already a member. An alliance named like a nation (left from before that was refused)
+    takes no new members: its id would be read as that nation in every label."""
     nation = _nation(nation)
+    if is_nation(alliance_id):
+        check_alliance_id(alliance_id)
     async with ctx.db.transaction() as tx:
         directory = await tx.load_directory()
         if alliance_id not in directory.alliances:
@@ -274,7 +272,13 @@ async def list_alliances(ctx: Context) -> list[dict[str, Any]]:
 
 
 async def seed_alliances(ctx: Context, seeds: tuple[AllianceSeed, ...]) -> int:
-    """Load the configured alliances into an empty database; returns how many were added."""
+    """Load the configured alliances into an empty database; returns how many were added.
+
+    Every seed is checked first (as ``create_alliance`` would), so a bad one adds nothing."""
+    for seed in seeds:
+        check_alliance_id(seed.alliance.id)
+        for membership in seed.members:
+            _nation(membership.nation)
     async with ctx.db.transaction() as tx:
         if await tx.count_alliances() > 0:
             return 0
@@ -338,3 +342,32 @@ async def _audit_change(ctx: Context, action: str, details: dict[str, Any]) -> N
             now=ctx.now(),
             changed=True,
         )
+
+
+async def stream_cursors(ctx: Context, node_id: str, *, actor: str) -> dict[str, Any]:
+    """A node's durable stream cursors (what a stream without ``after`` resumes from); audited."""
+    async with ctx.db.transaction() as tx:
+        if await tx.node(node_id) is None:
+            raise NotFound(f"no node {node_id!r}", code="not_found")
+        found = await tx.cursors(node=node_id)
+        draft = AuditDraft(action="cursor_list", actor=actor, node=node_id, decision="allow")
+        await audit.record(tx, [draft], now=ctx.now())
+    cursors = [{"name": name, "sequence": seq, "updated": at.isoformat()} for name, seq, at in found]
+    return {"node": node_id, "cursors": cursors}
+
+
+async def reset_cursor(ctx: Context, node_id: str, name: str, *, actor: str) -> dict[str, Any]:
+    """Forget one stream cursor of a node (its next stream without ``after`` starts at 0); audited
+    with the sequence it held."""
+    async with ctx.db.transaction() as tx:
+        if await tx.node(node_id) is None:
+            raise NotFound(f"no node {node_id!r}", code="not_found")
+        held = await tx.delete_cursor(node=node_id, name=name)
+        if held is None:
+            raise NotFound(f"node {node_id!r} has no stream cursor {name!r}", code="not_found")
+        details = {"name": name, "sequence": held}
+        draft = AuditDraft(
+            action="cursor_reset", actor=actor, node=node_id, decision="allow", details=details
+        )
+        await audit.record(tx, [draft], now=ctx.now())
+    return {"node": node_id, "name": name, "reset": True, "sequence": held}

@@ -9,7 +9,7 @@ from datetime import datetime
 from broker.crypto import merkle
 from broker.crypto.chain import event_hash
 from broker.domain.records import AuditDraft, AuditEvent, Head, event_document
-from broker.errors import BrokerError
+from broker.errors import BrokerError, Stale
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
 from broker.storage.repos import WriteTx
@@ -38,17 +38,26 @@ async def record(
     now: datetime,
     head: Head | None = None,
     changed: bool = False,
+    decided_at: int | None = None,
 ) -> None:
     """Append ``drafts`` in the transaction ``tx``. ``head`` is the already-locked head, if
-    the caller took it; ``changed`` bumps the change counter other processes watch.
+    the caller took it; ``changed`` bumps the change counter other processes watch (and wakes
+    them at commit).
+
+    ``decided_at`` is the change counter the drafts' decisions were made at. Under the head lock
+    it must still be current, or ``Stale`` is raised and nothing is written: no decision is
+    recorded, and so none is acted on, after a change that committed while it was being made.
     With nothing to append and nothing changed, the head is not even locked."""
     if not drafts and not changed and head is None:
         return
     if head is None:
         head = await tx.lock_head()
+    if decided_at is not None and head.change_counter != decided_at:
+        raise Stale("the security state changed during the decision")
     events, nodes, head = chain(head, drafts, now=now)
     if changed:
         head = replace(head, change_counter=head.change_counter + 1)
+        await tx.notify_change()
     await tx.insert_events(events)
     await tx.insert_nodes(nodes)
     await tx.save_head(head)
@@ -70,13 +79,19 @@ class Batcher:
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._group: GroupCommit[list[AuditDraft], None] = GroupCommit(ctx.db, self._append)
+        self._group: GroupCommit[tuple[int, list[AuditDraft]], None] = GroupCommit(ctx.db, self._append)
 
-    async def append(self, drafts: Sequence[AuditDraft]) -> None:
-        """Return once ``drafts`` are committed to the log (raise if that failed)."""
+    async def append(self, drafts: Sequence[AuditDraft], *, decided_at: int) -> None:
+        """Return once ``drafts`` are committed to the log; raise ``Stale`` (nothing written)
+        when the change counter is no longer ``decided_at``, or whatever else failed."""
         if drafts:
-            await self._group.submit(list(drafts))
+            await self._group.submit((decided_at, list(drafts)))
 
-    async def _append(self, tx: WriteTx, batch: Sequence[list[AuditDraft]]) -> list[BrokerError | None]:
-        await record(tx, [d for drafts in batch for d in drafts], now=self._ctx.now())
-        return [None] * len(batch)
+    async def _append(
+        self, tx: WriteTx, batch: Sequence[tuple[int, list[AuditDraft]]]
+    ) -> list[BrokerError | None]:
+        head = await tx.lock_head()
+        current = [drafts for at, drafts in batch if at == head.change_counter]
+        await record(tx, [d for drafts in current for d in drafts], now=self._ctx.now(), head=head)
+        stale = Stale("the security state changed during the decision")
+        return [None if at == head.change_counter else stale for at, _ in batch]

@@ -1,47 +1,105 @@
-"""Node authentication by bearer token, and role checks."""
+"""Node authentication by bearer token, the re-check acts make in their own transaction, role
+checks, and the per-source accounting of failed authentications.
+
+A failed authentication writes nothing at once: failures are counted per source address and
+written as one audit event per source and window (``AuthFailures.flush``), and a source that
+keeps failing is refused with 429 before its token is even looked at. So a flood of bad tokens
+costs a dictionary update each, not a durable transaction each.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from typing import NoReturn
 
 from broker.crypto.tokens import hash_token, token_matches
 from broker.domain.records import AuditDraft, NodeRecord
-from broker.errors import AccessDenied, Unauthenticated
+from broker.errors import AccessDenied, RateLimited, Unauthenticated
 from broker.services.audit import record_alone
 from broker.services.context import Context
+from broker.storage.repos import WriteTx
 
 MAX_TOKEN_LENGTH = 256
+# What our tokens are made of (crypto.tokens): anything else is malformed, and is refused before
+# it is hashed (a token that is not even ASCII once answered 500).
+TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{1,256}")
 
 
-async def authenticate(ctx: Context, token: str | None) -> NodeRecord:
-    """The node holding ``token``. Unknown, malformed and revoked tokens are refused with
-    401 and audited (the token itself is never recorded)."""
-    if not token or len(token) > MAX_TOKEN_LENGTH:
-        await _fail(ctx, reason="missing_token" if not token else "malformed_token")
+async def flush_failures(ctx: Context) -> None:
+    """Write the failed authentications counted so far (one event per source) and reset."""
+    drafts = ctx.auth_failures.drain(now=ctx.now())
+    if drafts:
+        await record_alone(ctx, drafts)
+
+
+async def authenticate(
+    ctx: Context, token: str | None, *, source: str, rechecked: bool = False
+) -> NodeRecord:
+    """The node holding ``token``, tagged with the change counter it was read at. Unknown,
+    malformed and revoked tokens are refused with 401 and counted against ``source`` (the token
+    itself is never recorded); a source that keeps failing gets 429 first.
+
+    A cached record is used as it is only by callers that pass ``rechecked`` (they call
+    ``recheck`` in the transaction of their act); for everyone else it is checked against the
+    database's change counter first, so a revocation committed by any process binds at once."""
+    if not ctx.auth_failures.allowed(source):
+        raise RateLimited("too many failed authentications from this address", code="rate_limited")
+    if not token:
+        _fail(ctx, source, reason="missing_token")
+    if len(token) > MAX_TOKEN_LENGTH or not TOKEN.fullmatch(token):
+        _fail(ctx, source, reason="malformed_token")
     digest = hash_token(token)
     node = ctx.tokens.get(digest)
-    if node is None:
+    if node is None or node.version < ctx.seen or not rechecked:
         async with ctx.db.transaction() as tx:
-            node = await tx.node_by_token_hash(digest)
-        if node is not None and node.revoked_at is None:
-            ctx.tokens[digest] = node
+            counter = await tx.change_counter()  # first: the node read after it is at least as new
+            if node is None or node.version != counter:
+                node = await tx.node_by_token_hash(digest)
+        ctx.observe(counter)
+        if node is not None and node.version != counter:
+            node = replace(node, version=counter)
+            ctx.remember(digest, node)
     if node is None or not token_matches(token=token, stored_hash=node.token_hash):
-        await _fail(ctx, reason="unknown_token")
+        _fail(ctx, source, reason="unknown_token")
     if node.revoked_at is not None:
-        await _fail(ctx, reason="node_revoked", node=node)
+        _fail(ctx, source, reason="node_revoked", node=node)
     return node
 
 
-async def _fail(ctx: Context, *, reason: str, node: NodeRecord | None = None) -> NoReturn:
+def _fail(ctx: Context, source: str, *, reason: str, node: NodeRecord | None = None) -> NoReturn:
+    ctx.auth_failures.note(source, reason, node, now=ctx.now())
+    raise Unauthenticated("a valid bearer token is required", code="unauthenticated")
+
+
+async def recheck(tx: WriteTx, node: NodeRecord, counter: int) -> NodeRecord:
+    """``node`` as of the change counter ``counter`` that the caller read in ``tx``: the same
+    record when nothing changed since it was read, else the row read again here. Raises
+    ``NodeGone`` when the node was revoked (or its token replaced) meanwhile."""
+    if node.version == counter:
+        return node
+    fresh = await tx.node(node.id)
+    if fresh is None or fresh.revoked_at is not None or fresh.token_hash != node.token_hash:
+        raise NodeGone(node)
+    return replace(fresh, version=counter)
+
+
+class NodeGone(Unauthenticated):
+    """The node was revoked after it authenticated and before its act was decided."""
+
+    def __init__(self, node: NodeRecord) -> None:
+        super().__init__("a valid bearer token is required", code="unauthenticated")
+        self.node = node
+
+
+async def refuse_gone(ctx: Context, exc: NodeGone, *, act: str) -> NoReturn:
+    """Audit an act refused because its node was revoked while it was under way, and raise."""
+    node = exc.node
     draft = AuditDraft(
-        action="authenticate",
-        node=None if node is None else node.id,
-        nation=None if node is None else node.nation,
-        decision="deny",
-        reason=reason,
+        action=act, actor=node.id, node=node.id, nation=node.nation, decision="deny", reason="node_revoked"
     )
     await record_alone(ctx, [draft])
-    raise Unauthenticated("a valid bearer token is required", code="unauthenticated")
+    raise exc
 
 
 async def require_role(ctx: Context, node: NodeRecord, role: str, *, act: str) -> None:

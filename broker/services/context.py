@@ -13,7 +13,9 @@ from broker.crypto.keyring import Keyring
 from broker.domain.alliances import Directory
 from broker.domain.labels import Policy
 from broker.domain.records import NodeRecord
+from broker.services.failures import AuthFailures
 from broker.services.groupcommit import GroupCommit
+from broker.services.scanhints import ScanHints
 from broker.settings import Settings
 from broker.storage.db import create_engine
 from broker.storage.repos import Database, WriteTx
@@ -38,13 +40,23 @@ class Context:
     keyring: Keyring
     settings: Settings
     clock: Callable[[], datetime] = utc_now
-    # Authenticated nodes by token hash. Dropped whenever the change counter moves (every
-    # revocation bumps it; the hub reads it every change_poll_ms) and on a local revocation.
+    # Authenticated nodes by token hash, each tagged with the change counter it was read at
+    # (NodeRecord.version). Only a record at least as new as the newest counter this process has
+    # seen is kept, so a record read before a revocation is never written back after it; acts
+    # re-check the record in their own transaction anyway (services.auth.recheck).
     tokens: dict[str, NodeRecord] = field(default_factory=dict, repr=False)
+    seen: int = field(default=-1, repr=False)
+    scan_hints: ScanHints = field(default_factory=ScanHints, repr=False)
+    auth_failures: AuthFailures = field(init=False, repr=False)
     # Publishes in flight share transactions (see services.reports._publisher).
     publishes: GroupCommit[Any, Any] | None = field(default=None, repr=False)
     _counter: int = field(default=-1, repr=False)
     _directory: Directory = field(default_factory=Directory, repr=False)
+
+    def __post_init__(self) -> None:
+        self.auth_failures = AuthFailures(
+            rate=self.settings.auth_failures_per_second, burst=self.settings.auth_failure_burst
+        )
 
     @classmethod
     def open(cls, settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Context:
@@ -67,9 +79,20 @@ class Context:
         if counter != self._counter:
             self._directory = await tx.load_directory()
             self.keyring = keyring_file.load(self.keyring_path)
-            self.tokens.clear()
             self._counter = counter
+        self.observe(counter)
         return self._directory
+
+    def observe(self, counter: int) -> None:
+        """Note a change counter read from the database: cached nodes older than it go."""
+        if counter > self.seen:
+            self.seen = counter
+            self.tokens.clear()
+
+    def remember(self, token_hash: str, node: NodeRecord) -> None:
+        """Cache an authenticated node unless a newer counter was seen since it was read."""
+        if node.version >= self.seen and node.revoked_at is None:
+            self.tokens[token_hash] = node
 
     async def cached_directory(self) -> Directory:
         """The directory as last loaded (loading it once if never), without a database read.

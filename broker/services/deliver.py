@@ -15,16 +15,16 @@ import asyncio
 import bisect
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.domain.alliances import Directory
 from broker.domain.canonical import canonical
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
-from broker.errors import Unauthenticated
+from broker.errors import Stale, Unauthenticated
 from broker.services import audit
 from broker.services.context import Context
-from broker.services.reports import allow_draft, decide_for, document, open_payload
+from broker.services.reports import STALE_RETRIES, allow_draft, decide_for, document, open_payload
 
 FEED_MAX_BYTES = 64 * 1024 * 1024
 REFRESH_BATCH = 500
@@ -38,6 +38,7 @@ class Batch:
     frames: list[str]
     cursor: int
     more: bool
+    delivered: int = 0  # the highest sequence among the frames (0: none)
 
 
 def report_frame(doc: dict[str, Any]) -> str:
@@ -110,12 +111,18 @@ class Feed:
             del self._entries[:drop], self._seqs[:drop]
 
     async def _node(self, node_id: str) -> NodeRecord:
+        """The node as of the feed's change counter. A record read at another counter is
+        never kept (it could be older than a revocation the feed has already seen): Stale."""
         node = self._nodes.get(node_id)
         if node is None:
             async with self.ctx.db.transaction() as tx:
+                counter = await tx.change_counter()  # first: the node read after it is as new
                 node = await tx.node(node_id)
             if node is None or node.revoked_at is not None:
                 raise Unauthenticated("the node was revoked", code="node_revoked")
+            if counter != self._counter:
+                raise Stale("the feed is behind the change counter")
+            node = replace(node, version=counter)
             self._nodes[node_id] = node
         return node
 
@@ -136,9 +143,22 @@ class Feed:
         return report_frame(doc)
 
     async def next_batch(self, node_id: str, *, after: int, topics: Sequence[str], limit: int = 100) -> Batch:
-        """The next reports ``node_id`` may receive above ``after``, audited."""
-        if self._floor is None or after < self._floor:
+        """The next reports ``node_id`` may receive above ``after``, audited. Decisions are
+        made on the feed's copy of the security state and committed only if it is still current
+        (services.audit); otherwise the feed reloads and decides again.
+
+        Raises Unauthenticated when the node was revoked: the stream must close."""
+        for _ in range(STALE_RETRIES):
+            try:
+                return await self._next_batch(node_id, after=after, topics=topics, limit=limit)
+            except Stale:
+                await self.refresh()
+        raise Stale("the security state keeps changing")
+
+    async def _next_batch(self, node_id: str, *, after: int, topics: Sequence[str], limit: int) -> Batch:
+        if self._floor is None or after < self._floor or self._counter is None:
             return await fetch(self.ctx, node_id, after=after, topics=topics, limit=limit)
+        counter = self._counter
         node = await self._node(node_id)
         start = bisect.bisect_right(self._seqs, after)
         window = self._entries[start : start + limit]
@@ -152,9 +172,10 @@ class Feed:
             if report.erased_at is None and decide_for(self.ctx, node, report, self._directory).allowed:
                 frames.append(self._frame(entry, node))
                 drafts.append(allow_draft(node, report, "deliver"))
-        await self.batcher.append(drafts)
+        await self.batcher.append(drafts, decided_at=counter)
         cursor = window[-1].report.seq if window else after
-        return Batch(frames=frames, cursor=cursor, more=len(window) == limit)
+        delivered = max((int(d.details["sequence"]) for d in drafts), default=0)
+        return Batch(frames=frames, cursor=cursor, more=len(window) == limit, delivered=delivered)
 
 
 async def fetch(ctx: Context, node_id: str, *, after: int, topics: Sequence[str], limit: int = 100) -> Batch:
@@ -164,10 +185,11 @@ async def fetch(ctx: Context, node_id: str, *, after: int, topics: Sequence[str]
     Raises Unauthenticated when the node was revoked: the stream must close.
     """
     async with ctx.db.transaction() as tx:
+        counter = await tx.change_counter()
         node = await tx.node(node_id)
         if node is None or node.revoked_at is not None:
             raise Unauthenticated("the node was revoked", code="node_revoked")
-        directory = await ctx.directory(tx)
+        directory = await ctx.directory_at(tx, counter)
         rows = await tx.reports_after(after=after, topics=topics, limit=limit)
         frames: list[str] = []
         drafts: list[AuditDraft] = []
@@ -175,9 +197,10 @@ async def fetch(ctx: Context, node_id: str, *, after: int, topics: Sequence[str]
             if report.erased_at is None and decide_for(ctx, node, report, directory).allowed:
                 frames.append(report_frame(document(ctx, node, report)))
                 drafts.append(allow_draft(node, report, "deliver"))
-        await audit.record(tx, drafts, now=ctx.now())
+        await audit.record(tx, drafts, now=ctx.now(), decided_at=counter)
     cursor = rows[-1].seq if rows else after
-    return Batch(frames=frames, cursor=cursor, more=len(rows) == limit)
+    delivered = max((int(d.details["sequence"]) for d in drafts), default=0)
+    return Batch(frames=frames, cursor=cursor, more=len(rows) == limit, delivered=delivered)
 
 
 async def resume_point(ctx: Context, node: NodeRecord, name: str) -> int:
@@ -187,6 +210,7 @@ async def resume_point(ctx: Context, node: NodeRecord, name: str) -> int:
 
 
 async def acknowledge(ctx: Context, node: NodeRecord, name: str, sequence: int) -> None:
-    """Store the node's acknowledged sequence for ``name`` (never moving it backwards)."""
+    """Store the node's acknowledged sequence for ``name`` (never moving it backwards). The
+    stream checks it (no higher than what it delivered) and coalesces acks before calling this."""
     async with ctx.db.transaction() as tx:
         await tx.save_cursor(node=node.id, name=name, sequence=sequence, at=ctx.now())

@@ -5,27 +5,33 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from broker.crypto import envelope, seal, signing
 from broker.domain.access import Decision, decide
 from broker.domain.canonical import canonical, sha256_hex
+from broker.domain.ids import canonical_report_id, scoped_report_id
 from broker.domain.labels import SecurityLabel, parse_label
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
-from broker.errors import AccessDenied, BrokerError, Conflict, InvalidInput, NotFound
+from broker.errors import AccessDenied, BrokerError, Conflict, InvalidInput, NotFound, Stale
 from broker.services import audit
-from broker.services.auth import require_role
+from broker.services.auth import NodeGone, recheck, refuse_gone, require_role
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
+from broker.services.scanhints import ScanHint
 from broker.storage.repos import WriteTx
 
-TOPIC = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+TOPIC = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # always fullmatch
 MAX_TOPICS = 16
 BODY_KEYS = frozenset({"id", "label", "topics", "payload", "signature"})
+# How often an act is decided again when the security state changed under it (services.audit
+# raises Stale) before the client is told to retry (503).
+STALE_RETRIES = 5
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ def _topics(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > MAX_TOPICS:
         raise InvalidInput(f"topics must be a list of at most {MAX_TOPICS} tags", code="invalid_topics")
     for topic in value:
-        if not isinstance(topic, str) or not TOPIC.match(topic):
+        if not isinstance(topic, str) or not TOPIC.fullmatch(topic):
             raise InvalidInput(f"topic {topic!r} must match {TOPIC.pattern}", code="invalid_topics")
     return tuple(dict.fromkeys(value))
 
@@ -156,7 +162,14 @@ async def publish(
             ],
         )
         raise
-    report = await _publisher(ctx).submit(PublishAct(node=node, sub=sub, idempotency_key=idempotency_key))
+    try:
+        report = await _publisher(ctx).submit(PublishAct(node=node, sub=sub, idempotency_key=idempotency_key))
+    except NodeGone as exc:
+        await refuse_gone(ctx, exc, act="publish")
+    except BrokerError as exc:  # conflicts and rate limits are refusals too, and audited
+        if not isinstance(exc, Stale) and exc.status < 500:
+            await audit.record_alone(ctx, [_deny_draft(node, None, exc.code, "publish")])
+        raise
     return _receipt(report)
 
 
@@ -193,12 +206,18 @@ async def store_publishes(
     head = await tx.lock_head()
     await ctx.directory_at(tx, head.change_counter)  # keyring fresh under the lock (see rotate_keys)
     now = ctx.now()
+    checked: Sequence[PublishAct | BrokerError] = acts
+    if any(act.node.version != head.change_counter for act in acts):
+        checked = [await _current_act(ctx, tx, act, head.change_counter) for act in acts]
     seq = head.report_seq
     batch = _Batch()
     outcomes: list[ReportRecord | BrokerError] = []
     new: list[tuple[ReportRecord, str | None]] = []
     drafts: list[AuditDraft] = []
-    for act in acts:
+    for act in checked:
+        if isinstance(act, BrokerError):
+            outcomes.append(act)
+            continue
         try:
             earlier = await _earlier(tx, act.node, act.sub, act.idempotency_key, batch)
         except BrokerError as exc:
@@ -217,8 +236,22 @@ async def store_publishes(
         outcomes.append(report)
     if new:
         await tx.insert_reports(new)
+        await tx.notify_change()
         await audit.record(tx, drafts, now=now, head=replace(head, report_seq=seq))
     return outcomes
+
+
+async def _current_act(ctx: Context, tx: WriteTx, act: PublishAct, counter: int) -> PublishAct | BrokerError:
+    """``act`` with its node read again under the head lock (something changed since it
+    authenticated): refused when the node was revoked meanwhile, checked again when its
+    clearance, caveats or keys changed."""
+    try:
+        node = await recheck(tx, act.node, counter)
+        if node.version != act.node.version:
+            _check_publisher(node, act.sub, ctx=ctx)
+    except BrokerError as exc:
+        return exc
+    return replace(act, node=node)
 
 
 def build_report(
@@ -226,7 +259,7 @@ def build_report(
 ) -> tuple[ReportRecord, AuditDraft]:
     """The stored form of a submission (payload encrypted under a fresh data key) and its
     publish event."""
-    report_id = sub.report_id or str(uuid.uuid4())
+    report_id = _stored_id(node, sub)
     stored = envelope.encrypt_payload(
         plaintext=sub.canonical_payload,
         report_id=report_id,
@@ -285,16 +318,24 @@ async def _earlier(
         if earlier is None:
             earlier = await tx.report_by_idempotency_key(node=node.id, key=idempotency_key)
     if earlier is None and sub.report_id is not None:
-        earlier = batch.by_id.get(sub.report_id)
+        stored_id = _stored_id(node, sub)
+        earlier = batch.by_id.get(stored_id)
         if earlier is None:
-            earlier = await tx.report(sub.report_id)
-        if earlier is not None and earlier.originator_node != node.id:
-            raise Conflict("a report with this id already exists", code="duplicate_id")
+            earlier = await tx.report(stored_id)
+        if earlier is not None and earlier.originator_node != node.id:  # a UUIDv5 collision
+            raise Conflict("this id was used for another request", code="idempotency_key_reused")
     if earlier is not None and earlier.request_hash != sub.request_hash:
         raise Conflict(
             "this idempotency key or id was used for another request", code="idempotency_key_reused"
         )
     return earlier
+
+
+def _stored_id(node: NodeRecord, sub: Submission) -> str:
+    """A fresh random id, or the node's own scope of the id it chose (domain.ids)."""
+    if sub.report_id is None:
+        return str(uuid.uuid4())
+    return scoped_report_id(node_id=node.id, client_id=sub.report_id)
 
 
 def _label_details(report: ReportRecord) -> dict[str, Any]:
@@ -306,7 +347,7 @@ def _label_details(report: ReportRecord) -> dict[str, Any]:
     }
 
 
-def _deny_draft(node: NodeRecord, report_id: str, reason: str, action: str) -> AuditDraft:
+def _deny_draft(node: NodeRecord, report_id: str | None, reason: str, action: str) -> AuditDraft:
     return AuditDraft(
         action=action,
         actor=node.id,
@@ -383,21 +424,39 @@ def document(
     return doc
 
 
+async def decided(ctx: Context, act: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run ``attempt`` (one transaction that decides and records its decision) again while the
+    security state changes under it; a node revoked meanwhile is refused and audited."""
+    for _ in range(STALE_RETRIES):
+        try:
+            return await attempt()
+        except Stale:
+            continue
+        except NodeGone as exc:
+            await refuse_gone(ctx, exc, act=act)
+    raise Stale("the security state keeps changing: retry")
+
+
 async def read(ctx: Context, node: NodeRecord, report_id: str) -> dict[str, Any]:
-    """One report, if ``node`` may see it; otherwise 404 (audited with the reason)."""
-    try:
-        canonical_id = _uuid(report_id)
-    except InvalidInput:
-        canonical_id = None
+    """One report, if ``node`` may see it; otherwise 404 (audited with the reason and the
+    canonical id). Absent and refused reports take the same path, in one transaction."""
+    canonical_id = canonical_report_id(report_id)
+    return await decided(ctx, "read", partial(_read_once, ctx, node, canonical_id))
+
+
+async def _read_once(ctx: Context, node: NodeRecord, report_id: str | None) -> dict[str, Any]:
     async with ctx.db.write_transaction() as tx:  # it writes the read's audit event
-        directory = await ctx.directory(tx)
-        report = None if canonical_id is None else await tx.report(canonical_id)
+        counter = await tx.change_counter()
+        node = await recheck(tx, node, counter)
+        directory = await ctx.directory_at(tx, counter)
+        report = None if report_id is None else await tx.report(report_id)
         reason = _read_denial(ctx, node, report, directory)
         if reason is None and report is not None:
             doc = document(ctx, node, report)
-            await audit.record(tx, [allow_draft(node, report, "read")], now=ctx.now())
+            await audit.record(tx, [allow_draft(node, report, "read")], now=ctx.now(), decided_at=counter)
             return doc
-    await audit.record_alone(ctx, [_deny_draft(node, report_id[:36], reason or "not_found", "read")])
+        draft = _deny_draft(node, report_id, reason or "not_found", "read")
+        await audit.record(tx, [draft], now=ctx.now(), decided_at=counter)
     raise NotFound("no such report", code="not_found")
 
 
@@ -410,69 +469,95 @@ def _read_denial(ctx: Context, node: NodeRecord, report: ReportRecord | None, di
     return None if decision.allowed else decision.reason
 
 
+def _size_of(report: ReportRecord) -> int:
+    """A report document's size in an answer, from what is stored (no encoding twice): the
+    payload as JSON or as a sealed base64 string, the label, and the fixed fields."""
+    return len(report.ciphertext or b"") * 4 // 3 + len(report.label_json) + 512
+
+
 async def listing(
     ctx: Context, node: NodeRecord, *, after: int, limit: int, topics: Sequence[str]
 ) -> dict[str, Any]:
-    """Reports above ``after`` that ``node`` may see, at most ``limit``.
+    """Reports above ``after`` that ``node`` may see: at most ``limit``, and about
+    ``max_page_bytes``.
 
-    At most ``max_scan_rows`` stored rows are examined per call, so a node that may see little
-    still gets a bounded answer; ``next_after`` always advances past what was examined, and
-    equals ``after`` only when nothing more is stored.
+    ``next_after`` is the sequence of the last report returned (``after`` when none): the answer
+    depends only on what the node may see, never on how many hidden reports lie in between. At
+    most ``max_scan_rows`` stored rows are examined per call; where that ran out, the next call
+    with the same ``after`` resumes the scan where this one stopped (a hint kept here).
     """
     await require_role(ctx, node, "subscribe", act="list")
+    return await decided(ctx, "list", partial(_list_once, ctx, node, after, limit, tuple(topics)))
+
+
+async def _list_once(
+    ctx: Context, node: NodeRecord, after: int, limit: int, topics: tuple[str, ...]
+) -> dict[str, Any]:
     found: list[dict[str, Any]] = []
     drafts: list[AuditDraft] = []
-    cursor, scanned = after, 0
+    size, scanned, last = 0, 0, after
     chunk = max(limit, 50)
+    now = ctx.now()
     async with ctx.db.transaction() as tx:
-        directory = await ctx.directory(tx)
-        while len(found) < limit and scanned < ctx.settings.max_scan_rows:
+        counter = await tx.change_counter()
+        node = await recheck(tx, node, counter)
+        directory = await ctx.directory_at(tx, counter)
+        key = (node.id, topics, after)
+        cursor = ctx.scan_hints.get(key, counter=counter, now=now, directory=directory) or after
+        full = False
+        while not full and scanned < ctx.settings.max_scan_rows:
             rows = await tx.reports_after(after=cursor, topics=topics, limit=chunk)
             for report in rows:
                 cursor, scanned = report.seq, scanned + 1
                 if report.erased_at is None and decide_for(ctx, node, report, directory).allowed:
                     found.append(document(ctx, node, report))
                     drafts.append(allow_draft(node, report, "read"))
-                    if len(found) == limit:
+                    last, size = report.seq, size + _size_of(report)
+                    full = len(found) == limit or size >= ctx.settings.max_page_bytes
+                    if full:
                         break
             if len(rows) < chunk:
                 break
-        await audit.record(tx, drafts, now=ctx.now())
-    return {"reports": found, "next_after": cursor}
+        await audit.record(tx, drafts, now=now, decided_at=counter)
+    if cursor > last:
+        ctx.scan_hints.put((node.id, topics, last), ScanHint(cursor, counter, now))
+    return {"reports": found, "next_after": last}
 
 
 async def recall(ctx: Context, node: NodeRecord, report_id: str) -> dict[str, Any]:
-    """Recall a report (originator only). Nodes that may not see it get 404, others 403."""
+    """Recall a report (originator only). Nodes that may not see it get 404, others 403; each
+    refusal is audited with the canonical id."""
+    canonical_id = canonical_report_id(report_id)
+    return await decided(ctx, "recall", partial(_recall_once, ctx, node, canonical_id))
+
+
+async def _recall_once(ctx: Context, node: NodeRecord, report_id: str | None) -> dict[str, Any]:
     async with ctx.db.transaction() as tx:
-        directory = await ctx.directory(tx)
-        report = await tx.report(report_id) if _is_uuid(report_id) else None
+        counter = await tx.change_counter()
+        node = await recheck(tx, node, counter)
+        directory = await ctx.directory_at(tx, counter)
+        report = None if report_id is None else await tx.report(report_id)
+        now = ctx.now()
         if report is not None and report.originator_node == node.id:
-            now = ctx.now()
             if report.recalled_at is None:
                 await tx.set_recalled(report.id, at=now)
-            # changed=True: live feeds drop their cached copies, so the recall applies at once.
-            await audit.record(tx, [allow_draft(node, report, "recall")], now=now, changed=True)
+            # changed=True: every process's feeds drop their cached copies, so it applies at once.
+            draft = allow_draft(node, report, "recall")
+            await audit.record(tx, [draft], now=now, changed=True, decided_at=counter)
             return {"id": report.id, "recalled": True}
         visible = report is not None and _read_denial(ctx, node, report, directory) is None
-    reason = "not_originator" if visible else "not_found"
-    await audit.record_alone(ctx, [_deny_draft(node, report_id[:36], reason, "recall")])
+        reason = "not_originator" if visible else "not_found"
+        await audit.record(tx, [_deny_draft(node, report_id, reason, "recall")], now=now, decided_at=counter)
     if visible:
         raise AccessDenied("only the originator may recall a report", code="not_originator")
     raise NotFound("no such report", code="not_found")
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        _uuid(value)
-    except InvalidInput:
-        return False
-    return True
-
-
 async def erase(ctx: Context, report_id: str, *, actor: str) -> None:
     """Crypto-shred a report: its wrapped data key and ciphertext are destroyed for good."""
+    canonical_id = canonical_report_id(report_id)
     async with ctx.db.transaction() as tx:
-        report = await tx.report(report_id) if _is_uuid(report_id) else None
+        report = None if canonical_id is None else await tx.report(canonical_id)
         if report is None:
             raise NotFound("no such report", code="not_found")
         now = ctx.now()

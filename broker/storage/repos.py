@@ -13,13 +13,13 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from broker.domain.alliances import Alliance, Directory, History, Membership
 from broker.domain.records import AuditDraft, AuditEvent, Checkpoint, Head, NodeRecord, ReportRecord
-from broker.errors import Unavailable
+from broker.errors import BadRequest, Unavailable
 from broker.storage.db import SQLITE_PRAGMAS
 from broker.storage.models import (
     AllianceRow,
@@ -65,6 +65,12 @@ REPORT_BY_ID = select(_REPORTS).where(_REPORTS.c.id == bindparam("id"))
 REPORT_BY_KEY = select(_REPORTS).where(
     _REPORTS.c.originator_node == bindparam("node"), _REPORTS.c.idempotency_key == bindparam("key")
 )
+# The channel every broker process LISTENs on (storage/listen.py); the payload is empty: a
+# notification only means "look at the head again".
+CHANGE_CHANNEL = "alliance_broker_change"
+NOTIFY = select(func.pg_notify(CHANGE_CHANNEL, ""))
+_NODES = _table(NodeRow)
+NODE_BY_ID = select(_NODES).where(_NODES.c.id == bindparam("id"))
 ALLIANCES = select(_table(AllianceRow))
 MEMBERSHIPS = select(_table(MembershipRow)).order_by(_table(MembershipRow).c.id)
 
@@ -145,7 +151,8 @@ def node_rows(nodes: Sequence[tuple[int, int, bytes]]) -> list[dict[str, Any]]:
     return [{"level": lvl, "idx": idx, "hash": h.hex()} for lvl, idx, h in nodes]
 
 
-def _node(row: NodeRow) -> NodeRecord:
+def node_of(row: Any) -> NodeRecord:
+    """From an ORM row or a Core row of the nodes table."""
     return NodeRecord(
         id=row.id,
         nation=row.nation,
@@ -273,15 +280,15 @@ class Tx:
         await self._s.flush()
 
     async def node(self, node_id: str) -> NodeRecord | None:
-        row = await self._s.get(NodeRow, node_id)
-        return None if row is None else _node(row)
+        row = (await self._s.execute(NODE_BY_ID, {"id": node_id})).first()
+        return None if row is None else node_of(row)
 
     async def node_by_token_hash(self, token_hash: str) -> NodeRecord | None:
         row = await self._s.scalar(select(NodeRow).where(NodeRow.token_hash == token_hash))
-        return None if row is None else _node(row)
+        return None if row is None else node_of(row)
 
     async def nodes(self) -> list[NodeRecord]:
-        return [_node(r) for r in (await self._s.scalars(select(NodeRow).order_by(NodeRow.id))).all()]
+        return [node_of(r) for r in (await self._s.scalars(select(NodeRow).order_by(NodeRow.id))).all()]
 
     async def revoke_node(self, node_id: str, *, at: datetime) -> bool:
         result = await self._s.execute(
@@ -339,6 +346,12 @@ class Tx:
             update(ReportRow).where(ReportRow.seq == seq).values(wrapped_key=wrapped_key, kek_id=kek_id)
         )
 
+    async def notify_change(self) -> None:
+        """On PostgreSQL, wake the other broker processes when this transaction commits
+        (LISTEN/NOTIFY delivers at commit, never for a rollback); on SQLite they poll."""
+        if self._s.get_bind().dialect.name == "postgresql":
+            await self._s.execute(NOTIFY)
+
     async def head_state(self) -> tuple[int, int]:
         """(last report sequence, change counter), without locking: what the hub watches."""
         row = (await self._s.execute(HEAD_STATE)).one()
@@ -352,6 +365,24 @@ class Tx:
             )
         )
         return None if value is None else int(value)
+
+    async def cursors(self, *, node: str) -> list[tuple[str, int, datetime]]:
+        """A node's stream cursors: (name, acknowledged sequence, when), by name."""
+        query = (
+            select(StreamCursorRow.name, StreamCursorRow.sequence, StreamCursorRow.updated_at)
+            .where(StreamCursorRow.node_id == node)
+            .order_by(StreamCursorRow.name)
+        )
+        return [(r.name, int(r.sequence), r.updated_at) for r in (await self._s.execute(query)).all()]
+
+    async def delete_cursor(self, *, node: str, name: str) -> int | None:
+        """Remove a stream cursor; the sequence it held, or None when there was none."""
+        value = await self.cursor(node=node, name=name)
+        if value is not None:
+            await self._s.execute(
+                delete(StreamCursorRow).where(StreamCursorRow.node_id == node, StreamCursorRow.name == name)
+            )
+        return value
 
     async def save_cursor(self, *, node: str, name: str, sequence: int, at: datetime) -> None:
         """Store the acknowledged sequence; a cursor never moves backwards."""
@@ -457,6 +488,8 @@ class WriteTx(Protocol):
     async def insert_events(self, events: Sequence[AuditEvent]) -> None: ...
     async def insert_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None: ...
     async def report(self, report_id: str) -> ReportRecord | None: ...
+    async def node(self, node_id: str) -> NodeRecord | None: ...
+    async def notify_change(self) -> None: ...
     async def report_by_idempotency_key(self, *, node: str, key: str) -> ReportRecord | None: ...
 
 
@@ -487,6 +520,8 @@ class Database:
         try:
             async with self._serialised(), self._sessions() as session, session.begin():
                 yield Tx(session)
+        except DataError as exc:  # a value the edge let through and the database refuses (NUL...)
+            raise BadRequest("the request holds a value that cannot be stored", code="invalid_value") from exc
         except (OperationalError, InterfaceError, OSError) as exc:
             raise Unavailable("database unavailable") from exc
 

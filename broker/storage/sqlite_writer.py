@@ -29,7 +29,7 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from broker.domain.alliances import Directory
-from broker.domain.records import AuditEvent, Head, ReportRecord
+from broker.domain.records import AuditEvent, Head, NodeRecord, ReportRecord
 from broker.storage import repos
 
 T = TypeVar("T")
@@ -215,3 +215,10 @@ class SqliteWriteTx:
     async def report_by_idempotency_key(self, *, node: str, key: str) -> ReportRecord | None:
         rows = await self._read(repos.REPORT_BY_KEY, {"node": node, "key": key})
         return repos.report_of(rows[0]) if rows else None
+
+    async def node(self, node_id: str) -> NodeRecord | None:
+        rows = await self._read(repos.NODE_BY_ID, {"id": node_id})
+        return repos.node_of(rows[0]) if rows else None
+
+    async def notify_change(self) -> None:
+        """Other processes on SQLite learn of changes by polling the head (nothing to send)."""

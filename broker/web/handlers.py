@@ -48,10 +48,15 @@ def _ctx(request: web.Request) -> Context:
     return request.app[CONTEXT]
 
 
-async def _node(request: web.Request) -> NodeRecord:
+async def _node(request: web.Request, *, rechecked: bool = False) -> NodeRecord:
+    """The authenticated node. ``rechecked``: the act re-checks the node in its own transaction
+    (services.auth.recheck), so a cached record may be handed over without a database read."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    return await auth.authenticate(_ctx(request), token.strip() if scheme.lower() == "bearer" else None)
+    token_or_none = token.strip() if scheme.lower() == "bearer" else None
+    return await auth.authenticate(
+        _ctx(request), token_or_none, source=request.remote or "-", rechecked=rechecked
+    )
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -70,7 +75,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 def _topics_param(request: web.Request) -> list[str]:
     raw = request.query.get("topics", "")
     topics = [t for t in raw.split(",") if t]
-    if len(topics) > reports.MAX_TOPICS or not all(reports.TOPIC.match(t) for t in topics):
+    if len(topics) > reports.MAX_TOPICS or not all(reports.TOPIC.fullmatch(t) for t in topics):
         raise BadRequest("topics must be comma-separated tags", code="invalid_parameter")
     return topics
 
@@ -81,7 +86,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def publish(request: web.Request) -> web.Response:
-    node = await _node(request)
+    node = await _node(request, rechecked=True)
     if not request.app[LIMITER].take(node.id):
         raise RateLimited("too many reports per second from this node", code="rate_limited")
     body = await read_json(request)
@@ -93,13 +98,13 @@ async def publish(request: web.Request) -> web.Response:
 
 
 async def read_report(request: web.Request) -> web.Response:
-    node = await _node(request)
+    node = await _node(request, rechecked=True)
     await auth.require_role(_ctx(request), node, "subscribe", act="read")
     return web.json_response(await reports.read(_ctx(request), node, request.match_info["id"]))
 
 
 async def list_reports(request: web.Request) -> web.Response:
-    node = await _node(request)
+    node = await _node(request, rechecked=True)
     ctx = _ctx(request)
     result = await reports.listing(
         ctx,
@@ -112,9 +117,11 @@ async def list_reports(request: web.Request) -> web.Response:
 
 
 async def recall(request: web.Request) -> web.Response:
-    node = await _node(request)
+    node = await _node(request, rechecked=True)
     await auth.require_role(_ctx(request), node, "publish", act="recall")
-    return web.json_response(await reports.recall(_ctx(request), node, request.match_info["id"]))
+    result = await reports.recall(_ctx(request), node, request.match_info["id"])
+    request.app[WAKE]()  # open streams here decide again at once (other brokers: NOTIFY or poll)
+    return web.json_response(result)
 
 
 async def _admin(request: web.Request) -> NodeRecord:
@@ -138,7 +145,21 @@ async def admin_list_nodes(request: web.Request) -> web.Response:
 
 async def admin_revoke_node(request: web.Request) -> web.Response:
     actor = await _admin(request)
-    return web.json_response(await admin.revoke_node(_ctx(request), request.match_info["id"], actor=actor.id))
+    result = await admin.revoke_node(_ctx(request), request.match_info["id"], actor=actor.id)
+    request.app[WAKE]()  # the node's open streams here close at once (other brokers: NOTIFY or poll)
+    return web.json_response(result)
+
+
+async def admin_node_cursors(request: web.Request) -> web.Response:
+    actor = await _admin(request)
+    node_id = request.match_info["id"]
+    return web.json_response(await admin.stream_cursors(_ctx(request), node_id, actor=actor.id))
+
+
+async def admin_reset_cursor(request: web.Request) -> web.Response:
+    actor = await _admin(request)
+    node_id, name = request.match_info["id"], request.match_info["name"]
+    return web.json_response(await admin.reset_cursor(_ctx(request), node_id, name, actor=actor.id))
 
 
 def _date_param(body: Any) -> datetime | None:
@@ -172,6 +193,7 @@ async def admin_join(request: web.Request) -> web.Response:
     result = await admin.join(
         _ctx(request), request.match_info["id"], request.match_info["nation"], at=at, actor=actor.id
     )
+    request.app[WAKE]()
     return web.json_response(result, status=201)
 
 
@@ -181,6 +203,7 @@ async def admin_leave(request: web.Request) -> web.Response:
     result = await admin.leave(
         _ctx(request), request.match_info["id"], request.match_info["nation"], at=at, actor=actor.id
     )
+    request.app[WAKE]()
     return web.json_response(result)
 
 

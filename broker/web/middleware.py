@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -10,12 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.errors import BadRequest, BrokerError, PayloadTooLarge
+from broker.errors import BadRequest, BrokerError, PayloadTooLarge, RequestTimeout
 
 log = logging.getLogger(__name__)
 PROBLEM_BASE = "urn:alliance-broker:problem:"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)
+# Seconds a request body may take to arrive (set by create_app from body_read_timeout_seconds).
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
@@ -72,9 +75,12 @@ async def read_json(request: web.Request) -> Any:
     """The request body as JSON. Duplicate keys and NaN/Infinity are refused: two parsers
     could read such a label differently, and labels must mean one thing."""
     try:
-        raw = await request.read()
+        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge("the request body is too large", code="payload_too_large") from exc
+    except TimeoutError as exc:  # a body that trickles must not hold a handler forever
+        raise RequestTimeout("the request body did not arrive in time", code="request_timeout") from exc
     try:
         return json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

@@ -34,6 +34,25 @@ _NATION = {"name": "nation", "in": "path", "required": True, "schema": {"type": 
 _SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 
 SCHEMAS: dict[str, Any] = {
+    "Cursors": {
+        "type": "object",
+        "required": ["node", "cursors"],
+        "properties": {
+            "node": {"type": "string"},
+            "cursors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "sequence", "updated"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "sequence": {"type": "integer"},
+                        "updated": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
     "Problem": {
         "type": "object",
         "required": ["type", "title", "status", "detail"],
@@ -232,7 +251,17 @@ SCHEMAS: dict[str, Any] = {
 
 
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": responses, "security": _SECURED, **extra}
+    """A secured operation. Every one may also answer 401 (no valid token), 429 (a source that
+    keeps failing authentication), 400 (a value the database cannot store) and 503 (database
+    unavailable, or the security state kept changing under the decision: retry); one with a body
+    408 as well (it did not arrive within the read timeout)."""
+    always = (400, 401, 429, 503, 408) if "requestBody" in extra else (400, 401, 429, 503)
+    return {
+        "summary": summary,
+        "responses": {**_problems(*always), **responses},
+        "security": _SECURED,
+        **extra,
+    }
 
 
 PATHS: dict[str, Any] = {
@@ -429,6 +458,23 @@ PATHS: dict[str, Any] = {
             "Revoke a node (role admin)",
             {"200": _json({"type": "object"}, "revoked"), **_problems(401, 403, 404)},
             parameters=[_PATH_ID],
+        )
+    },
+    "/v1/admin/nodes/{id}/cursors": {
+        "get": _op(
+            "A node's durable stream cursors (role admin; audited)",
+            {"200": _json(_ref("Cursors"), "cursors"), **_problems(403, 404)},
+            parameters=[_PATH_ID],
+        )
+    },
+    "/v1/admin/nodes/{id}/cursors/{name}": {
+        "delete": _op(
+            "Forget one stream cursor of a node (role admin; audited with the sequence it held)",
+            {"200": _json({"type": "object", "required": ["reset"]}, "reset"), **_problems(403, 404)},
+            parameters=[
+                _PATH_ID,
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+            ],
         )
     },
     "/v1/admin/alliances/{id}/members/{nation}": {

@@ -4,8 +4,13 @@ Close codes (also in the README):
 
 - 1001 the broker is shutting down: reconnect.
 - 4001 the node was revoked (or its token no longer works): do not reconnect.
-- 4008 slow consumer: the connection's queue overflowed; reconnect and resume from the cursor.
-- 4400 the client sent something that is not a valid message.
+- 4008 slow consumer: the connection's queue (frames or bytes) overflowed; reconnect and resume
+  from the cursor.
+- 4400 the client sent something that is not a valid message, or acked a sequence above the
+  highest one delivered on this connection (never stored: one bad ack must not stop a cursor).
+
+Acks are coalesced: only the newest one is kept, and stored at most every ``ack_flush_ms`` and
+once more when the connection ends, so a flood of acks costs memory updates, not transactions.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from aiohttp import WSMsgType, web
 
 from broker.domain.records import NodeRecord
-from broker.errors import AccessDenied, BadRequest, Unauthenticated
+from broker.errors import AccessDenied, BadRequest, RateLimited, Unauthenticated
 from broker.realtime.hub import Hub
 from broker.services import auth, deliver
 from broker.services.context import Context
@@ -30,7 +35,8 @@ log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", Hub)
 FEED = web.AppKey("feed", deliver.Feed)
 STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams")
-STREAM_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+PER_NODE: web.AppKey[dict[str, int]] = web.AppKey("streams_per_node")
+STREAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # always fullmatch
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_REVOKED = 4001
@@ -55,12 +61,23 @@ class StreamSession:
     topics: list[str]
     cursor: int
     queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    queued_bytes: int = 0
+    delivered: int = 0  # acks up to here are accepted: the start, then the last frame's sequence
+    acked: int = 0  # the newest ack received
+    saved: int = 0  # the newest ack stored
+
+    def __post_init__(self) -> None:
+        self.delivered = self.saved = self.acked = self.cursor
 
     def _enqueue(self, frame: str) -> None:
+        size = len(frame)
+        if self.queued_bytes + size > self.ctx.settings.stream_queue_bytes and not self.queue.empty():
+            raise _Closed(CLOSE_SLOW_CONSUMER, "slow consumer: resume from your cursor")
         try:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
             raise _Closed(CLOSE_SLOW_CONSUMER, "slow consumer: resume from your cursor") from None
+        self.queued_bytes += size
 
     async def pump(self) -> None:
         """Read what is eligible above the cursor, queue it, then wait for a wake-up."""
@@ -73,6 +90,7 @@ class StreamSession:
                 raise _Closed(CLOSE_REVOKED, "node revoked") from None
             for frame in batch.frames:
                 self._enqueue(frame)
+            self.delivered = max(self.delivered, batch.delivered)
             self.cursor = batch.cursor
             if batch.more:
                 continue
@@ -84,24 +102,32 @@ class StreamSession:
     async def send(self) -> None:
         while True:
             frame = await self.queue.get()
+            self.queued_bytes -= len(frame)
             await self.ws.send_str(frame)
 
     async def receive(self) -> None:
         async for message in self.ws:
             if message.type != WSMsgType.TEXT:
                 raise _Closed(CLOSE_BAD_MESSAGE, "only text frames are accepted")
-            try:
-                parsed = json.loads(message.data)
-                sequence = parsed["sequence"] if parsed.get("type") == "ack" else None
-            except (ValueError, TypeError, KeyError, AttributeError):
-                raise _Closed(CLOSE_BAD_MESSAGE, 'expected {"type": "ack", "sequence": N}') from None
-            if isinstance(sequence, int) and not isinstance(sequence, bool) and sequence >= 0:
-                await deliver.acknowledge(self.ctx, self.node, self.name, sequence)
-            else:
-                raise _Closed(CLOSE_BAD_MESSAGE, 'expected {"type": "ack", "sequence": N}')
+            sequence = _ack(message.data)
+            if sequence > self.delivered:
+                raise _Closed(CLOSE_BAD_MESSAGE, "ack above the highest sequence delivered on this stream")
+            self.acked = max(self.acked, sequence)
+
+    async def flush_acks(self) -> None:
+        """Store the newest ack every ``ack_flush_ms`` (when it moved)."""
+        while True:
+            await asyncio.sleep(self.ctx.settings.ack_flush_seconds)
+            await self.save_ack()
+
+    async def save_ack(self) -> None:
+        if self.acked > self.saved:
+            acked = self.acked
+            await deliver.acknowledge(self.ctx, self.node, self.name, acked)
+            self.saved = acked
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(c()) for c in (self.pump, self.send, self.receive)]
+        tasks = [asyncio.create_task(c()) for c in (self.pump, self.send, self.receive, self.flush_acks)]
         code, reason = CLOSE_GOING_AWAY, "closing"
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -118,7 +144,27 @@ class StreamSession:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if code != CLOSE_REVOKED:
+                try:  # the newest ack, once, before the close answer: the client resumes after it
+                    await self.save_ack()
+                except Exception:
+                    log.warning("ack_save_failed node=%s stream=%s", self.node.id, self.name, exc_info=True)
             await self.ws.close(code=code, message=reason.encode())
+
+
+ACK_EXPECTED = 'expected {"type": "ack", "sequence": N}'
+
+
+def _ack(data: str) -> int:
+    """The sequence of an ack frame; _Closed(4400) for anything else."""
+    try:
+        parsed = json.loads(data)
+        sequence = parsed["sequence"] if parsed.get("type") == "ack" else None
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        raise _Closed(CLOSE_BAD_MESSAGE, ACK_EXPECTED) from None
+    if isinstance(sequence, int) and not isinstance(sequence, bool) and sequence >= 0:
+        return sequence
+    raise _Closed(CLOSE_BAD_MESSAGE, ACK_EXPECTED)
 
 
 def _check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
@@ -134,32 +180,40 @@ async def stream(request: web.Request) -> web.StreamResponse:
     await auth.require_role(ctx, node, "subscribe", act="stream")
     _check_origin(request, ctx.settings.allowed_origins)
     name = request.query.get("name", "default")
-    if not STREAM_NAME.match(name):
+    if not STREAM_NAME.fullmatch(name):
         raise BadRequest("name must be 1-64 letters, digits, '.', '_' or '-'", code="invalid_parameter")
     topics = _topics_param(request)
     if "after" in request.query:
         after = _int_param(request, "after", 0, 0, 2**62)
     else:
         after = await deliver.resume_point(ctx, node, name)
-    ws = web.WebSocketResponse(compress=False, max_msg_size=ctx.settings.max_ws_frame_bytes)
-    await ws.prepare(request)
+    per_node = request.app[PER_NODE]
+    if per_node.get(node.id, 0) >= ctx.settings.max_streams_per_node:
+        raise RateLimited("this node has too many open streams", code="too_many_streams")
+    per_node[node.id] = per_node.get(node.id, 0) + 1  # before any await: no race past the cap
     streams = request.app[STREAMS]
-    streams.add(ws)
-    session = StreamSession(
-        ctx=ctx,
-        hub=request.app[HUB],
-        feed=request.app[FEED],
-        ws=ws,
-        node=node,
-        name=name,
-        topics=topics,
-        cursor=after,
-        queue=asyncio.Queue(maxsize=ctx.settings.stream_queue_size),
-    )
+    # autoclose off: a client's close is answered only after its newest ack is stored (run()).
+    ws = web.WebSocketResponse(compress=False, max_msg_size=ctx.settings.max_ws_frame_bytes, autoclose=False)
     try:
+        await ws.prepare(request)
+        streams.add(ws)
+        session = StreamSession(
+            ctx=ctx,
+            hub=request.app[HUB],
+            feed=request.app[FEED],
+            ws=ws,
+            node=node,
+            name=name,
+            topics=topics,
+            cursor=after,
+            queue=asyncio.Queue(maxsize=ctx.settings.stream_queue_size),
+        )
         await session.run()
     finally:
         streams.discard(ws)
+        per_node[node.id] -= 1
+        if not per_node[node.id]:
+            del per_node[node.id]
     return ws
 
 

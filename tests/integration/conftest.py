@@ -13,9 +13,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from broker.app import create_app
-from broker.services import admin
+from broker.services import admin, auth
 from broker.services.context import Context
 from broker.settings import Settings
+from broker.web.handlers import CONTEXT
 from tests.conftest import FakeClock
 from tests.integration.openapi_check import check_response
 
@@ -73,6 +74,15 @@ class Api:
 
     async def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
         return await self.call("GET", path, token)
+
+    @property
+    def server_ctx(self) -> Context:
+        """The serving broker's own context (``ctx`` is another process's view of the database)."""
+        return self.client.server.app[CONTEXT]
+
+    async def flush_auth_failures(self) -> None:
+        """Write the server's counted authentication failures now (normally once a window)."""
+        await auth.flush_failures(self.server_ctx)
 
     @property
     def base_url(self) -> str:

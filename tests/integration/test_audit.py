@@ -121,7 +121,7 @@ async def test_concurrent_writers_on_two_brokers_keep_one_chain(settings: Settin
     )["token"]
     other = Context.open(settings)  # a second broker process's connections to the same database
     try:
-        nodes = [await authenticate(c, token) for c in (ctx, other)]
+        nodes = [await authenticate(c, token, source="test") for c in (ctx, other)]
 
         async def writer(c: Context, node: object) -> None:
             for _ in range(15):

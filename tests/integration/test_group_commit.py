@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from broker.domain.ids import scoped_report_id
 from broker.domain.records import AuditDraft, NodeRecord
-from broker.errors import BrokerError, Conflict, Unavailable
+from broker.errors import BrokerError, Conflict, Stale, Unavailable
 from broker.services import admin, audit
 from broker.services import reports as report_service
 from broker.services.auth import authenticate
@@ -23,7 +24,7 @@ from tests.integration.helpers import body, chain_holds, events, report_count
 
 async def _node(ctx: Context, node_id: str, nation: str) -> NodeRecord:
     spec = {"id": node_id, "nation": nation, "clearance": "SECRET", "roles": ["publish", "subscribe"]}
-    return await authenticate(ctx, (await admin.add_node(ctx, spec, actor="test"))["token"])
+    return await authenticate(ctx, (await admin.add_node(ctx, spec, actor="test"))["token"], source="test")
 
 
 async def test_concurrent_publishes_share_transactions_in_order(ctx: Context) -> None:
@@ -67,7 +68,7 @@ async def test_repeats_inside_one_batch(ctx: Context) -> None:
         act(gbr, body(), "k1"),  # keys are per node: a report of its own
         act(usa, with_id),
         act(usa, with_id),  # same id, same request: the first receipt
-        act(gbr, with_id),  # someone else's id: 409
+        act(gbr, with_id),  # the same id chosen by another node: a report of its own
     ]
     async with ctx.db.transaction() as tx:
         outcomes = await report_service.store_publishes(ctx, tx, acts)
@@ -77,15 +78,16 @@ async def test_repeats_inside_one_batch(ctx: Context) -> None:
     assert isinstance(reused, Conflict) and reused.code == "idempotency_key_reused"
     assert not isinstance(own, BrokerError) and own.seq != first.seq
     assert not isinstance(by_id, BrokerError) and not isinstance(by_id_again, BrokerError)
-    assert by_id.id == by_id_again.id == with_id["id"] and by_id.seq == by_id_again.seq
-    assert isinstance(taken, Conflict) and taken.code == "duplicate_id"
-    assert await report_count(ctx) == 3
-    assert await chain_holds(ctx) == before + 3  # three publish events, no more
+    assert by_id.id == by_id_again.id == scoped_report_id(node_id="usa-1", client_id=with_id["id"])
+    assert by_id.seq == by_id_again.seq
+    assert not isinstance(taken, BrokerError) and taken.id != by_id.id  # its own scope: no collision
+    assert await report_count(ctx) == 4
+    assert await chain_holds(ctx) == before + 4  # four publish events, no more
     # Across transactions the same rules hold: the stored report answers the repeat.
     async with ctx.db.transaction() as tx:
         later = await report_service.store_publishes(ctx, tx, [act(usa, body(), "k1"), act(gbr, with_id)])
     assert not isinstance(later[0], BrokerError) and later[0].seq == first.seq
-    assert isinstance(later[1], Conflict)
+    assert not isinstance(later[1], BrokerError) and later[1].seq == taken.seq
 
 
 _NOW = datetime(2026, 11, 25, tzinfo=UTC)
@@ -158,12 +160,34 @@ async def test_a_caller_going_away_does_not_abort_the_others(ctx: Context) -> No
 async def test_delivery_events_share_transactions(ctx: Context) -> None:
     batcher = audit.Batcher(ctx)
     before = await chain_holds(ctx)
+    async with ctx.db.transaction() as tx:
+        counter = await tx.change_counter()
     await asyncio.gather(
         *(
-            batcher.append([AuditDraft(action="deliver", node=f"n{i}"), AuditDraft(action="x")])
+            batcher.append(
+                [AuditDraft(action="deliver", node=f"n{i}"), AuditDraft(action="x")], decided_at=counter
+            )
             for i in range(20)
         )
     )
-    await batcher.append([])  # nothing to write: no transaction
+    await batcher.append([], decided_at=counter)  # nothing to write: no transaction
     assert await chain_holds(ctx) == before + 40
     assert batcher._group.acts == 20 and batcher._group.transactions < 20
+
+
+async def test_decisions_made_before_a_change_are_not_recorded(ctx: Context) -> None:
+    """A delivery decided at an older change counter (a revocation or membership change
+    committed meanwhile) is refused at commit: Stale, and nothing written."""
+    batcher = audit.Batcher(ctx)
+    async with ctx.db.transaction() as tx:
+        counter = await tx.change_counter()
+    await admin.create_alliance(ctx, "NORDEFCO", name="Nordic Defence Cooperation", actor="t")
+    before = await chain_holds(ctx)
+    current, stale = await asyncio.gather(
+        batcher.append([AuditDraft(action="deliver", node="now")], decided_at=counter + 1),
+        batcher.append([AuditDraft(action="deliver", node="then")], decided_at=counter),
+        return_exceptions=True,
+    )
+    assert current is None and isinstance(stale, Stale)
+    assert await chain_holds(ctx) == before + 1
+    assert [e["node"] for e in await events(ctx, action="deliver")] == ["now"]

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from broker.domain.ids import scoped_report_id
 from tests.conftest import FakeClock
 from tests.integration.conftest import Api
 from tests.integration.helpers import body, events, report_count
@@ -199,9 +200,14 @@ async def test_idempotency_key_and_client_ids(api: Api) -> None:
     assert other[0] == 409
     assert other[1]["type"].endswith("idempotency_key_reused")
     assert (await api.publish(gbr, body(), headers=key))[0] == 201  # keys are per node
-    chosen = str(uuid.uuid4())
+    denied = await events(api.ctx, action="publish", decision="deny")
+    assert [e["reason"] for e in denied] == ["idempotency_key_reused"]  # conflicts are audited
+    chosen = str(uuid.uuid4()).upper()  # any spelling of the UUID: the node's scope of its canonical form
     with_id = {**body(), "id": chosen}
-    assert (await api.publish(usa, with_id))[1]["id"] == chosen
-    assert (await api.publish(usa, with_id))[1]["id"] == chosen
-    assert (await api.publish(gbr, with_id))[0] == 409
-    assert await report_count(api.ctx) == 3
+    stored = scoped_report_id(node_id="usa-1", client_id=chosen.lower())
+    assert (await api.publish(usa, with_id))[1]["id"] == stored
+    assert (await api.publish(usa, with_id))[1]["id"] == stored
+    # Another node choosing the same id gets a report of its own: no 409 that would reveal usa-1's.
+    status, theirs = await api.publish(gbr, with_id)
+    assert status == 201 and theirs["id"] not in (stored, chosen.lower())
+    assert await report_count(api.ctx) == 4

@@ -41,7 +41,7 @@ async def sqlite_ctx(sqlite_template: Path, tmp_path: Path) -> AsyncIterator[Con
 async def test_what_it_writes_sqlalchemy_reads_back_unchanged(sqlite_ctx: Context) -> None:
     ctx = sqlite_ctx
     spec = {"id": "usa-1", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]}
-    node = await authenticate(ctx, (await admin.add_node(ctx, spec, actor="t"))["token"])
+    node = await authenticate(ctx, (await admin.add_node(ctx, spec, actor="t"))["token"], source="test")
     directory = await ctx.cached_directory()
     raw = body(topics=["c2", "ransomware"], payload={"n": 1, "text": "é\u2028\U0001f600"})
     sub = report_service.parse_submission(raw, ctx=ctx, known_alliances=directory.alliances)
@@ -71,7 +71,7 @@ async def test_what_it_writes_sqlalchemy_reads_back_unchanged(sqlite_ctx: Contex
 async def test_two_trips_per_publish(sqlite_ctx: Context, request: pytest.FixtureRequest) -> None:
     ctx = sqlite_ctx
     spec = {"id": "usa-1", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]}
-    node = await authenticate(ctx, (await admin.add_node(ctx, spec, actor="t"))["token"])
+    node = await authenticate(ctx, (await admin.add_node(ctx, spec, actor="t"))["token"], source="test")
     await report_service.publish(ctx, node, body(), idempotency_key=None)  # caches warm
     trips: list[str] = request.getfixturevalue("sqlite_trips")  # counting from here on
     await report_service.publish(ctx, node, body(), idempotency_key=None)

@@ -273,7 +273,7 @@ async def test_a_report_published_by_another_process_reaches_open_streams(api: A
 async def await_auth(ctx: Any, token: str) -> AsyncIterator[Any]:
     from broker.services.auth import authenticate
 
-    yield await authenticate(ctx, token)
+    yield await authenticate(ctx, token, source="test")
 
 
 async def test_replay_from_the_database_then_live_from_the_feed(start_server: StartServer) -> None:

@@ -1,0 +1,91 @@
+"""PostgreSQL LISTEN/NOTIFY: wake this process when another one commits a change.
+
+Every transaction that publishes or changes security state sends a NOTIFY on
+``repos.CHANGE_CHANNEL`` (delivered at its commit, never for a rollback). The listener holds one
+connection of its own and calls ``on_change`` for each notification; the hub then looks at the
+head. When the connection drops it reconnects with backoff, and ``connected`` is False meanwhile,
+so the hub falls back to its fast poll: a lost notification costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from broker.storage.repos import CHANGE_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+def is_postgresql(url: str) -> bool:
+    return make_url(url).get_backend_name() == "postgresql"
+
+
+class ChangeListener:
+    def __init__(self, url: str, on_change: Callable[[], None]) -> None:
+        parsed = make_url(url)
+        self._connect_args: dict[str, Any] = {
+            "host": parsed.host,
+            "port": parsed.port or 5432,
+            "user": parsed.username,
+            "password": parsed.password,
+            "database": parsed.database,
+            "timeout": 5,
+        }
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self.connected = False
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="change-listener")
+
+    async def wait_ready(self, seconds: float) -> bool:
+        """Wait until listening (True), or ``seconds`` (False)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), seconds)
+        return self.connected
+
+    def _notified(self, *_args: object) -> None:
+        self._on_change()
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            lost = asyncio.Event()
+            try:
+                connection = await asyncpg.connect(**self._connect_args)
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("listen_connect_failed error=%s retry_in=%.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            try:
+                connection.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                await connection.add_listener(CHANGE_CHANNEL, self._notified)
+                self.connected, delay = True, 0.1
+                self._ready.set()
+                self._on_change()  # anything committed while not listening is looked at now
+                await lost.wait()
+                log.warning("listen_connection_lost")
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("listen_failed error=%s", type(exc).__name__)
+            finally:
+                self.connected = False
+                with contextlib.suppress(Exception):
+                    await connection.close(timeout=2)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.connected = False
