@@ -506,7 +506,8 @@ async def _list_once(
         cursor = ctx.scan_hints.get(key, counter=counter, now=now, directory=directory) or after
         full = False
         while not full and scanned < ctx.settings.max_scan_rows:
-            rows = await tx.reports_after(after=cursor, topics=topics, limit=chunk)
+            take = min(chunk, ctx.settings.max_scan_rows - scanned)
+            rows = await tx.reports_after(after=cursor, topics=topics, limit=take)
             for report in rows:
                 cursor, scanned = report.seq, scanned + 1
                 if report.erased_at is None and decide_for(ctx, node, report, directory).allowed:
@@ -516,7 +517,7 @@ async def _list_once(
                     full = len(found) == limit or size >= ctx.settings.max_page_bytes
                     if full:
                         break
-            if len(rows) < chunk:
+            if len(rows) < take:
                 break
         await audit.record(tx, drafts, now=now, decided_at=counter)
     if cursor > last:
