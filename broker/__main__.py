@@ -21,6 +21,7 @@ from broker.services import admin, ledger, reports
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
+from broker.web.accesslog import AccessLogger
 from broker.web.handlers import parse_date
 
 CLI_ACTOR = "cli"
@@ -263,13 +264,10 @@ def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | Non
         port=settings.port,
         print=None,
         loop=loop,
-        access_log_format=ACCESS_LOG_FORMAT,
+        access_log_class=AccessLogger,
     )
 
 
-# Peer address, request line, status, bytes, seconds taken. The log line's own timestamp (see
-# basicConfig) makes aiohttp's %t redundant, and formatting it on every request is not free.
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf'
 
 
 def _event_loop(choice: str) -> asyncio.AbstractEventLoop:

@@ -126,8 +126,11 @@ def test_kill_9_after_201_loses_nothing(database_url: str, tmp_path: Path) -> No
     log: list[str] = []
     with _serving(env, port, log=log):  # a new process on the same files: everything acknowledged is there
         _, page = _http("GET", f"{base}/v1/reports?limit=100", token)
+        refused, _ = _http("GET", f"{base}/v1/reports?limit=5&token={token}")  # a token where none belongs
+    assert refused == 401
     assert "(event loop: uvloop)" in log[0]  # the default, where uvloop is installed (a dependency)
     assert '"GET /v1/reports?limit=100 HTTP/1.1" 200' in log[0] and token not in log[0]  # no secrets
+    assert '"GET /v1/reports?limit=5&token=REDACTED HTTP/1.1" 401' in log[0]
     assert [r["id"] for r in page["reports"]] == [r["id"] for r in receipts]
     assert [r["payload"]["n"] for r in page["reports"]] == list(range(20))
 
