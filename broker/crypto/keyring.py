@@ -5,15 +5,20 @@ Format (JSON)::
     {"version": 1, "current": "kek-...", "keks": {"kek-...": "<base64 32 bytes>", ...},
      "checkpoint_key": "<base64 32-byte Ed25519 private key>"}
 
-The file is written atomically (temporary file + rename) so a crash never leaves half a keyring.
+The file is written atomically (temporary file + rename) so a crash never leaves half a keyring;
+creation links the finished file into place, so of several processes creating it at once exactly
+one wins and the rest read its keyring. To change a keyring use ``update``: it re-reads the file
+under a lock file (``.<name>.lock`` beside it), so concurrent changes do not drop each other's KEKs.
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,20 +57,46 @@ def _new_kek_id() -> str:
 
 
 def load_or_create(path: Path) -> Keyring:
-    """Load the keyring at ``path``, creating it (mode 0600) with one KEK when absent."""
+    """Load the keyring at ``path``, creating it (mode 0600) with one KEK when absent.
+
+    Processes racing to create it all end with the same keyring: the first to link its file
+    into place wins and the others read the winner's."""
     if not path.exists():
-        kek_id = _new_kek_id()
-        ring = Keyring(
-            current=kek_id,
-            keks={kek_id: secrets.token_bytes(KEK_BYTES)},
-            checkpoint_key=secrets.token_bytes(32),
-        )
-        save(path, ring)
-        return ring
+        created = _create(path, _new_keyring())
+        if created is not None:
+            return created
     ring = load(path)
     if not ring.checkpoint_key:  # a keyring from before checkpoints existed
-        ring = Keyring(current=ring.current, keks=ring.keks, checkpoint_key=secrets.token_bytes(32))
-        save(path, ring)
+        ring = update(path, _with_checkpoint_key)
+    return ring
+
+
+def _new_keyring() -> Keyring:
+    kek_id = _new_kek_id()
+    return Keyring(
+        current=kek_id, keks={kek_id: secrets.token_bytes(KEK_BYTES)}, checkpoint_key=secrets.token_bytes(32)
+    )
+
+
+def _with_checkpoint_key(ring: Keyring) -> Keyring:
+    if ring.checkpoint_key:
+        return ring
+    return Keyring(current=ring.current, keks=ring.keks, checkpoint_key=secrets.token_bytes(32))
+
+
+def _create(path: Path, ring: Keyring) -> Keyring | None:
+    """Put ``ring`` at ``path`` unless a file is already there; None when another was first.
+
+    The complete file is linked into place, so nobody ever reads a partial keyring and exactly
+    one of several racing creators wins."""
+    tmp = _write_temporary(path, ring)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return None
+    finally:
+        tmp.unlink()
+    _sync_directory(path.parent)
     return ring
 
 
@@ -89,7 +120,36 @@ def load(path: Path) -> Keyring:
 
 
 def save(path: Path, ring: Keyring) -> None:
-    """Write ``ring`` to ``path`` atomically with mode 0600."""
+    """Write ``ring`` to ``path`` atomically with mode 0600 (temporary file, then rename).
+
+    A blind overwrite: to change the keyring on disk, ``update`` re-reads it under a lock."""
+    tmp = _write_temporary(path, ring)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_directory(path.parent)
+
+
+def update(path: Path, change: Callable[[Keyring], Keyring]) -> Keyring:
+    """Apply ``change`` to the keyring on disk and save the result, with concurrent updates
+    from other processes serialised on a lock file, so none of them loses another's KEK."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ring = load(path)
+        changed = change(ring)
+        if changed != ring:
+            save(path, changed)
+        return changed
+    finally:
+        os.close(lock)  # releases the lock
+
+
+def _write_temporary(path: Path, ring: Keyring) -> Path:
+    """``ring`` written and synced to a new mode-0600 file beside ``path``; returns its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     body = json.dumps(
         {
@@ -100,14 +160,23 @@ def save(path: Path, ring: Keyring) -> None:
         },
         indent=2,
     )
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(body)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename or link in ``directory`` survive a crash."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        os.close(fd)

@@ -9,6 +9,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from broker.storage.db import lock_for_migrations
 from broker.storage.models import Base
 
 config = context.config
@@ -29,6 +30,7 @@ def _run(connection: Connection) -> None:
 async def _run_own_engine(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.connect() as connection:
+        await connection.run_sync(lock_for_migrations)  # as broker.storage.db.upgrade does
         await connection.run_sync(_run)
         await connection.commit()
     await engine.dispose()

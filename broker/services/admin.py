@@ -280,6 +280,9 @@ async def seed_alliances(ctx: Context, seeds: tuple[AllianceSeed, ...]) -> int:
         for membership in seed.members:
             _nation(membership.nation)
     async with ctx.db.transaction() as tx:
+        # Under the head lock: a second `broker db upgrade` started at the same moment waits,
+        # then finds the alliances the first one committed (instead of a duplicate key).
+        await tx.lock_head()
         if await tx.count_alliances() > 0:
             return 0
         now = ctx.now()
@@ -308,8 +311,9 @@ async def rotate_keys(ctx: Context, *, rewrap: bool, batch: int = 500) -> dict[s
     publishers refresh their keyring under that same lock, so no report can be wrapped by a
     retired KEK after the re-wrap sweep has passed.
     """
-    ring = ctx.keyring.with_new_kek()
-    keyring_file.save(ctx.keyring_path, ring)
+    # Read, changed and written under the keyring's lock file: a rotation in another process at
+    # the same moment cannot drop the KEK this one adds (or the other way round).
+    ring = keyring_file.update(ctx.keyring_path, lambda current: current.with_new_kek())
     ctx.keyring = ring
     await _audit_change(ctx, "keys_rotate", {"kek_id": ring.current})
     if not rewrap:
@@ -327,8 +331,13 @@ async def rotate_keys(ctx: Context, *, rewrap: bool, batch: int = 500) -> dict[s
             rewrapped += len(rows)
         if len(rows) < batch:
             break
-    ring = ring.only_current()
-    keyring_file.save(ctx.keyring_path, ring)
+    rewrapped_to = ring.current
+    # Retire only if no other rotation made another KEK current meanwhile (its reports would
+    # still be wrapped by ours).
+    ring = keyring_file.update(
+        ctx.keyring_path,
+        lambda current: current.only_current() if current.current == rewrapped_to else current,
+    )
     ctx.keyring = ring
     await _audit_change(ctx, "keys_retire", {"kek_id": ring.current, "rewrapped": rewrapped})
     return {"kek_id": ring.current, "rewrapped": rewrapped, "retired_destroyed": True}

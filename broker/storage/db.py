@@ -3,11 +3,12 @@
 SQLite: WAL, ``synchronous=FULL`` (a 201 survives kill -9), foreign keys on, and every
 transaction opened with ``BEGIN IMMEDIATE`` so writers queue on the lock instead of failing
 to upgrade a read lock. PostgreSQL: ``synchronous_commit=on``; writers serialise on the
-``log_head`` row instead.
+``log_head`` row instead. New SQLite files are created mode 0600, like the keyring.
 """
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from broker.storage import sqlite_driver
 from broker.storage.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# PostgreSQL advisory lock key that migrations hold (per database): "alembic" in ASCII.
+MIGRATION_LOCK_KEY = int.from_bytes(b"alembic", "big")
 # Every SQLite connection, SQLAlchemy's and the group-commit writer's (storage/sqlite_writer.py).
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -42,6 +45,17 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def _create_private(path: Path) -> None:
+    """Create the SQLite file with mode 0600 unless it exists: SQLite would create it with the
+    umask's mode, and gives its -wal and -shm files the main file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return  # an existing database keeps the mode its operator gave it
+    os.close(fd)  # an empty file is an empty SQLite database
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An async engine for ``url`` with the durability settings above applied."""
     try:
@@ -52,7 +66,7 @@ def create_engine(url: str) -> AsyncEngine:
     if backend == "sqlite":
         path = _sqlite_file(url)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
         if parsed.drivername == "sqlite+aiosqlite":  # same driver, one thread trip per statement
             parsed = parsed.set(drivername=sqlite_driver.register())
         engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
@@ -91,10 +105,22 @@ def alembic_config() -> Config:
     return cfg
 
 
+def lock_for_migrations(connection: Connection) -> None:
+    """On PostgreSQL, wait for the migration lock; held until ``connection``'s transaction ends."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+
 async def upgrade(engine: AsyncEngine) -> None:
-    """Run every migration up to head on ``engine``."""
+    """Run every migration up to head on ``engine``, in one transaction.
+
+    Several processes may upgrade one database at once (replicas starting together): on
+    PostgreSQL each first takes a transaction-scoped advisory lock, so they migrate one after
+    another and the later ones find the schema at head; on SQLite the transaction's
+    ``BEGIN IMMEDIATE`` already serialises them."""
 
     def _upgrade(connection: Connection) -> None:
+        lock_for_migrations(connection)
         cfg = alembic_config()
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")

@@ -97,6 +97,8 @@ class ReportRow(Base):
     __table_args__ = (
         UniqueConstraint("originator_node", "idempotency_key", name="uq_reports_idempotency"),
         Index("ix_reports_kek_id", "kek_id"),
+        # A node's recent reports (publish rate limits shared by every broker instance).
+        Index("ix_reports_originator_created", "originator_node", "created_at"),
     )
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     id: Mapped[str] = mapped_column(String(36), unique=True)

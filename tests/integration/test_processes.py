@@ -211,7 +211,7 @@ def _config_dir(tmp_path: Path, name: str, text: str) -> Path:
             "alliances.NATO.members[0].joined",
             "date",
         ),
-        ("alliances.toml", "[alliances.USA]\nname = 'N'\n", "alliances.USA", "not a nation"),
+        ("alliances.toml", "[alliances.USA]\nname = 'N'\n", "alliances.USA", "nation code"),
         (
             "alliances.toml",
             "[alliances.X1]\nname = 'N'\nhistory = 'some'\n",
