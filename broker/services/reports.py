@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -17,7 +17,7 @@ from broker.domain.canonical import canonical, sha256_hex
 from broker.domain.ids import canonical_report_id, scoped_report_id
 from broker.domain.labels import SecurityLabel, parse_label
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
-from broker.errors import AccessDenied, BrokerError, Conflict, InvalidInput, NotFound, Stale
+from broker.errors import AccessDenied, BrokerError, Conflict, InvalidInput, NotFound, RateLimited, Stale
 from broker.services import audit
 from broker.services.auth import NodeGone, recheck, refuse_gone, require_role
 from broker.services.context import Context
@@ -211,6 +211,7 @@ async def store_publishes(
         checked = [await _current_act(ctx, tx, act, head.change_counter) for act in acts]
     seq = head.report_seq
     batch = _Batch()
+    limits = _RateWindow(ctx, now)
     outcomes: list[ReportRecord | BrokerError] = []
     new: list[tuple[ReportRecord, str | None]] = []
     drafts: list[AuditDraft] = []
@@ -226,6 +227,9 @@ async def store_publishes(
         if earlier is not None:
             outcomes.append(earlier)
             continue
+        if await limits.exhausted(tx, act.node.id):
+            outcomes.append(RateLimited("too many reports per second from this node", code="rate_limited"))
+            continue
         seq += 1
         report, draft = build_report(ctx, act.node, act.sub, seq=seq, now=now)
         new.append((report, act.idempotency_key))
@@ -239,6 +243,32 @@ async def store_publishes(
         await tx.notify_change()
         await audit.record(tx, drafts, now=now, head=replace(head, report_seq=seq))
     return outcomes
+
+
+class _RateWindow:
+    """The per-node publish limit across every broker process sharing a PostgreSQL database: at
+    most ``publish_burst`` reports in any ``publish_burst / publish_rate_per_second`` seconds,
+    counted in the database under the head lock (so instances cannot each grant the full rate).
+    A SQLite file is served by one broker, whose own token bucket (web.handlers) is the limit:
+    the count would cost every publish a third trip to the SQLite thread."""
+
+    def __init__(self, ctx: Context, now: datetime) -> None:
+        settings = ctx.settings
+        self._enabled = ctx.db.shared
+        self._burst = settings.publish_burst
+        self._since = now - timedelta(seconds=settings.publish_burst / settings.publish_rate_per_second)
+        self._counts: dict[str, int] = {}
+
+    async def exhausted(self, tx: WriteTx, node: str) -> bool:
+        """True when ``node`` may not publish one more report now; else count it."""
+        if not self._enabled:
+            return False
+        if node not in self._counts:
+            self._counts[node] = await tx.reports_since(node=node, since=self._since)
+        if self._counts[node] >= self._burst:
+            return True
+        self._counts[node] += 1
+        return False
 
 
 async def _current_act(ctx: Context, tx: WriteTx, act: PublishAct, counter: int) -> PublishAct | BrokerError:

@@ -71,6 +71,16 @@ CHANGE_CHANNEL = "alliance_broker_change"
 NOTIFY = select(func.pg_notify(CHANGE_CHANNEL, ""))
 _NODES = _table(NodeRow)
 NODE_BY_ID = select(_NODES).where(_NODES.c.id == bindparam("id"))
+# Reports a node published since a moment (index ix_reports_originator_created): the publish
+# rate limit that holds across broker processes, counted under the head lock.
+RECENT_BY_NODE = (
+    select(func.count().label("n"))
+    .select_from(_REPORTS)
+    .where(
+        _REPORTS.c.originator_node == bindparam("node"),
+        _REPORTS.c.created_at > bindparam("since", type_=_REPORTS.c.created_at.type),
+    )
+)
 ALLIANCES = select(_table(AllianceRow))
 MEMBERSHIPS = select(_table(MembershipRow)).order_by(_table(MembershipRow).c.id)
 
@@ -313,6 +323,10 @@ class Tx:
         row = (await self._s.execute(REPORT_BY_KEY, {"node": node, "key": key})).first()
         return None if row is None else report_of(row)
 
+    async def reports_since(self, *, node: str, since: datetime) -> int:
+        """How many reports ``node`` published after ``since``."""
+        return int((await self._s.execute(RECENT_BY_NODE, {"node": node, "since": since})).scalar_one())
+
     async def reports_after(self, *, after: int, topics: Sequence[str], limit: int) -> list[ReportRecord]:
         query = select(ReportRow).where(ReportRow.seq > after).order_by(ReportRow.seq).limit(limit)
         if topics:
@@ -490,6 +504,7 @@ class WriteTx(Protocol):
     async def report(self, report_id: str) -> ReportRecord | None: ...
     async def node(self, node_id: str) -> NodeRecord | None: ...
     async def notify_change(self) -> None: ...
+    async def reports_since(self, *, node: str, since: datetime) -> int: ...
     async def report_by_idempotency_key(self, *, node: str, key: str) -> ReportRecord | None: ...
 
 
@@ -506,6 +521,8 @@ class Database:
         # SQLite admits one writer, and every transaction here begins IMMEDIATE; queueing them in
         # the process avoids the busy handler's sleep-and-retry, which ruins tail latency.
         self._serial = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        # Several broker processes serve one PostgreSQL database; a SQLite file has one broker.
+        self.shared = engine.dialect.name != "sqlite"
         self._writer: SqliteWriter | None = None
         path = engine.url.database
         if engine.dialect.name == "sqlite" and path and path != ":memory:":

@@ -21,6 +21,7 @@ from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -219,6 +220,10 @@ class SqliteWriteTx:
     async def node(self, node_id: str) -> NodeRecord | None:
         rows = await self._read(repos.NODE_BY_ID, {"id": node_id})
         return repos.node_of(rows[0]) if rows else None
+
+    async def reports_since(self, *, node: str, since: datetime) -> int:
+        rows = await self._read(repos.RECENT_BY_NODE, {"node": node, "since": since})
+        return int(rows[0][0])
 
     async def notify_change(self) -> None:
         """Other processes on SQLite learn of changes by polling the head (nothing to send)."""

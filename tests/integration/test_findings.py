@@ -349,3 +349,19 @@ async def test_a_revoked_node_cannot_publish_through_a_batch_that_began_before(a
         )
     assert all(isinstance(r, Exception) for r in results)
     assert await report_count(api.ctx) == 1
+
+
+# -- 10: the publish rate limit holds across instances ------------------------------------------
+
+
+async def test_the_publish_limit_holds_across_instances(start_server: StartServer, database_url: str) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("a SQLite file is served by one broker process: its own token bucket is the limit")
+    a = await start_server(publish_burst=5, publish_rate_per_second=1.0)
+    b = await start_server(publish_burst=5, publish_rate_per_second=1.0)
+    usa = await a.node("usa-1", "USA")
+    statuses = [(await api.publish(usa, body()))[0] for api in (a, b) for _ in range(5)]
+    assert sorted(statuses) == [201] * 5 + [429] * 5  # each instance alone would grant 5
+    assert await report_count(a.ctx) == 5
+    denied = await events(a.ctx, action="publish", decision="deny")
+    assert {e["reason"] for e in denied} == {"rate_limited"}
