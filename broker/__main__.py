@@ -198,8 +198,7 @@ def _read_text(path: Path) -> str:
 
 
 async def _erase(ctx: Context, report_id: str) -> dict[str, Any]:
-    await reports.erase(ctx, report_id, actor=CLI_ACTOR)
-    return {"id": report_id, "erased": True}
+    return {"id": await reports.erase(ctx, report_id, actor=CLI_ACTOR), "erased": True}
 
 
 def _node_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -266,8 +265,6 @@ def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | Non
         loop=loop,
         access_log_class=AccessLogger,
     )
-
-
 
 
 def _event_loop(choice: str) -> asyncio.AbstractEventLoop:

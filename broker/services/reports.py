@@ -584,8 +584,9 @@ async def _recall_once(ctx: Context, node: NodeRecord, report_id: str | None) ->
     raise NotFound("no such report", code="not_found")
 
 
-async def erase(ctx: Context, report_id: str, *, actor: str) -> None:
-    """Crypto-shred a report: its wrapped data key and ciphertext are destroyed for good."""
+async def erase(ctx: Context, report_id: str, *, actor: str) -> str:
+    """Crypto-shred a report: its wrapped data key and ciphertext are destroyed for good.
+    ``report_id`` may be any spelling of the UUID; returns the canonical id."""
     canonical_id = canonical_report_id(report_id)
     async with ctx.db.transaction() as tx:
         report = None if canonical_id is None else await tx.report(canonical_id)
@@ -599,3 +600,4 @@ async def erase(ctx: Context, report_id: str, *, actor: str) -> None:
             now=now,
             changed=True,
         )
+    return report.id

@@ -22,7 +22,7 @@ from broker.client import BrokerClient
 from broker.crypto.tokens import hash_token
 from broker.services import admin
 from tests.integration.conftest import Api, StartServer
-from tests.integration.helpers import body, events, report_count
+from tests.integration.helpers import body, cli_env, events, report_count, run_cli
 
 TIMEOUT = 20
 
@@ -365,3 +365,17 @@ async def test_the_publish_limit_holds_across_instances(start_server: StartServe
     assert await report_count(a.ctx) == 5
     denied = await events(a.ctx, action="publish", decision="deny")
     assert {e["reason"] for e in denied} == {"rate_limited"}
+
+
+async def test_erase_accepts_every_spelling_of_an_id_and_logs_the_canonical_one(
+    api: Api, settings: Any, tmp_path: Any
+) -> None:
+    usa = await api.node("usa-1", "USA")
+    _, receipt = await api.publish(usa, body())
+    rid = receipt["id"]
+    env = cli_env(settings.database_url, settings.keyring_path)
+    done = await asyncio.to_thread(run_cli, "report", "erase", f"urn:uuid:{rid.upper()}", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"id": rid, "erased": True}
+    assert [e["report"] for e in await events(api.ctx, action="erase")] == [rid]
+    assert (await api.get(f"/v1/reports/{rid}", usa))[0] == 404
