@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import uuid
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
 from broker.domain.records import AuditDraft
+from broker.domain.time import parse_time
 from broker.errors import BadRequest
 from broker.services import audit, auth, ledger
 from broker.services.context import Context
 from broker.web.handlers import CONTEXT, _int_param, _node
 
-FILTERS = ("report", "node", "nation", "action", "decision")
 STATIC = resources.files("broker") / "web" / "static"
 PAGE = (STATIC / "audit.html").read_text()
 SCRIPT = (STATIC / "audit.js").read_text()
@@ -32,16 +35,36 @@ async def _auditor(request: web.Request, act: str) -> tuple[Context, str]:
     return ctx, node.id
 
 
+_UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{32}"
+
+
+def _canonical_uuid(value: str) -> str:
+    """The form report ids are stored in: ``urn:uuid:``, braces and upper case all come to it."""
+    return str(uuid.UUID(value.lower()))
+
+
+# Each filter: the pattern a whole value must match (re.fullmatch: with re.match a ``$`` would let a
+# trailing newline through), its meaning for the message, and how to write it the way the log
+# stores it. No value reaches the database unchecked: PostgreSQL refuses NUL in text.
+FILTERS: dict[str, tuple[re.Pattern[str], str, Callable[[str], str]]] = {
+    "report": (re.compile(rf"(?i:urn:uuid:)?(?:{_UUID}|\{{(?:{_UUID})\}})"), "a UUID", _canonical_uuid),
+    "node": (re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"), "a node id", str),
+    "nation": (re.compile(r"[A-Z]{3}"), "three upper-case letters", str),
+    "action": (re.compile(r"[a-z_]{1,40}"), "1-40 lower-case letters or '_'", str),
+    "decision": (re.compile(r"[a-z_]{1,40}"), "1-40 lower-case letters or '_'", str),
+}
+
+
 def _filters(request: web.Request) -> dict[str, Any]:
     filters: dict[str, Any] = {}
-    for name in FILTERS:
+    for name, (pattern, meaning, canonical) in FILTERS.items():
         value = request.query.get(name)
         if value is not None:
-            if not value or len(value) > 64:
-                raise BadRequest(f"{name} must be 1-64 characters", code="invalid_parameter")
-            filters[name] = value
+            if not pattern.fullmatch(value):
+                raise BadRequest(f"{name} must be {meaning}", code="invalid_parameter")
+            filters[name] = canonical(value)
     for name in ("since", "until"):
-        filters[name] = ledger.parse_time(request.query.get(name), name=name)
+        filters[name] = parse_time(request.query.get(name), name=name)
     return filters
 
 

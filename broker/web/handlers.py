@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from broker.domain.records import NodeRecord
+from broker.domain.time import parse_time
 from broker.errors import BadRequest, InvalidInput, RateLimited
 from broker.services import admin, auth, reports
 from broker.services.context import Context
@@ -18,6 +20,7 @@ from broker.storage.db import ping
 from broker.web.middleware import read_json
 
 CONTEXT = web.AppKey("context", Context)
+INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 
 @dataclass
@@ -63,10 +66,9 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise BadRequest(f"{name} must be an integer", code="invalid_parameter") from exc
+    if not INTEGER.fullmatch(raw):  # int() would also take " 5", "1_000" and other scripts' digits
+        raise BadRequest(f"{name} must be an integer", code="invalid_parameter")
+    value = int(raw)
     if not low <= value <= high:
         raise BadRequest(f"{name} must be between {low} and {high}", code="invalid_parameter")
     return value
@@ -171,16 +173,12 @@ def _date_param(body: Any) -> datetime | None:
 
 
 def parse_date(value: object) -> datetime | None:
-    """An ISO-8601 date or datetime as aware UTC; a date alone means 00:00 UTC."""
+    """An ISO-8601 date or datetime as aware UTC (domain.time); a date alone means 00:00 UTC."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise InvalidInput("date must be an ISO-8601 string", code="invalid_date")
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise InvalidInput("date must be ISO-8601", code="invalid_date") from exc
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return parse_time(value, name="date")
 
 
 async def _optional_body(request: web.Request) -> Any:
