@@ -16,7 +16,7 @@ from broker.services.context import Context, utc_now
 from broker.settings import Settings
 from broker.storage.listen import ChangeListener, is_postgresql
 from broker.web.handlers import CONTEXT, LIMITER, WAKE, TokenBucket
-from broker.web.middleware import BODY_TIMEOUT, problems
+from broker.web.middleware import BODY_TIMEOUT, problems, server_header
 from broker.web.routes import add_routes
 from broker.web.ws import FEED, HUB, PER_NODE, STREAMS, close_all
 
@@ -28,6 +28,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
     app[LIMITER] = TokenBucket(rate=settings.publish_rate_per_second, burst=settings.publish_burst)
 
+    app.on_response_prepare.append(server_header)
     app[STREAMS] = set()
     app[PER_NODE] = {}
     app[BODY_TIMEOUT] = settings.body_read_timeout_seconds

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,25 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/broker.db"
 class AllianceSeed:
     alliance: Alliance
     members: tuple[Membership, ...]
+
+
+TLS_CLIENT_AUTH = ("off", "optional", "required")
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """``[tls]`` in broker.toml (``broker serve`` flags override it). Without a certificate the
+    broker serves plain HTTP, and only on a loopback address unless ``insecure_http``."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: tuple[Path, ...] = ()
+    client_auth: str = "off"
+    insecure_http: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,7 @@ class Settings:
     change_poll_seconds: float = 0.05
     safety_poll_seconds: float = 1.0
     event_loop: str = "auto"
+    tls: TlsSettings = field(default_factory=lambda: TlsSettings())
     audit_origin: str = "alliance-broker.example/audit"
     checkpoint_every_events: int = 1000
     checkpoint_every_seconds: float = 10.0
@@ -74,6 +94,7 @@ class Settings:
         keyring = _table(raw, "keyring", broker_file)
         server = _table(raw, "server", broker_file)
         audit = _table(raw, "audit", broker_file)
+        tls = _table(raw, "tls", broker_file)
         get = _Getter(broker_file)
         return cls(
             database_url=env.get("BROKER_DATABASE_URL")
@@ -114,6 +135,7 @@ class Settings:
             change_poll_seconds=get.number(server, "server.change_poll_ms", 50, 10, 10_000) / 1000,
             safety_poll_seconds=get.number(server, "server.safety_poll_ms", 1000, 10, 60_000) / 1000,
             event_loop=get.choice(server, "server.event_loop", "auto", ("auto", "asyncio")),
+            tls=_tls(tls, broker_file, get),
             audit_origin=get.text(audit, "audit.origin", "alliance-broker.example/audit"),
             checkpoint_every_events=get.number(audit, "audit.checkpoint_every_events", 1000, 1, 10**9),
             checkpoint_every_seconds=float(
@@ -122,6 +144,32 @@ class Settings:
             policy=load_policy(config_dir / "policy.toml"),
             alliances=load_alliances(config_dir / "alliances.toml"),
         )
+
+
+def _tls(table: Mapping[str, Any], path: Path, get: _Getter) -> TlsSettings:
+    def optional_path(key: str) -> Path | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(file=str(path), key=f"tls.{key}", problem="must be a file path")
+        return Path(value)
+
+    cas = table.get("client_ca", [])
+    if isinstance(cas, str):
+        cas = [cas]
+    if not isinstance(cas, list) or not all(isinstance(c, str) and c for c in cas):
+        raise ConfigError(file=str(path), key="tls.client_ca", problem="must be a list of PEM file paths")
+    insecure = table.get("insecure_http", False)
+    if not isinstance(insecure, bool):
+        raise ConfigError(file=str(path), key="tls.insecure_http", problem="must be true or false")
+    return TlsSettings(
+        cert=optional_path("cert"),
+        key=optional_path("key"),
+        client_ca=tuple(Path(c) for c in cas),
+        client_auth=get.choice(table, "tls.client_auth", "off", TLS_CLIENT_AUTH),
+        insecure_http=insecure,
+    )
 
 
 def _origins(server: Mapping[str, Any], path: Path) -> tuple[str, ...]:

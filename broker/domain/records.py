@@ -21,6 +21,8 @@ class NodeRecord:
     ed25519_public_key: str | None = None
     x25519_public_key: str | None = None
     revoked_at: datetime | None = None
+    # SHA-256 (hex) of the one TLS client certificate this node may authenticate with, if pinned.
+    tls_fingerprint: str | None = None
     # The database's change counter when this record was read (-1: unknown). Every change to a
     # node bumps the counter, so an act whose transaction still reads this value may trust the
     # record; any other value means "read it again" (services.auth.recheck).
@@ -50,6 +52,7 @@ class NodeRecord:
             "x25519_public_key": self.x25519_public_key,
             "created": self.created_at.isoformat(),
             "revoked": None if self.revoked_at is None else self.revoked_at.isoformat(),
+            "certificate_sha256": self.tls_fingerprint,
         }
 
 

@@ -80,7 +80,14 @@ async def add_node(ctx: Context, spec: Mapping[str, Any], *, actor: str) -> dict
     token = new_token()
     node = NodeRecord(**{**node.__dict__, "token_hash": hash_token(token)})
     async with ctx.db.transaction() as tx:
-        if await tx.node(node.id) is not None:
+        existing = await tx.node(node.id)
+        if existing is not None and existing.revoked_at is not None:
+            raise Conflict(
+                f"node {node.id!r} was revoked on {existing.revoked_at.date()}: node ids are never reused, "
+                "choose another",
+                code="node_id_revoked",
+            )
+        if existing is not None:
             raise Conflict(f"node {node.id!r} already exists", code="node_exists")
         await tx.insert_node(node)
         details = {k: v for k, v in node.public().items() if k not in {"id", "created", "revoked"}}
@@ -380,3 +387,21 @@ async def reset_cursor(ctx: Context, node_id: str, name: str, *, actor: str) -> 
         )
         await audit.record(tx, [draft], now=ctx.now())
     return {"node": node_id, "name": name, "reset": True, "sequence": held}
+
+
+async def rotate_token(ctx: Context, node_id: str, *, actor: str) -> dict[str, Any]:
+    """Give a node a new token, shown only here; the old one stops working when this commits
+    (the change counter moves, so every act re-checks the node, on every instance)."""
+    token = new_token()
+    async with ctx.db.transaction() as tx:
+        node = await tx.node(node_id)
+        if node is None:
+            raise NotFound(f"no node {node_id!r}", code="not_found")
+        if not await tx.set_token_hash(node_id, hash_token(token)):
+            raise Conflict(f"node {node_id!r} was revoked", code="node_revoked")
+        draft = AuditDraft(
+            action="token_rotate", actor=actor, node=node_id, nation=node.nation, decision="allow"
+        )
+        await audit.record(tx, [draft], now=ctx.now(), changed=True)
+    ctx.tokens.clear()
+    return {"id": node_id, "token": token}

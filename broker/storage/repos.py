@@ -174,6 +174,7 @@ def node_of(row: Any) -> NodeRecord:
         ed25519_public_key=row.ed25519_public_key,
         x25519_public_key=row.x25519_public_key,
         revoked_at=row.revoked_at,
+        tls_fingerprint=row.tls_fingerprint,
     )
 
 
@@ -284,6 +285,7 @@ class Tx:
                 token_hash=node.token_hash,
                 ed25519_public_key=node.ed25519_public_key,
                 x25519_public_key=node.x25519_public_key,
+                tls_fingerprint=node.tls_fingerprint,
                 created_at=node.created_at,
             )
         )
@@ -299,6 +301,19 @@ class Tx:
 
     async def nodes(self) -> list[NodeRecord]:
         return [node_of(r) for r in (await self._s.scalars(select(NodeRow).order_by(NodeRow.id))).all()]
+
+    async def set_token_hash(self, node_id: str, token_hash: str) -> bool:
+        """Replace a live node's token hash (the old token stops working at commit)."""
+        result = await self._s.execute(
+            update(NodeRow)
+            .where(NodeRow.id == node_id, NodeRow.revoked_at.is_(None))
+            .values(token_hash=token_hash)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def node_by_fingerprint(self, fingerprint: str) -> NodeRecord | None:
+        row = await self._s.scalar(select(NodeRow).where(NodeRow.tls_fingerprint == fingerprint))
+        return None if row is None else node_of(row)
 
     async def revoke_node(self, node_id: str, *, at: datetime) -> bool:
         result = await self._s.execute(

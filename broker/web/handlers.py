@@ -152,6 +152,13 @@ async def admin_revoke_node(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+async def admin_rotate_token(request: web.Request) -> web.Response:
+    actor = await _admin(request)
+    result = await admin.rotate_token(_ctx(request), request.match_info["id"], actor=actor.id)
+    request.app[WAKE]()  # streams opened with the old token re-check the node at once
+    return web.json_response(result)
+
+
 async def admin_node_cursors(request: web.Request) -> web.Response:
     actor = await _admin(request)
     node_id = request.match_info["id"]

@@ -15,6 +15,7 @@ from broker.errors import BadRequest, BrokerError, PayloadTooLarge, RequestTimeo
 
 log = logging.getLogger(__name__)
 PROBLEM_BASE = "urn:alliance-broker:problem:"
+CHALLENGE = 'Bearer realm="alliance-broker"'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)
 # Seconds a request body may take to arrive (set by create_app from body_read_timeout_seconds).
@@ -24,7 +25,8 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 
 
 
 def problem(status: int, code: str, detail: str, *, request_id: str) -> web.Response:
-    """An ``application/problem+json`` response with a stable ``type``."""
+    """An ``application/problem+json`` response with a stable ``type`` (and, for a 401, the
+    challenge RFC 9110 requires)."""
     body = {
         "type": PROBLEM_BASE + code,
         "title": code.replace("_", " "),
@@ -32,7 +34,16 @@ def problem(status: int, code: str, detail: str, *, request_id: str) -> web.Resp
         "detail": detail,
         "request_id": request_id,
     }
-    return web.json_response(body, status=status, content_type="application/problem+json")
+    response = web.json_response(body, status=status, content_type="application/problem+json")
+    if status == 401:
+        response.headers["WWW-Authenticate"] = CHALLENGE
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+async def server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: name the product, not the Python and aiohttp versions behind it."""
+    response.headers["Server"] = "alliance-broker"
 
 
 @web.middleware

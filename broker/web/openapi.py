@@ -460,6 +460,13 @@ PATHS: dict[str, Any] = {
             parameters=[_PATH_ID],
         )
     },
+    "/v1/admin/nodes/{id}/rotate-token": {
+        "post": _op(
+            "A new token for a node, shown once; the old one stops working at once (role admin; audited)",
+            {"200": _json(_ref("NodeToken"), "rotated"), **_problems(403, 404, 409)},
+            parameters=[_PATH_ID],
+        )
+    },
     "/v1/admin/nodes/{id}/cursors": {
         "get": _op(
             "A node's durable stream cursors (role admin; audited)",
