@@ -15,14 +15,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from broker.crypto import keyring, notes, verify_export
-from broker.errors import BrokerError
+from broker.crypto import keyring, notes, pki, verify_export
+from broker.errors import BrokerError, InvalidInput
 from broker.services import admin, ledger, reports
 from broker.services.context import Context
-from broker.settings import Settings
+from broker.settings import Settings, TlsSettings
 from broker.storage import db
 from broker.web.accesslog import AccessLogger
 from broker.web.handlers import parse_date
+from broker.web.tls import check_bind, is_loopback, server_context
 
 CLI_ACTOR = "cli"
 
@@ -39,6 +40,25 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="start the broker")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--tls-cert", help="server certificate chain (PEM); enables TLS")
+    serve.add_argument("--tls-key", help="the server certificate's private key (PEM)")
+    serve.add_argument(
+        "--tls-client-ca",
+        action="append",
+        default=None,
+        help="alliance CA for client certificates (repeatable)",
+    )
+    serve.add_argument(
+        "--tls-client-auth",
+        choices=("off", "optional", "required"),
+        help="client certificates (default: off)",
+    )
+    serve.add_argument(
+        "--insecure-http",
+        action="store_true",
+        default=None,
+        help="allow plain HTTP on a non-loopback address",
+    )
 
     demo = sub.add_parser("demo", parents=[common], help="fresh demo database, nodes and server")
     demo.add_argument("--host", default="127.0.0.1")
@@ -54,8 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--caveats", default="")
     add.add_argument("--ed25519-public-key")
     add.add_argument("--x25519-public-key")
+    add.add_argument("--certificate", help="PEM client certificate to pin the node to (its SHA-256)")
     node.add_parser("list", parents=[common])
     node.add_parser("revoke", parents=[common]).add_argument("id")
+    node.add_parser(
+        "rotate-token", parents=[common], help="new token (shown once); the old one stops working at once"
+    ).add_argument("id")
 
     alliance = sub.add_parser("alliance", help="alliances").add_subparsers(dest="action", required=True)
     create = alliance.add_parser("create", parents=[common])
@@ -89,7 +113,31 @@ def _parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="reports").add_subparsers(dest="action", required=True)
     report.add_parser("erase", parents=[common], help="crypto-shred a report").add_argument("id")
+
+    _pki_parser(sub, common)
     return parser
+
+
+def _pki_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``broker pki``: a development CA for mutual TLS (production brings its own CA)."""
+    pkip = sub.add_parser("pki", help="development CA and certificates for mutual TLS")
+    actions = pkip.add_subparsers(dest="action", required=True)
+    key_type = {"choices": pki.KEY_TYPES, "default": pki.DEFAULT_KEY_TYPE, "help": "(default: %(default)s)"}
+    init = actions.add_parser("init-ca", parents=[common], help="create a self-signed CA in DIR")
+    init.add_argument("dir", metavar="DIR")
+    init.add_argument("--name", default=pki.DEFAULT_CA_NAME, help="the CA's common name")
+    init.add_argument("--key-type", **key_type)
+    init.add_argument("--days", type=int, default=pki.CA_DAYS, help="validity (default: %(default)s)")
+    init.add_argument("--force", action="store_true", help="replace a CA already in DIR")
+    issue = actions.add_parser("issue", parents=[common], help="a client certificate for a node")
+    issue.add_argument("node", metavar="NODE-ID")
+    server = actions.add_parser("server-cert", parents=[common], help="a server certificate for HOSTs")
+    server.add_argument("hosts", metavar="HOST", nargs="+", help="DNS names and IP addresses")
+    for p in (issue, server):
+        p.add_argument("--ca", required=True, metavar="DIR", help="the CA directory (from init-ca)")
+        p.add_argument("--out", required=True, metavar="DIR", help="where to write the .pem and .key")
+        p.add_argument("--key-type", **key_type)
+        p.add_argument("--days", type=int, default=pki.LEAF_DAYS, help="validity (default: %(default)s)")
 
 
 def _csv(value: str) -> list[str]:
@@ -124,6 +172,7 @@ def _command(args: argparse.Namespace, settings: Settings) -> Callable[[Context]
         ("node", "add"): lambda c: admin.add_node(c, _node_spec(args), actor=CLI_ACTOR),
         ("node", "list"): admin.list_nodes,
         ("node", "revoke"): lambda c: admin.revoke_node(c, args.id, actor=CLI_ACTOR),
+        ("node", "rotate-token"): lambda c: admin.rotate_token(c, args.id, actor=CLI_ACTOR),
         ("alliance", "create"): lambda c: admin.create_alliance(
             c, args.id, name=args.name, history=args.history, actor=CLI_ACTOR
         ),
@@ -197,6 +246,56 @@ def _read_text(path: Path) -> str:
         raise BrokerError(f"{path} is not UTF-8 text") from None
 
 
+def _pki_main(args: argparse.Namespace) -> int:
+    """``broker pki ...``: files only, no settings or database. Exit 2 with one line on error."""
+    try:
+        result = _pki(args)
+    except BrokerError as exc:
+        print(f"error: {' '.join(exc.message.splitlines())}", file=sys.stderr)
+        return 2
+    _print(result, as_json=args.json)
+    return 0
+
+
+def _pki(args: argparse.Namespace) -> dict[str, Any]:
+    if args.action == "init-ca":
+        folder = Path(args.dir)
+        ca = pki.create_ca(name=args.name, key_type=args.key_type, days=args.days)
+        cert_path, key_path = pki.save_ca(folder, ca, force=args.force)
+        return {
+            "certificate": str(cert_path),
+            "key": str(key_path),
+            "subject": ca.certificate.subject.rfc4514_string(),
+            "key_type": ca.key_type,
+            "not_after": ca.certificate.not_valid_after_utc.isoformat(),
+            "fingerprint_sha256": pki.fingerprint_sha256(pki.certificate_der(ca.certificate)),
+        }
+    ca_dir, out = Path(args.ca), Path(args.out)
+    if args.action == "issue":
+        pki.node_uri(args.node)  # a bad node id is reported before the CA is read
+        ca = pki.load_ca(ca_dir)
+        node = pki.issue_node_certificate(args.node, ca=ca, key_type=args.key_type, days=args.days)
+        cert_path, key_path = pki.save_issued(out, args.node, node, ca_directory=ca_dir)
+        return {
+            "node": args.node,
+            "certificate": str(cert_path),
+            "key": str(key_path),
+            "fingerprint_sha256": pki.fingerprint_sha256(pki.certificate_der(node.certificate)),
+        }
+    pki.server_names(args.hosts)
+    ca = pki.load_ca(ca_dir)
+    server = pki.issue_server_certificate(args.hosts, ca=ca, key_type=args.key_type, days=args.days)
+    cert_path, key_path = pki.save_issued(
+        out, pki.SERVER_STEM, server, chain=[ca.certificate], ca_directory=ca_dir
+    )
+    return {
+        "hosts": args.hosts,
+        "certificate": str(cert_path),
+        "key": str(key_path),
+        "fingerprint_sha256": pki.fingerprint_sha256(pki.certificate_der(server.certificate)),
+    }
+
+
 async def _erase(ctx: Context, report_id: str) -> dict[str, Any]:
     return {"id": await reports.erase(ctx, report_id, actor=CLI_ACTOR), "erased": True}
 
@@ -213,6 +312,12 @@ def _node_spec(args: argparse.Namespace) -> dict[str, Any]:
         spec["ed25519_public_key"] = args.ed25519_public_key
     if args.x25519_public_key:
         spec["x25519_public_key"] = args.x25519_public_key
+    if args.certificate:
+        try:
+            spec["certificate"] = Path(args.certificate).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = f"--certificate {args.certificate}: {exc}"
+            raise InvalidInput(problem, code="invalid_certificate") from exc
     return spec
 
 
@@ -233,6 +338,17 @@ def _print(result: Any, *, as_json: bool) -> None:
             print(f"{k}: {v}")
 
 
+def _tls_flags(tls: TlsSettings, args: argparse.Namespace) -> TlsSettings:
+    """``[tls]`` from broker.toml with the ``serve`` flags given on the command line on top."""
+    return TlsSettings(
+        cert=Path(args.tls_cert) if args.tls_cert else tls.cert,
+        key=Path(args.tls_key) if args.tls_key else tls.key,
+        client_ca=tuple(Path(c) for c in args.tls_client_ca) if args.tls_client_ca else tls.client_ca,
+        client_auth=args.tls_client_auth or tls.client_auth,
+        insecure_http=bool(args.insecure_http) or tls.insecure_http,
+    )
+
+
 def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | None = None) -> None:
     """Serve until interrupted; ``alongside`` runs as a background task once the app starts."""
     from aiohttp import web
@@ -243,6 +359,8 @@ def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | Non
     async def _check() -> None:
         await _with_context(settings, lambda _c: asyncio.sleep(0))
 
+    check_bind(host=settings.host, tls=settings.tls)
+    ssl_context = server_context(settings.tls)
     asyncio.run(_check())
     app = create_app(settings)
     if alongside is not None:
@@ -254,13 +372,27 @@ def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | Non
 
         app.cleanup_ctx.append(_alongside)
     loop = _event_loop(settings.event_loop)
-    logging.getLogger(__name__).info(
-        "serving on http://%s:%s (event loop: %s)", settings.host, settings.port, type(loop).__module__
+    log = logging.getLogger(__name__)
+    if ssl_context is None and not is_loopback(settings.host):
+        log.warning(
+            "INSECURE: serving plain HTTP on %s (--insecure-http): tokens and reports cross the network "
+            "unencrypted",
+            settings.host,
+        )
+    scheme = "https" if ssl_context is not None else "http"
+    log.info(
+        "serving on %s://%s:%s (client certificates: %s; event loop: %s)",
+        scheme,
+        settings.host,
+        settings.port,
+        settings.tls.client_auth,
+        type(loop).__module__,
     )
     web.run_app(
         app,
         host=settings.host,
         port=settings.port,
+        ssl_context=ssl_context,
         print=None,
         loop=loop,
         access_log_class=AccessLogger,
@@ -280,7 +412,7 @@ def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> None:
-    from broker.demo import exchange, prepare
+    from broker.demo import DEMO_NODES, demo_pki, exchange, prepare
 
     folder = Path(args.dir)
     if folder.exists():
@@ -292,21 +424,33 @@ def _demo(args: argparse.Namespace, settings: Settings) -> None:
         host=args.host,
         port=args.port,
     )
+    nodes = [n["id"] for n in DEMO_NODES] + ["usa-sdk", "gbr-sdk"]
+    settings = replace(settings, tls=demo_pki(folder / "pki", host=args.host, nodes=nodes))
     asyncio.run(upgrade(settings))
-    guide, live = asyncio.run(_with_context(settings, lambda c: prepare(c, settings)))
+    certificates = (folder / "pki").resolve()  # absolute: the printed curl lines work from anywhere
+    guide, live = asyncio.run(_with_context(settings, lambda c: prepare(c, settings, certificates)))
     print(guide, flush=True)
-    base = f"http://{settings.host}:{settings.port}"
+    base = f"https://{settings.host}:{settings.port}"
     _serve(settings, alongside=lambda: exchange(base, live, lambda line: print(line, flush=True)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "pki":
+        return _pki_main(args)
     level = logging.INFO if args.command in {"serve", "demo"} else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = Settings.load()
         if args.command == "serve":
-            _serve(replace(settings, host=args.host or settings.host, port=args.port or settings.port))
+            _serve(
+                replace(
+                    settings,
+                    host=args.host or settings.host,
+                    port=args.port or settings.port,
+                    tls=_tls_flags(settings.tls, args),
+                )
+            )
             return 0
         if args.command == "demo":
             _demo(args, settings)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from broker.client import BrokerClient
+from broker.crypto import pki
 from broker.crypto.keys import (
     Ed25519PrivateKey,
     X25519PrivateKey,
@@ -21,7 +24,7 @@ from broker.crypto.keys import (
 )
 from broker.services import admin
 from broker.services.context import Context
-from broker.settings import Settings
+from broker.settings import Settings, TlsSettings
 
 DEMO_NODES: tuple[dict[str, Any], ...] = (
     {"id": "usa-cyber", "nation": "USA", "clearance": "SECRET", "roles": ["publish", "subscribe"]},
@@ -34,19 +37,43 @@ DEMO_NODES: tuple[dict[str, Any], ...] = (
 
 
 log = logging.getLogger(__name__)
+# A single quote inside a single-quoted shell word: close, escaped quote, reopen.
+QUOTE = "'\\''"
+PATTERN = f"[ipv4-addr:value = {QUOTE}198.51.100.7{QUOTE}]"
 
 
 @dataclass(frozen=True)
 class LiveExchange:
-    """Two SDK nodes with keys: the USA signs, the UK receives sealed payloads."""
+    """Two SDK nodes with keys: the USA signs, the UK receives sealed payloads; each connects
+    with its own client certificate (mutual TLS), no token."""
 
-    usa_token: str
     usa_key: Ed25519PrivateKey
-    gbr_token: str
     gbr_key: X25519PrivateKey
+    folder: Path
+
+    def tls(self, node: str) -> tuple[Path, Path, Path]:
+        return (self.folder / "ca.pem", self.folder / f"{node}.pem", self.folder / f"{node}.key")
 
 
-async def _live_nodes(ctx: Context) -> LiveExchange:
+def demo_pki(folder: Path, *, host: str, nodes: list[str]) -> TlsSettings:
+    """A fresh development CA in ``folder``, a server certificate for ``host`` and one client
+    certificate per node; the TLS settings that serve with them (client certificates optional,
+    so the printed tokens work too)."""
+    ca = pki.create_ca(name="Alliance Broker demo CA")
+    pki.save_ca(folder, ca, force=True)
+    server = pki.issue_server_certificate(sorted({host, "localhost", "127.0.0.1"}), ca=ca)
+    pki.save_issued(folder, "server", server, chain=[ca.certificate])
+    for node in nodes:
+        pki.save_issued(folder, node, pki.issue_node_certificate(node, ca=ca))
+    return TlsSettings(
+        cert=folder / "server.pem",
+        key=folder / "server.key",
+        client_ca=(folder / "ca.pem",),
+        client_auth="optional",
+    )
+
+
+async def _live_nodes(ctx: Context, folder: Path) -> LiveExchange:
     usa_key, gbr_key = new_signing_key(), new_sealing_key()
     usa = await admin.add_node(
         ctx,
@@ -70,21 +97,23 @@ async def _live_nodes(ctx: Context) -> LiveExchange:
         },
         actor="demo",
     )
-    return LiveExchange(usa["token"], usa_key, gbr["token"], gbr_key)
+    del usa, gbr  # their tokens are not needed: they connect with client certificates
+    return LiveExchange(usa_key, gbr_key, folder)
 
 
 async def exchange(base: str, live: LiveExchange, say: Callable[[str], None] = print) -> None:
     """The UK node streams while the USA node publishes a signed report: printed as it happens."""
+    trust = ssl.create_default_context(cafile=str(live.folder / "ca.pem"))
     async with aiohttp.ClientSession() as session:
         for _ in range(100):
             with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{base}/v1/health") as resp:
+                async with session.get(f"{base}/v1/health", ssl=trust) as resp:
                     if resp.status == 200:
                         break
             await asyncio.sleep(0.1)
     async with (
-        BrokerClient(base, live.gbr_token, sealing_key=live.gbr_key) as gbr,
-        BrokerClient(base, live.usa_token, signing_key=live.usa_key) as usa,
+        BrokerClient(base, sealing_key=live.gbr_key, tls=live.tls("gbr-sdk")) as gbr,
+        BrokerClient(base, signing_key=live.usa_key, tls=live.tls("usa-sdk")) as usa,
     ):
         stream = gbr.stream(after=0, name="demo", topics=["c2-live-demo"])
         first = asyncio.ensure_future(stream.__anext__())
@@ -98,7 +127,7 @@ async def exchange(base: str, live: LiveExchange, say: Callable[[str], None] = p
             },
             topics=["c2-live-demo"],
         )
-        say(f"live: usa-sdk published report {receipt['id']} (SECRET, REL FVEY), signed")
+        say(f"live: usa-sdk published report {receipt['id']} (SECRET, REL FVEY), signed, over mutual TLS")
         got = await asyncio.wait_for(first, timeout=10)
         say(
             f"live: gbr-sdk received it over the stream: sealed={got.was_sealed} "
@@ -118,29 +147,47 @@ async def background(coro: Any) -> AsyncIterator[None]:
             await task
 
 
-async def prepare(ctx: Context, settings: Settings) -> tuple[str, LiveExchange]:
-    """Create the demo nodes; return the guide to print and the SDK nodes' keys."""
+async def prepare(ctx: Context, settings: Settings, folder: Path) -> tuple[str, LiveExchange]:
+    """Create the demo nodes (certificates for them are in ``folder``); return the guide to print
+    and the SDK nodes' keys."""
     tokens = {}
     for spec in DEMO_NODES:
         tokens[spec["id"]] = (await admin.add_node(ctx, spec, actor="demo"))["token"]
-    base = f"http://{settings.host}:{settings.port}"
-    lines = ["", "Alliance Broker demo", "====================", f"database: {settings.database_url}", ""]
+    base = f"https://{settings.host}:{settings.port}"
+    data = settings.keyring_path.parent
+    lines = [
+        "",
+        "Alliance Broker demo (TLS, client certificates from a fresh demo CA)",
+        "===================================================================",
+        f"database: {settings.database_url}",
+        f"keyring:  {settings.keyring_path}",
+        f"certificates: {folder} (ca.pem; <node>.pem and <node>.key for each node)",
+        "To manage this demo's data with the CLI, in another shell:",
+        f"  export BROKER_DATABASE_URL={settings.database_url} BROKER_KEYRING={settings.keyring_path}",
+        "",
+        "Nodes (each authenticates with its certificate, or with its token as a second way):",
+    ]
     lines += [
         f"  {n['id']:10} {n['nation']} {n['clearance']:13} {','.join(n['roles']):18} token {tokens[n['id']]}"
         for n in DEMO_NODES
     ]
-    usa, swe, nga = tokens["usa-cyber"], tokens["swe-cert"], tokens["nga-cert"]
+
+    def curl(node: str) -> str:
+        return f"curl -s --cacert {folder}/ca.pem --cert {folder}/{node}.pem --key {folder}/{node}.key"
+
     lines += [
         "",
-        "Publish a CONFIDENTIAL report releasable to NATO as the USA node:",
-        f"  curl -s -X POST {base}/v1/reports -H 'Authorization: Bearer {usa}' \\",
+        "Publish a CONFIDENTIAL report releasable to NATO as the USA node (mutual TLS, no token):",
+        f"  {curl('usa-cyber')} -X POST {base}/v1/reports \\",
         '    -H \'Content-Type: application/json\' -d \'{"label": {"classification": "CONFIDENTIAL",',
         '    "releasable_to": ["NATO"], "caveats": []}, "topics": ["ransomware"],',
-        '    "payload": {"type": "indicator", "pattern": "[ipv4-addr:value = \'198.51.100.7\']"}}\'',
+        f'    "payload": {{"type": "indicator", "pattern": "{PATTERN}"}}}}\'',
         "Sweden (NATO since 2024, CONFIDENTIAL) sees it; Nigeria (not in NATO) does not:",
-        f"  curl -s {base}/v1/reports -H 'Authorization: Bearer {swe}'",
-        f"  curl -s {base}/v1/reports -H 'Authorization: Bearer {nga}'",
-        f"API description: {base}/v1/openapi.json",
+        f"  {curl('swe-cert')} {base}/v1/reports",
+        f"  {curl('nga-cert')} {base}/v1/reports",
+        "With a token instead of a certificate:",
+        f"  curl -s --cacert {folder}/ca.pem -H 'Authorization: Bearer TOKEN' {base}/v1/reports",
+        f"API description: {base}/v1/openapi.json   (data in {data})",
         "",
     ]
-    return "\n".join(lines), await _live_nodes(ctx)
+    return "\n".join(lines), await _live_nodes(ctx, folder)

@@ -7,7 +7,8 @@ Errors::
     ├── ApiError          the broker answered with a problem document (``status``, ``code``)
     ├── SignatureError    a report's signature is missing or does not verify: never yielded
     ├── SealedError       a sealed payload cannot be opened with this node's key
-    └── StreamClosed      the broker closed the stream for good (revoked, bad message)
+    ├── StreamClosed      the broker closed the stream for good (revoked, bad message)
+    └── Unreachable       no connection (refused, TLS failure, timeout; a stream: past give_up_after)
 """
 
 from broker.client.sdk import (
@@ -18,6 +19,7 @@ from broker.client.sdk import (
     SealedError,
     SignatureError,
     StreamClosed,
+    Unreachable,
 )
 
 __all__ = [
@@ -28,4 +30,5 @@ __all__ = [
     "SealedError",
     "SignatureError",
     "StreamClosed",
+    "Unreachable",
 ]

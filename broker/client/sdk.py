@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import ssl
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -46,6 +50,24 @@ class StreamClosed(ClientError):
         super().__init__(f"stream closed by the broker: {code} {reason}")
 
 
+class Unreachable(ClientError):
+    """The broker could not be reached (connection refused, TLS failure, timeout); for a stream,
+    not within ``give_up_after`` seconds of trying."""
+
+
+Tls = ssl.SSLContext | tuple[str | Path, str | Path, str | Path]
+
+
+def tls_context(tls: Tls) -> ssl.SSLContext:
+    """An SSL context as given, or one from (CA file, client certificate, client key)."""
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    ca, cert, key = tls
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
 @dataclass(frozen=True)
 class Received:
     """A report as received: ``payload`` opened, ``verified`` True when the originator's
@@ -69,17 +91,29 @@ class BrokerClient:
     def __init__(
         self,
         base_url: str,
-        token: str,
+        token: str | None = None,
         *,
         signing_key: Ed25519PrivateKey | None = None,
         sealing_key: X25519PrivateKey | None = None,
         trusted_keys: Mapping[str, str] | None = None,
+        tls: Tls | None = None,
         reconnect_delay: float = 0.2,
+        max_reconnect_delay: float = 10.0,
+        give_up_after: float | None = 300.0,
     ) -> None:
         """``trusted_keys`` maps node ids to Ed25519 public keys (base64) learnt out of band; a
-        node not in it has its key fetched from the broker (which then has to be trusted)."""
+        node not in it has its key fetched from the broker (which then has to be trusted).
+
+        ``tls``: an ``ssl.SSLContext``, or (CA file, client certificate, client key) for mutual
+        TLS, where the certificate identifies the node and ``token`` may be left out. Streams
+        reconnect with exponential backoff and jitter (``reconnect_delay`` doubling up to
+        ``max_reconnect_delay``) and raise ``Unreachable`` after ``give_up_after`` seconds
+        without a connection (None: never)."""
         self.base_url = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}"}
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._ssl = None if tls is None else tls_context(tls)
+        self._max_delay = max_reconnect_delay
+        self._give_up = give_up_after
         self._signing_key = signing_key
         self._sealing_key = sealing_key
         self._trusted = dict(trusted_keys or {})
@@ -88,7 +122,8 @@ class BrokerClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> BrokerClient:
-        self._session = aiohttp.ClientSession()
+        connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+        self._session = aiohttp.ClientSession(connector=connector)
         return self
 
     async def __aexit__(
@@ -112,17 +147,22 @@ class BrokerClient:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> Any:
-        async with self.session.request(
-            method,
-            self.base_url + path,
-            json=body,
-            params=params,
-            headers={**self._headers, **(headers or {})},
-        ) as resp:
-            answer = await resp.json(content_type=None)
-            if resp.status >= 400:
-                raise ApiError(resp.status, answer if isinstance(answer, dict) else {})
-            return answer
+        try:
+            async with self.session.request(
+                method,
+                self.base_url + path,
+                json=body,
+                params=params,
+                headers={**self._headers, **(headers or {})},
+            ) as resp:
+                answer = await resp.json(content_type=None)
+                if resp.status >= 400:
+                    raise ApiError(resp.status, answer if isinstance(answer, dict) else {})
+                return answer
+        except aiohttp.ClientError as exc:  # the SDK's own error, never a bare aiohttp one
+            raise Unreachable(f"{method} {path}: {exc}") from exc
+        except ValueError as exc:
+            raise ClientError(f"{method} {path}: the broker's answer is not JSON") from exc
 
     async def publish(
         self,
@@ -227,6 +267,7 @@ class BrokerClient:
         sequence it yielded; reports are deduplicated by id. A report is acked when the caller
         asks for the next one, so a crash while handling it means it is delivered again."""
         last, seen = after, OrderedDict[str, None]()
+        attempt, since = 0, time.monotonic()  # failures in a row, and since when
         while True:
             params = {"name": name}
             if last is not None:
@@ -237,6 +278,7 @@ class BrokerClient:
                 async with self.session.ws_connect(
                     self.base_url + "/v1/stream", headers=self._headers, params=params, autoping=True
                 ) as ws:
+                    attempt, since = 0, time.monotonic()
                     async for message in ws:
                         if message.type != aiohttp.WSMsgType.TEXT:
                             break
@@ -254,11 +296,26 @@ class BrokerClient:
                             await ws.send_json({"type": "ack", "sequence": last})
                     code = ws.close_code or 1006
             except aiohttp.WSServerHandshakeError as exc:
+                await self._handshake_problem(params)  # raises ApiError with the problem's detail
                 raise ApiError(exc.status, {"type": "handshake", "detail": exc.message}) from exc
-            except (TimeoutError, aiohttp.ClientError, ConnectionError):
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                 code = 1006
+                if self._give_up is not None and time.monotonic() - since > self._give_up:
+                    raise Unreachable(
+                        f"no connection to {self.base_url} for {self._give_up:.0f} s: {exc}"
+                    ) from exc
             if code in PERMANENT_CLOSE_CODES:
                 raise StreamClosed(code, PERMANENT_CLOSE_CODES[code])
             if not reconnect:
                 return
-            await asyncio.sleep(self._delay)
+            attempt += 1
+            await asyncio.sleep(self._backoff(attempt))
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter, so many clients do not reconnect in step."""
+        ceiling = min(self._max_delay, self._delay * 2 ** min(attempt - 1, 30))
+        return random.uniform(self._delay / 2, max(ceiling, self._delay / 2))  # noqa: S311 (not crypto)
+
+    async def _handshake_problem(self, params: Mapping[str, str]) -> None:
+        """The refused handshake's problem document: the same request without the upgrade."""
+        await self._call("GET", "/v1/stream", params=params)

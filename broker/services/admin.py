@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from broker.crypto import envelope
+from broker.crypto import envelope, pki
 from broker.crypto import keyring as keyring_file
 from broker.crypto.signing import check_public_key
 from broker.crypto.tokens import hash_token, new_token
@@ -24,7 +24,16 @@ from broker.settings import AllianceSeed
 # Match with ``fullmatch``: with ``match`` the ``$`` would also accept a trailing newline.
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NODE_FIELDS = frozenset(
-    {"id", "nation", "clearance", "roles", "caveats", "ed25519_public_key", "x25519_public_key"}
+    {
+        "id",
+        "nation",
+        "clearance",
+        "roles",
+        "caveats",
+        "ed25519_public_key",
+        "x25519_public_key",
+        "certificate",
+    }
 )
 
 
@@ -71,7 +80,25 @@ def parse_node_spec(spec: Mapping[str, Any], *, ctx: Context) -> NodeRecord:
         created_at=ctx.now(),
         ed25519_public_key=_optional_key(spec, "ed25519_public_key"),
         x25519_public_key=_optional_key(spec, "x25519_public_key"),
+        tls_fingerprint=_pin(spec.get("certificate"), node_id),
     )
+
+
+def _pin(pem: object, node_id: str) -> str | None:
+    """The SHA-256 fingerprint of a node's client certificate (PEM), which must name the node."""
+    if pem is None:
+        return None
+    if not isinstance(pem, str):
+        raise InvalidInput("certificate must be a PEM string", code="invalid_certificate")
+    try:
+        der = pki.certificate_der(pki.load_certificate(pem.encode()))
+    except ValueError as exc:
+        raise InvalidInput("certificate is not a PEM X.509 certificate", code="invalid_certificate") from exc
+    if pki.node_id_from_certificate(der) != node_id:
+        raise InvalidInput(
+            f"the certificate's SAN must hold urn:alliance-broker:node:{node_id}", code="invalid_certificate"
+        )
+    return pki.fingerprint_sha256(der)
 
 
 async def add_node(ctx: Context, spec: Mapping[str, Any], *, actor: str) -> dict[str, Any]:

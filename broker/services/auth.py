@@ -9,10 +9,12 @@ costs a dictionary update each, not a durable transaction each.
 
 from __future__ import annotations
 
+import hmac
 import re
 from dataclasses import replace
 from typing import NoReturn
 
+from broker.crypto import pki
 from broker.crypto.tokens import hash_token, token_matches
 from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import AccessDenied, RateLimited, Unauthenticated
@@ -34,7 +36,12 @@ async def flush_failures(ctx: Context) -> None:
 
 
 async def authenticate(
-    ctx: Context, token: str | None, *, source: str, rechecked: bool = False
+    ctx: Context,
+    token: str | None,
+    *,
+    source: str,
+    rechecked: bool = False,
+    certificate: bytes | None = None,
 ) -> NodeRecord:
     """The node holding ``token``, tagged with the change counter it was read at. Unknown,
     malformed and revoked tokens are refused with 401 and counted against ``source`` (the token
@@ -42,9 +49,14 @@ async def authenticate(
 
     A cached record is used as it is only by callers that pass ``rechecked`` (they call
     ``recheck`` in the transaction of their act); for everyone else it is checked against the
-    database's change counter first, so a revocation committed by any process binds at once."""
+    database's change counter first, so a revocation committed by any process binds at once.
+
+    ``certificate`` is a verified TLS client certificate (DER): it identifies the node instead
+    of the token (see ``_by_certificate``)."""
     if not ctx.auth_failures.allowed(source):
         raise RateLimited("too many failed authentications from this address", code="rate_limited")
+    if certificate is not None:
+        return await _by_certificate(ctx, certificate, token, source=source)
     if not token:
         _fail(ctx, source, reason="missing_token")
     if len(token) > MAX_TOKEN_LENGTH or not TOKEN.fullmatch(token):
@@ -64,6 +76,34 @@ async def authenticate(
         _fail(ctx, source, reason="unknown_token")
     if node.revoked_at is not None:
         _fail(ctx, source, reason="node_revoked", node=node)
+    return node
+
+
+async def _by_certificate(ctx: Context, der: bytes, token: str | None, *, source: str) -> NodeRecord:
+    """The node a verified client certificate names (SAN ``urn:alliance-broker:node:<id>``).
+
+    The TLS handshake already checked the chain to a configured CA and the validity dates; here:
+    the node exists and is not revoked, the certificate is the pinned one when the node has a pin,
+    and a token sent as well names the same node."""
+    node_id = pki.node_id_from_certificate(der)
+    if node_id is None:
+        _fail(ctx, source, reason="certificate_names_no_node")
+    async with ctx.db.transaction() as tx:
+        counter = await tx.change_counter()
+        node = await tx.node(node_id)
+    ctx.observe(counter)
+    if node is None:
+        _fail(ctx, source, reason="unknown_certificate")
+    node = replace(node, version=counter)
+    if node.revoked_at is not None:
+        _fail(ctx, source, reason="node_revoked", node=node)
+    pin = node.tls_fingerprint
+    if pin is not None and not hmac.compare_digest(pin, pki.fingerprint_sha256(der)):
+        _fail(ctx, source, reason="certificate_not_pinned", node=node)
+    if token:
+        by_token = await authenticate(ctx, token, source=source)
+        if by_token.id != node.id:
+            _fail(ctx, source, reason="token_certificate_mismatch", node=node)
     return node
 
 

@@ -18,6 +18,7 @@ from broker.services import admin, auth, reports
 from broker.services.context import Context
 from broker.storage.db import ping
 from broker.web.middleware import read_json
+from broker.web.tls import peer_certificate
 
 CONTEXT = web.AppKey("context", Context)
 INTEGER = re.compile(r"-?[0-9]{1,19}")
@@ -58,7 +59,11 @@ async def _node(request: web.Request, *, rechecked: bool = False) -> NodeRecord:
     scheme, _, token = header.partition(" ")
     token_or_none = token.strip() if scheme.lower() == "bearer" else None
     return await auth.authenticate(
-        _ctx(request), token_or_none, source=request.remote or "-", rechecked=rechecked
+        _ctx(request),
+        token_or_none,
+        source=request.remote or "-",
+        rechecked=rechecked,
+        certificate=peer_certificate(request),
     )
 
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -32,26 +33,30 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _http(method: str, url: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
+def _http(
+    method: str, url: str, token: str | None = None, body: Any = None, context: ssl.SSLContext | None = None
+) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 -- loopback URL we built
     request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10, context=context) as resp:  # noqa: S310
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen[str], seconds: float = 30) -> None:
+def _wait_healthy(
+    base: str, proc: subprocess.Popen[str], seconds: float = 30, context: ssl.SSLContext | None = None
+) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"broker exited early: {proc.stdout.read() if proc.stdout else ''}")
         try:
-            if _http("GET", f"{base}/v1/health")[0] == 200:
+            if _http("GET", f"{base}/v1/health", context=context)[0] == 200:
                 return
         except OSError:
             time.sleep(0.1)
@@ -128,7 +133,7 @@ def test_kill_9_after_201_loses_nothing(database_url: str, tmp_path: Path) -> No
         _, page = _http("GET", f"{base}/v1/reports?limit=100", token)
         refused, _ = _http("GET", f"{base}/v1/reports?limit=5&token={token}")  # a token where none belongs
     assert refused == 401
-    assert "(event loop: uvloop)" in log[0]  # the default, where uvloop is installed (a dependency)
+    assert "event loop: uvloop)" in log[0]  # the default, where uvloop is installed (a dependency)
     assert '"GET /v1/reports?limit=100 HTTP/1.1" 200' in log[0] and token not in log[0]  # no secrets
     assert '"GET /v1/reports?limit=5&token=REDACTED HTTP/1.1" 401' in log[0]
     assert [r["id"] for r in page["reports"]] == [r["id"] for r in receipts]
@@ -149,9 +154,14 @@ def test_demo_command_starts_a_broker_with_printed_tokens(tmp_path: Path) -> Non
         stderr=subprocess.STDOUT,
         text=True,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"https://127.0.0.1:{port}"
+    ca = workdir / "var" / "demo" / "pki" / "ca.pem"
     try:
-        _wait_healthy(base, proc, seconds=60)
+        deadline = time.monotonic() + 60
+        while not ca.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        trust = ssl.create_default_context(cafile=str(ca))
+        _wait_healthy(base, proc, seconds=60, context=trust)
         lines = []
         assert proc.stdout is not None
         while not any("API description" in line for line in lines):
@@ -159,15 +169,38 @@ def test_demo_command_starts_a_broker_with_printed_tokens(tmp_path: Path) -> Non
         text = "".join(lines)
         tokens = dict(re.findall(r"^\s+(\S+)\s+.*token (abk_\S+)$", text, re.MULTILINE))
         assert {"usa-cyber", "swe-cert", "nga-cert", "auditor", "admin"} <= set(tokens)
+        # The printed curl lines, run as printed: mutual TLS with the demo CA's certificates.
+        publish = text[text.index("Publish a") :].splitlines()[1:5]
+        done = subprocess.run(
+            ["bash", "-c", "\n".join(publish)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            cwd="/",
+        )
+        receipt = json.loads(done.stdout)
+        swe_curl = text[text.index("Sweden") :].splitlines()[1]
+        page = json.loads(
+            subprocess.run(["bash", "-c", swe_curl], capture_output=True, text=True, timeout=30).stdout
+        )
+        stored = [r["payload"]["pattern"] for r in page["reports"] if r["id"] == receipt["id"]]
+        assert stored == ["[ipv4-addr:value = '198.51.100.7']"]
+        nga_curl = text[text.index("Sweden") :].splitlines()[2]
+        nga = json.loads(
+            subprocess.run(["bash", "-c", nga_curl], capture_output=True, text=True, timeout=30).stdout
+        )
+        assert nga["reports"] == []
         status, receipt = _http(
             "POST",
             f"{base}/v1/reports",
             tokens["usa-cyber"],
             {"label": {"classification": "CONFIDENTIAL", "releasable_to": ["NATO"]}, "payload": {"x": 1}},
+            context=trust,
         )
         assert status == 201
-        assert _http("GET", f"{base}/v1/reports/{receipt['id']}", tokens["swe-cert"])[0] == 200
-        assert _http("GET", f"{base}/v1/reports/{receipt['id']}", tokens["nga-cert"])[0] == 404
+        assert _http("GET", f"{base}/v1/reports/{receipt['id']}", tokens["swe-cert"], context=trust)[0] == 200
+        assert _http("GET", f"{base}/v1/reports/{receipt['id']}", tokens["nga-cert"], context=trust)[0] == 404
         assert (workdir / "var" / "demo" / "broker.db").exists()
         live = []
         deadline = time.monotonic() + 20

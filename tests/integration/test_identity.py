@@ -1,0 +1,66 @@
+"""Node lifecycle and what the edge says about itself: token rotation, ids never reused,
+401 challenges, no version banner, and plain HTTP kept on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from broker.settings import Settings
+from tests.integration.conftest import Api
+from tests.integration.helpers import body, cli_env, events, run_cli
+
+
+async def test_rotating_a_token_kills_the_old_one_at_once(api: Api) -> None:
+    usa = await api.node("usa-1", "USA")
+    root = await api.node("root", "BEL", roles=("admin",))
+    assert (await api.publish(usa, body()))[0] == 201  # the old token is cached by the server
+    status, rotated = await api.call("POST", "/v1/admin/nodes/usa-1/rotate-token", root)
+    assert status == 200 and rotated["id"] == "usa-1" and rotated["token"] != usa
+    assert (await api.publish(usa, body()))[0] == 401
+    assert (await api.get("/v1/reports", usa))[0] == 401
+    assert (await api.publish(rotated["token"], body()))[0] == 201
+    assert [e["actor"] for e in await events(api.ctx, action="token_rotate")] == ["root"]
+
+
+async def test_rotate_token_from_the_cli(api: Api, settings: Settings) -> None:
+    usa = await api.node("usa-1", "USA")
+    env = cli_env(settings.database_url, settings.keyring_path)
+    done = await asyncio.to_thread(run_cli, "node", "rotate-token", "usa-1", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    fresh = json.loads(done.stdout)
+    assert fresh["id"] == "usa-1"
+    assert (await api.get("/v1/reports", usa))[0] == 401  # another process rotated it: binds at once
+    assert (await api.get("/v1/reports", fresh["token"]))[0] == 200
+
+
+async def test_a_revoked_id_is_never_reused(api: Api) -> None:
+    root = await api.node("root", "BEL", roles=("admin",))
+    spec = {"id": "fra-1", "nation": "FRA", "clearance": "SECRET", "roles": ["subscribe"]}
+    assert (await api.call("POST", "/v1/admin/nodes", root, json=spec))[0] == 201
+    assert (await api.call("POST", "/v1/admin/nodes/fra-1/revoke", root))[0] == 200
+    status, problem = await api.call("POST", "/v1/admin/nodes", root, json=spec)
+    assert (
+        status == 409 and problem["type"].endswith("node_id_revoked") and "never reused" in problem["detail"]
+    )
+
+
+async def test_401s_carry_a_challenge_and_no_response_names_its_software(api: Api) -> None:
+    async with api.client.get("/v1/reports") as resp:
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
+        assert resp.headers["Server"] == "alliance-broker"
+        assert resp.headers["X-Request-Id"]
+    async with api.client.get("/v1/health") as resp:
+        assert "aiohttp" not in resp.headers.get("Server", "") and "Python" not in resp.headers.get(
+            "Server", ""
+        )
+
+
+def test_plain_http_on_a_network_address_refuses_to_start(database_url: str, tmp_path: Path) -> None:
+    env = cli_env(database_url, tmp_path / "keyring.json")
+    done = run_cli("serve", "--host", "0.0.0.0", "--port", "0", env=env)  # noqa: S104 (refused)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a loopback address" in lines[0] and "--tls-cert" in lines[0]
