@@ -80,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     node.add_parser(
         "rotate-token", parents=[common], help="new token (shown once); the old one stops working at once"
     ).add_argument("id")
+    upd = node.add_parser(
+        "update", parents=[common], help="change clearance, caveats, roles, keys, certificate pin"
+    )
+    upd.add_argument("id")
+    upd.add_argument("--clearance")
+    upd.add_argument("--caveats", help="comma-separated (empty: none)")
+    upd.add_argument("--roles", help="comma-separated: publish,subscribe,audit,admin")
+    upd.add_argument("--ed25519-public-key")
+    upd.add_argument("--x25519-public-key")
+    pin = upd.add_mutually_exclusive_group()
+    pin.add_argument("--certificate", help="PEM client certificate to pin the node to")
+    pin.add_argument("--no-certificate", action="store_true", help="remove the certificate pin")
 
     alliance = sub.add_parser("alliance", help="alliances").add_subparsers(dest="action", required=True)
     create = alliance.add_parser("create", parents=[common])
@@ -173,6 +185,7 @@ def _command(args: argparse.Namespace, settings: Settings) -> Callable[[Context]
         ("node", "list"): admin.list_nodes,
         ("node", "revoke"): lambda c: admin.revoke_node(c, args.id, actor=CLI_ACTOR),
         ("node", "rotate-token"): lambda c: admin.rotate_token(c, args.id, actor=CLI_ACTOR),
+        ("node", "update"): lambda c: admin.update_node(c, args.id, _node_changes(args), actor=CLI_ACTOR),
         ("alliance", "create"): lambda c: admin.create_alliance(
             c, args.id, name=args.name, history=args.history, actor=CLI_ACTOR
         ),
@@ -300,6 +313,31 @@ async def _erase(ctx: Context, report_id: str) -> dict[str, Any]:
     return {"id": await reports.erase(ctx, report_id, actor=CLI_ACTOR), "erased": True}
 
 
+def _node_changes(args: argparse.Namespace) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if args.clearance:
+        changes["clearance"] = args.clearance
+    if args.caveats is not None:
+        changes["caveats"] = _csv(args.caveats)
+    if args.roles is not None:
+        changes["roles"] = _csv(args.roles)
+    for key in ("ed25519_public_key", "x25519_public_key"):
+        if getattr(args, key):
+            changes[key] = getattr(args, key)
+    if args.no_certificate:
+        changes["certificate"] = None
+    elif args.certificate:
+        changes["certificate"] = _read_certificate(args.certificate)
+    return changes
+
+
+def _read_certificate(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"--certificate {path}: {exc}", code="invalid_certificate") from exc
+
+
 def _node_spec(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "id": args.id,
@@ -313,11 +351,7 @@ def _node_spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.x25519_public_key:
         spec["x25519_public_key"] = args.x25519_public_key
     if args.certificate:
-        try:
-            spec["certificate"] = Path(args.certificate).read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            problem = f"--certificate {args.certificate}: {exc}"
-            raise InvalidInput(problem, code="invalid_certificate") from exc
+        spec["certificate"] = _read_certificate(args.certificate)
     return spec
 
 

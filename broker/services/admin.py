@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -432,3 +433,53 @@ async def rotate_token(ctx: Context, node_id: str, *, actor: str) -> dict[str, A
         await audit.record(tx, [draft], now=ctx.now(), changed=True)
     ctx.tokens.clear()
     return {"id": node_id, "token": token}
+
+
+UPDATABLE = frozenset(
+    {"clearance", "caveats", "roles", "ed25519_public_key", "x25519_public_key", "certificate"}
+)
+
+
+async def update_node(
+    ctx: Context, node_id: str, changes: Mapping[str, Any], *, actor: str
+) -> dict[str, Any]:
+    """Change a live node's clearance, caveats, roles, public keys or certificate pin
+    (``certificate``: a PEM to pin, or None to unpin). Validated like a new node; audited with
+    what changed; every act re-checks the node from the moment this commits."""
+    unknown = set(changes) - UPDATABLE
+    if unknown or not changes:
+        raise InvalidInput(f"give one or more of {sorted(UPDATABLE)}", code="invalid_node")
+    async with ctx.db.transaction() as tx:
+        node = await tx.node(node_id)
+        if node is None:
+            raise NotFound(f"no node {node_id!r}", code="not_found")
+        if node.revoked_at is not None:
+            raise Conflict(f"node {node_id!r} was revoked", code="node_revoked")
+        spec = {k: v for k, v in node.public().items() if k in NODE_FIELDS} | {
+            k: v for k, v in changes.items() if k != "certificate"
+        }
+        parsed = parse_node_spec(spec, ctx=ctx)
+        pin = _pin(changes["certificate"], node_id) if "certificate" in changes else node.tls_fingerprint
+        updated = replace(
+            node,
+            clearance=parsed.clearance,
+            caveats=parsed.caveats,
+            roles=parsed.roles,
+            ed25519_public_key=parsed.ed25519_public_key,
+            x25519_public_key=parsed.x25519_public_key,
+            tls_fingerprint=pin,
+        )
+        await tx.update_node(updated)
+        before, after = node.public(), updated.public()
+        details = {k: after[k] for k in after if before[k] != after[k]}
+        draft = AuditDraft(
+            action="node_update",
+            actor=actor,
+            node=node_id,
+            nation=node.nation,
+            decision="allow",
+            details=details,
+        )
+        await audit.record(tx, [draft], now=ctx.now(), changed=True)
+    ctx.tokens.clear()
+    return updated.public()

@@ -302,6 +302,21 @@ class Tx:
     async def nodes(self) -> list[NodeRecord]:
         return [node_of(r) for r in (await self._s.scalars(select(NodeRow).order_by(NodeRow.id))).all()]
 
+    async def update_node(self, node: NodeRecord) -> None:
+        """Store a node's clearance, caveats, roles, public keys and certificate pin."""
+        await self._s.execute(
+            update(NodeRow)
+            .where(NodeRow.id == node.id)
+            .values(
+                clearance=node.clearance,
+                caveats=list(node.caveats),
+                roles=list(node.roles),
+                ed25519_public_key=node.ed25519_public_key,
+                x25519_public_key=node.x25519_public_key,
+                tls_fingerprint=node.tls_fingerprint,
+            )
+        )
+
     async def set_token_hash(self, node_id: str, token_hash: str) -> bool:
         """Replace a live node's token hash (the old token stops working at commit)."""
         result = await self._s.execute(
@@ -310,10 +325,6 @@ class Tx:
             .values(token_hash=token_hash)
         )
         return bool(getattr(result, "rowcount", 0))
-
-    async def node_by_fingerprint(self, fingerprint: str) -> NodeRecord | None:
-        row = await self._s.scalar(select(NodeRow).where(NodeRow.tls_fingerprint == fingerprint))
-        return None if row is None else node_of(row)
 
     async def revoke_node(self, node_id: str, *, at: datetime) -> bool:
         result = await self._s.execute(

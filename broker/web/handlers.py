@@ -57,7 +57,7 @@ async def _node(request: web.Request, *, rechecked: bool = False) -> NodeRecord:
     (services.auth.recheck), so a cached record may be handed over without a database read."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    token_or_none = token.strip() if scheme.lower() == "bearer" else None
+    token_or_none = token.strip() if scheme.lower() == "bearer" else subprotocol_token(request)
     return await auth.authenticate(
         _ctx(request),
         token_or_none,
@@ -65,6 +65,22 @@ async def _node(request: web.Request, *, rechecked: bool = False) -> NodeRecord:
         rechecked=rechecked,
         certificate=peer_certificate(request),
     )
+
+
+# Browsers cannot set headers on a websocket: they offer the token as a subprotocol beside ours,
+# ``new WebSocket(url, ["alliance-broker.v1", "bearer." + token])``, never in the URL. The
+# broker answers with ``alliance-broker.v1`` only, so the token is not echoed back.
+WS_PROTOCOL = "alliance-broker.v1"
+_BEARER_PROTOCOL = "bearer."
+
+
+def subprotocol_token(request: web.Request) -> str | None:
+    """The token a browser offered as a websocket subprotocol, if any."""
+    offered = request.headers.get("Sec-WebSocket-Protocol", "")
+    for protocol in (p.strip() for p in offered.split(",")):
+        if protocol.startswith(_BEARER_PROTOCOL):
+            return protocol.removeprefix(_BEARER_PROTOCOL)
+    return None
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -154,6 +170,16 @@ async def admin_revoke_node(request: web.Request) -> web.Response:
     actor = await _admin(request)
     result = await admin.revoke_node(_ctx(request), request.match_info["id"], actor=actor.id)
     request.app[WAKE]()  # the node's open streams here close at once (other brokers: NOTIFY or poll)
+    return web.json_response(result)
+
+
+async def admin_update_node(request: web.Request) -> web.Response:
+    actor = await _admin(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", code="invalid_body")
+    result = await admin.update_node(_ctx(request), request.match_info["id"], body, actor=actor.id)
+    request.app[WAKE]()  # open streams decide with the new clearance, caveats and keys at once
     return web.json_response(result)
 
 

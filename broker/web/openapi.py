@@ -460,6 +460,33 @@ PATHS: dict[str, Any] = {
             parameters=[_PATH_ID],
         )
     },
+    "/v1/admin/nodes/{id}": {
+        "patch": _op(
+            "Change a node's clearance, caveats, roles, public keys or certificate pin (role admin; audited)",
+            {"200": _json(_ref("Node"), "updated"), **_problems(403, 404, 409, 413, 422)},
+            parameters=[_PATH_ID],
+            requestBody={
+                "required": True,
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "minProperties": 1,
+                            "properties": {
+                                "clearance": {"type": "string"},
+                                "caveats": _STR_LIST,
+                                "roles": _STR_LIST,
+                                "ed25519_public_key": {"type": ["string", "null"]},
+                                "x25519_public_key": {"type": ["string", "null"]},
+                                "certificate": {"type": ["string", "null"]},
+                            },
+                        }
+                    }
+                },
+            },
+        )
+    },
     "/v1/admin/nodes/{id}/rotate-token": {
         "post": _op(
             "A new token for a node, shown once; the old one stops working at once (role admin; audited)",

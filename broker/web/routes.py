@@ -33,6 +33,7 @@ def add_routes(app: web.Application) -> None:
             web.get("/v1/admin/nodes", handlers.admin_list_nodes),
             web.post("/v1/admin/nodes/{id}/revoke", handlers.admin_revoke_node),
             web.post("/v1/admin/nodes/{id}/rotate-token", handlers.admin_rotate_token),
+            web.patch("/v1/admin/nodes/{id}", handlers.admin_update_node),
             web.get("/v1/admin/nodes/{id}/cursors", handlers.admin_node_cursors),
             web.delete("/v1/admin/nodes/{id}/cursors/{name}", handlers.admin_reset_cursor),
             web.put("/v1/admin/alliances/{id}/members/{nation}", handlers.admin_join),

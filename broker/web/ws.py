@@ -29,7 +29,7 @@ from broker.errors import AccessDenied, BadRequest, RateLimited, Unauthenticated
 from broker.realtime.hub import Hub
 from broker.services import auth, deliver
 from broker.services.context import Context
-from broker.web.handlers import CONTEXT, _int_param, _node, _topics_param
+from broker.web.handlers import CONTEXT, WS_PROTOCOL, _int_param, _node, _topics_param
 
 log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", Hub)
@@ -193,7 +193,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
     per_node[node.id] = per_node.get(node.id, 0) + 1  # before any await: no race past the cap
     streams = request.app[STREAMS]
     # autoclose off: a client's close is answered only after its newest ack is stored (run()).
-    ws = web.WebSocketResponse(compress=False, max_msg_size=ctx.settings.max_ws_frame_bytes, autoclose=False)
+    ws = web.WebSocketResponse(
+        compress=False,
+        max_msg_size=ctx.settings.max_ws_frame_bytes,
+        autoclose=False,
+        protocols=(WS_PROTOCOL,),
+    )
     try:
         await ws.prepare(request)
         streams.add(ws)

@@ -7,6 +7,9 @@ import asyncio
 import json
 from pathlib import Path
 
+import aiohttp
+import pytest
+
 from broker.settings import Settings
 from tests.integration.conftest import Api
 from tests.integration.helpers import body, cli_env, events, run_cli
@@ -64,3 +67,35 @@ def test_plain_http_on_a_network_address_refuses_to_start(database_url: str, tmp
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a loopback address" in lines[0] and "--tls-cert" in lines[0]
+
+
+async def test_updating_a_node_applies_to_its_next_act(api: Api) -> None:
+    usa, swe = await api.node("usa-1", "USA"), await api.node("swe-1", "SWE", clearance="SECRET")
+    root = await api.node("root", "BEL", roles=("admin",))
+    _, receipt = await api.publish(usa, body(classification="SECRET"))
+    assert (await api.get(f"/v1/reports/{receipt['id']}", swe))[0] == 200
+    status, updated = await api.call(
+        "PATCH", "/v1/admin/nodes/swe-1", root, json={"clearance": "CONFIDENTIAL", "caveats": ["CT-OPS"]}
+    )
+    assert status == 200 and updated["clearance"] == "CONFIDENTIAL" and updated["caveats"] == ["CT-OPS"]
+    assert (await api.get(f"/v1/reports/{receipt['id']}", swe))[0] == 404  # its cached record is not used
+    assert (await api.call("PATCH", "/v1/admin/nodes/swe-1", root, json={"clearance": "COSMIC"}))[0] == 422
+    assert (await api.call("PATCH", "/v1/admin/nodes/swe-1", root, json={"nation": "RUS"}))[0] == 422
+    (event,) = await events(api.ctx, action="node_update")
+    assert event["actor"] == "root" and event["node"] == "swe-1"
+
+
+async def test_a_browser_offers_its_token_as_a_subprotocol_not_in_the_url(api: Api) -> None:
+    swe = await api.node("swe-1", "SWE")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(
+            f"{api.base_url}/v1/stream", protocols=("alliance-broker.v1", f"bearer.{swe}")
+        ) as ws:
+            assert ws.protocol == "alliance-broker.v1"  # the token is never echoed back
+            async with asyncio.timeout(20):
+                assert (await ws.receive_json())["type"] in ("heartbeat", "report")
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(
+                f"{api.base_url}/v1/stream", protocols=("alliance-broker.v1", "bearer.abk_x")
+            )
+        assert refused.value.status == 401
