@@ -9,6 +9,7 @@ costs a dictionary update each, not a durable transaction each.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from dataclasses import replace
@@ -56,7 +57,7 @@ async def authenticate(
     if not ctx.auth_failures.allowed(source):
         raise RateLimited("too many failed authentications from this address", code="rate_limited")
     if certificate is not None:
-        return await _by_certificate(ctx, certificate, token, source=source)
+        return await _by_certificate(ctx, certificate, token, source=source, rechecked=rechecked)
     if not token:
         _fail(ctx, source, reason="missing_token")
     if len(token) > MAX_TOKEN_LENGTH or not TOKEN.fullmatch(token):
@@ -79,29 +80,40 @@ async def authenticate(
     return node
 
 
-async def _by_certificate(ctx: Context, der: bytes, token: str | None, *, source: str) -> NodeRecord:
+async def _by_certificate(
+    ctx: Context, der: bytes, token: str | None, *, source: str, rechecked: bool
+) -> NodeRecord:
     """The node a verified client certificate names (SAN ``urn:alliance-broker:node:<id>``).
 
     The TLS handshake already checked the chain to a configured CA and the validity dates; here:
     the node exists and is not revoked, the certificate is the pinned one when the node has a pin,
-    and a token sent as well names the same node."""
-    node_id = pki.node_id_from_certificate(der)
-    if node_id is None:
-        _fail(ctx, source, reason="certificate_names_no_node")
-    async with ctx.db.transaction() as tx:
-        counter = await tx.change_counter()
-        node = await tx.node(node_id)
-    ctx.observe(counter)
-    if node is None:
-        _fail(ctx, source, reason="unknown_certificate")
-    node = replace(node, version=counter)
+    and a token sent as well names the same node. Cached by the certificate's fingerprint like a
+    token (the certificate is parsed once), under the same version rule."""
+    fingerprint = hashlib.sha256(der).hexdigest()
+    key = "cert:" + fingerprint
+    node = ctx.tokens.get(key)
+    if node is None or node.version < ctx.seen or not rechecked:
+        node_id = node.id if node is not None else pki.node_id_from_certificate(der)
+        if node_id is None:
+            _fail(ctx, source, reason="certificate_names_no_node")
+        async with ctx.db.transaction() as tx:
+            counter = await tx.change_counter()
+            if node is None or node.version != counter:
+                node = await tx.node(node_id)
+        ctx.observe(counter)
+        if node is None:
+            _fail(ctx, source, reason="unknown_certificate")
+        if node.version != counter:
+            node = replace(node, version=counter)
+            ctx.remember(key, node)
     if node.revoked_at is not None:
         _fail(ctx, source, reason="node_revoked", node=node)
     pin = node.tls_fingerprint
-    if pin is not None and not hmac.compare_digest(pin, pki.fingerprint_sha256(der)):
+    if pin is not None and not hmac.compare_digest(pin, fingerprint):
+        ctx.tokens.pop(key, None)
         _fail(ctx, source, reason="certificate_not_pinned", node=node)
     if token:
-        by_token = await authenticate(ctx, token, source=source)
+        by_token = await authenticate(ctx, token, source=source, rechecked=rechecked)
         if by_token.id != node.id:
             _fail(ctx, source, reason="token_certificate_mismatch", node=node)
     return node
