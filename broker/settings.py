@@ -6,9 +6,10 @@ Everything is validated here, once; a bad value stops start-up with the file, ke
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -26,6 +27,42 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/broker.db"
 class AllianceSeed:
     alliance: Alliance
     members: tuple[Membership, ...]
+
+
+# Every key broker.toml may hold, by table: anything else is refused at start-up (a typo such as
+# ``max_body_byte`` must not silently leave a default in force).
+KNOWN_KEYS: dict[str, frozenset[str]] = {
+    "audit": frozenset(["checkpoint_every_events", "checkpoint_every_seconds", "origin"]),
+    "database": frozenset(["url"]),
+    "keyring": frozenset(["path"]),
+    "server": frozenset(
+        [
+            "ack_flush_ms",
+            "allowed_origins",
+            "auth_failure_burst",
+            "auth_failure_window_seconds",
+            "auth_failures_per_second",
+            "body_read_timeout_seconds",
+            "change_poll_ms",
+            "event_loop",
+            "host",
+            "max_body_bytes",
+            "max_page_bytes",
+            "max_page_size",
+            "max_scan_rows",
+            "max_streams_per_node",
+            "max_ws_frame_bytes",
+            "port",
+            "publish_burst",
+            "publish_rate_per_second",
+            "safety_poll_ms",
+            "stream_heartbeat_seconds",
+            "stream_queue_bytes",
+            "stream_queue_size",
+        ]
+    ),
+    "tls": frozenset(["cert", "client_auth", "client_ca", "insecure_http", "key"]),
+}
 
 
 TLS_CLIENT_AUTH = ("off", "optional", "required")
@@ -87,9 +124,16 @@ class Settings:
         env = os.environ if env is None else env
         config_dir = Path(env.get("BROKER_CONFIG_DIR", "config"))
         if not config_dir.is_dir():
-            raise ConfigError(file=str(config_dir), key="BROKER_CONFIG_DIR", problem="not a directory")
+            if "BROKER_CONFIG_DIR" in env:
+                raise ConfigError(file=str(config_dir), key="BROKER_CONFIG_DIR", problem="not a directory")
+            raise ConfigError(
+                file=str(config_dir.resolve()),
+                key="config directory",
+                problem="not found: run from the project's directory or set BROKER_CONFIG_DIR",
+            )
         broker_file = config_dir / "broker.toml"
         raw = _read_toml(broker_file) if broker_file.exists() else {}
+        _no_unknown_keys(raw, broker_file)
         database = _table(raw, "database", broker_file)
         keyring = _table(raw, "keyring", broker_file)
         server = _table(raw, "server", broker_file)
@@ -144,6 +188,24 @@ class Settings:
             policy=load_policy(config_dir / "policy.toml"),
             alliances=load_alliances(config_dir / "alliances.toml"),
         )
+
+
+def _no_unknown_keys(raw: Mapping[str, Any], path: Path) -> None:
+    for table, body in raw.items():
+        if table not in KNOWN_KEYS:
+            raise ConfigError(
+                file=str(path), key=table, problem=f"unknown table{_suggest(table, KNOWN_KEYS)}"
+            )
+        if isinstance(body, Mapping):
+            for key in body:
+                if key not in KNOWN_KEYS[table]:
+                    hint = _suggest(key, KNOWN_KEYS[table])
+                    raise ConfigError(file=str(path), key=f"{table}.{key}", problem=f"unknown key{hint}")
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _tls(table: Mapping[str, Any], path: Path, get: _Getter) -> TlsSettings:

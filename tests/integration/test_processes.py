@@ -230,6 +230,8 @@ def _config_dir(tmp_path: Path, name: str, text: str) -> Path:
         ("broker.toml", "[server]\nport = 'eighty'\n", "server.port", "integer"),
         ("broker.toml", "[server\n", "-", "not valid TOML"),
         ("broker.toml", "[server]\nevent_loop = 'tokio'\n", "server.event_loop", "auto, asyncio"),
+        ("broker.toml", "[server]\nmax_body_byte = 5\n", "server.max_body_byte", "did you mean max_body_bytes"),
+        ("broker.toml", "[servre]\nport = 1\n", "servre", "unknown table (did you mean server?)"),
         ("policy.toml", "levels = []\n", "levels", "non-empty"),
         ("policy.toml", "levels = ['A', 'B']\nrequire_sealing_at_or_above = 'C'\n", "levels", "not a level"),
         (
