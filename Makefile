@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 # Two workers: the machine has two cores; each worker clones its own PostgreSQL template.
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint install browser clean
+.PHONY: demo test lint install browser clean lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,14 @@ test: lint browser
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# requirements.lock: the container image's dependencies, pinned with hashes (Dockerfile installs
+# them with --require-hashes). pip-tools runs in a throwaway virtualenv of its own.
+lock:
+	$(PYTHON) -m venv var/piptools
+	var/piptools/bin/pip install --quiet pip-tools
+	var/piptools/bin/pip-compile --quiet --generate-hashes --strip-extras --no-header \
+	  --no-emit-index-url --no-emit-find-links --output-file var/requirements.lock pyproject.toml
+	{ echo "# The image's dependencies, pinned with hashes (pip install --require-hashes). Regenerate with"; \
+	  echo "# \`make lock\` after changing the dependencies in pyproject.toml."; \
+	  cat var/requirements.lock; } > requirements.lock
