@@ -16,9 +16,10 @@ from broker.services.context import Context, utc_now
 from broker.settings import Settings
 from broker.storage.listen import ChangeListener, is_postgresql
 from broker.web.handlers import CONTEXT, LIMITER, WAKE, TokenBucket
+from broker.web.metrics import metrics
 from broker.web.middleware import BODY_TIMEOUT, problems, server_header
 from broker.web.routes import add_routes
-from broker.web.ws import FEED, HUB, PER_NODE, STREAMS, close_all
+from broker.web.ws import FEED, HUB, PER_NODE, SESSIONS, STREAMS, close_all
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     app.on_response_prepare.append(server_header)
     app[STREAMS] = set()
     app[PER_NODE] = {}
+    app[SESSIONS] = set()
     app[BODY_TIMEOUT] = settings.body_read_timeout_seconds
 
     async def context(app: web.Application) -> AsyncIterator[None]:
@@ -75,6 +77,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     app.cleanup_ctx.append(context)
     app.on_shutdown.append(close_all)
     add_routes(app)
+    app.router.add_get("/metrics", metrics)  # Prometheus text, not part of the /v1 API document
     return app
 
 

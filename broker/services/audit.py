@@ -10,6 +10,7 @@ from broker.crypto import merkle
 from broker.crypto.chain import event_hash
 from broker.domain.records import AuditDraft, AuditEvent, Head, event_document
 from broker.errors import BrokerError, Stale
+from broker.services import metrics
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
 from broker.storage.repos import WriteTx
@@ -61,6 +62,7 @@ async def record(
     await tx.insert_events(events)
     await tx.insert_nodes(nodes)
     await tx.save_head(head)
+    metrics.events(drafts)
 
 
 async def record_alone(ctx: Context, drafts: Sequence[AuditDraft]) -> None:

@@ -77,6 +77,11 @@ class Feed:
     def __post_init__(self) -> None:
         self.batcher = audit.Batcher(self.ctx)
 
+    @property
+    def head(self) -> int:
+        """The newest report sequence this feed has seen."""
+        return self._head
+
     async def refresh(self, *, load: bool = True) -> tuple[int, int]:
         """Load new reports and the current directory in one transaction; return the
         database's (last sequence, change counter). The hub calls this. With ``load`` false

@@ -14,6 +14,7 @@ from broker.crypto import merkle, notes
 from broker.domain.records import AuditEvent, Checkpoint, event_document, format_time
 from broker.domain.time import parse_time as parse_time  # the edge's parser, kept under its old name
 from broker.errors import BrokerError, InvalidInput, NotFound
+from broker.services import metrics
 from broker.services.context import Context
 from broker.storage.repos import Tx
 
@@ -89,6 +90,7 @@ async def sign_checkpoint(ctx: Context) -> Checkpoint:
         body = notes.CheckpointBody(origin=ctx.settings.audit_origin, size=head.audit_seq, root=root)
         note, _ = notes.sign(body, name=ctx.settings.audit_origin, private_key=ctx.keyring.checkpoint_key)
         checkpoint = Checkpoint(size=head.audit_seq, root=root, time=ctx.now(), note=note)
+        metrics.checkpoint_signed(checkpoint.time.timestamp())
         await tx.insert_checkpoint(checkpoint)
     return checkpoint
 
@@ -116,6 +118,8 @@ async def checkpointer(ctx: Context, stop: asyncio.Event) -> None:
                 size = await tx.audit_size()
                 last = await tx.latest_checkpoint()
             signed = 0 if last is None else last.size
+            if last is not None:
+                metrics.checkpoint_signed(last.time.timestamp())
             if size > signed and (size - signed >= every_events or waited >= every_seconds):
                 await sign_checkpoint(ctx)
                 waited = 0.0

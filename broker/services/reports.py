@@ -18,7 +18,7 @@ from broker.domain.ids import canonical_report_id, scoped_report_id
 from broker.domain.labels import SecurityLabel, parse_label
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.errors import AccessDenied, BrokerError, Conflict, InvalidInput, NotFound, RateLimited, Stale
-from broker.services import audit
+from broker.services import audit, metrics
 from broker.services.auth import NodeGone, recheck, refuse_gone, require_role
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
@@ -443,12 +443,13 @@ def document(
         "signature": report.signature,
     }
     if node.x25519_public_key:
-        doc["sealed"] = seal.seal(
-            plaintext=plaintext,
-            recipient_public_key_b64=node.x25519_public_key,
-            report_id=report.id,
-            canonical_label=canonical(report.label) if canonical_label is None else canonical_label,
-        )
+        with metrics.SEAL_SECONDS.time():
+            doc["sealed"] = seal.seal(
+                plaintext=plaintext,
+                recipient_public_key_b64=node.x25519_public_key,
+                report_id=report.id,
+                canonical_label=canonical(report.label) if canonical_label is None else canonical_label,
+            )
     else:
         doc["payload"] = json.loads(plaintext)
     return doc

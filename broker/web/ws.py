@@ -36,6 +36,7 @@ HUB = web.AppKey("hub", Hub)
 FEED = web.AppKey("feed", deliver.Feed)
 STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams")
 PER_NODE: web.AppKey[dict[str, int]] = web.AppKey("streams_per_node")
+SESSIONS: web.AppKey[set[StreamSession]] = web.AppKey("stream_sessions")
 STREAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # always fullmatch
 
 CLOSE_GOING_AWAY = 1001
@@ -50,7 +51,7 @@ class _Closed(Exception):
         self.code, self.reason = code, reason
 
 
-@dataclass
+@dataclass(eq=False)  # kept in a set by identity (app[SESSIONS])
 class StreamSession:
     ctx: Context
     hub: Hub
@@ -213,9 +214,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
             cursor=after,
             queue=asyncio.Queue(maxsize=ctx.settings.stream_queue_size),
         )
+        request.app[SESSIONS].add(session)
         await session.run()
     finally:
         streams.discard(ws)
+        if session is not None:
+            request.app[SESSIONS].discard(session)
         per_node[node.id] -= 1
         if not per_node[node.id]:
             del per_node[node.id]
