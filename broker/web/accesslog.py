@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, quote
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from broker.web.middleware import NODE_ID, REQUEST_ID
+
 SECRET_NAMES = frozenset({"token", "access_token", "api_key", "apikey", "key", "password", "auth", "ticket"})
 REDACTED = "REDACTED"
 TOKEN_PREFIX = "abk_"  # noqa: S105 (not a secret:) what crypto.tokens.new_token() starts with
@@ -31,13 +33,24 @@ def safe_target(path: str, query_string: str) -> str:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """Peer address, request line (secrets redacted), status, bytes and seconds taken."""
+    """Peer address, request line (secrets redacted), status, bytes, seconds taken, the
+    authenticated node (``-`` for none) and the request id the response carries."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         version = f"HTTP/{request.version.major}.{request.version.minor}"
         line = f"{request.method} {safe_target(request.path, request.query_string)} {version}"
         status, size = response.status, response.body_length
-        self.logger.info('%s "%s" %s %s %.6f', request.remote, line, status, size, time)
+        node, request_id = request.get(NODE_ID, "-"), request.get(REQUEST_ID, "-")
+        self.logger.info(
+            '%s "%s" %s %s %.6f node=%s request_id=%s',
+            request.remote,
+            line,
+            status,
+            size,
+            time,
+            node,
+            request_id,
+        )
 
     @property
     def enabled(self) -> bool:

@@ -17,7 +17,7 @@ from broker.errors import BadRequest, InvalidInput, RateLimited
 from broker.services import admin, auth, reports
 from broker.services.context import Context
 from broker.storage.db import ping
-from broker.web.middleware import read_json
+from broker.web.middleware import NODE_ID, read_json
 from broker.web.tls import peer_certificate
 
 CONTEXT = web.AppKey("context", Context)
@@ -58,13 +58,15 @@ async def _node(request: web.Request, *, rechecked: bool = False) -> NodeRecord:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token_or_none = token.strip() if scheme.lower() == "bearer" else subprotocol_token(request)
-    return await auth.authenticate(
+    node = await auth.authenticate(
         _ctx(request),
         token_or_none,
         source=request.remote or "-",
         rechecked=rechecked,
         certificate=peer_certificate(request),
     )
+    request[NODE_ID] = node.id
+    return node
 
 
 # Browsers cannot set headers on a websocket: they offer the token as a subprotocol beside ours,

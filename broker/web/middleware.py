@@ -18,6 +18,8 @@ PROBLEM_BASE = "urn:alliance-broker:problem:"
 CHALLENGE = 'Bearer realm="alliance-broker"'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)
+# The authenticated node's id, for the access log (set by handlers._node).
+NODE_ID = web.RequestKey("node_id", str)
 # Seconds a request body may take to arrive (set by create_app from body_read_timeout_seconds).
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
 
@@ -61,7 +63,10 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        return problem(exc.status, code, exc.reason, request_id=request_id)
+        answer = problem(exc.status, code, exc.reason, request_id=request_id)
+        if "Allow" in exc.headers:  # a 405 says which methods the resource has (RFC 9110)
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
     except Exception:
         log.exception("request_crashed request_id=%s path=%s", request_id, request.path)
         return problem(500, "internal_error", "internal error", request_id=request_id)

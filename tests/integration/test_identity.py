@@ -99,3 +99,10 @@ async def test_a_browser_offers_its_token_as_a_subprotocol_not_in_the_url(api: A
                 f"{api.base_url}/v1/stream", protocols=("alliance-broker.v1", "bearer.abk_x")
             )
         assert refused.value.status == 401
+
+
+async def test_a_405_says_which_methods_exist_and_every_answer_has_a_request_id(api: Api) -> None:
+    async with api.client.delete("/v1/reports") as resp:
+        assert resp.status == 405
+        assert set(resp.headers["Allow"].split(",")) >= {"GET", "POST"}
+        assert resp.headers["X-Request-Id"]

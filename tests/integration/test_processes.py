@@ -136,6 +136,9 @@ def test_kill_9_after_201_loses_nothing(database_url: str, tmp_path: Path) -> No
     assert "event loop: uvloop)" in log[0]  # the default, where uvloop is installed (a dependency)
     assert '"GET /v1/reports?limit=100 HTTP/1.1" 200' in log[0] and token not in log[0]  # no secrets
     assert '"GET /v1/reports?limit=5&token=REDACTED HTTP/1.1" 401' in log[0]
+    assert re.search(
+        r'"GET /v1/reports\?limit=100 HTTP/1.1" 200 \d+ [0-9.]+ node=\S+ request_id=[0-9a-f]{16}', log[0]
+    )
     assert [r["id"] for r in page["reports"]] == [r["id"] for r in receipts]
     assert [r["payload"]["n"] for r in page["reports"]] == list(range(20))
 
@@ -230,7 +233,12 @@ def _config_dir(tmp_path: Path, name: str, text: str) -> Path:
         ("broker.toml", "[server]\nport = 'eighty'\n", "server.port", "integer"),
         ("broker.toml", "[server\n", "-", "not valid TOML"),
         ("broker.toml", "[server]\nevent_loop = 'tokio'\n", "server.event_loop", "auto, asyncio"),
-        ("broker.toml", "[server]\nmax_body_byte = 5\n", "server.max_body_byte", "did you mean max_body_bytes"),
+        (
+            "broker.toml",
+            "[server]\nmax_body_byte = 5\n",
+            "server.max_body_byte",
+            "did you mean max_body_bytes",
+        ),
         ("broker.toml", "[servre]\nport = 1\n", "servre", "unknown table (did you mean server?)"),
         ("policy.toml", "levels = []\n", "levels", "non-empty"),
         ("policy.toml", "levels = ['A', 'B']\nrequire_sealing_at_or_above = 'C'\n", "levels", "not a level"),
