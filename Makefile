@@ -21,8 +21,8 @@ demo: $(STAMP)
 	$(BIN)/broker demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check broker tests bench
-	$(BIN)/ruff format --check broker tests bench
+	$(BIN)/ruff check broker tests bench examples
+	$(BIN)/ruff format --check broker tests bench examples
 	$(BIN)/mypy
 
 # The auditor page's browser test drives Debian's chromium through chromedriver. Installing them
