@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from broker.crypto.files import write_atomically
 from broker.errors import ConfigError
 
 KEK_BYTES = 32
@@ -89,14 +90,11 @@ def _create(path: Path, ring: Keyring) -> Keyring | None:
 
     The complete file is linked into place, so nobody ever reads a partial keyring and exactly
     one of several racing creators wins."""
-    tmp = _write_temporary(path, ring)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(tmp, path)
+        write_atomically(path, _body(ring), mode=0o600, replace=False)
     except FileExistsError:
         return None
-    finally:
-        tmp.unlink()
-    _sync_directory(path.parent)
     return ring
 
 
@@ -123,13 +121,8 @@ def save(path: Path, ring: Keyring) -> None:
     """Write ``ring`` to ``path`` atomically with mode 0600 (temporary file, then rename).
 
     A blind overwrite: to change the keyring on disk, ``update`` re-reads it under a lock."""
-    tmp = _write_temporary(path, ring)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _sync_directory(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, _body(ring), mode=0o600, replace=True)
 
 
 def update(path: Path, change: Callable[[Keyring], Keyring]) -> Keyring:
@@ -148,10 +141,8 @@ def update(path: Path, change: Callable[[Keyring], Keyring]) -> Keyring:
         os.close(lock)  # releases the lock
 
 
-def _write_temporary(path: Path, ring: Keyring) -> Path:
-    """``ring`` written and synced to a new mode-0600 file beside ``path``; returns its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = json.dumps(
+def _body(ring: Keyring) -> bytes:
+    return json.dumps(
         {
             "version": 1,
             "current": ring.current,
@@ -159,24 +150,4 @@ def _write_temporary(path: Path, ring: Keyring) -> Path:
             "checkpoint_key": base64.b64encode(ring.checkpoint_key).decode(),
         },
         indent=2,
-    )
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make a rename or link in ``directory`` survive a crash."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    ).encode()

@@ -21,9 +21,7 @@ overwrites a CA it did not mean to (``force``).
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,6 +42,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from broker.crypto.files import write_atomically
 from broker.errors import BrokerError, InvalidInput
 
 KeyType = Literal["p256", "ed25519"]
@@ -469,33 +468,10 @@ def _make_directory(directory: Path) -> None:
 
 
 def _write_atomically(path: Path, data: bytes, *, mode: int, replace: bool) -> None:
-    """Put ``data`` at ``path`` with ``mode``: written and synced to a temporary file beside it,
-    then renamed over ``path`` (``replace``) or linked to it (FileExistsError if it exists)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    """crypto.files.write_atomically, with failures other than an existing file as BrokerError."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if replace:
-                os.replace(tmp, path)
-            else:
-                os.link(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _sync_directory(path.parent)
+        write_atomically(path, data, mode=mode, replace=replace)
     except FileExistsError:
         raise
     except OSError as exc:
         raise BrokerError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make a rename or link in ``directory`` survive a crash."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
