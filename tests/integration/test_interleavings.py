@@ -144,5 +144,7 @@ async def test_no_act_is_accepted_after_the_change_that_forbids_it(
         e for e in log if e.draft.decision == "allow" and e.draft.action in ("read", "deliver", "publish")
     ]
     changes = [e for e in log if e.draft.action in ("node_revoke", "membership_leave", "recall")]
-    assert len(acts) > 50 and len(changes) >= 5  # the run exercised both sides
+    # The run exercised both sides: three revocations and a departure always happen (a recall may
+    # be refused when its originator was revoked first).
+    assert len(acts) > 50 and len(changes) >= 4
     assert violations(log, nations) == []
