@@ -65,7 +65,7 @@ async def authenticate(
     digest = hash_token(token)
     node = ctx.tokens.get(digest)
     if node is None or node.version < ctx.seen or not rechecked:
-        async with ctx.db.transaction() as tx:
+        async with ctx.db.read_transaction() as tx:
             counter = await tx.change_counter()  # first: the node read after it is at least as new
             if node is None or node.version != counter:
                 node = await tx.node_by_token_hash(digest)
@@ -96,7 +96,7 @@ async def _by_certificate(
         node_id = node.id if node is not None else pki.node_id_from_certificate(der)
         if node_id is None:
             _fail(ctx, source, reason="certificate_names_no_node")
-        async with ctx.db.transaction() as tx:
+        async with ctx.db.read_transaction() as tx:
             counter = await tx.change_counter()
             if node is None or node.version != counter:
                 node = await tx.node(node_id)

@@ -17,8 +17,9 @@ from broker.services.failures import AuthFailures
 from broker.services.groupcommit import GroupCommit
 from broker.services.scanhints import ScanHints
 from broker.settings import Settings
+from broker.storage.database import Database
 from broker.storage.db import create_engine
-from broker.storage.repos import Database, WriteTx
+from broker.storage.repos import WriteTx
 
 
 def utc_now() -> datetime:

@@ -87,7 +87,7 @@ class Feed:
         database's (last sequence, change counter). The hub calls this. With ``load`` false
         (no stream is open) nothing is kept in memory: the window restarts empty at the head,
         and a stream that opens later replays from the database up to it."""
-        async with self._lock, self.ctx.db.transaction() as tx:
+        async with self._lock, self.ctx.db.read_transaction() as tx:
             head, counter = await tx.head_state()
             directory = await self.ctx.directory(tx)
             if counter != self._counter or self._floor is None or not load:
@@ -120,7 +120,7 @@ class Feed:
         never kept (it could be older than a revocation the feed has already seen): Stale."""
         node = self._nodes.get(node_id)
         if node is None:
-            async with self.ctx.db.transaction() as tx:
+            async with self.ctx.db.read_transaction() as tx:
                 counter = await tx.change_counter()  # first: the node read after it is as new
                 node = await tx.node(node_id)
             if node is None or node.revoked_at is not None:
@@ -210,7 +210,7 @@ async def fetch(ctx: Context, node_id: str, *, after: int, topics: Sequence[str]
 
 async def resume_point(ctx: Context, node: NodeRecord, name: str) -> int:
     """Where a stream without ``after`` starts: after the last acknowledged sequence."""
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         return await tx.cursor(node=node.id, name=name) or 0
 
 

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from broker.errors import BrokerError, Unavailable
-from broker.storage.repos import Database, WriteTx
+from broker.storage.database import Database
+from broker.storage.repos import WriteTx
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

@@ -17,19 +17,18 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import event, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from broker.errors import ConfigError, Unavailable
-from broker.storage import sqlite_driver
 from broker.storage.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # PostgreSQL advisory lock key that migrations hold (per database): "alembic" in ASCII.
 MIGRATION_LOCK_KEY = int.from_bytes(b"alembic", "big")
-# Every SQLite connection, SQLAlchemy's and the group-commit writer's (storage/sqlite_writer.py).
+# Every SQLite connection: the async engine's and the threads' of storage/database.py.
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
@@ -67,10 +66,8 @@ def create_engine(url: str) -> AsyncEngine:
         path = _sqlite_file(url)
         if path is not None:
             _create_private(path)
-        if parsed.drivername == "sqlite+aiosqlite":  # same driver, one thread trip per statement
-            parsed = parsed.set(drivername=sqlite_driver.register())
         engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-        _configure_sqlite(engine)
+        configure_sqlite(engine.sync_engine)
         return engine
     if backend == "postgresql":
         return create_async_engine(
@@ -82,17 +79,24 @@ def create_engine(url: str) -> AsyncEngine:
     raise ConfigError(file="BROKER_DATABASE_URL", key="url", problem=f"unsupported backend {backend!r}")
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def configure_sqlite(engine: Engine, *, read_only: bool = False) -> None:
+    """The pragmas above on every new connection of ``engine``, and ``BEGIN IMMEDIATE`` (or, for
+    a ``read_only`` engine, a deferred ``BEGIN`` under ``query_only``) opening every transaction:
+    SQLAlchemy's documented recipe for taking transaction control away from pysqlite."""
+    pragmas = (*SQLITE_PRAGMAS, "PRAGMA query_only=ON") if read_only else SQLITE_PRAGMAS
+    begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control away from the driver so BEGIN IMMEDIATE below is ours.
-        dbapi_connection.isolation_level = None
+        dbapi_connection.isolation_level = None  # no implicit BEGIN from the driver
         cursor = dbapi_connection.cursor()
-        for pragma in SQLITE_PRAGMAS:
+        for pragma in pragmas:
             cursor.execute(pragma)
         cursor.close()
 
-    # BEGIN IMMEDIATE: see sqlite_driver.Dialect.do_begin.
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql(begin)
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -99,6 +99,8 @@ class ReportRow(Base):
         Index("ix_reports_kek_id", "kek_id"),
         # A node's recent reports (publish rate limits shared by every broker instance).
         Index("ix_reports_originator_created", "originator_node", "created_at"),
+        # Where a TAXII ``added_after`` starts (storage/collections.py).
+        Index("ix_reports_created", "created_at"),
     )
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     id: Mapped[str] = mapped_column(String(36), unique=True)
@@ -190,3 +192,29 @@ class CheckpointRow(Base):
     root: Mapped[str] = mapped_column(String(64))
     time: Mapped[datetime] = mapped_column(UTCDateTime)
     note: Mapped[str] = mapped_column(Text)
+
+
+class CollectionRow(Base):
+    """A TAXII collection defined by an admin: the reports carrying one of ``topics``, and the
+    label (as given, JSON) that writes through it get."""
+
+    __tablename__ = "collections"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    topics: Mapped[list[str]] = mapped_column(JSON)
+    label_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TaxiiStatusRow(Base):
+    """The status resource of a TAXII ``POST .../objects/``: STIX ids and versions with their
+    outcome (no object content), readable by the node that posted."""
+
+    __tablename__ = "taxii_statuses"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    collection_id: Mapped[str] = mapped_column(String(36))
+    report_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSON)

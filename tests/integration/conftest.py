@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import aiosqlite.core
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -16,6 +15,7 @@ from broker.app import create_app
 from broker.services import admin, auth
 from broker.services.context import Context
 from broker.settings import Settings
+from broker.storage.database import ConnectionThread
 from broker.web.handlers import CONTEXT
 from tests.conftest import FakeClock
 from tests.integration.openapi_check import check_response
@@ -116,13 +116,14 @@ async def api(start_server: StartServer) -> Api:
 
 @pytest.fixture
 def sqlite_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the calls made on any aiosqlite thread from now on (one call, one trip)."""
+    """The thread (``sqlite-writer`` or ``sqlite-reader``) each body queued from now on went to:
+    one body, one trip to the thread that owns the SQLite connection."""
     made: list[str] = []
-    real = aiosqlite.core.Connection._execute
+    real = ConnectionThread.run
 
-    async def counted(self: aiosqlite.core.Connection, fn: object, *args: object, **kw: object) -> object:
-        made.append(getattr(fn, "__name__", repr(fn)))
-        return await real(self, fn, *args, **kw)  # type: ignore[no-untyped-call]
+    def counted(self: ConnectionThread, body: Callable[..., object]) -> Awaitable[object]:
+        made.append(self.name)
+        return real(self, body)
 
-    monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted)
+    monkeypatch.setattr(ConnectionThread, "run", counted)
     return made

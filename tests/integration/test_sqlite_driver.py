@@ -1,101 +1,141 @@
-"""The one-trip aiosqlite dialect behaves as a DB-API cursor should: rows, row counts, last row
-ids, executemany, errors mapped to SQLAlchemy's, transactions that commit and roll back, and
-one trip to the SQLite thread per statement."""
+"""The thread that owns SQLite's connections (storage/database.py) keeps its promises: bodies run
+one at a time in the order queued, results and errors come back to the caller, a caller that goes
+away does not wedge it; writers begin IMMEDIATE with the durability pragmas, and readers take a
+WAL snapshot that neither waits for nor blocks the writer."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import shutil
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import NullPool
 
-from broker.storage import db, sqlite_driver
+from broker.errors import Unavailable
+from broker.storage import db
+from broker.storage.database import ConnectionThread, Database
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    made = db.create_engine(f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}")
-    assert made.dialect.driver == "broker_aiosqlite"
-    async with made.begin() as conn:
-        await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)"))
+async def thread(tmp_path: Path) -> AsyncIterator[ConnectionThread]:
+    engine = create_engine(f"sqlite:///{tmp_path / 't.db'}", poolclass=NullPool)
+    db.configure_sqlite(engine)
+    owned = ConnectionThread(engine, "test-sqlite")
+
+    def create(c: Connection) -> None:
+        with c.begin():
+            c.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE)")
+
+    await owned.run(create)
+    yield owned
+    await owned.close()
+
+
+@pytest.fixture
+async def database(sqlite_template: Path, tmp_path: Path) -> AsyncIterator[Database]:
+    path = tmp_path / "broker.db"
+    shutil.copyfile(sqlite_template, path)
+    made = Database(db.create_engine(f"sqlite+aiosqlite:///{path}"))
     yield made
     await made.dispose()
 
 
-async def test_rows_counts_and_ids(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        inserted = await conn.execute(text("INSERT INTO t (name) VALUES ('a')"))
-        assert inserted.lastrowid == 1 and inserted.rowcount == 1
-        many = await conn.execute(text("INSERT INTO t (name) VALUES (:n)"), [{"n": "b"}, {"n": "c"}])
-        assert many.rowcount == 2
-        updated = await conn.execute(text("UPDATE t SET name = name || '!' WHERE id > 1"))
-        assert updated.rowcount == 2
-        rows = (await conn.execute(text("SELECT id, name FROM t ORDER BY id"))).all()
-        assert [tuple(r) for r in rows] == [(1, "a"), (2, "b!"), (3, "c!")]
-        first = (await conn.execute(text("SELECT name FROM t ORDER BY id"))).first()
-        assert first is not None and first.name == "a"
-        assert (await conn.execute(text("SELECT name FROM t WHERE id = 99"))).first() is None
+async def test_bodies_run_in_order_and_answer(thread: ConnectionThread) -> None:
+    def insert(name: str) -> Callable[[Connection], int]:
+        def body(c: Connection) -> int:
+            with c.begin():
+                return int(c.execute(text("INSERT INTO t (name) VALUES (:n)"), {"n": name}).lastrowid)
 
+        return body
 
-async def test_errors_and_rollback(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(text("INSERT INTO t (name) VALUES ('a')"))
-
-    async def insert_b_then_a() -> None:
-        async with engine.begin() as conn:
-            await conn.execute(text("INSERT INTO t (name) VALUES ('b')"))
-            await conn.execute(text("INSERT INTO t (name) VALUES ('a')"))  # unique: fails
-
-    async def bad_column() -> None:
-        async with engine.begin() as conn:
-            await conn.execute(text("SELECT nope FROM t"))
-
+    ids = await asyncio.gather(*(thread.run(insert(f"n{i}")) for i in range(20)))
+    assert ids == list(range(1, 21))
     with pytest.raises(IntegrityError):
-        await insert_b_then_a()
-    with pytest.raises(OperationalError):
-        await bad_column()
-    async with engine.connect() as conn:
-        names = (await conn.execute(text("SELECT name FROM t"))).scalars().all()
-    assert names == ["a"]  # 'b' rolled back with its transaction
+        await thread.run(insert("n0"))
+    names = await thread.run(lambda c: c.execute(text("SELECT name FROM t ORDER BY id")).scalars().all())
+    assert names == [f"n{i}" for i in range(20)]  # the failed insert rolled back with its block
 
 
-async def test_one_trip_per_statement(engine: AsyncEngine, sqlite_trips: list[str]) -> None:
-    trips = sqlite_trips
-    async with engine.begin() as conn:
-        await conn.execute(text("INSERT INTO t (name) VALUES ('a')"))  # with BEGIN IMMEDIATE
-        await conn.execute(text("SELECT name FROM t"))
-    assert trips == ["statement", "statement", "commit"]  # and no rollback on return to the pool
-    trips.clear()
-    async with engine.begin():
-        pass
-    assert trips == []  # a transaction that ran nothing costs nothing
+async def test_a_caller_that_goes_away_does_not_wedge_the_thread(thread: ConnectionThread) -> None:
+    started, release = asyncio.Event(), asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+
+    def slow(c: Connection) -> str:
+        loop.call_soon_threadsafe(started.set)
+        asyncio.run_coroutine_threadsafe(asyncio.wait_for(asyncio.shield(release), 5), loop).result()
+        return "done"
+
+    async def call() -> str:
+        return await thread.run(slow)
+
+    task = asyncio.create_task(call())
+    await started.wait()
+    task.cancel()
+    release.set_result(None)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await thread.run(lambda c: "next") == "next"
 
 
-async def test_pipelined_writes_ride_with_the_commit(engine: AsyncEngine, sqlite_trips: list[str]) -> None:
-    trips = sqlite_trips
-    async with engine.begin() as conn:
-        write = text("INSERT INTO t (name) VALUES (:n)").execution_options(**{sqlite_driver.PIPELINED: True})
-        await conn.execute(write, {"n": "a"})
-        await conn.execute(write, [{"n": "b"}, {"n": "c"}])
-        assert trips == []
-    assert trips == ["queued_then_commit"]
-    trips.clear()
-    async with engine.begin() as conn:
-        await conn.execute(write, {"n": "d"})
-        names = (await conn.execute(text("SELECT name FROM t ORDER BY id"))).scalars().all()
-    assert names == ["a", "b", "c", "d"]  # a queued write runs before the next statement
-    assert trips == ["statement", "commit"]
+async def test_writer_pragmas_and_begin_immediate(database: Database, tmp_path: Path) -> None:
+    async with database.transaction() as tx:
+        settings = await tx.run(
+            lambda c: (
+                c.exec_driver_sql("PRAGMA journal_mode").scalar(),
+                c.exec_driver_sql("PRAGMA synchronous").scalar(),
+                c.exec_driver_sql("PRAGMA foreign_keys").scalar(),
+            )
+        )
+        assert settings == ("wal", 2, 1)  # WAL, synchronous=FULL, foreign keys on
+        other = sqlite3.connect(tmp_path / "broker.db", timeout=0, isolation_level=None)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")  # the writer holds the lock from its first trip
+            assert other.execute("SELECT id FROM log_head").fetchone() == (1,)  # WAL: reads go on
+        finally:
+            other.close()
 
-    async def duplicate() -> None:
-        async with engine.begin() as conn:
-            await conn.execute(write, {"n": "e"})
-            await conn.execute(write, {"n": "a"})  # unique: fails, at the commit
 
-    with pytest.raises(IntegrityError):
-        await duplicate()
-    async with engine.connect() as conn:
-        names = (await conn.execute(text("SELECT name FROM t ORDER BY id"))).scalars().all()
-    assert names == ["a", "b", "c", "d"]  # 'e' went with its transaction
+async def test_reads_neither_wait_for_nor_block_the_writer(database: Database) -> None:
+    async with database.transaction() as tx:
+        head = await tx.lock_head()  # the write lock is held from here to the commit
+        async with database.read_transaction() as reader:  # would deadlock if it queued behind
+            assert (await reader.head_state())[1] == head.change_counter
+        await tx.save_head(replace(head, change_counter=head.change_counter + 1))
+    async with database.read_transaction() as reader:
+        before = (await reader.head_state())[1]
+        async with database.transaction() as tx:  # a reader open does not hold the writer up
+            head = await tx.lock_head()
+            await tx.save_head(replace(head, change_counter=head.change_counter + 1))
+        assert (await reader.head_state())[1] == before  # its snapshot stands
+    async with database.read_transaction() as reader:
+        assert (await reader.head_state())[1] == before + 1
+
+
+async def test_a_read_transaction_cannot_write(database: Database) -> None:
+    with pytest.raises(Unavailable) as caught:
+        async with database.read_transaction() as reader:
+            await reader.run(lambda c: c.exec_driver_sql("UPDATE log_head SET change_counter = 99"))
+    assert isinstance(caught.value.__cause__, OperationalError)  # "attempt to write a readonly database"
+
+
+async def test_a_locked_database_is_unavailable(database: Database, tmp_path: Path) -> None:
+    async with database.transaction() as tx:  # a short wait for the lock, for this test
+        await tx.run(lambda c: c.exec_driver_sql("PRAGMA busy_timeout=50"))
+    holder = sqlite3.connect(tmp_path / "broker.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        with pytest.raises(Unavailable):
+            async with database.transaction() as tx:
+                await tx.lock_head()
+        holder.execute("ROLLBACK")
+        async with database.transaction() as tx:  # and the writer recovers once it is free
+            assert (await tx.lock_head()).report_seq == 0
+    finally:
+        holder.close()

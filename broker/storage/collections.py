@@ -1,0 +1,127 @@
+"""Queries for TAXII collections and status resources, and the report scan behind a collection.
+
+Functions take the caller's ``Tx`` (the transaction its act decides and audits in) and run plain
+synchronous SQLAlchemy Core on it through ``Tx.run``, like every other repository method.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, delete, func, insert, select
+from sqlalchemy.engine import Connection
+
+from broker.domain.records import ReportRecord
+from broker.domain.stix import CollectionRecord
+from broker.storage.models import CollectionRow, ReportRow, ReportTopicRow, TaxiiStatusRow
+from broker.storage.repos import Tx, report_of
+
+
+def _table(model: type[object]) -> Table:
+    table = getattr(model, "__table__", None)
+    assert isinstance(table, Table)
+    return table
+
+
+COLLECTIONS, STATUSES = _table(CollectionRow), _table(TaxiiStatusRow)
+REPORTS, TOPICS = _table(ReportRow), _table(ReportTopicRow)
+
+
+def _record(row: Any) -> CollectionRecord:
+    return CollectionRecord(
+        id=row.id,
+        title=row.title,
+        description=row.description,
+        topics=tuple(row.topics),
+        label=json.loads(row.label_json),
+        created_at=row.created_at,
+    )
+
+
+async def insert_collection(tx: Tx, collection: CollectionRecord) -> None:
+    values = {
+        "id": collection.id,
+        "title": collection.title,
+        "description": collection.description,
+        "topics": list(collection.topics),
+        "label_json": json.dumps(collection.label),
+        "created_at": collection.created_at,
+    }
+    await tx.run(lambda c: c.execute(insert(COLLECTIONS), values))
+
+
+async def collections(tx: Tx) -> list[CollectionRecord]:
+    query = select(COLLECTIONS).order_by(COLLECTIONS.c.created_at, COLLECTIONS.c.id)
+    return [_record(r) for r in await tx.run(lambda c: c.execute(query).all())]
+
+
+async def collection(tx: Tx, collection_id: str) -> CollectionRecord | None:
+    query = select(COLLECTIONS).where(COLLECTIONS.c.id == collection_id)
+    row = await tx.run(lambda c: c.execute(query).first())
+    return None if row is None else _record(row)
+
+
+async def delete_collection(tx: Tx, collection_id: str) -> bool:
+    statement = delete(COLLECTIONS).where(COLLECTIONS.c.id == collection_id)
+    return bool(await tx.run(lambda c: c.execute(statement).rowcount))
+
+
+async def first_seq_added_after(tx: Tx, moment: datetime) -> int | None:
+    """The lowest sequence of a report created after ``moment`` (index ix_reports_created)."""
+    query = select(func.min(REPORTS.c.seq)).where(REPORTS.c.created_at > moment)
+    value = await tx.run(lambda c: c.execute(query).scalar())
+    return None if value is None else int(value)
+
+
+async def reports_from(tx: Tx, *, start: int, topics: Sequence[str], limit: int) -> list[ReportRecord]:
+    """Reports with sequence >= ``start`` carrying one of ``topics``, in sequence order, at most
+    ``limit``. Each topic is read as a range of the report_topics primary key (topic,
+    report_seq) from ``start``, so the cost of a page does not grow with the store."""
+
+    def body(connection: Connection) -> list[Any]:
+        seqs: set[int] = set()
+        for topic in topics:
+            query = (
+                select(TOPICS.c.report_seq)
+                .where(TOPICS.c.topic == topic, TOPICS.c.report_seq >= start)
+                .order_by(TOPICS.c.report_seq)
+                .limit(limit)
+            )
+            seqs.update(int(s) for s in connection.execute(query).scalars())
+        wanted = sorted(seqs)[:limit]
+        if not wanted:
+            return []
+        rows = select(REPORTS).where(REPORTS.c.seq.in_(wanted)).order_by(REPORTS.c.seq)
+        return list(connection.execute(rows).all())
+
+    return [report_of(r) for r in await tx.run(body)]
+
+
+async def insert_status(
+    tx: Tx,
+    *,
+    status_id: str,
+    node: str,
+    collection_id: str,
+    report_id: str | None,
+    at: datetime,
+    outcome: dict[str, Any],
+) -> None:
+    values = {
+        "id": status_id,
+        "node_id": node,
+        "collection_id": collection_id,
+        "report_id": report_id,
+        "created_at": at,
+        "outcome": outcome,
+    }
+    await tx.run(lambda c: c.execute(insert(STATUSES), values))
+
+
+async def status(tx: Tx, status_id: str) -> tuple[str, str, dict[str, Any]] | None:
+    """(node, collection id, outcome) of a status resource."""
+    row = await tx.run(lambda c: c.execute(select(STATUSES).where(STATUSES.c.id == status_id)).first())
+    return None if row is None else (row.node_id, row.collection_id, dict(row.outcome))

@@ -1,0 +1,184 @@
+"""``Database``: hands out transactions, and on SQLite owns the thread its writes run on.
+
+SQLite admits one writer. Every write transaction of this process runs on one connection owned
+by one thread (``ConnectionThread``): a transaction's bodies (``repos.Tx.run``) are queued to it
+and their results handed back to the event loop, one trip per body. The connection is opened
+through SQLAlchemy's public synchronous API (``sqlite+pysqlite``, a ``NullPool``), with the same
+pragmas as every other SQLite connection (db.SQLITE_PRAGMAS) and ``BEGIN IMMEDIATE``. An
+``asyncio.Lock`` queues the process's write transactions in front of it, so they never wait in
+SQLite's busy handler, which sleeps and ruins tail latency; other processes queue on BEGIN
+IMMEDIATE and the busy timeout. Read transactions (``read_transaction``) run on a second thread
+with a connection of its own that begins a plain (deferred) transaction: a WAL snapshot that
+neither takes nor waits for the write lock.
+
+On PostgreSQL the same bodies run through ``AsyncConnection.run_sync`` on a pooled connection;
+writers serialise on the ``log_head`` row, and reads are ordinary transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import NullPool
+
+from broker.errors import BadRequest, Unavailable
+from broker.storage.db import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite
+from broker.storage.repos import Tx
+
+T = TypeVar("T")
+_Job = tuple[Callable[[Connection], Any], asyncio.Future[Any]] | None
+
+
+class ConnectionThread:
+    """One thread, one connection: ``run`` queues a body, the thread runs it on the connection
+    and hands the outcome back to the caller's event loop. Bodies run one at a time, in the order
+    queued (so a rollback queued by a cancelled transaction runs before the next one's bodies).
+    The thread starts with the first body and is a daemon: it never keeps the process alive."""
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self._engine = engine
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.name = name
+
+    def run(self, body: Callable[[Connection], T]) -> asyncio.Future[T]:
+        """Queue ``body`` now (not when awaited); the future has its outcome."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if not self._thread.is_alive():
+            self._thread.start()
+        self._jobs.put((body, future))
+        return future
+
+    def _main(self) -> None:
+        connection: Connection | None = None
+        try:
+            while (job := self._jobs.get()) is not None:
+                body, future = job
+                try:
+                    if connection is None:
+                        connection = self._engine.connect()
+                    outcome = body(connection)
+                except BaseException as exc:
+                    future.get_loop().call_soon_threadsafe(_fail, future, exc)
+                else:
+                    future.get_loop().call_soon_threadsafe(_settle, future, outcome)
+        finally:
+            if connection is not None:
+                connection.close()
+            self._engine.dispose()
+
+    async def close(self) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            await asyncio.to_thread(self._thread.join)
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    if not future.done():  # its caller went away; the body ran all the same
+        future.set_result(outcome)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _sqlite_thread(engine: AsyncEngine, *, name: str, read_only: bool) -> ConnectionThread:
+    sync = create_engine(
+        engine.url.set(drivername="sqlite+pysqlite"),
+        poolclass=NullPool,  # the one connection lives and dies with its thread
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+    )
+    configure_sqlite(sync, read_only=read_only)
+    return ConnectionThread(sync, name)
+
+
+class Database:
+    """Owns the engine; hands out transactions."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        sqlite = engine.dialect.name == "sqlite"
+        # Several broker processes serve one PostgreSQL database; a SQLite file has one broker.
+        self.shared = not sqlite
+        self._writer: ConnectionThread | None = None
+        self._reader: ConnectionThread | None = None
+        self._serial = asyncio.Lock()
+        self._read_serial = asyncio.Lock()
+        if sqlite:
+            self._writer = _sqlite_thread(engine, name="sqlite-writer", read_only=False)
+            self._reader = _sqlite_thread(engine, name="sqlite-reader", read_only=True)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        """A transaction that commits when the block ends normally, else rolls back.
+        Database outages surface as Unavailable (503)."""
+        async with _mapped_errors():
+            if self._writer is None:
+                async with self._pooled() as tx:
+                    yield tx
+            else:
+                async with self._serial, _ended(Tx(self._writer.run, postgresql=False)) as tx:
+                    yield tx
+
+    # Publishes, reads and deliveries with their audit events: the same transaction.
+    write_transaction = transaction
+
+    @asynccontextmanager
+    async def read_transaction(self) -> AsyncIterator[Tx]:
+        """A transaction for reading only; ends like ``transaction``. On SQLite it is a WAL
+        snapshot on a connection of its own (``query_only``: a write in it fails), so it neither
+        takes nor waits for the write lock, and writers do not wait for it."""
+        async with _mapped_errors():
+            if self._reader is None:
+                async with self._pooled() as tx:
+                    yield tx
+            else:
+                async with self._read_serial, _ended(Tx(self._reader.run, postgresql=False)) as tx:
+                    yield tx
+
+    @asynccontextmanager
+    async def _pooled(self) -> AsyncIterator[Tx]:
+        async with self.engine.connect() as connection:
+            postgresql = self.engine.dialect.name == "postgresql"
+            async with _ended(Tx(connection.run_sync, postgresql=postgresql)) as tx:
+                yield tx
+
+    async def dispose(self) -> None:
+        for thread in (self._writer, self._reader):
+            if thread is not None:
+                await thread.close()
+        await self.engine.dispose()
+
+
+@asynccontextmanager
+async def _ended(tx: Tx) -> AsyncIterator[Tx]:
+    """Commit when the block ends normally, else roll back (no trip when nothing ran)."""
+    try:
+        yield tx
+        await tx.commit()
+    except BaseException:
+        # On SQLite queued at once (``rollback`` is not a coroutine), so it runs before any later
+        # transaction's bodies even if this task is cancelled while waiting for it. A failed
+        # commit (or queued write) is undone too.
+        await asyncio.shield(tx.rollback())
+        raise
+
+
+@asynccontextmanager
+async def _mapped_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except DataError as exc:  # a value the edge let through and the database refuses (NUL...)
+        raise BadRequest("the request holds a value that cannot be stored", code="invalid_value") from exc
+    except (OperationalError, InterfaceError, OSError) as exc:
+        raise Unavailable("database unavailable") from exc
