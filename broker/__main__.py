@@ -6,18 +6,24 @@ import argparse
 import asyncio
 import base64
 import binascii
+import errno
 import json
 import logging
+import os
+import re
 import shutil
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from broker import __version__
 from broker.crypto import keyring, notes, pki, verify_export
 from broker.errors import BrokerError, InvalidInput
 from broker.services import admin, ledger, reports
+from broker.services import collections as taxii_collections
 from broker.services.context import Context
 from broker.settings import Settings, TlsSettings
 from broker.storage import db
@@ -32,7 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
     parser = argparse.ArgumentParser(prog="broker", description="Alliance Broker")
+    parser.add_argument("--version", action="version", version=f"broker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
+    config.add_parser("check", parents=[common], help="load and validate the configuration, print a summary")
 
     dbp = sub.add_parser("db", help="database").add_subparsers(dest="action", required=True)
     dbp.add_parser("upgrade", parents=[common], help="run migrations, seed alliances")
@@ -40,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="start the broker")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    _log_options(serve)
     serve.add_argument("--tls-cert", help="server certificate chain (PEM); enables TLS")
     serve.add_argument("--tls-key", help="the server certificate's private key (PEM)")
     serve.add_argument(
@@ -64,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--dir", default="var/demo", help="where the demo database and keyring live")
+    _log_options(demo)
 
     node = sub.add_parser("node", help="nodes").add_subparsers(dest="action", required=True)
     add = node.add_parser("add", parents=[common], help="register a node, print its token once")
@@ -125,6 +136,17 @@ def _parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="reports").add_subparsers(dest="action", required=True)
     report.add_parser("erase", parents=[common], help="crypto-shred a report").add_argument("id")
+
+    collection = sub.add_parser("collection", help="TAXII collections").add_subparsers(
+        dest="action", required=True
+    )
+    cadd = collection.add_parser("add", parents=[common], help="define a collection, print its id")
+    cadd.add_argument("--title", required=True)
+    cadd.add_argument("--topics", required=True, help="comma-separated")
+    cadd.add_argument("--label", required=True, help="the label writes through it get (JSON)")
+    cadd.add_argument("--description")
+    collection.add_parser("list", parents=[common])
+    collection.add_parser("remove", parents=[common]).add_argument("id")
 
     _pki_parser(sub, common)
     return parser
@@ -194,6 +216,11 @@ def _command(args: argparse.Namespace, settings: Settings) -> Callable[[Context]
         ("alliance", "list"): admin.list_alliances,
         ("keys", "rotate"): lambda c: admin.rotate_keys(c, rewrap=args.rewrap),
         ("report", "erase"): lambda c: _erase(c, args.id),
+        ("collection", "add"): lambda c: taxii_collections.add_collection(
+            c, _collection_spec(args), actor=CLI_ACTOR
+        ),
+        ("collection", "list"): taxii_collections.list_collections,
+        ("collection", "remove"): lambda c: taxii_collections.remove_collection(c, args.id, actor=CLI_ACTOR),
         ("audit", "export"): lambda c: _export(c, Path(args.file)),
         ("audit", "key"): lambda c: asyncio.sleep(0, ledger.public_key(c)),
     }
@@ -338,6 +365,17 @@ def _read_certificate(path: str) -> str:
         raise InvalidInput(f"--certificate {path}: {exc}", code="invalid_certificate") from exc
 
 
+def _collection_spec(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        label = json.loads(args.label)
+    except ValueError as exc:
+        raise InvalidInput(f"--label is not JSON: {exc}", code="invalid_label") from exc
+    spec: dict[str, Any] = {"title": args.title, "topics": _csv(args.topics), "label": label}
+    if args.description is not None:
+        spec["description"] = args.description
+    return spec
+
+
 def _node_spec(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "id": args.id,
@@ -372,6 +410,19 @@ def _print(result: Any, *, as_json: bool) -> None:
             print(f"{k}: {v}")
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse at once, before anything is printed or opened, when the address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise BrokerError(
+                f"cannot listen on {host}:{port}: {exc.strerror}", code="address_in_use"
+            ) from exc
+
+
 def _tls_flags(tls: TlsSettings, args: argparse.Namespace) -> TlsSettings:
     """``[tls]`` from broker.toml with the ``serve`` flags given on the command line on top."""
     return TlsSettings(
@@ -395,6 +446,7 @@ def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | Non
 
     check_bind(host=settings.host, tls=settings.tls)
     ssl_context = server_context(settings.tls)
+    _check_port(settings.host, settings.port)
     asyncio.run(_check())
     app = create_app(settings)
     if alongside is not None:
@@ -448,6 +500,7 @@ def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
 def _demo(args: argparse.Namespace, settings: Settings) -> None:
     from broker.demo import DEMO_NODES, demo_pki, exchange, prepare
 
+    _check_port(args.host, args.port)  # before the tokens are printed
     folder = Path(args.dir)
     if folder.exists():
         shutil.rmtree(folder)
@@ -469,14 +522,82 @@ def _demo(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one command. Every failure is one line on stderr and exit 2 (``audit verify``: 1 means
+    tampered); ``--json`` may stand anywhere and makes errors JSON too."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in words
+    words = [w for w in words if w != "--json"] + (["--json"] if as_json and _takes_json(words) else [])
+    try:
+        return _main(words, as_json=as_json)
+    except BrokenPipeError:  # `broker node list | head`: the reader went away, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _takes_json(words: list[str]) -> bool:
+    """Whether the subcommand accepts --json (all do but `--help` and `--version` alone)."""
+    return any(not w.startswith("-") for w in words)
+
+
+def _log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one object per line (default: text)",
+    )
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per log record: time, level, logger, message (and the error, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Commands that serve log at --log-level (default info); the others only warnings."""
+    level = getattr(logging, str(getattr(args, "log_level", "warning")).upper())
+    handler = logging.StreamHandler()
+    if getattr(args, "log_format", "text") == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def _fail(message: str, *, as_json: bool, code: str = "error") -> int:
+    if as_json:
+        print(json.dumps({"error": {"code": code, "message": message}}), file=sys.stderr)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _main(words: list[str], *, as_json: bool) -> int:
+    args = _parser().parse_args(words)
     if args.command == "pki":
         return _pki_main(args)
-    level = logging.INFO if args.command in {"serve", "demo"} else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _configure_logging(args)
     try:
         settings = Settings.load()
-        if args.command == "serve":
+        if args.command == "config":
+            result: Any = _config_summary(settings)
+        elif args.command == "serve":
             _serve(
                 replace(
                     settings,
@@ -486,23 +607,51 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             return 0
-        if args.command == "demo":
+        elif args.command == "demo":
             _demo(args, settings)
             return 0
-        if args.command == "audit" and args.action == "verify":
+        elif args.command == "audit" and args.action == "verify":
             return _verify(args, settings)
-        if args.command == "db":
+        elif args.command == "db":
             result = asyncio.run(upgrade(settings))
         else:
             result = asyncio.run(_with_context(settings, _command(args, settings)))
     except BrokerError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+        return _fail(exc.message, as_json=as_json, code=exc.code if exc.code != "internal_error" else "error")
     except binascii.Error:
-        print("error: --key must be base64", file=sys.stderr)
-        return 2
+        return _fail("--key must be base64", as_json=as_json)
+    except KeyboardInterrupt:
+        return _fail("interrupted", as_json=as_json)
+    except Exception as exc:  # never a traceback for the user: one line, the detail in the log
+        logging.getLogger(__name__).debug("command_failed", exc_info=True)
+        return _fail(_plain(exc), as_json=as_json, code="unexpected")
     _print(result, as_json=args.json)
     return 0
+
+
+def _plain(exc: BaseException) -> str:
+    """An unexpected error as a user can act on it: the database, the network, the disk."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"cannot listen: the address is already in use ({text})"
+    if type(exc).__module__.startswith(("sqlalchemy", "asyncpg")) or isinstance(exc, ConnectionError):
+        return f"database unavailable: {text}"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _config_summary(settings: Settings) -> dict[str, Any]:
+    """`broker config check`: everything loaded and valid (unknown keys are refused on load)."""
+    return {
+        "config_dir": str(settings.config_dir),
+        "database": re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", settings.database_url),
+        "keyring": str(settings.keyring_path),
+        "listen": f"{settings.host}:{settings.port}",
+        "tls": "on" if settings.tls.enabled else "off",
+        "client_certificates": settings.tls.client_auth,
+        "classification_levels": list(settings.policy.levels),
+        "alliances": len(settings.alliances),
+        "valid": True,
+    }
 
 
 if __name__ == "__main__":

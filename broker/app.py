@@ -16,7 +16,6 @@ from broker.services.context import Context, utc_now
 from broker.settings import Settings
 from broker.storage.listen import ChangeListener, is_postgresql
 from broker.web.handlers import CONTEXT, LIMITER, WAKE, TokenBucket
-from broker.web.metrics import metrics
 from broker.web.middleware import BODY_TIMEOUT, problems, server_header
 from broker.web.routes import add_routes
 from broker.web.ws import FEED, HUB, PER_NODE, SESSIONS, STREAMS, close_all
@@ -77,7 +76,6 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     app.cleanup_ctx.append(context)
     app.on_shutdown.append(close_all)
     add_routes(app)
-    app.router.add_get("/metrics", metrics)  # Prometheus text, not part of the /v1 API document
     return app
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from broker import __version__
+from broker.web import taxii as taxii_web
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
@@ -523,6 +524,14 @@ PATHS: dict[str, Any] = {
             parameters=[_PATH_ID, _NATION],
         ),
     },
+    "/metrics": {
+        "get": _op(
+            "Prometheus text: audit events by act, decision and reason, latencies, streams (role audit)",
+            {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        )
+    },
+    # TAXII 2.1 and the collection admin routes describe themselves beside their handlers.
+    **taxii_web.OPENAPI_PATHS,
 }
 
 DOCUMENT: dict[str, Any] = {

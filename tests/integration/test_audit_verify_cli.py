@@ -148,8 +148,8 @@ async def test_unusable_input_exits_2_with_one_line(tmp_path: Path, case: str, e
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
-    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: ")
-    assert expected in result.stderr
+    assert len(result.stderr.splitlines()) == 1  # with --json, one JSON error object
+    assert expected in json.loads(result.stderr)["error"]["message"]
 
 
 async def test_offline_verdicts_and_json(tmp_path: Path) -> None:

@@ -1,0 +1,370 @@
+"""STIX 2.1 and TAXII 2.1, the pure parts: collections, markings, filters, versions, cursors.
+
+No I/O. The web edge (``web.taxii``) parses requests into these objects; ``services.taxii``
+decides, reads and audits; what is served is shaped here.
+
+Markings: every served object names two marking-definitions in ``object_marking_refs``: one that
+states the report's security label (our property extension, ``LABEL_EXTENSION_ID``, at an id
+derived from the canonical label, so the same label always has the same marking id), and the
+TLP 2.0 marking the classification maps to (``TLP_BY_CLASSIFICATION``; a stricter ``tlp`` in the
+label wins). TLP 2.0 marking-definitions have the standard ids every STIX tool knows.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from broker.domain.canonical import canonical
+from broker.domain.time import parse_time
+from broker.errors import BadRequest, InvalidInput
+
+TAXII_MEDIA = "application/taxii+json;version=2.1"
+STIX_MEDIA = "application/stix+json;version=2.1"
+
+# Ours, stable forever: a node that stored a marking keeps pointing at the same definitions.
+NAMESPACE = uuid.UUID("6f1f3f62-3c59-4d61-9d0e-4e1f3b7b2a10")
+BROKER_IDENTITY_ID = "identity--" + str(uuid.uuid5(NAMESPACE, "alliance-broker"))
+LABEL_EXTENSION_ID = "extension-definition--" + str(uuid.uuid5(NAMESPACE, "security-label/v1"))
+EPOCH = "2026-01-01T00:00:00.000Z"  # created/modified of the fixed objects above
+
+# TLP 2.0 (FIRST), as STIX 2.1 marking-definitions (OASIS cti-stix-common-objects).
+TLP_EXTENSION_ID = "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d"
+TLP_IDS = {
+    "CLEAR": "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487",
+    "GREEN": "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb",
+    "AMBER": "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421",
+    "AMBER+STRICT": "marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003",
+    "RED": "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1",
+}
+TLP_ORDER = ("CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED")
+# Nothing the broker holds is public, so nothing maps to CLEAR: UNCLASSIFIED reports still go
+# only to the nations and alliances named in their labels (a community: GREEN).
+TLP_BY_CLASSIFICATION = {
+    "UNCLASSIFIED": "GREEN",
+    "RESTRICTED": "AMBER",
+    "CONFIDENTIAL": "AMBER+STRICT",
+    "SECRET": "RED",
+    "TOP_SECRET": "RED",
+}
+MARKING_TYPES = frozenset({"marking-definition", "extension-definition", "identity"})
+STIX_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,249}--[0-9a-fA-F-]{36}")
+
+
+@dataclass(frozen=True)
+class CollectionRecord:
+    """A TAXII collection: a window on the reports carrying one of ``topics``; writes through it
+    get ``label`` (as the admin gave it) and ``topics``."""
+
+    id: str
+    title: str
+    description: str | None
+    topics: tuple[str, ...]
+    label: dict[str, Any]
+    created_at: datetime
+
+    def public(self) -> dict[str, Any]:
+        """As admins see it."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "topics": list(self.topics),
+            "label": self.label,
+            "created": self.created_at.isoformat(),
+        }
+
+
+def timestamp(moment: datetime) -> str:
+    """A TAXII/STIX timestamp: UTC, microseconds, ``Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(value: str, *, name: str) -> datetime:
+    """A timestamp from a query parameter (domain.time: the one parser), as aware UTC; a bad one
+    is a 400, as TAXII answers bad query parameters."""
+    try:
+        moment = parse_time(value, name=name)
+    except InvalidInput as exc:
+        raise BadRequest(exc.message, code="invalid_parameter") from exc
+    assert moment is not None  # parse_time maps only None to None
+    return moment
+
+
+# -- markings ---------------------------------------------------------------------------------
+def tlp_for(label: Mapping[str, Any]) -> str:
+    """The TLP 2.0 level a label maps to: from its classification, or its own ``tlp`` when
+    that is stricter."""
+    mapped = TLP_BY_CLASSIFICATION.get(str(label.get("classification")), "RED")
+    own = label.get("tlp")
+    if isinstance(own, str) and own in TLP_ORDER and TLP_ORDER.index(own) > TLP_ORDER.index(mapped):
+        return own
+    return mapped
+
+
+def label_marking_id(label: Mapping[str, Any]) -> str:
+    """The marking-definition id that states ``label``: a UUIDv5 of its canonical bytes."""
+    return "marking-definition--" + str(uuid.uuid5(NAMESPACE, canonical(dict(label)).decode()))
+
+
+def label_marking(label: Mapping[str, Any]) -> dict[str, Any]:
+    """The marking-definition stating ``label`` (our property extension)."""
+    statement: dict[str, Any] = {
+        "extension_type": "property-extension",
+        "classification": label.get("classification"),
+        "releasable_to": list(label.get("releasable_to", [])),
+        "caveats": list(label.get("caveats", [])),
+    }
+    if label.get("policy") is not None:
+        statement["policy"] = label["policy"]
+    caveats = "/".join(statement["caveats"])
+    name = f"{statement['classification']} REL TO {', '.join(statement['releasable_to']) or '-'}"
+    return {
+        "type": "marking-definition",
+        "spec_version": "2.1",
+        "id": label_marking_id(label),
+        "created": EPOCH,
+        "created_by_ref": BROKER_IDENTITY_ID,
+        "name": name + (f" {caveats}" if caveats else ""),
+        "extensions": {LABEL_EXTENSION_ID: statement},
+    }
+
+
+def tlp_marking(level: str) -> dict[str, Any]:
+    """The standard TLP 2.0 marking-definition for ``level``."""
+    return {
+        "type": "marking-definition",
+        "spec_version": "2.1",
+        "id": TLP_IDS[level],
+        "created": "2022-10-01T00:00:00.000Z",
+        "name": f"TLP:{level}",
+        "extensions": {TLP_EXTENSION_ID: {"extension_type": "property-extension", "tlp_2_0": level.lower()}},
+    }
+
+
+def fixed_objects() -> list[dict[str, Any]]:
+    """The broker's identity and the extension-definition the label markings use."""
+    identity = {
+        "type": "identity",
+        "spec_version": "2.1",
+        "id": BROKER_IDENTITY_ID,
+        "created": EPOCH,
+        "modified": EPOCH,
+        "name": "Alliance Broker",
+        "identity_class": "system",
+    }
+    extension = {
+        "type": "extension-definition",
+        "spec_version": "2.1",
+        "id": LABEL_EXTENSION_ID,
+        "created_by_ref": BROKER_IDENTITY_ID,
+        "created": EPOCH,
+        "modified": EPOCH,
+        "name": "Alliance Broker security label",
+        "description": "States a report's classification, releasability (nations and alliances) and "
+        "caveats, after NATO ADatP-4774. A recipient must not share the object beyond the label.",
+        "schema": "https://alliance-broker.invalid/docs/taxii.md#the-label-marking",
+        "version": "1.0.0",
+        "extension_types": ["property-extension"],
+    }
+    return [identity, extension]
+
+
+def markings_of(label: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The marking-definitions a report's objects refer to: its label's and its TLP's."""
+    return [label_marking(label), tlp_marking(tlp_for(label))]
+
+
+def marked(obj: Mapping[str, Any], refs: Sequence[str]) -> dict[str, Any]:
+    """``obj`` with ``refs`` added to its ``object_marking_refs`` (kept ones first, no repeats)."""
+    kept = obj.get("object_marking_refs")
+    current = [r for r in kept if isinstance(r, str)] if isinstance(kept, list) else []
+    out = dict(obj)
+    out["object_marking_refs"] = list(dict.fromkeys([*current, *(r for r in refs if r != obj.get("id"))]))
+    if not out["object_marking_refs"]:
+        del out["object_marking_refs"]
+    return out
+
+
+# -- the objects of a report -------------------------------------------------------------------
+def objects_of(payload: object) -> list[dict[str, Any]]:
+    """The STIX objects a payload carries: a bundle's ``objects``, or the payload itself when it
+    is one object (``type`` and ``id``). Anything else carries none."""
+    if not isinstance(payload, Mapping):
+        return []
+    if payload.get("type") == "bundle":
+        found = payload.get("objects")
+        if not isinstance(found, list):
+            return []
+        return [dict(o) for o in found if _is_object(o)]
+    return [dict(payload)] if _is_object(payload) else []
+
+
+def _is_object(value: object) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and isinstance(value.get("type"), str)
+        and isinstance(value.get("id"), str)
+        and STIX_ID.fullmatch(value["id"]) is not None
+    )
+
+
+def version_of(obj: Mapping[str, Any], *, date_added: str) -> str:
+    """An object's version: ``modified``, else ``created``, else when it was added."""
+    for key in ("modified", "created"):
+        value = obj.get(key)
+        if isinstance(value, str):
+            return value
+    return date_added
+
+
+def spec_version_of(obj: Mapping[str, Any]) -> str:
+    value = obj.get("spec_version")
+    return value if isinstance(value, str) else "2.1"
+
+
+# -- filters ---------------------------------------------------------------------------------
+VERSION_KEYWORDS = frozenset({"last", "first", "all"})
+SPEC_VERSIONS = frozenset({"2.0", "2.1"})
+MAX_FILTER_VALUES = 100
+
+
+@dataclass(frozen=True)
+class Filters:
+    """TAXII 2.1 ``match[...]`` and ``added_after``, parsed."""
+
+    ids: frozenset[str] = frozenset()
+    types: frozenset[str] = frozenset()
+    versions: tuple[str, ...] = ("last",)
+    spec_versions: frozenset[str] = frozenset()
+    added_after: datetime | None = None
+    # The request's filters in canonical form (a key for scan hints).
+    key: str = field(default="", compare=False)
+
+    def wants_markings(self) -> bool:
+        """Marking-definitions are served when asked for by type or by id."""
+        return bool(self.types & MARKING_TYPES) or any(i.split("--")[0] in MARKING_TYPES for i in self.ids)
+
+    def matches(self, obj: Mapping[str, Any]) -> bool:
+        """True when ``obj`` passes the id, type and spec_version filters."""
+        if self.ids and obj.get("id") not in self.ids:
+            return False
+        if self.types and obj.get("type") not in self.types:
+            return False
+        return not self.spec_versions or spec_version_of(obj) in self.spec_versions
+
+
+def _values(raw: str | None, name: str) -> list[str]:
+    if raw is None:
+        return []
+    values = [v for v in raw.split(",") if v]
+    if not values or len(values) > MAX_FILTER_VALUES:
+        raise BadRequest(
+            f"{name} must hold 1 to {MAX_FILTER_VALUES} comma-separated values", code="invalid_parameter"
+        )
+    return values
+
+
+def parse_filters(query: Mapping[str, str], *, fixed_id: str | None = None) -> Filters:
+    """TAXII filters from query parameters; ``fixed_id`` is an object id from the path."""
+    ids = _values(query.get("match[id]"), "match[id]")
+    if fixed_id is not None:
+        ids = [fixed_id]
+    types = _values(query.get("match[type]"), "match[type]")
+    versions = _values(query.get("match[version]"), "match[version]") or ["last"]
+    specs = _values(query.get("match[spec_version]"), "match[spec_version]")
+    for value in ids:
+        if STIX_ID.fullmatch(value) is None:
+            raise BadRequest(f"match[id]: {value!r} is not a STIX id", code="invalid_parameter")
+    if not all(re.fullmatch(r"[a-z0-9][a-z0-9-]{0,249}", t) for t in types):
+        raise BadRequest("match[type] holds a value that is not a STIX type", code="invalid_parameter")
+    for value in versions:
+        if value not in VERSION_KEYWORDS:
+            parse_timestamp(value, name="match[version]")
+    if not set(specs) <= SPEC_VERSIONS:
+        raise BadRequest(
+            f"match[spec_version] must be among {sorted(SPEC_VERSIONS)}", code="invalid_parameter"
+        )
+    added = query.get("added_after")
+    added_after = None if added is None else parse_timestamp(added, name="added_after")
+    key = canonical(
+        {"i": sorted(ids), "t": sorted(types), "v": versions, "s": sorted(specs), "a": added}
+    ).decode()
+    return Filters(frozenset(ids), frozenset(types), tuple(versions), frozenset(specs), added_after, key)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One object as a collection serves it, with where it came from."""
+
+    obj: dict[str, Any]
+    version: str
+    date_added: str
+    report_seq: int
+
+
+def select_versions(entries: Iterable[Entry], versions: Sequence[str]) -> list[Entry]:
+    """The entries ``match[version]`` keeps, in their order: ``all``; ``first`` and ``last`` per
+    object id (among ``entries``); or those whose version equals one of the given timestamps."""
+    items = list(entries)
+    if "all" in versions:
+        return items
+    keep: set[int] = set()
+    stamps = {_instant(v) for v in versions if v not in VERSION_KEYWORDS}
+    by_id: dict[str, list[int]] = {}
+    for i, entry in enumerate(items):
+        by_id.setdefault(str(entry.obj.get("id")), []).append(i)
+        if stamps and _instant(entry.version) in stamps:
+            keep.add(i)
+    for indexes in by_id.values():
+        ordered = sorted(indexes, key=lambda i: (_instant(items[i].version), i))
+        if "first" in versions:
+            keep.add(ordered[0])
+        if "last" in versions:
+            keep.add(ordered[-1])
+    return [e for i, e in enumerate(items) if i in keep]
+
+
+def _instant(value: str) -> datetime:
+    try:
+        moment = parse_time(value, name="version")
+    except InvalidInput:  # a payload's odd timestamp sorts first rather than failing the page
+        moment = None
+    return moment or datetime.min.replace(tzinfo=UTC)
+
+
+# -- paging cursors --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Position:
+    """Where a page resumes: at object ``index`` of the report with sequence ``seq`` (reports
+    below ``seq`` are done). Only ever a place just after something the node was served or may
+    see, never past a hidden report."""
+
+    seq: int = 0
+    index: int = 0
+
+
+def encode_position(position: Position) -> str:
+    """The opaque ``next`` of a TAXII page."""
+    raw = f"v1.{position.seq}.{position.index}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_position(token: str) -> Position:
+    """The position a ``next`` names; BadRequest when it is not one of ours."""
+    try:
+        if len(token) > 64:
+            raise ValueError(token)
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+        tag, seq, index = raw.split(".")
+        if tag != "v1" or not (seq.isdigit() and index.isdigit()) or len(seq) > 19 or len(index) > 9:
+            raise ValueError(token)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise BadRequest("next is not a cursor this server issued", code="invalid_parameter") from exc
+    return Position(int(seq), int(index))

@@ -1,0 +1,95 @@
+"""TAXII collections as admins define them (CLI and admin REST); every change is audited."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from broker.domain.labels import parse_label
+from broker.domain.records import AuditDraft, NodeRecord
+from broker.domain.stix import CollectionRecord
+from broker.errors import InvalidInput, NotFound
+from broker.services import audit
+from broker.services.context import Context
+from broker.services.reports import MAX_TOPICS, TOPIC
+from broker.storage import collections as store
+
+FIELDS = frozenset({"title", "description", "topics", "label"})
+
+
+def parse_collection(spec: Mapping[str, Any], *, ctx: Context, known_alliances: Any) -> CollectionRecord:
+    """Validate a new collection: a title, 1-16 topics, and a label as publishers write them."""
+    unknown = set(spec) - FIELDS
+    if unknown:
+        raise InvalidInput(f"unknown fields: {sorted(unknown)}", code="invalid_collection")
+    title, description, topics = spec.get("title"), spec.get("description"), spec.get("topics")
+    if not isinstance(title, str) or not 0 < len(title) <= 200:
+        raise InvalidInput("title must be 1-200 characters", code="invalid_collection")
+    if description is not None and (not isinstance(description, str) or len(description) > 2000):
+        raise InvalidInput("description must be at most 2000 characters", code="invalid_collection")
+    if (
+        not isinstance(topics, list)
+        or not 0 < len(topics) <= MAX_TOPICS
+        or not all(isinstance(t, str) and TOPIC.fullmatch(t) for t in topics)
+    ):
+        raise InvalidInput(
+            f"topics must be 1-{MAX_TOPICS} tags matching {TOPIC.pattern}", code="invalid_collection"
+        )
+    label = spec.get("label")
+    parse_label(label, policy=ctx.policy, known_alliances=known_alliances)
+    assert isinstance(label, Mapping)  # parse_label refuses anything else
+    return CollectionRecord(
+        id=str(uuid.uuid4()),
+        title=title,
+        description=description,
+        topics=tuple(dict.fromkeys(topics)),
+        label=dict(label),
+        created_at=ctx.now(),
+    )
+
+
+async def add_collection(ctx: Context, spec: Mapping[str, Any], *, actor: str) -> dict[str, Any]:
+    """Define a collection; returns its id."""
+    async with ctx.db.transaction() as tx:
+        directory = await ctx.directory(tx)
+        collection = parse_collection(spec, ctx=ctx, known_alliances=directory.alliances)
+        await store.insert_collection(tx, collection)
+        details = {"collection": collection.id, "title": collection.title, "topics": list(collection.topics)}
+        draft = AuditDraft(action="collection_add", actor=actor, decision="allow", details=details)
+        await audit.record(tx, [draft], now=ctx.now(), changed=True)
+    return {"id": collection.id}
+
+
+async def list_collections(ctx: Context) -> list[dict[str, Any]]:
+    async with ctx.db.transaction() as tx:
+        return [c.public() for c in await store.collections(tx)]
+
+
+async def remove_collection(ctx: Context, collection_id: str, *, actor: str) -> dict[str, Any]:
+    """Remove a collection (its reports stay: a collection is only a window on them)."""
+    async with ctx.db.transaction() as tx:
+        if not await store.delete_collection(tx, collection_id):
+            raise NotFound(f"no collection {collection_id!r}", code="not_found")
+        draft = AuditDraft(
+            action="collection_remove", actor=actor, decision="allow", details={"collection": collection_id}
+        )
+        await audit.record(tx, [draft], now=ctx.now(), changed=True)
+    return {"id": collection_id, "removed": True}
+
+
+def can_read(node: NodeRecord) -> bool:
+    """A collection may be read by nodes with the subscribe role."""
+    return "subscribe" in node.roles
+
+
+def can_write(ctx: Context, node: NodeRecord, collection: CollectionRecord) -> bool:
+    """A collection may be written by publishers whose clearance and caveats cover its label."""
+    if "publish" not in node.roles or not ctx.policy.is_level(node.clearance):
+        return False
+    label = collection.label
+    classification = str(label.get("classification"))
+    if not ctx.policy.is_level(classification):
+        return False
+    covered = ctx.policy.rank(node.clearance) >= ctx.policy.rank(classification)
+    return covered and set(label.get("caveats", [])) <= set(node.caveats)

@@ -1,0 +1,434 @@
+"""TAXII 2.1 over the report stream: the same access rule, sealing policy and audit as REST.
+
+A collection is a window on the reports carrying one of its topics. Every page is decided in
+one transaction, like ``reports.listing``: the node re-checked at the change counter, each
+report decided by ``domain.access``, one ``read`` event per report whose objects were served,
+recorded with ``decided_at`` (so nothing is answered after a change that committed meanwhile).
+Paging is a cursor on the report sequence (``domain.stix.Position``) that only ever names a
+place right after something the node may see. Writes go through ``reports.publish``.
+
+Refusals specific to TAXII (each audited):
+- a node with an X25519 key receives every payload sealed to it, and TAXII cannot carry a sealed
+  payload: its object reads are refused (``sealed_delivery_required``), REST and streams serve it;
+- a node with an Ed25519 key must sign what it publishes, and a TAXII client cannot sign: its
+  writes are refused (``signature_required``), REST ``POST /v1/reports`` takes signed reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from stix2validator import (  # type: ignore[import-untyped]  # the package ships no types
+    ValidationError,
+    ValidationOptions,
+    validate_instance,
+)
+
+from broker.domain import stix
+from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
+from broker.domain.stix import CollectionRecord, Entry, Filters, Position
+from broker.errors import AccessDenied, BrokerError, InvalidInput, NotFound
+from broker.services import audit, reports
+from broker.services.auth import recheck
+from broker.services.collections import can_read, can_write
+from broker.services.context import Context
+from broker.services.scanhints import HintKey, ScanHint
+from broker.storage import collections as store
+from broker.storage.repos import Tx
+
+MAX_OBJECTS_PER_POST = 1000
+BY_ID_LIMIT = 1000  # versions of one object served at once (no paging by id)
+_VALIDATION = ValidationOptions(version="2.1")
+
+
+# -- collections -------------------------------------------------------------------------------
+def collection_resource(ctx: Context, node: NodeRecord, collection: CollectionRecord) -> dict[str, Any]:
+    """A collection as ``node`` sees it."""
+    resource: dict[str, Any] = {
+        "id": collection.id,
+        "title": collection.title,
+        "can_read": can_read(node) and node.x25519_public_key is None,
+        "can_write": can_write(ctx, node, collection) and node.ed25519_public_key is None,
+        "media_types": [stix.STIX_MEDIA],
+    }
+    if collection.description:
+        resource["description"] = collection.description
+    return resource
+
+
+async def collections_for(ctx: Context, node: NodeRecord) -> dict[str, Any]:
+    async with ctx.db.transaction() as tx:
+        found = await store.collections(tx)
+    return {"collections": [collection_resource(ctx, node, c) for c in found]}
+
+
+async def collection_for(ctx: Context, node: NodeRecord, collection_id: str) -> dict[str, Any]:
+    return collection_resource(ctx, node, await _collection(ctx, collection_id))
+
+
+async def _collection(ctx: Context, collection_id: str) -> CollectionRecord:
+    async with ctx.db.transaction() as tx:
+        found = None if not _is_uuid(collection_id) else await store.collection(tx, collection_id)
+    if found is None:
+        raise NotFound("no such collection", code="not_found")
+    return found
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+async def _readable(ctx: Context, node: NodeRecord, collection_id: str) -> CollectionRecord:
+    """The collection, once ``node`` may read objects through TAXII (refusals audited)."""
+    collection = await _collection(ctx, collection_id)
+    if not can_read(node):
+        await _refuse(
+            ctx, node, "read", AccessDenied("this act needs the 'subscribe' role", code="missing_role")
+        )
+    if node.x25519_public_key is not None:
+        await _refuse(
+            ctx,
+            node,
+            "read",
+            AccessDenied(
+                "your node has an X25519 key, so every payload is sealed to it and TAXII cannot carry "
+                "a sealed payload: read through REST /v1/reports or the /v1/stream websocket",
+                code="sealed_delivery_required",
+            ),
+        )
+    return collection
+
+
+async def _refuse(ctx: Context, node: NodeRecord, act: str, exc: BrokerError) -> None:
+    draft = AuditDraft(
+        action=act, actor=node.id, node=node.id, nation=node.nation, decision="deny", reason=exc.code
+    )
+    await audit.record_alone(ctx, [draft])
+    raise exc
+
+
+# -- reading -----------------------------------------------------------------------------------
+@dataclass
+class Page:
+    """What one decision served: entries in order, whether more follow, and where."""
+
+    entries: list[Entry] = field(default_factory=list)
+    more: bool = False
+    next: Position | None = None
+
+
+def _entries(ctx: Context, report: ReportRecord, filters: Filters) -> list[Entry]:
+    """The objects a report contributes under ``filters``: its label's marking-definitions when
+    asked for, then its payload's objects, each marked with the label and its TLP."""
+    added = stix.timestamp(report.created_at)
+    markings = stix.markings_of(report.label)
+    found: list[Entry] = []
+    if filters.wants_markings():
+        found += [Entry(m, m["created"], added, report.seq) for m in markings]
+    only_markings = (filters.types and filters.types <= stix.MARKING_TYPES) or (
+        filters.ids and all(i.split("--")[0] in stix.MARKING_TYPES for i in filters.ids)
+    )
+    if not only_markings:
+        refs = [m["id"] for m in markings]
+        for obj in stix.objects_of(json.loads(reports.open_payload(ctx, report))):
+            found.append(
+                Entry(stix.marked(obj, refs), stix.version_of(obj, date_added=added), added, report.seq)
+            )
+    return [e for e in found if filters.matches(e.obj)]
+
+
+@dataclass
+class _Scan:
+    """One page's scan through a collection, inside the transaction that decides it."""
+
+    ctx: Context
+    node: NodeRecord
+    collection: CollectionRecord
+    filters: Filters
+    limit: int
+    per_report_versions: bool
+    page: Page = field(default_factory=Page)
+    drafts: list[AuditDraft] = field(default_factory=list)
+    served: list[ReportRecord] = field(default_factory=list)
+    _seen: set[tuple[str, str]] = field(default_factory=set)
+
+    def take(self, report: ReportRecord, start: Position) -> None:
+        """Serve ``report``'s entries from ``start`` until the page is full."""
+        entries = _entries(self.ctx, report, self.filters)
+        if self.per_report_versions:
+            entries = stix.select_versions(entries, self.filters.versions)
+        first = start.index if report.seq == start.seq else 0
+        served = False
+        for index in range(first, len(entries)):
+            entry = entries[index]
+            key = (str(entry.obj["id"]), entry.version)
+            if entry.obj.get("type") == "marking-definition" and key in self._seen:
+                continue
+            if len(self.page.entries) == self.limit:
+                self.page.more, self.page.next = True, Position(report.seq, index)
+                break
+            self._seen.add(key)
+            self.page.entries.append(entry)
+            served = True
+        else:
+            self.page.next = Position(report.seq + 1, 0)
+        if served:
+            self.served.append(report)
+            self.drafts.append(reports.allow_draft(self.node, report, "read"))
+
+
+async def page(
+    ctx: Context,
+    node: NodeRecord,
+    collection_id: str,
+    *,
+    filters: Filters,
+    limit: int,
+    start: Position,
+    per_report_versions: bool = True,
+) -> Page:
+    """Up to ``limit`` objects of the collection ``node`` may see, from ``start``; audited."""
+    collection = await _readable(ctx, node, collection_id)
+    attempt = partial(_page_once, ctx, node, collection, filters, limit, start, per_report_versions)
+    return await reports.decided(ctx, "read", attempt)
+
+
+async def _page_once(
+    ctx: Context,
+    node: NodeRecord,
+    collection: CollectionRecord,
+    filters: Filters,
+    limit: int,
+    start: Position,
+    per_report_versions: bool,
+) -> Page:
+    scan = _Scan(ctx, node, collection, filters, limit, per_report_versions)
+    now = ctx.now()
+    async with ctx.db.transaction() as tx:
+        counter = await tx.change_counter()
+        node = scan.node = await recheck(tx, node, counter)
+        directory = await ctx.directory_at(tx, counter)
+        start = await _after_added(tx, start, filters)
+        scan.page.next = start
+        key: HintKey = (node.id, ("taxii", collection.id, filters.key, str(start.index)), start.seq)
+        position = ctx.scan_hints.get(key, counter=counter, now=now, directory=directory) or start.seq
+        scanned, budget = 0, ctx.settings.max_scan_rows
+        while not scan.page.more and scanned < budget:
+            take = min(max(limit, 50), budget - scanned)
+            rows = await store.reports_from(tx, start=position, topics=collection.topics, limit=take)
+            for report in rows:
+                position, scanned = report.seq + 1, scanned + 1
+                if (
+                    report.erased_at is not None
+                    or not reports.decide_for(ctx, node, report, directory).allowed
+                ):
+                    continue
+                if filters.added_after is not None and report.created_at <= filters.added_after:
+                    scan.page.next = Position(report.seq + 1, 0)
+                    continue
+                scan.take(report, start)
+                if scan.page.more:
+                    break
+            if len(rows) < take:
+                break
+        else:
+            if not scan.page.more:  # the scan budget ran out: the same request resumes here
+                resume = scan.page.next or start
+                hint_key: HintKey = (
+                    node.id,
+                    ("taxii", collection.id, filters.key, str(resume.index)),
+                    resume.seq,
+                )
+                ctx.scan_hints.put(hint_key, ScanHint(position, counter, now))
+                scan.page.more = True
+        await audit.record(tx, scan.drafts, now=now, decided_at=counter)
+    return scan.page
+
+
+async def _after_added(tx: Tx, start: Position, filters: Filters) -> Position:
+    """``start``, moved up to the first report added after ``added_after``."""
+    if filters.added_after is None:
+        return start
+    first = await store.first_seq_added_after(tx, filters.added_after)
+    floor = Position(2**62, 0) if first is None else Position(first, 0)
+    return floor if (start.seq, start.index) < (floor.seq, floor.index) else start
+
+
+async def by_id(
+    ctx: Context, node: NodeRecord, collection_id: str, object_id: str, *, filters: Filters
+) -> list[Entry]:
+    """Every version of one object the node may see (``match[version]`` across the collection)."""
+    fixed = {o["id"]: o for o in stix.fixed_objects()} | {
+        stix.TLP_IDS[level]: stix.tlp_marking(level) for level in stix.TLP_ORDER
+    }
+    await _readable(ctx, node, collection_id)
+    if object_id in fixed:
+        return [Entry(fixed[object_id], stix.EPOCH, stix.EPOCH, 0)]
+    found = await page(
+        ctx,
+        node,
+        collection_id,
+        filters=filters,
+        limit=BY_ID_LIMIT,
+        start=Position(),
+        per_report_versions=False,
+    )
+    return stix.select_versions(found.entries, filters.versions)
+
+
+# -- deleting (recall) ---------------------------------------------------------------------------
+async def delete(
+    ctx: Context, node: NodeRecord, collection_id: str, object_id: str, *, filters: Filters
+) -> None:
+    """Recall the reports of ``node`` that carry the object (the whole report: every object posted
+    with it). 403 when only other nodes' reports carry it, 404 when none the node may see does."""
+    collection = await _collection(ctx, collection_id)
+    if not can_read(node) or "publish" not in node.roles:
+        await _refuse(
+            ctx, node, "recall", AccessDenied("this act needs the 'publish' role", code="missing_role")
+        )
+    carriers = await reports.decided(ctx, "recall", partial(_carriers, ctx, node, collection, filters))
+    own = [r for r in carriers if r.originator_node == node.id]
+    if not own and carriers:
+        await reports.recall(ctx, node, carriers[0].id)  # refuses (403) and audits it
+    if not own:
+        await _refuse(ctx, node, "recall", NotFound("no such object", code="not_found"))
+    for report in own:
+        await reports.recall(ctx, node, report.id)
+
+
+async def _carriers(
+    ctx: Context, node: NodeRecord, collection: CollectionRecord, filters: Filters
+) -> list[ReportRecord]:
+    """The reports the node may see that carry an object matching ``filters`` (nothing served,
+    so nothing recorded; the recall records itself)."""
+    found: list[ReportRecord] = []
+    async with ctx.db.transaction() as tx:
+        counter = await tx.change_counter()
+        node = await recheck(tx, node, counter)
+        directory = await ctx.directory_at(tx, counter)
+        position, scanned = 0, 0
+        while scanned < ctx.settings.max_scan_rows:
+            rows = await store.reports_from(tx, start=position, topics=collection.topics, limit=500)
+            for report in rows:
+                position, scanned = report.seq + 1, scanned + 1
+                allowed = reports.decide_for(ctx, node, report, directory).allowed
+                if report.erased_at is None and allowed and _entries(ctx, report, filters):
+                    found.append(report)
+            if len(rows) < 500:
+                break
+    return found
+
+
+# -- writing -----------------------------------------------------------------------------------
+def _check_envelope(envelope: object) -> list[Any]:
+    if not isinstance(envelope, Mapping) or set(envelope) - {"objects", "more", "next"}:
+        raise InvalidInput("the body must be a TAXII envelope", code="invalid_envelope")
+    objects = envelope.get("objects")
+    if not isinstance(objects, list) or not 0 < len(objects) <= MAX_OBJECTS_PER_POST:
+        raise InvalidInput(
+            f"the envelope must hold 1 to {MAX_OBJECTS_PER_POST} objects", code="invalid_envelope"
+        )
+    return objects
+
+
+def _validate(objects: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Accepted objects, and failures ({id, version?, message}), by the OASIS validator."""
+    accepted: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for obj in objects:
+        ident = str(obj.get("id", "")) if isinstance(obj, Mapping) else ""
+        try:
+            result = validate_instance(obj, _VALIDATION)
+        except ValidationError as exc:
+            failures.append({"id": ident, "message": str(exc)[:500]})
+            continue
+        if result.is_valid:
+            accepted.append(obj)
+        else:
+            failures.append({"id": ident, "message": "; ".join(str(e) for e in result.errors)[:500]})
+    return accepted, failures
+
+
+def _version(obj: Mapping[str, Any], now: str) -> str:
+    return stix.version_of(obj, date_added=now)
+
+
+async def add_objects(ctx: Context, node: NodeRecord, collection_id: str, envelope: object) -> dict[str, Any]:
+    """Validate an envelope's objects and publish those accepted as one report under the
+    collection's label and topics (``reports.publish``: its checks, limits and audit); return
+    the status resource, which is also stored for ``status``."""
+    collection = await _collection(ctx, collection_id)
+    if not can_write(ctx, node, collection):
+        await _refuse(
+            ctx, node, "publish", AccessDenied("you may not write to this collection", code="not_writable")
+        )
+    if node.ed25519_public_key is not None:
+        await _refuse(
+            ctx,
+            node,
+            "publish",
+            AccessDenied(
+                "your node has an Ed25519 key, so its reports must be signed, and TAXII cannot carry a "
+                "signature: publish through REST POST /v1/reports with a signature",
+                code="signature_required",
+            ),
+        )
+    try:
+        objects = _check_envelope(envelope)
+        accepted, failures = await asyncio.to_thread(_validate, objects)
+        if not accepted:
+            raise InvalidInput(
+                "no object is valid STIX 2.1: " + "; ".join(f["message"] for f in failures[:3]),
+                code="invalid_stix",
+            )
+    except InvalidInput as exc:
+        await _refuse(ctx, node, "publish", exc)
+    body = {
+        "label": collection.label,
+        "topics": list(collection.topics),
+        "payload": {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": accepted},
+    }
+    receipt = await reports.publish(ctx, node, body, idempotency_key=None)
+    now = stix.timestamp(ctx.now())
+    outcome: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "status": "complete",
+        "request_timestamp": now,
+        "total_count": len(objects),
+        "success_count": len(accepted),
+        "successes": [{"id": o["id"], "version": _version(o, now)} for o in accepted],
+        "failure_count": len(failures),
+        "failures": failures,
+        "pending_count": 0,
+        "pendings": [],
+    }
+    async with ctx.db.transaction() as tx:
+        await store.insert_status(
+            tx,
+            status_id=outcome["id"],
+            node=node.id,
+            collection_id=collection.id,
+            report_id=receipt["id"],
+            at=ctx.now(),
+            outcome=outcome,
+        )
+    return outcome
+
+
+async def status(ctx: Context, node: NodeRecord, status_id: str) -> dict[str, Any]:
+    """A status resource, for the node that made it (404 for everyone else)."""
+    async with ctx.db.transaction() as tx:
+        found = None if not _is_uuid(status_id) else await store.status(tx, status_id)
+    if found is None or found[0] != node.id:
+        raise NotFound("no such status", code="not_found")
+    return found[2]
