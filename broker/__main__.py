@@ -86,11 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--ed25519-public-key")
     add.add_argument("--x25519-public-key")
     add.add_argument("--certificate", help="PEM client certificate to pin the node to (its SHA-256)")
+    add.add_argument("--token-days", type=int, help="the token expires after this many days (default: never)")
     node.add_parser("list", parents=[common])
     node.add_parser("revoke", parents=[common]).add_argument("id")
-    node.add_parser(
+    rotate = node.add_parser(
         "rotate-token", parents=[common], help="new token (shown once); the old one stops working at once"
-    ).add_argument("id")
+    )
+    rotate.add_argument("id")
+    rotate.add_argument(
+        "--token-days", type=int, help="the new token expires after this many days (default: never)"
+    )
     upd = node.add_parser(
         "update", parents=[common], help="change clearance, caveats, roles, keys, certificate pin"
     )
@@ -206,7 +211,9 @@ def _command(args: argparse.Namespace, settings: Settings) -> Callable[[Context]
         ("node", "add"): lambda c: admin.add_node(c, _node_spec(args), actor=CLI_ACTOR),
         ("node", "list"): admin.list_nodes,
         ("node", "revoke"): lambda c: admin.revoke_node(c, args.id, actor=CLI_ACTOR),
-        ("node", "rotate-token"): lambda c: admin.rotate_token(c, args.id, actor=CLI_ACTOR),
+        ("node", "rotate-token"): lambda c: admin.rotate_token(
+            c, args.id, actor=CLI_ACTOR, token_days=args.token_days
+        ),
         ("node", "update"): lambda c: admin.update_node(c, args.id, _node_changes(args), actor=CLI_ACTOR),
         ("alliance", "create"): lambda c: admin.create_alliance(
             c, args.id, name=args.name, history=args.history, actor=CLI_ACTOR
@@ -390,6 +397,8 @@ def _node_spec(args: argparse.Namespace) -> dict[str, Any]:
         spec["x25519_public_key"] = args.x25519_public_key
     if args.certificate:
         spec["certificate"] = _read_certificate(args.certificate)
+    if args.token_days is not None:
+        spec["token_days"] = args.token_days
     return spec
 
 

@@ -23,6 +23,8 @@ class NodeRecord:
     revoked_at: datetime | None = None
     # SHA-256 (hex) of the one TLS client certificate this node may authenticate with, if pinned.
     tls_fingerprint: str | None = None
+    # When the token stops authenticating the node (None: never).
+    token_expires_at: datetime | None = None
     # The database's change counter when this record was read (-1: unknown). Every change to a
     # node bumps the counter, so an act whose transaction still reads this value may trust the
     # record; any other value means "read it again" (services.auth.recheck).
@@ -53,6 +55,7 @@ class NodeRecord:
             "created": self.created_at.isoformat(),
             "revoked": None if self.revoked_at is None else self.revoked_at.isoformat(),
             "certificate_sha256": self.tls_fingerprint,
+            "token_expires": None if self.token_expires_at is None else self.token_expires_at.isoformat(),
         }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from broker.crypto import envelope, pki
@@ -34,8 +34,10 @@ NODE_FIELDS = frozenset(
         "ed25519_public_key",
         "x25519_public_key",
         "certificate",
+        "token_days",
     }
 )
+MAX_TOKEN_DAYS = 3650
 
 
 def _str_list(value: object, *, name: str) -> tuple[str, ...]:
@@ -82,7 +84,17 @@ def parse_node_spec(spec: Mapping[str, Any], *, ctx: Context) -> NodeRecord:
         ed25519_public_key=_optional_key(spec, "ed25519_public_key"),
         x25519_public_key=_optional_key(spec, "x25519_public_key"),
         tls_fingerprint=_pin(spec.get("certificate"), node_id),
+        token_expires_at=token_expiry(spec.get("token_days"), now=ctx.now()),
     )
+
+
+def token_expiry(days: object, *, now: datetime) -> datetime | None:
+    """When a token issued now for ``days`` days stops working (None: ``days`` is None)."""
+    if days is None:
+        return None
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_TOKEN_DAYS:
+        raise InvalidInput(f"token_days must be an integer from 1 to {MAX_TOKEN_DAYS}", code="invalid_node")
+    return now + timedelta(days=days)
 
 
 def _pin(pem: object, node_id: str) -> str | None:
@@ -133,7 +145,10 @@ async def add_node(ctx: Context, spec: Mapping[str, Any], *, actor: str) -> dict
             ],
             now=node.created_at,
         )
-    return {"id": node.id, "token": token}
+    created: dict[str, Any] = {"id": node.id, "token": token}
+    if node.token_expires_at is not None:
+        created["expires"] = node.token_expires_at.isoformat()
+    return created
 
 
 async def node_keys(ctx: Context, node_id: str) -> dict[str, Any]:
@@ -417,22 +432,29 @@ async def reset_cursor(ctx: Context, node_id: str, name: str, *, actor: str) -> 
     return {"node": node_id, "name": name, "reset": True, "sequence": held}
 
 
-async def rotate_token(ctx: Context, node_id: str, *, actor: str) -> dict[str, Any]:
-    """Give a node a new token, shown only here; the old one stops working when this commits
-    (the change counter moves, so every act re-checks the node, on every instance)."""
+async def rotate_token(
+    ctx: Context, node_id: str, *, actor: str, token_days: int | None = None
+) -> dict[str, Any]:
+    """Give a node a new token, shown only here (valid for ``token_days`` days, or without
+    expiry); the old one stops working when this commits (the change counter moves, so every
+    act re-checks the node, on every instance)."""
     token = new_token()
+    expires = token_expiry(token_days, now=ctx.now())
     async with ctx.db.transaction() as tx:
         node = await tx.node(node_id)
         if node is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
-        if not await tx.set_token_hash(node_id, hash_token(token)):
+        if not await tx.set_token_hash(node_id, hash_token(token), expires_at=expires):
             raise Conflict(f"node {node_id!r} was revoked", code="node_revoked")
         draft = AuditDraft(
             action="token_rotate", actor=actor, node=node_id, nation=node.nation, decision="allow"
         )
         await audit.record(tx, [draft], now=ctx.now(), changed=True)
     ctx.tokens.clear()
-    return {"id": node_id, "token": token}
+    answer: dict[str, Any] = {"id": node_id, "token": token}
+    if expires is not None:
+        answer["expires"] = expires.isoformat()
+    return answer
 
 
 UPDATABLE = frozenset(
@@ -455,7 +477,7 @@ async def update_node(
             raise NotFound(f"no node {node_id!r}", code="not_found")
         if node.revoked_at is not None:
             raise Conflict(f"node {node_id!r} was revoked", code="node_revoked")
-        spec = {k: v for k, v in node.public().items() if k in NODE_FIELDS} | {
+        spec = {k: v for k, v in node.public().items() if k in NODE_FIELDS - {"token_days"}} | {
             k: v for k, v in changes.items() if k != "certificate"
         }
         parsed = parse_node_spec(spec, ctx=ctx)

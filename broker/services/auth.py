@@ -77,6 +77,8 @@ async def authenticate(
         _fail(ctx, source, reason="unknown_token")
     if node.revoked_at is not None:
         _fail(ctx, source, reason="node_revoked", node=node)
+    if node.token_expires_at is not None and ctx.now() >= node.token_expires_at:
+        _fail(ctx, source, reason="token_expired", node=node)
     return node
 
 

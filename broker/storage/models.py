@@ -86,6 +86,7 @@ class NodeRow(Base):
     ed25519_public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     x25519_public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     tls_fingerprint: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 

@@ -162,15 +162,18 @@ class Tx:
     async def update_node(self, node: NodeRecord) -> None:
         """Store a node's clearance, caveats, roles, public keys and certificate pin."""
         values = st.node_values(node)
-        for fixed in ("id", "nation", "token_hash", "created_at"):
+        for fixed in ("id", "nation", "token_hash", "token_expires_at", "created_at"):
             del values[fixed]
         await self._count(update(st.NODES).where(st.NODES.c.id == node.id).values(values))
 
-    async def set_token_hash(self, node_id: str, token_hash: str) -> bool:
-        """Replace a live node's token hash (the old token stops working at commit)."""
+    async def set_token_hash(
+        self, node_id: str, token_hash: str, *, expires_at: datetime | None = None
+    ) -> bool:
+        """Replace a live node's token hash and expiry (the old token stops working at commit)."""
         n = st.NODES.c
         live = (n.id == node_id, n.revoked_at.is_(None))
-        return bool(await self._count(update(st.NODES).where(*live).values(token_hash=token_hash)))
+        values = {"token_hash": token_hash, "token_expires_at": expires_at}
+        return bool(await self._count(update(st.NODES).where(*live).values(values)))
 
     async def revoke_node(self, node_id: str, *, at: datetime) -> bool:
         n = st.NODES.c

@@ -172,6 +172,7 @@ def node_values(node: NodeRecord) -> dict[str, Any]:
         "ed25519_public_key": node.ed25519_public_key,
         "x25519_public_key": node.x25519_public_key,
         "tls_fingerprint": node.tls_fingerprint,
+        "token_expires_at": node.token_expires_at,
         "created_at": node.created_at,
     }
 
@@ -190,6 +191,7 @@ def node_of(row: Any) -> NodeRecord:
         x25519_public_key=row.x25519_public_key,
         revoked_at=row.revoked_at,
         tls_fingerprint=row.tls_fingerprint,
+        token_expires_at=row.token_expires_at,
     )
 
 

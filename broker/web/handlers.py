@@ -187,7 +187,13 @@ async def admin_update_node(request: web.Request) -> web.Response:
 
 async def admin_rotate_token(request: web.Request) -> web.Response:
     actor = await _admin(request)
-    result = await admin.rotate_token(_ctx(request), request.match_info["id"], actor=actor.id)
+    body = await _optional_body(request)
+    if body is not None and (not isinstance(body, dict) or set(body) - {"token_days"}):
+        raise InvalidInput('the body may only hold {"token_days": N}', code="invalid_body")
+    days = None if body is None else body.get("token_days")
+    result = await admin.rotate_token(
+        _ctx(request), request.match_info["id"], actor=actor.id, token_days=days
+    )
     request.app[WAKE]()  # streams opened with the old token re-check the node at once
     return web.json_response(result)
 

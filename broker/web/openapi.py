@@ -142,6 +142,8 @@ SCHEMAS: dict[str, Any] = {
             "caveats": _STR_LIST,
             "ed25519_public_key": {"type": "string"},
             "x25519_public_key": {"type": "string"},
+            "certificate": {"type": "string", "description": "PEM client certificate to pin the node to"},
+            "token_days": {"type": "integer", "minimum": 1, "maximum": 3650},
         },
     },
     "NodeKeys": {
@@ -224,7 +226,7 @@ SCHEMAS: dict[str, Any] = {
     "NodeToken": {
         "type": "object",
         "required": ["id", "token"],
-        "properties": {"id": {"type": "string"}, "token": {"type": "string"}},
+        "properties": {"id": {"type": "string"}, "token": {"type": "string"}, "expires": {"type": "string"}},
     },
     "Node": {"type": "object", "required": ["id", "nation", "clearance", "roles", "caveats"]},
     "Membership": {
@@ -491,8 +493,20 @@ PATHS: dict[str, Any] = {
     "/v1/admin/nodes/{id}/rotate-token": {
         "post": _op(
             "A new token for a node, shown once; the old one stops working at once (role admin; audited)",
-            {"200": _json(_ref("NodeToken"), "rotated"), **_problems(403, 404, 409)},
+            {"200": _json(_ref("NodeToken"), "rotated"), **_problems(403, 404, 409, 413, 422)},
             parameters=[_PATH_ID],
+            requestBody={
+                "required": False,
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {"token_days": {"type": "integer", "minimum": 1, "maximum": 3650}},
+                        }
+                    }
+                },
+            },
         )
     },
     "/v1/admin/nodes/{id}/cursors": {

@@ -33,7 +33,7 @@ class Api:
         clearance: str = "SECRET",
         roles: tuple[str, ...] = ("publish", "subscribe"),
         caveats: tuple[str, ...] = (),
-        **keys: str,
+        **keys: str | int,
     ) -> str:
         spec = {
             "id": node_id,

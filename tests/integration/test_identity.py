@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from broker.settings import Settings
+from tests.conftest import FakeClock
 from tests.integration.conftest import Api
 from tests.integration.helpers import body, cli_env, events, run_cli
 
@@ -106,3 +108,21 @@ async def test_a_405_says_which_methods_exist_and_every_answer_has_a_request_id(
         assert resp.status == 405
         assert set(resp.headers["Allow"].split(",")) >= {"GET", "POST"}
         assert resp.headers["X-Request-Id"]
+
+
+async def test_a_token_issued_for_some_days_expires(api: Api, clock: FakeClock) -> None:
+    usa = await api.node("usa-1", "USA", token_days=2)
+    root = await api.node("root", "BEL", roles=("admin",))
+    assert (await api.get("/v1/reports", usa))[0] == 200
+    clock.advance(days=3)
+    assert (await api.get("/v1/reports", usa))[0] == 401
+    await api.flush_auth_failures()
+    assert (await events(api.ctx, action="authenticate"))[-1]["reason"] == "token_expired"
+    status, fresh = await api.call("POST", "/v1/admin/nodes/usa-1/rotate-token", root, json={"token_days": 1})
+    assert status == 200 and fresh["expires"].startswith(
+        (clock.moment.date() + timedelta(days=1)).isoformat()
+    )
+    assert (await api.get("/v1/reports", fresh["token"]))[0] == 200
+    assert (await api.call("POST", "/v1/admin/nodes/usa-1/rotate-token", root, json={"token_days": 0}))[
+        0
+    ] == 422
