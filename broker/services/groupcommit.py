@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from broker.errors import BrokerError, Unavailable
+from broker.services import metrics
 from broker.storage.database import Database
 from broker.storage.repos import WriteTx
 
@@ -72,8 +73,9 @@ class GroupCommit(Generic[Item, Result]):
             _settle(future, outcome)
 
     async def _run(self, items: list[Item]) -> list[Result | BrokerError]:
-        async with self._db.write_transaction() as tx:
-            outcomes = await self._apply(tx, items)
+        with metrics.COMMIT_SECONDS.time():
+            async with self._db.write_transaction() as tx:
+                outcomes = await self._apply(tx, items)
         self.transactions += 1
         self.acts += len(items)
         return outcomes

@@ -31,7 +31,6 @@ COMMIT_SECONDS = Histogram(
     "One group-committed transaction (publishes or delivery events), begin to durable commit",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0),
 )
-RETENTION_ERASED = Counter("broker_retention_erased", "Reports crypto-shredded because their retention ended")
 _last_checkpoint = [0.0]
 CHECKPOINT_AGE = Gauge("broker_checkpoint_age_seconds", "Seconds since the newest signed checkpoint's time")
 CHECKPOINT_AGE.set_function(
