@@ -200,10 +200,10 @@ def _start(request: web.Request) -> stix.Position:
     return stix.Position() if token is None else stix.decode_position(token)
 
 
-@taxii_endpoint
-async def objects(request: web.Request) -> web.StreamResponse:
+async def _page(request: web.Request) -> taxii.Page:
+    """The page of a collection that objects and manifest both answer from."""
     node = await authenticated(request)
-    found = await taxii.page(
+    return await taxii.page(
         _ctx(request),
         node,
         request.match_info["collection"],
@@ -211,21 +211,18 @@ async def objects(request: web.Request) -> web.StreamResponse:
         limit=_limit(request),
         start=_start(request),
     )
+
+
+@taxii_endpoint
+async def objects(request: web.Request) -> web.StreamResponse:
+    found = await _page(request)
     items = [e.obj for e in found.entries]
     return respond(_envelope(found, items, "objects"), headers=_date_headers(found.entries))
 
 
 @taxii_endpoint
 async def manifest(request: web.Request) -> web.StreamResponse:
-    node = await authenticated(request)
-    found = await taxii.page(
-        _ctx(request),
-        node,
-        request.match_info["collection"],
-        filters=stix.parse_filters(request.query),
-        limit=_limit(request),
-        start=_start(request),
-    )
+    found = await _page(request)
     items = [
         {"id": e.obj["id"], "date_added": e.date_added, "version": e.version, "media_type": stix.STIX_MEDIA}
         for e in found.entries
