@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check broker tests bench examples
 	$(BIN)/ruff format --check broker tests bench examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The auditor page's browser test drives Debian's chromium through chromedriver. Installing them
 # needs root (as in CI); elsewhere, if this fails, that one test skips and says why.
