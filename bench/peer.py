@@ -36,7 +36,7 @@ import aiohttp
 
 from bench.procs import broker_env, free_port, rss_kb, start_broker, start_process, stop, wait_for
 from bench.throughput import BODY, INDICATOR, ROOT, _commit, append_results, bench_nodes, fresh_database
-from broker.services import admin, audit, reports
+from broker.services import admin, audit, collections, reports
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -189,7 +189,7 @@ async def fill_ours(ctx: Context, node_token: str, n: int, batch: int = 1000) ->
     """Store n reports through the services, a thousand per transaction."""
     from broker.services.auth import authenticate
 
-    node = await authenticate(ctx, node_token)
+    node = await authenticate(ctx, node_token, source="bench")
     directory = await ctx.cached_directory()
     ids: list[str] = []
     for start in range(0, n, batch):
@@ -232,9 +232,11 @@ async def ours(folder: Path, url: str, n: int, sizes: list[int], results: Rows, 
         await db.upgrade(ctx.db.engine)
         await admin.seed_alliances(ctx, settings.alliances)
         pub, sub = await bench_nodes(ctx)
+        spec = {"title": "bench", "topics": BODY["topics"], "label": BODY["label"]}
+        collection = (await collections.add_collection(ctx, spec, actor="bench"))["id"]
         proc, base = start_broker(folder, env)
         try:
-            await _ours_cases(ctx, base, pub, sub, n, sizes, results, proc.pid)
+            await _ours_cases(ctx, base, pub, sub, n, sizes, results, proc.pid, collection)
             rss["ours"] = rss_kb(proc.pid)
         finally:
             stop(proc)
@@ -243,7 +245,15 @@ async def ours(folder: Path, url: str, n: int, sizes: list[int], results: Rows, 
 
 
 async def _ours_cases(
-    ctx: Context, base: str, pub: str, sub: str, n: int, sizes: list[int], results: Rows, pid: int
+    ctx: Context,
+    base: str,
+    pub: str,
+    sub: str,
+    n: int,
+    sizes: list[int],
+    results: Rows,
+    pid: int,
+    collection: str,
 ) -> None:
     stored_ids: list[str] = []
     stored = 0
@@ -285,6 +295,16 @@ async def _ours_cases(
                 assert r.status == 200
 
         results.append(("ours", f"list 100, {label}", pid, await load(max(50, n // 4), 1, page)))
+
+        async def taxii_page(session: aiohttp.ClientSession, _i: int) -> None:
+            async with session.get(
+                f"{base}/taxii2/api/collections/{collection}/objects/",
+                params={"limit": "100"},
+                headers={"Authorization": f"Bearer {sub}", "Accept": TAXII},
+            ) as r:
+                assert r.status == 200 and len((await r.json())["objects"]) == 100
+
+        results.append(("ours", f"TAXII page 100, {label}", pid, await load(max(50, n // 4), 1, taxii_page)))
         results.append(("ours", f"read by id, {label}", pid, await load(n, 1, one)))
 
 
@@ -378,6 +398,7 @@ async def main() -> None:
                 if size:
                     page_result = await load(max(50, args.n // 4), 1, page)
                     rows.append(("medallion", f"list 100, {label}", proc.pid, page_result))
+                    rows.append(("medallion", f"TAXII page 100, {label}", proc.pid, page_result))
                     rows.append(("medallion", f"read by id, {label}", proc.pid, await load(args.n, 1, one)))
                 rss[f"medallion at {size}"] = rss_kb(proc.pid)
             finally:
