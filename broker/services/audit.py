@@ -97,3 +97,13 @@ class Batcher:
         await record(tx, [d for drafts in current for d in drafts], now=self._ctx.now(), head=head)
         stale = Stale("the security state changed during the decision")
         return [None if at == head.change_counter else stale for at, _ in batch]
+
+
+def batcher(ctx: Context) -> Batcher:
+    """The process's group commit for the audit events of reads, listings and deliveries: an
+    act decides in a read transaction, prepares its answer outside any transaction, and waits
+    here until its events are committed (``Stale`` when the security state moved meanwhile)."""
+    if ctx.audit_batcher is None:
+        ctx.audit_batcher = Batcher(ctx)
+    found: Batcher = ctx.audit_batcher
+    return found

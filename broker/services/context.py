@@ -51,6 +51,8 @@ class Context:
     auth_failures: AuthFailures = field(init=False, repr=False)
     # Publishes in flight share transactions (see services.reports._publisher).
     publishes: GroupCommit[Any, Any] | None = field(default=None, repr=False)
+    # Audit events of reads, listings and deliveries share group commits (services.audit.batcher).
+    audit_batcher: Any = field(default=None, repr=False)
     _counter: int = field(default=-1, repr=False)
     _directory: Directory = field(default_factory=Directory, repr=False)
 

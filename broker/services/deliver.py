@@ -24,7 +24,7 @@ from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.errors import Stale, Unauthenticated
 from broker.services import audit
 from broker.services.context import Context
-from broker.services.reports import STALE_RETRIES, allow_draft, decide_for, document, open_payload
+from broker.services.reports import STALE_RETRIES, allow_draft, decide_for, document, documents, open_payload
 
 FEED_MAX_BYTES = 64 * 1024 * 1024
 REFRESH_BATCH = 500
@@ -75,7 +75,7 @@ class Feed:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
-        self.batcher = audit.Batcher(self.ctx)
+        self.batcher = audit.batcher(self.ctx)  # shared with reads and listings
 
     @property
     def head(self) -> int:
@@ -185,24 +185,23 @@ class Feed:
 
 async def fetch(ctx: Context, node_id: str, *, after: int, topics: Sequence[str], limit: int = 100) -> Batch:
     """Eligible reports above ``after`` read from the database, decided afresh (node and
-    memberships read now), with one ``deliver`` audit event each in the same transaction.
+    memberships read now) in a read transaction, sealed after it, and audited (one ``deliver``
+    event each) through the group commit before the frames are returned; ``Stale`` when the
+    security state changed after the decision.
 
     Raises Unauthenticated when the node was revoked: the stream must close.
     """
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         counter = await tx.change_counter()
         node = await tx.node(node_id)
         if node is None or node.revoked_at is not None:
             raise Unauthenticated("the node was revoked", code="node_revoked")
         directory = await ctx.directory_at(tx, counter)
         rows = await tx.reports_after(after=after, topics=topics, limit=limit)
-        frames: list[str] = []
-        drafts: list[AuditDraft] = []
-        for report in rows:
-            if report.erased_at is None and decide_for(ctx, node, report, directory).allowed:
-                frames.append(report_frame(document(ctx, node, report)))
-                drafts.append(allow_draft(node, report, "deliver"))
-        await audit.record(tx, drafts, now=ctx.now(), decided_at=counter)
+    allowed = [r for r in rows if r.erased_at is None and decide_for(ctx, node, r, directory).allowed]
+    frames = [report_frame(doc) for doc in await documents(ctx, node, allowed)]
+    drafts = [allow_draft(node, report, "deliver") for report in allowed]
+    await audit.batcher(ctx).append(drafts, decided_at=counter)
     cursor = rows[-1].seq if rows else after
     delivered = max((int(d.details["sequence"]) for d in drafts), default=0)
     return Batch(frames=frames, cursor=cursor, more=len(rows) == limit, delivered=delivered)

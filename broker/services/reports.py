@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -31,6 +32,7 @@ BODY_KEYS = frozenset({"id", "label", "topics", "payload", "signature"})
 # How often an act is decided again when the security state changed under it (services.audit
 # raises Stale) before the client is told to retry (503).
 STALE_RETRIES = 5
+SEAL_SLICE = 8  # reports sealed between two yields to the event loop
 T = TypeVar("T")
 
 
@@ -455,6 +457,17 @@ def document(
     return doc
 
 
+async def documents(ctx: Context, node: NodeRecord, reports: Sequence[ReportRecord]) -> list[dict[str, Any]]:
+    """``document`` for each report, outside any transaction, yielding to the event loop every
+    ``SEAL_SLICE`` reports so a long page does not stall other requests while it is sealed."""
+    found: list[dict[str, Any]] = []
+    for index, report in enumerate(reports):
+        if index and index % SEAL_SLICE == 0:
+            await asyncio.sleep(0)
+        found.append(document(ctx, node, report))
+    return found
+
+
 async def decided(ctx: Context, act: str, attempt: Callable[[], Awaitable[T]]) -> T:
     """Run ``attempt`` (one transaction that decides and records its decision) again while the
     security state changes under it; a node revoked meanwhile is refused and audited."""
@@ -476,18 +489,21 @@ async def read(ctx: Context, node: NodeRecord, report_id: str) -> dict[str, Any]
 
 
 async def _read_once(ctx: Context, node: NodeRecord, report_id: str | None) -> dict[str, Any]:
-    async with ctx.db.write_transaction() as tx:  # it writes the read's audit event
+    """Decide in a read transaction (no write lock), decrypt and seal outside it, and answer
+    once the decision's audit event is committed by the shared group commit, which refuses it
+    (``Stale``: decided again) when the security state changed after the decision was made."""
+    async with ctx.db.read_transaction() as tx:
         counter = await tx.change_counter()
         node = await recheck(tx, node, counter)
         directory = await ctx.directory_at(tx, counter)
         report = None if report_id is None else await tx.report(report_id)
-        reason = _read_denial(ctx, node, report, directory)
-        if reason is None and report is not None:
-            doc = document(ctx, node, report)
-            await audit.record(tx, [allow_draft(node, report, "read")], now=ctx.now(), decided_at=counter)
-            return doc
-        draft = _deny_draft(node, report_id, reason or "not_found", "read")
-        await audit.record(tx, [draft], now=ctx.now(), decided_at=counter)
+    reason = _read_denial(ctx, node, report, directory)
+    log = audit.batcher(ctx)
+    if reason is None and report is not None:
+        doc = document(ctx, node, report)
+        await log.append([allow_draft(node, report, "read")], decided_at=counter)
+        return doc
+    await log.append([_deny_draft(node, report_id, reason or "not_found", "read")], decided_at=counter)
     raise NotFound("no such report", code="not_found")
 
 
@@ -524,12 +540,13 @@ async def listing(
 async def _list_once(
     ctx: Context, node: NodeRecord, after: int, limit: int, topics: tuple[str, ...]
 ) -> dict[str, Any]:
-    found: list[dict[str, Any]] = []
-    drafts: list[AuditDraft] = []
+    """One attempt: scan and decide in a read transaction, decrypt and seal after it, then
+    commit the ``read`` events through the group commit (``Stale`` when the state moved)."""
+    allowed: list[ReportRecord] = []
     size, scanned, last = 0, 0, after
     chunk = max(limit, 50)
     now = ctx.now()
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         counter = await tx.change_counter()
         node = await recheck(tx, node, counter)
         directory = await ctx.directory_at(tx, counter)
@@ -542,15 +559,16 @@ async def _list_once(
             for report in rows:
                 cursor, scanned = report.seq, scanned + 1
                 if report.erased_at is None and decide_for(ctx, node, report, directory).allowed:
-                    found.append(document(ctx, node, report))
-                    drafts.append(allow_draft(node, report, "read"))
+                    allowed.append(report)
                     last, size = report.seq, size + _size_of(report)
-                    full = len(found) == limit or size >= ctx.settings.max_page_bytes
+                    full = len(allowed) == limit or size >= ctx.settings.max_page_bytes
                     if full:
                         break
             if len(rows) < take:
                 break
-        await audit.record(tx, drafts, now=now, decided_at=counter)
+    found = await documents(ctx, node, allowed)
+    drafts = [allow_draft(node, report, "read") for report in allowed]
+    await audit.batcher(ctx).append(drafts, decided_at=counter)
     if cursor > last:
         ctx.scan_hints.put((node.id, topics, last), ScanHint(cursor, counter, now))
     return {"reports": found, "next_after": last}

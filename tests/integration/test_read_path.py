@@ -1,0 +1,81 @@
+"""Reads decide in a read transaction and seal after it: a long listing for a sealing node does
+not hold the write lock, so publishes go on while it is prepared; its audit events still commit
+before the answer, and a change committed after its decision makes it decide again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from broker.crypto.keys import new_sealing_key, public_b64
+from broker.domain.records import AuditDraft
+from broker.services import admin, audit
+from broker.services.context import Context
+from tests.integration.conftest import Api, StartServer
+from tests.integration.helpers import body, events
+
+PAGE = 500
+
+
+async def _fill(api: Api, token: str, count: int) -> None:
+    payload = {"type": "indicator", "note": "x" * 2000}
+    for start in range(0, count, 50):
+        answers = await asyncio.gather(
+            *(
+                api.publish(token, body(to=["NATO"], payload=payload))
+                for _ in range(start, min(count, start + 50))
+            )
+        )
+        assert all(status == 201 for status, _ in answers)
+
+
+async def test_publishes_go_on_while_a_long_sealed_listing_is_prepared(start_server: StartServer) -> None:
+    # Before: the listing decided, decrypted and sealed 500 reports inside its write transaction
+    # (on SQLite the process's write lock, BEGIN IMMEDIATE): every publish waited for all of it.
+    api = await start_server(publish_rate_per_second=100_000.0, publish_burst=100_000, max_page_size=PAGE)
+    usa = await api.node("usa-1", "USA")
+    gbr = await api.node("gbr-1", "GBR", x25519_public_key=public_b64(new_sealing_key()))
+    await _fill(api, usa, PAGE)
+
+    listing = asyncio.create_task(api.get(f"/v1/reports?limit={PAGE}", gbr))
+    await asyncio.sleep(0.005)  # the listing is under way
+    started, published = time.perf_counter(), 0
+    while not listing.done() and published < 200:
+        status, _ = await api.publish(usa, body(to=["USA"]))
+        assert status == 201
+        published += 1
+    status, page = await listing
+    took = time.perf_counter() - started
+    assert status == 200 and len(page["reports"]) == PAGE
+    assert all("sealed" in r and "payload" not in r for r in page["reports"])
+    # Under the old code at most the one publish that got the lock first finished in time.
+    assert published >= 3, f"only {published} publishes finished during a {took * 1000:.0f} ms listing"
+    reads = await events(api.ctx, action="read", node="gbr-1")
+    assert len(reads) == PAGE  # every report in the answer was audited before it
+
+
+class _LeaveFirst(audit.Batcher):
+    """The group commit as it is, except that GBR leaves NATO (through another process's view
+    of the database) after a read decided and before its event is committed, once."""
+
+    def __init__(self, ctx: Context, other: Context) -> None:
+        super().__init__(ctx)
+        self.other, self.left = other, False
+
+    async def append(self, drafts: Sequence[AuditDraft], *, decided_at: int) -> None:
+        if not self.left:
+            self.left = True
+            await admin.leave(self.other, "NATO", "GBR", at=None, actor="test")
+        await super().append(drafts, decided_at=decided_at)
+
+
+async def test_a_change_after_the_decision_makes_a_read_decide_again(api: Api) -> None:
+    usa = await api.node("usa-1", "USA")
+    gbr = await api.node("gbr-1", "GBR")
+    _, receipt = await api.publish(usa, body(to=["NATO"]))
+    api.server_ctx.audit_batcher = _LeaveFirst(api.server_ctx, api.ctx)
+    status, _ = await api.get(f"/v1/reports/{receipt['id']}", gbr)
+    assert status == 404  # decided again after the departure, not answered from the stale decision
+    reads = await events(api.ctx, action="read", node="gbr-1")
+    assert [(e["decision"], e["reason"]) for e in reads] == [("deny", "not_releasable")]
