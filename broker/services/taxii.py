@@ -63,7 +63,7 @@ def collection_resource(ctx: Context, node: NodeRecord, collection: CollectionRe
 
 
 async def collections_for(ctx: Context, node: NodeRecord) -> dict[str, Any]:
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         found = await store.collections(tx)
     return {"collections": [collection_resource(ctx, node, c) for c in found]}
 
@@ -73,7 +73,7 @@ async def collection_for(ctx: Context, node: NodeRecord, collection_id: str) -> 
 
 
 async def _collection(ctx: Context, collection_id: str) -> CollectionRecord:
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         found = None if not _is_uuid(collection_id) else await store.collection(tx, collection_id)
     if found is None:
         raise NotFound("no such collection", code="not_found")
@@ -213,7 +213,7 @@ async def _page_once(
 ) -> Page:
     scan = _Scan(ctx, node, collection, filters, limit, per_report_versions)
     now = ctx.now()
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:  # decided here; audited after, below
         counter = await tx.change_counter()
         node = scan.node = await recheck(tx, node, counter)
         directory = await ctx.directory_at(tx, counter)
@@ -250,7 +250,8 @@ async def _page_once(
                 )
                 ctx.scan_hints.put(hint_key, ScanHint(position, counter, now))
                 scan.page.more = True
-        await audit.record(tx, scan.drafts, now=now, decided_at=counter)
+    # Committed before the page is answered; Stale (decided again) if the state moved meanwhile.
+    await audit.batcher(ctx).append(scan.drafts, decided_at=counter)
     return scan.page
 
 
@@ -312,7 +313,7 @@ async def _carriers(
     """The reports the node may see that carry an object matching ``filters`` (nothing served,
     so nothing recorded; the recall records itself)."""
     found: list[ReportRecord] = []
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         counter = await tx.change_counter()
         node = await recheck(tx, node, counter)
         directory = await ctx.directory_at(tx, counter)
@@ -427,7 +428,7 @@ async def add_objects(ctx: Context, node: NodeRecord, collection_id: str, envelo
 
 async def status(ctx: Context, node: NodeRecord, status_id: str) -> dict[str, Any]:
     """A status resource, for the node that made it (404 for everyone else)."""
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         found = None if not _is_uuid(status_id) else await store.status(tx, status_id)
     if found is None or found[0] != node.id:
         raise NotFound("no such status", code="not_found")
