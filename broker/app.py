@@ -11,7 +11,7 @@ from datetime import datetime
 from aiohttp import web
 
 from broker.realtime.hub import Hub
-from broker.services import auth, deliver, ledger
+from broker.services import auth, deliver, ledger, retention
 from broker.services.context import Context, utc_now
 from broker.settings import Settings
 from broker.storage.listen import ChangeListener, is_postgresql
@@ -64,9 +64,11 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         stop = asyncio.Event()
         checkpoints = asyncio.create_task(ledger.checkpointer(ctx, stop), name="checkpointer")
         failures = asyncio.create_task(_flush_failures(ctx, stop), name="auth-failures")
+        expiry = asyncio.create_task(retention.expirer(ctx, stop), name="retention")
         yield
         stop.set()
         await checkpoints  # it finishes the transaction it is in, then returns
+        await expiry  # likewise
         await failures  # it writes what was counted, then returns
         if listener is not None:
             await listener.stop()

@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "port",
             "publish_burst",
             "publish_rate_per_second",
+            "retention_batch_size",
+            "retention_interval_seconds",
             "safety_poll_ms",
             "stream_heartbeat_seconds",
             "stream_queue_bytes",
@@ -115,6 +117,8 @@ class Settings:
     audit_origin: str = "alliance-broker.example/audit"
     checkpoint_every_events: int = 1000
     checkpoint_every_seconds: float = 10.0
+    retention_interval_seconds: float = 60.0
+    retention_batch_size: int = 500
     policy: Policy = DEFAULT_POLICY
     alliances: tuple[AllianceSeed, ...] = ()
 
@@ -179,6 +183,10 @@ class Settings:
             change_poll_seconds=get.number(server, "server.change_poll_ms", 50, 10, 10_000) / 1000,
             safety_poll_seconds=get.number(server, "server.safety_poll_ms", 1000, 10, 60_000) / 1000,
             event_loop=get.choice(server, "server.event_loop", "auto", ("auto", "asyncio")),
+            retention_interval_seconds=float(
+                get.number(server, "server.retention_interval_seconds", 60, 1, 86_400)
+            ),
+            retention_batch_size=get.number(server, "server.retention_batch_size", 500, 1, 10_000),
             tls=_tls(tls, broker_file, get),
             audit_origin=get.text(audit, "audit.origin", "alliance-broker.example/audit"),
             checkpoint_every_events=get.number(audit, "audit.checkpoint_every_events", 1000, 1, 10**9),
@@ -283,11 +291,21 @@ class _Getter:
         return value
 
 
+# Every key policy.toml may hold: anything else is refused (a misspelt ``retention`` table must
+# not leave reports kept forever without a word).
+POLICY_KEYS = frozenset(["id", "levels", "require_sealing_at_or_above", "retention"])
+# Longest retention period, in days (about a century); leave a level out to keep it forever.
+MAX_RETENTION_DAYS = 36_500
+
+
 def load_policy(path: Path) -> Policy:
     """Read ``policy.toml``; the default policy when the file is absent."""
     if not path.exists():
         return DEFAULT_POLICY
     raw = _read_toml(path)
+    for key in raw:
+        if key not in POLICY_KEYS:
+            raise ConfigError(file=str(path), key=key, problem=f"unknown key{_suggest(key, POLICY_KEYS)}")
     levels = raw.get("levels")
     if not isinstance(levels, list) or not levels or not all(isinstance(x, str) for x in levels):
         raise ConfigError(file=str(path), key="levels", problem="must be a non-empty list of strings")
@@ -297,10 +315,32 @@ def load_policy(path: Path) -> Policy:
         raise ConfigError(
             file=str(path), key="id", problem="id and require_sealing_at_or_above must be strings"
         )
+    retention = _retention(_table(raw, "retention", path), levels, path)
     try:
-        return Policy(id=policy_id, levels=tuple(levels), require_sealing_at_or_above=seal)
+        return Policy(
+            id=policy_id, levels=tuple(levels), require_sealing_at_or_above=seal, retention=retention
+        )
     except ValueError as exc:
         raise ConfigError(file=str(path), key="levels", problem=str(exc)) from exc
+
+
+def _retention(table: Mapping[str, Any], levels: list[str], path: Path) -> tuple[tuple[str, timedelta], ...]:
+    """``[retention]``: a whole number of days per classification level (``SECRET = 365``)."""
+    periods = []
+    for level, days in table.items():
+        key = f"retention.{level}"
+        if level not in levels:
+            hint = _suggest(level, levels)
+            raise ConfigError(file=str(path), key=key, problem=f"not a level of this policy{hint}")
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_RETENTION_DAYS:
+            raise ConfigError(
+                file=str(path),
+                key=key,
+                problem=f"must be a whole number of days in [1, {MAX_RETENTION_DAYS}] "
+                "(leave the level out to keep its reports forever)",
+            )
+        periods.append((level, timedelta(days=days)))
+    return tuple(periods)
 
 
 def as_utc(value: object, *, file: Path, key: str) -> datetime:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from broker.domain.nations import ALLIANCE_ID, is_nation
@@ -33,6 +34,10 @@ class Policy:
     # are refused (reason ``sealing_required``). None: no such requirement. Nodes that have a
     # key always receive sealed payloads, whatever the level (contract v1).
     require_sealing_at_or_above: str | None = None
+    # How long a report is kept, by its label's classification: once a report is this old it is
+    # crypto-shredded (services.retention). A level not listed is kept forever. Pairs (level,
+    # period), not a dict, so that the policy stays immutable and hashable.
+    retention: tuple[tuple[str, timedelta], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.levels or len(set(self.levels)) != len(self.levels):
@@ -40,6 +45,15 @@ class Policy:
         threshold = self.require_sealing_at_or_above
         if threshold is not None and threshold not in self.levels:
             raise ValueError(f"require_sealing_at_or_above {threshold!r} is not a level")
+        seen: set[str] = set()
+        for level, period in self.retention:
+            if level not in self.levels:
+                raise ValueError(f"retention names {level!r}, which is not a level")
+            if level in seen:
+                raise ValueError(f"retention names {level!r} twice")
+            if period <= timedelta(0):
+                raise ValueError(f"the retention period of {level!r} must be positive")
+            seen.add(level)
 
     def is_level(self, level: str) -> bool:
         """True when ``level`` is one of the policy's classifications."""
@@ -56,6 +70,30 @@ class Policy:
         """True when payloads at ``level`` may only be delivered sealed."""
         threshold = self.require_sealing_at_or_above
         return threshold is not None and self.rank(level) >= self.rank(threshold)
+
+    def retention_of(self, level: str) -> timedelta | None:
+        """How long reports at ``level`` are kept; None: forever (also for an unknown level)."""
+        for known, period in self.retention:
+            if known == level:
+                return period
+        return None
+
+    def expires_at(self, level: str, created: datetime) -> datetime | None:
+        """When a report at ``level`` created at ``created`` expires; None: never (no retention
+        period for the level, or a moment past the end of the calendar)."""
+        period = self.retention_of(level)
+        if period is None:
+            return None
+        try:
+            return created + period
+        except OverflowError:
+            return None
+
+    def is_expired(self, level: str, created: datetime, now: datetime) -> bool:
+        """True when a report at ``level`` created at ``created`` is due for erasure at ``now``
+        (its expiry moment included)."""
+        expiry = self.expires_at(level, created)
+        return expiry is not None and now >= expiry
 
 
 DEFAULT_POLICY = Policy(
