@@ -11,7 +11,7 @@ from datetime import datetime
 from aiohttp import web
 
 from broker.realtime.hub import Hub
-from broker.services import auth, deliver, ledger, retention
+from broker.services import auth, deliver, ledger, metrics, retention
 from broker.services.context import Context, utc_now
 from broker.settings import Settings
 from broker.storage.listen import ChangeListener, is_postgresql
@@ -36,6 +36,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         ctx = Context.open(settings, clock=clock)
+        ctx.db.on_lock_held = metrics.WRITE_LOCK_SECONDS.observe
         app[CONTEXT] = ctx
         feed = deliver.Feed(ctx)
         streams = app[STREAMS]

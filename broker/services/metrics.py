@@ -33,6 +33,13 @@ COMMIT_SECONDS = Histogram(
     "One group-committed transaction (publishes or delivery events), begin to durable commit",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0),
 )
+WRITE_LOCK_SECONDS = Histogram(
+    "broker_write_lock_seconds",
+    "How long one write transaction held the write lock every publish and audit event queues on "
+    "(PostgreSQL: the log_head row, from when it was granted through the commit; SQLite: the "
+    "whole write transaction)",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0),
+)
 REPORTS_ERASED = Counter(
     "broker_reports_erased",
     "Reports crypto-shredded, by cause: manual (broker report erase) or retention (expired)",

@@ -205,15 +205,22 @@ async def store_publishes(
     ctx: Context, tx: WriteTx, acts: Sequence[PublishAct]
 ) -> list[ReportRecord | BrokerError]:
     """Store ``acts`` (the earlier receipt for a repeat) with their audit events, in ``tx``."""
-    head = await tx.lock_head()
-    await ctx.directory_at(tx, head.change_counter)  # keyring fresh under the lock (see rotate_keys)
     now = ctx.now()
+    limits = _RateWindow(ctx, now)
+    reads = await tx.lock_head_for_publish(
+        keys={(a.node.id, a.idempotency_key) for a in acts if a.idempotency_key is not None},
+        ids={_stored_id(a.node, a.sub) for a in acts if a.sub.report_id is not None},
+        nodes={a.node.id for a in acts},
+        since=limits.since,
+    )
+    head = reads.head
+    await ctx.directory_at(tx, head.change_counter)  # keyring fresh under the lock (see rotate_keys)
     checked: Sequence[PublishAct | BrokerError] = acts
     if any(act.node.version != head.change_counter for act in acts):
         checked = [await _current_act(ctx, tx, act, head.change_counter) for act in acts]
     seq = head.report_seq
-    batch = _Batch()
-    limits = _RateWindow(ctx, now)
+    batch = _Batch(by_key=dict(reads.by_key), by_id=dict(reads.by_id))
+    limits.counts = dict(reads.recent)
     outcomes: list[ReportRecord | BrokerError] = []
     new: list[tuple[ReportRecord, str | None]] = []
     drafts: list[AuditDraft] = []
@@ -222,14 +229,14 @@ async def store_publishes(
             outcomes.append(act)
             continue
         try:
-            earlier = await _earlier(tx, act.node, act.sub, act.idempotency_key, batch)
+            earlier = _earlier(act.node, act.sub, act.idempotency_key, batch)
         except BrokerError as exc:
             outcomes.append(exc)
             continue
         if earlier is not None:
             outcomes.append(earlier)
             continue
-        if await limits.exhausted(tx, act.node.id):
+        if limits.exhausted(act.node.id):
             outcomes.append(RateLimited("too many reports per second from this node", code="rate_limited"))
             continue
         seq += 1
@@ -252,24 +259,22 @@ class _RateWindow:
     most ``publish_burst`` reports in any ``publish_burst / publish_rate_per_second`` seconds,
     counted in the database under the head lock (so instances cannot each grant the full rate).
     A SQLite file is served by one broker, whose own token bucket (web.handlers) is the limit:
-    the count would cost every publish a third trip to the SQLite thread."""
+    there ``since`` is None and nothing is counted."""
 
     def __init__(self, ctx: Context, now: datetime) -> None:
         settings = ctx.settings
-        self._enabled = ctx.db.shared
         self._burst = settings.publish_burst
-        self._since = now - timedelta(seconds=settings.publish_burst / settings.publish_rate_per_second)
-        self._counts: dict[str, int] = {}
+        window = timedelta(seconds=settings.publish_burst / settings.publish_rate_per_second)
+        self.since: datetime | None = now - window if ctx.db.shared else None
+        self.counts: dict[str, int] = {}  # reports per node in the window, as read under the lock
 
-    async def exhausted(self, tx: WriteTx, node: str) -> bool:
+    def exhausted(self, node: str) -> bool:
         """True when ``node`` may not publish one more report now; else count it."""
-        if not self._enabled:
+        if self.since is None:
             return False
-        if node not in self._counts:
-            self._counts[node] = await tx.reports_since(node=node, since=self._since)
-        if self._counts[node] >= self._burst:
+        if self.counts.get(node, 0) >= self._burst:
             return True
-        self._counts[node] += 1
+        self.counts[node] = self.counts.get(node, 0) + 1
         return False
 
 
@@ -341,19 +346,16 @@ async def _parse_fresh(ctx: Context, body: object) -> Submission:
     return parse_submission(body, ctx=ctx, known_alliances=directory.alliances)
 
 
-async def _earlier(
-    tx: WriteTx, node: NodeRecord, sub: Submission, idempotency_key: str | None, batch: _Batch
+def _earlier(
+    node: NodeRecord, sub: Submission, idempotency_key: str | None, batch: _Batch
 ) -> ReportRecord | None:
+    """The report already stored (in the database, as read under the head lock, or earlier in
+    this batch) for this idempotency key or id; Conflict when it was another request."""
     earlier = None
     if idempotency_key is not None:
         earlier = batch.by_key.get((node.id, idempotency_key))
-        if earlier is None:
-            earlier = await tx.report_by_idempotency_key(node=node.id, key=idempotency_key)
     if earlier is None and sub.report_id is not None:
-        stored_id = _stored_id(node, sub)
-        earlier = batch.by_id.get(stored_id)
-        if earlier is None:
-            earlier = await tx.report(stored_id)
+        earlier = batch.by_id.get(_stored_id(node, sub))
         if earlier is not None and earlier.originator_node != node.id:  # a UUIDv5 collision
             raise Conflict("this id was used for another request", code="idempotency_key_reused")
     if earlier is not None and earlier.request_hash != sub.request_hash:

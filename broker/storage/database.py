@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -113,6 +114,10 @@ class Database:
         self._writer: ConnectionThread | None = None
         self._reader: ConnectionThread | None = None
         self._serial = asyncio.Lock()
+        # Called with the seconds each write transaction held the write lock (the head row on
+        # PostgreSQL, from when ``lock_head`` returned; the whole write transaction on SQLite),
+        # through its commit or rollback: the hot spot every publish and audit event queues on.
+        self.on_lock_held: Callable[[float], None] | None = None
         self._read_serial = asyncio.Lock()
         if sqlite:
             self._writer = _sqlite_thread(engine, name="sqlite-writer", read_only=False)
@@ -125,13 +130,26 @@ class Database:
         async with _mapped_errors():
             if self._writer is None:
                 async with self._pooled() as tx:
-                    yield tx
+                    try:
+                        yield tx
+                    finally:
+                        self._held(tx)
             else:
-                async with self._serial, _ended(Tx(self._writer.run, postgresql=False)) as tx:
-                    yield tx
+                async with self._serial:
+                    tx = Tx(self._writer.run, postgresql=False)
+                    tx.locked_at = time.perf_counter()
+                    try:
+                        async with _ended(tx):
+                            yield tx
+                    finally:
+                        self._held(tx)
 
     # Publishes, reads and deliveries with their audit events: the same transaction.
     write_transaction = transaction
+
+    def _held(self, tx: Tx) -> None:
+        if tx.locked_at is not None and self.on_lock_held is not None:
+            self.on_lock_held(time.perf_counter() - tx.locked_at)
 
     @asynccontextmanager
     async def read_transaction(self) -> AsyncIterator[Tx]:

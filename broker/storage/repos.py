@@ -13,7 +13,9 @@ from a queued write surfaces at the next trip or at the commit and fails the tra
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -38,6 +40,16 @@ class Runner(Protocol):
     def __call__(self, body: Callable[[Connection], T], /) -> Awaitable[T]: ...
 
 
+@dataclass
+class PublishReads:
+    """What ``Tx.lock_head_for_publish`` read under the head lock."""
+
+    head: Head
+    by_key: dict[tuple[str, str], ReportRecord] = field(default_factory=dict)
+    by_id: dict[str, ReportRecord] = field(default_factory=dict)
+    recent: dict[str, int] = field(default_factory=dict)
+
+
 class Tx:
     """One database transaction. Created only by ``Database``."""
 
@@ -47,6 +59,9 @@ class Tx:
         self._queued: list[Callable[[Connection], object]] = []
         self._fresh = True
         self.tripped = False  # whether anything ran on the connection (then there is work to end)
+        # When this transaction got the write lock (perf_counter): on PostgreSQL the head row's
+        # lock, taken by ``lock_head``; on SQLite the database's write lock, set by ``Database``.
+        self.locked_at: float | None = None
 
     async def run(self, body: Callable[[Connection], T]) -> T:
         """Run ``body(connection)`` in this transaction, after the queued writes, in one trip.
@@ -95,7 +110,46 @@ class Tx:
     async def lock_head(self) -> Head:
         """Lock the head row until commit (on SQLite, BEGIN IMMEDIATE already serialised the
         writers) and return it."""
-        return st.head_of(await self._first(st.LOCK_HEAD))
+        row = await self._first(st.LOCK_HEAD)
+        if self.locked_at is None:
+            self.locked_at = time.perf_counter()
+        return st.head_of(row)
+
+    async def lock_head_for_publish(
+        self,
+        *,
+        keys: Collection[tuple[str, str]],
+        ids: Collection[str],
+        nodes: Collection[str],
+        since: datetime | None,
+    ) -> PublishReads:
+        """``lock_head``, and in the same trip, under the lock, what a batch of publishes must
+        check: the reports already stored under these (node, idempotency key) pairs and ids, and
+        (``since`` given) how many reports each node published after ``since``. One trip to take
+        the lock and read, one for the writes and the commit: the lock is held for two."""
+
+        def body(c: Connection) -> PublishReads:
+            head = st.head_of(c.execute(st.LOCK_HEAD).first())
+            found = PublishReads(head)
+            for node, key in keys:
+                row = c.execute(st.REPORT_BY_KEY, {"node": node, "key": key}).first()
+                if row is not None:
+                    found.by_key[(node, key)] = st.report_of(row)
+            for report_id in ids:
+                row = c.execute(st.REPORT_BY_ID, {"id": report_id}).first()
+                if row is not None:
+                    found.by_id[report_id] = st.report_of(row)
+            if since is not None:
+                for node in nodes:
+                    found.recent[node] = int(
+                        c.execute(st.RECENT_BY_NODE, {"node": node, "since": since}).scalar_one()
+                    )
+            return found
+
+        found = await self.run(body)
+        if self.locked_at is None:
+            self.locked_at = time.perf_counter()
+        return found
 
     async def change_counter(self) -> int:
         return (await self.head_state())[1]
@@ -194,10 +248,6 @@ class Tx:
     async def report_by_idempotency_key(self, *, node: str, key: str) -> ReportRecord | None:
         row = await self._first(st.REPORT_BY_KEY, {"node": node, "key": key})
         return None if row is None else st.report_of(row)
-
-    async def reports_since(self, *, node: str, since: datetime) -> int:
-        """How many reports ``node`` published after ``since``."""
-        return int((await self._first(st.RECENT_BY_NODE, {"node": node, "since": since}))[0])
 
     async def reports_after(self, *, after: int, topics: Sequence[str], limit: int) -> list[ReportRecord]:
         r = st.REPORTS.c

@@ -38,6 +38,8 @@ async def test_metrics_need_the_audit_role_and_count_what_happened(api: Api) -> 
     assert "broker_seal_seconds_count" in text and "broker_checkpoint_age_seconds" in text
     commits = re.search(r"^broker_commit_seconds_count (\S+)$", text, re.MULTILINE)
     assert commits and float(commits.group(1)) >= 1  # the publish's group commit
+    held = re.search(r"^broker_write_lock_seconds_count (\S+)$", text, re.MULTILINE)
+    assert held and float(held.group(1)) >= 1  # the publish held the write lock once at least
     assert "broker_open_streams 1.0" in text
     assert 'broker_stream_queue_frames{node="usa-1",stream="ops"}' in text
     assert 'broker_stream_lag{node="usa-1",stream="ops"}' in text
