@@ -24,6 +24,7 @@ from broker.services.auth import NodeGone, recheck, refuse_gone, require_role
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
 from broker.services.scanhints import ScanHint
+from broker.storage import retention as retention_store
 from broker.storage.repos import WriteTx
 
 TOPIC = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # always fullmatch
@@ -613,6 +614,10 @@ async def erase(ctx: Context, report_id: str, *, actor: str) -> str:
         report = None if canonical_id is None else await tx.report(canonical_id)
         if report is None:
             raise NotFound("no such report", code="not_found")
+        # Locked, and read again under the lock: of two erasures at once (another process, the
+        # retention task) only the first writes; the other finds it erased and adds nothing.
+        if not await retention_store.lock_unerased(tx, [report.seq]):
+            return report.id
         now = ctx.now()
         await tx.erase(report.id, at=now)
         await audit.record(

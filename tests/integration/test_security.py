@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -153,6 +154,17 @@ async def test_erase_shreds_the_report(api: Api) -> None:
         row = await tx.report(receipt["id"])
     assert row is not None and row.wrapped_key is None and row.ciphertext is None
     assert (await events(api.ctx, report=receipt["id"]))[-1]["reason"] == "erased"
+
+
+async def test_erasing_twice_at_once_writes_one_erase_event(api: Api) -> None:
+    # Before: both erasures read the report unerased and each appended an erase event.
+    usa = await api.node("usa-1", "USA")
+    _, receipt = await api.publish(usa, body())
+    other = api.server_ctx  # another process's view of the same database
+    await asyncio.gather(
+        *(reports.erase(ctx, receipt["id"], actor="test") for ctx in (api.ctx, other, api.ctx))
+    )
+    assert len(await events(api.ctx, action="erase", report=receipt["id"])) == 1
 
 
 async def test_key_rotation_with_rewrap_keeps_reports_readable(api: Api, settings: Settings) -> None:
