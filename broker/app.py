@@ -21,6 +21,7 @@ from broker.web.routes import add_routes
 from broker.web.ws import FEED, HUB, PER_NODE, SESSIONS, STREAMS, close_all
 
 log = logging.getLogger(__name__)
+IDLE = (-1, -1)  # what the hub's probe answers while no stream is open
 
 
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
@@ -42,7 +43,10 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         streams = app[STREAMS]
 
         async def probe() -> tuple[int, int]:
-            return await feed.refresh(load=bool(streams))
+            if not streams:  # nobody to wake: nothing to read
+                feed.forget()
+                return IDLE
+            return await feed.refresh()
 
         def wake() -> None:  # after a local publish: only open streams need to hear at once
             if streams:

@@ -82,15 +82,13 @@ class Feed:
         """The newest report sequence this feed has seen."""
         return self._head
 
-    async def refresh(self, *, load: bool = True) -> tuple[int, int]:
+    async def refresh(self) -> tuple[int, int]:
         """Load new reports and the current directory in one transaction; return the
-        database's (last sequence, change counter). The hub calls this. With ``load`` false
-        (no stream is open) nothing is kept in memory: the window restarts empty at the head,
-        and a stream that opens later replays from the database up to it."""
+        database's (last sequence, change counter). The hub calls this while streams are open."""
         async with self._lock, self.ctx.db.read_transaction() as tx:
             head, counter = await tx.head_state()
             directory = await self.ctx.directory(tx)
-            if counter != self._counter or self._floor is None or not load:
+            if counter != self._counter or self._floor is None:
                 # Something other than a publish changed: drop every cached decision input.
                 self._entries, self._seqs, self._bytes, self._nodes = [], [], 0, {}
                 self._floor = self._head = head
@@ -104,6 +102,13 @@ class Feed:
                     self._append(_Entry(row))
                 self._head = rows[-1].seq
         return head, counter
+
+    def forget(self) -> None:
+        """Keep nothing (no stream is open): the next ``refresh`` restarts the window at the
+        head, and a stream that opens before it replays from the database. Costs no read, so an
+        idle instance does not read the head for every publish it hears of."""
+        self._entries, self._seqs, self._bytes, self._nodes = [], [], 0, {}
+        self._floor, self._counter = None, None
 
     def _append(self, entry: _Entry) -> None:
         self._entries.append(entry)
