@@ -5,14 +5,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
-from broker.crypto import merkle
+from broker.crypto import merkle, signing
 from broker.crypto.chain import event_hash
-from broker.domain.records import AuditDraft, AuditEvent, Head, event_document
-from broker.errors import BrokerError, Stale
-from broker.services import metrics
+from broker.domain.canonical import canonical
+from broker.domain.records import (
+    AuditDraft,
+    AuditEvent,
+    Head,
+    NodeRecord,
+    ReportRecord,
+    event_document,
+    format_time,
+)
+from broker.errors import BrokerError, InvalidInput, NotFound, Stale
+from broker.services import ledger, metrics
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
+from broker.storage import auditqueries
 from broker.storage.repos import WriteTx
 
 
@@ -107,3 +118,75 @@ def batcher(ctx: Context) -> Batcher:
         ctx.audit_batcher = Batcher(ctx)
     found: Batcher = ctx.audit_batcher
     return found
+
+
+# -- for the auditor page -----------------------------------------------------------------
+
+
+async def events_page(
+    ctx: Context,
+    *,
+    after: int,
+    before: int | None,
+    limit: int,
+    descending: bool,
+    filters: dict[str, Any],
+) -> dict[str, Any]:
+    """A page of events with ``after < seq < before``, filtered, oldest or newest first.
+
+    ``next_after`` is the seq of the last event returned (or ``after`` for an empty page): going
+    up, the next ``after``; newest first, the next ``before`` (the oldest event shown)."""
+    async with ctx.db.read_transaction() as tx:
+        found = await auditqueries.events_page(
+            tx, after=after, before=before, limit=limit, descending=descending, **filters
+        )
+    next_after = found[-1].seq if found else after
+    return {"events": [ledger.event_json(e) for e in found], "next_after": next_after}
+
+
+async def report_metadata(ctx: Context, report_id: str) -> dict[str, Any]:
+    """What an auditor may know about a report: its label, topics, originator, times, the hash
+    of its payload, and whether its signature verifies against the originator's current key.
+    Never the payload. NotFound when no such report was ever stored."""
+    async with ctx.db.read_transaction() as tx:
+        report = await tx.report(report_id)
+        originator = None if report is None else await tx.node(report.originator_node)
+    if report is None:
+        raise NotFound("no such report", code="not_found")
+    return {
+        "id": report.id,
+        "sequence": report.seq,
+        "originator": {"node": report.originator_node, "nation": report.originator_nation},
+        "label": report.label,
+        "label_hash": report.label_hash,
+        "topics": list(report.topics),
+        "created": format_time(report.created_at),
+        "recalled": None if report.recalled_at is None else format_time(report.recalled_at),
+        "erased": None if report.erased_at is None else format_time(report.erased_at),
+        "payload_sha256": report.payload_sha256,
+        "signature": _signature_status(report, originator),
+    }
+
+
+def _signature_status(report: ReportRecord, originator: NodeRecord | None) -> dict[str, Any]:
+    """``present``; ``verified``: True/False against the originator's current Ed25519 key, None
+    when there is nothing to check it with; ``detail`` says which; ``value``: the signature (base64),
+    so that an auditor can check it without the payload: the signed bytes hold only its hash."""
+    if report.signature is None:
+        return {"present": False, "verified": None, "detail": "unsigned", "value": None}
+    key = None if originator is None else originator.ed25519_public_key
+    if key is None:
+        return {
+            "present": True,
+            "verified": None,
+            "detail": "the originator has no Ed25519 key registered now",
+            "value": report.signature,
+        }
+    # The signed bytes hold the payload only as the hex SHA-256 of its canonical form.
+    message = signing.SIGN_CONTEXT + canonical(report.label) + b"\n" + report.payload_sha256.encode()
+    try:
+        verified = signing.verify(public_key_b64=key, signature_b64=report.signature, message=message)
+    except InvalidInput:  # a malformed stored key: nothing verifies with it
+        verified = False
+    detail = "verifies against the originator's current key" if verified else "does NOT verify"
+    return {"present": True, "verified": verified, "detail": detail, "value": report.signature}

@@ -20,9 +20,12 @@ from broker.web.handlers import CONTEXT, _int_param, _node
 STATIC = resources.files("broker") / "web" / "static"
 PAGE = (STATIC / "audit.html").read_text()
 SCRIPT = (STATIC / "audit.js").read_text()
+STYLE = (STATIC / "audit.css").read_text()
+# The page loads nothing but its own script and style sheet, and talks only to this broker.
 HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
-    "connect-src 'self'; img-src 'self'; form-action 'none'; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self'; form-action 'none'; frame-ancestors 'none'; "
+    "base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -68,17 +71,30 @@ def _filters(request: web.Request) -> dict[str, Any]:
     return filters
 
 
+ORDERS = ("asc", "desc")
+
+
 async def events(request: web.Request) -> web.Response:
     ctx, auditor = await _auditor(request, "audit_query")
     filters = _filters(request)
-    result = await ledger.events(
-        ctx,
-        after=_int_param(request, "after", 0, 0, 2**62),
-        limit=_int_param(request, "limit", 100, 1, 1000),
-        filters=filters,
-    )
+    order = request.query.get("order", "asc")
+    if order not in ORDERS:
+        raise BadRequest("order must be 'asc' or 'desc'", code="invalid_parameter")
+    after = _int_param(request, "after", 0, 0, 2**62)
+    before = _int_param(request, "before", 0, 1, 2**62) if "before" in request.query else None
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    if order == "asc" and before is None:  # the contract other nodes use, unchanged
+        result = await ledger.events(ctx, after=after, limit=limit, filters=filters)
+    else:
+        result = await audit.events_page(
+            ctx, after=after, before=before, limit=limit, descending=order == "desc", filters=filters
+        )
     # Who watches the auditors: every query is itself an audited act.
     query = {k: v if isinstance(v, str) or v is None else v.isoformat() for k, v in filters.items()}
+    if order != "asc":
+        query["order"] = order
+    if before is not None:
+        query["before"] = str(before)
     await audit.record_alone(
         ctx,
         [
@@ -92,6 +108,37 @@ async def events(request: web.Request) -> web.Response:
         ],
     )
     return web.json_response(result)
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """The signed-in auditor: the page's header names it."""
+    node = await _node(request)
+    await auth.require_role(request.app[CONTEXT], node, "audit", act="audit_whoami")
+    return web.json_response({"id": node.id, "nation": node.nation, "roles": list(node.roles)})
+
+
+async def report_metadata(request: web.Request) -> web.Response:
+    """A report's label, topics, originator and signature status (never its payload); audited."""
+    ctx, auditor = await _auditor(request, "audit_report")
+    raw = request.match_info["id"]
+    pattern, meaning, canonical = FILTERS["report"]
+    if not pattern.fullmatch(raw):
+        raise BadRequest(f"id must be {meaning}", code="invalid_parameter")
+    report_id = canonical(raw)
+    await audit.record_alone(
+        ctx,
+        [
+            AuditDraft(
+                action="audit_report",
+                actor=auditor,
+                node=auditor,
+                decision="allow",
+                # In details, as audit_query's filters are: the report's own events stay its acts.
+                details={"report": report_id},
+            )
+        ],
+    )
+    return web.json_response(await audit.report_metadata(ctx, report_id))
 
 
 async def export(request: web.Request) -> web.StreamResponse:
@@ -147,3 +194,7 @@ async def page(_request: web.Request) -> web.Response:
 
 async def script(_request: web.Request) -> web.Response:
     return web.Response(text=SCRIPT, content_type="text/javascript", headers=HEADERS)
+
+
+async def style(_request: web.Request) -> web.Response:
+    return web.Response(text=STYLE, content_type="text/css", headers=HEADERS)

@@ -208,6 +208,54 @@ SCHEMAS: dict[str, Any] = {
             "note": {"type": "string"},
         },
     },
+    "Whoami": {
+        "type": "object",
+        "required": ["id", "nation", "roles"],
+        "properties": {"id": {"type": "string"}, "nation": {"type": "string"}, "roles": _STR_LIST},
+    },
+    "ReportMetadata": {
+        "type": "object",
+        "required": [
+            "id",
+            "sequence",
+            "originator",
+            "label",
+            "label_hash",
+            "topics",
+            "created",
+            "recalled",
+            "erased",
+            "payload_sha256",
+            "signature",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "sequence": {"type": "integer"},
+            "originator": {
+                "type": "object",
+                "required": ["node", "nation"],
+                "properties": {"node": {"type": "string"}, "nation": {"type": "string"}},
+            },
+            "label": {"type": "object"},
+            "label_hash": {"type": "string"},
+            "topics": _STR_LIST,
+            "created": {"type": "string"},
+            "recalled": {"type": ["string", "null"]},
+            "erased": {"type": ["string", "null"]},
+            "payload_sha256": {"type": "string"},
+            "signature": {
+                "type": "object",
+                "required": ["present", "verified", "detail", "value"],
+                "properties": {
+                    "present": {"type": "boolean"},
+                    "verified": {"type": ["boolean", "null"]},
+                    "detail": {"type": "string"},
+                    "value": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "not": {"anyOf": [{"required": ["payload"]}, {"required": ["sealed"]}]},
+    },
     "CheckpointKey": {
         "type": "object",
         "required": ["name", "public_key", "key_id", "vkey"],
@@ -335,7 +383,13 @@ PATHS: dict[str, Any] = {
     },
     "/v1/audit/events": {
         "get": _op(
-            "Audit events (role audit), filtered, by sequence; each query is itself audited",
+            "Audit events (role audit), filtered, by sequence; each query is itself audited. "
+            "Events have `after` < seq (< `before`, when given). `order=asc` (the default) pages "
+            "oldest first: `next_after` is the last seq returned (the request's `after` for an "
+            "empty page), the next page's `after`. `order=desc` pages newest first: `next_after` "
+            "is then the seq of the oldest event returned, to be passed as the next page's "
+            "`before`; an empty page (`next_after` = the request's `after`) means nothing older "
+            "is left.",
             {"200": _json(_ref("EventPage"), "a page"), **_problems(400, 401, 403, 422)},
             parameters=[
                 {"name": n, "in": "query", "schema": {"type": t}}
@@ -348,9 +402,26 @@ PATHS: dict[str, Any] = {
                     ("since", "string"),
                     ("until", "string"),
                     ("after", "integer"),
+                    ("before", "integer"),
                     ("limit", "integer"),
                 )
-            ],
+            ]
+            + [{"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"], "default": "asc"}}],
+        )
+    },
+    "/v1/audit/whoami": {
+        "get": _op(
+            "The signed-in auditor's node id, nation and roles (role audit)",
+            {"200": _json(_ref("Whoami"), "the auditor"), **_problems(401, 403)},
+        )
+    },
+    "/v1/audit/reports/{id}": {
+        "get": _op(
+            "A report's metadata for auditors (role audit; audited): label, topics, originator, "
+            "times, payload hash and whether its signature verifies against the originator's "
+            "current Ed25519 key. Never the payload.",
+            {"200": _json(_ref("ReportMetadata"), "the metadata"), **_problems(400, 401, 403, 404)},
+            parameters=[_PATH_ID],
         )
     },
     "/v1/audit/export": {
@@ -421,6 +492,15 @@ PATHS: dict[str, Any] = {
                     "description": "JavaScript",
                     "content": {"text/javascript": {"schema": {"type": "string"}}},
                 }
+            },
+        }
+    },
+    "/audit/app.css": {
+        "get": {
+            "summary": "The auditor web page's style sheet",
+            "security": [],
+            "responses": {
+                "200": {"description": "CSS", "content": {"text/css": {"schema": {"type": "string"}}}}
             },
         }
     },

@@ -1,15 +1,63 @@
-// The auditor page: plain DOM, no build step. The token stays in this tab's sessionStorage.
+// The auditor page: plain DOM, no build step, no library, nothing loaded from elsewhere.
+// Untrusted text only ever goes through textContent or SVG attributes, never innerHTML.
+// The token stays in memory and this tab's sessionStorage; the pinned checkpoint key and the
+// last checkpoint verified with it stay in localStorage (both public values).
 "use strict";
-const $ = (id) => document.getElementById(id);
-let token = sessionStorage.getItem("auditToken") || "";
-let cursor = 0;
 
-async function api(path) {
-  const resp = await fetch(path, { headers: { Authorization: "Bearer " + token } });
-  const body = await resp.json();
-  if (!resp.ok) throw new Error(body.detail || resp.statusText);
+const $ = (id) => document.getElementById(id);
+const PAGE = 100; // events per table page: only these are verified
+const CHART_PAGE = 1000; // events per request while filling the charts
+const CHART_CAP = 50000; // the charts read at most this many events (the caption says so)
+const PROOF_CONCURRENCY = 4;
+const PIN_KEY = "auditPinnedCheckpointKey";
+const SEEN_KEY = "auditLastVerifiedCheckpoint";
+const SVG_NS = "http://www.w3.org/2000/svg";
+const PALETTE = ["#1d4ed8", "#a4161a", "#2b7a0b", "#9a6700", "#7c3aed", "#0e7490", "#be185d",
+  "#4b5563", "#ea580c", "#65a30d"];
+
+// Timings for the browser test: milliseconds since the sign-in was submitted.
+const timings = { start: null };
+window.auditTimings = timings;
+function mark(name) {
+  if (timings.start !== null && timings[name] === undefined) timings[name] = performance.now() - timings.start;
+  if (timings.rows !== undefined && timings.charts !== undefined && timings.firstRender === undefined) {
+    timings.firstRender = Math.max(timings.rows, timings.charts);
+  }
+}
+
+let token = sessionStorage.getItem("auditToken") || "";
+
+// -- talking to the broker ----------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(message, status, code) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(path, method = "GET") {
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers: { Authorization: "Bearer " + token }, cache: "no-store" });
+  } catch (e) {
+    throw new ApiError("the broker did not answer (" + e.message + ")", 0, "network");
+  }
+  let body = null;
+  try { body = await resp.json(); } catch (e) { body = null; }
+  if (!resp.ok) {
+    // An RFC 9457 problem document: show its title and detail as the broker wrote them.
+    const title = body && typeof body.title === "string" ? body.title : resp.statusText || "error";
+    const detail = body && typeof body.detail === "string" ? body.detail : "";
+    const code = body && typeof body.type === "string" ? body.type.split(":").pop() : "";
+    throw new ApiError((detail ? title + ": " + detail : title) + " (HTTP " + resp.status + ")", resp.status, code);
+  }
+  if (body === null) throw new ApiError("the broker's answer is not JSON", resp.status, "bad_answer");
   return body;
 }
+
+// -- small DOM helpers --------------------------------------------------------------------
 
 function cell(row, text, cls) {
   const td = document.createElement("td");
@@ -19,123 +67,920 @@ function cell(row, text, cls) {
   return td;
 }
 
+function fact(list, name, value, cls) {
+  const dt = document.createElement("dt");
+  dt.textContent = name;
+  const dd = document.createElement("dd");
+  dd.textContent = value == null ? "" : String(value);
+  if (cls) dd.className = cls;
+  list.append(dt, dd);
+  return dd;
+}
+
+function say(el, text, cls) {
+  el.textContent = text;
+  el.className = cls || "";
+}
+
+function svgEl(tag, attrs, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  if (text != null) node.textContent = String(text);
+  return node;
+}
+
+// -- bytes, hashes, canonical JSON --------------------------------------------------------
+
+const utf8 = (text) => new TextEncoder().encode(text);
+
 function fromB64(text) {
+  if (typeof text !== "string" || !/^[A-Za-z0-9+/]*={0,2}$/.test(text) || text.length % 4) {
+    throw new Error("not base64");
+  }
   return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
 }
 
-async function verifyNote(note, publicKeyB64) {
-  // C2SP signed note: the signature covers the text before the blank line (newline included).
-  const cut = note.indexOf("\n\n");
-  const text = new TextEncoder().encode(note.slice(0, cut + 1));
-  const stamp = fromB64(note.trim().split(" ").pop());
-  const key = await crypto.subtle.importKey("raw", fromB64(publicKeyB64), { name: "Ed25519" }, false, ["verify"]);
-  return crypto.subtle.verify({ name: "Ed25519" }, key, stamp.slice(4), text);
+const toB64 = (bytes) => btoa(String.fromCharCode(...bytes));
+
+function fromHex(text) {
+  if (typeof text !== "string" || !/^([0-9a-f]{2})*$/.test(text)) throw new Error("not hex");
+  const out = new Uint8Array(text.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(text.slice(2 * i, 2 * i + 2), 16);
+  return out;
 }
 
-async function showCheckpoint() {
-  const [cp, key] = await Promise.all([api("/v1/audit/checkpoints/latest"),
-    fetch("/.well-known/alliance-broker/checkpoint-key").then((r) => r.json())]);
+const toHex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+
+function concat(...parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+}
+
+function equal(a, b) {
+  if (!a || !b || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+async function sha256(bytes) {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+}
+
+// RFC 8785 (JCS) for what audit events hold: object keys sorted by UTF-16 code units (the
+// default string sort), no whitespace, and ECMAScript's own string and number forms.
+function canonical(value) {
+  if (value === null || typeof value !== "object") {
+    if (typeof value === "number" && !Number.isFinite(value)) throw new Error("not canonicalisable");
+    return JSON.stringify(value);
+  }
+  if (Array.isArray(value)) return "[" + value.map(canonical).join(",") + "]";
+  const keys = Object.keys(value).sort();
+  return "{" + keys.map((k) => JSON.stringify(k) + ":" + canonical(value[k])).join(",") + "}";
+}
+
+// The RFC 6962 leaf of an event, as the broker computes it: SHA-256(0x00 || canonical(event
+// without its "hash" field)). The event's hash is this leaf hash.
+async function leafHash(event) {
+  const body = {};
+  for (const [k, v] of Object.entries(event)) if (k !== "hash") body[k] = v;
+  return sha256(concat(Uint8Array.of(0), utf8(canonical(body))));
+}
+
+const hashChildren = (left, right) => sha256(concat(Uint8Array.of(1), left, right));
+const odd = (n) => n % 2 === 1;
+const isPowerOfTwo = (n) => n > 0 && Number.isInteger(Math.log2(n));
+const half = (n) => Math.floor(n / 2);
+
+// RFC 9162 section 2.1.3.2: the root an inclusion proof leads to, or null.
+async function inclusionRoot(index, size, leaf, proof) {
+  if (!(index >= 0 && index < size)) return null;
+  let fn = index, sn = size - 1, r = leaf;
+  for (const p of proof) {
+    if (sn === 0) return null;
+    if (odd(fn) || fn === sn) {
+      r = await hashChildren(p, r);
+      while (!odd(fn) && fn !== 0) { fn = half(fn); sn = half(sn); }
+    } else {
+      r = await hashChildren(r, p);
+    }
+    fn = half(fn); sn = half(sn);
+  }
+  return sn === 0 ? r : null;
+}
+
+// RFC 9162 section 2.1.4.2.
+async function consistencyHolds(first, second, firstRoot, secondRoot, proof) {
+  if (first === second) return proof.length === 0 && equal(firstRoot, secondRoot);
+  if (!(first > 0 && first < second) || proof.length === 0) return false;
+  const path = proof.slice();
+  if (isPowerOfTwo(first)) path.unshift(firstRoot);
+  let fn = first - 1, sn = second - 1;
+  while (odd(fn)) { fn = half(fn); sn = half(sn); }
+  let fr = path[0], sr = path[0];
+  for (const c of path.slice(1)) {
+    if (sn === 0) return false;
+    if (odd(fn) || fn === sn) {
+      fr = await hashChildren(c, fr);
+      sr = await hashChildren(c, sr);
+      while (!odd(fn) && fn !== 0) { fn = half(fn); sn = half(sn); }
+    } else {
+      sr = await hashChildren(sr, c);
+    }
+    fn = half(fn); sn = half(sn);
+  }
+  return sn === 0 && equal(fr, firstRoot) && equal(sr, secondRoot);
+}
+
+// -- the pinned key and the signed checkpoint ---------------------------------------------
+
+async function keyId(name, publicKey) {
+  return (await sha256(concat(utf8(name + "\n"), Uint8Array.of(1), publicKey))).slice(0, 4);
+}
+
+// A pin is a C2SP vkey "<name>+<hex key id>+<base64(0x01 || key)>" or a raw base64 key.
+async function parsePin(text) {
+  text = (text || "").trim();
+  const plus = text.indexOf("+");
+  if (plus > 0 && text[plus + 9] === "+") {
+    const name = text.slice(0, plus);
+    const id = text.slice(plus + 1, plus + 9);
+    const raw = fromB64(text.slice(plus + 10));
+    if (raw.length !== 33 || raw[0] !== 1) throw new Error("the vkey does not hold an Ed25519 key");
+    const publicKey = raw.slice(1);
+    if (toHex(await keyId(name, publicKey)) !== id.toLowerCase()) throw new Error("the vkey's key id does not match its key");
+    return { name, publicKey, text };
+  }
+  const publicKey = fromB64(text);
+  if (publicKey.length !== 32) throw new Error("an Ed25519 public key is 32 bytes");
+  return { name: null, publicKey, text };
+}
+
+// A C2SP signed note: the signed text (up to the blank line), its checkpoint lines, signatures.
+function parseNote(note) {
+  const cut = typeof note === "string" ? note.indexOf("\n\n") : -1;
+  if (cut <= 0) throw new Error("not a signed note");
+  const text = note.slice(0, cut + 1);
+  const lines = text.split("\n").slice(0, -1);
+  if (lines.length < 3 || !/^(0|[1-9][0-9]{0,15})$/.test(lines[1])) throw new Error("not a checkpoint");
+  const root = fromB64(lines[2]);
+  if (root.length !== 32) throw new Error("the root is not a SHA-256 hash");
+  const signatures = [];
+  for (const line of note.slice(cut + 2).split("\n")) {
+    if (!line) continue;
+    const parts = line.split(" ");
+    if (parts.length === 3 && parts[0] === "\u2014") {
+      try { signatures.push({ name: parts[1], raw: fromB64(parts[2]) }); } catch (e) { /* not ours */ }
+    }
+  }
+  return { text, origin: lines[0], size: Number(lines[1]), root, signatures };
+}
+
+let ed25519Supported = null;
+
+// The note's signature by the pinned key: { ok, why, body }.
+async function verifyNote(note, pin) {
+  const body = parseNote(note);
+  let key;
+  try {
+    key = await crypto.subtle.importKey("raw", pin.publicKey, { name: "Ed25519" }, false, ["verify"]);
+    ed25519Supported = true;
+  } catch (e) {
+    ed25519Supported = false;
+    return { ok: false, why: "this browser cannot verify Ed25519 (WebCrypto: " + e.message + ")", body };
+  }
+  for (const s of body.signatures) {
+    if (pin.name !== null && s.name !== pin.name) continue;
+    if (s.raw.length !== 68 || !equal(s.raw.slice(0, 4), await keyId(s.name, pin.publicKey))) continue;
+    const ok = await crypto.subtle.verify({ name: "Ed25519" }, key, s.raw.slice(4), utf8(body.text));
+    return { ok, why: ok ? "" : "the signature by the pinned key does NOT verify", body, signer: s.name };
+  }
+  return { ok: false, why: "the note carries no signature by the pinned key", body };
+}
+
+let pin = null; // the parsed pinned key
+let checkpoint = null; // { verified, size, root, origin, rootHex } of the latest one loaded
+
+function showPin() {
+  $("pinned-key").textContent = pin ? pin.text : "none: paste the broker's checkpoint key to verify anything";
+  $("pinned-key").className = pin ? "mono" : "mono bad";
+  $("unpin").disabled = !pin;
+}
+
+async function loadPin() {
+  const stored = localStorage.getItem(PIN_KEY);
+  pin = null;
+  if (stored) {
+    try { pin = await parsePin(stored); } catch (e) { localStorage.removeItem(PIN_KEY); }
+  }
+  showPin();
+}
+
+async function showAnnouncedKey() {
+  try {
+    const resp = await fetch("/.well-known/alliance-broker/checkpoint-key", { cache: "no-store" });
+    const key = await resp.json();
+    $("announced-key").textContent = key.vkey;
+    if (!pin) { say($("announced-match"), ""); return; }
+    const same = key.public_key === toB64(pin.publicKey) && (pin.name === null || pin.name === key.name);
+    say($("announced-match"), same ? "(the pinned key)" : "(NOT the pinned key)", same ? "ok" : "bad");
+  } catch (e) {
+    $("announced-key").textContent = "unavailable";
+  }
+}
+
+function loadSeen() {
+  try { return JSON.parse(localStorage.getItem(SEEN_KEY) || "null"); } catch (e) { return null; }
+}
+
+function saveSeen(cp) {
+  localStorage.setItem(SEEN_KEY, JSON.stringify({
+    pin: toB64(pin.publicKey), origin: cp.origin, size: cp.size, root: toB64(cp.root),
+  }));
+}
+
+// Is the verified checkpoint consistent with the last one this browser verified? Returns
+// [state, text]; state "verified", "failed" or "baseline".
+async function checkConsistency(cp) {
+  const seen = loadSeen();
+  if (!seen || seen.pin !== toB64(pin.publicKey) || seen.origin !== cp.origin) {
+    saveSeen(cp);
+    return ["baseline", "First checkpoint this browser has verified with this key (size " + cp.size +
+      "): kept as the baseline; later checkpoints are checked against it."];
+  }
+  const seenRoot = fromB64(seen.root);
+  if (seen.size === cp.size) {
+    return equal(seenRoot, cp.root)
+      ? ["verified", "Same tree as the checkpoint this browser verified before (size " + cp.size + ") \u2713"]
+      : ["failed", "FORK: another root for size " + cp.size + " than the one verified before \u2717"];
+  }
+  if (seen.size > cp.size) {
+    return ["failed", "The latest checkpoint (size " + cp.size + ") is older than one this browser already " +
+      "verified (size " + seen.size + "): rolled back? \u2717"];
+  }
+  let ok = seen.size === 0;
+  if (!ok) {
+    const proof = await api("/v1/audit/proofs/consistency?first=" + seen.size + "&second=" + cp.size);
+    ok = await consistencyHolds(seen.size, cp.size, seenRoot, cp.root, proof.path.map(fromHex));
+  }
+  if (!ok) {
+    return ["failed", "The log of size " + cp.size + " is NOT an extension of the one verified before " +
+      "(size " + seen.size + ") \u2717"];
+  }
+  saveSeen(cp);
+  return ["verified", "Consistent with the checkpoint of size " + seen.size + " this browser verified before \u2713"];
+}
+
+async function useCheckpoint(cp) {
   const box = $("checkpoint");
   box.textContent = "";
-  const lines = [["Events covered", cp.size], ["Merkle root", cp.head], ["Signed at", cp.time],
-    ["Key", key.vkey]];
-  for (const [name, value] of lines) {
-    const p = document.createElement("div");
-    p.innerHTML = "<b></b> <span class='mono'></span>";
-    p.firstChild.textContent = name + ":";
-    p.lastChild.textContent = value;
-    box.appendChild(p);
+  const verdict = $("checkpoint-verdict");
+  const consistency = $("consistency-verdict");
+  say(consistency, "");
+  let result = null;
+  if (!pin) {
+    result = { ok: false, why: "no pinned key", body: null };
+  } else {
+    try { result = await verifyNote(cp.note, pin); } catch (e) { result = { ok: false, why: e.message, body: null }; }
   }
-  const verdict = document.createElement("div");
-  verdict.id = "checkpoint-verdict";
-  let valid = false;
-  try { valid = await verifyNote(cp.note, key.public_key); } catch (e) { verdict.title = String(e); }
-  verdict.textContent = valid ? "Signature verified in this browser \u2713" : "Signature NOT verified";
-  verdict.className = valid ? "ok" : "bad";
-  box.appendChild(verdict);
+  // Only values read from the signed note are shown as the checkpoint, and only once verified.
+  if (result.ok) {
+    const b = result.body;
+    checkpoint = { verified: true, size: b.size, root: b.root, rootHex: toHex(b.root), origin: b.origin };
+    fact(box, "Origin", b.origin, "mono");
+    fact(box, "Events covered", b.size);
+    fact(box, "Merkle root", toHex(b.root), "mono");
+    fact(box, "Signed by", result.signer, "mono");
+    fact(box, "Signed at (unsigned field)", cp.time, "muted");
+    say(verdict, "Signature by the pinned key verified in this browser \u2713", "ok");
+    try {
+      const [state, text] = await checkConsistency(checkpoint);
+      say(consistency, text, state === "verified" ? "ok" : state === "failed" ? "bad" : "warn");
+      consistency.dataset.state = state;
+    } catch (e) {
+      say(consistency, "Consistency NOT checked: " + e.message, "bad");
+      consistency.dataset.state = "unverified";
+    }
+  } else {
+    checkpoint = { verified: false, why: result.why };
+    fact(box, "Events covered (unverified)", cp.size);
+    fact(box, "Merkle root (unverified)", cp.head, "mono");
+    say(verdict, "Signature NOT verified: " + result.why + " \u2717", "bad");
+    consistency.dataset.state = "unverified";
+  }
+  verdict.dataset.state = checkpoint.verified ? "verified" : "unverified";
+  mark("checkpoint");
+  reverifyAll();
+}
+
+async function loadCheckpoint(sign) {
+  try {
+    const cp = sign ? await api("/v1/audit/checkpoints", "POST") : await api("/v1/audit/checkpoints/latest");
+    await useCheckpoint(cp);
+  } catch (e) {
+    say($("page-error"), "Checkpoint: " + e.message, "error");
+  }
+}
+
+// -- verifying the displayed events against the signed checkpoint -------------------------
+
+const proofs = new Map(); // "seq@size:root" -> Promise<{ ok, why }>
+let running = 0;
+const waiting = [];
+
+function limited(task) {
+  return new Promise((resolve, reject) => {
+    waiting.push(() => task().then(resolve, reject));
+    pump();
+  });
+}
+
+function pump() {
+  while (running < PROOF_CONCURRENCY && waiting.length) {
+    running++;
+    waiting.shift()().finally(() => { running--; pump(); });
+  }
+}
+
+async function provenIncluded(event, cp) {
+  const leaf = await leafHash(event);
+  if (toHex(leaf) !== event.hash) return { ok: false, why: "the event's fields do not hash to its hash: altered" };
+  const proof = await api("/v1/audit/proofs/inclusion?seq=" + event.seq + "&size=" + cp.size);
+  const root = await inclusionRoot(event.seq - 1, cp.size, leaf, proof.path.map(fromHex));
+  if (!root || !equal(root, cp.root)) return { ok: false, why: "its inclusion proof does not lead to the signed root" };
+  return { ok: true, why: "" };
+}
+
+function setMark(td, state, why, checking) {
+  td.dataset.state = state;
+  td.dataset.checking = checking ? "1" : "0";
+  td.textContent = { verified: "\u2713", failed: "\u2717", unverified: "\u2717", pending: "\u2026" }[state];
+  td.title = why;
+  scheduleSummary();
+}
+
+// Every mark cell shown, with its event; verify() settles one.
+const shown = { events: new Map(), report: new Map(), failures: new Map() };
+
+function verify(td, event) {
+  const cp = checkpoint;
+  if (!cp) { setMark(td, "pending", "pending: the signed checkpoint is loading"); return; }
+  if (!cp.verified) { setMark(td, "unverified", "not verified: no checkpoint verified with the pinned key (" + cp.why + ")"); return; }
+  if (event.seq > cp.size) {
+    setMark(td, "pending", "pending: newer than the signed checkpoint (size " + cp.size + "); sign a new one to check it");
+    return;
+  }
+  setMark(td, "pending", "pending: checking its inclusion proof", true);
+  const key = event.seq + "@" + cp.size + ":" + cp.rootHex;
+  if (!proofs.has(key)) proofs.set(key, limited(() => provenIncluded(event, cp)).catch((e) => ({ ok: false, error: true, why: e.message })));
+  proofs.get(key).then((r) => {
+    if (checkpoint !== cp || !td.isConnected) return;
+    if (r.ok) setMark(td, "verified", "verified: included in the signed checkpoint of size " + cp.size);
+    else if (r.error) setMark(td, "unverified", "not verified: " + r.why);
+    else setMark(td, "failed", "FAILED: " + r.why);
+  });
+}
+
+// The report's table can be long: its rows are verified when they scroll into view.
+const lazy = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    lazy.unobserve(entry.target);
+    const event = shown.report.get(entry.target);
+    if (event) verify(entry.target, event);
+  }
+}, { rootMargin: "200px" }) : null;
+
+function track(where, td, event) {
+  shown[where].set(td, event);
+  if (where === "report" && lazy) { setMark(td, "pending", "pending: verified when shown"); lazy.observe(td); }
+  else verify(td, event);
+}
+
+function reverifyAll() {
+  for (const [where, map] of Object.entries(shown)) {
+    for (const [td, event] of map) {
+      if (!td.isConnected) { map.delete(td); continue; }
+      if (where === "report" && lazy) { setMark(td, "pending", "pending: verified when shown"); lazy.unobserve(td); lazy.observe(td); }
+      else verify(td, event);
+    }
+  }
+}
+
+let summaryQueued = false;
+function scheduleSummary() {
+  if (summaryQueued) return;
+  summaryQueued = true;
+  requestAnimationFrame(() => {
+    summaryQueued = false;
+    const counts = { verified: 0, failed: 0, unverified: 0, pending: 0 };
+    for (const td of shown.events.keys()) if (td.isConnected) counts[td.dataset.state]++;
+    $("verify-summary").textContent = "Inclusion in the signed checkpoint, for the rows shown: " +
+      counts.verified + " verified, " + counts.failed + " FAILED, " + counts.unverified +
+      " not verified, " + counts.pending + " pending";
+    let checking = 0;
+    for (const td of shown.events.keys()) if (td.isConnected && td.dataset.checking === "1") checking++;
+    if (checking === 0 && counts.verified > 0 && timings.rows !== undefined) mark("verified");
+  });
+}
+
+// -- the events table ---------------------------------------------------------------------
+
+function detailsText(details) {
+  if (!details || typeof details !== "object") return "";
+  return Object.keys(details).sort().map((k) => {
+    const v = details[k];
+    return k + "=" + (v !== null && typeof v === "object" ? JSON.stringify(v) : String(v));
+  }).join("; ");
+}
+
+function eventRow(event, where, withReport) {
+  const row = document.createElement("tr");
+  row.dataset.seq = event.seq;
+  const markCell = cell(row, "", "mark");
+  for (const key of ["seq", "time", "actor", "action"]) cell(row, event[key]);
+  if (withReport) {
+    const rep = cell(row, event.report ? event.report.slice(0, 8) + "\u2026" : "");
+    if (event.report) {
+      rep.className = "report";
+      rep.title = event.report;
+      rep.addEventListener("click", () => showReport(event.report));
+    }
+  }
+  for (const key of ["node", "nation"]) cell(row, event[key]);
+  cell(row, event.decision, event.decision === "allow" || event.decision === "deny" ? event.decision : "");
+  cell(row, event.reason);
+  cell(row, detailsText(event.details), "details");
+  track(where, markCell, event);
+  return row;
 }
 
 function filterQuery() {
   const params = new URLSearchParams();
   for (const el of $("filters").elements) {
-    if (el.name && el.value) params.set(el.name, el.value);
+    if (el.name && el.value.trim()) params.set(el.name, el.value.trim());
   }
   return params;
 }
 
+let before = null; // the oldest seq shown: the next page's "before"
+let eventsGen = 0;
+
 async function loadEvents(reset) {
-  if (reset) { cursor = 0; $("events").tBodies[0].textContent = ""; }
-  const params = filterQuery();
-  params.set("after", cursor);
-  params.set("limit", 100);
-  const page = await api("/v1/audit/events?" + params);
-  const body = $("events").tBodies[0];
-  for (const e of page.events) {
-    const row = document.createElement("tr");
-    for (const key of ["seq", "time", "actor", "action"]) cell(row, e[key]);
-    const rep = cell(row, e.report ? e.report.slice(0, 8) + "\u2026" : "");
-    if (e.report) {
-      rep.className = "report";
-      rep.title = e.report;
-      rep.onclick = () => showReport(e.report);
+  const gen = reset ? ++eventsGen : eventsGen;
+  const filters = filterQuery();
+  const params = new URLSearchParams(filters);
+  params.set("order", "desc");
+  params.set("limit", PAGE);
+  if (!reset && before !== null) params.set("before", before);
+  $("older").disabled = true;
+  let page;
+  try {
+    page = await api("/v1/audit/events?" + params);
+  } catch (e) {
+    // The table keeps what it showed; the broker's reason is shown where the filters are.
+    if (gen === eventsGen) {
+      say($("filter-error"), "The broker refused this query: " + e.message, "error");
+      $("older").disabled = false;
     }
-    for (const key of ["node", "nation"]) cell(row, e[key]);
-    cell(row, e.decision, e.decision || "");
-    cell(row, e.reason);
-    body.appendChild(row);
+    return false;
   }
-  cursor = page.next_after;
+  if (gen !== eventsGen) return false;
+  $("filter-error").textContent = "";
+  const body = $("events").tBodies[0];
+  if (reset) {
+    body.textContent = "";
+    shown.events.clear();
+  }
+  const rows = document.createDocumentFragment();
+  for (const event of page.events) rows.appendChild(eventRow(event, "events", true));
+  body.appendChild(rows);
+  if (page.events.length) before = page.next_after;
+  const ended = page.events.length < PAGE;
+  if (ended) {
+    const row = body.insertRow();
+    row.className = "end-of-log";
+    const td = cell(row, "");
+    td.colSpan = 11;
+    td.textContent = [...filters.keys()].length
+      ? "\u2014 end of log: no older events match these filters \u2014"
+      : "\u2014 end of log: event 1 is the first event ever recorded \u2014";
+  }
+  $("older").disabled = ended;
+  $("events-count").textContent = body.querySelectorAll("tr[data-seq]").length + " events shown" +
+    (ended ? " (all matching events)" : "");
+  mark("rows");
+  scheduleSummary();
+  return true;
+}
+
+// -- charts: decisions over time, by reason and by nation ---------------------------------
+
+let chartsGen = 0;
+
+function eventMillis(time) {
+  const m = /^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,3})?\d*Z$/.exec(time || "");
+  return m ? Date.parse(m[1] + (m[2] || "") + "Z") : NaN;
+}
+
+function shortTime(ms) {
+  return new Date(ms).toISOString().slice(0, 16).replace("T", " ");
+}
+
+function drawChart(svg, legend, points, seriesOf) {
+  svg.textContent = "";
+  legend.textContent = "";
+  const width = Math.max(400, Math.round(svg.getBoundingClientRect().width) || 900);
+  const height = 220, left = 44, right = 12, top = 10, bottom = 34;
+  svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+  if (!points.length) {
+    svg.appendChild(svgEl("text", { x: width / 2, y: height / 2, "text-anchor": "middle" }, "no decisions to chart"));
+    return;
+  }
+  let lo = Infinity, hi = -Infinity;
+  const totals = new Map();
+  for (const p of points) {
+    if (p.t < lo) lo = p.t;
+    if (p.t > hi) hi = p.t;
+    const s = seriesOf(p);
+    totals.set(s, (totals.get(s) || 0) + 1);
+  }
+  const ranked = [...totals.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+  const keep = ranked.slice(0, PALETTE.length - 1).map(([s]) => s);
+  const names = ranked.length > keep.length ? [...keep, "other"] : keep;
+  const index = new Map(keep.map((s, i) => [s, i]));
+  const buckets = hi > lo ? 48 : 1;
+  const span = Math.max(1, hi - lo);
+  const counts = Array.from({ length: buckets }, () => new Array(names.length).fill(0));
+  for (const p of points) {
+    const b = Math.min(buckets - 1, Math.floor(((p.t - lo) / span) * buckets));
+    const s = index.get(seriesOf(p));
+    counts[b][s === undefined ? names.length - 1 : s]++;
+  }
+  const peak = Math.max(1, ...counts.map((c) => c.reduce((a, b) => a + b, 0)));
+  const plotW = width - left - right, plotH = height - top - bottom;
+  const barW = plotW / buckets;
+  svg.appendChild(svgEl("line", { x1: left, y1: top + plotH, x2: width - right, y2: top + plotH, stroke: "#9ca3af" }));
+  svg.appendChild(svgEl("line", { x1: left, y1: top, x2: left, y2: top + plotH, stroke: "#9ca3af" }));
+  for (const v of [0, Math.round(peak / 2), peak]) {
+    const y = top + plotH - (v / peak) * plotH;
+    svg.appendChild(svgEl("text", { x: left - 4, y: y + 3, "text-anchor": "end" }, v));
+    svg.appendChild(svgEl("line", { x1: left, y1: y, x2: width - right, y2: y, stroke: "#eceef2" }));
+  }
+  const bucketMs = span / buckets;
+  counts.forEach((stack, b) => {
+    let y = top + plotH;
+    stack.forEach((n, s) => {
+      if (!n) return;
+      const h = (n / peak) * plotH;
+      y -= h;
+      const rect = svgEl("rect", {
+        x: (left + b * barW + 0.5).toFixed(1), y: y.toFixed(1),
+        width: Math.max(1, barW - 1).toFixed(1), height: h.toFixed(1), fill: PALETTE[s],
+      });
+      const from = lo + b * bucketMs;
+      const to = b === buckets - 1 ? hi : from + bucketMs;
+      rect.appendChild(svgEl("title", {}, names[s] + ": " + n + (buckets > 1
+        ? " (" + shortTime(from) + " \u2013 " + shortTime(to) + "); click to look at this span" : "")));
+      if (buckets > 1) rect.addEventListener("click", () => zoom(from, to));
+      svg.appendChild(rect);
+    });
+  });
+  svg.appendChild(svgEl("text", { x: left, y: height - 8 }, shortTime(lo) + " UTC"));
+  svg.appendChild(svgEl("text", { x: width - right, y: height - 8, "text-anchor": "end" }, shortTime(hi) + " UTC"));
+  names.forEach((name, s) => {
+    const item = document.createElement("span");
+    const swatch = svgEl("svg", { width: 10, height: 10, class: "swatch" });
+    swatch.appendChild(svgEl("rect", { width: 10, height: 10, fill: PALETTE[s] }));
+    const n = name === "other" ? ranked.slice(keep.length).reduce((a, [, c]) => a + c, 0) : totals.get(name);
+    item.append(swatch, document.createTextNode(name + " (" + n + ")"));
+    item.dataset.series = name;
+    legend.appendChild(item);
+  });
+}
+
+// A bar's time span becomes the since/until filters (until is exclusive).
+function zoom(from, to) {
+  const form = $("filters");
+  form.elements.since.value = new Date(Math.floor(from)).toISOString();
+  form.elements.until.value = new Date(Math.floor(to) + 1).toISOString();
+  form.requestSubmit();
+}
+
+function drawCharts(points) {
+  drawChart($("chart-reason"), $("legend-reason"), points, (p) => p.decision + ": " + (p.reason || "(none)"));
+  drawChart($("chart-nation"), $("legend-nation"), points, (p) => (p.nation || "(no nation)") + " " + p.decision);
+}
+
+async function loadCharts() {
+  const gen = ++chartsGen;
+  const params = filterQuery();
+  params.set("order", "desc");
+  params.set("limit", CHART_PAGE);
+  const points = [];
+  let read = 0, complete = false, pages = 0;
+  const coverage = $("charts-coverage");
+  say(coverage, "Reading events for the charts\u2026", "muted");
+  while (read < CHART_CAP) {
+    let page;
+    try {
+      page = await api("/v1/audit/events?" + params);
+    } catch (e) {
+      if (gen === chartsGen) say(coverage, "Charts stopped: " + e.message, "bad");
+      return;
+    }
+    if (gen !== chartsGen) return;
+    pages++;
+    for (const e of page.events) {
+      read++;
+      if (!e.decision) continue;
+      const t = eventMillis(e.time);
+      if (!Number.isNaN(t)) points.push({ t, decision: e.decision, reason: e.reason, nation: e.nation });
+    }
+    complete = page.events.length < CHART_PAGE;
+    if (pages === 1 || complete || pages % 5 === 0) {
+      drawCharts(points);
+      mark("charts");
+      say(coverage, (complete ? "All " : "So far the newest ") + read + " matching events read, " +
+        points.length + " with a decision" + (complete ? "." : "\u2026"), "muted");
+    }
+    if (complete) break;
+    params.set("before", page.next_after);
+  }
+  if (!complete) {
+    drawCharts(points);
+    say(coverage, "The newest " + read + " matching events only (the charts read at most " + CHART_CAP +
+      "): narrow the filters to chart older ones. " + points.length + " with a decision.", "warn");
+  }
+  mark("chartsComplete");
+}
+
+// -- failed sign-ins ----------------------------------------------------------------------
+
+async function loadFailures() {
+  const page = await api("/v1/audit/events?action=authenticate&decision=deny&order=desc&limit=" + PAGE);
+  const body = $("failures").tBodies[0];
+  body.textContent = "";
+  shown.failures.clear();
+  for (const event of page.events) {
+    const d = event.details || {};
+    const row = body.insertRow();
+    row.dataset.seq = event.seq;
+    const td = cell(row, "", "mark");
+    cell(row, String(d.to || event.time).replace("T", " ").slice(0, 19));
+    cell(row, d.source, "mono");
+    cell(row, d.failures);
+    const reasons = d.reasons && typeof d.reasons === "object"
+      ? Object.entries(d.reasons).map(([k, v]) => k + " \u00d7" + v).join(", ") : event.reason;
+    cell(row, reasons);
+    cell(row, event.node ? event.node + " (" + (event.nation || "?") + ")" : "(no such token)");
+    track("failures", td, event);
+  }
+  if (!page.events.length) {
+    const td = cell(body.insertRow(), "no failed sign-ins recorded");
+    td.colSpan = 6;
+  }
+}
+
+// -- one report: metadata, who received what, every event ---------------------------------
+
+let reportGen = 0;
+
+function label(value) {
+  if (!value || typeof value !== "object") return String(value);
+  const parts = [String(value.classification || "?")];
+  if (Array.isArray(value.releasable_to) && value.releasable_to.length) parts.push("REL TO " + value.releasable_to.join(", "));
+  if (Array.isArray(value.caveats) && value.caveats.length) parts.push(value.caveats.join("/"));
+  return parts.join(" // ");
+}
+
+function showMeta(meta) {
+  const box = $("report-meta");
+  box.textContent = "";
+  fact(box, "Label", label(meta.label));
+  fact(box, "Label (as published)", canonical(meta.label), "mono");
+  fact(box, "Topics", meta.topics.length ? meta.topics.join(", ") : "none");
+  fact(box, "Originator", meta.originator.node + " (" + meta.originator.nation + ")");
+  fact(box, "Published", meta.created);
+  fact(box, "Sequence", meta.sequence);
+  if (meta.recalled) fact(box, "Recalled", meta.recalled, "warn");
+  if (meta.erased) fact(box, "Erased", meta.erased, "warn");
+  fact(box, "Payload SHA-256", meta.payload_sha256, "mono");
+  const sig = meta.signature;
+  const text = !sig.present ? "unsigned (the originator had no Ed25519 key)"
+    : sig.verified === true ? "signed; the broker reports it verifies against the originator's current key"
+    : sig.verified === false ? "signed, but the broker reports it does NOT verify against the originator's current key"
+    : "signed; the broker cannot check it: " + sig.detail;
+  const dd = fact(box, "Signature", text, sig.verified === false ? "bad" : "muted");
+  dd.id = "report-signature";
+  if (sig.present) {
+    const own = fact(box, "Signature, checked here", "checking\u2026", "muted");
+    own.id = "report-signature-check";
+    checkSignature(meta, own);
+  }
+}
+
+// The originator's signature covers "alliance-broker/v1/sign\n" + canonical(label) + "\n" +
+// hex(SHA-256(canonical(payload))): the payload's hash is enough, the payload is never needed.
+async function checkSignature(meta, out) {
+  const node = meta.originator.node;
+  try {
+    const keys = await api("/v1/nodes/" + encodeURIComponent(node));
+    if (!keys.ed25519_public_key) {
+      say(out, "not checked: the broker lists no Ed25519 key for " + node, "warn");
+      return;
+    }
+    const message = utf8("alliance-broker/v1/sign\n" + canonical(meta.label) + "\n" + meta.payload_sha256);
+    const key = await crypto.subtle.importKey("raw", fromB64(keys.ed25519_public_key), { name: "Ed25519" }, false, ["verify"]);
+    const ok = await crypto.subtle.verify({ name: "Ed25519" }, key, fromB64(meta.signature.value), message);
+    say(out, ok
+      ? "verified in this browser against the key the broker lists for " + node + " \u2713"
+      : "does NOT verify in this browser against the key the broker lists for " + node + " \u2717", ok ? "ok" : "bad");
+  } catch (e) {
+    say(out, "not checked: " + e.message, "warn");
+  }
+}
+
+function summarise(events) {
+  const byNode = new Map();
+  for (const e of events) {
+    const who = e.node || e.actor || "(unknown)";
+    if (!byNode.has(who)) byNode.set(who, { nation: e.nation || "", publish: 0, deliver: 0, read: 0, denied: 0, reasons: new Map() });
+    const s = byNode.get(who);
+    if (e.nation) s.nation = e.nation;
+    if (e.decision === "allow" && (e.action === "publish" || e.action === "deliver" || e.action === "read")) s[e.action]++;
+    if (e.decision === "deny") {
+      s.denied++;
+      const why = e.action + ": " + (e.reason || "?");
+      s.reasons.set(why, (s.reasons.get(why) || 0) + 1);
+    }
+  }
+  const body = $("report-recipients").tBodies[0];
+  body.textContent = "";
+  const received = [], refused = [];
+  const order = [...byNode.entries()].sort((a, b) => (b[1].deliver + b[1].read) - (a[1].deliver + a[1].read) || (a[0] < b[0] ? -1 : 1));
+  for (const [node, s] of order) {
+    const row = body.insertRow();
+    row.dataset.node = node;
+    const got = s.deliver + s.read > 0;
+    row.className = got ? "received" : s.denied ? "refused" : "";
+    if (got) received.push(node + " (" + s.nation + ")");
+    if (s.denied) refused.push(node + " (" + s.nation + ")");
+    cell(row, node, "mono");
+    cell(row, s.nation);
+    cell(row, s.publish || "");
+    cell(row, s.deliver || "", s.deliver ? "allow" : "");
+    cell(row, s.read || "", s.read ? "allow" : "");
+    cell(row, s.denied || "", s.denied ? "deny" : "");
+    cell(row, [...s.reasons.entries()].map(([k, n]) => k + (n > 1 ? " \u00d7" + n : "")).join(", "));
+  }
+  const glance = $("report-glance");
+  glance.textContent = "";
+  const got = document.createElement("p");
+  got.className = "ok";
+  got.textContent = "Received it (delivered or read): " + (received.length ? received.join(", ") : "nobody");
+  const denied = document.createElement("p");
+  denied.className = refused.length ? "bad" : "muted";
+  denied.textContent = "Refused: " + (refused.length ? refused.join(", ") : "nobody");
+  glance.append(got, denied);
 }
 
 async function showReport(id) {
-  const page = await api("/v1/audit/events?limit=1000&report=" + encodeURIComponent(id));
+  const gen = ++reportGen;
   $("report-panel").hidden = false;
   $("report-id").textContent = id;
-  const box = $("report-summary");
-  box.textContent = "";
-  const groups = [
-    ["Published", (e) => e.action === "publish" && e.decision === "allow"],
-    ["Received (delivered or read)", (e) => ["deliver", "read"].includes(e.action) && e.decision === "allow"],
-    ["Refused", (e) => e.decision === "deny"],
-    ["Recalled or erased", (e) => ["recall", "erase"].includes(e.action) && e.decision === "allow"],
-  ];
-  for (const [title, test] of groups) {
-    const h = document.createElement("h3");
-    h.textContent = title;
-    box.appendChild(h);
-    const table = document.createElement("table");
-    table.className = "report-" + title.split(" ")[0].toLowerCase();
-    for (const e of page.events.filter(test)) {
-      const row = table.insertRow();
-      for (const v of [e.time, e.node || e.actor, e.nation, e.action, e.reason]) cell(row, v);
+  $("report-meta").textContent = "";
+  $("report-glance").textContent = "";
+  $("report-error").textContent = "";
+  $("report-recipients").tBodies[0].textContent = "";
+  const body = $("report-events").tBodies[0];
+  body.textContent = "";
+  shown.report.clear();
+  $("report-panel").scrollIntoView({ block: "start" });
+  const progress = $("report-progress");
+  const meta = api("/v1/audit/reports/" + encodeURIComponent(id)).then((m) => {
+    if (gen === reportGen) showMeta(m);
+  }, (e) => {
+    if (gen === reportGen) {
+      say($("report-error"), e.status === 404
+        ? "No report is stored under this id: only its audit events are shown."
+        : "Report metadata: " + e.message, "error");
     }
-    if (!table.rows.length) cell(table.insertRow(), "none");
-    box.appendChild(table);
+  });
+  // Every page of the report's events, however many: no silent stop.
+  const events = [];
+  let cursor = null, pages = 0;
+  for (;;) {
+    const params = new URLSearchParams({ report: id, order: "desc", limit: String(CHART_PAGE) });
+    if (cursor !== null) params.set("before", cursor);
+    let page;
+    try {
+      page = await api("/v1/audit/events?" + params);
+    } catch (e) {
+      if (gen === reportGen) say(progress, "stopped after " + events.length + " events: " + e.message, "bad");
+      return;
+    }
+    if (gen !== reportGen) return;
+    pages++;
+    events.push(...page.events);
+    const rows = document.createDocumentFragment();
+    for (const event of page.events) rows.appendChild(eventRow(event, "report", false));
+    body.appendChild(rows);
+    if (page.events.length < CHART_PAGE) break;
+    cursor = page.next_after;
+    say(progress, "(loading: " + events.length + " events so far, page " + pages + ")", "muted");
   }
+  say(progress, "(all " + events.length + " events, newest first, read in " + pages + (pages === 1 ? " page)" : " pages)"), "muted");
+  progress.dataset.complete = String(events.length);
+  summarise(events);
+  await meta;
 }
 
+// -- signing in and out -------------------------------------------------------------------
+
 async function start() {
-  $("error").textContent = "";
+  say($("signin-error"), "", "error");
+  let me;
   try {
-    await showCheckpoint();
+    me = await api("/v1/audit/whoami");
   } catch (e) {
-    $("error").textContent = "Sign-in failed: " + e.message;
+    say($("signin-error"), "Sign-in failed: " + e.message, "error");
+    token = "";
     sessionStorage.removeItem("auditToken");
     return;
   }
+  sessionStorage.setItem("auditToken", token);
+  $("token").value = "";
   $("signin-panel").hidden = true;
-  for (const id of ["checkpoint-panel", "events-panel", "signout"]) $(id).hidden = false;
-  $("who").textContent = "signed in";
-  await loadEvents(true);
+  for (const id of ["checkpoint-panel", "failures-panel", "charts-panel", "events-panel", "signout"]) $(id).hidden = false;
+  $("who").textContent = "Signed in as " + me.id + " (" + me.nation + ")";
+  $("who").title = "roles: " + me.roles.join(", ");
+  await loadPin();
+  const failed = (what) => (e) => say($("page-error"), what + ": " + e.message, "error");
+  await Promise.all([
+    loadEvents(true),
+    loadCharts(),
+    loadCheckpoint(false),
+    loadFailures().catch(failed("Failed sign-ins")),
+    showAnnouncedKey(),
+  ]);
 }
 
-$("signin").onsubmit = (ev) => {
+$("signin").addEventListener("submit", (ev) => {
   ev.preventDefault();
+  timings.start = performance.now();
+  for (const k of Object.keys(timings)) if (k !== "start") delete timings[k];
   token = $("token").value.trim();
-  sessionStorage.setItem("auditToken", token);
   start();
-};
-$("filters").onsubmit = (ev) => { ev.preventDefault(); loadEvents(true).catch((e) => { $("error").textContent = e.message; }); };
-$("more").onclick = () => loadEvents(false);
-$("signout").onclick = () => { sessionStorage.removeItem("auditToken"); location.reload(); };
-if (token) start();
+});
+
+$("filters").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  loadEvents(true).then((ok) => { if (ok) loadCharts(); });
+});
+
+$("clear-filters").addEventListener("click", () => {
+  for (const el of $("filters").elements) if (el.name) el.value = "";
+  loadEvents(true).then((ok) => { if (ok) loadCharts(); });
+});
+
+$("older").addEventListener("click", () => loadEvents(false));
+
+$("pin-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  try {
+    const parsed = await parsePin($("pin-input").value);
+    localStorage.setItem(PIN_KEY, parsed.text);
+    $("pin-input").value = "";
+    say($("page-error"), "", "error");
+  } catch (e) {
+    say($("page-error"), "That is not a checkpoint key: " + e.message, "error");
+    return;
+  }
+  await loadPin();
+  await showAnnouncedKey();
+  await loadCheckpoint(false);
+});
+
+$("unpin").addEventListener("click", async () => {
+  localStorage.removeItem(PIN_KEY);
+  localStorage.removeItem(SEEN_KEY);
+  await loadPin();
+  await showAnnouncedKey();
+  await loadCheckpoint(false);
+});
+
+$("sign-checkpoint").addEventListener("click", () => loadCheckpoint(true));
+$("reload-checkpoint").addEventListener("click", () => loadCheckpoint(false));
+$("close-report").addEventListener("click", () => { reportGen++; $("report-panel").hidden = true; shown.report.clear(); });
+$("signout").addEventListener("click", () => {
+  token = "";
+  sessionStorage.removeItem("auditToken");
+  location.reload();
+});
+
+if (token) {
+  timings.start = performance.now();
+  start();
+}

@@ -1,0 +1,277 @@
+"""The auditor page on a log of more than 10,000 events: time to first render, responsiveness,
+every page of a report with more than 1,000 events, lazy verification. SQLite only (kept lean);
+prints the measured times and the screenshot paths."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.domain.records import AuditDraft
+from broker.services import audit
+from tests.conftest import START
+from tests.integration.conftest import Api
+from tests.integration.helpers import body
+from tests.integration.test_audit_page import (
+    browser,
+    colour_pixels,
+    ink,
+    marks,
+    needs_browser,
+    shot,
+    texts,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.parametrize("database_url", ["sqlite"], indirect=True), needs_browser]
+
+EVENTS = 10_000  # synthetic events, on top of what the real calls write
+BIG_REPORT_DELIVERIES = 1_200  # more than one 1,000-event page
+NATIONS = {"usa-1": "USA", "swe-1": "SWE", "nga-1": "NGA", "fra-1": "FRA", "deu-1": "DEU", "jpn-1": "JPN"}
+RECEIVERS = ("usa-1", "swe-1", "fra-1", "deu-1")  # NATO members: reports[0] is releasable to NATO
+DENIALS = ("not_releasable", "clearance", "caveat_missing", "recalled")
+
+
+def _drafts(reports: list[str], start: int, count: int) -> list[AuditDraft]:
+    """A mix like a busy week: deliveries and reads, denials with reasons, failed sign-ins."""
+    nodes = list(NATIONS)
+    drafts = []
+    for i in range(start, start + count):
+        node = nodes[i % len(nodes)]
+        report = reports[i % len(reports)]
+        kind = i % 10
+        if kind < 6 and node in RECEIVERS:
+            drafts.append(
+                AuditDraft(
+                    action="deliver",
+                    actor=node,
+                    report=report,
+                    node=node,
+                    nation=NATIONS[node],
+                    decision="allow",
+                    reason="allowed",
+                    details={"sequence": i % len(reports) + 1},
+                )
+            )
+        elif kind < 9 or node not in RECEIVERS:
+            drafts.append(
+                AuditDraft(
+                    action="read",
+                    actor=node,
+                    report=report,
+                    node=node,
+                    nation=NATIONS[node],
+                    decision="deny",
+                    reason="not_releasable" if node not in RECEIVERS else DENIALS[i % len(DENIALS)],
+                )
+            )
+        else:
+            drafts.append(
+                AuditDraft(
+                    action="authenticate",
+                    decision="deny",
+                    reason="unknown_token",
+                    details={"source": f"198.51.100.{i % 200}", "failures": i % 7 + 1},
+                )
+            )
+    return drafts
+
+
+async def _fill(api: Api, reports: list[str]) -> int:
+    """Append EVENTS synthetic events (spread over a week) and BIG_REPORT_DELIVERIES deliveries
+    of reports[0], through the service layer, in batches of 1,000; return the log size."""
+    batch = 1_000
+    for n, start in enumerate(range(0, EVENTS, batch)):
+        async with api.ctx.db.write_transaction() as tx:
+            await audit.record(tx, _drafts(reports, start, batch), now=START + timedelta(hours=16 * n + 1))
+    big = [
+        AuditDraft(
+            action="deliver",
+            actor=node,
+            report=reports[0],
+            node=node,
+            nation=NATIONS[node],
+            decision="allow",
+            reason="allowed",
+        )
+        for i in range(BIG_REPORT_DELIVERIES)
+        for node in [RECEIVERS[i % len(RECEIVERS)]]
+    ]
+    async with api.ctx.db.write_transaction() as tx:
+        await audit.record(tx, big, now=START + timedelta(days=7))
+    async with api.ctx.db.transaction() as tx:
+        return await tx.audit_size()
+
+
+def _drive(base: str, token: str, vkey: str, big_report: str, profile: Path) -> dict[str, Any]:
+    from selenium.webdriver.common.by import By
+
+    out: dict[str, Any] = {}
+    with browser(profile, height=1100) as driver:
+        # The key was pasted once before (it is kept in localStorage).
+        driver.get(f"{base}/audit/")
+        driver.execute_script("localStorage.setItem('auditPinnedCheckpointKey', arguments[0])", vkey)
+        driver.execute_script(
+            "window.longTasks = [];"
+            "new PerformanceObserver((list) => {"
+            "  for (const e of list.getEntries()) window.longTasks.push(e.duration);"
+            "}).observe({type: 'longtask', buffered: true});"
+        )
+        driver.find_element(By.ID, "token").send_keys(token)
+        clicked = time.perf_counter()
+        driver.find_element(By.CSS_SELECTOR, "#signin button").click()
+        wait_for(
+            driver, lambda d: d.execute_script("return window.auditTimings.firstRender !== undefined"), 60
+        )
+        out["wall_first_render_ms"] = (time.perf_counter() - clicked) * 1000
+        out["rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]"))
+        out["bars_first"] = len(driver.find_elements(By.CSS_SELECTOR, "#chart-reason rect"))
+        wait_for(driver, lambda d: "All " in d.find_element(By.ID, "charts-coverage").text, 60)
+        wait_for(driver, lambda d: "\u2713" in d.find_element(By.ID, "checkpoint-verdict").text)
+        # Sign a checkpoint covering everything shown: every row on the page is then checked.
+        driver.find_element(By.ID, "sign-checkpoint").click()
+        wait_for(driver, lambda d: set(marks(d, "#events")) == {"verified"}, 60)
+        out["all_verified_ms"] = (time.perf_counter() - clicked) * 1000
+        out["timings"] = driver.execute_script("return window.auditTimings")
+        out["long_tasks"] = driver.execute_script("return window.longTasks")
+        out["coverage"] = driver.find_element(By.ID, "charts-coverage").text
+        out["seqs"] = [int(s) for s in texts(driver, "#events tbody tr[data-seq] td:nth-child(2)")]
+        out["who"] = driver.find_element(By.ID, "who").text
+        out["legend_reason"] = driver.find_element(By.ID, "legend-reason").text
+        out["legend_nation"] = driver.find_element(By.ID, "legend-nation").text
+        out["failures"] = len(driver.find_elements(By.CSS_SELECTOR, "#failures tbody tr[data-seq]"))
+        out["shot_page"] = shot(driver, "audit-scale-page.png")
+        out["shot_charts"] = shot(
+            driver, "audit-scale-charts.png", driver.find_element(By.ID, "charts-panel")
+        )
+
+        # Clicking a bar narrows the filters to its time span; the charts follow.
+        driver.execute_script(
+            "const bars = document.querySelectorAll('#chart-reason rect');"
+            "bars[bars.length - 1].dispatchEvent(new MouseEvent('click', {bubbles: true}))"
+        )
+        wait_for(
+            driver,
+            lambda d: (
+                "All " in d.find_element(By.ID, "charts-coverage").text
+                and d.find_element(By.ID, "charts-coverage").text != out["coverage"]
+            ),
+        )
+        out["zoomed_coverage"] = driver.find_element(By.ID, "charts-coverage").text
+        out["zoomed_since"] = driver.find_element(
+            By.CSS_SELECTOR, "#filters input[name=since]"
+        ).get_attribute("value")
+        out["zoomed_until"] = driver.find_element(
+            By.CSS_SELECTOR, "#filters input[name=until]"
+        ).get_attribute("value")
+        out["shot_zoomed"] = shot(
+            driver, "audit-scale-zoomed.png", driver.find_element(By.ID, "charts-panel")
+        )
+        driver.find_element(By.ID, "clear-filters").click()
+        wait_for(
+            driver,
+            lambda d: (
+                len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) == 100
+                and int(texts(d, "#events tbody tr[data-seq] td:nth-child(2)")[0]) > out["seqs"][0]
+            ),
+        )
+        out["seqs_cleared"] = [int(s) for s in texts(driver, "#events tbody tr[data-seq] td:nth-child(2)")]
+
+        # The next page of older events continues where the first one stopped.
+        driver.find_element(By.ID, "older").click()
+        wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) == 200)
+        out["seqs_two_pages"] = [int(s) for s in texts(driver, "#events tbody tr[data-seq] td:nth-child(2)")]
+
+        # A narrow filter reaches the end of the log.
+        driver.find_element(By.CSS_SELECTOR, "#filters input[name=action]").send_keys("publish")
+        driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#events tbody tr.end-of-log"))
+        out["publish_rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]"))
+        out["end_of_log"] = texts(driver, "#events tbody tr.end-of-log")
+
+        # The busy report: every one of its events, over several pages, verified as shown.
+        started = time.perf_counter()
+        driver.find_element(By.CSS_SELECTOR, f"#events td.report[title='{big_report}']").click()
+        wait_for(
+            driver, lambda d: d.find_element(By.ID, "report-progress").get_attribute("data-complete"), 60
+        )
+        out["report_ms"] = (time.perf_counter() - started) * 1000
+        out["report_events"] = int(
+            driver.find_element(By.ID, "report-progress").get_attribute("data-complete")
+        )
+        out["report_progress"] = driver.find_element(By.ID, "report-progress").text
+        out["report_rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#report-events tbody tr[data-seq]"))
+        wait_for(driver, lambda d: marks(d, "#report-events")[:5] == ["verified"] * 5)
+        out["report_marks"] = marks(driver, "#report-events")
+        out["recipients"] = texts(driver, "#report-recipients tbody tr")
+        out["report_glance"] = driver.find_element(By.ID, "report-glance").text
+        out["shot_report"] = shot(
+            driver, "audit-scale-report.png", driver.find_element(By.ID, "report-panel")
+        )
+    return out
+
+
+async def test_auditor_page_at_ten_thousand_events(api: Api, tmp_path: Path) -> None:
+    tokens = {node: await api.node(node, nation) for node, nation in NATIONS.items()}
+    auditor = await api.node("aud", "BEL", roles=("audit",))
+    reports = []
+    for i in range(10):
+        status, receipt = await api.publish(tokens["usa-1"], body(to=["USA", "SWE"] if i % 2 else ["NATO"]))
+        assert status == 201
+        reports.append(receipt["id"])
+    for report in reports[:4]:
+        for node in ("swe-1", "nga-1"):
+            await api.get(f"/v1/reports/{report}", tokens[node])
+    size = await _fill(api, reports)
+    assert size >= 10_000
+    _, key = await api.get("/.well-known/alliance-broker/checkpoint-key")
+
+    result = await asyncio.to_thread(_drive, api.base_url, auditor, key["vkey"], reports[0], tmp_path / "p")
+
+    t = result["timings"]
+    print(
+        f"\naudit page at {size} events: time to first render (sign-in to first rows + charts) "
+        f"{t['firstRender']:.0f} ms in the page ({result['wall_first_render_ms']:.0f} ms measured by "
+        f"the test); first rows {t['rows']:.0f} ms, first charts {t['charts']:.0f} ms, charts over "
+        f"all events {t['chartsComplete']:.0f} ms, all {result['rows']} rows proven included "
+        f"{result['all_verified_ms']:.0f} ms; longest main-thread task "
+        f"{max(result['long_tasks'], default=0):.0f} ms; report of {result['report_events']} events "
+        f"in {result['report_ms']:.0f} ms"
+    )
+    assert result["rows"] == 100
+    assert result["bars_first"] > 0
+    assert t["firstRender"] < 10_000, "too slow to first render"
+    assert max(result["long_tasks"], default=0) < 1_000, "the page froze"
+    assert "aud (BEL)" in result["who"]
+    assert f"All {size}" in result["coverage"] or "All " in result["coverage"]
+    assert result["seqs"] == sorted(result["seqs"], reverse=True) and result["seqs"][0] >= size
+    two = result["seqs_two_pages"]
+    assert two[:100] == result["seqs_cleared"] and two == sorted(two, reverse=True) and len(set(two)) == 200
+    assert result["failures"] == 100
+    for reason in DENIALS:
+        assert f"deny: {reason}" in result["legend_reason"]
+    for nation in ("USA", "SWE", "NGA", "FRA", "DEU", "JPN"):
+        assert nation in result["legend_nation"]
+    assert result["publish_rows"] == 10 and "end of log" in result["end_of_log"][0]
+    assert result["report_events"] > BIG_REPORT_DELIVERIES + 1_000  # its share of the fill too
+    assert result["report_rows"] == result["report_events"]
+    assert "pages" in result["report_progress"]
+    states = result["report_marks"]
+    assert "failed" not in states and "unverified" not in states
+    assert states.count("verified") < len(states) // 2, "the report's rows were not verified lazily"
+    recipients = {r.split()[0]: r for r in result["recipients"]}
+    assert set(recipients) == {*RECEIVERS, "nga-1"}  # jpn-1 never asked for it
+    for node in RECEIVERS:
+        assert recipients[node].split()[1] == NATIONS[node] and "not_releasable" not in recipients[node]
+    assert "read: not_releasable" in recipients["nga-1"], recipients["nga-1"]
+    assert "Refused: nga-1 (NGA)" in result["report_glance"]
+    assert result["zoomed_since"] and result["zoomed_until"] > result["zoomed_since"]
+    assert result["zoomed_coverage"] != result["coverage"]
+    for name in ("shot_page", "shot_charts", "shot_report", "shot_zoomed"):
+        assert ink(result[name]) > 500, f"{name} rendered no text"
+    assert colour_pixels(result["shot_charts"]) > 500, "the charts drew no bars"
