@@ -10,6 +10,7 @@ COPY requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY broker ./broker
+COPY migrations ./migrations
 RUN pip install --no-cache-dir --no-deps . \
     && useradd --create-home --uid 10001 broker \
     && mkdir -p /keys /tls \

@@ -21,8 +21,8 @@ demo: $(STAMP)
 	$(BIN)/broker demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check broker tests bench examples
-	$(BIN)/ruff format --check broker tests bench examples
+	$(BIN)/ruff check broker migrations tests bench examples
+	$(BIN)/ruff format --check broker migrations tests bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -34,149 +34,249 @@ from broker.web.tls import check_bind, is_loopback, server_context
 CLI_ACTOR = "cli"
 
 
-def _parser() -> argparse.ArgumentParser:
+ROLES = "publish, subscribe, audit, admin"
+HISTORY_HELP = (
+    "full: members see every report released to the alliance; since-join: only reports created "
+    "after they joined (default: %(default)s)"
+)
+
+
+def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line. Help texts name valid values and defaults; the classification levels
+    and the server's defaults are those of ``settings`` (the built-in ones when not given)."""
+    settings = settings or Settings()
+    levels = ", ".join(settings.policy.levels)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    parser = argparse.ArgumentParser(prog="broker", description="Alliance Broker")
+    common.add_argument("--json", action="store_true", help="machine-readable output (also for errors)")
+    parser = argparse.ArgumentParser(
+        prog="broker",
+        description="Alliance Broker. Settings come from BROKER_CONFIG_DIR (default: ./config), "
+        "BROKER_DATABASE_URL and BROKER_KEYRING.",
+    )
     parser.add_argument("--version", action="version", version=f"broker {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config = sub.add_parser("config", help="configuration").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
     config.add_parser("check", parents=[common], help="load and validate the configuration, print a summary")
 
-    dbp = sub.add_parser("db", help="database").add_subparsers(dest="action", required=True)
-    dbp.add_parser("upgrade", parents=[common], help="run migrations, seed alliances")
+    dbp = sub.add_parser("db", help="database").add_subparsers(dest="action", required=True, metavar="ACTION")
+    dbp.add_parser(
+        "upgrade",
+        parents=[common],
+        help="run migrations, bind the database to the keyring, seed alliances into an empty database",
+    )
 
     serve = sub.add_parser("serve", parents=[common], help="start the broker")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--host", help=f"address to listen on (default: {settings.host}, [server] host in broker.toml)"
+    )
+    serve.add_argument(
+        "--port", type=int, help=f"port to listen on (default: {settings.port}, [server] port in broker.toml)"
+    )
     _log_options(serve)
-    serve.add_argument("--tls-cert", help="server certificate chain (PEM); enables TLS")
-    serve.add_argument("--tls-key", help="the server certificate's private key (PEM)")
+    serve.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="server certificate chain; enables TLS (default: [tls] cert, else none)",
+    )
+    serve.add_argument(
+        "--tls-key", metavar="PEM", help="the server certificate's private key (default: [tls] key)"
+    )
     serve.add_argument(
         "--tls-client-ca",
         action="append",
         default=None,
-        help="alliance CA for client certificates (repeatable)",
+        metavar="PEM",
+        help="alliance CA for client certificates, repeatable (default: [tls] client_ca, else none)",
     )
     serve.add_argument(
         "--tls-client-auth",
         choices=("off", "optional", "required"),
-        help="client certificates (default: off)",
+        help="client certificates: off, optional (a certificate or a token) or required "
+        f"(default: {settings.tls.client_auth}, [tls] client_auth)",
     )
     serve.add_argument(
         "--insecure-http",
         action="store_true",
         default=None,
-        help="allow plain HTTP on a non-loopback address",
+        help="allow plain HTTP on a non-loopback address (default: refused)",
     )
 
     demo = sub.add_parser("demo", parents=[common], help="fresh demo database, nodes and server")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--dir", default="var/demo", help="where the demo database and keyring live")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    demo.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    demo.add_argument(
+        "--dir",
+        default="var/demo",
+        help="where the demo database, keyring and certificates live; emptied first (default: %(default)s)",
+    )
     _log_options(demo)
 
-    node = sub.add_parser("node", help="nodes").add_subparsers(dest="action", required=True)
+    node = sub.add_parser("node", help="nodes").add_subparsers(dest="action", required=True, metavar="ACTION")
     add = node.add_parser("add", parents=[common], help="register a node, print its token once")
-    add.add_argument("id")
-    add.add_argument("--nation", required=True)
-    add.add_argument("--clearance", required=True)
-    add.add_argument("--roles", required=True, help="comma-separated: publish,subscribe,audit,admin")
-    add.add_argument("--caveats", default="")
-    add.add_argument("--ed25519-public-key")
-    add.add_argument("--x25519-public-key")
-    add.add_argument("--certificate", help="PEM client certificate to pin the node to (its SHA-256)")
-    add.add_argument("--token-days", type=int, help="the token expires after this many days (default: never)")
-    node.add_parser("list", parents=[common])
-    node.add_parser("revoke", parents=[common]).add_argument("id")
+    add.add_argument("id", help="node id, never reused (e.g. usa-cyber)")
+    add.add_argument("--nation", required=True, help="ISO 3166-1 alpha-3 code (e.g. USA)")
+    add.add_argument("--clearance", required=True, help=f"highest level it may read: {levels}")
+    add.add_argument("--roles", required=True, help=f"comma-separated, any of: {ROLES}")
+    add.add_argument("--caveats", default="", help="comma-separated caveats it holds (default: none)")
+    _key_options(add)
+    add.add_argument(
+        "--certificate",
+        metavar="PEM",
+        help="client certificate file to pin the node to, by its SHA-256 (default: no pin)",
+    )
+    add.add_argument(
+        "--token-days", type=int, metavar="DAYS", help="the token expires after DAYS days (default: never)"
+    )
+    node.add_parser("list", parents=[common], help="every node, revoked ones too")
+    node.add_parser("revoke", parents=[common], help="revoke a node at once, for good").add_argument(
+        "id", help="node id"
+    )
     rotate = node.add_parser(
         "rotate-token", parents=[common], help="new token (shown once); the old one stops working at once"
     )
-    rotate.add_argument("id")
+    rotate.add_argument("id", help="node id")
     rotate.add_argument(
-        "--token-days", type=int, help="the new token expires after this many days (default: never)"
+        "--token-days",
+        type=int,
+        metavar="DAYS",
+        help="the new token expires after DAYS days (default: never)",
     )
     upd = node.add_parser(
-        "update", parents=[common], help="change clearance, caveats, roles, keys, certificate pin"
+        "update",
+        parents=[common],
+        help="change clearance, caveats, roles, keys, certificate pin (what is not given is kept)",
     )
-    upd.add_argument("id")
-    upd.add_argument("--clearance")
-    upd.add_argument("--caveats", help="comma-separated (empty: none)")
-    upd.add_argument("--roles", help="comma-separated: publish,subscribe,audit,admin")
-    upd.add_argument("--ed25519-public-key")
-    upd.add_argument("--x25519-public-key")
+    upd.add_argument("id", help="node id")
+    upd.add_argument("--clearance", help=f"one of: {levels} (default: unchanged)")
+    upd.add_argument("--caveats", help="comma-separated; empty for none (default: unchanged)")
+    upd.add_argument("--roles", help=f"comma-separated, any of: {ROLES} (default: unchanged)")
+    _key_options(upd, unchanged=True)
     pin = upd.add_mutually_exclusive_group()
-    pin.add_argument("--certificate", help="PEM client certificate to pin the node to")
-    pin.add_argument("--no-certificate", action="store_true", help="remove the certificate pin")
+    pin.add_argument(
+        "--certificate", metavar="PEM", help="client certificate file to pin the node to (default: unchanged)"
+    )
+    pin.add_argument(
+        "--no-certificate", action="store_true", help="remove the certificate pin (default: it stays)"
+    )
 
-    alliance = sub.add_parser("alliance", help="alliances").add_subparsers(dest="action", required=True)
-    create = alliance.add_parser("create", parents=[common])
-    create.add_argument("id")
-    create.add_argument("--name", required=True)
-    create.add_argument("--history", choices=["full", "since-join"], default="full")
-    for name in ("join", "leave"):
-        p = alliance.add_parser(name, parents=[common])
-        p.add_argument("id")
-        p.add_argument("nation")
-        p.add_argument("--date", help="ISO-8601 (default: now)")
-    alliance.add_parser("list", parents=[common])
+    alliance = sub.add_parser("alliance", help="alliances").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    create = alliance.add_parser("create", parents=[common], help="define a new alliance (no members yet)")
+    create.add_argument("id", help="2-32 of A-Z, 0-9, '-' and '_', starting with a letter; not a nation code")
+    create.add_argument("--name", required=True, help="its full name")
+    create.add_argument("--history", choices=["full", "since-join"], default="full", help=HISTORY_HELP)
+    for name, verb in (("join", "joins"), ("leave", "leaves")):
+        p = alliance.add_parser(name, parents=[common], help=f"a nation {verb} an alliance")
+        p.add_argument("id", help="alliance id (e.g. NATO)")
+        p.add_argument("nation", help="ISO 3166-1 alpha-3 code (e.g. SWE)")
+        p.add_argument("--date", help="when, ISO-8601 (default: now)")
+    alliance.add_parser("list", parents=[common], help="alliances with their current members")
 
-    keys = sub.add_parser("keys", help="keyring").add_subparsers(dest="action", required=True)
-    keys.add_parser("rotate", parents=[common]).add_argument("--rewrap", action="store_true")
+    keys = sub.add_parser("keys", help="keyring").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    keys.add_parser(
+        "rotate", parents=[common], help="make a new key-encryption key current (the checkpoint key stays)"
+    ).add_argument(
+        "--rewrap",
+        action="store_true",
+        help="also re-wrap every stored data key under it, then destroy the retired KEKs "
+        "(default: old KEKs stay)",
+    )
 
-    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="action", required=True)
-    audit.add_parser("export", parents=[common], help="write an NDJSON export").add_argument("file")
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    audit.add_parser("export", parents=[common], help="write an NDJSON export").add_argument(
+        "file", help="file to write (replaced)"
+    )
     verify = audit.add_parser(
         "verify", parents=[common], help="verify an export offline (exit 1 if tampered)"
     )
-    verify.add_argument("file")
-    verify.add_argument("--key", help="the broker's checkpoint public key, base64 (default: local keyring)")
+    verify.add_argument("file", help="an NDJSON export (from audit export or GET /v1/audit/export)")
+    verify.add_argument("--key", help="the broker's checkpoint public key, base64 (default: local keyring's)")
     verify.add_argument(
         "--trusted-checkpoint",
         metavar="NOTE",
         help="a file holding a checkpoint note saved earlier (the note, or JSON holding it): "
-        "the export must extend it (exit 1 if it was rolled back or rewritten)",
+        "the export must extend it (exit 1 if it was rolled back or rewritten) (default: none)",
     )
-    audit.add_parser("key", parents=[common], help="print the checkpoint public key")
+    audit.add_parser("key", parents=[common], help="print the checkpoint public key auditors pin")
 
-    report = sub.add_parser("report", help="reports").add_subparsers(dest="action", required=True)
-    report.add_parser("erase", parents=[common], help="crypto-shred a report").add_argument("id")
+    report = sub.add_parser("report", help="reports").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    report.add_parser("erase", parents=[common], help="crypto-shred a report").add_argument(
+        "id", help="report id"
+    )
 
     collection = sub.add_parser("collection", help="TAXII collections").add_subparsers(
-        dest="action", required=True
+        dest="action", required=True, metavar="ACTION"
     )
     cadd = collection.add_parser("add", parents=[common], help="define a collection, print its id")
-    cadd.add_argument("--title", required=True)
-    cadd.add_argument("--topics", required=True, help="comma-separated")
-    cadd.add_argument("--label", required=True, help="the label writes through it get (JSON)")
-    cadd.add_argument("--description")
-    collection.add_parser("list", parents=[common])
-    collection.add_parser("remove", parents=[common]).add_argument("id")
+    cadd.add_argument("--title", required=True, help="its title")
+    cadd.add_argument("--topics", required=True, help="comma-separated topics it serves")
+    cadd.add_argument(
+        "--label",
+        required=True,
+        help='the label writes through it get, JSON (e.g. \'{"classification": "SECRET", '
+        f'"releasable_to": ["NATO"]}}\'); classification one of: {levels}',
+    )
+    cadd.add_argument("--description", help="(default: none)")
+    collection.add_parser("list", parents=[common], help="every collection")
+    collection.add_parser("remove", parents=[common], help="remove a collection").add_argument(
+        "id", help="collection id"
+    )
 
     _pki_parser(sub, common)
     return parser
 
 
+def _key_options(parser: argparse.ArgumentParser, *, unchanged: bool = False) -> None:
+    default = "unchanged" if unchanged else "none"
+    parser.add_argument(
+        "--ed25519-public-key",
+        metavar="BASE64",
+        help=f"raw 32-byte key that verifies the node's signed reports (default: {default})",
+    )
+    parser.add_argument(
+        "--x25519-public-key",
+        metavar="BASE64",
+        help=f"raw 32-byte key payloads are sealed to for this node (default: {default})",
+    )
+
+
 def _pki_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """``broker pki``: a development CA for mutual TLS (production brings its own CA)."""
     pkip = sub.add_parser("pki", help="development CA and certificates for mutual TLS")
-    actions = pkip.add_subparsers(dest="action", required=True)
-    key_type = {"choices": pki.KEY_TYPES, "default": pki.DEFAULT_KEY_TYPE, "help": "(default: %(default)s)"}
+    actions = pkip.add_subparsers(dest="action", required=True, metavar="ACTION")
+    key_type = {
+        "choices": pki.KEY_TYPES,
+        "default": pki.DEFAULT_KEY_TYPE,
+        "help": f"key algorithm, one of: {', '.join(pki.KEY_TYPES)} (default: %(default)s)",
+    }
     init = actions.add_parser("init-ca", parents=[common], help="create a self-signed CA in DIR")
-    init.add_argument("dir", metavar="DIR")
-    init.add_argument("--name", default=pki.DEFAULT_CA_NAME, help="the CA's common name")
+    init.add_argument("dir", metavar="DIR", help="where to write ca.pem and ca.key")
+    init.add_argument(
+        "--name", default=pki.DEFAULT_CA_NAME, help="the CA's common name (default: %(default)s)"
+    )
     init.add_argument("--key-type", **key_type)
-    init.add_argument("--days", type=int, default=pki.CA_DAYS, help="validity (default: %(default)s)")
-    init.add_argument("--force", action="store_true", help="replace a CA already in DIR")
+    init.add_argument("--days", type=int, default=pki.CA_DAYS, help="validity in days (default: %(default)s)")
+    init.add_argument("--force", action="store_true", help="replace a CA already in DIR (default: refuse)")
     issue = actions.add_parser("issue", parents=[common], help="a client certificate for a node")
-    issue.add_argument("node", metavar="NODE-ID")
+    issue.add_argument("node", metavar="NODE-ID", help="the node it identifies (its URI SAN)")
     server = actions.add_parser("server-cert", parents=[common], help="a server certificate for HOSTs")
     server.add_argument("hosts", metavar="HOST", nargs="+", help="DNS names and IP addresses")
     for p in (issue, server):
         p.add_argument("--ca", required=True, metavar="DIR", help="the CA directory (from init-ca)")
         p.add_argument("--out", required=True, metavar="DIR", help="where to write the .pem and .key")
         p.add_argument("--key-type", **key_type)
-        p.add_argument("--days", type=int, default=pki.LEAF_DAYS, help="validity (default: %(default)s)")
+        p.add_argument(
+            "--days", type=int, default=pki.LEAF_DAYS, help="validity in days (default: %(default)s)"
+        )
 
 
 def _csv(value: str) -> list[str]:
@@ -184,10 +284,13 @@ def _csv(value: str) -> list[str]:
 
 
 async def _with_context(settings: Settings, work: Callable[[Context], Awaitable[Any]]) -> Any:
-    ctx = Context.open(settings)
+    """Run ``work`` on a migrated database whose keyring is the one given (``serve`` checks here
+    too before it starts): a keyring that does not match the database is refused."""
+    ctx = await Context.open_bound(settings)
     try:
         if not await db.at_head(ctx.db.engine):
             raise BrokerError("the database is not migrated: run `broker db upgrade` first")
+        await ctx.check_keyring()
         return await work(ctx)
     finally:
         await ctx.close()
@@ -195,9 +298,10 @@ async def _with_context(settings: Settings, work: Callable[[Context], Awaitable[
 
 async def upgrade(settings: Settings) -> dict[str, Any]:
     """Migrate the database and seed the configured alliances into an empty one."""
-    ctx = Context.open(settings)
+    ctx = await Context.open_bound(settings)
     try:
         await db.upgrade(ctx.db.engine)
+        await ctx.check_keyring()  # binds a new database to this keyring
         seeded = await admin.seed_alliances(ctx, settings.alliances)
     finally:
         await ctx.close()
@@ -403,20 +507,50 @@ def _node_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print(result: Any, *, as_json: bool) -> None:
+    """JSON, or for people: ``key: value`` lines for one result and an aligned table for a list
+    (lists joined with commas, nothing shown as ``-``, never a Python repr)."""
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    if isinstance(result, list):
+    if not isinstance(result, list):
+        for key, value in result.items():
+            print(f"{key}: {_human(value, sep=', ')}")
+    elif not result:
+        print("(none)")
+    elif all("members" in row for row in result):  # alliance list
         for row in result:
-            if "members" in row:
-                print(
-                    f"{row['id']:8} {row['name']} ({len(row['members'])} members): {' '.join(row['members'])}"
-                )
-            else:
-                print("  ".join(f"{k}={v}" for k, v in row.items() if v not in (None, [], "")))
+            members = ", ".join(row["members"]) or "-"
+            print(
+                f"{row['id']:8} {row['name']} ({len(row['members'])} members, history {row['history']}): "
+                + members
+            )
     else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+        _table(result)
+
+
+def _table(rows: list[dict[str, Any]]) -> None:
+    """``rows`` as aligned columns under a header; a column empty in every row is left out."""
+    cells = [{key: _human(value) for key, value in row.items()} for row in rows]
+    columns = [
+        key
+        for key in dict.fromkeys(k for row in cells for k in row)
+        if any(c.get(key, "-") != "-" for c in cells)
+    ]
+    widths = {key: max(len(key), *(len(c.get(key, "-")) for c in cells)) for key in columns}
+    for line in [{key: key for key in columns}, *cells]:
+        print("  ".join(f"{line.get(key, '-'):{widths[key]}}" for key in columns).rstrip())
+
+
+def _human(value: Any, *, sep: str = ",") -> str:
+    if value is None or value == [] or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):  # a label: classification=SECRET releasable_to=NATO,SWE
+        return " ".join(f"{k}={_human(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sep.join(_human(v) for v in value)
+    return str(value)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -510,7 +644,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> None:
     from broker.demo import DEMO_NODES, demo_pki, exchange, prepare
 
     _check_port(args.host, args.port)  # before the tokens are printed
-    folder = Path(args.dir)
+    folder = Path(args.dir).resolve()  # absolute: the printed paths work from any directory
     if folder.exists():
         shutil.rmtree(folder)
     settings = replace(
@@ -523,7 +657,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> None:
     nodes = [n["id"] for n in DEMO_NODES] + ["usa-sdk", "gbr-sdk"]
     settings = replace(settings, tls=demo_pki(folder / "pki", host=args.host, nodes=nodes))
     asyncio.run(upgrade(settings))
-    certificates = (folder / "pki").resolve()  # absolute: the printed curl lines work from anywhere
+    certificates = folder / "pki"
     guide, live = asyncio.run(_with_context(settings, lambda c: prepare(c, settings, certificates)))
     print(guide, flush=True)
     base = f"https://{settings.host}:{settings.port}"
@@ -553,13 +687,14 @@ def _log_options(parser: argparse.ArgumentParser) -> None:
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="info",
-        help="(default: %(default)s)",
+        help="least severe log records written to stderr: debug, info, warning or error "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),
         default="text",
-        help="json: one object per line (default: text)",
+        help="text, or json: one object per line (default: %(default)s)",
     )
 
 
@@ -587,6 +722,9 @@ def _configure_logging(args: argparse.Namespace) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+    # Alembic's "Context impl ..." lines at every schema check tell an operator nothing.
+    if level > logging.DEBUG:
+        logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 
 def _fail(message: str, *, as_json: bool, code: str = "error") -> int:
@@ -598,7 +736,7 @@ def _fail(message: str, *, as_json: bool, code: str = "error") -> int:
 
 
 def _main(words: list[str], *, as_json: bool) -> int:
-    args = _parser().parse_args(words)
+    args = _parser(_help_settings(words)).parse_args(words)
     if args.command == "pki":
         return _pki_main(args)
     _configure_logging(args)
@@ -636,6 +774,17 @@ def _main(words: list[str], *, as_json: bool) -> int:
         return _fail(_plain(exc), as_json=as_json, code="unexpected")
     _print(result, as_json=args.json)
     return 0
+
+
+def _help_settings(words: list[str]) -> Settings | None:
+    """For ``--help``: the configured settings, so the help names this deployment's
+    classification levels and defaults (the built-in ones when the configuration is unusable)."""
+    if "-h" not in words and "--help" not in words:
+        return None
+    try:
+        return Settings.load()
+    except BrokerError:
+        return None
 
 
 def _plain(exc: BaseException) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import shlex
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -35,6 +37,17 @@ DEMO_NODES: tuple[dict[str, Any], ...] = (
     {"id": "admin", "nation": "BEL", "clearance": "UNCLASSIFIED", "roles": ["admin"]},
 )
 
+
+# What each demo node's token is for, printed beside it. (Tests find the guide's sections by their
+# first words: "Publish a", "Sweden", "API description"; these lines must not use them.)
+PURPOSE = {
+    "usa-cyber": "publish and read reports as a US SECRET analyst (the curl lines below use it)",
+    "gbr-cyber": "publish and read reports as a UK SECRET analyst",
+    "swe-cert": "read as the Swedish CERT: in NATO, cleared to CONFIDENTIAL only (SECRET stays hidden)",
+    "nga-cert": "read as the Nigerian CERT: in the African Union, not NATO (NATO releases stay hidden)",
+    "auditor": "the audit log, checkpoints and /metrics; sign in to the audit page with it",
+    "admin": "manage nodes, alliances and collections over HTTP (/v1/admin/...), as the CLI does",
+}
 
 log = logging.getLogger(__name__)
 # A single quote inside a single-quoted shell word: close, escaped quote, reopen.
@@ -131,7 +144,7 @@ async def exchange(base: str, live: LiveExchange, say: Callable[[str], None] = p
         got = await asyncio.wait_for(first, timeout=10)
         say(
             f"live: gbr-sdk received it over the stream: sealed={got.was_sealed} "
-            f"signature verified={got.verified} payload={got.payload}"
+            f"signature verified={got.verified} payload={json.dumps(got.payload)}"
         )
         await stream.aclose()
 
@@ -155,22 +168,34 @@ async def prepare(ctx: Context, settings: Settings, folder: Path) -> tuple[str, 
         tokens[spec["id"]] = (await admin.add_node(ctx, spec, actor="demo"))["token"]
     base = f"https://{settings.host}:{settings.port}"
     data = settings.keyring_path.parent
+    environment = {
+        "BROKER_DATABASE_URL": settings.database_url,
+        "BROKER_KEYRING": str(settings.keyring_path),
+        "BROKER_CONFIG_DIR": str(settings.config_dir.resolve()),
+    }
     lines = [
         "",
         "Alliance Broker demo (TLS, client certificates from a fresh demo CA)",
         "===================================================================",
-        f"database: {settings.database_url}",
-        f"keyring:  {settings.keyring_path}",
+        f"database:     {settings.database_url}",
+        f"keyring:      {settings.keyring_path}",
         f"certificates: {folder} (ca.pem; <node>.pem and <node>.key for each node)",
-        "To manage this demo's data with the CLI, in another shell:",
-        f"  export BROKER_DATABASE_URL={settings.database_url} BROKER_KEYRING={settings.keyring_path}",
         "",
-        "Nodes (each authenticates with its certificate, or with its token as a second way):",
+        "To manage this demo's data with the CLI while it runs, in another shell:",
+        "  export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in environment.items()),
+        "  broker node list; broker alliance list; broker audit key",
+        "",
+        "Nodes (each authenticates with its certificate, or with its token as a second way);",
+        "a token is shown only now:",
     ]
-    lines += [
-        f"  {n['id']:10} {n['nation']} {n['clearance']:13} {','.join(n['roles']):18} token {tokens[n['id']]}"
-        for n in DEMO_NODES
-    ]
+    for n in DEMO_NODES:
+        roles = ",".join(n["roles"])
+        lines.append(f"  {n['id']:10} {n['nation']} {n['clearance']:13} {roles:18} token {tokens[n['id']]}")
+        lines.append(f"  {'':10} for: {PURPOSE[n['id']]}")
+    lines.append(
+        "  usa-sdk and gbr-sdk have no printed token: they connect with their certificates for the "
+        "live exchange below"
+    )
 
     def curl(node: str) -> str:
         return f"curl -s --cacert {folder}/ca.pem --cert {folder}/{node}.pem --key {folder}/{node}.key"
@@ -187,6 +212,7 @@ async def prepare(ctx: Context, settings: Settings, folder: Path) -> tuple[str, 
         f"  {curl('nga-cert')} {base}/v1/reports",
         "With a token instead of a certificate:",
         f"  curl -s --cacert {folder}/ca.pem -H 'Authorization: Bearer TOKEN' {base}/v1/reports",
+        f"Audit page (the auditor's token): {base}/audit/",
         f"API description: {base}/v1/openapi.json   (data in {data})",
         "",
     ]

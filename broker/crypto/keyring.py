@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from broker.crypto.files import write_atomically
+from broker.crypto.notes import public_key
 from broker.errors import ConfigError
 
 KEK_BYTES = 32
@@ -50,6 +52,18 @@ class Keyring:
         """A keyring without retired KEKs (after every data key was re-wrapped)."""
         keks = {self.current: self.keks[self.current]}
         return Keyring(current=self.current, keks=keks, checkpoint_key=self.checkpoint_key)
+
+    @property
+    def checkpoint_public_key(self) -> bytes:
+        """The raw Ed25519 public key of ``checkpoint_key``: the keyring's identity, which the
+        database is bound to (KEKs come and go with rotation; this key never changes)."""
+        return public_key(self.checkpoint_key)
+
+
+def fingerprint(checkpoint_public_key: bytes) -> str:
+    """How messages name a keyring: ``sha256:`` and the first 16 hex digits of the SHA-256 of its
+    checkpoint public key."""
+    return "sha256:" + hashlib.sha256(checkpoint_public_key).hexdigest()[:16]
 
 
 def _new_kek_id() -> str:

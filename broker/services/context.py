@@ -9,16 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from broker.crypto import keyring as keyring_file
+from broker.crypto import notes
 from broker.crypto.keyring import Keyring
 from broker.domain.alliances import Directory
 from broker.domain.labels import Policy
 from broker.domain.records import NodeRecord
+from broker.errors import BrokerError
 from broker.services.failures import AuthFailures
 from broker.services.groupcommit import GroupCommit
 from broker.services.scanhints import ScanHints
 from broker.settings import Settings
+from broker.storage import keyringcheck
 from broker.storage.database import Database
-from broker.storage.db import create_engine
+from broker.storage.db import create_engine, redacted
 from broker.storage.repos import WriteTx
 
 
@@ -73,6 +76,107 @@ class Context:
             clock=clock,
         )
 
+    @classmethod
+    async def open_bound(cls, settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Context:
+        """As ``open``, for the command line and ``broker serve``: a missing keyring is created
+        only for a database not bound to a keyring yet, and refused for a bound one (a new
+        keyring could neither unwrap the stored reports nor sign checkpoints auditors verify).
+        Call ``check_keyring`` once the schema is known to be migrated."""
+        database = Database(create_engine(settings.database_url))
+        try:
+            if not settings.keyring_path.exists():
+                async with database.read_transaction() as tx:
+                    bound = await keyringcheck.binding_if_migrated(tx)
+                if bound is not None:
+                    raise BrokerError(
+                        f"no keyring at {settings.keyring_path} (BROKER_KEYRING), but the database "
+                        f"{redacted(settings.database_url)} is bound to the keyring "
+                        f"{keyring_file.fingerprint(bound.checkpoint_public_key)}: restore that keyring "
+                        "file or point BROKER_KEYRING at it (a new keyring is made only for an unbound "
+                        "database)",
+                        code="keyring_missing",
+                    )
+            ring = keyring_file.load_or_create(settings.keyring_path)
+        except BaseException:
+            await database.dispose()
+            raise
+        return cls(
+            db=database,
+            policy=settings.policy,
+            keyring_path=settings.keyring_path,
+            keyring=ring,
+            settings=settings,
+            clock=clock,
+        )
+
+    async def check_keyring(self) -> None:
+        """Refuse (BrokerError) a keyring that does not match the database, else bind an unbound
+        database to it.
+
+        It matches when the database is bound to its checkpoint key (the keyring's identity,
+        which rotation keeps) and it holds every key-encryption key that wraps a stored report
+        (an older copy of the right keyring may lack some). Binding happens under the head lock,
+        so of several processes starting on a new database with different keyrings the first
+        binds and the rest are refused. A database from before the binding (migration 0007) is
+        bound on its first start, unless its newest checkpoint was signed by another key."""
+        async with self.db.read_transaction() as tx:
+            bound = await keyringcheck.binding(tx)
+        if bound is not None:
+            self._refuse_unless_bound_to_this(bound)
+        await self._refuse_missing_keks()
+        if bound is not None:
+            return
+        async with self.db.transaction() as tx:
+            await tx.lock_head()
+            bound = await keyringcheck.binding(tx)
+            if bound is None:
+                checkpoint = await tx.latest_checkpoint()
+                if checkpoint is not None and not _signed_by(checkpoint.note, self.public_key):
+                    raise self._mismatch(
+                        f"did not sign the newest audit checkpoint (size {checkpoint.size}) in the database"
+                    )
+                await keyringcheck.bind(tx, checkpoint_public_key=self.public_key, at=self.now())
+                return
+        self._refuse_unless_bound_to_this(bound)  # another process bound it meanwhile
+
+    @property
+    def public_key(self) -> bytes:
+        return self.keyring.checkpoint_public_key
+
+    def _refuse_unless_bound_to_this(self, bound: keyringcheck.Binding) -> None:
+        if bound.checkpoint_public_key != self.public_key:
+            raise BrokerError(
+                f"the database {redacted(self.settings.database_url)} is bound to the keyring "
+                f"{keyring_file.fingerprint(bound.checkpoint_public_key)}, but the keyring at "
+                f"{self.keyring_path} (BROKER_KEYRING) is {keyring_file.fingerprint(self.public_key)}: "
+                "point BROKER_KEYRING at the keyring this database was created with",
+                code="keyring_mismatch",
+            )
+
+    async def _refuse_missing_keks(self) -> None:
+        """Refuse a keyring lacking a KEK that wraps a stored report. A rotation in another
+        process may add a KEK (and reports use it) after this one read the keyring: the file is
+        read again before a KEK is called missing."""
+        for _attempt in range(3):
+            async with self.db.read_transaction() as tx:
+                used = await keyringcheck.kek_ids_in_use(tx)
+            missing = sorted(set(used) - set(self.keyring.keks))
+            if not missing:
+                return
+            self.keyring = keyring_file.load(self.keyring_path)
+        raise self._mismatch(
+            f"lacks the key-encryption key {', '.join(missing)} that wraps reports in the database"
+        )
+
+    def _mismatch(self, problem: str) -> BrokerError:
+        return BrokerError(
+            f"the keyring at {self.keyring_path} (BROKER_KEYRING, "
+            f"{keyring_file.fingerprint(self.public_key)}) {problem} "
+            f"{redacted(self.settings.database_url)}: point BROKER_KEYRING at the keyring this "
+            "database is used with",
+            code="keyring_mismatch",
+        )
+
     async def directory(self, tx: WriteTx) -> Directory:
         """The current alliance directory, reloaded when the change counter moved."""
         return await self.directory_at(tx, await tx.change_counter())
@@ -112,3 +216,19 @@ class Context:
 
     async def close(self) -> None:
         await self.db.dispose()
+
+
+def _signed_by(note: str, public: bytes) -> bool:
+    """Whether a signature on the checkpoint ``note`` verifies with ``public`` (under any name:
+    the audit origin may have been renamed since)."""
+    try:
+        _text, _body, signatures = notes.parse(note)
+    except notes.NoteError:
+        return False
+    for name, _stamp in signatures:
+        try:
+            notes.verify(note, name=name, public=public)
+        except notes.NoteError:
+            continue
+        return True
+    return False

@@ -37,6 +37,14 @@ SQLITE_PRAGMAS = (
 )
 
 
+def redacted(url: str) -> str:
+    """``url`` with its password hidden, for messages (an unparsable URL is not shown at all)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except SQLAlchemyError:
+        return "BROKER_DATABASE_URL"
+
+
 def _sqlite_file(url: str) -> Path | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
@@ -104,8 +112,10 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 def alembic_config() -> Config:
+    """Alembic's configuration without an ini file: the environment is the top-level
+    ``migrations`` package, found where it is installed (beside ``broker``)."""
     cfg = Config()
-    cfg.set_main_option("script_location", str(resources.files("broker") / "migrations"))
+    cfg.set_main_option("script_location", str(resources.files("migrations")))
     return cfg
 
 

@@ -219,3 +219,13 @@ class TaxiiStatusRow(Base):
     report_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     outcome: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class KeyringBindingRow(Base):
+    """The keyring the database is bound to (one row, id = 1): the raw Ed25519 checkpoint public
+    key, base64, of the keyring that first opened it (storage/keyringcheck.py)."""
+
+    __tablename__ = "keyring_binding"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    checkpoint_public_key: Mapped[str] = mapped_column(String(64))
+    bound_at: Mapped[datetime] = mapped_column(UTCDateTime)

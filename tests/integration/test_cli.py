@@ -3,14 +3,24 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import os
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from broker import __main__ as cli
+from broker.demo import DEMO_NODES, prepare
+from broker.domain.access import ROLES
+from broker.services.context import Context
+from broker.settings import Settings
 from tests.conftest import CONFIG
 from tests.integration.helpers import cli_env, run_cli
 
@@ -120,3 +130,118 @@ def test_serve_logs_json_lines_at_the_level_asked(database_url: str, tmp_path: P
         proc.wait(timeout=15)
         if proc.stderr:
             proc.stderr.close()
+
+
+def _human(done: subprocess.CompletedProcess[str]) -> str:
+    """Human output: exit 0, and no Python reprs (brackets, quotes, None, True/False)."""
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip(), done.args
+    for marker in ("[", "]", "'", "None", "True", "False"):
+        assert marker not in done.stdout, (done.args, marker, done.stdout)
+    return done.stdout
+
+
+def test_human_output_shows_no_python_reprs(database_url: str, tmp_path: Path) -> None:
+    env = cli_env(database_url, tmp_path / "keyring.json")
+    label = json.dumps({"classification": "SECRET", "releasable_to": ["NATO", "SWE"]})
+    added = _human(
+        run_cli(
+            "node", "add", "usa-1", "--nation", "USA", "--clearance", "SECRET",
+            "--roles", "publish,subscribe", "--caveats", "CT-OPS,NOFORN", env=env,
+        )
+    )  # fmt: skip
+    assert "token: abk_" in added
+    listed = _human(run_cli("node", "list", env=env)).splitlines()
+    header = listed[0].split()
+    assert header[:5] == ["id", "nation", "clearance", "caveats", "roles"], listed
+    assert listed[1].split()[:5] == ["usa-1", "USA", "SECRET", "CT-OPS,NOFORN", "publish,subscribe"]
+    updated = _human(run_cli("node", "update", "usa-1", "--roles", "subscribe,audit", env=env))
+    assert "roles: subscribe, audit" in updated.splitlines()
+    assert "ed25519_public_key: -" in updated.splitlines()  # nothing is shown as -
+    _human(run_cli("alliance", "create", "TST", "--name", "Test alliance", env=env))
+    _human(run_cli("alliance", "join", "TST", "USA", env=env))
+    alliances = _human(run_cli("alliance", "list", env=env))
+    assert "TST      Test alliance (1 members, history full): USA" in alliances.splitlines()
+    assert any(line.startswith("NATO ") and ": ALB, BEL, " in line for line in alliances.splitlines())
+    _human(
+        run_cli("collection", "add", "--title", "C2", "--topics", "c2,ransomware", "--label", label, env=env)
+    )
+    collections = _human(run_cli("collection", "list", env=env))
+    assert "c2,ransomware" in collections and "classification=SECRET releasable_to=NATO,SWE" in collections
+    rotated = _human(run_cli("keys", "rotate", env=env))
+    assert "retired_destroyed: no" in rotated.splitlines()
+    assert "classification_levels: UNCLASSIFIED, RESTRICTED" in _human(run_cli("config", "check", env=env))
+    assert "migrated: yes" in _human(run_cli("db", "upgrade", env=env)).splitlines()
+
+
+def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _subcommands(child, (*path, name))
+            return
+    yield path
+
+
+def _leaf(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> argparse.ArgumentParser:
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+def test_every_option_names_its_default_and_valid_values() -> None:
+    """Every argument is explained; every optional one says what happens without it; every one
+    with choices names them."""
+    root = cli._parser()
+    commands = list(_subcommands(root))
+    assert ("node", "add") in commands and ("pki", "init-ca") in commands and ("serve",) in commands
+    for path in commands:
+        for action in _leaf(root, path)._actions:
+            if action.dest in ("help", "version", "json"):
+                continue
+            where = f"broker {' '.join(path)} {action.option_strings or action.dest}"
+            assert action.help, f"{where}: no help"
+            if action.option_strings and not action.required:
+                assert "default" in action.help, f"{where}: no default named"
+            for choice in action.choices or ():
+                assert str(choice) in action.help, f"{where}: {choice} not named"
+
+
+def test_help_names_the_policy_levels_and_the_roles(tmp_path: Path) -> None:
+    folder = tmp_path / "config"
+    shutil.copytree(CONFIG, folder)
+    policy = folder / "policy.toml"
+    policy.write_text(policy.read_text().replace('"TOP_SECRET"', '"TOP_SECRET", "COSMIC_TOP_SECRET"', 1))
+    env = {**os.environ, "BROKER_CONFIG_DIR": str(folder)}
+    configured = Settings.load(env={"BROKER_CONFIG_DIR": str(folder)}).policy.levels
+    assert "COSMIC_TOP_SECRET" in configured
+    for args in (("node", "add", "--help"), ("node", "update", "--help"), ("collection", "add", "--help")):
+        done = run_cli(*args, env=env)
+        assert done.returncode == 0, done.stderr
+        text = " ".join(done.stdout.split())
+        assert ", ".join(configured) in text, (args, text)
+    roles = " ".join(run_cli("node", "add", "--help", env=env).stdout.split())
+    assert all(role in roles for role in ROLES)
+    serve = " ".join(run_cli("serve", "--help", env=env).stdout.split())
+    assert "off, optional (a certificate or a token) or required (default: off" in serve
+
+
+async def test_the_demo_guide_says_what_each_token_is_for_and_how_to_reach_its_data(
+    ctx: Context, settings: Settings, tmp_path: Path
+) -> None:
+    guide, _live = await prepare(ctx, settings, tmp_path / "pki")
+    lines = guide.splitlines()
+    for spec in DEMO_NODES:
+        at = next(
+            i for i, line in enumerate(lines) if line.split()[:1] == [spec["id"]] and "token abk_" in line
+        )
+        assert lines[at + 1].split()[0] == "for:" and len(lines[at + 1].split()) > 3, lines[at : at + 2]
+    export = next(line.split() for line in lines if line.strip().startswith("export "))
+    env = dict(shlex.split(word)[0].split("=", 1) for word in export[1:])
+    assert set(env) == {"BROKER_DATABASE_URL", "BROKER_KEYRING", "BROKER_CONFIG_DIR"}
+    assert all(Path(env[name]).is_absolute() for name in ("BROKER_KEYRING", "BROKER_CONFIG_DIR"))
+    # The printed environment is enough for the CLI to manage the demo's data.
+    listed = await asyncio.to_thread(run_cli, "node", "list", env={**os.environ, **env}, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert {spec["id"] for spec in DEMO_NODES} <= {line.split()[0] for line in listed.stdout.splitlines()}

@@ -1,0 +1,83 @@
+"""The keyring a database is bound to (table ``keyring_binding``, migration 0007).
+
+One row (id = 1) holds the raw Ed25519 checkpoint public key of the keyring that first opened
+the database, base64. The services compare it with the keyring they were given
+(``broker.services.context.Context.open_bound``); this module only reads and writes the row.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, inspect, select, text
+from sqlalchemy.engine import Connection
+
+from broker.storage.models import KeyringBindingRow
+from broker.storage.repos import Tx
+from broker.storage.statements import table
+
+BINDING = table(KeyringBindingRow)
+_ROW = select(BINDING.c.checkpoint_public_key, BINDING.c.bound_at).where(BINDING.c.id == 1)
+
+
+@dataclass(frozen=True)
+class Binding:
+    checkpoint_public_key: bytes
+    bound_at: datetime
+
+
+def _binding(connection: Connection) -> Binding | None:
+    row = connection.execute(_ROW).first()
+    if row is None:
+        return None
+    return Binding(checkpoint_public_key=base64.b64decode(row[0]), bound_at=row[1])
+
+
+async def binding(tx: Tx) -> Binding | None:
+    """The database's binding; None when it is not bound yet."""
+    return await tx.run(_binding)
+
+
+async def binding_if_migrated(tx: Tx) -> Binding | None:
+    """As ``binding``, and None as well when the database has no binding table yet (empty, or
+    not migrated to 0007): for the check made before the keyring is loaded."""
+
+    def body(connection: Connection) -> Binding | None:
+        if not inspect(connection).has_table(BINDING.name):
+            return None
+        return _binding(connection)
+
+    return await tx.run(body)
+
+
+# The distinct KEK ids of reports still holding a wrapped key (erasing nulls kek_id), one index
+# probe per id (a loose index scan on ix_reports_kek_id) instead of reading every report.
+_KEK_IDS = text(
+    """
+    WITH RECURSIVE used(kek_id) AS (
+        SELECT min(kek_id) FROM reports
+        UNION ALL
+        SELECT (SELECT min(r.kek_id) FROM reports r WHERE r.kek_id > used.kek_id)
+        FROM used WHERE used.kek_id IS NOT NULL
+    )
+    SELECT kek_id FROM used WHERE kek_id IS NOT NULL
+    """
+)
+
+
+async def kek_ids_in_use(tx: Tx) -> list[str]:
+    """Every KEK id that wraps a stored report's data key."""
+    return await tx.run(lambda c: [str(row[0]) for row in c.execute(_KEK_IDS)])
+
+
+async def bind(tx: Tx, *, checkpoint_public_key: bytes, at: datetime) -> None:
+    """Bind the database to a keyring. The caller holds the head lock and found no binding; a
+    second binder that did not would fail on the primary key rather than rebind."""
+    values = {
+        "id": 1,
+        "checkpoint_public_key": base64.b64encode(checkpoint_public_key).decode(),
+        "bound_at": at,
+    }
+    await tx.run(lambda c: c.execute(insert(BINDING), values))

@@ -1,0 +1,197 @@
+"""A database is bound to the keyring that first opened it (issue 11): another keyring, or none,
+is refused by `broker serve` and every command with one line and exit 2; rotation keeps the
+binding; two brokers starting together on a new database with different keyrings agree."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from broker.crypto import keyring
+from broker.services import ledger
+from broker.services.context import Context
+from broker.storage import keyringcheck
+from tests.conftest import PG_DEFAULT, _pg_exec
+from tests.integration.conftest import Api
+from tests.integration.helpers import body, cli_env, run_cli
+
+ENGINES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=ENGINES)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database that does not exist yet (SQLite) or exists and is empty (PostgreSQL)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'broker.db'}"
+        return
+    request.getfixturevalue("pg_template")  # skips (or fails under CI) without a server
+    server = os.environ.get("BROKER_TEST_DATABASE_URL", PG_DEFAULT)
+    name = f"broker_k_{secrets.token_hex(6)}"
+    asyncio.run(_pg_exec(server, f'CREATE DATABASE "{name}"'))
+    yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_pg_exec(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def _one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def _fingerprint(path: Path) -> str:
+    return keyring.fingerprint(keyring.load(path).checkpoint_public_key)
+
+
+def _other_keyring(tmp_path: Path) -> Path:
+    path = tmp_path / "other" / "keyring.json"
+    keyring.load_or_create(path)
+    return path
+
+
+def test_another_keyring_is_refused_by_every_command_and_serve(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    if empty_database_url.startswith("postgresql"):  # trust authentication ignores the password
+        empty_database_url = make_url(empty_database_url).set(password="s3cret-pw").render_as_string(False)
+    mine = tmp_path / "keys" / "keyring.json"
+    first = run_cli("db", "upgrade", env=cli_env(empty_database_url, mine))
+    assert first.returncode == 0, first.stderr
+    other = _other_keyring(tmp_path)
+    env = cli_env(empty_database_url, other)
+    for args in (
+        ("db", "upgrade"),
+        ("node", "list"),
+        ("alliance", "list"),
+        ("audit", "key"),
+        ("serve", "--port", _free_port()),
+    ):
+        done = run_cli(*args, env=env)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        line = _one_line(done.stderr)
+        assert _fingerprint(mine) in line and _fingerprint(other) in line, line
+        assert str(other) in line and "BROKER_KEYRING" in line and "s3cret-pw" not in line
+        assert "serving on" not in done.stderr and done.stdout == ""
+    as_json = run_cli("node", "list", "--json", env=env)
+    assert as_json.returncode == 2
+    assert json.loads(_one_line(as_json.stderr))["error"]["code"] == "keyring_mismatch"
+    # The right keyring still works, and nothing was rebound meanwhile.
+    assert run_cli("node", "list", env=cli_env(empty_database_url, mine)).returncode == 0
+
+
+def test_a_missing_keyring_is_refused_and_not_created_for_a_bound_database(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    mine = tmp_path / "keys" / "keyring.json"
+    assert run_cli("db", "upgrade", env=cli_env(empty_database_url, mine)).returncode == 0
+    fingerprint = _fingerprint(mine)
+    moved = mine.rename(mine.with_name("moved.json"))
+    for args in (("node", "list"), ("db", "upgrade"), ("serve", "--port", _free_port())):
+        done = run_cli(*args, env=cli_env(empty_database_url, mine))
+        assert done.returncode == 2, (args, done.stderr)
+        line = _one_line(done.stderr)
+        assert f"no keyring at {mine}" in line and fingerprint in line and "BROKER_KEYRING" in line
+        assert not mine.exists()  # no new keyring was made for a database bound to another
+    moved.rename(mine)
+    assert run_cli("node", "list", env=cli_env(empty_database_url, mine)).returncode == 0
+
+
+def test_keys_rotate_keeps_the_binding(empty_database_url: str, tmp_path: Path) -> None:
+    mine = tmp_path / "keys" / "keyring.json"
+    env = cli_env(empty_database_url, mine)
+    assert run_cli("db", "upgrade", env=env).returncode == 0
+    before = keyring.load(mine)
+    for args in (("keys", "rotate"), ("keys", "rotate", "--rewrap")):
+        done = run_cli(*args, env=env)
+        assert done.returncode == 0, done.stderr
+    after = keyring.load(mine)
+    assert after.current != before.current and before.current not in after.keks  # retired
+    for args in (("node", "list"), ("db", "upgrade"), ("audit", "key")):
+        done = run_cli(*args, env=env)
+        assert done.returncode == 0, (args, done.stderr)
+
+
+def test_two_upgrades_with_different_keyrings_started_together_agree(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    """One binds the new database, the other is refused: never both, never neither."""
+    rings = [tmp_path / f"k{i}" / "keyring.json" for i in range(2)]
+    for ring in rings:
+        keyring.load_or_create(ring)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "broker", "db", "upgrade"],
+            env=cli_env(empty_database_url, ring),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for ring in rings
+    ]
+    outcomes = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _out, _err in outcomes)
+    assert codes == [0, 2], outcomes
+    winner = rings[[code for code, _o, _e in outcomes].index(0)]
+    loser_err = next(err for code, _o, err in outcomes if code == 2)
+    assert _fingerprint(winner) in _one_line(loser_err)
+    for ring in rings:
+        done = run_cli("node", "list", env=cli_env(empty_database_url, ring))
+        assert done.returncode == (0 if ring == winner else 2), done.stderr
+
+
+async def test_an_unbound_database_is_bound_unless_its_checkpoints_say_otherwise(
+    ctx: Context, database_url: str, tmp_path: Path
+) -> None:
+    """A database from before the binding (like the test template) is bound on its first start,
+    after its newest checkpoint, if any, verified with the keyring given."""
+    await ledger.sign_checkpoint(ctx)  # signed by the fixture's keyring, ctx.keyring_path
+    other = _other_keyring(tmp_path)
+    refused = await asyncio.to_thread(run_cli, "node", "list", env=cli_env(database_url, other))
+    assert refused.returncode == 2
+    line = _one_line(refused.stderr)
+    assert "did not sign the newest audit checkpoint" in line and _fingerprint(other) in line
+    async with ctx.db.read_transaction() as tx:
+        assert await keyringcheck.binding(tx) is None  # a refusal binds nothing
+    accepted = await asyncio.to_thread(run_cli, "node", "list", env=cli_env(database_url, ctx.keyring_path))
+    assert accepted.returncode == 0, accepted.stderr
+    async with ctx.db.read_transaction() as tx:
+        bound = await keyringcheck.binding(tx)
+    assert bound is not None and bound.checkpoint_public_key == ctx.keyring.checkpoint_public_key
+
+
+async def test_an_older_copy_of_the_keyring_lacking_a_kek_is_refused(api: Api, tmp_path: Path) -> None:
+    """Same checkpoint key, but a KEK that wraps stored reports is missing (a backup taken before
+    `keys rotate --rewrap`): refused, naming the KEK."""
+    ctx = api.ctx
+    usa = await api.node("usa-1", "USA")
+    status, _receipt = await api.publish(usa, body())
+    assert status == 201
+    env = cli_env(ctx.settings.database_url, ctx.keyring_path)
+    backup = tmp_path / "backup" / "keyring.json"
+    keyring.save(backup, keyring.load(ctx.keyring_path))
+    rotated = await asyncio.to_thread(run_cli, "keys", "rotate", "--rewrap", "--json", env=env)
+    assert rotated.returncode == 0, rotated.stderr
+    new_kek = json.loads(rotated.stdout)["kek_id"]
+    assert json.loads(rotated.stdout)["rewrapped"] == 1
+    stale = await asyncio.to_thread(run_cli, "node", "list", env=cli_env(ctx.settings.database_url, backup))
+    assert stale.returncode == 2
+    line = _one_line(stale.stderr)
+    assert f"lacks the key-encryption key {new_kek}" in line and str(backup) in line
+    current = await asyncio.to_thread(run_cli, "node", "list", env=env)
+    assert current.returncode == 0, current.stderr
