@@ -13,14 +13,32 @@ from a queued write surfaces at the next trip or at the commit and fails the tra
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Executable, delete, func, insert, select, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Executable,
+    Insert,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
+from sqlalchemy.types import TypeEngine
 
 from broker.domain.alliances import Alliance, Directory, Membership
 from broker.domain.records import AuditEvent, Checkpoint, Head, NodeRecord, ReportRecord
@@ -50,13 +68,110 @@ class PublishReads:
     recent: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Write:
+    """A queued write: ``statement`` with its rows (an insert or the head's update), or the
+    NOTIFY (no rows)."""
+
+    statement: Executable
+    rows: list[dict[str, Any]]
+
+
+def _flush(connection: Connection, writes: Sequence[_Write], *, combine: bool) -> None:
+    """Run the queued writes in order. On PostgreSQL (``combine``) they go as one statement: each
+    insert a data-modifying WITH clause reading its rows from one array parameter per column
+    (``unnest``), the head's update another, the NOTIFY the statement's own SELECT. PostgreSQL runs
+    every data-modifying clause once, in the statement's snapshot, and checks constraints at its
+    end; the statement's text depends only on which tables and columns are written, never on the
+    row counts, so it is built and compiled once per shape. One round trip instead of one per
+    write."""
+    shape = _shape(writes) if combine and len(writes) > 1 else None
+    if shape is None:
+        for write in writes:
+            if write.rows:
+                connection.execute(write.statement, write.rows)
+            else:
+                connection.execute(write.statement)
+        return
+    parameters: dict[str, Any] = {}
+    for index, (write, (kind, _keys)) in enumerate(zip(writes, shape, strict=True)):
+        if kind == "head":
+            parameters.update({f"w{index}_{k}": v for k, v in write.rows[0].items()})
+        elif kind not in ("skip", "notify"):
+            table = st.COMBINABLE[kind]
+            for key in write.rows[0]:
+                values = [row[key] for row in write.rows]
+                if isinstance(table.c[key].type, JSON):  # sent as text (a list would nest the array)
+                    values = _json_texts(connection, table.c[key].type, values)
+                parameters[f"w{index}_{key}"] = values
+    connection.execute(_combined(shape), parameters)
+
+
+def _json_texts(connection: Connection, kind: TypeEngine[Any], values: list[Any]) -> list[Any]:
+    """``values`` as the column type would serialise them (its bind processor)."""
+    process = kind.dialect_impl(connection.dialect).bind_processor(connection.dialect)
+    return [process(v) for v in values] if process is not None else [json.dumps(v) for v in values]
+
+
+Shape = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def _shape(writes: Sequence[_Write]) -> Shape | None:
+    """What the combined statement for ``writes`` depends on: per write, its table and columns
+    (``notify`` for the NOTIFY, ``skip`` for a head update a later one supersedes). None when the
+    writes cannot be combined."""
+    last_save = max((i for i, w in enumerate(writes) if w.statement is st.SAVE_HEAD), default=-1)
+    shape: list[tuple[str, tuple[str, ...]]] = []
+    for index, write in enumerate(writes):
+        if not write.rows:
+            shape.append(("notify", ()))
+        elif write.statement is st.SAVE_HEAD:
+            # A row may be updated once per statement; each save sets every column of the head,
+            # so the last one leaves what sequential execution would have.
+            shape.append(("head" if index == last_save else "skip", tuple(write.rows[0])))
+        elif isinstance(write.statement, Insert) and write.statement.table.name in st.COMBINABLE:
+            keys = tuple(write.rows[0])
+            if any(tuple(row) != keys for row in write.rows):
+                return None
+            shape.append((write.statement.table.name, keys))
+        else:
+            return None
+    return tuple(shape)
+
+
+def _unnest(name: str, kind: TypeEngine[Any]) -> ColumnElement[Any]:
+    """One column's rows from its array parameter. JSON values travel as text and are cast
+    back: an array of JSON lists would otherwise be read as a two-dimensional array."""
+    if isinstance(kind, JSON):
+        return cast(func.unnest(bindparam(name, type_=ARRAY(Text)), type_=Text), kind)
+    return func.unnest(bindparam(name, type_=ARRAY(kind)), type_=kind)
+
+
+@functools.lru_cache(maxsize=512)
+def _combined(shape: Shape) -> Executable:
+    clauses = []
+    notify = False
+    for index, (kind, keys) in enumerate(shape):
+        if kind == "notify":
+            notify = True
+        elif kind == "head":
+            values = {k: bindparam(f"w{index}_{k}", type_=st.HEAD.c[k].type) for k in keys}
+            clauses.append(update(st.HEAD).where(st.HEAD.c.id == 1).values(values).cte(f"w{index}"))
+        elif kind != "skip":
+            table = st.COMBINABLE[kind]
+            rows = select(*(_unnest(f"w{index}_{k}", table.c[k].type) for k in keys))
+            clauses.append(insert(table).from_select(list(keys), rows).cte(f"w{index}"))
+    final = st.NOTIFY if notify else select(literal(1))
+    return final.add_cte(*clauses)
+
+
 class Tx:
     """One database transaction. Created only by ``Database``."""
 
     def __init__(self, run: Runner, *, postgresql: bool) -> None:
         self._run = run
         self._postgresql = postgresql
-        self._queued: list[Callable[[Connection], object]] = []
+        self._queued: list[_Write] = []
         self._fresh = True
         self.tripped = False  # whether anything ran on the connection (then there is work to end)
         # When this transaction got the write lock (perf_counter): on PostgreSQL the head row's
@@ -75,8 +190,7 @@ class Tx:
         def trip(connection: Connection) -> T:
             if fresh and connection.in_transaction():  # left open by an abandoned transaction
                 connection.rollback()
-            for write in queued:
-                write(connection)
+            _flush(connection, queued, combine=self._postgresql)
             return body(connection)
 
         return await self._run(trip)
@@ -94,7 +208,7 @@ class Tx:
 
     def _queue(self, statement: Executable, rows: Sequence[dict[str, Any]] | dict[str, Any]) -> None:
         if rows:
-            self._queued.append(lambda connection: connection.execute(statement, rows))
+            self._queued.append(_Write(statement, [rows] if isinstance(rows, dict) else list(rows)))
 
     async def _all(self, statement: Executable, params: dict[str, Any] | None = None) -> list[Any]:
         return await self.run(lambda c: list(c.execute(statement, params)))
@@ -128,9 +242,14 @@ class Tx:
         (``since`` given) how many reports each node published after ``since``. One trip to take
         the lock and read, one for the writes and the commit: the lock is held for two."""
 
+        one = next(iter(nodes)) if since is not None and len(nodes) == 1 else None
+
         def body(c: Connection) -> PublishReads:
-            head = st.head_of(c.execute(st.LOCK_HEAD).first())
-            found = PublishReads(head)
+            if one is not None:
+                locked = c.execute(st.LOCK_HEAD_WITH_RECENT, {"node": one, "since": since}).one()
+                found = PublishReads(st.head_of(locked), recent={one: int(locked.recent)})
+            else:
+                found = PublishReads(st.head_of(c.execute(st.LOCK_HEAD).first()))
             for node, key in keys:
                 row = c.execute(st.REPORT_BY_KEY, {"node": node, "key": key}).first()
                 if row is not None:
@@ -139,7 +258,7 @@ class Tx:
                 row = c.execute(st.REPORT_BY_ID, {"id": report_id}).first()
                 if row is not None:
                     found.by_id[report_id] = st.report_of(row)
-            if since is not None:
+            if since is not None and one is None:
                 for node in nodes:
                     found.recent[node] = int(
                         c.execute(st.RECENT_BY_NODE, {"node": node, "since": since}).scalar_one()
@@ -166,7 +285,7 @@ class Tx:
         """On PostgreSQL, wake the other broker processes when this transaction commits
         (LISTEN/NOTIFY delivers at commit, never for a rollback); on SQLite they poll."""
         if self._postgresql:
-            self._queued.append(lambda connection: connection.execute(st.NOTIFY))
+            self._queued.append(_Write(st.NOTIFY, []))
 
     # -- alliances ------------------------------------------------------------------------
     async def load_directory(self) -> Directory:

@@ -52,6 +52,8 @@ INSERT_REPORTS = insert(REPORTS)
 INSERT_TOPICS = insert(TOPICS)
 INSERT_EVENTS = insert(EVENTS)
 INSERT_NODES = insert(MERKLE)
+# The tables whose queued inserts may be combined into one statement on PostgreSQL (repos._flush).
+COMBINABLE = {t.name: t for t in (REPORTS, TOPICS, EVENTS, MERKLE)}
 
 REPORT_BY_ID = select(REPORTS).where(REPORTS.c.id == bindparam("id"))
 REPORT_BY_KEY = select(REPORTS).where(
@@ -72,6 +74,13 @@ RECENT_BY_NODE = (
         REPORTS.c.originator_node == bindparam("node"),
         REPORTS.c.created_at > bindparam("since", type_=REPORTS.c.created_at.type),
     )
+)
+# The head locked, with one node's count above in the same statement (one round trip for the
+# common batch: every publish from one node).
+LOCK_HEAD_WITH_RECENT = (
+    select(HEAD, RECENT_BY_NODE.scalar_subquery().label("recent"))
+    .where(HEAD.c.id == 1)
+    .with_for_update(of=HEAD)
 )
 ALLIANCES = select(ALLIANCE_TABLE)
 MEMBERSHIPS = select(MEMBERSHIP_TABLE).order_by(MEMBERSHIP_TABLE.c.id)

@@ -1,0 +1,90 @@
+"""On PostgreSQL a transaction's queued writes (reports, topics, audit events, Merkle nodes, the
+head, NOTIFY) go to the database as one statement; the outcome must be what running them one by
+one gives, on both engines."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+
+from broker.services.context import Context
+from tests.integration.conftest import Api
+from tests.integration.helpers import body, chain_holds, events
+
+
+def _statements(ctx: Context) -> list[str]:
+    seen: list[str] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement.split(None, 1)[0].upper())
+
+    event.listen(ctx.db.engine.sync_engine, "before_cursor_execute", before)
+    return seen
+
+
+async def test_a_publish_batch_writes_in_one_statement_on_postgresql(api: Api, database_url: str) -> None:
+    usa = await api.node("usa-1", "USA")
+    await api.publish(usa, body())  # warm: the node is cached, the statement shapes compiled
+    seen = _statements(api.server_ctx)
+    answers = await asyncio.gather(
+        *(api.publish(usa, body(topics=["ied", f"t{i}", "apt-28"], payload={"n": i})) for i in range(12))
+    )
+    assert all(status == 201 for status, _ in answers)
+    sequences = sorted(receipt["sequence"] for _, receipt in answers)
+    assert sequences == list(range(sequences[0], sequences[0] + 12))  # no gap, no duplicate
+    if database_url.startswith("postgresql"):
+        # Per transaction: the lock (with the node's rate count) and one combined write.
+        assert "INSERT" not in seen and "UPDATE" not in seen and "WITH" in seen, seen
+    assert await chain_holds(api.ctx) >= 13
+    published = await events(api.ctx, action="publish")
+    assert len(published) == 13
+    async with api.ctx.db.read_transaction() as tx:
+        head = await tx.lock_head()
+        stored = await tx.reports_after(after=0, topics=("apt-28",), limit=100)
+    assert head.report_seq == sequences[-1]
+    assert sorted(r.seq for r in stored) == sequences  # every topic row written
+
+
+async def test_the_last_of_several_head_saves_in_one_transaction_wins(ctx: Context) -> None:
+    # A row may be updated once per statement: of two queued saves, the combined statement keeps
+    # the last, as running them one by one would.
+    async with ctx.db.transaction() as tx:
+        head = await tx.lock_head()
+        await tx.save_head(replace(head, report_seq=head.report_seq + 5))
+        await tx.save_head(
+            replace(head, report_seq=head.report_seq + 7, change_counter=head.change_counter + 1)
+        )
+        await tx.notify_change()
+    async with ctx.db.read_transaction() as tx:
+        assert await tx.head_state() == (head.report_seq + 7, head.change_counter + 1)
+
+
+async def test_connections_the_server_closed_are_replaced_before_use(api: Api, database_url: str) -> None:
+    # Pooled connections are checked without a round trip (asyncpg knows its socket closed):
+    # after the server terminates every connection of this database, publishing still works.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server to close connections")
+    usa = await api.node("usa-1", "USA")
+    answers = await asyncio.gather(*(api.publish(usa, body()) for _ in range(8)))  # fill the pool
+    assert all(status == 201 for status, _ in answers)
+    url = make_url(database_url)
+    admin = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, database="postgres"
+    )
+    try:
+        terminate = (
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()"
+        )
+        await admin.execute(terminate, url.database)
+    finally:
+        await admin.close()
+    await asyncio.sleep(0.2)  # the event loop reads the closed sockets
+    statuses = [(await api.publish(usa, body()))[0] for _ in range(12)]
+    assert statuses == [201] * 12
