@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 from broker.domain.records import AuditDraft
 from broker.services import audit
-from tests.conftest import START
+from tests.conftest import START, FakeClock
 from tests.integration.conftest import Api
 from tests.integration.helpers import body
 from tests.integration.test_audit_page import (
@@ -32,13 +33,18 @@ pytestmark = [pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 EVENTS = 10_000  # synthetic events, on top of what the real calls write
 BIG_REPORT_DELIVERIES = 1_200  # more than one 1,000-event page
+FILL_HOURS = 48  # the synthetic events span two days from START
+BURST = 1_200  # denials in twenty minutes: the tallest bar of the charts
+BURST_AT = START + timedelta(hours=31, minutes=10)
+BACKGROUND = EVENTS - BURST
+PER_MOMENT = 20  # synthetic events recorded with one time
 NATIONS = {"usa-1": "USA", "swe-1": "SWE", "nga-1": "NGA", "fra-1": "FRA", "deu-1": "DEU", "jpn-1": "JPN"}
 RECEIVERS = ("usa-1", "swe-1", "fra-1", "deu-1")  # NATO members: reports[0] is releasable to NATO
 DENIALS = ("not_releasable", "clearance", "caveat_missing", "recalled")
 
 
 def _drafts(reports: list[str], start: int, count: int) -> list[AuditDraft]:
-    """A mix like a busy week: deliveries and reads, denials with reasons, failed sign-ins."""
+    """A mix like busy days: deliveries and reads, denials with reasons, failed sign-ins."""
     nodes = list(NATIONS)
     drafts = []
     for i in range(start, start + count):
@@ -82,13 +88,47 @@ def _drafts(reports: list[str], start: int, count: int) -> list[AuditDraft]:
     return drafts
 
 
-async def _fill(api: Api, reports: list[str]) -> int:
-    """Append EVENTS synthetic events (spread over a week) and BIG_REPORT_DELIVERIES deliveries
-    of reports[0], through the service layer, in batches of 1,000; return the log size."""
-    batch = 1_000
-    for n, start in enumerate(range(0, EVENTS, batch)):
-        async with api.ctx.db.write_transaction() as tx:
-            await audit.record(tx, _drafts(reports, start, batch), now=START + timedelta(hours=16 * n + 1))
+def _iso(moment: datetime) -> str:
+    """``moment`` as the page writes times: ISO 8601 in UTC, with milliseconds."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _spread(drafts: list[AuditDraft], start: datetime, span: timedelta) -> list[tuple[datetime, AuditDraft]]:
+    """``drafts`` at evenly spaced times from ``start`` over ``span``, a few events per moment."""
+    moments = max(1, len(drafts) // PER_MOMENT)
+    return [(start + span * (k * moments // len(drafts)) / moments, draft) for k, draft in enumerate(drafts)]
+
+
+def _hourly(hour: int) -> int:
+    """Background events in fill hour ``hour``: three times as many in office hours (08-18 UTC)."""
+    weights = [3 if 8 <= (START.hour + h) % 24 < 18 else 1 for h in range(FILL_HOURS)]
+    unit = BACKGROUND // sum(weights)
+    return unit * weights[hour] + (BACKGROUND - unit * sum(weights) if hour == 0 else 0)
+
+
+def _timeline(reports: list[str]) -> list[tuple[datetime, AuditDraft]]:
+    """Two days of activity from START: a background that follows office hours, the busy report's
+    deliveries over the first half day, and a burst of denials (one subscriber asking again and
+    again for what it may not have) in the twenty minutes from BURST_AT. In time order."""
+    timeline: list[tuple[datetime, AuditDraft]] = []
+    done = 0
+    for hour in range(FILL_HOURS):
+        count = _hourly(hour)
+        timeline += _spread(_drafts(reports, done, count), START + timedelta(hours=hour), timedelta(hours=1))
+        done += count
+    burst = [
+        AuditDraft(
+            action="read",
+            actor="swe-1",
+            report=reports[1 + i % (len(reports) - 1)],  # not the busy report: swe-1 received it
+            node="swe-1",
+            nation="SWE",
+            decision="deny",
+            reason="caveat_missing",
+        )
+        for i in range(BURST)
+    ]
+    timeline += _spread(burst, BURST_AT, timedelta(minutes=20))
     big = [
         AuditDraft(
             action="deliver",
@@ -102,10 +142,46 @@ async def _fill(api: Api, reports: list[str]) -> int:
         for i in range(BIG_REPORT_DELIVERIES)
         for node in [RECEIVERS[i % len(RECEIVERS)]]
     ]
-    async with api.ctx.db.write_transaction() as tx:
-        await audit.record(tx, big, now=START + timedelta(days=7))
+    timeline += _spread(big, START + timedelta(hours=2), timedelta(hours=12))
+    return sorted(timeline, key=lambda item: item[0])  # stable: the order within a moment stays
+
+
+async def _fill(api: Api, reports: list[str]) -> int:
+    """Append the timeline's events through the service layer, each with its own time (so the
+    log's times never go back), in transactions of about 1,000 events; return the log size."""
+    timeline = _timeline(reports)
+    for first in range(0, len(timeline), 1_000):
+        async with api.ctx.db.write_transaction() as tx:
+            for _, moment in groupby(timeline[first : first + 1_000], key=lambda item: item[0]):
+                group = list(moment)
+                await audit.record(tx, [draft for _, draft in group], now=group[0][0])
     async with api.ctx.db.transaction() as tx:
         return await tx.audit_size()
+
+
+def _bars(driver: Any, chart: str) -> list[dict[str, Any]]:
+    """The bars a chart draws: their time span, total and, for the one before the time axis,
+    ``earlier``."""
+    return list(
+        driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0] + ' g.bar')].map((g) => ({"
+            "  from: g.dataset.from, to: g.dataset.to, total: +g.dataset.total,"
+            "  earlier: g.classList.contains('earlier'), height: g.getBBox().height}))",
+            chart,
+        )
+    )
+
+
+def _axis(driver: Any) -> dict[str, Any]:
+    """The charts' caption and what it records: the bar width (ms) and the events before the axis."""
+    from selenium.webdriver.common.by import By
+
+    caption = driver.find_element(By.ID, "charts-axis")
+    return {
+        "text": caption.text,
+        "width": int(caption.get_attribute("data-width")),
+        "earlier": int(caption.get_attribute("data-earlier")),
+    }
 
 
 def _drive(base: str, token: str, vkey: str, big_report: str, profile: Path) -> dict[str, Any]:
@@ -144,16 +220,21 @@ def _drive(base: str, token: str, vkey: str, big_report: str, profile: Path) -> 
         out["who"] = driver.find_element(By.ID, "who").text
         out["legend_reason"] = driver.find_element(By.ID, "legend-reason").text
         out["legend_nation"] = driver.find_element(By.ID, "legend-nation").text
+        out["bars"] = _bars(driver, "#chart-reason")
+        out["bars_nation"] = _bars(driver, "#chart-nation")
+        out["axis"] = _axis(driver)
         out["failures"] = len(driver.find_elements(By.CSS_SELECTOR, "#failures tbody tr[data-seq]"))
         out["shot_page"] = shot(driver, "audit-scale-page.png")
         out["shot_charts"] = shot(
             driver, "audit-scale-charts.png", driver.find_element(By.ID, "charts-panel")
         )
 
-        # Clicking a bar narrows the filters to its time span; the charts follow.
+        # Clicking a bar (the burst's) narrows the filters to its time span; the charts follow,
+        # now a bar a minute.
         driver.execute_script(
-            "const bars = document.querySelectorAll('#chart-reason rect');"
-            "bars[bars.length - 1].dispatchEvent(new MouseEvent('click', {bubbles: true}))"
+            "const bars = [...document.querySelectorAll('#chart-reason g.bar:not(.earlier)')];"
+            "const top = bars.reduce((a, b) => (+b.dataset.total > +a.dataset.total ? b : a));"
+            "top.querySelector('rect').dispatchEvent(new MouseEvent('click', {bubbles: true}))"
         )
         wait_for(
             driver,
@@ -163,6 +244,8 @@ def _drive(base: str, token: str, vkey: str, big_report: str, profile: Path) -> 
             ),
         )
         out["zoomed_coverage"] = driver.find_element(By.ID, "charts-coverage").text
+        out["zoomed_bars"] = _bars(driver, "#chart-reason")
+        out["zoomed_axis"] = _axis(driver)
         out["zoomed_since"] = driver.find_element(
             By.CSS_SELECTOR, "#filters input[name=since]"
         ).get_attribute("value")
@@ -216,7 +299,7 @@ def _drive(base: str, token: str, vkey: str, big_report: str, profile: Path) -> 
     return out
 
 
-async def test_auditor_page_at_ten_thousand_events(api: Api, tmp_path: Path) -> None:
+async def test_auditor_page_at_ten_thousand_events(api: Api, clock: FakeClock, tmp_path: Path) -> None:
     tokens = {node: await api.node(node, nation) for node, nation in NATIONS.items()}
     auditor = await api.node("aud", "BEL", roles=("audit",))
     reports = []
@@ -229,6 +312,7 @@ async def test_auditor_page_at_ten_thousand_events(api: Api, tmp_path: Path) -> 
             await api.get(f"/v1/reports/{report}", tokens[node])
     size = await _fill(api, reports)
     assert size >= 10_000
+    clock.moment = START + timedelta(hours=FILL_HOURS, minutes=1)  # the auditor looks after it all
     _, key = await api.get("/.well-known/alliance-broker/checkpoint-key")
 
     result = await asyncio.to_thread(_drive, api.base_url, auditor, key["vkey"], reports[0], tmp_path / "p")
@@ -240,7 +324,8 @@ async def test_auditor_page_at_ten_thousand_events(api: Api, tmp_path: Path) -> 
         f"the test); first rows {t['rows']:.0f} ms, first charts {t['charts']:.0f} ms, charts over "
         f"all events {t['chartsComplete']:.0f} ms, all {result['rows']} rows proven included "
         f"{result['all_verified_ms']:.0f} ms; longest main-thread task "
-        f"{max(result['long_tasks'], default=0):.0f} ms; report of {result['report_events']} events "
+        f"{max(result['long_tasks'], default=0):.0f} ms (0: none over 50 ms), longest drawing of the "
+        f"charts {t['chartDrawMax']:.0f} ms; report of {result['report_events']} events "
         f"in {result['report_ms']:.0f} ms"
     )
     assert result["rows"] == 100
@@ -258,7 +343,7 @@ async def test_auditor_page_at_ten_thousand_events(api: Api, tmp_path: Path) -> 
     for nation in ("USA", "SWE", "NGA", "FRA", "DEU", "JPN"):
         assert nation in result["legend_nation"]
     assert result["publish_rows"] == 10 and "end of log" in result["end_of_log"][0]
-    assert result["report_events"] > BIG_REPORT_DELIVERIES + 1_000  # its share of the fill too
+    assert result["report_events"] > BIG_REPORT_DELIVERIES + BACKGROUND // 10  # its share of the fill too
     assert result["report_rows"] == result["report_events"]
     assert "pages" in result["report_progress"]
     states = result["report_marks"]
@@ -272,6 +357,23 @@ async def test_auditor_page_at_ten_thousand_events(api: Api, tmp_path: Path) -> 
     assert "Refused: nga-1 (NGA)" in result["report_glance"]
     assert result["zoomed_since"] and result["zoomed_until"] > result["zoomed_since"]
     assert result["zoomed_coverage"] != result["coverage"]
+    # The time axis: an hour a bar over the two days, the setup events of 2026-01-01 counted in
+    # an "earlier" bar, and the burst of denials the tallest bar.
+    axis, bars = result["axis"], result["bars"]
+    timed = [b for b in bars if not b["earlier"]]
+    assert axis["width"] == 3_600_000, axis
+    assert len(timed) >= 40, [b["from"] for b in timed]
+    assert axis["earlier"] > 0 and "earlier event" in axis["text"], axis
+    assert [b["total"] for b in bars if b["earlier"]] == [axis["earlier"]]
+    assert sum(b["total"] for b in bars) == int(result["coverage"].split(", ")[1].split()[0])
+    tallest = max(timed, key=lambda b: b["total"])
+    assert tallest["from"] == _iso(BURST_AT.replace(minute=0)), tallest
+    assert tallest["total"] > BURST and tallest["height"] == max(b["height"] for b in timed)
+    assert [b["from"] for b in result["bars_nation"]] == [b["from"] for b in bars]
+    zoomed = [b for b in result["zoomed_bars"] if not b["earlier"]]
+    assert result["zoomed_since"] == tallest["from"] and result["zoomed_until"] == tallest["to"]
+    assert result["zoomed_axis"]["width"] == 60_000 and result["zoomed_axis"]["earlier"] == 0
+    assert len(zoomed) >= 20 and sum(b["total"] for b in zoomed) == tallest["total"]
     for name in ("shot_page", "shot_charts", "shot_report", "shot_zoomed"):
         assert ink(result[name]) > 500, f"{name} rendered no text"
     assert colour_pixels(result["shot_charts"]) > 500, "the charts drew no bars"

@@ -578,6 +578,13 @@ async function loadEvents(reset) {
 // -- charts: decisions over time, by reason and by nation ---------------------------------
 
 let chartsGen = 0;
+const SECOND = 1000, MINUTE = 60 * SECOND, HOUR = 60 * MINUTE, DAY = 24 * HOUR;
+// The widths a bar may span: round ones, aligned on UTC (an hour's bar starts on the hour).
+const WIDTHS = [SECOND, 2 * SECOND, 5 * SECOND, 10 * SECOND, 15 * SECOND, 30 * SECOND,
+  MINUTE, 2 * MINUTE, 5 * MINUTE, 10 * MINUTE, 15 * MINUTE, 30 * MINUTE,
+  HOUR, 2 * HOUR, 3 * HOUR, 6 * HOUR, 12 * HOUR, DAY, 2 * DAY, 7 * DAY, 14 * DAY, 28 * DAY,
+  91 * DAY, 364 * DAY];
+const MIN_BARS = 24, MAX_BARS = 60;
 
 function eventMillis(time) {
   const m = /^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,3})?\d*Z$/.exec(time || "");
@@ -588,67 +595,171 @@ function shortTime(ms) {
   return new Date(ms).toISOString().slice(0, 16).replace("T", " ");
 }
 
-function drawChart(svg, legend, points, seriesOf) {
+function widthName(ms) {
+  for (const [unit, size] of [["day", DAY], ["hour", HOUR], ["minute", MINUTE], ["second", SECOND]]) {
+    if (ms % size === 0) return ms === size ? "one " + unit : ms / size + " " + unit + "s";
+  }
+  return ms + " ms";
+}
+
+// The first index of the sorted times at or after t.
+function lowerBound(sorted, t) {
+  let lo = 0, hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (sorted[mid] < t) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+// The time axis for event times sorted oldest first: { start, end, width, bars, earlier }. A few
+// old events (the broker's setup, a quiet month before today's activity) must not squeeze the
+// activity into one bar, so the axis starts where the bulk of the events does:
+// 1. it spans at most twice what the newest 90% of the events span;
+// 2. an empty stretch longer than half of what is left, with at most half of the events before
+//    it, is cut off too (a few times over).
+// Then the width is the smallest round one giving at most MAX_BARS bars (at least MIN_BARS,
+// going back further if need be). The events before the axis are counted, never dropped: they
+// are drawn as one "earlier" bar and the caption says how many they are.
+function timeAxis(sorted) {
+  const n = sorted.length, newest = sorted[n - 1];
+  let first = lowerBound(sorted, newest - 2 * (newest - sorted[Math.floor(n * 0.1)]));
+  for (let round = 0; round < 4; round++) {
+    let gap = 0, at = -1;
+    for (let i = first + 1; i < n; i++) {
+      const g = sorted[i] - sorted[i - 1];
+      if (g > gap) { gap = g; at = i; }
+    }
+    if (at < 0 || gap <= 0.5 * (newest - sorted[first]) || at > n / 2) break;
+    first = at;
+  }
+  const oldest = sorted[first];
+  let width = WIDTHS.find((w) => Math.floor(newest / w) - Math.floor(oldest / w) < MAX_BARS);
+  if (width === undefined) width = Math.ceil((newest - oldest) / (MAX_BARS - 1) / DAY) * DAY;
+  const end = (Math.floor(newest / width) + 1) * width;
+  const start = Math.min(Math.floor(oldest / width) * width, end - MIN_BARS * width);
+  return { start, end, width, bars: Math.round((end - start) / width), earlier: lowerBound(sorted, start) };
+}
+
+// A round step for the count axis: about four gridlines.
+function countStep(peak) {
+  const raw = Math.max(1, peak / 4), power = 10 ** Math.floor(Math.log10(raw));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * power >= raw && Number.isInteger(m * power)) return m * power;
+  return 10 * power;
+}
+
+function tickLabel(t, interval, first) {
+  const iso = new Date(t).toISOString();
+  if (t % DAY === 0 && interval >= HOUR) return iso.slice(0, 10);
+  const clock = interval < MINUTE ? iso.slice(11, 19) : iso.slice(11, 16);
+  return first ? iso.slice(0, 10) + " " + clock : clock;
+}
+
+// One stacked bar chart. keys[i] is the series of points[i]; axis comes from timeAxis().
+function drawChart(svg, legend, points, keys, axis) {
   svg.textContent = "";
   legend.textContent = "";
   const width = Math.max(400, Math.round(svg.getBoundingClientRect().width) || 900);
-  const height = 220, left = 44, right = 12, top = 10, bottom = 34;
+  const height = 220, left = 44, right = 12, top = 16, bottom = 34;
   svg.setAttribute("viewBox", "0 0 " + width + " " + height);
   if (!points.length) {
     svg.appendChild(svgEl("text", { x: width / 2, y: height / 2, "text-anchor": "middle" }, "no decisions to chart"));
     return;
   }
-  let lo = Infinity, hi = -Infinity;
   const totals = new Map();
-  for (const p of points) {
-    if (p.t < lo) lo = p.t;
-    if (p.t > hi) hi = p.t;
-    const s = seriesOf(p);
-    totals.set(s, (totals.get(s) || 0) + 1);
-  }
+  for (const k of keys) totals.set(k, (totals.get(k) || 0) + 1);
   const ranked = [...totals.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
-  const keep = ranked.slice(0, PALETTE.length - 1).map(([s]) => s);
+  const keep = ranked.slice(0, ranked.length > PALETTE.length ? PALETTE.length - 1 : PALETTE.length).map(([s]) => s);
   const names = ranked.length > keep.length ? [...keep, "other"] : keep;
   const index = new Map(keep.map((s, i) => [s, i]));
-  const buckets = hi > lo ? 48 : 1;
-  const span = Math.max(1, hi - lo);
-  const counts = Array.from({ length: buckets }, () => new Array(names.length).fill(0));
-  for (const p of points) {
-    const b = Math.min(buckets - 1, Math.floor(((p.t - lo) / span) * buckets));
-    const s = index.get(seriesOf(p));
-    counts[b][s === undefined ? names.length - 1 : s]++;
+  const { start, width: bucketMs, bars } = axis;
+  const counts = Array.from({ length: bars }, () => new Array(names.length).fill(0));
+  const earlier = new Array(names.length).fill(0);
+  for (let i = 0; i < points.length; i++) {
+    const b = Math.floor((points[i].t - start) / bucketMs);
+    const s = index.get(keys[i]);
+    (b < 0 ? earlier : counts[Math.min(b, bars - 1)])[s === undefined ? names.length - 1 : s]++;
   }
-  const peak = Math.max(1, ...counts.map((c) => c.reduce((a, b) => a + b, 0)));
-  const plotW = width - left - right, plotH = height - top - bottom;
-  const barW = plotW / buckets;
-  svg.appendChild(svgEl("line", { x1: left, y1: top + plotH, x2: width - right, y2: top + plotH, stroke: "#9ca3af" }));
-  svg.appendChild(svgEl("line", { x1: left, y1: top, x2: left, y2: top + plotH, stroke: "#9ca3af" }));
-  for (const v of [0, Math.round(peak / 2), peak]) {
-    const y = top + plotH - (v / peak) * plotH;
-    svg.appendChild(svgEl("text", { x: left - 4, y: y + 3, "text-anchor": "end" }, v));
+  const sums = counts.map((c) => c.reduce((a, b) => a + b, 0));
+  const earlierSum = earlier.reduce((a, b) => a + b, 0);
+  const peak = Math.max(1, ...sums);
+  const step = countStep(peak), ceiling = Math.ceil(peak / step) * step;
+  const plotH = height - top - bottom, base = top + plotH;
+  const slot = earlierSum ? 40 : 0; // the "earlier" bar's column, left of the time axis
+  const x0 = left + slot, plotW = width - right - x0, barW = plotW / bars;
+  const yOf = (v) => base - (v / ceiling) * plotH;
+
+  for (let v = 0; v <= ceiling; v += step) {
+    const y = yOf(v).toFixed(1);
     svg.appendChild(svgEl("line", { x1: left, y1: y, x2: width - right, y2: y, stroke: "#eceef2" }));
+    svg.appendChild(svgEl("text", { x: left - 4, y: Number(y) + 3, "text-anchor": "end" }, v));
   }
-  const bucketMs = span / buckets;
-  counts.forEach((stack, b) => {
-    let y = top + plotH;
+  svg.appendChild(svgEl("line", { x1: left, y1: base, x2: width - right, y2: base, stroke: "#9ca3af" }));
+  svg.appendChild(svgEl("line", { x1: left, y1: top, x2: left, y2: base, stroke: "#9ca3af" }));
+
+  // The time axis: a tick and a label at round times, far enough apart to be read.
+  const interval = WIDTHS.find((w) => w % bucketMs === 0 && (w / bucketMs) * barW >= 56) || bucketMs * bars;
+  let labelEnd = -Infinity;
+  for (let b = 0; b <= bars; b++) {
+    const t = start + b * bucketMs;
+    if (t % interval !== 0 && b !== 0) continue;
+    const x = x0 + b * barW;
+    if (t % interval === 0) {
+      svg.appendChild(svgEl("line", { x1: x.toFixed(1), y1: base, x2: x.toFixed(1), y2: base + 4, stroke: "#9ca3af" }));
+    }
+    const text = tickLabel(t, interval, labelEnd === -Infinity);
+    const textW = text.length * 5.6;
+    if (x < labelEnd + 10 || x + textW > width - 2) continue;
+    svg.appendChild(svgEl("text", { x: x.toFixed(1), y: base + 14 }, text));
+    labelEnd = x + textW;
+  }
+  svg.appendChild(svgEl("text", { x: width - right, y: height - 4, "text-anchor": "end", class: "axis-note" },
+    "UTC, one bar = " + widthName(bucketMs).replace(/^one /, "")));
+
+  const stackOf = (g, stack, x, w, scale, from, to, total) => {
+    let y = base;
     stack.forEach((n, s) => {
       if (!n) return;
-      const h = (n / peak) * plotH;
+      const h = n * scale;
       y -= h;
-      const rect = svgEl("rect", {
-        x: (left + b * barW + 0.5).toFixed(1), y: y.toFixed(1),
-        width: Math.max(1, barW - 1).toFixed(1), height: h.toFixed(1), fill: PALETTE[s],
-      });
-      const from = lo + b * bucketMs;
-      const to = b === buckets - 1 ? hi : from + bucketMs;
-      rect.appendChild(svgEl("title", {}, names[s] + ": " + n + (buckets > 1
-        ? " (" + shortTime(from) + " \u2013 " + shortTime(to) + "); click to look at this span" : "")));
-      if (buckets > 1) rect.addEventListener("click", () => zoom(from, to));
-      svg.appendChild(rect);
+      const rect = svgEl("rect", { x: x.toFixed(1), y: y.toFixed(1), width: w.toFixed(1), height: Math.max(0.5, h).toFixed(1), fill: PALETTE[s] });
+      rect.appendChild(svgEl("title", {}, names[s] + ": " + n + " of " + total + " (" + shortTime(from) +
+        " \u2013 " + shortTime(to) + " UTC); click to look at this span"));
+      g.appendChild(rect);
     });
+  };
+  const group = (from, to, total, cls) => svgEl("g", {
+    class: cls, "data-from": new Date(from).toISOString(), "data-to": new Date(to).toISOString(), "data-total": total,
   });
-  svg.appendChild(svgEl("text", { x: left, y: height - 8 }, shortTime(lo) + " UTC"));
-  svg.appendChild(svgEl("text", { x: width - right, y: height - 8, "text-anchor": "end" }, shortTime(hi) + " UTC"));
+
+  // The events before the axis: one bar, to the count scale but clipped to the plot's height.
+  if (earlierSum) {
+    const from = points.reduce((m, p) => Math.min(m, p.t), Infinity);
+    const g = group(from, start, earlierSum, "bar earlier");
+    const clipped = earlierSum > ceiling;
+    const scale = (clipped ? ceiling / earlierSum : 1) * plotH / ceiling;
+    stackOf(g, earlier, left + 6, slot - 14, scale, from, start, earlierSum);
+    svg.appendChild(g);
+    if (clipped) {
+      for (const dy of [12, 17]) {
+        svg.appendChild(svgEl("line", { x1: left + 3, y1: top + dy + 3, x2: left + slot - 5, y2: top + dy - 3, stroke: "#fcfcfd", "stroke-width": 2 }));
+      }
+    }
+    const mid = left + 6 + (slot - 14) / 2;
+    svg.appendChild(svgEl("text", { x: mid, y: yOf(Math.min(earlierSum, ceiling)) - 3, "text-anchor": "middle" }, earlierSum));
+    svg.appendChild(svgEl("text", { x: mid, y: base + 14, "text-anchor": "middle", class: "axis-note" }, "earlier"));
+    svg.appendChild(svgEl("line", { x1: x0 - 2, y1: top, x2: x0 - 2, y2: base + 4, stroke: "#9ca3af", "stroke-dasharray": "3 3" }));
+  }
+
+  const scale = plotH / ceiling;
+  for (let b = 0; b < bars; b++) {
+    if (!sums[b]) continue;
+    const from = start + b * bucketMs, to = from + bucketMs;
+    const g = group(from, to, sums[b], "bar");
+    stackOf(g, counts[b], x0 + b * barW + (barW > 4 ? 0.5 : 0), Math.max(1, barW - (barW > 4 ? 1 : 0)), scale, from, to, sums[b]);
+    svg.appendChild(g);
+  }
+
   names.forEach((name, s) => {
     const item = document.createElement("span");
     const swatch = svgEl("svg", { width: 10, height: 10, class: "swatch" });
@@ -660,17 +771,64 @@ function drawChart(svg, legend, points, seriesOf) {
   });
 }
 
-// A bar's time span becomes the since/until filters (until is exclusive).
+// A bar's time span becomes the since/until filters (since inclusive, until exclusive).
 function zoom(from, to) {
   const form = $("filters");
   form.elements.since.value = new Date(Math.floor(from)).toISOString();
-  form.elements.until.value = new Date(Math.floor(to) + 1).toISOString();
+  form.elements.until.value = new Date(Math.ceil(to)).toISOString();
   form.requestSubmit();
 }
 
-function drawCharts(points) {
-  drawChart($("chart-reason"), $("legend-reason"), points, (p) => p.decision + ": " + (p.reason || "(none)"));
-  drawChart($("chart-nation"), $("legend-nation"), points, (p) => (p.nation || "(no nation)") + " " + p.decision);
+for (const id of ["chart-reason", "chart-nation"]) {
+  $(id).addEventListener("click", (ev) => {
+    const bar = ev.target.closest && ev.target.closest("g[data-from]");
+    if (bar) zoom(Date.parse(bar.dataset.from), Date.parse(bar.dataset.to));
+  });
+}
+
+function describeAxis(axis, sorted, undated) {
+  const at = (ms) => axis.width < MINUTE ? new Date(ms).toISOString().slice(0, 19).replace("T", " ") : shortTime(ms);
+  let text = "Time axis (UTC): " + at(axis.start) + " to " + at(axis.end) + ", one bar per " +
+    widthName(axis.width).replace(/^one /, "") + ". ";
+  if (axis.earlier) {
+    const from = shortTime(sorted[0]), to = shortTime(sorted[axis.earlier - 1]);
+    text += axis.earlier + (axis.earlier === 1 ? " earlier event (" : " earlier events (") + from +
+      (to !== from ? " to " + to : "") + (axis.earlier === 1 ? ") lies" : ") lie") +
+      " before it: the \u201cearlier\u201d bar at the left, drawn to the count scale but not the time " +
+      "scale (click it to chart them).";
+  } else {
+    text += "Every charted event is on it.";
+  }
+  if (undated) text += " " + undated + " events with an unreadable time are not charted.";
+  return text;
+}
+
+function drawCharts(points, undated) {
+  const began = performance.now();
+  try { drawBothCharts(points, undated); } finally {
+    timings.chartDrawMax = Math.max(timings.chartDrawMax || 0, performance.now() - began);
+  }
+}
+
+function drawBothCharts(points, undated) {
+  const caption = $("charts-axis");
+  if (!points.length) {
+    drawChart($("chart-reason"), $("legend-reason"), points, [], null);
+    drawChart($("chart-nation"), $("legend-nation"), points, [], null);
+    say(caption, undated ? undated + " events with an unreadable time are not charted." : "", "muted");
+    return;
+  }
+  const sorted = new Float64Array(points.length);
+  for (let i = 0; i < points.length; i++) sorted[i] = points[i].t;
+  sorted.sort();
+  const axis = timeAxis(sorted);
+  drawChart($("chart-reason"), $("legend-reason"), points,
+    points.map((p) => p.decision + ": " + (p.reason || "(none)")), axis);
+  drawChart($("chart-nation"), $("legend-nation"), points,
+    points.map((p) => (p.nation || "(no nation)") + " " + p.decision), axis);
+  say(caption, describeAxis(axis, sorted, undated), axis.earlier ? "warn-soft" : "muted");
+  caption.dataset.earlier = String(axis.earlier);
+  caption.dataset.width = String(axis.width);
 }
 
 async function loadCharts() {
@@ -679,7 +837,7 @@ async function loadCharts() {
   params.set("order", "desc");
   params.set("limit", CHART_PAGE);
   const points = [];
-  let read = 0, complete = false, pages = 0;
+  let read = 0, undated = 0, complete = false, pages = 0;
   const coverage = $("charts-coverage");
   say(coverage, "Reading events for the charts\u2026", "muted");
   while (read < CHART_CAP) {
@@ -696,11 +854,12 @@ async function loadCharts() {
       read++;
       if (!e.decision) continue;
       const t = eventMillis(e.time);
-      if (!Number.isNaN(t)) points.push({ t, decision: e.decision, reason: e.reason, nation: e.nation });
+      if (Number.isNaN(t)) undated++;
+      else points.push({ t, decision: e.decision, reason: e.reason, nation: e.nation });
     }
     complete = page.events.length < CHART_PAGE;
     if (pages === 1 || complete || pages % 5 === 0) {
-      drawCharts(points);
+      drawCharts(points, undated);
       mark("charts");
       say(coverage, (complete ? "All " : "So far the newest ") + read + " matching events read, " +
         points.length + " with a decision" + (complete ? "." : "\u2026"), "muted");
@@ -709,7 +868,7 @@ async function loadCharts() {
     params.set("before", page.next_after);
   }
   if (!complete) {
-    drawCharts(points);
+    drawCharts(points, undated);
     say(coverage, "The newest " + read + " matching events only (the charts read at most " + CHART_CAP +
       "): narrow the filters to chart older ones. " + points.length + " with a decision.", "warn");
   }
