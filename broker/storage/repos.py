@@ -391,9 +391,12 @@ class Tx:
         )
         return [st.report_of(row) for row in await self._all(query)]
 
-    async def set_wrapped_key(self, seq: int, *, wrapped_key: bytes, kek_id: str) -> None:
-        rewrap = update(st.REPORTS).where(st.REPORTS.c.seq == seq)
-        await self._count(rewrap.values(wrapped_key=wrapped_key, kek_id=kek_id))
+    async def set_wrapped_key(self, seq: int, *, wrapped_key: bytes, kek_id: str) -> bool:
+        """Re-wrap a report's data key; False (nothing written) when it was erased meanwhile: a
+        shredded report never gets a wrapped key back."""
+        r = st.REPORTS.c
+        rewrap = update(st.REPORTS).where(r.seq == seq, r.erased_at.is_(None))
+        return await self._count(rewrap.values(wrapped_key=wrapped_key, kek_id=kek_id)) == 1
 
     # -- stream cursors -------------------------------------------------------------------
     async def cursor(self, *, node: str, name: str) -> int | None:

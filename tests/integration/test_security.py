@@ -156,6 +156,22 @@ async def test_erase_shreds_the_report(api: Api) -> None:
     assert (await events(api.ctx, report=receipt["id"]))[-1]["reason"] == "erased"
 
 
+async def test_a_rewrap_never_gives_an_erased_report_its_key_back(api: Api) -> None:
+    # Before: `keys rotate --rewrap` that read a report just before it was erased wrote the
+    # re-wrapped data key back onto the shredded row.
+    usa = await api.node("usa-1", "USA")
+    _, receipt = await api.publish(usa, body())
+    async with api.ctx.db.transaction() as tx:
+        before = await tx.report(receipt["id"])
+    assert before is not None and before.wrapped_key is not None
+    await reports.erase(api.ctx, receipt["id"], actor="test")
+    async with api.ctx.db.transaction() as tx:
+        written = await tx.set_wrapped_key(before.seq, wrapped_key=before.wrapped_key, kek_id="kek-x")
+        after = await tx.report(receipt["id"])
+    assert written is False
+    assert after is not None and after.wrapped_key is None and after.kek_id is None
+
+
 async def test_erasing_twice_at_once_writes_one_erase_event(api: Api) -> None:
     # Before: both erasures read the report unerased and each appended an erase event.
     usa = await api.node("usa-1", "USA")
