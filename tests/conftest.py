@@ -125,6 +125,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     asyncio.run(_pg_exec(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database that does not exist yet (SQLite) or exists and is empty (PostgreSQL)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'broker.db'}"
+        return
+    request.getfixturevalue("pg_template")  # skips (or fails under CI) without a server
+    server = os.environ.get("BROKER_TEST_DATABASE_URL", PG_DEFAULT)
+    name = f"broker_e_{secrets.token_hex(6)}"
+    asyncio.run(_pg_exec(server, f'CREATE DATABASE "{name}"'))
+    yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_pg_exec(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

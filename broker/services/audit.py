@@ -23,7 +23,6 @@ from broker.errors import BrokerError, InvalidInput, NotFound, Stale
 from broker.services import ledger, metrics
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
-from broker.storage import auditqueries
 from broker.storage.repos import WriteTx
 
 
@@ -137,9 +136,7 @@ async def events_page(
     ``next_after`` is the seq of the last event returned (or ``after`` for an empty page): going
     up, the next ``after``; newest first, the next ``before`` (the oldest event shown)."""
     async with ctx.db.read_transaction() as tx:
-        found = await auditqueries.events_page(
-            tx, after=after, before=before, limit=limit, descending=descending, **filters
-        )
+        found = await tx.events(after=after, before=before, limit=limit, descending=descending, **filters)
     next_after = found[-1].seq if found else after
     return {"events": [ledger.event_json(e) for e in found], "next_after": next_after}
 

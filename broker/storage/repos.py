@@ -451,10 +451,16 @@ class Tx:
         since: datetime | None = None,
         until: datetime | None = None,
         upto: int | None = None,
+        before: int | None = None,
+        descending: bool = False,
     ) -> list[AuditEvent]:
-        """Audit events above ``after`` (and at most ``upto``) in sequence order, filtered."""
+        """Audit events above ``after`` (at most ``upto``, below ``before``), filtered, in
+        sequence order or, ``descending``, newest first."""
         e = st.EVENTS.c
-        query = select(st.EVENTS).where(e.seq > after).order_by(e.seq).limit(limit)
+        order = e.seq.desc() if descending else e.seq
+        query = select(st.EVENTS).where(e.seq > after).order_by(order).limit(limit)
+        if before is not None:
+            query = query.where(e.seq < before)
         for column, value in (
             (e.report, report),
             (e.node, node),

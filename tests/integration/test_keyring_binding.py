@@ -6,40 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy.engine import make_url
 
 from broker.crypto import keyring
 from broker.services import ledger
 from broker.services.context import Context
 from broker.storage import keyringcheck
-from tests.conftest import PG_DEFAULT, _pg_exec
 from tests.integration.conftest import Api
 from tests.integration.helpers import body, cli_env, run_cli
-
-ENGINES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=ENGINES)
-def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database that does not exist yet (SQLite) or exists and is empty (PostgreSQL)."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'broker.db'}"
-        return
-    request.getfixturevalue("pg_template")  # skips (or fails under CI) without a server
-    server = os.environ.get("BROKER_TEST_DATABASE_URL", PG_DEFAULT)
-    name = f"broker_k_{secrets.token_hex(6)}"
-    asyncio.run(_pg_exec(server, f'CREATE DATABASE "{name}"'))
-    yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_pg_exec(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _free_port() -> str:

@@ -2,43 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic import command
 from sqlalchemy import inspect
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 
 from broker.services import admin
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
-from tests.conftest import CONFIG, PG_DEFAULT, _pg_exec
+from tests.conftest import CONFIG
 from tests.integration.helpers import chain_holds, cli_env, events
 
-ENGINES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 INDEX = "ix_reports_originator_created"
-
-
-@pytest.fixture(params=ENGINES)
-def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database that does not exist yet (SQLite) or exists and is empty (PostgreSQL)."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'broker.db'}"
-        return
-    request.getfixturevalue("pg_template")  # skips (or fails under CI) without a server
-    server = os.environ.get("BROKER_TEST_DATABASE_URL", PG_DEFAULT)
-    name = f"broker_e_{secrets.token_hex(6)}"
-    asyncio.run(_pg_exec(server, f'CREATE DATABASE "{name}"'))
-    yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_pg_exec(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _settings(url: str, keyring: Path) -> Settings:
