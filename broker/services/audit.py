@@ -160,7 +160,8 @@ async def report_metadata(ctx: Context, report_id: str) -> dict[str, Any]:
         "created": format_time(report.created_at),
         "recalled": None if report.recalled_at is None else format_time(report.recalled_at),
         "erased": None if report.erased_at is None else format_time(report.erased_at),
-        "payload_sha256": report.payload_sha256,
+        # Not once erased: a hash of a guessable payload would outlive its crypto-shredding.
+        "payload_sha256": None if report.erased_at is not None else report.payload_sha256,
         "signature": _signature_status(report, originator),
     }
 

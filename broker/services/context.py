@@ -87,6 +87,15 @@ class Context:
             if not settings.keyring_path.exists():
                 async with database.read_transaction() as tx:
                     bound = await keyringcheck.binding_if_migrated(tx)
+                    used = bound is None and await keyringcheck.holds_data(tx)
+                if used:  # from before the binding (migration 0007): its keyring is somewhere
+                    raise BrokerError(
+                        f"no keyring at {settings.keyring_path} (BROKER_KEYRING), but the database "
+                        f"{redacted(settings.database_url)} already holds audit events: restore the "
+                        "keyring it was used with or point BROKER_KEYRING at it (a new keyring is "
+                        "made only for an unused database)",
+                        code="keyring_missing",
+                    )
                 if bound is not None:
                     raise BrokerError(
                         f"no keyring at {settings.keyring_path} (BROKER_KEYRING), but the database "

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from broker.crypto.keyring import Keyring
 from broker.domain.alliances import Directory
 from broker.domain.canonical import canonical
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
@@ -72,6 +73,7 @@ class Feed:
     _counter: int | None = None
     _directory: Directory = field(default_factory=Directory)
     _nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    _keyring: Keyring | None = None  # current when the window's reports were read
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -94,6 +96,7 @@ class Feed:
                 self._floor = self._head = head
                 self._counter = counter
             self._directory = directory
+            self._keyring = self.ctx.keyring
             while self._head < head:
                 rows = await tx.reports_after(after=self._head, topics=(), limit=REFRESH_BATCH)
                 if not rows:
@@ -138,7 +141,7 @@ class Feed:
 
     def _frame(self, entry: _Entry, node: NodeRecord) -> str:
         if entry.plaintext is None:
-            entry.plaintext = open_payload(self.ctx, entry.report)
+            entry.plaintext = open_payload(self.ctx, entry.report, self._keyring)
         if not node.x25519_public_key:
             if entry.open_frame is None:
                 entry.open_frame = report_frame(
@@ -202,9 +205,10 @@ async def fetch(ctx: Context, node_id: str, *, after: int, topics: Sequence[str]
         if node is None or node.revoked_at is not None:
             raise Unauthenticated("the node was revoked", code="node_revoked")
         directory = await ctx.directory_at(tx, counter)
+        keyring = ctx.keyring  # as of this read: it can open what was read
         rows = await tx.reports_after(after=after, topics=topics, limit=limit)
     allowed = [r for r in rows if r.erased_at is None and decide_for(ctx, node, r, directory).allowed]
-    frames = [report_frame(doc) for doc in await documents(ctx, node, allowed)]
+    frames = [report_frame(doc) for doc in await documents(ctx, node, allowed, keyring)]
     drafts = [allow_draft(node, report, "deliver") for report in allowed]
     await audit.batcher(ctx).append(drafts, decided_at=counter)
     cursor = rows[-1].seq if rows else after

@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from broker.crypto import envelope, seal, signing
+from broker.crypto.keyring import Keyring
 from broker.domain.access import Decision, decide
 from broker.domain.canonical import canonical, sha256_hex
 from broker.domain.ids import canonical_report_id, scoped_report_id
@@ -413,15 +414,17 @@ def decide_for(ctx: Context, node: NodeRecord, report: ReportRecord, directory: 
     )
 
 
-def open_payload(ctx: Context, report: ReportRecord) -> bytes:
-    """The report's canonical payload bytes, decrypted; NotFound when it was erased."""
+def open_payload(ctx: Context, report: ReportRecord, keyring: Keyring | None = None) -> bytes:
+    """The report's canonical payload bytes, decrypted; NotFound when it was erased. ``keyring``:
+    the one current when ``report`` was read (a re-wrap may retire its KEK from the process's
+    keyring meanwhile); the process's own by default."""
     if report.ciphertext is None or report.wrapped_key is None or report.kek_id is None:
         raise NotFound("no such report", code="not_found")
     return envelope.decrypt_payload(
         stored=envelope.StoredPayload(report.ciphertext, report.wrapped_key, report.kek_id),
         report_id=report.id,
         canonical_label=canonical(report.label),
-        keyring=ctx.keyring,
+        keyring=ctx.keyring if keyring is None else keyring,
     )
 
 
@@ -432,12 +435,13 @@ def document(
     *,
     plaintext: bytes | None = None,
     canonical_label: bytes | None = None,
+    keyring: Keyring | None = None,
 ) -> dict[str, Any]:
     """The report as the contract shows it to ``node``: payload decrypted (or ``plaintext``, when
     the caller already holds it), then sealed to the node's X25519 key when it has one (the access
     rule already refused nodes without a key where the policy requires sealing)."""
     if plaintext is None:
-        plaintext = open_payload(ctx, report)
+        plaintext = open_payload(ctx, report, keyring)
     doc: dict[str, Any] = {
         "id": report.id,
         "sequence": report.seq,
@@ -460,14 +464,17 @@ def document(
     return doc
 
 
-async def documents(ctx: Context, node: NodeRecord, reports: Sequence[ReportRecord]) -> list[dict[str, Any]]:
+async def documents(
+    ctx: Context, node: NodeRecord, reports: Sequence[ReportRecord], keyring: Keyring
+) -> list[dict[str, Any]]:
     """``document`` for each report, outside any transaction, yielding to the event loop every
-    ``SEAL_SLICE`` reports so a long page does not stall other requests while it is sealed."""
+    ``SEAL_SLICE`` reports so a long page does not stall other requests while it is sealed.
+    ``keyring``: the one current in the transaction that read ``reports``."""
     found: list[dict[str, Any]] = []
     for index, report in enumerate(reports):
         if index and index % SEAL_SLICE == 0:
             await asyncio.sleep(0)
-        found.append(document(ctx, node, report))
+        found.append(document(ctx, node, report, keyring=keyring))
     return found
 
 
@@ -499,11 +506,12 @@ async def _read_once(ctx: Context, node: NodeRecord, report_id: str | None) -> d
         counter = await tx.change_counter()
         node = await recheck(tx, node, counter)
         directory = await ctx.directory_at(tx, counter)
+        keyring = ctx.keyring  # as of this read: it can open what was read
         report = None if report_id is None else await tx.report(report_id)
     reason = _read_denial(ctx, node, report, directory)
     log = audit.batcher(ctx)
     if reason is None and report is not None:
-        doc = document(ctx, node, report)
+        doc = document(ctx, node, report, keyring=keyring)
         await log.append([allow_draft(node, report, "read")], decided_at=counter)
         return doc
     await log.append([_deny_draft(node, report_id, reason or "not_found", "read")], decided_at=counter)
@@ -553,6 +561,7 @@ async def _list_once(
         counter = await tx.change_counter()
         node = await recheck(tx, node, counter)
         directory = await ctx.directory_at(tx, counter)
+        keyring = ctx.keyring  # as of this read: it can open what was read
         key = (node.id, topics, after)
         cursor = ctx.scan_hints.get(key, counter=counter, now=now, directory=directory) or after
         full = False
@@ -569,7 +578,7 @@ async def _list_once(
                         break
             if len(rows) < take:
                 break
-    found = await documents(ctx, node, allowed)
+    found = await documents(ctx, node, allowed, keyring)
     drafts = [allow_draft(node, report, "read") for report in allowed]
     await audit.batcher(ctx).append(drafts, decided_at=counter)
     if cursor > last:
@@ -616,9 +625,14 @@ async def erase(ctx: Context, report_id: str, *, actor: str) -> str:
             raise NotFound("no such report", code="not_found")
         # Locked, and read again under the lock: of two erasures at once (another process, the
         # retention task) only the first writes; the other finds it erased and adds nothing.
-        if not await retention_store.lock_unerased(tx, [report.seq]):
-            return report.id
         now = ctx.now()
+        if not await retention_store.lock_unerased(tx, [report.seq]):
+            # Nothing to destroy, but the attempt is an admin act on a report: on the record.
+            draft = AuditDraft(
+                action="erase", actor=actor, report=report.id, decision="deny", reason="already_erased"
+            )
+            await audit.record(tx, [draft], now=now)
+            return report.id
         await tx.erase(report.id, at=now)
         await audit.record(
             tx,

@@ -30,6 +30,7 @@ from stix2validator import (  # type: ignore[import-untyped]  # the package ship
     validate_instance,
 )
 
+from broker.crypto.keyring import Keyring
 from broker.domain import stix
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.domain.stix import CollectionRecord, Entry, Filters, Position
@@ -126,7 +127,9 @@ class Page:
     next: Position | None = None
 
 
-def _entries(ctx: Context, report: ReportRecord, filters: Filters) -> list[Entry]:
+def _entries(
+    ctx: Context, report: ReportRecord, filters: Filters, keyring: Keyring | None = None
+) -> list[Entry]:
     """The objects a report contributes under ``filters``: its label's marking-definitions when
     asked for, then its payload's objects, each marked with the label and its TLP."""
     added = stix.timestamp(report.created_at)
@@ -139,7 +142,7 @@ def _entries(ctx: Context, report: ReportRecord, filters: Filters) -> list[Entry
     )
     if not only_markings:
         refs = [m["id"] for m in markings]
-        for obj in stix.objects_of(json.loads(reports.open_payload(ctx, report))):
+        for obj in stix.objects_of(json.loads(reports.open_payload(ctx, report, keyring))):
             found.append(
                 Entry(stix.marked(obj, refs), stix.version_of(obj, date_added=added), added, report.seq)
             )
@@ -159,11 +162,12 @@ class _Scan:
     page: Page = field(default_factory=Page)
     drafts: list[AuditDraft] = field(default_factory=list)
     served: list[ReportRecord] = field(default_factory=list)
+    keyring: Keyring | None = None  # the one current when the scan's reports were read
     _seen: set[tuple[str, str]] = field(default_factory=set)
 
     def take(self, report: ReportRecord, start: Position) -> None:
         """Serve ``report``'s entries from ``start`` until the page is full."""
-        entries = _entries(self.ctx, report, self.filters)
+        entries = _entries(self.ctx, report, self.filters, self.keyring)
         if self.per_report_versions:
             entries = stix.select_versions(entries, self.filters.versions)
         first = start.index if report.seq == start.seq else 0
@@ -217,6 +221,7 @@ async def _page_once(
         counter = await tx.change_counter()
         node = scan.node = await recheck(tx, node, counter)
         directory = await ctx.directory_at(tx, counter)
+        scan.keyring = ctx.keyring
         start = await _after_added(tx, start, filters)
         scan.page.next = start
         key: HintKey = (node.id, ("taxii", collection.id, filters.key, str(start.index)), start.seq)
@@ -317,13 +322,14 @@ async def _carriers(
         counter = await tx.change_counter()
         node = await recheck(tx, node, counter)
         directory = await ctx.directory_at(tx, counter)
+        keyring = ctx.keyring
         position, scanned = 0, 0
         while scanned < ctx.settings.max_scan_rows:
             rows = await store.reports_from(tx, start=position, topics=collection.topics, limit=500)
             for report in rows:
                 position, scanned = report.seq + 1, scanned + 1
                 allowed = reports.decide_for(ctx, node, report, directory).allowed
-                if report.erased_at is None and allowed and _entries(ctx, report, filters):
+                if report.erased_at is None and allowed and _entries(ctx, report, filters, keyring):
                     found.append(report)
             if len(rows) < 500:
                 break

@@ -129,11 +129,8 @@ class Database:
         Database outages surface as Unavailable (503)."""
         async with _mapped_errors():
             if self._writer is None:
-                async with self._pooled() as tx:
-                    try:
-                        yield tx
-                    finally:
-                        self._held(tx)
+                async with self._pooled(measure=True) as tx:
+                    yield tx
             else:
                 async with self._serial:
                     tx = Tx(self._writer.run, postgresql=False)
@@ -165,11 +162,16 @@ class Database:
                     yield tx
 
     @asynccontextmanager
-    async def _pooled(self) -> AsyncIterator[Tx]:
+    async def _pooled(self, *, measure: bool = False) -> AsyncIterator[Tx]:
         async with self.engine.connect() as connection:
             postgresql = self.engine.dialect.name == "postgresql"
-            async with _ended(Tx(connection.run_sync, postgresql=postgresql)) as tx:
-                yield tx
+            tx = Tx(connection.run_sync, postgresql=postgresql)
+            try:
+                async with _ended(tx):  # the commit (or rollback) ends the lock: measured with it
+                    yield tx
+            finally:
+                if measure:
+                    self._held(tx)
 
     async def dispose(self) -> None:
         for thread in (self._writer, self._reader):

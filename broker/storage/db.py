@@ -82,6 +82,10 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(
             url,
             pool_size=10,
+            # Connections are replaced after 5 minutes: a connection that died silently (a NAT or
+            # firewall idle timeout: no closed socket for _refuse_closed to see) fails at most
+            # the one transaction that meets it (503), and rarely.
+            pool_recycle=300,
             connect_args={"server_settings": {"synchronous_commit": "on"}},
         )
         event.listen(engine.sync_engine.pool, "checkout", _refuse_closed)

@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.engine import Connection
 
+from broker.storage import statements as st
 from broker.storage.models import KeyringBindingRow
 from broker.storage.repos import Tx
 from broker.storage.statements import table
@@ -48,6 +49,18 @@ async def binding_if_migrated(tx: Tx) -> Binding | None:
         if not inspect(connection).has_table(BINDING.name):
             return None
         return _binding(connection)
+
+    return await tx.run(body)
+
+
+async def holds_data(tx: Tx) -> bool:
+    """Whether the database already holds audit events (it was used, with some keyring)."""
+
+    def body(connection: Connection) -> bool:
+        if not inspect(connection).has_table(st.HEAD.name):
+            return False
+        row = connection.execute(select(st.HEAD.c.audit_seq).where(st.HEAD.c.id == 1)).first()
+        return row is not None and int(row[0]) > 0
 
     return await tx.run(body)
 

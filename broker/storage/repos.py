@@ -26,6 +26,7 @@ from sqlalchemy import (
     ColumnElement,
     Executable,
     Insert,
+    String,
     Text,
     bindparam,
     cast,
@@ -144,7 +145,15 @@ def _unnest(name: str, kind: TypeEngine[Any]) -> ColumnElement[Any]:
     back: an array of JSON lists would otherwise be read as a two-dimensional array."""
     if isinstance(kind, JSON):
         return cast(func.unnest(bindparam(name, type_=ARRAY(Text)), type_=Text), kind)
-    return func.unnest(bindparam(name, type_=ARRAY(kind)), type_=kind)
+    wire = _wire(kind)
+    return func.unnest(bindparam(name, type_=ARRAY(wire)), type_=wire)
+
+
+def _wire(kind: TypeEngine[Any]) -> TypeEngine[Any]:
+    """The type a value is bound as: strings as unbounded text, so the column's own length is
+    checked on assignment (an over-long value is refused, as one by one); an explicit cast to
+    ``varchar(n)`` would truncate it silently."""
+    return Text() if isinstance(kind, String) else kind
 
 
 @functools.lru_cache(maxsize=512)
@@ -155,7 +164,7 @@ def _combined(shape: Shape) -> Executable:
         if kind == "notify":
             notify = True
         elif kind == "head":
-            values = {k: bindparam(f"w{index}_{k}", type_=st.HEAD.c[k].type) for k in keys}
+            values = {k: bindparam(f"w{index}_{k}", type_=_wire(st.HEAD.c[k].type)) for k in keys}
             clauses.append(update(st.HEAD).where(st.HEAD.c.id == 1).values(values).cte(f"w{index}"))
         elif kind != "skip":
             table = st.COMBINABLE[kind]
@@ -242,14 +251,11 @@ class Tx:
         (``since`` given) how many reports each node published after ``since``. One trip to take
         the lock and read, one for the writes and the commit: the lock is held for two."""
 
-        one = next(iter(nodes)) if since is not None and len(nodes) == 1 else None
-
         def body(c: Connection) -> PublishReads:
-            if one is not None:
-                locked = c.execute(st.LOCK_HEAD_WITH_RECENT, {"node": one, "since": since}).one()
-                found = PublishReads(st.head_of(locked), recent={one: int(locked.recent)})
-            else:
-                found = PublishReads(st.head_of(c.execute(st.LOCK_HEAD).first()))
+            found = PublishReads(st.head_of(c.execute(st.LOCK_HEAD).first()))
+            # Everything below is read by statements of its own, after the lock was granted: a
+            # statement's snapshot is taken before it waits for the lock, so a count inside the
+            # locking statement would miss what the transactions queued ahead committed.
             for node, key in keys:
                 row = c.execute(st.REPORT_BY_KEY, {"node": node, "key": key}).first()
                 if row is not None:
@@ -258,7 +264,7 @@ class Tx:
                 row = c.execute(st.REPORT_BY_ID, {"id": report_id}).first()
                 if row is not None:
                     found.by_id[report_id] = st.report_of(row)
-            if since is not None and one is None:
+            if since is not None:
                 for node in nodes:
                     found.recent[node] = int(
                         c.execute(st.RECENT_BY_NODE, {"node": node, "since": since}).scalar_one()

@@ -75,13 +75,6 @@ RECENT_BY_NODE = (
         REPORTS.c.created_at > bindparam("since", type_=REPORTS.c.created_at.type),
     )
 )
-# The head locked, with one node's count above in the same statement (one round trip for the
-# common batch: every publish from one node).
-LOCK_HEAD_WITH_RECENT = (
-    select(HEAD, RECENT_BY_NODE.scalar_subquery().label("recent"))
-    .where(HEAD.c.id == 1)
-    .with_for_update(of=HEAD)
-)
 ALLIANCES = select(ALLIANCE_TABLE)
 MEMBERSHIPS = select(MEMBERSHIP_TABLE).order_by(MEMBERSHIP_TABLE.c.id)
 CURSOR = select(CURSORS.c.sequence).where(

@@ -30,6 +30,11 @@ def _problems(*statuses: int) -> dict[str, Any]:
 
 
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
+_ORIGINATOR = {
+    "type": "object",
+    "required": ["node", "nation"],
+    "properties": {"node": {"type": "string"}, "nation": {"type": "string"}},
+}
 _PATH_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _NATION = {"name": "nation", "in": "path", "required": True, "schema": {"type": "string"}}
 _SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -104,11 +109,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "id": {"type": "string"},
             "sequence": {"type": "integer"},
-            "originator": {
-                "type": "object",
-                "required": ["node", "nation"],
-                "properties": {"node": {"type": "string"}, "nation": {"type": "string"}},
-            },
+            "originator": _ORIGINATOR,
             "label": {"type": "object"},
             "topics": _STR_LIST,
             "created": {"type": "string"},
@@ -231,18 +232,14 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "id": {"type": "string"},
             "sequence": {"type": "integer"},
-            "originator": {
-                "type": "object",
-                "required": ["node", "nation"],
-                "properties": {"node": {"type": "string"}, "nation": {"type": "string"}},
-            },
+            "originator": _ORIGINATOR,
             "label": {"type": "object"},
             "label_hash": {"type": "string"},
             "topics": _STR_LIST,
             "created": {"type": "string"},
             "recalled": {"type": ["string", "null"]},
             "erased": {"type": ["string", "null"]},
-            "payload_sha256": {"type": "string"},
+            "payload_sha256": {"type": ["string", "null"]},
             "signature": {
                 "type": "object",
                 "required": ["present", "verified", "detail", "value"],

@@ -12,7 +12,10 @@ import asyncpg
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
+from broker.domain.records import AuditDraft, AuditEvent
+from broker.errors import BadRequest
 from broker.services.context import Context
 from tests.integration.conftest import Api
 from tests.integration.helpers import body, chain_holds, events
@@ -88,3 +91,32 @@ async def test_connections_the_server_closed_are_replaced_before_use(api: Api, d
     await asyncio.sleep(0.2)  # the event loop reads the closed sockets
     statuses = [(await api.publish(usa, body()))[0] for _ in range(12)]
     assert statuses == [201] * 12
+
+
+async def test_an_over_long_value_is_refused_not_truncated(ctx: Context, database_url: str) -> None:
+    # The combined statement binds strings as text: a value longer than its column is refused
+    # (as one statement per write refuses it), never cut to fit (an explicit varchar(n) cast
+    # would: the stored audit event would no longer match its hash).
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite does not enforce string lengths")
+    long_reason = "r" * 100  # the column holds 64
+    async with ctx.db.read_transaction() as tx:
+        head = await tx.lock_head()
+
+    async def append() -> None:
+        async with ctx.db.transaction() as tx:
+            await tx.lock_head()
+            event = AuditEvent(
+                seq=head.audit_seq + 1,
+                time=ctx.now(),
+                draft=AuditDraft(action="test", actor="a", reason=long_reason),
+                prev_hash=head.audit_hash,
+                hash="0" * 64,
+            )
+            await tx.insert_events([event])
+            await tx.save_head(replace(head, audit_seq=head.audit_seq + 1))
+
+    with pytest.raises((BadRequest, DBAPIError)):  # refused: the edge never lets such values through
+        await append()
+    async with ctx.db.read_transaction() as tx:
+        assert await tx.event(head.audit_seq + 1) is None

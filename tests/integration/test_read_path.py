@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
 from broker.crypto.keys import new_sealing_key, public_b64
 from broker.domain.records import AuditDraft
@@ -80,3 +82,44 @@ async def test_a_change_after_the_decision_makes_a_read_decide_again(api: Api) -
     assert status == 404  # decided again after the departure, not answered from the stale decision
     reads = await events(api.ctx, action="read", node="gbr-1")
     assert [(e["decision"], e["reason"]) for e in reads] == [("deny", "not_releasable")]
+
+
+async def test_a_page_read_before_a_rewrap_is_opened_with_the_keyring_it_was_read_with(api: Api) -> None:
+    # A listing reads reports wrapped by KEK 1, then (before it decrypts them) `keys rotate
+    # --rewrap` re-wraps every data key under KEK 2, retires KEK 1, and this process reloads its
+    # keyring. Before: the listing then asked the new keyring for KEK 1 and answered 500.
+    usa = await api.node("usa-1", "USA")
+    swe = await api.node("swe-1", "SWE")
+    for _ in range(3):
+        assert (await api.publish(usa, body(to=["NATO"])))[0] == 201
+    server = api.server_ctx
+    original = server.db.read_transaction
+    armed = True
+
+    @asynccontextmanager
+    async def then_rewrap() -> AsyncIterator[Any]:
+        nonlocal armed
+        listed = False
+        async with original() as tx:
+            reports_after = tx.reports_after
+
+            async def noted(**kw: Any) -> Any:
+                nonlocal listed
+                listed = True
+                return await reports_after(**kw)
+
+            tx.reports_after = noted
+            yield tx
+        if armed and listed:  # the listing's own read transaction just ended
+            armed = False
+            await admin.rotate_keys(api.ctx, rewrap=True)  # another process rotates
+            async with original() as tx:
+                await server.directory(tx)  # this process hears of it: its keyring reloads
+
+    server.db.read_transaction = then_rewrap  # type: ignore[method-assign]
+    try:
+        status, page = await api.get("/v1/reports?limit=10", swe)
+    finally:
+        server.db.read_transaction = original  # type: ignore[method-assign]
+    assert not armed
+    assert status == 200 and len(page["reports"]) == 3

@@ -172,15 +172,21 @@ async def test_a_rewrap_never_gives_an_erased_report_its_key_back(api: Api) -> N
     assert after is not None and after.wrapped_key is None and after.kek_id is None
 
 
-async def test_erasing_twice_at_once_writes_one_erase_event(api: Api) -> None:
-    # Before: both erasures read the report unerased and each appended an erase event.
+async def test_erasing_twice_at_once_erases_once(api: Api) -> None:
+    # Before: both erasures read the report unerased and each appended an erasing event; now one
+    # erases, and the others are on the record as refused (nothing left to erase).
     usa = await api.node("usa-1", "USA")
     _, receipt = await api.publish(usa, body())
     other = api.server_ctx  # another process's view of the same database
     await asyncio.gather(
         *(reports.erase(ctx, receipt["id"], actor="test") for ctx in (api.ctx, other, api.ctx))
     )
-    assert len(await events(api.ctx, action="erase", report=receipt["id"])) == 1
+    erasures = await events(api.ctx, action="erase", report=receipt["id"])
+    assert [(e["decision"], e["reason"]) for e in erasures] == [
+        ("allow", "erased"),
+        ("deny", "already_erased"),
+        ("deny", "already_erased"),
+    ]
 
 
 async def test_key_rotation_with_rewrap_keeps_reports_readable(api: Api, settings: Settings) -> None:

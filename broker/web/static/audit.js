@@ -925,7 +925,8 @@ function showMeta(meta) {
   fact(box, "Sequence", meta.sequence);
   if (meta.recalled) fact(box, "Recalled", meta.recalled, "warn");
   if (meta.erased) fact(box, "Erased", meta.erased, "warn");
-  fact(box, "Payload SHA-256", meta.payload_sha256, "mono");
+  fact(box, "Payload SHA-256", meta.payload_sha256 === null ? "withheld: the report was erased" : meta.payload_sha256,
+    meta.payload_sha256 === null ? "muted" : "mono");
   const sig = meta.signature;
   const text = !sig.present ? "unsigned (the originator had no Ed25519 key)"
     : sig.verified === true ? "signed; the broker reports it verifies against the originator's current key"
@@ -933,7 +934,7 @@ function showMeta(meta) {
     : "signed; the broker cannot check it: " + sig.detail;
   const dd = fact(box, "Signature", text, sig.verified === false ? "bad" : "muted");
   dd.id = "report-signature";
-  if (sig.present) {
+  if (sig.present && meta.payload_sha256 !== null) {
     const own = fact(box, "Signature, checked here", "checking\u2026", "muted");
     own.id = "report-signature-check";
     checkSignature(meta, own);
