@@ -91,9 +91,9 @@ class Context:
                 if used:  # from before the binding (migration 0007): its keyring is somewhere
                     raise BrokerError(
                         f"no keyring at {settings.keyring_path} (BROKER_KEYRING), but the database "
-                        f"{redacted(settings.database_url)} already holds audit events: restore the "
-                        "keyring it was used with or point BROKER_KEYRING at it (a new keyring is "
-                        "made only for an unused database)",
+                        f"{redacted(settings.database_url)} already holds reports or signed checkpoints: "
+                        "restore the keyring it was used with or point BROKER_KEYRING at it (a new "
+                        "keyring is made only for a database without them)",
                         code="keyring_missing",
                     )
                 if bound is not None:

@@ -54,13 +54,16 @@ async def binding_if_migrated(tx: Tx) -> Binding | None:
 
 
 async def holds_data(tx: Tx) -> bool:
-    """Whether the database already holds audit events (it was used, with some keyring)."""
+    """Whether the database holds what only its own keyring can serve: a report (its data key is
+    wrapped by that keyring) or a signed checkpoint (signed by it). Seeded alliances alone are
+    not: a fresh database is seeded before it is bound."""
 
     def body(connection: Connection) -> bool:
-        if not inspect(connection).has_table(st.HEAD.name):
-            return False
-        row = connection.execute(select(st.HEAD.c.audit_seq).where(st.HEAD.c.id == 1)).first()
-        return row is not None and int(row[0]) > 0
+        inspector = inspect(connection)
+        for stored in (st.REPORTS, st.CHECKPOINTS):
+            if inspector.has_table(stored.name) and connection.execute(select(stored).limit(1)).first():
+                return True
+        return False
 
     return await tx.run(body)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from broker.crypto import keyring
-from broker.services import admin, ledger
+from broker.services import ledger
 from broker.services.context import Context
 from broker.storage import keyringcheck
 from tests.integration.conftest import Api
@@ -176,15 +176,15 @@ async def test_an_older_copy_of_the_keyring_lacking_a_kek_is_refused(api: Api, t
     assert current.returncode == 0, current.stderr
 
 
-async def test_no_keyring_is_made_for_an_unbound_database_that_was_used(ctx: Context, tmp_path: Path) -> None:
-    # A database from before the binding, with audit events, and no keyring file: before, a new
+async def test_no_keyring_is_made_for_an_unbound_database_that_was_used(api: Api, tmp_path: Path) -> None:
+    # A database from before the binding, holding a report, and no keyring file: before, a new
     # keyring was written at BROKER_KEYRING (refused only later, and left behind).
-    spec = {"id": "usa-1", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]}
-    await admin.add_node(ctx, spec, actor="t")
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201
     missing = tmp_path / "elsewhere" / "keyring.json"
-    env = cli_env(ctx.settings.database_url, missing)
+    env = cli_env(api.ctx.settings.database_url, missing)
     done = await asyncio.to_thread(run_cli, "node", "list", env=env)
     assert done.returncode == 2
     line = _one_line(done.stderr)
-    assert f"no keyring at {missing}" in line and "already holds audit events" in line
+    assert f"no keyring at {missing}" in line and "already holds reports or signed checkpoints" in line
     assert not missing.exists()
