@@ -20,7 +20,7 @@ import pytest
 
 from broker.client import BrokerClient
 from broker.crypto.tokens import hash_token
-from broker.services import admin
+from broker.services import admin, auth, reports
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body, cli_env, events, report_count, run_cli
 
@@ -365,6 +365,41 @@ async def test_the_publish_limit_holds_across_instances(start_server: StartServe
     assert await report_count(a.ctx) == 5
     denied = await events(a.ctx, action="publish", decision="deny")
     assert {e["reason"] for e in denied} == {"rate_limited"}
+
+
+async def test_the_publish_limit_counts_what_committed_while_it_waited_for_the_lock(
+    start_server: StartServer, database_url: str
+) -> None:
+    # One broker holds the head while it stores a node's whole burst; another broker's publish for
+    # the same node waits for the head meanwhile. Its count must include the burst that committed
+    # while it waited. (A count inside the locking statement read a snapshot taken before the
+    # wait: it saw none of them and granted a second burst.)
+    if database_url.startswith("sqlite"):
+        pytest.skip("a SQLite file is served by one broker process: its own token bucket is the limit")
+    other = await start_server(publish_burst=5, publish_rate_per_second=1.0)
+    usa = await other.node("usa-1", "USA")
+    limits = replace(other.ctx.settings, publish_burst=5, publish_rate_per_second=1.0)
+    ctx = replace(other.ctx, settings=limits)  # another process's view, with the same limit
+    node = await auth.authenticate(ctx, usa, source="test", rechecked=True)
+    directory = await ctx.cached_directory()
+    acts = [
+        reports.PublishAct(
+            node=node,
+            sub=reports.parse_submission(body(), ctx=ctx, known_alliances=directory.alliances),
+            idempotency_key=None,
+        )
+        for _ in range(5)
+    ]
+    waiting: asyncio.Task[tuple[int, Any]] | None = None
+    async with ctx.db.transaction() as tx:
+        stored = await reports.store_publishes(ctx, tx, acts)
+        assert all(not isinstance(r, Exception) for r in stored)
+        waiting = asyncio.create_task(other.publish(usa, body()))  # queues on the head row
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+    status, _ = await waiting
+    assert status == 429
+    assert await report_count(other.ctx) == 5
 
 
 async def test_erase_accepts_every_spelling_of_an_id_and_logs_the_canonical_one(
