@@ -11,23 +11,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Connection
 
 from broker.domain.records import ReportRecord
 from broker.domain.stix import CollectionRecord
-from broker.storage.models import CollectionRow, ReportRow, ReportTopicRow, TaxiiStatusRow
+from broker.storage import statements as st
+from broker.storage.models import CollectionRow, TaxiiStatusRow
 from broker.storage.repos import Tx, report_of
 
-
-def _table(model: type[object]) -> Table:
-    table = getattr(model, "__table__", None)
-    assert isinstance(table, Table)
-    return table
-
-
-COLLECTIONS, STATUSES = _table(CollectionRow), _table(TaxiiStatusRow)
-REPORTS, TOPICS = _table(ReportRow), _table(ReportTopicRow)
+COLLECTIONS, STATUSES = st.table(CollectionRow), st.table(TaxiiStatusRow)
+REPORTS, TOPICS = st.REPORTS, st.TOPICS
 
 
 def _record(row: Any) -> CollectionRecord:

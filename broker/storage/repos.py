@@ -370,10 +370,6 @@ class Tx:
         row = await self._first(st.REPORT_BY_ID, {"id": report_id})
         return None if row is None else st.report_of(row)
 
-    async def report_by_idempotency_key(self, *, node: str, key: str) -> ReportRecord | None:
-        row = await self._first(st.REPORT_BY_KEY, {"node": node, "key": key})
-        return None if row is None else st.report_of(row)
-
     async def reports_after(self, *, after: int, topics: Sequence[str], limit: int) -> list[ReportRecord]:
         r = st.REPORTS.c
         query = select(st.REPORTS).where(r.seq > after).order_by(r.seq).limit(limit)

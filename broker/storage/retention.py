@@ -14,19 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 
-from broker.storage.models import ReportRow
+from broker.storage import statements as st
 from broker.storage.repos import Tx
 
-
-def _table(model: type[object]) -> Table:
-    table = getattr(model, "__table__", None)
-    assert isinstance(table, Table)
-    return table
-
-
-REPORTS = _table(ReportRow)
+REPORTS = st.REPORTS
 _COLUMNS = (REPORTS.c.seq, REPORTS.c.id, REPORTS.c.created_at, REPORTS.c.label_json, REPORTS.c.erased_at)
 
 
