@@ -10,7 +10,6 @@ import errno
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 
 from broker import __version__
 from broker.crypto import keyring, notes, pki, verify_export
+from broker.domain.time import parse_time
 from broker.errors import BrokerError, InvalidInput
 from broker.services import admin, ledger, reports
 from broker.services import collections as taxii_collections
@@ -28,7 +28,6 @@ from broker.services.context import Context
 from broker.settings import Settings, TlsSettings
 from broker.storage import db
 from broker.web.accesslog import AccessLogger
-from broker.web.handlers import parse_date
 from broker.web.tls import check_bind, is_loopback, server_context
 
 CLI_ACTOR = "cli"
@@ -310,7 +309,7 @@ async def upgrade(settings: Settings) -> dict[str, Any]:
 
 def _command(args: argparse.Namespace, settings: Settings) -> Callable[[Context], Awaitable[Any]]:
     key = (args.command, getattr(args, "action", None))
-    date = parse_date(getattr(args, "date", None))
+    date = parse_time(getattr(args, "date", None), name="date")
     table: dict[tuple[str, str | None], Callable[[Context], Awaitable[Any]]] = {
         ("node", "add"): lambda c: admin.add_node(c, _node_spec(args), actor=CLI_ACTOR),
         ("node", "list"): admin.list_nodes,
@@ -801,7 +800,7 @@ def _config_summary(settings: Settings) -> dict[str, Any]:
     """`broker config check`: everything loaded and valid (unknown keys are refused on load)."""
     return {
         "config_dir": str(settings.config_dir),
-        "database": re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", settings.database_url),
+        "database": db.redacted(settings.database_url),
         "keyring": str(settings.keyring_path),
         "listen": f"{settings.host}:{settings.port}",
         "tls": "on" if settings.tls.enabled else "off",
