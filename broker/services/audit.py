@@ -72,7 +72,7 @@ async def record(
     await tx.insert_events(events)
     await tx.insert_nodes(nodes)
     await tx.save_head(head)
-    metrics.events(drafts)
+    tx.after_commit(lambda: metrics.events(drafts))
 
 
 async def record_alone(ctx: Context, drafts: Sequence[AuditDraft]) -> None:
@@ -91,7 +91,9 @@ class Batcher:
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._group: GroupCommit[tuple[int, list[AuditDraft]], None] = GroupCommit(ctx.db, self._append)
+        self._group: GroupCommit[tuple[int, list[AuditDraft]], None] = GroupCommit(
+            ctx.db, self._append, guarded=True
+        )
 
     async def append(self, drafts: Sequence[AuditDraft], *, decided_at: int) -> None:
         """Return once ``drafts`` are committed to the log; raise ``Stale`` (nothing written)

@@ -14,9 +14,12 @@ from typing import Generic, TypeVar
 from broker.errors import BrokerError, Unavailable
 from broker.services import metrics
 from broker.storage.database import Database
-from broker.storage.repos import WriteTx
+from broker.storage.repos import HeadMoved, WriteTx
 
 Item = TypeVar("Item")
+# Guarded attempts per batch (one round trip each) before it runs as an ordinary transaction
+# (five): worth a second try when another process moved the head since this one last wrote.
+GUARDED_TRIES = 2
 Result = TypeVar("Result")
 
 # Applies a batch of acts in one transaction; one outcome per act, in order. A BrokerError in
@@ -27,8 +30,13 @@ Apply = Callable[[WriteTx, Sequence[Item]], Awaitable[list["Result | BrokerError
 
 
 class GroupCommit(Generic[Item, Result]):
-    def __init__(self, db: Database, apply: Apply[Item, Result], *, max_batch: int = 256) -> None:
+    def __init__(
+        self, db: Database, apply: Apply[Item, Result], *, max_batch: int = 256, guarded: bool = False
+    ) -> None:
         self._db = db
+        # Try each batch first as a guarded transaction (PostgreSQL: one statement, see
+        # repos.GuardedTx), then, if that did not go ahead, as an ordinary one.
+        self._guarded = guarded
         self._apply = apply
         self._max_batch = max_batch
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
@@ -74,11 +82,26 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _run(self, items: list[Item]) -> list[Result | BrokerError]:
         with metrics.COMMIT_SECONDS.time():
-            async with self._db.write_transaction() as tx:
-                outcomes = await self._apply(tx, items)
+            outcomes = await self._guarded_run(items) if self._guarded else None
+            if outcomes is None:
+                async with self._db.write_transaction() as tx:
+                    outcomes = await self._apply(tx, items)
         self.transactions += 1
         self.acts += len(items)
         return outcomes
+
+    async def _guarded_run(self, items: list[Item]) -> list[Result | BrokerError] | None:
+        """The outcomes of ``items`` applied in a guarded transaction; None when it did not go
+        ahead (nothing written). When it failed only because the head had moved (another process
+        wrote), it is tried again against the head it saw, up to GUARDED_TRIES times in all."""
+        for _ in range(GUARDED_TRIES):
+            try:
+                async with self._db.guarded_transaction() as tx:
+                    return await self._apply(tx, items)
+            except HeadMoved as exc:
+                if exc.head is None:
+                    return None
+        return None
 
 
 def _settle(future: asyncio.Future[Result], outcome: Result | BaseException) -> None:

@@ -198,7 +198,7 @@ def _publisher(ctx: Context) -> GroupCommit[PublishAct, ReportRecord]:
     """Concurrent publishes share a transaction (group commit); each still answers only after
     the commit that holds its report."""
     if ctx.publishes is None:
-        ctx.publishes = GroupCommit(ctx.db, partial(store_publishes, ctx))
+        ctx.publishes = GroupCommit(ctx.db, partial(store_publishes, ctx), guarded=True)
     publisher: GroupCommit[PublishAct, ReportRecord] = ctx.publishes
     return publisher
 
@@ -214,6 +214,7 @@ async def store_publishes(
         ids={_stored_id(a.node, a.sub) for a in acts if a.sub.report_id is not None},
         nodes={a.node.id for a in acts},
         since=limits.since,
+        limit=limits.burst,
     )
     head = reads.head
     await ctx.directory_at(tx, head.change_counter)  # keyring fresh under the lock (see rotate_keys)
@@ -265,7 +266,7 @@ class _RateWindow:
 
     def __init__(self, ctx: Context, now: datetime) -> None:
         settings = ctx.settings
-        self._burst = settings.publish_burst
+        self.burst = settings.publish_burst
         window = timedelta(seconds=settings.publish_burst / settings.publish_rate_per_second)
         self.since: datetime | None = now - window if ctx.db.shared else None
         self.counts: dict[str, int] = {}  # reports per node in the window, as read under the lock
@@ -274,7 +275,7 @@ class _RateWindow:
         """True when ``node`` may not publish one more report now; else count it."""
         if self.since is None:
             return False
-        if self.counts.get(node, 0) >= self._burst:
+        if self.counts.get(node, 0) >= self.burst:
             return True
         self.counts[node] = self.counts.get(node, 0) + 1
         return False

@@ -31,9 +31,10 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
+from broker.domain.records import Head
 from broker.errors import BadRequest, Unavailable
 from broker.storage.db import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite
-from broker.storage.repos import Tx
+from broker.storage.repos import GuardedTx, HeadMoved, Tx
 
 T = TypeVar("T")
 _Job = tuple[Callable[[Connection], Any], asyncio.Future[Any]] | None
@@ -119,6 +120,13 @@ class Database:
         # through its commit or rollback: the hot spot every publish and audit event queues on.
         self.on_lock_held: Callable[[float], None] | None = None
         self._read_serial = asyncio.Lock()
+        # PostgreSQL: the head as this process's last committed write transaction left it (or
+        # locked it), for guarded transactions; None until the first, and after one failed.
+        self._head: Head | None = None
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Guarded transactions that committed, and that were refused (then run as ordinary ones).
+        self.guarded = {"committed": 0, "refused": 0}
+        self.on_guarded: Callable[[str], None] | None = None
         if sqlite:
             self._writer = _sqlite_thread(engine, name="sqlite-writer", read_only=False)
             self._reader = _sqlite_thread(engine, name="sqlite-reader", read_only=True)
@@ -140,9 +148,55 @@ class Database:
                             yield tx
                     finally:
                         self._held(tx)
+                    self._committed(tx)
 
     # Publishes, reads and deliveries with their audit events: the same transaction.
     write_transaction = transaction
+
+    @asynccontextmanager
+    async def guarded_transaction(self) -> AsyncIterator[GuardedTx]:
+        """A ``GuardedTx`` against the head this process last saw (PostgreSQL only): it commits
+        in one statement, or raises ``HeadMoved`` having written nothing, and then the caller runs
+        the same work in ``transaction``. Raises ``HeadMoved`` at once when there is no head to
+        assume (SQLite, a fresh process, the last guarded attempt failed)."""
+        if self._head is None or not self.shared:
+            raise HeadMoved("no head to assume")
+        tx = GuardedTx(self._run_autocommit, self._head)
+        try:
+            async with _mapped_errors():
+                yield tx
+                began = time.perf_counter()
+                await tx.commit()
+                # The row is locked inside the statement, through its commit: at most this long.
+                if self.on_lock_held is not None and tx.sent:
+                    self.on_lock_held(time.perf_counter() - began)
+        except HeadMoved as exc:
+            self._head = exc.head
+            self._count_guarded("refused")
+            raise
+        self._count_guarded("committed")
+        self._committed(tx)
+
+    def _count_guarded(self, outcome: str) -> None:
+        self.guarded[outcome] += 1
+        if self.on_guarded is not None:
+            self.on_guarded(outcome)
+
+    async def _run_autocommit(self, body: Callable[[Connection], T]) -> T:
+        async with self._autocommit.connect() as connection:
+            return await connection.run_sync(body)
+
+    def _committed(self, tx: Tx) -> None:
+        """``tx`` committed: run its callbacks, and remember the head it left."""
+        if self.shared and tx.head is not None:
+            mine, known = tx.head, self._head
+            # Transactions on several connections may finish out of order: keep the later head.
+            if known is None or (mine.audit_seq, mine.change_counter) >= (
+                known.audit_seq,
+                known.change_counter,
+            ):
+                self._head = mine
+        tx.committed()
 
     def _held(self, tx: Tx) -> None:
         if tx.locked_at is not None and self.on_lock_held is not None:
@@ -172,6 +226,7 @@ class Database:
             finally:
                 if measure:
                     self._held(tx)
+            self._committed(tx)
 
     async def dispose(self) -> None:
         for thread in (self._writer, self._reader):

@@ -10,7 +10,20 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Table,
+    Text,
+    TextClause,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from broker.domain.alliances import Alliance, Directory, History, Membership
 from broker.domain.records import AuditDraft, AuditEvent, Checkpoint, Head, NodeRecord, ReportRecord
@@ -62,7 +75,8 @@ REPORT_BY_KEY = select(REPORTS).where(
 # The channel every broker process LISTENs on (storage/listen.py); the payload is empty: a
 # notification only means "look at the head again".
 CHANGE_CHANNEL = "alliance_broker_change"
-NOTIFY = select(func.pg_notify(CHANGE_CHANNEL, ""))
+NOTIFY_CALL = func.pg_notify(CHANGE_CHANNEL, "")
+NOTIFY = select(NOTIFY_CALL)
 NODE_BY_ID = select(NODES).where(NODES.c.id == bindparam("id"))
 NODE_BY_TOKEN = select(NODES).where(NODES.c.token_hash == bindparam("token_hash"))
 # Reports a node published since a moment (index ix_reports_originator_created): the publish
@@ -74,6 +88,36 @@ RECENT_BY_NODE = (
         REPORTS.c.originator_node == bindparam("node"),
         REPORTS.c.created_at > bindparam("since", type_=REPORTS.c.created_at.type),
     )
+)
+# What a guarded commit (repos.GuardedTx, PostgreSQL only) checks in the WHERE clause of the
+# head's update, so once it holds the row's lock: the head is still the one the writes were
+# computed from (every transaction that stores a report or an event, or changes security
+# state, moves one of these), no report is stored under the batch's client-chosen ids or
+# (node, idempotency key) pairs, and no node published more than its room allows since g_since.
+# The subqueries read the statement's snapshot, taken before the lock: that they are still
+# current follows from the head being unchanged (whoever committed a report moved it).
+GUARD: tuple[ColumnElement[bool] | TextClause, ...] = (
+    HEAD.c.report_seq == bindparam("g_report_seq"),
+    HEAD.c.audit_seq == bindparam("g_audit_seq"),
+    HEAD.c.audit_hash == bindparam("g_audit_hash", type_=Text()),
+    HEAD.c.change_counter == bindparam("g_change_counter"),
+    text(
+        "NOT EXISTS (SELECT 1 FROM reports AS r WHERE r.id = ANY(:g_ids))"
+        " AND NOT EXISTS (SELECT 1 FROM reports AS r"
+        "  JOIN unnest(CAST(:g_key_nodes AS text[]), CAST(:g_keys AS text[])) AS k(node, key)"
+        "  ON r.originator_node = k.node AND r.idempotency_key = k.key)"
+        " AND NOT EXISTS (SELECT 1 FROM unnest(CAST(:g_nodes AS text[]), CAST(:g_room AS bigint[]))"
+        "  AS q(node, room)"
+        "  WHERE (SELECT count(*) FROM reports AS r"
+        "   WHERE r.originator_node = q.node AND r.created_at > :g_since) > q.room)"
+    ).bindparams(
+        bindparam("g_ids", type_=ARRAY(Text)),
+        bindparam("g_key_nodes", type_=ARRAY(Text)),
+        bindparam("g_keys", type_=ARRAY(Text)),
+        bindparam("g_nodes", type_=ARRAY(Text)),
+        bindparam("g_room", type_=ARRAY(BigInteger)),
+        bindparam("g_since", type_=REPORTS.c.created_at.type),
+    ),
 )
 ALLIANCES = select(ALLIANCE_TABLE)
 MEMBERSHIPS = select(MEMBERSHIP_TABLE).order_by(MEMBERSHIP_TABLE.c.id)

@@ -1,0 +1,170 @@
+"""Guarded commits (PostgreSQL): a batch decided against the head this process last saw, sent as
+one statement that writes only if, under the head's lock, that head is still current and no
+stored report holds the batch's ids or idempotency keys and each node has room in its rate
+window. Whatever it assumed and found untrue, the batch runs again as an ordinary transaction:
+the outcomes must be exactly those of the locking path."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from broker.services import admin, auth, reports
+from broker.services.context import Context
+from tests.integration.conftest import Api, StartServer
+from tests.integration.helpers import body, chain_holds, events, report_count
+
+
+@pytest.fixture(autouse=True)
+def _postgresql_only(database_url: str) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("guarded commits are PostgreSQL's: SQLite's writes are calls on the writer thread")
+
+
+def _statements(ctx: Context) -> list[str]:
+    seen: list[str] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement.split(None, 1)[0].upper())
+
+    event.listen(ctx.db.engine.sync_engine, "before_cursor_execute", before)
+    return seen
+
+
+async def test_a_lone_broker_publishes_in_one_statement(api: Api) -> None:
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201  # the broker now knows the head
+    before = dict(api.server_ctx.db.guarded)
+    seen = _statements(api.server_ctx)
+    sequences = []
+    for i in range(5):
+        status, receipt = await api.publish(usa, body(payload={"n": i}))
+        assert status == 201
+        sequences.append(receipt["sequence"])
+    assert seen == ["WITH"] * 5  # no BEGIN, no lock, no read, no COMMIT: one statement each
+    assert api.server_ctx.db.guarded["committed"] - before["committed"] == 5
+    assert api.server_ctx.db.guarded["refused"] == before["refused"]
+    assert sequences == list(range(sequences[0], sequences[0] + 5))
+    size = await chain_holds(api.ctx)  # every hash and Merkle node as the locking path writes them
+    published = await events(api.ctx, action="publish")
+    assert [e["report"] for e in published][-5:] == await _ids(api, usa, sequences)
+    assert published[-1]["seq"] == size
+
+
+async def _ids(api: Api, token: str, sequences: list[int]) -> list[str]:
+    status, page = await api.get(f"/v1/reports?after={sequences[0] - 1}&limit={len(sequences)}", token)
+    assert status == 200
+    return [r["id"] for r in page["reports"]]
+
+
+async def test_two_brokers_take_turns_without_gap_or_duplicate(start_server: StartServer) -> None:
+    a, b = await start_server(), await start_server()
+    usa = await a.node("usa-1", "USA")
+    sequences = []
+    for i in range(6):
+        status, receipt = await (a if i % 2 == 0 else b).publish(usa, body(payload={"n": i}))
+        assert status == 201
+        sequences.append(receipt["sequence"])
+    assert sequences == list(range(sequences[0], sequences[0] + 6))
+    # Each broker's head went stale with the other's publish: its guarded statement wrote nothing,
+    # saw the new head and went ahead against it.
+    assert a.server_ctx.db.guarded["refused"] >= 2 and b.server_ctx.db.guarded["refused"] >= 2
+    assert b.server_ctx.db.guarded["committed"] >= 2
+    await chain_holds(a.ctx)
+    assert await report_count(a.ctx) == 6
+
+
+async def test_an_idempotent_repeat_returns_the_first_receipt(api: Api) -> None:
+    usa = await api.node("usa-1", "USA")
+    first = await api.publish(usa, body(), headers={"Idempotency-Key": "k-1"})
+    assert first[0] == 201
+    refused = api.server_ctx.db.guarded["refused"]
+    assert await api.publish(usa, body(), headers={"Idempotency-Key": "k-1"}) == first
+    status, problem = await api.publish(usa, body(payload={"other": 1}), headers={"Idempotency-Key": "k-1"})
+    assert status == 409, problem
+    # Both repeats were assumed new, found stored by the statement's check, and decided again.
+    assert api.server_ctx.db.guarded["refused"] == refused + 2
+    assert await report_count(api.ctx) == 1
+
+
+async def test_a_client_chosen_id_already_stored_is_found(api: Api) -> None:
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201
+    chosen = str(uuid.uuid4())
+    status, receipt = await api.publish(usa, {**body(), "id": chosen})
+    assert status == 201
+    assert await api.publish(usa, {**body(), "id": chosen}) == (status, receipt)
+    assert (await api.publish(usa, {**body(payload={"x": 2}), "id": chosen}))[0] == 409
+    assert await report_count(api.ctx) == 2
+
+
+async def _acts(api: Api, token: str, count: int) -> tuple[Context, list[reports.PublishAct]]:
+    """Another process's view of the database (the limit of 5 in 5 s), and ``count`` publish
+    acts for the node holding ``token``, ready for ``reports.store_publishes``."""
+    limits = replace(api.ctx.settings, publish_burst=5, publish_rate_per_second=1.0)
+    ctx = replace(api.ctx, settings=limits)
+    node = await auth.authenticate(ctx, token, source="test", rechecked=True)
+    directory = await ctx.cached_directory()
+    acts = [
+        reports.PublishAct(
+            node=node,
+            sub=reports.parse_submission(body(), ctx=ctx, known_alliances=directory.alliances),
+            idempotency_key=None,
+        )
+        for _ in range(count)
+    ]
+    return ctx, acts
+
+
+async def test_the_rate_window_is_checked_in_the_statement(start_server: StartServer) -> None:
+    # The broker published 1 of its node's 5; another process then stores 4. The broker's
+    # guarded statement finds the head moved, and so does it again against the head it saw,
+    # this time because the node has no room left: nothing written, decided again, refused.
+    api = await start_server(publish_burst=5, publish_rate_per_second=1.0)
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201
+    ctx, acts = await _acts(api, usa, 4)
+    async with ctx.db.transaction() as tx:
+        assert all(not isinstance(r, Exception) for r in await reports.store_publishes(ctx, tx, acts))
+    refused = api.server_ctx.db.guarded["refused"]
+    assert (await api.publish(usa, body()))[0] == 429
+    assert api.server_ctx.db.guarded["refused"] == refused + 2
+    assert await report_count(api.ctx) == 5
+    assert {e["reason"] for e in await events(api.ctx, action="publish", decision="deny")} == {"rate_limited"}
+
+
+async def test_a_revocation_by_another_process_refuses_the_next_publish(api: Api) -> None:
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201  # node and head cached by the broker
+    await admin.revoke_node(api.ctx, "usa-1", actor="cli")  # another process: no wake-up needed
+    assert (await api.publish(usa, body()))[0] == 401
+    assert await report_count(api.ctx) == 1
+
+
+async def test_a_guarded_publish_that_waited_for_the_lock_counts_what_committed_meanwhile(
+    start_server: StartServer,
+) -> None:
+    # The broker knows the current head and has published 1 of its node's 5. Another process then
+    # holds the head while it stores 4 more; the broker's guarded statement, started meanwhile,
+    # waits for the row. Its snapshot (1 report) predates the wait: once the row is free the head
+    # check fails, nothing is written, and the ordinary transaction counts 5 and refuses.
+    api = await start_server(publish_burst=5, publish_rate_per_second=1.0)
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201
+    ctx, acts = await _acts(api, usa, 4)
+    committed = api.server_ctx.db.guarded["committed"]
+    async with ctx.db.transaction() as tx:
+        stored = await reports.store_publishes(ctx, tx, acts)
+        assert all(not isinstance(r, Exception) for r in stored)
+        waiting = asyncio.create_task(api.publish(usa, body()))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # the guarded statement waits for the head row
+    status, _ = await waiting
+    assert status == 429
+    assert api.server_ctx.db.guarded["committed"] == committed
+    assert await report_count(api.ctx) == 5
