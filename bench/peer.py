@@ -58,8 +58,11 @@ MAX_SECONDS = 20.0  # every case stops issuing requests after this long, done or
 REQUEST_TIMEOUT = 30.0  # a request slower than this counts as timed out (and stops its client)
 
 
-async def load(n: int, concurrency: int, call: Call) -> dict[str, float]:
-    """At most ``n`` requests from ``concurrency`` clients, for at most MAX_SECONDS."""
+async def load(
+    n: int, concurrency: int, call: Call, *, collect: list[float] | None = None
+) -> dict[str, float]:
+    """At most ``n`` requests from ``concurrency`` clients, for at most MAX_SECONDS. Each
+    request's seconds are also appended to ``collect``, if given."""
     latencies: list[float] = []
     timeouts: list[int] = []
     counter = iter(range(n))
@@ -85,6 +88,8 @@ async def load(n: int, concurrency: int, call: Call) -> dict[str, float]:
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
+    if collect is not None:
+        collect.extend(latencies)
     if not latencies:
         return {"rate": 0.0, "p50": float("nan"), "p99": float("nan"), "timeouts": float(len(timeouts))}
     latencies.sort()

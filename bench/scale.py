@@ -1,11 +1,13 @@
 """Scale-out on PostgreSQL against one instance and against SQLite, in one run, with the same load
 client and the same peer as ``bench.peer``:
 
-    .venv/bin/python -m bench.scale [--n 300] [--rate 10] [--seconds 20] [--listing 500]
+    .venv/bin/python -m bench.scale [--n 300] [--rounds 5] [--rate 10] [--seconds 20] [--listing 500]
 
 - publish, sequential and 16 clients, new connection per request (as ``bench.peer``): medallion
   3.0.0 (memory backend), our broker on SQLite, on PostgreSQL with one instance, and with two
-  instances on one database (requests alternate between them: client k uses instance k mod 2);
+  instances on one database (request i goes to instance i mod 2). Every server runs throughout;
+  each case runs in ``--rounds`` rounds of n/rounds requests per server, the servers taking
+  turns, so that a drift in the machine's speed falls on all of them alike;
 - the write lock each publish holds: every broker reports, in ``broker_write_lock_seconds`` on
   /metrics, how long each write transaction held the write lock (on PostgreSQL the ``log_head``
   row, from when its lock was granted through the commit; on SQLite the whole write
@@ -120,19 +122,66 @@ class Brokers:
         return total, count, accepted
 
 
-async def publishes(brokers: Brokers, name: str, n: int, rows: list[tuple[str, str, Result]]) -> None:
-    post = brokers.poster()
-    await load(WARMUP, 1, post)
+Post = Any  # a bench.peer.Call
+
+
+class Target:
+    """One server under load: how to publish to it, and (brokers) how to read its lock metric."""
+
+    def __init__(self, name: str, post: Post, brokers: Brokers | None = None) -> None:
+        self.name, self.post, self.brokers = name, post, brokers
+        self.latencies: list[float] = []
+        self.seconds = 0.0
+        self.rates: list[float] = []
+        self.hold = [0.0, 0.0, 0.0]  # lock seconds, write transactions, publishes accepted
+
+    async def chunk(self, n: int, clients: int) -> None:
+        before = await self.brokers.hold() if self.brokers else None
+        began = time.perf_counter()
+        done = len(self.latencies)
+        result = await load(n, clients, self.post, collect=self.latencies)
+        self.seconds += time.perf_counter() - began
+        self.rates.append(result["rate"])
+        if before is not None and self.brokers is not None:
+            after = await self.brokers.hold()
+            for i, (a, b) in enumerate(zip(after, before, strict=True)):
+                self.hold[i] += a - b
+        assert len(self.latencies) > done, f"{self.name}: no request answered"
+
+    def result(self) -> Result:
+        ms = sorted(x * 1000 for x in self.latencies)
+        r: Result = {
+            "rate": len(ms) / self.seconds,
+            "p50": statistics.median(ms),
+            "p99": ms[max(0, int(len(ms) * 0.99) - 1)],
+            "round_min": min(self.rates),
+            "round_max": max(self.rates),
+        }
+        if self.brokers is not None:
+            held, transactions, accepted = self.hold
+            r["hold_per_publish_ms"] = held / accepted * 1000 if accepted else 0.0
+            r["hold_per_tx_ms"] = held / transactions * 1000 if transactions else 0.0
+            r["publishes_per_tx"] = accepted / transactions if transactions else 0.0
+        return r
+
+
+async def publishes(
+    targets: Sequence[Target], n: int, rounds: int, rows: list[tuple[str, str, Result]]
+) -> None:
+    """Each case in ``rounds`` rounds of n/rounds requests per server, the servers taking turns
+    (in a rotated order each round): a drift in the machine's speed (other work, CPU steal on a
+    shared host) then falls on every server alike instead of on whichever ran at the time."""
+    for target in targets:
+        await load(WARMUP, 1, target.post)
     for clients, case in ((1, "sequential"), (16, "16 clients")):
-        before = await brokers.hold()
-        result = await load(n, clients, post)
-        after = await brokers.hold()
-        held, transactions, done = (a - b for a, b in zip(after, before, strict=True))
-        result["hold_per_publish_ms"] = held / done * 1000 if done else 0.0
-        result["hold_per_tx_ms"] = held / transactions * 1000 if transactions else 0.0
-        result["publishes_per_tx"] = done / transactions if transactions else 0.0
-        rows.append((name, f"publish {case}", result))
-        _print(name, f"publish {case}", result)
+        fresh = [Target(t.name, t.post, t.brokers) for t in targets]
+        for r in range(rounds):
+            for target in fresh[r % len(fresh) :] + fresh[: r % len(fresh)]:
+                await target.chunk(max(1, n // rounds), clients)
+        for target in fresh:
+            result = target.result()
+            rows.append((target.name, f"publish {case}", result))
+            _print(target.name, f"publish {case}", result)
 
 
 async def cross_instance(brokers: Brokers, rate: float, seconds: float, *, across: bool) -> Result:
@@ -211,10 +260,9 @@ def _print(name: str, case: str, r: Result) -> None:
             f" lock/publish {r['hold_per_publish_ms']:.3f} ms, lock/tx {r['hold_per_tx_ms']:.3f} ms,"
             f" {r['publishes_per_tx']:.1f} publishes/tx"
         )
-    print(
-        f"  {name:26} {case:22} {r['rate']:8.1f}/s p50 {r['p50']:7.2f} ms p99 {r['p99']:7.2f} ms{extra}",
-        flush=True,
-    )
+    spread = f" (rounds {r['round_min']:.0f}-{r['round_max']:.0f}/s)" if "round_min" in r else ""
+    rate = f"{r['rate']:8.1f}/s{spread}"
+    print(f"  {name:26} {case:22} {rate} p50 {r['p50']:7.2f} ms p99 {r['p99']:7.2f} ms{extra}", flush=True)
 
 
 def _table(
@@ -223,6 +271,7 @@ def _table(
     listings: dict[str, Result],
     rss: dict[str, int],
     load_average: str,
+    rounds: int,
 ) -> str:
     peer = {case: r for name, case, r in rows if name == "medallion"}
     sqlite = {case: r for name, case, r in rows if name == "ours, SQLite"}
@@ -231,10 +280,13 @@ def _table(
         f"{os.cpu_count()} cores, commit {_commit()}, load average before {load_average}",
         "",
         "New connection per request; same report per request. Two instances: requests alternate.",
+        f"Each case in {rounds} rounds, the servers taking turns; req/s over all rounds, and the slowest",
+        "and fastest round's.",
         "Write lock: what `broker_write_lock_seconds` summed over the run, per publish and per transaction.",
         "",
-        "| server | case | req/s | p50 ms | p99 ms | /medallion | /SQLite | lock ms/publish | lock ms/tx |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| server | case | req/s | rounds req/s | p50 ms | p99 ms | /medallion | /SQLite | lock ms/publish "
+        "| lock ms/tx |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, case, r in rows:
         vs_peer = ratio(r, peer.get(case)) if name != "medallion" else ""
@@ -242,7 +294,8 @@ def _table(
         hold = f"{r['hold_per_publish_ms']:.3f}" if "hold_per_publish_ms" in r else ""
         per_tx = f"{r['hold_per_tx_ms']:.3f}" if "hold_per_tx_ms" in r else ""
         lines.append(
-            f"| {name} | {case} | {r['rate']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} "
+            f"| {name} | {case} | {r['rate']:.0f} | {r['round_min']:.0f} to {r['round_max']:.0f} "
+            f"| {r['p50']:.2f} | {r['p99']:.2f} "
             f"| {vs_peer} | {vs_sqlite} | {hold} | {per_tx} |"
         )
     lines += ["", "| publish-to-frame | received/sent | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
@@ -268,6 +321,7 @@ def _table(
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--listing", type=int, default=500)
@@ -279,42 +333,37 @@ async def main() -> None:
     rss: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        proc, base = start_medallion(folder, 0)
-        try:
-            post, _, _ = medallion_calls(base)
-            await load(WARMUP, 1, post)
-            for clients, case in ((1, "sequential"), (16, "16 clients")):
-                result = await load(args.n, clients, post)
-                rows.append(("medallion", f"publish {case}", result))
-                _print("medallion", f"publish {case}", result)
+        async with contextlib.AsyncExitStack() as stack:
+            proc, base = start_medallion(folder, 0)
+            stack.callback(stop, proc)
+            targets = [Target("medallion", medallion_calls(base)[0])]
+            setups: dict[str, Brokers] = {}
+            for engine, count in (("sqlite", 1), ("postgres", 1), ("postgres", 2)):
+                name = "ours, SQLite" if engine == "sqlite" else f"ours, PostgreSQL x{count}"
+                sub = folder / f"{engine}-{count}"
+                sub.mkdir()
+                url = await stack.enter_async_context(fresh_database(engine, sub, f"scale{count}"))
+                setups[name] = await stack.enter_async_context(Brokers(sub, url, count))
+                targets.append(Target(name, setups[name].poster(), setups[name]))
+            print(f"publishing: {args.n} per case and server, in {args.rounds} rounds", flush=True)
+            await publishes(targets, args.n, args.rounds, rows)
             rss["medallion"] = rss_kb(proc.pid)
-        finally:
-            stop(proc)
-        for engine, count in (("sqlite", 1), ("postgres", 1), ("postgres", 2)):
-            name = "ours, SQLite" if engine == "sqlite" else f"ours, PostgreSQL x{count}"
-            sub = folder / f"{engine}-{count}"
-            sub.mkdir()
-            async with (
-                fresh_database(engine, sub, f"scale{count}") as url,
-                Brokers(sub, url, count) as brokers,
-            ):
-                await publishes(brokers, name, args.n, rows)
-                if count == 2:
-                    for across in (False, True):
-                        where = "across instances" if across else "same instance"
-                        key = f"PostgreSQL, {where}, {args.rate:g}/s"
-                        latency[key] = await cross_instance(brokers, args.rate, args.seconds, across=across)
-                        print(f"  {key}: {latency[key]}", flush=True)
-                elif engine == "sqlite":
-                    key = f"SQLite, one instance, {args.rate:g}/s"
-                    latency[key] = await cross_instance(brokers, args.rate, args.seconds, across=False)
-                    print(f"  {key}: {latency[key]}", flush=True)
-                if count == 1:
-                    listings[name] = await listing(brokers, args.listing)
-                    print(f"  listing: {listings[name]}", flush=True)
-                for i, proc in enumerate(brokers.procs):
-                    rss[f"{name} #{i}"] = rss_kb(proc.pid)
-    append_results(_table(rows, latency, listings, rss, load_average))
+            two = setups["ours, PostgreSQL x2"]
+            for across in (False, True):
+                where = "across instances" if across else "same instance"
+                key = f"PostgreSQL, {where}, {args.rate:g}/s"
+                latency[key] = await cross_instance(two, args.rate, args.seconds, across=across)
+                print(f"  {key}: {latency[key]}", flush=True)
+            key = f"SQLite, one instance, {args.rate:g}/s"
+            latency[key] = await cross_instance(setups["ours, SQLite"], args.rate, args.seconds, across=False)
+            print(f"  {key}: {latency[key]}", flush=True)
+            for name in ("ours, SQLite", "ours, PostgreSQL x1"):
+                listings[name] = await listing(setups[name], args.listing)
+                print(f"  listing, {name}: {listings[name]}", flush=True)
+            for name, brokers in setups.items():
+                for i, broker in enumerate(brokers.procs):
+                    rss[f"{name} #{i}"] = rss_kb(broker.pid)
+    append_results(_table(rows, latency, listings, rss, load_average, args.rounds))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
                 return IDLE
             return await feed.refresh()
 
-        def wake() -> None:  # after a local publish: only open streams need to hear at once
+        def wake() -> None:  # after a local publish or a NOTIFY: only open streams need to hear at once
             if streams:
                 hub.nudge()
 
@@ -63,7 +63,8 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         hub = Hub(probe, interval=interval)
         app[FEED], app[HUB], app[WAKE] = feed, hub, wake
         if is_postgresql(settings.database_url):
-            listener = ChangeListener(settings.database_url, hub.nudge)
+            # With no open stream a notification has nobody to wake (the probe would answer IDLE).
+            listener = ChangeListener(settings.database_url, wake)
             listener.start()
             await listener.wait_ready(5)
         hub.start()

@@ -18,6 +18,7 @@ writers serialise on the ``log_head`` row, and reads are ordinary transactions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -27,8 +28,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DataError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from broker.domain.records import Head
@@ -124,6 +125,8 @@ class Database:
         # locked it), for guarded transactions; None until the first, and after one failed.
         self._head: Head | None = None
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._guarded_connection: AsyncConnection | None = None
+        self._guarded_serial = asyncio.Lock()
         # Guarded transactions that committed, and that were refused (then run as ordinary ones).
         self.guarded = {"committed": 0, "refused": 0}
         self.on_guarded: Callable[[str], None] | None = None
@@ -183,8 +186,23 @@ class Database:
             self.on_guarded(outcome)
 
     async def _run_autocommit(self, body: Callable[[Connection], T]) -> T:
-        async with self._autocommit.connect() as connection:
-            return await connection.run_sync(body)
+        """Run a guarded statement on the connection kept for them (in autocommit, one at a
+        time: they queue on the head row anyway), opened on first use. After any error it is
+        closed and the next one opens another; a lost connection makes the batch run as an
+        ordinary transaction on a pooled one."""
+        async with self._guarded_serial:
+            connection = self._guarded_connection
+            if connection is None or connection.closed:
+                connection = self._guarded_connection = await self._autocommit.connect()
+            try:
+                return await connection.run_sync(body)
+            except BaseException as exc:
+                self._guarded_connection = None
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(connection.close())
+                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                    raise HeadMoved("the connection was lost") from exc
+                raise
 
     def _committed(self, tx: Tx) -> None:
         """``tx`` committed: run its callbacks, and remember the head it left."""
@@ -229,6 +247,10 @@ class Database:
             self._committed(tx)
 
     async def dispose(self) -> None:
+        if self._guarded_connection is not None:
+            connection, self._guarded_connection = self._guarded_connection, None
+            with contextlib.suppress(Exception):
+                await connection.close()
         for thread in (self._writer, self._reader):
             if thread is not None:
                 await thread.close()
