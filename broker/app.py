@@ -64,7 +64,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         app[FEED], app[HUB], app[WAKE] = feed, hub, wake
         if is_postgresql(settings.database_url):
             # With no open stream a notification has nobody to wake (the probe would answer IDLE).
-            listener = ChangeListener(settings.database_url, wake)
+            listener = ChangeListener(settings.database_url, wake, ctx.db.learn_payload)
             listener.start()
             await listener.wait_ready(5)
         hub.start()

@@ -92,14 +92,15 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _guarded_run(self, items: list[Item]) -> list[Result | BrokerError] | None:
         """The outcomes of ``items`` applied in a guarded transaction; None when it did not go
-        ahead (nothing written). When it failed only because the head had moved (another process
-        wrote), it is tried again against the head it saw, up to GUARDED_TRIES times in all."""
+        ahead (nothing written). When it failed because the head had moved (another process wrote)
+        and a newer head is known (the one its statement saw, or one a NOTIFY brought), it is
+        tried again against that one, up to GUARDED_TRIES times in all."""
         for _ in range(GUARDED_TRIES):
             try:
                 async with self._db.guarded_transaction() as tx:
                     return await self._apply(tx, items)
             except HeadMoved as exc:
-                if exc.head is None:
+                if not exc.retry:
                     return None
         return None
 

@@ -36,6 +36,7 @@ from broker.domain.records import Head
 from broker.errors import BadRequest, Unavailable
 from broker.storage.db import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite
 from broker.storage.repos import GuardedTx, HeadMoved, Tx
+from broker.storage.statements import head_from_payload
 
 T = TypeVar("T")
 _Job = tuple[Callable[[Connection], Any], asyncio.Future[Any]] | None
@@ -174,7 +175,11 @@ class Database:
                 if self.on_lock_held is not None and tx.sent:
                     self.on_lock_held(time.perf_counter() - began)
         except HeadMoved as exc:
-            self._head = exc.head
+            if exc.seen is not None:
+                self.learn(exc.seen)
+            # Worth another try only against another head (the one seen, or one a NOTIFY brought
+            # meanwhile): against the same one, a check failed or the head is unknown.
+            exc.retry = self._head is not None and self._head != tx.expected
             self._count_guarded("refused")
             raise
         self._count_guarded("committed")
@@ -206,15 +211,25 @@ class Database:
 
     def _committed(self, tx: Tx) -> None:
         """``tx`` committed: run its callbacks, and remember the head it left."""
-        if self.shared and tx.head is not None:
-            mine, known = tx.head, self._head
-            # Transactions on several connections may finish out of order: keep the later head.
-            if known is None or (mine.audit_seq, mine.change_counter) >= (
-                known.audit_seq,
-                known.change_counter,
-            ):
-                self._head = mine
+        if tx.head is not None:
+            self.learn(tx.head)
         tx.committed()
+
+    def learn(self, head: Head) -> None:
+        """Remember ``head`` as the current one for guarded transactions, unless a later one is
+        known: transactions on several connections, and notifications from other processes,
+        arrive out of order. The head moves forward only (events appended, counter bumped)."""
+        known = self._head
+        if self.shared and (
+            known is None or (head.audit_seq, head.change_counter) >= (known.audit_seq, known.change_counter)
+        ):
+            self._head = head
+
+    def learn_payload(self, payload: str) -> None:
+        """A NOTIFY's payload: the head another (or this) process just committed."""
+        head = head_from_payload(payload)
+        if head is not None:
+            self.learn(head)
 
     def _held(self, tx: Tx) -> None:
         if tx.locked_at is not None and self.on_lock_held is not None:

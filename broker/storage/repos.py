@@ -93,7 +93,7 @@ def _flush(connection: Connection, writes: Sequence[_Write], *, combine: bool) -
             if write.rows:
                 connection.execute(write.statement, write.rows)
             else:
-                connection.execute(write.statement)
+                connection.execute(write.statement, {"notify_payload": _payload(writes)})
         return
     connection.execute(_combined(shape), _parameters(connection, writes, shape))
 
@@ -102,7 +102,9 @@ def _parameters(connection: Connection, writes: Sequence[_Write], shape: Shape) 
     """The combined statement's parameters: one array per inserted column, the head's values."""
     parameters: dict[str, Any] = {}
     for index, (write, (kind, _keys)) in enumerate(zip(writes, shape, strict=True)):
-        if kind == "head":
+        if kind == "notify":
+            parameters["notify_payload"] = _payload(writes)
+        elif kind == "head":
             parameters.update({f"w{index}_{k}": v for k, v in write.rows[0].items()})
         elif kind not in ("skip", "notify"):
             table = st.COMBINABLE[kind]
@@ -112,6 +114,12 @@ def _parameters(connection: Connection, writes: Sequence[_Write], shape: Shape) 
                     values = _json_texts(connection, table.c[key].type, values)
                 parameters[f"w{index}_{key}"] = values
     return parameters
+
+
+def _payload(writes: Sequence[_Write]) -> str:
+    """The NOTIFY's payload: the head these writes leave (the last one they save), if any."""
+    saved = [w.rows[0] for w in writes if w.statement is st.SAVE_HEAD]
+    return st.head_payload(saved[-1] if saved else None)
 
 
 def _json_texts(connection: Connection, kind: TypeEngine[Any], values: list[Any]) -> list[Any]:
@@ -580,13 +588,15 @@ class Tx:
 
 class HeadMoved(Exception):
     """A guarded transaction did not go ahead (nothing was written): the head is not the one it
-    assumed, a check in its commit failed, or its caller needed a read. ``head`` is the head its
-    statement saw when the head had moved (worth one more guarded attempt), else None: run it as
-    an ordinary transaction."""
+    assumed, a check in its commit failed, or its caller needed a read. ``seen`` is the head its
+    statement's snapshot had, if it was sent: the current one, unless the statement waited for
+    the row's lock (then it too is behind). ``retry`` is set by ``Database``: whether another
+    guarded attempt is worth it (the head it would assume is not the one that just failed)."""
 
-    def __init__(self, why: str, head: Head | None = None) -> None:
+    def __init__(self, why: str, seen: Head | None = None) -> None:
         super().__init__(why)
-        self.head = head
+        self.seen = seen
+        self.retry = False
 
 
 _EPOCH = datetime.fromtimestamp(0, tz=UTC)
@@ -658,11 +668,7 @@ class GuardedTx(Tx):
         self.sent = True
         row = await self._run(body)
         if not row.applied:
-            # The head as the statement's snapshot had it: the current one, unless the statement
-            # waited for the lock (then it too is behind). Equal to the expected one, a check
-            # failed or the head moved while waiting: nothing to gain from another guarded try.
-            seen = st.head_of(row)
-            raise HeadMoved("the head moved, or a check failed", None if seen == self.expected else seen)
+            raise HeadMoved("the head moved, or a check failed", st.head_of(row))
 
     def _guard(self, writes: Sequence[_Write]) -> dict[str, Any]:
         new: dict[str, int] = {}

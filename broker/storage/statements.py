@@ -72,11 +72,15 @@ REPORT_BY_ID = select(REPORTS).where(REPORTS.c.id == bindparam("id"))
 REPORT_BY_KEY = select(REPORTS).where(
     REPORTS.c.originator_node == bindparam("node"), REPORTS.c.idempotency_key == bindparam("key")
 )
-# The channel every broker process LISTENs on (storage/listen.py); the payload is empty: a
-# notification only means "look at the head again".
+# The channel every broker process LISTENs on (storage/listen.py). A notification means "look at
+# the head again"; its payload is the head the notifying transaction committed (``head_payload``),
+# or empty, so that other processes' guarded commits start from it.
 CHANGE_CHANNEL = "alliance_broker_change"
-NOTIFY_CALL = func.pg_notify(CHANGE_CHANNEL, "")
+NOTIFY_CALL = func.pg_notify(CHANGE_CHANNEL, bindparam("notify_payload", type_=Text()))
 NOTIFY = select(NOTIFY_CALL)
+# PostgreSQL refuses a payload of 8000 bytes or more; a head's frontier has one entry per bit of
+# the log's size, so this is only ever reached by a log of astronomical size (then: no head).
+MAX_PAYLOAD = 7000
 NODE_BY_ID = select(NODES).where(NODES.c.id == bindparam("id"))
 NODE_BY_TOKEN = select(NODES).where(NODES.c.token_hash == bindparam("token_hash"))
 # Reports a node published since a moment (index ix_reports_originator_created): the publish
@@ -129,6 +133,38 @@ CURSOR = select(CURSORS.c.sequence).where(
 def head_of(row: Any) -> Head:
     frontier = tuple((int(lvl), int(idx), bytes.fromhex(h)) for lvl, idx, h in json.loads(row.audit_frontier))
     return Head(row.report_seq, row.audit_seq, row.audit_hash, row.change_counter, frontier)
+
+
+def head_payload(values: dict[str, Any] | None) -> str:
+    """A NOTIFY payload for the head saved with ``values`` (``head_values``); empty without."""
+    if values is None:
+        return ""
+    payload = json.dumps(values, separators=(",", ":"))
+    return payload if len(payload) <= MAX_PAYLOAD else ""
+
+
+def head_from_payload(payload: str) -> Head | None:
+    """The head a NOTIFY payload carries; None for an empty or malformed one (a hint only: a
+    guarded commit checks the head it assumes against the row)."""
+    try:
+        values = json.loads(payload)
+        head = head_of(_Values(values))
+        if not (isinstance(head.report_seq, int) and isinstance(head.audit_seq, int)):
+            return None
+        if not (isinstance(head.audit_hash, str) and isinstance(head.change_counter, int)):
+            return None
+        return head
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+class _Values:
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.report_seq = values["report_seq"]
+        self.audit_seq = values["audit_seq"]
+        self.audit_hash = values["audit_hash"]
+        self.change_counter = values["change_counter"]
+        self.audit_frontier = values["audit_frontier"]
 
 
 def head_values(head: Head) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from broker.services import admin, auth, reports
+from broker.domain.records import AuditDraft
+from broker.services import admin, audit, auth, reports
 from broker.services.context import Context
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body, chain_holds, events, report_count
@@ -66,17 +67,42 @@ async def test_two_brokers_take_turns_without_gap_or_duplicate(start_server: Sta
     a, b = await start_server(), await start_server()
     usa = await a.node("usa-1", "USA")
     sequences = []
-    for i in range(6):
+    for i in range(8):
         status, receipt = await (a if i % 2 == 0 else b).publish(usa, body(payload={"n": i}))
         assert status == 201
         sequences.append(receipt["sequence"])
-    assert sequences == list(range(sequences[0], sequences[0] + 6))
-    # Each broker's head went stale with the other's publish: its guarded statement wrote nothing,
-    # saw the new head and went ahead against it.
-    assert a.server_ctx.db.guarded["refused"] >= 2 and b.server_ctx.db.guarded["refused"] >= 2
-    assert b.server_ctx.db.guarded["committed"] >= 2
-    await chain_holds(a.ctx)
-    assert await report_count(a.ctx) == 6
+        # Each learns the head the other committed from its NOTIFY's payload.
+        await _learned(a if i % 2 else b, (a if i % 2 == 0 else b).server_ctx.db)
+    assert sequences == list(range(sequences[0], sequences[0] + 8))
+    for api in (a, b):
+        assert api.server_ctx.db.guarded["committed"] >= 3  # the first may find no head known
+        assert api.server_ctx.db.guarded["refused"] == 0
+    assert await chain_holds(a.ctx) >= 8
+    assert await report_count(a.ctx) == 8
+
+
+async def _learned(api: Api, other: Any) -> None:
+    for _ in range(200):
+        if api.server_ctx.db._head == other._head:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the NOTIFY's head never arrived")
+
+
+async def test_a_head_moved_without_notice_is_seen_and_the_batch_sent_again(api: Api) -> None:
+    # Audit events appended by another process move the head without a NOTIFY: the broker's
+    # guarded statement writes nothing, answers the head it saw, and the batch goes again.
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201
+    drafts = [
+        AuditDraft(action="read", actor="x", node="x", nation="USA", decision="deny", reason="not_found")
+    ]
+    await audit.record_alone(api.ctx, drafts)
+    before = dict(api.server_ctx.db.guarded)
+    assert (await api.publish(usa, body()))[0] == 201
+    assert api.server_ctx.db.guarded["refused"] == before["refused"] + 1
+    assert api.server_ctx.db.guarded["committed"] == before["committed"] + 1
+    await chain_holds(api.ctx)
 
 
 async def test_an_idempotent_repeat_returns_the_first_receipt(api: Api) -> None:
@@ -122,18 +148,19 @@ async def _acts(api: Api, token: str, count: int) -> tuple[Context, list[reports
 
 
 async def test_the_rate_window_is_checked_in_the_statement(start_server: StartServer) -> None:
-    # The broker published 1 of its node's 5; another process then stores 4. The broker's
-    # guarded statement finds the head moved, and so does it again against the head it saw,
-    # this time because the node has no room left: nothing written, decided again, refused.
+    # The broker published 1 of its node's 5; another process then stores 4, and the broker
+    # learns the head that left from its NOTIFY. Its guarded statement, decided against that
+    # head, finds the node has no room left: nothing written, decided again, refused.
     api = await start_server(publish_burst=5, publish_rate_per_second=1.0)
     usa = await api.node("usa-1", "USA")
     assert (await api.publish(usa, body()))[0] == 201
     ctx, acts = await _acts(api, usa, 4)
     async with ctx.db.transaction() as tx:
         assert all(not isinstance(r, Exception) for r in await reports.store_publishes(ctx, tx, acts))
+    await _learned(api, ctx.db)
     refused = api.server_ctx.db.guarded["refused"]
     assert (await api.publish(usa, body()))[0] == 429
-    assert api.server_ctx.db.guarded["refused"] == refused + 2
+    assert api.server_ctx.db.guarded["refused"] == refused + 1
     assert await report_count(api.ctx) == 5
     assert {e["reason"] for e in await events(api.ctx, action="publish", decision="deny")} == {"rate_limited"}
 
