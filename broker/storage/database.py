@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -39,6 +40,9 @@ from broker.storage.repos import GuardedTx, HeadMoved, Tx
 from broker.storage.statements import head_from_payload
 
 T = TypeVar("T")
+# The connection kept for guarded statements is replaced after this long (as pooled ones are).
+GUARDED_RECYCLE_SECONDS = 300.0
+log = logging.getLogger(__name__)
 _Job = tuple[Callable[[Connection], Any], asyncio.Future[Any]] | None
 
 
@@ -127,6 +131,7 @@ class Database:
         self._head: Head | None = None
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._guarded_connection: AsyncConnection | None = None
+        self._guarded_since = 0.0
         self._guarded_serial = asyncio.Lock()
         # Guarded transactions that committed, and that were refused (then run as ordinary ones).
         self.guarded = {"committed": 0, "refused": 0}
@@ -171,9 +176,6 @@ class Database:
                 yield tx
                 began = time.perf_counter()
                 await tx.commit()
-                # The row is locked inside the statement, through its commit: at most this long.
-                if self.on_lock_held is not None and tx.sent:
-                    self.on_lock_held(time.perf_counter() - began)
         except HeadMoved as exc:
             if exc.seen is not None:
                 self.learn(exc.seen)
@@ -182,23 +184,36 @@ class Database:
             exc.retry = self._head is not None and self._head != tx.expected
             self._count_guarded("refused")
             raise
+        # Committed. Nothing from here may raise: the caller would take the batch for failed and
+        # store it again.
+        if self.on_lock_held is not None and tx.sent:
+            # The row is locked inside the statement, through its commit: at most this long.
+            _quietly(self.on_lock_held, time.perf_counter() - began)
         self._count_guarded("committed")
         self._committed(tx)
 
     def _count_guarded(self, outcome: str) -> None:
         self.guarded[outcome] += 1
         if self.on_guarded is not None:
-            self.on_guarded(outcome)
+            _quietly(self.on_guarded, outcome)
 
     async def _run_autocommit(self, body: Callable[[Connection], T]) -> T:
         """Run a guarded statement on the connection kept for them (in autocommit, one at a
-        time: they queue on the head row anyway), opened on first use. After any error it is
-        closed and the next one opens another; a lost connection makes the batch run as an
-        ordinary transaction on a pooled one."""
+        time: they queue on the head row anyway). It is opened on first use and replaced when
+        the server closed it or it is GUARDED_RECYCLE_SECONDS old (a connection that died
+        silently, behind a firewall, would otherwise hang a batch), and closed after any error.
+        A connection lost once the statement was sent leaves its outcome unknown, as a lost
+        COMMIT does: the batch fails (503) and is not run again (it may have committed)."""
         async with self._guarded_serial:
             connection = self._guarded_connection
-            if connection is None or connection.closed:
+            if connection is not None and await self._worn(connection):
+                self._guarded_connection = None
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                connection = None
+            if connection is None:
                 connection = self._guarded_connection = await self._autocommit.connect()
+                self._guarded_since = time.monotonic()
             try:
                 return await connection.run_sync(body)
             except BaseException as exc:
@@ -206,14 +221,22 @@ class Database:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(connection.close())
                 if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-                    raise HeadMoved("the connection was lost") from exc
+                    raise Unavailable("database connection lost during a write") from exc
                 raise
 
+    async def _worn(self, connection: AsyncConnection) -> bool:
+        if connection.closed or time.monotonic() - self._guarded_since > GUARDED_RECYCLE_SECONDS:
+            return True
+        driver = (await connection.get_raw_connection()).driver_connection
+        closed = getattr(driver, "is_closed", None)  # asyncpg notices a closed socket by itself
+        return bool(closed()) if callable(closed) else False
+
     def _committed(self, tx: Tx) -> None:
-        """``tx`` committed: run its callbacks, and remember the head it left."""
+        """``tx`` committed: run its callbacks, and remember the head it left. Never raises (a
+        caller would take the committed transaction for failed)."""
         if tx.head is not None:
             self.learn(tx.head)
-        tx.committed()
+        _quietly(tx.committed)
 
     def learn(self, head: Head) -> None:
         """Remember ``head`` as the current one for guarded transactions, unless a later one is
@@ -270,6 +293,13 @@ class Database:
             if thread is not None:
                 await thread.close()
         await self.engine.dispose()
+
+
+def _quietly(callback: Callable[..., object], *args: object) -> None:
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("after_commit_callback_failed")
 
 
 @asynccontextmanager

@@ -683,6 +683,7 @@ class GuardedTx(Tx):
             "g_audit_seq": expected.audit_seq,
             "g_audit_hash": expected.audit_hash,
             "g_change_counter": expected.change_counter,
+            "g_audit_frontier": st.head_values(expected)["audit_frontier"],
             "g_ids": self._ids,
             "g_key_nodes": [node for node, _ in self._keys],
             "g_keys": [key for _, key in self._keys],

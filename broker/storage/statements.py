@@ -95,9 +95,11 @@ RECENT_BY_NODE = (
 )
 # What a guarded commit (repos.GuardedTx, PostgreSQL only) checks in the WHERE clause of the
 # head's update, so once it holds the row's lock: the head is still the one the writes were
-# computed from (every transaction that stores a report or an event, or changes security
-# state, moves one of these), no report is stored under the batch's client-chosen ids or
-# (node, idempotency key) pairs, and no node published more than its room allows since g_since.
+# computed from, every field of it (every transaction that stores a report or an event, or
+# changes security state, moves one of them; and a head learned from a NOTIFY payload, which
+# any database role can send, is used only if it is the row), no report is stored under the
+# batch's client-chosen ids or (node, idempotency key) pairs, and no node published more than
+# its room allows since g_since.
 # The subqueries read the statement's snapshot, taken before the lock: that they are still
 # current follows from the head being unchanged (whoever committed a report moved it).
 GUARD: tuple[ColumnElement[bool] | TextClause, ...] = (
@@ -105,6 +107,7 @@ GUARD: tuple[ColumnElement[bool] | TextClause, ...] = (
     HEAD.c.audit_seq == bindparam("g_audit_seq"),
     HEAD.c.audit_hash == bindparam("g_audit_hash", type_=Text()),
     HEAD.c.change_counter == bindparam("g_change_counter"),
+    HEAD.c.audit_frontier == bindparam("g_audit_frontier", type_=Text()),
     text(
         "NOT EXISTS (SELECT 1 FROM reports AS r WHERE r.id = ANY(:g_ids))"
         " AND NOT EXISTS (SELECT 1 FROM reports AS r"

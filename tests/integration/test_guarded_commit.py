@@ -11,12 +11,15 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 
 from broker.domain.records import AuditDraft
 from broker.services import admin, audit, auth, reports
 from broker.services.context import Context
+from broker.storage import statements
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body, chain_holds, events, report_count
 
@@ -195,3 +198,70 @@ async def test_a_guarded_publish_that_waited_for_the_lock_counts_what_committed_
     assert status == 429
     assert api.server_ctx.db.guarded["committed"] == committed
     assert await report_count(api.ctx) == 5
+
+
+async def test_a_forged_notification_cannot_bend_the_log(api: Api, database_url: str) -> None:
+    # Any role that can connect may NOTIFY. A payload naming the current head with another Merkle
+    # frontier is learned (it is only a hint), but the statement compares every field of the head
+    # with the row: it writes nothing, and the batch goes again against the real head.
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201
+    real = api.server_ctx.db._head
+    assert real is not None
+    forged = replace(real, frontier=((0, real.audit_seq - 1, b"\x07" * 32),))
+    url = make_url(database_url)
+    other = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, database=url.database
+    )
+    try:
+        payload = statements.head_payload(statements.head_values(forged))
+        await other.execute("SELECT pg_notify($1, $2)", statements.CHANGE_CHANNEL, payload)
+    finally:
+        await other.close()
+    for _ in range(200):
+        if api.server_ctx.db._head == forged:
+            break
+        await asyncio.sleep(0.01)
+    assert api.server_ctx.db._head == forged
+    refused = api.server_ctx.db.guarded["refused"]
+    assert (await api.publish(usa, body()))[0] == 201
+    assert api.server_ctx.db.guarded["refused"] == refused + 1
+    await chain_holds(api.ctx)  # the Merkle frontier still matches every event
+
+
+async def test_a_statement_whose_connection_is_lost_is_not_sent_again(api: Api, database_url: str) -> None:
+    # Once a guarded statement is sent, a lost connection leaves its outcome unknown (it may have
+    # committed): the batch fails with 503, as a lost COMMIT does, and is not run again, which
+    # could store it twice. Here the statement waits for the head row while its backend is
+    # terminated.
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201
+    url = make_url(database_url)
+    admin_connection = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, database="postgres"
+    )
+    try:
+        async with api.ctx.db.transaction() as tx:
+            await tx.lock_head()
+            waiting = asyncio.create_task(api.publish(usa, body()))
+            blocked: list[int] = []
+            for _ in range(200):
+                blocked = [
+                    row["pid"]
+                    for row in await admin_connection.fetch(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+                        url.database,
+                    )
+                ]
+                if blocked:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(blocked) == 1
+            await admin_connection.execute("SELECT pg_terminate_backend($1)", blocked[0])
+            # Run again, the batch would now wait for the row this transaction holds.
+            status, _ = await asyncio.wait_for(waiting, timeout=10)
+    finally:
+        await admin_connection.close()
+    assert status == 503
+    assert await report_count(api.ctx) == 1
+    assert (await api.publish(usa, body()))[0] == 201  # the next batch opens another connection
