@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import event
+
 from broker.crypto import merkle
 from broker.crypto.chain import GENESIS, event_hash
-from broker.services import ledger
+from broker.services import auth, ledger, reports
 from broker.services.context import Context
 from tests.conftest import CONFIG
 
@@ -93,3 +95,29 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> subproc
         timeout=120,
         check=False,
     )
+
+
+def statements_seen(ctx: Context) -> list[str]:
+    """From now on, the first word of every statement ``ctx``'s engine sends (WITH, SELECT...)."""
+    seen: list[str] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement.split(None, 1)[0].upper())
+
+    event.listen(ctx.db.engine.sync_engine, "before_cursor_execute", before)
+    return seen
+
+
+async def publish_acts(ctx: Context, token: str, count: int) -> list[reports.PublishAct]:
+    """``count`` checked publish acts of ``body()`` for the node holding ``token``, as the
+    group commit hands them to ``reports.store_publishes``."""
+    node = await auth.authenticate(ctx, token, source="test", rechecked=True)
+    directory = await ctx.cached_directory()
+    return [
+        reports.PublishAct(
+            node=node,
+            sub=reports.parse_submission(body(), ctx=ctx, known_alliances=directory.alliances),
+            idempotency_key=None,
+        )
+        for _ in range(count)
+    ]

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -18,23 +16,13 @@ from broker.domain.records import AuditDraft, AuditEvent
 from broker.errors import BadRequest
 from broker.services.context import Context
 from tests.integration.conftest import Api
-from tests.integration.helpers import body, chain_holds, events
-
-
-def _statements(ctx: Context) -> list[str]:
-    seen: list[str] = []
-
-    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement.split(None, 1)[0].upper())
-
-    event.listen(ctx.db.engine.sync_engine, "before_cursor_execute", before)
-    return seen
+from tests.integration.helpers import body, chain_holds, events, statements_seen
 
 
 async def test_a_publish_batch_writes_in_one_statement_on_postgresql(api: Api, database_url: str) -> None:
     usa = await api.node("usa-1", "USA")
     await api.publish(usa, body())  # warm: the node is cached, the statement shapes compiled
-    seen = _statements(api.server_ctx)
+    seen = statements_seen(api.server_ctx)
     answers = await asyncio.gather(
         *(api.publish(usa, body(topics=["ied", f"t{i}", "apt-28"], payload={"n": i})) for i in range(12))
     )

@@ -20,9 +20,9 @@ import pytest
 
 from broker.client import BrokerClient
 from broker.crypto.tokens import hash_token
-from broker.services import admin, auth, reports
+from broker.services import admin, reports
 from tests.integration.conftest import Api, StartServer
-from tests.integration.helpers import body, cli_env, events, report_count, run_cli
+from tests.integration.helpers import body, cli_env, events, publish_acts, report_count, run_cli
 
 TIMEOUT = 20
 
@@ -380,16 +380,7 @@ async def test_the_publish_limit_counts_what_committed_while_it_waited_for_the_l
     usa = await other.node("usa-1", "USA")
     limits = replace(other.ctx.settings, publish_burst=5, publish_rate_per_second=1.0)
     ctx = replace(other.ctx, settings=limits)  # another process's view, with the same limit
-    node = await auth.authenticate(ctx, usa, source="test", rechecked=True)
-    directory = await ctx.cached_directory()
-    acts = [
-        reports.PublishAct(
-            node=node,
-            sub=reports.parse_submission(body(), ctx=ctx, known_alliances=directory.alliances),
-            idempotency_key=None,
-        )
-        for _ in range(5)
-    ]
+    acts = await publish_acts(ctx, usa, 5)
     waiting: asyncio.Task[tuple[int, Any]] | None = None
     async with ctx.db.transaction() as tx:
         stored = await reports.store_publishes(ctx, tx, acts)

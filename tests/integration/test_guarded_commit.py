@@ -13,15 +13,14 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from broker.domain.records import AuditDraft
-from broker.services import admin, audit, auth, reports
+from broker.services import admin, audit, reports
 from broker.services.context import Context
 from broker.storage import statements
 from tests.integration.conftest import Api, StartServer
-from tests.integration.helpers import body, chain_holds, events, report_count
+from tests.integration.helpers import body, chain_holds, events, publish_acts, report_count, statements_seen
 
 
 @pytest.fixture(autouse=True)
@@ -30,21 +29,11 @@ def _postgresql_only(database_url: str) -> None:
         pytest.skip("guarded commits are PostgreSQL's: SQLite's writes are calls on the writer thread")
 
 
-def _statements(ctx: Context) -> list[str]:
-    seen: list[str] = []
-
-    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement.split(None, 1)[0].upper())
-
-    event.listen(ctx.db.engine.sync_engine, "before_cursor_execute", before)
-    return seen
-
-
 async def test_a_lone_broker_publishes_in_one_statement(api: Api) -> None:
     usa = await api.node("usa-1", "USA")
     assert (await api.publish(usa, body()))[0] == 201  # the broker now knows the head
     before = dict(api.server_ctx.db.guarded)
-    seen = _statements(api.server_ctx)
+    seen = statements_seen(api.server_ctx)
     sequences = []
     for i in range(5):
         status, receipt = await api.publish(usa, body(payload={"n": i}))
@@ -137,17 +126,7 @@ async def _acts(api: Api, token: str, count: int) -> tuple[Context, list[reports
     acts for the node holding ``token``, ready for ``reports.store_publishes``."""
     limits = replace(api.ctx.settings, publish_burst=5, publish_rate_per_second=1.0)
     ctx = replace(api.ctx, settings=limits)
-    node = await auth.authenticate(ctx, token, source="test", rechecked=True)
-    directory = await ctx.cached_directory()
-    acts = [
-        reports.PublishAct(
-            node=node,
-            sub=reports.parse_submission(body(), ctx=ctx, known_alliances=directory.alliances),
-            idempotency_key=None,
-        )
-        for _ in range(count)
-    ]
-    return ctx, acts
+    return ctx, await publish_acts(ctx, token, count)
 
 
 async def test_the_rate_window_is_checked_in_the_statement(start_server: StartServer) -> None:
