@@ -23,15 +23,17 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine
+import asyncpg
+from sqlalchemy import ClauseElement, Engine, Executable, create_engine
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from broker.domain.records import Head
 from broker.errors import BadRequest, Unavailable
@@ -132,6 +134,7 @@ class Database:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._guarded_connection: AsyncConnection | None = None
         self._guarded_since = 0.0
+        self._compiled: dict[Executable, tuple[str, list[str], dict[str, Any]]] = {}
         self._guarded_serial = asyncio.Lock()
         # Guarded transactions that committed, and that were refused (then run as ordinary ones).
         self.guarded = {"committed": 0, "refused": 0}
@@ -170,7 +173,7 @@ class Database:
         assume (SQLite, a fresh process, the last guarded attempt failed)."""
         if self._head is None or not self.shared:
             raise HeadMoved("no head to assume")
-        tx = GuardedTx(self._run_autocommit, self._head)
+        tx = GuardedTx(self._send_guarded, self._head, self.engine.dialect)
         try:
             async with _mapped_errors():
                 yield tx
@@ -197,13 +200,23 @@ class Database:
         if self.on_guarded is not None:
             _quietly(self.on_guarded, outcome)
 
-    async def _run_autocommit(self, body: Callable[[Connection], T]) -> T:
-        """Run a guarded statement on the connection kept for them (in autocommit, one at a
-        time: they queue on the head row anyway). It is opened on first use and replaced when
-        the server closed it or it is GUARDED_RECYCLE_SECONDS old (a connection that died
-        silently, behind a firewall, would otherwise hang a batch), and closed after any error.
-        A connection lost once the statement was sent leaves its outcome unknown, as a lost
-        COMMIT does: the batch fails (503) and is not run again (it may have committed)."""
+    async def _send_guarded(self, statement: Executable, parameters: dict[str, Any]) -> Mapping[str, Any]:
+        """Send a guarded statement on the connection kept for them (in autocommit, one at a
+        time: they queue on the head row anyway) and return its row.
+
+        The statement is compiled by SQLAlchemy once (``_driver_form``) and sent through the
+        driver connection with its parameters as they are (they need no conversion for asyncpg:
+        JSON columns travel as text already). SQLAlchemy's per-execution work for this statement
+        (processing some fifty parameters, wrapping the result, the greenlet hop) took 0.3-1.2 ms
+        of a 1.6-2.9 ms publish measured in-process here.
+
+        The connection is opened on first use and replaced when the server closed it or it is
+        GUARDED_RECYCLE_SECONDS old (one that died silently, behind a firewall, would otherwise
+        hang a batch), and closed after any error. A connection lost once the statement was
+        sent leaves its outcome unknown, as a lost COMMIT does: the batch fails (503) and is not
+        run again (it may have committed)."""
+        sql, names, fixed = self._driver_form(statement)
+        arguments = [parameters[name] if name in parameters else fixed[name] for name in names]
         async with self._guarded_serial:
             connection = self._guarded_connection
             if connection is not None and await self._worn(connection):
@@ -214,15 +227,33 @@ class Database:
             if connection is None:
                 connection = self._guarded_connection = await self._autocommit.connect()
                 self._guarded_since = time.monotonic()
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None  # an open connection has its driver's
             try:
-                return await connection.run_sync(body)
+                row: Mapping[str, Any] = await driver.fetchrow(sql, *arguments)
             except BaseException as exc:
                 self._guarded_connection = None
                 with contextlib.suppress(Exception):
                     await asyncio.shield(connection.close())
-                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-                    raise Unavailable("database connection lost during a write") from exc
-                raise
+                mapped = _driver_error(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+            return row
+
+    def _driver_form(self, statement: Executable) -> tuple[str, list[str], dict[str, Any]]:
+        """``statement`` compiled for the driver: its SQL, its parameters' names in order, and
+        the values of those it fixes itself (literals). Statements are built once per shape, so
+        this is computed once per shape."""
+        found = self._compiled.get(statement)
+        if found is None:
+            assert isinstance(statement, ClauseElement)
+            compiled = statement.compile(dialect=self.engine.dialect)
+            assert isinstance(compiled, SQLCompiler)
+            fixed = {name: bind.effective_value for name, bind in compiled.binds.items()}
+            found = (compiled.string, list(compiled.positiontup or ()), fixed)
+            self._compiled[statement] = found
+        return found
 
     async def _worn(self, connection: AsyncConnection) -> bool:
         if connection.closed or time.monotonic() - self._guarded_since > GUARDED_RECYCLE_SECONDS:
@@ -293,6 +324,18 @@ class Database:
             if thread is not None:
                 await thread.close()
         await self.engine.dispose()
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """What a guarded statement's driver error means here, as ``_mapped_errors`` says it for
+    statements sent through SQLAlchemy: a value the database refuses is the client's (400), a
+    lost connection or server an outage (503); anything else is raised as it is."""
+    if isinstance(exc, asyncpg.DataError):
+        return BadRequest("the request holds a value that cannot be stored", code="invalid_value")
+    lost = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.OperatorInterventionError)
+    if isinstance(exc, (*lost, OSError)):
+        return Unavailable("database connection lost during a write")
+    return exc
 
 
 def _quietly(callback: Callable[..., object], *args: object) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -39,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeEngine
 
 from broker.domain.alliances import Alliance, Directory, Membership
@@ -95,10 +95,10 @@ def _flush(connection: Connection, writes: Sequence[_Write], *, combine: bool) -
             else:
                 connection.execute(write.statement, {"notify_payload": _payload(writes)})
         return
-    connection.execute(_combined(shape), _parameters(connection, writes, shape))
+    connection.execute(_combined(shape), _parameters(connection.dialect, writes, shape))
 
 
-def _parameters(connection: Connection, writes: Sequence[_Write], shape: Shape) -> dict[str, Any]:
+def _parameters(dialect: Dialect, writes: Sequence[_Write], shape: Shape) -> dict[str, Any]:
     """The combined statement's parameters: one array per inserted column, the head's values."""
     parameters: dict[str, Any] = {}
     for index, (write, (kind, _keys)) in enumerate(zip(writes, shape, strict=True)):
@@ -111,7 +111,7 @@ def _parameters(connection: Connection, writes: Sequence[_Write], shape: Shape) 
             for key in write.rows[0]:
                 values = [row[key] for row in write.rows]
                 if isinstance(table.c[key].type, JSON):  # sent as text (a list would nest the array)
-                    values = _json_texts(connection, table.c[key].type, values)
+                    values = _json_texts(dialect, table.c[key].type, values)
                 parameters[f"w{index}_{key}"] = values
     return parameters
 
@@ -122,9 +122,9 @@ def _payload(writes: Sequence[_Write]) -> str:
     return st.head_payload(saved[-1] if saved else None)
 
 
-def _json_texts(connection: Connection, kind: TypeEngine[Any], values: list[Any]) -> list[Any]:
+def _json_texts(dialect: Dialect, kind: TypeEngine[Any], values: list[Any]) -> list[Any]:
     """``values`` as the column type would serialise them (its bind processor)."""
-    process = kind.dialect_impl(connection.dialect).bind_processor(connection.dialect)
+    process = kind.dialect_impl(dialect).bind_processor(dialect)
     return [process(v) for v in values] if process is not None else [json.dumps(v) for v in values]
 
 
@@ -602,6 +602,14 @@ class HeadMoved(Exception):
 _EPOCH = datetime.fromtimestamp(0, tz=UTC)
 
 
+# Sends a guarded statement with its parameters; the statement's one row, by column name.
+Send = Callable[[Executable, dict[str, Any]], Awaitable[Mapping[str, Any]]]
+
+
+async def _no_trip(body: Callable[[Connection], T]) -> T:
+    raise HeadMoved("a guarded transaction reads nothing before its commit")
+
+
 class GuardedTx(Tx):
     """A write transaction on PostgreSQL that sends one statement, at its end, in autocommit.
 
@@ -620,8 +628,10 @@ class GuardedTx(Tx):
     five; the row is locked only inside the one statement. What it costs when it fails: that one
     round trip."""
 
-    def __init__(self, run: Runner, expected: Head) -> None:
-        super().__init__(run, postgresql=True)
+    def __init__(self, send: Send, expected: Head, dialect: Dialect) -> None:
+        super().__init__(_no_trip, postgresql=True)
+        self._send = send
+        self._dialect = dialect
         self.expected = expected
         self._keys: list[tuple[str, str]] = []
         self._ids: list[str] = []
@@ -659,16 +669,11 @@ class GuardedTx(Tx):
         shape = _shape(writes)
         if shape is None or not any(kind == "head" for kind, _ in shape):
             raise HeadMoved("these writes cannot be guarded")
-        guard = self._guard(writes)
-
-        def body(connection: Connection) -> Any:
-            parameters = _parameters(connection, writes, shape) | guard
-            return connection.execute(_combined(shape, guarded=True), parameters).one()
-
+        parameters = _parameters(self._dialect, writes, shape) | self._guard(writes)
         self.sent = True
-        row = await self._run(body)
-        if not row.applied:
-            raise HeadMoved("the head moved, or a check failed", st.head_of(row))
+        row = await self._send(_combined(shape, guarded=True), parameters)
+        if not row["applied"]:
+            raise HeadMoved("the head moved, or a check failed", st.head_of_mapping(row))
 
     def _guard(self, writes: Sequence[_Write]) -> dict[str, Any]:
         new: dict[str, int] = {}

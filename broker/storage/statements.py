@@ -7,7 +7,7 @@ import and SQLAlchemy's compiled cache hits on every execution.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -138,6 +138,11 @@ def head_of(row: Any) -> Head:
     return Head(row.report_seq, row.audit_seq, row.audit_hash, row.change_counter, frontier)
 
 
+def head_of_mapping(values: Mapping[str, Any]) -> Head:
+    """``head_of`` for a row (or values) read by column name."""
+    return head_of(_Values(values))
+
+
 def head_payload(values: dict[str, Any] | None) -> str:
     """A NOTIFY payload for the head saved with ``values`` (``head_values``); empty without."""
     if values is None:
@@ -150,8 +155,7 @@ def head_from_payload(payload: str) -> Head | None:
     """The head a NOTIFY payload carries; None for an empty or malformed one (a hint only: a
     guarded commit checks the head it assumes against the row)."""
     try:
-        values = json.loads(payload)
-        head = head_of(_Values(values))
+        head = head_of_mapping(json.loads(payload))
         if not (isinstance(head.report_seq, int) and isinstance(head.audit_seq, int)):
             return None
         if not (isinstance(head.audit_hash, str) and isinstance(head.change_counter, int)):
@@ -162,7 +166,7 @@ def head_from_payload(payload: str) -> Head | None:
 
 
 class _Values:
-    def __init__(self, values: dict[str, Any]) -> None:
+    def __init__(self, values: Mapping[str, Any]) -> None:
         self.report_seq = values["report_seq"]
         self.audit_seq = values["audit_seq"]
         self.audit_hash = values["audit_hash"]
