@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from broker.domain.records import AuditDraft
+from broker.errors import BadRequest
 from broker.services import admin, audit, reports
 from broker.services.context import Context
 from broker.storage import statements
@@ -253,3 +254,23 @@ async def test_a_statement_whose_connection_is_lost_is_not_sent_again(api: Api, 
     assert status == 503
     assert await report_count(api.ctx) == 1
     assert (await api.publish(usa, body()))[0] == 201  # the next batch opens another connection
+
+
+async def test_a_value_the_database_refuses_is_the_clients_and_writes_nothing(ctx: Context) -> None:
+    # Sent through the driver, a guarded statement's errors mean what they mean through
+    # SQLAlchemy: a value longer than its column is refused (400), never cut to fit; nothing is
+    # written, and the next guarded statement goes through on a new connection.
+    async with ctx.db.transaction() as tx:  # the process now knows the head
+        await audit.record(tx, [AuditDraft(action="test", actor="a", reason="warm")], now=ctx.now())
+    size = await chain_holds(ctx)
+
+    async def append(reason: str) -> None:
+        async with ctx.db.guarded_transaction() as tx:
+            await audit.record(tx, [AuditDraft(action="test", actor="a", reason=reason)], now=ctx.now())
+
+    with pytest.raises(BadRequest):
+        await append("r" * 100)  # the column holds 64
+    assert await chain_holds(ctx) == size
+    await append("fits")
+    assert ctx.db.guarded["committed"] == 1
+    assert await chain_holds(ctx) == size + 1
