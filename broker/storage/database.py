@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import asyncpg
 from sqlalchemy import ClauseElement, Engine, Executable, create_engine
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -235,7 +235,7 @@ class Database:
                 self._guarded_connection = None
                 with contextlib.suppress(Exception):
                     await asyncio.shield(connection.close())
-                mapped = _driver_error(exc)
+                mapped = _driver_error(exc, closed=driver.is_closed())
                 if mapped is exc:
                     raise
                 raise mapped from exc
@@ -250,7 +250,9 @@ class Database:
             assert isinstance(statement, ClauseElement)
             compiled = statement.compile(dialect=self.engine.dialect)
             assert isinstance(compiled, SQLCompiler)
-            fixed = {name: bind.effective_value for name, bind in compiled.binds.items()}
+            # Literals only: a parameter the caller must give and did not is a KeyError below,
+            # never a NULL sent in its place.
+            fixed = {n: b.effective_value for n, b in compiled.binds.items() if not b.required}
             found = (compiled.string, list(compiled.positiontup or ()), fixed)
             self._compiled[statement] = found
         return found
@@ -326,15 +328,19 @@ class Database:
         await self.engine.dispose()
 
 
-def _driver_error(exc: BaseException) -> BaseException:
+def _driver_error(exc: BaseException, *, closed: bool) -> BaseException:
     """What a guarded statement's driver error means here, as ``_mapped_errors`` says it for
-    statements sent through SQLAlchemy: a value the database refuses is the client's (400), a
-    lost connection or server an outage (503); anything else is raised as it is."""
-    if isinstance(exc, asyncpg.DataError):
-        return BadRequest("the request holds a value that cannot be stored", code="invalid_value")
-    lost = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.OperatorInterventionError)
-    if isinstance(exc, (*lost, OSError)):
+    statements sent through SQLAlchemy. Once the statement was sent, a connection that is now
+    closed (whatever the exception), a lost server or an administrator's intervention (a
+    terminated backend, a cancelled statement) is an outage (503): the batch fails and is not
+    run again act by act, since it may have committed. A value the database refuses is the
+    client's (400). Anything else is raised as it is."""
+    if closed or isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)):
         return Unavailable("database connection lost during a write")
+    if isinstance(exc, asyncpg.OperatorInterventionError):
+        return Unavailable("the database stopped the statement")
+    if isinstance(exc, asyncpg.PostgresError) and _data_exception(exc.sqlstate):
+        return _refused_value()
     return exc
 
 
@@ -364,6 +370,20 @@ async def _mapped_errors() -> AsyncIterator[None]:
     try:
         yield
     except DataError as exc:  # a value the edge let through and the database refuses (NUL...)
-        raise BadRequest("the request holds a value that cannot be stored", code="invalid_value") from exc
+        raise _refused_value() from exc
     except (OperationalError, InterfaceError, OSError) as exc:
         raise Unavailable("database unavailable") from exc
+    except DBAPIError as exc:
+        # The asyncpg dialect raises a plain DBAPIError for PostgreSQL's data exceptions.
+        if _data_exception(getattr(exc.orig, "sqlstate", None)):
+            raise _refused_value() from exc
+        raise
+
+
+def _data_exception(sqlstate: object) -> bool:
+    """SQLSTATE class 22: a value the database refuses (too long, out of range, not encodable)."""
+    return isinstance(sqlstate, str) and sqlstate.startswith("22")
+
+
+def _refused_value() -> BadRequest:
+    return BadRequest("the request holds a value that cannot be stored", code="invalid_value")

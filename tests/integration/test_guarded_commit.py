@@ -258,8 +258,9 @@ async def test_a_statement_whose_connection_is_lost_is_not_sent_again(api: Api, 
 
 async def test_a_value_the_database_refuses_is_the_clients_and_writes_nothing(ctx: Context) -> None:
     # Sent through the driver, a guarded statement's errors mean what they mean through
-    # SQLAlchemy: a value longer than its column is refused (400), never cut to fit; nothing is
-    # written, and the next guarded statement goes through on a new connection.
+    # SQLAlchemy (test_combined_writes checks the ordinary path): a value longer than its column
+    # is refused (400), never cut to fit; nothing is written, and the next guarded statement goes
+    # through on a new connection.
     async with ctx.db.transaction() as tx:  # the process now knows the head
         await audit.record(tx, [AuditDraft(action="test", actor="a", reason="warm")], now=ctx.now())
     size = await chain_holds(ctx)
@@ -270,7 +271,9 @@ async def test_a_value_the_database_refuses_is_the_clients_and_writes_nothing(ct
 
     with pytest.raises(BadRequest):
         await append("r" * 100)  # the column holds 64
+    assert ctx.db._guarded_connection is None  # closed after the error
     assert await chain_holds(ctx) == size
     await append("fits")
+    assert ctx.db._guarded_connection is not None
     assert ctx.db.guarded["committed"] == 1
     assert await chain_holds(ctx) == size + 1
