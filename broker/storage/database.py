@@ -12,7 +12,10 @@ with a connection of its own that begins a plain (deferred) transaction: a WAL s
 neither takes nor waits for the write lock.
 
 On PostgreSQL the same bodies run through ``AsyncConnection.run_sync`` on a pooled connection;
-writers serialise on the ``log_head`` row, and reads are ordinary transactions.
+writers serialise on the ``log_head`` row, and reads are ordinary transactions. Group-committed
+batches are first tried as guarded transactions (``guarded_transaction``, ``repos.GuardedTx``):
+one statement, compiled by SQLAlchemy once per shape and sent through the asyncpg connection kept
+for them, against the head this process last committed or heard of (``learn``).
 """
 
 from __future__ import annotations
