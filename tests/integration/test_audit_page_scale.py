@@ -172,6 +172,15 @@ def _bars(driver: Any, chart: str) -> list[dict[str, Any]]:
     )
 
 
+def _counted(driver: Any) -> int:
+    """The number of events the charts' coverage line says they show ("All N events, ...")."""
+    from selenium.webdriver.common.by import By
+
+    text = driver.find_element(By.ID, "charts-coverage").text
+    words = text.split(", ")[1].split() if ", " in text else []
+    return int(words[0]) if words and words[0].isdigit() else -1
+
+
 def _axis(driver: Any) -> dict[str, Any]:
     """The charts' caption and what it records: the bar width (ms) and the events before the axis."""
     from selenium.webdriver.common.by import By
@@ -243,6 +252,9 @@ def _drive(base: str, token: str, vkey: str, big_report: str, profile: Path) -> 
                 and d.find_element(By.ID, "charts-coverage").text != out["coverage"]
             ),
         )
+        # The coverage line can change before the bars are drawn again (seen once on a loaded
+        # machine: 18 of the zoomed hour's minutes): wait until the bars hold what it counts.
+        wait_for(driver, lambda d: sum(b["total"] for b in _bars(d, "#chart-reason")) == _counted(d))
         out["zoomed_coverage"] = driver.find_element(By.ID, "charts-coverage").text
         out["zoomed_bars"] = _bars(driver, "#chart-reason")
         out["zoomed_axis"] = _axis(driver)
