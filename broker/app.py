@@ -39,6 +39,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         ctx = Context.open(settings, clock=clock)
         ctx.db.on_lock_held = metrics.WRITE_LOCK_SECONDS.observe
         ctx.db.on_guarded = lambda outcome: metrics.GUARDED.labels(outcome).inc()
+        ctx.db.on_turn = lambda outcome: metrics.GUARDED_TURNS.labels(outcome).inc()
         app[CONTEXT] = ctx
         feed = deliver.Feed(ctx)
         streams = app[STREAMS]

@@ -57,6 +57,8 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let acts scheduled in this same tick join
+        if self._guarded:
+            await self._db.turn()  # another process's turn first, if they have been colliding
         batch = self._pending[: self._max_batch]
         del self._pending[: len(batch)]
         if not batch:

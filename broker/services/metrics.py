@@ -47,6 +47,13 @@ GUARDED = Counter(
     "ordinary transaction)",
     ["outcome"],
 )
+GUARDED_TURNS = Counter(
+    "broker_guarded_turns",
+    "Batches that waited for another broker process's commit before their guarded statement, "
+    "after statements of both had collided (PostgreSQL): other_committed (it did, and this batch "
+    "went next) or timed_out (it had nothing to write; the waiting stops)",
+    ["outcome"],
+)
 REPORTS_ERASED = Counter(
     "broker_reports_erased",
     "Reports crypto-shredded, by cause: manual (broker report erase) or retention (expired)",

@@ -47,6 +47,10 @@ from broker.storage.statements import head_from_payload
 T = TypeVar("T")
 # The connection kept for guarded statements is replaced after this long (as pooled ones are).
 GUARDED_RECYCLE_SECONDS = 300.0
+# How long, at most, a batch waits for another process's commit once guarded statements have
+# collided (``Database.turn``). A statement takes 1-2 ms here; a process with nothing to write
+# costs the waiting one this once, and then the waiting stops.
+TURN_SECONDS = 0.005
 log = logging.getLogger(__name__)
 _Job = tuple[Callable[[Connection], Any], asyncio.Future[Any]] | None
 
@@ -142,6 +146,14 @@ class Database:
         # Guarded transactions that committed, and that were refused (then run as ordinary ones).
         self.guarded = {"committed": 0, "refused": 0}
         self.on_guarded: Callable[[str], None] | None = None
+        # Taking turns with other processes (``turn``): whether a guarded statement of this one
+        # lately found the head moved by a commit made while it waited; the head this process's
+        # last commit left; an event set (and replaced) whenever the known head moves.
+        self._contended = False
+        self._own: Head | None = None
+        self._moved = asyncio.Event()
+        self.turns = {"other_committed": 0, "timed_out": 0}
+        self.on_turn: Callable[[str], None] | None = None
         if sqlite:
             self._writer = _sqlite_thread(engine, name="sqlite-writer", read_only=False)
             self._reader = _sqlite_thread(engine, name="sqlite-reader", read_only=True)
@@ -188,6 +200,8 @@ class Database:
             # Worth another try only against another head (the one seen, or one a NOTIFY brought
             # meanwhile): against the same one, a check failed or the head is unknown.
             exc.retry = self._head is not None and self._head != tx.expected
+            if tx.sent and exc.retry:
+                self._contended = True  # another process committed while this one's was in flight
             self._count_guarded("refused")
             raise
         # Committed. Nothing from here may raise: the caller would take the batch for failed and
@@ -197,6 +211,32 @@ class Database:
             _quietly(self.on_lock_held, time.perf_counter() - began)
         self._count_guarded("committed")
         self._committed(tx)
+
+    async def turn(self) -> None:
+        """Before a guarded batch is decided: if this process's statements have lately collided
+        with another process's and the head is still the one this process's last commit left,
+        wait (at most TURN_SECONDS) for the other's commit to be heard of, so that it goes next.
+
+        Two processes that both always have work otherwise send at once against the same head;
+        one waits for the row and is refused, about every other statement (measured: 45 % of
+        guarded statements refused with two brokers at 16 clients, and a fifth of the batches
+        ending in the five-trip transaction). Taking turns, each decides against the head the
+        other just left, and its batch holds what queued meanwhile. The other process's NOTIFY
+        (its payload is the head it committed) ends the wait. A wait that times out means the
+        other had nothing to write: this process stops waiting until the next collision."""
+        if not self._contended or self._own is None or self._head != self._own:
+            return
+        moved = self._moved
+        try:
+            await asyncio.wait_for(moved.wait(), TURN_SECONDS)
+        except TimeoutError:
+            self._contended = False
+            outcome = "timed_out"
+        else:
+            outcome = "other_committed"
+        self.turns[outcome] += 1
+        if self.on_turn is not None:
+            _quietly(self.on_turn, outcome)
 
     def _count_guarded(self, outcome: str) -> None:
         self.guarded[outcome] += 1
@@ -272,6 +312,7 @@ class Database:
         caller would take the committed transaction for failed)."""
         if tx.head is not None:
             self.learn(tx.head)
+            self._own = tx.head
         _quietly(tx.committed)
 
     def learn(self, head: Head) -> None:
@@ -283,6 +324,9 @@ class Database:
             known is None or (head.audit_seq, head.change_counter) >= (known.audit_seq, known.change_counter)
         ):
             self._head = head
+            if head != known:
+                self._moved.set()
+                self._moved = asyncio.Event()
 
     def learn_payload(self, payload: str) -> None:
         """A NOTIFY's payload: the head another (or this) process just committed."""

@@ -26,15 +26,18 @@ from sqlalchemy import (
     ColumnElement,
     Executable,
     Insert,
+    Select,
     String,
     Text,
     bindparam,
+    case,
     cast,
     delete,
     exists,
     func,
     insert,
     literal,
+    null,
     select,
     update,
 )
@@ -197,11 +200,16 @@ def _combined(shape: Shape, *, guarded: bool = False) -> Executable:
                 rows = rows.where(exists(select(literal(1)).select_from(applied)))
             clauses.append(insert(table).from_select(list(keys), rows).cte(f"w{index}"))
     if guarded:
-        # One row: whether the update happened (then the NOTIFY was sent), and the head as the
-        # statement's snapshot saw it (what the update did is not visible to the statement).
+        # One row: whether the update happened (then the NOTIFY was sent) and, if it did not,
+        # the head as committed now. ``broker_current_head()`` (migration 0008) reads it with a
+        # fresh snapshot: the statement's own predates any wait for the row, so it would answer
+        # the head the batch assumed, not the commit that moved it. It is called from the outer
+        # row, which exists only once the count over the update is known, so after the update
+        # has waited for the row's lock.
         done = select(st.NOTIFY_CALL if notify else literal(1)).select_from(applied).subquery()
-        count = select(func.count()).select_from(done).scalar_subquery()
-        final = select(count.label("applied"), st.HEAD).where(st.HEAD.c.id == 1)
+        outcome = select(func.count().label("applied")).select_from(done).subquery()
+        current = case((outcome.c.applied == 0, func.broker_current_head()), else_=null())
+        final: Select[Any] = select(outcome.c.applied, current.label("current"))
     else:
         final = st.NOTIFY if notify else select(literal(1))
     return final.add_cte(*clauses)
@@ -588,10 +596,11 @@ class Tx:
 
 class HeadMoved(Exception):
     """A guarded transaction did not go ahead (nothing was written): the head is not the one it
-    assumed, a check in its commit failed, or its caller needed a read. ``seen`` is the head its
-    statement's snapshot had, if it was sent: the current one, unless the statement waited for
-    the row's lock (then it too is behind). ``retry`` is set by ``Database``: whether another
-    guarded attempt is worth it (the head it would assume is not the one that just failed)."""
+    assumed, a check in its commit failed, or its caller needed a read. ``seen`` is the head as
+    committed when its statement found it so, if it was sent (read with a fresh snapshot after
+    any wait for the row: the commit that moved it included). ``retry`` is set by ``Database``:
+    whether another guarded attempt is worth it (the head it would assume is not the one that
+    just failed)."""
 
     def __init__(self, why: str, seen: Head | None = None) -> None:
         super().__init__(why)
@@ -673,7 +682,7 @@ class GuardedTx(Tx):
         self.sent = True
         row = await self._send(_combined(shape, guarded=True), parameters)
         if not row["applied"]:
-            raise HeadMoved("the head moved, or a check failed", st.head_of_mapping(row))
+            raise HeadMoved("the head moved, or a check failed", st.head_from_payload(row["current"] or ""))
 
     def _guard(self, writes: Sequence[_Write]) -> dict[str, Any]:
         new: dict[str, int] = {}

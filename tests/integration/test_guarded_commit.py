@@ -19,7 +19,7 @@ from broker.domain.records import AuditDraft
 from broker.errors import BadRequest
 from broker.services import admin, audit, reports
 from broker.services.context import Context
-from broker.storage import statements
+from broker.storage import database, statements
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body, chain_holds, events, publish_acts, report_count, statements_seen
 
@@ -277,3 +277,85 @@ async def test_a_value_the_database_refuses_is_the_clients_and_writes_nothing(ct
     assert ctx.db._guarded_connection is not None
     assert ctx.db.guarded["committed"] == 1
     assert await chain_holds(ctx) == size + 1
+
+
+async def _wait_until_blocked(database_url: str) -> None:
+    """Until a backend of the test database waits for a lock (a guarded statement on the head row)."""
+    url = make_url(database_url)
+    watcher = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, database="postgres"
+    )
+    try:
+        for _ in range(500):
+            waiting = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+                url.database,
+            )
+            if waiting:
+                return
+            await asyncio.sleep(0.01)
+    finally:
+        await watcher.close()
+    raise AssertionError("no statement ever waited for the head row")
+
+
+async def _collide(api: Api, token: str, database_url: str) -> None:
+    """Another process holds the head row and appends audit events (no NOTIFY: the broker hears
+    nothing of it) while the broker's guarded publish waits for the row."""
+    draft = AuditDraft(action="read", actor="x", node="x", nation="USA", decision="deny", reason="not_found")
+    async with api.ctx.db.transaction() as tx:
+        await audit.record(tx, [draft], now=api.ctx.now())
+        waiting = asyncio.create_task(api.publish(token, body(payload={"waited": True})))
+        await _wait_until_blocked(database_url)
+    assert (await waiting)[0] == 201
+
+
+async def test_a_statement_that_waited_for_the_row_learns_the_head_that_moved_it(
+    api: Api, database_url: str
+) -> None:
+    # The statement's own snapshot predates its wait, so it cannot tell what moved the head; the
+    # head it answers is read afresh (broker_current_head(), migration 0008) once the row is
+    # free. The batch is decided again against that head and goes through as a second guarded
+    # statement: no ordinary (locking) transaction, and the log still holds.
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201
+    db = api.server_ctx.db
+    before = dict(db.guarded)
+    through_sqlalchemy = statements_seen(api.server_ctx)
+    await _collide(api, usa, database_url)
+    assert db.guarded == {"committed": before["committed"] + 1, "refused": before["refused"] + 1}
+    assert through_sqlalchemy == []
+    async with api.ctx.db.transaction() as tx:
+        assert await tx.lock_head() == db._head  # the head the retry assumed, then left
+    await chain_holds(api.ctx)
+
+
+async def test_after_a_collision_a_batch_lets_the_other_process_go_first(
+    api: Api, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Once guarded statements have collided, the next batch waits until another process's
+    # commit is heard of (its NOTIFY), so the two take turns instead of both sending against the
+    # same head; a wait that times out (the other had nothing to write) ends the waiting.
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201
+    db = api.server_ctx.db
+    await db.turn()  # no collision yet: no wait
+    assert db.turns == {"other_committed": 0, "timed_out": 0}
+    await _collide(api, usa, database_url)
+    monkeypatch.setattr(database, "TURN_SECONDS", 30.0)
+    waiting = asyncio.create_task(db.turn())
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # the head is still the broker's own commit
+    draft = AuditDraft(action="test", actor="other", reason="changed")
+    async with api.ctx.db.transaction() as tx:  # another process's commit, with its NOTIFY
+        await audit.record(tx, [draft], now=api.ctx.now(), changed=True)
+    await asyncio.wait_for(waiting, 10)
+    assert db.turns == {"other_committed": 1, "timed_out": 0}
+    assert (await api.publish(usa, body()))[0] == 201  # the other went: no wait before this one
+    assert db.turns == {"other_committed": 1, "timed_out": 0}
+    monkeypatch.setattr(database, "TURN_SECONDS", 0.05)
+    await db.turn()  # the other writes nothing now
+    assert db.turns == {"other_committed": 1, "timed_out": 1}
+    await db.turn()  # no more waiting until the next collision
+    assert (await api.publish(usa, body()))[0] == 201
+    assert db.turns == {"other_committed": 1, "timed_out": 1}
