@@ -245,3 +245,18 @@ async def test_the_demo_guide_says_what_each_token_is_for_and_how_to_reach_its_d
     listed = await asyncio.to_thread(run_cli, "node", "list", env={**os.environ, **env}, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert {spec["id"] for spec in DEMO_NODES} <= {line.split()[0] for line in listed.stdout.splitlines()}
+
+
+def test_db_upgrade_runs_its_own_migrations_from_any_working_directory(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    # `python -m broker` puts the working directory first on sys.path: run from another
+    # project's directory, that project's `migrations` package must not be taken for ours.
+    project = tmp_path / "project"
+    (project / "migrations" / "versions").mkdir(parents=True)
+    (project / "migrations" / "__init__.py").write_text("")
+    (project / "migrations" / "env.py").write_text("raise SystemExit('another project migrated')\n")
+    env = cli_env(empty_database_url, tmp_path / "keys" / "keyring.json")
+    done = run_cli("db", "upgrade", env=env, cwd=project)
+    assert "migrated: yes" in _human(done).splitlines()
+    assert "migrated: yes" in _human(run_cli("db", "upgrade", env=env)).splitlines()
