@@ -15,7 +15,7 @@ from broker.domain.time import parse_time
 from broker.errors import BadRequest
 from broker.services import audit, auth, ledger
 from broker.services.context import Context
-from broker.web.handlers import CONTEXT, _int_param, _node
+from broker.web.handlers import CONTEXT, authenticated_node, int_param
 
 STATIC = resources.files("broker") / "web" / "static"
 PAGE = (STATIC / "audit.html").read_text()
@@ -33,7 +33,7 @@ HEADERS = {
 
 async def _auditor(request: web.Request, act: str) -> tuple[Context, str]:
     ctx = request.app[CONTEXT]
-    node = await _node(request)
+    node = await authenticated_node(request)
     await auth.require_role(ctx, node, "audit", act=act)
     return ctx, node.id
 
@@ -80,9 +80,9 @@ async def events(request: web.Request) -> web.Response:
     order = request.query.get("order", "asc")
     if order not in ORDERS:
         raise BadRequest("order must be 'asc' or 'desc'", code="invalid_parameter")
-    after = _int_param(request, "after", 0, 0, 2**62)
-    before = _int_param(request, "before", 0, 1, 2**62) if "before" in request.query else None
-    limit = _int_param(request, "limit", 100, 1, 1000)
+    after = int_param(request, "after", 0, 0, 2**62)
+    before = int_param(request, "before", 0, 1, 2**62) if "before" in request.query else None
+    limit = int_param(request, "limit", 100, 1, 1000)
     if order == "asc" and before is None:  # the contract other nodes use, unchanged
         result = await ledger.events(ctx, after=after, limit=limit, filters=filters)
     else:
@@ -112,7 +112,7 @@ async def events(request: web.Request) -> web.Response:
 
 async def whoami(request: web.Request) -> web.Response:
     """The signed-in auditor: the page's header names it."""
-    node = await _node(request)
+    node = await authenticated_node(request)
     await auth.require_role(request.app[CONTEXT], node, "audit", act="audit_whoami")
     return web.json_response({"id": node.id, "nation": node.nation, "roles": list(node.roles)})
 
@@ -171,16 +171,16 @@ async def sign_checkpoint(request: web.Request) -> web.Response:
 
 async def inclusion(request: web.Request) -> web.Response:
     ctx, _ = await _auditor(request, "audit_proof")
-    size = _int_param(request, "size", 0, 0, 2**62) if "size" in request.query else None
+    size = int_param(request, "size", 0, 0, 2**62) if "size" in request.query else None
     return web.json_response(
-        await ledger.inclusion(ctx, seq=_int_param(request, "seq", 0, 1, 2**62), size=size)
+        await ledger.inclusion(ctx, seq=int_param(request, "seq", 0, 1, 2**62), size=size)
     )
 
 
 async def consistency(request: web.Request) -> web.Response:
     ctx, _ = await _auditor(request, "audit_proof")
-    first = _int_param(request, "first", 0, 1, 2**62)
-    second = _int_param(request, "second", 0, 1, 2**62)
+    first = int_param(request, "first", 0, 1, 2**62)
+    second = int_param(request, "second", 0, 1, 2**62)
     return web.json_response(await ledger.consistency(ctx, first=first, second=second))
 
 

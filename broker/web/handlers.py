@@ -52,7 +52,7 @@ def _ctx(request: web.Request) -> Context:
     return request.app[CONTEXT]
 
 
-async def _node(request: web.Request, *, rechecked: bool = False) -> NodeRecord:
+async def authenticated_node(request: web.Request, *, rechecked: bool = False) -> NodeRecord:
     """The authenticated node. ``rechecked``: the act re-checks the node in its own transaction
     (services.auth.recheck), so a cached record may be handed over without a database read."""
     header = request.headers.get("Authorization", "")
@@ -85,7 +85,7 @@ def subprotocol_token(request: web.Request) -> str | None:
     return None
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -97,7 +97,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
-def _topics_param(request: web.Request) -> list[str]:
+def topics_param(request: web.Request) -> list[str]:
     raw = request.query.get("topics", "")
     topics = [t for t in raw.split(",") if t]
     if len(topics) > reports.MAX_TOPICS or not all(reports.TOPIC.fullmatch(t) for t in topics):
@@ -111,7 +111,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def publish(request: web.Request) -> web.Response:
-    node = await _node(request, rechecked=True)
+    node = await authenticated_node(request, rechecked=True)
     if not request.app[LIMITER].take(node.id):
         raise RateLimited("too many reports per second from this node", code="rate_limited")
     body = await read_json(request)
@@ -123,26 +123,26 @@ async def publish(request: web.Request) -> web.Response:
 
 
 async def read_report(request: web.Request) -> web.Response:
-    node = await _node(request, rechecked=True)
+    node = await authenticated_node(request, rechecked=True)
     await auth.require_role(_ctx(request), node, "subscribe", act="read")
     return web.json_response(await reports.read(_ctx(request), node, request.match_info["id"]))
 
 
 async def list_reports(request: web.Request) -> web.Response:
-    node = await _node(request, rechecked=True)
+    node = await authenticated_node(request, rechecked=True)
     ctx = _ctx(request)
     result = await reports.listing(
         ctx,
         node,
-        after=_int_param(request, "after", 0, 0, 2**62),
-        limit=_int_param(request, "limit", 100, 1, ctx.settings.max_page_size),
-        topics=_topics_param(request),
+        after=int_param(request, "after", 0, 0, 2**62),
+        limit=int_param(request, "limit", 100, 1, ctx.settings.max_page_size),
+        topics=topics_param(request),
     )
     return web.json_response(result)
 
 
 async def recall(request: web.Request) -> web.Response:
-    node = await _node(request, rechecked=True)
+    node = await authenticated_node(request, rechecked=True)
     await auth.require_role(_ctx(request), node, "publish", act="recall")
     result = await reports.recall(_ctx(request), node, request.match_info["id"])
     request.app[WAKE]()  # open streams here decide again at once (other brokers: NOTIFY or poll)
@@ -150,7 +150,7 @@ async def recall(request: web.Request) -> web.Response:
 
 
 async def _admin(request: web.Request) -> NodeRecord:
-    node = await _node(request)
+    node = await authenticated_node(request)
     await auth.require_role(_ctx(request), node, "admin", act="admin")
     return node
 
@@ -252,10 +252,10 @@ async def admin_leave(request: web.Request) -> web.Response:
 
 
 async def alliances(request: web.Request) -> web.Response:
-    await _node(request)
+    await authenticated_node(request)
     return web.json_response({"alliances": await admin.list_alliances(_ctx(request))})
 
 
 async def node_keys(request: web.Request) -> web.Response:
-    await _node(request)
+    await authenticated_node(request)
     return web.json_response(await admin.node_keys(_ctx(request), request.match_info["id"]))

@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from broker.services import auth
-from broker.web.handlers import CONTEXT, _node
+from broker.web.handlers import CONTEXT, authenticated_node
 from broker.web.ws import FEED, SESSIONS, StreamSession
 
 
@@ -42,7 +42,7 @@ class _Streams(Collector):
 
 
 async def metrics(request: web.Request) -> web.Response:
-    node = await _node(request)
+    node = await authenticated_node(request)
     await auth.require_role(request.app[CONTEXT], node, "audit", act="metrics")
     streams = CollectorRegistry(auto_describe=False)
     streams.register(_Streams(request.app))

@@ -18,7 +18,7 @@ PROBLEM_BASE = "urn:alliance-broker:problem:"
 CHALLENGE = 'Bearer realm="alliance-broker"'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)
-# The authenticated node's id, for the access log (set by handlers._node).
+# The authenticated node's id, for the access log (set by handlers.authenticated_node).
 NODE_ID = web.RequestKey("node_id", str)
 # Seconds a request body may take to arrive (set by create_app from body_read_timeout_seconds).
 BODY_TIMEOUT = web.AppKey("body_timeout", float)

@@ -29,7 +29,7 @@ from broker.errors import AccessDenied, BadRequest, RateLimited, Unauthenticated
 from broker.realtime.hub import Hub
 from broker.services import auth, deliver
 from broker.services.context import Context
-from broker.web.handlers import CONTEXT, WS_PROTOCOL, _int_param, _node, _topics_param
+from broker.web.handlers import CONTEXT, WS_PROTOCOL, authenticated_node, int_param, topics_param
 
 log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", Hub)
@@ -177,15 +177,15 @@ def _check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
 async def stream(request: web.Request) -> web.StreamResponse:
     """Authenticate at the handshake (errors are ordinary problem documents), then stream."""
     ctx = request.app[CONTEXT]
-    node = await _node(request)
+    node = await authenticated_node(request)
     await auth.require_role(ctx, node, "subscribe", act="stream")
     _check_origin(request, ctx.settings.allowed_origins)
     name = request.query.get("name", "default")
     if not STREAM_NAME.fullmatch(name):
         raise BadRequest("name must be 1-64 letters, digits, '.', '_' or '-'", code="invalid_parameter")
-    topics = _topics_param(request)
+    topics = topics_param(request)
     if "after" in request.query:
-        after = _int_param(request, "after", 0, 0, 2**62)
+        after = int_param(request, "after", 0, 0, 2**62)
     else:
         after = await deliver.resume_point(ctx, node, name)
     per_node = request.app[PER_NODE]
