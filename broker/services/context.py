@@ -13,8 +13,9 @@ from broker.crypto import notes
 from broker.crypto.keyring import Keyring
 from broker.domain.alliances import Directory
 from broker.domain.labels import Policy
-from broker.domain.records import NodeRecord
+from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import BrokerError
+from broker.services import journal
 from broker.services.failures import AuthFailures
 from broker.services.groupcommit import GroupCommit
 from broker.services.scanhints import ScanHints
@@ -136,7 +137,7 @@ class Context:
         if bound is not None:
             return
         async with self.db.transaction() as tx:
-            await tx.lock_head()
+            head = await tx.lock_head()
             bound = await keyringcheck.binding(tx)
             if bound is None:
                 checkpoint = await tx.latest_checkpoint()
@@ -144,7 +145,13 @@ class Context:
                     raise self._mismatch(
                         f"did not sign the newest audit checkpoint (size {checkpoint.size}) in the database"
                     )
-                await keyringcheck.bind(tx, checkpoint_public_key=self.public_key, at=self.now())
+                now = self.now()
+                await keyringcheck.bind(tx, checkpoint_public_key=self.public_key, at=now)
+                # In the log, as every other change to what the database trusts: which keyring,
+                # and when (the key itself is the public checkpoint key auditors already hold).
+                details = {"keyring": keyring_file.fingerprint(self.public_key)}
+                draft = AuditDraft(action="keyring_bind", actor="broker", decision="allow", details=details)
+                await journal.record(tx, [draft], now=now, head=head, changed=True)
                 return
         self._refuse_unless_bound_to_this(bound)  # another process bound it meanwhile
 

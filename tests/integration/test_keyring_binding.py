@@ -188,3 +188,22 @@ async def test_no_keyring_is_made_for_an_unbound_database_that_was_used(api: Api
     line = _one_line(done.stderr)
     assert f"no keyring at {missing}" in line and "already holds reports or signed checkpoints" in line
     assert not missing.exists()
+
+
+def test_the_binding_is_in_the_audit_log(empty_database_url: str, tmp_path: Path) -> None:
+    # Binding decides which keyring the database trusts from then on: like every change to what
+    # it trusts, it is an audit event (once: later commands find the binding and add nothing),
+    # and the exported log still verifies.
+    mine = tmp_path / "keys" / "keyring.json"
+    env = cli_env(empty_database_url, mine)
+    for args in (("db", "upgrade"), ("node", "list"), ("db", "upgrade")):
+        assert run_cli(*args, env=env).returncode == 0
+    export = tmp_path / "audit.ndjson"
+    assert run_cli("audit", "export", str(export), env=env).returncode == 0
+    events = [json.loads(line) for line in export.read_text().splitlines()]
+    bound = [e for e in events if e.get("action") == "keyring_bind"]
+    assert len(bound) == 1, bound
+    assert bound[0]["details"] == {"keyring": _fingerprint(mine)}
+    assert bound[0]["actor"] == "broker" and bound[0]["decision"] == "allow"
+    verified = run_cli("audit", "verify", str(export), env=env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
