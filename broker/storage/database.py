@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import asyncpg
 from sqlalchemy import ClauseElement, Engine, Executable, create_engine
@@ -48,9 +48,12 @@ T = TypeVar("T")
 # The connection kept for guarded statements is replaced after this long (as pooled ones are).
 GUARDED_RECYCLE_SECONDS = 300.0
 # How long, at most, a batch waits for another process's commit once guarded statements have
-# collided (``Database.turn``). A statement takes 1-2 ms here; a process with nothing to write
-# costs the waiting one this once, and then the waiting stops.
+# collided (``Database.turn``). A statement takes 1-2 ms here; a wait that times out ends the
+# waiting until the next collision.
 TURN_SECONDS = 0.005
+# Waiting for another process's commit is worth it only if that process announces its commits
+# (NOTIFY): it has done so within this long. Audit-only commits (reads, deliveries) send none.
+HEARD_SECONDS = 0.1
 log = logging.getLogger(__name__)
 _Job = tuple[Callable[[Connection], Any], asyncio.Future[Any]] | None
 
@@ -152,6 +155,11 @@ class Database:
         self._contended = False
         self._own: Head | None = None
         self._moved = asyncio.Event()
+        self._heard_at = -1.0  # when another process's NOTIFY last brought a newer head
+        self._guarded_pid: int | None = None  # the backend of the connection kept for them
+        # Off for good once a guarded statement cannot run at all here (SQLSTATE class 42: the
+        # function of migration 0008 missing, say, or not executable by this role).
+        self._guarded_off = False
         self.turns = {"other_committed": 0, "timed_out": 0}
         self.on_turn: Callable[[str], None] | None = None
         if sqlite:
@@ -186,7 +194,7 @@ class Database:
         in one statement, or raises ``HeadMoved`` having written nothing, and then the caller runs
         the same work in ``transaction``. Raises ``HeadMoved`` at once when there is no head to
         assume (SQLite, a fresh process, the last guarded attempt failed)."""
-        if self._head is None or not self.shared:
+        if self._head is None or not self.shared or self._guarded_off:
             raise HeadMoved("no head to assume")
         tx = GuardedTx(self._send_guarded, self._head, self.engine.dialect)
         try:
@@ -196,12 +204,17 @@ class Database:
                 await tx.commit()
         except HeadMoved as exc:
             if exc.seen is not None:
-                self.learn(exc.seen)
+                # Read from the row once the statement had waited for it: the current head,
+                # whatever a NOTIFY (which any database role may send) claimed. So a forged head
+                # ahead of the row is dropped here rather than refusing every batch after it.
+                self._set_head(exc.seen)
             # Worth another try only against another head (the one seen, or one a NOTIFY brought
             # meanwhile): against the same one, a check failed or the head is unknown.
             exc.retry = self._head is not None and self._head != tx.expected
-            if tx.sent and exc.retry:
-                self._contended = True  # another process committed while this one's was in flight
+            if exc.retry and exc.seen is not None and exc.seen != self._own:
+                # Another process committed while this one's statement was on its way (not this
+                # process's other group commit: that head is its own).
+                self._contended = True
             self._count_guarded("refused")
             raise
         # Committed. Nothing from here may raise: the caller would take the batch for failed and
@@ -222,10 +235,15 @@ class Database:
         guarded statements refused with two brokers at 16 clients, and a fifth of the batches
         ending in the five-trip transaction). Taking turns, each decides against the head the
         other just left, and its batch holds what queued meanwhile. The other process's NOTIFY
-        (its payload is the head it committed) ends the wait. A wait that times out means the
-        other had nothing to write: this process stops waiting until the next collision."""
+        (its payload is the head it committed) ends the wait, so there is none unless another
+        process's NOTIFY was heard within HEARD_SECONDS (audit-only commits send none). A wait
+        that times out (the other had nothing to write) ends the waiting until the next
+        collision. A collision with this process's own other group commit (publishes and audit
+        events) is not one: they take turns on the kept connection already."""
         if not self._contended or self._own is None or self._head != self._own:
             return
+        if time.monotonic() - self._heard_at > HEARD_SECONDS:
+            return  # the other announces nothing (audit-only commits): its commit would go unheard
         moved = self._moved
         try:
             await asyncio.wait_for(moved.wait(), TURN_SECONDS)
@@ -272,13 +290,21 @@ class Database:
                 self._guarded_since = time.monotonic()
             driver = (await connection.get_raw_connection()).driver_connection
             assert driver is not None  # an open connection has its driver's
+            self._guarded_pid = driver.get_server_pid()
             try:
                 row: Mapping[str, Any] = await driver.fetchrow(sql, *arguments)
             except BaseException as exc:
                 self._guarded_connection = None
                 with contextlib.suppress(Exception):
                     await asyncio.shield(connection.close())
-                mapped = _driver_error(exc, closed=driver.is_closed())
+                closed = driver.is_closed()
+                if not closed and _cannot_run(exc):
+                    # Refused as a whole before writing anything (autocommit: one statement is
+                    # one transaction), and it would be every time: the ordinary path from now on.
+                    log.warning("guarded_statements_off sqlstate=%s error=%s", exc.sqlstate, exc)
+                    self._guarded_off = True
+                    raise HeadMoved("guarded statements cannot run on this database") from exc
+                mapped = _driver_error(exc, closed=closed)
                 if mapped is exc:
                     raise
                 raise mapped from exc
@@ -311,8 +337,13 @@ class Database:
         """``tx`` committed: run its callbacks, and remember the head it left. Never raises (a
         caller would take the committed transaction for failed)."""
         if tx.head is not None:
-            self.learn(tx.head)
-            self._own = tx.head
+            # Read from the row under its lock (or written there): the head as it is, not a hint.
+            # It replaces whatever a NOTIFY claimed, even a head further on: a forged one (any
+            # role may NOTIFY) would otherwise refuse every guarded batch for good; a real one
+            # heard first costs one refused statement, which answers the current head.
+            self._set_head(tx.head)
+            if tx.saved:  # it moved the head (a transaction that only locked it did not)
+                self._own = tx.head
         _quietly(tx.committed)
 
     def learn(self, head: Head) -> None:
@@ -323,16 +354,23 @@ class Database:
         if self.shared and (
             known is None or (head.audit_seq, head.change_counter) >= (known.audit_seq, known.change_counter)
         ):
-            self._head = head
-            if head != known:
-                self._moved.set()
-                self._moved = asyncio.Event()
+            self._set_head(head)
 
-    def learn_payload(self, payload: str) -> None:
-        """A NOTIFY's payload: the head another (or this) process just committed."""
+    def _set_head(self, head: Head) -> None:
+        if self.shared and head != self._head:
+            self._head = head
+            self._moved.set()
+            self._moved = asyncio.Event()
+
+    def learn_payload(self, payload: str, pid: int | None = None) -> None:
+        """A NOTIFY's payload: the head another (or this) process just committed; ``pid`` is the
+        notifying backend's (this process's guarded statements' own is not another's)."""
         head = head_from_payload(payload)
         if head is not None:
+            known = self._head
             self.learn(head)
+            if self._head != known and pid != self._guarded_pid:
+                self._heard_at = time.monotonic()
 
     def _held(self, tx: Tx) -> None:
         if tx.locked_at is not None and self.on_lock_held is not None:
@@ -389,6 +427,12 @@ def _driver_error(exc: BaseException, *, closed: bool) -> BaseException:
     if isinstance(exc, asyncpg.PostgresError) and _data_exception(exc.sqlstate):
         return _refused_value()
     return exc
+
+
+def _cannot_run(exc: BaseException) -> TypeGuard[asyncpg.PostgresError]:
+    """A guarded statement the server refuses to run at all (SQLSTATE class 42: an undefined
+    function, say, or one this role may not execute), not one that ran and failed."""
+    return isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate or "").startswith("42")
 
 
 def _quietly(callback: Callable[..., object], *args: object) -> None:

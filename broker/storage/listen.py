@@ -30,7 +30,10 @@ def is_postgresql(url: str) -> bool:
 
 class ChangeListener:
     def __init__(
-        self, url: str, on_change: Callable[[], None], on_payload: Callable[[str], None] | None = None
+        self,
+        url: str,
+        on_change: Callable[[], None],
+        on_payload: Callable[[str, int], None] | None = None,
     ) -> None:
         parsed = make_url(url)
         self._connect_args: dict[str, Any] = {
@@ -57,9 +60,9 @@ class ChangeListener:
             await asyncio.wait_for(self._ready.wait(), seconds)
         return self.connected
 
-    def _notified(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+    def _notified(self, _connection: object, pid: int, _channel: str, payload: str) -> None:
         if payload and self._on_payload is not None:
-            self._on_payload(payload)
+            self._on_payload(payload, pid)
         self._on_change()
 
     async def _run(self) -> None:

@@ -230,6 +230,7 @@ class Tx:
         # The head as this transaction leaves it (as locked, then as saved): once it commits,
         # the current head, which ``Database`` remembers for guarded commits.
         self.head: Head | None = None
+        self.saved = False  # whether it moves the head (``save_head``), not only locks it
         self._committed: list[Callable[[], None]] = []
 
     def after_commit(self, callback: Callable[[], None]) -> None:
@@ -348,6 +349,7 @@ class Tx:
     async def save_head(self, head: Head) -> None:
         self._queue(st.SAVE_HEAD, st.head_values(head))
         self.head = head
+        self.saved = True
 
     async def notify_change(self) -> None:
         """On PostgreSQL, wake the other broker processes when this transaction commits

@@ -20,6 +20,7 @@ from broker.errors import BadRequest
 from broker.services import admin, audit, reports
 from broker.services.context import Context
 from broker.storage import database, statements
+from broker.storage.repos import HeadMoved
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body, chain_holds, events, publish_acts, report_count, statements_seen
 
@@ -330,32 +331,137 @@ async def test_a_statement_that_waited_for_the_row_learns_the_head_that_moved_it
     await chain_holds(api.ctx)
 
 
+async def _announce(api: Api) -> None:
+    """Another process commits a change, with its NOTIFY (the head it left as the payload)."""
+    draft = AuditDraft(action="test", actor="other", reason="changed")
+    async with api.ctx.db.transaction() as tx:
+        await audit.record(tx, [draft], now=api.ctx.now(), changed=True)
+
+
 async def test_after_a_collision_a_batch_lets_the_other_process_go_first(
     api: Api, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Once guarded statements have collided, the next batch waits until another process's
     # commit is heard of (its NOTIFY), so the two take turns instead of both sending against the
-    # same head; a wait that times out (the other had nothing to write) ends the waiting.
+    # same head; not if that process announces nothing (audit-only commits send no NOTIFY, the
+    # wait would always time out); and a wait that times out ends the waiting.
     usa = await api.node("usa-1", "USA")
     assert (await api.publish(usa, body()))[0] == 201
     db = api.server_ctx.db
+    none = {"other_committed": 0, "timed_out": 0}
     await db.turn()  # no collision yet: no wait
-    assert db.turns == {"other_committed": 0, "timed_out": 0}
-    await _collide(api, usa, database_url)
+    assert db.turns == none
     monkeypatch.setattr(database, "TURN_SECONDS", 30.0)
+    await _collide(api, usa, database_url)  # the other process appended audit events, silently
+    monkeypatch.setattr(database, "HEARD_SECONDS", 0.0)  # (adding the node was a NOTIFY)
+    await asyncio.wait_for(db.turn(), 5)  # nothing heard from it lately: no wait
+    assert db.turns == none
+    monkeypatch.setattr(database, "HEARD_SECONDS", 30.0)
+    await _announce(api)
+    await _learned(api, api.ctx.db)
+    assert (await api.publish(usa, body()))[0] == 201  # the other went last: no wait
+    assert db.turns == none
     waiting = asyncio.create_task(db.turn())
     await asyncio.sleep(0.2)
     assert not waiting.done()  # the head is still the broker's own commit
-    draft = AuditDraft(action="test", actor="other", reason="changed")
-    async with api.ctx.db.transaction() as tx:  # another process's commit, with its NOTIFY
-        await audit.record(tx, [draft], now=api.ctx.now(), changed=True)
+    await _announce(api)
     await asyncio.wait_for(waiting, 10)
     assert db.turns == {"other_committed": 1, "timed_out": 0}
+    monkeypatch.setattr(database, "TURN_SECONDS", 0.05)
     assert (await api.publish(usa, body()))[0] == 201  # the other went: no wait before this one
     assert db.turns == {"other_committed": 1, "timed_out": 0}
-    monkeypatch.setattr(database, "TURN_SECONDS", 0.05)
     await db.turn()  # the other writes nothing now
     assert db.turns == {"other_committed": 1, "timed_out": 1}
     await db.turn()  # no more waiting until the next collision
     assert (await api.publish(usa, body()))[0] == 201
     assert db.turns == {"other_committed": 1, "timed_out": 1}
+
+
+async def test_the_processs_own_two_group_commits_are_no_collision(ctx: Context) -> None:
+    # Publishes and audit events are two group commits deciding against the same known head; the
+    # second to be sent finds the head the first left. That head is this process's own: no
+    # reason to wait for anyone.
+    async with ctx.db.transaction() as tx:  # the process now knows the head
+        await audit.record(tx, [AuditDraft(action="test", actor="a", reason="warm")], now=ctx.now())
+
+    retried: list[bool] = []
+
+    async def append(reason: str) -> None:
+        try:
+            async with ctx.db.guarded_transaction() as tx:
+                await audit.record(tx, [AuditDraft(action="test", actor="a", reason=reason)], now=ctx.now())
+        except HeadMoved as exc:
+            retried.append(exc.retry)
+            async with ctx.db.guarded_transaction() as tx:
+                await audit.record(tx, [AuditDraft(action="test", actor="a", reason=reason)], now=ctx.now())
+
+    await asyncio.gather(append("first"), append("second"))
+    assert retried == [True]
+    assert ctx.db.guarded == {"committed": 2, "refused": 1}
+    assert not ctx.db._contended
+    await chain_holds(ctx)
+
+
+async def test_a_forged_head_ahead_of_the_row_costs_one_refusal(api: Api, database_url: str) -> None:
+    # A NOTIFY naming a head far ahead of the row (any role may send one) is learned, as heads
+    # only move forward. The next batch cannot be guarded (its node must be read again at that
+    # change counter) and runs as an ordinary transaction; the head it locked, read from the row,
+    # replaces the forged one, and the batches after go through as guarded statements again
+    # (before, every batch was refused for as long as the process ran).
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201
+    db = api.server_ctx.db
+    real = db._head
+    assert real is not None
+    forged = replace(real, audit_seq=real.audit_seq + 1000, change_counter=real.change_counter + 1000)
+    await _notify(database_url, statements.head_payload(statements.head_values(forged)))
+    for _ in range(200):
+        if db._head == forged:
+            break
+        await asyncio.sleep(0.01)
+    assert db._head == forged
+    before = dict(db.guarded)
+    for _ in range(3):
+        assert (await api.publish(usa, body()))[0] == 201
+    assert db.guarded == {"committed": before["committed"] + 2, "refused": before["refused"] + 1}
+    assert db._head != forged
+    await chain_holds(api.ctx)
+
+
+async def _notify(database_url: str, payload: str) -> None:
+    url = make_url(database_url)
+    other = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, database=url.database
+    )
+    try:
+        await other.execute("SELECT pg_notify($1, $2)", statements.CHANGE_CHANNEL, payload)
+    finally:
+        await other.close()
+
+
+async def test_a_guarded_statement_that_cannot_run_leaves_the_ordinary_path(
+    api: Api, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Should the function of migration 0008 be missing (a downgrade under a running broker) or
+    # not executable by the broker's role, every guarded statement would fail as a whole before
+    # writing anything. The broker says so once and publishes through ordinary transactions.
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201
+    url = make_url(database_url)
+    other = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, database=url.database
+    )
+    try:
+        await other.execute("DROP FUNCTION broker_current_head()")
+    finally:
+        await other.close()
+    sequences = []
+    for i in range(3):
+        status, receipt = await api.publish(usa, body(payload={"n": i}))
+        assert status == 201, receipt
+        sequences.append(receipt["sequence"])
+    assert sequences == list(range(sequences[0], sequences[0] + 3))
+    assert api.server_ctx.db._guarded_off
+    assert sum("guarded_statements_off sqlstate=42883" in r.getMessage() for r in caplog.records) == 1
+    assert await report_count(api.ctx) == 4
+    await chain_holds(api.ctx)
