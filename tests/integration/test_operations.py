@@ -49,10 +49,12 @@ async def test_two_upgrades_started_together_both_succeed(empty_database_url: st
     try:
         assert await db.at_head(ctx.db.engine)
         assert await db.schema_drift(ctx.db.engine) == []
-        # Seeded exactly once: six alliances, six seed events, one intact chain.
+        # Seeded and bound exactly once: six alliances, six seed events, one binding, one
+        # intact chain.
         assert len(await admin.list_alliances(ctx)) == 6
         assert len(await events(ctx, action="alliance_seed")) == 6
-        assert await chain_holds(ctx) == 6
+        assert len(await events(ctx, action="keyring_bind")) == 1
+        assert await chain_holds(ctx) == 7
     finally:
         await ctx.close()
 
