@@ -51,7 +51,7 @@ GUARDED_TURNS = Counter(
     "broker_guarded_turns",
     "Batches that waited for another broker process's commit before their guarded statement, "
     "after statements of both had collided (PostgreSQL): other_committed (it did, and this batch "
-    "went next) or timed_out (it did not within 5 ms; the waiting stops until the next collision)",
+    "went next) or timed_out (it did not within 15 ms; the waiting stops until the next collision)",
     ["outcome"],
 )
 REPORTS_ERASED = Counter(
