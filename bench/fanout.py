@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import statistics
 import tempfile
 import time
@@ -25,7 +26,7 @@ from typing import Any
 import aiohttp
 
 from bench.procs import broker_env, start_broker, stop
-from bench.throughput import BODY, _commit, append_results, fresh_database, secrets
+from bench.throughput import BODY, _commit, append_results, fresh_database
 from broker.crypto import seal
 from broker.crypto.keys import new_sealing_key, public_b64
 from broker.domain.canonical import canonical

@@ -36,6 +36,7 @@ import aiohttp
 
 from bench.procs import broker_env, free_port, rss_kb, start_broker, start_process, stop, wait_for
 from bench.throughput import BODY, INDICATOR, ROOT, _commit, append_results, bench_nodes, fresh_database
+from broker.domain.records import AuditDraft, ReportRecord
 from broker.services import admin, audit, collections, reports
 from broker.services.context import Context
 from broker.settings import Settings
@@ -201,7 +202,7 @@ async def fill_ours(ctx: Context, node_token: str, n: int, batch: int = 1000) ->
         async with ctx.db.transaction() as tx:
             head = await tx.lock_head()
             now = ctx.now()
-            built = []
+            built: list[tuple[ReportRecord, AuditDraft]] = []
             for i in range(start, min(n, start + batch)):
                 body = {
                     **BODY,

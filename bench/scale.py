@@ -188,7 +188,9 @@ async def cross_instance(brokers: Brokers, rate: float, seconds: float, *, acros
     """Publish on instance 0 at ``rate``/s; the subscriber listens on instance 1 (or 0)."""
     listen = brokers.bases[1 if across else 0].replace("http://", "ws://")
     sent: dict[str, float] = {}
-    latencies: list[float] = []
+    # By report id, when its frame arrived: a frame may come before the publish's own answer
+    # has been read (then its id is not in ``sent`` yet), so latencies are taken at the end.
+    arrived: dict[str, float] = {}
     count = int(rate * seconds)
     headers = {"Authorization": f"Bearer {brokers.tokens['pub']}"}
     async with aiohttp.ClientSession() as session:
@@ -200,13 +202,13 @@ async def cross_instance(brokers: Brokers, rate: float, seconds: float, *, acros
         await asyncio.sleep(0.5)  # the stream is live
 
         async def receive() -> None:
-            while len(latencies) < count:
+            while len(arrived) < count:
                 message = await ws.receive()
                 if message.type != aiohttp.WSMsgType.TEXT:
                     return
                 frame = json.loads(message.data)
-                if frame.get("type") == "report" and frame["report"]["id"] in sent:
-                    latencies.append(time.perf_counter() - sent[frame["report"]["id"]])
+                if frame.get("type") == "report":
+                    arrived.setdefault(frame["report"]["id"], time.perf_counter())
 
         receiver = asyncio.create_task(receive())
         start = time.perf_counter()
@@ -219,7 +221,7 @@ async def cross_instance(brokers: Brokers, rate: float, seconds: float, *, acros
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(receiver, timeout=10)
         await ws.close()
-    latencies.sort()
+    latencies = sorted(arrived[i] - began for i, began in sent.items() if i in arrived)
     ms = [x * 1000 for x in latencies]
     return {
         "received": float(len(ms)),

@@ -85,7 +85,9 @@ async def _prepare(env: dict[str, str]) -> dict[str, str]:
 # --- 1. revoke to stream close -------------------------------------------------------------
 
 
-async def _revoke_once(session: aiohttp.ClientSession, x: str, y: str, admin_token: str, i: int) -> dict:
+async def _revoke_once(
+    session: aiohttp.ClientSession, x: str, y: str, admin_token: str, i: int
+) -> dict[str, Any]:
     bearer = {"Authorization": f"Bearer {admin_token}"}
     node_id = f"sub-{secrets.token_hex(4)}-{i}"
     spec = {"id": node_id, "nation": "GBR", "clearance": "SECRET", "roles": ["subscribe"]}

@@ -231,7 +231,7 @@ async def main() -> None:
         }
     finally:
         await runner.cleanup()
-    rows = [
+    rows: list[tuple[str, str, dict[str, float], float | None]] = [
         ("null endpoint", "publish sequential", null["sequential"], None),
         ("null endpoint", f"publish {args.concurrency} clients", null["concurrent"], None),
     ]
