@@ -368,6 +368,8 @@ class Database:
     def learn_payload(self, payload: str, pid: int | None = None) -> None:
         """A NOTIFY's payload: the head another (or this) process just committed; ``pid`` is the
         notifying backend's (this process's guarded statements' own is not another's)."""
+        if pid is not None and pid == self._guarded_pid:
+            return  # this process's own guarded commit: its head is remembered as it commits
         head = head_from_payload(payload)
         if head is not None:
             known = self._head
