@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, TypeGuard, TypeVar
 
 import asyncpg
@@ -281,6 +282,7 @@ class Database:
         run again (it may have committed)."""
         sql, names, fixed = self._driver_form(statement)
         arguments = [parameters[name] if name in parameters else fixed[name] for name in names]
+        _refuse_naive(arguments)  # what UTCDateTime's bind processing does on the ordinary path
         async with self._guarded_serial:
             connection = self._guarded_connection
             if connection is not None and await self._worn(connection):
@@ -432,6 +434,15 @@ def _driver_error(exc: BaseException, *, closed: bool) -> BaseException:
     if isinstance(exc, asyncpg.PostgresError) and _data_exception(exc.sqlstate):
         return _refused_value()
     return exc
+
+
+def _refuse_naive(arguments: list[Any]) -> None:
+    """A naive datetime would be stored shifted by the server's time zone: refused, as
+    ``models.UTCDateTime`` refuses it for statements sent through SQLAlchemy."""
+    for argument in arguments:
+        values = argument if isinstance(argument, list) else (argument,)
+        if any(isinstance(v, datetime) and v.tzinfo is None for v in values):
+            raise ValueError("naive datetime refused: the broker stores UTC only")
 
 
 def _cannot_run(exc: BaseException) -> TypeGuard[asyncpg.PostgresError]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -465,3 +466,16 @@ async def test_a_guarded_statement_that_cannot_run_leaves_the_ordinary_path(
     assert sum("guarded_statements_off sqlstate=42883" in r.getMessage() for r in caplog.records) == 1
     assert await report_count(api.ctx) == 4
     await chain_holds(api.ctx)
+
+
+async def test_a_naive_datetime_is_refused_as_on_the_ordinary_path(ctx: Context) -> None:
+    # Sent through the driver, a guarded statement skips SQLAlchemy's bind processing, where
+    # models.UTCDateTime refuses a naive datetime (it would be stored shifted by the server's
+    # time zone). The guarded path refuses it too, before sending anything.
+    async with ctx.db.transaction() as tx:  # the process now knows the head
+        await audit.record(tx, [AuditDraft(action="test", actor="a", reason="warm")], now=ctx.now())
+    size = await chain_holds(ctx)
+    with pytest.raises(ValueError, match="naive datetime"):
+        async with ctx.db.guarded_transaction() as tx:
+            await audit.record(tx, [AuditDraft(action="test", actor="a")], now=datetime(2026, 11, 25, 12))  # noqa: DTZ001
+    assert await chain_holds(ctx) == size
