@@ -7,8 +7,9 @@ going to instance i mod 2, as ``bench.scale``), sends ``--n`` publishes from ``-
 clients with a new connection per request (``bench.peer``'s load client), and reads from
 ``/proc`` the CPU seconds each broker process, PostgreSQL's processes (every process whose name
 starts with ``postgres``, so run it where no other database is busy) and this load client used,
-and how long the two cores stood idle. From each broker's ``/metrics``: guarded statements
-committed and refused, and turns waited (docs/scaling.md). Runs alternate between one and two
+and how long the two cores stood idle (I/O wait included). From each broker's ``/metrics``:
+guarded batches committed and refused (sent or not: a batch that needs a read is refused before
+sending), and turns waited (docs/scaling.md). Runs alternate between one and two
 brokers, ``--repeats`` times each, so that a drift in the machine's speed falls on both.
 Appends its table to bench/RESULTS.md. Not a test: nothing is asserted.
 """
@@ -33,13 +34,15 @@ TICK = os.sysconf("SC_CLK_TCK")
 COUNTERS = re.compile(r'^broker_guarded_(transactions|turns)_total\{outcome="(\w+)"\} (\S+)$', re.MULTILINE)
 
 
-def process_cpu(pid: int | str) -> float:
-    """CPU seconds (user and system) a process has used; 0 once it is gone."""
+def process_cpu(pid: int | str, *, children: bool = False) -> float:
+    """CPU seconds (user and system) a process has used, and with ``children`` those of its
+    children that ended and were waited for; 0 once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
+    own = int(fields[11]) + int(fields[12])
+    return (own + (int(fields[13]) + int(fields[14]) if children else 0)) / TICK
 
 
 def postgres_cpu() -> float:
@@ -51,14 +54,17 @@ def postgres_cpu() -> float:
             except OSError:
                 continue
             if name.startswith("postgres"):
-                total += process_cpu(entry.name)
+                # Backends that ended during the run (replaced connections, autovacuum workers)
+                # count in the postmaster's children's time, which the postmaster waited for.
+                total += process_cpu(entry.name, children=True)
     return total
 
 
 def idle_seconds() -> float:
-    """Seconds all cores together spent idle since boot."""
+    """Seconds all cores together spent idle since boot, waiting for I/O included (a commit's
+    fsync shows as I/O wait)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    return int(fields[4]) / TICK
+    return (int(fields[4]) + int(fields[5])) / TICK
 
 
 async def counters(brokers: Brokers) -> dict[str, float]:

@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any, TypeGuard, TypeVar
 
 import asyncpg
-from sqlalchemy import ClauseElement, Engine, Executable, create_engine
+from sqlalchemy import ClauseElement, Engine, Executable, create_engine, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -58,6 +58,9 @@ TURN_SECONDS = 0.015
 # Waiting for another process's commit is worth it only if that process announces its commits
 # (NOTIFY): it has done so within this long. Audit-only commits (reads, deliveries) send none.
 HEARD_SECONDS = 0.1
+# A guarded statement the server refuses to run at all turns them off for this long (a migration
+# running under the broker, a privilege revoked for a while), then they are tried again.
+GUARDED_OFF_SECONDS = 60.0
 log = logging.getLogger(__name__)
 _Job = tuple[Callable[[Connection], Any], asyncio.Future[Any]] | None
 
@@ -143,7 +146,7 @@ class Database:
         self.on_lock_held: Callable[[float], None] | None = None
         self._read_serial = asyncio.Lock()
         # PostgreSQL: the head as this process's last committed write transaction left it (or
-        # locked it), for guarded transactions; None until the first, and after one failed.
+        # locked it), or a later one heard of, for guarded transactions; None until the first.
         self._head: Head | None = None
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._guarded_connection: AsyncConnection | None = None
@@ -160,15 +163,20 @@ class Database:
         self._own: Head | None = None
         self._moved = asyncio.Event()
         self._heard_at = -1.0  # when another process's NOTIFY last brought a newer head
-        self._guarded_pid: int | None = None  # the backend of the connection kept for them
-        # Off for good once a guarded statement cannot run at all here (SQLSTATE class 42: the
-        # function of migration 0008 missing, say, or not executable by this role).
-        self._guarded_off = False
+        # This process's backends (every pooled connection's, the kept one's included): their
+        # NOTIFYs are this process's own commits, not another process announcing its own.
+        self._own_pids: set[int] = set()
+        # Off until then once a guarded statement cannot run at all here (SQLSTATE class 42:
+        # the function of migration 0008 missing, say, or not executable by this role).
+        self._guarded_off_until = 0.0
         self.turns = {"other_committed": 0, "timed_out": 0}
         self.on_turn: Callable[[str], None] | None = None
         if sqlite:
             self._writer = _sqlite_thread(engine, name="sqlite-writer", read_only=False)
             self._reader = _sqlite_thread(engine, name="sqlite-reader", read_only=True)
+        else:
+            event.listen(engine.sync_engine.pool, "connect", self._backend_opened)
+            event.listen(engine.sync_engine.pool, "close", self._backend_closed)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
@@ -197,8 +205,8 @@ class Database:
         """A ``GuardedTx`` against the head this process last saw (PostgreSQL only): it commits
         in one statement, or raises ``HeadMoved`` having written nothing, and then the caller runs
         the same work in ``transaction``. Raises ``HeadMoved`` at once when there is no head to
-        assume (SQLite, a fresh process, the last guarded attempt failed)."""
-        if self._head is None or not self.shared or self._guarded_off:
+        assume (SQLite, a fresh process), or guarded statements are off for now."""
+        if self._head is None or not self.shared or time.monotonic() < self._guarded_off_until:
             raise HeadMoved("no head to assume")
         tx = GuardedTx(self._send_guarded, self._head, self.engine.dialect)
         try:
@@ -295,7 +303,6 @@ class Database:
                 self._guarded_since = time.monotonic()
             driver = (await connection.get_raw_connection()).driver_connection
             assert driver is not None  # an open connection has its driver's
-            self._guarded_pid = driver.get_server_pid()
             try:
                 row: Mapping[str, Any] = await driver.fetchrow(sql, *arguments)
             except BaseException as exc:
@@ -305,9 +312,15 @@ class Database:
                 closed = driver.is_closed()
                 if not closed and _cannot_run(exc):
                     # Refused as a whole before writing anything (autocommit: one statement is
-                    # one transaction), and it would be every time: the ordinary path from now on.
-                    log.warning("guarded_statements_off sqlstate=%s error=%s", exc.sqlstate, exc)
-                    self._guarded_off = True
+                    # one transaction), and likely every time for a while: the ordinary path.
+                    if time.monotonic() >= self._guarded_off_until:
+                        log.warning(
+                            "guarded_statements_off seconds=%.0f sqlstate=%s error=%s",
+                            GUARDED_OFF_SECONDS,
+                            exc.sqlstate,
+                            exc,
+                        )
+                    self._guarded_off_until = time.monotonic() + GUARDED_OFF_SECONDS
                     raise HeadMoved("guarded statements cannot run on this database") from exc
                 mapped = _driver_error(exc, closed=closed)
                 if mapped is exc:
@@ -369,15 +382,23 @@ class Database:
 
     def learn_payload(self, payload: str, pid: int | None = None) -> None:
         """A NOTIFY's payload: the head another (or this) process just committed; ``pid`` is the
-        notifying backend's (this process's guarded statements' own is not another's)."""
-        if pid is not None and pid == self._guarded_pid:
-            return  # this process's own guarded commit: its head is remembered as it commits
+        notifying backend's."""
+        if pid is not None and pid in self._own_pids:
+            return  # this process's own commit: its head is remembered as it commits
         head = head_from_payload(payload)
         if head is not None:
-            known = self._head
+            self._heard_at = time.monotonic()  # another process announces its commits
             self.learn(head)
-            if self._head != known and pid != self._guarded_pid:
-                self._heard_at = time.monotonic()
+
+    def _backend_opened(self, dbapi_connection: Any, _record: Any) -> None:
+        pid = _server_pid(dbapi_connection)
+        if pid is not None:
+            self._own_pids.add(pid)
+
+    def _backend_closed(self, dbapi_connection: Any, _record: Any) -> None:
+        pid = _server_pid(dbapi_connection)
+        if pid is not None:
+            self._own_pids.discard(pid)
 
     def _held(self, tx: Tx) -> None:
         if tx.locked_at is not None and self.on_lock_held is not None:
@@ -443,6 +464,14 @@ def _refuse_naive(arguments: list[Any]) -> None:
         values = argument if isinstance(argument, list) else (argument,)
         if any(isinstance(v, datetime) and v.tzinfo is None for v in values):
             raise ValueError("naive datetime refused: the broker stores UTC only")
+
+
+def _server_pid(dbapi_connection: Any) -> int | None:
+    """The PostgreSQL backend pid of a pooled connection (asyncpg's), if it has one."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    get = getattr(driver, "get_server_pid", None)
+    pid = get() if callable(get) else None
+    return pid if isinstance(pid, int) else None
 
 
 def _cannot_run(exc: BaseException) -> TypeGuard[asyncpg.PostgresError]:

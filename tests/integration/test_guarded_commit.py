@@ -7,6 +7,7 @@ the outcomes must be exactly those of the locking path."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import replace
 from datetime import datetime
@@ -378,6 +379,26 @@ async def test_after_a_collision_a_batch_lets_the_other_process_go_first(
     assert db.turns == {"other_committed": 1, "timed_out": 1}
 
 
+async def test_the_processs_own_notifications_are_not_another_process_announcing(api: Api) -> None:
+    # Taking turns waits only for a process that announces its commits. This process's own
+    # commits NOTIFY too (on any of its pooled connections, not only the guarded one): they
+    # must not count as another process heard of, whenever they arrive.
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201
+    db = api.server_ctx.db
+    await asyncio.sleep(0.2)  # the NOTIFY of the node added by the test's own process
+    heard = db._heard_at
+    for i in range(5):  # ordinary transactions of the broker's own, each with a NOTIFY
+        spec = {"id": f"own-{i}", "nation": "USA", "clearance": "SECRET", "roles": ["subscribe"]}
+        await admin.add_node(api.server_ctx, spec, actor="test")
+    assert (await api.publish(usa, body()))[0] == 201
+    await asyncio.sleep(0.3)
+    assert db._heard_at == heard
+    await _announce(api)
+    await _learned(api, api.ctx.db)
+    assert db._heard_at > heard
+
+
 async def test_the_processs_own_two_group_commits_are_no_collision(ctx: Context) -> None:
     # Publishes and audit events are two group commits deciding against the same known head; the
     # second to be sent finds the head the first left. That head is this process's own: no
@@ -462,8 +483,9 @@ async def test_a_guarded_statement_that_cannot_run_leaves_the_ordinary_path(
         assert status == 201, receipt
         sequences.append(receipt["sequence"])
     assert sequences == list(range(sequences[0], sequences[0] + 3))
-    assert api.server_ctx.db._guarded_off
-    assert sum("guarded_statements_off sqlstate=42883" in r.getMessage() for r in caplog.records) == 1
+    assert time.monotonic() < api.server_ctx.db._guarded_off_until  # for a while, then again
+    said = [r.getMessage() for r in caplog.records if "guarded_statements_off" in r.getMessage()]
+    assert len(said) == 1 and "seconds=60 sqlstate=42883" in said[0], said
     assert await report_count(api.ctx) == 4
     await chain_holds(api.ctx)
 
