@@ -208,7 +208,12 @@ class Database:
         assume (SQLite, a fresh process), or guarded statements are off for now."""
         if self._head is None or not self.shared or time.monotonic() < self._guarded_off_until:
             raise HeadMoved("no head to assume")
-        tx = GuardedTx(self._send_guarded, self._head, self.engine.dialect)
+        expected = self._head
+
+        async def send(statement: Executable, parameters: dict[str, Any]) -> Mapping[str, Any]:
+            return await self._send_guarded(statement, parameters, expected)
+
+        tx = GuardedTx(send, expected, self.engine.dialect)
         try:
             async with _mapped_errors():
                 yield tx
@@ -273,7 +278,9 @@ class Database:
         if self.on_guarded is not None:
             _quietly(self.on_guarded, outcome)
 
-    async def _send_guarded(self, statement: Executable, parameters: dict[str, Any]) -> Mapping[str, Any]:
+    async def _send_guarded(
+        self, statement: Executable, parameters: dict[str, Any], expected: Head
+    ) -> Mapping[str, Any]:
         """Send a guarded statement on the connection kept for them (in autocommit, one at a
         time: they queue on the head row anyway) and return its row.
 
@@ -292,6 +299,11 @@ class Database:
         arguments = [parameters[name] if name in parameters else fixed[name] for name in names]
         _refuse_naive(arguments)  # what UTCDateTime's bind processing does on the ordinary path
         async with self._guarded_serial:
+            if self._head != expected:
+                # The head moved while the batch was decided or waited its turn here (this
+                # process's other group commit, or another process's NOTIFY): the statement
+                # would be refused. Decided again against the newer head, without the trip.
+                raise HeadMoved("the head moved while the batch was decided")
             connection = self._guarded_connection
             if connection is not None and await self._worn(connection):
                 self._guarded_connection = None
