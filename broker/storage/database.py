@@ -162,7 +162,7 @@ class Database:
         self._contended = False
         self._own: Head | None = None
         self._moved = asyncio.Event()
-        self._heard_at = -1.0  # when another process's NOTIFY last brought a newer head
+        self._heard_at = -1.0  # when a NOTIFY from another process was last heard
         # This process's backends (every pooled connection's, the kept one's included): their
         # NOTIFYs are this process's own commits, not another process announcing its own.
         self._own_pids: set[int] = set()
@@ -377,9 +377,10 @@ class Database:
         _quietly(tx.committed)
 
     def learn(self, head: Head) -> None:
-        """Remember ``head`` as the current one for guarded transactions, unless a later one is
-        known: transactions on several connections, and notifications from other processes,
-        arrive out of order. The head moves forward only (events appended, counter bumped)."""
+        """Remember ``head``, a hint (a NOTIFY's), as the current one for guarded transactions,
+        unless a later one is known: notifications arrive out of order, and the head moves
+        forward only (events appended, counter bumped). Heads read from the row replace the
+        known one whatever it is (``_set_head``)."""
         known = self._head
         if self.shared and (
             known is None or (head.audit_seq, head.change_counter) >= (known.audit_seq, known.change_counter)
