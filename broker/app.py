@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -15,6 +14,7 @@ from broker.services import auth, deliver, ledger, metrics, retention
 from broker.services.context import Context, utc_now
 from broker.settings import Settings
 from broker.storage.listen import ChangeListener, is_postgresql
+from broker.waiting import wait_event
 from broker.web.handlers import CONTEXT, LIMITER, WAKE, TokenBucket
 from broker.web.middleware import BODY_TIMEOUT, problems, server_header
 from broker.web.routes import add_routes
@@ -93,8 +93,7 @@ async def _flush_failures(ctx: Context, stop: asyncio.Event) -> None:
     """Every ``auth_failure_window_seconds``, and once more at shutdown, write the failed
     authentications counted meanwhile as one audit event per source."""
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=ctx.settings.auth_failure_window_seconds)
+        await wait_event(stop, ctx.settings.auth_failure_window_seconds)
         try:
             await auth.flush_failures(ctx)
         except Exception:  # the database may be down: keep counting, write them next time

@@ -141,7 +141,8 @@ async def exchange(base: str, live: LiveExchange, say: Callable[[str], None] = p
             topics=["c2-live-demo"],
         )
         say(f"live: usa-sdk published report {receipt['id']} (SECRET, REL FVEY), signed, over mutual TLS")
-        got = await asyncio.wait_for(first, timeout=10)
+        async with asyncio.timeout(10):
+            got = await first
         say(
             f"live: gbr-sdk received it over the stream: sealed={got.was_sealed} "
             f"signature verified={got.verified} payload={json.dumps(got.payload)}"

@@ -11,9 +11,10 @@ or a revocation or membership change made by the CLI, reaches every open stream 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+
+from broker.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,7 @@ class Hub:
                 if state != self._seen:
                     self._seen = state
                     self.wake()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._nudge.wait(), timeout=self._interval())
+            await wait_event(self._nudge, self._interval())
 
     def start(self) -> None:
         if self._task is None:
@@ -70,7 +70,8 @@ class Hub:
             self._stopping = True
             self._nudge.set()
             try:
-                await asyncio.wait_for(self._task, timeout=10)
+                async with asyncio.timeout(10):  # on timeout the task is cancelled
+                    await self._task
             except TimeoutError:
                 log.warning("hub_stop_timeout")
             self._task = None

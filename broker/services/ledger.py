@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from broker.errors import BrokerError, InvalidInput, NotFound
 from broker.services import metrics
 from broker.services.context import Context
 from broker.storage.repos import Tx
+from broker.waiting import wait_event
 
 log = logging.getLogger(__name__)
 EXPORT_PAGE = 1000
@@ -109,8 +109,7 @@ async def checkpointer(ctx: Context, stop: asyncio.Event) -> None:
     waited = 0.0
     step = min(1.0, every_seconds)
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=step)
+        if await wait_event(stop, step):
             return
         waited += step
         try:

@@ -19,7 +19,6 @@ that level would not yet have outlived; everything before it is settled for that
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from broker.services import audit, metrics
 from broker.services.context import Context
 from broker.storage import retention as store
 from broker.storage.retention import StoredAge
+from broker.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,7 @@ async def expirer(ctx: Context, stop: asyncio.Event) -> None:
         return
     progress = Progress()
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=ctx.settings.retention_interval_seconds)
+        if await wait_event(stop, ctx.settings.retention_interval_seconds):
             return
         try:
             await expire(ctx, progress=progress, stop=stop)

@@ -44,6 +44,7 @@ from broker.errors import BadRequest, Unavailable
 from broker.storage.db import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite
 from broker.storage.repos import GuardedTx, HeadMoved, Tx
 from broker.storage.statements import head_from_payload
+from broker.waiting import wait_event
 
 T = TypeVar("T")
 # The connection kept for guarded statements is replaced after this long (as pooled ones are).
@@ -262,9 +263,7 @@ class Database:
         if time.monotonic() - self._heard_at > HEARD_SECONDS:
             return  # the other announces nothing (audit-only commits): its commit would go unheard
         moved = self._moved
-        try:
-            await asyncio.wait_for(moved.wait(), TURN_SECONDS)
-        except TimeoutError:
+        if not await wait_event(moved, TURN_SECONDS):
             self._contended = False
             outcome = "timed_out"
         else:

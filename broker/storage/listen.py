@@ -20,6 +20,7 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from broker.storage.repos import CHANGE_CHANNEL
+from broker.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,7 @@ class ChangeListener:
 
     async def wait_ready(self, seconds: float) -> bool:
         """Wait until listening (True), or ``seconds`` (False)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), seconds)
+        await wait_event(self._ready, seconds)
         return self.connected
 
     def _notified(self, _connection: object, pid: int, _channel: str, payload: str) -> None:

@@ -29,6 +29,7 @@ from broker.errors import AccessDenied, BadRequest, RateLimited, Unauthenticated
 from broker.realtime.hub import Hub
 from broker.services import auth, deliver
 from broker.services.context import Context
+from broker.waiting import wait_event
 from broker.web.handlers import CONTEXT, WS_PROTOCOL, authenticated_node, int_param, topics_param
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,9 @@ class StreamSession:
             self.cursor = batch.cursor
             if batch.more:
                 continue
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=heartbeat)
-            except TimeoutError:
+            # Not asyncio.wait_for: on 3.11 it loses a cancel that arrives with the wake-up,
+            # and the stream's close answer then waited for this pump (broker/waiting.py).
+            if not await wait_event(wake, heartbeat):
                 self._enqueue('{"type": "heartbeat"}')
 
     async def send(self) -> None:

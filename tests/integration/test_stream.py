@@ -15,6 +15,7 @@ from broker.client import ApiError, BrokerClient, Received, SealedError, Signatu
 from broker.crypto.keys import new_sealing_key, new_signing_key, public_b64
 from broker.services import admin
 from broker.services import reports as report_service
+from broker.web.ws import StreamSession
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body, events
 
@@ -96,6 +97,35 @@ async def test_acks_are_durable_cursors(api: Api) -> None:
         other = await take(client.stream(name="another"), 1)
     assert [r.id for r in resumed] == ids[2:6]
     assert other[0].id == ids[0]
+
+
+async def test_a_wake_up_as_the_stream_closes_does_not_hold_the_close_answer(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found in CI: the hub woke the pump in the same loop iteration as the client's close
+    # cancelled it; asyncio.wait_for (3.11) lost the cancel, the pump ran on, and the close
+    # answer (sent once the newest ack is stored) waited for the client's 10 s close timeout.
+    # The client then resumed from the ack before. Here the wake-up always comes with the close.
+    real = StreamSession.receive
+
+    async def receive_then_wake(self: StreamSession) -> None:
+        await real(self)
+        self.hub.wake()
+
+    monkeypatch.setattr(StreamSession, "receive", receive_then_wake)
+    usa, swe = await api.node("usa-1", "USA"), await api.node("swe-1", "SWE")
+    ids = await publish_many(api, usa, 4)
+    for attempt in range(5):
+        async with BrokerClient(api.base_url, swe) as client:
+            stream = client.stream(name=f"ops{attempt}")
+            await take(stream, 2)
+            started = asyncio.get_running_loop().time()
+            await stream.aclose()  # the first ack was sent
+            closed_in = asyncio.get_running_loop().time() - started
+        assert closed_in < 5, f"the close answer took {closed_in:.1f} s"
+        async with BrokerClient(api.base_url, swe) as client:
+            resumed = await take(client.stream(name=f"ops{attempt}"), 3)
+        assert [r.id for r in resumed] == ids[1:4]
 
 
 async def test_topics_filter_streams(api: Api) -> None:
