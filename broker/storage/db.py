@@ -85,7 +85,15 @@ def create_engine(url: str) -> AsyncEngine:
             # firewall idle timeout: no closed socket for _refuse_closed to see) fails at most
             # the one transaction that meets it (503), and rarely.
             pool_recycle=300,
-            connect_args={"server_settings": {"synchronous_commit": "on"}},
+            # The head row is locked, or compared and set in one statement, under READ COMMITTED:
+            # a stricter default set on the database or role would turn a write that meets
+            # another broker's commit into a serialization error (a 500) instead of a wait.
+            connect_args={
+                "server_settings": {
+                    "synchronous_commit": "on",
+                    "default_transaction_isolation": "read committed",
+                }
+            },
         )
         event.listen(engine.sync_engine.pool, "checkout", _refuse_closed)
         return engine

@@ -14,7 +14,8 @@ from sqlalchemy.engine import make_url
 from broker.domain.records import AuditDraft, AuditEvent
 from broker.errors import BadRequest
 from broker.services.context import Context
-from tests.integration.conftest import Api
+from tests.conftest import _pg_exec
+from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body, chain_holds, events, statements_seen
 
 
@@ -117,3 +118,30 @@ async def test_an_over_long_value_is_refused_not_truncated(ctx: Context, databas
         await append()
     async with ctx.db.read_transaction() as tx:
         assert await tx.event(head.audit_seq + 1) is None
+
+
+@pytest.mark.parametrize("isolation", ["repeatable read", "serializable"])
+async def test_writes_hold_when_the_database_defaults_to_a_stricter_isolation(
+    start_server: StartServer, database_url: str, isolation: str
+) -> None:
+    # The head row is locked (ordinary transactions) or compared and set in one statement
+    # (guarded ones) under READ COMMITTED: under a stricter default, a write that meets another
+    # broker's commit fails with a serialization error (a 500) instead of waiting for it.
+    # Every connection the broker opens sets its own isolation, whatever the database's default.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("an isolation default is PostgreSQL's")
+    url = make_url(database_url)
+    server = url.set(database="postgres").render_as_string(hide_password=False)
+    alter = f"ALTER DATABASE \"{url.database}\" SET default_transaction_isolation = '{isolation}'"
+    await _pg_exec(server, alter)
+    one, two = await start_server(), await start_server()  # two brokers, one database
+    usa = await one.node("usa-1", "USA")
+    answers = await asyncio.gather(
+        *(api.publish(usa, body(payload={"n": i})) for i in range(20) for api in (one, two))
+    )
+    assert [status for status, _ in answers] == [201] * 40
+    for api in (one, two):  # the session default of every pooled connection, the kept one's too
+        async with api.server_ctx.db.engine.connect() as connection:
+            shown = await connection.exec_driver_sql("SHOW default_transaction_isolation")
+            assert shown.scalar() == "read committed"
+    assert await chain_holds(one.ctx) >= 40
