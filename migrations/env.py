@@ -7,9 +7,8 @@ import asyncio
 
 from alembic import context
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from broker.storage.db import lock_for_migrations
+from broker.storage.db import create_engine, lock_for_migrations
 from broker.storage.models import Base
 
 config = context.config
@@ -28,7 +27,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_own_engine(url: str) -> None:
-    engine = create_async_engine(url)
+    engine = create_engine(url)  # the broker's own settings (read committed on PostgreSQL)
     async with engine.connect() as connection:
         await connection.run_sync(lock_for_migrations)  # as broker.storage.db.upgrade does
         await connection.run_sync(_run)

@@ -16,7 +16,6 @@ once more when the connection ends, so a flood of acks costs memory updates, not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -143,9 +142,8 @@ class StreamSession:
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # Their outcomes are read above; a cancel of this handler itself still propagates.
+            await asyncio.gather(*tasks, return_exceptions=True)
             if code != CLOSE_REVOKED:
                 try:  # the newest ack, once, before the close answer: the client resumes after it
                     await self.save_ack()

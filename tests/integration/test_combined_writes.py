@@ -140,7 +140,7 @@ async def test_writes_hold_when_the_database_defaults_to_a_stricter_isolation(
         *(api.publish(usa, body(payload={"n": i})) for i in range(20) for api in (one, two))
     )
     assert [status for status, _ in answers] == [201] * 40
-    for api in (one, two):  # the session default of every pooled connection, the kept one's too
+    for api in (one, two):  # the session default of the pool's connections (the kept one is one)
         async with api.server_ctx.db.engine.connect() as connection:
             shown = await connection.exec_driver_sql("SHOW default_transaction_isolation")
             assert shown.scalar() == "read committed"
