@@ -42,6 +42,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from broker.domain.records import Head
 from broker.errors import BadRequest, Unavailable
 from broker.storage.db import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite
+from broker.storage.models import refuse_naive
 from broker.storage.repos import GuardedTx, HeadMoved, Tx
 from broker.storage.statements import head_from_payload
 from broker.waiting import wait_event
@@ -470,12 +471,12 @@ def _driver_error(exc: BaseException, *, closed: bool) -> BaseException:
 
 
 def _refuse_naive(arguments: list[Any]) -> None:
-    """A naive datetime would be stored shifted by the server's time zone: refused, as
-    ``models.UTCDateTime`` refuses it for statements sent through SQLAlchemy."""
+    """Refuse a naive datetime among a guarded statement's arguments (single values, or lists
+    for a batch's rows), as ``models.UTCDateTime`` does for statements sent through SQLAlchemy."""
     for argument in arguments:
-        values = argument if isinstance(argument, list) else (argument,)
-        if any(isinstance(v, datetime) and v.tzinfo is None for v in values):
-            raise ValueError("naive datetime refused: the broker stores UTC only")
+        for value in argument if isinstance(argument, list) else (argument,):
+            if isinstance(value, datetime):
+                refuse_naive(value)
 
 
 def _server_pid(dbapi_connection: Any) -> int | None:

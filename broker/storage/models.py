@@ -31,6 +31,12 @@ NAMING = {
 }
 
 
+def refuse_naive(value: datetime) -> None:
+    """A naive datetime would be stored shifted by the server's time zone: ValueError."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime refused: the broker stores UTC only")
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes on every engine (SQLite hands back naive values otherwise)."""
 
@@ -40,8 +46,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime refused: the broker stores UTC only")
+        refuse_naive(value)
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
