@@ -2,11 +2,51 @@
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from broker.domain.access import ReportFacts, Subject
+
+# Why a credential no longer authorises its holder (stable reason codes, audited).
+NODE_REVOKED = "node_revoked"
+TOKEN_REPLACED = "token_replaced"  # noqa: S105 (a reason code, not a secret)
+TOKEN_EXPIRED = "token_expired"  # noqa: S105 (a reason code, not a secret)
+CERTIFICATE_NOT_PINNED = "certificate_not_pinned"
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What a request or stream authenticated with: the hash of the token it presented and the
+    SHA-256 (hex) of its client certificate, either or both. Every later act of the same
+    request or stream is decided against this, not against whatever the node holds now."""
+
+    token_hash: str | None = None
+    certificate: str | None = None
+
+
+def credential_lapsed(node: NodeRecord, credential: Credential | None, *, now: datetime) -> str | None:
+    """Why ``credential`` no longer authenticates ``node`` (the node's current record) at
+    ``now``, or None while it still does.
+
+    A token stops at revocation, rotation (the node's hash is another) and expiry; a certificate
+    at revocation and when the node is pinned to another certificate. ``credential`` None (a
+    record not obtained by authentication) is held to revocation and expiry only."""
+    if node.revoked_at is not None:
+        return NODE_REVOKED
+    if credential is None:
+        expired = node.token_expires_at is not None and now >= node.token_expires_at
+        return TOKEN_EXPIRED if expired else None
+    if credential.token_hash is not None:
+        if not hmac.compare_digest(credential.token_hash, node.token_hash):
+            return TOKEN_REPLACED
+        if node.token_expires_at is not None and now >= node.token_expires_at:
+            return TOKEN_EXPIRED
+    pin, presented = node.tls_fingerprint, credential.certificate
+    if pin is not None and presented is not None and not hmac.compare_digest(pin, presented):
+        return CERTIFICATE_NOT_PINNED
+    return None
 
 
 @dataclass(frozen=True)
@@ -29,6 +69,8 @@ class NodeRecord:
     # node bumps the counter, so an act whose transaction still reads this value may trust the
     # record; any other value means "read it again" (services.auth.recheck).
     version: int = field(default=-1, compare=False)
+    # The credential this record was authenticated with, when it came from authentication.
+    credential: Credential | None = field(default=None, compare=False)
 
     def subject(self) -> Subject:
         """The node as the access rule sees it."""

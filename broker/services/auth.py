@@ -13,11 +13,12 @@ import hashlib
 import hmac
 import re
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import NoReturn
 
 from broker.crypto import pki
 from broker.crypto.tokens import hash_token, token_matches
-from broker.domain.records import AuditDraft, NodeRecord
+from broker.domain.records import NODE_REVOKED, AuditDraft, Credential, NodeRecord, credential_lapsed
 from broker.errors import AccessDenied, RateLimited, Unauthenticated
 from broker.services.audit import record_alone
 from broker.services.context import Context
@@ -79,7 +80,7 @@ async def authenticate(
         _fail(ctx, source, reason="node_revoked", node=node)
     if node.token_expires_at is not None and ctx.now() >= node.token_expires_at:
         _fail(ctx, source, reason="token_expired", node=node)
-    return node
+    return replace(node, credential=Credential(token_hash=node.token_hash))
 
 
 async def _by_certificate(
@@ -114,11 +115,13 @@ async def _by_certificate(
     if pin is not None and not hmac.compare_digest(pin, fingerprint):
         ctx.tokens.pop(key, None)
         _fail(ctx, source, reason="certificate_not_pinned", node=node)
+    token_hash = None
     if token:
         by_token = await authenticate(ctx, token, source=source, rechecked=rechecked)
         if by_token.id != node.id:
             _fail(ctx, source, reason="token_certificate_mismatch", node=node)
-    return node
+        token_hash = by_token.token_hash
+    return replace(node, credential=Credential(token_hash=token_hash, certificate=fingerprint))
 
 
 def _fail(ctx: Context, source: str, *, reason: str, node: NodeRecord | None = None) -> NoReturn:
@@ -126,34 +129,65 @@ def _fail(ctx: Context, source: str, *, reason: str, node: NodeRecord | None = N
     raise Unauthenticated("a valid bearer token is required", code="unauthenticated")
 
 
-async def recheck(tx: WriteTx, node: NodeRecord, counter: int) -> NodeRecord:
+async def recheck(
+    tx: WriteTx, node: NodeRecord, counter: int, *, now: datetime | None = None, role: str | None = None
+) -> NodeRecord:
     """``node`` as of the change counter ``counter`` that the caller read in ``tx``: the same
-    record when nothing changed since it was read, else the row read again here. Raises
-    ``NodeGone`` when the node was revoked (or its token replaced) meanwhile."""
-    if node.version == counter:
-        return node
-    fresh = await tx.node(node.id)
-    if fresh is None or fresh.revoked_at is not None or fresh.token_hash != node.token_hash:
-        raise NodeGone(node)
-    return replace(fresh, version=counter)
+    record when nothing changed since it was read, else the row read again here, still carrying
+    the credential it authenticated with. Raises ``NodeGone`` when that credential no longer
+    authenticates it (revoked, token rotated or expired, pinned to another certificate), and
+    ``RoleLost`` when ``role`` is given and the node no longer holds it."""
+    if node.version != counter:
+        fresh = await tx.node(node.id)
+        if fresh is None:
+            raise NodeGone(node, NODE_REVOKED)
+        if node.credential is None and fresh.token_hash != node.token_hash:
+            raise NodeGone(node, "token_replaced")
+        node = replace(fresh, version=counter, credential=node.credential)
+    reason = credential_lapsed(node, node.credential, now=now or datetime.now(UTC))
+    if reason is not None:
+        raise NodeGone(node, reason)
+    if role is not None and role not in node.roles:
+        raise RoleLost(node, role)
+    return node
 
 
 class NodeGone(Unauthenticated):
-    """The node was revoked after it authenticated and before its act was decided."""
+    """The node's credential stopped authenticating it (``reason``: revoked, token rotated or
+    expired, certificate no longer pinned) after it authenticated and before its act was decided."""
 
-    def __init__(self, node: NodeRecord) -> None:
+    def __init__(self, node: NodeRecord, reason: str = NODE_REVOKED) -> None:
         super().__init__("a valid bearer token is required", code="unauthenticated")
+        self.node = node
+        self.reason = reason
+
+
+class RoleLost(AccessDenied):
+    """The node lost the role its act needs after it authenticated (another process changed it)."""
+
+    def __init__(self, node: NodeRecord, role: str) -> None:
+        super().__init__(f"this act needs the {role!r} role", code="missing_role")
         self.node = node
 
 
-async def refuse_gone(ctx: Context, exc: NodeGone, *, act: str) -> NoReturn:
-    """Audit an act refused because its node was revoked while it was under way, and raise."""
+async def refuse_gone(ctx: Context, exc: NodeGone | RoleLost, *, act: str) -> NoReturn:
+    """Audit an act refused because its node's credential lapsed while it was under way (or,
+    for ``RoleLost``, its role was taken away), and raise."""
     node = exc.node
+    reason = exc.reason if isinstance(exc, NodeGone) else "missing_role"
     draft = AuditDraft(
-        action=act, actor=node.id, node=node.id, nation=node.nation, decision="deny", reason="node_revoked"
+        action=act, actor=node.id, node=node.id, nation=node.nation, decision="deny", reason=reason
     )
     await record_alone(ctx, [draft])
     raise exc
+
+
+async def record_stream_refusal(ctx: Context, node: NodeRecord, reason: str) -> None:
+    """Audit a stream closed because its credential lapsed or its node lost the role."""
+    draft = AuditDraft(
+        action="stream", actor=node.id, node=node.id, nation=node.nation, decision="deny", reason=reason
+    )
+    await record_alone(ctx, [draft])
 
 
 async def require_role(ctx: Context, node: NodeRecord, role: str, *, act: str) -> None:

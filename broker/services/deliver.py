@@ -21,7 +21,7 @@ from typing import Any
 from broker.crypto.keyring import Keyring
 from broker.domain.alliances import Directory
 from broker.domain.canonical import canonical
-from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
+from broker.domain.records import NODE_REVOKED, AuditDraft, NodeRecord, ReportRecord, credential_lapsed
 from broker.errors import Stale, Unauthenticated
 from broker.services import audit
 from broker.services.context import Context
@@ -123,21 +123,22 @@ class Feed:
             self._floor = self._seqs[drop - 1]
             del self._entries[:drop], self._seqs[:drop]
 
-    async def _node(self, node_id: str) -> NodeRecord:
-        """The node as of the feed's change counter. A record read at another counter is
-        never kept (it could be older than a revocation the feed has already seen): Stale."""
-        node = self._nodes.get(node_id)
+    async def _node(self, opened: NodeRecord) -> NodeRecord:
+        """The node as of the feed's change counter, held to the credential its stream was
+        opened with (``Lapsed`` when it no longer authenticates it). A record read at another
+        counter is never kept (it could be older than a change the feed has already seen): Stale."""
+        node = self._nodes.get(opened.id)
         if node is None:
             async with self.ctx.db.read_transaction() as tx:
                 counter = await tx.change_counter()  # first: the node read after it is as new
-                node = await tx.node(node_id)
-            if node is None or node.revoked_at is not None:
-                raise Unauthenticated("the node was revoked", code="node_revoked")
+                node = await tx.node(opened.id)
+            if node is None:
+                raise Lapsed(NODE_REVOKED)
             if counter != self._counter:
                 raise Stale("the feed is behind the change counter")
             node = replace(node, version=counter)
-            self._nodes[node_id] = node
-        return node
+            self._nodes[opened.id] = node
+        return held(self.ctx, node, opened)
 
     def _frame(self, entry: _Entry, node: NodeRecord) -> str:
         if entry.plaintext is None:
@@ -155,24 +156,29 @@ class Feed:
         )
         return report_frame(doc)
 
-    async def next_batch(self, node_id: str, *, after: int, topics: Sequence[str], limit: int = 100) -> Batch:
-        """The next reports ``node_id`` may receive above ``after``, audited. Decisions are
+    async def next_batch(
+        self, node: NodeRecord, *, after: int, topics: Sequence[str], limit: int = 100
+    ) -> Batch:
+        """The next reports ``node`` may receive above ``after``, audited. Decisions are
         made on the feed's copy of the security state and committed only if it is still current
         (services.audit); otherwise the feed reloads and decides again.
 
-        Raises Unauthenticated when the node was revoked: the stream must close."""
+        ``node``: as the stream authenticated it. Raises ``Lapsed`` when its credential no longer
+        authenticates it, or it lost the subscribe role: the stream must close."""
         for _ in range(STALE_RETRIES):
             try:
-                return await self._next_batch(node_id, after=after, topics=topics, limit=limit)
+                return await self._next_batch(node, after=after, topics=topics, limit=limit)
             except Stale:
                 await self.refresh()
         raise Stale("the security state keeps changing")
 
-    async def _next_batch(self, node_id: str, *, after: int, topics: Sequence[str], limit: int) -> Batch:
+    async def _next_batch(
+        self, opened: NodeRecord, *, after: int, topics: Sequence[str], limit: int
+    ) -> Batch:
         if self._floor is None or after < self._floor or self._counter is None:
-            return await fetch(self.ctx, node_id, after=after, topics=topics, limit=limit)
+            return await fetch(self.ctx, opened, after=after, topics=topics, limit=limit)
         counter = self._counter
-        node = await self._node(node_id)
+        node = await self._node(opened)
         start = bisect.bisect_right(self._seqs, after)
         window = self._entries[start : start + limit]
         wanted = set(topics)
@@ -191,19 +197,23 @@ class Feed:
         return Batch(frames=frames, cursor=cursor, more=len(window) == limit, delivered=delivered)
 
 
-async def fetch(ctx: Context, node_id: str, *, after: int, topics: Sequence[str], limit: int = 100) -> Batch:
+async def fetch(
+    ctx: Context, opened: NodeRecord, *, after: int, topics: Sequence[str], limit: int = 100
+) -> Batch:
     """Eligible reports above ``after`` read from the database, decided afresh (node and
     memberships read now) in a read transaction, sealed after it, and audited (one ``deliver``
     event each) through the group commit before the frames are returned; ``Stale`` when the
     security state changed after the decision.
 
-    Raises Unauthenticated when the node was revoked: the stream must close.
+    Raises ``Lapsed`` when the credential ``opened`` authenticated with no longer holds: the
+    stream must close.
     """
     async with ctx.db.read_transaction() as tx:
         counter = await tx.change_counter()
-        node = await tx.node(node_id)
-        if node is None or node.revoked_at is not None:
-            raise Unauthenticated("the node was revoked", code="node_revoked")
+        node = await tx.node(opened.id)
+        if node is None:
+            raise Lapsed(NODE_REVOKED)
+        node = held(ctx, node, opened)
         directory = await ctx.directory_at(tx, counter)
         keyring = ctx.keyring  # as of this read: it can open what was read
         rows = await tx.reports_after(after=after, topics=topics, limit=limit)
@@ -214,6 +224,26 @@ async def fetch(ctx: Context, node_id: str, *, after: int, topics: Sequence[str]
     cursor = rows[-1].seq if rows else after
     delivered = max((int(d.details["sequence"]) for d in drafts), default=0)
     return Batch(frames=frames, cursor=cursor, more=len(rows) == limit, delivered=delivered)
+
+
+class Lapsed(Unauthenticated):
+    """A stream's credential no longer authenticates its node, or the node lost the subscribe
+    role (``reason``, audited when the stream closes)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("the stream's credential no longer authorises it", code="unauthenticated")
+        self.reason = reason
+
+
+def held(ctx: Context, current: NodeRecord, opened: NodeRecord) -> NodeRecord:
+    """``current`` (the node's record now) if the credential ``opened`` came with still
+    authenticates it and it still holds the subscribe role; else ``Lapsed``."""
+    reason = credential_lapsed(current, opened.credential, now=ctx.now())
+    if reason is None and "subscribe" not in current.roles:
+        reason = "missing_role"
+    if reason is not None:
+        raise Lapsed(reason)
+    return current
 
 
 async def resume_point(ctx: Context, node: NodeRecord, name: str) -> int:

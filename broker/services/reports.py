@@ -21,7 +21,7 @@ from broker.domain.labels import SecurityLabel, parse_label
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.errors import AccessDenied, BrokerError, Conflict, InvalidInput, NotFound, RateLimited, Stale
 from broker.services import audit, metrics
-from broker.services.auth import NodeGone, recheck, refuse_gone, require_role
+from broker.services.auth import NodeGone, RoleLost, recheck, refuse_gone, require_role
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
 from broker.services.scanhints import ScanHint
@@ -168,7 +168,7 @@ async def publish(
         raise
     try:
         report = await _publisher(ctx).submit(PublishAct(node=node, sub=sub, idempotency_key=idempotency_key))
-    except NodeGone as exc:
+    except (NodeGone, RoleLost) as exc:
         await refuse_gone(ctx, exc, act="publish")
     except BrokerError as exc:  # conflicts and rate limits are refusals too, and audited
         if not isinstance(exc, Stale) and exc.status < 500:
@@ -284,9 +284,9 @@ class _RateWindow:
 async def _current_act(ctx: Context, tx: WriteTx, act: PublishAct, counter: int) -> PublishAct | BrokerError:
     """``act`` with its node read again under the head lock (something changed since it
     authenticated): refused when the node was revoked meanwhile, checked again when its
-    clearance, caveats or keys changed."""
+    clearance, caveats or keys changed; its credential and role are checked again too."""
     try:
-        node = await recheck(tx, act.node, counter)
+        node = await recheck(tx, act.node, counter, now=ctx.now(), role="publish")
         if node.version != act.node.version:
             _check_publisher(node, act.sub, ctx=ctx)
     except BrokerError as exc:
@@ -487,7 +487,7 @@ async def decided(ctx: Context, act: str, attempt: Callable[[], Awaitable[T]]) -
             return await attempt()
         except Stale:
             continue
-        except NodeGone as exc:
+        except (NodeGone, RoleLost) as exc:
             await refuse_gone(ctx, exc, act=act)
     raise Stale("the security state keeps changing: retry")
 
@@ -505,7 +505,7 @@ async def _read_once(ctx: Context, node: NodeRecord, report_id: str | None) -> d
     (``Stale``: decided again) when the security state changed after the decision was made."""
     async with ctx.db.read_transaction() as tx:
         counter = await tx.change_counter()
-        node = await recheck(tx, node, counter)
+        node = await recheck(tx, node, counter, now=ctx.now(), role="subscribe")
         directory = await ctx.directory_at(tx, counter)
         keyring = ctx.keyring  # as of this read: it can open what was read
         report = None if report_id is None else await tx.report(report_id)
@@ -560,7 +560,7 @@ async def _list_once(
     now = ctx.now()
     async with ctx.db.read_transaction() as tx:
         counter = await tx.change_counter()
-        node = await recheck(tx, node, counter)
+        node = await recheck(tx, node, counter, now=ctx.now(), role="subscribe")
         directory = await ctx.directory_at(tx, counter)
         keyring = ctx.keyring  # as of this read: it can open what was read
         key = (node.id, topics, after)
@@ -597,7 +597,7 @@ async def recall(ctx: Context, node: NodeRecord, report_id: str) -> dict[str, An
 async def _recall_once(ctx: Context, node: NodeRecord, report_id: str | None) -> dict[str, Any]:
     async with ctx.db.transaction() as tx:
         counter = await tx.change_counter()
-        node = await recheck(tx, node, counter)
+        node = await recheck(tx, node, counter, now=ctx.now(), role="publish")
         directory = await ctx.directory_at(tx, counter)
         report = None if report_id is None else await tx.report(report_id)
         now = ctx.now()

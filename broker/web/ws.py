@@ -3,7 +3,9 @@
 Close codes (also in the README):
 
 - 1001 the broker is shutting down: reconnect.
-- 4001 the node was revoked (or its token no longer works): do not reconnect.
+- 4001 the credential the stream was opened with no longer authenticates the node (revoked, token
+  rotated or expired, certificate no longer the pinned one) or the node lost the subscribe role:
+  do not reconnect with it.
 - 4008 slow consumer: the connection's queue (frames or bytes) overflowed; reconnect and resume
   from the cursor.
 - 4400 the client sent something that is not a valid message, or acked a sequence above the
@@ -46,9 +48,10 @@ CLOSE_BAD_MESSAGE = 4400
 
 
 class _Closed(Exception):
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, audit_reason: str | None = None) -> None:
         super().__init__(reason)
         self.code, self.reason = code, reason
+        self.audit_reason = audit_reason  # a refusal to record in the audit log
 
 
 @dataclass(eq=False)  # kept in a set by identity (app[SESSIONS])
@@ -86,9 +89,11 @@ class StreamSession:
         while True:
             wake = self.hub.event()
             try:
-                batch = await self.feed.next_batch(self.node.id, after=self.cursor, topics=self.topics)
+                batch = await self.feed.next_batch(self.node, after=self.cursor, topics=self.topics)
+            except deliver.Lapsed as exc:
+                raise _Closed(CLOSE_REVOKED, "credential no longer valid", exc.reason) from None
             except Unauthenticated:
-                raise _Closed(CLOSE_REVOKED, "node revoked") from None
+                raise _Closed(CLOSE_REVOKED, "credential no longer valid", "node_revoked") from None
             for frame in batch.frames:
                 self._enqueue(frame)
             self.delivered = max(self.delivered, batch.delivered)
@@ -97,8 +102,18 @@ class StreamSession:
                 continue
             # Not asyncio.wait_for: on 3.11 it loses a cancel that arrives with the wake-up,
             # and the stream's close answer then waited for this pump (broker/waiting.py).
-            if not await wait_event(wake, heartbeat):
+            if not await wait_event(wake, self._wait_seconds(heartbeat)):
                 self._enqueue('{"type": "heartbeat"}')
+
+    def _wait_seconds(self, heartbeat: float) -> float:
+        """The heartbeat interval, or less when the stream's token expires sooner: its expiry
+        must close the stream when it comes, not at the next report."""
+        credential = self.node.credential
+        by_token = credential is None or credential.token_hash is not None
+        expires = self.node.token_expires_at if by_token else None
+        if expires is None:
+            return heartbeat
+        return max(0.0, min(heartbeat, (expires - self.ctx.now()).total_seconds() + 0.001))
 
     async def send(self) -> None:
         while True:
@@ -130,12 +145,14 @@ class StreamSession:
     async def run(self) -> None:
         tasks = [asyncio.create_task(c()) for c in (self.pump, self.send, self.receive, self.flush_acks)]
         code, reason = CLOSE_GOING_AWAY, "closing"
+        refusal: str | None = None
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 error = task.exception()
                 if isinstance(error, _Closed):
                     code, reason = error.code, error.reason
+                    refusal = error.audit_reason
                 elif error is not None and not isinstance(error, ConnectionError):
                     log.error("stream_failed node=%s", self.node.id, exc_info=error)
                     code, reason = 1011, "internal error"
@@ -144,12 +161,20 @@ class StreamSession:
                 task.cancel()
             # Their outcomes are read above; a cancel of this handler itself still propagates.
             await asyncio.gather(*tasks, return_exceptions=True)
+            if refusal is not None:
+                await self._record_refusal(refusal)
             if code != CLOSE_REVOKED:
                 try:  # the newest ack, once, before the close answer: the client resumes after it
                     await self.save_ack()
                 except Exception:
                     log.warning("ack_save_failed node=%s stream=%s", self.node.id, self.name, exc_info=True)
             await self.ws.close(code=code, message=reason.encode())
+
+    async def _record_refusal(self, reason: str) -> None:
+        try:
+            await auth.record_stream_refusal(self.ctx, self.node, reason)
+        except Exception:  # the close must still be sent; the failure is logged
+            log.warning("stream_refusal_not_recorded node=%s reason=%s", self.node.id, reason, exc_info=True)
 
 
 ACK_EXPECTED = 'expected {"type": "ack", "sequence": N}'

@@ -226,3 +226,37 @@ async def test_the_sdk_gives_up_on_an_unreachable_broker() -> None:
         with pytest.raises(Unreachable, match="no connection"):
             await anext(client.stream(after=0))
         assert asyncio.get_running_loop().time() - started < 10
+
+
+async def test_a_moved_pin_closes_the_stream_and_refuses_the_old_certificate(
+    tls_broker: Any, dev_pki: Pki
+) -> None:
+    """A stream opened with a certificate while the node had no pin closes 4001 when the node is
+    pinned (by another process) to another certificate; the old certificate's next REST act is
+    refused even though the serving broker had it cached."""
+    broker: TlsBroker = await tls_broker()
+    await _add(broker.ctx, "swe-1", "SWE")
+    usa_token = await _add(broker.ctx, "usa-1", "USA")
+    old = dev_pki.node("swe-1")
+    new = pki.save_issued(dev_pki.directory, "swe-1-new", pki.issue_node_certificate("swe-1", ca=dev_pki.ca))
+    assert await broker.call("GET", "/v1/reports", cert=old) == 200  # cached by the server now
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"{broker.base}/v1/stream?after=0", ssl=broker.client(old))
+        assert await broker.call("POST", "/v1/reports", token=usa_token, json=body()) == 201
+        async with asyncio.timeout(20):
+            assert (await ws.receive_json())["type"] == "report"
+        await admin.update_node(broker.ctx, "swe-1", {"certificate": new[0].read_text()}, actor="test")
+        assert await broker.call("POST", "/v1/reports", token=usa_token, json=body()) == 201
+        reports = 0
+        async with asyncio.timeout(20):
+            while True:
+                message = await ws.receive()
+                if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    break
+                reports += message.json()["type"] == "report"
+        assert (ws.close_code, reports) == (4001, 0)
+        await ws.close()
+    assert await broker.call("GET", "/v1/reports", cert=old) == 401
+    assert await broker.call("GET", "/v1/reports", cert=new) == 200
+    refused = await events(broker.ctx, node="swe-1", action="stream", decision="deny")
+    assert [e["reason"] for e in refused] == ["certificate_not_pinned"]
