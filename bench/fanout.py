@@ -100,7 +100,7 @@ async def run_case(
         )
     )["token"]
     async with ctx.db.transaction() as tx:
-        start_seq, _ = await tx.head_state()
+        start_seq, _, _ = await tx.head_state()
     await ctx.close()
     proc, base = start_broker(folder, env)
     sent: dict[str, float] = {}

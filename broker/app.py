@@ -12,10 +12,11 @@ from aiohttp import web
 from broker.realtime.hub import Hub
 from broker.services import auth, deliver, ledger, metrics, retention
 from broker.services.context import Context, utc_now
+from broker.services.limits import TokenBucket
 from broker.settings import Settings
 from broker.storage.listen import ChangeListener, is_postgresql
 from broker.waiting import wait_event
-from broker.web.handlers import CONTEXT, LIMITER, WAKE, TokenBucket
+from broker.web.handlers import CONTEXT, LIMITER, WAKE
 from broker.web.middleware import BODY_TIMEOUT, problems, server_header
 from broker.web.routes import add_routes
 from broker.web.ws import FEED, HUB, PER_NODE, SESSIONS, STREAMS, close_all
@@ -44,7 +45,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         feed = deliver.Feed(ctx)
         streams = app[STREAMS]
 
-        async def probe() -> tuple[int, int]:
+        async def probe() -> tuple[int, ...]:
             if not streams:  # nobody to wake: nothing to read
                 feed.forget()
                 return IDLE

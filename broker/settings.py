@@ -55,6 +55,8 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "port",
             "publish_burst",
             "publish_rate_per_second",
+            "recall_burst",
+            "recall_rate_per_second",
             "retention_batch_size",
             "retention_interval_seconds",
             "safety_poll_ms",
@@ -96,6 +98,8 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     publish_rate_per_second: float = 200.0
     publish_burst: int = 400
+    recall_rate_per_second: float = 1.0
+    recall_burst: int = 20
     max_page_size: int = 500
     max_scan_rows: int = 5000
     stream_queue_size: int = 1000
@@ -158,6 +162,10 @@ class Settings:
                 get.number(server, "server.publish_rate_per_second", 200, 1, 1_000_000)
             ),
             publish_burst=get.number(server, "server.publish_burst", 400, 1, 1_000_000),
+            recall_rate_per_second=float(
+                get.number(server, "server.recall_rate_per_second", 1, 1, 1_000_000)
+            ),
+            recall_burst=get.number(server, "server.recall_burst", 20, 1, 1_000_000),
             max_page_size=get.number(server, "server.max_page_size", 500, 1, 10_000),
             max_scan_rows=get.number(server, "server.max_scan_rows", 5000, 1, 1_000_000),
             stream_queue_size=get.number(server, "server.stream_queue_size", 1000, 1, 1_000_000),

@@ -161,6 +161,9 @@ class Head:
     change_counter: int
     # The audit Merkle tree's frontier: (level, index, hash) of the perfect subtrees covering it.
     frontier: tuple[tuple[int, int, bytes], ...] = ()
+    # Recalls and erasures: they change one report each, so they make stale only the decisions
+    # that allowed that report (services.audit), where ``change_counter`` makes all stale.
+    report_changes: int = 0
 
 
 @dataclass(frozen=True)

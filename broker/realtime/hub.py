@@ -18,7 +18,7 @@ from broker.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
-Probe = Callable[[], Awaitable[tuple[int, int]]]
+Probe = Callable[[], Awaitable[tuple[int, ...]]]
 
 
 class Hub:
@@ -28,7 +28,7 @@ class Hub:
         self._interval = interval if callable(interval) else (lambda: interval)
         self._event = asyncio.Event()
         self._nudge = asyncio.Event()
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple[int, ...] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 

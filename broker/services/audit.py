@@ -7,6 +7,7 @@ re-exported here."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from broker.crypto import signing
@@ -42,24 +43,60 @@ class Batcher:
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._group: GroupCommit[tuple[int, list[AuditDraft]], None] = GroupCommit(
-            ctx.db, self._append, guarded=True
-        )
+        self._group: GroupCommit[Decided, frozenset[str]] = GroupCommit(ctx.db, self._append, guarded=True)
 
-    async def append(self, drafts: Sequence[AuditDraft], *, decided_at: int) -> None:
-        """Return once ``drafts`` are committed to the log; raise ``Stale`` (nothing written)
-        when the change counter is no longer ``decided_at``, or whatever else failed."""
-        if drafts:
-            await self._group.submit((decided_at, list(drafts)))
+    async def append(
+        self, drafts: Sequence[AuditDraft], *, decided_at: int, reports_at: int | None = None
+    ) -> frozenset[str]:
+        """Return once ``drafts`` are committed to the log.
 
-    async def _append(
-        self, tx: WriteTx, batch: Sequence[tuple[int, list[AuditDraft]]]
-    ) -> list[BrokerError | None]:
+        ``decided_at``: the change counter the decisions were made at; if it moved, ``Stale``
+        (nothing written: decide again). ``reports_at``: the head's ``report_changes`` then. A
+        recall or erasure since concerns one report, so it makes nothing stale: the drafts that
+        allowed a report withdrawn meanwhile are recorded as denials (reason ``recalled`` or
+        ``erased``) and its id is returned, for the caller to leave out of its answer. With
+        ``reports_at`` None (not known) such a withdrawal is ``Stale`` instead."""
+        if not drafts:
+            return frozenset()
+        return await self._group.submit(Decided(decided_at, reports_at, tuple(drafts)))
+
+    async def _append(self, tx: WriteTx, batch: Sequence[Decided]) -> list[frozenset[str] | BrokerError]:
         head = await tx.lock_head()
-        current = [drafts for at, drafts in batch if at == head.change_counter]
-        await record(tx, [d for drafts in current for d in drafts], now=self._ctx.now(), head=head)
+        current = [d for d in batch if d.counter == head.change_counter]
+        unsure = [d for d in current if d.reports_at != head.report_changes]
+        withdrawn = await tx.withdrawn({r for d in unsure for r in d.allowed()}) if unsure else {}
+        outcomes: list[frozenset[str] | BrokerError] = []
+        recorded: list[AuditDraft] = []
         stale = Stale("the security state changed during the decision")
-        return [None if at == head.change_counter else stale for at, _ in batch]
+        for decided in batch:
+            gone = frozenset(r for r in decided.allowed() if r in withdrawn)
+            if decided.counter != head.change_counter or (gone and decided.reports_at is None):
+                outcomes.append(stale)
+                continue
+            recorded.extend(_denied_if_gone(draft, withdrawn) if gone else draft for draft in decided.drafts)
+            outcomes.append(gone)
+        await record(tx, recorded, now=self._ctx.now(), head=head)
+        return outcomes
+
+
+@dataclass(frozen=True)
+class Decided:
+    """Audit drafts of decisions made at ``counter`` and ``reports_at`` (the head's change
+    counter and report changes then)."""
+
+    counter: int
+    reports_at: int | None
+    drafts: tuple[AuditDraft, ...]
+
+    def allowed(self) -> set[str]:
+        """The reports these decisions allow someone to receive."""
+        return {d.report for d in self.drafts if d.decision == "allow" and d.report is not None}
+
+
+def _denied_if_gone(draft: AuditDraft, withdrawn: dict[str, str]) -> AuditDraft:
+    """An allowing draft for a report withdrawn after the decision, as the denial it became."""
+    reason = withdrawn.get(draft.report or "") if draft.decision == "allow" else None
+    return draft if reason is None else replace(draft, decision="deny", reason=reason)
 
 
 def batcher(ctx: Context) -> Batcher:

@@ -18,6 +18,7 @@ from broker.errors import BrokerError
 from broker.services import journal
 from broker.services.failures import AuthFailures
 from broker.services.groupcommit import GroupCommit
+from broker.services.limits import TokenBucket
 from broker.services.scanhints import ScanHints
 from broker.settings import Settings
 from broker.storage import keyringcheck
@@ -53,6 +54,7 @@ class Context:
     seen: int = field(default=-1, repr=False)
     scan_hints: ScanHints = field(default_factory=ScanHints, repr=False)
     auth_failures: AuthFailures = field(init=False, repr=False)
+    recalls: TokenBucket = field(init=False, repr=False)  # per-node recall limit
     # Publishes in flight share transactions (see services.reports._publisher).
     publishes: GroupCommit[Any, Any] | None = field(default=None, repr=False)
     # Audit events of reads, listings and deliveries share group commits (services.audit.batcher).
@@ -63,6 +65,9 @@ class Context:
     def __post_init__(self) -> None:
         self.auth_failures = AuthFailures(
             rate=self.settings.auth_failures_per_second, burst=self.settings.auth_failure_burst
+        )
+        self.recalls = TokenBucket(
+            rate=self.settings.recall_rate_per_second, burst=self.settings.recall_burst
         )
 
     @classmethod

@@ -3,8 +3,9 @@
 Live streams read from the ``Feed``: one in-memory copy, per process, of the reports published
 since the broker started (bounded in bytes), refreshed by the hub in one transaction however
 many streams are open. Decisions use the feed's directory and node records, which are dropped
-whenever the database's change counter moves (a revocation, membership change, recall, erasure
-or key rotation), so every decision sees changes within the hub's interval. A stream whose
+whenever the database's change counter moves (a revocation, membership or node change, key
+rotation), so every decision sees changes within the hub's interval. A recall or erasure (the
+head's ``report_changes``) only refreshes the recall and erasure flags of the copies it holds. A stream whose
 cursor lies before the feed's floor (replay after reconnect) reads from the database instead.
 Every delivery is audited before its frame is queued; live deliveries share group commits.
 """
@@ -16,12 +17,13 @@ import bisect
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from broker.crypto.keyring import Keyring
 from broker.domain.alliances import Directory
 from broker.domain.canonical import canonical
-from broker.domain.records import NODE_REVOKED, AuditDraft, NodeRecord, ReportRecord, credential_lapsed
+from broker.domain.records import NODE_REVOKED, NodeRecord, ReportRecord, credential_lapsed
 from broker.errors import Stale, Unauthenticated
 from broker.services import audit
 from broker.services.context import Context
@@ -71,6 +73,7 @@ class Feed:
     _head: int = 0
     _bytes: int = 0
     _counter: int | None = None
+    _report_changes: int | None = None
     _directory: Directory = field(default_factory=Directory)
     _nodes: dict[str, NodeRecord] = field(default_factory=dict)
     _keyring: Keyring | None = None  # current when the window's reports were read
@@ -84,17 +87,21 @@ class Feed:
         """The newest report sequence this feed has seen."""
         return self._head
 
-    async def refresh(self) -> tuple[int, int]:
+    async def refresh(self) -> tuple[int, int, int]:
         """Load new reports and the current directory in one transaction; return the
-        database's (last sequence, change counter). The hub calls this while streams are open."""
+        database's (last sequence, change counter, report changes). The hub calls this while
+        streams are open."""
         async with self._lock, self.ctx.db.read_transaction() as tx:
-            head, counter = await tx.head_state()
+            head, counter, report_changes = await tx.head_state()
             directory = await self.ctx.directory(tx)
             if counter != self._counter or self._floor is None:
-                # Something other than a publish changed: drop every cached decision input.
+                # Security state changed: drop every cached decision input.
                 self._entries, self._seqs, self._bytes, self._nodes = [], [], 0, {}
                 self._floor = self._head = head
                 self._counter = counter
+            elif report_changes != self._report_changes:
+                self._withdraw(await tx.withdrawn_after(self._floor))
+            self._report_changes = report_changes
             self._directory = directory
             self._keyring = self.ctx.keyring
             while self._head < head:
@@ -104,14 +111,24 @@ class Feed:
                 for row in rows:
                     self._append(_Entry(row))
                 self._head = rows[-1].seq
-        return head, counter
+        return head, counter, report_changes
+
+    def _withdraw(self, flags: dict[int, tuple[datetime | None, datetime | None]]) -> None:
+        """Mark the held copies of recalled or erased reports (seq -> (recalled_at, erased_at))."""
+        for seq, (recalled_at, erased_at) in flags.items():
+            index = bisect.bisect_left(self._seqs, seq)
+            if index < len(self._seqs) and self._seqs[index] == seq:
+                entry = self._entries[index]
+                entry.report = replace(entry.report, recalled_at=recalled_at, erased_at=erased_at)
+                if erased_at is not None:
+                    entry.plaintext = entry.open_frame = None
 
     def forget(self) -> None:
         """Keep nothing (no stream is open): the next ``refresh`` restarts the window at the
         head, and a stream that opens before it replays from the database. Costs no read, so an
         idle instance does not read the head for every publish it hears of."""
         self._entries, self._seqs, self._bytes, self._nodes = [], [], 0, {}
-        self._floor, self._counter = None, None
+        self._floor, self._counter, self._report_changes = None, None, None
 
     def _append(self, entry: _Entry) -> None:
         self._entries.append(entry)
@@ -177,24 +194,22 @@ class Feed:
     ) -> Batch:
         if self._floor is None or after < self._floor or self._counter is None:
             return await fetch(self.ctx, opened, after=after, topics=topics, limit=limit)
-        counter = self._counter
+        counter, reports_at = self._counter, self._report_changes
         node = await self._node(opened)
         start = bisect.bisect_right(self._seqs, after)
         window = self._entries[start : start + limit]
         wanted = set(topics)
-        frames: list[str] = []
-        drafts: list[AuditDraft] = []
+        picked: list[tuple[ReportRecord, str]] = []
         for entry in window:
             report = entry.report
             if wanted and wanted.isdisjoint(report.topics):
                 continue
             if report.erased_at is None and decide_for(self.ctx, node, report, self._directory).allowed:
-                frames.append(self._frame(entry, node))
-                drafts.append(allow_draft(node, report, "deliver"))
-        await self.batcher.append(drafts, decided_at=counter)
+                picked.append((report, self._frame(entry, node)))
+        drafts = [allow_draft(node, report, "deliver") for report, _ in picked]
+        gone = await self.batcher.append(drafts, decided_at=counter, reports_at=reports_at)
         cursor = window[-1].report.seq if window else after
-        delivered = max((int(d.details["sequence"]) for d in drafts), default=0)
-        return Batch(frames=frames, cursor=cursor, more=len(window) == limit, delivered=delivered)
+        return _batch(picked, gone, cursor=cursor, more=len(window) == limit)
 
 
 async def fetch(
@@ -209,7 +224,7 @@ async def fetch(
     stream must close.
     """
     async with ctx.db.read_transaction() as tx:
-        counter = await tx.change_counter()
+        counter, reports_at = await tx.decision_state()
         node = await tx.node(opened.id)
         if node is None:
             raise Lapsed(NODE_REVOKED)
@@ -220,10 +235,16 @@ async def fetch(
     allowed = [r for r in rows if r.erased_at is None and decide_for(ctx, node, r, directory).allowed]
     frames = [report_frame(doc) for doc in await documents(ctx, node, allowed, keyring)]
     drafts = [allow_draft(node, report, "deliver") for report in allowed]
-    await audit.batcher(ctx).append(drafts, decided_at=counter)
+    gone = await audit.batcher(ctx).append(drafts, decided_at=counter, reports_at=reports_at)
     cursor = rows[-1].seq if rows else after
-    delivered = max((int(d.details["sequence"]) for d in drafts), default=0)
-    return Batch(frames=frames, cursor=cursor, more=len(rows) == limit, delivered=delivered)
+    return _batch(list(zip(allowed, frames, strict=True)), gone, cursor=cursor, more=len(rows) == limit)
+
+
+def _batch(picked: list[tuple[ReportRecord, str]], gone: frozenset[str], *, cursor: int, more: bool) -> Batch:
+    """The frames of the ``picked`` reports but those withdrawn (``gone``) after the decision."""
+    sent = [(report, frame) for report, frame in picked if report.id not in gone]
+    delivered = max((report.seq for report, _ in sent), default=0)
+    return Batch(frames=[frame for _, frame in sent], cursor=cursor, more=more, delivered=delivered)
 
 
 class Lapsed(Unauthenticated):

@@ -40,17 +40,20 @@ async def record(
     now: datetime,
     head: Head | None = None,
     changed: bool = False,
+    report_changed: bool = False,
     decided_at: int | None = None,
 ) -> None:
     """Append ``drafts`` in the transaction ``tx``. ``head`` is the already-locked head, if
     the caller took it; ``changed`` bumps the change counter other processes watch (and wakes
-    them at commit).
+    them at commit): every decision in flight is made again. ``report_changed`` (a recall, an
+    erasure) bumps ``report_changes`` instead, and wakes them too: only the decisions that allowed
+    a report withdrawn meanwhile are made again (``services.audit.Batcher``).
 
     ``decided_at`` is the change counter the drafts' decisions were made at. Under the head lock
     it must still be current, or ``Stale`` is raised and nothing is written: no decision is
     recorded, and so none is acted on, after a change that committed while it was being made.
     With nothing to append and nothing changed, the head is not even locked."""
-    if not drafts and not changed and head is None:
+    if not drafts and not changed and not report_changed and head is None:
         return
     if head is None:
         head = await tx.lock_head()
@@ -59,6 +62,9 @@ async def record(
     events, nodes, head = chain(head, drafts, now=now)
     if changed:
         head = replace(head, change_counter=head.change_counter + 1)
+    if report_changed:
+        head = replace(head, report_changes=head.report_changes + 1)
+    if changed or report_changed:
         await tx.notify_change()
     await tx.insert_events(events)
     await tx.insert_nodes(nodes)

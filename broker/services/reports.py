@@ -504,7 +504,7 @@ async def _read_once(ctx: Context, node: NodeRecord, report_id: str | None) -> d
     once the decision's audit event is committed by the shared group commit, which refuses it
     (``Stale``: decided again) when the security state changed after the decision was made."""
     async with ctx.db.read_transaction() as tx:
-        counter = await tx.change_counter()
+        counter, reports_at = await tx.decision_state()
         node = await recheck(tx, node, counter, now=ctx.now(), role="subscribe")
         directory = await ctx.directory_at(tx, counter)
         keyring = ctx.keyring  # as of this read: it can open what was read
@@ -513,8 +513,11 @@ async def _read_once(ctx: Context, node: NodeRecord, report_id: str | None) -> d
     log = audit.batcher(ctx)
     if reason is None and report is not None:
         doc = document(ctx, node, report, keyring=keyring)
-        await log.append([allow_draft(node, report, "read")], decided_at=counter)
-        return doc
+        if not await log.append(
+            [allow_draft(node, report, "read")], decided_at=counter, reports_at=reports_at
+        ):
+            return doc
+        raise NotFound("no such report", code="not_found")  # recalled or erased meanwhile: recorded so
     await log.append([_deny_draft(node, report_id, reason or "not_found", "read")], decided_at=counter)
     raise NotFound("no such report", code="not_found")
 
@@ -559,7 +562,7 @@ async def _list_once(
     chunk = max(limit, 50)
     now = ctx.now()
     async with ctx.db.read_transaction() as tx:
-        counter = await tx.change_counter()
+        counter, reports_at = await tx.decision_state()
         node = await recheck(tx, node, counter, now=ctx.now(), role="subscribe")
         directory = await ctx.directory_at(tx, counter)
         keyring = ctx.keyring  # as of this read: it can open what was read
@@ -581,15 +584,22 @@ async def _list_once(
                 break
     found = await documents(ctx, node, allowed, keyring)
     drafts = [allow_draft(node, report, "read") for report in allowed]
-    await audit.batcher(ctx).append(drafts, decided_at=counter)
+    gone = await audit.batcher(ctx).append(drafts, decided_at=counter, reports_at=reports_at)
     if cursor > last:
         ctx.scan_hints.put((node.id, topics, last), ScanHint(cursor, counter, now))
-    return {"reports": found, "next_after": last}
+    return {"reports": [doc for doc in found if doc["id"] not in gone], "next_after": last}
 
 
 async def recall(ctx: Context, node: NodeRecord, report_id: str) -> dict[str, Any]:
     """Recall a report (originator only). Nodes that may not see it get 404, others 403; each
-    refusal is audited with the canonical id."""
+    refusal is audited with the canonical id. At most ``recall_burst`` recalls per node, then
+    ``recall_rate_per_second`` (429 before anything is read or written).
+
+    A recall changes one report: it moves no counter that other acts are decided at (only the
+    decisions that allowed that report are decided again, see ``services.audit``), and recalling
+    a report already recalled changes nothing, so it moves nothing at all."""
+    if not ctx.recalls.take(node.id):
+        raise RateLimited("too many recalls from this node", code="rate_limited")
     canonical_id = canonical_report_id(report_id)
     return await decided(ctx, "recall", partial(_recall_once, ctx, node, canonical_id))
 
@@ -602,11 +612,12 @@ async def _recall_once(ctx: Context, node: NodeRecord, report_id: str | None) ->
         report = None if report_id is None else await tx.report(report_id)
         now = ctx.now()
         if report is not None and report.originator_node == node.id:
-            if report.recalled_at is None:
-                await tx.set_recalled(report.id, at=now)
-            # changed=True: every process's feeds drop their cached copies, so it applies at once.
             draft = allow_draft(node, report, "recall")
-            await audit.record(tx, [draft], now=now, changed=True, decided_at=counter)
+            if report.recalled_at is not None:  # nothing changes: on the record, nothing moves
+                await audit.record(tx, [replace(draft, reason="already_recalled")], now=now)
+                return {"id": report.id, "recalled": True}
+            await tx.set_recalled(report.id, at=now)
+            await audit.record(tx, [draft], now=now, report_changed=True, decided_at=counter)
             return {"id": report.id, "recalled": True}
         visible = report is not None and _read_denial(ctx, node, report, directory) is None
         reason = "not_originator" if visible else "not_found"
@@ -639,6 +650,6 @@ async def erase(ctx: Context, report_id: str, *, actor: str) -> str:
             tx,
             [AuditDraft(action="erase", actor=actor, report=report.id, decision="allow", reason="erased")],
             now=now,
-            changed=True,
+            report_changed=True,
         )
     return report.id

@@ -95,8 +95,8 @@ async def _shred(ctx: Context, due: Sequence[StoredAge]) -> int:
         now = ctx.now()
         for row in rows:
             await tx.erase(row.id, at=now)
-        # changed=True: every process's feeds drop their cached copies at once, as for `erase`.
-        await audit.record(tx, [_draft(ctx.policy, row) for row in rows], now=now, changed=True)
+        # report_changed: every process's feeds refresh their copies' flags at once, as for `erase`.
+        await audit.record(tx, [_draft(ctx.policy, row) for row in rows], now=now, report_changed=True)
     return len(rows)
 
 

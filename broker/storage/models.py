@@ -167,6 +167,8 @@ class LogHeadRow(Base):
     audit_seq: Mapped[int] = mapped_column(BigInteger)
     audit_hash: Mapped[str] = mapped_column(String(64))
     change_counter: Mapped[int] = mapped_column(BigInteger)
+    # Moved by a recall or an erasure (one report's change), not by the global change counter.
+    report_changes: Mapped[int] = mapped_column(BigInteger, server_default="0")
     # JSON [[level, index, hex hash], ...]: the Merkle tree's frontier (see crypto/merkle.py).
     audit_frontier: Mapped[str] = mapped_column(Text, server_default="[]")
 

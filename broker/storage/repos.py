@@ -38,6 +38,7 @@ from sqlalchemy import (
     insert,
     literal,
     null,
+    or_,
     select,
     update,
 )
@@ -341,10 +342,35 @@ class Tx:
     async def change_counter(self) -> int:
         return (await self.head_state())[1]
 
-    async def head_state(self) -> tuple[int, int]:
-        """(last report sequence, change counter), without locking: what the hub watches."""
+    async def decision_state(self) -> tuple[int, int]:
+        """(change counter, report changes): what a decision made in this transaction is made at."""
+        _, counter, report_changes = await self.head_state()
+        return counter, report_changes
+
+    async def head_state(self) -> tuple[int, int, int]:
+        """(last report sequence, change counter, report changes), without locking: what the
+        hub watches."""
         row = await self._first(st.HEAD_STATE)
-        return int(row[0]), int(row[1])
+        return int(row[0]), int(row[1]), int(row[2])
+
+    async def withdrawn(self, ids: Collection[str]) -> dict[str, str]:
+        """Of the reports ``ids``, those recalled or erased: id -> ``erased`` or ``recalled``."""
+        if not ids:
+            return {}
+        statement = select(st.REPORTS.c.id, st.REPORTS.c.erased_at).where(
+            st.REPORTS.c.id.in_(sorted(ids)),
+            or_(st.REPORTS.c.recalled_at.is_not(None), st.REPORTS.c.erased_at.is_not(None)),
+        )
+        rows = await self._all(statement)
+        return {str(row.id): "recalled" if row.erased_at is None else "erased" for row in rows}
+
+    async def withdrawn_after(self, after: int) -> dict[int, tuple[datetime | None, datetime | None]]:
+        """Every report above ``after`` that was recalled or erased, as ``withdrawn``."""
+        statement = select(st.REPORTS.c.seq, st.REPORTS.c.recalled_at, st.REPORTS.c.erased_at).where(
+            st.REPORTS.c.seq > after,
+            or_(st.REPORTS.c.recalled_at.is_not(None), st.REPORTS.c.erased_at.is_not(None)),
+        )
+        return {int(row.seq): (row.recalled_at, row.erased_at) for row in await self._all(statement)}
 
     async def save_head(self, head: Head) -> None:
         self._queue(st.SAVE_HEAD, st.head_values(head))
@@ -699,6 +725,7 @@ class GuardedTx(Tx):
             "g_audit_seq": expected.audit_seq,
             "g_audit_hash": expected.audit_hash,
             "g_change_counter": expected.change_counter,
+            "g_report_changes": expected.report_changes,
             "g_audit_frontier": st.head_values(expected)["audit_frontier"],
             "g_ids": self._ids,
             "g_key_nodes": [node for node, _ in self._keys],

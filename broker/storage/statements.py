@@ -59,7 +59,7 @@ CHECKPOINTS = table(CheckpointRow)
 CURSORS = table(StreamCursorRow)
 
 LOCK_HEAD = select(HEAD).where(HEAD.c.id == 1).with_for_update()
-HEAD_STATE = select(HEAD.c.report_seq, HEAD.c.change_counter).where(HEAD.c.id == 1)
+HEAD_STATE = select(HEAD.c.report_seq, HEAD.c.change_counter, HEAD.c.report_changes).where(HEAD.c.id == 1)
 SAVE_HEAD = update(HEAD).where(HEAD.c.id == 1)
 INSERT_REPORTS = insert(REPORTS)
 INSERT_TOPICS = insert(TOPICS)
@@ -107,6 +107,7 @@ GUARD: tuple[ColumnElement[bool] | TextClause, ...] = (
     HEAD.c.audit_seq == bindparam("g_audit_seq"),
     HEAD.c.audit_hash == bindparam("g_audit_hash", type_=Text()),
     HEAD.c.change_counter == bindparam("g_change_counter"),
+    HEAD.c.report_changes == bindparam("g_report_changes"),
     HEAD.c.audit_frontier == bindparam("g_audit_frontier", type_=Text()),
     text(
         "NOT EXISTS (SELECT 1 FROM reports AS r WHERE r.id = ANY(:g_ids))"
@@ -135,7 +136,9 @@ CURSOR = select(CURSORS.c.sequence).where(
 
 def head_of(row: Any) -> Head:
     frontier = tuple((int(lvl), int(idx), bytes.fromhex(h)) for lvl, idx, h in json.loads(row.audit_frontier))
-    return Head(row.report_seq, row.audit_seq, row.audit_hash, row.change_counter, frontier)
+    return Head(
+        row.report_seq, row.audit_seq, row.audit_hash, row.change_counter, frontier, row.report_changes
+    )
 
 
 def head_of_mapping(values: Mapping[str, Any]) -> Head:
@@ -171,6 +174,7 @@ class _Values:
         self.audit_seq = values["audit_seq"]
         self.audit_hash = values["audit_hash"]
         self.change_counter = values["change_counter"]
+        self.report_changes = values.get("report_changes", 0)
         self.audit_frontier = values["audit_frontier"]
 
 
@@ -180,6 +184,7 @@ def head_values(head: Head) -> dict[str, Any]:
         "audit_seq": head.audit_seq,
         "audit_hash": head.audit_hash,
         "change_counter": head.change_counter,
+        "report_changes": head.report_changes,
         "audit_frontier": json.dumps([[lvl, idx, h.hex()] for lvl, idx, h in head.frontier]),
     }
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -16,31 +14,13 @@ from broker.domain.time import parse_time
 from broker.errors import BadRequest, InvalidInput, RateLimited
 from broker.services import admin, auth, reports
 from broker.services.context import Context
+from broker.services.limits import TokenBucket
 from broker.storage.db import ping
 from broker.web.middleware import NODE_ID, read_json
 from broker.web.tls import peer_certificate
 
 CONTEXT = web.AppKey("context", Context)
 INTEGER = re.compile(r"-?[0-9]{1,19}")
-
-
-@dataclass
-class TokenBucket:
-    """Per-node publish rate limit: ``rate`` tokens a second, at most ``burst`` saved up."""
-
-    rate: float
-    burst: float
-    _state: dict[str, tuple[float, float]] = field(default_factory=dict)
-
-    def take(self, key: str) -> bool:
-        now = time.monotonic()
-        tokens, stamp = self._state.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
-        if tokens < 1:
-            self._state[key] = (tokens, now)
-            return False
-        self._state[key] = (tokens - 1, now)
-        return True
 
 
 LIMITER = web.AppKey("limiter", TokenBucket)

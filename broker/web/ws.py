@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from aiohttp import WSMsgType, web
 
 from broker.domain.records import NodeRecord
-from broker.errors import AccessDenied, BadRequest, RateLimited, Unauthenticated
+from broker.errors import AccessDenied, BadRequest, RateLimited, Stale, Unauthenticated
 from broker.realtime.hub import Hub
 from broker.services import auth, deliver
 from broker.services.context import Context
@@ -41,6 +41,7 @@ PER_NODE: web.AppKey[dict[str, int]] = web.AppKey("streams_per_node")
 SESSIONS: web.AppKey[set[StreamSession]] = web.AppKey("stream_sessions")
 STREAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # always fullmatch
 
+STALE_PAUSE_SECONDS = 0.05
 CLOSE_GOING_AWAY = 1001
 CLOSE_REVOKED = 4001
 CLOSE_SLOW_CONSUMER = 4008
@@ -94,6 +95,11 @@ class StreamSession:
                 raise _Closed(CLOSE_REVOKED, "credential no longer valid", exc.reason) from None
             except Unauthenticated:
                 raise _Closed(CLOSE_REVOKED, "credential no longer valid", "node_revoked") from None
+            except Stale:
+                # The security state kept changing under the decisions: decide again after a
+                # pause (or the next change), never close the stream for it.
+                await wait_event(wake, STALE_PAUSE_SECONDS)
+                continue
             for frame in batch.frames:
                 self._enqueue(frame)
             self.delivered = max(self.delivered, batch.delivered)

@@ -139,19 +139,27 @@ async def test_an_unavailable_database_fails_the_batch_without_retrying_each(ctx
 
 
 async def test_a_caller_going_away_does_not_abort_the_others(ctx: Context) -> None:
+    in_flight, release = asyncio.Event(), asyncio.Event()
+
     async def apply(tx: Tx, items: Sequence[str]) -> list[Any]:
-        return await _record(tx, items, pause=0.05)
+        if "leader" in items:  # hold the leader's transaction open until the test lets it go
+            in_flight.set()
+            async with asyncio.timeout(10):
+                await release.wait()
+        return await _record(tx, items)
 
     group: GroupCommit[str, str] = GroupCommit(ctx.db, apply)
     leader = asyncio.create_task(group.submit("leader"))
-    await asyncio.sleep(0.01)  # the leader's transaction is in flight
+    async with asyncio.timeout(10):
+        await in_flight.wait()
     followers = [asyncio.create_task(group.submit(f"f{i}")) for i in range(4)]
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one loop turn: the followers queue behind the leader's commit
     leader.cancel()
+    release.set()
     assert await asyncio.gather(*followers) == ["f0", "f1", "f2", "f3"]
     with pytest.raises(asyncio.CancelledError):
         await leader
-    await asyncio.sleep(0.1)  # the shielded commit finishes on its own
+    # The followers' commit came after the leader's (one at a time): it is in too.
     logged = [e["action"] for e in await events(ctx) if e["action"] != "alliance_seed"]
     assert sorted(logged) == ["f0", "f1", "f2", "f3", "leader"]
     assert group.transactions == 2
@@ -188,6 +196,31 @@ async def test_decisions_made_before_a_change_are_not_recorded(ctx: Context) -> 
         batcher.append([AuditDraft(action="deliver", node="then")], decided_at=counter),
         return_exceptions=True,
     )
-    assert current is None and isinstance(stale, Stale)
+    assert current == frozenset() and isinstance(stale, Stale)
     assert await chain_holds(ctx) == before + 1
     assert [e["node"] for e in await events(ctx, action="deliver")] == ["now"]
+
+
+async def test_a_recall_after_a_decision_turns_only_its_own_delivery_into_a_denial(ctx: Context) -> None:
+    """A recall concerns one report: decisions made before it stand, except a delivery of that
+    very report, which is recorded as denied (``recalled``) and named for the caller to drop."""
+    usa = await _node(ctx, "usa-1", "USA")
+    ids = [
+        (await report_service.publish(ctx, usa, body(payload={"n": i}), idempotency_key=None))["id"]
+        for i in range(2)
+    ]
+    batcher = audit.Batcher(ctx)
+    async with ctx.db.read_transaction() as tx:
+        counter, reports_at = await tx.decision_state()
+    await report_service.recall(ctx, usa, ids[1])
+    drafts = [AuditDraft(action="deliver", node="swe-1", report=r, decision="allow") for r in ids]
+    gone = await batcher.append(drafts, decided_at=counter, reports_at=reports_at)
+    assert gone == {ids[1]}
+    delivered = await events(ctx, action="deliver")
+    assert [(e["report"], e["decision"], e["reason"]) for e in delivered] == [
+        (ids[0], "allow", None),
+        (ids[1], "deny", "recalled"),
+    ]
+    # Without the report-changes mark the decision cannot tell: decided again instead.
+    with pytest.raises(Stale):
+        await batcher.append(drafts, decided_at=counter)

@@ -66,11 +66,13 @@ class _LeaveFirst(audit.Batcher):
         super().__init__(ctx)
         self.other, self.left = other, False
 
-    async def append(self, drafts: Sequence[AuditDraft], *, decided_at: int) -> None:
+    async def append(
+        self, drafts: Sequence[AuditDraft], *, decided_at: int, reports_at: int | None = None
+    ) -> frozenset[str]:
         if not self.left:
             self.left = True
             await admin.leave(self.other, "NATO", "GBR", at=None, actor="test")
-        await super().append(drafts, decided_at=decided_at)
+        return await super().append(drafts, decided_at=decided_at, reports_at=reports_at)
 
 
 async def test_a_change_after_the_decision_makes_a_read_decide_again(api: Api) -> None:
