@@ -42,9 +42,7 @@ class Batcher:
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._group: GroupCommit[tuple[int, list[AuditDraft]], None] = GroupCommit(
-            ctx.db, self._append, guarded=True
-        )
+        self._group: GroupCommit[tuple[int, list[AuditDraft]], None] = GroupCommit(ctx.db, self._append)
 
     async def append(self, drafts: Sequence[AuditDraft], *, decided_at: int) -> None:
         """Return once ``drafts`` are committed to the log; raise ``Stale`` (nothing written)
