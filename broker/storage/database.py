@@ -221,10 +221,20 @@ async def _mapped_errors() -> AsyncIterator[None]:
     except (OperationalError, InterfaceError, OSError) as exc:
         raise Unavailable("database unavailable") from exc
     except DBAPIError as exc:
-        # The asyncpg dialect raises a plain DBAPIError for PostgreSQL's data exceptions.
-        if _data_exception(getattr(exc.orig, "sqlstate", None)):
+        # The asyncpg dialect raises a plain DBAPIError for PostgreSQL's data exceptions, and for
+        # a connection lost mid-statement (its backend terminated, the server shut down).
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if exc.connection_invalidated or _lost(sqlstate):
+            raise Unavailable("database connection lost") from exc
+        if _data_exception(sqlstate):
             raise _refused_value() from exc
         raise
+
+
+def _lost(sqlstate: object) -> bool:
+    """SQLSTATE class 08 (connection exception) or 57 (operator intervention: a terminated
+    backend, a server shutting down): the database is unavailable to this statement."""
+    return isinstance(sqlstate, str) and sqlstate[:2] in ("08", "57")
 
 
 def _data_exception(sqlstate: object) -> bool:

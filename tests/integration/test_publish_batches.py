@@ -185,6 +185,34 @@ async def test_a_publish_that_waited_while_another_process_appended_builds_on_it
     await chain_holds(api.ctx)
 
 
+async def test_a_publish_whose_connection_is_lost_answers_503_and_stores_nothing(
+    api: Api, database_url: str
+) -> None:
+    # The batch's backend is terminated while it waits for the head row: the database is
+    # unavailable to it (503), nothing is stored, and the next publish works.
+    _postgresql(database_url)
+    usa = await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201
+    url = make_url(database_url)
+    admin_connection = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, database="postgres"
+    )
+    try:
+        async with api.ctx.db.transaction() as tx:
+            await tx.lock_head()
+            waiting = asyncio.create_task(api.publish(usa, body()))
+            blocked = await _blocked(database_url)
+            assert len(blocked) == 1
+            await admin_connection.execute("SELECT pg_terminate_backend($1)", blocked[0])
+            async with asyncio.timeout(DEADLINE):
+                status, _ = await waiting
+    finally:
+        await admin_connection.close()
+    assert status == 503
+    assert await report_count(api.ctx) == 1
+    assert (await api.publish(usa, body()))[0] == 201
+
+
 async def test_a_value_the_database_refuses_is_the_clients_and_writes_nothing(
     ctx: Context, database_url: str
 ) -> None:
