@@ -5,9 +5,9 @@ Every transaction that publishes or changes security state sends a NOTIFY on
 connection of its own and calls ``on_change`` for each notification; the hub then reads the head
 from the database. A notification is a wake-up and nothing more: its payload is never read (any
 role that can connect may NOTIFY on the channel), so the worst a stranger's NOTIFY does is cost
-a read. When the
-connection drops it reconnects with backoff, and ``connected`` is False meanwhile, so the hub
-falls back to its fast poll: a lost notification costs latency, never correctness.
+a read. When the connection drops it reconnects with backoff, and ``connected`` is False
+meanwhile, so the hub falls back to its fast poll: a lost notification costs latency, never
+correctness.
 """
 
 from __future__ import annotations

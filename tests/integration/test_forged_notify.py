@@ -142,3 +142,14 @@ async def test_forged_notifications_fail_no_request(api: Api, database_url: str)
     assert sent > len(payloads)  # the flood ran all along
     assert [r.id for r in received][1:] == ids
     await chain_holds(api.ctx)
+
+
+async def test_the_brokers_notifications_carry_nothing(api: Api, database_url: str) -> None:
+    # Whoever can connect can LISTEN too: a NOTIFY is a wake-up, with nothing in it to read.
+    usa = await api.node("usa-1", "USA")
+    async with _unprivileged(database_url) as listener:
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        await listener.add_listener(CHANGE_CHANNEL, lambda *args: heard.put_nowait(args[3]))
+        assert (await api.publish(usa, body()))[0] == 201
+        async with asyncio.timeout(TIMEOUT):
+            assert await heard.get() == ""
