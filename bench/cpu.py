@@ -7,9 +7,7 @@ going to instance i mod 2, as ``bench.scale``), sends ``--n`` publishes from ``-
 clients with a new connection per request (``bench.peer``'s load client), and reads from
 ``/proc`` the CPU seconds each broker process, PostgreSQL's processes (every process whose name
 starts with ``postgres``, so run it where no other database is busy) and this load client used,
-and how long the two cores stood idle (I/O wait included). From each broker's ``/metrics``:
-guarded batches committed and refused (sent or not: a batch that needs a read is refused before
-sending), and turns waited (docs/scaling.md). Runs alternate between one and two
+and how long the two cores stood idle (I/O wait included). Runs alternate between one and two
 brokers, ``--repeats`` times each, so that a drift in the machine's speed falls on both.
 Appends its table to bench/RESULTS.md. Not a test: nothing is asserted.
 """
@@ -19,19 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
-
-import aiohttp
 
 from bench.peer import WARMUP, load
 from bench.scale import Brokers
 from bench.throughput import _commit, append_results, fresh_database
 
 TICK = os.sysconf("SC_CLK_TCK")
-COUNTERS = re.compile(r'^broker_guarded_(transactions|turns)_total\{outcome="(\w+)"\} (\S+)$', re.MULTILINE)
 
 
 def process_cpu(pid: int | str, *, children: bool = False) -> float:
@@ -67,26 +61,12 @@ def idle_seconds() -> float:
     return (int(fields[4]) + int(fields[5])) / TICK
 
 
-async def counters(brokers: Brokers) -> dict[str, float]:
-    found: dict[str, float] = {}
-    async with aiohttp.ClientSession() as session:
-        for base in brokers.bases:
-            headers = {"Authorization": f"Bearer {brokers.tokens['aud']}"}
-            async with session.get(f"{base}/metrics", headers=headers) as r:
-                text = await r.text()
-            for kind, outcome, value in COUNTERS.findall(text):
-                key = f"{kind}:{outcome}"
-                found[key] = found.get(key, 0.0) + float(value)
-    return found
-
-
 async def one_run(count: int, n: int, clients: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         async with fresh_database("postgres", folder, "cpu") as url, Brokers(folder, url, count) as brokers:
             post = brokers.poster()
             await load(WARMUP, 1, post)
-            before = await counters(brokers)
             brokers_before = [process_cpu(p.pid) for p in brokers.procs]
             pg_before, idle_before, own_before = postgres_cpu(), idle_seconds(), time.process_time()
             began = time.perf_counter()
@@ -95,10 +75,8 @@ async def one_run(count: int, n: int, clients: int) -> dict[str, float]:
             brokers_cpu = sum(process_cpu(p.pid) for p in brokers.procs) - sum(brokers_before)
             pg, idle = postgres_cpu() - pg_before, idle_seconds() - idle_before
             own = time.process_time() - own_before
-            after = await counters(brokers)
     done = result["rate"] * elapsed
     per = 1000 / done if done else float("nan")
-    moved = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(after) | set(before)}
     return {
         "rate": result["rate"],
         "p50": result["p50"],
@@ -107,10 +85,6 @@ async def one_run(count: int, n: int, clients: int) -> dict[str, float]:
         "client_ms": own * per,
         "broker_cores": brokers_cpu / elapsed,
         "idle_cores": idle / elapsed,
-        "committed": moved.get("transactions:committed", 0.0),
-        "refused": moved.get("transactions:refused", 0.0),
-        "waited": moved.get("turns:other_committed", 0.0) + moved.get("turns:timed_out", 0.0),
-        "timed_out": moved.get("turns:timed_out", 0.0),
     }
 
 
@@ -123,15 +97,13 @@ def _table(rows: list[tuple[int, dict[str, float]]], n: int, clients: int) -> st
         "runs alternate. CPU in ms per publish, summed over the broker processes; cores busy or idle "
         "over the run.",
         "",
-        "| brokers | req/s | p50 ms | broker ms | PostgreSQL ms | client ms | broker cores | idle cores "
-        "| guarded committed / refused | turns waited (timed out) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| brokers | req/s | p50 ms | broker ms | PostgreSQL ms | client ms | broker cores | idle cores |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for count, r in rows:
         lines.append(
             f"| {count} | {r['rate']:.0f} | {r['p50']:.2f} | {r['broker_ms']:.3f} | {r['postgres_ms']:.3f} "
-            f"| {r['client_ms']:.3f} | {r['broker_cores']:.2f} | {r['idle_cores']:.2f} "
-            f"| {r['committed']:.0f} / {r['refused']:.0f} | {r['waited']:.0f} ({r['timed_out']:.0f}) |"
+            f"| {r['client_ms']:.3f} | {r['broker_cores']:.2f} | {r['idle_cores']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -39,8 +39,6 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     async def context(app: web.Application) -> AsyncIterator[None]:
         ctx = Context.open(settings, clock=clock)
         ctx.db.on_lock_held = metrics.WRITE_LOCK_SECONDS.observe
-        ctx.db.on_guarded = lambda outcome: metrics.GUARDED.labels(outcome).inc()
-        ctx.db.on_turn = lambda outcome: metrics.GUARDED_TURNS.labels(outcome).inc()
         app[CONTEXT] = ctx
         feed = deliver.Feed(ctx)
         streams = app[STREAMS]
@@ -66,7 +64,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         app[FEED], app[HUB], app[WAKE] = feed, hub, wake
         if is_postgresql(settings.database_url):
             # With no open stream a notification has nobody to wake (the probe would answer IDLE).
-            listener = ChangeListener(settings.database_url, wake, ctx.db.learn_payload)
+            listener = ChangeListener(settings.database_url, wake)
             listener.start()
             await listener.wait_ready(5)
         hub.start()

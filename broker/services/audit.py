@@ -43,7 +43,7 @@ class Batcher:
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._group: GroupCommit[Decided, frozenset[str]] = GroupCommit(ctx.db, self._append, guarded=True)
+        self._group: GroupCommit[Decided, frozenset[str]] = GroupCommit(ctx.db, self._append)
 
     async def append(
         self, drafts: Sequence[AuditDraft], *, decided_at: int, reports_at: int | None = None

@@ -14,12 +14,9 @@ from typing import Generic, TypeVar
 from broker.errors import BrokerError, Unavailable
 from broker.services import metrics
 from broker.storage.database import Database
-from broker.storage.repos import HeadMoved, WriteTx
+from broker.storage.repos import WriteTx
 
 Item = TypeVar("Item")
-# Guarded attempts per batch (one round trip each) before it runs as an ordinary transaction
-# (five): worth a second try when another process moved the head since this one last wrote.
-GUARDED_TRIES = 2
 Result = TypeVar("Result")
 
 # Applies a batch of acts in one transaction; one outcome per act, in order. A BrokerError in
@@ -30,13 +27,8 @@ Apply = Callable[[WriteTx, Sequence[Item]], Awaitable[list["Result | BrokerError
 
 
 class GroupCommit(Generic[Item, Result]):
-    def __init__(
-        self, db: Database, apply: Apply[Item, Result], *, max_batch: int = 256, guarded: bool = False
-    ) -> None:
+    def __init__(self, db: Database, apply: Apply[Item, Result], *, max_batch: int = 256) -> None:
         self._db = db
-        # Try each batch first as a guarded transaction (PostgreSQL: one statement, see
-        # repos.GuardedTx), then, if that did not go ahead, as an ordinary one.
-        self._guarded = guarded
         self._apply = apply
         self._max_batch = max_batch
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
@@ -57,8 +49,6 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let acts scheduled in this same tick join
-        if self._guarded:
-            await self._db.turn()  # another process's turn first, if they have been colliding
         batch = self._pending[: self._max_batch]
         del self._pending[: len(batch)]
         if not batch:
@@ -84,27 +74,11 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _run(self, items: list[Item]) -> list[Result | BrokerError]:
         with metrics.COMMIT_SECONDS.time():
-            outcomes = await self._guarded_run(items) if self._guarded else None
-            if outcomes is None:
-                async with self._db.write_transaction() as tx:
-                    outcomes = await self._apply(tx, items)
+            async with self._db.write_transaction() as tx:
+                outcomes = await self._apply(tx, items)
         self.transactions += 1
         self.acts += len(items)
         return outcomes
-
-    async def _guarded_run(self, items: list[Item]) -> list[Result | BrokerError] | None:
-        """The outcomes of ``items`` applied in a guarded transaction; None when it did not go
-        ahead (nothing written). When it failed because the head had moved (another process wrote)
-        and a newer head is known (the one its statement saw, or one a NOTIFY brought), it is
-        tried again against that one, up to GUARDED_TRIES times in all."""
-        for _ in range(GUARDED_TRIES):
-            try:
-                async with self._db.guarded_transaction() as tx:
-                    return await self._apply(tx, items)
-            except HeadMoved as exc:
-                if not exc.retry:
-                    return None
-        return None
 
 
 def _settle(future: asyncio.Future[Result], outcome: Result | BaseException) -> None:

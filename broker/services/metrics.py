@@ -40,20 +40,6 @@ WRITE_LOCK_SECONDS = Histogram(
     "whole write transaction)",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0),
 )
-GUARDED = Counter(
-    "broker_guarded_transactions",
-    "Publish and audit batches tried as one guarded statement (PostgreSQL): committed, or refused "
-    "(the head had moved or a check failed; nothing written, then tried again or run as an "
-    "ordinary transaction)",
-    ["outcome"],
-)
-GUARDED_TURNS = Counter(
-    "broker_guarded_turns",
-    "Batches that waited for another broker process's commit before their guarded statement, "
-    "after statements of both had collided (PostgreSQL): other_committed (it did, and this batch "
-    "went next) or timed_out (it did not within 15 ms; the waiting stops until the next collision)",
-    ["outcome"],
-)
 REPORTS_ERASED = Counter(
     "broker_reports_erased",
     "Reports crypto-shredded, by cause: manual (broker report erase) or retention (expired)",

@@ -198,7 +198,7 @@ def _publisher(ctx: Context) -> GroupCommit[PublishAct, ReportRecord]:
     """Concurrent publishes share a transaction (group commit); each still answers only after
     the commit that holds its report."""
     if ctx.publishes is None:
-        ctx.publishes = GroupCommit(ctx.db, partial(store_publishes, ctx), guarded=True)
+        ctx.publishes = GroupCommit(ctx.db, partial(store_publishes, ctx))
     publisher: GroupCommit[PublishAct, ReportRecord] = ctx.publishes
     return publisher
 

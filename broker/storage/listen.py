@@ -2,10 +2,12 @@
 
 Every transaction that publishes or changes security state sends a NOTIFY on
 ``repos.CHANGE_CHANNEL`` (delivered at its commit, never for a rollback). The listener holds one
-connection of its own and calls ``on_change`` for each notification (and ``on_payload`` with its
-payload, the head the notifying transaction committed); the hub then looks at the head. When the
-connection drops it reconnects with backoff, and ``connected`` is False meanwhile, so the hub
-falls back to its fast poll: a lost notification costs latency, never correctness.
+connection of its own and calls ``on_change`` for each notification; the hub then reads the head
+from the database. A notification is a wake-up and nothing more: its payload is never read (any
+role that can connect may NOTIFY on the channel), so the worst a stranger's NOTIFY does is cost
+a read. When the connection drops it reconnects with backoff, and ``connected`` is False
+meanwhile, so the hub falls back to its fast poll: a lost notification costs latency, never
+correctness.
 """
 
 from __future__ import annotations
@@ -30,12 +32,7 @@ def is_postgresql(url: str) -> bool:
 
 
 class ChangeListener:
-    def __init__(
-        self,
-        url: str,
-        on_change: Callable[[], None],
-        on_payload: Callable[[str, int], None] | None = None,
-    ) -> None:
+    def __init__(self, url: str, on_change: Callable[[], None]) -> None:
         parsed = make_url(url)
         self._connect_args: dict[str, Any] = {
             "host": parsed.host,
@@ -46,7 +43,6 @@ class ChangeListener:
             "timeout": 5,
         }
         self._on_change = on_change
-        self._on_payload = on_payload
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.connected = False
@@ -60,9 +56,7 @@ class ChangeListener:
         await wait_event(self._ready, seconds)
         return self.connected
 
-    def _notified(self, _connection: object, pid: int, _channel: str, payload: str) -> None:
-        if payload and self._on_payload is not None:
-            self._on_payload(payload, pid)
+    def _notified(self, _connection: object, _pid: int, _channel: str, _payload: str) -> None:
         self._on_change()
 
     async def _run(self) -> None:

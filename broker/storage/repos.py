@@ -16,9 +16,9 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
@@ -30,14 +30,11 @@ from sqlalchemy import (
     String,
     Text,
     bindparam,
-    case,
     cast,
     delete,
-    exists,
     func,
     insert,
     literal,
-    null,
     or_,
     select,
     update,
@@ -97,7 +94,7 @@ def _flush(connection: Connection, writes: Sequence[_Write], *, combine: bool) -
             if write.rows:
                 connection.execute(write.statement, write.rows)
             else:
-                connection.execute(write.statement, {"notify_payload": _payload(writes)})
+                connection.execute(write.statement)
         return
     connection.execute(_combined(shape), _parameters(connection.dialect, writes, shape))
 
@@ -106,9 +103,7 @@ def _parameters(dialect: Dialect, writes: Sequence[_Write], shape: Shape) -> dic
     """The combined statement's parameters: one array per inserted column, the head's values."""
     parameters: dict[str, Any] = {}
     for index, (write, (kind, _keys)) in enumerate(zip(writes, shape, strict=True)):
-        if kind == "notify":
-            parameters["notify_payload"] = _payload(writes)
-        elif kind == "head":
+        if kind == "head":
             parameters.update({f"w{index}_{k}": v for k, v in write.rows[0].items()})
         elif kind not in ("skip", "notify"):
             table = st.COMBINABLE[kind]
@@ -118,12 +113,6 @@ def _parameters(dialect: Dialect, writes: Sequence[_Write], shape: Shape) -> dic
                     values = _json_texts(dialect, table.c[key].type, values)
                 parameters[f"w{index}_{key}"] = values
     return parameters
-
-
-def _payload(writes: Sequence[_Write]) -> str:
-    """The NOTIFY's payload: the head these writes leave (the last one they save), if any."""
-    saved = [w.rows[0] for w in writes if w.statement is st.SAVE_HEAD]
-    return st.head_payload(saved[-1] if saved else None)
 
 
 def _json_texts(dialect: Dialect, kind: TypeEngine[Any], values: list[Any]) -> list[Any]:
@@ -175,44 +164,21 @@ def _wire(kind: TypeEngine[Any]) -> TypeEngine[Any]:
 
 
 @functools.lru_cache(maxsize=512)
-def _combined(shape: Shape, *, guarded: bool = False) -> Executable:
-    """The statement for the writes of ``shape``. ``guarded``: the head's update happens only
-    if the head is still the one the writes were computed from and ``st.GUARD`` holds (checked
-    once the update holds the row's lock), every insert only if the update happened, and the
-    statement returns one row if it did, none if not (see ``GuardedTx``)."""
+def _combined(shape: Shape) -> Executable:
+    """The statement for the writes of ``shape``."""
     clauses = []
     notify = False
-    applied: Any = None
     for index, (kind, keys) in enumerate(shape):
         if kind == "head":
             values = {k: bindparam(f"w{index}_{k}", type_=_wire(st.HEAD.c[k].type)) for k in keys}
-            head = update(st.HEAD).where(st.HEAD.c.id == 1).values(values)
-            if guarded:
-                head = head.where(*st.GUARD).returning(st.HEAD.c.id)
-            applied = head.cte(f"w{index}")
-            clauses.append(applied)
-    for index, (kind, keys) in enumerate(shape):
-        if kind == "notify":
+            clauses.append(update(st.HEAD).where(st.HEAD.c.id == 1).values(values).cte(f"w{index}"))
+        elif kind == "notify":
             notify = True
-        elif kind not in ("head", "skip"):
+        elif kind != "skip":
             table = st.COMBINABLE[kind]
             rows = select(*(_unnest(f"w{index}_{k}", table.c[k].type) for k in keys))
-            if guarded:
-                rows = rows.where(exists(select(literal(1)).select_from(applied)))
             clauses.append(insert(table).from_select(list(keys), rows).cte(f"w{index}"))
-    if guarded:
-        # One row: whether the update happened (then the NOTIFY was sent) and, if it did not,
-        # the head as committed now. ``broker_current_head()`` (migration 0008) reads it with a
-        # fresh snapshot: the statement's own predates any wait for the row, so it would answer
-        # the head the batch assumed, not the commit that moved it. It is called from the outer
-        # row, which exists only once the count over the update is known, so after the update
-        # has waited for the row's lock.
-        done = select(st.NOTIFY_CALL if notify else literal(1)).select_from(applied).subquery()
-        outcome = select(func.count().label("applied")).select_from(done).subquery()
-        current = case((outcome.c.applied == 0, func.broker_current_head()), else_=null())
-        final: Select[Any] = select(outcome.c.applied, current.label("current"))
-    else:
-        final = st.NOTIFY if notify else select(literal(1))
+    final: Select[Any] = st.NOTIFY if notify else select(literal(1))
     return final.add_cte(*clauses)
 
 
@@ -228,10 +194,6 @@ class Tx:
         # When this transaction got the write lock (perf_counter): on PostgreSQL the head row's
         # lock, taken by ``lock_head``; on SQLite the database's write lock, set by ``Database``.
         self.locked_at: float | None = None
-        # The head as this transaction leaves it (as locked, then as saved): once it commits,
-        # the current head, which ``Database`` remembers for guarded commits.
-        self.head: Head | None = None
-        self.saved = False  # whether it moves the head (``save_head``), not only locks it
         self._committed: list[Callable[[], None]] = []
 
     def after_commit(self, callback: Callable[[], None]) -> None:
@@ -293,8 +255,7 @@ class Tx:
         row = await self._first(st.LOCK_HEAD)
         if self.locked_at is None:
             self.locked_at = time.perf_counter()
-        self.head = st.head_of(row)
-        return self.head
+        return st.head_of(row)
 
     async def lock_head_for_publish(
         self,
@@ -310,8 +271,8 @@ class Tx:
         (``since`` given) how many reports each node published after ``since``. One trip to take
         the lock and read, one for the writes and the commit: the lock is held for two.
 
-        ``limit`` is the most reports a node may have published after ``since``: a guarded
-        transaction (``GuardedTx``) checks it in its commit instead of counting here."""
+        ``limit`` is unused (the caller compares the counts itself); it is still accepted only
+        because services/reports.py passes it, and goes when that argument does."""
 
         def body(c: Connection) -> PublishReads:
             found = PublishReads(st.head_of(c.execute(st.LOCK_HEAD).first()))
@@ -336,7 +297,6 @@ class Tx:
         found = await self.run(body)
         if self.locked_at is None:
             self.locked_at = time.perf_counter()
-        self.head = found.head
         return found
 
     async def change_counter(self) -> int:
@@ -374,8 +334,6 @@ class Tx:
 
     async def save_head(self, head: Head) -> None:
         self._queue(st.SAVE_HEAD, st.head_values(head))
-        self.head = head
-        self.saved = True
 
     async def notify_change(self) -> None:
         """On PostgreSQL, wake the other broker processes when this transaction commits
@@ -620,120 +578,6 @@ class Tx:
             "note": checkpoint.note,
         }
         await self.run(lambda c: c.execute(insert(st.CHECKPOINTS), values))
-
-
-class HeadMoved(Exception):
-    """A guarded transaction did not go ahead (nothing was written): the head is not the one it
-    assumed, a check in its commit failed, or its caller needed a read. ``seen`` is the head as
-    committed when its statement found it so, if it was sent (read with a fresh snapshot after
-    any wait for the row: the commit that moved it included). ``retry`` is set by ``Database``:
-    whether another guarded attempt is worth it (the head it would assume is not the one that
-    just failed)."""
-
-    def __init__(self, why: str, seen: Head | None = None) -> None:
-        super().__init__(why)
-        self.seen = seen
-        self.retry = False
-
-
-_EPOCH = datetime.fromtimestamp(0, tz=UTC)
-
-
-# Sends a guarded statement with its parameters; the statement's one row, by column name.
-Send = Callable[[Executable, dict[str, Any]], Awaitable[Mapping[str, Any]]]
-
-
-async def _no_trip(body: Callable[[Connection], T]) -> T:
-    raise HeadMoved("a guarded transaction reads nothing before its commit")
-
-
-class GuardedTx(Tx):
-    """A write transaction on PostgreSQL that sends one statement, at its end, in autocommit.
-
-    Its caller decides and queues its writes as in any transaction, but against ``expected``,
-    the head as this process last committed or saw it, instead of a head read under the lock;
-    ``lock_head`` and ``lock_head_for_publish`` answer without a trip (no idempotency match, no
-    report counted in the rate window). The commit sends the queued writes as one combined
-    statement whose head update carries ``st.GUARD``: under the row's lock, the head must still
-    be ``expected``, no report may already hold one of the batch's ids or (node, idempotency
-    key) pairs, and each publishing node must have room for its new reports in the rate window.
-    If any of that fails, nothing is written and ``HeadMoved`` is raised; so it is when the caller
-    needs any other read (``run``), before anything is sent. The caller then runs the same acts
-    in an ordinary transaction, which reads what this one assumed.
-
-    What it saves: BEGIN, the lock trip, the reads and COMMIT, four round trips of a publish's
-    five; the row is locked only inside the one statement. What it costs when it fails: that one
-    round trip."""
-
-    def __init__(self, send: Send, expected: Head, dialect: Dialect) -> None:
-        super().__init__(_no_trip, postgresql=True)
-        self._send = send
-        self._dialect = dialect
-        self.expected = expected
-        self._keys: list[tuple[str, str]] = []
-        self._ids: list[str] = []
-        self._since: datetime | None = None
-        self._limit = 0
-        self.sent = False  # whether the commit sent its statement
-
-    async def run(self, body: Callable[[Connection], T]) -> T:
-        raise HeadMoved("a guarded transaction reads nothing before its commit")
-
-    async def lock_head(self) -> Head:
-        self.head = self.expected
-        return self.expected
-
-    async def lock_head_for_publish(
-        self,
-        *,
-        keys: Collection[tuple[str, str]],
-        ids: Collection[str],
-        nodes: Collection[str],
-        since: datetime | None,
-        limit: int | None = None,
-    ) -> PublishReads:
-        if since is not None and limit is None:
-            raise HeadMoved("a rate window without a limit to check in the commit")
-        self._keys, self._ids = sorted(keys), sorted(ids)
-        self._since, self._limit = since, limit or 0
-        self.head = self.expected
-        return PublishReads(self.expected)
-
-    async def commit(self) -> None:
-        writes, self._queued = self._queued, []
-        if not writes:
-            return
-        shape = _shape(writes)
-        if shape is None or not any(kind == "head" for kind, _ in shape):
-            raise HeadMoved("these writes cannot be guarded")
-        parameters = _parameters(self._dialect, writes, shape) | self._guard(writes)
-        self.sent = True
-        row = await self._send(_combined(shape, guarded=True), parameters)
-        if not row["applied"]:
-            raise HeadMoved("the head moved, or a check failed", st.head_from_payload(row["current"] or ""))
-
-    def _guard(self, writes: Sequence[_Write]) -> dict[str, Any]:
-        new: dict[str, int] = {}
-        if self._since is not None:
-            for write in writes:
-                if write.statement is st.INSERT_REPORTS:
-                    for row in write.rows:
-                        new[row["originator_node"]] = new.get(row["originator_node"], 0) + 1
-        expected = self.expected
-        return {
-            "g_report_seq": expected.report_seq,
-            "g_audit_seq": expected.audit_seq,
-            "g_audit_hash": expected.audit_hash,
-            "g_change_counter": expected.change_counter,
-            "g_report_changes": expected.report_changes,
-            "g_audit_frontier": st.head_values(expected)["audit_frontier"],
-            "g_ids": self._ids,
-            "g_key_nodes": [node for node, _ in self._keys],
-            "g_keys": [key for _, key in self._keys],
-            "g_nodes": list(new),
-            "g_room": [self._limit - count for count in new.values()],
-            "g_since": self._since or _EPOCH,
-        }
 
 
 # What a group-committed act may do in its transaction: one implementation serves every engine.

@@ -7,23 +7,18 @@ import and SQLAlchemy's compiled cache hits on every execution.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
     Table,
-    Text,
-    TextClause,
     bindparam,
     func,
     insert,
+    literal_column,
     select,
-    text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from broker.domain.alliances import Alliance, Directory, History, Membership
 from broker.domain.records import AuditDraft, AuditEvent, Checkpoint, Head, NodeRecord, ReportRecord
@@ -72,15 +67,11 @@ REPORT_BY_ID = select(REPORTS).where(REPORTS.c.id == bindparam("id"))
 REPORT_BY_KEY = select(REPORTS).where(
     REPORTS.c.originator_node == bindparam("node"), REPORTS.c.idempotency_key == bindparam("key")
 )
-# The channel every broker process LISTENs on (storage/listen.py). A notification means "look at
-# the head again"; its payload is the head the notifying transaction committed (``head_payload``),
-# or empty, so that other processes' guarded commits start from it.
+# The channel every broker process LISTENs on (storage/listen.py). A notification means only
+# "look at the head again": it carries no payload, and one a notifier adds is never read (any
+# role that can connect may NOTIFY, table privileges or not).
 CHANGE_CHANNEL = "alliance_broker_change"
-NOTIFY_CALL = func.pg_notify(CHANGE_CHANNEL, bindparam("notify_payload", type_=Text()))
-NOTIFY = select(NOTIFY_CALL)
-# PostgreSQL refuses a payload of 8000 bytes or more; a head's frontier has one entry per bit of
-# the log's size, so this is only ever reached by a log of astronomical size (then: no head).
-MAX_PAYLOAD = 7000
+NOTIFY = select(func.pg_notify(CHANGE_CHANNEL, literal_column("''")))
 NODE_BY_ID = select(NODES).where(NODES.c.id == bindparam("id"))
 NODE_BY_TOKEN = select(NODES).where(NODES.c.token_hash == bindparam("token_hash"))
 # Reports a node published since a moment (index ix_reports_originator_created): the publish
@@ -92,40 +83,6 @@ RECENT_BY_NODE = (
         REPORTS.c.originator_node == bindparam("node"),
         REPORTS.c.created_at > bindparam("since", type_=REPORTS.c.created_at.type),
     )
-)
-# What a guarded commit (repos.GuardedTx, PostgreSQL only) checks in the WHERE clause of the
-# head's update, so once it holds the row's lock: the head is still the one the writes were
-# computed from, every field of it (every transaction that stores a report or an event, or
-# changes security state, moves one of them; and a head learned from a NOTIFY payload, which
-# any database role can send, is used only if it is the row), no report is stored under the
-# batch's client-chosen ids or (node, idempotency key) pairs, and no node published more than
-# its room allows since g_since.
-# The subqueries read the statement's snapshot, taken before the lock: that they are still
-# current follows from the head being unchanged (whoever committed a report moved it).
-GUARD: tuple[ColumnElement[bool] | TextClause, ...] = (
-    HEAD.c.report_seq == bindparam("g_report_seq"),
-    HEAD.c.audit_seq == bindparam("g_audit_seq"),
-    HEAD.c.audit_hash == bindparam("g_audit_hash", type_=Text()),
-    HEAD.c.change_counter == bindparam("g_change_counter"),
-    HEAD.c.report_changes == bindparam("g_report_changes"),
-    HEAD.c.audit_frontier == bindparam("g_audit_frontier", type_=Text()),
-    text(
-        "NOT EXISTS (SELECT 1 FROM reports AS r WHERE r.id = ANY(:g_ids))"
-        " AND NOT EXISTS (SELECT 1 FROM reports AS r"
-        "  JOIN unnest(CAST(:g_key_nodes AS text[]), CAST(:g_keys AS text[])) AS k(node, key)"
-        "  ON r.originator_node = k.node AND r.idempotency_key = k.key)"
-        " AND NOT EXISTS (SELECT 1 FROM unnest(CAST(:g_nodes AS text[]), CAST(:g_room AS bigint[]))"
-        "  AS q(node, room)"
-        "  WHERE (SELECT count(*) FROM reports AS r"
-        "   WHERE r.originator_node = q.node AND r.created_at > :g_since) > q.room)"
-    ).bindparams(
-        bindparam("g_ids", type_=ARRAY(Text)),
-        bindparam("g_key_nodes", type_=ARRAY(Text)),
-        bindparam("g_keys", type_=ARRAY(Text)),
-        bindparam("g_nodes", type_=ARRAY(Text)),
-        bindparam("g_room", type_=ARRAY(BigInteger)),
-        bindparam("g_since", type_=REPORTS.c.created_at.type),
-    ),
 )
 ALLIANCES = select(ALLIANCE_TABLE)
 MEMBERSHIPS = select(MEMBERSHIP_TABLE).order_by(MEMBERSHIP_TABLE.c.id)
@@ -139,43 +96,6 @@ def head_of(row: Any) -> Head:
     return Head(
         row.report_seq, row.audit_seq, row.audit_hash, row.change_counter, frontier, row.report_changes
     )
-
-
-def head_of_mapping(values: Mapping[str, Any]) -> Head:
-    """``head_of`` for a row (or values) read by column name."""
-    return head_of(_Values(values))
-
-
-def head_payload(values: dict[str, Any] | None) -> str:
-    """A NOTIFY payload for the head saved with ``values`` (``head_values``); empty without."""
-    if values is None:
-        return ""
-    payload = json.dumps(values, separators=(",", ":"))
-    return payload if len(payload) <= MAX_PAYLOAD else ""
-
-
-def head_from_payload(payload: str) -> Head | None:
-    """The head a NOTIFY payload carries; None for an empty or malformed one (a hint only: a
-    guarded commit checks the head it assumes against the row)."""
-    try:
-        head = head_of_mapping(json.loads(payload))
-        if not (isinstance(head.report_seq, int) and isinstance(head.audit_seq, int)):
-            return None
-        if not (isinstance(head.audit_hash, str) and isinstance(head.change_counter, int)):
-            return None
-        return head
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-
-
-class _Values:
-    def __init__(self, values: Mapping[str, Any]) -> None:
-        self.report_seq = values["report_seq"]
-        self.audit_seq = values["audit_seq"]
-        self.audit_hash = values["audit_hash"]
-        self.change_counter = values["change_counter"]
-        self.report_changes = values.get("report_changes", 0)
-        self.audit_frontier = values["audit_frontier"]
 
 
 def head_values(head: Head) -> dict[str, Any]:
