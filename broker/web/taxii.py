@@ -121,8 +121,12 @@ async def authenticated(request: web.Request) -> NodeRecord:
             user, _, token = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             user, token = "", ""
+    # Not ``rechecked``: discovery, collections and status decide without re-checking the node in
+    # a transaction of their own, and the object routes check roles before theirs; so the record
+    # is checked against the database's change counter here, and a revocation, token rotation or
+    # role change committed by any process binds every route at once.
     node = await auth.authenticate(
-        ctx, token, source=source, rechecked=True, certificate=peer_certificate(request)
+        ctx, token, source=source, rechecked=False, certificate=peer_certificate(request)
     )
     if user is not None and user != node.id:
         ctx.auth_failures.note(source, "basic_user_mismatch", node, now=ctx.now())
