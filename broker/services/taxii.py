@@ -19,11 +19,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from stix2validator import (  # type: ignore[import-untyped]  # the package ships no types
     ValidationError,
     ValidationOptions,
@@ -45,6 +48,7 @@ from broker.storage.repos import Tx
 
 MAX_OBJECTS_PER_POST = 1000
 BY_ID_LIMIT = 1000  # versions of one object served at once (no paging by id)
+ROWS_PER_SCAN_ROW = 10  # rows a page may read for each payload it may decrypt (settings.max_scan_rows)
 _VALIDATION = ValidationOptions(version="2.1")
 
 
@@ -117,6 +121,33 @@ async def _refuse(ctx: Context, node: NodeRecord, act: str, exc: BrokerError) ->
     raise exc
 
 
+# -- paging cursors ----------------------------------------------------------------------------
+_CURSOR_INFO = b"alliance-broker taxii next v1"
+
+
+def _cursor_key(kek: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=_CURSOR_INFO).derive(kek)
+
+
+def cursor(ctx: Context, node: NodeRecord, collection_id: str, position: Position) -> str:
+    """The ``next`` naming ``position`` for ``node`` in the collection: sealed under a key derived
+    from the current KEK, so every broker sharing the keyring reads it."""
+    key = _cursor_key(ctx.keyring.kek(ctx.keyring.current))
+    return stix.encode_position(position, key=key, bound=(node.id, collection_id))
+
+
+def position_of(ctx: Context, node: NodeRecord, collection_id: str, token: str | None) -> Position:
+    """Where a page starts: the beginning, or the place a ``next`` this node was answered in
+    this collection names (400 for any other token; a KEK retired since makes it a 400 too)."""
+    if token is None:
+        return Position()
+    ring = ctx.keyring
+    keys = [_cursor_key(ring.kek(ring.current))] + [
+        _cursor_key(k) for kid, k in ring.keks.items() if kid != ring.current
+    ]
+    return stix.decode_position(token, keys=keys, bound=(node.id, collection_id))
+
+
 # -- reading -----------------------------------------------------------------------------------
 @dataclass
 class Page:
@@ -127,11 +158,43 @@ class Page:
     next: Position | None = None
 
 
+# What each report's payload carries, by report id: (id, type, spec_version) of every object it
+# serves. A payload never changes once stored, so a filter by id, type or spec_version skips a
+# report it knows cannot match without decrypting it again (the same empty search, repeated, costs
+# one decrypt per report once, not every time). Bounded by the object ids held.
+_INDEX: OrderedDict[str, tuple[tuple[str, str, str], ...]] = OrderedDict()
+_INDEX_MAX_IDS = 500_000
+_index_size = [0]
+
+
+def _index_put(report_id: str, objects: Sequence[Mapping[str, Any]]) -> None:
+    keys = tuple((str(o["id"]), str(o["type"]), stix.spec_version_of(o)) for o in objects)
+    old = _INDEX.pop(report_id, None)
+    _index_size[0] += len(keys) - (0 if old is None else len(old))
+    _INDEX[report_id] = keys
+    while _index_size[0] > _INDEX_MAX_IDS and _INDEX:
+        _index_size[0] -= len(_INDEX.popitem(last=False)[1])
+
+
+def _may_match(report: ReportRecord, filters: Filters) -> bool:
+    """False only when the report's payload is known to hold no object ``filters`` match."""
+    if not (filters.ids or filters.types or filters.spec_versions):
+        return True
+    keys = _INDEX.get(report.id)
+    if keys is None:
+        return True
+    _INDEX.move_to_end(report.id)
+    return any(filters.matches({"id": i, "type": t, "spec_version": v}) for i, t, v in keys)
+
+
 def _entries(
     ctx: Context, report: ReportRecord, filters: Filters, keyring: Keyring | None = None
-) -> list[Entry]:
+) -> tuple[list[Entry], bool]:
     """The objects a report contributes under ``filters``: its label's marking-definitions when
-    asked for, then its payload's objects, each marked with the label and its TLP."""
+    asked for, then its payload's objects, each marked with the label and its TLP; and whether
+    the payload was decrypted for it. Payload objects at the broker's reserved ids, or naming
+    the broker as their creator, are never served (a report stored before they were refused, or
+    published through REST, may carry them)."""
     added = stix.timestamp(report.created_at)
     markings = stix.markings_of(report.label)
     found: list[Entry] = []
@@ -140,13 +203,18 @@ def _entries(
     only_markings = (filters.types and filters.types <= stix.MARKING_TYPES) or (
         filters.ids and all(i.split("--")[0] in stix.MARKING_TYPES for i in filters.ids)
     )
-    if not only_markings:
+    opened = False
+    if not only_markings and _may_match(report, filters):
         refs = [m["id"] for m in markings]
-        for obj in stix.objects_of(json.loads(reports.open_payload(ctx, report, keyring))):
+        payload = json.loads(reports.open_payload(ctx, report, keyring))
+        served = [o for o in stix.objects_of(payload) if stix.reserved_claim(o) is None]
+        _index_put(report.id, served)
+        opened = True
+        for obj in served:
             found.append(
                 Entry(stix.marked(obj, refs), stix.version_of(obj, date_added=added), added, report.seq)
             )
-    return [e for e in found if filters.matches(e.obj)]
+    return [e for e in found if filters.matches(e.obj)], opened
 
 
 @dataclass
@@ -163,11 +231,13 @@ class _Scan:
     drafts: list[AuditDraft] = field(default_factory=list)
     served: list[ReportRecord] = field(default_factory=list)
     keyring: Keyring | None = None  # the one current when the scan's reports were read
+    opened: int = 0  # payloads decrypted
     _seen: set[tuple[str, str]] = field(default_factory=set)
 
     def take(self, report: ReportRecord, start: Position) -> None:
         """Serve ``report``'s entries from ``start`` until the page is full."""
-        entries = _entries(self.ctx, report, self.filters, self.keyring)
+        entries, opened = _entries(self.ctx, report, self.filters, self.keyring)
+        self.opened += opened
         if self.per_report_versions:
             entries = stix.select_versions(entries, self.filters.versions)
         first = start.index if report.seq == start.seq else 0
@@ -215,22 +285,37 @@ async def _page_once(
     start: Position,
     per_report_versions: bool,
 ) -> Page:
+    """One page, decided in one transaction.
+
+    Work is bounded two ways: at most ``max_scan_rows`` payloads the node may see are decrypted,
+    and at most ``ROWS_PER_SCAN_ROW`` times that many rows are read. Rows the node may not see
+    cost no decrypt and do not count against the first bound, so whether the page ends early
+    depends on them only past the second: below it, hidden reports change nothing in the answer.
+    When a bound is reached the page says ``more`` and its ``next`` is the place the scan may
+    name (``start``, or just after the last report the node may see that it skipped); the same
+    request then resumes where the scan stopped (``ctx.scan_hints``)."""
     scan = _Scan(ctx, node, collection, filters, limit, per_report_versions)
+    scan.page.next = start
     now = ctx.now()
     async with ctx.db.read_transaction() as tx:  # decided here; audited after, below
         counter = await tx.change_counter()
         node = scan.node = await recheck(tx, node, counter)
         directory = await ctx.directory_at(tx, counter)
         scan.keyring = ctx.keyring
-        start = await _after_added(tx, start, filters)
-        scan.page.next = start
+        # Where the scan may begin: never named to the client (it may be a hidden report's place).
+        floor = await _after_added(tx, start, filters)
         key: HintKey = (node.id, ("taxii", collection.id, filters.key, str(start.index)), start.seq)
-        position = ctx.scan_hints.get(key, counter=counter, now=now, directory=directory) or start.seq
-        scanned, budget = 0, ctx.settings.max_scan_rows
-        while not scan.page.more and scanned < budget:
-            take = min(max(limit, 50), budget - scanned)
+        position = ctx.scan_hints.get(key, counter=counter, now=now, directory=directory) or floor
+        opened_budget = ctx.settings.max_scan_rows
+        row_budget = opened_budget * ROWS_PER_SCAN_ROW
+        scanned, exhausted = 0, False
+        while not scan.page.more and not exhausted:
+            take = min(max(limit, 50), row_budget - scanned)
             rows = await store.reports_from(tx, start=position, topics=collection.topics, limit=take)
             for report in rows:
+                if scanned >= row_budget or scan.opened >= opened_budget:
+                    exhausted = True
+                    break
                 position, scanned = report.seq + 1, scanned + 1
                 if (
                     report.erased_at is not None
@@ -243,30 +328,30 @@ async def _page_once(
                 scan.take(report, start)
                 if scan.page.more:
                     break
-            if len(rows) < take:
+            if len(rows) < take and not exhausted:
                 break
-        else:
-            if not scan.page.more:  # the scan budget ran out: the same request resumes here
-                resume = scan.page.next or start
-                hint_key: HintKey = (
-                    node.id,
-                    ("taxii", collection.id, filters.key, str(resume.index)),
-                    resume.seq,
-                )
-                ctx.scan_hints.put(hint_key, ScanHint(position, counter, now))
-                scan.page.more = True
+            exhausted = exhausted or scanned >= row_budget
+        if exhausted and not scan.page.more:  # the same request resumes here
+            resume = scan.page.next or start
+            hint_key: HintKey = (
+                node.id,
+                ("taxii", collection.id, filters.key, str(resume.index)),
+                resume.seq,
+            )
+            ctx.scan_hints.put(hint_key, ScanHint(position, counter, now))
+            scan.page.more = True
     # Committed before the page is answered; Stale (decided again) if the state moved meanwhile.
     await audit.batcher(ctx).append(scan.drafts, decided_at=counter)
     return scan.page
 
 
-async def _after_added(tx: Tx, start: Position, filters: Filters) -> Position:
-    """``start``, moved up to the first report added after ``added_after``."""
+async def _after_added(tx: Tx, start: Position, filters: Filters) -> int:
+    """The sequence a scan from ``start`` may skip to under ``added_after``: every report below
+    it was added at or before that moment. Only where the scan begins, never an answer."""
     if filters.added_after is None:
-        return start
+        return start.seq
     first = await store.first_seq_added_after(tx, filters.added_after)
-    floor = Position(2**62, 0) if first is None else Position(first, 0)
-    return floor if (start.seq, start.index) < (floor.seq, floor.index) else start
+    return max(start.seq, stix.MAX_SEQ if first is None else first)
 
 
 async def by_id(
@@ -329,7 +414,7 @@ async def _carriers(
             for report in rows:
                 position, scanned = report.seq + 1, scanned + 1
                 allowed = reports.decide_for(ctx, node, report, directory).allowed
-                if report.erased_at is None and allowed and _entries(ctx, report, filters, keyring):
+                if report.erased_at is None and allowed and _entries(ctx, report, filters, keyring)[0]:
                     found.append(report)
             if len(rows) < 500:
                 break

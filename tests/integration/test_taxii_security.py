@@ -4,16 +4,20 @@ is answered."""
 
 from __future__ import annotations
 
+import base64
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from broker.domain import stix as ours
 from broker.services import admin
+from tests.conftest import FakeClock
 from tests.integration.conftest import Api
 from tests.integration.helpers import events
-from tests.integration.test_taxii import TAXII, collection_id, indicator, publish, raw
+from tests.integration.test_taxii import TAXII, bundle, collection_id, indicator, publish, raw
 
 POST = {"Content-Type": TAXII}
 
@@ -99,3 +103,115 @@ async def test_role_gated_routes_follow_a_role_change_by_another_process(api: Ap
     assert [(c["can_read"], c["can_write"]) for c in answer["collections"]] == [(False, False)]
     denials = [e for e in await events(api.ctx, decision="deny") if e["node"] == "usa"]
     assert {e["reason"] for e in denials} == {"missing_role", "not_writable"}
+
+
+# -- finding 4: nothing hidden shows through added_after, next, more or the date headers ------------
+Answer = tuple[int, dict[str, str], Any]
+
+
+async def _look(api: Api, token: str, path: str) -> Answer:
+    status, headers, answer = await raw(api, "GET", path, token=token)
+    kept = {k: v for k, v in headers.items() if k.startswith("X-TAXII")}
+    return status, kept, answer
+
+
+async def _sweep(api: Api, token: str, cid: str, moments: list[str], ids: list[str]) -> dict[str, Any]:
+    """Every answer a node gets for a sweep of added_after over objects/ and manifest/ (each
+    followed page by page through its ``next``), and for by-id and versions of ``ids``."""
+    coll = f"/taxii2/api/collections/{cid}/"
+    seen: dict[str, Any] = {}
+    queries = [""] + [f"added_after={m}" for m in moments]
+    for query in queries:
+        for kind in ("objects/", "manifest/"):
+            path = f"{coll}{kind}?limit=2&{query}"
+            for _ in range(20):
+                seen[path] = answer = await _look(api, token, path)
+                if answer[0] != 200 or "next" not in answer[2]:
+                    break
+                path = f"{coll}{kind}?limit=2&{query}&next={answer[2]['next']}"
+        for ident in ids:
+            for tail in ("", "versions/"):
+                for extra in ("", "&match[version]=all"):
+                    if tail and extra:
+                        continue
+                    path = f"{coll}objects/{ident}/{tail}?{query}{extra}"
+                    seen[path] = await _look(api, token, path)
+    return seen
+
+
+async def test_a_node_answers_alike_before_and_after_reports_it_may_not_see(
+    start_server: Any, clock: FakeClock
+) -> None:
+    # A scan budget smaller than the hidden reports (the red team's bisection relied on that).
+    api = await start_server(max_scan_rows=3)
+    usa = await api.node("usa", "USA")
+    gbr = await api.node("gbr", "GBR")
+    cid = await collection_id(api)
+    shared = f"indicator--{uuid.uuid4()}"
+    sweep = ["2026-01-01T00:00:00Z"]
+    for n in range(3):  # visible to GBR (SECRET REL NATO), two objects each
+        first = indicator(n, ident=shared if n == 0 else None)
+        await publish(api, usa, bundle(first, indicator(10 + n)))
+        sweep.append(ours.timestamp(clock()))
+        clock.advance(seconds=1)
+    hidden_at = clock.moment
+    for _ in range(8):  # the moments the hidden reports will be made at, and either side of them
+        sweep += [
+            ours.timestamp(clock.advance(microseconds=-1)),
+            ours.timestamp(clock.advance(microseconds=1)),
+        ]
+        sweep.append(ours.timestamp(clock.advance(microseconds=1)))
+        clock.advance(seconds=1, microseconds=-1)
+    sweep.append("2099-01-01T00:00:00Z")
+    secret = indicator(99)
+    ids = [shared, str(secret["id"])]
+    before = await _sweep(api, gbr, cid, sweep, ids)
+    clock.moment = hidden_at
+    newer = indicator(1, ident=shared, modified="2026-03-01T00:00:00.000Z")
+    for n in range(8):  # hidden from GBR (SECRET REL USA), in the collection's topic
+        await publish(api, usa, bundle(secret if n == 0 else indicator(50 + n), newer), to=["USA"])
+        clock.advance(seconds=1)
+    after = await _sweep(api, gbr, cid, sweep, ids)
+    assert before.keys() == after.keys()
+    differ = [path for path in before if before[path] != after[path]]
+    assert not differ, [(p, before[p], after[p]) for p in differ[:3]]
+    # USA may see them and is served them: the sweep did cover them.
+    status, _, answer = await _look(api, usa, f"/taxii2/api/collections/{cid}/objects/{secret['id']}/")
+    assert status == 200 and [o["id"] for o in answer["objects"]] == [secret["id"]]
+
+
+def _plain_cursor(seq: int, index: int = 0) -> str:
+    """A ``next`` in the form this server once issued: base64 of the sequence, readable and forgeable."""
+    return base64.urlsafe_b64encode(f"v1.{seq}.{index}".encode()).decode().rstrip("=")
+
+
+async def test_a_next_not_from_an_answer_is_400(api: Api) -> None:
+    usa = await api.node("usa", "USA")
+    gbr = await api.node("gbr", "GBR")
+    cid, other = await collection_id(api), await collection_id(api)
+    for n in range(3):
+        await publish(api, usa, bundle(indicator(n)))
+    path = f"/taxii2/api/collections/{cid}/objects/"
+    status, _, answer = await _look(api, gbr, path + "?limit=1")
+    assert status == 200 and answer["more"] is True
+    issued = answer["next"]
+    assert (await _look(api, gbr, f"{path}?limit=1&next={issued}"))[0] == 200
+    forged = [
+        _plain_cursor(2**63),  # once a 500 (issue 19, finding 12)
+        _plain_cursor(2),
+        _plain_cursor(2**64 + 5),
+        issued[:-1],
+        issued[:-2] + ("A" if issued[-2] != "A" else "B") + issued[-1],
+        issued + "A",
+        "",
+        "=",
+        "a" * 65,
+    ]
+    for token in forged:
+        status, _, answer = await _look(api, gbr, f"{path}?next={token}")
+        assert (status, answer.get("error_code")) == (400, "invalid_parameter"), token
+    # Bound to the node and the collection it was answered for.
+    assert (await _look(api, usa, f"{path}?next={issued}"))[0] == 400
+    other_path = f"/taxii2/api/collections/{other}/objects/"
+    assert (await _look(api, gbr, f"{other_path}?next={issued}"))[0] == 400
+    assert (await _look(api, gbr, f"{path}manifest/?next={issued}".replace("objects/", "")))[0] == 200
