@@ -433,22 +433,37 @@ def _check_envelope(envelope: object) -> list[Any]:
     return objects
 
 
-def _validate(objects: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Accepted objects, and failures ({id, version?, message}), by the OASIS validator."""
+def _validate(objects: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Accepted objects; failures as the status resource keeps them ({id, message}: the object's
+    id when it is a STIX id, and a stable code, never text quoting the object, since statuses are
+    stored in plaintext and outlive the report); and the validator's messages, for the poster's
+    answer alone when nothing was accepted.
+
+    Codes: ``reserved_id`` and ``reserved_creator`` (``stix.reserved_claim``), ``invalid_stix``
+    (the OASIS validator refused it)."""
     accepted: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
+    messages: list[str] = []
     for obj in objects:
-        ident = str(obj.get("id", "")) if isinstance(obj, Mapping) else ""
+        raw_id = obj.get("id") if isinstance(obj, Mapping) else None
+        ident = raw_id if isinstance(raw_id, str) and stix.STIX_ID.fullmatch(raw_id) else ""
+        claim = stix.reserved_claim(obj) if isinstance(obj, Mapping) else None
+        if claim is not None:
+            failures.append({"id": ident, "message": claim})
+            messages.append(claim)
+            continue
         try:
             result = validate_instance(obj, _VALIDATION)
         except ValidationError as exc:
-            failures.append({"id": ident, "message": str(exc)[:500]})
+            failures.append({"id": ident, "message": "invalid_stix"})
+            messages.append(str(exc)[:500])
             continue
         if result.is_valid:
             accepted.append(obj)
         else:
-            failures.append({"id": ident, "message": "; ".join(str(e) for e in result.errors)[:500]})
-    return accepted, failures
+            failures.append({"id": ident, "message": "invalid_stix"})
+            messages.append("; ".join(str(e) for e in result.errors)[:500])
+    return accepted, failures, messages
 
 
 def _version(obj: Mapping[str, Any], now: str) -> str:
@@ -477,12 +492,9 @@ async def add_objects(ctx: Context, node: NodeRecord, collection_id: str, envelo
         )
     try:
         objects = _check_envelope(envelope)
-        accepted, failures = await asyncio.to_thread(_validate, objects)
+        accepted, failures, messages = await asyncio.to_thread(_validate, objects)
         if not accepted:
-            raise InvalidInput(
-                "no object is valid STIX 2.1: " + "; ".join(f["message"] for f in failures[:3]),
-                code="invalid_stix",
-            )
+            raise InvalidInput("no object is valid STIX 2.1: " + "; ".join(messages[:3]), code="invalid_stix")
     except InvalidInput as exc:
         await _refuse(ctx, node, "publish", exc)
     body = {

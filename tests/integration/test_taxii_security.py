@@ -17,7 +17,7 @@ from broker.services import admin
 from tests.conftest import FakeClock
 from tests.integration.conftest import Api
 from tests.integration.helpers import events
-from tests.integration.test_taxii import TAXII, bundle, collection_id, indicator, publish, raw
+from tests.integration.test_taxii import NATO_SECRET, TAXII, bundle, collection_id, indicator, publish, raw
 
 POST = {"Content-Type": TAXII}
 
@@ -215,3 +215,103 @@ async def test_a_next_not_from_an_answer_is_400(api: Api) -> None:
     other_path = f"/taxii2/api/collections/{other}/objects/"
     assert (await _look(api, gbr, f"{other_path}?next={issued}"))[0] == 400
     assert (await _look(api, gbr, f"{path}manifest/?next={issued}".replace("objects/", "")))[0] == 200
+
+
+# -- finding 5: payload objects never speak for the broker --------------------------------------
+def _marking(ident: str, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "marking-definition",
+        "spec_version": "2.1",
+        "id": ident,
+        "created": "2026-01-01T00:00:00.000Z",
+        "name": name,
+        "extensions": {ours.TLP_EXTENSION_ID: {"extension_type": "property-extension", "tlp_2_0": "clear"}},
+        **extra,
+    }
+
+
+async def test_objects_at_the_brokers_ids_or_naming_it_creator_are_refused_and_never_served(
+    api: Api,
+) -> None:
+    usa = await api.node("usa", "USA")
+    gbr = await api.node("gbr", "GBR")
+    cid = await collection_id(api)
+    usa_secret = {"classification": "SECRET", "releasable_to": ["USA"], "caveats": []}
+    weak = "UNCLASSIFIED, REL NATO,EU,FVEY"
+    spoofs = {
+        "label": _marking(ours.label_marking_id(usa_secret), weak),
+        "other_label": _marking(f"marking-definition--{uuid.uuid5(uuid.uuid4(), 'x')}", weak),
+        "tlp": _marking(ours.TLP_IDS["RED"], "TLP:RED"),
+        "identity": {
+            "type": "identity",
+            "spec_version": "2.1",
+            "id": ours.BROKER_IDENTITY_ID,
+            "created": "2026-01-01T00:00:00.000Z",
+            "modified": "2026-01-01T00:00:00.000Z",
+            "name": "Alliance Broker",
+        },
+        "creator": {**indicator(3), "created_by_ref": ours.BROKER_IDENTITY_ID},
+    }
+    extension = {
+        "type": "extension-definition",
+        "spec_version": "2.1",
+        "id": ours.LABEL_EXTENSION_ID,
+        "created_by_ref": f"identity--{uuid.uuid4()}",
+        "created": "2026-01-01T00:00:00.000Z",
+        "modified": "2026-01-01T00:00:00.000Z",
+        "name": "x",
+        "schema": "https://example.invalid/x",
+        "version": "1.0.0",
+        "extension_types": ["property-extension"],
+    }
+    spoofs["extension"] = extension
+    clear = {**indicator(4), "object_marking_refs": [ours.TLP_IDS["CLEAR"]]}
+    path = f"/taxii2/api/collections/{cid}/objects/"
+    envelope = json.dumps({"objects": [*spoofs.values(), clear]}).encode()
+    status, _, answer = await raw(api, "POST", path, token=usa, headers=POST, data=envelope)
+    assert status == 202, answer
+    assert answer["success_count"] == 1 and [s["id"] for s in answer["successes"]] == [clear["id"]]
+    refused = {f["id"]: f["message"] for f in answer["failures"]}
+    assert refused == {
+        str(o["id"]): "reserved_creator" if name == "creator" else "reserved_id" for name, o in spoofs.items()
+    }
+    # Published through REST, where payloads are not STIX-checked: stored, but never served.
+    await publish(api, usa, bundle(spoofs["label"], spoofs["creator"], indicator(5)))
+    status, _, served = await _look(api, gbr, path + "?match[type]=marking-definition,indicator")
+    by_id = {o["id"]: o for o in served["objects"]}
+    assert spoofs["creator"]["id"] not in by_id and clear["id"] in by_id
+    ours_label = ours.label_marking_id(NATO_SECRET)
+    markings = [o for o in served["objects"] if o["type"] == "marking-definition"]
+    assert [m["id"] for m in markings] == [ours_label, ours.TLP_IDS["RED"]]
+    assert all(m["created_by_ref"] == ours.BROKER_IDENTITY_ID for m in markings if "created_by_ref" in m)
+    assert markings[0]["name"] == "SECRET REL TO NATO"
+    # The broker's label marking comes first; the object's own weaker TLP is not served beside it.
+    assert by_id[clear["id"]]["object_marking_refs"] == [ours_label, ours.TLP_IDS["RED"]]
+    status, _, one = await _look(api, gbr, f"{path}{ours.label_marking_id(usa_secret)}/")
+    assert status == 200 and "objects" not in one
+
+
+# -- finding 9: a status stores ids, versions and codes, never content ----------------------------
+async def test_stored_statuses_hold_codes_not_content(api: Api) -> None:
+    usa = await api.node("usa", "USA")
+    cid = await collection_id(api)
+    marker = "ZEBRA-7741-operation-nightfall"
+    bad_pattern = {**indicator(1), "pattern": f"[ipv4-addr:value = '{marker}'"}
+    bad_type = {**indicator(2), "valid_from": marker}
+    no_id = {**indicator(3), "id": f"indicator--{marker}"}
+    bad_version = {**indicator(4), "modified": marker}
+    good = indicator(5)
+    envelope = json.dumps({"objects": [bad_pattern, bad_type, no_id, bad_version, good]}).encode()
+    path = f"/taxii2/api/collections/{cid}/objects/"
+    status, _, answer = await raw(api, "POST", path, token=usa, headers=POST, data=envelope)
+    assert status == 202 and answer["success_count"] == 1 and answer["failure_count"] == 4
+    assert marker not in json.dumps(answer)
+    assert {f["message"] for f in answer["failures"]} == {"invalid_stix"}
+    assert [f["id"] for f in answer["failures"]] == [bad_pattern["id"], bad_type["id"], "", bad_version["id"]]
+    async with api.ctx.db.engine.connect() as connection:
+        rows = (await connection.exec_driver_sql("SELECT * FROM taxii_statuses")).all()
+    assert len(rows) == 1
+    stored = " ".join(str(value) for value in rows[0])
+    assert answer["id"] in stored and marker not in stored
+    status, _, polled = await raw(api, "GET", f"/taxii2/api/status/{answer['id']}/", token=usa)
+    assert status == 200 and polled == answer
