@@ -27,6 +27,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from prometheus_client import Counter
 from stix2validator import (  # type: ignore[import-untyped]  # the package ships no types
     ValidationError,
     ValidationOptions,
@@ -37,7 +38,7 @@ from broker.crypto.keyring import Keyring
 from broker.domain import stix
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.domain.stix import CollectionRecord, Entry, Filters, Position
-from broker.errors import AccessDenied, BrokerError, InvalidInput, NotFound
+from broker.errors import AccessDenied, BrokerError, InvalidInput, NotFound, PayloadTooLarge
 from broker.services import audit, reports
 from broker.services.auth import recheck
 from broker.services.collections import can_read, can_write
@@ -50,6 +51,10 @@ MAX_OBJECTS_PER_POST = 1000
 BY_ID_LIMIT = 1000  # versions of one object served at once (no paging by id)
 ROWS_PER_SCAN_ROW = 10  # rows a page may read for each payload it may decrypt (settings.max_scan_rows)
 _VALIDATION = ValidationOptions(version="2.1")
+PAYLOADS_OPENED = Counter(
+    "broker_taxii_payloads_opened",
+    "Report payloads decrypted to answer TAXII reads (a repeated search that matches nothing opens none)",
+)
 
 
 # -- collections -------------------------------------------------------------------------------
@@ -207,6 +212,7 @@ def _entries(
     if not only_markings and _may_match(report, filters):
         refs = [m["id"] for m in markings]
         payload = json.loads(reports.open_payload(ctx, report, keyring))
+        PAYLOADS_OPENED.inc()
         served = [o for o in stix.objects_of(payload) if stix.reserved_claim(o) is None]
         _index_put(report.id, served)
         opened = True
@@ -422,6 +428,28 @@ async def _carriers(
 
 
 # -- writing -----------------------------------------------------------------------------------
+def max_objects(ctx: Context) -> int:
+    """Objects one POST may carry: each counts as one publish against the node's limit, so never
+    more than the limit lets a node publish at once (``publish_burst``)."""
+    return min(MAX_OBJECTS_PER_POST, ctx.settings.publish_burst)
+
+
+async def publishes_in(ctx: Context, node: NodeRecord, envelope: object) -> int:
+    """How many publishes a POST of ``envelope`` counts as against the node's limit: one per
+    object (validating objects is the cost it bounds), at least one. An envelope with more
+    objects than ``max_objects`` is refused before any is validated (413, audited)."""
+    objects = envelope.get("objects") if isinstance(envelope, Mapping) else None
+    count = len(objects) if isinstance(objects, list) else 1
+    if count > max_objects(ctx):
+        await _refuse(
+            ctx,
+            node,
+            "publish",
+            PayloadTooLarge(f"a POST may carry at most {max_objects(ctx)} objects", code="too_many_objects"),
+        )
+    return max(count, 1)
+
+
 def _check_envelope(envelope: object) -> list[Any]:
     if not isinstance(envelope, Mapping) or set(envelope) - {"objects", "more", "next"}:
         raise InvalidInput("the body must be a TAXII envelope", code="invalid_envelope")

@@ -278,9 +278,12 @@ async def delete_object(request: web.Request) -> web.StreamResponse:
 @taxii_endpoint
 async def add_objects(request: web.Request) -> web.StreamResponse:
     node = await authenticated(request)
-    if not request.app[LIMITER].take(node.id):
-        raise RateLimited("too many reports per second from this node", code="rate_limited")
     envelope = await read_json(request)
+    count = await taxii.publishes_in(_ctx(request), node, envelope)
+    limiter = request.app[LIMITER]
+    # One publish per object; a refused POST keeps what it took (the bucket cannot give back).
+    if not all(limiter.take(node.id) for _ in range(count)):
+        raise RateLimited("too many objects per second from this node", code="rate_limited")
     result = await taxii.add_objects(_ctx(request), node, request.match_info["collection"], envelope)
     request.app[WAKE]()
     return respond(result, status=202)

@@ -5,6 +5,7 @@ is answered."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -315,3 +316,53 @@ async def test_stored_statuses_hold_codes_not_content(api: Api) -> None:
     assert answer["id"] in stored and marker not in stored
     status, _, polled = await raw(api, "GET", f"/taxii2/api/status/{answer['id']}/", token=usa)
     assert status == 200 and polled == answer
+
+
+# -- finding 11: work per request is bounded, and objects are what a POST is counted by ----------------
+async def test_a_post_counts_each_object_against_the_publish_limit(start_server: Any) -> None:
+    api = await start_server(publish_rate_per_second=0.001, publish_burst=30)
+    usa = await api.node("usa", "USA")
+    cid = await collection_id(api)
+    path = f"/taxii2/api/collections/{cid}/objects/"
+
+    async def post(count: int) -> tuple[int, Any]:
+        envelope = json.dumps({"objects": [indicator(n) for n in range(count)]}).encode()
+        status, _, answer = await raw(api, "POST", path, token=usa, headers=POST, data=envelope)
+        return status, answer
+
+    status, answer = await post(31)  # more objects than the node may ever post at once
+    assert (status, answer["error_code"]) == (413, "too_many_objects")
+    assert (await post(25))[0] == 202  # 25 of the 30
+    status, answer = await post(6)
+    assert (status, answer["error_code"]) == (429, "rate_limited")
+    assert (await post(5))[0] == 429  # the refused post spent what was left
+    refused = {(e["node"], e["reason"]) for e in await events(api.ctx, decision="deny")}
+    assert ("usa", "too_many_objects") in refused
+
+
+async def _opened(api: Api, token: str) -> float:
+    status, text = await api.get("/metrics", token)
+    assert status == 200
+    lines = [line for line in text.splitlines() if line.startswith("broker_taxii_payloads_opened_total ")]
+    return float(lines[0].split()[1]) if lines else 0.0
+
+
+async def test_a_repeated_search_that_finds_nothing_decrypts_nothing_again(api: Api) -> None:
+    usa = await api.node("usa", "USA")
+    gbr = await api.node("gbr", "GBR")
+    auditor = await api.node("aud", "BEL", roles=("audit",))
+    cid = await collection_id(api)
+    for n in range(30):
+        await publish(api, usa, bundle(indicator(n)))
+    coll = f"/taxii2/api/collections/{cid}/"
+    absent = f"{coll}objects/indicator--{uuid.uuid4()}/versions/"
+    counts = [await _opened(api, auditor)]
+    for path in (absent, absent, f"{coll}objects/?match[type]=malware", f"{coll}manifest/?match[type]=tool"):
+        status, _, answer = await raw(api, "GET", path, token=gbr)
+        assert status == 200 and "objects" not in answer and "versions" not in answer
+        counts.append(await _opened(api, auditor))
+    opened = [b - a for a, b in itertools.pairwise(counts)]
+    assert opened == [30, 0, 0, 0]
+    # What does match is still served, without opening more than it needs.
+    status, _, answer = await raw(api, "GET", f"{coll}objects/?match[type]=indicator&limit=5", token=gbr)
+    assert status == 200 and len(answer["objects"]) == 5
