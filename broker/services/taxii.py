@@ -163,33 +163,42 @@ class Page:
     next: Position | None = None
 
 
-# What each report's payload carries, by report id: (id, type, spec_version) of every object it
-# serves. A payload never changes once stored, so a filter by id, type or spec_version skips a
-# report it knows cannot match without decrypting it again (the same empty search, repeated, costs
-# one decrypt per report once, not every time). Bounded by the object ids held.
-_INDEX: OrderedDict[str, tuple[tuple[str, str, str], ...]] = OrderedDict()
-_INDEX_MAX_IDS = 500_000
-_index_size = [0]
+class PayloadIndex:
+    """What each report's payload carries, by report id: (id, type, spec_version) of every object
+    it serves. A stored payload never changes, so a filter by id, type or spec_version skips a
+    report known to hold no match without decrypting it again (a repeated search that finds
+    nothing costs one decrypt per report once, not every time). Bounded by the object ids held,
+    oldest dropped first; an erased report's entry is dropped when a scan meets it."""
+
+    def __init__(self, max_ids: int = 500_000) -> None:
+        self._max_ids = max_ids
+        self._size = 0
+        self._carried: OrderedDict[str, tuple[tuple[str, str, str], ...]] = OrderedDict()
+
+    def put(self, report_id: str, objects: Sequence[Mapping[str, Any]]) -> None:
+        keys = tuple((str(o["id"]), str(o["type"]), stix.spec_version_of(o)) for o in objects)
+        self.forget(report_id)
+        self._carried[report_id] = keys
+        self._size += len(keys)
+        while self._size > self._max_ids and self._carried:
+            self._size -= len(self._carried.popitem(last=False)[1])
+
+    def forget(self, report_id: str) -> None:
+        self._size -= len(self._carried.pop(report_id, ()))
+
+    def may_match(self, report_id: str, filters: Filters) -> bool:
+        """False only when the payload is known to hold no object ``filters`` match."""
+        if not (filters.ids or filters.types or filters.spec_versions):
+            return True
+        keys = self._carried.get(report_id)
+        if keys is None:
+            return True
+        self._carried.move_to_end(report_id)
+        return any(filters.matches({"id": i, "type": t, "spec_version": v}) for i, t, v in keys)
 
 
-def _index_put(report_id: str, objects: Sequence[Mapping[str, Any]]) -> None:
-    keys = tuple((str(o["id"]), str(o["type"]), stix.spec_version_of(o)) for o in objects)
-    old = _INDEX.pop(report_id, None)
-    _index_size[0] += len(keys) - (0 if old is None else len(old))
-    _INDEX[report_id] = keys
-    while _index_size[0] > _INDEX_MAX_IDS and _INDEX:
-        _index_size[0] -= len(_INDEX.popitem(last=False)[1])
-
-
-def _may_match(report: ReportRecord, filters: Filters) -> bool:
-    """False only when the report's payload is known to hold no object ``filters`` match."""
-    if not (filters.ids or filters.types or filters.spec_versions):
-        return True
-    keys = _INDEX.get(report.id)
-    if keys is None:
-        return True
-    _INDEX.move_to_end(report.id)
-    return any(filters.matches({"id": i, "type": t, "spec_version": v}) for i, t, v in keys)
+# One per process: report ids are UUIDs, so brokers on different databases in one process share it.
+_INDEX = PayloadIndex()
 
 
 def _entries(
@@ -209,12 +218,12 @@ def _entries(
         filters.ids and all(i.split("--")[0] in stix.MARKING_TYPES for i in filters.ids)
     )
     opened = False
-    if not only_markings and _may_match(report, filters):
+    if not only_markings and _INDEX.may_match(report.id, filters):
         refs = [m["id"] for m in markings]
         payload = json.loads(reports.open_payload(ctx, report, keyring))
         PAYLOADS_OPENED.inc()
         served = [o for o in stix.objects_of(payload) if stix.reserved_claim(o) is None]
-        _index_put(report.id, served)
+        _INDEX.put(report.id, served)
         opened = True
         for obj in served:
             found.append(
@@ -323,10 +332,10 @@ async def _page_once(
                     exhausted = True
                     break
                 position, scanned = report.seq + 1, scanned + 1
-                if (
-                    report.erased_at is not None
-                    or not reports.decide_for(ctx, node, report, directory).allowed
-                ):
+                if report.erased_at is not None:
+                    _INDEX.forget(report.id)  # what an erased payload carried is not kept either
+                    continue
+                if not reports.decide_for(ctx, node, report, directory).allowed:
                     continue
                 if filters.added_after is not None and report.created_at <= filters.added_after:
                     scan.page.next = Position(report.seq + 1, 0)
