@@ -4,6 +4,7 @@ is answered."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
@@ -17,7 +18,7 @@ from broker.domain import stix as ours
 from broker.services import admin
 from tests.conftest import FakeClock
 from tests.integration.conftest import Api
-from tests.integration.helpers import events
+from tests.integration.helpers import cli_env, events, run_cli
 from tests.integration.test_taxii import NATO_SECRET, TAXII, bundle, collection_id, indicator, publish, raw
 
 POST = {"Content-Type": TAXII}
@@ -70,7 +71,17 @@ async def _rotate(api: Api, node: str) -> None:
     await admin.rotate_token(api.ctx, node, actor="other-process")
 
 
-@pytest.mark.parametrize("change", [_revoke, _rotate], ids=["revoked", "token_rotated"])
+async def _revoke_by_cli(api: Api, node: str) -> None:
+    """``python -m broker node revoke`` in a process of its own, against the same database."""
+    settings = api.server_ctx.settings
+    env = cli_env(settings.database_url, settings.keyring_path)
+    done = await asyncio.to_thread(run_cli, "node", "revoke", node, env=env)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    "change", [_revoke, _rotate, _revoke_by_cli], ids=["revoked", "token_rotated", "revoked_by_cli"]
+)
 async def test_every_route_refuses_a_node_changed_by_another_process(api: Api, change: Change) -> None:
     usa = await api.node("usa", "USA")
     cid = await collection_id(api)
