@@ -15,11 +15,15 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import struct
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from broker.domain.canonical import canonical
 from broker.domain.time import parse_time
@@ -53,6 +57,8 @@ TLP_BY_CLASSIFICATION = {
     "SECRET": "RED",
     "TOP_SECRET": "RED",
 }
+_TLP_ID_SET = frozenset(TLP_IDS.values())
+RESERVED_IDS = frozenset({BROKER_IDENTITY_ID, LABEL_EXTENSION_ID, *TLP_IDS.values()})
 MARKING_TYPES = frozenset({"marking-definition", "extension-definition", "identity"})
 STIX_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,249}--[0-9a-fA-F-]{36}")
 
@@ -182,14 +188,46 @@ def markings_of(label: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def marked(obj: Mapping[str, Any], refs: Sequence[str]) -> dict[str, Any]:
-    """``obj`` with ``refs`` added to its ``object_marking_refs`` (kept ones first, no repeats)."""
+    """``obj`` with ``refs`` (the broker's label marking, then its TLP) first in its
+    ``object_marking_refs``: the broker's marking is authoritative, so it leads, and a TLP
+    marking of the object's own that is not the broker's is dropped (an object posted as
+    TLP:CLEAR into a SECRET collection is served as the collection's TLP, not as both)."""
     kept = obj.get("object_marking_refs")
     current = [r for r in kept if isinstance(r, str)] if isinstance(kept, list) else []
+    ours = [r for r in refs if r != obj.get("id")]
+    own = [r for r in current if r not in _TLP_ID_SET or r in ours]
     out = dict(obj)
-    out["object_marking_refs"] = list(dict.fromkeys([*current, *(r for r in refs if r != obj.get("id"))]))
+    out["object_marking_refs"] = list(dict.fromkeys([*ours, *own]))
     if not out["object_marking_refs"]:
         del out["object_marking_refs"]
     return out
+
+
+def is_label_marking_id(object_id: str) -> bool:
+    """True for any id in the broker's label-marking namespace: a marking-definition whose UUID
+    is version 5 (``label_marking_id``: a UUIDv5 of a canonical label). Which label it states
+    cannot be told from the id, so every such id is the broker's: STIX 2.1 gives
+    marking-definitions UUIDv4 ids, so no producer's marking needs one."""
+    kind, _, rest = object_id.partition("--")
+    if kind != "marking-definition":
+        return False
+    try:
+        return uuid.UUID(rest).version == 5
+    except ValueError:
+        return False
+
+
+def reserved_claim(obj: Mapping[str, Any]) -> str | None:
+    """Why a payload object may not be stored or served, as a stable code; None when it may.
+    ``reserved_id``: it occupies an id the broker states its own markings and identity at (a
+    label marking, a TLP marking, its identity, its extension-definition), so it would be served
+    as the broker's statement. ``reserved_creator``: it names the broker as its creator."""
+    ident = obj.get("id")
+    if isinstance(ident, str) and (ident in RESERVED_IDS or is_label_marking_id(ident)):
+        return "reserved_id"
+    if obj.get("created_by_ref") == BROKER_IDENTITY_ID:
+        return "reserved_creator"
+    return None
 
 
 # -- the objects of a report -------------------------------------------------------------------
@@ -350,21 +388,43 @@ class Position:
     index: int = 0
 
 
-def encode_position(position: Position) -> str:
-    """The opaque ``next`` of a TAXII page."""
-    raw = f"v1.{position.seq}.{position.index}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+MAX_SEQ = 2**63 - 1  # a report sequence is a signed 64-bit integer on both engines
+MAX_INDEX = 2**32 - 1
+_CURSOR = struct.Struct(">QI")
+_CURSOR_TAG = b"alliance-broker taxii next v1"
 
 
-def decode_position(token: str) -> Position:
-    """The position a ``next`` names; BadRequest when it is not one of ours."""
+def encode_position(position: Position, *, key: bytes, bound: Sequence[str]) -> str:
+    """The ``next`` of a TAXII page: ``position`` sealed with AES-SIV under ``key`` (64 bytes),
+    bound to ``bound`` (the node and the collection). Opaque: a client learns no sequence number
+    from it (a gap between two would count the reports it may not see), and cannot forge one
+    naming a place it was not answered. Deterministic, so the same place is always the same
+    token and answers to equal questions stay equal."""
+    plain = _CURSOR.pack(position.seq, position.index)
+    sealed = AESSIV(key).encrypt(plain, [_CURSOR_TAG, *(b.encode() for b in bound)])
+    return base64.urlsafe_b64encode(sealed).decode().rstrip("=")
+
+
+def decode_position(token: str, *, keys: Sequence[bytes], bound: Sequence[str]) -> Position:
+    """The position a ``next`` names, when one of ``keys`` sealed it for ``bound``; else
+    BadRequest (a token of another node or collection, a forged or damaged one)."""
+    refused = BadRequest("next is not a cursor this server issued", code="invalid_parameter")
+    if not 0 < len(token) <= 64 or not re.fullmatch(r"[A-Za-z0-9_-]+", token):
+        raise refused
     try:
-        if len(token) > 64:
-            raise ValueError(token)
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
-        tag, seq, index = raw.split(".")
-        if tag != "v1" or not (seq.isdigit() and index.isdigit()) or len(seq) > 19 or len(index) > 9:
-            raise ValueError(token)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise BadRequest("next is not a cursor this server issued", code="invalid_parameter") from exc
-    return Position(int(seq), int(index))
+        sealed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (ValueError, binascii.Error) as exc:
+        raise refused from exc
+    associated = [_CURSOR_TAG, *(b.encode() for b in bound)]
+    for key in keys:
+        try:
+            plain = AESSIV(key).decrypt(sealed, associated)
+        except (InvalidTag, ValueError):
+            continue
+        if len(plain) != _CURSOR.size:
+            break
+        seq, index = _CURSOR.unpack(plain)
+        if seq > MAX_SEQ:
+            break
+        return Position(seq, index)
+    raise refused

@@ -19,11 +19,15 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from prometheus_client import Counter
 from stix2validator import (  # type: ignore[import-untyped]  # the package ships no types
     ValidationError,
     ValidationOptions,
@@ -34,7 +38,7 @@ from broker.crypto.keyring import Keyring
 from broker.domain import stix
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.domain.stix import CollectionRecord, Entry, Filters, Position
-from broker.errors import AccessDenied, BrokerError, InvalidInput, NotFound
+from broker.errors import AccessDenied, BrokerError, InvalidInput, NotFound, PayloadTooLarge
 from broker.services import audit, reports
 from broker.services.auth import recheck
 from broker.services.collections import can_read, can_write
@@ -45,7 +49,12 @@ from broker.storage.repos import Tx
 
 MAX_OBJECTS_PER_POST = 1000
 BY_ID_LIMIT = 1000  # versions of one object served at once (no paging by id)
+ROWS_PER_SCAN_ROW = 10  # rows a page may read for each payload it may decrypt (settings.max_scan_rows)
 _VALIDATION = ValidationOptions(version="2.1")
+PAYLOADS_OPENED = Counter(
+    "broker_taxii_payloads_opened",
+    "Report payloads decrypted to answer TAXII reads (a repeated search that matches nothing opens none)",
+)
 
 
 # -- collections -------------------------------------------------------------------------------
@@ -117,6 +126,33 @@ async def _refuse(ctx: Context, node: NodeRecord, act: str, exc: BrokerError) ->
     raise exc
 
 
+# -- paging cursors ----------------------------------------------------------------------------
+_CURSOR_INFO = b"alliance-broker taxii next v1"
+
+
+def _cursor_key(kek: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=_CURSOR_INFO).derive(kek)
+
+
+def cursor(ctx: Context, node: NodeRecord, collection_id: str, position: Position) -> str:
+    """The ``next`` naming ``position`` for ``node`` in the collection: sealed under a key derived
+    from the current KEK, so every broker sharing the keyring reads it."""
+    key = _cursor_key(ctx.keyring.kek(ctx.keyring.current))
+    return stix.encode_position(position, key=key, bound=(node.id, collection_id))
+
+
+def position_of(ctx: Context, node: NodeRecord, collection_id: str, token: str | None) -> Position:
+    """Where a page starts: the beginning, or the place a ``next`` this node was answered in
+    this collection names (400 for any other token; a KEK retired since makes it a 400 too)."""
+    if token is None:
+        return Position()
+    ring = ctx.keyring
+    keys = [_cursor_key(ring.kek(ring.current))] + [
+        _cursor_key(k) for kid, k in ring.keks.items() if kid != ring.current
+    ]
+    return stix.decode_position(token, keys=keys, bound=(node.id, collection_id))
+
+
 # -- reading -----------------------------------------------------------------------------------
 @dataclass
 class Page:
@@ -127,11 +163,52 @@ class Page:
     next: Position | None = None
 
 
+class PayloadIndex:
+    """What each report's payload carries, by report id: (id, type, spec_version) of every object
+    it serves. A stored payload never changes, so a filter by id, type or spec_version skips a
+    report known to hold no match without decrypting it again (a repeated search that finds
+    nothing costs one decrypt per report once, not every time). Bounded by the object ids held,
+    oldest dropped first; an erased report's entry is dropped when a scan meets it."""
+
+    def __init__(self, max_ids: int = 500_000) -> None:
+        self._max_ids = max_ids
+        self._size = 0
+        self._carried: OrderedDict[str, tuple[tuple[str, str, str], ...]] = OrderedDict()
+
+    def put(self, report_id: str, objects: Sequence[Mapping[str, Any]]) -> None:
+        keys = tuple((str(o["id"]), str(o["type"]), stix.spec_version_of(o)) for o in objects)
+        self.forget(report_id)
+        self._carried[report_id] = keys
+        self._size += len(keys)
+        while self._size > self._max_ids and self._carried:
+            self._size -= len(self._carried.popitem(last=False)[1])
+
+    def forget(self, report_id: str) -> None:
+        self._size -= len(self._carried.pop(report_id, ()))
+
+    def may_match(self, report_id: str, filters: Filters) -> bool:
+        """False only when the payload is known to hold no object ``filters`` match."""
+        if not (filters.ids or filters.types or filters.spec_versions):
+            return True
+        keys = self._carried.get(report_id)
+        if keys is None:
+            return True
+        self._carried.move_to_end(report_id)
+        return any(filters.matches({"id": i, "type": t, "spec_version": v}) for i, t, v in keys)
+
+
+# One per process: report ids are UUIDs, so brokers on different databases in one process share it.
+_INDEX = PayloadIndex()
+
+
 def _entries(
     ctx: Context, report: ReportRecord, filters: Filters, keyring: Keyring | None = None
-) -> list[Entry]:
+) -> tuple[list[Entry], bool]:
     """The objects a report contributes under ``filters``: its label's marking-definitions when
-    asked for, then its payload's objects, each marked with the label and its TLP."""
+    asked for, then its payload's objects, each marked with the label and its TLP; and whether
+    the payload was decrypted for it. Payload objects at the broker's reserved ids, or naming
+    the broker as their creator, are never served (a report stored before they were refused, or
+    published through REST, may carry them)."""
     added = stix.timestamp(report.created_at)
     markings = stix.markings_of(report.label)
     found: list[Entry] = []
@@ -140,13 +217,19 @@ def _entries(
     only_markings = (filters.types and filters.types <= stix.MARKING_TYPES) or (
         filters.ids and all(i.split("--")[0] in stix.MARKING_TYPES for i in filters.ids)
     )
-    if not only_markings:
+    opened = False
+    if not only_markings and _INDEX.may_match(report.id, filters):
         refs = [m["id"] for m in markings]
-        for obj in stix.objects_of(json.loads(reports.open_payload(ctx, report, keyring))):
+        payload = json.loads(reports.open_payload(ctx, report, keyring))
+        PAYLOADS_OPENED.inc()
+        served = [o for o in stix.objects_of(payload) if stix.reserved_claim(o) is None]
+        _INDEX.put(report.id, served)
+        opened = True
+        for obj in served:
             found.append(
                 Entry(stix.marked(obj, refs), stix.version_of(obj, date_added=added), added, report.seq)
             )
-    return [e for e in found if filters.matches(e.obj)]
+    return [e for e in found if filters.matches(e.obj)], opened
 
 
 @dataclass
@@ -163,11 +246,13 @@ class _Scan:
     drafts: list[AuditDraft] = field(default_factory=list)
     served: list[ReportRecord] = field(default_factory=list)
     keyring: Keyring | None = None  # the one current when the scan's reports were read
+    opened: int = 0  # payloads decrypted
     _seen: set[tuple[str, str]] = field(default_factory=set)
 
     def take(self, report: ReportRecord, start: Position) -> None:
         """Serve ``report``'s entries from ``start`` until the page is full."""
-        entries = _entries(self.ctx, report, self.filters, self.keyring)
+        entries, opened = _entries(self.ctx, report, self.filters, self.keyring)
+        self.opened += opened
         if self.per_report_versions:
             entries = stix.select_versions(entries, self.filters.versions)
         first = start.index if report.seq == start.seq else 0
@@ -215,27 +300,42 @@ async def _page_once(
     start: Position,
     per_report_versions: bool,
 ) -> Page:
+    """One page, decided in one transaction.
+
+    Work is bounded two ways: at most ``max_scan_rows`` payloads the node may see are decrypted,
+    and at most ``ROWS_PER_SCAN_ROW`` times that many rows are read. Rows the node may not see
+    cost no decrypt and do not count against the first bound, so whether the page ends early
+    depends on them only past the second: below it, hidden reports change nothing in the answer.
+    When a bound is reached the page says ``more`` and its ``next`` is the place the scan may
+    name (``start``, or just after the last report the node may see that it skipped); the same
+    request then resumes where the scan stopped (``ctx.scan_hints``)."""
     scan = _Scan(ctx, node, collection, filters, limit, per_report_versions)
+    scan.page.next = start
     now = ctx.now()
     async with ctx.db.read_transaction() as tx:  # decided here; audited after, below
         counter = await tx.change_counter()
         node = scan.node = await recheck(tx, node, counter)
         directory = await ctx.directory_at(tx, counter)
         scan.keyring = ctx.keyring
-        start = await _after_added(tx, start, filters)
-        scan.page.next = start
+        # Where the scan may begin: never named to the client (it may be a hidden report's place).
+        floor = await _after_added(tx, start, filters)
         key: HintKey = (node.id, ("taxii", collection.id, filters.key, str(start.index)), start.seq)
-        position = ctx.scan_hints.get(key, counter=counter, now=now, directory=directory) or start.seq
-        scanned, budget = 0, ctx.settings.max_scan_rows
-        while not scan.page.more and scanned < budget:
-            take = min(max(limit, 50), budget - scanned)
+        position = ctx.scan_hints.get(key, counter=counter, now=now, directory=directory) or floor
+        opened_budget = ctx.settings.max_scan_rows
+        row_budget = opened_budget * ROWS_PER_SCAN_ROW
+        scanned, exhausted = 0, False
+        while not scan.page.more and not exhausted:
+            take = min(max(limit, 50), row_budget - scanned)
             rows = await store.reports_from(tx, start=position, topics=collection.topics, limit=take)
             for report in rows:
+                if scanned >= row_budget or scan.opened >= opened_budget:
+                    exhausted = True
+                    break
                 position, scanned = report.seq + 1, scanned + 1
-                if (
-                    report.erased_at is not None
-                    or not reports.decide_for(ctx, node, report, directory).allowed
-                ):
+                if report.erased_at is not None:
+                    _INDEX.forget(report.id)  # what an erased payload carried is not kept either
+                    continue
+                if not reports.decide_for(ctx, node, report, directory).allowed:
                     continue
                 if filters.added_after is not None and report.created_at <= filters.added_after:
                     scan.page.next = Position(report.seq + 1, 0)
@@ -243,30 +343,30 @@ async def _page_once(
                 scan.take(report, start)
                 if scan.page.more:
                     break
-            if len(rows) < take:
+            if len(rows) < take and not exhausted:
                 break
-        else:
-            if not scan.page.more:  # the scan budget ran out: the same request resumes here
-                resume = scan.page.next or start
-                hint_key: HintKey = (
-                    node.id,
-                    ("taxii", collection.id, filters.key, str(resume.index)),
-                    resume.seq,
-                )
-                ctx.scan_hints.put(hint_key, ScanHint(position, counter, now))
-                scan.page.more = True
+            exhausted = exhausted or scanned >= row_budget
+        if exhausted and not scan.page.more:  # the same request resumes here
+            resume = scan.page.next or start
+            hint_key: HintKey = (
+                node.id,
+                ("taxii", collection.id, filters.key, str(resume.index)),
+                resume.seq,
+            )
+            ctx.scan_hints.put(hint_key, ScanHint(position, counter, now))
+            scan.page.more = True
     # Committed before the page is answered; Stale (decided again) if the state moved meanwhile.
     await audit.batcher(ctx).append(scan.drafts, decided_at=counter)
     return scan.page
 
 
-async def _after_added(tx: Tx, start: Position, filters: Filters) -> Position:
-    """``start``, moved up to the first report added after ``added_after``."""
+async def _after_added(tx: Tx, start: Position, filters: Filters) -> int:
+    """The sequence a scan from ``start`` may skip to under ``added_after``: every report below
+    it was added at or before that moment. Only where the scan begins, never an answer."""
     if filters.added_after is None:
-        return start
+        return start.seq
     first = await store.first_seq_added_after(tx, filters.added_after)
-    floor = Position(2**62, 0) if first is None else Position(first, 0)
-    return floor if (start.seq, start.index) < (floor.seq, floor.index) else start
+    return max(start.seq, stix.MAX_SEQ if first is None else first)
 
 
 async def by_id(
@@ -329,7 +429,7 @@ async def _carriers(
             for report in rows:
                 position, scanned = report.seq + 1, scanned + 1
                 allowed = reports.decide_for(ctx, node, report, directory).allowed
-                if report.erased_at is None and allowed and _entries(ctx, report, filters, keyring):
+                if report.erased_at is None and allowed and _entries(ctx, report, filters, keyring)[0]:
                     found.append(report)
             if len(rows) < 500:
                 break
@@ -337,6 +437,28 @@ async def _carriers(
 
 
 # -- writing -----------------------------------------------------------------------------------
+def max_objects(ctx: Context) -> int:
+    """Objects one POST may carry: each counts as one publish against the node's limit, so never
+    more than the limit lets a node publish at once (``publish_burst``)."""
+    return min(MAX_OBJECTS_PER_POST, ctx.settings.publish_burst)
+
+
+async def publishes_in(ctx: Context, node: NodeRecord, envelope: object) -> int:
+    """How many publishes a POST of ``envelope`` counts as against the node's limit: one per
+    object (validating objects is the cost it bounds), at least one. An envelope with more
+    objects than ``max_objects`` is refused before any is validated (413, audited)."""
+    objects = envelope.get("objects") if isinstance(envelope, Mapping) else None
+    count = len(objects) if isinstance(objects, list) else 1
+    if count > max_objects(ctx):
+        await _refuse(
+            ctx,
+            node,
+            "publish",
+            PayloadTooLarge(f"a POST may carry at most {max_objects(ctx)} objects", code="too_many_objects"),
+        )
+    return max(count, 1)
+
+
 def _check_envelope(envelope: object) -> list[Any]:
     if not isinstance(envelope, Mapping) or set(envelope) - {"objects", "more", "next"}:
         raise InvalidInput("the body must be a TAXII envelope", code="invalid_envelope")
@@ -348,22 +470,37 @@ def _check_envelope(envelope: object) -> list[Any]:
     return objects
 
 
-def _validate(objects: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Accepted objects, and failures ({id, version?, message}), by the OASIS validator."""
+def _validate(objects: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Accepted objects; failures as the status resource keeps them ({id, message}: the object's
+    id when it is a STIX id, and a stable code, never text quoting the object, since statuses are
+    stored in plaintext and outlive the report); and the validator's messages, for the poster's
+    answer alone when nothing was accepted.
+
+    Codes: ``reserved_id`` and ``reserved_creator`` (``stix.reserved_claim``), ``invalid_stix``
+    (the OASIS validator refused it)."""
     accepted: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
+    messages: list[str] = []
     for obj in objects:
-        ident = str(obj.get("id", "")) if isinstance(obj, Mapping) else ""
+        raw_id = obj.get("id") if isinstance(obj, Mapping) else None
+        ident = raw_id if isinstance(raw_id, str) and stix.STIX_ID.fullmatch(raw_id) else ""
+        claim = stix.reserved_claim(obj) if isinstance(obj, Mapping) else None
+        if claim is not None:
+            failures.append({"id": ident, "message": claim})
+            messages.append(claim)
+            continue
         try:
             result = validate_instance(obj, _VALIDATION)
         except ValidationError as exc:
-            failures.append({"id": ident, "message": str(exc)[:500]})
+            failures.append({"id": ident, "message": "invalid_stix"})
+            messages.append(str(exc)[:500])
             continue
         if result.is_valid:
             accepted.append(obj)
         else:
-            failures.append({"id": ident, "message": "; ".join(str(e) for e in result.errors)[:500]})
-    return accepted, failures
+            failures.append({"id": ident, "message": "invalid_stix"})
+            messages.append("; ".join(str(e) for e in result.errors)[:500])
+    return accepted, failures, messages
 
 
 def _version(obj: Mapping[str, Any], now: str) -> str:
@@ -392,12 +529,9 @@ async def add_objects(ctx: Context, node: NodeRecord, collection_id: str, envelo
         )
     try:
         objects = _check_envelope(envelope)
-        accepted, failures = await asyncio.to_thread(_validate, objects)
+        accepted, failures, messages = await asyncio.to_thread(_validate, objects)
         if not accepted:
-            raise InvalidInput(
-                "no object is valid STIX 2.1: " + "; ".join(f["message"] for f in failures[:3]),
-                code="invalid_stix",
-            )
+            raise InvalidInput("no object is valid STIX 2.1: " + "; ".join(messages[:3]), code="invalid_stix")
     except InvalidInput as exc:
         await _refuse(ctx, node, "publish", exc)
     body = {

@@ -121,8 +121,12 @@ async def authenticated(request: web.Request) -> NodeRecord:
             user, _, token = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             user, token = "", ""
+    # Not ``rechecked``: discovery, collections and status decide without re-checking the node in
+    # a transaction of their own, and the object routes check roles before theirs; so the record
+    # is checked against the database's change counter here, and a revocation, token rotation or
+    # role change committed by any process binds every route at once.
     node = await auth.authenticate(
-        ctx, token, source=source, rechecked=True, certificate=peer_certificate(request)
+        ctx, token, source=source, rechecked=False, certificate=peer_certificate(request)
     )
     if user is not None and user != node.id:
         ctx.auth_failures.note(source, "basic_user_mismatch", node, now=ctx.now())
@@ -147,10 +151,10 @@ def _date_headers(entries: list[stix.Entry]) -> dict[str, str]:
     return {"X-TAXII-Date-Added-First": added[0], "X-TAXII-Date-Added-Last": added[-1]}
 
 
-def _envelope(found: taxii.Page, items: list[Any], key: str) -> dict[str, Any]:
+def _envelope(found: taxii.Page, items: list[Any], key: str, next_token: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"more": found.more}
-    if found.more and found.next is not None:
-        body["next"] = stix.encode_position(found.next)
+    if found.more and next_token is not None:
+        body["next"] = next_token
     if items:
         body[key] = items
     return body
@@ -195,39 +199,37 @@ async def collection(request: web.Request) -> web.StreamResponse:
 
 
 # -- objects ---------------------------------------------------------------------------------------
-def _start(request: web.Request) -> stix.Position:
-    token = request.query.get("next")
-    return stix.Position() if token is None else stix.decode_position(token)
-
-
-async def _page(request: web.Request) -> taxii.Page:
-    """The page of a collection that objects and manifest both answer from."""
-    node = await authenticated(request)
-    return await taxii.page(
-        _ctx(request),
+async def _page(request: web.Request) -> tuple[taxii.Page, str | None]:
+    """The page of a collection that objects and manifest both answer from, and its ``next``."""
+    ctx, node = _ctx(request), await authenticated(request)
+    collection_id = request.match_info["collection"]
+    found = await taxii.page(
+        ctx,
         node,
-        request.match_info["collection"],
+        collection_id,
         filters=stix.parse_filters(request.query),
         limit=_limit(request),
-        start=_start(request),
+        start=taxii.position_of(ctx, node, collection_id, request.query.get("next")),
     )
+    token = None if found.next is None else taxii.cursor(ctx, node, collection_id, found.next)
+    return found, token
 
 
 @taxii_endpoint
 async def objects(request: web.Request) -> web.StreamResponse:
-    found = await _page(request)
+    found, token = await _page(request)
     items = [e.obj for e in found.entries]
-    return respond(_envelope(found, items, "objects"), headers=_date_headers(found.entries))
+    return respond(_envelope(found, items, "objects", token), headers=_date_headers(found.entries))
 
 
 @taxii_endpoint
 async def manifest(request: web.Request) -> web.StreamResponse:
-    found = await _page(request)
+    found, token = await _page(request)
     items = [
         {"id": e.obj["id"], "date_added": e.date_added, "version": e.version, "media_type": stix.STIX_MEDIA}
         for e in found.entries
     ]
-    return respond(_envelope(found, items, "objects"), headers=_date_headers(found.entries))
+    return respond(_envelope(found, items, "objects", token), headers=_date_headers(found.entries))
 
 
 async def _by_id(request: web.Request, node: NodeRecord) -> list[stix.Entry]:
@@ -259,7 +261,7 @@ async def versions(request: web.Request) -> web.StreamResponse:
     )
     listed = list(dict.fromkeys(e.version for e in entries))[: _limit(request)]
     body = _envelope(taxii.Page(entries), listed, "versions")
-    return respond(body, headers=_date_headers(entries))
+    return respond(body, headers=_date_headers([e for e in entries if e.version in listed]))
 
 
 @taxii_endpoint
@@ -276,9 +278,12 @@ async def delete_object(request: web.Request) -> web.StreamResponse:
 @taxii_endpoint
 async def add_objects(request: web.Request) -> web.StreamResponse:
     node = await authenticated(request)
-    if not request.app[LIMITER].take(node.id):
-        raise RateLimited("too many reports per second from this node", code="rate_limited")
     envelope = await read_json(request)
+    count = await taxii.publishes_in(_ctx(request), node, envelope)
+    limiter = request.app[LIMITER]
+    # One publish per object; a refused POST keeps what it took (the bucket cannot give back).
+    if not all(limiter.take(node.id) for _ in range(count)):
+        raise RateLimited("too many objects per second from this node", code="rate_limited")
     result = await taxii.add_objects(_ctx(request), node, request.match_info["collection"], envelope)
     request.app[WAKE]()
     return respond(result, status=202)

@@ -259,8 +259,7 @@ async def test_paging_250_objects_with_limit_50_never_past_hidden_reports(api: A
     assert status == 200 and first["more"] is True
     query = f"/taxii2/api/collections/{cid}/objects/?limit=1&next={first['next']}"
     status, _, after = await raw(api, "GET", query, token=swe)
-    assert [o["id"] for o in after["objects"]] == [expected[7]]
-    assert ours.decode_position(first["next"]).index == 0  # the report after the first, object 0
+    assert [o["id"] for o in after["objects"]] == [expected[7]]  # the report after the first
 
 
 async def test_filters_headers_manifest_versions_and_delete(api: Api, clock: FakeClock) -> None:
@@ -383,11 +382,12 @@ async def test_stix2_taxii_collection_source(api: Api) -> None:
 
 
 async def test_scan_budget_resumes_in_process_and_the_cursor_stays_put(start_server: Any) -> None:
-    api = await start_server(max_scan_rows=4)
+    # Two payloads a page, and so twenty rows: more rows than that hidden from SWE end the page early.
+    api = await start_server(max_scan_rows=2)
     usa = await api.node("usa", "USA")
     swe = await api.node("swe", "SWE")
     cid = await collection_id(api)
-    for _ in range(10):
+    for _ in range(45):
         await publish(api, usa, bundle(indicator(1)), to=["FVEY"])  # hidden from SWE
     visible = indicator(2)
     await publish(api, usa, bundle(visible))
@@ -395,12 +395,11 @@ async def test_scan_budget_resumes_in_process_and_the_cursor_stays_put(start_ser
     status, _, answer = await raw(api, "GET", path, token=swe)
     assert status == 200 and answer["more"] is True and "objects" not in answer
     start = answer["next"]
-    assert ours.decode_position(start) == ours.Position(0, 0)  # it never moves past hidden reports
     found: list[str] = []
     for _ in range(5):
         status, _, answer = await raw(api, "GET", f"{path}?next={start}", token=swe)
         found += [o["id"] for o in answer.get("objects", [])]
         if found:
             break
-        assert answer["next"] == start
+        assert answer["next"] == start  # it never moves past hidden reports
     assert found == [visible["id"]]

@@ -91,13 +91,29 @@ def test_filters_parse_and_refuse() -> None:
             stix.parse_filters(bad)
 
 
-@given(st.integers(0, 2**62), st.integers(0, 10**9 - 1))
+KEY, OTHER_KEY = bytes(range(64)), bytes(range(1, 65))
+BOUND = ("gbr", "c0ffee00-0000-4000-8000-000000000000")
+
+
+@given(st.integers(0, stix.MAX_SEQ), st.integers(0, stix.MAX_INDEX))
 def test_positions_round_trip(seq: int, index: int) -> None:
     position = stix.Position(seq, index)
-    assert stix.decode_position(stix.encode_position(position)) == position
+    token = stix.encode_position(position, key=KEY, bound=BOUND)
+    assert stix.decode_position(token, keys=[OTHER_KEY, KEY], bound=BOUND) == position
+    assert token == stix.encode_position(position, key=KEY, bound=BOUND)  # the same place, the same token
 
 
-@pytest.mark.parametrize("token", ["", "x", "djEuMS4", "djIuMS4y", "djEuLTEuMg", "a" * 100])
+def test_a_cursor_is_bound_to_its_key_node_and_collection() -> None:
+    token = stix.encode_position(stix.Position(5, 1), key=KEY, bound=BOUND)
+    for keys, bound in (([OTHER_KEY], BOUND), ([KEY], ("usa", BOUND[1])), ([KEY], (BOUND[0], "x"))):
+        with pytest.raises(BadRequest):
+            stix.decode_position(token, keys=keys, bound=bound)
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "x", "djEuMS4", "djIuMS4y", "djEuLTEuMg", "a" * 100, "djEuOTIyMzM3MjAzNjg1NDc3NTgwOC4w", "=="],
+)
 def test_foreign_cursors_are_refused(token: str) -> None:
     with pytest.raises(BadRequest):
-        stix.decode_position(token)
+        stix.decode_position(token, keys=[KEY], bound=BOUND)
