@@ -16,7 +16,7 @@ from broker.settings import Settings
 from broker.storage.listen import ChangeListener, is_postgresql
 from broker.waiting import wait_event
 from broker.web.handlers import CONTEXT, LIMITER, WAKE, TokenBucket
-from broker.web.middleware import BODY_TIMEOUT, problems, server_header
+from broker.web.middleware import BODY_TIMEOUT, problems, same_origin_only, server_header
 from broker.web.routes import add_routes
 from broker.web.ws import FEED, HUB, PER_NODE, SESSIONS, STREAMS, close_all
 
@@ -27,6 +27,12 @@ IDLE = (-1, -1)  # what the hub's probe answers while no stream is open
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
     """The aiohttp application. The database schema must already be migrated."""
     app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
+
+    def cross_origin_refused(source: str) -> None:  # counted and audited like a failed sign-in
+        ctx = app[CONTEXT]
+        ctx.auth_failures.note(source, "cross_origin_request", None, now=ctx.now())
+
+    app.middlewares.append(same_origin_only(settings.allowed_origins, refused=cross_origin_refused))
     app[LIMITER] = TokenBucket(rate=settings.publish_rate_per_second, burst=settings.publish_burst)
 
     app.on_response_prepare.append(server_header)
