@@ -47,6 +47,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "event_loop",
             "host",
             "max_body_bytes",
+            "max_connections_per_source",
             "max_page_bytes",
             "max_page_size",
             "max_scan_rows",
@@ -55,6 +56,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "port",
             "publish_burst",
             "publish_rate_per_second",
+            "request_head_timeout_seconds",
             "retention_batch_size",
             "retention_interval_seconds",
             "safety_poll_ms",
@@ -110,6 +112,8 @@ class Settings:
     auth_failure_burst: int = 50
     auth_failure_window_seconds: float = 10.0
     body_read_timeout_seconds: float = 30.0
+    request_head_timeout_seconds: float = 10.0
+    max_connections_per_source: int = 64
     change_poll_seconds: float = 0.05
     safety_poll_seconds: float = 1.0
     event_loop: str = "auto"
@@ -179,6 +183,12 @@ class Settings:
             ),
             body_read_timeout_seconds=float(
                 get.number(server, "server.body_read_timeout_seconds", 30, 1, 3600)
+            ),
+            request_head_timeout_seconds=float(
+                get.number(server, "server.request_head_timeout_seconds", 10, 1, 3600)
+            ),
+            max_connections_per_source=get.number(
+                server, "server.max_connections_per_source", 64, 1, 1_000_000
             ),
             change_poll_seconds=get.number(server, "server.change_poll_ms", 50, 10, 10_000) / 1000,
             safety_poll_seconds=get.number(server, "server.safety_poll_ms", 1000, 10, 60_000) / 1000,

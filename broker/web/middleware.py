@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from broker.errors import (
     AccessDenied,
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 PROBLEM_BASE = "urn:alliance-broker:problem:"
 CHALLENGE = 'Bearer realm="alliance-broker"'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)
 # The authenticated node's id, for the access log (set by handlers.authenticated_node).
 NODE_ID = web.RequestKey("node_id", str)

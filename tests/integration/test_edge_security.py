@@ -8,20 +8,25 @@ browser send requests that the certificate alone authorises. Requests that carry
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp import web
 
-from broker.app import create_app
+from broker.app import create_app, start_serving
 from broker.services import admin, auth
 from broker.services.context import Context
 from broker.settings import Settings, TlsSettings
+from broker.waiting import wait_event
 from broker.web.handlers import CONTEXT
 from broker.web.tls import server_context
 from tests.conftest import FakeClock
@@ -29,32 +34,47 @@ from tests.integration.helpers import body, events, report_count
 from tests.integration.test_tls import Pki, TlsBroker, dev_pki
 
 __all__ = ["dev_pki"]  # the development CA fixture of test_tls
+Serve = Callable[..., Awaitable[tuple[int, web.Application]]]
 
 
 @pytest.fixture
-async def tls_broker(
-    settings: Settings, clock: FakeClock, ctx: Context, dev_pki: Pki
-) -> AsyncIterator[Callable[..., Any]]:
-    """A broker with mutual TLS (client certificates optional); keywords override settings."""
-    servers: list[TestServer] = []
+async def serve(settings: Settings, clock: FakeClock) -> AsyncIterator[Serve]:
+    """Start a broker the way ``broker serve`` does (broker.app.start_serving) on a loopback
+    port; keywords override settings. Answers the port and the app."""
+    runners: list[web.AppRunner] = []
 
-    async def start(**overrides: Any) -> TlsBroker:
-        tls = TlsSettings(
-            cert=dev_pki.directory / "server.pem",
-            key=dev_pki.directory / "server.key",
-            client_ca=(dev_pki.directory / "ca.pem",),
-            client_auth="optional",
-        )
-        changed = replace(settings, tls=tls, **overrides)
-        server = TestServer(create_app(changed, clock=clock), host="127.0.0.1")
-        await server.start_server(ssl=server_context(tls))
-        servers.append(server)
-        base = f"https://localhost:{server.port}"
-        return TlsBroker(base, ctx, dev_pki.directory / "ca.pem", server.app[CONTEXT])
+    async def start(
+        ssl_context: ssl.SSLContext | None = None, **overrides: Any
+    ) -> tuple[int, web.Application]:
+        app = create_app(replace(settings, **overrides), clock=clock)
+        runner, site = await start_serving(app, host="127.0.0.1", port=0, ssl_context=ssl_context)
+        runners.append(runner)
+        return site.port, app
 
     yield start
-    for server in servers:
-        await server.close()
+    for runner in runners:
+        await runner.cleanup()
+
+
+def _tls(dev_pki: Pki) -> TlsSettings:
+    return TlsSettings(
+        cert=dev_pki.directory / "server.pem",
+        key=dev_pki.directory / "server.key",
+        client_ca=(dev_pki.directory / "ca.pem",),
+        client_auth="optional",
+    )
+
+
+@pytest.fixture
+def tls_broker(serve: Serve, ctx: Context, dev_pki: Pki) -> Callable[..., Awaitable[TlsBroker]]:
+    """A broker with mutual TLS (client certificates optional); keywords override settings."""
+
+    async def start(**overrides: Any) -> TlsBroker:
+        tls = _tls(dev_pki)
+        port, app = await serve(server_context(tls), tls=tls, **overrides)
+        return TlsBroker(f"https://localhost:{port}", ctx, dev_pki.directory / "ca.pem", app[CONTEXT])
+
+    return start
 
 
 async def _send(
@@ -174,3 +194,129 @@ async def test_configured_origins_are_allowed(tls_broker: Any, dev_pki: Pki) -> 
         broker, "POST", "/v1/admin/nodes", cert=cert, data=NEW_NODE.encode(), headers=headers
     )
     assert status == 201
+
+
+# Finding 10: connections that never finish a request head, and too many from one address.
+
+HEALTH = b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+HEAD_SECONDS = 1.0
+MARGIN = 2.0  # closed within HEAD_SECONDS + MARGIN
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> float:
+    """Seconds until the server closes the connection (EOF or reset); fails after ``within``."""
+    started = time.monotonic()
+    async with asyncio.timeout(within):
+        try:
+            while await reader.read(4096):
+                pass
+        except ConnectionResetError:
+            pass
+    return time.monotonic() - started
+
+
+async def _health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    """One keep-alive GET /v1/health on an open connection: its status."""
+    writer.write(HEALTH)
+    await writer.drain()
+    async with asyncio.timeout(5):
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+    return status
+
+
+async def _trickle(writer: asyncio.StreamWriter, stop: asyncio.Event) -> None:
+    """A request head that never ends: a header byte every 0.2 s (the attack itself)."""
+    writer.write(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+    with contextlib.suppress(ConnectionError):
+        while not await wait_event(stop, 0.2):
+            writer.write(b"a")
+            await writer.drain()
+
+
+async def _last_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    """GET /v1/health with ``Connection: close``: its status, once the server has closed."""
+    writer.write(HEALTH.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    async with asyncio.timeout(5):
+        answer = await reader.read()  # to EOF: the server closed its side, and counted it
+    return int(answer.split()[1])
+
+
+async def test_a_request_head_must_arrive_in_time(serve: Serve) -> None:
+    port, _app = await serve(request_head_timeout_seconds=HEAD_SECONDS)
+    normal = await asyncio.open_connection("127.0.0.1", port)
+    assert await _health(*normal) == 200  # a complete head: this connection is not timed any more
+    half_reader, half_writer = await asyncio.open_connection("127.0.0.1", port)
+    half_writer.write(HEALTH[:20])  # half a request head, never finished
+    slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
+    stop = asyncio.Event()
+    trickling = asyncio.create_task(_trickle(slow_writer, stop))
+    try:
+        half = asyncio.create_task(_closed_by_server(half_reader, HEAD_SECONDS + MARGIN))
+        slow = asyncio.create_task(_closed_by_server(slow_reader, HEAD_SECONDS + MARGIN))
+        while not (half.done() and slow.done()):  # the broker answers others meanwhile
+            fresh = await asyncio.open_connection("127.0.0.1", port)
+            assert await _health(*fresh) == 200
+            fresh[1].close()
+            await asyncio.wait({half, slow}, timeout=0.1)
+        assert HEAD_SECONDS * 0.9 <= await half <= HEAD_SECONDS + MARGIN
+        assert HEAD_SECONDS * 0.9 <= await slow <= HEAD_SECONDS + MARGIN
+        # The idle keep-alive connection outlived the head deadline and still works.
+        assert await _health(*normal) == 200
+    finally:
+        stop.set()
+        await trickling
+        for writer in (normal[1], half_writer, slow_writer):
+            writer.close()
+
+
+async def test_a_tls_handshake_must_finish_in_time(serve: Serve, dev_pki: Pki) -> None:
+    tls = _tls(dev_pki)
+    port, _app = await serve(server_context(tls), tls=tls, request_head_timeout_seconds=HEAD_SECONDS)
+    silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", port)  # no ClientHello
+    trust = ssl.create_default_context(cafile=str(dev_pki.directory / "ca.pem"))
+    head_reader, head_writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=trust, server_hostname="localhost"
+    )
+    head_writer.write(HEALTH[:20])  # a finished handshake, then half a head
+    try:
+        closing = [_closed_by_server(r, HEAD_SECONDS + MARGIN) for r in (silent_reader, head_reader)]
+        for seconds in await asyncio.gather(*closing):
+            assert seconds >= HEAD_SECONDS * 0.9
+    finally:
+        silent_writer.close()
+        head_writer.close()
+
+
+async def test_connections_per_source_are_capped(serve: Serve) -> None:
+    cap, extra = 4, 3
+    port, _app = await serve(max_connections_per_source=cap, request_head_timeout_seconds=30)
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(cap + extra)]
+    try:
+        watch = {asyncio.create_task(_closed_by_server(c[0], 30)): n for n, c in enumerate(connections)}
+        done: set[asyncio.Task[float]] = set()
+        async with asyncio.timeout(MARGIN):  # the excess is closed at once
+            while len(done) < extra:
+                finished, _ = await asyncio.wait(set(watch) - done, return_when=asyncio.FIRST_COMPLETED)
+                done |= finished
+        pending = set(watch) - done
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        kept = [c for n, c in enumerate(connections) if n not in {watch[t] for t in done}]
+        assert len(kept) == cap
+        for reader, writer in kept:  # the admitted ones are open and served
+            assert await _health(reader, writer) == 200
+        for reader, writer in kept:
+            assert await _last_request(reader, writer) == 200
+    finally:
+        for _reader, writer in connections:
+            writer.close()
+    # Connections the server closed no longer count: a fresh one is served.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert await _health(reader, writer) == 200
+    writer.close()
