@@ -32,7 +32,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     """The aiohttp application. The database schema must already be migrated."""
     app = web.Application(middlewares=[head_arrived, problems], client_max_size=settings.max_body_bytes)
     app[CONNECTIONS] = ConnectionGuard(
-        head_seconds=settings.request_head_timeout_seconds, per_source=settings.max_connections_per_source
+        head_seconds=settings.request_head_timeout_seconds,
+        per_source=settings.max_connections_per_source,
+        exempt=settings.connection_cap_exempt,
     )
 
     def cross_origin_refused(source: str) -> None:  # counted and audited like a failed sign-in

@@ -17,6 +17,7 @@ asyncio does not hand it to the protocol), so during the handshake only the dead
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 from collections.abc import Callable
@@ -30,12 +31,14 @@ log = logging.getLogger(__name__)
 
 
 class ConnectionGuard:
-    """The open connections per source address (at most ``per_source`` each; more are closed at
-    once) and the deadline, ``head_seconds``, for each connection's first request head."""
+    """The open connections per source address (at most ``per_source`` each, except from the
+    ``exempt`` networks; more are closed at once) and the deadline, ``head_seconds``, for each
+    connection's first request head."""
 
-    def __init__(self, *, head_seconds: float, per_source: int) -> None:
+    def __init__(self, *, head_seconds: float, per_source: int, exempt: tuple[str, ...] = ()) -> None:
         self.head_seconds = head_seconds
         self.per_source = per_source
+        self._exempt = tuple(ipaddress.ip_network(n) for n in exempt)
         self._open: dict[str, int] = {}
         self._waiting: dict[asyncio.BaseTransport, asyncio.TimerHandle] = {}
 
@@ -56,7 +59,7 @@ class ConnectionGuard:
 
     def admit(self, source: str, transport: asyncio.BaseTransport) -> bool:
         count = self._open.get(source, 0)
-        if count >= self.per_source:
+        if count >= self.per_source and not self._exempted(source):
             log.debug("connection_refused source=%s open=%d", source, count)  # a flood must not flood the log
             return False
         self._open[source] = count + 1
@@ -65,6 +68,13 @@ class ConnectionGuard:
             self.head_seconds, self._too_slow, source, cast(asyncio.Transport, transport)
         )
         return True
+
+    def _exempted(self, source: str) -> bool:
+        try:
+            address = ipaddress.ip_address(source)
+        except ValueError:
+            return False
+        return any(address in network for network in self._exempt)
 
     def release(self, source: str, transport: asyncio.BaseTransport) -> None:
         self.head_arrived(transport)

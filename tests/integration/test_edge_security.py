@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,13 +24,14 @@ import pytest
 from aiohttp import web
 
 from broker.app import create_app, start_serving
+from broker.errors import ConfigError
 from broker.services import admin, auth
 from broker.services.context import Context
 from broker.settings import Settings, TlsSettings
 from broker.waiting import wait_event
 from broker.web.handlers import CONTEXT
 from broker.web.tls import server_context
-from tests.conftest import FakeClock
+from tests.conftest import CONFIG, FakeClock
 from tests.integration.helpers import body, events, report_count
 from tests.integration.test_tls import Pki, TlsBroker, dev_pki
 
@@ -320,3 +322,30 @@ async def test_connections_per_source_are_capped(serve: Serve) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     assert await _health(reader, writer) == 200
     writer.close()
+
+
+async def test_exempt_networks_are_not_capped(serve: Serve) -> None:
+    port, _app = await serve(max_connections_per_source=2, connection_cap_exempt=("127.0.0.0/8",))
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+    try:
+        for reader, writer in connections:
+            assert await _health(reader, writer) == 200
+    finally:
+        for _reader, writer in connections:
+            writer.close()
+
+
+def test_the_connection_settings_are_read_and_checked(tmp_path: Path) -> None:
+    folder = tmp_path / "config"
+    shutil.copytree(CONFIG, folder)
+    (folder / "broker.toml").write_text(
+        "[server]\nrequest_head_timeout_seconds = 5\nmax_connections_per_source = 8\n"
+        'connection_cap_exempt = ["10.0.0.7", "fd00::/8"]\n'
+    )
+    settings = Settings.load(env={"BROKER_CONFIG_DIR": str(folder)})
+    assert (settings.request_head_timeout_seconds, settings.max_connections_per_source) == (5.0, 8)
+    assert settings.connection_cap_exempt == ("10.0.0.7/32", "fd00::/8")
+    (folder / "broker.toml").write_text('[server]\nconnection_cap_exempt = ["everyone"]\n')
+    with pytest.raises(ConfigError) as info:
+        Settings.load(env={"BROKER_CONFIG_DIR": str(folder)})
+    assert info.value.key == "server.connection_cap_exempt"
