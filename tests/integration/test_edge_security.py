@@ -254,25 +254,30 @@ async def test_a_request_head_must_arrive_in_time(serve: Serve) -> None:
     assert await _health(*normal) == 200  # a complete head: this connection is not timed any more
     half_reader, half_writer = await asyncio.open_connection("127.0.0.1", port)
     half_writer.write(HEALTH[:20])  # half a request head, never finished
+    later_reader, later_writer = await asyncio.open_connection("127.0.0.1", port)
+    assert await _health(later_reader, later_writer) == 200
+    later_writer.write(HEALTH[:20])  # then half of the next one on the kept-alive connection
     slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
     stop = asyncio.Event()
     trickling = asyncio.create_task(_trickle(slow_writer, stop))
     try:
-        half = asyncio.create_task(_closed_by_server(half_reader, HEAD_SECONDS + MARGIN))
-        slow = asyncio.create_task(_closed_by_server(slow_reader, HEAD_SECONDS + MARGIN))
-        while not (half.done() and slow.done()):  # the broker answers others meanwhile
+        closing = [
+            asyncio.create_task(_closed_by_server(reader, HEAD_SECONDS + MARGIN))
+            for reader in (half_reader, slow_reader, later_reader)
+        ]
+        while not all(task.done() for task in closing):  # the broker answers others meanwhile
             fresh = await asyncio.open_connection("127.0.0.1", port)
             assert await _health(*fresh) == 200
             fresh[1].close()
-            await asyncio.wait({half, slow}, timeout=0.1)
-        assert HEAD_SECONDS * 0.9 <= await half <= HEAD_SECONDS + MARGIN
-        assert HEAD_SECONDS * 0.9 <= await slow <= HEAD_SECONDS + MARGIN
+            await asyncio.wait(closing, timeout=0.1)
+        for task in closing:
+            assert HEAD_SECONDS * 0.9 <= await task <= HEAD_SECONDS + MARGIN
         # The idle keep-alive connection outlived the head deadline and still works.
         assert await _health(*normal) == 200
     finally:
         stop.set()
         await trickling
-        for writer in (normal[1], half_writer, slow_writer):
+        for writer in (normal[1], half_writer, slow_writer, later_writer):
             writer.close()
 
 
