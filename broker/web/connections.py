@@ -44,10 +44,6 @@ class ConnectionGuard:
         self._open: dict[str, int] = {}
         self._connections: dict[asyncio.BaseTransport, _Guarded] = {}
 
-    def open_from(self, source: str) -> int:
-        """How many connections from ``source`` are open now."""
-        return self._open.get(source, 0)
-
     def protocols(self, make: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for ``loop.create_server``: ``make``'s protocols, guarded."""
         return lambda: _Guarded(self, make())
@@ -64,7 +60,8 @@ class ConnectionGuard:
         if connection is not None:
             connection.between_requests = True
 
-    def _admit(self, source: str, connection: _Guarded, transport: asyncio.BaseTransport) -> bool:
+    def admit(self, source: str, connection: _Guarded, transport: asyncio.BaseTransport) -> bool:
+        """Count a new connection from ``source``; False (count nothing) when it is one too many."""
         count = self._open.get(source, 0)
         if count >= self.per_source and not self._exempted(source):
             log.debug("connection_refused source=%s open=%d", source, count)  # a flood must not flood the log
@@ -80,7 +77,7 @@ class ConnectionGuard:
             return False
         return any(address in network for network in self._exempt)
 
-    def _release(self, source: str, transport: asyncio.BaseTransport) -> None:
+    def release(self, source: str, transport: asyncio.BaseTransport) -> None:
         self._connections.pop(transport, None)
         count = self._open.get(source, 0) - 1
         if count > 0:
@@ -106,7 +103,7 @@ class _Guarded(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         source = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
         stream = cast(asyncio.Transport, transport)
-        if not self._guard._admit(source, self, transport):
+        if not self._guard.admit(source, self, transport):
             stream.abort()  # at once: no answer, nothing to flush
             return
         self._source, self._transport = source, stream
@@ -133,7 +130,7 @@ class _Guarded(asyncio.Protocol):
         if self._source is None or self._transport is None:
             return  # refused: aiohttp never saw it
         self.head_arrived()  # no deadline any more
-        self._guard._release(self._source, self._transport)
+        self._guard.release(self._source, self._transport)
         self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
