@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -27,7 +28,6 @@ from broker.services import collections as taxii_collections
 from broker.services.context import Context
 from broker.settings import Settings, TlsSettings
 from broker.storage import db
-from broker.web.accesslog import AccessLogger
 from broker.web.tls import check_bind, is_loopback, server_context
 
 CLI_ACTOR = "cli"
@@ -580,7 +580,7 @@ def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | Non
     """Serve until interrupted; ``alongside`` runs as a background task once the app starts."""
     from aiohttp import web
 
-    from broker.app import create_app
+    from broker.app import create_app, start_serving
     from broker.demo import background
 
     async def _check() -> None:
@@ -616,15 +616,24 @@ def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | Non
         settings.tls.client_auth,
         type(loop).__module__,
     )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        ssl_context=ssl_context,
-        print=None,
-        loop=loop,
-        access_log_class=AccessLogger,
-    )
+
+    # Not web.run_app: its sites accept every connection with no deadline for a request head
+    # (start_serving's site guards them); SIGINT and SIGTERM stop it as they stopped run_app.
+    async def run() -> None:
+        runner, _site = await start_serving(
+            app, host=settings.host, port=settings.port, ssl_context=ssl_context
+        )
+        stop = asyncio.Event()
+        running = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            running.add_signal_handler(signum, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
+        runner.run(run())
 
 
 def _event_loop(choice: str) -> asyncio.AbstractEventLoop:

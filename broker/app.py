@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
@@ -16,18 +17,32 @@ from broker.services.limits import TokenBucket
 from broker.settings import Settings
 from broker.storage.listen import ChangeListener, is_postgresql
 from broker.waiting import wait_event
+from broker.web.accesslog import AccessLogger
+from broker.web.connections import CONNECTIONS, ConnectionGuard, GuardedSite, head_arrived
 from broker.web.handlers import CONTEXT, LIMITER, WAKE
-from broker.web.middleware import BODY_TIMEOUT, problems, server_header
+from broker.web.middleware import BODY_TIMEOUT, problems, same_origin_only, server_header
 from broker.web.routes import add_routes
 from broker.web.ws import FEED, HUB, PER_NODE, SESSIONS, STREAMS, close_all
 
 log = logging.getLogger(__name__)
 IDLE = (-1, -1)  # what the hub's probe answers while no stream is open
+KEEPALIVE_SECONDS = 75.0  # an idle keep-alive connection closes after this (aiohttp's run_app default)
 
 
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
     """The aiohttp application. The database schema must already be migrated."""
-    app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[head_arrived, problems], client_max_size=settings.max_body_bytes)
+    app[CONNECTIONS] = ConnectionGuard(
+        head_seconds=settings.request_head_timeout_seconds,
+        per_source=settings.max_connections_per_source,
+        exempt=settings.connection_cap_exempt,
+    )
+
+    def cross_origin_refused(source: str) -> None:  # counted and audited like a failed sign-in
+        ctx = app[CONTEXT]
+        ctx.auth_failures.note(source, "cross_origin_request", None, now=ctx.now())
+
+    app.middlewares.append(same_origin_only(settings.allowed_origins, refused=cross_origin_refused))
     app[LIMITER] = TokenBucket(rate=settings.publish_rate_per_second, burst=settings.publish_burst)
 
     app.on_response_prepare.append(server_header)
@@ -86,6 +101,22 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
     app.on_shutdown.append(close_all)
     add_routes(app)
     return app
+
+
+async def start_serving(
+    app: web.Application, *, host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> tuple[web.AppRunner, GuardedSite]:
+    """Serve ``app`` (from create_app) on ``host``:``port`` until the runner is cleaned up; the
+    site's port is the one listened on. The app's ConnectionGuard admits and times connections."""
+    runner = web.AppRunner(app, keepalive_timeout=KEEPALIVE_SECONDS, access_log_class=AccessLogger)
+    await runner.setup()
+    site = GuardedSite(runner, host, port, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, site
 
 
 async def _flush_failures(ctx: Context, stop: asyncio.Event) -> None:

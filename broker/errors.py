@@ -11,6 +11,7 @@
     ├── NotFound          404  (absent, or present but not releasable to the caller)
     ├── Conflict          409  (idempotency key reused with another body, duplicate id)
     ├── PayloadTooLarge   413
+    ├── UnsupportedMediaType 415 (a JSON body sent as anything but JSON)
     ├── RateLimited       429
     ├── RequestTimeout    408  (a request body that trickles past the read timeout)
     └── Unavailable       503  (database unreachable)
@@ -81,6 +82,11 @@ class Conflict(BrokerError):
 class PayloadTooLarge(BrokerError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(BrokerError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class RateLimited(BrokerError):

@@ -7,6 +7,7 @@ Everything is validated here, once; a bad value stops start-up with the file, ke
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -44,9 +45,11 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "auth_failures_per_second",
             "body_read_timeout_seconds",
             "change_poll_ms",
+            "connection_cap_exempt",
             "event_loop",
             "host",
             "max_body_bytes",
+            "max_connections_per_source",
             "max_page_bytes",
             "max_page_size",
             "max_scan_rows",
@@ -57,6 +60,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "publish_rate_per_second",
             "recall_burst",
             "recall_rate_per_second",
+            "request_head_timeout_seconds",
             "retention_batch_size",
             "retention_interval_seconds",
             "safety_poll_ms",
@@ -114,6 +118,9 @@ class Settings:
     auth_failure_burst: int = 50
     auth_failure_window_seconds: float = 10.0
     body_read_timeout_seconds: float = 30.0
+    request_head_timeout_seconds: float = 10.0
+    max_connections_per_source: int = 64
+    connection_cap_exempt: tuple[str, ...] = ()  # networks (CIDR) the per-source cap spares
     change_poll_seconds: float = 0.05
     safety_poll_seconds: float = 1.0
     event_loop: str = "auto"
@@ -188,6 +195,13 @@ class Settings:
             body_read_timeout_seconds=float(
                 get.number(server, "server.body_read_timeout_seconds", 30, 1, 3600)
             ),
+            request_head_timeout_seconds=float(
+                get.number(server, "server.request_head_timeout_seconds", 10, 1, 3600)
+            ),
+            max_connections_per_source=get.number(
+                server, "server.max_connections_per_source", 64, 1, 1_000_000
+            ),
+            connection_cap_exempt=_networks(server, broker_file),
             change_poll_seconds=get.number(server, "server.change_poll_ms", 50, 10, 10_000) / 1000,
             safety_poll_seconds=get.number(server, "server.safety_poll_ms", 1000, 10, 60_000) / 1000,
             event_loop=get.choice(server, "server.event_loop", "auto", ("auto", "asyncio")),
@@ -255,6 +269,17 @@ def _origins(server: Mapping[str, Any], path: Path) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(file=str(path), key="server.allowed_origins", problem="must be a list of origins")
     return tuple(value)
+
+
+def _networks(server: Mapping[str, Any], path: Path) -> tuple[str, ...]:
+    value = server.get("connection_cap_exempt", [])
+    problem = "must be a list of addresses or networks (CIDR), e.g. 10.0.0.5 or 10.0.0.0/24"
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(file=str(path), key="server.connection_cap_exempt", problem=problem)
+    try:
+        return tuple(str(ipaddress.ip_network(v, strict=False)) for v in value)
+    except ValueError as exc:
+        raise ConfigError(file=str(path), key="server.connection_cap_exempt", problem=problem) from exc
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

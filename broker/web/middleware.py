@@ -1,4 +1,5 @@
-"""Request ids, RFC 9457 problem documents, and strict JSON parsing at the edge."""
+"""Request ids, RFC 9457 problem documents, requests from other sites' pages, and strict JSON
+parsing at the edge."""
 
 from __future__ import annotations
 
@@ -10,8 +11,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from broker.errors import BadRequest, BrokerError, PayloadTooLarge, RequestTimeout
+from broker.errors import (
+    AccessDenied,
+    BadRequest,
+    BrokerError,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
+from broker.web.tls import peer_certificate
 
 log = logging.getLogger(__name__)
 PROBLEM_BASE = "urn:alliance-broker:problem:"
@@ -74,6 +84,60 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     return response
 
 
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Sec-Fetch-Site values a browser sets when another site's page made the request. ``same-site``
+# too: a sibling host (another application under the same registrable domain) is not us.
+_FOREIGN_SITES = frozenset({"cross-site", "same-site"})
+
+
+def _ambient(request: web.Request) -> bool:
+    """True when the request is authenticated by something a browser sends on its own whatever
+    page asked: a TLS client certificate, or HTTP Basic credentials it remembers."""
+    scheme = request.headers.get("Authorization", "").partition(" ")[0]
+    return scheme.lower() == "basic" or peer_certificate(request) is not None
+
+
+def cross_origin(request: web.Request, allowed: tuple[str, ...]) -> str | None:
+    """Why the request looks sent by another site's page (``origin`` or ``sec_fetch_site``), or
+    None. Only state changes and requests with ambient credentials are judged: a bearer token
+    must be put there by a script, and a page of another origin cannot read a GET's answer."""
+    if request.method not in UNSAFE_METHODS and not _ambient(request):
+        return None
+    origin = request.headers.get("Origin")
+    if origin is not None:  # "null" (sandboxed frames, data: URLs) is foreign too
+        own = f"{request.scheme}://{request.host}".lower()
+        return None if origin.lower() == own or origin in allowed else "origin"
+    if request.headers.get("Sec-Fetch-Site", "").lower() not in _FOREIGN_SITES:
+        return None  # same-origin, none (typed by the user), or a client that is no browser
+    # A link on another site may open a page: a top-level navigation reads nothing it could use.
+    if request.method not in UNSAFE_METHODS and request.headers.get("Sec-Fetch-Mode") == "navigate":
+        return None
+    return "sec_fetch_site"
+
+
+def same_origin_only(allowed: tuple[str, ...], *, refused: Callable[[str], None]) -> Middleware:
+    """Refuse (403 ``cross_origin_request``) what another site's page made the browser send
+    (``cross_origin``) before anything is read; ``refused(source)`` audits it."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        why = cross_origin(request, allowed)
+        if why is not None:
+            log.info("cross_origin_refused request_id=%s by=%s", request.get(REQUEST_ID, "-"), why)
+            refused(request.remote or "-")
+            raise AccessDenied(
+                "a page of another origin may not make this request", code="cross_origin_request"
+            )
+        return await handler(request)
+
+    return guard
+
+
+def _is_json(content_type: str) -> bool:
+    kind = content_type.lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
@@ -89,7 +153,11 @@ def _no_constants(name: str) -> None:
 
 async def read_json(request: web.Request) -> Any:
     """The request body as JSON. Duplicate keys and NaN/Infinity are refused: two parsers
-    could read such a label differently, and labels must mean one thing."""
+    could read such a label differently, and labels must mean one thing. The body must be
+    declared JSON (``application/json`` or ``application/*+json``): a form or ``text/plain``
+    is what another site's page can send without asking, and it is refused (415) unread."""
+    if not _is_json(request.content_type):
+        raise UnsupportedMediaType("the body must be application/json", code="unsupported_media_type")
     try:
         async with asyncio.timeout(request.app[BODY_TIMEOUT]):
             raw = await request.read()

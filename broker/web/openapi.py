@@ -301,9 +301,10 @@ SCHEMAS: dict[str, Any] = {
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """A secured operation. Every one may also answer 401 (no valid token), 429 (a source that
     keeps failing authentication), 400 (a value the database cannot store) and 503 (database
-    unavailable, or the security state kept changing under the decision: retry); one with a body
-    408 as well (it did not arrive within the read timeout)."""
-    always = (400, 401, 429, 503, 408) if "requestBody" in extra else (400, 401, 429, 503)
+    unavailable, or the security state kept changing under the decision: retry), 403 (sent by a
+    page of another origin: cross_origin_request); one with a body 408 as well (it did not arrive
+    within the read timeout) and 415 (not declared JSON)."""
+    always = (400, 401, 403, 429, 503, 408, 415) if "requestBody" in extra else (400, 401, 403, 429, 503)
     return {
         "summary": summary,
         "responses": {**_problems(*always), **responses},
