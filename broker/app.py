@@ -121,7 +121,8 @@ async def start_serving(
 
 async def _flush_failures(ctx: Context, stop: asyncio.Event) -> None:
     """Every ``auth_failure_window_seconds``, and once more at shutdown, write the failed
-    authentications counted meanwhile as one audit event per source."""
+    authentications counted meanwhile as one audit event per source, and the repeated
+    missing-role refusals as one per node and act."""
     while not stop.is_set():
         await wait_event(stop, ctx.settings.auth_failure_window_seconds)
         try:

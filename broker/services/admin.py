@@ -273,11 +273,21 @@ async def join(
 async def leave(
     ctx: Context, alliance_id: str, nation: str, *, at: datetime | None, actor: str
 ) -> dict[str, Any]:
-    """Record that ``nation`` leaves ``alliance_id``; it stops receiving at once."""
+    """Record that ``nation`` leaves ``alliance_id``; it stops receiving at once. A leave dated
+    before the open period's join is refused (422): the period would then hold no moment at all,
+    erasing a membership under which the nation may already have received reports."""
     nation = _nation(nation)
     async with ctx.db.transaction() as tx:
         now = ctx.now()
         left = at or now
+        directory = await tx.load_directory()
+        for period in directory.memberships.get(alliance_id, ()):
+            if period.nation == nation and period.left is None and left < period.joined:
+                raise InvalidInput(
+                    f"{nation} cannot leave {alliance_id} on {left.isoformat()}: it joined on "
+                    f"{period.joined.isoformat()}, after that date",
+                    code="leave_before_join",
+                )
         if not await tx.close_membership(alliance=alliance_id, nation=nation, at=left):
             raise NotFound(f"{nation} is not a member of {alliance_id}", code="not_member")
         await audit.record(

@@ -191,11 +191,24 @@ async def record_stream_refusal(ctx: Context, node: NodeRecord, reason: str) -> 
 
 
 async def require_role(ctx: Context, node: NodeRecord, role: str, *, act: str) -> None:
-    """Raise 403 (audited) unless ``node`` holds ``role``."""
+    """Raise 403 (audited) unless ``node`` holds ``role``.
+
+    Refusals are counted per node and act, as failed authentications are per source: the first
+    of a window is written at once (the auditor sees a node reaching beyond its roles as soon as
+    it happens, and a crash loses at most the repeats), the rest become one event with their
+    count at the next ``flush_failures``. So a node hammering an act it may not do costs a
+    dictionary update a request, not a durable transaction."""
     if role in node.roles:
         return
-    draft = AuditDraft(
-        action=act, actor=node.id, node=node.id, nation=node.nation, decision="deny", reason="missing_role"
-    )
-    await record_alone(ctx, [draft])
+    if ctx.auth_failures.refused(node, act=act, role=role, now=ctx.now()):
+        draft = AuditDraft(
+            action=act,
+            actor=node.id,
+            node=node.id,
+            nation=node.nation,
+            decision="deny",
+            reason="missing_role",
+            details={"role": role},
+        )
+        await record_alone(ctx, [draft])
     raise AccessDenied(f"this act needs the {role!r} role", code="missing_role")

@@ -1,5 +1,6 @@
 """Failed authentications per source address: a limit ahead of authentication, and counts that
-become one audit event per source and window (see services.auth)."""
+become one audit event per source and window; likewise refusals for a missing role, counted per
+node and act (see services.auth)."""
 
 from __future__ import annotations
 
@@ -18,16 +19,28 @@ class _Bucket:
 
 
 @dataclass
+class _Refusals:
+    count: int
+    since: datetime
+
+
+@dataclass
 class AuthFailures:
     """Failed authentications per source address: a token bucket each (``rate`` failures a
-    second, ``burst`` saved up) that refuses a source once empty, and counts that ``flush``
-    turns into one audit event per source (and node, when the token named one)."""
+    second, ``burst`` saved up) that refuses a source once empty, and counts that ``drain``
+    turns into one audit event per source (and node, when the token named one).
+
+    Also the refusals of authenticated nodes for a missing role, counted per node and act:
+    ``drain`` turns them into one event per node and act with the count."""
 
     rate: float
     burst: float
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _counts: dict[tuple[str, str | None, str | None], Counter[str]] = field(default_factory=dict)
     _since: datetime | None = None
+    # (node, nation, act, role): only authenticated nodes get here, so this stays as small as
+    # the node table times the acts.
+    _refusals: dict[tuple[str, str, str, str], _Refusals] = field(default_factory=dict)
 
     def allowed(self, source: str) -> bool:
         """False when ``source`` has used up its failures: refuse it without any write."""
@@ -49,8 +62,44 @@ class AuthFailures:
         if self._since is None:
             self._since = now
 
+    def refused(self, node: NodeRecord, *, act: str, role: str, now: datetime) -> bool:
+        """Count a refusal of ``act`` to ``node`` for want of ``role``; True when it is the first
+        of its node and act since the last ``drain`` (the caller writes that one at once)."""
+        key = (node.id, node.nation, act, role)
+        seen = self._refusals.get(key)
+        if seen is None:
+            self._refusals[key] = _Refusals(count=1, since=now)
+            return True
+        seen.count += 1
+        return False
+
     def drain(self, *, now: datetime) -> list[AuditDraft]:
         """The aggregated events for the window that ends now; the counts start again."""
+        drafts = self._drain_failures(now=now)
+        refusals, self._refusals = self._refusals, {}
+        for (node, nation, act, role), seen in refusals.items():
+            if seen.count == 1:  # its one event was written when it happened
+                continue
+            details = {
+                "role": role,
+                "refusals": seen.count,  # all of the window's, the one written at once included
+                "from": seen.since.isoformat(),
+                "to": now.isoformat(),
+            }
+            drafts.append(
+                AuditDraft(
+                    action=act,
+                    actor=node,
+                    node=node,
+                    nation=nation,
+                    decision="deny",
+                    reason="missing_role",
+                    details=details,
+                )
+            )
+        return drafts
+
+    def _drain_failures(self, *, now: datetime) -> list[AuditDraft]:
         counts, since = self._counts, self._since
         self._counts, self._since = {}, None
         drafts = []
@@ -76,4 +125,4 @@ class AuthFailures:
         return drafts
 
     def pending(self) -> bool:
-        return bool(self._counts)
+        return bool(self._counts) or any(seen.count > 1 for seen in self._refusals.values())

@@ -434,11 +434,17 @@ function verify(td, event) {
   setMark(td, "pending", "pending: checking its inclusion proof", true);
   const key = event.seq + "@" + cp.size + ":" + cp.rootHex;
   if (!proofs.has(key)) proofs.set(key, limited(() => provenIncluded(event, cp)).catch((e) => ({ ok: false, error: true, why: e.message })));
-  proofs.get(key).then((r) => {
+  // A report row is verified only once the log around it is known whole (checkReportChain).
+  const around = shown.report.has(td) ? chain.ready : null;
+  proofs.get(key).then(async (r) => {
+    const fault = around ? await around.then(() => chain.faults.get(event.seq)) : undefined;
     if (checkpoint !== cp || !td.isConnected) return;
-    if (r.ok) setMark(td, "verified", "verified: included in the signed checkpoint of size " + cp.size);
+    if (!r.ok && !r.error) setMark(td, "failed", "FAILED: " + r.why);
+    else if (fault && fault.state === "failed") setMark(td, "failed", "FAILED: " + fault.why);
     else if (r.error) setMark(td, "unverified", "not verified: " + r.why);
-    else setMark(td, "failed", "FAILED: " + r.why);
+    else if (fault) setMark(td, "unverified", "not verified: " + fault.why);
+    else setMark(td, "verified", "verified: included in the signed checkpoint of size " + cp.size +
+      (around ? ", and the log around it is whole" : ""));
   });
 }
 
@@ -459,6 +465,7 @@ function track(where, td, event) {
 }
 
 function reverifyAll() {
+  if (chain.events) chain.ready = checkReportChain(chain.events, reportGen);
   for (const [where, map] of Object.entries(shown)) {
     for (const [td, event] of map) {
       if (!td.isConnected) { map.delete(td); continue; }
@@ -1017,6 +1024,12 @@ async function showReport(id) {
   const body = $("report-events").tBodies[0];
   body.textContent = "";
   shown.report.clear();
+  let loaded;
+  chain.events = null;
+  chain.faults = new Map();
+  chain.ready = new Promise((resolve) => { loaded = resolve; });
+  say($("report-chain"), "");
+  $("report-chain").dataset.state = "pending";
   $("report-panel").scrollIntoView({ block: "start" });
   const progress = $("report-progress");
   const meta = api("/v1/audit/reports/" + encodeURIComponent(id)).then((m) => {
@@ -1038,10 +1051,15 @@ async function showReport(id) {
     try {
       page = await api("/v1/audit/events?" + params);
     } catch (e) {
-      if (gen === reportGen) say(progress, "stopped after " + events.length + " events: " + e.message, "bad");
+      if (gen === reportGen) {
+        say(progress, "stopped after " + events.length + " events: " + e.message, "bad");
+        const why = { state: "unverified", why: "the report's events could not all be read, so the log around them was not checked" };
+        chain.faults = new Map(events.map((event) => [event.seq, why]));
+      }
+      loaded();
       return;
     }
-    if (gen !== reportGen) return;
+    if (gen !== reportGen) { loaded(); return; }
     pages++;
     events.push(...page.events);
     const rows = document.createDocumentFragment();
@@ -1054,7 +1072,131 @@ async function showReport(id) {
   say(progress, "(all " + events.length + " events, newest first, read in " + pages + (pages === 1 ? " page)" : " pages)"), "muted");
   progress.dataset.complete = String(events.length);
   summarise(events);
+  chain.events = events;
+  checkReportChain(events, gen).then(loaded);
   await meta;
+}
+
+// -- the log around a report's events -----------------------------------------------------
+//
+// Each event shown verifies alone (its inclusion proof), so a report's event deleted from the
+// database, or moved to another seq, would leave every remaining row verified. So the view also
+// reads the log around its events: each event with its neighbours, stretches closer than
+// CHAIN_GAP read as one, and CHAIN_GAP more before the first and after the last (up to the
+// signed size). In a stretch every seq must be there, and each event's prev_hash must
+// be the hash of the one before it; the stretch's last event is proven included in the signed
+// checkpoint, and the links then vouch for every event before it. A missing seq or a broken
+// link fails the report's rows on both sides of it.
+
+const CHAIN_GAP = 1000;
+const CHAIN_CAP = 20000; // at most this many events read around one report
+const chain = { events: null, faults: new Map(), ready: Promise.resolve() };
+
+async function readStretch(lo, hi) {
+  const got = [];
+  let after = lo - 1;
+  while (after < hi) {
+    const params = new URLSearchParams({ after: String(after), before: String(hi + 1), limit: String(CHART_PAGE) });
+    const page = await api("/v1/audit/events?" + params);
+    got.push(...page.events);
+    if (page.events.length < CHART_PAGE) break;
+    after = page.next_after;
+  }
+  return got;
+}
+
+// The faults in one stretch [lo, hi]: [{ from, to, why }] (seqs from..to are affected).
+async function stretchFaults(lo, hi, cp) {
+  const faults = [];
+  const got = await readStretch(lo, hi);
+  let expect = lo, prev = null;
+  for (const event of got) {
+    if (event.seq !== expect) {
+      const span = expect === event.seq - 1 ? "seq " + expect : "seqs " + expect + "\u2013" + (event.seq - 1);
+      faults.push({ from: expect - 1, to: event.seq, why: "the log has no event at " + span + " (removed or moved)" });
+    } else if (prev && event.prev_hash !== toHex(await leafHash(prev))) {
+      faults.push({ from: prev.seq, to: event.seq, why: "events " + prev.seq + " and " + event.seq +
+        " do not chain: the prev_hash of " + event.seq + " is not the hash of " + prev.seq + " (altered)" });
+    }
+    prev = event;
+    expect = event.seq + 1;
+  }
+  if (expect <= hi) {
+    const span = expect === hi ? "seq " + hi : "seqs " + expect + "\u2013" + hi;
+    faults.push({ from: expect - 1, to: hi + 1, why: "the log has no event at " + span + " (removed or moved)" });
+  }
+  if (prev && prev.seq === hi) {
+    const anchor = await provenIncluded(prev, cp);
+    if (!anchor.ok) faults.push({ from: hi, to: hi, why: "event " + hi + ", next to it in the log: " + anchor.why });
+  }
+  return faults;
+}
+
+async function checkReportChain(events, gen) {
+  const out = $("report-chain");
+  const cp = checkpoint;
+  const faults = new Map();
+  const settle = (text, cls, state) => {
+    if (gen !== reportGen) return;
+    chain.faults = faults;
+    say(out, text, cls);
+    out.dataset.state = state;
+  };
+  if (!cp || !cp.verified) {
+    for (const event of events) faults.set(event.seq, { state: "unverified", why: "no verified checkpoint to check the log around it" });
+    settle("The log around these events: not checked (no verified checkpoint).", "muted", "unverified");
+    return;
+  }
+  const seqs = [...new Set(events.map((e) => e.seq))].filter((s) => s <= cp.size).sort((a, b) => a - b);
+  const stretches = [];
+  for (const s of seqs) {
+    const lo = Math.max(1, s - 1), hi = Math.min(cp.size, s + 1);
+    const last = stretches[stretches.length - 1];
+    if (last && lo <= last.hi + CHAIN_GAP) last.hi = Math.max(last.hi, hi);
+    else stretches.push({ lo, hi });
+  }
+  // And CHAIN_GAP events beyond the first and the last: an event of the report removed there
+  // (its publication, its latest read) has no row of the report after or before it.
+  if (stretches.length) {
+    stretches[0].lo = Math.max(1, stretches[0].lo - CHAIN_GAP);
+    const last = stretches[stretches.length - 1];
+    last.hi = Math.min(cp.size, last.hi + CHAIN_GAP);
+  }
+  let budget = CHAIN_CAP, read = 0, skipped = 0, bad = 0;
+  try {
+    for (const { lo, hi } of stretches) {
+      const mine = seqs.filter((s) => s >= lo && s <= hi);
+      if (hi - lo + 1 > budget) {
+        skipped += mine.length;
+        for (const s of mine) faults.set(s, { state: "unverified", why: "the log around it was not read (over " + CHAIN_CAP + " events around this report)" });
+        continue;
+      }
+      budget -= hi - lo + 1;
+      read += hi - lo + 1;
+      for (const fault of await stretchFaults(lo, hi, cp)) {
+        bad++;
+        // The report's rows inside the fault, and the nearest one on each side of it.
+        const before = mine.filter((s) => s <= fault.from), after = mine.filter((s) => s >= fault.to);
+        const hit = mine.filter((s) => s > fault.from && s < fault.to);
+        if (before.length) hit.push(before[before.length - 1]);
+        if (after.length) hit.push(after[0]);
+        for (const s of hit) faults.set(s, { state: "failed", why: fault.why });
+      }
+      if (gen !== reportGen) return;
+    }
+  } catch (e) {
+    for (const s of seqs) if (!faults.has(s)) faults.set(s, { state: "unverified", why: "the log around it could not be read: " + e.message });
+    settle("The log around these events: NOT checked (" + e.message + ").", "bad", "unverified");
+    return;
+  }
+  if (bad) {
+    settle("The log around these events is NOT whole: " + bad + (bad === 1 ? " fault" : " faults") + " in " + read +
+      " events read; the rows next to them are marked \u2717 (hover for which).", "bad", "failed");
+  } else {
+    settle("The log around these events (" + read + " events read, up to the signed size " + cp.size + ") is whole: " +
+      "no seq missing, every link holds" + (skipped ? "; " + skipped + " events not checked (too far apart)" : "") + ".",
+      skipped ? "warn" : "ok", skipped ? "unverified" : "verified");
+  }
 }
 
 // -- signing in and out -------------------------------------------------------------------
