@@ -92,6 +92,8 @@ async def health(request: web.Request) -> web.Response:
 
 async def publish(request: web.Request) -> web.Response:
     node = await authenticated_node(request, rechecked=True)
+    # Before the body is read: a node without the role costs no parsing (refusals are counted).
+    await auth.require_role(_ctx(request), node, "publish", act="publish")
     if not request.app[LIMITER].take(node.id):
         raise RateLimited("too many reports per second from this node", code="rate_limited")
     body = await read_json(request)
