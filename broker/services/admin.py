@@ -8,8 +8,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.crypto import envelope, pki
 from broker.crypto import keyring as keyring_file
+from broker.crypto import pki
 from broker.crypto.signing import check_public_key
 from broker.crypto.tokens import hash_token, new_token
 from broker.domain.access import ROLES
@@ -18,7 +18,7 @@ from broker.domain.labels import CAVEAT
 from broker.domain.nations import check_alliance_id, is_nation
 from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import Conflict, InvalidInput, NotFound
-from broker.services import audit
+from broker.services import audit, shred
 from broker.services.context import Context
 from broker.settings import AllianceSeed
 
@@ -368,29 +368,16 @@ async def rotate_keys(ctx: Context, *, rewrap: bool, batch: int = 500) -> dict[s
     await _audit_change(ctx, "keys_rotate", {"kek_id": ring.current})
     if not rewrap:
         return {"kek_id": ring.current, "rewrapped": 0, "retired_destroyed": False}
-    rewrapped = 0
-    while True:
-        async with ctx.db.transaction() as tx:
-            rows = await tx.reports_wrapped_not_by(ring.current, limit=batch)
-            for row in rows:
-                if row.wrapped_key is None or row.ciphertext is None or row.kek_id is None:
-                    continue
-                old = envelope.StoredPayload(row.ciphertext, row.wrapped_key, row.kek_id)
-                new = envelope.rewrap(stored=old, keyring=ring)
-                await tx.set_wrapped_key(row.seq, wrapped_key=new.wrapped_key, kek_id=new.kek_id)
-            rewrapped += len(rows)
-        if len(rows) < batch:
-            break
     rewrapped_to = ring.current
-    # Retire only if no other rotation made another KEK current meanwhile (its reports would
-    # still be wrapped by ours).
-    ring = keyring_file.update(
-        ctx.keyring_path,
-        lambda current: current.only_current() if current.current == rewrapped_to else current,
-    )
-    ctx.keyring = ring
-    await _audit_change(ctx, "keys_retire", {"kek_id": ring.current, "rewrapped": rewrapped})
-    return {"kek_id": ring.current, "rewrapped": rewrapped, "retired_destroyed": True}
+    rewrapped = await shred.rewrap_all(ctx, batch=batch)
+    # Only KEKs no stored report uses, checked under the head lock (an erasure may have added a
+    # replacement KEK meanwhile), and only if no other rotation or erasure made another KEK
+    # current (its reports would still be wrapped by ours).
+    if ctx.keyring.current == rewrapped_to:
+        await shred.destroy_retiring(ctx, actor="cli", every_unused=True)
+    retired = ctx.keyring.current == rewrapped_to and len(ctx.keyring.keks) == 1
+    await _audit_change(ctx, "keys_retire", {"kek_id": ctx.keyring.current, "rewrapped": rewrapped})
+    return {"kek_id": ctx.keyring.current, "rewrapped": rewrapped, "retired_destroyed": retired}
 
 
 async def _audit_change(ctx: Context, action: str, details: dict[str, Any]) -> None:

@@ -99,20 +99,22 @@ def _rewrapped(row: store.Wrapped, ring: Keyring, to: str) -> store.Wrapped:
     return store.Wrapped(seq=row.seq, kek_id=new.kek_id, wrapped_key=new.wrapped_key)
 
 
-async def destroy_retiring(ctx: Context, *, actor: str) -> list[str]:
-    """Delete from the keyring file every retiring KEK no stored report uses (audited, change
-    counter moved); return their ids. Under the head lock, so an erasure cannot re-wrap under a
-    KEK between the check and the deletion."""
+async def destroy_retiring(ctx: Context, *, actor: str, every_unused: bool = False) -> list[str]:
+    """Delete from the keyring file every retiring KEK no stored report uses (with
+    ``every_unused``: every KEK but the current one that no stored report uses); audited, change
+    counter moved; return their ids. Under the head lock, so no erasure or re-wrap can wrap a
+    data key under a KEK between the check and the deletion."""
     destroyed: list[str] = []
+    used: set[str] = set()
 
     def change(ring: Keyring) -> Keyring:
-        doomed = frozenset(ring.retiring - used)
+        doomed = frozenset((set(ring.keks) if every_unused else ring.retiring) - used - {ring.current})
         destroyed[:] = sorted(doomed & set(ring.keks))
         return ring.without(doomed)
 
     async with ctx.db.transaction() as tx:
         head = await tx.lock_head()
-        used = set(await keyringcheck.kek_ids_in_use(tx))
+        used.update(await keyringcheck.kek_ids_in_use(tx))
         ctx.keyring = await asyncio.to_thread(keyring_file.update, ctx.keyring_path, change)
         if destroyed:
             draft = AuditDraft(
@@ -120,6 +122,27 @@ async def destroy_retiring(ctx: Context, *, actor: str) -> list[str]:
             )
             await journal.record(tx, [draft], now=ctx.now(), head=head, changed=True)
     return destroyed
+
+
+async def rewrap_all(ctx: Context, *, batch: int) -> int:
+    """Re-wrap every stored data key under the keyring's current KEK, ``batch`` reports per
+    transaction; return how many. Each batch locks its rows, then the head, and reads the
+    keyring file again under that lock: an erasure that made another KEK current (or condemned
+    this one) meanwhile is seen, and no data key is ever written under a KEK that is gone."""
+    rewrapped = 0
+    while True:
+        async with ctx.db.transaction() as tx:
+            target = ctx.keyring.current
+            rows = await store.lock_wrapped_not_by(tx, target, limit=batch)
+            if not rows:
+                return rewrapped
+            await tx.lock_head()
+            ring = await asyncio.to_thread(keyring_file.load, ctx.keyring_path)
+            ctx.keyring = ring
+            if ring.current != target:
+                continue  # the current KEK changed: look again for what it does not wrap
+            await store.set_wrapped(tx, [_rewrapped(w, ring, target) for w in rows])
+            rewrapped += len(rows)
 
 
 async def rotate_if_due(ctx: Context, *, period: timedelta, actor: str = "broker") -> str | None:

@@ -156,3 +156,18 @@ async def delete_statuses(tx: Tx, report_ids: Sequence[str]) -> int:
     """Delete the TAXII status resources that name the reports ``report_ids``."""
     statement = delete(STATUSES).where(STATUSES.c.report_id.in_(list(report_ids)))
     return int(await tx.run(lambda c: c.execute(statement).rowcount))
+
+
+async def lock_wrapped_not_by(tx: Tx, kek_id: str, *, limit: int) -> list[Wrapped]:
+    """At most ``limit`` unerased reports whose data key a KEK other than ``kek_id`` wraps,
+    locked until commit in sequence order (the order erasures lock rows in)."""
+    r = REPORTS.c
+    query = (
+        select(r.seq, r.kek_id, r.wrapped_key)
+        .where(r.kek_id.is_not(None), r.kek_id != kek_id, r.erased_at.is_(None))
+        .order_by(r.seq)
+        .limit(limit)
+        .with_for_update()
+    )
+    rows = await tx.run(lambda c: c.execute(query).all())
+    return [Wrapped(int(row[0]), str(row[1]), bytes(row[2])) for row in rows]
