@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -22,7 +24,7 @@ from sqlalchemy import select, text
 from broker.crypto import envelope
 from broker.crypto import keyring as keyring_file
 from broker.domain.canonical import canonical
-from broker.services import retention
+from broker.services import reports, retention
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import statements as st
@@ -182,3 +184,29 @@ async def test_erasing_a_report_deletes_the_taxii_statuses_naming_it(api: Api, s
     assert await _status_rows(api.ctx, kept) == 1
     assert (await raw(api, "GET", f"/taxii2/api/status/{posted[0]}/", token=usa))[0] == 404
     assert (await raw(api, "GET", f"/taxii2/api/status/{posted[1]}/", token=usa))[0] == 200
+
+
+def _file_holds(path: Path, needle: bytes) -> bool:
+    """Whether the file at ``path`` holds ``needle``, read by another process: opening and closing
+    the database file here would drop this process's SQLite locks on it (POSIX locks are per
+    process)."""
+    script = "import sys; print(bytes.fromhex(sys.argv[2]) in open(sys.argv[1], 'rb').read())"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path), needle.hex()], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip() == "True"
+
+
+async def test_sqlite_overwrites_what_an_erasure_frees(api: Api, settings: Settings) -> None:
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL keeps dead rows until VACUUM (see docs/security.md)")
+    usa = await api.node("usa-1", "USA")
+    report_id = await _publish(api, usa, 0)
+    stored = (await _dump(api.ctx))[report_id]
+    await reports.erase(api.ctx, report_id, actor="test")
+    database = _sqlite_file(settings.database_url)
+    with closing(sqlite3.connect(database)) as connection:  # the WAL into the file, then emptied
+        busy, _frames, _done = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0
+    for material in (stored.ciphertext, stored.wrapped_key):
+        assert not _file_holds(database, material)
