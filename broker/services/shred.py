@@ -177,7 +177,8 @@ async def rotate_if_due(ctx: Context, *, period: timedelta, actor: str = "broker
 
 def _due(ring: Keyring, now: datetime, period: timedelta) -> bool:
     made = keyring_file.created_at(ring.current)
-    return made is None or now - made >= period
+    # A KEK "made" after now (a clock set back, or another host's clock ahead) starts afresh.
+    return made is None or made > now or now - made >= period
 
 
 async def rotator(ctx: Context, stop: asyncio.Event) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy import select, text
 from broker.crypto import envelope
 from broker.crypto import keyring as keyring_file
 from broker.domain.canonical import canonical
-from broker.services import reports, retention
+from broker.services import reports, retention, shred
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import statements as st
@@ -210,3 +210,44 @@ async def test_sqlite_overwrites_what_an_erasure_frees(api: Api, settings: Setti
     assert busy == 0
     for material in (stored.ciphertext, stored.wrapped_key):
         assert not _file_holds(database, material)
+
+
+async def _keks(ctx: Context) -> dict[str, str | None]:
+    r = st.REPORTS.c
+    async with ctx.db.read_transaction() as tx:
+        rows = await tx.run(lambda c: c.execute(select(r.id, r.kek_id)).all())
+    return {row[0]: row[1] for row in rows}
+
+
+async def test_a_kek_per_period_bounds_what_an_erasure_re_wraps(api: Api, clock: FakeClock) -> None:
+    usa = await api.node("usa-1", "USA")
+    earlier = [await _publish(api, usa, n) for n in range(2)]
+    first = await shred.rotate_if_due(api.ctx, period=timedelta(0))  # another process starts a period
+    assert first is not None
+    period = [await _publish(api, usa, n) for n in range(2, 5)]
+    clock.advance(hours=23)
+    assert await shred.rotate_if_due(api.ctx, period=timedelta(days=1)) is None
+    clock.advance(hours=2)
+    second = await shred.rotate_if_due(api.ctx, period=timedelta(days=1))
+    assert second is not None and second != first
+    later = await _publish(api, usa, 5)
+    before = await _keks(api.ctx)
+    assert {before[i] for i in period} == {first} and before[later] == second
+    assert first not in {before[i] for i in earlier}
+
+    await reports.erase(api.ctx, period[0], actor="test")
+
+    after = await _keks(api.ctx)
+    assert after[period[0]] is None
+    replacement = after[period[1]]
+    assert replacement not in (None, first, second) and after[period[2]] == replacement
+    assert all(after[i] == before[i] for i in (*earlier, later))  # other periods untouched
+    ring = keyring_file.load(api.ctx.keyring_path)
+    assert first not in ring.keks and ring.current == second and replacement in ring.keks
+    for n, report_id in enumerate([*earlier, *period, later]):
+        status, doc = await api.get(f"/v1/reports/{report_id}", usa)
+        assert (status, doc.get("payload")) == (
+            (404, None) if n == 2 else (200, {"type": "indicator", "n": n})
+        )
+    rotations = [e for e in await events(api.ctx) if e["action"] in ("keys_rotate", "keys_destroy")]
+    assert [e["action"] for e in rotations] == ["keys_rotate", "keys_rotate", "keys_destroy"]
