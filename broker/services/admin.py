@@ -8,7 +8,6 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.crypto import keyring as keyring_file
 from broker.crypto import pki
 from broker.crypto.signing import check_public_key
 from broker.crypto.tokens import hash_token, new_token
@@ -355,27 +354,20 @@ async def seed_alliances(ctx: Context, seeds: tuple[AllianceSeed, ...]) -> int:
 
 async def rotate_keys(ctx: Context, *, rewrap: bool, batch: int = 500) -> dict[str, Any]:
     """Make a new KEK current; with ``rewrap``, re-wrap every data key under it and then
-    destroy the retired KEKs.
+    destroy every other KEK no stored report uses.
 
-    The change counter is bumped under the head lock right after the new KEK is saved, and
-    publishers refresh their keyring under that same lock, so no report can be wrapped by a
-    retired KEK after the re-wrap sweep has passed.
+    The new KEK is saved and the change counter bumped in one transaction under the head lock,
+    and publishers refresh their keyring under that same lock, so no report can be wrapped by a
+    retired KEK after the re-wrap sweep has passed (services/shred.py).
     """
-    # Read, changed and written under the keyring's lock file: a rotation in another process at
-    # the same moment cannot drop the KEK this one adds (or the other way round).
-    ring = keyring_file.update(ctx.keyring_path, lambda current: current.with_new_kek())
-    ctx.keyring = ring
-    await _audit_change(ctx, "keys_rotate", {"kek_id": ring.current})
+    made = await shred.rotate(ctx, actor="cli")
     if not rewrap:
-        return {"kek_id": ring.current, "rewrapped": 0, "retired_destroyed": False}
-    rewrapped_to = ring.current
+        return {"kek_id": made, "rewrapped": 0, "retired_destroyed": False}
     rewrapped = await shred.rewrap_all(ctx, batch=batch)
-    # Only KEKs no stored report uses, checked under the head lock (an erasure may have added a
-    # replacement KEK meanwhile), and only if no other rotation or erasure made another KEK
-    # current (its reports would still be wrapped by ours).
-    if ctx.keyring.current == rewrapped_to:
-        await shred.destroy_retiring(ctx, actor="cli", every_unused=True)
-    retired = ctx.keyring.current == rewrapped_to and len(ctx.keyring.keks) == 1
+    # Only KEKs no stored report uses, checked under the head lock: an erasure may have added a
+    # replacement KEK meanwhile, and another rotation may have made its KEK current.
+    await shred.destroy_retiring(ctx, actor="cli", every_unused=True)
+    retired = len(ctx.keyring.keks) == 1
     await _audit_change(ctx, "keys_retire", {"kek_id": ctx.keyring.current, "rewrapped": rewrapped})
     return {"kek_id": ctx.keyring.current, "rewrapped": rewrapped, "retired_destroyed": retired}
 

@@ -149,13 +149,24 @@ async def rotate_if_due(ctx: Context, *, period: timedelta, actor: str = "broker
     """Make a fresh KEK current when the current one was made ``period`` or longer ago (by
     ``ctx.now()``); return its id, or None when the current one is still in its period. Several
     processes doing it at once make one new KEK (the keyring file is read again under its lock)."""
-    now = ctx.now()
-    if not _due(ctx.keyring, now, period):
+    if not _due(ctx.keyring, ctx.now(), period):
         return None
+    return await rotate(ctx, actor=actor, reason="period", unless_younger_than=period)
+
+
+async def rotate(
+    ctx: Context, *, actor: str, reason: str | None = None, unless_younger_than: timedelta = timedelta(0)
+) -> str | None:
+    """Make a fresh KEK current (unless the current one is younger than
+    ``unless_younger_than``); return its id, or None when none was made. The keyring file is
+    written under the head lock and the change counter moves in the same transaction, so every
+    publisher reloads the keyring before it wraps its next data key: no process keeps wrapping
+    under a KEK that is no longer current once this commits."""
+    now = ctx.now()
     made: list[str] = []
 
     def change(ring: Keyring) -> Keyring:
-        if not _due(ring, now, period):
+        if not _due(ring, now, unless_younger_than):
             return ring
         fresh = ring.with_new_kek(at=now)
         made.append(fresh.current)
@@ -167,10 +178,8 @@ async def rotate_if_due(ctx: Context, *, period: timedelta, actor: str = "broker
         if not made:
             return None
         draft = AuditDraft(
-            action="keys_rotate", actor=actor, decision="allow", reason="period", details={"kek_id": made[0]}
+            action="keys_rotate", actor=actor, decision="allow", reason=reason, details={"kek_id": made[0]}
         )
-        # The counter moves in the same transaction, under the head lock: every publisher
-        # reloads the keyring before it wraps its next data key.
         await journal.record(tx, [draft], now=now, head=head, changed=True)
     return made[0]
 
