@@ -24,7 +24,7 @@ from sqlalchemy import select, text
 from broker.crypto import envelope
 from broker.crypto import keyring as keyring_file
 from broker.domain.canonical import canonical
-from broker.services import reports, retention, shred
+from broker.services import admin, reports, retention, shred
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import statements as st
@@ -251,3 +251,35 @@ async def test_a_kek_per_period_bounds_what_an_erasure_re_wraps(api: Api, clock:
         )
     rotations = [e for e in await events(api.ctx) if e["action"] in ("keys_rotate", "keys_destroy")]
     assert [e["action"] for e in rotations] == ["keys_rotate", "keys_rotate", "keys_destroy"]
+
+
+async def test_erasures_publishes_and_a_rewrap_at_once_lose_no_report(api: Api, settings: Settings) -> None:
+    usa = await api.node("usa-1", "USA")
+    stored = [await _publish(api, usa, n) for n in range(8)]
+    erased = stored[::2]
+    other = api.server_ctx  # another process's view of the same database
+
+    async def erase(ctx: Context, report_id: str) -> None:
+        await reports.erase(ctx, report_id, actor="test")
+
+    async def publish(n: int) -> str:
+        return await _publish(api, usa, n)
+
+    outcome = await asyncio.gather(
+        erase(api.ctx, erased[0]),
+        erase(other, erased[1]),
+        admin.rotate_keys(api.ctx, rewrap=True, batch=2),
+        publish(8),
+        erase(other, erased[2]),
+        publish(9),
+        erase(api.ctx, erased[3]),
+    )
+    published = [*stored, outcome[3], outcome[5]]
+    for n, report_id in enumerate(published):
+        status, doc = await api.get(f"/v1/reports/{report_id}", usa)
+        expected = (404, None) if report_id in erased else (200, {"type": "indicator", "n": n})
+        assert (status, doc.get("payload")) == expected, n
+    ring = keyring_file.load(settings.keyring_path)
+    assert not ring.retiring and set((await _keks(api.ctx)).values()) - {None} <= set(ring.keks)
+    await api.ctx.check_keyring()
+    await chain_holds(api.ctx)
