@@ -283,3 +283,19 @@ async def test_erasures_publishes_and_a_rewrap_at_once_lose_no_report(api: Api, 
     assert not ring.retiring and set((await _keks(api.ctx)).values()) - {None} <= set(ring.keks)
     await api.ctx.check_keyring()
     await chain_holds(api.ctx)
+
+
+async def test_each_broker_starts_a_new_kek_period_on_its_own(start_server: StartServer) -> None:
+    api = await start_server(kek_period_seconds=1.0)  # the task looks once a second
+    usa = await api.node("usa-1", "USA")
+    first = await _publish(api, usa, 0)
+    async with asyncio.timeout(20):  # polls the database, as the other brokers would see it
+        while True:
+            if await events(api.ctx, action="keys_rotate"):
+                break
+            await asyncio.sleep(0.2)
+    [rotated] = await events(api.ctx, action="keys_rotate")
+    assert (rotated["actor"], rotated["reason"]) == ("broker", "period")
+    second = await _publish(api, usa, 1)
+    keks = await _keks(api.ctx)
+    assert keks[first] != keks[second] == keyring_file.load(api.ctx.keyring_path).current
