@@ -11,7 +11,7 @@ from datetime import datetime
 from aiohttp import web
 
 from broker.realtime.hub import Hub
-from broker.services import auth, deliver, ledger, metrics, retention
+from broker.services import auth, deliver, ledger, metrics, retention, shred
 from broker.services.context import Context, utc_now
 from broker.services.limits import TokenBucket
 from broker.settings import Settings
@@ -87,10 +87,12 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
         checkpoints = asyncio.create_task(ledger.checkpointer(ctx, stop), name="checkpointer")
         failures = asyncio.create_task(_flush_failures(ctx, stop), name="auth-failures")
         expiry = asyncio.create_task(retention.expirer(ctx, stop), name="retention")
+        periods = asyncio.create_task(shred.rotator(ctx, stop), name="kek-periods")
         yield
         stop.set()
         await checkpoints  # it finishes the transaction it is in, then returns
         await expiry  # likewise
+        await periods  # likewise
         await failures  # it writes what was counted, then returns
         if listener is not None:
             await listener.stop()

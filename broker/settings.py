@@ -48,6 +48,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "connection_cap_exempt",
             "event_loop",
             "host",
+            "kek_period_hours",
             "max_body_bytes",
             "max_connections_per_source",
             "max_page_bytes",
@@ -130,6 +131,8 @@ class Settings:
     checkpoint_every_seconds: float = 10.0
     retention_interval_seconds: float = 60.0
     retention_batch_size: int = 500
+    # New reports' data keys are wrapped under a KEK per period this long (services/shred.py).
+    kek_period_seconds: float = 86_400.0
     policy: Policy = DEFAULT_POLICY
     alliances: tuple[AllianceSeed, ...] = ()
 
@@ -209,6 +212,7 @@ class Settings:
                 get.number(server, "server.retention_interval_seconds", 60, 1, 86_400)
             ),
             retention_batch_size=get.number(server, "server.retention_batch_size", 500, 1, 10_000),
+            kek_period_seconds=3600.0 * get.number(server, "server.kek_period_hours", 24, 1, 24 * 366),
             tls=_tls(tls, broker_file, get),
             audit_origin=get.text(audit, "audit.origin", "alliance-broker.example/audit"),
             checkpoint_every_events=get.number(audit, "audit.checkpoint_every_events", 1000, 1, 10**9),

@@ -63,8 +63,10 @@ def decrypt_payload(
         raise EnvelopeError("payload does not authenticate") from exc
 
 
-def rewrap(*, stored: StoredPayload, keyring: Keyring) -> StoredPayload:
-    """Re-wrap the data key under the current KEK; the ciphertext itself is unchanged."""
+def rewrap(*, stored: StoredPayload, keyring: Keyring, to: str | None = None) -> StoredPayload:
+    """Re-wrap the data key under the KEK ``to`` (default: the current one); the ciphertext
+    itself is unchanged."""
+    target = keyring.current if to is None else to
     data_key = _unwrap(stored, keyring)
-    wrapped = aes_key_wrap(keyring.kek(keyring.current), data_key)
-    return StoredPayload(ciphertext=stored.ciphertext, wrapped_key=wrapped, kek_id=keyring.current)
+    wrapped = aes_key_wrap(keyring.kek(target), data_key)
+    return StoredPayload(ciphertext=stored.ciphertext, wrapped_key=wrapped, kek_id=target)

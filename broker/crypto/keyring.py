@@ -3,7 +3,12 @@
 Format (JSON)::
 
     {"version": 1, "current": "kek-...", "keks": {"kek-...": "<base64 32 bytes>", ...},
-     "checkpoint_key": "<base64 32-byte Ed25519 private key>"}
+     "retiring": ["kek-...", ...], "checkpoint_key": "<base64 32-byte Ed25519 private key>"}
+
+``retiring`` (absent in older files) lists KEKs an erasure condemned: each wrapped an erased
+report's data key, its other data keys were re-wrapped under a replacement, and it is deleted
+from the file as soon as no stored report uses it (``broker.services.shred``). A retiring KEK is
+never made current again.
 
 The file is written atomically (temporary file + rename) so a crash never leaves half a keyring;
 creation links the finished file into place, so of several processes creating it at once exactly
@@ -20,7 +25,7 @@ import json
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,21 +42,44 @@ class Keyring:
     keks: dict[str, bytes]
     # Ed25519 private key (raw 32 bytes) that signs audit-log checkpoints.
     checkpoint_key: bytes = b""
+    retiring: frozenset[str] = frozenset()
 
     def kek(self, kek_id: str) -> bytes:
         """The KEK named ``kek_id``; KeyError when it was destroyed or never existed."""
         return self.keks[kek_id]
 
-    def with_new_kek(self) -> Keyring:
-        """A keyring whose current KEK is a fresh one; old KEKs stay for unwrapping."""
-        kek_id = _new_kek_id()
+    def with_new_kek(self, at: datetime | None = None) -> Keyring:
+        """A keyring whose current KEK is a fresh one (created ``at``, default now); old KEKs
+        stay for unwrapping."""
+        kek_id = new_kek_id(at)
         keks = {**self.keks, kek_id: secrets.token_bytes(KEK_BYTES)}
-        return Keyring(current=kek_id, keks=keks, checkpoint_key=self.checkpoint_key)
+        return replace(self, current=kek_id, keks=keks)
+
+    def replacing(self, kek_id: str, replacement: str) -> Keyring:
+        """A keyring where ``kek_id`` is retiring and a fresh KEK named ``replacement`` (see
+        ``new_kek_id``) takes its place, as the current one if ``kek_id`` was current.
+        Idempotent: a second call with the same names changes nothing."""
+        if kek_id not in self.keks:
+            raise KeyError(kek_id)
+        keks = (
+            self.keks
+            if replacement in self.keks
+            else {**self.keks, replacement: secrets.token_bytes(KEK_BYTES)}
+        )
+        current = replacement if self.current == kek_id else self.current
+        return replace(self, current=current, keks=keks, retiring=self.retiring | {kek_id})
+
+    def without(self, kek_ids: frozenset[str]) -> Keyring:
+        """A keyring with the KEKs ``kek_ids`` destroyed (never the current one)."""
+        gone = kek_ids - {self.current}
+        if not gone & set(self.keks):
+            return self
+        keks = {k: v for k, v in self.keks.items() if k not in gone}
+        return replace(self, keks=keks, retiring=self.retiring - gone)
 
     def only_current(self) -> Keyring:
         """A keyring without retired KEKs (after every data key was re-wrapped)."""
-        keks = {self.current: self.keks[self.current]}
-        return Keyring(current=self.current, keks=keks, checkpoint_key=self.checkpoint_key)
+        return self.without(frozenset(self.keks))
 
     @property
     def checkpoint_public_key(self) -> bytes:
@@ -66,9 +94,25 @@ def fingerprint(checkpoint_public_key: bytes) -> str:
     return "sha256:" + hashlib.sha256(checkpoint_public_key).hexdigest()[:16]
 
 
-def _new_kek_id() -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+_STAMP = "%Y%m%dT%H%M%S"
+
+
+def new_kek_id(at: datetime | None = None) -> str:
+    """A fresh KEK name; it carries its creation time (``created_at``)."""
+    stamp = (datetime.now(UTC) if at is None else at.astimezone(UTC)).strftime(_STAMP)
     return f"kek-{stamp}-{secrets.token_hex(4)}"
+
+
+def created_at(kek_id: str) -> datetime | None:
+    """When the KEK ``kek_id`` was made, from its name; None for a name not made by
+    ``new_kek_id``."""
+    parts = kek_id.split("-")
+    if len(parts) != 3 or parts[0] != "kek":
+        return None
+    try:
+        return datetime.strptime(parts[1], _STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def load_or_create(path: Path) -> Keyring:
@@ -87,7 +131,7 @@ def load_or_create(path: Path) -> Keyring:
 
 
 def _new_keyring() -> Keyring:
-    kek_id = _new_kek_id()
+    kek_id = new_kek_id()
     return Keyring(
         current=kek_id, keks={kek_id: secrets.token_bytes(KEK_BYTES)}, checkpoint_key=secrets.token_bytes(32)
     )
@@ -96,7 +140,7 @@ def _new_keyring() -> Keyring:
 def _with_checkpoint_key(ring: Keyring) -> Keyring:
     if ring.checkpoint_key:
         return ring
-    return Keyring(current=ring.current, keks=ring.keks, checkpoint_key=secrets.token_bytes(32))
+    return replace(ring, checkpoint_key=secrets.token_bytes(32))
 
 
 def _create(path: Path, ring: Keyring) -> Keyring | None:
@@ -122,13 +166,16 @@ def load(path: Path) -> Keyring:
         keks = {str(k): base64.b64decode(v, validate=True) for k, v in raw["keks"].items()}
         current = str(raw["current"])
         checkpoint_key = base64.b64decode(raw.get("checkpoint_key", ""), validate=True)
+        retiring = frozenset(str(k) for k in raw.get("retiring", []))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(file=str(path), key="-", problem=f"not a valid keyring: {exc}") from exc
     if current not in keks or any(len(k) != KEK_BYTES for k in keks.values()):
         raise ConfigError(file=str(path), key="keks", problem="current KEK missing or a KEK is not 32 bytes")
     if checkpoint_key and len(checkpoint_key) != 32:
         raise ConfigError(file=str(path), key="checkpoint_key", problem="must be 32 bytes")
-    return Keyring(current=current, keks=keks, checkpoint_key=checkpoint_key)
+    if current in retiring:
+        raise ConfigError(file=str(path), key="retiring", problem="the current KEK cannot be retiring")
+    return Keyring(current=current, keks=keks, checkpoint_key=checkpoint_key, retiring=retiring & set(keks))
 
 
 def save(path: Path, ring: Keyring) -> None:
@@ -161,6 +208,7 @@ def _body(ring: Keyring) -> bytes:
             "version": 1,
             "current": ring.current,
             "keks": {k: base64.b64encode(v).decode() for k, v in ring.keks.items()},
+            "retiring": sorted(ring.retiring),
             "checkpoint_key": base64.b64encode(ring.checkpoint_key).decode(),
         },
         indent=2,

@@ -8,8 +8,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.crypto import envelope, pki
-from broker.crypto import keyring as keyring_file
+from broker.crypto import pki
 from broker.crypto.signing import check_public_key
 from broker.crypto.tokens import hash_token, new_token
 from broker.domain.access import ROLES
@@ -18,7 +17,7 @@ from broker.domain.labels import CAVEAT
 from broker.domain.nations import check_alliance_id, is_nation
 from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import Conflict, InvalidInput, NotFound
-from broker.services import audit
+from broker.services import audit, shred
 from broker.services.context import Context
 from broker.settings import AllianceSeed
 
@@ -365,42 +364,22 @@ async def seed_alliances(ctx: Context, seeds: tuple[AllianceSeed, ...]) -> int:
 
 async def rotate_keys(ctx: Context, *, rewrap: bool, batch: int = 500) -> dict[str, Any]:
     """Make a new KEK current; with ``rewrap``, re-wrap every data key under it and then
-    destroy the retired KEKs.
+    destroy every other KEK no stored report uses.
 
-    The change counter is bumped under the head lock right after the new KEK is saved, and
-    publishers refresh their keyring under that same lock, so no report can be wrapped by a
-    retired KEK after the re-wrap sweep has passed.
+    The new KEK is saved and the change counter bumped in one transaction under the head lock,
+    and publishers refresh their keyring under that same lock, so no report can be wrapped by a
+    retired KEK after the re-wrap sweep has passed (services/shred.py).
     """
-    # Read, changed and written under the keyring's lock file: a rotation in another process at
-    # the same moment cannot drop the KEK this one adds (or the other way round).
-    ring = keyring_file.update(ctx.keyring_path, lambda current: current.with_new_kek())
-    ctx.keyring = ring
-    await _audit_change(ctx, "keys_rotate", {"kek_id": ring.current})
+    made = await shred.rotate(ctx, actor="cli")
     if not rewrap:
-        return {"kek_id": ring.current, "rewrapped": 0, "retired_destroyed": False}
-    rewrapped = 0
-    while True:
-        async with ctx.db.transaction() as tx:
-            rows = await tx.reports_wrapped_not_by(ring.current, limit=batch)
-            for row in rows:
-                if row.wrapped_key is None or row.ciphertext is None or row.kek_id is None:
-                    continue
-                old = envelope.StoredPayload(row.ciphertext, row.wrapped_key, row.kek_id)
-                new = envelope.rewrap(stored=old, keyring=ring)
-                await tx.set_wrapped_key(row.seq, wrapped_key=new.wrapped_key, kek_id=new.kek_id)
-            rewrapped += len(rows)
-        if len(rows) < batch:
-            break
-    rewrapped_to = ring.current
-    # Retire only if no other rotation made another KEK current meanwhile (its reports would
-    # still be wrapped by ours).
-    ring = keyring_file.update(
-        ctx.keyring_path,
-        lambda current: current.only_current() if current.current == rewrapped_to else current,
-    )
-    ctx.keyring = ring
-    await _audit_change(ctx, "keys_retire", {"kek_id": ring.current, "rewrapped": rewrapped})
-    return {"kek_id": ring.current, "rewrapped": rewrapped, "retired_destroyed": True}
+        return {"kek_id": made, "rewrapped": 0, "retired_destroyed": False}
+    rewrapped = await shred.rewrap_all(ctx, batch=batch)
+    # Only KEKs no stored report uses, checked under the head lock: an erasure may have added a
+    # replacement KEK meanwhile, and another rotation may have made its KEK current.
+    await shred.destroy_retiring(ctx, actor="cli", every_unused=True)
+    retired = len(ctx.keyring.keks) == 1
+    await _audit_change(ctx, "keys_retire", {"kek_id": ctx.keyring.current, "rewrapped": rewrapped})
+    return {"kek_id": ctx.keyring.current, "rewrapped": rewrapped, "retired_destroyed": retired}
 
 
 async def _audit_change(ctx: Context, action: str, details: dict[str, Any]) -> None:

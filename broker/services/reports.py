@@ -20,12 +20,11 @@ from broker.domain.ids import canonical_report_id, scoped_report_id
 from broker.domain.labels import SecurityLabel, parse_label
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.errors import AccessDenied, BrokerError, Conflict, InvalidInput, NotFound, RateLimited, Stale
-from broker.services import audit, metrics
+from broker.services import audit, metrics, shred
 from broker.services.auth import NodeGone, RoleLost, recheck, refuse_gone, require_role
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
 from broker.services.scanhints import ScanHint
-from broker.storage import retention as retention_store
 from broker.storage.repos import WriteTx
 
 TOPIC = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # always fullmatch
@@ -628,8 +627,9 @@ async def _recall_once(ctx: Context, node: NodeRecord, report_id: str | None) ->
 
 
 async def erase(ctx: Context, report_id: str, *, actor: str) -> str:
-    """Crypto-shred a report: its wrapped data key and ciphertext are destroyed for good.
-    ``report_id`` may be any spelling of the UUID; returns the canonical id."""
+    """Crypto-shred a report: its ciphertext and wrapped data key are dropped and the KEK that
+    wrapped it destroyed (services/shred.py). ``report_id`` may be any spelling of the UUID;
+    returns the canonical id."""
     canonical_id = canonical_report_id(report_id)
     async with ctx.db.transaction() as tx:
         report = None if canonical_id is None else await tx.report(canonical_id)
@@ -638,18 +638,18 @@ async def erase(ctx: Context, report_id: str, *, actor: str) -> str:
         # Locked, and read again under the lock: of two erasures at once (another process, the
         # retention task) only the first writes; the other finds it erased and adds nothing.
         now = ctx.now()
-        if not await retention_store.lock_unerased(tx, [report.seq]):
+        if not await shred.erase(ctx, tx, [report.seq], now=now):
             # Nothing to destroy, but the attempt is an admin act on a report: on the record.
             draft = AuditDraft(
                 action="erase", actor=actor, report=report.id, decision="deny", reason="already_erased"
             )
             await audit.record(tx, [draft], now=now)
             return report.id
-        await tx.erase(report.id, at=now)
         await audit.record(
             tx,
             [AuditDraft(action="erase", actor=actor, report=report.id, decision="allow", reason="erased")],
             now=now,
-            report_changed=True,
+            changed=True,  # a KEK was replaced (services/shred.py): every process reloads its keyring
         )
+    await shred.destroy_retiring(ctx, actor=actor)
     return report.id

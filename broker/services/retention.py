@@ -2,9 +2,10 @@
 
 The periods come from ``policy.toml`` (``[retention]``, see ``Policy.is_expired``). A pass walks
 the reports in sequence order once per level that has a period, in bounded slices, and erases
-each expired report exactly as ``broker report erase`` does (``Tx.erase``: the wrapped data key
-and the ciphertext are destroyed), with one ``erase`` audit event per report (actor
-``retention``, reason ``retention_expired``) in the same transaction: no shred without its event.
+each expired report exactly as ``broker report erase`` does (``shred.erase``: the KEK that
+wrapped its data key is replaced and destroyed, the ciphertext and wrapped key dropped), with
+one ``erase`` audit event per report (actor ``retention``, reason ``retention_expired``) in the
+same transaction: no shred without its event.
 
 Several brokers may run the task against one PostgreSQL database: the reports to erase are
 locked and read again (``erased_at IS NULL``) in the erasing transaction, so a report another
@@ -26,7 +27,7 @@ from datetime import datetime
 
 from broker.domain.labels import Policy
 from broker.domain.records import AuditDraft, format_time
-from broker.services import audit, metrics
+from broker.services import audit, metrics, shred
 from broker.services.context import Context
 from broker.storage import retention as store
 from broker.storage.retention import StoredAge
@@ -88,15 +89,15 @@ def _draft(policy: Policy, row: StoredAge) -> AuditDraft:
 async def _shred(ctx: Context, due: Sequence[StoredAge]) -> int:
     """Erase ``due`` (those still unerased) with their audit events, in one transaction."""
     async with ctx.db.transaction() as tx:
-        # Rows first, then the head (in audit.record): the order a manual erase takes them in.
-        rows = await store.lock_unerased(tx, [row.seq for row in due])
+        # Rows first, then the head: the order a manual erase takes them in (services/shred.py).
+        now = ctx.now()
+        rows = await shred.erase(ctx, tx, [row.seq for row in due], now=now)
         if not rows:
             return 0
-        now = ctx.now()
-        for row in rows:
-            await tx.erase(row.id, at=now)
-        # report_changed: every process's feeds refresh their copies' flags at once, as for `erase`.
-        await audit.record(tx, [_draft(ctx.policy, row) for row in rows], now=now, report_changed=True)
+        # changed=True: every process's feeds drop their cached copies at once, as for `erase`
+        # (a KEK was replaced: publishers reload the keyring under the head lock).
+        await audit.record(tx, [_draft(ctx.policy, row) for row in rows], now=now, changed=True)
+    await shred.destroy_retiring(ctx, actor=ACTOR)
     return len(rows)
 
 

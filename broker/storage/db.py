@@ -34,6 +34,9 @@ SQLITE_PRAGMAS = (
     "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
     f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    # Freed space (an erased report's ciphertext and wrapped key) is zeroed rather than left in
+    # the file; some builds default to it, not all. Not a guarantee (see services/shred.py).
+    "PRAGMA secure_delete=ON",
 )
 
 

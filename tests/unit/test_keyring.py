@@ -7,12 +7,14 @@ import json
 import multiprocessing
 import os
 import threading
+from datetime import UTC, datetime
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
 
 from broker.crypto import keyring
+from broker.errors import ConfigError
 
 RACERS = 8
 
@@ -117,3 +119,37 @@ def test_keyring_readable_by_others_is_refused(tmp_path: Path, mode: int) -> Non
     path.chmod(mode)
     with pytest.raises(Exception, match="chmod 600"):
         keyring.load_or_create(path)
+
+
+def test_an_erasure_replaces_a_kek_and_only_an_unused_retiring_one_is_destroyed(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    ring = keyring.load_or_create(path)
+    old = ring.current
+    replacement = keyring.new_kek_id()
+    replaced = keyring.update(path, lambda r: r.replacing(old, replacement))
+    assert replaced.current == replacement and replaced.retiring == {old} and old in replaced.keks
+    # Written durably before the re-wrap, and read back as written.
+    assert keyring.load(path) == replaced
+    assert json.loads(path.read_text())["retiring"] == [old]
+    assert keyring.update(path, lambda r: r.replacing(old, replacement)) == replaced  # idempotent
+    destroyed = keyring.update(path, lambda r: r.without(r.retiring))
+    assert set(destroyed.keks) == {replacement} and not destroyed.retiring
+    assert destroyed.without(frozenset({replacement})) == destroyed  # never the current KEK
+    with pytest.raises(KeyError):
+        destroyed.replacing(old, keyring.new_kek_id())  # a destroyed KEK cannot come back
+
+
+def test_a_keyring_whose_current_kek_is_retiring_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    ring = keyring.load_or_create(path)
+    raw = json.loads(path.read_text())
+    raw["retiring"] = [ring.current]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="retiring"):
+        keyring.load(path)
+
+
+def test_a_kek_name_carries_when_it_was_made() -> None:
+    at = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    assert keyring.created_at(keyring.new_kek_id(at)) == at
+    assert keyring.created_at("kek-legacy") is None
