@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from broker.crypto import envelope, seal, signing
+from broker.crypto import keyring as keyring_file
 from broker.crypto.keyring import Keyring
 from broker.domain.access import Decision, decide
 from broker.domain.canonical import canonical, sha256_hex
@@ -420,11 +421,17 @@ def open_payload(ctx: Context, report: ReportRecord, keyring: Keyring | None = N
     keyring meanwhile); the process's own by default."""
     if report.ciphertext is None or report.wrapped_key is None or report.kek_id is None:
         raise NotFound("no such report", code="not_found")
+    keyring = ctx.keyring if keyring is None else keyring
+    if report.kek_id not in keyring.keks:
+        # Wrapped by a KEK made after this keyring was loaded: an erasure in another process
+        # re-wrapped its period's data keys (services/shred.py) between the counter read and the
+        # row read. The file holds it.
+        keyring = keyring_file.load(ctx.keyring_path)
     return envelope.decrypt_payload(
         stored=envelope.StoredPayload(report.ciphertext, report.wrapped_key, report.kek_id),
         report_id=report.id,
         canonical_label=canonical(report.label),
-        keyring=ctx.keyring if keyring is None else keyring,
+        keyring=keyring,
     )
 
 

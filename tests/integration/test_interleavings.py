@@ -1,5 +1,6 @@
-"""Random interleavings of revocations, departures and recalls with reads, listings, publishes
-and open streams, on two broker instances sharing one database.
+"""Random interleavings of revocations, token rotations, role changes, departures and recall
+storms with reads, listings, publishes and open streams, on two broker instances sharing one
+database. (Certificate pins need TLS: test_tls covers a moved pin on an open stream.)
 
 The audit log is the witness: each act appends its event in its own transaction under the head
 lock, so the log's order is the order in which acts took effect. The property: no act that a
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 
 from broker.domain.records import AuditEvent
+from broker.services import admin
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body
 
@@ -71,15 +73,25 @@ async def _stream(world: World, node: str, api: Api) -> None:
 
 async def _changes(world: World, root: str) -> None:
     rng = world.rng
-    victims = [*rng.sample(list(READERS), 2), rng.choice(list(PUBLISHERS))]
-    changes = [("revoke", v) for v in victims] + [("leave", "TUR"), ("recall", ""), ("recall", "")]
+    readers, publishers = rng.sample(list(READERS), 4), rng.sample(list(PUBLISHERS), 2)
+    changes = [("revoke", readers[0]), ("revoke", readers[1]), ("revoke", publishers[0])]
+    changes += [("rotate", readers[2]), ("demote", readers[3]), ("demote", publishers[1])]
+    changes += [("leave", "TUR"), ("recall", ""), ("recall", ""), ("storm", "")]
     rng.shuffle(changes)
     for kind, target in changes:
         await asyncio.sleep(rng.uniform(0.1, RUN_SECONDS / (len(changes) + 1)))
         if kind == "revoke":
             await world.api().call("POST", f"/v1/admin/nodes/{target}/revoke", root)
+        elif kind == "rotate":  # the test keeps the old token: it must stop working everywhere
+            await world.api().call("POST", f"/v1/admin/nodes/{target}/rotate-token", root)
+        elif kind == "demote":  # a reader keeps only publish, a publisher only subscribe
+            roles = ["publish"] if target in READERS else ["subscribe"]
+            await admin.update_node(world.apis[0].ctx, target, {"roles": roles}, actor="test")
         elif kind == "leave":
             await world.api().call("DELETE", f"/v1/admin/alliances/NATO/members/{target}", root)
+        elif kind == "storm":  # a burst of recalls, each report twice (the repeats change nothing)
+            for report, originator in rng.sample(world.published, min(5, len(world.published))) * 2:
+                await world.api().call("POST", f"/v1/reports/{report}/recall", world.tokens[originator])
         elif world.published:
             report, originator = rng.choice(world.published)
             await world.api().call("POST", f"/v1/reports/{report}/recall", world.tokens[originator])
@@ -87,14 +99,17 @@ async def _changes(world: World, root: str) -> None:
 
 def violations(log: list[AuditEvent], nations: dict[str, str]) -> list[str]:
     """Allowed acts recorded after the change that forbids them."""
-    revoked: dict[str, int] = {}
+    revoked: dict[str, int] = {}  # revoked, or its token (the one the test holds) replaced
+    demoted: dict[str, tuple[int, list[str]]] = {}
     left: dict[str, int] = {}
     recalled: dict[str, int] = {}
     found = []
     for event in log:
         d = event.draft
-        if d.action == "node_revoke" and d.node is not None:
+        if d.action in ("node_revoke", "token_rotate") and d.node is not None:
             revoked.setdefault(d.node, event.seq)
+        elif d.action == "node_update" and d.node is not None and "roles" in d.details:
+            demoted.setdefault(d.node, (event.seq, list(d.details["roles"])))
         elif d.action == "membership_leave" and d.nation is not None:
             left.setdefault(d.nation, event.seq)
         elif d.action == "recall" and d.decision == "allow" and d.report is not None:
@@ -107,6 +122,9 @@ def violations(log: list[AuditEvent], nations: dict[str, str]) -> list[str]:
             continue
         if d.actor in revoked:
             found.append(f"{event.seq}: {d.actor} {d.action} after its revocation at {revoked[d.actor]}")
+        needs = "publish" if d.action in ("publish", "recall") else "subscribe"
+        if d.actor in demoted and needs not in demoted[d.actor][1]:
+            found.append(f"{event.seq}: {d.actor} {d.action} after losing {needs} at {demoted[d.actor][0]}")
         if d.action in ("read", "deliver") and d.report in recalled:
             found.append(
                 f"{event.seq}: {d.actor} {d.action} {d.report} after its recall at {recalled[d.report]}"
@@ -143,8 +161,9 @@ async def test_no_act_is_accepted_after_the_change_that_forbids_it(
     acts = [
         e for e in log if e.draft.decision == "allow" and e.draft.action in ("read", "deliver", "publish")
     ]
-    changes = [e for e in log if e.draft.action in ("node_revoke", "membership_leave", "recall")]
-    # The run exercised both sides: three revocations and a departure always happen (a recall may
-    # be refused when its originator was revoked first).
-    assert len(acts) > 50 and len(changes) >= 4
+    kinds = ("node_revoke", "token_rotate", "node_update", "membership_leave", "recall")
+    changes = [e for e in log if e.draft.action in kinds]
+    # The run exercised both sides: three revocations, a rotation, two role changes and a
+    # departure always happen (a recall may be refused when its originator was revoked first).
+    assert len(acts) > 50 and len(changes) >= 7
     assert violations(log, nations) == []
