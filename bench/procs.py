@@ -64,8 +64,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def bench_config(folder: Path) -> Path:
-    """A copy of config/ with the per-node publish rate limit out of the way (one node sends
-    every request here) and checkpoints at their default cadence."""
+    """A copy of config/ with the per-node publish and recall limits out of the way (one node
+    sends every request here) and checkpoints at their default cadence."""
     target = folder / "config"
     target.mkdir(exist_ok=True)
     for source in (ROOT / "config").glob("*.toml"):
@@ -74,6 +74,11 @@ def bench_config(folder: Path) -> Path:
             text = text.replace("publish_rate_per_second = 200", "publish_rate_per_second = 1000000")
             text = text.replace("publish_burst = 400", "publish_burst = 1000000")
             assert "publish_burst = 1000000" in text, "config/broker.toml changed: update bench_config"
+            # recalls too (bench.security's recall storm wants real changes, not 429s)
+            text = text.replace(
+                "publish_burst = 1000000",
+                "publish_burst = 1000000\nrecall_rate_per_second = 1000000\nrecall_burst = 1000000",
+            )
         (target / source.name).write_text(text)
     return target
 

@@ -1,7 +1,9 @@
-"""Two security paths under time: how soon a revocation closes the revoked node's open stream,
-and what a flood of bad bearer tokens does to everyone else's publish latency.
+"""Security paths under time: how soon a revocation or a token rotation closes the node's open
+stream, what a flood of bad bearer tokens does to everyone else's publish latency, and what one
+node recalling as fast as it can does to another node's listings and stream.
 
     .venv/bin/python -m bench.security [--quick] [--repeats 30] [--publishes 500] [--flood 2000]
+        [--storm 200]
 
 1. Revoke to stream close. For one broker (SQLite, then PostgreSQL) and for two brokers on one
    PostgreSQL database (two ``broker serve`` processes, which learn of each other's changes by
@@ -9,7 +11,8 @@ and what a flood of bad bearer tokens does to everyone else's publish latency.
    open ``GET /v1/stream`` with its token on broker X, let it idle 100 ms, revoke the node with
    ``POST /v1/admin/nodes/{id}/revoke`` through broker Y (Y = X with one broker; the other one,
    alternating, with two), and time from the moment the revoke's answer is in to the moment the
-   close frame (4001) is. A negative figure means the close frame came first.
+   close frame (4001) is. A negative figure means the close frame came first. The same again with
+   ``POST /v1/admin/nodes/{id}/rotate-token`` (the stream keeps the old token: it must close too).
 2. Publish under a bad-token flood. One broker (SQLite, then PostgreSQL), one publishing node:
    ``--publishes`` sequential ``POST /v1/reports`` on one kept-alive connection, alone and then
    while another process (source address 127.0.0.2, so it is not the publisher's address) sends
@@ -18,6 +21,12 @@ and what a flood of bad bearer tokens does to everyone else's publish latency.
    its token, and writes failures as one audit event per source and window: the authenticate
    events are counted in the database once the broker has stopped (it writes the last window
    at shutdown).
+3. Recall storm. One broker (SQLite, PostgreSQL) and two on one PostgreSQL database: a node
+   publishes ``--storm`` reports, then recalls each twice (a real change, then one that changes
+   nothing) as fast as answered, recall limits lifted; meanwhile another node lists
+   ``GET /v1/reports?limit=50`` in a loop on the other broker, and a third node's stream there
+   must receive 20 reports published during the storm. Listing success rate and p50/p99, frames
+   received, close code.
 
 Every broker runs as ``broker serve`` in a process of its own with a fresh database; the clients
 run in this process (the flood in a second one). Prints the tables and appends them to
@@ -86,7 +95,7 @@ async def _prepare(env: dict[str, str]) -> dict[str, str]:
 
 
 async def _revoke_once(
-    session: aiohttp.ClientSession, x: str, y: str, admin_token: str, i: int
+    session: aiohttp.ClientSession, x: str, y: str, admin_token: str, i: int, act: str = "revoke"
 ) -> dict[str, Any]:
     bearer = {"Authorization": f"Bearer {admin_token}"}
     node_id = f"sub-{secrets.token_hex(4)}-{i}"
@@ -105,7 +114,7 @@ async def _revoke_once(
         reader = asyncio.create_task(closed())
         await asyncio.sleep(IDLE)
         sent = time.perf_counter()
-        async with session.post(f"{y}/v1/admin/nodes/{node_id}/revoke", headers=bearer) as r:
+        async with session.post(f"{y}/v1/admin/nodes/{node_id}/{act}", headers=bearer) as r:
             assert r.status == 200, await r.text()
             await r.read()
         answered = time.perf_counter()
@@ -116,8 +125,11 @@ async def _revoke_once(
         return {"code": ws.close_code, "close": closed_at - answered, "answer": answered - sent}
 
 
-async def revoke_case(bases: list[str], admin_token: str, repeats: int) -> dict[str, Any]:
-    """``repeats`` revocations; with two brokers the stream and the revoke alternate between them."""
+async def revoke_case(
+    bases: list[str], admin_token: str, repeats: int, act: str = "revoke"
+) -> dict[str, Any]:
+    """``repeats`` revocations (or token rotations, ``act`` "rotate-token"); with two brokers the
+    stream and the change alternate between them."""
     closes: list[float] = []
     answers: list[float] = []
     codes: Counter[str] = Counter()
@@ -128,7 +140,7 @@ async def revoke_case(bases: list[str], admin_token: str, repeats: int) -> dict[
             if time.perf_counter() > deadline:
                 break
             x, y = bases[i % len(bases)], bases[(i + 1) % len(bases)]
-            result = await _revoke_once(session, x, y, admin_token, i)
+            result = await _revoke_once(session, x, y, admin_token, i, act)
             codes[str(result["code"])] += 1
             answers.append(result["answer"])
             if result["code"] == CLOSE_REVOKED:
@@ -156,18 +168,21 @@ async def revocations(repeats: int, rows: list[tuple[str, dict[str, Any]]]) -> N
                 try:
                     for _ in range(brokers):
                         procs.append(start_broker(folder, env))
-                    case = f"{engine}, {'one broker' if brokers == 1 else 'two brokers (X != Y)'}"
-                    print(f"revoke -> close: {case}...", flush=True)
-                    result = await revoke_case([base for _, base in procs], tokens["admin"], repeats)
+                    where = f"{engine}, {'one broker' if brokers == 1 else 'two brokers (X != Y)'}"
+                    for act in ("revoke", "rotate-token"):
+                        case = f"{act}, {where}"
+                        print(f"{act} -> close: {where}...", flush=True)
+                        bases = [base for _, base in procs]
+                        result = await revoke_case(bases, tokens["admin"], repeats, act)
+                        print(
+                            f"  {case:45} p50 {result['p50']:7.2f} ms p99 {result['p99']:7.2f} ms "
+                            f"max {result['max']:7.2f} ms  close codes {result['codes']}",
+                            flush=True,
+                        )
+                        rows.append((case, result))
                 finally:
                     for proc, _ in procs:
                         stop(proc)
-        print(
-            f"  {case:35} p50 {result['p50']:7.2f} ms p99 {result['p99']:7.2f} ms max {result['max']:7.2f} ms"
-            f"  close codes {result['codes']}",
-            flush=True,
-        )
-        rows.append((case, result))
 
 
 # --- 2. publish under a bad-token flood ----------------------------------------------------
@@ -281,8 +296,130 @@ async def floods(publishes: int, flood: int, rows: list[tuple[str, dict[str, Any
         rows.append((engine, r))
 
 
+# --- 3. recall storm -----------------------------------------------------------------------
+
+
+async def _node(
+    session: aiohttp.ClientSession, base: str, admin_token: str, node_id: str, nation: str
+) -> str:
+    spec = {"id": node_id, "nation": nation, "clearance": "SECRET", "roles": ["publish", "subscribe"]}
+    async with session.post(
+        f"{base}/v1/admin/nodes", json=spec, headers={"Authorization": f"Bearer {admin_token}"}
+    ) as r:
+        assert r.status == 201, await r.text()
+        return str((await r.json())["token"])
+
+
+async def storm_case(bases: list[str], admin_token: str, storm: int) -> dict[str, Any]:
+    """The storm runs against ``bases[0]``; the listings and the stream against ``bases[-1]``."""
+    x, y = bases[0], bases[-1]
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        fra = await _node(session, x, admin_token, "storm-fra", "FRA")
+        usa = await _node(session, x, admin_token, "pub-usa", "USA")
+        swe = await _node(session, y, admin_token, "list-swe", "SWE")
+        gbr = await _node(session, y, admin_token, "stream-gbr", "GBR")
+        ids = []
+        for i in range(storm):
+            async with session.post(
+                f"{x}/v1/reports",
+                json={**REPORT, "payload": {"n": i}},
+                headers={"Authorization": f"Bearer {fra}"},
+            ) as r:
+                ids.append((await r.json())["id"])
+        recall_statuses: Counter[int] = Counter()
+        list_statuses: Counter[int] = Counter()
+        latencies: list[float] = []
+        stop_listing = asyncio.Event()
+        deadline = time.monotonic() + CASE_SECONDS
+
+        async def recalls() -> None:
+            for report_id in [*ids, *ids]:
+                if time.monotonic() > deadline:
+                    return
+                async with session.post(
+                    f"{x}/v1/reports/{report_id}/recall", headers={"Authorization": f"Bearer {fra}"}
+                ) as r:
+                    await r.read()
+                    recall_statuses[r.status] += 1
+
+        async def listings() -> None:
+            while not stop_listing.is_set() and time.monotonic() < deadline:
+                start = time.perf_counter()
+                async with session.get(
+                    f"{y}/v1/reports?limit=50", headers={"Authorization": f"Bearer {swe}"}
+                ) as r:
+                    await r.read()
+                    list_statuses[r.status] += 1
+                latencies.append(time.perf_counter() - start)
+
+        received = 0
+        async with session.ws_connect(
+            f"{y}/v1/stream?after={storm}", headers={"Authorization": f"Bearer {gbr}"}
+        ) as ws:
+            storming, listing = asyncio.create_task(recalls()), asyncio.create_task(listings())
+            for i in range(20):
+                async with session.post(
+                    f"{x}/v1/reports",
+                    json={**REPORT, "payload": {"m": i}},
+                    headers={"Authorization": f"Bearer {usa}"},
+                ) as r:
+                    await r.read()
+                await asyncio.sleep(0.05)
+            try:
+                async with asyncio.timeout(30):
+                    while received < 20:
+                        message = await ws.receive()
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        received += message.json()["type"] == "report"
+            except TimeoutError:
+                pass
+            await storming
+            stop_listing.set()
+            await listing
+            close_code = ws.close_code
+    total = sum(list_statuses.values())
+    return {
+        "recalls": dict(recall_statuses),
+        "listings": total,
+        "ok": list_statuses.get(200, 0) / total if total else float("nan"),
+        "statuses": dict(list_statuses),
+        "p50": _ms(latencies, 0.5),
+        "p99": _ms(latencies, 0.99),
+        "received": received,
+        "close": close_code,
+    }
+
+
+async def storms(storm: int, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    for engine, brokers in (("sqlite", 1), ("postgres", 1), ("postgres", 2)):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            async with fresh_database(engine, folder, "security") as url:
+                env = broker_env(folder, url)
+                tokens = await _prepare(env)
+                procs = [start_broker(folder, env) for _ in range(brokers)]
+                try:
+                    case = f"{engine}, {'one broker' if brokers == 1 else 'two brokers'}"
+                    print(f"recall storm: {case}...", flush=True)
+                    r = await storm_case([base for _, base in procs], tokens["admin"], storm)
+                finally:
+                    for proc, _ in procs:
+                        stop(proc)
+        print(
+            f"  {case:25} listings {r['listings']} ok {r['ok']:.3f} "
+            f"p50 {r['p50']:.1f} ms p99 {r['p99']:.1f} ms; stream {r['received']}/20 "
+            f"(close {r['close']}); recalls {r['recalls']}",
+            flush=True,
+        )
+        rows.append((case, r))
+
+
 def _tables(
-    revokes: list[tuple[str, dict[str, Any]]], flooded: list[tuple[str, dict[str, Any]]], args: Any
+    revokes: list[tuple[str, dict[str, Any]]],
+    flooded: list[tuple[str, dict[str, Any]]],
+    stormed: list[tuple[str, dict[str, Any]]],
+    args: Any,
 ) -> str:
     lines = [
         f"## security: revoke to close, publish under a bad-token flood, "
@@ -322,6 +459,21 @@ def _tables(
             f"{r['ok401']} / {r['r429']} / {r['other']} | {r['flood_s']:.2f} | "
             f"{r['events']} ({r['failures_in_events']}) |"
         )
+    lines += [
+        "",
+        f"Recall storm: one node recalls its {args.storm} reports twice each (limits lifted) as fast "
+        "as answered; another node lists (limit 50) in a loop on the other broker; a third node's "
+        "stream there must receive 20 reports published meanwhile.",
+        "",
+        "| case | recalls (status: n) | listings | 200 share | p50 / p99 ms | stream frames / 20 "
+        "| close code |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case, r in stormed:
+        lines.append(
+            f"| {case} | {r['recalls']} | {r['listings']} | {r['ok']:.3f} | "
+            f"{r['p50']:.1f} / {r['p99']:.1f} | {r['received']} | {r['close']} |"
+        )
     return "\n".join(lines)
 
 
@@ -333,15 +485,18 @@ async def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--publishes", type=int, default=500)
     parser.add_argument("--flood", type=int, default=2000)
+    parser.add_argument("--storm", type=int, default=200)
     args = parser.parse_args()
     if args.quick:
-        args.repeats, args.publishes, args.flood = 10, 100, 500
+        args.repeats, args.publishes, args.flood, args.storm = 10, 100, 500, 100
     args.load_start = os.getloadavg()[0]
     revokes: list[tuple[str, dict[str, Any]]] = []
     flooded: list[tuple[str, dict[str, Any]]] = []
     await revocations(args.repeats, revokes)
     await floods(args.publishes, args.flood, flooded)
-    table = _tables(revokes, flooded, args)
+    stormed: list[tuple[str, dict[str, Any]]] = []
+    await storms(args.storm, stormed)
+    table = _tables(revokes, flooded, stormed, args)
     if args.quick:  # a look, not a result
         print(table)
     else:
