@@ -8,6 +8,7 @@ serving broker learns of its changes only through the database."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -47,62 +48,48 @@ async def _stream_refusals(api: Api, node: str) -> list[str]:
     return [e["reason"] for e in found]
 
 
-async def test_a_rotated_token_closes_its_open_stream(api: Api) -> None:
-    usa, swe = await api.node("usa-1", "USA"), await api.node("swe-1", "SWE")
+async def _lapse(
+    api: Api, publisher: str, subscriber: str, change: Callable[[], Awaitable[object]]
+) -> int | None:
+    """Open a stream with ``subscriber``, receive one report, make ``change`` (through another
+    process's view of the database), publish once more: that report must never arrive, and the
+    stream must close. Returns the close code."""
     async with (
         aiohttp.ClientSession() as session,
         session.ws_connect(
-            f"{api.base_url}/v1/stream?after=0", headers={"Authorization": f"Bearer {swe}"}
+            f"{api.base_url}/v1/stream?after=0", headers={"Authorization": f"Bearer {subscriber}"}
         ) as ws,
     ):
-        assert (await api.publish(usa, body(payload={"n": 1})))[0] == 201
+        assert (await api.publish(publisher, body(payload={"n": 1})))[0] == 201
         await _one_report(ws)
-        await admin.rotate_token(api.ctx, "swe-1", actor="test")  # another process (the CLI)
-        assert (await api.publish(usa, body(payload={"n": 2})))[0] == 201
-        late = await _frames_until_close(ws)
-        assert ws.close_code == 4001
-    assert late == []  # the report published after the rotation never reached the old token
+        await change()
+        assert (await api.publish(publisher, body(payload={"n": 2})))[0] == 201
+        assert await _frames_until_close(ws) == []
+        return ws.close_code
+
+
+async def test_a_rotated_token_closes_its_open_stream(api: Api) -> None:
+    usa, swe = await api.node("usa-1", "USA"), await api.node("swe-1", "SWE")
+    assert await _lapse(api, usa, swe, lambda: admin.rotate_token(api.ctx, "swe-1", actor="test")) == 4001
     assert await _stream_refusals(api, "swe-1") == ["token_replaced"]
 
 
 async def test_an_expired_token_closes_its_open_stream(api: Api, clock: FakeClock) -> None:
     usa = await api.node("usa-1", "USA")
-    swe = (
-        await admin.add_node(
-            api.ctx,
-            {"id": "swe-1", "nation": "SWE", "clearance": "SECRET", "roles": ["subscribe"], "token_days": 1},
-            actor="test",
-        )
-    )["token"]
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(
-            f"{api.base_url}/v1/stream?after=0", headers={"Authorization": f"Bearer {swe}"}
-        ) as ws,
-    ):
-        assert (await api.publish(usa, body(payload={"n": 1})))[0] == 201
-        await _one_report(ws)
+    spec = {"id": "swe-1", "nation": "SWE", "clearance": "SECRET", "roles": ["subscribe"], "token_days": 1}
+    swe = (await admin.add_node(api.ctx, spec, actor="test"))["token"]
+
+    async def expire() -> None:
         clock.advance(days=1, seconds=1)
-        assert (await api.publish(usa, body(payload={"n": 2})))[0] == 201
-        late = await _frames_until_close(ws)
-        assert ws.close_code == 4001
-    assert late == []
+
+    assert await _lapse(api, usa, swe, expire) == 4001
     assert await _stream_refusals(api, "swe-1") == ["token_expired"]
 
 
 async def test_a_node_that_loses_the_subscribe_role_loses_its_stream(api: Api) -> None:
     usa, swe = await api.node("usa-1", "USA"), await api.node("swe-1", "SWE")
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(
-            f"{api.base_url}/v1/stream?after=0", headers={"Authorization": f"Bearer {swe}"}
-        ) as ws,
-    ):
-        await admin.update_node(api.ctx, "swe-1", {"roles": ["publish"]}, actor="test")
-        assert (await api.publish(usa, body(payload={"n": 1})))[0] == 201
-        late = await _frames_until_close(ws)
-        assert ws.close_code == 4001
-    assert late == []
+    demote = lambda: admin.update_node(api.ctx, "swe-1", {"roles": ["publish"]}, actor="test")  # noqa: E731
+    assert await _lapse(api, usa, swe, demote) == 4001
     assert await _stream_refusals(api, "swe-1") == ["missing_role"]
 
 

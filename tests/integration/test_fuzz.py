@@ -90,6 +90,39 @@ def _repro(case: schemathesis.Case, token: str, response: requests.Response | No
     return " ".join(parts) + answer
 
 
+def call_and_check(
+    case: schemathesis.Case,
+    token_name: str,
+    token: str,
+    base_url: str,
+    session: requests.Session,
+    label: str,
+    findings: Findings,
+) -> None:
+    """Send ``case`` with ``token``; note a 5xx, a dropped connection or an answer that does not
+    match the document in ``findings``."""
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        response = case.call(base_url=base_url, session=session, headers=headers, timeout=TIMEOUT)
+    except requests.exceptions.InvalidHeader:  # `requests` refuses to send it (a NUL, a newline)
+        return
+    except requests.RequestException as exc:  # a dropped connection is as bad as a 5xx
+        findings.server_errors.setdefault((label, 0), f"{_repro(case, token_name, None)}: {exc!r}")
+        return
+    findings.sent[label] = findings.sent.get(label, 0) + 1
+    if response.status_code >= 500:
+        findings.server_errors.setdefault((label, response.status_code), _repro(case, token_name, response))
+        return
+    try:
+        case.validate_response(response, checks=[response_schema_conformance], headers=headers)
+    except FailureGroup as exc:
+        failure = exc.exceptions[0]
+        detail = f"{getattr(failure, 'title', '')}: {getattr(failure, 'message', failure)}"
+        findings.mismatches.setdefault(
+            (label, response.status_code), f"{_repro(case, token_name, response)}: {detail[:400]}"
+        )
+
+
 def _fuzz_operation(
     operation: Any, base_url: str, tokens: dict[str, str], findings: Findings, session: requests.Session
 ) -> None:
@@ -110,26 +143,7 @@ def _fuzz_operation(
     def send(case: schemathesis.Case, token: str) -> None:
         if findings.expired():
             return
-        headers = {"Authorization": f"Bearer {tokens[token]}"}
-        try:
-            response = case.call(base_url=base_url, session=session, headers=headers, timeout=TIMEOUT)
-        except requests.exceptions.InvalidHeader:  # `requests` refuses to send it (a NUL, a newline)
-            return
-        except requests.RequestException as exc:  # a dropped connection is as bad as a 5xx
-            findings.server_errors.setdefault((label, 0), f"{_repro(case, token, None)}: {exc!r}")
-            return
-        findings.sent[label] = findings.sent.get(label, 0) + 1
-        if response.status_code >= 500:
-            findings.server_errors.setdefault((label, response.status_code), _repro(case, token, response))
-            return
-        try:
-            case.validate_response(response, checks=[response_schema_conformance], headers=headers)
-        except FailureGroup as exc:
-            failure = exc.exceptions[0]
-            detail = f"{getattr(failure, 'title', '')}: {getattr(failure, 'message', failure)}"
-            findings.mismatches.setdefault(
-                (label, response.status_code), f"{_repro(case, token, response)}: {detail[:400]}"
-            )
+        call_and_check(case, token, tokens[token], base_url, session, label, findings)
 
     send()
 

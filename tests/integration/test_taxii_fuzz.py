@@ -15,12 +15,10 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from schemathesis.core.failures import FailureGroup
-from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.integration.conftest import Api
 from tests.integration.helpers import events
-from tests.integration.test_fuzz import CONFIG, EXAMPLES, TIMEOUT, Findings, _listing, _repro
+from tests.integration.test_fuzz import CONFIG, EXAMPLES, TIMEOUT, Findings, _listing, call_and_check
 from tests.integration.test_taxii import collection_id, indicator, publish
 
 BUDGET = 30.0  # seconds of sending per engine
@@ -55,26 +53,7 @@ def _fuzz_operation(
             return
         if real and case.path_parameters and "collection" in case.path_parameters:
             case.path_parameters = {**case.path_parameters, "collection": collection}
-        headers = {"Authorization": f"Bearer {tokens[token]}"}
-        try:
-            response = case.call(base_url=base_url, session=session, headers=headers, timeout=TIMEOUT)
-        except requests.exceptions.InvalidHeader:
-            return
-        except requests.RequestException as exc:
-            findings.server_errors.setdefault((label, 0), f"{_repro(case, token, None)}: {exc!r}")
-            return
-        findings.sent[label] = findings.sent.get(label, 0) + 1
-        if response.status_code >= 500:
-            findings.server_errors.setdefault((label, response.status_code), _repro(case, token, response))
-            return
-        try:
-            case.validate_response(response, checks=[response_schema_conformance], headers=headers)
-        except FailureGroup as exc:
-            failure = exc.exceptions[0]
-            detail = f"{getattr(failure, 'title', '')}: {getattr(failure, 'message', failure)}"
-            findings.mismatches.setdefault(
-                (label, response.status_code), f"{_repro(case, token, response)}: {detail[:400]}"
-            )
+        call_and_check(case, token, tokens[token], base_url, session, label, findings)
 
     send()
 
