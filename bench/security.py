@@ -486,16 +486,21 @@ async def main() -> None:
     parser.add_argument("--publishes", type=int, default=500)
     parser.add_argument("--flood", type=int, default=2000)
     parser.add_argument("--storm", type=int, default=200)
+    parser.add_argument("--cases", default="revoke,flood,storm", help="which of revoke,flood,storm to run")
     args = parser.parse_args()
+    cases = set(args.cases.split(","))
     if args.quick:
         args.repeats, args.publishes, args.flood, args.storm = 10, 100, 500, 100
     args.load_start = os.getloadavg()[0]
     revokes: list[tuple[str, dict[str, Any]]] = []
     flooded: list[tuple[str, dict[str, Any]]] = []
-    await revocations(args.repeats, revokes)
-    await floods(args.publishes, args.flood, flooded)
     stormed: list[tuple[str, dict[str, Any]]] = []
-    await storms(args.storm, stormed)
+    if "revoke" in cases:
+        await revocations(args.repeats, revokes)
+    if "flood" in cases:
+        await floods(args.publishes, args.flood, flooded)
+    if "storm" in cases:
+        await storms(args.storm, stormed)
     table = _tables(revokes, flooded, stormed, args)
     if args.quick:  # a look, not a result
         print(table)
