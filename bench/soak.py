@@ -42,7 +42,9 @@ FEED_METRIC = re.compile(r"^broker_stream_feed_bytes\s+([0-9.e+]+)$", re.M)
 TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
-async def _prepare(env: dict[str, str], publishers: int, subscribers: int) -> tuple[list[str], list[str]]:
+async def _prepare(
+    env: dict[str, str], publishers: int, subscribers: int
+) -> tuple[list[str], list[str], str]:
     settings = Settings.load(env=env)
     ctx = Context.open(settings)
     try:
@@ -55,7 +57,7 @@ async def _prepare(env: dict[str, str], publishers: int, subscribers: int) -> tu
 
         pubs = [await add(f"pub-{i}", "publish") for i in range(publishers)]
         subs = [await add(f"sub-{i}", "subscribe") for i in range(subscribers)]
-        return pubs, subs
+        return pubs, subs, await add("auditor", "audit")  # /metrics needs the audit role
     finally:
         await ctx.close()
 
@@ -100,9 +102,9 @@ async def _subscriber(base: str, token: str, until: float, got: list[int], close
                 await ws.send_json({"type": "ack", "sequence": sequence})
 
 
-async def _feed_bytes(session: aiohttp.ClientSession, base: str) -> float | None:
+async def _feed_bytes(session: aiohttp.ClientSession, base: str, token: str) -> float | None:
     try:
-        async with session.get(f"{base}/metrics") as r:
+        async with session.get(f"{base}/metrics", headers={"Authorization": f"Bearer {token}"}) as r:
             found = FEED_METRIC.search(await r.text())
     except aiohttp.ClientError:
         return None
@@ -114,7 +116,7 @@ async def soak(args: Any) -> dict[str, Any]:
         folder = Path(tmp)
         async with fresh_database(args.engine, folder, "soak") as url:
             env = broker_env(folder, url)
-            pubs, subs = await _prepare(env, args.publishers, args.subscribers)
+            pubs, subs, auditor = await _prepare(env, args.publishers, args.subscribers)
             proc, base = start_broker(folder, env)
             try:
                 start = time.monotonic()
