@@ -140,7 +140,7 @@ async def soak(args: Any) -> dict[str, Any]:
                         sample = (
                             time.monotonic() - start,
                             rss_kb(proc.pid),
-                            await _feed_bytes(session, base),
+                            await _feed_bytes(session, base, auditor),
                         )
                         samples.append(sample)
                         feed = "n/a" if sample[2] is None else f"{sample[2] / 2**20:.1f} MiB"
