@@ -12,8 +12,18 @@ const PROOF_CONCURRENCY = 4;
 const PIN_KEY = "auditPinnedCheckpointKey";
 const SEEN_KEY = "auditLastVerifiedCheckpoint";
 const SVG_NS = "http://www.w3.org/2000/svg";
-const PALETTE = ["#1d4ed8", "#a4161a", "#2b7a0b", "#9a6700", "#7c3aed", "#0e7490", "#be185d",
-  "#4b5563", "#ea580c", "#65a30d"];
+const LOG_KEY = "auditWholeLog"; // + ":" + the pinned key: the last whole-log verdict with it
+const GENESIS = "0".repeat(64); // the prev_hash of event 1
+const SERIES_CAP = 10; // series a chart's legend names; the rest are summed as "other"
+// Allow and deny are told apart by colour family before any label is read: allows in greens
+// and blues, denials in reds, oranges and magentas, an altered event in black.
+const SHADES = {
+  allow: ["#1b7837", "#2166ac", "#5aae61", "#0e7490", "#4393c3", "#166534", "#66bd63", "#1e3a8a", "#35978f", "#92c5de"],
+  deny: ["#b2182b", "#e08214", "#c51b7d", "#d6604d", "#8e0152", "#b35806", "#f46d43", "#de77ae", "#fdae61", "#67001f"],
+  altered: ["#111111"],
+  other: ["#9ca3af"],
+};
+const ALTERED = "altered event"; // the series of events whose fields do not hash to their hash
 
 // Timings for the browser test: milliseconds since the sign-in was submitted.
 const timings = { start: null };
@@ -264,7 +274,7 @@ let checkpoint = null; // { verified, size, root, origin, rootHex } of the lates
 
 function showPin() {
   $("pinned-key").textContent = pin ? pin.text : "none: paste the broker's checkpoint key to verify anything";
-  $("pinned-key").className = pin ? "mono" : "mono bad";
+  $("pinned-key").className = pin ? "mono" : "mono warn";
   $("unpin").disabled = !pin;
 }
 
@@ -363,15 +373,18 @@ async function useCheckpoint(cp) {
       consistency.dataset.state = "unverified";
     }
   } else {
-    checkpoint = { verified: false, why: result.why };
+    checkpoint = { verified: false, why: result.why, unpinned: !pin };
     fact(box, "Events covered (unverified)", cp.size);
     fact(box, "Merkle root (unverified)", cp.head, "mono");
-    say(verdict, "Signature NOT verified: " + result.why + " \u2717", "bad");
+    // Nothing pinned is "not yet", grey; a pinned key the note does not verify with is a failure.
+    if (pin) say(verdict, "Signature NOT verified: " + result.why + " \u2717", "bad");
+    else say(verdict, "Signature NOT verified yet: no key pinned", "muted");
     consistency.dataset.state = "unverified";
   }
   verdict.dataset.state = checkpoint.verified ? "verified" : "unverified";
   mark("checkpoint");
   reverifyAll();
+  verifyWholeLog(checkpoint, consistency.dataset.state === "failed" ? consistency.textContent : null, false);
 }
 
 async function loadCheckpoint(sign) {
@@ -380,7 +393,144 @@ async function loadCheckpoint(sign) {
     await useCheckpoint(cp);
   } catch (e) {
     say($("page-error"), "Checkpoint: " + e.message, "error");
+    if (!checkpoint) banner("unverified", "Not yet verified: the signed checkpoint could not be loaded (" + e.message + ").");
   }
+}
+
+// -- the whole log against the signed checkpoint: one verdict ------------------------------
+//
+// Each row's proof covers that row only: an event edited further back than the rows on screen
+// would leave every mark green. So once a checkpoint verifies, the page reads every event from 1
+// to its size (1,000 a request, showing progress) and checks that each seq is there, each
+// event's fields hash to its hash, each prev_hash is the hash of the event before, and the
+// leaves fold to the signed root. The verdict is kept in localStorage by pinned key, origin,
+// size and root, so reloading the page for the same checkpoint does not read the log again.
+
+const badSeqs = new Map(); // seq -> why, from the whole-log check of the checkpoint shown
+let logGen = 0;
+
+function banner(state, text, extra) {
+  const box = $("log-verdict");
+  box.hidden = false;
+  box.dataset.state = state;
+  box.dataset.remembered = extra && extra.remembered ? "1" : "";
+  box.dataset.firstBad = extra && extra.firstBad ? String(extra.firstBad) : "";
+  $("log-verdict-text").textContent = text;
+  const bar = $("log-verdict-progress");
+  bar.hidden = !(extra && extra.progress);
+  if (extra && extra.progress) { bar.max = extra.progress[1]; bar.value = extra.progress[0]; }
+  $("reverify-log").hidden = !(extra && extra.again);
+}
+
+// A Merkle tree's frontier: the roots of its perfect subtrees, largest first (RFC 9162 2.1.1).
+async function frontierPush(stack, leaf) {
+  stack.push({ hash: leaf, height: 0 });
+  while (stack.length > 1 && stack[stack.length - 1].height === stack[stack.length - 2].height) {
+    const right = stack.pop(), left = stack.pop();
+    stack.push({ hash: await hashChildren(left.hash, right.hash), height: left.height + 1 });
+  }
+}
+
+async function frontierRoot(stack) {
+  if (!stack.length) return sha256(new Uint8Array(0));
+  let root = stack[stack.length - 1].hash;
+  for (let i = stack.length - 2; i >= 0; i--) root = await hashChildren(stack[i].hash, root);
+  return root;
+}
+
+function logMemoKey() {
+  return LOG_KEY + ":" + toB64(pin.publicKey);
+}
+
+function showLogVerdict(memo, remembered) {
+  badSeqs.clear();
+  for (const f of memo.faults) badSeqs.set(f.seq, f.why);
+  const when = remembered ? " (verified in this browser at " + memo.at + "; remembered for this checkpoint)" : "";
+  if (memo.state === "intact") {
+    banner("intact", "Log intact \u2713 every event up to the signed checkpoint (" + memo.size + " events) was read and " +
+      "verified in this browser: all present, each hashing to its hash, each linked to the one before, " +
+      "together hashing to the signed root" + when + ".", { remembered, again: true });
+  } else {
+    const first = memo.faults[0];
+    banner("tampered", "Log TAMPERED \u2717 the log up to the signed checkpoint (" + memo.size + " events) is not what the " +
+      "broker signed. First bad: event " + first.seq + ": " + first.why + ". " + memo.count +
+      (memo.count === 1 ? " fault" : " faults") + " in all" + when + ".", { remembered, again: true, firstBad: first.seq });
+  }
+  if (lastChart && memo.faults.length) drawCharts(lastChart.points, lastChart.undated);
+}
+
+async function verifyWholeLog(cp, inconsistent, again) {
+  const gen = ++logGen;
+  badSeqs.clear();
+  if (!pin) {
+    banner("unverified", "Not yet verified: no checkpoint key is pinned. Pin the broker's key (obtained out of band) " +
+      "to verify the whole log in this browser.");
+    return;
+  }
+  if (!cp.verified) {
+    banner("failed", "Log NOT verified \u2717 the latest checkpoint does not verify with the pinned key: " + cp.why + ".");
+    return;
+  }
+  if (inconsistent) {
+    banner("failed", "Log NOT verified \u2717 " + inconsistent);
+    return;
+  }
+  const key = logMemoKey(), rootB64 = toB64(cp.root);
+  let memo = null;
+  try { memo = JSON.parse(localStorage.getItem(key) || "null"); } catch (e) { memo = null; }
+  if (!again && memo && memo.origin === cp.origin && memo.size === cp.size && memo.root === rootB64) {
+    showLogVerdict(memo, true);
+    return;
+  }
+  const faults = [];
+  const fault = (seq, why) => { faults.push({ seq, why }); badSeqs.set(seq, why); };
+  const stack = [];
+  let expect = 1, prevHash = GENESIS;
+  const progress = () => banner("pending", "Not yet verified: reading the whole log up to the signed checkpoint \u2026 " +
+    (expect - 1) + " of " + cp.size + " events checked" + (faults.length ? ", " + faults.length + " FAULTS so far" : "") + ".",
+    { progress: [expect - 1, cp.size] });
+  progress();
+  try {
+    while (expect <= cp.size) {
+      const params = new URLSearchParams({ after: String(expect - 1), before: String(cp.size + 1), limit: String(CHART_PAGE) });
+      const page = await api("/v1/audit/events?" + params);
+      if (gen !== logGen) return;
+      if (!page.events.length) break;
+      const leaves = await Promise.all(page.events.map(leafHash));
+      for (let i = 0; i < page.events.length; i++) {
+        const event = page.events[i], leaf = leaves[i];
+        if (event.seq !== expect) {
+          fault(expect, "the log has no event at " + (event.seq - 1 === expect ? "seq " + expect : "seqs " + expect + "\u2013" +
+            (event.seq - 1)) + " (removed or moved)");
+        }
+        if (toHex(leaf) !== event.hash) fault(event.seq, "its fields do not hash to its hash (altered)");
+        else if (event.prev_hash !== prevHash) {
+          fault(event.seq, "its prev_hash is not the hash of the event before it (the chain is broken there)");
+        }
+        await frontierPush(stack, leaf);
+        prevHash = event.hash;
+        expect = event.seq + 1;
+      }
+      progress();
+    }
+    if (expect <= cp.size) fault(expect, "the log has no event from seq " + expect + " to the signed size " + cp.size);
+    if (!faults.length && !equal(await frontierRoot(stack), cp.root)) {
+      fault(cp.size, "the events read do not hash to the signed root");
+    }
+  } catch (e) {
+    if (gen === logGen) {
+      banner("unverified", "Not yet verified: the log could not be read (" + e.message + ").", { again: true });
+    }
+    return;
+  }
+  if (gen !== logGen) return;
+  faults.sort((a, b) => a.seq - b.seq);
+  memo = {
+    origin: cp.origin, size: cp.size, root: rootB64, state: faults.length ? "tampered" : "intact",
+    faults: faults.slice(0, 100), count: faults.length, at: new Date().toISOString().slice(0, 19).replace("T", " ") + " UTC",
+  };
+  localStorage.setItem(key, JSON.stringify(memo));
+  showLogVerdict(memo, false);
 }
 
 // -- verifying the displayed events against the signed checkpoint -------------------------
@@ -415,7 +565,7 @@ async function provenIncluded(event, cp) {
 function setMark(td, state, why, checking) {
   td.dataset.state = state;
   td.dataset.checking = checking ? "1" : "0";
-  td.textContent = { verified: "\u2713", failed: "\u2717", unverified: "\u2717", pending: "\u2026" }[state];
+  td.textContent = { verified: "\u2713", failed: "\u2717", unverified: "?", pending: "\u2026" }[state];
   td.title = why;
   scheduleSummary();
 }
@@ -508,11 +658,12 @@ function eventRow(event, where, withReport) {
   const markCell = cell(row, "", "mark");
   for (const key of ["seq", "time", "actor", "action"]) cell(row, event[key]);
   if (withReport) {
-    const rep = cell(row, event.report ? event.report.slice(0, 8) + "\u2026" : "");
+    const rep = cell(row, "");
     if (event.report) {
       rep.className = "report";
       rep.title = event.report;
-      rep.addEventListener("click", () => showReport(event.report));
+      rep.appendChild(reportLink(event.report));
+      rep.addEventListener("click", (ev) => openReportLink(ev, event.report));
     }
   }
   for (const key of ["node", "nation"]) cell(row, event[key]);
@@ -521,6 +672,29 @@ function eventRow(event, where, withReport) {
   cell(row, detailsText(event.details), "details");
   track(where, markCell, event);
   return row;
+}
+
+// A report id is a real link (#report=<id>): it can be opened in another tab, copied, or
+// bookmarked, and the page opens the report it names when it loads.
+const REPORT_HASH = /^#report=([0-9A-Za-z:{}-]{32,45})$/;
+
+function reportLink(id) {
+  const a = document.createElement("a");
+  a.href = "#report=" + encodeURIComponent(id);
+  a.textContent = id.slice(0, 8) + "\u2026";
+  return a;
+}
+
+function openReportLink(ev, id) {
+  if (ev.button !== 0 || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.altKey) return; // a new tab: the browser's
+  ev.preventDefault();
+  if (location.hash !== "#report=" + encodeURIComponent(id)) history.pushState(null, "", "#report=" + encodeURIComponent(id));
+  showReport(id);
+}
+
+function reportInLocation() {
+  const m = REPORT_HASH.exec(location.hash);
+  return m ? decodeURIComponent(m[1]) : null;
 }
 
 function filterQuery() {
@@ -662,6 +836,12 @@ function tickLabel(t, interval, first) {
   return first ? iso.slice(0, 10) + " " + clock : clock;
 }
 
+// A series' colour family: its decision, or "altered" (see SHADES).
+function familyOf(point) {
+  if (point.altered) return "altered";
+  return point.decision === "allow" || point.decision === "deny" ? point.decision : "other";
+}
+
 // One stacked bar chart. keys[i] is the series of points[i]; axis comes from timeAxis().
 function drawChart(svg, legend, points, keys, axis) {
   svg.textContent = "";
@@ -675,9 +855,17 @@ function drawChart(svg, legend, points, keys, axis) {
   }
   const totals = new Map();
   for (const k of keys) totals.set(k, (totals.get(k) || 0) + 1);
+  const families = new Map();
+  for (let i = 0; i < points.length; i++) if (!families.has(keys[i])) families.set(keys[i], familyOf(points[i]));
   const ranked = [...totals.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
-  const keep = ranked.slice(0, ranked.length > PALETTE.length ? PALETTE.length - 1 : PALETTE.length).map(([s]) => s);
+  const keep = ranked.slice(0, ranked.length > SERIES_CAP ? SERIES_CAP - 1 : SERIES_CAP).map(([s]) => s);
   const names = ranked.length > keep.length ? [...keep, "other"] : keep;
+  const used = { allow: 0, deny: 0, altered: 0, other: 0 };
+  const colours = names.map((name, i) => {
+    const family = i < keep.length ? families.get(name) : "other";
+    const shades = SHADES[family];
+    return shades[used[family]++ % shades.length];
+  });
   const index = new Map(keep.map((s, i) => [s, i]));
   const { start, width: bucketMs, bars } = axis;
   const counts = Array.from({ length: bars }, () => new Array(names.length).fill(0));
@@ -729,7 +917,7 @@ function drawChart(svg, legend, points, keys, axis) {
       if (!n) return;
       const h = n * scale;
       y -= h;
-      const rect = svgEl("rect", { x: x.toFixed(1), y: y.toFixed(1), width: w.toFixed(1), height: Math.max(0.5, h).toFixed(1), fill: PALETTE[s] });
+      const rect = svgEl("rect", { x: x.toFixed(1), y: y.toFixed(1), width: w.toFixed(1), height: Math.max(0.5, h).toFixed(1), fill: colours[s] });
       rect.appendChild(svgEl("title", {}, names[s] + ": " + n + " of " + total + " (" + shortTime(from) +
         " \u2013 " + shortTime(to) + " UTC); click to look at this span"));
       g.appendChild(rect);
@@ -770,10 +958,11 @@ function drawChart(svg, legend, points, keys, axis) {
   names.forEach((name, s) => {
     const item = document.createElement("span");
     const swatch = svgEl("svg", { width: 10, height: 10, class: "swatch" });
-    swatch.appendChild(svgEl("rect", { width: 10, height: 10, fill: PALETTE[s] }));
+    swatch.appendChild(svgEl("rect", { width: 10, height: 10, fill: colours[s] }));
     const n = name === "other" ? ranked.slice(keep.length).reduce((a, [, c]) => a + c, 0) : totals.get(name);
     item.append(swatch, document.createTextNode(name + " (" + n + ")"));
     item.dataset.series = name;
+    item.dataset.family = s < keep.length ? families.get(name) : "other";
     legend.appendChild(item);
   });
 }
@@ -810,7 +999,12 @@ function describeAxis(axis, sorted, undated) {
   return text;
 }
 
+let lastChart = null; // the points last charted, redrawn when the whole-log check finds faults
+
 function drawCharts(points, undated) {
+  lastChart = { points, undated };
+  // An event the whole-log check found at fault is charted as altered, never as its decision.
+  for (const p of points) if (!p.altered && badSeqs.has(p.seq)) p.altered = true;
   const began = performance.now();
   try { drawBothCharts(points, undated); } finally {
     timings.chartDrawMax = Math.max(timings.chartDrawMax || 0, performance.now() - began);
@@ -830,9 +1024,9 @@ function drawBothCharts(points, undated) {
   sorted.sort();
   const axis = timeAxis(sorted);
   drawChart($("chart-reason"), $("legend-reason"), points,
-    points.map((p) => p.decision + ": " + (p.reason || "(none)")), axis);
+    points.map((p) => p.altered ? ALTERED : p.decision + ": " + (p.reason || "(none)")), axis);
   drawChart($("chart-nation"), $("legend-nation"), points,
-    points.map((p) => (p.nation || "(no nation)") + " " + p.decision), axis);
+    points.map((p) => p.altered ? ALTERED : (p.nation || "(no nation)") + " " + p.decision), axis);
   say(caption, describeAxis(axis, sorted, undated), axis.earlier ? "warn-soft" : "muted");
   caption.dataset.earlier = String(axis.earlier);
   caption.dataset.width = String(axis.width);
@@ -857,13 +1051,19 @@ async function loadCharts() {
     }
     if (gen !== chartsGen) return;
     pages++;
-    for (const e of page.events) {
+    // An event whose fields no longer hash to its hash was edited: its decision is not trusted.
+    const leaves = await Promise.all(page.events.map(leafHash));
+    if (gen !== chartsGen) return;
+    page.events.forEach((e, i) => {
       read++;
-      if (!e.decision) continue;
+      if (!e.decision) return;
       const t = eventMillis(e.time);
       if (Number.isNaN(t)) undated++;
-      else points.push({ t, decision: e.decision, reason: e.reason, nation: e.nation });
-    }
+      else {
+        points.push({ t, seq: e.seq, decision: e.decision, reason: e.reason, nation: e.nation,
+          altered: toHex(leaves[i]) !== e.hash });
+      }
+    });
     complete = page.events.length < CHART_PAGE;
     if (pages === 1 || complete || pages % 5 === 0) {
       drawCharts(points, undated);
@@ -969,48 +1169,70 @@ async function checkSignature(meta, out) {
   }
 }
 
+// The acts by which a node receives a report. A denial of one of these is a refusal of the
+// report itself; a denial of anything else (a recall, say) is not, and is listed apart.
+const RECEIVING = new Set(["read", "deliver"]);
+
 function summarise(events) {
   const byNode = new Map();
   for (const e of events) {
     const who = e.node || e.actor || "(unknown)";
-    if (!byNode.has(who)) byNode.set(who, { nation: e.nation || "", publish: 0, deliver: 0, read: 0, denied: 0, reasons: new Map() });
+    if (!byNode.has(who)) {
+      byNode.set(who, { nation: e.nation || "", publish: 0, deliver: 0, read: 0, deniedReceiving: 0, deniedOther: 0,
+        reasons: new Map(), otherActs: new Map() });
+    }
     const s = byNode.get(who);
     if (e.nation) s.nation = e.nation;
     if (e.decision === "allow" && (e.action === "publish" || e.action === "deliver" || e.action === "read")) s[e.action]++;
     if (e.decision === "deny") {
-      s.denied++;
+      if (RECEIVING.has(e.action)) s.deniedReceiving++;
+      else {
+        s.deniedOther++;
+        s.otherActs.set(e.action, (s.otherActs.get(e.action) || 0) + 1);
+      }
       const why = e.action + ": " + (e.reason || "?");
       s.reasons.set(why, (s.reasons.get(why) || 0) + 1);
     }
   }
   const body = $("report-recipients").tBodies[0];
   body.textContent = "";
-  const received = [], refused = [];
+  const received = [], refused = [], refusedOther = [];
   const order = [...byNode.entries()].sort((a, b) => (b[1].deliver + b[1].read) - (a[1].deliver + a[1].read) || (a[0] < b[0] ? -1 : 1));
   for (const [node, s] of order) {
     const row = body.insertRow();
     row.dataset.node = node;
     const got = s.deliver + s.read > 0;
-    row.className = got ? "received" : s.denied ? "refused" : "";
+    row.className = got ? "received" : s.deniedReceiving ? "refused" : "";
     if (got) received.push(node + " (" + s.nation + ")");
-    if (s.denied) refused.push(node + " (" + s.nation + ")");
+    if (s.deniedReceiving) refused.push(node + " (" + s.nation + ")");
+    if (s.deniedOther) {
+      refusedOther.push(node + " (" + s.nation + "): " +
+        [...s.otherActs.entries()].map(([act, n]) => act + (n > 1 ? " \u00d7" + n : "")).join(", "));
+    }
     cell(row, node, "mono");
     cell(row, s.nation);
     cell(row, s.publish || "");
     cell(row, s.deliver || "", s.deliver ? "allow" : "");
     cell(row, s.read || "", s.read ? "allow" : "");
-    cell(row, s.denied || "", s.denied ? "deny" : "");
+    cell(row, s.deniedReceiving || "", s.deniedReceiving ? "deny" : "");
+    cell(row, s.deniedOther || "", s.deniedOther ? "deny" : "");
     cell(row, [...s.reasons.entries()].map(([k, n]) => k + (n > 1 ? " \u00d7" + n : "")).join(", "));
   }
   const glance = $("report-glance");
   glance.textContent = "";
-  const got = document.createElement("p");
-  got.className = "ok";
-  got.textContent = "Received it (delivered or read): " + (received.length ? received.join(", ") : "nobody");
-  const denied = document.createElement("p");
-  denied.className = refused.length ? "bad" : "muted";
-  denied.textContent = "Refused: " + (refused.length ? refused.join(", ") : "nobody");
-  glance.append(got, denied);
+  const line = (list, cls, text) => {
+    const p = document.createElement("p");
+    p.dataset.list = list;
+    p.className = cls;
+    p.textContent = text;
+    glance.appendChild(p);
+  };
+  line("received", "ok", "Received it (delivered or read): " + (received.length ? received.join(", ") : "nobody"));
+  line("refused-receiving", refused.length ? "bad" : "muted",
+    "Refused it (a read or a delivery denied): " + (refused.length ? refused.join(", ") : "nobody"));
+  line("refused-other", refusedOther.length ? "warn" : "muted",
+    "Refused other acts on it (a recall, \u2026; not a refusal of the report): " +
+    (refusedOther.length ? refusedOther.join("; ") : "nobody"));
 }
 
 async function showReport(id) {
@@ -1219,6 +1441,9 @@ async function start() {
   $("who").textContent = "Signed in as " + me.id + " (" + me.nation + ")";
   $("who").title = "roles: " + me.roles.join(", ");
   await loadPin();
+  banner("unverified", "Not yet verified: loading the signed checkpoint\u2026");
+  const linked = reportInLocation();
+  if (linked) showReport(linked);
   const failed = (what) => (e) => say($("page-error"), what + ": " + e.message, "error");
   await Promise.all([
     loadEvents(true),
@@ -1274,8 +1499,20 @@ $("unpin").addEventListener("click", async () => {
 });
 
 $("sign-checkpoint").addEventListener("click", () => loadCheckpoint(true));
+$("reverify-log").addEventListener("click", () => {
+  verifyWholeLog(checkpoint, $("consistency-verdict").dataset.state === "failed" ? $("consistency-verdict").textContent : null, true);
+});
+window.addEventListener("hashchange", () => {
+  const id = reportInLocation();
+  if (id && token && !$("events-panel").hidden) showReport(id);
+});
 $("reload-checkpoint").addEventListener("click", () => loadCheckpoint(false));
-$("close-report").addEventListener("click", () => { reportGen++; $("report-panel").hidden = true; shown.report.clear(); });
+$("close-report").addEventListener("click", () => {
+  reportGen++;
+  $("report-panel").hidden = true;
+  shown.report.clear();
+  if (reportInLocation()) history.pushState(null, "", location.pathname + location.search);
+});
 $("signout").addEventListener("click", () => {
   token = "";
   sessionStorage.removeItem("auditToken");
