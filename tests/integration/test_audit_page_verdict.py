@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import update
 
 from broker.storage import statements as st
-from tests.integration.conftest import Api
+from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body
 from tests.integration.test_audit_page import browser, marks, needs_browser, shot, sign_in, wait_for
 
@@ -79,7 +79,8 @@ def _banner(driver: Any) -> dict[str, Any]:
 def _mark_colours(driver: Any) -> set[str]:
     return set(
         driver.execute_script(
-            "return [...document.querySelectorAll('#events tbody td.mark')].map((td) => getComputedStyle(td).color)"
+            "return [...document.querySelectorAll('#events tbody td.mark')]"
+            ".map((td) => getComputedStyle(td).color)"
         )
     )
 
@@ -94,7 +95,7 @@ def _rgb(css: str) -> tuple[int, int, int]:
 def _family(css: str) -> str:
     """ "red" (reds, oranges, magentas), "cool" (greens to blues) or "grey", by hue."""
     r, g, b = _rgb(css)
-    hue, lightness, saturation = colorsys.rgb_to_hls(r / 255, g / 255, b / 255)
+    hue, _lightness, saturation = colorsys.rgb_to_hls(r / 255, g / 255, b / 255)
     if saturation < 0.25 or max(r, g, b) - min(r, g, b) < 40:
         return "grey"
     degrees = hue * 360
@@ -113,7 +114,10 @@ def _verdicts(base: str, log: Log, profile: Path, after_edit: bool) -> dict[str,
     from selenium.webdriver.common.by import By
 
     out: dict[str, Any] = {}
-    with browser(profile) as driver:
+    name = "tampered" if after_edit else "intact"
+    # Tall enough that one screenshot holds the banner, the checkpoint, the charts and the table's
+    # first rows.
+    with browser(profile, height=2300) as driver:
         _sign_in_and_wait(driver, base, log.auditor)
         if not after_edit:
             # (c) No key pinned yet: grey "not yet verified", nothing red, nothing ticked.
@@ -123,19 +127,38 @@ def _verdicts(base: str, log: Log, profile: Path, after_edit: bool) -> dict[str,
             out["unpinned_verdict_colour"] = driver.execute_script(
                 "return getComputedStyle(document.getElementById('checkpoint-verdict')).color"
             )
+            driver.execute_script("window.scrollTo(0, 0)")
             out["shot_unpinned"] = shot(driver, "audit-verdict-unpinned.png")
             driver.find_element(By.ID, "pin-input").send_keys(log.vkey)
             driver.find_element(By.CSS_SELECTOR, "#pin-form button[type=submit]").click()
         wait_for(driver, lambda d: _banner(d)["state"] in ("intact", "tampered", "failed"), timeout=60)
+        wait_for(driver, lambda d: "pending" not in marks(d, "#events"))
         out["banner"] = _banner(driver)
+        out["marks"] = marks(driver, "#events")
         out["seqs"] = [
             int(s)
             for s in driver.execute_script(
-                "return [...document.querySelectorAll('#events tbody tr[data-seq]')].map((tr) => tr.dataset.seq)"
+                "return [...document.querySelectorAll('#events tbody tr[data-seq]')]"
+                ".map((tr) => tr.dataset.seq)"
             )
         ]
         driver.execute_script("window.scrollTo(0, 0)")
-        out["shot"] = shot(driver, "audit-verdict-tampered.png" if after_edit else "audit-verdict-intact.png")
+        out["shot"] = shot(driver, f"audit-verdict-{name}.png")
+        if after_edit:
+            # The banner's button shows the first bad event in the table, flagged there too.
+            driver.find_element(By.ID, "show-first-bad").click()
+            wait_for(
+                driver,
+                lambda d: d.execute_script(
+                    "const tr = document.querySelector('#events tbody tr[data-seq]');"
+                    "return tr && tr.dataset.seq === arguments[0]"
+                    " && tr.querySelector('td.mark').dataset.state === 'failed'",
+                    str(log.first_read),
+                ),
+            )
+            out["shot_first_bad"] = shot(
+                driver, "audit-verdict-tampered-first-bad.png", driver.find_element(By.ID, "events-panel")
+            )
         # Reloaded: the verdict for this checkpoint is remembered, not recomputed.
         driver.get(f"{base}/audit/")
         wait_for(driver, lambda d: _banner(d)["state"] in ("intact", "tampered", "failed"), timeout=60)
@@ -145,8 +168,10 @@ def _verdicts(base: str, log: Log, profile: Path, after_edit: bool) -> dict[str,
 
 @needs_browser
 async def test_one_banner_for_the_whole_log_names_an_edited_event_off_the_first_page(
-    api: Api, tmp_path: Path
+    start_server: StartServer, tmp_path: Path
 ) -> None:
+    # No checkpoint but the test's own: a reload must meet the checkpoint it verified.
+    api = await start_server(checkpoint_every_seconds=86_400.0, checkpoint_every_events=10**9)
     log = await _log(api)
     profile = tmp_path / "profile"
     intact = await asyncio.to_thread(_verdicts, api.base_url, log, profile, False)
@@ -169,15 +194,19 @@ async def test_one_banner_for_the_whole_log_names_an_edited_event_off_the_first_
     assert (await api.call("POST", "/v1/audit/checkpoints", log.auditor))[0] == 201
     tampered = await asyncio.to_thread(_verdicts, api.base_url, log, profile, True)
     assert log.first_read not in tampered["seqs"] and len(tampered["seqs"]) == 100, "the edited row is shown"
+    # Every row on the first page verifies: only the banner can tell the log was edited.
+    assert set(tampered["marks"]) == {"verified"}, tampered["marks"]
     banner = tampered["banner"]
     assert banner["state"] == "tampered" and _family(banner["colour"]) == "red", banner
     assert banner["firstBad"] == str(log.first_read), banner
     assert f"event {log.first_read}" in banner["text"] and "TAMPERED" in banner["text"], banner
-    assert tampered["reloaded"]["state"] == "tampered" and tampered["reloaded"]["remembered"]
+    assert tampered["reloaded"]["state"] == "tampered" and tampered["reloaded"]["remembered"], tampered[
+        "reloaded"
+    ]
     assert size > LATER_READS
-    for name in ("shot_unpinned",):
-        assert intact[name].exists()
-    assert intact["shot"].exists() and tampered["shot"].exists()
+    assert set(intact["marks"]) == {"verified"}
+    for path in (intact["shot_unpinned"], intact["shot"], tampered["shot"], tampered["shot_first_bad"]):
+        assert path.exists()
 
 
 def _charts(base: str, token: str, profile: Path) -> dict[str, Any]:
@@ -195,7 +224,8 @@ def _charts(base: str, token: str, profile: Path) -> dict[str, Any]:
         for chart in ("reason", "nation"):
             legends[chart] = driver.execute_script(
                 "return [...document.querySelectorAll('#legend-' + arguments[0] + ' > span')]"
-                ".map((s) => [s.dataset.series, s.textContent, s.querySelector('rect').getAttribute('fill')])",
+                ".map((s) => [s.dataset.series, s.textContent,"
+                " s.querySelector('rect').getAttribute('fill')])",
                 chart,
             )
         shot(driver, "audit-verdict-charts.png", driver.find_element(By.ID, "charts-panel"))

@@ -420,6 +420,8 @@ function banner(state, text, extra) {
   bar.hidden = !(extra && extra.progress);
   if (extra && extra.progress) { bar.max = extra.progress[1]; bar.value = extra.progress[0]; }
   $("reverify-log").hidden = !(extra && extra.again);
+  $("show-first-bad").hidden = !(extra && extra.firstBad);
+  if (extra && extra.firstBad) $("show-first-bad").textContent = "Show event " + extra.firstBad + " in the table";
 }
 
 // A Merkle tree's frontier: the roots of its perfect subtrees, largest first (RFC 9162 2.1.1).
@@ -482,13 +484,19 @@ async function verifyWholeLog(cp, inconsistent, again) {
     showLogVerdict(memo, true);
     return;
   }
+  // Events verified before may have been edited since: a new checkpoint is checked from event 1.
+  // Meanwhile the last verdict is named, but as what it was: a verdict on another checkpoint.
+  const before = memo && memo.origin === cp.origin && memo.state
+    ? " Last verdict in this browser, for the checkpoint of size " + memo.size + " (" + memo.at + "): " +
+      (memo.state === "intact" ? "intact." : "TAMPERED, first bad event " + memo.faults[0].seq + ".")
+    : "";
   const faults = [];
   const fault = (seq, why) => { faults.push({ seq, why }); badSeqs.set(seq, why); };
   const stack = [];
   let expect = 1, prevHash = GENESIS;
   const progress = () => banner("pending", "Not yet verified: reading the whole log up to the signed checkpoint \u2026 " +
-    (expect - 1) + " of " + cp.size + " events checked" + (faults.length ? ", " + faults.length + " FAULTS so far" : "") + ".",
-    { progress: [expect - 1, cp.size] });
+    (expect - 1) + " of " + cp.size + " events checked" + (faults.length ? ", " + faults.length + " FAULTS so far" : "") +
+    "." + before, { progress: [expect - 1, cp.size] });
   progress();
   try {
     while (expect <= cp.size) {
@@ -708,13 +716,15 @@ function filterQuery() {
 let before = null; // the oldest seq shown: the next page's "before"
 let eventsGen = 0;
 
-async function loadEvents(reset) {
+// from: on a reset, the table starts at this seq (newest first) instead of the log's end.
+async function loadEvents(reset, from) {
   const gen = reset ? ++eventsGen : eventsGen;
   const filters = filterQuery();
   const params = new URLSearchParams(filters);
   params.set("order", "desc");
   params.set("limit", PAGE);
   if (!reset && before !== null) params.set("before", before);
+  if (reset && from) params.set("before", from + 1);
   $("older").disabled = true;
   let page;
   try {
@@ -1501,6 +1511,15 @@ $("unpin").addEventListener("click", async () => {
 $("sign-checkpoint").addEventListener("click", () => loadCheckpoint(true));
 $("reverify-log").addEventListener("click", () => {
   verifyWholeLog(checkpoint, $("consistency-verdict").dataset.state === "failed" ? $("consistency-verdict").textContent : null, true);
+});
+// The table from the first bad event down, with no filter that could hide it.
+$("show-first-bad").addEventListener("click", () => {
+  const seq = Number($("log-verdict").dataset.firstBad);
+  for (const el of $("filters").elements) if (el.name) el.value = "";
+  loadEvents(true, seq).then((ok) => {
+    if (ok) $("events-panel").scrollIntoView({ block: "start" });
+    if (ok) loadCharts();
+  });
 });
 window.addEventListener("hashchange", () => {
   const id = reportInLocation();
