@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from broker.storage import statements as st
 from tests.integration.conftest import Api, StartServer
@@ -222,6 +222,31 @@ async def test_one_banner_for_the_whole_log_names_an_edited_event_off_the_first_
     assert set(intact["marks"]) <= {"verified", "newer"} and "verified" in intact["marks"], intact["marks"]
     for path in (intact["shot_unpinned"], intact["shot"], tampered["shot"], tampered["shot_first_bad"]):
         assert path.exists()
+
+
+def _first_verdict(base: str, log: Log, profile: Path) -> dict[str, Any]:
+    from selenium.webdriver.common.by import By
+
+    with browser(profile) as driver:
+        _sign_in_and_wait(driver, base, log.auditor)
+        driver.find_element(By.ID, "pin-input").send_keys(log.vkey)
+        driver.find_element(By.CSS_SELECTOR, "#pin-form button[type=submit]").click()
+        wait_for(driver, lambda d: _banner(d)["state"] in ("intact", "tampered", "failed"), timeout=60)
+        return _banner(driver)
+
+
+@needs_browser
+async def test_the_banner_names_an_event_removed_from_the_database(api: Api, tmp_path: Path) -> None:
+    log = await _log(api)
+    async with api.ctx.db.transaction() as tx:
+
+        def remove(connection: Any) -> None:
+            connection.execute(delete(st.EVENTS).where(st.EVENTS.c.seq == log.first_read))
+
+        await tx.run(remove)  # committed as the block ends
+    banner = await asyncio.to_thread(_first_verdict, api.base_url, log, tmp_path / "profile")
+    assert banner["state"] == "tampered" and banner["firstBad"] == str(log.first_read), banner
+    assert f"no event at seq {log.first_read}" in banner["text"], banner
 
 
 def _charts(base: str, token: str, profile: Path) -> dict[str, Any]:

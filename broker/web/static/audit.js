@@ -570,7 +570,8 @@ async function verifyWholeLog(cp, inconsistent, again) {
         }
         if (toHex(leaf) !== event.hash) fault(event.seq, "its fields do not hash to its hash (altered)");
         else if (event.prev_hash !== prevHash) {
-          fault(event.seq, "its prev_hash is not the hash of the event before it (the chain is broken there)");
+          fault(event.seq, "its prev_hash is not the hash of event " + (event.seq - 1) +
+            ": one of the two was altered (the chain is broken there)");
         }
         frontierPush(stack, leaf);
         prevHash = event.hash;
