@@ -366,7 +366,7 @@ async def test_auditor_page_at_ten_thousand_events(api: Api, clock: FakeClock, t
     for node in RECEIVERS:
         assert recipients[node].split()[1] == NATIONS[node] and "not_releasable" not in recipients[node]
     assert "read: not_releasable" in recipients["nga-1"], recipients["nga-1"]
-    assert "Refused: nga-1 (NGA)" in result["report_glance"]
+    assert "Refused it (a read or a delivery denied): nga-1 (NGA)" in result["report_glance"]
     assert result["zoomed_since"] and result["zoomed_until"] > result["zoomed_since"]
     assert result["zoomed_coverage"] != result["coverage"]
     # The time axis: an hour a bar over the two days, the setup events of 2026-01-01 counted in

@@ -12,8 +12,18 @@ const PROOF_CONCURRENCY = 4;
 const PIN_KEY = "auditPinnedCheckpointKey";
 const SEEN_KEY = "auditLastVerifiedCheckpoint";
 const SVG_NS = "http://www.w3.org/2000/svg";
-const PALETTE = ["#1d4ed8", "#a4161a", "#2b7a0b", "#9a6700", "#7c3aed", "#0e7490", "#be185d",
-  "#4b5563", "#ea580c", "#65a30d"];
+const LOG_KEY = "auditWholeLog"; // + ":" + the pinned key: the last whole-log verdict with it
+const GENESIS = "0".repeat(64); // the prev_hash of event 1
+const SERIES_CAP = 10; // series a chart's legend names; the rest are summed as "other"
+// Allow and deny are told apart by colour family before any label is read: allows in greens
+// and blues, denials in reds, oranges and magentas, an altered event in black.
+const SHADES = {
+  allow: ["#1b7837", "#2166ac", "#5aae61", "#0e7490", "#4393c3", "#166534", "#66bd63", "#1e3a8a", "#35978f", "#92c5de"],
+  deny: ["#b2182b", "#e08214", "#c51b7d", "#d6604d", "#8e0152", "#b35806", "#f46d43", "#de77ae", "#fdae61", "#67001f"],
+  altered: ["#111111"],
+  other: ["#9ca3af"],
+};
+const ALTERED = "altered event"; // the series of events whose fields do not hash to their hash
 
 // Timings for the browser test: milliseconds since the sign-in was submitted.
 const timings = { start: null };
@@ -148,7 +158,65 @@ async function leafHash(event) {
   return sha256(concat(Uint8Array.of(0), utf8(canonical(body))));
 }
 
+// SHA-256 (FIPS 180-4) in plain JavaScript, for hashing thousands of events at once: one
+// WebCrypto digest per event costs a promise and a trip to another thread each, which made the
+// charts and the whole-log check several times slower. The constants are the first 32 bits of
+// the fractional parts of the square and cube roots of the first primes, as the standard says.
+const SHA_K = new Uint32Array(64), SHA_H = new Uint32Array(8);
+(() => {
+  const frac = (x) => (x - Math.floor(x)) * 2 ** 32;
+  for (let n = 2, found = 0; found < 64; n++) {
+    let prime = true;
+    for (let d = 2; d * d <= n; d++) if (n % d === 0) { prime = false; break; }
+    if (!prime) continue;
+    if (found < 8) SHA_H[found] = frac(Math.sqrt(n));
+    SHA_K[found++] = frac(Math.cbrt(n));
+  }
+})();
+const shaW = new Uint32Array(64);
+
+function sha256Sync(data) {
+  const n = data.length, total = Math.ceil((n + 9) / 64) * 64;
+  const buf = new Uint8Array(total);
+  buf.set(data);
+  buf[n] = 0x80;
+  const view = new DataView(buf.buffer);
+  view.setUint32(total - 8, Math.floor(n / 0x20000000));
+  view.setUint32(total - 4, (n * 8) >>> 0);
+  const h = SHA_H.slice(), w = shaW;
+  for (let off = 0; off < total; off += 64) {
+    for (let i = 0; i < 16; i++) w[i] = view.getUint32(off + 4 * i);
+    for (let i = 16; i < 64; i++) {
+      const x = w[i - 15], y = w[i - 2];
+      const s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
+      const s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
+      w[i] = (w[i - 16] + s0 + w[i - 7] + s1) | 0;
+    }
+    let a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (let i = 0; i < 64; i++) {
+      const t1 = (k + (((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7))) +
+        ((e & f) ^ (~e & g)) + SHA_K[i] + w[i]) | 0;
+      const t2 = ((((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10))) +
+        ((a & b) ^ (a & c) ^ (b & c))) | 0;
+      k = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
+    }
+    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += k;
+  }
+  const out = new Uint8Array(32);
+  const outView = new DataView(out.buffer);
+  for (let i = 0; i < 8; i++) outView.setUint32(4 * i, h[i]);
+  return out;
+}
+
+// leafHash, synchronously: for many events at once.
+function leafHashSync(event) {
+  const body = {};
+  for (const [k, v] of Object.entries(event)) if (k !== "hash") body[k] = v;
+  return sha256Sync(concat(Uint8Array.of(0), utf8(canonical(body))));
+}
+
 const hashChildren = (left, right) => sha256(concat(Uint8Array.of(1), left, right));
+const hashChildrenSync = (left, right) => sha256Sync(concat(Uint8Array.of(1), left, right));
 const odd = (n) => n % 2 === 1;
 const isPowerOfTwo = (n) => n > 0 && Number.isInteger(Math.log2(n));
 const half = (n) => Math.floor(n / 2);
@@ -264,7 +332,7 @@ let checkpoint = null; // { verified, size, root, origin, rootHex } of the lates
 
 function showPin() {
   $("pinned-key").textContent = pin ? pin.text : "none: paste the broker's checkpoint key to verify anything";
-  $("pinned-key").className = pin ? "mono" : "mono bad";
+  $("pinned-key").className = pin ? "mono" : "mono warn";
   $("unpin").disabled = !pin;
 }
 
@@ -363,15 +431,18 @@ async function useCheckpoint(cp) {
       consistency.dataset.state = "unverified";
     }
   } else {
-    checkpoint = { verified: false, why: result.why };
+    checkpoint = { verified: false, why: result.why, unpinned: !pin };
     fact(box, "Events covered (unverified)", cp.size);
     fact(box, "Merkle root (unverified)", cp.head, "mono");
-    say(verdict, "Signature NOT verified: " + result.why + " \u2717", "bad");
+    // Nothing pinned is "not yet", grey; a pinned key the note does not verify with is a failure.
+    if (pin) say(verdict, "Signature NOT verified: " + result.why + " \u2717", "bad");
+    else say(verdict, "Signature NOT verified yet: no key pinned", "muted");
     consistency.dataset.state = "unverified";
   }
   verdict.dataset.state = checkpoint.verified ? "verified" : "unverified";
   mark("checkpoint");
   reverifyAll();
+  verifyWholeLog(checkpoint, consistency.dataset.state === "failed" ? consistency.textContent : null, false);
 }
 
 async function loadCheckpoint(sign) {
@@ -380,7 +451,152 @@ async function loadCheckpoint(sign) {
     await useCheckpoint(cp);
   } catch (e) {
     say($("page-error"), "Checkpoint: " + e.message, "error");
+    if (!checkpoint) banner("unverified", "Not yet verified: the signed checkpoint could not be loaded (" + e.message + ").");
   }
+}
+
+// -- the whole log against the signed checkpoint: one verdict ------------------------------
+//
+// Each row's proof covers that row only: an event edited further back than the rows on screen
+// would leave every mark green. So once a checkpoint verifies, the page reads every event from 1
+// to its size (1,000 a request, showing progress) and checks that each seq is there, each
+// event's fields hash to its hash, each prev_hash is the hash of the event before, and the
+// leaves fold to the signed root. The verdict is kept in localStorage by pinned key, origin,
+// size and root, so reloading the page for the same checkpoint does not read the log again.
+
+const badSeqs = new Map(); // seq -> why, from the whole-log check of the checkpoint shown
+let logGen = 0;
+
+function banner(state, text, extra) {
+  const box = $("log-verdict");
+  box.hidden = false;
+  box.dataset.state = state;
+  box.dataset.remembered = extra && extra.remembered ? "1" : "";
+  box.dataset.firstBad = extra && extra.firstBad ? String(extra.firstBad) : "";
+  $("log-verdict-text").textContent = text;
+  const bar = $("log-verdict-progress");
+  bar.hidden = !(extra && extra.progress);
+  if (extra && extra.progress) { bar.max = extra.progress[1]; bar.value = extra.progress[0]; }
+  $("reverify-log").hidden = !(extra && extra.again);
+  $("show-first-bad").hidden = !(extra && extra.firstBad);
+  if (extra && extra.firstBad) $("show-first-bad").textContent = "Show event " + extra.firstBad + " in the table";
+}
+
+// A Merkle tree's frontier: the roots of its perfect subtrees, largest first (RFC 9162 2.1.1).
+function frontierPush(stack, leaf) {
+  stack.push({ hash: leaf, height: 0 });
+  while (stack.length > 1 && stack[stack.length - 1].height === stack[stack.length - 2].height) {
+    const right = stack.pop(), left = stack.pop();
+    stack.push({ hash: hashChildrenSync(left.hash, right.hash), height: left.height + 1 });
+  }
+}
+
+async function frontierRoot(stack) {
+  if (!stack.length) return sha256(new Uint8Array(0));
+  let root = stack[stack.length - 1].hash;
+  for (let i = stack.length - 2; i >= 0; i--) root = await hashChildren(stack[i].hash, root);
+  return root;
+}
+
+function logMemoKey() {
+  return LOG_KEY + ":" + toB64(pin.publicKey);
+}
+
+function showLogVerdict(memo, remembered) {
+  badSeqs.clear();
+  for (const f of memo.faults) badSeqs.set(f.seq, f.why);
+  const when = remembered ? " (verified in this browser at " + memo.at + "; remembered for this checkpoint)" : "";
+  if (memo.state === "intact") {
+    banner("intact", "Log intact \u2713 every event up to the signed checkpoint (" + memo.size + " events) was read and " +
+      "verified in this browser: all present, each hashing to its hash, each linked to the one before, " +
+      "together hashing to the signed root" + when + ".", { remembered, again: true });
+  } else {
+    const first = memo.faults[0];
+    banner("tampered", "Log TAMPERED \u2717 the log up to the signed checkpoint (" + memo.size + " events) is not what the " +
+      "broker signed. First bad: event " + first.seq + ": " + first.why + ". " + memo.count +
+      (memo.count === 1 ? " fault" : " faults") + " in all" + when + ".", { remembered, again: true, firstBad: first.seq });
+  }
+  if (lastChart && memo.faults.length) drawCharts(lastChart.points, lastChart.undated);
+}
+
+async function verifyWholeLog(cp, inconsistent, again) {
+  const gen = ++logGen;
+  badSeqs.clear();
+  if (!pin) {
+    banner("unverified", "Not yet verified: no checkpoint key is pinned. Pin the broker's key (obtained out of band) " +
+      "to verify the whole log in this browser.");
+    return;
+  }
+  if (!cp.verified) {
+    banner("failed", "Log NOT verified \u2717 the latest checkpoint does not verify with the pinned key: " + cp.why + ".");
+    return;
+  }
+  if (inconsistent) {
+    banner("failed", "Log NOT verified \u2717 " + inconsistent);
+    return;
+  }
+  const key = logMemoKey(), rootB64 = toB64(cp.root);
+  let memo = null;
+  try { memo = JSON.parse(localStorage.getItem(key) || "null"); } catch (e) { memo = null; }
+  if (!again && memo && memo.origin === cp.origin && memo.size === cp.size && memo.root === rootB64) {
+    showLogVerdict(memo, true);
+    return;
+  }
+  // Events verified before may have been edited since: a new checkpoint is checked from event 1.
+  // Meanwhile the last verdict is named, but as what it was: a verdict on another checkpoint.
+  const before = memo && memo.origin === cp.origin && memo.state
+    ? " Last verdict in this browser, for the checkpoint of size " + memo.size + " (" + memo.at + "): " +
+      (memo.state === "intact" ? "intact." : "TAMPERED, first bad event " + memo.faults[0].seq + ".")
+    : "";
+  const faults = [];
+  const fault = (seq, why) => { faults.push({ seq, why }); badSeqs.set(seq, why); };
+  const stack = [];
+  let expect = 1, prevHash = GENESIS;
+  const progress = () => banner("pending", "Not yet verified: reading the whole log up to the signed checkpoint \u2026 " +
+    (expect - 1) + " of " + cp.size + " events checked" + (faults.length ? ", " + faults.length + " FAULTS so far" : "") +
+    "." + before, { progress: [expect - 1, cp.size] });
+  progress();
+  try {
+    while (expect <= cp.size) {
+      const params = new URLSearchParams({ after: String(expect - 1), before: String(cp.size + 1), limit: String(CHART_PAGE) });
+      const page = await api("/v1/audit/events?" + params);
+      if (gen !== logGen) return;
+      if (!page.events.length) break;
+      for (const event of page.events) {
+        const leaf = leafHashSync(event);
+        if (event.seq !== expect) {
+          fault(expect, "the log has no event at " + (event.seq - 1 === expect ? "seq " + expect : "seqs " + expect + "\u2013" +
+            (event.seq - 1)) + " (removed or moved)");
+        }
+        if (toHex(leaf) !== event.hash) fault(event.seq, "its fields do not hash to its hash (altered)");
+        else if (event.prev_hash !== prevHash) {
+          fault(event.seq, "its prev_hash is not the hash of event " + (event.seq - 1) +
+            ": one of the two was altered (the chain is broken there)");
+        }
+        frontierPush(stack, leaf);
+        prevHash = event.hash;
+        expect = event.seq + 1;
+      }
+      progress();
+    }
+    if (expect <= cp.size) fault(expect, "the log has no event from seq " + expect + " to the signed size " + cp.size);
+    if (!faults.length && !equal(await frontierRoot(stack), cp.root)) {
+      fault(cp.size, "the events read do not hash to the signed root");
+    }
+  } catch (e) {
+    if (gen === logGen) {
+      banner("unverified", "Not yet verified: the log could not be read (" + e.message + ").", { again: true });
+    }
+    return;
+  }
+  if (gen !== logGen) return;
+  faults.sort((a, b) => a.seq - b.seq);
+  memo = {
+    origin: cp.origin, size: cp.size, root: rootB64, state: faults.length ? "tampered" : "intact",
+    faults: faults.slice(0, 100), count: faults.length, at: new Date().toISOString().slice(0, 19).replace("T", " ") + " UTC",
+  };
+  localStorage.setItem(key, JSON.stringify(memo));
+  showLogVerdict(memo, false);
 }
 
 // -- verifying the displayed events against the signed checkpoint -------------------------
@@ -415,7 +631,7 @@ async function provenIncluded(event, cp) {
 function setMark(td, state, why, checking) {
   td.dataset.state = state;
   td.dataset.checking = checking ? "1" : "0";
-  td.textContent = { verified: "\u2713", failed: "\u2717", unverified: "\u2717", pending: "\u2026" }[state];
+  td.textContent = { verified: "\u2713", failed: "\u2717", unverified: "?", pending: "\u2026" }[state];
   td.title = why;
   scheduleSummary();
 }
@@ -508,11 +724,12 @@ function eventRow(event, where, withReport) {
   const markCell = cell(row, "", "mark");
   for (const key of ["seq", "time", "actor", "action"]) cell(row, event[key]);
   if (withReport) {
-    const rep = cell(row, event.report ? event.report.slice(0, 8) + "\u2026" : "");
+    const rep = cell(row, "");
     if (event.report) {
       rep.className = "report";
       rep.title = event.report;
-      rep.addEventListener("click", () => showReport(event.report));
+      rep.appendChild(reportLink(event.report));
+      rep.addEventListener("click", (ev) => openReportLink(ev, event.report));
     }
   }
   for (const key of ["node", "nation"]) cell(row, event[key]);
@@ -521,6 +738,29 @@ function eventRow(event, where, withReport) {
   cell(row, detailsText(event.details), "details");
   track(where, markCell, event);
   return row;
+}
+
+// A report id is a real link (#report=<id>): it can be opened in another tab, copied, or
+// bookmarked, and the page opens the report it names when it loads.
+const REPORT_HASH = /^#report=([0-9A-Za-z:{}-]{32,45})$/;
+
+function reportLink(id) {
+  const a = document.createElement("a");
+  a.href = "#report=" + encodeURIComponent(id);
+  a.textContent = id.slice(0, 8) + "\u2026";
+  return a;
+}
+
+function openReportLink(ev, id) {
+  if (ev.button !== 0 || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.altKey) return; // a new tab: the browser's
+  ev.preventDefault();
+  if (location.hash !== "#report=" + encodeURIComponent(id)) history.pushState(null, "", "#report=" + encodeURIComponent(id));
+  showReport(id);
+}
+
+function reportInLocation() {
+  const m = REPORT_HASH.exec(location.hash);
+  return m ? decodeURIComponent(m[1]) : null;
 }
 
 function filterQuery() {
@@ -534,13 +774,15 @@ function filterQuery() {
 let before = null; // the oldest seq shown: the next page's "before"
 let eventsGen = 0;
 
-async function loadEvents(reset) {
+// from: on a reset, the table starts at this seq (newest first) instead of the log's end.
+async function loadEvents(reset, from) {
   const gen = reset ? ++eventsGen : eventsGen;
   const filters = filterQuery();
   const params = new URLSearchParams(filters);
   params.set("order", "desc");
   params.set("limit", PAGE);
   if (!reset && before !== null) params.set("before", before);
+  if (reset && from) params.set("before", from + 1);
   $("older").disabled = true;
   let page;
   try {
@@ -662,6 +904,12 @@ function tickLabel(t, interval, first) {
   return first ? iso.slice(0, 10) + " " + clock : clock;
 }
 
+// A series' colour family: its decision, or "altered" (see SHADES).
+function familyOf(point) {
+  if (point.altered) return "altered";
+  return point.decision === "allow" || point.decision === "deny" ? point.decision : "other";
+}
+
 // One stacked bar chart. keys[i] is the series of points[i]; axis comes from timeAxis().
 function drawChart(svg, legend, points, keys, axis) {
   svg.textContent = "";
@@ -675,9 +923,17 @@ function drawChart(svg, legend, points, keys, axis) {
   }
   const totals = new Map();
   for (const k of keys) totals.set(k, (totals.get(k) || 0) + 1);
+  const families = new Map();
+  for (let i = 0; i < points.length; i++) if (!families.has(keys[i])) families.set(keys[i], familyOf(points[i]));
   const ranked = [...totals.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
-  const keep = ranked.slice(0, ranked.length > PALETTE.length ? PALETTE.length - 1 : PALETTE.length).map(([s]) => s);
+  const keep = ranked.slice(0, ranked.length > SERIES_CAP ? SERIES_CAP - 1 : SERIES_CAP).map(([s]) => s);
   const names = ranked.length > keep.length ? [...keep, "other"] : keep;
+  const used = { allow: 0, deny: 0, altered: 0, other: 0 };
+  const colours = names.map((name, i) => {
+    const family = i < keep.length ? families.get(name) : "other";
+    const shades = SHADES[family];
+    return shades[used[family]++ % shades.length];
+  });
   const index = new Map(keep.map((s, i) => [s, i]));
   const { start, width: bucketMs, bars } = axis;
   const counts = Array.from({ length: bars }, () => new Array(names.length).fill(0));
@@ -729,7 +985,7 @@ function drawChart(svg, legend, points, keys, axis) {
       if (!n) return;
       const h = n * scale;
       y -= h;
-      const rect = svgEl("rect", { x: x.toFixed(1), y: y.toFixed(1), width: w.toFixed(1), height: Math.max(0.5, h).toFixed(1), fill: PALETTE[s] });
+      const rect = svgEl("rect", { x: x.toFixed(1), y: y.toFixed(1), width: w.toFixed(1), height: Math.max(0.5, h).toFixed(1), fill: colours[s] });
       rect.appendChild(svgEl("title", {}, names[s] + ": " + n + " of " + total + " (" + shortTime(from) +
         " \u2013 " + shortTime(to) + " UTC); click to look at this span"));
       g.appendChild(rect);
@@ -770,10 +1026,11 @@ function drawChart(svg, legend, points, keys, axis) {
   names.forEach((name, s) => {
     const item = document.createElement("span");
     const swatch = svgEl("svg", { width: 10, height: 10, class: "swatch" });
-    swatch.appendChild(svgEl("rect", { width: 10, height: 10, fill: PALETTE[s] }));
+    swatch.appendChild(svgEl("rect", { width: 10, height: 10, fill: colours[s] }));
     const n = name === "other" ? ranked.slice(keep.length).reduce((a, [, c]) => a + c, 0) : totals.get(name);
     item.append(swatch, document.createTextNode(name + " (" + n + ")"));
     item.dataset.series = name;
+    item.dataset.family = s < keep.length ? families.get(name) : "other";
     legend.appendChild(item);
   });
 }
@@ -810,7 +1067,12 @@ function describeAxis(axis, sorted, undated) {
   return text;
 }
 
+let lastChart = null; // the points last charted, redrawn when the whole-log check finds faults
+
 function drawCharts(points, undated) {
+  lastChart = { points, undated };
+  // An event the whole-log check found at fault is charted as altered, never as its decision.
+  for (const p of points) if (!p.altered && badSeqs.has(p.seq)) p.altered = true;
   const began = performance.now();
   try { drawBothCharts(points, undated); } finally {
     timings.chartDrawMax = Math.max(timings.chartDrawMax || 0, performance.now() - began);
@@ -830,9 +1092,9 @@ function drawBothCharts(points, undated) {
   sorted.sort();
   const axis = timeAxis(sorted);
   drawChart($("chart-reason"), $("legend-reason"), points,
-    points.map((p) => p.decision + ": " + (p.reason || "(none)")), axis);
+    points.map((p) => p.altered ? ALTERED : p.decision + ": " + (p.reason || "(none)")), axis);
   drawChart($("chart-nation"), $("legend-nation"), points,
-    points.map((p) => (p.nation || "(no nation)") + " " + p.decision), axis);
+    points.map((p) => p.altered ? ALTERED : (p.nation || "(no nation)") + " " + p.decision), axis);
   say(caption, describeAxis(axis, sorted, undated), axis.earlier ? "warn-soft" : "muted");
   caption.dataset.earlier = String(axis.earlier);
   caption.dataset.width = String(axis.width);
@@ -857,13 +1119,17 @@ async function loadCharts() {
     }
     if (gen !== chartsGen) return;
     pages++;
-    for (const e of page.events) {
+    // An event whose fields no longer hash to its hash was edited: its decision is not trusted.
+    page.events.forEach((e) => {
       read++;
-      if (!e.decision) continue;
+      if (!e.decision) return;
       const t = eventMillis(e.time);
       if (Number.isNaN(t)) undated++;
-      else points.push({ t, decision: e.decision, reason: e.reason, nation: e.nation });
-    }
+      else {
+        points.push({ t, seq: e.seq, decision: e.decision, reason: e.reason, nation: e.nation,
+          altered: toHex(leafHashSync(e)) !== e.hash });
+      }
+    });
     complete = page.events.length < CHART_PAGE;
     if (pages === 1 || complete || pages % 5 === 0) {
       drawCharts(points, undated);
@@ -969,48 +1235,70 @@ async function checkSignature(meta, out) {
   }
 }
 
+// The acts by which a node receives a report. A denial of one of these is a refusal of the
+// report itself; a denial of anything else (a recall, say) is not, and is listed apart.
+const RECEIVING = new Set(["read", "deliver"]);
+
 function summarise(events) {
   const byNode = new Map();
   for (const e of events) {
     const who = e.node || e.actor || "(unknown)";
-    if (!byNode.has(who)) byNode.set(who, { nation: e.nation || "", publish: 0, deliver: 0, read: 0, denied: 0, reasons: new Map() });
+    if (!byNode.has(who)) {
+      byNode.set(who, { nation: e.nation || "", publish: 0, deliver: 0, read: 0, deniedReceiving: 0, deniedOther: 0,
+        reasons: new Map(), otherActs: new Map() });
+    }
     const s = byNode.get(who);
     if (e.nation) s.nation = e.nation;
     if (e.decision === "allow" && (e.action === "publish" || e.action === "deliver" || e.action === "read")) s[e.action]++;
     if (e.decision === "deny") {
-      s.denied++;
+      if (RECEIVING.has(e.action)) s.deniedReceiving++;
+      else {
+        s.deniedOther++;
+        s.otherActs.set(e.action, (s.otherActs.get(e.action) || 0) + 1);
+      }
       const why = e.action + ": " + (e.reason || "?");
       s.reasons.set(why, (s.reasons.get(why) || 0) + 1);
     }
   }
   const body = $("report-recipients").tBodies[0];
   body.textContent = "";
-  const received = [], refused = [];
+  const received = [], refused = [], refusedOther = [];
   const order = [...byNode.entries()].sort((a, b) => (b[1].deliver + b[1].read) - (a[1].deliver + a[1].read) || (a[0] < b[0] ? -1 : 1));
   for (const [node, s] of order) {
     const row = body.insertRow();
     row.dataset.node = node;
     const got = s.deliver + s.read > 0;
-    row.className = got ? "received" : s.denied ? "refused" : "";
+    row.className = got ? "received" : s.deniedReceiving ? "refused" : "";
     if (got) received.push(node + " (" + s.nation + ")");
-    if (s.denied) refused.push(node + " (" + s.nation + ")");
+    if (s.deniedReceiving) refused.push(node + " (" + s.nation + ")");
+    if (s.deniedOther) {
+      refusedOther.push(node + " (" + s.nation + "): " +
+        [...s.otherActs.entries()].map(([act, n]) => act + (n > 1 ? " \u00d7" + n : "")).join(", "));
+    }
     cell(row, node, "mono");
     cell(row, s.nation);
     cell(row, s.publish || "");
     cell(row, s.deliver || "", s.deliver ? "allow" : "");
     cell(row, s.read || "", s.read ? "allow" : "");
-    cell(row, s.denied || "", s.denied ? "deny" : "");
+    cell(row, s.deniedReceiving || "", s.deniedReceiving ? "deny" : "");
+    cell(row, s.deniedOther || "", s.deniedOther ? "deny" : "");
     cell(row, [...s.reasons.entries()].map(([k, n]) => k + (n > 1 ? " \u00d7" + n : "")).join(", "));
   }
   const glance = $("report-glance");
   glance.textContent = "";
-  const got = document.createElement("p");
-  got.className = "ok";
-  got.textContent = "Received it (delivered or read): " + (received.length ? received.join(", ") : "nobody");
-  const denied = document.createElement("p");
-  denied.className = refused.length ? "bad" : "muted";
-  denied.textContent = "Refused: " + (refused.length ? refused.join(", ") : "nobody");
-  glance.append(got, denied);
+  const line = (list, cls, text) => {
+    const p = document.createElement("p");
+    p.dataset.list = list;
+    p.className = cls;
+    p.textContent = text;
+    glance.appendChild(p);
+  };
+  line("received", "ok", "Received it (delivered or read): " + (received.length ? received.join(", ") : "nobody"));
+  line("refused-receiving", refused.length ? "bad" : "muted",
+    "Refused it (a read or a delivery denied): " + (refused.length ? refused.join(", ") : "nobody"));
+  line("refused-other", refusedOther.length ? "warn" : "muted",
+    "Refused other acts on it (a recall, \u2026; not a refusal of the report): " +
+    (refusedOther.length ? refusedOther.join("; ") : "nobody"));
 }
 
 async function showReport(id) {
@@ -1219,6 +1507,9 @@ async function start() {
   $("who").textContent = "Signed in as " + me.id + " (" + me.nation + ")";
   $("who").title = "roles: " + me.roles.join(", ");
   await loadPin();
+  banner("unverified", "Not yet verified: loading the signed checkpoint\u2026");
+  const linked = reportInLocation();
+  if (linked) showReport(linked);
   const failed = (what) => (e) => say($("page-error"), what + ": " + e.message, "error");
   await Promise.all([
     loadEvents(true),
@@ -1274,8 +1565,29 @@ $("unpin").addEventListener("click", async () => {
 });
 
 $("sign-checkpoint").addEventListener("click", () => loadCheckpoint(true));
+$("reverify-log").addEventListener("click", () => {
+  verifyWholeLog(checkpoint, $("consistency-verdict").dataset.state === "failed" ? $("consistency-verdict").textContent : null, true);
+});
+// The table from the first bad event down, with no filter that could hide it.
+$("show-first-bad").addEventListener("click", () => {
+  const seq = Number($("log-verdict").dataset.firstBad);
+  for (const el of $("filters").elements) if (el.name) el.value = "";
+  loadEvents(true, seq).then((ok) => {
+    if (ok) $("events-panel").scrollIntoView({ block: "start" });
+    if (ok) loadCharts();
+  });
+});
+window.addEventListener("hashchange", () => {
+  const id = reportInLocation();
+  if (id && token && !$("events-panel").hidden) showReport(id);
+});
 $("reload-checkpoint").addEventListener("click", () => loadCheckpoint(false));
-$("close-report").addEventListener("click", () => { reportGen++; $("report-panel").hidden = true; shown.report.clear(); });
+$("close-report").addEventListener("click", () => {
+  reportGen++;
+  $("report-panel").hidden = true;
+  shown.report.clear();
+  if (reportInLocation()) history.pushState(null, "", location.pathname + location.search);
+});
 $("signout").addEventListener("click", () => {
   token = "";
   sessionStorage.removeItem("auditToken");
