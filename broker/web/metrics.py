@@ -2,7 +2,8 @@
 
 The services' counters and histograms (services/metrics.py, the process-wide registry), and per
 open stream, read when scraped: queue depth in frames and bytes, and lag (reports the broker has
-seen past the stream's cursor). Stream labels are the node and the stream's name.
+seen past the stream's cursor). Stream labels are the node and the stream's name. Per node, the
+stream slots held against ``max_streams_per_node``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from broker.services import auth
 from broker.web.handlers import CONTEXT, authenticated_node
-from broker.web.ws import FEED, SESSIONS, StreamSession
+from broker.web.ws import FEED, PER_NODE, SESSIONS, StreamSession
 
 
 class _Streams(Collector):
@@ -38,7 +39,16 @@ class _Streams(Collector):
             frames.add_metric(key, s.queue.qsize())
             size.add_metric(key, s.queued_bytes)
             lag.add_metric(key, max(0, head - s.cursor))
-        return [open_streams, frames, size, lag]
+        # Counted from the handshake's admission to the handler's end, so a slot that is never
+        # given back shows here even when no stream runs on it.
+        slots = GaugeMetricFamily(
+            "broker_stream_slots",
+            "Stream slots held per node, against server.max_streams_per_node",
+            labels=["node"],
+        )
+        for node, held in sorted(self._app[PER_NODE].items()):
+            slots.add_metric([node], held)
+        return [open_streams, frames, size, lag, slots]
 
 
 async def metrics(request: web.Request) -> web.Response:
