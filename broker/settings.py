@@ -41,6 +41,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "ack_flush_ms",
             "allowed_origins",
             "auth_failure_burst",
+            "auth_failure_max_sources",
             "auth_failure_window_seconds",
             "auth_failures_per_second",
             "body_read_timeout_seconds",
@@ -68,6 +69,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "stream_heartbeat_seconds",
             "stream_queue_bytes",
             "stream_queue_size",
+            "trusted_proxies",
         ]
     ),
     "tls": frozenset(["cert", "client_auth", "client_ca", "insecure_http", "key"]),
@@ -118,6 +120,11 @@ class Settings:
     auth_failures_per_second: float = 5.0
     auth_failure_burst: int = 50
     auth_failure_window_seconds: float = 10.0
+    # Failing sources the limiter keeps a bucket for (the oldest is forgotten past it), and the
+    # distinct sources one audit window counts by name (the rest are counted together).
+    auth_failure_max_sources: int = 20_000
+    # Networks (CIDR) of reverse proxies whose X-Forwarded-For names the client's address.
+    trusted_proxies: tuple[str, ...] = ()
     body_read_timeout_seconds: float = 30.0
     request_head_timeout_seconds: float = 10.0
     max_connections_per_source: int = 64
@@ -195,6 +202,10 @@ class Settings:
             auth_failure_window_seconds=float(
                 get.number(server, "server.auth_failure_window_seconds", 10, 1, 3600)
             ),
+            auth_failure_max_sources=get.number(
+                server, "server.auth_failure_max_sources", 20_000, 100, 10_000_000
+            ),
+            trusted_proxies=_networks(server, broker_file, "trusted_proxies"),
             body_read_timeout_seconds=float(
                 get.number(server, "server.body_read_timeout_seconds", 30, 1, 3600)
             ),
@@ -204,7 +215,7 @@ class Settings:
             max_connections_per_source=get.number(
                 server, "server.max_connections_per_source", 64, 1, 1_000_000
             ),
-            connection_cap_exempt=_networks(server, broker_file),
+            connection_cap_exempt=_networks(server, broker_file, "connection_cap_exempt"),
             change_poll_seconds=get.number(server, "server.change_poll_ms", 50, 10, 10_000) / 1000,
             safety_poll_seconds=get.number(server, "server.safety_poll_ms", 1000, 10, 60_000) / 1000,
             event_loop=get.choice(server, "server.event_loop", "auto", ("auto", "asyncio")),
@@ -275,15 +286,15 @@ def _origins(server: Mapping[str, Any], path: Path) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _networks(server: Mapping[str, Any], path: Path) -> tuple[str, ...]:
-    value = server.get("connection_cap_exempt", [])
+def _networks(server: Mapping[str, Any], path: Path, name: str) -> tuple[str, ...]:
+    value = server.get(name, [])
     problem = "must be a list of addresses or networks (CIDR), e.g. 10.0.0.5 or 10.0.0.0/24"
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(file=str(path), key="server.connection_cap_exempt", problem=problem)
+        raise ConfigError(file=str(path), key=f"server.{name}", problem=problem)
     try:
         return tuple(str(ipaddress.ip_network(v, strict=False)) for v in value)
     except ValueError as exc:
-        raise ConfigError(file=str(path), key="server.connection_cap_exempt", problem=problem) from exc
+        raise ConfigError(file=str(path), key=f"server.{name}", problem=problem) from exc
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 The services' counters and histograms (services/metrics.py, the process-wide registry), and per
 open stream, read when scraped: queue depth in frames and bytes, and lag (reports the broker has
 seen past the stream's cursor). Stream labels are the node and the stream's name. Per node, the
-stream slots held against ``max_streams_per_node``.
+stream slots held against ``max_streams_per_node``; the failing sources the authentication
+limiter tracks.
 """
 
 from __future__ import annotations
@@ -48,7 +49,13 @@ class _Streams(Collector):
         )
         for node, held in sorted(self._app[PER_NODE].items()):
             slots.add_metric([node], held)
-        return [open_streams, frames, size, lag, slots]
+        limiter = GaugeMetricFamily(
+            "broker_auth_failure_sources",
+            "Failing source addresses the authentication limiter holds a bucket for "
+            "(at most server.auth_failure_max_sources)",
+        )
+        limiter.add_metric([], self._app[CONTEXT].auth_failures.sources)
+        return [open_streams, frames, size, lag, slots, limiter]
 
 
 async def metrics(request: web.Request) -> web.Response:
