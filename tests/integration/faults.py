@@ -39,6 +39,11 @@ class TcpProxy:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
+    async def start_unix(self, path: str) -> None:
+        """Listen on a Unix socket at ``path`` instead (as PostgreSQL's ``.s.PGSQL.5432``)."""
+        self._flowing.set()
+        self._server = await asyncio.start_unix_server(self._accept, path)
+
     def pause(self) -> None:
         self._flowing.clear()
 
