@@ -66,6 +66,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "retention_batch_size",
             "retention_interval_seconds",
             "safety_poll_ms",
+            "stream_feed_bytes",
             "stream_heartbeat_seconds",
             "stream_queue_bytes",
             "stream_queue_size",
@@ -115,6 +116,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     max_page_bytes: int = 8 * 1024 * 1024
     stream_queue_bytes: int = 16 * 1024 * 1024
+    # The in-memory window of recent reports that live streams are served from (services.deliver).
+    stream_feed_bytes: int = 64 * 1024 * 1024
     max_streams_per_node: int = 16
     ack_flush_seconds: float = 0.5
     auth_failures_per_second: float = 5.0
@@ -193,6 +196,7 @@ class Settings:
             allowed_origins=_origins(server, broker_file),
             max_page_bytes=get.number(server, "server.max_page_bytes", 8 << 20, 64 << 10, 1 << 30),
             stream_queue_bytes=get.number(server, "server.stream_queue_bytes", 16 << 20, 64 << 10, 1 << 32),
+            stream_feed_bytes=get.number(server, "server.stream_feed_bytes", 64 << 20, 1 << 20, 1 << 36),
             max_streams_per_node=get.number(server, "server.max_streams_per_node", 16, 1, 10_000),
             ack_flush_seconds=get.number(server, "server.ack_flush_ms", 500, 10, 60_000) / 1000,
             auth_failures_per_second=float(

@@ -4,7 +4,7 @@ The services' counters and histograms (services/metrics.py, the process-wide reg
 open stream, read when scraped: queue depth in frames and bytes, and lag (reports the broker has
 seen past the stream's cursor). Stream labels are the node and the stream's name. Per node, the
 stream slots held against ``max_streams_per_node``; the failing sources the authentication
-limiter tracks.
+limiter tracks; the bytes the stream feed's window holds.
 """
 
 from __future__ import annotations
@@ -55,7 +55,13 @@ class _Streams(Collector):
             "(at most server.auth_failure_max_sources)",
         )
         limiter.add_metric([], self._app[CONTEXT].auth_failures.sources)
-        return [open_streams, frames, size, lag, slots, limiter]
+        feed = GaugeMetricFamily(
+            "broker_stream_feed_bytes",
+            "Bytes held by the window of recent reports live streams are served from "
+            "(at most server.stream_feed_bytes)",
+        )
+        feed.add_metric([], self._app[FEED].held_bytes)
+        return [open_streams, frames, size, lag, slots, limiter, feed]
 
 
 async def metrics(request: web.Request) -> web.Response:
