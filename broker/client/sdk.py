@@ -279,7 +279,12 @@ class BrokerClient:
         """Yield reports as they arrive, forever. ``after=None`` resumes after the last ack on
         ``name``. On a dropped connection (or a slow-consumer close) it reconnects from the last
         sequence it yielded; reports are deduplicated by id. A report is acked when the caller
-        asks for the next one, so a crash while handling it means it is delivered again."""
+        asks for the next one, so a crash while handling it means it is delivered again.
+
+        A handshake refused with 408, 429 or 5xx (an overloaded broker, a proxy in front that is
+        briefly unwell) is retried like a dropped connection, waiting at least its
+        ``Retry-After``; any other refusal (and any refusal when ``reconnect`` is False) raises
+        ``ApiError`` with the broker's problem document."""
         last, seen = after, OrderedDict[str, None]()
         attempt, since = 0, time.monotonic()  # failures in a row, and since when
         while True:
@@ -310,7 +315,7 @@ class BrokerClient:
                             await ws.send_json({"type": "ack", "sequence": last})
                     code = ws.close_code or 1006
             except aiohttp.WSServerHandshakeError as exc:
-                if exc.status not in RETRY_STATUSES and exc.status < 500:
+                if not reconnect or (exc.status not in RETRY_STATUSES and exc.status < 500):
                     await self._handshake_problem(exc, params)  # raises ApiError with its detail
                 code, wait_at_least = 1006, _retry_after(exc.headers)
                 self._give_up_unless_recent(since, exc)

@@ -10,8 +10,9 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 
-from broker.client import BrokerClient
+from broker.client import ApiError, BrokerClient
 from tests.integration.conftest import Api, StartServer
 from tests.integration.faults import TcpProxy, http_503, stream_slots
 from tests.integration.helpers import body
@@ -174,4 +175,23 @@ async def test_a_subscriber_whose_network_vanished_loses_its_slot_within_two_hea
     finally:
         if reader is not None:
             reader.cancel()
+        await proxy.close()
+
+
+async def test_without_reconnect_a_refused_handshake_is_raised_with_its_status(
+    start_server: StartServer,
+) -> None:
+    api = await start_server()
+    swe = await api.node("swe-1", "SWE")
+    port = api.client.port
+    assert port is not None
+    proxy = TcpProxy("127.0.0.1", port, refusals=[http_503()])
+    front = await proxy.start()
+    try:
+        async with BrokerClient(f"http://127.0.0.1:{front}", swe) as client:
+            with pytest.raises(ApiError) as info:
+                async with asyncio.timeout(TIMEOUT):
+                    await anext(client.stream(reconnect=False))
+        assert info.value.status == 503
+    finally:
         await proxy.close()
