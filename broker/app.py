@@ -22,6 +22,7 @@ from broker.web.connections import CONNECTIONS, ConnectionGuard, GuardedSite, he
 from broker.web.handlers import CONTEXT, LIMITER, WAKE
 from broker.web.middleware import BODY_TIMEOUT, problems, same_origin_only, server_header
 from broker.web.routes import add_routes
+from broker.web.sources import TRUSTED_PROXIES, networks
 from broker.web.ws import FEED, HUB, PER_NODE, SESSIONS, STREAMS, close_all
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
 
     app.middlewares.append(same_origin_only(settings.allowed_origins, refused=cross_origin_refused))
     app[LIMITER] = TokenBucket(rate=settings.publish_rate_per_second, burst=settings.publish_burst)
+    app[TRUSTED_PROXIES] = networks(settings.trusted_proxies)
 
     app.on_response_prepare.append(server_header)
     app[STREAMS] = set()

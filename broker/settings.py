@@ -41,6 +41,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "ack_flush_ms",
             "allowed_origins",
             "auth_failure_burst",
+            "auth_failure_max_sources",
             "auth_failure_window_seconds",
             "auth_failures_per_second",
             "body_read_timeout_seconds",
@@ -65,9 +66,11 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "retention_batch_size",
             "retention_interval_seconds",
             "safety_poll_ms",
+            "stream_feed_bytes",
             "stream_heartbeat_seconds",
             "stream_queue_bytes",
             "stream_queue_size",
+            "trusted_proxies",
         ]
     ),
     "tls": frozenset(["cert", "client_auth", "client_ca", "insecure_http", "key"]),
@@ -113,11 +116,18 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     max_page_bytes: int = 8 * 1024 * 1024
     stream_queue_bytes: int = 16 * 1024 * 1024
+    # The in-memory window of recent reports that live streams are served from (services.deliver).
+    stream_feed_bytes: int = 64 * 1024 * 1024
     max_streams_per_node: int = 16
     ack_flush_seconds: float = 0.5
     auth_failures_per_second: float = 5.0
     auth_failure_burst: int = 50
     auth_failure_window_seconds: float = 10.0
+    # Failing sources the limiter keeps a bucket for (the oldest is forgotten past it), and the
+    # distinct sources one audit window counts by name (the rest are counted together).
+    auth_failure_max_sources: int = 20_000
+    # Networks (CIDR) of reverse proxies whose X-Forwarded-For names the client's address.
+    trusted_proxies: tuple[str, ...] = ()
     body_read_timeout_seconds: float = 30.0
     request_head_timeout_seconds: float = 10.0
     max_connections_per_source: int = 64
@@ -186,6 +196,7 @@ class Settings:
             allowed_origins=_origins(server, broker_file),
             max_page_bytes=get.number(server, "server.max_page_bytes", 8 << 20, 64 << 10, 1 << 30),
             stream_queue_bytes=get.number(server, "server.stream_queue_bytes", 16 << 20, 64 << 10, 1 << 32),
+            stream_feed_bytes=get.number(server, "server.stream_feed_bytes", 64 << 20, 1 << 20, 1 << 36),
             max_streams_per_node=get.number(server, "server.max_streams_per_node", 16, 1, 10_000),
             ack_flush_seconds=get.number(server, "server.ack_flush_ms", 500, 10, 60_000) / 1000,
             auth_failures_per_second=float(
@@ -195,6 +206,10 @@ class Settings:
             auth_failure_window_seconds=float(
                 get.number(server, "server.auth_failure_window_seconds", 10, 1, 3600)
             ),
+            auth_failure_max_sources=get.number(
+                server, "server.auth_failure_max_sources", 20_000, 100, 10_000_000
+            ),
+            trusted_proxies=_networks(server, broker_file, "trusted_proxies"),
             body_read_timeout_seconds=float(
                 get.number(server, "server.body_read_timeout_seconds", 30, 1, 3600)
             ),
@@ -204,7 +219,7 @@ class Settings:
             max_connections_per_source=get.number(
                 server, "server.max_connections_per_source", 64, 1, 1_000_000
             ),
-            connection_cap_exempt=_networks(server, broker_file),
+            connection_cap_exempt=_networks(server, broker_file, "connection_cap_exempt"),
             change_poll_seconds=get.number(server, "server.change_poll_ms", 50, 10, 10_000) / 1000,
             safety_poll_seconds=get.number(server, "server.safety_poll_ms", 1000, 10, 60_000) / 1000,
             event_loop=get.choice(server, "server.event_loop", "auto", ("auto", "asyncio")),
@@ -275,15 +290,15 @@ def _origins(server: Mapping[str, Any], path: Path) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _networks(server: Mapping[str, Any], path: Path) -> tuple[str, ...]:
-    value = server.get("connection_cap_exempt", [])
+def _networks(server: Mapping[str, Any], path: Path, name: str) -> tuple[str, ...]:
+    value = server.get(name, [])
     problem = "must be a list of addresses or networks (CIDR), e.g. 10.0.0.5 or 10.0.0.0/24"
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(file=str(path), key="server.connection_cap_exempt", problem=problem)
+        raise ConfigError(file=str(path), key=f"server.{name}", problem=problem)
     try:
         return tuple(str(ipaddress.ip_network(v, strict=False)) for v in value)
     except ValueError as exc:
-        raise ConfigError(file=str(path), key="server.connection_cap_exempt", problem=problem) from exc
+        raise ConfigError(file=str(path), key=f"server.{name}", problem=problem) from exc
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -21,6 +21,11 @@ from broker.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from broker.domain.canonical import canonical
 
 PERMANENT_CLOSE_CODES = {4001: "node revoked", 4400: "the broker rejected a client message"}
+# A refused handshake with one of these (or any 5xx) is retried with the backoff, like a dropped
+# connection: too many streams or requests now, or a broker (or proxy) that is briefly unwell.
+# Any other 4xx means the request itself is refused and is raised as ApiError.
+RETRY_STATUSES = frozenset({408, 425, 429})
+MAX_RETRY_AFTER = 3600.0
 DEDUP_WINDOW = 100_000
 
 
@@ -83,6 +88,15 @@ class Received:
     signature: str | None
     verified: bool
     was_sealed: bool
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float:
+    """The seconds a ``Retry-After`` header asks for (0 when absent or a date)."""
+    raw = (headers or {}).get("Retry-After", "")
+    try:
+        return min(max(float(raw), 0.0), MAX_RETRY_AFTER)
+    except ValueError:
+        return 0.0
 
 
 class BrokerClient:
@@ -265,7 +279,12 @@ class BrokerClient:
         """Yield reports as they arrive, forever. ``after=None`` resumes after the last ack on
         ``name``. On a dropped connection (or a slow-consumer close) it reconnects from the last
         sequence it yielded; reports are deduplicated by id. A report is acked when the caller
-        asks for the next one, so a crash while handling it means it is delivered again."""
+        asks for the next one, so a crash while handling it means it is delivered again.
+
+        A handshake refused with 408, 429 or 5xx (an overloaded broker, a proxy in front that is
+        briefly unwell) is retried like a dropped connection, waiting at least its
+        ``Retry-After``; any other refusal (and any refusal when ``reconnect`` is False) raises
+        ``ApiError`` with the broker's problem document."""
         last, seen = after, OrderedDict[str, None]()
         attempt, since = 0, time.monotonic()  # failures in a row, and since when
         while True:
@@ -296,26 +315,41 @@ class BrokerClient:
                             await ws.send_json({"type": "ack", "sequence": last})
                     code = ws.close_code or 1006
             except aiohttp.WSServerHandshakeError as exc:
-                await self._handshake_problem(params)  # raises ApiError with the problem's detail
-                raise ApiError(exc.status, {"type": "handshake", "detail": exc.message}) from exc
+                if not reconnect or (exc.status not in RETRY_STATUSES and exc.status < 500):
+                    await self._handshake_problem(exc, params)  # raises ApiError with its detail
+                code, wait_at_least = 1006, _retry_after(exc.headers)
+                self._give_up_unless_recent(since, exc)
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-                code = 1006
-                if self._give_up is not None and time.monotonic() - since > self._give_up:
-                    raise Unreachable(
-                        f"no connection to {self.base_url} for {self._give_up:.0f} s: {exc}"
-                    ) from exc
+                code, wait_at_least = 1006, 0.0
+                self._give_up_unless_recent(since, exc)
+            else:
+                wait_at_least = 0.0
             if code in PERMANENT_CLOSE_CODES:
                 raise StreamClosed(code, PERMANENT_CLOSE_CODES[code])
             if not reconnect:
                 return
             attempt += 1
-            await asyncio.sleep(self._backoff(attempt))
+            await asyncio.sleep(max(self._backoff(attempt), min(wait_at_least, self._max_delay)))
+
+    def _give_up_unless_recent(self, since: float, exc: Exception) -> None:
+        """``Unreachable`` once there has been no stream for ``give_up_after`` seconds."""
+        if self._give_up is not None and time.monotonic() - since > self._give_up:
+            raise Unreachable(f"no connection to {self.base_url} for {self._give_up:.0f} s: {exc}") from exc
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter, so many clients do not reconnect in step."""
         ceiling = min(self._max_delay, self._delay * 2 ** min(attempt - 1, 30))
         return random.uniform(self._delay / 2, max(ceiling, self._delay / 2))  # noqa: S311 (not crypto)
 
-    async def _handshake_problem(self, params: Mapping[str, str]) -> None:
-        """The refused handshake's problem document: the same request without the upgrade."""
-        await self._call("GET", "/v1/stream", params=params)
+    async def _handshake_problem(
+        self, exc: aiohttp.WSServerHandshakeError, params: Mapping[str, str]
+    ) -> None:
+        """Raise the refused handshake's problem document (aiohttp keeps no body of a refused
+        upgrade): the same request without the upgrade is refused with it, before the broker
+        looks for the upgrade. Anything else answered then: the handshake's bare status."""
+        try:
+            await self._call("GET", "/v1/stream", params=params)
+        except ApiError as problem:
+            if problem.status == exc.status:
+                raise
+        raise ApiError(exc.status, {"type": "handshake", "detail": exc.message}) from exc

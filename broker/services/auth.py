@@ -55,10 +55,19 @@ async def authenticate(
 
     ``certificate`` is a verified TLS client certificate (DER): it identifies the node instead
     of the token (see ``_by_certificate``)."""
-    if not ctx.auth_failures.allowed(source):
-        raise RateLimited("too many failed authentications from this address", code="rate_limited")
     if certificate is not None:
         return await _by_certificate(ctx, certificate, token, source=source, rechecked=rechecked)
+    _limit(ctx, source)
+    return await _by_token(ctx, token, source=source, rechecked=rechecked)
+
+
+def _limit(ctx: Context, source: str) -> None:
+    """429 when ``source`` has used up its failures (before anything else is looked at)."""
+    if not ctx.auth_failures.allowed(source):
+        raise RateLimited("too many failed authentications from this address", code="rate_limited")
+
+
+async def _by_token(ctx: Context, token: str | None, *, source: str, rechecked: bool) -> NodeRecord:
     if not token:
         _fail(ctx, source, reason="missing_token")
     if len(token) > MAX_TOKEN_LENGTH or not TOKEN.fullmatch(token):
@@ -91,13 +100,19 @@ async def _by_certificate(
     The TLS handshake already checked the chain to a configured CA and the validity dates; here:
     the node exists and is not revoked, the certificate is the pinned one when the node has a pin,
     and a token sent as well names the same node. Cached by the certificate's fingerprint like a
-    token (the certificate is parsed once), under the same version rule."""
+    token (the certificate is parsed once), under the same version rule.
+
+    The failure limit of ``source`` applies unless the certificate is the one pinned to its
+    node: such a client is not refused for its neighbours' failures (behind one NAT or proxy).
+    The certificate was verified by the TLS handshake, so finding its node first costs no more
+    than any authenticated request."""
     fingerprint = hashlib.sha256(der).hexdigest()
     key = "cert:" + fingerprint
     node = ctx.tokens.get(key)
     if node is None or node.version < ctx.seen or not rechecked:
         node_id = node.id if node is not None else pki.node_id_from_certificate(der)
         if node_id is None:
+            _limit(ctx, source)
             _fail(ctx, source, reason="certificate_names_no_node")
         async with ctx.db.read_transaction() as tx:
             counter = await tx.change_counter()
@@ -105,19 +120,23 @@ async def _by_certificate(
                 node = await tx.node(node_id)
         ctx.observe(counter)
         if node is None:
+            _limit(ctx, source)
             _fail(ctx, source, reason="unknown_certificate")
         if node.version != counter:
             node = replace(node, version=counter)
             ctx.remember(key, node)
+    pin = node.tls_fingerprint
+    pinned = pin is not None and hmac.compare_digest(pin, fingerprint)
+    if not pinned:
+        _limit(ctx, source)
     if node.revoked_at is not None:
         _fail(ctx, source, reason="node_revoked", node=node)
-    pin = node.tls_fingerprint
-    if pin is not None and not hmac.compare_digest(pin, fingerprint):
+    if pin is not None and not pinned:
         ctx.tokens.pop(key, None)
         _fail(ctx, source, reason="certificate_not_pinned", node=node)
     token_hash = None
     if token:
-        by_token = await authenticate(ctx, token, source=source, rechecked=rechecked)
+        by_token = await _by_token(ctx, token, source=source, rechecked=rechecked)
         if by_token.id != node.id:
             _fail(ctx, source, reason="token_certificate_mismatch", node=node)
         token_hash = by_token.token_hash

@@ -64,7 +64,9 @@ class Context:
 
     def __post_init__(self) -> None:
         self.auth_failures = AuthFailures(
-            rate=self.settings.auth_failures_per_second, burst=self.settings.auth_failure_burst
+            rate=self.settings.auth_failures_per_second,
+            burst=self.settings.auth_failure_burst,
+            max_sources=self.settings.auth_failure_max_sources,
         )
         self.recalls = TokenBucket(
             rate=self.settings.recall_rate_per_second, burst=self.settings.recall_burst

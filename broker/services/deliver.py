@@ -8,13 +8,20 @@ rotation), so every decision sees changes within the hub's interval. A recall or
 head's ``report_changes``) only refreshes the recall and erasure flags of the copies it holds. A stream whose
 cursor lies before the feed's floor (replay after reconnect) reads from the database instead.
 Every delivery is audited before its frame is queued; live deliveries share group commits.
+
+The window is bounded by ``stream_feed_bytes`` in the bytes the process holds for it: each
+record as read (its ciphertext, label, parsed label, strings and times), and what delivery
+caches beside it (the plaintext, the frame for recipients without a sealing key, the canonical
+label), counted as each is made. Past the bound the oldest quarter is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -29,7 +36,6 @@ from broker.services import audit
 from broker.services.context import Context
 from broker.services.reports import STALE_RETRIES, allow_draft, decide_for, document, documents, open_payload
 
-FEED_MAX_BYTES = 64 * 1024 * 1024
 REFRESH_BATCH = 500
 
 
@@ -48,7 +54,27 @@ def report_frame(doc: dict[str, Any]) -> str:
     return json.dumps({"type": "report", "report": doc})
 
 
-@dataclass
+def footprint(value: object) -> int:
+    """The bytes CPython holds for ``value`` and what it references: strings, bytes, numbers,
+    times, tuples, lists, dicts and dataclass records (a report as read), counted as if shared
+    with nothing."""
+    size = sys.getsizeof(value)
+    if isinstance(value, dict):
+        return size + sum(footprint(k) + footprint(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return size + sum(footprint(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if hasattr(value, "__dict__"):
+            size += sys.getsizeof(value.__dict__)
+        return size + sum(footprint(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return size
+
+
+# An entry's own object and its place in the feed's two lists (the sequence's int included).
+_ENTRY_OVERHEAD = 2 * sys.getsizeof(0) + 16
+
+
+@dataclass(slots=True)
 class _Entry:
     report: ReportRecord
     plaintext: bytes | None = None
@@ -56,16 +82,16 @@ class _Entry:
     # for all of them; and the canonical label every sealed copy binds.
     open_frame: str | None = None
     canonical_label: bytes | None = None
+    size: int = 0  # bytes held for it, as counted by the feed
 
-    @property
-    def size(self) -> int:
-        return len(self.report.ciphertext or b"") * 3 + len(self.report.label_json) * 3 + 512
+    def __post_init__(self) -> None:
+        self.size = sys.getsizeof(self) + _ENTRY_OVERHEAD + footprint(self.report)
 
 
 @dataclass
 class Feed:
     ctx: Context
-    max_bytes: int = FEED_MAX_BYTES
+    max_bytes: int = field(init=False)  # server.stream_feed_bytes
     batcher: audit.Batcher = field(init=False)
     _entries: list[_Entry] = field(default_factory=list)
     _seqs: list[int] = field(default_factory=list)
@@ -80,12 +106,18 @@ class Feed:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
+        self.max_bytes = self.ctx.settings.stream_feed_bytes
         self.batcher = audit.batcher(self.ctx)  # shared with reads and listings
 
     @property
     def head(self) -> int:
         """The newest report sequence this feed has seen."""
         return self._head
+
+    @property
+    def held_bytes(self) -> int:
+        """The bytes held for the window now (at most ``max_bytes`` once a batch is framed)."""
+        return self._bytes
 
     async def refresh(self) -> tuple[int, int, int]:
         """Load new reports and the current directory in one transaction; return the
@@ -119,9 +151,13 @@ class Feed:
             index = bisect.bisect_left(self._seqs, seq)
             if index < len(self._seqs) and self._seqs[index] == seq:
                 entry = self._entries[index]
+                before = footprint(entry.report)
                 entry.report = replace(entry.report, recalled_at=recalled_at, erased_at=erased_at)
+                change = footprint(entry.report) - before
+                entry.size += change
+                self._bytes += change
                 if erased_at is not None:
-                    entry.plaintext = entry.open_frame = None
+                    self._resize(entry, plaintext=None, open_frame=None)
 
     def forget(self) -> None:
         """Keep nothing (no stream is open): the next ``refresh`` restarts the window at the
@@ -134,11 +170,28 @@ class Feed:
         self._entries.append(entry)
         self._seqs.append(entry.report.seq)
         self._bytes += entry.size
-        if self._bytes > self.max_bytes:
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest quarter (or more) until the window is within ``max_bytes``."""
+        while self._bytes > self.max_bytes and self._entries:
             drop = max(1, len(self._entries) // 4)
             self._bytes -= sum(e.size for e in self._entries[:drop])
             self._floor = self._seqs[drop - 1]
             del self._entries[:drop], self._seqs[:drop]
+
+    def _resize(self, entry: _Entry, **cached: bytes | str | None) -> None:
+        """Set cached fields of ``entry``, counting the bytes they hold. Only for an entry the
+        window holds: framing and withdrawal run between awaits, where no refresh or trim can
+        drop it."""
+        for name, value in cached.items():
+            before = getattr(entry, name)
+            change = (0 if value is None else sys.getsizeof(value)) - (
+                0 if before is None else sys.getsizeof(before)
+            )
+            setattr(entry, name, value)
+            entry.size += change
+            self._bytes += change
 
     async def _node(self, opened: NodeRecord) -> NodeRecord:
         """The node as of the feed's change counter, held to the credential its stream was
@@ -159,15 +212,16 @@ class Feed:
 
     def _frame(self, entry: _Entry, node: NodeRecord) -> str:
         if entry.plaintext is None:
-            entry.plaintext = open_payload(self.ctx, entry.report, self._keyring)
+            self._resize(entry, plaintext=open_payload(self.ctx, entry.report, self._keyring))
+        assert entry.plaintext is not None
         if not node.x25519_public_key:
             if entry.open_frame is None:
-                entry.open_frame = report_frame(
-                    document(self.ctx, node, entry.report, plaintext=entry.plaintext)
-                )
+                frame = report_frame(document(self.ctx, node, entry.report, plaintext=entry.plaintext))
+                self._resize(entry, open_frame=frame)
+                return frame
             return entry.open_frame
         if entry.canonical_label is None:
-            entry.canonical_label = canonical(entry.report.label)
+            self._resize(entry, canonical_label=canonical(entry.report.label))
         doc = document(
             self.ctx, node, entry.report, plaintext=entry.plaintext, canonical_label=entry.canonical_label
         )
@@ -206,6 +260,7 @@ class Feed:
                 continue
             if report.erased_at is None and decide_for(self.ctx, node, report, self._directory).allowed:
                 picked.append((report, self._frame(entry, node)))
+        self._trim()  # what framing cached counts against the bound too
         drafts = [allow_draft(node, report, "deliver") for report, _ in picked]
         gone = await self.batcher.append(drafts, decided_at=counter, reports_at=reports_at)
         cursor = window[-1].report.seq if window else after

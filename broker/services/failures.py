@@ -5,17 +5,21 @@ node and act (see services.auth)."""
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from broker.domain.records import AuditDraft, NodeRecord
 
 
-@dataclass
+@dataclass(slots=True)
 class _Bucket:
     tokens: float
     stamp: float
+
+
+# Where a window's failures from sources past ``max_sources`` are counted together.
+OTHER_SOURCES = "other"
 
 
 @dataclass
@@ -30,12 +34,19 @@ class AuthFailures:
     second, ``burst`` saved up) that refuses a source once empty, and counts that ``drain``
     turns into one audit event per source (and node, when the token named one).
 
+    Memory is bounded by ``max_sources`` whatever the number of failing sources (with IPv6 a
+    client has as many as it likes): past it the bucket of the source that failed longest ago
+    is forgotten, and a window's counts for further sources go to one ``OTHER_SOURCES`` entry.
+    A forgotten source starts again with a full burst, as if it had not failed for a while.
+
     Also the refusals of authenticated nodes for a missing role, counted per node and act:
     ``drain`` turns them into one event per node and act with the count."""
 
     rate: float
     burst: float
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    max_sources: int = 20_000
+    # Oldest failure first: a failure moves its source to the end.
+    _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
     _counts: dict[tuple[str, str | None, str | None], Counter[str]] = field(default_factory=dict)
     _since: datetime | None = None
     # (node, nation, act, role): only authenticated nodes get here, so this stays as small as
@@ -54,10 +65,23 @@ class AuthFailures:
             del self._buckets[source]  # full again: forget it (memory stays bounded)
         return bucket.tokens >= 1
 
+    @property
+    def sources(self) -> int:
+        """Sources the limiter holds a bucket for (at most ``max_sources``)."""
+        return len(self._buckets)
+
     def note(self, source: str, reason: str, node: NodeRecord | None, *, now: datetime) -> None:
-        bucket = self._buckets.setdefault(source, _Bucket(self.burst, time.monotonic()))
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            bucket = self._buckets[source] = _Bucket(self.burst, time.monotonic())
+            if len(self._buckets) > self.max_sources:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(source)
         bucket.tokens -= 1
         key = (source, None if node is None else node.id, None if node is None else node.nation)
+        if key not in self._counts and len(self._counts) >= self.max_sources:
+            key = (OTHER_SOURCES, None, None)
         self._counts.setdefault(key, Counter())[reason] += 1
         if self._since is None:
             self._since = now

@@ -2,12 +2,13 @@
 
 Every transaction that publishes or changes security state sends a NOTIFY on
 ``repos.CHANGE_CHANNEL`` (delivered at its commit, never for a rollback). The listener holds one
-connection of its own and calls ``on_change`` for each notification; the hub then reads the head
-from the database. A notification is a wake-up and nothing more: its payload is never read (any
-role that can connect may NOTIFY on the channel), so the worst a stranger's NOTIFY does is cost
-a read. When the connection drops it reconnects with backoff, and ``connected`` is False
-meanwhile, so the hub falls back to its fast poll: a lost notification costs latency, never
-correctness.
+connection of its own (made from the database URL as the engine's are, query included: a
+``?ssl=require`` or a Unix-socket ``?host=`` binds it too) and calls ``on_change`` for each
+notification; the hub then reads the head from the database. A notification is a wake-up and
+nothing more: its payload is never read (any role that can connect may NOTIFY on the channel),
+so the worst a stranger's NOTIFY does is cost a read. When the connection drops it reconnects
+with backoff, and ``connected`` is False meanwhile, so the hub falls back to its fast poll: a
+lost notification costs latency, never correctness.
 """
 
 from __future__ import annotations
@@ -27,21 +28,32 @@ from broker.waiting import wait_event
 log = logging.getLogger(__name__)
 
 
+CONNECT_TIMEOUT_SECONDS = 5.0
+# Options of SQLAlchemy's asyncpg adapter that asyncpg.connect does not take (the adapter removes
+# them before it connects, as here).
+_ADAPTER_ONLY = ("async_creator_fn", "prepared_statement_cache_size", "prepared_statement_name_func")
+
+
 def is_postgresql(url: str) -> bool:
     return make_url(url).get_backend_name() == "postgresql"
 
 
+def connect_options(url: str) -> dict[str, Any]:
+    """``asyncpg.connect`` keywords for ``url``, derived by the same dialect as the engine's
+    connections: the query (``ssl=require``, a Unix-socket ``host=``, several hosts) is kept."""
+    parsed = make_url(url)
+    args, options = parsed.get_dialect()().create_connect_args(parsed)
+    if args:
+        raise ValueError("the PostgreSQL dialect answered positional connect arguments")
+    for name in _ADAPTER_ONLY:
+        options.pop(name, None)
+    options.setdefault("timeout", CONNECT_TIMEOUT_SECONDS)
+    return dict(options)
+
+
 class ChangeListener:
     def __init__(self, url: str, on_change: Callable[[], None]) -> None:
-        parsed = make_url(url)
-        self._connect_args: dict[str, Any] = {
-            "host": parsed.host,
-            "port": parsed.port or 5432,
-            "user": parsed.username,
-            "password": parsed.password,
-            "database": parsed.database,
-            "timeout": 5,
-        }
+        self._connect_args = connect_options(url)
         self._on_change = on_change
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()

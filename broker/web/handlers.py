@@ -17,6 +17,7 @@ from broker.services.context import Context
 from broker.services.limits import TokenBucket
 from broker.storage.db import ping
 from broker.web.middleware import NODE_ID, read_json
+from broker.web.sources import source_address
 from broker.web.tls import peer_certificate
 
 CONTEXT = web.AppKey("context", Context)
@@ -41,7 +42,7 @@ async def authenticated_node(request: web.Request, *, rechecked: bool = False) -
     node = await auth.authenticate(
         _ctx(request),
         token_or_none,
-        source=request.remote or "-",
+        source=source_address(request),
         rechecked=rechecked,
         certificate=peer_certificate(request),
     )

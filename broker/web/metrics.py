@@ -2,7 +2,9 @@
 
 The services' counters and histograms (services/metrics.py, the process-wide registry), and per
 open stream, read when scraped: queue depth in frames and bytes, and lag (reports the broker has
-seen past the stream's cursor). Stream labels are the node and the stream's name.
+seen past the stream's cursor). Stream labels are the node and the stream's name. Per node, the
+stream slots held against ``max_streams_per_node``; the failing sources the authentication
+limiter tracks; the bytes the stream feed's window holds.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from broker.services import auth
 from broker.web.handlers import CONTEXT, authenticated_node
-from broker.web.ws import FEED, SESSIONS, StreamSession
+from broker.web.ws import FEED, PER_NODE, SESSIONS, StreamSession
 
 
 class _Streams(Collector):
@@ -38,7 +40,28 @@ class _Streams(Collector):
             frames.add_metric(key, s.queue.qsize())
             size.add_metric(key, s.queued_bytes)
             lag.add_metric(key, max(0, head - s.cursor))
-        return [open_streams, frames, size, lag]
+        # Counted from the handshake's admission to the handler's end, so a slot that is never
+        # given back shows here even when no stream runs on it.
+        slots = GaugeMetricFamily(
+            "broker_stream_slots",
+            "Stream slots held per node, against server.max_streams_per_node",
+            labels=["node"],
+        )
+        for node, held in sorted(self._app[PER_NODE].items()):
+            slots.add_metric([node], held)
+        limiter = GaugeMetricFamily(
+            "broker_auth_failure_sources",
+            "Failing source addresses the authentication limiter holds a bucket for "
+            "(at most server.auth_failure_max_sources)",
+        )
+        limiter.add_metric([], self._app[CONTEXT].auth_failures.sources)
+        feed = GaugeMetricFamily(
+            "broker_stream_feed_bytes",
+            "Bytes held by the window of recent reports live streams are served from "
+            "(at most server.stream_feed_bytes)",
+        )
+        feed.add_metric([], self._app[FEED].held_bytes)
+        return [open_streams, frames, size, lag, slots, limiter, feed]
 
 
 async def metrics(request: web.Request) -> web.Response:

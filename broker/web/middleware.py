@@ -21,6 +21,7 @@ from broker.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from broker.web.sources import source_address
 from broker.web.tls import peer_certificate
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def same_origin_only(allowed: tuple[str, ...], *, refused: Callable[[str], None]
         why = cross_origin(request, allowed)
         if why is not None:
             log.info("cross_origin_refused request_id=%s by=%s", request.get(REQUEST_ID, "-"), why)
-            refused(request.remote or "-")
+            refused(source_address(request))
             raise AccessDenied(
                 "a page of another origin may not make this request", code="cross_origin_request"
             )

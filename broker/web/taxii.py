@@ -22,6 +22,7 @@ from broker.services import auth, collections, taxii
 from broker.services.context import Context
 from broker.web.handlers import CONTEXT, INTEGER, LIMITER, WAKE
 from broker.web.middleware import REQUEST_ID, read_json
+from broker.web.sources import source_address
 from broker.web.tls import peer_certificate
 
 API_ROOT = "/taxii2/api/"
@@ -110,7 +111,7 @@ async def authenticated(request: web.Request) -> NodeRecord:
     """The node: HTTP Basic (user = node id, password = its token), a bearer token, or a client
     certificate. A Basic user that is not the token's node fails like a bad token."""
     ctx = _ctx(request)
-    source = request.remote or "-"
+    source = source_address(request)
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     user: str | None = None
     token: str | None = None
@@ -303,7 +304,7 @@ async def _admin(request: web.Request) -> NodeRecord:
     node = await auth.authenticate(
         ctx,
         token.strip() if scheme.lower() == "bearer" else None,
-        source=request.remote or "-",
+        source=source_address(request),
         certificate=peer_certificate(request),
     )
     await auth.require_role(ctx, node, "admin", act="admin")

@@ -129,6 +129,8 @@ class StreamSession:
 
     async def receive(self) -> None:
         async for message in self.ws:
+            if message.type == WSMsgType.ERROR:  # the connection is gone (e.g. no pong in time)
+                return
             if message.type != WSMsgType.TEXT:
                 raise _Closed(CLOSE_BAD_MESSAGE, "only text frames are accepted")
             sequence = _ack(message.data)
@@ -218,18 +220,25 @@ async def stream(request: web.Request) -> web.StreamResponse:
         after = int_param(request, "after", 0, 0, 2**62)
     else:
         after = await deliver.resume_point(ctx, node, name)
-    per_node = request.app[PER_NODE]
-    if per_node.get(node.id, 0) >= ctx.settings.max_streams_per_node:
-        raise RateLimited("this node has too many open streams", code="too_many_streams")
-    per_node[node.id] = per_node.get(node.id, 0) + 1  # before any await: no race past the cap
-    streams = request.app[STREAMS]
     # autoclose off: a client's close is answered only after its newest ack is stored (run()).
+    # heartbeat: a ping each interval without traffic from the client, and the connection is
+    # dropped when its pong is not back within half an interval, so a peer whose network
+    # vanished gives its slot and queue back within two intervals, not when TCP gives up.
     ws = web.WebSocketResponse(
         compress=False,
         max_msg_size=ctx.settings.max_ws_frame_bytes,
         autoclose=False,
         protocols=(WS_PROTOCOL,),
+        heartbeat=ctx.settings.stream_heartbeat_seconds,
     )
+    if not ws.can_prepare(request).ok:  # a plain GET: refused before it is counted
+        raise BadRequest("this resource is a websocket: send an Upgrade handshake", code="websocket_required")
+    per_node = request.app[PER_NODE]
+    if per_node.get(node.id, 0) >= ctx.settings.max_streams_per_node:
+        raise RateLimited("this node has too many open streams", code="too_many_streams")
+    per_node[node.id] = per_node.get(node.id, 0) + 1  # before any await: no race past the cap
+    streams = request.app[STREAMS]
+    session: StreamSession | None = None  # the slot is given back whatever fails before it exists
     try:
         await ws.prepare(request)
         streams.add(ws)

@@ -1,0 +1,80 @@
+"""The stream feed's replay window (issue 21, finding 8): its bound is a setting, its size is
+counted in the bytes the process really holds for it, and /metrics shows it."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import re
+import tracemalloc
+
+import pytest
+
+from broker.client import BrokerClient
+from broker.services import auth, deliver
+from broker.services.context import Context
+from tests.integration.conftest import Api, StartServer
+from tests.integration.helpers import body
+
+TIMEOUT = 20
+FEED_BYTES = re.compile(r"^broker_stream_feed_bytes (\S+)$", re.MULTILINE)
+
+
+async def _publish(api: Api, token: str, n: int, size: int) -> None:
+    for i in range(n):
+        status, _ = await api.publish(token, body(payload={"n": i, "blob": f"{i:06d}" + "x" * size}))
+        assert status == 201
+
+
+async def test_the_feed_bound_is_a_setting_and_its_size_a_metric(start_server: StartServer) -> None:
+    bound = 256 * 1024
+    api = await start_server(stream_feed_bytes=bound)
+    usa, swe = await api.node("usa-1", "USA"), await api.node("swe-1", "SWE")
+    auditor = await api.node("aud", "BEL", roles=("audit",))
+    async with BrokerClient(api.base_url, swe) as client:
+        stream = client.stream(after=0)
+        publishing = asyncio.create_task(_publish(api, usa, 120, 4000))  # ~1 MB of payloads
+        got = 0
+        async with asyncio.timeout(TIMEOUT):
+            async for _report in stream:
+                got += 1
+                if got == 120:
+                    break
+        await publishing
+        status, text = await api.get("/metrics", auditor)
+        await stream.aclose()
+    assert status == 200
+    held = FEED_BYTES.search(text)
+    assert held is not None
+    assert 0 < float(held.group(1)) <= bound
+
+
+@pytest.mark.parametrize("payload_bytes", [100, 1500])
+async def test_the_feed_counts_the_bytes_it_really_holds(api: Api, ctx: Context, payload_bytes: int) -> None:
+    usa, swe = await api.node("usa-1", "USA"), await api.node("swe-1", "SWE")
+    node = await auth.authenticate(ctx, swe, source="test", rechecked=True)
+    warm, feed = deliver.Feed(ctx), deliver.Feed(ctx)
+    for each in (warm, feed):
+        await each.refresh()  # a feed holds what is published after it starts
+    await _publish(api, usa, 210, payload_bytes)
+
+    async def fill(feed: deliver.Feed) -> None:
+        await feed.refresh()
+        after = 0
+        while after < feed.head:  # every report framed once: what a stream makes the feed keep
+            after = (await feed.next_batch(node, after=after, topics=[])).cursor
+
+    await fill(warm)  # warms the caches that are not the feed's
+    del warm
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        await fill(feed)
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    counted = feed.held_bytes
+    print(f"feed, {payload_bytes} B payloads: {counted} bytes counted, {used} held ({counted / used:.2f})")
+    assert 0.85 * used <= counted <= 1.25 * used
