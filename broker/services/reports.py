@@ -216,6 +216,8 @@ async def store_publishes(
         limit=limits.burst,
     )
     head = reads.head
+    now = ctx.now()  # read once the order is fixed: the lock is held to the commit
+    stamp = head.report_created
     await ctx.directory_at(tx, head.change_counter)  # keyring fresh under the lock (see rotate_keys)
     checked: Sequence[PublishAct | BrokerError] = acts
     if any(act.node.version != head.change_counter for act in acts):
@@ -242,7 +244,8 @@ async def store_publishes(
             outcomes.append(RateLimited("too many reports per second from this node", code="rate_limited"))
             continue
         seq += 1
-        report, draft = build_report(ctx, act.node, act.sub, seq=seq, now=now)
+        stamp = _stamp_after(stamp, now)
+        report, draft = build_report(ctx, act.node, act.sub, seq=seq, now=stamp)
         new.append((report, act.idempotency_key))
         drafts.append(draft)
         batch.by_id[report.id] = report
@@ -252,8 +255,18 @@ async def store_publishes(
     if new:
         await tx.insert_reports(new)
         await tx.notify_change()
-        await audit.record(tx, drafts, now=now, head=replace(head, report_seq=seq))
+        await audit.record(tx, drafts, now=now, head=replace(head, report_seq=seq, report_created=stamp))
     return outcomes
+
+
+def _stamp_after(previous: datetime | None, now: datetime) -> datetime:
+    """A report's ``created``: ``now``, or just after the previous report's when that is not
+    earlier. So ``created`` strictly follows the sequence: TAXII's ``added_after`` and retention
+    read the sequence by it, and a poller resuming from the last stamp it saw misses nothing even
+    when another broker's clock is behind or this one steps back."""
+    if previous is None or now > previous:
+        return now
+    return previous + timedelta(microseconds=1)
 
 
 class _RateWindow:

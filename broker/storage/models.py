@@ -171,6 +171,8 @@ class LogHeadRow(Base):
     report_changes: Mapped[int] = mapped_column(BigInteger, server_default="0")
     # JSON [[level, index, hex hash], ...]: the Merkle tree's frontier (see crypto/merkle.py).
     audit_frontier: Mapped[str] = mapped_column(Text, server_default="[]")
+    # The last report's ``created``: the next one is stamped no earlier (services.reports).
+    report_created: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class StreamCursorRow(Base):

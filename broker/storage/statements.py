@@ -94,7 +94,13 @@ CURSOR = select(CURSORS.c.sequence).where(
 def head_of(row: Any) -> Head:
     frontier = tuple((int(lvl), int(idx), bytes.fromhex(h)) for lvl, idx, h in json.loads(row.audit_frontier))
     return Head(
-        row.report_seq, row.audit_seq, row.audit_hash, row.change_counter, frontier, row.report_changes
+        row.report_seq,
+        row.audit_seq,
+        row.audit_hash,
+        row.change_counter,
+        frontier,
+        row.report_changes,
+        row.report_created,
     )
 
 
@@ -105,6 +111,7 @@ def head_values(head: Head) -> dict[str, Any]:
         "audit_hash": head.audit_hash,
         "change_counter": head.change_counter,
         "report_changes": head.report_changes,
+        "report_created": head.report_created,
         "audit_frontier": json.dumps([[lvl, idx, h.hex()] for lvl, idx, h in head.frontier]),
     }
 
