@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import re
 import struct
 import uuid
@@ -23,7 +25,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from broker.domain.canonical import canonical
 from broker.domain.time import parse_time
@@ -37,6 +41,7 @@ NAMESPACE = uuid.UUID("6f1f3f62-3c59-4d61-9d0e-4e1f3b7b2a10")
 BROKER_IDENTITY_ID = "identity--" + str(uuid.uuid5(NAMESPACE, "alliance-broker"))
 LABEL_EXTENSION_ID = "extension-definition--" + str(uuid.uuid5(NAMESPACE, "security-label/v1"))
 EPOCH = "2026-01-01T00:00:00.000Z"  # created/modified of the fixed objects above
+FIXED_DATE_ADDED = "2026-01-01T00:00:00.000000Z"  # their date_added (TAXII: microseconds)
 
 # TLP 2.0 (FIRST), as STIX 2.1 marking-definitions (OASIS cti-stix-common-objects).
 TLP_EXTENSION_ID = "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d"
@@ -267,6 +272,51 @@ def spec_version_of(obj: Mapping[str, Any]) -> str:
     return value if isinstance(value, str) else "2.1"
 
 
+# -- the object index ------------------------------------------------------------------------
+# Keys derived from the keyring's stable secret (its checkpoint signing key: KEKs rotate and are
+# replaced on every erasure, this never changes), each under its own info string.
+INDEX_INFO = b"alliance-broker taxii object index v1"
+CURSOR_INFO = b"alliance-broker taxii next v2"
+
+
+def derive_key(secret: bytes, info: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+
+
+def id_digest(key: bytes, object_id: str) -> str:
+    """The index's name for a STIX id: HMAC-SHA-256 under the index key, hex. Equal ids meet;
+    without the key, the database does not tell which ids it holds."""
+    return hmac.new(key, object_id.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """One payload object as the index holds it: its place among the objects its report serves,
+    its id's digest, its version and its spec_version."""
+
+    position: int
+    digest: str
+    version: datetime
+    spec_version: str
+
+
+def served_objects(payload: object) -> list[dict[str, Any]]:
+    """The payload objects a collection may serve, in order (never those at the broker's
+    reserved ids or naming the broker as their creator)."""
+    return [o for o in objects_of(payload) if reserved_claim(o) is None]
+
+
+def index_of(payload: object, *, key: bytes, date_added: str) -> list[Indexed]:
+    """What the index holds for a report's payload (``date_added``: the report's ``created``, the
+    version of an object that has neither ``modified`` nor ``created``)."""
+    return [
+        Indexed(
+            i, id_digest(key, str(o["id"])), instant(version_of(o, date_added=date_added)), spec_version_of(o)
+        )
+        for i, o in enumerate(served_objects(payload))
+    ]
+
+
 # -- filters ---------------------------------------------------------------------------------
 VERSION_KEYWORDS = frozenset({"last", "first", "all"})
 SPEC_VERSIONS = frozenset({"2.0", "2.1"})
@@ -345,6 +395,7 @@ class Entry:
     version: str
     date_added: str
     report_seq: int
+    position: int = -1  # among the payload objects the report serves; -1 for a broker marking
 
 
 def select_versions(entries: Iterable[Entry], versions: Sequence[str]) -> list[Entry]:
@@ -354,14 +405,14 @@ def select_versions(entries: Iterable[Entry], versions: Sequence[str]) -> list[E
     if "all" in versions:
         return items
     keep: set[int] = set()
-    stamps = {_instant(v) for v in versions if v not in VERSION_KEYWORDS}
+    stamps = {instant(v) for v in versions if v not in VERSION_KEYWORDS}
     by_id: dict[str, list[int]] = {}
     for i, entry in enumerate(items):
         by_id.setdefault(str(entry.obj.get("id")), []).append(i)
-        if stamps and _instant(entry.version) in stamps:
+        if stamps and instant(entry.version) in stamps:
             keep.add(i)
     for indexes in by_id.values():
-        ordered = sorted(indexes, key=lambda i: (_instant(items[i].version), i))
+        ordered = sorted(indexes, key=lambda i: (instant(items[i].version), i))
         if "first" in versions:
             keep.add(ordered[0])
         if "last" in versions:
@@ -369,7 +420,7 @@ def select_versions(entries: Iterable[Entry], versions: Sequence[str]) -> list[E
     return [e for i, e in enumerate(items) if i in keep]
 
 
-def _instant(value: str) -> datetime:
+def instant(value: str) -> datetime:
     try:
         moment = parse_time(value, name="version")
     except InvalidInput:  # a payload's odd timestamp sorts first rather than failing the page

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from broker.crypto import envelope, seal, signing
 from broker.crypto.keyring import Keyring
+from broker.domain import stix
 from broker.domain.access import Decision, decide
 from broker.domain.canonical import canonical, sha256_hex
 from broker.domain.ids import canonical_report_id, scoped_report_id
@@ -227,6 +228,7 @@ async def store_publishes(
     limits.counts = dict(reads.recent)
     outcomes: list[ReportRecord | BrokerError] = []
     new: list[tuple[ReportRecord, str | None]] = []
+    indexed: list[dict[str, Any]] = []
     drafts: list[AuditDraft] = []
     for act in checked:
         if isinstance(act, BrokerError):
@@ -247,6 +249,7 @@ async def store_publishes(
         stamp = _stamp_after(stamp, now)
         report, draft = build_report(ctx, act.node, act.sub, seq=seq, now=stamp)
         new.append((report, act.idempotency_key))
+        indexed += index_rows(ctx, report, json.loads(act.sub.canonical_payload))
         drafts.append(draft)
         batch.by_id[report.id] = report
         if act.idempotency_key is not None:
@@ -254,9 +257,21 @@ async def store_publishes(
         outcomes.append(report)
     if new:
         await tx.insert_reports(new)
+        await tx.insert_objects(indexed)
         await tx.notify_change()
         await audit.record(tx, drafts, now=now, head=replace(head, report_seq=seq, report_created=stamp))
     return outcomes
+
+
+def index_rows(ctx: Context, report: ReportRecord, payload: object) -> list[dict[str, Any]]:
+    """TAXII's object index for a report (``models.TaxiiObjectRow``), written with it."""
+    key = stix.derive_key(ctx.keyring.checkpoint_key, stix.INDEX_INFO, 32)
+    found = stix.index_of(payload, key=key, date_added=stix.timestamp(report.created_at))
+    return [
+        {"report_seq": report.seq, "position": o.position, "digest": o.digest}
+        | {"version": o.version, "spec_version": o.spec_version}
+        for o in found
+    ]
 
 
 def _stamp_after(previous: datetime | None, now: datetime) -> datetime:

@@ -230,6 +230,29 @@ class TaxiiStatusRow(Base):
     outcome: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class TaxiiObjectRow(Base):
+    """One object a report's payload carries, for TAXII's per-object versions: a keyed digest of
+    its STIX id (``domain.stix.id_digest``), never the id, so the table tells someone holding the
+    database alone which reports share an object, not which objects they are."""
+
+    __tablename__ = "taxii_objects"
+    __table_args__ = (Index("ix_taxii_objects_digest", "digest", "version"),)
+    report_seq: Mapped[int] = mapped_column(ForeignKey("reports.seq"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    digest: Mapped[str] = mapped_column(String(64))
+    version: Mapped[datetime] = mapped_column(UTCDateTime)
+    spec_version: Mapped[str] = mapped_column(String(8))
+
+
+class TaxiiIndexStateRow(Base):
+    """One row (id = 1): the reports below ``pending_below`` were stored before the object index
+    existed and are indexed by the first TAXII request that finds them so (0: none left)."""
+
+    __tablename__ = "taxii_index_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    pending_below: Mapped[int] = mapped_column(BigInteger)
+
+
 class KeyringBindingRow(Base):
     """The keyring the database is bound to (one row, id = 1): the raw Ed25519 checkpoint public
     key, base64, of the keyring that first opened it (storage/keyringcheck.py)."""
