@@ -152,6 +152,10 @@ def _date_headers(entries: list[stix.Entry]) -> dict[str, str]:
 
 
 def _envelope(found: taxii.Page, items: list[Any], key: str, next_token: str | None = None) -> dict[str, Any]:
+    """An envelope (``versions``: that resource); an empty one is ``{}`` (TAXII 2.1 §2: empty
+    lists are not sent, and ``more`` is false by default)."""
+    if not items and not found.more:
+        return {}
     body: dict[str, Any] = {"more": found.more}
     if found.more and next_token is not None:
         body["next"] = next_token
