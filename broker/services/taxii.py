@@ -649,20 +649,22 @@ def _validate(objects: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[s
         raw_id = obj.get("id") if isinstance(obj, Mapping) else None
         ident = raw_id if isinstance(raw_id, str) and stix.STIX_ID.fullmatch(raw_id) else ""
         claim = stix.reserved_claim(obj) if isinstance(obj, Mapping) else None
+        # Required in a status (§4.3.1); the request's time stands in where the object has none.
+        version = stix.version_of(obj, date_added="") if isinstance(obj, Mapping) else ""
         if claim is not None:
-            failures.append({"id": ident, "message": claim})
+            failures.append({"id": ident, "version": version, "message": claim})
             messages.append(claim)
             continue
         try:
             result = validate_instance(obj, _VALIDATION)
         except ValidationError as exc:
-            failures.append({"id": ident, "message": "invalid_stix"})
+            failures.append({"id": ident, "version": version, "message": "invalid_stix"})
             messages.append(str(exc)[:500])
             continue
         if result.is_valid:
             accepted.append(obj)
         else:
-            failures.append({"id": ident, "message": "invalid_stix"})
+            failures.append({"id": ident, "version": version, "message": "invalid_stix"})
             messages.append("; ".join(str(e) for e in result.errors)[:500])
     return accepted, failures, messages
 
@@ -703,20 +705,23 @@ async def add_objects(ctx: Context, node: NodeRecord, collection_id: str, envelo
         "topics": list(collection.topics),
         "payload": {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": accepted},
     }
+    requested = stix.timestamp(ctx.now())
     receipt = await reports.publish(ctx, node, body, idempotency_key=None)
-    now = stix.timestamp(ctx.now())
+    # The report's own stamp: the date_added, and the version of an object without one, that
+    # the manifest and versions/ answer too.
+    added = stix.timestamp(datetime.fromisoformat(receipt["created"]))
     outcome: dict[str, Any] = {
         "id": str(uuid.uuid4()),
         "status": "complete",
-        "request_timestamp": now,
+        "request_timestamp": requested,
         "total_count": len(objects),
         "success_count": len(accepted),
-        "successes": [{"id": o["id"], "version": _version(o, now)} for o in accepted],
+        "successes": [{"id": o["id"], "version": _version(o, added)} for o in accepted],
         "failure_count": len(failures),
-        "failures": failures,
         "pending_count": 0,
-        "pendings": [],
     }
+    if failures:  # TAXII 2.1 §2: an empty list is not sent
+        outcome["failures"] = [f | {"version": f["version"] or requested} for f in failures]
     async with ctx.db.transaction() as tx:
         await store.insert_status(
             tx,
