@@ -129,13 +129,15 @@ def label_marking(label: Mapping[str, Any]) -> dict[str, Any]:
     statement: dict[str, Any] = {
         "extension_type": "property-extension",
         "classification": label.get("classification"),
-        "releasable_to": list(label.get("releasable_to", [])),
-        "caveats": list(label.get("caveats", [])),
     }
+    # STIX 2.1 §3.3: an empty list is not a value, so a label without caveats states none.
+    for key in ("releasable_to", "caveats"):
+        if label.get(key):
+            statement[key] = list(label[key])
     if label.get("policy") is not None:
         statement["policy"] = label["policy"]
-    caveats = "/".join(statement["caveats"])
-    name = f"{statement['classification']} REL TO {', '.join(statement['releasable_to']) or '-'}"
+    caveats = "/".join(statement.get("caveats", []))
+    name = f"{statement['classification']} REL TO {', '.join(statement.get('releasable_to', [])) or '-'}"
     return {
         "type": "marking-definition",
         "spec_version": "2.1",
@@ -196,7 +198,11 @@ def marked(obj: Mapping[str, Any], refs: Sequence[str]) -> dict[str, Any]:
     """``obj`` with ``refs`` (the broker's label marking, then its TLP) first in its
     ``object_marking_refs``: the broker's marking is authoritative, so it leads, and a TLP
     marking of the object's own that is not the broker's is dropped (an object posted as
-    TLP:CLEAR into a SECRET collection is served as the collection's TLP, not as both)."""
+    TLP:CLEAR into a SECRET collection is served as the collection's TLP, not as both). A TLP
+    marking-definition is served as posted: STIX allows those only exactly as defined, and the
+    definition of a TLP level says nothing the report's label does not govern already."""
+    if is_tlp_definition(obj):
+        return dict(obj)
     kept = obj.get("object_marking_refs")
     current = [r for r in kept if isinstance(r, str)] if isinstance(kept, list) else []
     ours = [r for r in refs if r != obj.get("id")]
@@ -206,6 +212,16 @@ def marked(obj: Mapping[str, Any], refs: Sequence[str]) -> dict[str, Any]:
     if not out["object_marking_refs"]:
         del out["object_marking_refs"]
     return out
+
+
+def is_tlp_definition(obj: Mapping[str, Any]) -> bool:
+    """A TLP marking-definition: STIX 2.1's (``definition_type`` tlp) or a TLP 2.0 one."""
+    if obj.get("type") != "marking-definition":
+        return False
+    extensions = obj.get("extensions")
+    return obj.get("definition_type") == "tlp" or (
+        isinstance(extensions, Mapping) and TLP_EXTENSION_ID in extensions
+    )
 
 
 def is_label_marking_id(object_id: str) -> bool:

@@ -8,6 +8,8 @@ import json
 import uuid
 from typing import Any
 
+from stix2validator import ValidationOptions, validate_instance  # type: ignore[import-untyped]
+
 from tests.integration.conftest import Api
 from tests.integration.test_taxii import TAXII, collection_id, indicator, raw
 
@@ -83,3 +85,28 @@ async def test_posted_markings_identities_and_extensions_are_reachable(api: Api)
     status, _, _ = await raw(api, "DELETE", f"{base}objects/{TLP_GREEN['id']}/", token=usa)
     assert status == 200
     assert (await raw(api, "GET", f"{base}objects/{TLP_GREEN['id']}/", token=usa))[0] == 404
+
+
+async def test_markings_served_pass_the_oasis_validator(api: Api) -> None:
+    """Finding 6: a posted TLP marking-definition is served as posted (no marking refs added to
+    it), and the broker's label marking for a label without caveats sends no empty list."""
+    usa = await api.node("usa", "USA")
+    cid = await collection_id(api)
+    base = f"/taxii2/api/collections/{cid}/"
+    status, _, answer = await raw(
+        api,
+        "POST",
+        base + "objects/",
+        token=usa,
+        headers={"Content-Type": TAXII},
+        data=json.dumps({"objects": [TLP_GREEN, indicator(1)]}).encode(),
+    )
+    assert status == 202, answer
+    for query in ("", "?match[type]=marking-definition"):
+        status, _, listed = await raw(api, "GET", base + "objects/" + query, token=usa)
+        assert status == 200
+        served = {o["id"]: o for o in listed["objects"]}
+        assert served[TLP_GREEN["id"]] == TLP_GREEN, query
+        for obj in served.values():
+            result = validate_instance(obj, ValidationOptions(version="2.1"))
+            assert result.is_valid, (obj["id"], [str(e) for e in result.errors])
