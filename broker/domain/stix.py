@@ -314,6 +314,7 @@ class Indexed:
     digest: str
     version: datetime
     spec_version: str
+    excluded: bool = False  # its originator removed this version (TAXII DELETE by version)
 
 
 def served_objects(payload: object) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -298,11 +298,13 @@ class _Scan:
         """The entries ``match[version]`` keeps, judged per object across every version the node
         may see in the collection under the same filters (the object index), not per report."""
         versions = self.filters.versions
-        if "all" in versions or not entries:
-            return entries
         key = _index_key(self.ctx)
         digests = {e.position: stix.id_digest(key, str(e.obj["id"])) for e in entries if e.position >= 0}
         held = await store.indexed(tx, list(digests.values()))
+        removed = {(seq, row.position) for seq, row in held if row.excluded}
+        entries = [e for e in entries if (e.report_seq, e.position) not in removed]
+        if "all" in versions or not entries:
+            return entries
         self._counts.setdefault(report.seq, True)
         unknown = [seq for seq, _ in held if seq not in self._counts]
         for other in await store.reports_at(tx, unknown):
@@ -311,7 +313,7 @@ class _Scan:
             )
         found: dict[str, list[tuple[datetime, int, int]]] = {}
         for seq, row in held:
-            if self._counts.get(seq) and _spec_ok(self.filters, row.spec_version):
+            if self._counts.get(seq) and not row.excluded and _spec_ok(self.filters, row.spec_version):
                 found.setdefault(row.digest, []).append((row.version, seq, row.position))
         return [e for e in entries if _kept(e, versions, found.get(digests.get(e.position, ""), []))]
 
@@ -502,7 +504,9 @@ async def _by_id_once(
         seen = [
             (holders[seq], row)
             for seq, row in held
-            if seq in holders and _counts(ctx, node, collection, holders[seq], directory, unfiltered)
+            if seq in holders
+            and not row.excluded
+            and _counts(ctx, node, collection, holders[seq], directory, unfiltered)
         ]
         if not seen:
             missing = True
@@ -566,6 +570,11 @@ async def delete(
         await _refuse(
             ctx, node, "recall", AccessDenied("this act needs the 'publish' role", code="missing_role")
         )
+    if "all" not in filters.versions:
+        await reports.decided(
+            ctx, "recall", partial(_exclude_once, ctx, node, collection, object_id, filters)
+        )
+        return
     carriers = await reports.decided(ctx, "recall", partial(_carriers, ctx, node, collection, filters))
     own = [r for r in carriers if r.originator_node == node.id]
     if not own and carriers:
@@ -574,6 +583,66 @@ async def delete(
         await _refuse(ctx, node, "recall", NotFound("no such object", code="not_found"))
     for report in own:
         await reports.recall(ctx, node, report.id)
+
+
+async def _exclude_once(
+    ctx: Context, node: NodeRecord, collection: CollectionRecord, object_id: str, filters: Filters
+) -> None:
+    """Remove the versions of an object ``match[version]`` names among those the node may see:
+    each is marked excluded in the object index, its report untouched (one signed, encrypted
+    unit), and recorded as a ``recall`` with reason ``version_excluded``. 403 when only other
+    nodes' reports hold them, 404 when none the node may see does (both recorded)."""
+    await ensure_indexed(ctx)
+    refusal: BrokerError | None = None
+    async with ctx.db.transaction() as tx:
+        counter = await tx.change_counter()
+        node = await recheck(tx, node, counter, now=ctx.now(), role="publish")
+        directory = await ctx.directory_at(tx, counter)
+        held = await store.indexed(tx, [stix.id_digest(_index_key(ctx), object_id)])
+        holders = {r.seq: r for r in await store.reports_at(tx, [seq for seq, _ in held])}
+        seen = [
+            (holders[seq], row)
+            for seq, row in held
+            if seq in holders
+            and not row.excluded
+            and not holders[seq].recalled_at
+            and _counts(ctx, node, collection, holders[seq], directory, filters)
+            and _spec_ok(filters, row.spec_version)
+        ]
+        every = [(row.version, report.seq, row.position) for report, row in seen]
+        chosen = [
+            (report, row)
+            for report, row in seen
+            if _kept_indexed(
+                Entry({}, "", "", report.seq, row.position), row.version, filters.versions, every
+            )
+        ]
+        own = [(report, row) for report, row in chosen if report.originator_node == node.id]
+        now = ctx.now()
+        if own:
+            await store.exclude(tx, [(report.seq, row.position) for report, row in own], at=now)
+            drafts = [
+                replace(reports.allow_draft(node, report, "recall"), reason="version_excluded")
+                for report in {r.seq: r for r, _ in own}.values()
+            ]
+            await audit.record(tx, drafts, now=now, report_changed=True, decided_at=counter)
+            return
+        refusal = (
+            AccessDenied("only the originator may remove a version", code="not_originator")
+            if chosen
+            else NotFound("no such object", code="not_found")
+        )
+        draft = AuditDraft(
+            action="recall",
+            actor=node.id,
+            node=node.id,
+            nation=node.nation,
+            decision="deny",
+            reason=refusal.code,
+            report=chosen[0][0].id if chosen else None,
+        )
+        await audit.record(tx, [draft], now=now, decided_at=counter)
+    raise refusal
 
 
 async def _carriers(

@@ -130,7 +130,25 @@ async def indexed(tx: Tx, digests: Sequence[str]) -> list[tuple[int, Indexed]]:
     o = OBJECTS.c
     query = select(OBJECTS).where(o.digest.in_(sorted(set(digests)))).order_by(o.report_seq, o.position)
     rows = await tx.run(lambda c: c.execute(query).all())
-    return [(int(r.report_seq), Indexed(r.position, r.digest, r.version, r.spec_version)) for r in rows]
+    return [
+        (
+            int(r.report_seq),
+            Indexed(r.position, r.digest, r.version, r.spec_version, r.excluded_at is not None),
+        )
+        for r in rows
+    ]
+
+
+async def exclude(tx: Tx, places: Sequence[tuple[int, int]], *, at: datetime) -> None:
+    """Mark the objects at (report sequence, position) ``places`` removed."""
+    o = OBJECTS.c
+
+    def body(connection: Connection) -> None:
+        for seq, position in places:
+            where = (o.report_seq == seq, o.position == position)
+            connection.execute(update(OBJECTS).where(*where).values(excluded_at=at))
+
+    await tx.run(body)
 
 
 async def reports_at(tx: Tx, seqs: Sequence[int]) -> list[ReportRecord]:

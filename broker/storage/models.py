@@ -242,6 +242,8 @@ class TaxiiObjectRow(Base):
     digest: Mapped[str] = mapped_column(String(64))
     version: Mapped[datetime] = mapped_column(UTCDateTime)
     spec_version: Mapped[str] = mapped_column(String(8))
+    # Set when the originator removed this version alone (TAXII DELETE with match[version]).
+    excluded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class TaxiiIndexStateRow(Base):

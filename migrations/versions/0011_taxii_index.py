@@ -7,7 +7,9 @@ Create Date: 2026-12-06
 ``taxii_objects``: one row per object a report's payload carries, named by a keyed digest of its
 STIX id (HMAC-SHA-256 under a key derived from the keyring's stable secret), with its version and
 spec_version, so TAXII answers latest, first, by-id and versions per object, exactly, without
-decrypting every report and without a plaintext id in the database. Reports stored before this
+decrypting every report and without a plaintext id in the database; ``excluded_at`` marks a
+version its originator removed by a TAXII DELETE with ``match[version]`` (the report itself, one
+signed and encrypted unit, stays as it was). Reports stored before this
 revision cannot be indexed here (a migration holds no keyring): ``taxii_index_state`` names the
 sequence below which the broker indexes them, once, on the first TAXII request.
 
@@ -40,6 +42,7 @@ def upgrade() -> None:
         sa.Column("digest", sa.String(64), nullable=False),
         sa.Column("version", TS, nullable=False),
         sa.Column("spec_version", sa.String(8), nullable=False),
+        sa.Column("excluded_at", TS, nullable=True),
         sa.ForeignKeyConstraint(["report_seq"], ["reports.seq"], name="fk_taxii_objects_report_seq_reports"),
         sa.PrimaryKeyConstraint("report_seq", "position", name="pk_taxii_objects"),
     )
