@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 import weakref
 from collections import OrderedDict
@@ -51,6 +52,7 @@ from broker.storage.repos import Tx
 MAX_OBJECTS_PER_POST = 1000
 ROWS_PER_SCAN_ROW = 10  # rows a page may read for each payload it may decrypt (settings.max_scan_rows)
 _VALIDATION = ValidationOptions(version="2.1")
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 PAYLOADS_OPENED = Counter(
     "broker_taxii_payloads_opened",
     "Report payloads decrypted to answer TAXII reads (a repeated search that matches nothing opens none)",
@@ -718,8 +720,10 @@ def _validate(objects: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[s
         raw_id = obj.get("id") if isinstance(obj, Mapping) else None
         ident = raw_id if isinstance(raw_id, str) and stix.STIX_ID.fullmatch(raw_id) else ""
         claim = stix.reserved_claim(obj) if isinstance(obj, Mapping) else None
-        # Required in a status (§4.3.1); the request's time stands in where the object has none.
+        # Required in a status (§4.3.1); the request's time stands in where the object has none,
+        # or has something else there (a status is plaintext: it never quotes the object).
         version = stix.version_of(obj, date_added="") if isinstance(obj, Mapping) else ""
+        version = version if _TIMESTAMP.fullmatch(version) else ""
         if claim is not None:
             failures.append({"id": ident, "version": version, "message": claim})
             messages.append(claim)
