@@ -270,6 +270,9 @@ class _Scan:
     directory: Any = None
     _seen: set[tuple[str, str]] = field(default_factory=set)
     _counts: dict[int, bool] = field(default_factory=dict)  # report seq -> its versions count
+    _held: dict[str, list[tuple[int, stix.Indexed]]] = field(default_factory=dict)  # by digest
+    _digest_at: dict[tuple[int, int], str] = field(default_factory=dict)  # (seq, position)
+    index_key: bytes = b""
 
     async def take(self, tx: Tx, report: ReportRecord, start: Position) -> None:
         """Serve ``report``'s entries from ``start`` until the page is full."""
@@ -296,23 +299,50 @@ class _Scan:
             self.served.append(report)
             self.drafts.append(reports.allow_draft(self.node, report, "read"))
 
+    async def prefetch(self, tx: Tx, batch: Sequence[ReportRecord]) -> None:
+        """Read the object index for a batch of reports at once: their objects' digests, every
+        version of those objects, and the reports holding them (a few queries a batch, none a
+        report)."""
+        if not self.per_report_versions or not batch:
+            return
+        for seq, row in await store.indexed_at(tx, [r.seq for r in batch]):
+            self._digest_at[(seq, row.position)] = row.digest
+        await self._hold(tx, {d for (s, _), d in self._digest_at.items() if s >= batch[0].seq}, batch)
+
+    async def _hold(self, tx: Tx, digests: set[str], known: Sequence[ReportRecord] = ()) -> None:
+        """Every version of the objects ``digests`` name, and whether each report holding one
+        counts for this page (``_counts``), read once per scan."""
+        unknown = sorted(d for d in digests if d not in self._held)
+        for d in unknown:
+            self._held[d] = []
+        for seq, row in await store.indexed(tx, unknown):
+            self._held[row.digest].append((seq, row))
+        if "all" in self.filters.versions:
+            return
+        seqs = {seq for d in digests for seq, _ in self._held[d]} - set(self._counts)
+        records = [r for r in known if r.seq in seqs]
+        records += await store.reports_at(tx, sorted(seqs - {r.seq for r in records}))
+        for other in records:
+            self._counts[other.seq] = _counts(
+                self.ctx, self.node, self.collection, other, self.directory, self.filters
+            )
+
     async def _versions(self, tx: Tx, report: ReportRecord, entries: list[Entry]) -> list[Entry]:
         """The entries ``match[version]`` keeps, judged per object across every version the node
         may see in the collection under the same filters (the object index), not per report."""
         versions = self.filters.versions
-        key = _index_key(self.ctx)
-        digests = {e.position: stix.id_digest(key, str(e.obj["id"])) for e in entries if e.position >= 0}
-        held = await store.indexed(tx, list(digests.values()))
+        digests: dict[int, str] = {}
+        for e in entries:
+            if e.position >= 0:
+                found_digest = self._digest_at.get((report.seq, e.position))
+                digests[e.position] = found_digest or stix.id_digest(self.index_key, str(e.obj["id"]))
+        await self._hold(tx, set(digests.values()))
+        held = [item for d in set(digests.values()) for item in self._held[d]]
         removed = {(seq, row.position) for seq, row in held if row.excluded}
         entries = [e for e in entries if (e.report_seq, e.position) not in removed]
         if "all" in versions or not entries:
             return entries
-        self._counts.setdefault(report.seq, True)
-        unknown = [seq for seq, _ in held if seq not in self._counts]
-        for other in await store.reports_at(tx, unknown):
-            self._counts[other.seq] = _counts(
-                self.ctx, self.node, self.collection, other, self.directory, self.filters
-            )
+        self._counts[report.seq] = True  # decided and taken by the scan
         found: dict[str, list[tuple[datetime, int, int]]] = {}
         for seq, row in held:
             if self._counts.get(seq) and not row.excluded and _spec_ok(self.filters, row.spec_version):
@@ -390,6 +420,7 @@ async def _page_once(
     name (``start``, or just after the last report the node may see that it skipped); the same
     request then resumes where the scan stopped (``ctx.scan_hints``)."""
     scan = _Scan(ctx, node, collection, filters, limit, per_report_versions)
+    scan.index_key = _index_key(ctx)
     scan.page.next = start
     now = ctx.now()
     await ensure_indexed(ctx)
@@ -408,6 +439,7 @@ async def _page_once(
         while not scan.page.more and not exhausted:
             take = min(max(limit, 50), row_budget - scanned)
             rows = await store.reports_from(tx, start=position, topics=collection.topics, limit=take)
+            await scan.prefetch(tx, rows)
             for report in rows:
                 if scanned >= row_budget or scan.opened >= opened_budget:
                     exhausted = True

@@ -139,6 +139,19 @@ async def indexed(tx: Tx, digests: Sequence[str]) -> list[tuple[int, Indexed]]:
     ]
 
 
+async def indexed_at(tx: Tx, seqs: Sequence[int]) -> list[tuple[int, Indexed]]:
+    """Every object the index holds for the reports ``seqs`` (its primary key)."""
+    if not seqs:
+        return []
+    o = OBJECTS.c
+    query = select(OBJECTS).where(o.report_seq.in_(sorted(set(seqs)))).order_by(o.report_seq, o.position)
+    rows = await tx.run(lambda c: c.execute(query).all())
+    return [
+        (int(r.report_seq), Indexed(r.position, r.digest, r.version, r.spec_version, bool(r.excluded_at)))
+        for r in rows
+    ]
+
+
 async def exclude(tx: Tx, places: Sequence[tuple[int, int]], *, at: datetime) -> None:
     """Mark the objects at (report sequence, position) ``places`` removed."""
     o = OBJECTS.c
