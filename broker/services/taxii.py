@@ -609,7 +609,9 @@ async def delete(
             ctx, "recall", partial(_exclude_once, ctx, node, collection, object_id, filters)
         )
         return
-    carriers = await reports.decided(ctx, "recall", partial(_carriers, ctx, node, collection, filters))
+    carriers = await reports.decided(
+        ctx, "recall", partial(_carriers, ctx, node, collection, object_id, filters)
+    )
     own = [r for r in carriers if r.originator_node == node.id]
     if not own and carriers:
         await reports.recall(ctx, node, carriers[0].id)  # refuses (403) and audits it
@@ -680,27 +682,27 @@ async def _exclude_once(
 
 
 async def _carriers(
-    ctx: Context, node: NodeRecord, collection: CollectionRecord, filters: Filters
+    ctx: Context, node: NodeRecord, collection: CollectionRecord, object_id: str, filters: Filters
 ) -> list[ReportRecord]:
-    """The reports the node may see that carry an object matching ``filters`` (nothing served,
-    so nothing recorded; the recall records itself)."""
-    found: list[ReportRecord] = []
+    """The reports the node may see in the collection that carry the object under ``filters``
+    (``match[spec_version]``, ``added_after``), found through the object index: nothing is
+    decrypted or served, so nothing is recorded; the recall records itself."""
+    await ensure_indexed(ctx)
     async with ctx.db.read_transaction() as tx:
         counter = await tx.change_counter()
         node = await recheck(tx, node, counter)
         directory = await ctx.directory_at(tx, counter)
-        keyring = ctx.keyring
-        position, scanned = 0, 0
-        while scanned < ctx.settings.max_scan_rows:
-            rows = await store.reports_from(tx, start=position, topics=collection.topics, limit=500)
-            for report in rows:
-                position, scanned = report.seq + 1, scanned + 1
-                allowed = reports.decide_for(ctx, node, report, directory).allowed
-                if report.erased_at is None and allowed and _entries(ctx, report, filters, keyring)[0]:
-                    found.append(report)
-            if len(rows) < 500:
-                break
-    return found
+        held = await store.indexed(tx, [stix.id_digest(_index_key(ctx), object_id)])
+        holders = {r.seq: r for r in await store.reports_at(tx, [seq for seq, _ in held])}
+    found = {
+        seq: holders[seq]
+        for seq, row in held
+        if seq in holders
+        and not row.excluded
+        and _spec_ok(filters, row.spec_version)
+        and _counts(ctx, node, collection, holders[seq], directory, filters)
+    }
+    return list(found.values())
 
 
 # -- writing -----------------------------------------------------------------------------------
