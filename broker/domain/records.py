@@ -164,6 +164,8 @@ class Head:
     # Recalls and erasures: they change one report each, so they make stale only the decisions
     # that allowed that report (services.audit), where ``change_counter`` makes all stale.
     report_changes: int = 0
+    # The last report's ``created`` (None before the first): a report's stamp never goes below it.
+    report_created: datetime | None = None
 
 
 @dataclass(frozen=True)

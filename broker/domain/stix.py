@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import re
 import struct
 import uuid
@@ -23,7 +25,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from broker.domain.canonical import canonical
 from broker.domain.time import parse_time
@@ -37,6 +41,7 @@ NAMESPACE = uuid.UUID("6f1f3f62-3c59-4d61-9d0e-4e1f3b7b2a10")
 BROKER_IDENTITY_ID = "identity--" + str(uuid.uuid5(NAMESPACE, "alliance-broker"))
 LABEL_EXTENSION_ID = "extension-definition--" + str(uuid.uuid5(NAMESPACE, "security-label/v1"))
 EPOCH = "2026-01-01T00:00:00.000Z"  # created/modified of the fixed objects above
+FIXED_DATE_ADDED = "2026-01-01T00:00:00.000000Z"  # their date_added (TAXII: microseconds)
 
 # TLP 2.0 (FIRST), as STIX 2.1 marking-definitions (OASIS cti-stix-common-objects).
 TLP_EXTENSION_ID = "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d"
@@ -124,13 +129,15 @@ def label_marking(label: Mapping[str, Any]) -> dict[str, Any]:
     statement: dict[str, Any] = {
         "extension_type": "property-extension",
         "classification": label.get("classification"),
-        "releasable_to": list(label.get("releasable_to", [])),
-        "caveats": list(label.get("caveats", [])),
     }
+    # STIX 2.1 §3.3: an empty list is not a value, so a label without caveats states none.
+    for key in ("releasable_to", "caveats"):
+        if label.get(key):
+            statement[key] = list(label[key])
     if label.get("policy") is not None:
         statement["policy"] = label["policy"]
-    caveats = "/".join(statement["caveats"])
-    name = f"{statement['classification']} REL TO {', '.join(statement['releasable_to']) or '-'}"
+    caveats = "/".join(statement.get("caveats", []))
+    name = f"{statement['classification']} REL TO {', '.join(statement.get('releasable_to', [])) or '-'}"
     return {
         "type": "marking-definition",
         "spec_version": "2.1",
@@ -191,7 +198,11 @@ def marked(obj: Mapping[str, Any], refs: Sequence[str]) -> dict[str, Any]:
     """``obj`` with ``refs`` (the broker's label marking, then its TLP) first in its
     ``object_marking_refs``: the broker's marking is authoritative, so it leads, and a TLP
     marking of the object's own that is not the broker's is dropped (an object posted as
-    TLP:CLEAR into a SECRET collection is served as the collection's TLP, not as both)."""
+    TLP:CLEAR into a SECRET collection is served as the collection's TLP, not as both). A TLP
+    marking-definition is served as posted: STIX allows those only exactly as defined, and the
+    definition of a TLP level says nothing the report's label does not govern already."""
+    if is_tlp_definition(obj):
+        return dict(obj)
     kept = obj.get("object_marking_refs")
     current = [r for r in kept if isinstance(r, str)] if isinstance(kept, list) else []
     ours = [r for r in refs if r != obj.get("id")]
@@ -201,6 +212,16 @@ def marked(obj: Mapping[str, Any], refs: Sequence[str]) -> dict[str, Any]:
     if not out["object_marking_refs"]:
         del out["object_marking_refs"]
     return out
+
+
+def is_tlp_definition(obj: Mapping[str, Any]) -> bool:
+    """A TLP marking-definition: STIX 2.1's (``definition_type`` tlp) or a TLP 2.0 one."""
+    if obj.get("type") != "marking-definition":
+        return False
+    extensions = obj.get("extensions")
+    return obj.get("definition_type") == "tlp" or (
+        isinstance(extensions, Mapping) and TLP_EXTENSION_ID in extensions
+    )
 
 
 def is_label_marking_id(object_id: str) -> bool:
@@ -265,6 +286,52 @@ def version_of(obj: Mapping[str, Any], *, date_added: str) -> str:
 def spec_version_of(obj: Mapping[str, Any]) -> str:
     value = obj.get("spec_version")
     return value if isinstance(value, str) else "2.1"
+
+
+# -- the object index ------------------------------------------------------------------------
+# Keys derived from the keyring's stable secret (its checkpoint signing key: KEKs rotate and are
+# replaced on every erasure, this never changes), each under its own info string.
+INDEX_INFO = b"alliance-broker taxii object index v1"
+CURSOR_INFO = b"alliance-broker taxii next v2"
+
+
+def derive_key(secret: bytes, info: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+
+
+def id_digest(key: bytes, object_id: str) -> str:
+    """The index's name for a STIX id: HMAC-SHA-256 under the index key, hex. Equal ids meet;
+    without the key, the database does not tell which ids it holds."""
+    return hmac.new(key, object_id.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """One payload object as the index holds it: its place among the objects its report serves,
+    its id's digest, its version and its spec_version."""
+
+    position: int
+    digest: str
+    version: datetime
+    spec_version: str
+    excluded: bool = False  # its originator removed this version (TAXII DELETE by version)
+
+
+def served_objects(payload: object) -> list[dict[str, Any]]:
+    """The payload objects a collection may serve, in order (never those at the broker's
+    reserved ids or naming the broker as their creator)."""
+    return [o for o in objects_of(payload) if reserved_claim(o) is None]
+
+
+def index_of(payload: object, *, key: bytes, date_added: str) -> list[Indexed]:
+    """What the index holds for a report's payload (``date_added``: the report's ``created``, the
+    version of an object that has neither ``modified`` nor ``created``)."""
+    return [
+        Indexed(
+            i, id_digest(key, str(o["id"])), instant(version_of(o, date_added=date_added)), spec_version_of(o)
+        )
+        for i, o in enumerate(served_objects(payload))
+    ]
 
 
 # -- filters ---------------------------------------------------------------------------------
@@ -345,6 +412,7 @@ class Entry:
     version: str
     date_added: str
     report_seq: int
+    position: int = -1  # among the payload objects the report serves; -1 for a broker marking
 
 
 def select_versions(entries: Iterable[Entry], versions: Sequence[str]) -> list[Entry]:
@@ -354,14 +422,14 @@ def select_versions(entries: Iterable[Entry], versions: Sequence[str]) -> list[E
     if "all" in versions:
         return items
     keep: set[int] = set()
-    stamps = {_instant(v) for v in versions if v not in VERSION_KEYWORDS}
+    stamps = {instant(v) for v in versions if v not in VERSION_KEYWORDS}
     by_id: dict[str, list[int]] = {}
     for i, entry in enumerate(items):
         by_id.setdefault(str(entry.obj.get("id")), []).append(i)
-        if stamps and _instant(entry.version) in stamps:
+        if stamps and instant(entry.version) in stamps:
             keep.add(i)
     for indexes in by_id.values():
-        ordered = sorted(indexes, key=lambda i: (_instant(items[i].version), i))
+        ordered = sorted(indexes, key=lambda i: (instant(items[i].version), i))
         if "first" in versions:
             keep.add(ordered[0])
         if "last" in versions:
@@ -369,7 +437,7 @@ def select_versions(entries: Iterable[Entry], versions: Sequence[str]) -> list[E
     return [e for i, e in enumerate(items) if i in keep]
 
 
-def _instant(value: str) -> datetime:
+def instant(value: str) -> datetime:
     try:
         moment = parse_time(value, name="version")
     except InvalidInput:  # a payload's odd timestamp sorts first rather than failing the page

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from broker.crypto import envelope, seal, signing
 from broker.crypto import keyring as keyring_file
 from broker.crypto.keyring import Keyring
+from broker.domain import stix
 from broker.domain.access import Decision, decide
 from broker.domain.canonical import canonical, sha256_hex
 from broker.domain.ids import canonical_report_id, scoped_report_id
@@ -217,6 +218,8 @@ async def store_publishes(
         limit=limits.burst,
     )
     head = reads.head
+    now = ctx.now()  # read once the order is fixed: the lock is held to the commit
+    stamp = head.report_created
     await ctx.directory_at(tx, head.change_counter)  # keyring fresh under the lock (see rotate_keys)
     checked: Sequence[PublishAct | BrokerError] = acts
     if any(act.node.version != head.change_counter for act in acts):
@@ -226,6 +229,7 @@ async def store_publishes(
     limits.counts = dict(reads.recent)
     outcomes: list[ReportRecord | BrokerError] = []
     new: list[tuple[ReportRecord, str | None]] = []
+    indexed: list[dict[str, Any]] = []
     drafts: list[AuditDraft] = []
     for act in checked:
         if isinstance(act, BrokerError):
@@ -243,8 +247,10 @@ async def store_publishes(
             outcomes.append(RateLimited("too many reports per second from this node", code="rate_limited"))
             continue
         seq += 1
-        report, draft = build_report(ctx, act.node, act.sub, seq=seq, now=now)
+        stamp = _stamp_after(stamp, now)
+        report, draft = build_report(ctx, act.node, act.sub, seq=seq, now=stamp)
         new.append((report, act.idempotency_key))
+        indexed += index_rows(ctx, report, json.loads(act.sub.canonical_payload))
         drafts.append(draft)
         batch.by_id[report.id] = report
         if act.idempotency_key is not None:
@@ -252,9 +258,31 @@ async def store_publishes(
         outcomes.append(report)
     if new:
         await tx.insert_reports(new)
+        await tx.insert_objects(indexed)
         await tx.notify_change()
-        await audit.record(tx, drafts, now=now, head=replace(head, report_seq=seq))
+        await audit.record(tx, drafts, now=now, head=replace(head, report_seq=seq, report_created=stamp))
     return outcomes
+
+
+def index_rows(ctx: Context, report: ReportRecord, payload: object) -> list[dict[str, Any]]:
+    """TAXII's object index for a report (``models.TaxiiObjectRow``), written with it."""
+    key = stix.derive_key(ctx.keyring.checkpoint_key, stix.INDEX_INFO, 32)
+    found = stix.index_of(payload, key=key, date_added=stix.timestamp(report.created_at))
+    return [
+        {"report_seq": report.seq, "position": o.position, "digest": o.digest}
+        | {"version": o.version, "spec_version": o.spec_version}
+        for o in found
+    ]
+
+
+def _stamp_after(previous: datetime | None, now: datetime) -> datetime:
+    """A report's ``created``: ``now``, or just after the previous report's when that is not
+    earlier. So ``created`` strictly follows the sequence: TAXII's ``added_after`` and retention
+    read the sequence by it, and a poller resuming from the last stamp it saw misses nothing even
+    when another broker's clock is behind or this one steps back."""
+    if previous is None or now > previous:
+        return now
+    return previous + timedelta(microseconds=1)
 
 
 class _RateWindow:

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import partial
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from prometheus_client import Counter
 from stix2validator import (  # type: ignore[import-untyped]  # the package ships no types
     ValidationError,
@@ -45,12 +46,13 @@ from broker.services.collections import can_read, can_write
 from broker.services.context import Context
 from broker.services.scanhints import HintKey, ScanHint
 from broker.storage import collections as store
+from broker.storage.database import Database
 from broker.storage.repos import Tx
 
 MAX_OBJECTS_PER_POST = 1000
-BY_ID_LIMIT = 1000  # versions of one object served at once (no paging by id)
 ROWS_PER_SCAN_ROW = 10  # rows a page may read for each payload it may decrypt (settings.max_scan_rows)
 _VALIDATION = ValidationOptions(version="2.1")
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 PAYLOADS_OPENED = Counter(
     "broker_taxii_payloads_opened",
     "Report payloads decrypted to answer TAXII reads (a repeated search that matches nothing opens none)",
@@ -126,31 +128,53 @@ async def _refuse(ctx: Context, node: NodeRecord, act: str, exc: BrokerError) ->
     raise exc
 
 
-# -- paging cursors ----------------------------------------------------------------------------
-_CURSOR_INFO = b"alliance-broker taxii next v1"
+# -- keys, paging cursors ----------------------------------------------------------------------
+def _cursor_key(ctx: Context) -> bytes:
+    """From the keyring's stable secret: KEKs rotate and are replaced on every erasure, and a
+    ``next`` must survive both."""
+    return stix.derive_key(ctx.keyring.checkpoint_key, stix.CURSOR_INFO, 64)
 
 
-def _cursor_key(kek: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=_CURSOR_INFO).derive(kek)
+def _index_key(ctx: Context) -> bytes:
+    return stix.derive_key(ctx.keyring.checkpoint_key, stix.INDEX_INFO, 32)
 
 
-def cursor(ctx: Context, node: NodeRecord, collection_id: str, position: Position) -> str:
-    """The ``next`` naming ``position`` for ``node`` in the collection: sealed under a key derived
-    from the current KEK, so every broker sharing the keyring reads it."""
-    key = _cursor_key(ctx.keyring.kek(ctx.keyring.current))
-    return stix.encode_position(position, key=key, bound=(node.id, collection_id))
+def cursor(ctx: Context, node: NodeRecord, scope: Sequence[str], position: Position) -> str:
+    """The ``next`` naming ``position`` for ``node`` in ``scope`` (the collection, and the object
+    for by-id and versions): every broker sharing the keyring reads it."""
+    return stix.encode_position(position, key=_cursor_key(ctx), bound=(node.id, *scope))
 
 
-def position_of(ctx: Context, node: NodeRecord, collection_id: str, token: str | None) -> Position:
+def position_of(ctx: Context, node: NodeRecord, scope: Sequence[str], token: str | None) -> Position:
     """Where a page starts: the beginning, or the place a ``next`` this node was answered in
-    this collection names (400 for any other token; a KEK retired since makes it a 400 too)."""
+    this scope names (400 for any other token)."""
     if token is None:
         return Position()
-    ring = ctx.keyring
-    keys = [_cursor_key(ring.kek(ring.current))] + [
-        _cursor_key(k) for kid, k in ring.keks.items() if kid != ring.current
-    ]
-    return stix.decode_position(token, keys=keys, bound=(node.id, collection_id))
+    return stix.decode_position(token, keys=[_cursor_key(ctx)], bound=(node.id, *scope))
+
+
+# -- the object index ----------------------------------------------------------------------------
+async def ensure_indexed(ctx: Context) -> None:
+    """Index the reports stored before the object index existed (migration 0011 names them),
+    once per database: decrypting each, in one transaction that holds the index's state row."""
+    if ctx.db in _INDEXED:
+        return
+    async with ctx.db.transaction() as tx:
+        below = await store.pending_below(tx, lock=True)
+        after = 0
+        while below:
+            found = await store.unindexed(tx, after=after, below=below, limit=500)
+            for report in found:
+                payload = json.loads(reports.open_payload(ctx, report))
+                await store.add_indexed(tx, reports.index_rows(ctx, report, payload))
+            if len(found) < 500:
+                await store.set_pending_below(tx, 0)
+                break
+            after = found[-1].seq
+    _INDEXED.add(ctx.db)
+
+
+_INDEXED: weakref.WeakSet[Database] = weakref.WeakSet()  # those found fully indexed
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -214,21 +238,17 @@ def _entries(
     found: list[Entry] = []
     if filters.wants_markings():
         found += [Entry(m, m["created"], added, report.seq) for m in markings]
-    only_markings = (filters.types and filters.types <= stix.MARKING_TYPES) or (
-        filters.ids and all(i.split("--")[0] in stix.MARKING_TYPES for i in filters.ids)
-    )
     opened = False
-    if not only_markings and _INDEX.may_match(report.id, filters):
+    if _INDEX.may_match(report.id, filters):
         refs = [m["id"] for m in markings]
         payload = json.loads(reports.open_payload(ctx, report, keyring))
         PAYLOADS_OPENED.inc()
-        served = [o for o in stix.objects_of(payload) if stix.reserved_claim(o) is None]
+        served = stix.served_objects(payload)
         _INDEX.put(report.id, served)
         opened = True
-        for obj in served:
-            found.append(
-                Entry(stix.marked(obj, refs), stix.version_of(obj, date_added=added), added, report.seq)
-            )
+        for position, obj in enumerate(served):
+            version = stix.version_of(obj, date_added=added)
+            found.append(Entry(stix.marked(obj, refs), version, added, report.seq, position))
     return [e for e in found if filters.matches(e.obj)], opened
 
 
@@ -247,14 +267,19 @@ class _Scan:
     served: list[ReportRecord] = field(default_factory=list)
     keyring: Keyring | None = None  # the one current when the scan's reports were read
     opened: int = 0  # payloads decrypted
+    directory: Any = None
     _seen: set[tuple[str, str]] = field(default_factory=set)
+    _counts: dict[int, bool] = field(default_factory=dict)  # report seq -> its versions count
+    _held: dict[str, list[tuple[int, stix.Indexed]]] = field(default_factory=dict)  # by digest
+    _digest_at: dict[tuple[int, int], str] = field(default_factory=dict)  # (seq, position)
+    index_key: bytes = b""
 
-    def take(self, report: ReportRecord, start: Position) -> None:
+    async def take(self, tx: Tx, report: ReportRecord, start: Position) -> None:
         """Serve ``report``'s entries from ``start`` until the page is full."""
         entries, opened = _entries(self.ctx, report, self.filters, self.keyring)
         self.opened += opened
         if self.per_report_versions:
-            entries = stix.select_versions(entries, self.filters.versions)
+            entries = await self._versions(tx, report, entries)
         first = start.index if report.seq == start.seq else 0
         served = False
         for index in range(first, len(entries)):
@@ -273,6 +298,91 @@ class _Scan:
         if served:
             self.served.append(report)
             self.drafts.append(reports.allow_draft(self.node, report, "read"))
+
+    async def prefetch(self, tx: Tx, batch: Sequence[ReportRecord]) -> None:
+        """Read the object index for a batch of reports at once: their objects' digests, every
+        version of those objects, and the reports holding them (a few queries a batch, none a
+        report)."""
+        if not self.per_report_versions or not batch:
+            return
+        for seq, row in await store.indexed_at(tx, [r.seq for r in batch]):
+            self._digest_at[(seq, row.position)] = row.digest
+        await self._hold(tx, {d for (s, _), d in self._digest_at.items() if s >= batch[0].seq}, batch)
+
+    async def _hold(self, tx: Tx, digests: set[str], known: Sequence[ReportRecord] = ()) -> None:
+        """Every version of the objects ``digests`` name, and whether each report holding one
+        counts for this page (``_counts``), read once per scan."""
+        unknown = sorted(d for d in digests if d not in self._held)
+        for d in unknown:
+            self._held[d] = []
+        for seq, row in await store.indexed(tx, unknown):
+            self._held[row.digest].append((seq, row))
+        if "all" in self.filters.versions:
+            return
+        seqs = {seq for d in digests for seq, _ in self._held[d]} - set(self._counts)
+        records = [r for r in known if r.seq in seqs]
+        records += await store.reports_at(tx, sorted(seqs - {r.seq for r in records}))
+        for other in records:
+            self._counts[other.seq] = _counts(
+                self.ctx, self.node, self.collection, other, self.directory, self.filters
+            )
+
+    async def _versions(self, tx: Tx, report: ReportRecord, entries: list[Entry]) -> list[Entry]:
+        """The entries ``match[version]`` keeps, judged per object across every version the node
+        may see in the collection under the same filters (the object index), not per report."""
+        versions = self.filters.versions
+        digests: dict[int, str] = {}
+        for e in entries:
+            if e.position >= 0:
+                found_digest = self._digest_at.get((report.seq, e.position))
+                digests[e.position] = found_digest or stix.id_digest(self.index_key, str(e.obj["id"]))
+        await self._hold(tx, set(digests.values()))
+        held = [item for d in set(digests.values()) for item in self._held[d]]
+        removed = {(seq, row.position) for seq, row in held if row.excluded}
+        entries = [e for e in entries if (e.report_seq, e.position) not in removed]
+        if "all" in versions or not entries:
+            return entries
+        self._counts[report.seq] = True  # decided and taken by the scan
+        found: dict[str, list[tuple[datetime, int, int]]] = {}
+        for seq, row in held:
+            if self._counts.get(seq) and not row.excluded and _spec_ok(self.filters, row.spec_version):
+                found.setdefault(row.digest, []).append((row.version, seq, row.position))
+        return [e for e in entries if _kept(e, versions, found.get(digests.get(e.position, ""), []))]
+
+
+def _counts(
+    ctx: Context,
+    node: NodeRecord,
+    collection: CollectionRecord,
+    report: ReportRecord,
+    directory: Any,
+    filters: Filters,
+) -> bool:
+    """Whether ``report``'s versions count for ``node`` in the collection under ``filters``."""
+    return (
+        report.erased_at is None
+        and bool(set(report.topics) & set(collection.topics))
+        and (filters.added_after is None or report.created_at > filters.added_after)
+        and reports.decide_for(ctx, node, report, directory).allowed
+    )
+
+
+def _spec_ok(filters: Filters, spec_version: str) -> bool:
+    return not filters.spec_versions or spec_version in filters.spec_versions
+
+
+def _kept(entry: Entry, versions: Sequence[str], others: list[tuple[datetime, int, int]]) -> bool:
+    """Whether ``match[version]`` keeps ``entry`` given every version of its object that counts
+    (``others``, as the index orders them: version, then report, then place). A broker marking
+    has one version."""
+    moment = stix.instant(entry.version)
+    if any(v not in stix.VERSION_KEYWORDS and stix.instant(v) == moment for v in versions):
+        return True
+    if entry.position < 0:
+        return "first" in versions or "last" in versions
+    mine = (moment, entry.report_seq, entry.position)
+    every = [*others, mine]
+    return ("last" in versions and mine == max(every)) or ("first" in versions and mine == min(every))
 
 
 async def page(
@@ -310,12 +420,14 @@ async def _page_once(
     name (``start``, or just after the last report the node may see that it skipped); the same
     request then resumes where the scan stopped (``ctx.scan_hints``)."""
     scan = _Scan(ctx, node, collection, filters, limit, per_report_versions)
+    scan.index_key = _index_key(ctx)
     scan.page.next = start
     now = ctx.now()
+    await ensure_indexed(ctx)
     async with ctx.db.read_transaction() as tx:  # decided here; audited after, below
         counter = await tx.change_counter()
         node = scan.node = await recheck(tx, node, counter)
-        directory = await ctx.directory_at(tx, counter)
+        directory = scan.directory = await ctx.directory_at(tx, counter)
         scan.keyring = ctx.keyring
         # Where the scan may begin: never named to the client (it may be a hidden report's place).
         floor = await _after_added(tx, start, filters)
@@ -327,6 +439,7 @@ async def _page_once(
         while not scan.page.more and not exhausted:
             take = min(max(limit, 50), row_budget - scanned)
             rows = await store.reports_from(tx, start=position, topics=collection.topics, limit=take)
+            await scan.prefetch(tx, rows)
             for report in rows:
                 if scanned >= row_budget or scan.opened >= opened_budget:
                     exhausted = True
@@ -340,7 +453,7 @@ async def _page_once(
                 if filters.added_after is not None and report.created_at <= filters.added_after:
                     scan.page.next = Position(report.seq + 1, 0)
                     continue
-                scan.take(report, start)
+                await scan.take(tx, report, start)
                 if scan.page.more:
                     break
             if len(rows) < take and not exhausted:
@@ -370,25 +483,114 @@ async def _after_added(tx: Tx, start: Position, filters: Filters) -> int:
 
 
 async def by_id(
-    ctx: Context, node: NodeRecord, collection_id: str, object_id: str, *, filters: Filters
-) -> list[Entry]:
-    """Every version of one object the node may see (``match[version]`` across the collection)."""
+    ctx: Context,
+    node: NodeRecord,
+    collection_id: str,
+    object_id: str,
+    *,
+    filters: Filters,
+    limit: int,
+    start: Position,
+) -> Page:
+    """The versions of one object the node may see in the collection that ``filters`` keep
+    (``match[version]`` judged across them all), in the order they were added, ``limit`` from
+    ``start``; audited. Found through the object index: only the reports holding the object are
+    read and decrypted. 404 (audited) when the node may see no version of it at all."""
     fixed = {o["id"]: o for o in stix.fixed_objects()} | {
         stix.TLP_IDS[level]: stix.tlp_marking(level) for level in stix.TLP_ORDER
     }
-    await _readable(ctx, node, collection_id)
+    collection = await _readable(ctx, node, collection_id)
     if object_id in fixed:
-        return [Entry(fixed[object_id], stix.EPOCH, stix.EPOCH, 0)]
-    found = await page(
-        ctx,
-        node,
-        collection_id,
-        filters=filters,
-        limit=BY_ID_LIMIT,
-        start=Position(),
-        per_report_versions=False,
-    )
-    return stix.select_versions(found.entries, filters.versions)
+        stamp = stix.FIXED_DATE_ADDED
+        return Page([Entry(fixed[object_id], stix.version_of(fixed[object_id], date_added=stamp), stamp, 0)])
+    if stix.is_label_marking_id(object_id):  # the broker's own, stated by the reports themselves
+        found = await page(
+            ctx, node, collection_id, filters=filters, limit=limit, start=start, per_report_versions=False
+        )
+        found.entries = stix.select_versions(found.entries, filters.versions)
+        if not found.entries and start == Position():
+            await _refuse(ctx, node, "read", NotFound("no such object", code="not_found"))
+        return found
+    attempt = partial(_by_id_once, ctx, node, collection, object_id, filters, limit, start)
+    return await reports.decided(ctx, "read", attempt)
+
+
+async def _by_id_once(
+    ctx: Context,
+    node: NodeRecord,
+    collection: CollectionRecord,
+    object_id: str,
+    filters: Filters,
+    limit: int,
+    start: Position,
+) -> Page:
+    await ensure_indexed(ctx)
+    drafts: list[AuditDraft] = []
+    found = Page()
+    async with ctx.db.read_transaction() as tx:
+        counter = await tx.change_counter()
+        node = await recheck(tx, node, counter)
+        directory = await ctx.directory_at(tx, counter)
+        keyring = ctx.keyring
+        held = await store.indexed(tx, [stix.id_digest(_index_key(ctx), object_id)])
+        holders = {r.seq: r for r in await store.reports_at(tx, [seq for seq, _ in held])}
+        unfiltered = Filters()
+        seen = [
+            (holders[seq], row)
+            for seq, row in held
+            if seq in holders
+            and not row.excluded
+            and _counts(ctx, node, collection, holders[seq], directory, unfiltered)
+        ]
+        if not seen:
+            missing = True
+        else:
+            missing = False
+            counted = [
+                (report, row)
+                for report, row in seen
+                if _counts(ctx, node, collection, report, directory, filters)
+                and _spec_ok(filters, row.spec_version)
+            ]
+            every = [(row.version, report.seq, row.position) for report, row in counted]
+            payloads: dict[int, list[dict[str, Any]]] = {}
+            for report, row in counted:
+                if (report.seq, row.position) < (start.seq, start.index):
+                    continue
+                added = stix.timestamp(report.created_at)
+                probe = Entry({}, stix.timestamp(row.version), added, report.seq, row.position)
+                if not _kept_indexed(probe, row.version, filters.versions, every):
+                    continue
+                if len(found.entries) == limit:
+                    found.more, found.next = True, Position(report.seq, row.position)
+                    break
+                if report.seq not in payloads:
+                    payloads[report.seq] = stix.served_objects(
+                        json.loads(reports.open_payload(ctx, report, keyring))
+                    )
+                    PAYLOADS_OPENED.inc()
+                    drafts.append(reports.allow_draft(node, report, "read"))
+                obj = payloads[report.seq][row.position]
+                refs = [m["id"] for m in stix.markings_of(report.label)]
+                version = stix.version_of(obj, date_added=added)
+                found.entries.append(Entry(stix.marked(obj, refs), version, added, report.seq, row.position))
+    await audit.batcher(ctx).append(drafts, decided_at=counter)
+    if missing:
+        await _refuse(ctx, node, "read", NotFound("no such object", code="not_found"))
+    return found
+
+
+def _kept_indexed(
+    entry: Entry, version: datetime, versions: Sequence[str], every: list[tuple[datetime, int, int]]
+) -> bool:
+    """``_kept`` for an entry known by its index row alone."""
+    if "all" in versions:
+        return True
+    stamps = {stix.instant(v) for v in versions if v not in stix.VERSION_KEYWORDS}
+    if version in stamps:
+        return True
+    mine = (version, entry.report_seq, entry.position)
+    return ("last" in versions and mine == max(every)) or ("first" in versions and mine == min(every))
 
 
 # -- deleting (recall) ---------------------------------------------------------------------------
@@ -402,7 +604,14 @@ async def delete(
         await _refuse(
             ctx, node, "recall", AccessDenied("this act needs the 'publish' role", code="missing_role")
         )
-    carriers = await reports.decided(ctx, "recall", partial(_carriers, ctx, node, collection, filters))
+    if "all" not in filters.versions:
+        await reports.decided(
+            ctx, "recall", partial(_exclude_once, ctx, node, collection, object_id, filters)
+        )
+        return
+    carriers = await reports.decided(
+        ctx, "recall", partial(_carriers, ctx, node, collection, object_id, filters)
+    )
     own = [r for r in carriers if r.originator_node == node.id]
     if not own and carriers:
         await reports.recall(ctx, node, carriers[0].id)  # refuses (403) and audits it
@@ -412,28 +621,88 @@ async def delete(
         await reports.recall(ctx, node, report.id)
 
 
+async def _exclude_once(
+    ctx: Context, node: NodeRecord, collection: CollectionRecord, object_id: str, filters: Filters
+) -> None:
+    """Remove the versions of an object ``match[version]`` names among those the node may see:
+    each is marked excluded in the object index, its report untouched (one signed, encrypted
+    unit), and recorded as a ``recall`` with reason ``version_excluded``. 403 when only other
+    nodes' reports hold them, 404 when none the node may see does (both recorded)."""
+    await ensure_indexed(ctx)
+    refusal: BrokerError | None = None
+    async with ctx.db.transaction() as tx:
+        counter = await tx.change_counter()
+        node = await recheck(tx, node, counter, now=ctx.now(), role="publish")
+        directory = await ctx.directory_at(tx, counter)
+        held = await store.indexed(tx, [stix.id_digest(_index_key(ctx), object_id)])
+        holders = {r.seq: r for r in await store.reports_at(tx, [seq for seq, _ in held])}
+        seen = [
+            (holders[seq], row)
+            for seq, row in held
+            if seq in holders
+            and not row.excluded
+            and not holders[seq].recalled_at
+            and _counts(ctx, node, collection, holders[seq], directory, filters)
+            and _spec_ok(filters, row.spec_version)
+        ]
+        every = [(row.version, report.seq, row.position) for report, row in seen]
+        chosen = [
+            (report, row)
+            for report, row in seen
+            if _kept_indexed(
+                Entry({}, "", "", report.seq, row.position), row.version, filters.versions, every
+            )
+        ]
+        own = [(report, row) for report, row in chosen if report.originator_node == node.id]
+        now = ctx.now()
+        if own:
+            await store.exclude(tx, [(report.seq, row.position) for report, row in own], at=now)
+            drafts = [
+                replace(reports.allow_draft(node, report, "recall"), reason="version_excluded")
+                for report in {r.seq: r for r, _ in own}.values()
+            ]
+            await audit.record(tx, drafts, now=now, report_changed=True, decided_at=counter)
+            return
+        refusal = (
+            AccessDenied("only the originator may remove a version", code="not_originator")
+            if chosen
+            else NotFound("no such object", code="not_found")
+        )
+        draft = AuditDraft(
+            action="recall",
+            actor=node.id,
+            node=node.id,
+            nation=node.nation,
+            decision="deny",
+            reason=refusal.code,
+            report=chosen[0][0].id if chosen else None,
+        )
+        await audit.record(tx, [draft], now=now, decided_at=counter)
+    raise refusal
+
+
 async def _carriers(
-    ctx: Context, node: NodeRecord, collection: CollectionRecord, filters: Filters
+    ctx: Context, node: NodeRecord, collection: CollectionRecord, object_id: str, filters: Filters
 ) -> list[ReportRecord]:
-    """The reports the node may see that carry an object matching ``filters`` (nothing served,
-    so nothing recorded; the recall records itself)."""
-    found: list[ReportRecord] = []
+    """The reports the node may see in the collection that carry the object under ``filters``
+    (``match[spec_version]``, ``added_after``), found through the object index: nothing is
+    decrypted or served, so nothing is recorded; the recall records itself."""
+    await ensure_indexed(ctx)
     async with ctx.db.read_transaction() as tx:
         counter = await tx.change_counter()
         node = await recheck(tx, node, counter)
         directory = await ctx.directory_at(tx, counter)
-        keyring = ctx.keyring
-        position, scanned = 0, 0
-        while scanned < ctx.settings.max_scan_rows:
-            rows = await store.reports_from(tx, start=position, topics=collection.topics, limit=500)
-            for report in rows:
-                position, scanned = report.seq + 1, scanned + 1
-                allowed = reports.decide_for(ctx, node, report, directory).allowed
-                if report.erased_at is None and allowed and _entries(ctx, report, filters, keyring)[0]:
-                    found.append(report)
-            if len(rows) < 500:
-                break
-    return found
+        held = await store.indexed(tx, [stix.id_digest(_index_key(ctx), object_id)])
+        holders = {r.seq: r for r in await store.reports_at(tx, [seq for seq, _ in held])}
+    found = {
+        seq: holders[seq]
+        for seq, row in held
+        if seq in holders
+        and not row.excluded
+        and _spec_ok(filters, row.spec_version)
+        and _counts(ctx, node, collection, holders[seq], directory, filters)
+    }
+    return list(found.values())
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -485,20 +754,24 @@ def _validate(objects: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[s
         raw_id = obj.get("id") if isinstance(obj, Mapping) else None
         ident = raw_id if isinstance(raw_id, str) and stix.STIX_ID.fullmatch(raw_id) else ""
         claim = stix.reserved_claim(obj) if isinstance(obj, Mapping) else None
+        # Required in a status (§4.3.1); the request's time stands in where the object has none,
+        # or has something else there (a status is plaintext: it never quotes the object).
+        version = stix.version_of(obj, date_added="") if isinstance(obj, Mapping) else ""
+        version = version if _TIMESTAMP.fullmatch(version) else ""
         if claim is not None:
-            failures.append({"id": ident, "message": claim})
+            failures.append({"id": ident, "version": version, "message": claim})
             messages.append(claim)
             continue
         try:
             result = validate_instance(obj, _VALIDATION)
         except ValidationError as exc:
-            failures.append({"id": ident, "message": "invalid_stix"})
+            failures.append({"id": ident, "version": version, "message": "invalid_stix"})
             messages.append(str(exc)[:500])
             continue
         if result.is_valid:
             accepted.append(obj)
         else:
-            failures.append({"id": ident, "message": "invalid_stix"})
+            failures.append({"id": ident, "version": version, "message": "invalid_stix"})
             messages.append("; ".join(str(e) for e in result.errors)[:500])
     return accepted, failures, messages
 
@@ -539,20 +812,23 @@ async def add_objects(ctx: Context, node: NodeRecord, collection_id: str, envelo
         "topics": list(collection.topics),
         "payload": {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": accepted},
     }
+    requested = stix.timestamp(ctx.now())
     receipt = await reports.publish(ctx, node, body, idempotency_key=None)
-    now = stix.timestamp(ctx.now())
+    # The report's own stamp: the date_added, and the version of an object without one, that
+    # the manifest and versions/ answer too.
+    added = stix.timestamp(datetime.fromisoformat(receipt["created"]))
     outcome: dict[str, Any] = {
         "id": str(uuid.uuid4()),
         "status": "complete",
-        "request_timestamp": now,
+        "request_timestamp": requested,
         "total_count": len(objects),
         "success_count": len(accepted),
-        "successes": [{"id": o["id"], "version": _version(o, now)} for o in accepted],
+        "successes": [{"id": o["id"], "version": _version(o, added)} for o in accepted],
         "failure_count": len(failures),
-        "failures": failures,
         "pending_count": 0,
-        "pendings": [],
     }
+    if failures:  # TAXII 2.1 §2: an empty list is not sent
+        outcome["failures"] = [f | {"version": f["version"] or requested} for f in failures]
     async with ctx.db.transaction() as tx:
         await store.insert_status(
             tx,

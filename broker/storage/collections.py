@@ -11,17 +11,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from broker.domain.records import ReportRecord
-from broker.domain.stix import CollectionRecord
+from broker.domain.stix import CollectionRecord, Indexed
 from broker.storage import statements as st
-from broker.storage.models import CollectionRow, TaxiiStatusRow
+from broker.storage.models import CollectionRow, TaxiiIndexStateRow, TaxiiStatusRow
 from broker.storage.repos import Tx, report_of
 
 COLLECTIONS, STATUSES = st.table(CollectionRow), st.table(TaxiiStatusRow)
-REPORTS, TOPICS = st.REPORTS, st.TOPICS
+REPORTS, TOPICS, OBJECTS = st.REPORTS, st.TOPICS, st.TAXII_OBJECTS
+INDEX_STATE = st.table(TaxiiIndexStateRow)
 
 
 def _record(row: Any) -> CollectionRecord:
@@ -119,3 +120,84 @@ async def status(tx: Tx, status_id: str) -> tuple[str, str, dict[str, Any]] | No
     """(node, collection id, outcome) of a status resource."""
     row = await tx.run(lambda c: c.execute(select(STATUSES).where(STATUSES.c.id == status_id)).first())
     return None if row is None else (row.node_id, row.collection_id, dict(row.outcome))
+
+
+# -- the object index (models.TaxiiObjectRow) ----------------------------------------------------
+async def indexed(tx: Tx, digests: Sequence[str]) -> list[tuple[int, Indexed]]:
+    """Every (report sequence, object) the index holds under ``digests`` (ix_taxii_objects_digest)."""
+    if not digests:
+        return []
+    o = OBJECTS.c
+    query = select(OBJECTS).where(o.digest.in_(sorted(set(digests)))).order_by(o.report_seq, o.position)
+    rows = await tx.run(lambda c: c.execute(query).all())
+    return [
+        (
+            int(r.report_seq),
+            Indexed(r.position, r.digest, r.version, r.spec_version, r.excluded_at is not None),
+        )
+        for r in rows
+    ]
+
+
+async def indexed_at(tx: Tx, seqs: Sequence[int]) -> list[tuple[int, Indexed]]:
+    """Every object the index holds for the reports ``seqs`` (its primary key)."""
+    if not seqs:
+        return []
+    o = OBJECTS.c
+    query = select(OBJECTS).where(o.report_seq.in_(sorted(set(seqs)))).order_by(o.report_seq, o.position)
+    rows = await tx.run(lambda c: c.execute(query).all())
+    return [
+        (int(r.report_seq), Indexed(r.position, r.digest, r.version, r.spec_version, bool(r.excluded_at)))
+        for r in rows
+    ]
+
+
+async def exclude(tx: Tx, places: Sequence[tuple[int, int]], *, at: datetime) -> None:
+    """Mark the objects at (report sequence, position) ``places`` removed."""
+    o = OBJECTS.c
+
+    def body(connection: Connection) -> None:
+        for seq, position in places:
+            where = (o.report_seq == seq, o.position == position)
+            connection.execute(update(OBJECTS).where(*where).values(excluded_at=at))
+
+    await tx.run(body)
+
+
+async def reports_at(tx: Tx, seqs: Sequence[int]) -> list[ReportRecord]:
+    """The reports with these sequences, in sequence order."""
+    if not seqs:
+        return []
+    query = select(REPORTS).where(REPORTS.c.seq.in_(sorted(set(seqs)))).order_by(REPORTS.c.seq)
+    return [report_of(r) for r in await tx.run(lambda c: c.execute(query).all())]
+
+
+async def pending_below(tx: Tx, *, lock: bool = False) -> int:
+    """The sequence below which reports still wait to be indexed (0: none)."""
+    query = select(INDEX_STATE.c.pending_below).where(INDEX_STATE.c.id == 1)
+    if lock:
+        query = query.with_for_update()
+    value = await tx.run(lambda c: c.execute(query).scalar())
+    return 0 if value is None else int(value)
+
+
+async def unindexed(tx: Tx, *, after: int, below: int, limit: int) -> list[ReportRecord]:
+    """Reports with ``after`` < sequence < ``below`` holding a payload, in sequence order."""
+    r = REPORTS.c
+    query = (
+        select(REPORTS)
+        .where(r.seq > after, r.seq < below, r.ciphertext.is_not(None))
+        .order_by(r.seq)
+        .limit(limit)
+    )
+    return [report_of(row) for row in await tx.run(lambda c: c.execute(query).all())]
+
+
+async def add_indexed(tx: Tx, rows: Sequence[dict[str, object]]) -> None:
+    if rows:
+        await tx.run(lambda c: c.execute(insert(OBJECTS), list(rows)))
+
+
+async def set_pending_below(tx: Tx, value: int) -> None:
+    statement = update(INDEX_STATE).where(INDEX_STATE.c.id == 1).values(pending_below=value)
+    await tx.run(lambda c: c.execute(statement))

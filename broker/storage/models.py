@@ -171,6 +171,8 @@ class LogHeadRow(Base):
     report_changes: Mapped[int] = mapped_column(BigInteger, server_default="0")
     # JSON [[level, index, hex hash], ...]: the Merkle tree's frontier (see crypto/merkle.py).
     audit_frontier: Mapped[str] = mapped_column(Text, server_default="[]")
+    # The last report's ``created``: the next one is stamped no earlier (services.reports).
+    report_created: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class StreamCursorRow(Base):
@@ -226,6 +228,31 @@ class TaxiiStatusRow(Base):
     report_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     outcome: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class TaxiiObjectRow(Base):
+    """One object a report's payload carries, for TAXII's per-object versions: a keyed digest of
+    its STIX id (``domain.stix.id_digest``), never the id, so the table tells someone holding the
+    database alone which reports share an object, not which objects they are."""
+
+    __tablename__ = "taxii_objects"
+    __table_args__ = (Index("ix_taxii_objects_digest", "digest", "version"),)
+    report_seq: Mapped[int] = mapped_column(ForeignKey("reports.seq"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    digest: Mapped[str] = mapped_column(String(64))
+    version: Mapped[datetime] = mapped_column(UTCDateTime)
+    spec_version: Mapped[str] = mapped_column(String(8))
+    # Set when the originator removed this version alone (TAXII DELETE with match[version]).
+    excluded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class TaxiiIndexStateRow(Base):
+    """One row (id = 1): the reports below ``pending_below`` were stored before the object index
+    existed and are indexed by the first TAXII request that finds them so (0: none left)."""
+
+    __tablename__ = "taxii_index_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    pending_below: Mapped[int] = mapped_column(BigInteger)
 
 
 class KeyringBindingRow(Base):

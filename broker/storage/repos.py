@@ -414,6 +414,10 @@ class Tx:
         self._queue(st.INSERT_REPORTS, rows)
         self._queue(st.INSERT_TOPICS, topics)
 
+    async def insert_objects(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows of TAXII's object index (``models.TaxiiObjectRow``), queued."""
+        self._queue(st.INSERT_OBJECTS, rows)
+
     async def report(self, report_id: str) -> ReportRecord | None:
         row = await self._first(st.REPORT_BY_ID, {"id": report_id})
         return None if row is None else st.report_of(row)

@@ -33,6 +33,7 @@ from broker.storage.models import (
     ReportRow,
     ReportTopicRow,
     StreamCursorRow,
+    TaxiiObjectRow,
 )
 
 
@@ -52,6 +53,7 @@ EVENTS = table(AuditEventRow)
 MERKLE = table(MerkleNodeRow)
 CHECKPOINTS = table(CheckpointRow)
 CURSORS = table(StreamCursorRow)
+TAXII_OBJECTS = table(TaxiiObjectRow)
 
 LOCK_HEAD = select(HEAD).where(HEAD.c.id == 1).with_for_update()
 HEAD_STATE = select(HEAD.c.report_seq, HEAD.c.change_counter, HEAD.c.report_changes).where(HEAD.c.id == 1)
@@ -60,8 +62,9 @@ INSERT_REPORTS = insert(REPORTS)
 INSERT_TOPICS = insert(TOPICS)
 INSERT_EVENTS = insert(EVENTS)
 INSERT_NODES = insert(MERKLE)
+INSERT_OBJECTS = insert(TAXII_OBJECTS)
 # The tables whose queued inserts may be combined into one statement on PostgreSQL (repos._flush).
-COMBINABLE = {t.name: t for t in (REPORTS, TOPICS, EVENTS, MERKLE)}
+COMBINABLE = {t.name: t for t in (REPORTS, TOPICS, TAXII_OBJECTS, EVENTS, MERKLE)}
 
 REPORT_BY_ID = select(REPORTS).where(REPORTS.c.id == bindparam("id"))
 REPORT_BY_KEY = select(REPORTS).where(
@@ -94,7 +97,13 @@ CURSOR = select(CURSORS.c.sequence).where(
 def head_of(row: Any) -> Head:
     frontier = tuple((int(lvl), int(idx), bytes.fromhex(h)) for lvl, idx, h in json.loads(row.audit_frontier))
     return Head(
-        row.report_seq, row.audit_seq, row.audit_hash, row.change_counter, frontier, row.report_changes
+        row.report_seq,
+        row.audit_seq,
+        row.audit_hash,
+        row.change_counter,
+        frontier,
+        row.report_changes,
+        row.report_created,
     )
 
 
@@ -105,6 +114,7 @@ def head_values(head: Head) -> dict[str, Any]:
         "audit_hash": head.audit_hash,
         "change_counter": head.change_counter,
         "report_changes": head.report_changes,
+        "report_created": head.report_created,
         "audit_frontier": json.dumps([[lvl, idx, h.hex()] for lvl, idx, h in head.frontier]),
     }
 

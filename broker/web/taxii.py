@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -153,6 +153,10 @@ def _date_headers(entries: list[stix.Entry]) -> dict[str, str]:
 
 
 def _envelope(found: taxii.Page, items: list[Any], key: str, next_token: str | None = None) -> dict[str, Any]:
+    """An envelope (``versions``: that resource); an empty one is ``{}`` (TAXII 2.1 §2: empty
+    lists are not sent, and ``more`` is false by default)."""
+    if not items and not found.more:
+        return {}
     body: dict[str, Any] = {"more": found.more}
     if found.more and next_token is not None:
         body["next"] = next_token
@@ -203,16 +207,16 @@ async def collection(request: web.Request) -> web.StreamResponse:
 async def _page(request: web.Request) -> tuple[taxii.Page, str | None]:
     """The page of a collection that objects and manifest both answer from, and its ``next``."""
     ctx, node = _ctx(request), await authenticated(request)
-    collection_id = request.match_info["collection"]
+    scope = (request.match_info["collection"],)
     found = await taxii.page(
         ctx,
         node,
-        collection_id,
+        scope[0],
         filters=stix.parse_filters(request.query),
         limit=_limit(request),
-        start=taxii.position_of(ctx, node, collection_id, request.query.get("next")),
+        start=taxii.position_of(ctx, node, scope, request.query.get("next")),
     )
-    token = None if found.next is None else taxii.cursor(ctx, node, collection_id, found.next)
+    token = None if found.next is None else taxii.cursor(ctx, node, scope, found.next)
     return found, token
 
 
@@ -233,36 +237,41 @@ async def manifest(request: web.Request) -> web.StreamResponse:
     return respond(_envelope(found, items, "objects", token), headers=_date_headers(found.entries))
 
 
-async def _by_id(request: web.Request, node: NodeRecord) -> list[stix.Entry]:
+async def _by_id(
+    request: web.Request, query: Mapping[str, str], endpoint: str
+) -> tuple[taxii.Page, str | None]:
+    """One object's page (by-id or versions: each its own cursor scope), and its ``next``."""
+    ctx, node = _ctx(request), await authenticated(request)
     object_id = request.match_info["object"]
-    filters = stix.parse_filters(request.query, fixed_id=object_id)
-    return await taxii.by_id(
-        _ctx(request), node, request.match_info["collection"], object_id, filters=filters
+    scope = (request.match_info["collection"], object_id, endpoint)
+    found = await taxii.by_id(
+        ctx,
+        node,
+        scope[0],
+        object_id,
+        filters=stix.parse_filters(query, fixed_id=object_id),
+        limit=_limit(request),
+        start=taxii.position_of(ctx, node, scope, request.query.get("next")),
     )
+    token = None if found.next is None else taxii.cursor(ctx, node, scope, found.next)
+    return found, token
 
 
 @taxii_endpoint
 async def object_by_id(request: web.Request) -> web.StreamResponse:
-    node = await authenticated(request)
-    entries = (await _by_id(request, node))[: _limit(request)]
-    body = _envelope(taxii.Page(entries), [e.obj for e in entries], "objects")
-    return respond(body, headers=_date_headers(entries))
+    found, token = await _by_id(request, request.query, "objects")
+    body = _envelope(found, [e.obj for e in found.entries], "objects", token)
+    return respond(body, headers=_date_headers(found.entries))
 
 
 @taxii_endpoint
 async def versions(request: web.Request) -> web.StreamResponse:
-    node = await authenticated(request)
     if "match[version]" in request.query:
         raise BadRequest("the versions endpoint takes no match[version]", code="invalid_parameter")
     query = {k: v for k, v in request.query.items() if k == "match[spec_version]" or k == "added_after"}
-    object_id = request.match_info["object"]
-    filters = stix.parse_filters({**query, "match[version]": "all"}, fixed_id=object_id)
-    entries = await taxii.by_id(
-        _ctx(request), node, request.match_info["collection"], object_id, filters=filters
-    )
-    listed = list(dict.fromkeys(e.version for e in entries))[: _limit(request)]
-    body = _envelope(taxii.Page(entries), listed, "versions")
-    return respond(body, headers=_date_headers([e for e in entries if e.version in listed]))
+    found, token = await _by_id(request, {**query, "match[version]": "all"}, "versions")
+    body = _envelope(found, [e.version for e in found.entries], "versions", token)
+    return respond(body, headers=_date_headers(found.entries))
 
 
 @taxii_endpoint

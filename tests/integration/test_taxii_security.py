@@ -124,6 +124,8 @@ Answer = tuple[int, dict[str, str], Any]
 async def _look(api: Api, token: str, path: str) -> Answer:
     status, headers, answer = await raw(api, "GET", path, token=token)
     kept = {k: v for k, v in headers.items() if k.startswith("X-TAXII")}
+    if isinstance(answer, dict):  # an error's id names the request, not the answer
+        answer.pop("error_id", None)
     return status, kept, answer
 
 
@@ -300,7 +302,7 @@ async def test_objects_at_the_brokers_ids_or_naming_it_creator_are_refused_and_n
     # The broker's label marking comes first; the object's own weaker TLP is not served beside it.
     assert by_id[clear["id"]]["object_marking_refs"] == [ours_label, ours.TLP_IDS["RED"]]
     status, _, one = await _look(api, gbr, f"{path}{ours.label_marking_id(usa_secret)}/")
-    assert status == 200 and "objects" not in one
+    assert status == 404 and "objects" not in one
 
 
 # -- finding 9: a status stores ids, versions and codes, never content ----------------------------
@@ -370,10 +372,11 @@ async def test_a_repeated_search_that_finds_nothing_decrypts_nothing_again(api: 
     counts = [await _opened(api, auditor)]
     for path in (absent, absent, f"{coll}objects/?match[type]=malware", f"{coll}manifest/?match[type]=tool"):
         status, _, answer = await raw(api, "GET", path, token=gbr)
-        assert status == 200 and "objects" not in answer and "versions" not in answer
+        assert status == (404 if path == absent else 200)
+        assert "objects" not in answer and "versions" not in answer
         counts.append(await _opened(api, auditor))
     opened = [b - a for a, b in itertools.pairwise(counts)]
-    assert opened == [30, 0, 0, 0]
+    assert opened == [0, 0, 30, 0]  # by id: the object index, which holds no such object
     # What does match is still served, without opening more than it needs.
     status, _, answer = await raw(api, "GET", f"{coll}objects/?match[type]=indicator&limit=5", token=gbr)
     assert status == 200 and len(answer["objects"]) == 5

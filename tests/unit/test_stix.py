@@ -117,3 +117,13 @@ def test_a_cursor_is_bound_to_its_key_node_and_collection() -> None:
 def test_foreign_cursors_are_refused(token: str) -> None:
     with pytest.raises(BadRequest):
         stix.decode_position(token, keys=[KEY], bound=BOUND)
+
+
+def test_every_broker_marking_passes_the_oasis_validator_even_without_caveats() -> None:
+    from stix2validator import ValidationOptions, validate_instance  # type: ignore[import-untyped]
+
+    bare = {**LABEL, "caveats": []}
+    assert "caveats" not in stix.label_marking(bare)["extensions"][stix.LABEL_EXTENSION_ID]
+    for obj in [stix.label_marking(LABEL), stix.label_marking(bare), *stix.fixed_objects()]:
+        result = validate_instance(obj, ValidationOptions(version="2.1"))
+        assert result.is_valid, [str(e) for e in result.errors]
