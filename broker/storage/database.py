@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
@@ -110,8 +111,11 @@ def _sqlite_thread(engine: AsyncEngine, *, name: str, read_only: bool) -> Connec
 class Database:
     """Owns the engine; hands out transactions."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, deadline: float = 5.0) -> None:
         self.engine = engine
+        # Seconds a group-committed write may wait and run before its caller gets 503
+        # (services/groupcommit.py): the flush in flight is abandoned after it, lock released.
+        self.deadline = deadline
         sqlite = engine.dialect.name == "sqlite"
         # Several broker processes serve one PostgreSQL database; a SQLite file has one broker.
         self.shared = not sqlite
@@ -220,6 +224,10 @@ async def _mapped_errors() -> AsyncIterator[None]:
         raise _refused_value() from exc
     except (OperationalError, InterfaceError, OSError) as exc:
         raise Unavailable("database unavailable") from exc
+    except PoolTimeout as exc:  # every pooled connection busy (or stuck) past pool_timeout
+        raise Unavailable("no database connection free in time") from exc
+    except TimeoutError as exc:  # asyncpg's command_timeout: a server that stopped answering
+        raise Unavailable("the database did not answer in time") from exc
     except DBAPIError as exc:
         # The asyncpg dialect raises a plain DBAPIError for PostgreSQL's data exceptions, and for
         # a connection lost mid-statement (its backend terminated, the server shut down).

@@ -21,6 +21,7 @@ class FaultProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.delay = 0.0  # seconds added before each forwarded chunk
         self.accepted = 0
+        self.arrived = asyncio.Event()  # set by each connection accepted (a test clears it)
         self.port = 0
 
     async def start(self) -> None:
@@ -54,6 +55,7 @@ class FaultProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        self.arrived.set()
         self._writers.add(writer)
         try:
             await self._flowing.wait()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +61,7 @@ class Load:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     outcomes: list[tuple[int, float, float]] = field(default_factory=list)  # status, start, seconds
     acked: dict[str, str] = field(default_factory=dict)  # idempotency key -> report id
-    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    progress: asyncio.Event = field(default_factory=asyncio.Event)  # set by each answer
     after: float = 0.0  # ``recovered`` is set by the first acknowledgement of a request sent after this
     recovered: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -75,9 +75,9 @@ class Load:
                 start = loop.time()
                 status, answer = await self.api.publish(self.token, body(), headers={"Idempotency-Key": key})
                 self.outcomes.append((status, start, loop.time() - start))
+                self.progress.set()
                 if status == 201:
                     self.acked[key] = answer["id"]
-                    self.progress.set()
                     if self.after and start >= self.after:
                         self.recovered.set()
                     break
@@ -85,10 +85,26 @@ class Load:
                 await asyncio.sleep(0.05)  # a client's pause before it retries
 
     async def wait_acks(self, count: int, seconds: float) -> None:
+        await self.wait_for(lambda: len(self.acked) >= count, seconds)
+
+    def refused(self) -> int:
+        return len([status for status, _, _ in self.outcomes if status == 503])
+
+    async def wait_for(self, done: Callable[[], bool], seconds: float) -> None:
         async with asyncio.timeout(seconds):
-            while len(self.acked) < count:
+            while not done():
                 self.progress.clear()
                 await self.progress.wait()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float) -> None:
+    """Until ``check`` (an observation through a public interface: /metrics, the tables) holds;
+    fail after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await check():
+        assert loop.time() < deadline, f"not within {seconds} s"
+        await asyncio.sleep(0.1)
 
 
 async def stored_ids(ctx: Context) -> list[str]:
@@ -140,10 +156,8 @@ async def test_a_paused_database_answers_503_in_time_and_publishing_resumes(
             ends = loop.time() + 8.0
             status, seconds, retry_after = await health(api)
             assert (status, retry_after) == (503, "1") and seconds < 1.0, (status, seconds)
-            refused = len([s for s, _, _ in load.outcomes if s == 503])
-            async with asyncio.timeout(DEADLINE + MARGIN + 1):  # the publishers feel it in time
-                while len([s for s, _, _ in load.outcomes if s == 503]) < refused + PUBLISHERS:
-                    await asyncio.sleep(0.1)
+            refused = load.refused()  # every publisher is answered 503 in time
+            await load.wait_for(lambda: load.refused() >= refused + PUBLISHERS, DEADLINE + MARGIN + 1)
             await asyncio.sleep(max(0.0, ends - loop.time()))  # the outage lasts 8 s
         finally:
             proxy.resume()
@@ -161,16 +175,17 @@ async def test_cut_connections_answer_503_and_the_listener_reconnects(
 
     async def cut(_load: Load) -> None:
         for _ in range(4):
-            accepted = proxy.accepted
+            proxy.arrived.clear()
             proxy.cut()
             async with asyncio.timeout(5):  # the broker connects again before the next cut
-                while proxy.accepted == accepted:
-                    await asyncio.sleep(0.05)
+                await proxy.arrived.wait()
 
     await run_fault(api, cut)
-    async with asyncio.timeout(10):
-        while await metric(api, auditor, "broker_change_listener_connected") != 1.0:
-            await asyncio.sleep(0.1)
+
+    async def listening() -> bool:
+        return await metric(api, auditor, "broker_change_listener_connected") == 1.0
+
+    await eventually(listening, 10)
 
 
 async def metric(api: Api, token: str, name: str, labels: str = "") -> float | None:
@@ -207,23 +222,28 @@ async def test_checkpoint_signing_failures_are_logged_restarted_and_counted(
     api = await start_server(checkpoint_every_seconds=1.0, checkpoint_every_events=1)
     auditor = await api.node("aud-usa", "USA", roles=("audit",))
     publisher = await api.node("pub-usa", "USA", roles=("publish",))
-    restarts = 'broker_background_restarts_total{task="checkpointer"}'
+    task = "checkpointer"
+    restarts = f'broker_background_restarts_total{{task="{task}"}}'
     before = await metric(api, auditor, restarts) or 0.0
-    await run_sql(api.ctx, REFUSE[api.ctx.db.engine.dialect.name])
+    dialect = api.ctx.db.engine.dialect.name
+    await run_sql(api.ctx, REFUSE[dialect])
     assert (await api.publish(publisher, body()))[0] == 201
-    async with asyncio.timeout(30):  # five refused signings, each restarting the task
-        while (await metric(api, auditor, restarts) or 0.0) < before + 5:
-            await asyncio.sleep(0.2)
-    await run_sql(api.ctx, ["DROP TRIGGER refuse_checkpoint" + (" ON checkpoints" if "postgresql" in api.ctx.db.engine.dialect.name else "")])
+
+    async def refused_five_times() -> bool:
+        return (await metric(api, auditor, restarts) or 0.0) >= before + 5
+
+    async def signed() -> bool:  # the newest checkpoint covers the log
+        async with api.ctx.db.read_transaction() as tx:
+            size, last = await tx.audit_size(), await tx.latest_checkpoint()
+        return last is not None and last.size == size
+
+    await eventually(refused_five_times, 30)
+    drop = "DROP TRIGGER refuse_checkpoint"
+    await run_sql(api.ctx, [drop + (" ON checkpoints" if dialect == "postgresql" else "")])
     assert (await api.publish(publisher, body()))[0] == 201
-    async with asyncio.timeout(30):  # signing resumes: the newest checkpoint covers the log
-        while True:
-            async with api.ctx.db.read_transaction() as tx:
-                size, last = await tx.audit_size(), await tx.latest_checkpoint()
-            if last is not None and last.size == size:
-                break
-            await asyncio.sleep(0.2)
+    await eventually(signed, 30)
     counted = (await metric(api, auditor, restarts) or 0.0) - before
-    failures = [r for r in caplog.records if r.getMessage().startswith("background_task_failed task=checkpointer")]
+    logged = f"background_task_failed task={task} "
+    failures = [r for r in caplog.records if r.getMessage().startswith(logged)]
     assert len(failures) == counted >= 5  # each failure logged once, and counted
     assert all(r.levelno == logging.ERROR and r.exc_info for r in failures)
