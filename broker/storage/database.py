@@ -222,7 +222,11 @@ async def _mapped_errors() -> AsyncIterator[None]:
         yield
     except DataError as exc:  # a value the edge let through and the database refuses (NUL...)
         raise _refused_value() from exc
-    except (OperationalError, InterfaceError, OSError) as exc:
+    except OperationalError as exc:
+        if _statement_refused(exc.orig):
+            raise  # a missing table or column: no outage, a fault (500, logged with its traceback)
+        raise Unavailable("database unavailable") from exc
+    except (InterfaceError, OSError) as exc:
         raise Unavailable("database unavailable") from exc
     except PoolTimeout as exc:  # every pooled connection busy (or stuck) past pool_timeout
         raise Unavailable("no database connection free in time") from exc
@@ -237,6 +241,16 @@ async def _mapped_errors() -> AsyncIterator[None]:
         if _data_exception(sqlstate):
             raise _refused_value() from exc
         raise
+
+
+# SQLite's primary result code for an SQL error or missing database object (``no such table``);
+# its other OperationalErrors (busy, locked, I/O, cannot open, full) are the database unavailable.
+_SQLITE_ERROR = 1
+
+
+def _statement_refused(orig: object) -> bool:
+    code = getattr(orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == _SQLITE_ERROR
 
 
 def _lost(sqlstate: object) -> bool:

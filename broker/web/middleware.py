@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from broker.errors import (
@@ -40,8 +40,9 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 
 # database that stopped answering, an exhausted pool) last seconds, not minutes.
 RETRY_AFTER_SECONDS = 1
 # A dependency that failed where storage/database.py did not map it (a connection opened outside
-# a transaction, a pool checkout, a timeout): the broker is unavailable, not broken.
-_DEPENDENCY_FAILURES = (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError)
+# a transaction, a pool checkout, a timeout): the broker is unavailable, not broken. An
+# OperationalError is not among them: unmapped, it is a missing table or column, a fault (500).
+_DEPENDENCY_FAILURES = (InterfaceError, PoolTimeout, OSError, TimeoutError)
 
 
 def problem(status: int, code: str, detail: str, *, request_id: str) -> web.Response:

@@ -13,16 +13,19 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from broker.services import admin
 from broker.services.context import Context
+from broker.settings import Settings
 from tests.integration.conftest import Api, StartServer
 from tests.integration.faultproxy import FaultProxy
-from tests.integration.helpers import body
+from tests.integration.helpers import body, cli_env, run_cli
 
 DEADLINE = 2.0
 MARGIN = 1.5  # scheduling, a checkout that waited behind a request at its own deadline
@@ -247,3 +250,19 @@ async def test_checkpoint_signing_failures_are_logged_restarted_and_counted(
     failures = [r for r in caplog.records if r.getMessage().startswith(logged)]
     assert len(failures) == counted >= 5  # each failure logged once, and counted
     assert all(r.levelno == logging.ERROR and r.exc_info for r in failures)
+
+
+async def test_an_unexpected_database_error_is_logged_with_its_traceback_and_not_called_unavailable(
+    settings: Settings, ctx: Context, database_url: str, tmp_path: Path
+) -> None:
+    """A schema problem (here a renamed table) is no outage: the command says what failed, and
+    the log has the error at ERROR with its traceback."""
+    await admin.add_node(
+        ctx, {"id": "n-usa", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]}, actor="test"
+    )
+    await run_sql(ctx, ["ALTER TABLE nodes RENAME TO nodes_gone"])
+    done = run_cli("node", "list", env=cli_env(database_url, settings.keyring_path))
+    assert done.returncode == 2
+    assert "database unavailable" not in done.stderr
+    assert "nodes" in done.stderr.splitlines()[-1]  # the one line names what is wrong
+    assert re.search(r" ERROR \S+ command_failed\nTraceback", done.stderr)
