@@ -191,6 +191,38 @@ async def test_cut_connections_answer_503_and_the_listener_reconnects(
     await eventually(listening, 10)
 
 
+async def test_an_exhausted_pool_answers_503_with_retry_after(
+    start_server: StartServer, proxy: FaultProxy, database_url: str
+) -> None:
+    """40 requests at once against a database that stopped answering: 20 hold every pooled and
+    overflow connection, the others wait for one past the pool deadline; all answer 503."""
+    # The checkout deadline shorter than the others: the pool's own TimeoutError is what most meet.
+    api = await start_server(
+        database_url=through(database_url, proxy), **{**FAST, "db_pool_timeout_seconds": 0.5}
+    )
+    token = await api.node("sub-usa", "USA", roles=("subscribe",))
+    assert (await api.get("/v1/reports", token))[0] == 200
+
+    async def listing() -> tuple[int, str | None, float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        headers = {"Authorization": f"Bearer {token}"}
+        async with api.client.get("/v1/reports", headers=headers) as resp:
+            await resp.read()
+            return resp.status, resp.headers.get("Retry-After"), loop.time() - start
+
+    proxy.pause()
+    try:
+        async with asyncio.timeout(30):
+            answers = await asyncio.gather(*(listing() for _ in range(40)))
+    finally:
+        proxy.resume()
+    assert {(status, retry) for status, retry, _ in answers} == {(503, "1")}
+    # One request in 40 has been seen to take two deadlines (two transactions in a row, each
+    # ending at its own deadline); the bound asserted is that, not one deadline.
+    assert max(seconds for _, _, seconds in answers) <= 2 * DEADLINE + MARGIN
+
+
 async def metric(api: Api, token: str, name: str, labels: str = "") -> float | None:
     status, exposition = await api.get("/metrics", token)
     assert status == 200
