@@ -135,9 +135,9 @@ class Settings:
     change_poll_seconds: float = 0.05
     safety_poll_seconds: float = 1.0
     event_loop: str = "auto"
-    # Deadlines on the database (PostgreSQL; SQLite waits on its busy timeout): every wait of a
-    # request ends in a 503 within a few seconds instead of hanging on a server that stopped
-    # answering (see docs/operations.md).
+    # Deadlines on the database (PostgreSQL, and the group commit on both engines; SQLite
+    # otherwise waits on its busy timeout): every wait of a request ends in a 503 within a few
+    # seconds instead of hanging on a server that stopped answering (docs/operations.md).
     db_connect_timeout_seconds: float = 3.0
     db_statement_timeout_seconds: float = 5.0
     db_pool_timeout_seconds: float = 2.0
