@@ -777,8 +777,8 @@ def _main(words: list[str], *, as_json: bool) -> int:
         return _fail("--key must be base64", as_json=as_json)
     except KeyboardInterrupt:
         return _fail("interrupted", as_json=as_json)
-    except Exception as exc:  # never a traceback for the user: one line, the detail in the log
-        logging.getLogger(__name__).debug("command_failed", exc_info=True)
+    except Exception as exc:  # one line for the user; the traceback in the log, at ERROR
+        logging.getLogger(__name__).error("command_failed", exc_info=True)
         return _fail(_plain(exc), as_json=as_json, code="unexpected")
     _print(result, as_json=args.json)
     return 0
@@ -800,9 +800,26 @@ def _plain(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         return f"cannot listen: the address is already in use ({text})"
-    if type(exc).__module__.startswith(("sqlalchemy", "asyncpg")) or isinstance(exc, ConnectionError):
+    if _connection_failed(exc):
         return f"database unavailable: {text}"
     return f"{type(exc).__name__}: {text}"
+
+
+def _connection_failed(exc: BaseException) -> bool:
+    """The error, or one it was raised from, is a connection that could not be made or was lost
+    (a refused or reset socket, a name that does not resolve, a timeout, SQLSTATE class 08):
+    only then is the database "unavailable"; a missing table or a bug is reported as itself."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        sqlstate = getattr(seen, "sqlstate", None)
+        if isinstance(seen, OSError | TimeoutError) or (
+            isinstance(sqlstate, str) and sqlstate.startswith("08")
+        ):
+            return True
+        if type(seen).__name__ in ("ConnectionDoesNotExistError", "ConnectionFailureError"):
+            return True  # asyncpg's own: the connection closed mid-operation
+        seen = seen.__cause__
+    return False
 
 
 def _config_summary(settings: Settings) -> dict[str, Any]:

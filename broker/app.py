@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from aiohttp import web
+from prometheus_client import Gauge
 
 from broker.realtime.hub import Hub
 from broker.services import auth, deliver, ledger, metrics, retention, shred
 from broker.services.context import Context, utc_now
 from broker.services.limits import TokenBucket
+from broker.services.supervisor import supervise
 from broker.settings import Settings
 from broker.storage.listen import ChangeListener, is_postgresql
 from broker.waiting import wait_event
@@ -28,6 +30,10 @@ from broker.web.ws import FEED, HUB, PER_NODE, SESSIONS, STREAMS, close_all
 log = logging.getLogger(__name__)
 IDLE = (-1, -1)  # what the hub's probe answers while no stream is open
 KEEPALIVE_SECONDS = 75.0  # an idle keep-alive connection closes after this (aiohttp's run_app default)
+LISTENER_CONNECTED = Gauge(
+    "broker_change_listener_connected",
+    "1 while this process is LISTENing for other processes' changes (PostgreSQL), else 0",
+)
 
 
 def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> web.Application:
@@ -84,22 +90,33 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
             listener = ChangeListener(settings.database_url, wake)
             listener.start()
             await listener.wait_ready(5)
+        LISTENER_CONNECTED.set_function(lambda: float(listener is not None and listener.connected))
         hub.start()
         stop = asyncio.Event()
-        checkpoints = asyncio.create_task(ledger.checkpointer(ctx, stop), name="checkpointer")
-        failures = asyncio.create_task(_flush_failures(ctx, stop), name="auth-failures")
-        expiry = asyncio.create_task(retention.expirer(ctx, stop), name="retention")
-        periods = asyncio.create_task(shred.rotator(ctx, stop), name="kek-periods")
+        loops = {
+            "checkpointer": lambda: ledger.checkpointer(ctx, stop),
+            "auth-failures": lambda: _flush_failures(ctx, stop),
+            "retention": lambda: retention.expirer(ctx, stop),
+            "kek-periods": lambda: shred.rotator(ctx, stop),
+        }
+        tasks = [asyncio.create_task(supervise(name, loop, stop), name=name) for name, loop in loops.items()]
         yield
         stop.set()
-        await checkpoints  # it finishes the transaction it is in, then returns
-        await expiry  # likewise
-        await periods  # likewise
-        await failures  # it writes what was counted, then returns
-        if listener is not None:
-            await listener.stop()
-        await hub.stop()
-        await ctx.close()
+        try:
+            # Each finishes the transaction it is in (the flush writes what was counted), then
+            # returns. Whatever one of them raised, the cleanup below still runs.
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.error("background_task_stop_failed", exc_info=outcome)
+        finally:
+            try:
+                if listener is not None:
+                    await listener.stop()
+            finally:
+                try:
+                    await hub.stop()
+                finally:
+                    await ctx.close()
 
     app.cleanup_ctx.append(context)
     app.on_shutdown.append(close_all)

@@ -34,7 +34,16 @@ class AllianceSeed:
 # ``max_body_byte`` must not silently leave a default in force).
 KNOWN_KEYS: dict[str, frozenset[str]] = {
     "audit": frozenset(["checkpoint_every_events", "checkpoint_every_seconds", "origin"]),
-    "database": frozenset(["url"]),
+    "database": frozenset(
+        [
+            "connect_timeout_ms",
+            "idle_in_transaction_timeout_ms",
+            "pool_timeout_ms",
+            "statement_timeout_ms",
+            "transaction_timeout_ms",
+            "url",
+        ]
+    ),
     "keyring": frozenset(["path"]),
     "server": frozenset(
         [
@@ -48,6 +57,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
             "change_poll_ms",
             "connection_cap_exempt",
             "event_loop",
+            "health_timeout_ms",
             "host",
             "kek_period_hours",
             "max_body_bytes",
@@ -135,6 +145,15 @@ class Settings:
     change_poll_seconds: float = 0.05
     safety_poll_seconds: float = 1.0
     event_loop: str = "auto"
+    # Deadlines on the database (PostgreSQL, and the group commit on both engines; SQLite
+    # otherwise waits on its busy timeout): every wait of a request ends in a 503 within a few
+    # seconds instead of hanging on a server that stopped answering (docs/operations.md).
+    db_connect_timeout_seconds: float = 3.0
+    db_statement_timeout_seconds: float = 5.0
+    db_pool_timeout_seconds: float = 2.0
+    db_transaction_timeout_seconds: float = 5.0
+    db_idle_in_transaction_timeout_seconds: float = 10.0
+    health_timeout_seconds: float = 1.0
     tls: TlsSettings = field(default_factory=lambda: TlsSettings())
     audit_origin: str = "alliance-broker.example/audit"
     checkpoint_every_events: int = 1000
@@ -223,6 +242,23 @@ class Settings:
             change_poll_seconds=get.number(server, "server.change_poll_ms", 50, 10, 10_000) / 1000,
             safety_poll_seconds=get.number(server, "server.safety_poll_ms", 1000, 10, 60_000) / 1000,
             event_loop=get.choice(server, "server.event_loop", "auto", ("auto", "asyncio")),
+            db_connect_timeout_seconds=get.number(database, "database.connect_timeout_ms", 3000, 100, 60_000)
+            / 1000,
+            db_statement_timeout_seconds=get.number(
+                database, "database.statement_timeout_ms", 5000, 100, 3_600_000
+            )
+            / 1000,
+            db_pool_timeout_seconds=get.number(database, "database.pool_timeout_ms", 2000, 100, 60_000)
+            / 1000,
+            db_transaction_timeout_seconds=get.number(
+                database, "database.transaction_timeout_ms", 5000, 100, 3_600_000
+            )
+            / 1000,
+            db_idle_in_transaction_timeout_seconds=get.number(
+                database, "database.idle_in_transaction_timeout_ms", 10_000, 100, 3_600_000
+            )
+            / 1000,
+            health_timeout_seconds=get.number(server, "server.health_timeout_ms", 1000, 100, 60_000) / 1000,
             retention_interval_seconds=float(
                 get.number(server, "server.retention_interval_seconds", 60, 1, 86_400)
             ),

@@ -23,8 +23,21 @@ from broker.services.scanhints import ScanHints
 from broker.settings import Settings
 from broker.storage import keyringcheck
 from broker.storage.database import Database
-from broker.storage.db import create_engine, redacted
+from broker.storage.db import Deadlines, create_engine, redacted
 from broker.storage.repos import WriteTx
+
+
+def open_database(settings: Settings) -> Database:
+    """The database with the configured deadlines (docs/operations.md)."""
+    deadlines = Deadlines(
+        connect=settings.db_connect_timeout_seconds,
+        statement=settings.db_statement_timeout_seconds,
+        pool=settings.db_pool_timeout_seconds,
+        idle_in_transaction=settings.db_idle_in_transaction_timeout_seconds,
+    )
+    return Database(
+        create_engine(settings.database_url, deadlines), deadline=settings.db_transaction_timeout_seconds
+    )
 
 
 def utc_now() -> datetime:
@@ -76,7 +89,7 @@ class Context:
     def open(cls, settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Context:
         """Connect to the database and load (or create) the keyring."""
         return cls(
-            db=Database(create_engine(settings.database_url)),
+            db=open_database(settings),
             policy=settings.policy,
             keyring_path=settings.keyring_path,
             keyring=keyring_file.load_or_create(settings.keyring_path),
@@ -90,7 +103,7 @@ class Context:
         only for a database not bound to a keyring yet, and refused for a bound one (a new
         keyring could neither unwrap the stored reports nor sign checkpoints auditors verify).
         Call ``check_keyring`` once the schema is known to be migrated."""
-        database = Database(create_engine(settings.database_url))
+        database = open_database(settings)
         try:
             if not settings.keyring_path.exists():
                 async with database.read_transaction() as tx:

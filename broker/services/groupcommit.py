@@ -3,6 +3,12 @@
 Each caller waits until the transaction holding its act has committed, so an answer still
 means "durably stored"; a burst of N concurrent acts costs about one transaction (one lock of
 the head, one fsync) instead of N. A caller alone pays nothing extra: its act commits at once.
+
+Every wait has a deadline (``Database.deadline``): a caller whose act is not committed in time
+gets 503 (an act not yet taken into a transaction is withdrawn; one in flight may still commit,
+as for a caller that went away, so a client retries with its idempotency key), and a flush that
+outlives it is abandoned, so one stuck transaction never holds the lock, and every publish of the
+process behind it, for longer.
 """
 
 from __future__ import annotations
@@ -40,11 +46,18 @@ class GroupCommit(Generic[Item, Result]):
         """Return ``item``'s outcome once the transaction holding it has committed."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        while not future.done():
-            async with self._lock:
-                if not future.done():
-                    # Shielded: a caller that goes away mid-commit must not abort the others'.
-                    await asyncio.shield(self._flush())
+        try:
+            async with asyncio.timeout(self._db.deadline):
+                while not future.done():
+                    async with self._lock:
+                        if not future.done():
+                            # Shielded: a caller that goes away mid-commit must not abort the others'.
+                            await asyncio.shield(self._flush())
+        except TimeoutError:
+            self._pending = [waiting for waiting in self._pending if waiting[1] is not future]
+            if not future.done():
+                future.cancel()
+                raise Unavailable("the database did not commit in time") from None
         return future.result()
 
     async def _flush(self) -> None:
@@ -73,9 +86,12 @@ class GroupCommit(Generic[Item, Result]):
             _settle(future, outcome)
 
     async def _run(self, items: list[Item]) -> list[Result | BrokerError]:
-        with metrics.COMMIT_SECONDS.time():
-            async with self._db.write_transaction() as tx:
-                outcomes = await self._apply(tx, items)
+        try:
+            with metrics.COMMIT_SECONDS.time():
+                async with asyncio.timeout(self._db.deadline), self._db.write_transaction() as tx:
+                    outcomes = await self._apply(tx, items)
+        except TimeoutError as exc:  # abandoned (rolled back by _ended), so the lock is free again
+            raise Unavailable("the database did not commit in time") from exc
         self.transactions += 1
         self.acts += len(items)
         return outcomes

@@ -104,7 +104,9 @@ async def latest(ctx: Context) -> dict[str, Any]:
 
 
 async def checkpointer(ctx: Context, stop: asyncio.Event) -> None:
-    """Sign a checkpoint every N events or T seconds (whichever comes first) until ``stop``."""
+    """Sign a checkpoint every N events or T seconds (whichever comes first) until ``stop``.
+    Any failure ends the call: the supervisor (services/supervisor.py) logs it once, counts it
+    and starts the loop again after a backoff."""
     every_events, every_seconds = ctx.settings.checkpoint_every_events, ctx.settings.checkpoint_every_seconds
     waited = 0.0
     step = min(1.0, every_seconds)
@@ -112,18 +114,15 @@ async def checkpointer(ctx: Context, stop: asyncio.Event) -> None:
         if await wait_event(stop, step):
             return
         waited += step
-        try:
-            async with ctx.db.transaction() as tx:
-                size = await tx.audit_size()
-                last = await tx.latest_checkpoint()
-            signed = 0 if last is None else last.size
-            if last is not None:
-                metrics.checkpoint_signed(last.time.timestamp())
-            if size > signed and (size - signed >= every_events or waited >= every_seconds):
-                await sign_checkpoint(ctx)
-                waited = 0.0
-        except BrokerError:
-            log.exception("checkpoint_failed")
+        async with ctx.db.transaction() as tx:
+            size = await tx.audit_size()
+            last = await tx.latest_checkpoint()
+        signed = 0 if last is None else last.size
+        if last is not None:
+            metrics.checkpoint_signed(last.time.timestamp())
+        if size > signed and (size - signed >= every_events or waited >= every_seconds):
+            await sign_checkpoint(ctx)
+            waited = 0.0
 
 
 async def events(ctx: Context, *, after: int, limit: int, filters: dict[str, Any]) -> dict[str, Any]:

@@ -20,18 +20,21 @@ statement for its writes, commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from broker.errors import BadRequest, Unavailable
@@ -110,8 +113,11 @@ def _sqlite_thread(engine: AsyncEngine, *, name: str, read_only: bool) -> Connec
 class Database:
     """Owns the engine; hands out transactions."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, deadline: float = 5.0) -> None:
         self.engine = engine
+        # Seconds a group-committed write may wait and run before its caller gets 503
+        # (services/groupcommit.py): the flush in flight is abandoned after it, lock released.
+        self.deadline = deadline
         sqlite = engine.dialect.name == "sqlite"
         # Several broker processes serve one PostgreSQL database; a SQLite file has one broker.
         self.shared = not sqlite
@@ -173,11 +179,18 @@ class Database:
 
     @asynccontextmanager
     async def _pooled(self, *, measure: bool = False) -> AsyncIterator[Tx]:
-        async with self.engine.connect() as connection:
+        # The whole transaction, checkout included, within the deadline: a checkout that waited
+        # for a connection and then met the stuck server again must not add up to twice it.
+        async with asyncio.timeout(self.deadline), self.engine.connect() as connection:
             postgresql = self.engine.dialect.name == "postgresql"
             tx = Tx(connection.run_sync, postgresql=postgresql)
             try:
-                async with _ended(tx):  # the commit (or rollback) ends the lock: measured with it
+                # The commit (or rollback) ends the lock: measured with it. A transaction cut
+                # short by a deadline or a cancellation is not rolled back but its connection
+                # closed: a rollback would first wait for the server to acknowledge the cancel
+                # of the statement in flight, from a server that may not be answering at all.
+                driver = (await connection.get_raw_connection()).driver_connection
+                async with _ended(tx, abandon=partial(_abandon, connection, driver)):
                     yield tx
             finally:
                 if measure:
@@ -199,12 +212,16 @@ def _quietly(callback: Callable[..., object], *args: object) -> None:
 
 
 @asynccontextmanager
-async def _ended(tx: Tx) -> AsyncIterator[Tx]:
-    """Commit when the block ends normally, else roll back (no trip when nothing ran)."""
+async def _ended(tx: Tx, *, abandon: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[Tx]:
+    """Commit when the block ends normally, else roll back (no trip when nothing ran); when
+    interrupted (a deadline, a cancellation), ``abandon`` the connection instead if given."""
     try:
         yield tx
         await tx.commit()
-    except BaseException:
+    except BaseException as exc:
+        if abandon is not None and _interrupted(exc):
+            await asyncio.shield(abandon())  # the server rolls back a closed session's transaction
+            raise
         # On SQLite queued at once (``rollback`` is not a coroutine), so it runs before any later
         # transaction's bodies even if this task is cancelled while waiting for it. A failed
         # commit (or queued write) is undone too.
@@ -218,8 +235,16 @@ async def _mapped_errors() -> AsyncIterator[None]:
         yield
     except DataError as exc:  # a value the edge let through and the database refuses (NUL...)
         raise _refused_value() from exc
-    except (OperationalError, InterfaceError, OSError) as exc:
+    except OperationalError as exc:
+        if _statement_refused(exc.orig):
+            raise  # a missing table or column: no outage, a fault (500, logged with its traceback)
         raise Unavailable("database unavailable") from exc
+    except (InterfaceError, OSError) as exc:
+        raise Unavailable("database unavailable") from exc
+    except PoolTimeout as exc:  # every pooled connection busy (or stuck) past pool_timeout
+        raise Unavailable("no database connection free in time") from exc
+    except TimeoutError as exc:  # asyncpg's command_timeout: a server that stopped answering
+        raise Unavailable("the database did not answer in time") from exc
     except DBAPIError as exc:
         # The asyncpg dialect raises a plain DBAPIError for PostgreSQL's data exceptions, and for
         # a connection lost mid-statement (its backend terminated, the server shut down).
@@ -229,6 +254,36 @@ async def _mapped_errors() -> AsyncIterator[None]:
         if _data_exception(sqlstate):
             raise _refused_value() from exc
         raise
+
+
+# SQLite's primary result code for an SQL error or missing database object (``no such table``);
+# its other OperationalErrors (busy, locked, I/O, cannot open, full) are the database unavailable.
+_SQLITE_ERROR = 1
+
+
+def _statement_refused(orig: object) -> bool:
+    code = getattr(orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == _SQLITE_ERROR
+
+
+async def _abandon(connection: AsyncConnection, driver: Any) -> None:
+    """Close ``connection`` at once and drop it from the pool. SQLAlchemy's own invalidation
+    first tries a polite close that waits up to 2 s for the server: the driver's ``terminate``
+    closes the socket without a word."""
+    if driver is not None and hasattr(driver, "terminate"):
+        driver.terminate()
+    with contextlib.suppress(SQLAlchemyError):  # already invalidated by SQLAlchemy itself
+        await connection.invalidate()
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """A deadline or a cancellation, or an error raised from one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TimeoutError | asyncio.CancelledError):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _lost(sqlstate: object) -> bool:

@@ -8,7 +8,9 @@ to upgrade a read lock. PostgreSQL: ``synchronous_commit=on``; writers serialise
 
 from __future__ import annotations
 
+import asyncio
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,20 @@ SQLITE_PRAGMAS = (
 )
 
 
+@dataclass(frozen=True)
+class Deadlines:
+    """How long a PostgreSQL connection may take to open, a statement to run, a checkout to wait
+    for a pooled connection, and a session to sit idle inside a transaction (seconds). Without
+    them a server that stops answering (a silent network, a paused VM) holds every request until
+    TCP gives up, minutes later; with them each wait ends in a 503. SQLite waits only on its
+    own file lock (``SQLITE_BUSY_TIMEOUT_MS``)."""
+
+    connect: float = 3.0
+    statement: float = 5.0
+    pool: float = 2.0
+    idle_in_transaction: float = 10.0
+
+
 def redacted(url: str) -> str:
     """``url`` with its password hidden, for messages (an unparsable URL is not shown at all)."""
     try:
@@ -66,8 +82,9 @@ def _create_private(path: Path) -> None:
     os.close(fd)  # an empty file is an empty SQLite database
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine for ``url`` with the durability settings above applied."""
+def create_engine(url: str, deadlines: Deadlines | None = None) -> AsyncEngine:
+    """An async engine for ``url`` with the durability settings and ``deadlines`` applied."""
+    deadlines = deadlines or Deadlines()
     try:
         parsed = make_url(url)
     except SQLAlchemyError as exc:
@@ -84,6 +101,7 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(
             url,
             pool_size=10,
+            pool_timeout=deadlines.pool,
             # Connections are replaced after 5 minutes: a connection that died silently (a NAT or
             # firewall idle timeout: no closed socket for _refuse_closed to see) fails at most
             # the one transaction that meets it (503), and rarely.
@@ -91,11 +109,17 @@ def create_engine(url: str) -> AsyncEngine:
             # The head row is locked, or compared and set in one statement, under READ COMMITTED:
             # a stricter default set on the database or role would turn a write that meets
             # another broker's commit into a serialization error (a 500) instead of a wait.
+            # The server ends a statement (or an abandoned transaction) on its own; the client
+            # gives up on a server that does not answer at all (``command_timeout``).
             connect_args={
+                "timeout": deadlines.connect,
+                "command_timeout": deadlines.statement,
                 "server_settings": {
                     "synchronous_commit": "on",
                     "default_transaction_isolation": "read committed",
-                }
+                    "statement_timeout": str(round(deadlines.statement * 1000)),
+                    "idle_in_transaction_session_timeout": str(round(deadlines.idle_in_transaction * 1000)),
+                },
             },
         )
         event.listen(engine.sync_engine.pool, "checkout", _refuse_closed)
@@ -189,13 +213,36 @@ async def schema_drift(engine: AsyncEngine) -> list[Any]:
         return await connection.run_sync(_compare)
 
 
-async def ping(engine: AsyncEngine) -> None:
-    """Raise Unavailable unless the database answers."""
+# Pings given up on, still closing their connection: held here so they are not collected early.
+_abandoned: set[asyncio.Task[None]] = set()
+
+
+async def ping(engine: AsyncEngine, *, seconds: float = 1.0) -> None:
+    """Raise Unavailable unless the database answers within ``seconds``. The ping runs as a task
+    of its own so that the answer does not wait for a stuck connection to be cleaned up (a
+    rollback on a server that stopped answering waits for the statement deadline)."""
+    task = asyncio.ensure_future(_select_one(engine))
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        _abandoned.add(task)
+        task.add_done_callback(_forget)
+        raise Unavailable("database did not answer in time")
     try:
-        async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-    except (SQLAlchemyError, OSError) as exc:
+        task.result()
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
         raise Unavailable("database unreachable") from exc
+
+
+async def _select_one(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+def _forget(task: asyncio.Task[None]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: an abandoned ping's failure is no news
 
 
 async def at_head(engine: AsyncEngine) -> bool:

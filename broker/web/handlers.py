@@ -87,7 +87,8 @@ def topics_param(request: web.Request) -> list[str]:
 
 
 async def health(request: web.Request) -> web.Response:
-    await ping(_ctx(request).db.engine)
+    ctx = _ctx(request)
+    await ping(ctx.db.engine, seconds=ctx.settings.health_timeout_seconds)
     return web.json_response({"status": "ok"})
 
 

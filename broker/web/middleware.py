@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from sqlalchemy.exc import InterfaceError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from broker.errors import (
     AccessDenied,
@@ -35,6 +37,13 @@ NODE_ID = web.RequestKey("node_id", str)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+# Seconds a client should wait before retrying a 503: outages the broker answers 503 for (a
+# database that stopped answering, an exhausted pool) last seconds, not minutes.
+RETRY_AFTER_SECONDS = 1
+# A dependency that failed where storage/database.py did not map it (a connection opened outside
+# a transaction, a pool checkout, a timeout): the broker is unavailable, not broken. An
+# OperationalError is not among them: unmapped, it is a missing table or column, a fault (500).
+_DEPENDENCY_FAILURES = (InterfaceError, PoolTimeout, OSError, TimeoutError)
 
 
 def problem(status: int, code: str, detail: str, *, request_id: str) -> web.Response:
@@ -50,6 +59,8 @@ def problem(status: int, code: str, detail: str, *, request_id: str) -> web.Resp
     response = web.json_response(body, status=status, content_type="application/problem+json")
     if status == 401:
         response.headers["WWW-Authenticate"] = CHALLENGE
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     response.headers["X-Request-Id"] = request_id
     return response
 
@@ -78,6 +89,11 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         if "Allow" in exc.headers:  # a 405 says which methods the resource has (RFC 9110)
             answer.headers["Allow"] = exc.headers["Allow"]
         return answer
+    except _DEPENDENCY_FAILURES:
+        log.exception("request_dependency_failed request_id=%s path=%s", request_id, request.path)
+        return problem(
+            503, "unavailable", "a service the broker depends on is unavailable", request_id=request_id
+        )
     except Exception:
         log.exception("request_crashed request_id=%s path=%s", request_id, request.path)
         return problem(500, "internal_error", "internal error", request_id=request_id)
