@@ -77,6 +77,7 @@ async def erase(ctx: Context, tx: WriteTx, seqs: Sequence[int], *, now: datetime
         others = await store.wrapped_by(tx, doomed)
         await store.set_wrapped(tx, [_rewrapped(w, ring, replacements[w.kek_id]) for w in others])
     await store.delete_statuses(tx, [age.id for age in erased])
+    await store.delete_index(tx, [age.seq for age in erased])
     return erased
 
 

@@ -158,6 +158,13 @@ async def delete_statuses(tx: Tx, report_ids: Sequence[str]) -> int:
     return int(await tx.run(lambda c: c.execute(statement).rowcount))
 
 
+async def delete_index(tx: Tx, seqs: Sequence[int]) -> int:
+    """Delete the TAXII object index rows of the reports ``seqs``: an erased report's keyed
+    digests would still say which objects it shared with others."""
+    statement = delete(st.TAXII_OBJECTS).where(st.TAXII_OBJECTS.c.report_seq.in_(list(seqs)))
+    return int(await tx.run(lambda c: c.execute(statement).rowcount))
+
+
 async def lock_wrapped_not_by(tx: Tx, kek_id: str, *, limit: int) -> list[Wrapped]:
     """At most ``limit`` unerased reports whose data key a KEK other than ``kek_id`` wraps,
     locked until commit in sequence order (the order erasures lock rows in)."""

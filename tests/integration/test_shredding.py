@@ -160,6 +160,15 @@ async def _status_rows(ctx: Context, report_id: str) -> int:
         return int(await tx.run(lambda c: c.execute(query, {"r": report_id}).scalar_one()))
 
 
+async def _index_rows(ctx: Context, report_id: str) -> int:
+    query = text(
+        "SELECT count(*) FROM taxii_objects JOIN reports ON reports.seq = taxii_objects.report_seq"
+        " WHERE reports.id = :r"
+    )
+    async with ctx.db.read_transaction() as tx:
+        return int(await tx.run(lambda c: c.execute(query, {"r": report_id}).scalar_one()))
+
+
 async def test_erasing_a_report_deletes_the_taxii_statuses_naming_it(api: Api, settings: Settings) -> None:
     usa = await api.node("usa", "USA")
     cid = await collection_id(api)
@@ -175,6 +184,7 @@ async def test_erasing_a_report_deletes_the_taxii_statuses_naming_it(api: Api, s
     by_object = {r["payload"]["objects"][0]["name"]: r["id"] for r in listing}
     erased, kept = by_object["indicator 0"], by_object["indicator 1"]
     assert await _status_rows(api.ctx, erased) == 1
+    assert await _index_rows(api.ctx, erased) == 1
 
     env = cli_env(settings.database_url, settings.keyring_path)
     done = await asyncio.to_thread(run_cli, "report", "erase", erased, env=env)
@@ -182,6 +192,8 @@ async def test_erasing_a_report_deletes_the_taxii_statuses_naming_it(api: Api, s
 
     assert await _status_rows(api.ctx, erased) == 0
     assert await _status_rows(api.ctx, kept) == 1
+    # and the object index's keyed digests of what it carried (they link it to other reports)
+    assert (await _index_rows(api.ctx, erased), await _index_rows(api.ctx, kept)) == (0, 1)
     assert (await raw(api, "GET", f"/taxii2/api/status/{posted[0]}/", token=usa))[0] == 404
     assert (await raw(api, "GET", f"/taxii2/api/status/{posted[1]}/", token=usa))[0] == 200
 
