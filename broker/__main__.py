@@ -108,7 +108,8 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     demo.add_argument(
         "--dir",
         default="var/demo",
-        help="where the demo database, keyring and certificates live; emptied first (default: %(default)s)",
+        help="where the demo database, keyring and certificates live: a new or empty directory, or "
+        "one an earlier demo made (its files are replaced) (default: %(default)s)",
     )
     _log_options(demo)
 
@@ -348,7 +349,7 @@ async def _export(ctx: Context, path: Path) -> dict[str, Any]:
     return {"file": str(path), "lines": lines}
 
 
-def _verify(args: argparse.Namespace, settings: Settings) -> int:
+def _verify(args: argparse.Namespace, settings: Settings | None) -> int:
     """Offline: no database. Exit 0 when intact, 1 when tampered (naming the place), 2 when the
     key, the export or the trusted checkpoint cannot be read or is malformed (one line on stderr)."""
     public = _checkpoint_public_key(args.key, settings)
@@ -369,20 +370,46 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     return finding.exit_code
 
 
-def _checkpoint_public_key(key: str | None, settings: Settings) -> bytes:
-    """The raw Ed25519 key checkpoints must be signed by: ``--key``, else the local keyring's."""
+def _checkpoint_public_key(key: str | None, settings: Settings | None) -> bytes:
+    """The raw Ed25519 key checkpoints must be signed by: ``--key`` (the key in base64, or the
+    vkey ``audit key`` prints), else the local keyring's."""
     if key is None:
-        if not settings.keyring_path.exists():
-            raise BrokerError(f"no keyring at {settings.keyring_path}: pass --key")
+        if settings is None or not settings.keyring_path.exists():
+            where = "" if settings is None else f" at {settings.keyring_path}"
+            raise BrokerError(
+                f"no keyring{where}: pass --key (the public key or vkey `broker audit key` prints)"
+            )
         return notes.public_key(keyring.load(settings.keyring_path).checkpoint_key)
-    try:
-        public = base64.b64decode(key, validate=True)
-    except ValueError:  # binascii.Error, or characters outside ASCII
-        raise BrokerError("--key must be base64") from None
+    if key.count("+") >= 2 and not key.endswith("="):  # a raw key in base64 ends with "="
+        public = _vkey_public(key)
+    else:
+        try:
+            public = base64.b64decode(key, validate=True)
+        except ValueError:  # binascii.Error, or characters outside ASCII
+            raise BrokerError("--key must be base64 or a vkey (NAME+KEYID+BASE64)") from None
     if not notes.valid_public_key(public):
         raise BrokerError(
             f"--key is not an Ed25519 public key: {len(public)} bytes"
             + (" that are not a curve point" if len(public) == 32 else ", not 32")
+        )
+    return public
+
+
+def _vkey_public(vkey: str) -> bytes:
+    """The raw public key of a C2SP vkey ``NAME+KEYID+base64(0x01 || key)``; the key id must be
+    the one its name and key make, so a vkey edited by hand is not taken at its word."""
+    name, key_id, encoded = vkey.split("+", 2)  # a name holds no "+"; base64 may
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        raise BrokerError("--key: the vkey's last part is not base64 (NAME+KEYID+BASE64)") from None
+    if len(raw) != 33 or raw[0] != 1:
+        raise BrokerError("--key: the vkey does not hold an Ed25519 key (type 0x01, 32 bytes)")
+    public = raw[1:]
+    if notes.key_id(name, public).hex() != key_id.lower():
+        raise BrokerError(
+            f"--key: the vkey's key id {key_id} is not the one of name {name} and its key "
+            f"({notes.key_id(name, public).hex()})"
         )
     return public
 
@@ -651,10 +678,10 @@ def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
 def _demo(args: argparse.Namespace, settings: Settings) -> None:
     from broker.demo import DEMO_NODES, demo_pki, exchange, prepare
 
-    _check_port(args.host, args.port)  # before the tokens are printed
     folder = Path(args.dir).resolve()  # absolute: the printed paths work from any directory
-    if folder.exists():
-        shutil.rmtree(folder)
+    _check_demo_dir(folder, given=args.dir)
+    _check_port(args.host, args.port)  # before the tokens are printed
+    _clear_demo_dir(folder)
     settings = replace(
         settings,
         database_url=f"sqlite+aiosqlite:///{folder / 'broker.db'}",
@@ -670,6 +697,48 @@ def _demo(args: argparse.Namespace, settings: Settings) -> None:
     print(guide, flush=True)
     base = f"https://{settings.host}:{settings.port}"
     _serve(settings, alongside=lambda: exchange(base, live, lambda line: print(line, flush=True)))
+
+
+# Written by `broker demo` into the directory it makes: only a directory holding it is emptied.
+DEMO_MARKER = ".broker-demo"
+# What a demo creates in its directory, the only entries it ever removes.
+DEMO_FILES = (
+    "broker.db",
+    "broker.db-wal",
+    "broker.db-shm",
+    "broker.db-journal",
+    "keyring.json",
+    ".keyring.json.lock",
+    "pki",
+)
+
+
+def _check_demo_dir(folder: Path, *, given: str) -> None:
+    """A demo starts afresh, but never at the cost of data it did not create: the directory must
+    be new, empty, or one an earlier demo marked as its own."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise BrokerError(f"--dir {given}: {folder} is a file, not a directory", code="invalid_input")
+    if (folder / DEMO_MARKER).is_file() or not any(folder.iterdir()):
+        return
+    raise BrokerError(
+        f"--dir {given}: {folder} is not empty and was not made by broker demo (no {DEMO_MARKER} "
+        "file): refusing to replace what is in it; give a new or empty directory",
+        code="invalid_input",
+    )
+
+
+def _clear_demo_dir(folder: Path) -> None:
+    """Remove what an earlier demo left (its own files only), and mark the directory as the demo's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_FILES:
+        entry = folder / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+    (folder / DEMO_MARKER).write_text("made by `broker demo`: the next demo here replaces its files\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -749,6 +818,9 @@ def _main(words: list[str], *, as_json: bool) -> int:
         return _pki_main(args)
     _configure_logging(args)
     try:
+        if args.command == "audit" and args.action == "verify":
+            # Offline: the export and the key are enough; the configuration only finds a keyring.
+            return _verify(args, None if args.key is not None else _settings_if_any())
         settings = Settings.load()
         if args.command == "config":
             result: Any = _config_summary(settings)
@@ -765,8 +837,6 @@ def _main(words: list[str], *, as_json: bool) -> int:
         elif args.command == "demo":
             _demo(args, settings)
             return 0
-        elif args.command == "audit" and args.action == "verify":
-            return _verify(args, settings)
         elif args.command == "db":
             result = asyncio.run(upgrade(settings))
         else:
@@ -782,6 +852,14 @@ def _main(words: list[str], *, as_json: bool) -> int:
         return _fail(_plain(exc), as_json=as_json, code="unexpected")
     _print(result, as_json=args.json)
     return 0
+
+
+def _settings_if_any() -> Settings | None:
+    """The configured settings, or None where there is no usable configuration."""
+    try:
+        return Settings.load()
+    except BrokerError:
+        return None
 
 
 def _help_settings(words: list[str]) -> Settings | None:
