@@ -17,10 +17,12 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from broker import __version__
 from broker.crypto import keyring, notes, pki, verify_export
+from broker.crypto.files import write_atomically
+from broker.crypto.keys import new_sealing_key, new_signing_key, private_b64, public_b64
 from broker.domain.time import parse_time
 from broker.errors import BrokerError, InvalidInput
 from broker.services import admin, ledger, reports
@@ -40,14 +42,35 @@ HISTORY_HELP = (
 )
 
 
+class UsageError(Exception):
+    """A command line argparse cannot read: reported like every other error (one line, JSON
+    with --json), not as argparse's usage text."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _port(value: str) -> int:
+    """A TCP port (0 picks a free one), refused by argparse in words otherwise."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number: give 0-65535") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number: give 0-65535")
+    return port
+
+
 def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     """The command line. Help texts name valid values and defaults; the classification levels
     and the server's defaults are those of ``settings`` (the built-in ones when not given)."""
     settings = settings or Settings()
     levels = ", ".join(settings.policy.levels)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output (also for errors)")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="broker",
         description="Alliance Broker. Settings come from BROKER_CONFIG_DIR (default: ./config), "
         "BROKER_DATABASE_URL and BROKER_KEYRING.",
@@ -71,7 +94,9 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         "--host", help=f"address to listen on (default: {settings.host}, [server] host in broker.toml)"
     )
     serve.add_argument(
-        "--port", type=int, help=f"port to listen on (default: {settings.port}, [server] port in broker.toml)"
+        "--port",
+        type=_port,
+        help=f"port to listen on (default: {settings.port}, [server] port in broker.toml)",
     )
     _log_options(serve)
     serve.add_argument(
@@ -104,7 +129,7 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[common], help="fresh demo database, nodes and server")
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    demo.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    demo.add_argument("--port", type=_port, default=8080, help="port to listen on (default: %(default)s)")
     demo.add_argument(
         "--dir",
         default="var/demo",
@@ -128,6 +153,17 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     )
     add.add_argument(
         "--token-days", type=int, metavar="DAYS", help="the token expires after DAYS days (default: never)"
+    )
+    keygen = node.add_parser(
+        "keygen",
+        parents=[common],
+        help="make a node's Ed25519 (signing) and X25519 (sealing) key pairs: the private keys go "
+        "to files (mode 0600), the public halves are printed as node add/update flags",
+    )
+    keygen.add_argument("id", help="node id the keys are for (names the files)")
+    keygen.add_argument("--out", required=True, metavar="DIR", help="where to write the private keys")
+    keygen.add_argument(
+        "--force", action="store_true", help="replace key files already in DIR (default: refuse)"
     )
     node.add_parser("list", parents=[common], help="every node, revoked ones too")
     node.add_parser("revoke", parents=[common], help="revoke a node at once, for good").add_argument(
@@ -286,14 +322,45 @@ def _csv(value: str) -> list[str]:
 async def _with_context(settings: Settings, work: Callable[[Context], Awaitable[Any]]) -> Any:
     """Run ``work`` on a migrated database whose keyring is the one given (``serve`` checks here
     too before it starts): a keyring that does not match the database is refused."""
+    _refuse_missing_sqlite(settings.database_url)
     ctx = await Context.open_bound(settings)
     try:
         if not await db.at_head(ctx.db.engine):
-            raise BrokerError("the database is not migrated: run `broker db upgrade` first")
+            raise BrokerError(
+                f"the database {_database_name(settings.database_url)} is not migrated: "
+                "run `broker db upgrade` first"
+            )
         await ctx.check_keyring()
         return await work(ctx)
     finally:
         await ctx.close()
+
+
+def _database_name(url: str) -> str:
+    """The database as a message names it: a SQLite file by its absolute path, else the URL
+    without its password."""
+    path = db.sqlite_file(url)
+    return str(path.resolve()) if path is not None else db.redacted(url)
+
+
+def _refuse_missing_sqlite(url: str) -> None:
+    """Only ``db upgrade`` (and the demo) create a database: a mistyped path must not leave an
+    empty file behind, and the message says which file was looked for."""
+    db.check_url(url)  # a URL of another form is told so first
+    path = db.sqlite_file(url)
+    if path is None or path.exists():
+        return
+    hint = ""
+    if not path.is_absolute():
+        hint = (
+            f" (three slashes make a path relative to the working directory; an absolute path "
+            f"takes four: sqlite+aiosqlite:///{path.resolve()})"
+        )
+    raise BrokerError(
+        f"no database at {path.resolve()}{hint}: run `broker db upgrade` to create it, or fix "
+        "BROKER_DATABASE_URL",
+        code="database_missing",
+    )
 
 
 async def upgrade(settings: Settings) -> dict[str, Any]:
@@ -340,7 +407,11 @@ def _command(args: argparse.Namespace, settings: Settings) -> Callable[[Context]
 
 async def _export(ctx: Context, path: Path) -> dict[str, Any]:
     lines = 0
-    with path.open("w") as fh:
+    try:
+        fh = path.open("w")
+    except OSError as exc:
+        raise BrokerError(f"cannot write {path}: {exc.strerror or exc}", code="invalid_input") from exc
+    with fh:
         async for line in ledger.export(ctx):
             fh.write(line)
             lines += 1
@@ -423,13 +494,40 @@ def _read_text(path: Path) -> str:
         raise BrokerError(f"{path} is not UTF-8 text") from None
 
 
-def _pki_main(args: argparse.Namespace) -> int:
-    """``broker pki ...``: files only, no settings or database. Exit 2 with one line on error."""
+def _keygen(args: argparse.Namespace) -> dict[str, Any]:
+    """``broker node keygen``: files only. Both private keys are written before anything is
+    printed, each 0600 and never over an existing file unless --force."""
+    pki.node_uri(args.id)  # the id names files: a node id's characters only
+    folder = Path(args.out)
+    pairs = ((f"{args.id}.ed25519.key", new_signing_key()), (f"{args.id}.x25519.key", new_sealing_key()))
+    if not args.force:
+        for name, _key in pairs:
+            if (folder / name).exists():
+                raise BrokerError(f"{folder / name} exists: choose another --out, or --force to replace it")
     try:
-        result = _pki(args)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, key in pairs:
+            write_atomically(folder / name, (private_b64(key) + "\n").encode(), mode=0o600, replace=True)
+    except OSError as exc:
+        raise BrokerError(f"cannot write the keys to {folder}: {exc.strerror or exc}") from exc
+    signing, sealing = (public_b64(key) for _name, key in pairs)
+    return {
+        "node": args.id,
+        "ed25519_private_key": str(folder / pairs[0][0]),
+        "x25519_private_key": str(folder / pairs[1][0]),
+        "ed25519_public_key": signing,
+        "x25519_public_key": sealing,
+        "flags": f"--ed25519-public-key {signing} --x25519-public-key {sealing}",
+    }
+
+
+def _pki_main(args: argparse.Namespace) -> int:
+    """``broker pki ...`` and ``broker node keygen``: files only, no settings or database. Exit
+    2 with one line on error."""
+    try:
+        result = _keygen(args) if args.command == "node" else _pki(args)
     except BrokerError as exc:
-        print(f"error: {' '.join(exc.message.splitlines())}", file=sys.stderr)
-        return 2
+        return _fail(" ".join(exc.message.splitlines()), as_json=args.json, code=exc.code)
     _print(result, as_json=args.json)
     return 0
 
@@ -492,6 +590,12 @@ def _node_changes(args: argparse.Namespace) -> dict[str, Any]:
         changes["certificate"] = None
     elif args.certificate:
         changes["certificate"] = _read_certificate(args.certificate)
+    if not changes:
+        raise InvalidInput(
+            f"nothing to change for {args.id}: give one or more of --clearance, --caveats, --roles, "
+            "--ed25519-public-key, --x25519-public-key, --certificate, --no-certificate",
+            code="invalid_node",
+        )
     return changes
 
 
@@ -813,8 +917,11 @@ def _fail(message: str, *, as_json: bool, code: str = "error") -> int:
 
 
 def _main(words: list[str], *, as_json: bool) -> int:
-    args = _parser(_help_settings(words)).parse_args(words)
-    if args.command == "pki":
+    try:
+        args = _parser(_help_settings(words)).parse_args(words)
+    except UsageError as exc:
+        return _fail(str(exc), as_json=as_json, code="usage")
+    if args.command == "pki" or (args.command, getattr(args, "action", None)) == ("node", "keygen"):
         return _pki_main(args)
     _configure_logging(args)
     try:
