@@ -739,14 +739,6 @@ def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | Non
             settings.host,
         )
     scheme = "https" if ssl_context is not None else "http"
-    log.info(
-        "serving on %s://%s:%s (client certificates: %s; event loop: %s)",
-        scheme,
-        settings.host,
-        settings.port,
-        settings.tls.client_auth,
-        type(loop).__module__,
-    )
 
     # Not web.run_app: its sites accept every connection with no deadline for a request head
     # (start_serving's site guards them); SIGINT and SIGTERM stop it as they stopped run_app.
@@ -755,13 +747,32 @@ def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | Non
             app, host=settings.host, port=settings.port, ssl_context=ssl_context
         )
         stop = asyncio.Event()
+        received: list[str] = []
         running = asyncio.get_running_loop()
+
+        def _stop(signum: signal.Signals) -> None:
+            received.append(signum.name)
+            stop.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            running.add_signal_handler(signum, stop.set)
+            running.add_signal_handler(signum, _stop, signum)
+        # Once listening and stoppable: a supervisor that waits for this line may signal at once.
+        # The port is the one bound (--port 0 picks a free one).
+        port = runner.addresses[0][1] if runner.addresses else settings.port
+        log.info(
+            "serving on %s://%s:%s (client certificates: %s; event loop: %s)",
+            scheme,
+            settings.host,
+            port,
+            settings.tls.client_auth,
+            type(loop).__module__,
+        )
         try:
             await stop.wait()
         finally:
             await runner.cleanup()
+        # An operator who pressed Ctrl-C, or a supervisor's log, sees that it ended and why.
+        log.info("stopped on %s: open streams were closed with 1001", ", ".join(received) or "request")
 
     with asyncio.Runner(loop_factory=lambda: loop) as runner:
         runner.run(run())
@@ -936,7 +947,7 @@ def _main(words: list[str], *, as_json: bool) -> int:
                 replace(
                     settings,
                     host=args.host or settings.host,
-                    port=args.port or settings.port,
+                    port=settings.port if args.port is None else args.port,
                     tls=_tls_flags(settings.tls, args),
                 )
             )
