@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import socket
 import stat
 import subprocess
@@ -18,6 +19,9 @@ import pytest
 from broker import __main__ as cli
 from broker.crypto import notes
 from broker.crypto.keys import load_sealing_key, load_signing_key, public_b64
+from broker.demo import prepare
+from broker.services.context import Context
+from broker.settings import Settings
 from tests.conftest import CONFIG
 from tests.unit.test_verify_export import ORIGIN, PUBLIC, build
 
@@ -253,3 +257,15 @@ def test_a_bad_keyring_is_named_in_words(
     monkeypatch.setenv("BROKER_KEYRING", str(bad))
     line = Cli(capsys).refused("node", "list")
     assert "badkeyring.json" in line and "keks" in line and "'keks'" not in line and ": -:" not in line, line
+
+
+async def test_the_demo_guide_names_a_cli_that_runs_and_how_to_stop_or_move_the_demo(
+    ctx: Context, settings: Settings, tmp_path: Path
+) -> None:
+    guide, _live = await prepare(ctx, settings, tmp_path / "pki")
+    lines = guide.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("export "))
+    command = shlex.split(lines[at + 1])
+    # not a bare `broker`, which is not on PATH after `make demo`
+    assert Path(command[0]).is_absolute() and os.access(command[0], os.X_OK), command
+    assert "Ctrl-C" in guide and "--port" in guide
