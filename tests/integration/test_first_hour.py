@@ -8,10 +8,12 @@ import base64
 import json
 import os
 import shlex
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -269,3 +271,35 @@ async def test_the_demo_guide_names_a_cli_that_runs_and_how_to_stop_or_move_the_
     # not a bare `broker`, which is not on PATH after `make demo`
     assert Path(command[0]).is_absolute() and os.access(command[0], os.X_OK), command
     assert "Ctrl-C" in guide and "--port" in guide
+
+
+def test_demo_reuses_a_directory_it_marked_and_keeps_what_else_is_there(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    (folder / ".broker-demo").write_text("made by `broker demo`\n")
+    (folder / "broker.db").write_text("an earlier demo's database")
+    (folder / "notes.txt").write_text("mine")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "demo", "--dir", str(folder), "--port", str(_free_port())],
+        env={**os.environ, "BROKER_CONFIG_DIR": str(CONFIG)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else "demo ended"
+            if "Ctrl-C stops the demo" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate()
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert (folder / "broker.db").read_bytes().startswith(b"SQLite format 3")
+    assert (folder / ".broker-demo").is_file() and (folder / "pki" / "ca.pem").is_file()
