@@ -354,7 +354,7 @@ def _refuse_missing_sqlite(url: str) -> None:
     if not path.is_absolute():
         hint = (
             f" (three slashes make a path relative to the working directory; an absolute path "
-            f"takes four: sqlite+aiosqlite:///{path.resolve()})"
+            f"takes four: sqlite+aiosqlite:////{path})"
         )
     raise BrokerError(
         f"no database at {path.resolve()}{hint}: run `broker db upgrade` to create it, or fix "
