@@ -839,7 +839,8 @@ def _check_demo_dir(folder: Path, *, given: str) -> None:
         return
     raise BrokerError(
         f"--dir {given}: {folder} is not empty and was not made by broker demo (no {DEMO_MARKER} "
-        "file): refusing to replace what is in it; give a new or empty directory",
+        "file): refusing to replace what is in it; give a new or empty directory (a demo from "
+        "before the marker left none: delete its directory yourself)",
         code="invalid_input",
     )
 
