@@ -17,10 +17,12 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from broker import __version__
 from broker.crypto import keyring, notes, pki, verify_export
+from broker.crypto.files import write_atomically
+from broker.crypto.keys import new_sealing_key, new_signing_key, private_b64, public_b64
 from broker.domain.time import parse_time
 from broker.errors import BrokerError, InvalidInput
 from broker.services import admin, ledger, reports
@@ -40,14 +42,35 @@ HISTORY_HELP = (
 )
 
 
+class UsageError(Exception):
+    """A command line argparse cannot read: reported like every other error (one line, JSON
+    with --json), not as argparse's usage text."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _port(value: str) -> int:
+    """A TCP port (0 picks a free one), refused by argparse in words otherwise."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number: give 0-65535") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number: give 0-65535")
+    return port
+
+
 def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     """The command line. Help texts name valid values and defaults; the classification levels
     and the server's defaults are those of ``settings`` (the built-in ones when not given)."""
     settings = settings or Settings()
     levels = ", ".join(settings.policy.levels)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output (also for errors)")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="broker",
         description="Alliance Broker. Settings come from BROKER_CONFIG_DIR (default: ./config), "
         "BROKER_DATABASE_URL and BROKER_KEYRING.",
@@ -71,7 +94,9 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         "--host", help=f"address to listen on (default: {settings.host}, [server] host in broker.toml)"
     )
     serve.add_argument(
-        "--port", type=int, help=f"port to listen on (default: {settings.port}, [server] port in broker.toml)"
+        "--port",
+        type=_port,
+        help=f"port to listen on (default: {settings.port}, [server] port in broker.toml)",
     )
     _log_options(serve)
     serve.add_argument(
@@ -104,11 +129,12 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[common], help="fresh demo database, nodes and server")
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    demo.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    demo.add_argument("--port", type=_port, default=8080, help="port to listen on (default: %(default)s)")
     demo.add_argument(
         "--dir",
         default="var/demo",
-        help="where the demo database, keyring and certificates live; emptied first (default: %(default)s)",
+        help="where the demo database, keyring and certificates live: a new or empty directory, or "
+        "one an earlier demo made (its files are replaced) (default: %(default)s)",
     )
     _log_options(demo)
 
@@ -127,6 +153,17 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     )
     add.add_argument(
         "--token-days", type=int, metavar="DAYS", help="the token expires after DAYS days (default: never)"
+    )
+    keygen = node.add_parser(
+        "keygen",
+        parents=[common],
+        help="make a node's Ed25519 (signing) and X25519 (sealing) key pairs: the private keys go "
+        "to files (mode 0600), the public halves are printed as node add/update flags",
+    )
+    keygen.add_argument("id", help="node id the keys are for (names the files)")
+    keygen.add_argument("--out", required=True, metavar="DIR", help="where to write the private keys")
+    keygen.add_argument(
+        "--force", action="store_true", help="replace key files already in DIR (default: refuse)"
     )
     node.add_parser("list", parents=[common], help="every node, revoked ones too")
     node.add_parser("revoke", parents=[common], help="revoke a node at once, for good").add_argument(
@@ -285,14 +322,45 @@ def _csv(value: str) -> list[str]:
 async def _with_context(settings: Settings, work: Callable[[Context], Awaitable[Any]]) -> Any:
     """Run ``work`` on a migrated database whose keyring is the one given (``serve`` checks here
     too before it starts): a keyring that does not match the database is refused."""
+    _refuse_missing_sqlite(settings.database_url)
     ctx = await Context.open_bound(settings)
     try:
         if not await db.at_head(ctx.db.engine):
-            raise BrokerError("the database is not migrated: run `broker db upgrade` first")
+            raise BrokerError(
+                f"the database {_database_name(settings.database_url)} is not migrated: "
+                "run `broker db upgrade` first"
+            )
         await ctx.check_keyring()
         return await work(ctx)
     finally:
         await ctx.close()
+
+
+def _database_name(url: str) -> str:
+    """The database as a message names it: a SQLite file by its absolute path, else the URL
+    without its password."""
+    path = db.sqlite_file(url)
+    return str(path.resolve()) if path is not None else db.redacted(url)
+
+
+def _refuse_missing_sqlite(url: str) -> None:
+    """Only ``db upgrade`` (and the demo) create a database: a mistyped path must not leave an
+    empty file behind, and the message says which file was looked for."""
+    db.check_url(url)  # a URL of another form is told so first
+    path = db.sqlite_file(url)
+    if path is None or path.exists():
+        return
+    hint = ""
+    if not path.is_absolute():
+        hint = (
+            f" (three slashes make a path relative to the working directory; an absolute path "
+            f"takes four: sqlite+aiosqlite:////{path})"
+        )
+    raise BrokerError(
+        f"no database at {path.resolve()}{hint}: run `broker db upgrade` to create it, or fix "
+        "BROKER_DATABASE_URL",
+        code="database_missing",
+    )
 
 
 async def upgrade(settings: Settings) -> dict[str, Any]:
@@ -339,7 +407,11 @@ def _command(args: argparse.Namespace, settings: Settings) -> Callable[[Context]
 
 async def _export(ctx: Context, path: Path) -> dict[str, Any]:
     lines = 0
-    with path.open("w") as fh:
+    try:
+        fh = path.open("w")
+    except OSError as exc:
+        raise BrokerError(f"cannot write {path}: {exc.strerror or exc}", code="invalid_input") from exc
+    with fh:
         async for line in ledger.export(ctx):
             fh.write(line)
             lines += 1
@@ -348,7 +420,7 @@ async def _export(ctx: Context, path: Path) -> dict[str, Any]:
     return {"file": str(path), "lines": lines}
 
 
-def _verify(args: argparse.Namespace, settings: Settings) -> int:
+def _verify(args: argparse.Namespace, settings: Settings | None) -> int:
     """Offline: no database. Exit 0 when intact, 1 when tampered (naming the place), 2 when the
     key, the export or the trusted checkpoint cannot be read or is malformed (one line on stderr)."""
     public = _checkpoint_public_key(args.key, settings)
@@ -369,20 +441,46 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     return finding.exit_code
 
 
-def _checkpoint_public_key(key: str | None, settings: Settings) -> bytes:
-    """The raw Ed25519 key checkpoints must be signed by: ``--key``, else the local keyring's."""
+def _checkpoint_public_key(key: str | None, settings: Settings | None) -> bytes:
+    """The raw Ed25519 key checkpoints must be signed by: ``--key`` (the key in base64, or the
+    vkey ``audit key`` prints), else the local keyring's."""
     if key is None:
-        if not settings.keyring_path.exists():
-            raise BrokerError(f"no keyring at {settings.keyring_path}: pass --key")
+        if settings is None or not settings.keyring_path.exists():
+            where = "" if settings is None else f" at {settings.keyring_path}"
+            raise BrokerError(
+                f"no keyring{where}: pass --key (the public key or vkey `broker audit key` prints)"
+            )
         return notes.public_key(keyring.load(settings.keyring_path).checkpoint_key)
-    try:
-        public = base64.b64decode(key, validate=True)
-    except ValueError:  # binascii.Error, or characters outside ASCII
-        raise BrokerError("--key must be base64") from None
+    if key.count("+") >= 2 and not key.endswith("="):  # a raw key in base64 ends with "="
+        public = _vkey_public(key)
+    else:
+        try:
+            public = base64.b64decode(key, validate=True)
+        except ValueError:  # binascii.Error, or characters outside ASCII
+            raise BrokerError("--key must be base64 or a vkey (NAME+KEYID+BASE64)") from None
     if not notes.valid_public_key(public):
         raise BrokerError(
             f"--key is not an Ed25519 public key: {len(public)} bytes"
             + (" that are not a curve point" if len(public) == 32 else ", not 32")
+        )
+    return public
+
+
+def _vkey_public(vkey: str) -> bytes:
+    """The raw public key of a C2SP vkey ``NAME+KEYID+base64(0x01 || key)``; the key id must be
+    the one its name and key make, so a vkey edited by hand is not taken at its word."""
+    name, key_id, encoded = vkey.split("+", 2)  # a name holds no "+"; base64 may
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        raise BrokerError("--key: the vkey's last part is not base64 (NAME+KEYID+BASE64)") from None
+    if len(raw) != 33 or raw[0] != 1:
+        raise BrokerError("--key: the vkey does not hold an Ed25519 key (type 0x01, 32 bytes)")
+    public = raw[1:]
+    if notes.key_id(name, public).hex() != key_id.lower():
+        raise BrokerError(
+            f"--key: the vkey's key id {key_id} is not the one of name {name} and its key "
+            f"({notes.key_id(name, public).hex()})"
         )
     return public
 
@@ -396,13 +494,40 @@ def _read_text(path: Path) -> str:
         raise BrokerError(f"{path} is not UTF-8 text") from None
 
 
-def _pki_main(args: argparse.Namespace) -> int:
-    """``broker pki ...``: files only, no settings or database. Exit 2 with one line on error."""
+def _keygen(args: argparse.Namespace) -> dict[str, Any]:
+    """``broker node keygen``: files only. Both private keys are written before anything is
+    printed, each 0600 and never over an existing file unless --force."""
+    pki.node_uri(args.id)  # the id names files: a node id's characters only
+    folder = Path(args.out)
+    pairs = ((f"{args.id}.ed25519.key", new_signing_key()), (f"{args.id}.x25519.key", new_sealing_key()))
+    if not args.force:
+        for name, _key in pairs:
+            if (folder / name).exists():
+                raise BrokerError(f"{folder / name} exists: choose another --out, or --force to replace it")
     try:
-        result = _pki(args)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, key in pairs:
+            write_atomically(folder / name, (private_b64(key) + "\n").encode(), mode=0o600, replace=True)
+    except OSError as exc:
+        raise BrokerError(f"cannot write the keys to {folder}: {exc.strerror or exc}") from exc
+    signing, sealing = (public_b64(key) for _name, key in pairs)
+    return {
+        "node": args.id,
+        "ed25519_private_key": str(folder / pairs[0][0]),
+        "x25519_private_key": str(folder / pairs[1][0]),
+        "ed25519_public_key": signing,
+        "x25519_public_key": sealing,
+        "flags": f"--ed25519-public-key {signing} --x25519-public-key {sealing}",
+    }
+
+
+def _pki_main(args: argparse.Namespace) -> int:
+    """``broker pki ...`` and ``broker node keygen``: files only, no settings or database. Exit
+    2 with one line on error."""
+    try:
+        result = _keygen(args) if args.command == "node" else _pki(args)
     except BrokerError as exc:
-        print(f"error: {' '.join(exc.message.splitlines())}", file=sys.stderr)
-        return 2
+        return _fail(" ".join(exc.message.splitlines()), as_json=args.json, code=exc.code)
     _print(result, as_json=args.json)
     return 0
 
@@ -465,6 +590,12 @@ def _node_changes(args: argparse.Namespace) -> dict[str, Any]:
         changes["certificate"] = None
     elif args.certificate:
         changes["certificate"] = _read_certificate(args.certificate)
+    if not changes:
+        raise InvalidInput(
+            f"nothing to change for {args.id}: give one or more of --clearance, --caveats, --roles, "
+            "--ed25519-public-key, --x25519-public-key, --certificate, --no-certificate",
+            code="invalid_node",
+        )
     return changes
 
 
@@ -608,14 +739,6 @@ def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | Non
             settings.host,
         )
     scheme = "https" if ssl_context is not None else "http"
-    log.info(
-        "serving on %s://%s:%s (client certificates: %s; event loop: %s)",
-        scheme,
-        settings.host,
-        settings.port,
-        settings.tls.client_auth,
-        type(loop).__module__,
-    )
 
     # Not web.run_app: its sites accept every connection with no deadline for a request head
     # (start_serving's site guards them); SIGINT and SIGTERM stop it as they stopped run_app.
@@ -624,13 +747,32 @@ def _serve(settings: Settings, *, alongside: Callable[[], Awaitable[None]] | Non
             app, host=settings.host, port=settings.port, ssl_context=ssl_context
         )
         stop = asyncio.Event()
+        received: list[str] = []
         running = asyncio.get_running_loop()
+
+        def _stop(signum: signal.Signals) -> None:
+            received.append(signum.name)
+            stop.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            running.add_signal_handler(signum, stop.set)
+            running.add_signal_handler(signum, _stop, signum)
+        # Once listening and stoppable: a supervisor that waits for this line may signal at once.
+        # The port is the one bound (--port 0 picks a free one).
+        port = runner.addresses[0][1] if runner.addresses else settings.port
+        log.info(
+            "serving on %s://%s:%s (client certificates: %s; event loop: %s)",
+            scheme,
+            settings.host,
+            port,
+            settings.tls.client_auth,
+            type(loop).__module__,
+        )
         try:
             await stop.wait()
         finally:
             await runner.cleanup()
+        # An operator who pressed Ctrl-C, or a supervisor's log, sees that it ended and why.
+        log.info("stopped on %s: open streams were closed with 1001", ", ".join(received) or "request")
 
     with asyncio.Runner(loop_factory=lambda: loop) as runner:
         runner.run(run())
@@ -651,10 +793,10 @@ def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
 def _demo(args: argparse.Namespace, settings: Settings) -> None:
     from broker.demo import DEMO_NODES, demo_pki, exchange, prepare
 
-    _check_port(args.host, args.port)  # before the tokens are printed
     folder = Path(args.dir).resolve()  # absolute: the printed paths work from any directory
-    if folder.exists():
-        shutil.rmtree(folder)
+    _check_demo_dir(folder, given=args.dir)
+    _check_port(args.host, args.port)  # before the tokens are printed
+    _clear_demo_dir(folder)
     settings = replace(
         settings,
         database_url=f"sqlite+aiosqlite:///{folder / 'broker.db'}",
@@ -670,6 +812,49 @@ def _demo(args: argparse.Namespace, settings: Settings) -> None:
     print(guide, flush=True)
     base = f"https://{settings.host}:{settings.port}"
     _serve(settings, alongside=lambda: exchange(base, live, lambda line: print(line, flush=True)))
+
+
+# Written by `broker demo` into the directory it makes: only a directory holding it is emptied.
+DEMO_MARKER = ".broker-demo"
+# What a demo creates in its directory, the only entries it ever removes.
+DEMO_FILES = (
+    "broker.db",
+    "broker.db-wal",
+    "broker.db-shm",
+    "broker.db-journal",
+    "keyring.json",
+    ".keyring.json.lock",
+    "pki",
+)
+
+
+def _check_demo_dir(folder: Path, *, given: str) -> None:
+    """A demo starts afresh, but never at the cost of data it did not create: the directory must
+    be new, empty, or one an earlier demo marked as its own."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise BrokerError(f"--dir {given}: {folder} is a file, not a directory", code="invalid_input")
+    if (folder / DEMO_MARKER).is_file() or not any(folder.iterdir()):
+        return
+    raise BrokerError(
+        f"--dir {given}: {folder} is not empty and was not made by broker demo (no {DEMO_MARKER} "
+        "file): refusing to replace what is in it; give a new or empty directory (a demo from "
+        "before the marker left none: delete its directory yourself)",
+        code="invalid_input",
+    )
+
+
+def _clear_demo_dir(folder: Path) -> None:
+    """Remove what an earlier demo left (its own files only), and mark the directory as the demo's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_FILES:
+        entry = folder / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+    (folder / DEMO_MARKER).write_text("made by `broker demo`: the next demo here replaces its files\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -744,11 +929,17 @@ def _fail(message: str, *, as_json: bool, code: str = "error") -> int:
 
 
 def _main(words: list[str], *, as_json: bool) -> int:
-    args = _parser(_help_settings(words)).parse_args(words)
-    if args.command == "pki":
+    try:
+        args = _parser(_help_settings(words)).parse_args(words)
+    except UsageError as exc:
+        return _fail(str(exc), as_json=as_json, code="usage")
+    if args.command == "pki" or (args.command, getattr(args, "action", None)) == ("node", "keygen"):
         return _pki_main(args)
     _configure_logging(args)
     try:
+        if args.command == "audit" and args.action == "verify":
+            # Offline: the export and the key are enough; the configuration only finds a keyring.
+            return _verify(args, None if args.key is not None else _settings_if_any())
         settings = Settings.load()
         if args.command == "config":
             result: Any = _config_summary(settings)
@@ -757,7 +948,7 @@ def _main(words: list[str], *, as_json: bool) -> int:
                 replace(
                     settings,
                     host=args.host or settings.host,
-                    port=args.port or settings.port,
+                    port=settings.port if args.port is None else args.port,
                     tls=_tls_flags(settings.tls, args),
                 )
             )
@@ -765,8 +956,6 @@ def _main(words: list[str], *, as_json: bool) -> int:
         elif args.command == "demo":
             _demo(args, settings)
             return 0
-        elif args.command == "audit" and args.action == "verify":
-            return _verify(args, settings)
         elif args.command == "db":
             result = asyncio.run(upgrade(settings))
         else:
@@ -782,6 +971,14 @@ def _main(words: list[str], *, as_json: bool) -> int:
         return _fail(_plain(exc), as_json=as_json, code="unexpected")
     _print(result, as_json=args.json)
     return 0
+
+
+def _settings_if_any() -> Settings | None:
+    """The configured settings, or None where there is no usable configuration."""
+    try:
+        return Settings.load()
+    except BrokerError:
+        return None
 
 
 def _help_settings(words: list[str]) -> Settings | None:

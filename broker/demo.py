@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shlex
 import ssl
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +163,15 @@ async def background(coro: Any) -> AsyncIterator[None]:
             await task
 
 
+def _cli() -> list[str]:
+    """The running ``broker`` command by its absolute path: after ``make demo`` it lives in
+    .venv/bin, which is not on PATH, so a bare ``broker`` would not be found."""
+    beside = Path(sys.executable).parent / "broker"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    return [sys.executable, "-m", "broker"]
+
+
 async def prepare(ctx: Context, settings: Settings, folder: Path) -> tuple[str, LiveExchange]:
     """Create the demo nodes (certificates for them are in ``folder``); return the guide to print
     and the SDK nodes' keys."""
@@ -174,6 +185,7 @@ async def prepare(ctx: Context, settings: Settings, folder: Path) -> tuple[str, 
         "BROKER_KEYRING": str(settings.keyring_path),
         "BROKER_CONFIG_DIR": str(settings.config_dir.resolve()),
     }
+    cli = shlex.join(_cli())
     lines = [
         "",
         "Alliance Broker demo (TLS, client certificates from a fresh demo CA)",
@@ -184,7 +196,8 @@ async def prepare(ctx: Context, settings: Settings, folder: Path) -> tuple[str, 
         "",
         "To manage this demo's data with the CLI while it runs, in another shell:",
         "  export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in environment.items()),
-        "  broker node list; broker alliance list; broker audit key",
+        f"  {cli} node list; {cli} alliance list; {cli} audit key",
+        f"Ctrl-C stops the demo; another port: {cli} demo --port 8443 (see {cli} demo --help)",
         "",
         "Nodes (each authenticates with its certificate, or with its token as a second way);",
         "a token is shown only now:",

@@ -3,8 +3,8 @@
     BROKER_URL=https://127.0.0.1:8080 BROKER_TOKEN=abk_... BROKER_SIGNING_KEY=usa.key \\
         python examples/publisher.py examples/indicator_bundle.json
 
-BROKER_SIGNING_KEY is a file holding the node's Ed25519 private key (base64, as written by
-`python -c "from broker.crypto.keys import ...`"; see README). For TLS, BROKER_CA (and, for
+BROKER_SIGNING_KEY is a file holding the node's Ed25519 private key (base64), as
+`broker node keygen NODE --out DIR` writes it (DIR/NODE.ed25519.key; see README). For TLS, BROKER_CA (and, for
 mutual TLS, BROKER_CERT and BROKER_KEY instead of a token) name PEM files.
 """
 

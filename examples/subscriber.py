@@ -4,7 +4,7 @@
         python examples/subscriber.py [COUNT]
 
 Prints one JSON line per report (id, originator, whether it was sealed and its signature
-verified, the payload) and stops after COUNT reports (default: run until interrupted). The
+verified, the payload) and stops after COUNT reports (default: run until Ctrl-C). The
 stream resumes after the last report acknowledged on the stream name `examples`.
 """
 
@@ -48,4 +48,7 @@ async def main(count: int | None, sealing_key: X25519PrivateKey | None) -> None:
 if __name__ == "__main__":
     key_file = os.environ.get("BROKER_SEALING_KEY")
     key = load_sealing_key(Path(key_file).read_text()) if key_file else None
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else None, key))
+    try:
+        asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else None, key))
+    except KeyboardInterrupt:  # Ctrl-C is how a person stops it: no traceback, the shell's status
+        sys.exit(130)

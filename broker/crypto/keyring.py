@@ -167,8 +167,20 @@ def load(path: Path) -> Keyring:
         current = str(raw["current"])
         checkpoint_key = base64.b64decode(raw.get("checkpoint_key", ""), validate=True)
         retiring = frozenset(str(k) for k in raw.get("retiring", []))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(file=str(path), key="-", problem=f"not a valid keyring: {exc}") from exc
+    except KeyError as exc:  # str() of a KeyError is the key's repr
+        raise ConfigError(
+            file=str(path), key=str(exc.args[0]), problem="missing: this is not a keyring the broker wrote"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(
+            file=str(path), key="keyring", problem=f"cannot read: {exc.strerror or exc}"
+        ) from exc
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            file=str(path),
+            key="keyring",
+            problem=f"not a keyring the broker wrote (JSON with keks, current): {exc}",
+        ) from exc
     if current not in keks or any(len(k) != KEK_BYTES for k in keks.values()):
         raise ConfigError(file=str(path), key="keks", problem="current KEK missing or a KEK is not 32 bytes")
     if checkpoint_key and len(checkpoint_key) != 32:

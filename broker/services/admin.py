@@ -63,7 +63,7 @@ def parse_node_spec(spec: Mapping[str, Any], *, ctx: Context) -> NodeRecord:
     if not isinstance(node_id, str) or NODE_ID.fullmatch(node_id) is None:
         raise InvalidInput(f"id must match {NODE_ID.pattern}", code="invalid_node")
     if not isinstance(nation, str) or not is_nation(nation):
-        raise InvalidInput("nation must be an ISO 3166-1 alpha-3 code", code="unknown_nation")
+        raise InvalidInput(_not_a_nation(nation, "nation"), code="unknown_nation")
     if not isinstance(clearance, str) or not ctx.policy.is_level(clearance):
         raise InvalidInput(f"clearance must be one of {list(ctx.policy.levels)}", code="invalid_node")
     roles = _str_list(spec.get("roles", []), name="roles")
@@ -193,8 +193,27 @@ async def revoke_node(ctx: Context, node_id: str, *, actor: str) -> dict[str, An
 
 def _nation(value: str) -> str:
     if not is_nation(value):
-        raise InvalidInput(f"{value!r} is not an ISO 3166-1 alpha-3 code", code="unknown_nation")
+        raise InvalidInput(_not_a_nation(value, "nation"), code="unknown_nation")
     return value
+
+
+def _not_a_nation(value: object, name: str) -> str:
+    """Why ``value`` is no nation, with the code meant when only its case is wrong."""
+    text = f"{name} {value!r} is not an ISO 3166-1 alpha-3 code (e.g. USA, GBR, SWE)"
+    if isinstance(value, str) and is_nation(value.upper()):
+        return f"{text}: codes are upper case, {value.upper()}"
+    return text
+
+
+def _history(alliance_id: str, nation: str, periods: list[Membership]) -> str:
+    """A nation's membership periods of an alliance, in words, for messages."""
+    if not periods:
+        return f"{nation} has never been a member of {alliance_id}"
+    spans = [
+        f"from {p.joined.isoformat()} " + (f"to {p.left.isoformat()}" if p.left else "with no end")
+        for p in sorted(periods, key=lambda p: p.joined)
+    ]
+    return f"{nation}'s membership of {alliance_id}: " + "; ".join(spans)
 
 
 async def create_alliance(
@@ -246,11 +265,11 @@ async def join(
             raise NotFound(f"no alliance {alliance_id!r}", code="not_found")
         now = ctx.now()
         joined = at or now
-        if any(
-            m.nation == nation and (m.left is None or m.left > joined)
-            for m in directory.memberships.get(alliance_id, ())
-        ):
-            raise Conflict(f"{nation} is already a member of {alliance_id}", code="already_member")
+        periods = [m for m in directory.memberships.get(alliance_id, ()) if m.nation == nation]
+        # A new period runs from ``joined`` with no end: it may not overlap one on record, or
+        # the history would say two things about the same moment.
+        if any(m.left is None or m.left > joined for m in periods):
+            raise Conflict(_join_refusal(alliance_id, nation, joined, periods), code="already_member")
         await tx.insert_membership(Membership(alliance=alliance_id, nation=nation, joined=joined))
         await audit.record(
             tx,
@@ -267,6 +286,22 @@ async def join(
             changed=True,
         )
     return {"alliance": alliance_id, "nation": nation, "joined": joined.isoformat()}
+
+
+def _join_refusal(alliance_id: str, nation: str, joined: datetime, periods: list[Membership]) -> str:
+    current = [m for m in periods if m.left is None and m.joined <= joined]
+    if current:
+        return f"{nation} is already a member of {alliance_id} (since {current[0].joined.isoformat()})"
+    history = _history(alliance_id, nation, periods)
+    if any(m.left is None for m in periods):
+        advice = "leave first, or record the join on that period's date"
+    else:
+        last = max(m.left for m in periods if m.left is not None)
+        advice = f"a new period may start on or after {last.isoformat()}"
+    return (
+        f"{nation} cannot join {alliance_id} on {joined.isoformat()}: the period would overlap "
+        f"its history ({history}); {advice}"
+    )
 
 
 async def leave(
@@ -288,7 +323,11 @@ async def leave(
                     code="leave_before_join",
                 )
         if not await tx.close_membership(alliance=alliance_id, nation=nation, at=left):
-            raise NotFound(f"{nation} is not a member of {alliance_id}", code="not_member")
+            periods = [m for m in directory.memberships.get(alliance_id, ()) if m.nation == nation]
+            raise NotFound(
+                f"{nation} is not a member of {alliance_id} ({_history(alliance_id, nation, periods)})",
+                code="not_member",
+            )
         await audit.record(
             tx,
             [

@@ -143,9 +143,26 @@ async def _by_certificate(
     return replace(node, credential=Credential(token_hash=token_hash, certificate=fingerprint))
 
 
+# What a refused client is told: the reason the audit log records, so that the holder of a
+# certificate or token can act on it. A token that matches nothing is told nothing more.
+FAILURE_MESSAGES = {
+    "missing_token": "a valid bearer token or client certificate is required",
+    "malformed_token": "the bearer token is malformed",
+    "unknown_token": "a valid bearer token is required",
+    "node_revoked": "the node this credential names was revoked",
+    "token_expired": "the bearer token has expired: ask an admin to rotate it",
+    "certificate_names_no_node": "the client certificate names no node (SAN urn:alliance-broker:node:<id>)",
+    "unknown_certificate": "the client certificate names a node this broker does not know",
+    "certificate_not_pinned": "the client certificate is not the one pinned for its node: present "
+    "the pinned certificate, or ask an admin to pin this one",
+    "token_certificate_mismatch": "the token sent and the client certificate name different nodes",
+}
+
+
 def _fail(ctx: Context, source: str, *, reason: str, node: NodeRecord | None = None) -> NoReturn:
     ctx.auth_failures.note(source, reason, node, now=ctx.now())
-    raise Unauthenticated("a valid bearer token is required", code="unauthenticated")
+    told = FAILURE_MESSAGES.get(reason, "authentication failed")
+    raise Unauthenticated(f"{told} ({reason})", code="unauthenticated")
 
 
 async def recheck(

@@ -135,7 +135,14 @@ def _check_publisher(node: NodeRecord, sub: Submission, *, ctx: Context) -> None
 
 
 def _receipt(report: ReportRecord) -> dict[str, Any]:
-    return {"id": report.id, "sequence": report.seq, "created": report.created_at.isoformat()}
+    receipt = {"id": report.id, "sequence": report.seq, "created": report.created_at.isoformat()}
+    if not report.label.get("releasable_to"):
+        # Accepted (a nation may keep a report to itself), but rarely what a publisher meant.
+        receipt["notice"] = (
+            f"releasable_to is empty: only nodes of the originator's nation ({report.originator_nation}) "
+            "can read this report"
+        )
+    return receipt
 
 
 async def publish(

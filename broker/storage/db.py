@@ -19,7 +19,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -64,11 +64,36 @@ def redacted(url: str) -> str:
         return "BROKER_DATABASE_URL"
 
 
-def _sqlite_file(url: str) -> Path | None:
+# What a refused URL is told to look like.
+URL_FORMS = (
+    "sqlite+aiosqlite:///relative/path.db, sqlite+aiosqlite:////absolute/path.db "
+    "or postgresql+asyncpg://user@host:5432/dbname"
+)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (relative to the working directory unless absolute), else None."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
     return Path(parsed.database)
+
+
+def check_url(url: str) -> URL:
+    """``url`` parsed, if it is one the broker can use: only the async drivers serve it, and
+    another form is named with the forms that work (SQLAlchemy would answer about its asyncio
+    extension, or an unknown backend)."""
+    try:
+        parsed = make_url(url)
+    except SQLAlchemyError as exc:
+        raise ConfigError(file="BROKER_DATABASE_URL", key="url", problem=f"{exc}; give {URL_FORMS}") from exc
+    if parsed.drivername in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        return parsed
+    raise ConfigError(
+        file="BROKER_DATABASE_URL",
+        key="url",
+        problem=f"{parsed.drivername}:// is not a form the broker uses; give {URL_FORMS}",
+    )
 
 
 def _create_private(path: Path) -> None:
@@ -85,13 +110,10 @@ def _create_private(path: Path) -> None:
 def create_engine(url: str, deadlines: Deadlines | None = None) -> AsyncEngine:
     """An async engine for ``url`` with the durability settings and ``deadlines`` applied."""
     deadlines = deadlines or Deadlines()
-    try:
-        parsed = make_url(url)
-    except SQLAlchemyError as exc:
-        raise ConfigError(file="BROKER_DATABASE_URL", key="url", problem=str(exc)) from exc
+    parsed = check_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        path = _sqlite_file(url)
+        path = sqlite_file(url)
         if path is not None:
             _create_private(path)
         engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})

@@ -58,7 +58,19 @@ FILTERS: dict[str, tuple[re.Pattern[str], str, Callable[[str], str]]] = {
 }
 
 
+# Every query parameter GET /v1/audit/events reads: any other is refused, so that a mistyped
+# filter (``decison=deny``) is not silently dropped to answer with the whole log.
+EVENT_PARAMETERS = (*FILTERS, "since", "until", "order", "after", "before", "limit")
+
+
 def _filters(request: web.Request) -> dict[str, Any]:
+    unknown = sorted(set(request.query) - set(EVENT_PARAMETERS))
+    if unknown:
+        raise BadRequest(
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
+            f"the parameters are {', '.join(EVENT_PARAMETERS)}",
+            code="unknown_parameter",
+        )
     filters: dict[str, Any] = {}
     for name, (pattern, meaning, canonical) in FILTERS.items():
         value = request.query.get(name)

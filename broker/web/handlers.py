@@ -86,6 +86,18 @@ def topics_param(request: web.Request) -> list[str]:
     return topics
 
 
+async def index(_request: web.Request) -> web.Response:
+    """Where a person who opens the broker's address in a browser goes next."""
+    return web.json_response(
+        {
+            "service": "alliance-broker",
+            "audit_page": "/audit/",
+            "openapi": "/v1/openapi.json",
+            "health": "/v1/health",
+        }
+    )
+
+
 async def health(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     await ping(ctx.db.engine, seconds=ctx.settings.health_timeout_seconds)

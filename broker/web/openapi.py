@@ -101,6 +101,11 @@ SCHEMAS: dict[str, Any] = {
             "id": {"type": "string"},
             "sequence": {"type": "integer"},
             "created": {"type": "string"},
+            "notice": {
+                "type": "string",
+                "description": "present when the label releases the report to nobody "
+                "(releasable_to empty): only the originator's nation can read it",
+            },
         },
     },
     "Report": {
@@ -319,6 +324,27 @@ PATHS: dict[str, Any] = {
             "summary": "Readiness: the database answers",
             "security": [],
             "responses": {"200": _json({"type": "object", "required": ["status"]}, "ok"), **_problems(503)},
+        }
+    },
+    "/": {
+        "get": {
+            "summary": "Where to go: the auditor page, this document, the health check",
+            "security": [],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["service", "audit_page", "openapi", "health"],
+                        "properties": {
+                            "service": {"type": "string"},
+                            "audit_page": {"type": "string"},
+                            "openapi": {"type": "string"},
+                            "health": {"type": "string"},
+                        },
+                    },
+                    "links",
+                )
+            },
         }
     },
     "/v1/openapi.json": {

@@ -12,6 +12,7 @@ from broker.web.openapi import openapi
 def add_routes(app: web.Application) -> None:
     app.add_routes(
         [
+            web.get("/", handlers.index),
             web.get("/v1/health", handlers.health),
             web.get("/v1/openapi.json", openapi),
             web.post("/v1/reports", handlers.publish),

@@ -3,6 +3,8 @@
 Close codes (also in the README):
 
 - 1001 the broker is shutting down: reconnect.
+- 1011 the broker failed while serving the stream (logged as ``stream_failed``): reconnect and
+  resume from the cursor.
 - 4001 the credential the stream was opened with no longer authenticates the node (revoked, token
   rotated or expired, certificate no longer the pinned one) or the node lost the subscribe role:
   do not reconnect with it.

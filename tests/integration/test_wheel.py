@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.conftest import CONFIG, ROOT
 
-SOURCES = ("pyproject.toml", "README.md", "broker", "migrations")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "broker", "migrations")
 REVISIONS = sorted(p.name for p in (ROOT / "migrations" / "versions").glob("*.py"))
 WHERE = """
 import broker, migrations
@@ -84,8 +84,28 @@ def test_the_image_copies_every_package_the_wheel_ships() -> None:
     """The Dockerfile installs the project from the copied folders: a package missing there would
     be missing from the image."""
     setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = [p.rstrip("*") for p in setup["packages"]["find"]["include"]]
+    # Top-level folders: a subpackage (migrations.versions) comes with its parent's folder.
+    packages = sorted({p.rstrip("*").split(".")[0] for p in setup["packages"]["find"]["include"]})
     assert "migrations" in packages and "migrations" in setup["package-data"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     for package in packages:
         assert f"COPY {package} ./{package}\n" in dockerfile, package
+    assert "COPY pyproject.toml README.md LICENSE ./" in dockerfile  # license-files needs it
+
+
+def test_building_prints_no_setuptools_warning(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=ignore)
+        else:
+            shutil.copy2(ROOT / name, source / name)
+    done = _run(
+        "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path / "wheel"), str(source), cwd=source
+    )
+    output = done.stdout + done.stderr
+    assert "BuildBackendWarning" not in output and "SetuptoolsDeprecationWarning" not in output, output
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    assert any(name.endswith("licenses/LICENSE") for name in zipfile.ZipFile(wheel).namelist())
