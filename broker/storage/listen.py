@@ -98,9 +98,15 @@ class ChangeListener:
                     await connection.close(timeout=2)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                # The task's own cancellation is what we asked for; a cancel aimed at the
+                # caller while it waited is the caller's and must reach it.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
         self.connected = False
