@@ -85,14 +85,14 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
 
         hub = Hub(probe, interval=interval)
         app[FEED], app[HUB], app[WAKE] = feed, hub, wake
+        stop = asyncio.Event()
         if is_postgresql(settings.database_url):
             # With no open stream a notification has nobody to wake (the probe would answer IDLE).
             listener = ChangeListener(settings.database_url, wake)
-            listener.start()
+            listener.start(lambda run: supervise("change-listener", run, stop))
             await listener.wait_ready(5)
         LISTENER_CONNECTED.set_function(lambda: float(listener is not None and listener.connected))
-        hub.start()
-        stop = asyncio.Event()
+        hub.start(lambda watch: supervise("hub-watch", watch, stop))
         loops = {
             "checkpointer": lambda: ledger.checkpointer(ctx, stop),
             "auth-failures": lambda: _flush_failures(ctx, stop),

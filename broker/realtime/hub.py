@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from broker.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[tuple[int, ...]]]
+# How the watcher is run: the app passes its supervisor (services/supervisor.py), so a watcher
+# that fails is logged, counted and started again instead of leaving streams to time out.
+Runner = Callable[[Callable[[], Awaitable[None]]], Coroutine[Any, Any, None]]
 
 
 class Hub:
@@ -46,7 +50,9 @@ class Hub:
         """Probe now instead of at the next interval (after a local publish)."""
         self._nudge.set()
 
-    async def _watch(self) -> None:
+    async def watch(self) -> None:
+        """Probe every interval and when nudged, waking streams when the state moved, until
+        stopped. A failed probe is retried at the next; anything else is raised."""
         while not self._stopping:
             self._nudge.clear()
             try:
@@ -59,9 +65,11 @@ class Hub:
                     self.wake()
             await wait_event(self._nudge, self._interval())
 
-    def start(self) -> None:
+    def start(self, runner: Runner | None = None) -> None:
+        """Run the watcher in a task, through ``runner`` when given (the supervisor)."""
         if self._task is None:
-            self._task = asyncio.create_task(self._watch(), name="hub-watch")
+            loop = self.watch() if runner is None else runner(self.watch)
+            self._task = asyncio.create_task(loop, name="hub-watch")
 
     async def stop(self) -> None:
         """Let a probe in flight finish (cancelling one mid-transaction would leave its

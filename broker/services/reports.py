@@ -146,12 +146,18 @@ def _receipt(report: ReportRecord) -> dict[str, Any]:
 
 
 async def publish(
-    ctx: Context, node: NodeRecord, body: object, *, idempotency_key: str | None
+    ctx: Context,
+    node: NodeRecord,
+    body: object,
+    *,
+    idempotency_key: str | None,
+    attach: Attachment | None = None,
 ) -> dict[str, Any]:
     """Store a report and its audit event in one transaction; return the receipt.
 
     The receipt is returned only after commit. A repeated idempotency key (or report id) with
-    the same request returns the first receipt; with a different request, 409.
+    the same request returns the first receipt; with a different request, 409. ``attach``
+    writes what belongs with a new report (TAXII's status resource) in that same transaction.
     """
     await require_role(ctx, node, "publish", act="publish")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
@@ -175,7 +181,9 @@ async def publish(
         )
         raise
     try:
-        report = await _publisher(ctx).submit(PublishAct(node=node, sub=sub, idempotency_key=idempotency_key))
+        report = await _publisher(ctx).submit(
+            PublishAct(node=node, sub=sub, idempotency_key=idempotency_key, attach=attach)
+        )
     except (NodeGone, RoleLost) as exc:
         await refuse_gone(ctx, exc, act="publish")
     except BrokerError as exc:  # conflicts and rate limits are refusals too, and audited
@@ -185,6 +193,11 @@ async def publish(
     return _receipt(report)
 
 
+# Rows that belong with a new report, written from it in its transaction: both are stored or
+# neither (a status resource apart from its report could answer for a report that is not there).
+Attachment = Callable[[WriteTx, ReportRecord], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class PublishAct:
     """One checked publish request, waiting for its transaction."""
@@ -192,6 +205,7 @@ class PublishAct:
     node: NodeRecord
     sub: Submission
     idempotency_key: str | None
+    attach: Attachment | None = None
 
 
 @dataclass
@@ -236,6 +250,7 @@ async def store_publishes(
     limits.counts = dict(reads.recent)
     outcomes: list[ReportRecord | BrokerError] = []
     new: list[tuple[ReportRecord, str | None]] = []
+    attached: list[tuple[Attachment, ReportRecord]] = []
     indexed: list[dict[str, Any]] = []
     drafts: list[AuditDraft] = []
     for act in checked:
@@ -259,6 +274,8 @@ async def store_publishes(
         new.append((report, act.idempotency_key))
         indexed += index_rows(ctx, report, json.loads(act.sub.canonical_payload))
         drafts.append(draft)
+        if act.attach is not None:
+            attached.append((act.attach, report))
         batch.by_id[report.id] = report
         if act.idempotency_key is not None:
             batch.by_key[(act.node.id, act.idempotency_key)] = report
@@ -266,6 +283,8 @@ async def store_publishes(
     if new:
         await tx.insert_reports(new)
         await tx.insert_objects(indexed)
+        for attach, report in attached:
+            await attach(tx, report)
         await tx.notify_change()
         await audit.record(tx, drafts, now=now, head=replace(head, report_seq=seq, report_created=stamp))
     return outcomes

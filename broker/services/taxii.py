@@ -47,7 +47,7 @@ from broker.services.context import Context
 from broker.services.scanhints import HintKey, ScanHint
 from broker.storage import collections as store
 from broker.storage.database import Database
-from broker.storage.repos import Tx
+from broker.storage.repos import Tx, WriteTx
 
 MAX_OBJECTS_PER_POST = 1000
 ROWS_PER_SCAN_ROW = 10  # rows a page may read for each payload it may decrypt (settings.max_scan_rows)
@@ -813,33 +813,40 @@ async def add_objects(ctx: Context, node: NodeRecord, collection_id: str, envelo
         "payload": {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": accepted},
     }
     requested = stix.timestamp(ctx.now())
-    receipt = await reports.publish(ctx, node, body, idempotency_key=None)
-    # The report's own stamp: the date_added, and the version of an object without one, that
-    # the manifest and versions/ answer too.
-    added = stix.timestamp(datetime.fromisoformat(receipt["created"]))
-    outcome: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "status": "complete",
-        "request_timestamp": requested,
-        "total_count": len(objects),
-        "success_count": len(accepted),
-        "successes": [{"id": o["id"], "version": _version(o, added)} for o in accepted],
-        "failure_count": len(failures),
-        "pending_count": 0,
-    }
-    if failures:  # TAXII 2.1 §2: an empty list is not sent
-        outcome["failures"] = [f | {"version": f["version"] or requested} for f in failures]
-    async with ctx.db.transaction() as tx:
+    status_id = str(uuid.uuid4())
+
+    def outcome_at(created: datetime) -> dict[str, Any]:
+        # The report's own stamp: the date_added, and the version of an object without one,
+        # that the manifest and versions/ answer too.
+        added = stix.timestamp(created)
+        outcome: dict[str, Any] = {
+            "id": status_id,
+            "status": "complete",
+            "request_timestamp": requested,
+            "total_count": len(objects),
+            "success_count": len(accepted),
+            "successes": [{"id": o["id"], "version": _version(o, added)} for o in accepted],
+            "failure_count": len(failures),
+            "pending_count": 0,
+        }
+        if failures:  # TAXII 2.1 §2: an empty list is not sent
+            outcome["failures"] = [f | {"version": f["version"] or requested} for f in failures]
+        return outcome
+
+    async def store_status(tx: WriteTx, report: ReportRecord) -> None:
+        # In the report's transaction: never a report without its status, nor the reverse.
         await store.insert_status(
             tx,
-            status_id=outcome["id"],
+            status_id=status_id,
             node=node.id,
             collection_id=collection.id,
-            report_id=receipt["id"],
+            report_id=report.id,
             at=ctx.now(),
-            outcome=outcome,
+            outcome=outcome_at(report.created_at),
         )
-    return outcome
+
+    receipt = await reports.publish(ctx, node, body, idempotency_key=None, attach=store_status)
+    return outcome_at(datetime.fromisoformat(receipt["created"]))
 
 
 async def status(ctx: Context, node: NodeRecord, status_id: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -27,6 +27,10 @@ from broker.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
+
+# How the loop is run: the app passes its supervisor (services/supervisor.py, which this layer may
+# not import), so an error nobody anticipated is logged, counted and the loop started again.
+Runner = Callable[[Callable[[], Awaitable[None]]], Coroutine[Any, Any, None]]
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 # Options of SQLAlchemy's asyncpg adapter that asyncpg.connect does not take (the adapter removes
@@ -59,9 +63,11 @@ class ChangeListener:
         self._ready = asyncio.Event()
         self.connected = False
 
-    def start(self) -> None:
+    def start(self, runner: Runner | None = None) -> None:
+        """Run the listening loop in a task, through ``runner`` when given (the supervisor)."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="change-listener")
+            loop = self.run() if runner is None else runner(self.run)
+            self._task = asyncio.create_task(loop, name="change-listener")
 
     async def wait_ready(self, seconds: float) -> bool:
         """Wait until listening (True), or ``seconds`` (False)."""
@@ -71,7 +77,10 @@ class ChangeListener:
     def _notified(self, _connection: object, _pid: int, _channel: str, _payload: str) -> None:
         self._on_change()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Listen, reconnecting with backoff when the server or the network drops the connection.
+        Anything else (a configuration error such as a bad ``ssl`` mode, a bug) is raised, for
+        the supervisor to log, count and retry."""
         delay = 0.1
         while True:
             lost = asyncio.Event()
@@ -98,9 +107,15 @@ class ChangeListener:
                     await connection.close(timeout=2)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                # The task's own cancellation is what we asked for; a cancel aimed at the
+                # caller while it waited is the caller's and must reach it.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
         self.connected = False

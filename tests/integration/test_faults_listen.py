@@ -72,3 +72,20 @@ async def test_the_listener_keeps_ssl_require(database_url: str) -> None:
         assert not await listener.wait_ready(1.5)
     finally:
         await listener.stop()
+
+
+async def test_stopping_the_listener_lets_the_callers_own_cancellation_through(database_url: str) -> None:
+    """The listener's stop awaits its task, whose cancellation it expects; a cancel aimed at the
+    caller meanwhile is the caller's, and must reach it (issue 21, finding 3)."""
+    _postgres(database_url)
+    listener = ChangeListener(database_url, lambda: None)
+    listener.start()
+    assert await listener.wait_ready(5)
+    stopping = asyncio.create_task(listener.stop())
+    await asyncio.sleep(0)  # one turn: stop() has cancelled its task and waits for it to end
+    assert not stopping.done()
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert stopping.cancelled()
+    assert not listener.connected

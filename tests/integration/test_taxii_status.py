@@ -6,9 +6,12 @@ import json
 import re
 import uuid
 
+from sqlalchemy import text
+
 from broker.domain import stix as ours
 from tests.conftest import FakeClock
 from tests.integration.conftest import Api
+from tests.integration.helpers import report_count
 from tests.integration.test_taxii import TAXII, collection_id, indicator, raw
 
 MICROSECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -58,3 +61,43 @@ async def test_every_date_header_has_microseconds(api: Api) -> None:
         assert status == 200
         for name in ("X-TAXII-Date-Added-First", "X-TAXII-Date-Added-Last"):
             assert MICROSECONDS.fullmatch(headers[name]), (fixed, headers[name])
+
+
+REFUSE_STATUS = {
+    "postgresql": [
+        "CREATE FUNCTION refuse_status() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'injected status failure'; END $$",
+        "CREATE TRIGGER refuse_status BEFORE INSERT ON taxii_statuses "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_status()",
+    ],
+    "sqlite": [
+        "CREATE TRIGGER refuse_status BEFORE INSERT ON taxii_statuses "
+        "BEGIN SELECT RAISE(ABORT, 'injected status failure'); END"
+    ],
+}
+
+
+async def test_a_status_that_cannot_be_stored_stores_no_report_either(api: Api) -> None:
+    """The status resource is written in the publish's transaction (issue 21, finding 6): when
+    it fails, the report is not stored either, and the POST is not answered 202."""
+    usa = await api.node("usa", "USA")
+    cid = await collection_id(api)
+    path = f"/taxii2/api/collections/{cid}/objects/"
+    data = json.dumps({"objects": [indicator(1)]}).encode()
+    before = await report_count(api.ctx)
+    dialect = api.ctx.db.engine.dialect.name
+    async with api.ctx.db.engine.begin() as connection:
+        for statement in REFUSE_STATUS[dialect]:
+            await connection.execute(text(statement))
+    status, _, _ = await raw(api, "POST", path, token=usa, headers={"Content-Type": TAXII}, data=data)
+    assert status >= 500
+    assert await report_count(api.ctx) == before  # no report without its status
+    async with api.ctx.db.engine.begin() as connection:
+        await connection.execute(
+            text("DROP TRIGGER refuse_status" + (" ON taxii_statuses" if dialect == "postgresql" else ""))
+        )
+    status, _, answer = await raw(api, "POST", path, token=usa, headers={"Content-Type": TAXII}, data=data)
+    assert status == 202, answer
+    assert await report_count(api.ctx) == before + 1
+    status, _, polled = await raw(api, "GET", f"/taxii2/api/status/{answer['id']}/", token=usa)
+    assert (status, polled) == (200, answer)
