@@ -58,18 +58,10 @@ def indicator(i: int) -> dict[str, Any]:
 WARMUP = 30  # untimed requests before a fresh server's first case: caches, lazy imports
 MAX_SECONDS = 20.0  # every case stops issuing requests after this long, done or not
 REQUEST_TIMEOUT = 30.0  # a request slower than this counts as timed out (and stops its client)
-# medallion's page of 100 at 10,000 stored takes longer than REQUEST_TIMEOUT: --cases taxii waits
-# for it this long, so the comparison has a figure rather than "timed out".
-PEER_PAGE_TIMEOUT = 300.0
 
 
 async def load(
-    n: int,
-    concurrency: int,
-    call: Call,
-    *,
-    collect: list[float] | None = None,
-    request_timeout: float = REQUEST_TIMEOUT,
+    n: int, concurrency: int, call: Call, *, collect: list[float] | None = None
 ) -> dict[str, float]:
     """At most ``n`` requests from ``concurrency`` clients, for at most MAX_SECONDS. Each
     request's seconds are also appended to ``collect``, if given."""
@@ -80,7 +72,7 @@ async def load(
 
     async def worker() -> None:
         # force_close: a new TCP connection per request, as a fleet of national nodes would do.
-        timeout = aiohttp.ClientTimeout(total=request_timeout)
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(force_close=True), timeout=timeout
         ) as session:
@@ -101,20 +93,13 @@ async def load(
     if collect is not None:
         collect.extend(latencies)
     if not latencies:
-        return {
-            "rate": 0.0,
-            "p50": float("nan"),
-            "p99": float("nan"),
-            "timeouts": float(len(timeouts)),
-            "timeout_s": request_timeout,
-        }
+        return {"rate": 0.0, "p50": float("nan"), "p99": float("nan"), "timeouts": float(len(timeouts))}
     latencies.sort()
     return {
         "rate": len(latencies) / elapsed,
         "p50": statistics.median(latencies) * 1000,
         "p99": latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000,
         "timeouts": float(len(timeouts)),
-        "timeout_s": request_timeout,
     }
 
 
@@ -382,11 +367,7 @@ def _table(rows: list[tuple[str, str, int, dict[str, float]]], rss: dict[str, in
         ratio_n = ratio(r, null) if server == "ours" and "publish" in case else ""
         rate = f"{r['rate']:.0f}" if r["rate"] >= 10 else f"{r['rate']:.2f}"
         numbers = f"{rate} | {r['p50']:.2f} | {r['p99']:.2f}"
-        late = (
-            f" ({r['timeouts']:.0f} timed out at {r.get('timeout_s', REQUEST_TIMEOUT):.0f} s)"
-            if r.get("timeouts")
-            else ""
-        )
+        late = f" ({r['timeouts']:.0f} timed out at {REQUEST_TIMEOUT:.0f} s)" if r.get("timeouts") else ""
         lines.append(f"| {server} | {case}{late} | {numbers} | {ratio_m} | {ratio_n} |")
     lines += ["", "Peak RSS (MB): " + ", ".join(f"{k} {v / 1024:.0f}" for k, v in rss.items())]
     return "\n".join(lines)
@@ -444,8 +425,7 @@ async def main() -> None:
                         result = await load(args.n, clients, post)
                         rows.append(("medallion", f"publish {case}, {label}", proc.pid, result))
                 if size:
-                    patience = PEER_PAGE_TIMEOUT if args.cases == "taxii" else REQUEST_TIMEOUT
-                    page_result = await load(max(50, args.n // 4), 1, page, request_timeout=patience)
+                    page_result = await load(max(50, args.n // 4), 1, page)
                     one_result = await load(args.n, 1, one)
                     if args.cases == "all":
                         # medallion has TAXII alone: our REST cases are compared with its TAXII
