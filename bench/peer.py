@@ -2,15 +2,18 @@
 a null endpoint, in one run, at growing store sizes.
 
     .venv/bin/python -m bench.peer [--n 300] [--sizes 0,10000,100000] [--engine sqlite|postgres]
+                                   [--cases all|taxii]
 
 Everything runs on loopback, each server in a process of its own (ours as ``broker serve``,
 with the shipped config but no per-node rate limit), the load client in this one. medallion is
 installed into its own virtualenv under var/bench/ (first run only) and started with a config
 this script writes, its store preloaded through its memory backend's data file. Our store is
-preloaded through the services in bulk transactions (every report encrypted and audited like
-any other). The load client opens a new connection per request for all three servers and sends
-the same STIX 2.1 indicator, one per request. Prints reports/s, p50/p99 latency, each server's
-peak RSS and the ratios ours/medallion and ours/null; appends the table to bench/RESULTS.md.
+preloaded through the publish path in bulk transactions (every report encrypted, indexed for
+TAXII and audited like any other). The load client opens a new connection per request for
+all three servers and sends the same STIX 2.1 indicator, one per request. Besides publishing,
+it reads: over REST, and over TAXII a page of 100 and one object by id (``--cases taxii``: those
+two alone). Prints reports/s, p50/p99 latency, each server's peak RSS and the ratios
+ours/medallion and ours/null; appends the table to bench/RESULTS.md.
 Not a test: nothing is asserted.
 """
 
