@@ -2,15 +2,18 @@
 a null endpoint, in one run, at growing store sizes.
 
     .venv/bin/python -m bench.peer [--n 300] [--sizes 0,10000,100000] [--engine sqlite|postgres]
+                                   [--cases all|taxii]
 
 Everything runs on loopback, each server in a process of its own (ours as ``broker serve``,
 with the shipped config but no per-node rate limit), the load client in this one. medallion is
 installed into its own virtualenv under var/bench/ (first run only) and started with a config
 this script writes, its store preloaded through its memory backend's data file. Our store is
-preloaded through the services in bulk transactions (every report encrypted and audited like
-any other). The load client opens a new connection per request for all three servers and sends
-the same STIX 2.1 indicator, one per request. Prints reports/s, p50/p99 latency, each server's
-peak RSS and the ratios ours/medallion and ours/null; appends the table to bench/RESULTS.md.
+preloaded through the publish path in bulk transactions (every report encrypted, indexed for
+TAXII and audited like any other). The load client opens a new connection per request for
+all three servers and sends the same STIX 2.1 indicator, one per request. Besides publishing,
+it reads: over REST, and over TAXII a page of 100 and one object by id (``--cases taxii``: those
+two alone). Prints reports/s, p50/p99 latency, each server's peak RSS and the ratios
+ours/medallion and ours/null; appends the table to bench/RESULTS.md.
 Not a test: nothing is asserted.
 """
 
@@ -28,7 +31,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,8 @@ import aiohttp
 
 from bench.procs import broker_env, free_port, rss_kb, start_broker, start_process, stop, wait_for
 from bench.throughput import BODY, INDICATOR, ROOT, _commit, append_results, bench_nodes, fresh_database
-from broker.domain.records import AuditDraft, ReportRecord
-from broker.services import admin, audit, collections, reports
+from broker.domain.records import ReportRecord
+from broker.services import admin, collections, reports
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -46,6 +48,8 @@ PEER_VENV = ROOT / "var" / "bench" / "medallion-venv"
 TAXII = "application/taxii+json;version=2.1"
 COLLECTION = "91a7b528-80eb-42ed-a74d-c6fbd5a26116"
 Call = Callable[[aiohttp.ClientSession, int], Awaitable[None]]
+PEER_BASE = 10_000_000  # medallion's preloaded objects are indicator(PEER_BASE + i)
+STORED_BASE = 20_000_000  # ours: indicator(STORED_BASE + i), one per preloaded report
 
 
 def indicator(i: int) -> dict[str, Any]:
@@ -114,7 +118,7 @@ def ensure_medallion() -> Path:
 def start_medallion(folder: Path, stored: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    objects = [indicator(10_000_000 + i) for i in range(stored)]
+    objects = [indicator(PEER_BASE + i) for i in range(stored)]
     manifest = [
         {
             "id": o["id"],
@@ -171,7 +175,13 @@ def start_medallion(folder: Path, stored: int) -> tuple[subprocess.Popen[bytes],
     return proc, base
 
 
-def medallion_calls(base: str) -> tuple[Call, Call, Call]:
+def spread(i: int, stored: int) -> int:
+    """The i-th by-id lookup's object: strides through the whole store, not its first thousand."""
+    return (i * 7919) % stored
+
+
+def medallion_calls(base: str, stored: int = 0) -> tuple[Call, Call, Call]:
+    """Publish, page of 100 and by-id calls; the by-id one reads the `stored` preloaded objects."""
     basic = "Basic " + base64.b64encode(b"bench:bench-pass").decode()
     headers = {"Accept": TAXII, "Content-Type": TAXII, "Authorization": basic}
     objects = f"{base}/api1/collections/{COLLECTION}/objects/"
@@ -185,51 +195,49 @@ def medallion_calls(base: str) -> tuple[Call, Call, Call]:
             assert r.status == 200, await r.text()
 
     async def one(session: aiohttp.ClientSession, i: int) -> None:
-        async with session.get(f"{objects}{indicator(10_000_000 + i % 1000)['id']}/", headers=headers) as r:
+        wanted = indicator(PEER_BASE + spread(i, stored))["id"]
+        async with session.get(f"{objects}{wanted}/", headers=headers) as r:
             assert r.status == 200, await r.text()
+            assert [o["id"] for o in (await r.json())["objects"]] == [wanted]
 
     return post, page, one
 
 
-async def fill_ours(ctx: Context, node_token: str, n: int, batch: int = 1000) -> list[str]:
-    """Store n reports through the services, a thousand per transaction."""
+async def fill_ours(ctx: Context, node_token: str, n: int, batch: int = 1000, first: int = 0) -> list[str]:
+    """Store n reports through the publish path (``store_publishes``: sequence, created stamp,
+    TAXII object index, audit), a thousand per transaction, without HTTP in between."""
     from broker.services.auth import authenticate
 
     node = await authenticate(ctx, node_token, source="bench")
     directory = await ctx.cached_directory()
     ids: list[str] = []
     for start in range(0, n, batch):
+        acts = []
+        for i in range(first + start, first + min(n, start + batch)):
+            body = {
+                **BODY,
+                "payload": {
+                    "type": "bundle",
+                    "id": f"bundle--{uuid.UUID(int=i + 1)}",
+                    "objects": [indicator(STORED_BASE + i)],
+                },
+            }
+            sub = reports.parse_submission(body, ctx=ctx, known_alliances=directory.alliances)
+            acts.append(reports.PublishAct(node, sub, None))
         async with ctx.db.transaction() as tx:
-            head = await tx.lock_head()
-            now = ctx.now()
-            built: list[tuple[ReportRecord, AuditDraft]] = []
-            for i in range(start, min(n, start + batch)):
-                body = {
-                    **BODY,
-                    "payload": {
-                        "type": "bundle",
-                        "id": f"bundle--{uuid.UUID(int=i + 1)}",
-                        "objects": [indicator(20_000_000 + i)],
-                    },
-                }
-                sub = reports.parse_submission(body, ctx=ctx, known_alliances=directory.alliances)
-                built.append(
-                    reports.build_report(ctx, node, sub, seq=head.report_seq + 1 + len(built), now=now)
-                )
-            await tx.insert_reports([(r, None) for r, _ in built])
-            await audit.record(
-                tx,
-                [d for _, d in built],
-                now=now,
-                head=replace(head, report_seq=head.report_seq + len(built)),
-            )
-            ids += [r.id for r, _ in built]
+            outcomes = await reports.store_publishes(ctx, tx, acts)
+        for outcome in outcomes:
+            if not isinstance(outcome, ReportRecord):
+                raise RuntimeError(f"fill refused: {outcome}")
+            ids.append(outcome.id)
         if (start // batch) % 20 == 19:
             print(f"  stored {start + batch} reports", flush=True)
     return ids
 
 
-async def ours(folder: Path, url: str, n: int, sizes: list[int], results: Rows, rss: dict[str, int]) -> None:
+async def ours(
+    folder: Path, url: str, n: int, sizes: list[int], cases: str, results: Rows, rss: dict[str, int]
+) -> None:
     """Our broker as it is deployed: ``broker serve`` in a process of its own."""
     env = broker_env(folder, url)
     settings = Settings.load(env=env)
@@ -242,7 +250,7 @@ async def ours(folder: Path, url: str, n: int, sizes: list[int], results: Rows, 
         collection = (await collections.add_collection(ctx, spec, actor="bench"))["id"]
         proc, base = start_broker(folder, env)
         try:
-            await _ours_cases(ctx, base, pub, sub, n, sizes, results, proc.pid, collection)
+            await _ours_cases(ctx, base, pub, sub, n, sizes, cases, results, proc.pid, collection)
             rss["ours"] = rss_kb(proc.pid)
         finally:
             stop(proc)
@@ -257,17 +265,22 @@ async def _ours_cases(
     sub: str,
     n: int,
     sizes: list[int],
+    cases: str,
     results: Rows,
     pid: int,
     collection: str,
 ) -> None:
     stored_ids: list[str] = []
     stored = 0
+    taxii_headers = {"Authorization": f"Bearer {sub}", "Accept": TAXII}
+    objects = f"{base}/taxii2/api/collections/{collection}/objects/"
     for size in sizes:
-        if size > stored:
+        if size > len(stored_ids):
             print(f"ours: filling the store to {size} reports...", flush=True)
-            stored_ids += await fill_ours(ctx, pub, size - stored)
-            stored = size
+            started = time.perf_counter()
+            stored_ids += await fill_ours(ctx, pub, size - len(stored_ids), first=len(stored_ids))
+            print(f"  filled in {time.perf_counter() - started:.1f} s", flush=True)
+            stored = max(stored, size)
 
         async def post(session: aiohttp.ClientSession, _i: int) -> None:
             async with session.post(
@@ -278,12 +291,14 @@ async def _ours_cases(
         label = f"{size} stored"
         if size == sizes[0]:
             await load(WARMUP, 1, post)
-        results.append(("ours", f"publish sequential, {label}", pid, await load(n, 1, post)))
-        results.append(("ours", f"publish 16 clients, {label}", pid, await load(n, 16, post)))
-        stored += 2 * n
+        if cases == "all":
+            results.append(("ours", f"publish sequential, {label}", pid, await load(n, 1, post)))
+            results.append(("ours", f"publish 16 clients, {label}", pid, await load(n, 16, post)))
+            stored += 2 * n
         if not stored_ids:
             continue
         middle = len(stored_ids) // 2
+        preloaded = len(stored_ids)
 
         async def page(session: aiohttp.ClientSession, _i: int) -> None:
             async with session.get(
@@ -300,18 +315,22 @@ async def _ours_cases(
             ) as r:
                 assert r.status == 200
 
-        results.append(("ours", f"list 100, {label}", pid, await load(max(50, n // 4), 1, page)))
-
         async def taxii_page(session: aiohttp.ClientSession, _i: int) -> None:
-            async with session.get(
-                f"{base}/taxii2/api/collections/{collection}/objects/",
-                params={"limit": "100"},
-                headers={"Authorization": f"Bearer {sub}", "Accept": TAXII},
-            ) as r:
+            async with session.get(objects, params={"limit": "100"}, headers=taxii_headers) as r:
                 assert r.status == 200 and len((await r.json())["objects"]) == 100
 
+        async def taxii_one(session: aiohttp.ClientSession, i: int) -> None:
+            wanted = indicator(STORED_BASE + spread(i, preloaded))["id"]
+            async with session.get(f"{objects}{wanted}/", headers=taxii_headers) as r:
+                assert r.status == 200, await r.text()
+                assert [o["id"] for o in (await r.json())["objects"]] == [wanted]
+
+        if cases == "all":
+            results.append(("ours", f"list 100, {label}", pid, await load(max(50, n // 4), 1, page)))
         results.append(("ours", f"TAXII page 100, {label}", pid, await load(max(50, n // 4), 1, taxii_page)))
-        results.append(("ours", f"read by id, {label}", pid, await load(n, 1, one)))
+        results.append(("ours", f"TAXII by id, {label}", pid, await load(n, 1, taxii_one)))
+        if cases == "all":
+            results.append(("ours", f"read by id, {label}", pid, await load(n, 1, one)))
 
 
 def ratio(ours: dict[str, float], peer: dict[str, float] | None) -> str:
@@ -357,60 +376,71 @@ def _table(rows: list[tuple[str, str, int, dict[str, float]]], rss: dict[str, in
     return "\n".join(lines)
 
 
+async def null_cases(n: int, rows: Rows, folder: Path) -> None:
+    port = free_port()
+    null = start_process(
+        "null endpoint", [sys.executable, "-m", "bench.null_server", str(port)], port, folder / "null.log"
+    )
+    try:
+
+        async def null_post(session: aiohttp.ClientSession, _i: int) -> None:
+            async with session.post(f"http://127.0.0.1:{port}/v1/reports", json=BODY) as r:
+                assert r.status == 201
+
+        await load(WARMUP, 1, null_post)
+        for clients, case in ((1, "sequential"), (16, "16 clients")):
+            rows.append(
+                ("null", f"publish {case}, 0 stored", null.pid, await load(n * 3, clients, null_post))
+            )
+    finally:
+        stop(null)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--sizes", default="0,10000,100000")
     parser.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--cases",
+        choices=["all", "taxii"],
+        default="all",
+        help="taxii: only the TAXII page of 100 and the TAXII by-id lookup (no null endpoint, no publish)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = Rows()
     rss: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        port = free_port()
-        null = start_process(
-            "null endpoint",
-            [sys.executable, "-m", "bench.null_server", str(port)],
-            port,
-            folder / "null.log",
-        )
-        try:
-
-            async def null_post(session: aiohttp.ClientSession, _i: int) -> None:
-                async with session.post(f"http://127.0.0.1:{port}/v1/reports", json=BODY) as r:
-                    assert r.status == 201
-
-            await load(WARMUP, 1, null_post)
-            for clients, case in ((1, "sequential"), (16, "16 clients")):
-                result = await load(args.n * 3, clients, null_post)
-                rows.append(("null", f"publish {case}, 0 stored", null.pid, result))
-        finally:
-            stop(null)
+        if args.cases == "all":
+            await null_cases(args.n, rows, folder)
         for size in sizes:
             print(f"medallion: {size} stored...", flush=True)
             proc, base = start_medallion(folder, size)
             try:
-                post, page, one = medallion_calls(base)
+                post, page, one = medallion_calls(base, size)
                 label = f"{size} stored"
-                if size == 0:  # with a store, each request costs far more than any warm-up saves
-                    await load(WARMUP, 1, post)
-                rows.append(
-                    ("medallion", f"publish sequential, {label}", proc.pid, await load(args.n, 1, post))
-                )
-                rows.append(
-                    ("medallion", f"publish 16 clients, {label}", proc.pid, await load(args.n, 16, post))
-                )
+                if args.cases == "all":
+                    if size == 0:  # with a store, each request costs far more than any warm-up saves
+                        await load(WARMUP, 1, post)
+                    for clients, case in ((1, "sequential"), (16, "16 clients")):
+                        result = await load(args.n, clients, post)
+                        rows.append(("medallion", f"publish {case}, {label}", proc.pid, result))
                 if size:
                     page_result = await load(max(50, args.n // 4), 1, page)
-                    rows.append(("medallion", f"list 100, {label}", proc.pid, page_result))
+                    one_result = await load(args.n, 1, one)
+                    if args.cases == "all":
+                        # medallion has TAXII alone: our REST cases are compared with its TAXII
+                        rows.append(("medallion", f"list 100, {label}", proc.pid, page_result))
+                        rows.append(("medallion", f"read by id, {label}", proc.pid, one_result))
                     rows.append(("medallion", f"TAXII page 100, {label}", proc.pid, page_result))
-                    rows.append(("medallion", f"read by id, {label}", proc.pid, await load(args.n, 1, one)))
+                    rows.append(("medallion", f"TAXII by id, {label}", proc.pid, one_result))
                 rss[f"medallion at {size}"] = rss_kb(proc.pid)
             finally:
                 stop(proc)
         async with fresh_database(args.engine, folder, "peer") as url:
-            await ours(folder, url, args.n, sizes, rows, rss)
+            await ours(folder, url, args.n, sizes, args.cases, rows, rss)
     order = {"null": 0, "medallion": 1, "ours": 2}
     rows.sort(key=lambda r: (r[1].split(", ")[-1].split()[0].zfill(9), r[1], order[r[0]]))
     append_results(_table(rows, rss, args.engine))
