@@ -55,6 +55,10 @@ class StreamClosed(ClientError):
         super().__init__(f"stream closed by the broker: {code} {reason}")
 
 
+class _Interrupted(Exception):
+    """A stream's report could not be opened for a passing reason: reconnect and resume."""
+
+
 class Unreachable(ClientError):
     """The broker could not be reached (connection refused, TLS failure, timeout); for a stream,
     not within ``give_up_after`` seconds of trying."""
@@ -306,10 +310,11 @@ class BrokerClient:
                             continue
                         report = frame["report"]
                         if report["id"] not in seen:
+                            opened = await self._open_or_resume(report, reconnect=reconnect)
                             seen[report["id"]] = None
                             if len(seen) > DEDUP_WINDOW:
                                 seen.popitem(last=False)
-                            yield await self.open(report)
+                            yield opened
                         last = int(report["sequence"])
                         if ack:
                             await ws.send_json({"type": "ack", "sequence": last})
@@ -319,7 +324,7 @@ class BrokerClient:
                     await self._handshake_problem(exc, params)  # raises ApiError with its detail
                 code, wait_at_least = 1006, _retry_after(exc.headers)
                 self._give_up_unless_recent(since, exc)
-            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, _Interrupted) as exc:
                 code, wait_at_least = 1006, 0.0
                 self._give_up_unless_recent(since, exc)
             else:
@@ -330,6 +335,21 @@ class BrokerClient:
                 return
             attempt += 1
             await asyncio.sleep(max(self._backoff(attempt), min(wait_at_least, self._max_delay)))
+
+    async def _open_or_resume(self, report: dict[str, Any], *, reconnect: bool) -> Received:
+        """``open(report)``; when that fails for a passing reason (fetching the originator's key
+        met a 5xx, 408, 425 or 429, or no connection), ``_Interrupted``: the stream reconnects
+        from before this report, as after a dropped connection, instead of ending."""
+        try:
+            return await self.open(report)
+        except ApiError as exc:
+            if not reconnect or (exc.status not in RETRY_STATUSES and exc.status < 500):
+                raise
+            raise _Interrupted(str(exc)) from exc
+        except Unreachable as exc:
+            if not reconnect:
+                raise
+            raise _Interrupted(str(exc)) from exc
 
     def _give_up_unless_recent(self, since: float, exc: Exception) -> None:
         """``Unreachable`` once there has been no stream for ``give_up_after`` seconds."""
