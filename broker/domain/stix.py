@@ -12,22 +12,14 @@ label wins). TLP 2.0 marking-definitions have the standard ids every STIX tool k
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import re
-import struct
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESSIV
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from broker.domain.canonical import canonical
 from broker.domain.time import parse_time
@@ -289,14 +281,7 @@ def spec_version_of(obj: Mapping[str, Any]) -> str:
 
 
 # -- the object index ------------------------------------------------------------------------
-# Keys derived from the keyring's stable secret (its checkpoint signing key: KEKs rotate and are
-# replaced on every erasure, this never changes), each under its own info string.
-INDEX_INFO = b"alliance-broker taxii object index v1"
-CURSOR_INFO = b"alliance-broker taxii next v2"
-
-
-def derive_key(secret: bytes, info: bytes, length: int) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+# Its key comes from the keyring's stable secret (crypto.cursors.index_key).
 
 
 def id_digest(key: bytes, object_id: str) -> str:
@@ -458,41 +443,3 @@ class Position:
 
 MAX_SEQ = 2**63 - 1  # a report sequence is a signed 64-bit integer on both engines
 MAX_INDEX = 2**32 - 1
-_CURSOR = struct.Struct(">QI")
-_CURSOR_TAG = b"alliance-broker taxii next v1"
-
-
-def encode_position(position: Position, *, key: bytes, bound: Sequence[str]) -> str:
-    """The ``next`` of a TAXII page: ``position`` sealed with AES-SIV under ``key`` (64 bytes),
-    bound to ``bound`` (the node and the collection). Opaque: a client learns no sequence number
-    from it (a gap between two would count the reports it may not see), and cannot forge one
-    naming a place it was not answered. Deterministic, so the same place is always the same
-    token and answers to equal questions stay equal."""
-    plain = _CURSOR.pack(position.seq, position.index)
-    sealed = AESSIV(key).encrypt(plain, [_CURSOR_TAG, *(b.encode() for b in bound)])
-    return base64.urlsafe_b64encode(sealed).decode().rstrip("=")
-
-
-def decode_position(token: str, *, keys: Sequence[bytes], bound: Sequence[str]) -> Position:
-    """The position a ``next`` names, when one of ``keys`` sealed it for ``bound``; else
-    BadRequest (a token of another node or collection, a forged or damaged one)."""
-    refused = BadRequest("next is not a cursor this server issued", code="invalid_parameter")
-    if not 0 < len(token) <= 64 or not re.fullmatch(r"[A-Za-z0-9_-]+", token):
-        raise refused
-    try:
-        sealed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (ValueError, binascii.Error) as exc:
-        raise refused from exc
-    associated = [_CURSOR_TAG, *(b.encode() for b in bound)]
-    for key in keys:
-        try:
-            plain = AESSIV(key).decrypt(sealed, associated)
-        except (InvalidTag, ValueError):
-            continue
-        if len(plain) != _CURSOR.size:
-            break
-        seq, index = _CURSOR.unpack(plain)
-        if seq > MAX_SEQ:
-            break
-        return Position(seq, index)
-    raise refused

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-from broker.crypto import envelope, seal, signing
+from broker.crypto import cursors, envelope, seal, signing
 from broker.crypto import keyring as keyring_file
 from broker.crypto.keyring import Keyring
 from broker.domain import stix
@@ -292,7 +292,7 @@ async def store_publishes(
 
 def index_rows(ctx: Context, report: ReportRecord, payload: object) -> list[dict[str, Any]]:
     """TAXII's object index for a report (``models.TaxiiObjectRow``), written with it."""
-    key = stix.derive_key(ctx.keyring.checkpoint_key, stix.INDEX_INFO, 32)
+    key = cursors.index_key(ctx.keyring.checkpoint_key)
     found = stix.index_of(payload, key=key, date_added=stix.timestamp(report.created_at))
     return [
         {"report_seq": report.seq, "position": o.position, "digest": o.digest}

@@ -35,6 +35,7 @@ from stix2validator import (  # type: ignore[import-untyped]  # the package ship
     validate_instance,
 )
 
+from broker.crypto import cursors
 from broker.crypto.keyring import Keyring
 from broker.domain import stix
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
@@ -132,17 +133,17 @@ async def _refuse(ctx: Context, node: NodeRecord, act: str, exc: BrokerError) ->
 def _cursor_key(ctx: Context) -> bytes:
     """From the keyring's stable secret: KEKs rotate and are replaced on every erasure, and a
     ``next`` must survive both."""
-    return stix.derive_key(ctx.keyring.checkpoint_key, stix.CURSOR_INFO, 64)
+    return cursors.cursor_key(ctx.keyring.checkpoint_key)
 
 
 def _index_key(ctx: Context) -> bytes:
-    return stix.derive_key(ctx.keyring.checkpoint_key, stix.INDEX_INFO, 32)
+    return cursors.index_key(ctx.keyring.checkpoint_key)
 
 
 def cursor(ctx: Context, node: NodeRecord, scope: Sequence[str], position: Position) -> str:
     """The ``next`` naming ``position`` for ``node`` in ``scope`` (the collection, and the object
     for by-id and versions): every broker sharing the keyring reads it."""
-    return stix.encode_position(position, key=_cursor_key(ctx), bound=(node.id, *scope))
+    return cursors.encode_position(position, key=_cursor_key(ctx), bound=(node.id, *scope))
 
 
 def position_of(ctx: Context, node: NodeRecord, scope: Sequence[str], token: str | None) -> Position:
@@ -150,7 +151,7 @@ def position_of(ctx: Context, node: NodeRecord, scope: Sequence[str], token: str
     this scope names (400 for any other token)."""
     if token is None:
         return Position()
-    return stix.decode_position(token, keys=[_cursor_key(ctx)], bound=(node.id, *scope))
+    return cursors.decode_position(token, keys=[_cursor_key(ctx)], bound=(node.id, *scope))
 
 
 # -- the object index ----------------------------------------------------------------------------
