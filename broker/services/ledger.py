@@ -96,7 +96,7 @@ async def sign_checkpoint(ctx: Context) -> Checkpoint:
 
 
 async def latest(ctx: Context) -> dict[str, Any]:
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         checkpoint = await tx.latest_checkpoint()
     if checkpoint is None:
         checkpoint = await sign_checkpoint(ctx)
@@ -114,7 +114,7 @@ async def checkpointer(ctx: Context, stop: asyncio.Event) -> None:
         if await wait_event(stop, step):
             return
         waited += step
-        async with ctx.db.transaction() as tx:
+        async with ctx.db.read_transaction() as tx:
             size = await tx.audit_size()
             last = await tx.latest_checkpoint()
         signed = 0 if last is None else last.size
@@ -126,7 +126,7 @@ async def checkpointer(ctx: Context, stop: asyncio.Event) -> None:
 
 
 async def events(ctx: Context, *, after: int, limit: int, filters: dict[str, Any]) -> dict[str, Any]:
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         found = await tx.events(after=after, limit=limit, **filters)
     next_after = found[-1].seq if found else after
     return {"events": [event_json(e) for e in found], "next_after": next_after}
@@ -134,7 +134,7 @@ async def events(ctx: Context, *, after: int, limit: int, filters: dict[str, Any
 
 async def inclusion(ctx: Context, *, seq: int, size: int | None) -> dict[str, Any]:
     """Proof that event ``seq`` is in the tree of ``size`` (default: the latest checkpoint)."""
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         if size is None:
             checkpoint = await tx.latest_checkpoint()
             size = checkpoint.size if checkpoint else 0
@@ -158,7 +158,7 @@ async def inclusion(ctx: Context, *, seq: int, size: int | None) -> dict[str, An
 
 async def consistency(ctx: Context, *, first: int, second: int) -> dict[str, Any]:
     """Proof that the tree of ``first`` events is a prefix of the tree of ``second``."""
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         size = await tx.audit_size()
         if not 0 < first <= second <= size:
             raise InvalidInput(f"need 0 < first <= second <= {size}", code="invalid_parameter")
@@ -178,14 +178,14 @@ async def export(ctx: Context) -> AsyncIterator[str]:
     checkpoint = await sign_checkpoint(ctx)
     after = 0
     while after < checkpoint.size:
-        async with ctx.db.transaction() as tx:
+        async with ctx.db.read_transaction() as tx:
             page = await tx.events(after=after, limit=EXPORT_PAGE, upto=checkpoint.size)
         if not page:
             break
         for event in page:
             yield json.dumps(event_json(event), separators=(",", ":")) + "\n"
         after = page[-1].seq
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         signed = await tx.checkpoints(upto=checkpoint.size)
     for item in signed:
         yield json.dumps({"checkpoint": checkpoint_json(ctx, item)}, separators=(",", ":")) + "\n"
