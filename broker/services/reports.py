@@ -221,8 +221,7 @@ def _publisher(ctx: Context) -> GroupCommit[PublishAct, ReportRecord]:
     the commit that holds its report."""
     if ctx.publishes is None:
         ctx.publishes = GroupCommit(ctx.db, partial(store_publishes, ctx))
-    publisher: GroupCommit[PublishAct, ReportRecord] = ctx.publishes
-    return publisher
+    return ctx.publishes
 
 
 async def store_publishes(
