@@ -200,5 +200,6 @@ def _config_summary(settings: Settings) -> dict[str, Any]:
         "client_certificates": settings.tls.client_auth,
         "classification_levels": list(settings.policy.levels),
         "alliances": len(settings.alliances),
+        "settings": {key: value for key, value in settings.effective().items() if key != "database.url"},
         "valid": True,
     }
