@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from broker.config_files import AllianceSeed
 from broker.crypto import pki
 from broker.crypto.signing import check_public_key
 from broker.crypto.tokens import hash_token, new_token
@@ -19,7 +20,6 @@ from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import Conflict, InvalidInput, NotFound
 from broker.services import audit, shred
 from broker.services.context import Context
-from broker.settings import AllianceSeed
 
 # Match with ``fullmatch``: with ``match`` the ``$`` would also accept a trailing newline.
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
