@@ -46,6 +46,11 @@ class Subject:
     origins: frozenset[str] = frozenset()
 
 
+def receiving_role(roles: frozenset[str] | tuple[str, ...]) -> str:
+    """The role a node receives reports under: ``federate`` for a link, else ``subscribe``."""
+    return FEDERATE if FEDERATE in roles else "subscribe"
+
+
 @dataclass(frozen=True)
 class ReportFacts:
     """What the access rule needs of a report: its raw stored label and a few facts."""
