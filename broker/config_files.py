@@ -1,5 +1,6 @@
 """The policy and alliance files of the config directory (``policy.toml``, ``alliances.toml``),
-and the TOML reading broker.toml shares. broker.settings reads broker.toml through it; nothing else reads a config file."""
+and the TOML reading broker.toml shares: broker.settings reads broker.toml through it; nothing
+else reads a config file."""
 
 from __future__ import annotations
 

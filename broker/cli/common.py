@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 CLI_ACTOR = "cli"
-ROLES = "publish, subscribe, audit, admin"
+ROLES = "publish, subscribe, audit, admin, federate (a link to another broker, alone)"
 
 
 class UsageError(Exception):

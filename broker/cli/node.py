@@ -21,6 +21,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, *, levels: str) -> No
     add.add_argument("--clearance", required=True, help=f"highest level it may read: {levels}")
     add.add_argument("--roles", required=True, help=f"comma-separated, any of: {ROLES}")
     add.add_argument("--caveats", default="", help="comma-separated caveats it holds (default: none)")
+    _link_options(add)
     _key_options(add)
     add.add_argument(
         "--certificate",
@@ -68,6 +69,7 @@ def _update_parser(node: Any, common: argparse.ArgumentParser, *, levels: str) -
     upd.add_argument("--clearance", help=f"one of: {levels} (default: unchanged)")
     upd.add_argument("--caveats", help="comma-separated; empty for none (default: unchanged)")
     upd.add_argument("--roles", help=f"comma-separated, any of: {ROLES} (default: unchanged)")
+    _link_options(upd, unchanged=True)
     _key_options(upd, unchanged=True)
     pin = upd.add_mutually_exclusive_group()
     pin.add_argument(
@@ -75,6 +77,19 @@ def _update_parser(node: Any, common: argparse.ArgumentParser, *, levels: str) -
     )
     pin.add_argument(
         "--no-certificate", action="store_true", help="remove the certificate pin (default: it stays)"
+    )
+
+
+def _link_options(parser: argparse.ArgumentParser, *, unchanged: bool = False) -> None:
+    default = "unchanged" if unchanged else "none"
+    parser.add_argument(
+        "--audience",
+        help="federate links: comma-separated nations and alliance ids it receives for (e.g. NATO,FRA; "
+        f"default: {default})",
+    )
+    parser.add_argument(
+        "--origins",
+        help=f"federate links: comma-separated originator nations it carries (e.g. USA; default: {default})",
     )
 
 
@@ -157,6 +172,9 @@ def _node_changes(args: argparse.Namespace) -> dict[str, Any]:
         changes["caveats"] = csv(args.caveats)
     if args.roles is not None:
         changes["roles"] = csv(args.roles)
+    for key in ("audience", "origins"):
+        if getattr(args, key) is not None:
+            changes[key] = csv(getattr(args, key))
     for key in ("ed25519_public_key", "x25519_public_key"):
         if getattr(args, key):
             changes[key] = getattr(args, key)
@@ -167,6 +185,7 @@ def _node_changes(args: argparse.Namespace) -> dict[str, Any]:
     if not changes:
         raise InvalidInput(
             f"nothing to change for {args.id}: give one or more of --clearance, --caveats, --roles, "
+            "--audience, --origins, "
             "--ed25519-public-key, --x25519-public-key, --certificate, --no-certificate",
             code="invalid_node",
         )
@@ -181,6 +200,9 @@ def _node_spec(args: argparse.Namespace) -> dict[str, Any]:
         "roles": csv(args.roles),
         "caveats": csv(args.caveats),
     }
+    for key in ("audience", "origins"):
+        if getattr(args, key) is not None:
+            spec[key] = csv(getattr(args, key))
     if args.ed25519_public_key:
         spec["ed25519_public_key"] = args.ed25519_public_key
     if args.x25519_public_key:
