@@ -18,6 +18,7 @@ from broker.settings import Settings
 from broker.storage.database import ConnectionThread
 from broker.web.handlers import CONTEXT
 from tests.conftest import FakeClock
+from tests.integration.helpers import Cli
 from tests.integration.openapi_check import check_response
 
 
@@ -127,3 +128,9 @@ def sqlite_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(ConnectionThread, "run", counted)
     return made
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """`broker ARGS` in this process; no ``BROKER_*`` variable is set until ``cli.use(...)``."""
+    return Cli(capsys, monkeypatch).use()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 
+import broker.cli
 from broker.crypto import merkle
 from broker.crypto.chain import GENESIS, event_hash
 from broker.services import auth, ledger, reports
@@ -85,7 +88,8 @@ def cli_env(url: str, keyring: Path) -> dict[str, str]:
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m broker ARGS` to completion."""
+    """Run `python -m broker ARGS` to completion: for what only the real binary shows (its exit
+    status, its start-up, what its logging writes to stderr); otherwise use :class:`Cli`."""
     return subprocess.run(
         [sys.executable, "-m", "broker", *args],
         env=env,
@@ -95,6 +99,70 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> subproc
         timeout=120,
         check=False,
     )
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What one command returned and printed (the fields of ``subprocess.CompletedProcess``)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Cli:
+    """`broker ARGS` in this process, through ``broker.cli.main(argv)``: what a subprocess would
+    return and print, without starting Python and importing the broker for every command.
+
+    The command reads this process's environment and working directory, which :meth:`use` and
+    ``monkeypatch`` set for the test only. ``main`` runs an event loop of its own: an async test
+    calls it in a thread (``await asyncio.to_thread(cli, ...)``)."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        self.capsys = capsys
+        self.monkeypatch = monkeypatch
+
+    def use(self, url: str | None = None, keyring: Path | None = None, **more: str) -> Cli:
+        """Only these ``BROKER_*`` variables: the database, the project's configuration and the
+        keyring, as :func:`cli_env` gives them, and ``more`` by name without the prefix
+        (``CONFIG_DIR=...``); none at all when nothing is given."""
+        for name in [n for n in os.environ if n.startswith("BROKER_")]:
+            self.monkeypatch.delenv(name)
+        chosen = {}
+        if url is not None:
+            assert keyring is not None, "a database comes with its keyring"
+            chosen = {"DATABASE_URL": url, "CONFIG_DIR": str(CONFIG), "KEYRING": str(keyring)}
+        for name, value in {**chosen, **more}.items():
+            self.monkeypatch.setenv(f"BROKER_{name}", value)
+        return self
+
+    def __call__(self, *argv: str) -> Ran:
+        self.capsys.readouterr()
+        try:
+            code = broker.cli.main(list(argv))
+        except SystemExit as exc:  # argparse's --help and --version
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+        seen = self.capsys.readouterr()
+        return Ran(code, seen.out, seen.err)
+
+    def ok(self, *argv: str) -> Ran:
+        """The command, which must exit 0."""
+        done = self(*argv)
+        assert done.returncode == 0, (argv, done.stdout, done.stderr)
+        return done
+
+    def refused(self, *argv: str) -> str:
+        """The command, which must exit 2 with nothing on stdout and one line on stderr: that line."""
+        done = self(*argv)
+        assert done.returncode == 2 and done.stdout == "", (argv, done.stdout, done.stderr)
+        return one_line(done.stderr)
+
+
+def one_line(stderr: str) -> str:
+    """The one line an error prints (no traceback)."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
 
 
 def statements_seen(ctx: Context) -> list[str]:

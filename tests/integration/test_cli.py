@@ -1,5 +1,7 @@
 """The command line as a user meets it: one line and exit 2 for every failure, --json anywhere
-(errors included), --version, and a configuration check."""
+(errors included), --version, and a configuration check. Commands run in this process through
+``main(argv)``; a subprocess only where the real binary is the point (its start-up, its logging
+on stderr, the working directory on its ``sys.path``)."""
 
 from __future__ import annotations
 
@@ -16,20 +18,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import broker.cli as cli
+import pytest
+
+from broker.cli import build_parser
 from broker.demo import DEMO_NODES, prepare
 from broker.domain.access import ROLES
 from broker.services.context import Context
 from broker.settings import Settings
 from tests.conftest import CONFIG
-from tests.integration.helpers import cli_env, run_cli
-
-
-def _one_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr
-    return lines[0]
+from tests.integration.helpers import Cli, Ran, cli_env, one_line, run_cli
 
 
 def test_version() -> None:
@@ -37,61 +34,67 @@ def test_version() -> None:
     assert done.returncode == 0 and done.stdout.startswith("broker ")
 
 
-def test_json_anywhere_and_json_errors(database_url: str, tmp_path: Path) -> None:
-    env = cli_env(database_url, tmp_path / "keyring.json")
-    before = run_cli("--json", "alliance", "list", env=env)
-    after = run_cli("alliance", "list", "--json", env=env)
+def test_json_anywhere_and_json_errors(database_url: str, tmp_path: Path, cli: Cli) -> None:
+    cli.use(database_url, tmp_path / "keyring.json")
+    before = cli("--json", "alliance", "list")
+    after = cli("alliance", "list", "--json")
     assert before.returncode == after.returncode == 0
     assert json.loads(before.stdout) == json.loads(after.stdout)
-    failed = run_cli("--json", "node", "revoke", "nobody", env=env)
-    assert failed.returncode == 2
-    assert json.loads(_one_line(failed.stderr))["error"]["code"] == "not_found"
+    assert json.loads(cli.refused("--json", "node", "revoke", "nobody"))["error"]["code"] == "not_found"
 
 
-def test_an_unreachable_database_is_one_line(tmp_path: Path) -> None:
-    env = cli_env("postgresql+asyncpg://postgres@127.0.0.1:1/nothing", tmp_path / "keyring.json")
-    done = run_cli("node", "list", env=env)
-    assert done.returncode == 2
-    assert "database unavailable" in _one_line(done.stderr)
+def test_an_unreachable_database_isone_line(tmp_path: Path, cli: Cli) -> None:
+    cli.use("postgresql+asyncpg://postgres@127.0.0.1:1/nothing", tmp_path / "keyring.json")
+    assert "database unavailable" in cli.refused("node", "list")
 
 
+# The engine plays no part in a taken port: SQLite only.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_port_in_use_is_one_line_before_anything_is_printed(database_url: str, tmp_path: Path) -> None:
     env = cli_env(database_url, tmp_path / "keyring.json")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        serve = run_cli("serve", "--port", port, env=env)
-        demo = run_cli("demo", "--port", port, "--dir", str(tmp_path / "demo"), env=env)
-    for done in (serve, demo):
-        assert done.returncode == 2
-        assert "already in use" in _one_line(done.stderr)
-        assert "token" not in done.stdout
+        commands = (["serve", "--port", port], ["demo", "--port", port, "--dir", str(tmp_path / "demo")])
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "broker", *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for args in commands
+        ]  # both at once: the real binary, its logging on stderr included
+        outcomes = [(proc.wait(timeout=120), *proc.communicate()) for proc in procs]
+    for code, out, err in outcomes:
+        assert code == 2
+        assert "already in use" in one_line(err.decode())
+        assert b"token" not in out
 
 
-def test_config_check_names_an_unknown_key(tmp_path: Path) -> None:
+def test_config_check_names_an_unknown_key(tmp_path: Path, cli: Cli) -> None:
     folder = tmp_path / "config"
     folder.mkdir()
     for source in CONFIG.glob("*.toml"):
         (folder / source.name).write_text(source.read_text())
-    good = run_cli("config", "check", "--json", env={**os.environ, "BROKER_CONFIG_DIR": str(folder)})
-    assert good.returncode == 0 and json.loads(good.stdout)["valid"] is True
+    cli.use(CONFIG_DIR=str(folder))
+    assert json.loads(cli.ok("config", "check", "--json").stdout)["valid"] is True
     broker_toml = folder / "broker.toml"
     broker_toml.write_text(broker_toml.read_text().replace("max_body_bytes", "max_body_byte"))
-    bad = run_cli("config", "check", env={**os.environ, "BROKER_CONFIG_DIR": str(folder)})
-    assert bad.returncode == 2
-    line = _one_line(bad.stderr)
+    line = cli.refused("config", "check")
     assert "broker.toml" in line and "server.max_body_byte" in line and "did you mean max_body_bytes" in line
 
 
-def test_outside_the_project_the_missing_config_directory_is_named(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    done = run_cli("node", "list", env=env, cwd=tmp_path)
-    assert done.returncode == 2
-    line = _one_line(done.stderr)
+def test_outside_the_project_the_missing_config_directory_is_named(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    line = cli.refused("node", "list")
     assert "BROKER_CONFIG_DIR" in line and "not a directory" not in line
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # logging, whatever the engine
 def test_serve_logs_json_lines_at_the_level_asked(database_url: str, tmp_path: Path) -> None:
     env = cli_env(database_url, tmp_path / "keyring.json")
     with socket.socket() as free:
@@ -132,7 +135,7 @@ def test_serve_logs_json_lines_at_the_level_asked(database_url: str, tmp_path: P
             proc.stderr.close()
 
 
-def _human(done: subprocess.CompletedProcess[str]) -> str:
+def _human(done: Ran | subprocess.CompletedProcess[str]) -> str:
     """Human output: exit 0, and no Python reprs (brackets, quotes, None, True/False)."""
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip(), done.args
@@ -141,37 +144,35 @@ def _human(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout
 
 
-def test_human_output_shows_no_python_reprs(database_url: str, tmp_path: Path) -> None:
-    env = cli_env(database_url, tmp_path / "keyring.json")
+def test_human_output_shows_no_python_reprs(database_url: str, tmp_path: Path, cli: Cli) -> None:
+    cli.use(database_url, tmp_path / "keyring.json")
     label = json.dumps({"classification": "SECRET", "releasable_to": ["NATO", "SWE"]})
     added = _human(
-        run_cli(
+        cli(
             "node", "add", "usa-1", "--nation", "USA", "--clearance", "SECRET",
-            "--roles", "publish,subscribe", "--caveats", "CT-OPS,NOFORN", env=env,
+            "--roles", "publish,subscribe", "--caveats", "CT-OPS,NOFORN",
         )
     )  # fmt: skip
     assert "token: abk_" in added
-    listed = _human(run_cli("node", "list", env=env)).splitlines()
+    listed = _human(cli("node", "list")).splitlines()
     header = listed[0].split()
     assert header[:5] == ["id", "nation", "clearance", "caveats", "roles"], listed
     assert listed[1].split()[:5] == ["usa-1", "USA", "SECRET", "CT-OPS,NOFORN", "publish,subscribe"]
-    updated = _human(run_cli("node", "update", "usa-1", "--roles", "subscribe,audit", env=env))
+    updated = _human(cli("node", "update", "usa-1", "--roles", "subscribe,audit"))
     assert "roles: subscribe, audit" in updated.splitlines()
     assert "ed25519_public_key: -" in updated.splitlines()  # nothing is shown as -
-    _human(run_cli("alliance", "create", "TST", "--name", "Test alliance", env=env))
-    _human(run_cli("alliance", "join", "TST", "USA", env=env))
-    alliances = _human(run_cli("alliance", "list", env=env))
+    _human(cli("alliance", "create", "TST", "--name", "Test alliance"))
+    _human(cli("alliance", "join", "TST", "USA"))
+    alliances = _human(cli("alliance", "list"))
     assert "TST      Test alliance (1 members, history full): USA" in alliances.splitlines()
     assert any(line.startswith("NATO ") and ": ALB, BEL, " in line for line in alliances.splitlines())
-    _human(
-        run_cli("collection", "add", "--title", "C2", "--topics", "c2,ransomware", "--label", label, env=env)
-    )
-    collections = _human(run_cli("collection", "list", env=env))
+    _human(cli("collection", "add", "--title", "C2", "--topics", "c2,ransomware", "--label", label))
+    collections = _human(cli("collection", "list"))
     assert "c2,ransomware" in collections and "classification=SECRET releasable_to=NATO,SWE" in collections
-    rotated = _human(run_cli("keys", "rotate", env=env))
+    rotated = _human(cli("keys", "rotate"))
     assert "retired_destroyed: no" in rotated.splitlines()
-    assert "classification_levels: UNCLASSIFIED, RESTRICTED" in _human(run_cli("config", "check", env=env))
-    assert "migrated: yes" in _human(run_cli("db", "upgrade", env=env)).splitlines()
+    assert "classification_levels: UNCLASSIFIED, RESTRICTED" in _human(cli("config", "check"))
+    assert "migrated: yes" in _human(cli("db", "upgrade")).splitlines()
 
 
 def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -193,7 +194,7 @@ def _leaf(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> argparse.Ar
 def test_every_option_names_its_default_and_valid_values() -> None:
     """Every argument is explained; every optional one says what happens without it; every one
     with choices names them."""
-    root = cli.build_parser()
+    root = build_parser()
     commands = list(_subcommands(root))
     assert ("node", "add") in commands and ("pki", "init-ca") in commands and ("serve",) in commands
     for path in commands:
@@ -208,27 +209,25 @@ def test_every_option_names_its_default_and_valid_values() -> None:
                 assert str(choice) in action.help, f"{where}: {choice} not named"
 
 
-def test_help_names_the_policy_levels_and_the_roles(tmp_path: Path) -> None:
+def test_help_names_the_policy_levels_and_the_roles(tmp_path: Path, cli: Cli) -> None:
     folder = tmp_path / "config"
     shutil.copytree(CONFIG, folder)
     policy = folder / "policy.toml"
     policy.write_text(policy.read_text().replace('"TOP_SECRET"', '"TOP_SECRET", "COSMIC_TOP_SECRET"', 1))
-    env = {**os.environ, "BROKER_CONFIG_DIR": str(folder)}
+    cli.use(CONFIG_DIR=str(folder))
     configured = Settings.load(env={"BROKER_CONFIG_DIR": str(folder)}).policy.levels
     assert "COSMIC_TOP_SECRET" in configured
     for args in (("node", "add", "--help"), ("node", "update", "--help"), ("collection", "add", "--help")):
-        done = run_cli(*args, env=env)
-        assert done.returncode == 0, done.stderr
-        text = " ".join(done.stdout.split())
+        text = " ".join(cli.ok(*args).stdout.split())
         assert ", ".join(configured) in text, (args, text)
-    roles = " ".join(run_cli("node", "add", "--help", env=env).stdout.split())
+    roles = " ".join(cli.ok("node", "add", "--help").stdout.split())
     assert all(role in roles for role in ROLES)
-    serve = " ".join(run_cli("serve", "--help", env=env).stdout.split())
+    serve = " ".join(cli.ok("serve", "--help").stdout.split())
     assert "off, optional (a certificate or a token) or required (default: off" in serve
 
 
 async def test_the_demo_guide_says_what_each_token_is_for_and_how_to_reach_its_data(
-    ctx: Context, settings: Settings, tmp_path: Path
+    ctx: Context, settings: Settings, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     guide, _live = await prepare(ctx, settings, tmp_path / "pki")
     lines = guide.splitlines()
@@ -242,13 +241,16 @@ async def test_the_demo_guide_says_what_each_token_is_for_and_how_to_reach_its_d
     assert set(env) == {"BROKER_DATABASE_URL", "BROKER_KEYRING", "BROKER_CONFIG_DIR"}
     assert all(Path(env[name]).is_absolute() for name in ("BROKER_KEYRING", "BROKER_CONFIG_DIR"))
     # The printed environment is enough for the CLI to manage the demo's data.
-    listed = await asyncio.to_thread(run_cli, "node", "list", env={**os.environ, **env}, cwd=tmp_path)
-    assert listed.returncode == 0, listed.stderr
+    cli.use(**{name.removeprefix("BROKER_"): value for name, value in env.items()})
+    monkeypatch.chdir(tmp_path)
+    listed = await asyncio.to_thread(cli.ok, "node", "list")
     assert {spec["id"] for spec in DEMO_NODES} <= {line.split()[0] for line in listed.stdout.splitlines()}
 
 
+# Which `migrations` package is imported does not depend on the engine: SQLite only.
+@pytest.mark.parametrize("empty_database_url", ["sqlite"], indirect=True)
 def test_db_upgrade_runs_its_own_migrations_from_any_working_directory(
-    empty_database_url: str, tmp_path: Path
+    empty_database_url: str, tmp_path: Path, cli: Cli
 ) -> None:
     # `python -m broker` puts the working directory first on sys.path: run from another
     # project's directory, that project's `migrations` package must not be taken for ours.
@@ -259,4 +261,5 @@ def test_db_upgrade_runs_its_own_migrations_from_any_working_directory(
     env = cli_env(empty_database_url, tmp_path / "keys" / "keyring.json")
     done = run_cli("db", "upgrade", env=env, cwd=project)
     assert "migrated: yes" in _human(done).splitlines()
-    assert "migrated: yes" in _human(run_cli("db", "upgrade", env=env)).splitlines()
+    cli.use(empty_database_url, tmp_path / "keys" / "keyring.json")
+    assert "migrated: yes" in _human(cli("db", "upgrade")).splitlines()
