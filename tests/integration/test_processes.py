@@ -24,7 +24,7 @@ import pytest
 from broker.errors import ConfigError
 from broker.settings import Settings
 from tests.conftest import CONFIG
-from tests.integration.helpers import cli_env, run_cli
+from tests.integration.helpers import Cli, cli_env
 
 
 def _free_port() -> int:
@@ -58,17 +58,13 @@ def _wait_healthy(
         try:
             if _http("GET", f"{base}/v1/health", context=context)[0] == 200:
                 return
-        except OSError:
+        except OSError:  # not listening yet: another process, whose readiness is polled (bounded)
             time.sleep(0.1)
     raise AssertionError("broker did not become healthy")
 
 
 def _env(url: str, tmp_path: Path) -> dict[str, str]:
     return cli_env(url, tmp_path / "keyring.json")
-
-
-def _broker(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return run_cli(*args, env=env, cwd=cwd)
 
 
 @contextlib.contextmanager
@@ -99,24 +95,12 @@ def _serving(
             proc.stdout.close()
 
 
-def test_kill_9_after_201_loses_nothing(database_url: str, tmp_path: Path) -> None:
+def test_kill_9_after_201_loses_nothing(database_url: str, tmp_path: Path, cli: Cli) -> None:
     env = _env(database_url, tmp_path)
-    assert _broker("db", "upgrade", env=env).returncode == 0
-    token = json.loads(
-        _broker(
-            "node",
-            "add",
-            "usa-1",
-            "--nation",
-            "USA",
-            "--clearance",
-            "SECRET",
-            "--roles",
-            "publish,subscribe",
-            "--json",
-            env=env,
-        ).stdout
-    )["token"]
+    cli.use(database_url, tmp_path / "keyring.json")
+    cli.ok("db", "upgrade")
+    add = ("node", "add", "usa-1", "--nation", "USA", "--clearance", "SECRET", "--roles", "publish,subscribe")
+    token = json.loads(cli.ok(*add, "--json").stdout)["token"]
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     label = {"classification": "SECRET", "releasable_to": ["NATO"]}
@@ -264,15 +248,15 @@ def _config_dir(tmp_path: Path, name: str, text: str) -> Path:
     ],
 )
 def test_bad_configuration_names_file_key_and_problem(
-    tmp_path: Path, name: str, text: str, key: str, problem: str
+    tmp_path: Path, name: str, text: str, key: str, problem: str, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = _config_dir(tmp_path, name, text)
     with pytest.raises(ConfigError) as info:
         Settings.load(env={"BROKER_CONFIG_DIR": str(folder)})
     assert info.value.file.endswith(name) and info.value.key == key and problem in info.value.problem
-    result = _broker("db", "upgrade", env={**os.environ, "BROKER_CONFIG_DIR": str(folder)}, cwd=tmp_path)
-    assert result.returncode == 2
-    assert name in result.stderr and key in result.stderr
+    monkeypatch.chdir(tmp_path)
+    line = cli.use(CONFIG_DIR=str(folder)).refused("db", "upgrade")
+    assert name in line and key in line
 
 
 def test_environment_overrides_the_files(tmp_path: Path) -> None:
@@ -288,10 +272,9 @@ def test_environment_overrides_the_files(tmp_path: Path) -> None:
     assert settings.max_body_bytes == 1024 * 1024
 
 
-def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
-    env = _env(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}", tmp_path)
-    result = _broker("serve", "--port", str(_free_port()), env=env)
-    assert result.returncode == 2 and "broker db upgrade" in result.stderr
+def test_serve_refuses_an_unmigrated_database(tmp_path: Path, cli: Cli) -> None:
+    cli.use(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}", tmp_path / "keyring.json")
+    assert "broker db upgrade" in cli.refused("serve", "--port", str(_free_port()))
 
 
 async def test_health_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
