@@ -8,7 +8,6 @@ import asyncio
 import base64
 import json
 import secrets
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,8 @@ from broker.crypto import notes
 from broker.services import admin
 from broker.services.context import Context
 from broker.settings import Settings
-from tests.integration.helpers import cli_env, run_cli
+from tests.integration.helpers import Cli, Ran
 from tests.unit.test_verify_export import ORIGIN, PUBLIC, build
-
-
-def _broker(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(*args, env=cli_env(settings.database_url, settings.keyring_path))
 
 
 async def _add_nodes(ctx: Context, *names: str) -> None:
@@ -31,21 +26,21 @@ async def _add_nodes(ctx: Context, *names: str) -> None:
         await admin.add_node(ctx, spec, actor="test")
 
 
-async def _export(settings: Settings, path: Path) -> list[str]:
-    result = await asyncio.to_thread(_broker, settings, "audit", "export", str(path), "--json")
-    assert result.returncode == 0, result.stderr
+async def _export(cli: Cli, path: Path) -> list[str]:
+    await asyncio.to_thread(cli.ok, "audit", "export", str(path), "--json")
     return path.read_text().splitlines()
 
 
 async def test_rolled_back_export_and_altered_checkpoint_fields_are_caught(
-    ctx: Context, settings: Settings, tmp_path: Path
+    ctx: Context, settings: Settings, tmp_path: Path, cli: Cli
 ) -> None:
+    cli.use(settings.database_url, settings.keyring_path)
     await _add_nodes(ctx, "usa-1", "usa-2", "usa-3")
     early = tmp_path / "early.ndjson"
-    early_lines = await _export(settings, early)
+    early_lines = await _export(cli, early)
     await _add_nodes(ctx, "usa-4", "usa-5")
     late = tmp_path / "late.ndjson"
-    late_lines = await _export(settings, late)
+    late_lines = await _export(cli, late)
     early_size = json.loads(early_lines[-1])["checkpoint"]["size"]
     late_size = json.loads(late_lines[-1])["checkpoint"]["size"]
     assert early_size < late_size
@@ -57,15 +52,14 @@ async def test_rolled_back_export_and_altered_checkpoint_fields_are_caught(
     late_checkpoint.write_text(late_lines[-1] + "\n")
 
     grown = await asyncio.to_thread(
-        _broker, settings, "audit", "verify", str(late), "--trusted-checkpoint", str(early_note)
+        cli, "audit", "verify", str(late), "--trusted-checkpoint", str(early_note)
     )
     assert (grown.returncode, grown.stderr) == (0, ""), grown.stderr
     assert grown.stdout.startswith("OK intact") and f"trusted checkpoint at size {early_size}" in grown.stdout
 
     # The early export is the late one rolled back to its earlier checkpoint.
     rolled = await asyncio.to_thread(
-        _broker,
-        settings,
+        cli,
         "audit",
         "verify",
         str(early),
@@ -83,15 +77,15 @@ async def test_rolled_back_export_and_altered_checkpoint_fields_are_caught(
     record["checkpoint"]["head"] = "00" * 32
     tampered = tmp_path / "tampered.ndjson"
     tampered.write_text("\n".join([*late_lines[:-1], json.dumps(record)]) + "\n")
-    caught = await asyncio.to_thread(_broker, settings, "audit", "verify", str(tampered))
+    caught = await asyncio.to_thread(cli, "audit", "verify", str(tampered))
     assert caught.returncode == 1, caught.stderr
     assert caught.stdout.startswith(f"TAMPERED line {len(late_lines)}: the checkpoint's head")
 
 
-def _offline(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _offline(cli: Cli, tmp_path: Path, *args: str) -> Ran:
     """The CLI with no database and no keyring behind it: verification is offline."""
-    env = cli_env(f"sqlite+aiosqlite:///{tmp_path / 'absent.db'}", tmp_path / "absent-keyring.json")
-    return run_cli(*args, env=env)
+    cli.use(f"sqlite+aiosqlite:///{tmp_path / 'absent.db'}", tmp_path / "absent-keyring.json")
+    return cli(*args)
 
 
 def _export_file(tmp_path: Path, lines: list[str]) -> Path:
@@ -117,7 +111,7 @@ KEY = base64.b64encode(PUBLIC).decode()
         ("export missing", "absent.ndjson"),
     ],
 )
-async def test_unusable_input_exits_2_with_one_line(tmp_path: Path, case: str, expected: str) -> None:
+def test_unusable_input_exits_2_with_one_line(tmp_path: Path, case: str, expected: str, cli: Cli) -> None:
     lines = build()
     key = KEY
     extra: list[str] = []
@@ -142,9 +136,7 @@ async def test_unusable_input_exits_2_with_one_line(tmp_path: Path, case: str, e
     path = _export_file(tmp_path, lines)
     if case == "export missing":
         path = tmp_path / "absent.ndjson"
-    result = await asyncio.to_thread(
-        _offline, tmp_path, "audit", "verify", str(path), "--key", key, *extra, "--json"
-    )
+    result = _offline(cli, tmp_path, "audit", "verify", str(path), "--key", key, *extra, "--json")
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
@@ -152,15 +144,15 @@ async def test_unusable_input_exits_2_with_one_line(tmp_path: Path, case: str, e
     assert expected in json.loads(result.stderr)["error"]["message"]
 
 
-async def test_offline_verdicts_and_json(tmp_path: Path) -> None:
+def test_offline_verdicts_and_json(tmp_path: Path, cli: Cli) -> None:
     lines = build()
     path = _export_file(tmp_path, lines)
-    intact = await asyncio.to_thread(_offline, tmp_path, "audit", "verify", str(path), "--key", KEY, "--json")
+    intact = _offline(cli, tmp_path, "audit", "verify", str(path), "--key", KEY, "--json")
     assert (intact.returncode, intact.stderr) == (0, "")
     assert json.loads(intact.stdout)["kind"] == "intact"
 
     del lines[8]
     path = _export_file(tmp_path, lines)
-    removed = await asyncio.to_thread(_offline, tmp_path, "audit", "verify", str(path), "--key", KEY)
+    removed = _offline(cli, tmp_path, "audit", "verify", str(path), "--key", KEY)
     assert removed.returncode == 1
     assert removed.stdout.startswith("TAMPERED line 9: event 9 is missing")
