@@ -5,26 +5,23 @@ commands read no settings and touch no database or keyring."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from broker.crypto import pki
-from tests.integration.helpers import cli_env, run_cli
+from tests.integration.helpers import Cli, Ran
 from tests.unit.test_pki import Files, client_context, handshake, server_context
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """An environment whose database, keyring and config directory do not exist: a pki command
-    that loaded settings (the config directory must exist) would fail, and one that opened the
-    database or the keyring would leave a file behind."""
-    env = cli_env(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}", tmp_path / "unused-keyring.json")
-    env["BROKER_CONFIG_DIR"] = str(tmp_path / "no-config")
-    return env
+def env(tmp_path: Path, cli: Cli) -> Cli:
+    """The CLI in an environment whose database, keyring and config directory do not exist: a pki
+    command that loaded settings (the config directory must exist) would fail, and one that
+    opened the database or the keyring would leave a file behind."""
+    unused = f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}"
+    return cli.use(unused, tmp_path / "unused-keyring.json", CONFIG_DIR=str(tmp_path / "no-config"))
 
 
 @pytest.fixture(autouse=True)
@@ -34,24 +31,19 @@ def _nothing_else_written(tmp_path: Path) -> object:
         assert not (tmp_path / name).exists(), name
 
 
-def _broker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli("pki", *args, env=env)
+def _broker(env: Cli, *args: str) -> Ran:
+    return env("pki", *args)
 
 
-def _ok(env: dict[str, str], *args: str) -> dict[str, object]:
-    result = _broker(env, *args, "--json")
-    assert result.returncode == 0, result.stderr
-    found: dict[str, object] = json.loads(result.stdout)
+def _ok(env: Cli, *args: str) -> dict[str, object]:
+    found: dict[str, object] = json.loads(env.ok("pki", *args, "--json").stdout)
     return found
 
 
-def _refused(env: dict[str, str], *args: str) -> str:
-    result = _broker(env, *args)
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+def _refused(env: Cli, *args: str) -> str:
+    line = env.refused("pki", *args)
+    assert line.startswith("error: "), line
+    return line
 
 
 def _mode(path: Path) -> int:
@@ -60,7 +52,7 @@ def _mode(path: Path) -> int:
 
 @pytest.mark.parametrize("key_type", [None, *pki.KEY_TYPES])
 async def test_ca_node_and_server_certificates_complete_a_mutual_tls_handshake(
-    tmp_path: Path, env: dict[str, str], key_type: str | None
+    tmp_path: Path, env: Cli, key_type: str | None
 ) -> None:
     kind = [] if key_type is None else ["--key-type", key_type]
     ca_dir, nodes, server_dir = tmp_path / "ca", tmp_path / "nodes", tmp_path / "server"
@@ -107,7 +99,7 @@ async def test_ca_node_and_server_certificates_complete_a_mutual_tls_handshake(
     assert pki.node_id_from_certificate(seen.peer) == "usa-1.ops_2"
 
 
-def test_text_output_without_json(tmp_path: Path, env: dict[str, str]) -> None:
+def test_text_output_without_json(tmp_path: Path, env: Cli) -> None:
     result = _broker(env, "init-ca", str(tmp_path / "ca"))
     assert result.returncode == 0, result.stderr
     assert f"certificate: {tmp_path / 'ca' / 'ca.pem'}" in result.stdout.splitlines()
@@ -116,7 +108,7 @@ def test_text_output_without_json(tmp_path: Path, env: dict[str, str]) -> None:
     assert "node: usa-1" in result.stdout.splitlines()
 
 
-def test_init_ca_refuses_to_replace_a_ca_unless_forced(tmp_path: Path, env: dict[str, str]) -> None:
+def test_init_ca_refuses_to_replace_a_ca_unless_forced(tmp_path: Path, env: Cli) -> None:
     ca_dir = tmp_path / "ca"
     first = _ok(env, "init-ca", str(ca_dir))
     before = (ca_dir / "ca.key").read_bytes()
@@ -132,7 +124,7 @@ def test_init_ca_refuses_to_replace_a_ca_unless_forced(tmp_path: Path, env: dict
     assert sorted(p.name for p in ca_dir.iterdir()) == ["ca.key", "ca.pem"]
 
 
-def test_reissuing_replaces_the_node_certificate(tmp_path: Path, env: dict[str, str]) -> None:
+def test_reissuing_replaces_the_node_certificate(tmp_path: Path, env: Cli) -> None:
     ca_dir, out = str(tmp_path / "ca"), str(tmp_path / "out")
     _ok(env, "init-ca", ca_dir)
     first = _ok(env, "issue", "usa-1", "--ca", ca_dir, "--out", out)
@@ -166,7 +158,7 @@ def _break(ca_dir: Path, how: str) -> None:
     ],
 )
 def test_a_ca_key_that_cannot_be_used_is_reported_in_one_line(
-    tmp_path: Path, env: dict[str, str], how: str, expected: str
+    tmp_path: Path, env: Cli, how: str, expected: str
 ) -> None:
     ca_dir = tmp_path / "ca"
     _ok(env, "init-ca", str(ca_dir))
@@ -179,9 +171,10 @@ def test_a_ca_key_that_cannot_be_used_is_reported_in_one_line(
 
 @pytest.fixture(scope="module")
 def shared_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One CA for the tests that must leave it alone (each checks it did)."""
+    """One CA for the tests that must leave it alone (each checks it did); made as `pki init-ca`
+    makes one (the command itself is tested above)."""
     folder = tmp_path_factory.mktemp("shared") / "ca"
-    _ok(os.environ.copy(), "init-ca", str(folder))
+    pki.save_ca(folder, pki.create_ca(name="Shared CA"))
     return folder
 
 
@@ -203,7 +196,7 @@ def shared_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ],
 )
 def test_bad_input_is_refused_in_one_line(
-    tmp_path: Path, env: dict[str, str], shared_ca: Path, args: list[str], expected: str
+    tmp_path: Path, env: Cli, shared_ca: Path, args: list[str], expected: str
 ) -> None:
     ca_pem, ca_key = (shared_ca / "ca.pem").read_bytes(), (shared_ca / "ca.key").read_bytes()
     line = _refused(env, *(a.replace("{tmp}", str(tmp_path)).replace("{ca}", str(shared_ca)) for a in args))
@@ -213,11 +206,10 @@ def test_bad_input_is_refused_in_one_line(
     assert not (tmp_path / "out").exists()
 
 
-def test_pki_needs_no_settings_at_all(tmp_path: Path) -> None:
+def test_pki_needs_no_settings_at_all(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     """Not even an environment: no BROKER_* variables, run from an empty directory."""
-    bare = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
     work = tmp_path / "work"
     work.mkdir()
-    result = run_cli("pki", "init-ca", "ca", "--json", env=bare, cwd=work)
-    assert result.returncode == 0, result.stderr
+    monkeypatch.chdir(work)
+    cli.ok("pki", "init-ca", "ca", "--json")
     assert sorted(p.name for p in work.iterdir()) == ["ca"]
