@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -59,16 +59,17 @@ async def test_two_upgrades_started_together_both_succeed(empty_database_url: st
         await ctx.close()
 
 
-# Connects first, then waits for a shared start time, so the migrations really start together.
+# Connects first, says so, then waits for the word to go: the migrations really start together.
 MIGRATE_ONLY = """
-import asyncio, sys, time
+import asyncio, sys
 from broker.storage import db
 
 async def main():
     engine = db.create_engine(sys.argv[1])
     try:
         await db.ping(engine)
-        await asyncio.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+        print("connected", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
         await db.upgrade(engine)
     finally:
         await engine.dispose()
@@ -77,21 +78,31 @@ asyncio.run(main())
 """
 
 
-async def test_migrations_run_by_three_processes_at_once_all_succeed(empty_database_url: str) -> None:
-    start_at = str(time.time() + 3)
+def test_migrations_run_by_three_processes_at_once_all_succeed(empty_database_url: str) -> None:
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", MIGRATE_ONLY, empty_database_url, start_at],
+            [sys.executable, "-c", MIGRATE_ONLY, empty_database_url],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(3)
     ]
-    outcomes = [(p.wait(timeout=120), *p.communicate()) for p in procs]
-    for code, _out, err in outcomes:
-        assert code == 0, err
-    engine = db.create_engine(empty_database_url)
+    for proc in procs:  # each ends its line or exits (EOF): readline cannot wait for ever
+        assert proc.stdout is not None and proc.stdout.readline() == "connected\n"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    asyncio.run(_migrated(empty_database_url))
+
+
+async def _migrated(url: str) -> None:
+    engine = db.create_engine(url)
     try:
         assert await db.at_head(engine)
         assert await db.schema_drift(engine) == []
