@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,10 @@ class Ran:
     returncode: int
     stdout: str
     stderr: str
+
+    def __iter__(self) -> Iterator[Any]:
+        """``code, out, err = cli(...)``."""
+        return iter((self.returncode, self.stdout, self.stderr))
 
 
 class Cli:

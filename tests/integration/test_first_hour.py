@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-import broker.cli as cli
 from broker.crypto import notes
 from broker.crypto.keys import load_sealing_key, load_signing_key, public_b64
 from broker.demo import prepare
 from broker.services.context import Context
 from broker.settings import Settings
 from tests.conftest import CONFIG
+from tests.integration.helpers import Cli
 from tests.unit.test_verify_export import ORIGIN, PUBLIC, build
 
 
@@ -83,54 +83,26 @@ def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path, what: str) -> 
 
 
 def test_offline_verify_needs_only_the_export_and_the_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
 ) -> None:
     export = tmp_path / "audit.ndjson"
     export.write_text("\n".join(build()) + "\n")
     elsewhere = tmp_path / "auditor-laptop"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    for name in [n for n in os.environ if n.startswith("BROKER_")]:
-        monkeypatch.delenv(name)
-    raw = base64.b64encode(PUBLIC).decode()
+    raw = base64.b64encode(PUBLIC).decode()  # and no BROKER_* variable is set
     for key in (raw, notes.vkey(ORIGIN, PUBLIC)):
-        assert cli.main(["audit", "verify", str(export), "--key", key]) == 0, capsys.readouterr().err
-        assert capsys.readouterr().out.startswith("OK ")
+        assert cli.ok("audit", "verify", str(export), "--key", key).stdout.startswith("OK ")
     # a vkey whose key id does not match its key is refused, naming the form expected
     name, _id, encoded = notes.vkey(ORIGIN, PUBLIC).split("+", 2)
-    assert cli.main(["audit", "verify", str(export), "--key", f"{name}+00000000+{encoded}"]) == 2
-    assert "key id" in _one_error(capsys.readouterr().err)
+    assert "key id" in cli.refused("audit", "verify", str(export), "--key", f"{name}+00000000+{encoded}")
     # without --key, the missing keyring is named and --key offered
-    assert cli.main(["audit", "verify", str(export)]) == 2
-    assert "--key" in _one_error(capsys.readouterr().err)
-
-
-class Cli:
-    """`broker ARGS` in this process, through the CLI's main(argv), on one test database."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-
-    def __call__(self, *argv: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        code = cli.main(list(argv))
-        seen = self.capsys.readouterr()
-        return code, seen.out, seen.err
-
-    def refused(self, *argv: str) -> str:
-        code, out, err = self(*argv)
-        assert code == 2 and out == "", (argv, out, err)
-        return _one_error(err)
+    assert "--key" in cli.refused("audit", "verify", str(export))
 
 
 @pytest.fixture
-def broker(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Cli:
-    monkeypatch.setenv("BROKER_DATABASE_URL", database_url)
-    monkeypatch.setenv("BROKER_CONFIG_DIR", str(CONFIG))
-    monkeypatch.setenv("BROKER_KEYRING", str(tmp_path / "keyring.json"))
-    return Cli(capsys)
+def broker(database_url: str, tmp_path: Path, cli: Cli) -> Cli:
+    return cli.use(database_url, tmp_path / "keyring.json")
 
 
 def test_node_keygen_writes_private_keys_0600_and_prints_the_public_halves(
@@ -161,9 +133,9 @@ def test_node_keygen_writes_private_keys_0600_and_prints_the_public_halves(
 
 
 def test_read_only_commands_never_create_a_database(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
 ) -> None:
-    broker = Cli(capsys)
+    broker = cli  # the database is set below
     monkeypatch.setenv("BROKER_CONFIG_DIR", str(CONFIG))
     monkeypatch.setenv("BROKER_KEYRING", str(tmp_path / "keys" / "keyring.json"))
     monkeypatch.chdir(tmp_path)
@@ -185,14 +157,14 @@ def test_read_only_commands_never_create_a_database(
     "url", ["sqlite:///var/broker.db", "postgres://postgres@127.0.0.1/x", "postgresql://u@h/x", "mysql://h/x"]
 )
 def test_a_database_url_of_another_form_names_the_forms_that_work(
-    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
 ) -> None:
     monkeypatch.setenv("BROKER_CONFIG_DIR", str(CONFIG))
     monkeypatch.setenv("BROKER_KEYRING", str(tmp_path / "keyring.json"))
     monkeypatch.setenv("BROKER_DATABASE_URL", url)
     monkeypatch.chdir(tmp_path)
     for argv in (("node", "list"), ("db", "upgrade")):
-        line = Cli(capsys).refused(*argv)
+        line = cli.refused(*argv)
         assert "sqlite+aiosqlite:///" in line and "postgresql+asyncpg://" in line, line
         assert "asyncio extension" not in line and url.split(":")[0] in line, line
     assert list(tmp_path.iterdir()) == []
@@ -202,7 +174,7 @@ def test_the_not_migrated_message_names_the_database(
     empty_database_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    cli: Cli,
 ) -> None:
     if empty_database_url.startswith("sqlite"):
         path = Path(empty_database_url.split("///", 1)[1])
@@ -211,7 +183,7 @@ def test_the_not_migrated_message_names_the_database(
     monkeypatch.setenv("BROKER_CONFIG_DIR", str(CONFIG))
     monkeypatch.setenv("BROKER_KEYRING", str(tmp_path / "keyring.json"))
     monkeypatch.setenv("BROKER_DATABASE_URL", empty_database_url)
-    line = Cli(capsys).refused("node", "list")
+    line = cli.refused("node", "list")
     shown = empty_database_url.split("///", 1)[1] if "///" in empty_database_url else "broker_e_"
     assert "not migrated" in line and shown in line, line
 
@@ -251,7 +223,7 @@ def test_every_message_in_the_users_words(broker: Cli, tmp_path: Path) -> None:
 
 
 def test_a_bad_keyring_is_named_in_words(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
 ) -> None:
     bad = tmp_path / "badkeyring.json"
     bad.write_text('{"current": "k1"}')
@@ -259,7 +231,7 @@ def test_a_bad_keyring_is_named_in_words(
     monkeypatch.setenv("BROKER_DATABASE_URL", database_url)
     monkeypatch.setenv("BROKER_CONFIG_DIR", str(CONFIG))
     monkeypatch.setenv("BROKER_KEYRING", str(bad))
-    line = Cli(capsys).refused("node", "list")
+    line = cli.refused("node", "list")
     assert "badkeyring.json" in line and "keks" in line and "'keks'" not in line and ": -:" not in line, line
 
 
