@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -121,7 +122,7 @@ class Cli:
 
     The command reads this process's environment and working directory, which :meth:`use` and
     ``monkeypatch`` set for the test only. ``main`` runs an event loop of its own: an async test
-    calls it in a thread (``await asyncio.to_thread(cli, ...)``)."""
+    awaits :meth:`run`, which calls it in a thread."""
 
     def __init__(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
         self.capsys = capsys
@@ -149,6 +150,10 @@ class Cli:
             code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
         seen = self.capsys.readouterr()
         return Ran(code, seen.out, seen.err)
+
+    async def run(self, *argv: str) -> Ran:
+        """The command from an async test: in a thread, as ``main`` runs an event loop of its own."""
+        return await asyncio.to_thread(self, *argv)
 
     def ok(self, *argv: str) -> Ran:
         """The command, which must exit 0."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from broker.services.auth import authenticate
 from broker.services.context import Context
 from broker.settings import Settings
 from tests.integration.conftest import Api
-from tests.integration.helpers import body, chain_holds, cli_env, run_cli
+from tests.integration.helpers import Cli, body, chain_holds
 
 
 async def test_auditor_queries_with_filters_and_pages(api: Api) -> None:
@@ -138,26 +137,22 @@ async def test_concurrent_writers_on_two_brokers_keep_one_chain(settings: Settin
     await chain_holds(ctx)
 
 
-def _broker(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(*args, env=cli_env(settings.database_url, settings.keyring_path))
-
-
-async def test_export_and_offline_verify_by_cli(api: Api, settings: Settings, tmp_path: Path) -> None:
+async def test_export_and_offline_verify_by_cli(
+    api: Api, settings: Settings, tmp_path: Path, cli: Cli
+) -> None:
+    cli.use(settings.database_url, settings.keyring_path)
     usa, auditor = await api.node("usa-1", "USA"), await api.node("aud", "BEL", roles=("audit",))
     for _ in range(5):
         await api.publish(usa, body())
     export = tmp_path / "export.ndjson"
-    result = await asyncio.to_thread(_broker, settings, "audit", "export", str(export), "--json")
-    assert result.returncode == 0, result.stderr
-    verified = await asyncio.to_thread(_broker, settings, "audit", "verify", str(export))
+    await asyncio.to_thread(cli.ok, "audit", "export", str(export), "--json")
+    verified = await cli.run("audit", "verify", str(export))
     assert verified.returncode == 0 and verified.stdout.startswith("OK intact")
     key = (await api.get("/.well-known/alliance-broker/checkpoint-key"))[1]["public_key"]
     lines = export.read_text().splitlines()
     lines[3] = lines[3].replace('"decision":"allow"', '"decision":"deny"')
     export.write_text("\n".join(lines) + "\n")
-    tampered = await asyncio.to_thread(
-        _broker, settings, "audit", "verify", str(export), "--key", key, "--json"
-    )
+    tampered = await cli.run("audit", "verify", str(export), "--key", key, "--json")
     assert tampered.returncode == 1
     assert json.loads(tampered.stdout)["kind"] == "altered" and json.loads(tampered.stdout)["seq"] == 4
     status, served = await api.call("GET", "/v1/audit/export", auditor)

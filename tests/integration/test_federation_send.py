@@ -34,7 +34,7 @@ from broker.waiting import wait_event
 from broker.web.handlers import CONTEXT
 from broker.web.tls import server_context
 from tests.conftest import FakeClock
-from tests.integration.helpers import body, cli_env, events, run_cli
+from tests.integration.helpers import Cli, body, events
 
 TIMEOUT = 20
 
@@ -288,13 +288,13 @@ async def test_recall_notices_reach_subscribers_links_and_the_sdk(sender: Sender
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_link_nodes_from_the_cli_and_the_admin_api(
-    settings: Settings, tmp_path: Path, sender: Sender
+    settings: Settings, tmp_path: Path, sender: Sender, cli: Cli
 ) -> None:
-    env = cli_env(settings.database_url, settings.keyring_path)
+    cli.use(settings.database_url, settings.keyring_path)
     sender.tls("nato-link")
     cert = str(sender.pki_dir / "nato-link.pem")
     link = ["--nation", "BEL", "--clearance", "SECRET", "--roles", "federate", "--json"]
-    added = run_cli(
+    added = await cli.run(
         "node",
         "add",
         "nato-link",
@@ -305,10 +305,9 @@ async def test_link_nodes_from_the_cli_and_the_admin_api(
         "USA",
         "--certificate",
         cert,
-        env=env,
     )
     assert added.returncode == 0, added.stderr
-    mixed = run_cli(
+    mixed = await cli.run(
         "node",
         "add",
         "mixed",
@@ -318,12 +317,11 @@ async def test_link_nodes_from_the_cli_and_the_admin_api(
         "NATO",
         "--origins",
         "USA",
-        env=env,
     )
     assert mixed.returncode != 0 and "no other role" in mixed.stderr
-    bare = run_cli("node", "add", "bare", *link, env=env)
+    bare = await cli.run("node", "add", "bare", *link)
     assert bare.returncode != 0 and "audience" in bare.stderr
-    stray = run_cli(
+    stray = await cli.run(
         "node",
         "add",
         "sub",
@@ -335,11 +333,10 @@ async def test_link_nodes_from_the_cli_and_the_admin_api(
         "subscribe",
         "--audience",
         "NATO",
-        env=env,
     )
     assert stray.returncode != 0
-    updated = run_cli(
-        "node", "update", "nato-link", "--audience", "NATO", "--origins", "USA,GBR", "--json", env=env
+    updated = await cli.run(
+        "node", "update", "nato-link", "--audience", "NATO", "--origins", "USA,GBR", "--json"
     )
     assert updated.returncode == 0, updated.stderr
     shown = json.loads(updated.stdout)

@@ -22,7 +22,7 @@ from broker.client import BrokerClient
 from broker.crypto.tokens import hash_token
 from broker.services import admin, reports
 from tests.integration.conftest import Api, StartServer
-from tests.integration.helpers import body, cli_env, events, publish_acts, report_count, run_cli
+from tests.integration.helpers import Cli, body, events, publish_acts, report_count
 
 TIMEOUT = 20
 
@@ -394,14 +394,13 @@ async def test_the_publish_limit_counts_what_committed_while_it_waited_for_the_l
 
 
 async def test_erase_accepts_every_spelling_of_an_id_and_logs_the_canonical_one(
-    api: Api, settings: Any, tmp_path: Any
+    api: Api, settings: Any, tmp_path: Any, cli: Cli
 ) -> None:
     usa = await api.node("usa-1", "USA")
     _, receipt = await api.publish(usa, body())
     rid = receipt["id"]
-    env = cli_env(settings.database_url, settings.keyring_path)
-    done = await asyncio.to_thread(run_cli, "report", "erase", f"urn:uuid:{rid.upper()}", "--json", env=env)
-    assert done.returncode == 0, done.stderr
+    cli.use(settings.database_url, settings.keyring_path)
+    done = await asyncio.to_thread(cli.ok, "report", "erase", f"urn:uuid:{rid.upper()}", "--json")
     assert json.loads(done.stdout) == {"id": rid, "erased": True}
     assert [e["report"] for e in await events(api.ctx, action="erase")] == [rid]
     assert (await api.get(f"/v1/reports/{rid}", usa))[0] == 404

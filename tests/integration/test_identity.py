@@ -14,7 +14,7 @@ import pytest
 from broker.settings import Settings
 from tests.conftest import FakeClock
 from tests.integration.conftest import Api
-from tests.integration.helpers import body, cli_env, events, run_cli
+from tests.integration.helpers import Cli, body, cli_env, events, run_cli
 
 
 async def test_rotating_a_token_kills_the_old_one_at_once(api: Api) -> None:
@@ -29,11 +29,10 @@ async def test_rotating_a_token_kills_the_old_one_at_once(api: Api) -> None:
     assert [e["actor"] for e in await events(api.ctx, action="token_rotate")] == ["root"]
 
 
-async def test_rotate_token_from_the_cli(api: Api, settings: Settings) -> None:
+async def test_rotate_token_from_the_cli(api: Api, settings: Settings, cli: Cli) -> None:
     usa = await api.node("usa-1", "USA")
-    env = cli_env(settings.database_url, settings.keyring_path)
-    done = await asyncio.to_thread(run_cli, "node", "rotate-token", "usa-1", "--json", env=env)
-    assert done.returncode == 0, done.stderr
+    cli.use(settings.database_url, settings.keyring_path)
+    done = await asyncio.to_thread(cli.ok, "node", "rotate-token", "usa-1", "--json")
     fresh = json.loads(done.stdout)
     assert fresh["id"] == "usa-1"
     assert (await api.get("/v1/reports", usa))[0] == 401  # another process rotated it: binds at once
@@ -65,6 +64,7 @@ async def test_401s_carry_a_challenge_and_no_response_names_its_software(api: Ap
 
 def test_plain_http_on_a_network_address_refuses_to_start(database_url: str, tmp_path: Path) -> None:
     env = cli_env(database_url, tmp_path / "keyring.json")
+    # the real binary: a refusal that regressed into serving ends with its timeout
     done = run_cli("serve", "--host", "0.0.0.0", "--port", "0", env=env)  # noqa: S104 (refused)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

@@ -6,7 +6,6 @@ retention and `broker report erase` alike."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from dataclasses import replace
 from datetime import timedelta
@@ -22,7 +21,7 @@ from broker.settings import Settings
 from broker.storage import retention as store
 from tests.conftest import CONFIG, FakeClock
 from tests.integration.conftest import Api, StartServer
-from tests.integration.helpers import body, chain_holds, cli_env, events, run_cli
+from tests.integration.helpers import Cli, body, chain_holds, events
 
 DAY = timedelta(days=1)
 
@@ -55,7 +54,7 @@ async def _erased_total(api: Api, auditor: str, cause: str) -> float:
 
 
 async def test_expired_reports_are_shredded_once_audited_counted_and_the_log_verifies(
-    start_server: StartServer, settings: Settings, clock: FakeClock, tmp_path: Path
+    start_server: StartServer, settings: Settings, clock: FakeClock, tmp_path: Path, cli: Cli
 ) -> None:
     api = await start_server(policy=_policy(settings))  # the task's own interval (60 s) never comes
     ctx = api.server_ctx
@@ -107,9 +106,8 @@ async def test_expired_reports_are_shredded_once_audited_counted_and_the_log_ver
     manual_before = await _erased_total(api, auditor, "manual")
     await reports.erase(ctx, manual, actor="test")
     assert await _erased_total(api, auditor, "manual") == manual_before + 1
-    env = cli_env(settings.database_url, settings.keyring_path)
-    done = await asyncio.to_thread(run_cli, "report", "erase", forever, "--json", env=env)
-    assert done.returncode == 0, done.stderr
+    cli.use(settings.database_url, settings.keyring_path)
+    await asyncio.to_thread(cli.ok, "report", "erase", forever, "--json")
     assert await _stored(api.ctx, forever) == (True, False)
     by_report = {e["report"]: (e["actor"], e["reason"]) for e in await events(api.ctx, action="erase")}
     assert by_report == {
@@ -124,9 +122,8 @@ async def test_expired_reports_are_shredded_once_audited_counted_and_the_log_ver
     # The trail is whole: the chain and tree in the database, and an export checked offline.
     await chain_holds(api.ctx)
     export = tmp_path / "audit.ndjson"
-    exported = await asyncio.to_thread(run_cli, "audit", "export", str(export), "--json", env=env)
-    assert exported.returncode == 0, exported.stderr
-    verified = await asyncio.to_thread(run_cli, "audit", "verify", str(export), env=env)
+    await asyncio.to_thread(cli.ok, "audit", "export", str(export), "--json")
+    verified = await cli.run("audit", "verify", str(export))
     assert (verified.returncode, verified.stderr) == (0, ""), verified.stdout + verified.stderr
     assert verified.stdout.startswith("OK intact")
 
@@ -186,7 +183,9 @@ async def test_lock_unerased_leaves_out_what_is_already_erased(api: Api, clock: 
     assert [r.id for r in locked] == [second]
 
 
-def test_bad_retention_stops_the_broker_with_file_key_and_problem(tmp_path: Path) -> None:
+def test_bad_retention_stops_the_broker_with_file_key_and_problem(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "config"
     folder.mkdir()
     for name in ("broker.toml", "alliances.toml"):
@@ -195,6 +194,6 @@ def test_bad_retention_stops_the_broker_with_file_key_and_problem(tmp_path: Path
     with pytest.raises(ConfigError) as info:
         Settings.load(env={"BROKER_CONFIG_DIR": str(folder)})
     assert info.value.file == str(folder / "policy.toml") and info.value.key == "retention.SECRET"
-    result = run_cli("config", "check", env={**os.environ, "BROKER_CONFIG_DIR": str(folder)}, cwd=tmp_path)
-    assert result.returncode == 2
-    assert "policy.toml" in result.stderr and "retention.SECRET" in result.stderr
+    monkeypatch.chdir(tmp_path)
+    line = cli.use(CONFIG_DIR=str(folder)).refused("config", "check")
+    assert "policy.toml" in line and "retention.SECRET" in line

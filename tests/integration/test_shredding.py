@@ -30,7 +30,7 @@ from broker.settings import Settings
 from broker.storage import statements as st
 from tests.conftest import FakeClock
 from tests.integration.conftest import Api, StartServer
-from tests.integration.helpers import body, chain_holds, cli_env, events, run_cli
+from tests.integration.helpers import Cli, body, chain_holds, events
 from tests.integration.test_taxii import collection_id, indicator, raw
 
 TAXII = "application/taxii+json;version=2.1"
@@ -104,7 +104,7 @@ async def _publish(api: Api, token: str, n: int, classification: str = "SECRET")
 
 
 async def test_an_erased_report_cannot_be_decrypted_from_a_backup_with_the_current_keyring(
-    api: Api, settings: Settings, tmp_path: Path
+    api: Api, settings: Settings, tmp_path: Path, cli: Cli
 ) -> None:
     usa = await api.node("usa-1", "USA")
     erased, kept, other = [await _publish(api, usa, n) for n in range(3)]
@@ -112,9 +112,9 @@ async def test_an_erased_report_cannot_be_decrypted_from_a_backup_with_the_curre
     backup = await _backed_up(api.ctx, settings, tmp_path / "backup")
     assert _decrypt(_restored(backup)[erased], old_keyring) == {"type": "indicator", "n": 0}
 
-    env = cli_env(settings.database_url, settings.keyring_path)
-    done = await asyncio.to_thread(run_cli, "report", "erase", erased, "--json", env=env)
-    assert done.returncode == 0, done.stderr
+    await asyncio.to_thread(
+        cli.use(settings.database_url, settings.keyring_path).ok, "report", "erase", erased
+    )
 
     current = keyring_file.load(settings.keyring_path)
     rows = _restored(backup)
@@ -169,7 +169,9 @@ async def _index_rows(ctx: Context, report_id: str) -> int:
         return int(await tx.run(lambda c: c.execute(query, {"r": report_id}).scalar_one()))
 
 
-async def test_erasing_a_report_deletes_the_taxii_statuses_naming_it(api: Api, settings: Settings) -> None:
+async def test_erasing_a_report_deletes_the_taxii_statuses_naming_it(
+    api: Api, settings: Settings, cli: Cli
+) -> None:
     usa = await api.node("usa", "USA")
     cid = await collection_id(api)
     path = f"/taxii2/api/collections/{cid}/objects/"
@@ -186,9 +188,9 @@ async def test_erasing_a_report_deletes_the_taxii_statuses_naming_it(api: Api, s
     assert await _status_rows(api.ctx, erased) == 1
     assert await _index_rows(api.ctx, erased) == 1
 
-    env = cli_env(settings.database_url, settings.keyring_path)
-    done = await asyncio.to_thread(run_cli, "report", "erase", erased, env=env)
-    assert done.returncode == 0, done.stderr
+    await asyncio.to_thread(
+        cli.use(settings.database_url, settings.keyring_path).ok, "report", "erase", erased
+    )
 
     assert await _status_rows(api.ctx, erased) == 0
     assert await _status_rows(api.ctx, kept) == 1

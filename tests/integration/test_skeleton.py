@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 from broker.services import admin
 from broker.services.context import Context
 from broker.storage import db
 from tests.integration.conftest import Api
-from tests.integration.helpers import cli_env, run_cli
+from tests.integration.helpers import Cli, Ran
 
 
 async def test_models_and_migrations_agree(ctx: Context) -> None:
@@ -44,11 +43,10 @@ async def test_health(api: Api) -> None:
     assert await api.get("/v1/health") == (200, {"status": "ok"})
 
 
-def _cli(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(*args, env=cli_env(url, tmp_path / "cli-keyring.json"))
+def test_cli_upgrade_list_and_nodes(database_url: str, tmp_path: Path, cli: Cli) -> None:
+    def _cli(tmp_path: Path, url: str, *args: str) -> Ran:
+        return cli.use(url, tmp_path / "cli-keyring.json")(*args)
 
-
-def test_cli_upgrade_list_and_nodes(database_url: str, tmp_path: Path) -> None:
     assert _cli(tmp_path, database_url, "db", "upgrade", "--json").returncode == 0
     listed = _cli(tmp_path, database_url, "alliance", "list", "--json")
     assert listed.returncode == 0, listed.stderr

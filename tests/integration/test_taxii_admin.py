@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tests.integration.conftest import Api
-from tests.integration.helpers import cli_env, events, run_cli
+from tests.integration.helpers import Cli, events
 
 LABEL = {"classification": "SECRET", "releasable_to": ["NATO"], "caveats": []}
 
@@ -31,25 +31,16 @@ async def test_admin_rest_collections(api: Api) -> None:
     assert actions == ["collection_add", "collection_remove"]
 
 
-def test_cli_collection_add_list_remove(database_url: str, tmp_path: Path) -> None:
-    env = cli_env(database_url, tmp_path / "keyring.json")
-    add = run_cli(
-        "collection",
-        "add",
-        "--title",
-        "T",
-        "--topics",
-        "a,b",
-        "--label",
-        json.dumps(LABEL),
-        "--json",
-        env=env,
+def test_cli_collection_add_list_remove(database_url: str, tmp_path: Path, cli: Cli) -> None:
+    cli.use(database_url, tmp_path / "keyring.json")
+    add = cli.ok(
+        "collection", "add", "--title", "T", "--topics", "a,b", "--label", json.dumps(LABEL), "--json"
     )
-    assert add.returncode == 0, add.stderr
     cid = json.loads(add.stdout)["id"]
-    listed = run_cli("collection", "list", "--json", env=env)
+    listed = cli("collection", "list", "--json")
     assert [c["id"] for c in json.loads(listed.stdout)] == [cid]
-    bad = run_cli("collection", "add", "--title", "T", "--topics", "a", "--label", "{", "--json", env=env)
-    assert bad.returncode == 2 and "label" in bad.stderr
-    assert run_cli("collection", "remove", cid, "--json", env=env).returncode == 0
-    assert run_cli("collection", "remove", cid, "--json", env=env).returncode == 2
+    assert "label" in cli.refused(
+        "collection", "add", "--title", "T", "--topics", "a", "--label", "{", "--json"
+    )
+    cli.ok("collection", "remove", cid, "--json")
+    cli.refused("collection", "remove", cid, "--json")
