@@ -45,6 +45,11 @@ class Batcher:
         self._ctx = ctx
         self._group: GroupCommit[Decided, frozenset[str]] = GroupCommit(ctx.db, self._append)
 
+    @property
+    def commits(self) -> GroupCommit[Decided, frozenset[str]]:
+        """The group commit behind it: its ``acts`` and ``transactions`` counters."""
+        return self._group
+
     async def append(
         self, drafts: Sequence[AuditDraft], *, decided_at: int, reports_at: int | None = None
     ) -> frozenset[str]:
