@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,26 @@ from broker.crypto.chain import GENESIS, event_hash
 from broker.services import auth, ledger, reports
 from broker.services.context import Context
 from tests.conftest import CONFIG
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, seconds: float = 10.0) -> None:
+    """Until ``check``, an observation through a public interface (``/metrics``, an HTTP answer,
+    the audit log), holds; fail after ``seconds``. The pause between two looks paces the polling
+    of a state nothing announces; it synchronises nothing."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await check():
+        assert loop.time() < deadline, f"not within {seconds} s"
+        await asyncio.sleep(0.02)
+
+
+STREAM = re.compile(r'^broker_stream_queue_frames\{node="([^"]+)",stream="([^"]*)"\} \S+$', re.MULTILINE)
+
+
+def open_streams(metrics_text: str) -> list[str]:
+    """The node of every stream a broker serves, as its ``/metrics`` shows them: a stream is
+    there from when it runs until its handler ends."""
+    return sorted(node for node, _stream in STREAM.findall(metrics_text))
 
 
 async def events(ctx: Context, **filters: Any) -> list[dict[str, Any]]:

@@ -22,7 +22,8 @@ from broker.client import BrokerClient
 from broker.crypto.tokens import hash_token
 from broker.services import admin, reports
 from tests.integration.conftest import Api, StartServer
-from tests.integration.helpers import Cli, body, events, publish_acts, report_count
+from tests.integration.faults import stream_slots
+from tests.integration.helpers import Cli, body, events, eventually, open_streams, publish_acts, report_count
 
 TIMEOUT = 20
 
@@ -69,9 +70,10 @@ async def test_a_revoked_node_is_refused_on_another_instance_at_once(start_serve
 async def _stream_closes_after_revoke(via: Api, on: Api) -> float:
     """Seconds from the revoke's answer (through ``via``) to the close of a stream on ``on``."""
     swe, root = await via.node("swe-1", "SWE"), await via.node("root", "BEL", roles=("admin",))
+    auditor = await via.node("aud", "BEL", roles=("audit",))
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(f"{on.base_url}/v1/stream", headers={"Authorization": f"Bearer {swe}"})
-        await asyncio.sleep(0.3)  # the stream is open and idle
+        await eventually(lambda: _streaming(on, auditor, ["swe-1"]))  # the stream is open and idle
         assert (await via.call("POST", "/v1/admin/nodes/swe-1/revoke", root))[0] == 200
         answered = time.monotonic()
         async with asyncio.timeout(TIMEOUT):
@@ -80,6 +82,13 @@ async def _stream_closes_after_revoke(via: Api, on: Api) -> float:
         closed = time.monotonic()
         assert ws.close_code == 4001
     return closed - answered
+
+
+async def _streaming(api: Api, auditor: str, nodes: list[str]) -> bool:
+    """Whether ``api`` serves streams to exactly ``nodes`` (its /metrics)."""
+    status, text = await api.get("/metrics", auditor)
+    assert status == 200
+    return open_streams(text) == nodes
 
 
 async def test_a_revoke_closes_open_streams_on_the_same_instance(api: Api) -> None:
@@ -179,18 +188,21 @@ async def test_bad_tokens_are_limited_per_source_and_written_once_per_window(
     assert event["reason"] == "unknown_token" and event["node"] is None
 
 
+_SESSIONS: dict[aiohttp.ClientWebSocketResponse, aiohttp.ClientSession] = {}  # each stream's own
+
+
 async def _ws(api: Api, token: str, query: str = "") -> aiohttp.ClientWebSocketResponse:
     session = aiohttp.ClientSession()
     ws = await session.ws_connect(
         f"{api.base_url}/v1/stream{query}", headers={"Authorization": f"Bearer {token}"}
     )
-    ws._broker_session = session  # type: ignore[attr-defined]
+    _SESSIONS[ws] = session
     return ws
 
 
 async def _close(ws: aiohttp.ClientWebSocketResponse) -> None:
     await ws.close()
-    await ws._broker_session.close()  # type: ignore[attr-defined]
+    await _SESSIONS.pop(ws).close()
 
 
 async def _until_closed(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
@@ -258,14 +270,18 @@ async def test_admins_show_and_reset_stream_cursors(api: Api) -> None:
 
 async def test_streams_per_node_are_capped(start_server: StartServer) -> None:
     api = await start_server(max_streams_per_node=2)
-    swe = await api.node("swe-1", "SWE")
+    swe, auditor = await api.node("swe-1", "SWE"), await api.node("aud", "BEL", roles=("audit",))
     open_ = [await _ws(api, swe), await _ws(api, swe)]
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(f"{api.base_url}/v1/stream", headers={"Authorization": f"Bearer {swe}"})
     assert refused.value.status == 429
     await _close(open_.pop())
-    await asyncio.sleep(0.2)
+
+    async def one_slot_held() -> bool:
+        return stream_slots((await api.get("/metrics", auditor))[1]) == {"swe-1": 1.0}
+
+    await eventually(one_slot_held)
     open_.append(await _ws(api, swe))  # a slot is free again
     for ws in open_:
         await _close(ws)
@@ -386,7 +402,7 @@ async def test_the_publish_limit_counts_what_committed_while_it_waited_for_the_l
         stored = await reports.store_publishes(ctx, tx, acts)
         assert all(not isinstance(r, Exception) for r in stored)
         waiting = asyncio.create_task(other.publish(usa, body()))  # queues on the head row
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # an absence over a bounded window: the publish still waits
         assert not waiting.done()
     status, _ = await waiting
     assert status == 429
