@@ -5,6 +5,7 @@ before the answer, and a change committed after its decision makes it decide aga
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -15,9 +16,10 @@ from broker.domain.records import AuditDraft
 from broker.services import admin, audit
 from broker.services.context import Context
 from tests.integration.conftest import Api, StartServer
-from tests.integration.helpers import body, events
+from tests.integration.helpers import body, events, eventually
 
 PAGE = 500
+SEALS = re.compile(r"^broker_seal_seconds_count (\S+)$", re.MULTILINE)
 
 
 async def _fill(api: Api, token: str, count: int) -> None:
@@ -38,10 +40,21 @@ async def test_publishes_go_on_while_a_long_sealed_listing_is_prepared(start_ser
     api = await start_server(publish_rate_per_second=100_000.0, publish_burst=100_000, max_page_size=PAGE)
     usa = await api.node("usa-1", "USA")
     gbr = await api.node("gbr-1", "GBR", x25519_public_key=public_b64(new_sealing_key()))
+    auditor = await api.node("aud", "BEL", roles=("audit",))
     await _fill(api, usa, PAGE)
 
+    async def seals() -> float:
+        status, text = await api.get("/metrics", auditor)
+        assert status == 200
+        return float(SEALS.findall(text)[0])
+
+    before = await seals()
     listing = asyncio.create_task(api.get(f"/v1/reports?limit={PAGE}", gbr))
-    await asyncio.sleep(0.005)  # the listing is under way
+
+    async def sealing() -> bool:
+        return await seals() > before
+
+    await eventually(sealing)  # the listing has decided and is sealing (the old code: in its write lock)
     started, published = time.perf_counter(), 0
     while not listing.done() and published < 200:
         status, _ = await api.publish(usa, body(to=["USA"]))
