@@ -7,10 +7,10 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import event
@@ -21,6 +21,9 @@ from broker.crypto.chain import GENESIS, event_hash
 from broker.services import auth, ledger, reports
 from broker.services.context import Context
 from tests.conftest import CONFIG
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Api
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, seconds: float = 10.0) -> None:
@@ -41,6 +44,18 @@ def open_streams(metrics_text: str) -> list[str]:
     """The node of every stream a broker serves, as its ``/metrics`` shows them: a stream is
     there from when it runs until its handler ends."""
     return sorted(node for node, _stream in STREAM.findall(metrics_text))
+
+
+async def streaming(api: Api, auditor: str, nodes: Sequence[str], *, seconds: float = 10.0) -> None:
+    """Until ``api`` serves open streams to exactly ``nodes`` (one entry per stream), as its
+    ``/metrics`` shows them to ``auditor``: a stream is live before anything is published."""
+
+    async def served() -> bool:
+        status, text = await api.get("/metrics", auditor)
+        assert status == 200, text
+        return open_streams(text) == sorted(nodes)
+
+    await eventually(served, seconds=seconds)
 
 
 async def events(ctx: Context, **filters: Any) -> list[dict[str, Any]]:

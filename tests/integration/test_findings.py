@@ -23,7 +23,7 @@ from broker.crypto.tokens import hash_token
 from broker.services import admin, reports
 from tests.integration.conftest import Api, StartServer
 from tests.integration.faults import stream_slots
-from tests.integration.helpers import Cli, body, events, eventually, open_streams, publish_acts, report_count
+from tests.integration.helpers import Cli, body, events, eventually, publish_acts, report_count, streaming
 
 TIMEOUT = 20
 
@@ -73,7 +73,7 @@ async def _stream_closes_after_revoke(via: Api, on: Api) -> float:
     auditor = await via.node("aud", "BEL", roles=("audit",))
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(f"{on.base_url}/v1/stream", headers={"Authorization": f"Bearer {swe}"})
-        await eventually(lambda: _streaming(on, auditor, ["swe-1"]))  # the stream is open and idle
+        await streaming(on, auditor, ["swe-1"])  # the stream is open and idle
         assert (await via.call("POST", "/v1/admin/nodes/swe-1/revoke", root))[0] == 200
         answered = time.monotonic()
         async with asyncio.timeout(TIMEOUT):
@@ -82,13 +82,6 @@ async def _stream_closes_after_revoke(via: Api, on: Api) -> float:
         closed = time.monotonic()
         assert ws.close_code == 4001
     return closed - answered
-
-
-async def _streaming(api: Api, auditor: str, nodes: list[str]) -> bool:
-    """Whether ``api`` serves streams to exactly ``nodes`` (its /metrics)."""
-    status, text = await api.get("/metrics", auditor)
-    assert status == 200
-    return open_streams(text) == nodes
 
 
 async def test_a_revoke_closes_open_streams_on_the_same_instance(api: Api) -> None:

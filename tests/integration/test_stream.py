@@ -17,7 +17,7 @@ from broker.services import admin
 from broker.services import reports as report_service
 from broker.web.ws import StreamSession
 from tests.integration.conftest import Api, StartServer
-from tests.integration.helpers import body, events
+from tests.integration.helpers import body, events, streaming
 
 TIMEOUT = 20
 
@@ -153,11 +153,11 @@ async def test_membership_change_applies_to_an_open_stream(api: Api) -> None:
 
 
 async def test_revocation_closes_open_streams(api: Api) -> None:
-    swe = await api.node("swe-1", "SWE")
+    swe, auditor = await api.node("swe-1", "SWE"), await api.node("aud", "BEL", roles=("audit",))
     async with BrokerClient(api.base_url, swe) as client:
         stream = client.stream(after=0)
         consumer = asyncio.create_task(take(stream, 1))
-        await asyncio.sleep(0.3)
+        await streaming(api, auditor, ["swe-1"])
         await admin.revoke_node(api.ctx, "swe-1", actor="test")
         with pytest.raises(StreamClosed) as info:
             async with asyncio.timeout(5):
@@ -175,7 +175,9 @@ async def test_slow_consumer_is_closed_with_4008_and_resumes_losing_nothing(
         ws = await session.ws_connect(
             f"{api.base_url}/v1/stream?after=0", headers={"Authorization": f"Bearer {swe}"}, max_msg_size=0
         )
-        await asyncio.sleep(1.5)  # do not read: the socket buffers fill, then the queue overflows
+        # A consumer that does not read, the behaviour under test (not a synchronisation): the
+        # socket buffers fill, then the queue overflows.
+        await asyncio.sleep(1.5)
         frames = []
         async with asyncio.timeout(TIMEOUT):
             async for message in ws:
@@ -285,12 +287,13 @@ async def test_a_report_published_by_another_process_reaches_open_streams(api: A
     from broker.services.context import Context
 
     usa, swe = await api.node("usa-1", "USA"), await api.node("swe-1", "SWE")
+    auditor = await api.node("aud", "BEL", roles=("audit",))
     other = Context.open(settings)  # another broker: its publishes do not wake this server's hub
     try:
         async with await_auth(other, usa) as node, BrokerClient(api.base_url, swe) as client:
             stream = client.stream(after=0)
             consumer = asyncio.create_task(take(stream, 1))
-            await asyncio.sleep(0.3)
+            await streaming(api, auditor, ["swe-1"])
             receipt = await report_service.publish(other, node, body(), idempotency_key=None)
             got = await consumer
             await stream.aclose()
@@ -345,6 +348,7 @@ async def test_one_feed_serves_open_and_sealed_recipients_each_their_own_copy(ap
         node: await api.node(node, nations[node], **({"x25519_public_key": public_b64(k)} if k else {}))
         for node, k in keys.items()
     }
+    auditor = await api.node("aud", "BEL", roles=("audit",))
     async with contextlib.AsyncExitStack() as stack:
         clients = {
             node: await stack.enter_async_context(
@@ -354,7 +358,7 @@ async def test_one_feed_serves_open_and_sealed_recipients_each_their_own_copy(ap
         }
         streams = {node: client.stream(after=0) for node, client in clients.items()}
         firsts = {node: asyncio.ensure_future(take(s, 2)) for node, s in streams.items()}
-        await asyncio.sleep(0.3)  # every stream is open and live before anything is published
+        await streaming(api, auditor, list(keys))  # every stream is live before anything is published
         ids = await publish_many(api, usa, 2)
         got = {node: await first for node, first in firsts.items()}
         for stream in streams.values():
