@@ -11,7 +11,7 @@ from pathlib import Path
 from broker.crypto.keys import new_sealing_key, new_signing_key, private_b64, public_b64
 from tests.conftest import ROOT
 from tests.integration.conftest import Api
-from tests.integration.helpers import events
+from tests.integration.helpers import events, streaming
 
 EXAMPLES = ROOT / "examples"
 BUNDLE = json.loads((EXAMPLES / "indicator_bundle.json").read_text())
@@ -37,6 +37,7 @@ async def test_sdk_publisher_and_subscriber(api: Api, tmp_path: Path) -> None:
     signing, sealing = new_signing_key(), new_sealing_key()
     usa = await api.node("usa-1", "USA", ed25519_public_key=public_b64(signing))
     gbr = await api.node("gbr-1", "GBR", x25519_public_key=public_b64(sealing))
+    auditor = await api.node("aud", "BEL", roles=("audit",))
     (tmp_path / "usa.key").write_text(private_b64(signing))
     (tmp_path / "gbr.key").write_text(private_b64(sealing))
     base = {**os.environ, "BROKER_URL": api.base_url}
@@ -48,7 +49,7 @@ async def test_sdk_publisher_and_subscriber(api: Api, tmp_path: Path) -> None:
             env={**base, "BROKER_TOKEN": gbr, "BROKER_SEALING_KEY": str(tmp_path / "gbr.key")},
         )
     )
-    await asyncio.sleep(1.0)
+    await streaming(api, auditor, ["gbr-1"])  # the subscriber's stream is live
     receipt = json.loads(
         await _run(
             sys.executable,

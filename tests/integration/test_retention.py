@@ -21,7 +21,7 @@ from broker.settings import Settings
 from broker.storage import retention as store
 from tests.conftest import CONFIG, FakeClock
 from tests.integration.conftest import Api, StartServer
-from tests.integration.helpers import Cli, body, chain_holds, events
+from tests.integration.helpers import Cli, body, chain_holds, events, eventually
 
 DAY = timedelta(days=1)
 
@@ -43,6 +43,15 @@ async def _stored(ctx: Context, report_id: str) -> tuple[bool, bool]:
     assert report is not None  # the metadata row stays
     material = report.ciphertext is not None or report.wrapped_key is not None or report.kek_id is not None
     return report.erased_at is not None, material
+
+
+async def _last_pass(api: Api, auditor: str) -> float:
+    """When the retention task last completed a pass, as /metrics shows it."""
+    status, text = await api.get("/metrics", auditor)
+    assert status == 200
+    found = re.search(r"^broker_retention_last_run_timestamp_seconds (\S+)$", text, re.MULTILINE)
+    assert found, text
+    return float(found.group(1))
 
 
 async def _erased_total(api: Api, auditor: str, cause: str) -> float:
@@ -132,16 +141,24 @@ async def test_the_background_task_erases_within_its_interval(
     start_server: StartServer, settings: Settings, clock: FakeClock
 ) -> None:
     api = await start_server(policy=_policy(settings), retention_interval_seconds=1.0)
-    usa = await api.node("usa-1", "USA")
+    usa, auditor = await api.node("usa-1", "USA"), await api.node("aud", "BEL", roles=("audit",))
     expired = await _publish(api, usa, "RESTRICTED")
     clock.advance(days=31)
     kept = await _publish(api, usa, "RESTRICTED")
-    async with asyncio.timeout(20):
-        while True:
-            if await events(api.ctx, action="erase"):
-                break
-            await asyncio.sleep(0.2)
-    await asyncio.sleep(1.5)  # at least one more pass: still exactly one erasure
+
+    async def erased() -> bool:
+        return bool(await events(api.ctx, action="erase"))
+
+    await eventually(erased, seconds=20)
+    # At least one more whole pass: the one that erased may still be finishing, so two more ends.
+    passes = [await _last_pass(api, auditor)]
+
+    async def another_pass() -> bool:
+        if (now := await _last_pass(api, auditor)) != passes[-1]:
+            passes.append(now)
+        return len(passes) == 3
+
+    await eventually(another_pass, seconds=20)  # and still exactly one erasure:
     assert [(e["report"], e["reason"]) for e in await events(api.ctx, action="erase")] == [
         (expired, "retention_expired")
     ]

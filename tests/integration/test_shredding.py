@@ -30,7 +30,7 @@ from broker.settings import Settings
 from broker.storage import statements as st
 from tests.conftest import FakeClock
 from tests.integration.conftest import Api, StartServer
-from tests.integration.helpers import Cli, body, chain_holds, events
+from tests.integration.helpers import Cli, body, chain_holds, events, eventually
 from tests.integration.test_taxii import collection_id, indicator, raw
 
 TAXII = "application/taxii+json;version=2.1"
@@ -304,11 +304,11 @@ async def test_each_broker_starts_a_new_kek_period_on_its_own(start_server: Star
     api = await start_server(kek_period_seconds=1.0)  # the task looks once a second
     usa = await api.node("usa-1", "USA")
     first = await _publish(api, usa, 0)
-    async with asyncio.timeout(20):  # polls the database, as the other brokers would see it
-        while True:
-            if await events(api.ctx, action="keys_rotate"):
-                break
-            await asyncio.sleep(0.2)
+
+    async def rotated() -> bool:  # in the audit log, as the other brokers would see it
+        return bool(await events(api.ctx, action="keys_rotate"))
+
+    await eventually(rotated, seconds=20)
     [rotated] = await events(api.ctx, action="keys_rotate")
     assert (rotated["actor"], rotated["reason"]) == ("broker", "period")
     second = await _publish(api, usa, 1)
