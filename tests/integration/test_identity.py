@@ -88,14 +88,15 @@ async def test_updating_a_node_applies_to_its_next_act(api: Api) -> None:
 
 
 async def test_a_browser_offers_its_token_as_a_subprotocol_not_in_the_url(api: Api) -> None:
-    swe = await api.node("swe-1", "SWE")
+    swe, usa = await api.node("swe-1", "SWE"), await api.node("usa-1", "USA")
+    assert (await api.publish(usa, body()))[0] == 201  # a first frame now, not at the heartbeat
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(
-            f"{api.base_url}/v1/stream", protocols=("alliance-broker.v1", f"bearer.{swe}")
+            f"{api.base_url}/v1/stream?after=0", protocols=("alliance-broker.v1", f"bearer.{swe}")
         ) as ws:
             assert ws.protocol == "alliance-broker.v1"  # the token is never echoed back
             async with asyncio.timeout(20):
-                assert (await ws.receive_json())["type"] in ("heartbeat", "report")
+                assert (await ws.receive_json())["type"] == "report"
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(
                 f"{api.base_url}/v1/stream", protocols=("alliance-broker.v1", "bearer.abk_x")
