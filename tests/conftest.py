@@ -12,7 +12,9 @@ import asyncio
 import os
 import secrets
 import shutil
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -101,6 +103,50 @@ def pg_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     asyncio.run(_pg_exec(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+class PgClones:
+    """Databases cloned from the worker's template ahead of the tests that take them, and dropped
+    behind them, in a thread of this worker's own: a test waits for neither. CREATE DATABASE and
+    DROP DATABASE wait mostly on the server's disk, not on this worker's CPU."""
+
+    AHEAD = 2  # clones ready before they are asked for
+
+    def __init__(self, server: str, template: str) -> None:
+        self._server, self._template = server, template
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-clones")
+        self._ready: deque[Future[str]] = deque()
+
+    def _create(self) -> str:
+        name = f"broker_t_{secrets.token_hex(6)}"
+        asyncio.run(_pg_exec(self._server, f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"'))
+        return name
+
+    def _drop(self, name: str) -> None:
+        asyncio.run(_pg_exec(self._server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def take(self) -> str:
+        """A fresh clone of the template, for one test."""
+        while len(self._ready) <= self.AHEAD:
+            self._ready.append(self._thread.submit(self._create))
+        return self._ready.popleft().result(timeout=120)
+
+    def drop(self, name: str) -> None:
+        """Drop a clone taken (its test is over), behind the next tests."""
+        self._thread.submit(self._drop, name)
+
+    def close(self) -> None:
+        """Drop the clones made and never taken; wait for every drop."""
+        for made in self._ready:
+            self._thread.submit(lambda made=made: self._drop(made.result()))
+        self._thread.shutdown(wait=True)
+
+
+@pytest.fixture(scope="session")
+def pg_clones(pg_template: str) -> Iterator[PgClones]:
+    clones = PgClones(os.environ.get("BROKER_TEST_DATABASE_URL", PG_DEFAULT), pg_template)
+    yield clones
+    clones.close()
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sqlite") / "template.db"
@@ -117,12 +163,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         shutil.copyfile(template, path)
         yield f"sqlite+aiosqlite:///{path}"
         return
-    template_name: str = request.getfixturevalue("pg_template")
+    clones: PgClones = request.getfixturevalue("pg_clones")
     server = os.environ.get("BROKER_TEST_DATABASE_URL", PG_DEFAULT)
-    name = f"broker_t_{secrets.token_hex(6)}"
-    asyncio.run(_pg_exec(server, f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"'))
+    name = clones.take()
     yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_pg_exec(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    clones.drop(name)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
