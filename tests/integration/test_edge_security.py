@@ -36,6 +36,8 @@ from tests.integration.helpers import body, events, report_count
 from tests.integration.test_tls import Pki, TlsBroker, dev_pki
 
 __all__ = ["dev_pki"]  # the development CA fixture of test_tls
+# The HTTP edge answers before any database is asked: one engine is enough.
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 Serve = Callable[..., Awaitable[tuple[int, web.Application]]]
 
 
@@ -111,6 +113,7 @@ JSON = {"Content-Type": "application/json"}
 NEW_NODE = json.dumps({"id": "fra-9", "nation": "FRA", "clearance": "SECRET", "roles": ["subscribe"]})
 
 
+@SQLITE_ONLY
 async def test_a_json_body_must_say_it_is_json(tls_broker: Any, dev_pki: Pki) -> None:
     broker: TlsBroker = await tls_broker()
     await _add(broker.ctx, "usa-1", "USA", ["publish", "subscribe"])
@@ -140,6 +143,7 @@ async def test_a_json_body_must_say_it_is_json(tls_broker: Any, dev_pki: Pki) ->
         {"Sec-Fetch-Site": "same-site"},  # a sibling host is another application
     ],
 )
+@SQLITE_ONLY
 async def test_a_foreign_page_cannot_use_an_admin_certificate(
     tls_broker: Any, dev_pki: Pki, foreign: dict[str, str]
 ) -> None:
@@ -162,6 +166,7 @@ async def test_a_foreign_page_cannot_use_an_admin_certificate(
     assert [e["reason"] for e in refused] == ["cross_origin_request"]
 
 
+@SQLITE_ONLY
 async def test_same_origin_and_non_browser_requests_work(tls_broker: Any, dev_pki: Pki) -> None:
     broker: TlsBroker = await tls_broker()
     admin_token = await _add(broker.ctx, "adm-1", "USA", ["admin"])
@@ -187,6 +192,7 @@ async def test_same_origin_and_non_browser_requests_work(tls_broker: Any, dev_pk
         assert await _node_exists(broker.ctx, f"fra-{number}")
 
 
+@SQLITE_ONLY
 async def test_configured_origins_are_allowed(tls_broker: Any, dev_pki: Pki) -> None:
     broker: TlsBroker = await tls_broker(allowed_origins=("https://console.example",))
     await _add(broker.ctx, "adm-1", "USA", ["admin"])
@@ -248,6 +254,7 @@ async def _last_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     return int(answer.split()[1])
 
 
+@SQLITE_ONLY
 async def test_a_request_head_must_arrive_in_time(serve: Serve) -> None:
     port, _app = await serve(request_head_timeout_seconds=HEAD_SECONDS)
     normal = await asyncio.open_connection("127.0.0.1", port)
@@ -281,6 +288,7 @@ async def test_a_request_head_must_arrive_in_time(serve: Serve) -> None:
             writer.close()
 
 
+@SQLITE_ONLY
 async def test_a_tls_handshake_must_finish_in_time(serve: Serve, dev_pki: Pki) -> None:
     tls = _tls(dev_pki)
     port, _app = await serve(server_context(tls), tls=tls, request_head_timeout_seconds=HEAD_SECONDS)
@@ -299,6 +307,7 @@ async def test_a_tls_handshake_must_finish_in_time(serve: Serve, dev_pki: Pki) -
         head_writer.close()
 
 
+@SQLITE_ONLY
 async def test_connections_per_source_are_capped(serve: Serve) -> None:
     cap, extra = 4, 3
     port, _app = await serve(max_connections_per_source=cap, request_head_timeout_seconds=30)
@@ -329,6 +338,7 @@ async def test_connections_per_source_are_capped(serve: Serve) -> None:
     writer.close()
 
 
+@SQLITE_ONLY
 async def test_exempt_networks_are_not_capped(serve: Serve) -> None:
     port, _app = await serve(max_connections_per_source=2, connection_cap_exempt=("127.0.0.0/8",))
     connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]

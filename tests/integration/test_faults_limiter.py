@@ -47,6 +47,8 @@ async def _status(
         return resp.status
 
 
+# The limiter is in memory, before any database: one engine is enough.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_clients_behind_a_trusted_proxy_are_limited_each_by_its_own_address(
     start_server: StartServer,
 ) -> None:
@@ -113,6 +115,7 @@ def test_a_hundred_thousand_failing_sources_leave_the_limiter_bounded() -> None:
     assert not limiter.pending()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_pinned_certificate_is_not_throttled_for_its_neighbours(
     tls_broker: Any, dev_pki: Pki
 ) -> None:
