@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from broker.services import admin, auth
 from broker.services.context import Context
@@ -93,6 +94,7 @@ async def _line(stream: asyncio.StreamReader, wanted: str, seconds: float = 60) 
                 return line
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # a signal, whatever the engine
 async def test_serve_says_when_it_stops(ctx: Context, tmp_path: Path) -> None:
     env = cli_env(ctx.settings.database_url, ctx.settings.keyring_path)
     proc = await asyncio.create_subprocess_exec(
