@@ -20,6 +20,7 @@ from broker.domain.alliances import HISTORY_VALUES, Alliance, Membership
 from broker.domain.labels import DEFAULT_POLICY, Policy
 from broker.domain.nations import check_alliance_id, is_nation
 from broker.errors import ConfigError, InvalidInput
+from broker.witness_settings import WitnessSettings, load_witnesses
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/broker.db"
 
@@ -33,7 +34,16 @@ class AllianceSeed:
 # Every key broker.toml may hold, by table: anything else is refused at start-up (a typo such as
 # ``max_body_byte`` must not silently leave a default in force).
 KNOWN_KEYS: dict[str, frozenset[str]] = {
-    "audit": frozenset(["checkpoint_every_events", "checkpoint_every_seconds", "origin"]),
+    "audit": frozenset(
+        [
+            "checkpoint_every_events",
+            "checkpoint_every_seconds",
+            "origin",
+            "witness_quorum",
+            "witness_timeout_ms",
+            "witnesses",
+        ]
+    ),
     "database": frozenset(
         [
             "connect_timeout_ms",
@@ -158,6 +168,10 @@ class Settings:
     audit_origin: str = "alliance-broker.example/audit"
     checkpoint_every_events: int = 1000
     checkpoint_every_seconds: float = 10.0
+    # Witnesses asked to cosign each checkpoint, and how many cosignatures make it witnessed.
+    witnesses: tuple[WitnessSettings, ...] = ()
+    witness_quorum: int = 0
+    witness_timeout_seconds: float = 5.0  # one add-checkpoint request, connection included
     retention_interval_seconds: float = 60.0
     retention_batch_size: int = 500
     # New reports' data keys are wrapped under a KEK per period this long (services/shred.py).
@@ -187,6 +201,7 @@ class Settings:
         audit = _table(raw, "audit", broker_file)
         tls = _table(raw, "tls", broker_file)
         get = _Getter(broker_file)
+        witnesses, quorum = load_witnesses(audit, broker_file)
         return cls(
             database_url=env.get("BROKER_DATABASE_URL")
             or get.text(database, "database.url", DEFAULT_DATABASE_URL),
@@ -270,6 +285,9 @@ class Settings:
             checkpoint_every_seconds=float(
                 get.number(audit, "audit.checkpoint_every_seconds", 10, 1, 86_400)
             ),
+            witnesses=witnesses,
+            witness_quorum=quorum,
+            witness_timeout_seconds=get.number(audit, "audit.witness_timeout_ms", 5000, 100, 600_000) / 1000,
             policy=load_policy(config_dir / "policy.toml"),
             alliances=load_alliances(config_dir / "alliances.toml"),
         )

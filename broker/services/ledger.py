@@ -6,15 +6,17 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from broker.crypto import merkle, notes
+from broker.crypto import cosignature, merkle, notes
 from broker.domain.records import AuditEvent, Checkpoint, event_document, format_time
 from broker.domain.time import parse_time as parse_time  # the edge's parser, kept under its old name
+from broker.domain.witnessing import Cosignature
 from broker.errors import BrokerError, InvalidInput, NotFound
 from broker.services import metrics
 from broker.services.context import Context
+from broker.storage import witnessing as witnessed
 from broker.storage.repos import Tx
 from broker.waiting import wait_event
 
@@ -39,18 +41,22 @@ def _public(ctx: Context) -> bytes:
     return notes.public_key(ctx.keyring.checkpoint_key)
 
 
-def checkpoint_json(ctx: Context, checkpoint: Checkpoint) -> dict[str, Any]:
-    """The contract's fields (size, head, time, key_id, signature) plus the signed note."""
+def checkpoint_json(ctx: Context, checkpoint: Checkpoint, held: Sequence[Cosignature] = ()) -> dict[str, Any]:
+    """The contract's fields (size, head, root, time, key_id, signature) plus the signed note
+    with every witness cosignature line stored for it (``held``), and those witnesses."""
     name = ctx.settings.audit_origin
     stamp = base64.b64decode(checkpoint.note.rsplit(" ", 1)[-1])
     return {
         "size": checkpoint.size,
         "head": checkpoint.root.hex(),
+        "root": checkpoint.root.hex(),
         "time": format_time(checkpoint.time),
         "key_id": notes.key_id(name, _public(ctx)).hex(),
         "signature": base64.b64encode(stamp[4:]).decode(),
         "origin": name,
-        "note": checkpoint.note,
+        "note": cosignature.merge(checkpoint.note, "".join(c.line for c in held)),
+        "cosigners": [{"name": c.witness, "timestamp": c.timestamp} for c in held],
+        "witness_quorum": ctx.settings.witness_quorum,
     }
 
 
@@ -92,15 +98,20 @@ async def sign_checkpoint(ctx: Context) -> Checkpoint:
         checkpoint = Checkpoint(size=head.audit_seq, root=root, time=ctx.now(), note=note)
         metrics.checkpoint_signed(checkpoint.time.timestamp())
         await tx.insert_checkpoint(checkpoint)
+    for waiter in ctx.checkpoint_waiters:  # the witness loops (services/witnessing.py)
+        waiter.set()
     return checkpoint
 
 
 async def latest(ctx: Context) -> dict[str, Any]:
+    """The latest checkpoint with the witness cosignatures it has gathered so far."""
     async with ctx.db.transaction() as tx:
         checkpoint = await tx.latest_checkpoint()
     if checkpoint is None:
         checkpoint = await sign_checkpoint(ctx)
-    return checkpoint_json(ctx, checkpoint)
+    async with ctx.db.read_transaction() as tx:
+        held = await witnessed.cosignatures(tx, checkpoint.size)
+    return checkpoint_json(ctx, checkpoint, held)
 
 
 async def checkpointer(ctx: Context, stop: asyncio.Event) -> None:
@@ -187,5 +198,7 @@ async def export(ctx: Context) -> AsyncIterator[str]:
         after = page[-1].seq
     async with ctx.db.transaction() as tx:
         signed = await tx.checkpoints(upto=checkpoint.size)
+        held = await witnessed.cosignatures_upto(tx, checkpoint.size)
     for item in signed:
-        yield json.dumps({"checkpoint": checkpoint_json(ctx, item)}, separators=(",", ":")) + "\n"
+        record = checkpoint_json(ctx, item, held.get(item.size, []))
+        yield json.dumps({"checkpoint": record}, separators=(",", ":")) + "\n"
