@@ -22,6 +22,7 @@ from broker.waiting import wait_event
 
 log = logging.getLogger(__name__)
 EXPORT_PAGE = 1000
+WITNESS_POLL_SECONDS = 1.0  # how often a witness loop looks for checkpoints other processes signed
 
 
 class LogInconsistent(BrokerError):
@@ -184,9 +185,35 @@ async def consistency(ctx: Context, *, first: int, second: int) -> dict[str, Any
     }
 
 
+async def _await_quorum(ctx: Context, size: int) -> None:
+    """With a witness quorum configured, give the witnesses (asked by the serving brokers' witness
+    loops, maybe in other processes) until their deadline to cosign the checkpoint an export ends
+    with, so the export carries the cosignatures an offline ``audit verify --quorum`` needs. Ends
+    early once the quorum is there or refusals of this checkpoint make it unreachable."""
+    settings = ctx.settings
+    if settings.witness_quorum == 0:
+        return
+    names = {w.name for w in settings.witnesses}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.witness_timeout_seconds + WITNESS_POLL_SECONDS
+    while True:
+        async with ctx.db.read_transaction() as tx:
+            held = {c.witness for c in await witnessed.cosignatures(tx, size)} & names
+            states = await witnessed.states(tx)
+        refused = {name for name, s in states.items() if name in names and s.refused_size == size}
+        if len(held) >= settings.witness_quorum or len(names) - len(refused) < settings.witness_quorum:
+            return
+        if loop.time() >= deadline:
+            log.warning("export_unwitnessed size=%s cosigners=%s", size, len(held))
+            return
+        await asyncio.sleep(settings.change_poll_seconds)  # other processes' writes: polled
+
+
 async def export(ctx: Context) -> AsyncIterator[str]:
-    """NDJSON lines: every event up to a freshly signed checkpoint, then every checkpoint."""
+    """NDJSON lines: every event up to a freshly signed checkpoint, then every checkpoint with
+    the witness cosignatures stored for it."""
     checkpoint = await sign_checkpoint(ctx)
+    await _await_quorum(ctx, checkpoint.size)
     after = 0
     while after < checkpoint.size:
         async with ctx.db.transaction() as tx:

@@ -34,7 +34,7 @@ from broker.storage import witnessing as store
 from broker.witness_settings import WitnessSettings
 
 log = logging.getLogger(__name__)
-POLL_SECONDS = 1.0
+POLL_SECONDS = ledger.WITNESS_POLL_SECONDS
 ATTEMPTS = 3  # per request: the first try and two retries
 FIRST_BACKOFF_SECONDS = 0.2
 SIZE_TYPE = "text/x.tlog.size"

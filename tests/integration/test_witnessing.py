@@ -1,0 +1,272 @@
+"""Witnesses cosign the broker's checkpoints (issue 24): two witnesses cosign, and the lines
+verify with an independent C2SP implementation and with ``audit verify --quorum 2``; a database
+restored from a backup and continued (the fork) is refused by both witnesses and reported
+(metric, audit event, health), its export fails ``--quorum 1`` while the original one verifies;
+a witness that does not answer blocks no publish, and the quorum catches up when it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+from sqlalchemy.engine import make_url
+
+from broker.settings import Settings
+from broker.witness_settings import WitnessSettings
+from tests.conftest import PG_DEFAULT, _pg_exec
+from tests.integration import c2sp
+from tests.integration.conftest import Api, StartServer
+from tests.integration.helpers import body, cli_env, run_cli
+
+TIMEOUT = 2.0
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 15.0) -> None:
+    """Until ``check`` (an observation through a public interface) holds; fail after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await check():
+        assert loop.time() < deadline, f"not within {seconds} s"
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def serving(witness: c2sp.ReferenceWitness, port: int = 0) -> AsyncIterator[TestServer]:
+    server = TestServer(witness.app(), host="127.0.0.1", port=port)
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def configured(witness: c2sp.ReferenceWitness, port: int) -> WitnessSettings:
+    return WitnessSettings(name=witness.name, url=f"http://127.0.0.1:{port}", vkey=witness.vkey)
+
+
+async def log_vkey(api: Api) -> str:
+    status, key = await api.get("/.well-known/alliance-broker/checkpoint-key")
+    assert status == 200
+    return str(key["vkey"])
+
+
+async def health(api: Api) -> dict[str, Any]:
+    status, answer = await api.get("/v1/health")
+    assert status == 200
+    return dict(answer)
+
+
+async def sign_now(api: Api, auditor: str) -> int:
+    status, checkpoint = await api.call("POST", "/v1/audit/checkpoints", auditor)
+    assert status == 201, checkpoint
+    return int(checkpoint["size"])
+
+
+async def witnessed_at(api: Api, auditor: str, size: int, count: int) -> dict[str, Any]:
+    """The latest checkpoint once it is at least ``size`` and carries ``count`` cosigners."""
+    found: dict[str, Any] = {}
+
+    async def check() -> bool:
+        status, checkpoint = await api.get("/v1/audit/checkpoints/latest", auditor)
+        assert status == 200
+        found.update(checkpoint)
+        return checkpoint["size"] >= size and len(checkpoint["cosigners"]) >= count
+
+    await eventually(check)
+    return found
+
+
+def names(settings: Settings) -> tuple[str, str]:
+    tag = secrets.token_hex(3)  # metric series are per process: each test its own witnesses
+    return f"witness.fra/{tag}", f"witness.deu/{tag}"
+
+
+async def export(api: Api, auditor: str, path: Path) -> Path:
+    status, text = await api.get("/v1/audit/export", auditor)
+    assert status == 200
+    path.write_text(text)
+    return path
+
+
+def verify(path: Path, key: str, witnesses: list[str], quorum: int) -> tuple[int, str]:
+    args = ["audit", "verify", str(path), "--key", key, "--quorum", str(quorum)]
+    for vkey in witnesses:
+        args += ["--witness", vkey]
+    result = run_cli(*args, env=cli_env("sqlite+aiosqlite:///unused.db", Path("unused")))
+    return result.returncode, result.stdout + result.stderr
+
+
+async def test_two_witnesses_cosign_and_the_lines_verify_independently(
+    start_server: StartServer, settings: Settings, tmp_path: Path
+) -> None:
+    fra, deu = (c2sp.ReferenceWitness(n, log_vkey="") for n in names(settings))
+    async with serving(fra) as w1, serving(deu) as w2:
+        witnesses = (configured(fra, w1.port or 0), configured(deu, w2.port or 0))
+        api = await start_server(witnesses=witnesses, witness_quorum=2, witness_timeout_seconds=TIMEOUT)
+        key = await log_vkey(api)
+        fra.log_vkey = deu.log_vkey = key
+        publisher = await api.node("usa-pub", "USA")
+        auditor = await api.node("usa-aud", "USA", roles=("audit",))
+        for _ in range(3):
+            assert (await api.publish(publisher, body()))[0] == 201
+        size = await sign_now(api, auditor)
+        latest = await witnessed_at(api, auditor, size, 2)
+        note = latest["note"]
+        assert c2sp.log_signed(note, key)
+        assert c2sp.cosigned_by(note, fra.vkey) is not None
+        assert c2sp.cosigned_by(note, deu.vkey) is not None
+        assert {c["name"] for c in latest["cosigners"]} == {fra.name, deu.name}
+        assert (await health(api))["witnessed"] is True
+        exported = await export(api, auditor, tmp_path / "export.ndjson")
+    final = json.loads(exported.read_text().splitlines()[-1])["checkpoint"]
+    assert c2sp.cosigned_by(final["note"], fra.vkey) and c2sp.cosigned_by(final["note"], deu.vkey)
+    code, out = await asyncio.to_thread(verify, exported, key, [fra.vkey, deu.vkey], 2)
+    assert code == 0, out
+    assert "cosigned by 2 of 2" in out
+    stranger = c2sp.ReferenceWitness("witness.swe/x", log_vkey=key)
+    code, out = await asyncio.to_thread(verify, exported, key, [fra.vkey, stranger.vkey], 2)
+    assert code == 1 and "missing: witness.swe/x" in out, out
+
+
+async def _backup(settings: Settings, api: Api) -> Callable[[], Awaitable[None]]:
+    """Back the database up now (the broker stopped); return what restores it."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        live, saved = Path(str(url.database)), Path(str(url.database) + ".backup")
+        with sqlite3.connect(live) as src, sqlite3.connect(saved) as dst:
+            src.backup(dst)
+
+        async def restore_sqlite() -> None:
+            with sqlite3.connect(saved) as src, sqlite3.connect(live) as dst:
+                src.backup(dst)
+
+        return restore_sqlite
+    server = make_url(PG_DEFAULT).render_as_string(hide_password=False)
+    name, copy = str(url.database), f"{url.database}_backup"
+    await api.ctx.db.dispose()
+    await _pg_exec(server, f'CREATE DATABASE "{copy}" TEMPLATE "{name}"')
+
+    async def restore_postgres() -> None:
+        await api.ctx.db.dispose()
+        await _pg_exec(
+            server,
+            f'DROP DATABASE "{name}" WITH (FORCE)',
+            f'CREATE DATABASE "{name}" TEMPLATE "{copy}"',
+            f'DROP DATABASE "{copy}"',
+        )
+
+    return restore_postgres
+
+
+def refusals(text: str, witness: str) -> float:
+    pattern = rf'^broker_witness_refusals_total\{{status="\d+",witness="{re.escape(witness)}"\}} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
+
+
+async def test_the_fork_is_caught(start_server: StartServer, settings: Settings, tmp_path: Path) -> None:
+    fra, deu = (c2sp.ReferenceWitness(n, log_vkey="") for n in names(settings))
+    async with serving(fra) as w1, serving(deu) as w2:
+        witnesses = (configured(fra, w1.port or 0), configured(deu, w2.port or 0))
+
+        async def start() -> Api:
+            return await start_server(witnesses=witnesses, witness_quorum=2, witness_timeout_seconds=TIMEOUT)
+
+        api = await start()
+        key = await log_vkey(api)
+        fra.log_vkey = deu.log_vkey = key
+        publisher = await api.node("usa-pub", "USA")
+        auditor = await api.node("usa-aud", "USA", roles=("audit",))
+        await witnessed_at(api, auditor, await sign_now(api, auditor), 2)
+        await api.client.close()
+        restore = await _backup(settings, api)
+
+        api = await start()
+        for i in range(50):
+            assert (await api.publish(publisher, body(payload={"type": "note", "original": i})))[0] == 201
+        await witnessed_at(api, auditor, await sign_now(api, auditor), 2)
+        original = await export(api, auditor, tmp_path / "original.ndjson")
+        await api.client.close()
+
+        await restore()  # same keyring: the broker signs the fork with the key auditors pinned
+        api = await start()
+        for i in range(10):
+            assert (await api.publish(publisher, body(payload={"type": "note", "forked": i})))[0] == 201
+        await sign_now(api, auditor)
+
+        async def both_refuse() -> bool:
+            return set((await health(api)).get("refused_by", [])) == {fra.name, deu.name}
+
+        await eventually(both_refuse)
+        assert (await health(api))["witnessed"] is False
+        assert 409 in fra.answers and 409 in deu.answers  # each remembers the larger original
+        _, metrics_text = await api.get("/metrics", auditor)
+        assert refusals(metrics_text, fra.name) >= 1 and refusals(metrics_text, deu.name) >= 1
+        status, events = await api.get("/v1/audit/events?action=witness&decision=deny", auditor)
+        assert status == 200
+        refused = {e["reason"] for e in events["events"]}
+        assert refused and all(r.startswith("witness_") for r in refused), refused
+        assert {e["details"]["witness"] for e in events["events"]} == {fra.name, deu.name}
+        forked = await export(api, auditor, tmp_path / "forked.ndjson")
+
+    code, out = await asyncio.to_thread(verify, forked, key, [fra.vkey, deu.vkey], 1)
+    assert code == 1 and "missing" in out, out
+    code, out = await asyncio.to_thread(verify, original, key, [fra.vkey, deu.vkey], 2)
+    assert code == 0, out
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_stalled_witness_blocks_no_publish_and_the_quorum_catches_up(
+    start_server: StartServer, settings: Settings
+) -> None:
+    fra, deu = (c2sp.ReferenceWitness(n, log_vkey="") for n in names(settings))
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def never_answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing, answers nothing, keeps the socket open
+
+    stalled = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = stalled.sockets[0].getsockname()[1]
+    async with serving(fra) as w1:
+        witnesses = (configured(fra, w1.port or 0), configured(deu, port))
+        api = await start_server(witnesses=witnesses, witness_quorum=2, witness_timeout_seconds=0.5)
+        key = await log_vkey(api)
+        fra.log_vkey = deu.log_vkey = key
+        publisher = await api.node("usa-pub", "USA")
+        auditor = await api.node("usa-aud", "USA", roles=("audit",))
+        size = await sign_now(api, auditor)
+        await eventually(lambda: _true_when(bool(accepted)))  # the broker is stuck on the stalled one
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for _ in range(20):
+            assert (await api.publish(publisher, body()))[0] == 201
+        assert loop.time() - started < 5.0  # nothing waits for the witness's deadline
+        latest = await witnessed_at(api, auditor, size, 1)
+        assert [c["name"] for c in latest["cosigners"]] == [fra.name]
+        state = await health(api)
+        assert state["witnessed"] is False and state["cosigners"] == 1 and state["refused_by"] == []
+
+        stalled.close()
+        for writer in accepted:
+            writer.close()
+        await stalled.wait_closed()
+        async with serving(deu, port=port):
+            latest = await witnessed_at(api, auditor, size, 2)
+
+            async def witnessed() -> bool:
+                return bool((await health(api))["witnessed"])
+
+            await eventually(witnessed)
+    assert c2sp.cosigned_by(latest["note"], deu.vkey) is not None
+
+
+async def _true_when(value: bool) -> bool:
+    return value
