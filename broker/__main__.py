@@ -283,6 +283,9 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     )
 
     _pki_parser(sub, common)
+    from broker.witness import cli as witness_cli  # its own program beside the broker
+
+    witness_cli.register(sub, common)
     return parser
 
 
@@ -965,6 +968,10 @@ def _main(words: list[str], *, as_json: bool) -> int:
         return _pki_main(args)
     _configure_logging(args)
     try:
+        if args.command == "witness":  # no broker configuration: a witness runs apart from it
+            from broker.witness.cli import run
+
+            return run(args)
         if args.command == "audit" and args.action == "verify":
             # Offline: the export and the key are enough; the configuration only finds a keyring.
             return _verify(args, None if args.key is not None else _settings_if_any())

@@ -1,160 +1,96 @@
-"""An independent implementation of the C2SP formats, written from the specifications
-(signed-note, tlog-checkpoint, tlog-cosignature, tlog-witness) with hashlib and cryptography
-only, never broker.crypto: the tests check the broker's notes and its witnesses' cosignature
-lines with it, and ``ReferenceWitness`` is a second witness implementation the broker must
-interoperate with."""
+"""An independent reading of the C2SP formats the witness speaks, written for its tests from the
+specification texts (signed-note, tlog-checkpoint, tlog-cosignature's Ed25519 type,
+tlog-witness's request body), with hashlib and cryptography's Ed25519 only: nothing here comes
+from broker.crypto, so a misreading of the specification there is not repeated here.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import struct
-import time
-from dataclasses import dataclass, field
 
-from aiohttp import web
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-DASH = "\u2014"
+EM_DASH = "\u2014"
+NOTE_ED25519 = 0x01  # signed-note: Ed25519 note signatures
+COSIGNATURE_ED25519 = 0x04  # signed-note / tlog-cosignature: timestamped Ed25519 cosignatures
 
 
-def key_id(name: str, kind: int, public: bytes) -> bytes:
-    return hashlib.sha256(name.encode() + b"\n" + bytes([kind]) + public).digest()[:4]
+def key_id(name: str, signature_type: int, public: bytes) -> bytes:
+    """signed-note: SHA-256(key name || 0x0A || signature type || public key)[:4]."""
+    return hashlib.sha256(name.encode("utf-8") + b"\x0a" + bytes([signature_type]) + public).digest()[:4]
 
 
-def parse_vkey(vkey: str) -> tuple[str, int, bytes]:
-    name, kid, encoded = vkey.split("+", 2)
-    raw = base64.b64decode(encoded)
-    assert key_id(name, raw[0], raw[1:]).hex() == kid
+def vkey(name: str, signature_type: int, public: bytes) -> str:
+    """signed-note verifier key: ``<name>+hex(key id)+base64(type || public key)``."""
+    material = base64.b64encode(bytes([signature_type]) + public).decode()
+    return f"{name}+{key_id(name, signature_type, public).hex()}+{material}"
+
+
+def parse_vkey(text: str) -> tuple[str, int, bytes]:
+    """A vkey's name, signature type and public key; AssertionError if its key id is not theirs."""
+    name, hex_id, material = text.split("+", 2)
+    raw = base64.b64decode(material, validate=True)
+    assert key_id(name, raw[0], raw[1:]).hex() == hex_id, "vkey key id does not match"
     return name, raw[0], raw[1:]
 
 
-def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
-    """The signed text (ending in a newline) and the signature lines as (name, raw bytes)."""
-    text, _, block = note.partition("\n\n")
-    lines = [line for line in block.split("\n") if line]
-    sigs = []
-    for line in lines:
-        dash, name, b64 = line.split(" ")
-        assert dash == DASH
-        sigs.append((name, base64.b64decode(b64)))
-    return text + "\n", sigs
+def checkpoint_text(origin: str, size: int, root: bytes) -> str:
+    """tlog-checkpoint note text: origin, decimal size, base64 root, each line ending in 0x0A."""
+    return f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"
 
 
-def log_signed(note: str, log_vkey: str) -> bool:
-    name, kind, public = parse_vkey(log_vkey)
-    assert kind == 0x01
-    text, sigs = split_note(note)
-    for signer, raw in sigs:
-        if signer == name and raw[:4] == key_id(name, 0x01, public):
-            try:
-                Ed25519PublicKey.from_public_bytes(public).verify(raw[4:], text.encode())
-            except InvalidSignature:
-                return False
-            return True
-    return False
+def split_note(note: str) -> tuple[str, list[str]]:
+    """signed-note: the text (with its final newline) and the signature lines (without theirs)."""
+    cut = note.rindex("\n\n")
+    return note[: cut + 1], note[cut + 2 :].splitlines()
 
 
-def cosigned_by(note: str, witness_vkey: str) -> int | None:
-    """The timestamp of a valid Ed25519 cosignature (type 0x04) by the witness, else None."""
-    name, kind, public = parse_vkey(witness_vkey)
-    assert kind == 0x04
-    text, sigs = split_note(note)
-    for signer, raw in sigs:
-        if signer != name or raw[:4] != key_id(name, 0x04, public) or len(raw) != 76:
-            continue
-        (stamp,) = struct.unpack(">Q", raw[4:12])
-        message = f"cosignature/v1\ntime {stamp}\n".encode() + text.encode()
-        try:
-            Ed25519PublicKey.from_public_bytes(public).verify(raw[12:], message)
-        except InvalidSignature:
-            return None
-        return int(stamp)
-    return None
+class Log:
+    """A log that signs checkpoints with Ed25519 note signatures (type 0x01)."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self._key = Ed25519PrivateKey.generate()
+        self.public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.vkey = vkey(origin, NOTE_ED25519, self.public)
+
+    def signature_line(self, text: str, *, name: str | None = None) -> str:
+        name = self.origin if name is None else name
+        stamp = key_id(name, NOTE_ED25519, self.public) + self._key.sign(text.encode())
+        return f"{EM_DASH} {name} {base64.b64encode(stamp).decode()}\n"
+
+    def checkpoint(self, size: int, root: bytes, *, origin: str | None = None) -> str:
+        text = checkpoint_text(self.origin if origin is None else origin, size, root)
+        return text + "\n" + self.signature_line(text)
 
 
-def _node(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
+def add_checkpoint_body(old: int, proof: list[bytes], note: str) -> bytes:
+    """tlog-witness add-checkpoint: ``old N``, base64 proof lines, an empty line, the checkpoint."""
+    lines = [f"old {old}\n"] + [base64.b64encode(h).decode() + "\n" for h in proof]
+    return ("".join(lines) + "\n" + note).encode()
 
 
-def consistent(first: int, second: int, first_hash: bytes, second_hash: bytes, proof: list[bytes]) -> bool:
-    """RFC 9162 section 2.1.4.2, as written there."""
-    if first == second:
-        return not proof and first_hash == second_hash
-    if first == 0:
-        return not proof
-    if first > second or not proof:
-        return False
-    if first & (first - 1) == 0:
-        proof = [first_hash, *proof]
-    fn, sn = first - 1, second - 1
-    while fn & 1:
-        fn, sn = fn >> 1, sn >> 1
-    fr = sr = proof[0]
-    for c in proof[1:]:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            fr, sr = _node(c, fr), _node(c, sr)
-            while not fn & 1 and fn != 0:
-                fn, sn = fn >> 1, sn >> 1
-        else:
-            sr = _node(sr, c)
-        fn, sn = fn >> 1, sn >> 1
-    return sn == 0 and fr == first_hash and sr == second_hash
+def verify_cosignature(line: str, *, text: str, name: str, public: bytes) -> int:
+    """tlog-cosignature, Ed25519: check one signature line over a checkpoint's note text and
+    return its timestamp. AssertionError (or InvalidSignature) if it is not a valid cosignature."""
+    assert line.startswith(EM_DASH + " "), line
+    _, signer, encoded = line.rstrip("\n").split(" ")
+    assert signer == name, f"signed by {signer}, not {name}"
+    raw = base64.b64decode(encoded, validate=True)
+    assert len(raw) == 4 + 8 + 64, "key id, u64 timestamp, Ed25519 signature"
+    assert raw[:4] == key_id(name, COSIGNATURE_ED25519, public), "not this cosigner's key id"
+    timestamp = int.from_bytes(raw[4:12], "big")
+    assert 0 < timestamp <= 2**63 - 1, "the timestamp is not zero and fits 63 bits"
+    message = f"cosignature/v1\ntime {timestamp}\n".encode() + text.encode()
+    Ed25519PublicKey.from_public_bytes(public).verify(raw[12:], message)
+    return timestamp
 
 
-@dataclass
-class ReferenceWitness:
-    """A tlog-witness add-checkpoint endpoint, from the specification (state in memory)."""
-
-    name: str
-    log_vkey: str
-    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
-    state: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    answers: list[int] = field(default_factory=list)
-
-    @property
-    def vkey(self) -> str:
-        public = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        encoded = base64.b64encode(b"\x04" + public).decode()
-        return f"{self.name}+{key_id(self.name, 0x04, public).hex()}+{encoded}"
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/add-checkpoint", self.add_checkpoint)
-        return app
-
-    async def add_checkpoint(self, request: web.Request) -> web.Response:
-        answer = self._answer((await request.read()).decode())
-        self.answers.append(answer.status)
-        return answer
-
-    def _answer(self, body: str) -> web.Response:
-        head, _, note = body.partition("\n\n")
-        lines = head.split("\n")
-        old = int(lines[0].removeprefix("old "))
-        proof = [base64.b64decode(line) for line in lines[1:]]
-        text, _ = split_note(note)
-        origin, size_line, root_line = text.split("\n")[:3]
-        size, root = int(size_line), base64.b64decode(root_line)
-        log_name = self.log_vkey.split("+", 1)[0]
-        if origin != log_name:
-            return web.Response(status=404)
-        if not log_signed(note, self.log_vkey):
-            return web.Response(status=403)
-        if old > size:
-            return web.Response(status=400)
-        held_size, held_root = self.state.get(origin, (0, hashlib.sha256(b"").digest()))
-        if old != held_size:
-            return web.Response(status=409, text=f"{held_size}\n", content_type="text/x.tlog.size")
-        if (old == 0 and proof) or not consistent(old, size, held_root, root, proof):
-            return web.Response(status=422)
-        self.state[origin] = (size, root)
-        stamp = int(time.time())
-        signature = self.key.sign(f"cosignature/v1\ntime {stamp}\n".encode() + text.encode())
-        public = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        raw = key_id(self.name, 0x04, public) + struct.pack(">Q", stamp) + signature
-        return web.Response(text=f"{DASH} {self.name} {base64.b64encode(raw).decode()}\n")
+def verify_note_signature(line: str, *, text: str, name: str, public: bytes) -> None:
+    """signed-note, Ed25519 (type 0x01): one log signature line over the note text."""
+    _, signer, encoded = line.rstrip("\n").split(" ")
+    raw = base64.b64decode(encoded, validate=True)
+    assert signer == name and raw[:4] == key_id(name, NOTE_ED25519, public)
+    Ed25519PublicKey.from_public_bytes(public).verify(raw[4:], text.encode())

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from broker.settings import Settings
 from broker.witness_settings import WitnessSettings
 from tests.conftest import PG_DEFAULT, _pg_exec
-from tests.integration import c2sp
+from tests.integration import c2sp_reference as c2sp
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body, cli_env, run_cli
 
