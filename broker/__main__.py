@@ -822,6 +822,7 @@ def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> None:
+    from broker import demo_witnesses
     from broker.demo import DEMO_NODES, demo_pki, exchange, prepare
 
     folder = Path(args.dir).resolve()  # absolute: the printed paths work from any directory
@@ -842,7 +843,22 @@ def _demo(args: argparse.Namespace, settings: Settings) -> None:
     guide, live = asyncio.run(_with_context(settings, lambda c: prepare(c, settings, certificates)))
     print(guide, flush=True)
     base = f"https://{settings.host}:{settings.port}"
-    _serve(settings, alongside=lambda: exchange(base, live, lambda line: print(line, flush=True)))
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    with demo_witnesses.witnesses(settings, folder) as pinned:
+        # Two nations' witnesses cosign every checkpoint; one is signed every 2 s in the demo.
+        settings = replace(settings, witnesses=pinned, witness_quorum=2, checkpoint_every_seconds=2.0)
+        key = demo_witnesses.log_vkey(settings)
+
+        async def alongside() -> None:
+            await exchange(base, live, say)
+            await demo_witnesses.show_witnessed(
+                base, live.tls("auditor"), log_vkey=key, pinned=pinned, say=say
+            )
+
+        _serve(settings, alongside=alongside)
 
 
 # Written by `broker demo` into the directory it makes: only a directory holding it is emptied.
@@ -856,6 +872,7 @@ DEMO_FILES = (
     "keyring.json",
     ".keyring.json.lock",
     "pki",
+    *("witness-fra", "witness-fra.log", "witness-deu", "witness-deu.log"),  # demo_witnesses.FILES
 )
 
 
