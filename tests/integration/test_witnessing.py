@@ -20,6 +20,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from sqlalchemy.engine import make_url
 
+from broker.client import BrokerClient, WitnessError, verify_witnessed
 from broker.services import ledger
 from broker.services.context import Context
 from broker.settings import Settings
@@ -136,6 +137,17 @@ async def test_two_witnesses_cosign_and_the_lines_verify_independently(
         assert c2sp.cosigned_by(note, deu.vkey) is not None
         assert {c["name"] for c in latest["cosigners"]} == {fra.name, deu.name}
         assert (await health(api))["witnessed"] is True
+        # The SDK's check says the same, and names what is missing when it does not hold.
+        async with BrokerClient(api.base_url, auditor) as client:
+            held = await client.witnessed_checkpoint(
+                log_key=key, witnesses=[fra.vkey, deu.vkey], quorum_size=2
+            )
+        verdict = verify_witnessed(held["note"], log_key=key, witnesses=[fra.vkey, deu.vkey], quorum_size=2)
+        assert set(verdict.cosigners) == {fra.name, deu.name}
+        stranger_vkey = c2sp.ReferenceWitness("witness.swe/x", log_vkey=key).vkey
+        with pytest.raises(WitnessError) as short:
+            verify_witnessed(note, log_key=key, witnesses=[fra.vkey, stranger_vkey], quorum_size=2)
+        assert short.value.verdict is not None and short.value.verdict.missing == ("witness.swe/x",)
         exported = await export(api, auditor, tmp_path / "export.ndjson")
     final = json.loads(exported.read_text().splitlines()[-1])["checkpoint"]
     assert c2sp.cosigned_by(final["note"], fra.vkey) and c2sp.cosigned_by(final["note"], deu.vkey)
