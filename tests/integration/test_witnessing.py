@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from sqlalchemy.engine import make_url
 
 from broker.client import BrokerClient, WitnessError, verify_witnessed
+from broker.crypto import pki
 from broker.services import ledger
 from broker.services.context import Context
 from broker.settings import Settings
@@ -298,3 +299,48 @@ async def test_a_stalled_witness_blocks_no_publish_and_the_quorum_catches_up(
 
 async def _true_when(value: bool) -> bool:
     return value
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_over_mutual_tls_only_the_broker_with_its_client_certificate_gets_cosignatures(
+    start_server: StartServer, settings: Settings, ctx: Context, tmp_path: Path
+) -> None:
+    ca = pki.create_ca(name="witness test CA")
+    certs = tmp_path / "pki"
+    pki.save_ca(certs, ca)
+    pki.save_issued(
+        certs, "server", pki.issue_server_certificate(["127.0.0.1"], ca=ca), chain=[ca.certificate]
+    )
+    pki.save_issued(certs, "broker", pki.issue_node_certificate("broker", ca=ca))
+    tls = ("--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key"),
+           "--tls-client-ca", str(certs / "ca.pem"), "--tls-client-auth", "required")  # fmt: skip
+    key = ledger.public_key(ctx)["vkey"]
+    name = names(settings)[0]
+    vkey = await asyncio.to_thread(witnesses.init, tmp_path / "fra", name)
+    async with witnesses.serve(tmp_path / "fra", name, vkey, key, tls=tls) as fra:
+        assert fra.url.startswith("https://")
+        mutual = WitnessSettings(
+            name=name, url=fra.url, vkey=vkey, ca=certs / "ca.pem",
+            cert=certs / "broker.pem", key=certs / "broker.key",
+        )  # fmt: skip
+        api = await start_server(witnesses=(mutual,), witness_quorum=1, witness_timeout_seconds=TIMEOUT)
+        auditor = await api.node("usa-aud", "USA", roles=("audit",))
+        latest = await witnessed_at(api, auditor, await sign_now(api, auditor), 1)
+        assert c2sp.cosigned_by(latest["note"], vkey) is not None
+        await api.client.close()
+
+        # Without its client certificate the handshake fails: no cosignature, counted, no refusal.
+        anonymous = WitnessSettings(name=name, url=fra.url, vkey=vkey, ca=certs / "ca.pem")
+        api = await start_server(witnesses=(anonymous,), witness_quorum=1, witness_timeout_seconds=0.5)
+        await api.node("usa-pub", "USA")  # a new event: a new checkpoint to submit
+        size = await sign_now(api, auditor)
+
+        async def counted() -> bool:
+            _, text = await api.get("/metrics", auditor)
+            pattern = rf'^broker_witness_unreachable_total\{{witness="{re.escape(name)}"\}} (\S+)$'
+            return any(float(v) >= 1 for v in re.findall(pattern, text, re.MULTILINE))
+
+        await eventually(counted)
+        _, latest = await api.get("/v1/audit/checkpoints/latest", auditor)
+        assert latest["size"] >= size and latest["cosigners"] == []
+        assert (await health(api))["refused_by"] == []

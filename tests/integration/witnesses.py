@@ -45,12 +45,12 @@ def init(folder: Path, name: str) -> str:
 
 @asynccontextmanager
 async def serve(
-    folder: Path, name: str, vkey: str, log_vkey: str, port: int = 0
+    folder: Path, name: str, vkey: str, log_vkey: str, port: int = 0, tls: tuple[str, ...] = ()
 ) -> AsyncIterator[WitnessProcess]:
     """``broker witness serve`` until the block ends (SIGTERM, then waited for, bounded)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "broker", "witness", "serve", "--dir", str(folder),
-        "--port", str(port), "--log", log_vkey,
+        "--port", str(port), "--log", log_vkey, *tls,
         stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -64,8 +64,8 @@ async def serve(
                 if found := SERVING.search(line):
                     break
         drain = asyncio.create_task(_drain(proc.stderr))
-        bound = int(found.group(2))
-        yield WitnessProcess(name=name, vkey=vkey, url=f"http://127.0.0.1:{bound}", port=bound)
+        scheme, bound = found.group(1), int(found.group(2))
+        yield WitnessProcess(name=name, vkey=vkey, url=f"{scheme}://127.0.0.1:{bound}", port=bound)
     finally:
         if proc.returncode is None:
             proc.terminate()
