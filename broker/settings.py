@@ -16,6 +16,7 @@ from typing import Any
 from broker.config_files import AllianceSeed, load_alliances, load_policy, read_toml, suggest, toml_table
 from broker.domain.labels import DEFAULT_POLICY, Policy
 from broker.errors import ConfigError
+from broker.witness_settings import WitnessSettings, load_witnesses
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/broker.db"
 
@@ -185,6 +186,15 @@ OPTIONS: tuple[Option, ...] = (
         "sign a checkpoint after this many events"),
     _o("audit.checkpoint_every_seconds", "checkpoint_every_seconds", 10, 1, 86_400,
         "... or this long after the last one", "float"),
+    Option("audit.witnesses", None, (),
+        "`[[audit.witnesses]]` tables, one per witness asked to cosign each checkpoint (below, "
+        "[Witnesses](#witnesses))", kind="own"),
+    Option("audit.witness_quorum", None, 0,
+        "cosignatures that make a checkpoint witnessed, 0 to the number of witnesses; `/v1/health` says "
+        "`\"witnessed\": false` below it", kind="own"),
+    _o("audit.witness_timeout_ms", "witness_timeout_seconds", 5000, 100, 600_000,
+        "one add-checkpoint request to a witness, connection included; each is tried 3 times with backoff",
+        "ms"),
 )
 # fmt: on
 
@@ -285,6 +295,10 @@ class Settings:
     audit_origin: str = _default("audit_origin")
     checkpoint_every_events: int = _default("checkpoint_every_events")
     checkpoint_every_seconds: float = _default("checkpoint_every_seconds")
+    # Witnesses asked to cosign each checkpoint, and how many cosignatures make it witnessed.
+    witnesses: tuple[WitnessSettings, ...] = ()
+    witness_quorum: int = 0
+    witness_timeout_seconds: float = _default("witness_timeout_seconds")
     retention_interval_seconds: float = _default("retention_interval_seconds")
     retention_batch_size: int = _default("retention_batch_size")
     # New reports' data keys are wrapped under a KEK per period this long (services/shred.py).
@@ -328,10 +342,13 @@ class Settings:
         values = {
             o.field: _read(o, tables[o.table], broker_file, env) for o in OPTIONS if o.field is not None
         }
+        witnesses, quorum = load_witnesses(tables["audit"], broker_file)
         return cls(
             **values,
             config_dir=config_dir,
             tls=_tls(tables["tls"], broker_file),
+            witnesses=witnesses,
+            witness_quorum=quorum,
             policy=load_policy(config_dir / "policy.toml"),
             alliances=load_alliances(config_dir / "alliances.toml"),
         )

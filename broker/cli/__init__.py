@@ -48,6 +48,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     store.add_parsers(sub, common, levels=levels)
     audit.add_parsers(sub, common)
     pki.add_parsers(sub, common)
+    from broker.witness import cli as witness_cli  # its own program beside the broker
+
+    witness_cli.register(sub, common)
     return parser
 
 
@@ -98,6 +101,10 @@ def _run(args: argparse.Namespace) -> Any:
 
     from broker.settings import Settings
 
+    if args.command == "witness":  # no broker configuration: a witness runs apart from it
+        from broker.witness.cli import run
+
+        return run(args)
     if args.command == "audit" and args.action == "verify":
         # Offline: the export and the key are enough; the configuration only finds a keyring.
         return audit.verify(args, None if args.key is not None else _settings_if_any())

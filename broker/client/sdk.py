@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from broker.crypto import seal, signing
+from broker.crypto import cosignature, quorum, seal, signing
 from broker.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from broker.domain.canonical import canonical
 
@@ -47,6 +47,33 @@ class SignatureError(ClientError):
 
 class SealedError(ClientError):
     pass
+
+
+class WitnessError(ClientError):
+    """A checkpoint is not signed by the pinned log key or lacks the quorum of witness
+    cosignatures; ``verdict`` says which witnesses are missing."""
+
+    def __init__(self, message: str, verdict: quorum.QuorumVerdict | None = None) -> None:
+        self.verdict = verdict
+        super().__init__(message)
+
+
+def verify_witnessed(
+    note: str, *, log_key: str, witnesses: Sequence[str], quorum_size: int
+) -> quorum.QuorumVerdict:
+    """Check a checkpoint note (as ``GET /v1/audit/checkpoints/latest`` serves it): signed by the
+    log key (its vkey, ``broker audit key``) and cosigned by ``quorum_size`` of the witness vkeys.
+    Returns the verdict; WitnessError if it does not hold or the inputs are unusable."""
+    try:
+        public = cosignature.parse_vkey(log_key, kind=cosignature.NOTE_TYPE).public
+        verdict = quorum.check(
+            note, log_public=public, witnesses=quorum.parse_witnesses(witnesses), quorum=quorum_size
+        )
+    except (cosignature.CosignatureError, quorum.QuorumInputError) as exc:
+        raise WitnessError(str(exc)) from None
+    if not verdict.ok:
+        raise WitnessError(verdict.message, verdict)
+    return verdict
 
 
 class StreamClosed(ClientError):
@@ -217,6 +244,16 @@ class BrokerClient:
             body["signature"] = signing.sign(private_key=self._signing_key, message=message)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return dict(await self._call("POST", "/v1/reports", body=body, headers=headers))
+
+    async def witnessed_checkpoint(
+        self, *, log_key: str, witnesses: Sequence[str], quorum_size: int
+    ) -> dict[str, Any]:
+        """The latest checkpoint (role audit), returned only if ``verify_witnessed`` holds."""
+        checkpoint: dict[str, Any] = await self._call("GET", "/v1/audit/checkpoints/latest")
+        verify_witnessed(
+            str(checkpoint.get("note", "")), log_key=log_key, witnesses=witnesses, quorum_size=quorum_size
+        )
+        return checkpoint
 
     async def read(self, report_id: str) -> Received:
         return await self.open(await self._call("GET", f"/v1/reports/{report_id}"))

@@ -210,6 +210,29 @@ class CheckpointRow(Base):
     note: Mapped[str] = mapped_column(Text)
 
 
+class WitnessCosignatureRow(Base):
+    """A witness's C2SP cosignature line on the checkpoint of ``size`` events (verified first)."""
+
+    __tablename__ = "witness_cosignatures"
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    witness: Mapped[str] = mapped_column(String(200), primary_key=True)
+    line: Mapped[str] = mapped_column(Text)
+    timestamp: Mapped[int] = mapped_column(BigInteger)  # the witness's, inside the line
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WitnessStateRow(Base):
+    """Per witness: the size it last cosigned, and its latest refusal while that stands."""
+
+    __tablename__ = "witness_state"
+    witness: Mapped[str] = mapped_column(String(200), primary_key=True)
+    cosigned_size: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    refused_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    refused_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    refused_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
 class CollectionRow(Base):
     """A TAXII collection defined by an admin: the reports carrying one of ``topics``, and the
     label (as given, JSON) that writes through it get."""

@@ -216,7 +216,17 @@ SCHEMAS: dict[str, Any] = {
             "key_id": {"type": "string"},
             "signature": {"type": "string"},
             "origin": {"type": "string"},
-            "note": {"type": "string"},
+            "note": {"type": "string", "description": "the signed note with every witness cosignature line"},
+            "root": {"type": "string"},
+            "cosigners": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "timestamp"],
+                    "properties": {"name": {"type": "string"}, "timestamp": {"type": "integer"}},
+                },
+            },
+            "witness_quorum": {"type": "integer"},
         },
     },
     "Whoami": {
@@ -323,12 +333,24 @@ def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]
     }
 
 
+_HEALTH = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string"},
+        "witnessed": {"type": "boolean"},
+        "witness_quorum": {"type": "integer"},
+        "cosigners": {"type": "integer"},
+        "refused_by": _STR_LIST,
+    },
+}
+
 PATHS: dict[str, Any] = {
     "/v1/health": {
         "get": {
             "summary": "Readiness: the database answers",
             "security": [],
-            "responses": {"200": _json({"type": "object", "required": ["status"]}, "ok"), **_problems(503)},
+            "responses": {"200": _json(_HEALTH, "ok"), **_problems(503)},
         }
     },
     "/": {
