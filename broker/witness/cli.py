@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from broker.cli.common import log_options
 from broker.crypto import cosignature
 from broker.errors import BrokerError
 from broker.settings import TlsSettings
@@ -55,13 +56,29 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _serve_options(serve: argparse.ArgumentParser) -> None:
-    serve.add_argument("--tls-cert", metavar="PEM", help="server certificate chain; enables TLS")
-    serve.add_argument("--tls-key", metavar="PEM", help="the server certificate's private key")
-    serve.add_argument("--tls-client-ca", action="append", default=[], metavar="PEM", help="CA for clients")
-    serve.add_argument("--tls-client-auth", choices=("off", "optional", "required"), default="off")
-    serve.add_argument("--insecure-http", action="store_true", help="allow plain HTTP off loopback")
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
-    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.add_argument(
+        "--tls-cert", metavar="PEM", help="server certificate chain; enables TLS (default: none)"
+    )
+    serve.add_argument(
+        "--tls-key", metavar="PEM", help="the server certificate's private key (default: none)"
+    )
+    serve.add_argument(
+        "--tls-client-ca",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="CA for client certificates, repeatable (default: none)",
+    )
+    serve.add_argument(
+        "--tls-client-auth",
+        choices=("off", "optional", "required"),
+        default="off",
+        help="client certificates: off, optional or required (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--insecure-http", action="store_true", help="allow plain HTTP off loopback (default: refused)"
+    )
+    log_options(serve)
 
 
 def run(args: argparse.Namespace) -> int:
