@@ -605,7 +605,9 @@ async def delete(
         await _refuse(
             ctx, node, "recall", AccessDenied("this act needs the 'publish' role", code="missing_role")
         )
-    if "all" not in filters.versions:
+    if "all" not in filters.versions or filters.spec_versions:
+        # Removing some versions of an object must leave its others (and the rest of their
+        # reports): a recall would take the whole report, whatever version it also holds.
         await reports.decided(
             ctx, "recall", partial(_exclude_once, ctx, node, collection, object_id, filters)
         )
