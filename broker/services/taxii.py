@@ -300,24 +300,49 @@ class _Scan:
             self.served.append(report)
             self.drafts.append(reports.allow_draft(self.node, report, "read"))
 
+    def counts(self, report: ReportRecord) -> bool:
+        """Whether the scan takes ``report``: the decision ``prefetch`` made for it in this
+        transaction, or the same one made now (a report it holds no index row of)."""
+        if report.erased_at is not None:
+            _INDEX.forget(report.id)  # what an erased payload carried is not kept either
+            return False
+        if self._counts.get(report.seq):
+            return True
+        if not reports.decide_for(self.ctx, self.node, report, self.directory).allowed:
+            return False
+        if self.filters.added_after is not None and report.created_at <= self.filters.added_after:
+            self.page.next = Position(report.seq + 1, 0)
+            return False
+        return True
+
     async def prefetch(self, tx: Tx, batch: Sequence[ReportRecord]) -> None:
-        """Read the object index for a batch of reports at once: their objects' digests, every
-        version of those objects, and the reports holding them (a few queries a batch, none a
-        report)."""
+        """Read the object index for a batch of reports at once: every version of the objects
+        they carry, and the reports holding them (a query or two a batch, none a report)."""
         if not self.per_report_versions or not batch:
             return
-        for seq, row in await store.indexed_at(tx, [r.seq for r in batch]):
-            self._digest_at[(seq, row.position)] = row.digest
-        await self._hold(tx, {d for (s, _), d in self._digest_at.items() if s >= batch[0].seq}, batch)
+        seqs = {r.seq for r in batch}
+        rows = await store.indexed_with(tx, sorted(seqs))
+        digests = {row.digest for seq, row in rows if seq in seqs}
+        for seq, row in rows:
+            if seq in seqs:
+                self._digest_at[(seq, row.position)] = row.digest
+        await self._hold(tx, digests, batch, rows)
 
-    async def _hold(self, tx: Tx, digests: set[str], known: Sequence[ReportRecord] = ()) -> None:
-        """Every version of the objects ``digests`` name, and whether each report holding one
-        counts for this page (``_counts``), read once per scan."""
-        unknown = sorted(d for d in digests if d not in self._held)
+    async def _hold(
+        self,
+        tx: Tx,
+        digests: set[str],
+        known: Sequence[ReportRecord] = (),
+        read: Sequence[tuple[int, stix.Indexed]] | None = None,
+    ) -> None:
+        """Every version of the objects ``digests`` name (``read``: already read), and whether
+        each report holding one counts for this page (``_counts``), read once per scan."""
+        unknown = {d for d in digests if d not in self._held}
         for d in unknown:
             self._held[d] = []
-        for seq, row in await store.indexed(tx, unknown):
-            self._held[row.digest].append((seq, row))
+        for seq, row in read if read is not None else await store.indexed(tx, sorted(unknown)):
+            if row.digest in unknown:
+                self._held[row.digest].append((seq, row))
         if "all" in self.filters.versions:
             return
         seqs = {seq for d in digests for seq, _ in self._held[d]} - set(self._counts)
@@ -438,7 +463,8 @@ async def _page_once(
         row_budget = opened_budget * ROWS_PER_SCAN_ROW
         scanned, exhausted = 0, False
         while not scan.page.more and not exhausted:
-            take = min(max(limit, 50), row_budget - scanned)
+            # One report past a full page tells whether there is more, in the same batch.
+            take = min(max(limit + 1, 50), row_budget - scanned)
             rows = await store.reports_from(tx, start=position, topics=collection.topics, limit=take)
             await scan.prefetch(tx, rows)
             for report in rows:
@@ -446,13 +472,7 @@ async def _page_once(
                     exhausted = True
                     break
                 position, scanned = report.seq + 1, scanned + 1
-                if report.erased_at is not None:
-                    _INDEX.forget(report.id)  # what an erased payload carried is not kept either
-                    continue
-                if not reports.decide_for(ctx, node, report, directory).allowed:
-                    continue
-                if filters.added_after is not None and report.created_at <= filters.added_after:
-                    scan.page.next = Position(report.seq + 1, 0)
+                if not scan.counts(report):
                     continue
                 await scan.take(tx, report, start)
                 if scan.page.more:
@@ -605,7 +625,9 @@ async def delete(
         await _refuse(
             ctx, node, "recall", AccessDenied("this act needs the 'publish' role", code="missing_role")
         )
-    if "all" not in filters.versions:
+    if "all" not in filters.versions or filters.spec_versions:
+        # Removing some versions of an object must leave its others (and the rest of their
+        # reports): a recall would take the whole report, whatever version it also holds.
         await reports.decided(
             ctx, "recall", partial(_exclude_once, ctx, node, collection, object_id, filters)
         )

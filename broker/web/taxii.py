@@ -204,10 +204,18 @@ async def collection(request: web.Request) -> web.StreamResponse:
 
 
 # -- objects ---------------------------------------------------------------------------------------
+def _filters_scope(query: Mapping[str, str]) -> str:
+    """The query a ``next`` was answered for, bar the cursor and the page size: a ``next``
+    resumed under other filters would start at a place decided for those it was made with, so it
+    is refused (400) like any ``next`` this broker did not answer for this scope."""
+    kept = sorted((k, v) for k, v in query.items() if k not in ("next", "limit"))
+    return "&".join(f"{k}={v}" for k, v in kept)
+
+
 async def _page(request: web.Request) -> tuple[taxii.Page, str | None]:
     """The page of a collection that objects and manifest both answer from, and its ``next``."""
     ctx, node = _ctx(request), await authenticated(request)
-    scope = (request.match_info["collection"],)
+    scope = (request.match_info["collection"], _filters_scope(request.query))
     found = await taxii.page(
         ctx,
         node,
@@ -243,7 +251,7 @@ async def _by_id(
     """One object's page (by-id or versions: each its own cursor scope), and its ``next``."""
     ctx, node = _ctx(request), await authenticated(request)
     object_id = request.match_info["object"]
-    scope = (request.match_info["collection"], object_id, endpoint)
+    scope = (request.match_info["collection"], object_id, endpoint, _filters_scope(query))
     found = await taxii.by_id(
         ctx,
         node,
