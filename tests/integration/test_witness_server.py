@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,3 +256,26 @@ async def test_concurrent_requests_from_one_old_size_cosign_exactly_one(witness:
     won = next(size for size, answer in zip(range(6, 26), answers, strict=True) if answer[0] == 200)
     assert {body for status, _, body in answers if status == 409} == {f"{won}\n".encode()}
     assert (await witness.monitored())[1].startswith(f"{ORIGIN}\n{won}\n")
+
+
+async def test_mutated_requests_never_get_a_500_nor_move_the_state_off_the_true_tree(
+    witness: Harness,
+) -> None:
+    rng = random.Random(24)
+    base = _base(witness)
+    for _ in range(300):
+        body = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(body))
+            choice = rng.random()
+            if choice < 0.4:
+                body[at] = rng.randrange(256)
+            elif choice < 0.7:
+                del body[at : at + rng.randint(1, 8)]
+            else:
+                body[at:at] = bytes(rng.choice(b"\n 0=+A\xe2\x80\x94") for _ in range(rng.randint(1, 4)))
+        status, _, _ = await witness.post(bytes(body))
+        assert status in (200, 400, 403, 404, 409, 422), (status, bytes(body))
+    _, note = await witness.monitored()
+    size, root = note.split("\n")[1:3]
+    assert base64.b64decode(root) == witness.tree.root(int(size))
