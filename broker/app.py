@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 
 from aiohttp import web
 from prometheus_client import Gauge
 
 from broker.realtime.hub import Hub
-from broker.services import auth, deliver, ledger, metrics, retention, shred
+from broker.services import auth, deliver, ledger, metrics, retention, shred, witnessing
 from broker.services.context import Context, utc_now
 from broker.services.limits import TokenBucket
 from broker.services.supervisor import supervise
@@ -26,6 +26,7 @@ from broker.web.middleware import BODY_TIMEOUT, problems, same_origin_only, serv
 from broker.web.routes import add_routes
 from broker.web.sources import TRUSTED_PROXIES, networks
 from broker.web.ws import FEED, HUB, PER_NODE, SESSIONS, STREAMS, close_all
+from broker.witness_settings import WitnessSettings
 
 log = logging.getLogger(__name__)
 IDLE = (-1, -1)  # what the hub's probe answers while no stream is open
@@ -98,6 +99,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
             "auth-failures": lambda: _flush_failures(ctx, stop),
             "retention": lambda: retention.expirer(ctx, stop),
             "kek-periods": lambda: shred.rotator(ctx, stop),
+            **{f"witness:{w.name}": _witness_loop(ctx, w, stop) for w in settings.witnesses},
         }
         tasks = [asyncio.create_task(supervise(name, loop, stop), name=name) for name, loop in loops.items()]
         yield
@@ -138,6 +140,12 @@ async def start_serving(
         await runner.cleanup()
         raise
     return runner, site
+
+
+def _witness_loop(
+    ctx: Context, witness: WitnessSettings, stop: asyncio.Event
+) -> Callable[[], Awaitable[None]]:
+    return lambda: witnessing.loop(ctx, witness, stop)
 
 
 async def _flush_failures(ctx: Context, stop: asyncio.Event) -> None:

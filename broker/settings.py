@@ -6,88 +6,225 @@ Everything is validated here, once; a bad value stops start-up with the file, ke
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
-import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from broker.domain.alliances import HISTORY_VALUES, Alliance, Membership
+from broker.config_files import AllianceSeed, load_alliances, load_policy, read_toml, suggest, toml_table
 from broker.domain.labels import DEFAULT_POLICY, Policy
-from broker.domain.nations import check_alliance_id, is_nation
-from broker.errors import ConfigError, InvalidInput
+from broker.errors import ConfigError
+from broker.witness_settings import WitnessSettings, load_witnesses
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/broker.db"
 
 
 @dataclass(frozen=True)
-class AllianceSeed:
-    alliance: Alliance
-    members: tuple[Membership, ...]
+class Option:
+    """One setting of broker.toml, declared once: its key, the Settings field it fills, its
+    default and bounds in the file's units, and what it means. Loading, the refusal of unknown
+    keys and the configuration table in docs/operations.md all come from these declarations.
 
+    ``kind``: ``int``; ``float`` (a whole number in the file, a float in Settings); ``ms`` and
+    ``hours`` (a whole number of those, seconds in Settings); ``text``; ``choice``; ``list`` (of
+    non-empty strings); ``networks`` (addresses or CIDR networks); ``path``; ``bool``; ``paths``
+    (one path or a list of them); ``own`` (read by code of its own, such as the witness list)."""
+
+    key: str
+    field: str | None
+    default: Any
+    meaning: str
+    kind: str = "int"
+    low: int = 0
+    high: int = 0
+    choices: tuple[str, ...] = ()
+    env: str | None = None
+
+    @property
+    def table(self) -> str:
+        return self.key.split(".", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.key.split(".", 1)[1]
+
+    def shown_default(self) -> str:
+        """The default as the documentation's table shows it."""
+        if self.default is None:
+            return "none"
+        if isinstance(self.default, bool):
+            return "`true`" if self.default else "`false`"
+        if isinstance(self.default, tuple):
+            return "`[]`" if not self.default else "`[" + ", ".join(f'"{v}"' for v in self.default) + "]`"
+        return f"`{self.default}`"
+
+
+def _o(
+    key: str, field: str | None, default: Any, low: int, high: int, meaning: str, kind: str = "int"
+) -> Option:
+    return Option(key=key, field=field, default=default, meaning=meaning, kind=kind, low=low, high=high)
+
+
+DEFAULT_KEYRING = "var/keyring.json"
+DEFAULT_ORIGIN = "alliance-broker.example/audit"
+TLS_CLIENT_AUTH = ("off", "optional", "required")
+_MINUTE_MS, _HOUR_MS = 60_000, 3_600_000
+
+# fmt: off
+OPTIONS: tuple[Option, ...] = (
+    Option("database.url", "database_url", DEFAULT_DATABASE_URL,
+        "SQLite file, or `postgresql+asyncpg://user@host:5432/db`; its query (`?ssl=require`, a Unix "
+        "socket's `?host=/run/postgresql`) applies to every connection, the LISTEN one included "
+        "(environment: `BROKER_DATABASE_URL`)", kind="text", env="BROKER_DATABASE_URL"),
+    _o("database.connect_timeout_ms", "db_connect_timeout_seconds", 3000, 100, _MINUTE_MS,
+        "PostgreSQL: opening a connection that takes longer fails (503)", "ms"),
+    _o("database.statement_timeout_ms", "db_statement_timeout_seconds", 5000, 100, _HOUR_MS,
+        "PostgreSQL: a statement running longer is ended by the server (`statement_timeout`), and one the "
+        "server does not answer at all is given up by the broker (asyncpg `command_timeout`): 503", "ms"),
+    _o("database.pool_timeout_ms", "db_pool_timeout_seconds", 2000, 100, _MINUTE_MS,
+        "PostgreSQL: a request waiting longer for a free pooled connection gets 503", "ms"),
+    _o("database.transaction_timeout_ms", "db_transaction_timeout_seconds", 5000, 100, _HOUR_MS,
+        "one transaction on PostgreSQL, from waiting for its connection to its commit, and (both engines) "
+        "a group-committed publish or delivery record from its arrival; past it the transaction is "
+        "abandoned (its connection closed, so the server rolls it back) and the request gets 503. One "
+        "stuck connection never holds the lock every publish queues on for longer", "ms"),
+    _o("database.idle_in_transaction_timeout_ms", "db_idle_in_transaction_timeout_seconds", 10_000, 100,
+        _HOUR_MS,
+        "PostgreSQL: the server ends a session left idle inside a transaction "
+        "(`idle_in_transaction_session_timeout`), so an abandoned transaction cannot hold the head row",
+        "ms"),
+    Option("keyring.path", "keyring_path", DEFAULT_KEYRING,
+        "the keyring (KEKs, checkpoint key); created 0600, atomically (environment: `BROKER_KEYRING`)",
+        kind="path", env="BROKER_KEYRING"),
+    Option("server.host", "host", "127.0.0.1", "listen address; plain HTTP only on loopback", kind="text"),
+    _o("server.port", "port", 8080, 0, 65535, "listen port"),
+    _o("server.max_body_bytes", "max_body_bytes", 1024 * 1024, 1024, 1 << 30,
+        "largest request body (413 above)"),
+    _o("server.body_read_timeout_seconds", "body_read_timeout_seconds", 30, 1, 3600,
+        "a body still arriving after this gets 408", "float"),
+    _o("server.request_head_timeout_seconds", "request_head_timeout_seconds", 10, 1, 3600,
+        "a TLS handshake, or a request head, not complete after this: the connection is closed", "float"),
+    _o("server.max_connections_per_source", "max_connections_per_source", 64, 1, 1_000_000,
+        "open connections per source address; more are closed at once"),
+    Option("server.connection_cap_exempt", "connection_cap_exempt", (),
+        "addresses or networks (CIDR) with no connection cap: a TLS-terminating proxy or load balancer",
+        kind="networks"),
+    _o("server.publish_rate_per_second", "publish_rate_per_second", 200, 1, 1_000_000,
+        "per-node publish rate (across brokers on PostgreSQL)", "float"),
+    _o("server.publish_burst", "publish_burst", 400, 1, 1_000_000, "per-node publish burst"),
+    _o("server.recall_rate_per_second", "recall_rate_per_second", 1, 1, 1_000_000,
+        "per-node recall rate (REST and TAXII `DELETE`; per broker process)", "float"),
+    _o("server.recall_burst", "recall_burst", 20, 1, 1_000_000, "per-node recall burst"),
+    _o("server.max_page_size", "max_page_size", 500, 1, 10_000, "largest `limit` of a listing"),
+    _o("server.max_page_bytes", "max_page_bytes", 8 << 20, 64 << 10, 1 << 30,
+        "a listing page stops at about this many bytes"),
+    _o("server.max_scan_rows", "max_scan_rows", 5000, 1, 1_000_000,
+        "stored rows one listing request may examine"),
+    _o("server.auth_failures_per_second", "auth_failures_per_second", 5, 1, 1_000_000,
+        "failed authentications per source address per second", "float"),
+    _o("server.auth_failure_burst", "auth_failure_burst", 50, 1, 1_000_000,
+        "... saved up; past it, 429 before the token is read"),
+    _o("server.auth_failure_max_sources", "auth_failure_max_sources", 20_000, 100, 10_000_000,
+        "failing source addresses the limiter keeps a bucket for (about 600 bytes each); past it the one "
+        "that failed longest ago is forgotten, and a window's further sources are audited together as "
+        "source `other` (metric `broker_auth_failure_sources`)"),
+    Option("server.trusted_proxies", "trusted_proxies", (),
+        "addresses or networks (CIDR) of reverse proxies whose `X-Forwarded-For` names the client for the "
+        "failed-authentication limit ([deployment.md](deployment.md), Slow and greedy clients)",
+        kind="networks"),
+    _o("server.auth_failure_window_seconds", "auth_failure_window_seconds", 10, 1, 3600,
+        "failures are audited as one event per source per window; repeated missing-role refusals as one "
+        "per node and act", "float"),
+    _o("server.stream_queue_size", "stream_queue_size", 1000, 1, 1_000_000,
+        "frames queued per stream before 4008"),
+    _o("server.stream_queue_bytes", "stream_queue_bytes", 16 << 20, 64 << 10, 1 << 32,
+        "bytes queued per stream before 4008 (the frames' JSON text; metric `broker_stream_queue_bytes`)"),
+    _o("server.stream_feed_bytes", "stream_feed_bytes", 64 << 20, 1 << 20, 1 << 36,
+        "the in-memory window of recent reports live streams are served from, in the bytes the process "
+        "holds for it (records, and the plaintexts and frames cached for delivery); past it the oldest "
+        "quarter is dropped and a stream behind it reads from the database (metric "
+        "`broker_stream_feed_bytes`)"),
+    _o("server.max_streams_per_node", "max_streams_per_node", 16, 1, 10_000,
+        "open streams per node per broker (429 beyond); held slots per node are the `broker_stream_slots` "
+        "metric"),
+    _o("server.ack_flush_ms", "ack_flush_seconds", 500, 10, _MINUTE_MS,
+        "the newest ack per stream is stored this often (and at close)", "ms"),
+    _o("server.stream_heartbeat_seconds", "stream_heartbeat_seconds", 15, 1, 3600,
+        "heartbeat frame on an idle stream; also a websocket ping after this long without traffic from the "
+        "client, and a pong not back within half of it drops the connection (a vanished peer gives its "
+        "slot and queue back within two intervals)", "float"),
+    _o("server.max_ws_frame_bytes", "max_ws_frame_bytes", 64 * 1024, 256, 1 << 26,
+        "largest frame a client may send"),
+    Option("server.allowed_origins", "allowed_origins", (),
+        "browser origins allowed to open streams; they and the broker's own origin may also send state "
+        "changes and client-certificate requests ([deployment.md](deployment.md), Browsers)", kind="list"),
+    _o("server.change_poll_ms", "change_poll_seconds", 50, 10, 10_000,
+        "how often to look for other processes' changes (SQLite; PostgreSQL without LISTEN)", "ms"),
+    _o("server.safety_poll_ms", "safety_poll_seconds", 1000, 10, _MINUTE_MS,
+        "the same while PostgreSQL LISTEN/NOTIFY works", "ms"),
+    _o("server.health_timeout_ms", "health_timeout_seconds", 1000, 100, _MINUTE_MS,
+        "`GET /v1/health` answers 503 when the database has not answered within this", "ms"),
+    Option("server.event_loop", "event_loop", "auto", "`auto` (uvloop where installed) or `asyncio`",
+        kind="choice", choices=("auto", "asyncio")),
+    _o("server.retention_interval_seconds", "retention_interval_seconds", 60, 1, 86_400,
+        "how often each broker looks for reports whose retention ran out", "float"),
+    _o("server.retention_batch_size", "retention_batch_size", 500, 1, 10_000,
+        "reports one retention transaction examines (and at most erases)"),
+    _o("server.kek_period_hours", "kek_period_seconds", 24, 1, 24 * 366,
+        "new reports' data keys are wrapped under a fresh KEK each period this long, which bounds what one "
+        "erasure re-wraps", "hours"),
+    Option("tls.cert", None, None, "server certificate chain (PEM); enables TLS", kind="own"),
+    Option("tls.key", None, None, "its private key", kind="own"),
+    Option("tls.client_ca", None, (), "alliance CAs for client certificates", kind="own"),
+    Option("tls.client_auth", None, "off", "`off`, `optional` or `required`", kind="own"),
+    Option("tls.insecure_http", None, False, "allow plain HTTP on a non-loopback address", kind="own"),
+    Option("audit.origin", "audit_origin", DEFAULT_ORIGIN, "the log's name in signed checkpoints",
+        kind="text"),
+    _o("audit.checkpoint_every_events", "checkpoint_every_events", 1000, 1, 10**9,
+        "sign a checkpoint after this many events"),
+    _o("audit.checkpoint_every_seconds", "checkpoint_every_seconds", 10, 1, 86_400,
+        "... or this long after the last one", "float"),
+    Option("audit.witnesses", None, (),
+        "`[[audit.witnesses]]` tables, one per witness asked to cosign each checkpoint (below, "
+        "[Witnesses](#witnesses))", kind="own"),
+    Option("audit.witness_quorum", None, 0,
+        "cosignatures that make a checkpoint witnessed, 0 to the number of witnesses; `/v1/health` says "
+        "`\"witnessed\": false` below it", kind="own"),
+    _o("audit.witness_timeout_ms", "witness_timeout_seconds", 5000, 100, 600_000,
+        "one add-checkpoint request to a witness, connection included; each is tried 3 times with backoff",
+        "ms"),
+)
+# fmt: on
 
 # Every key broker.toml may hold, by table: anything else is refused at start-up (a typo such as
 # ``max_body_byte`` must not silently leave a default in force).
 KNOWN_KEYS: dict[str, frozenset[str]] = {
-    "audit": frozenset(["checkpoint_every_events", "checkpoint_every_seconds", "origin"]),
-    "database": frozenset(
-        [
-            "connect_timeout_ms",
-            "idle_in_transaction_timeout_ms",
-            "pool_timeout_ms",
-            "statement_timeout_ms",
-            "transaction_timeout_ms",
-            "url",
-        ]
-    ),
-    "keyring": frozenset(["path"]),
-    "server": frozenset(
-        [
-            "ack_flush_ms",
-            "allowed_origins",
-            "auth_failure_burst",
-            "auth_failure_max_sources",
-            "auth_failure_window_seconds",
-            "auth_failures_per_second",
-            "body_read_timeout_seconds",
-            "change_poll_ms",
-            "connection_cap_exempt",
-            "event_loop",
-            "health_timeout_ms",
-            "host",
-            "kek_period_hours",
-            "max_body_bytes",
-            "max_connections_per_source",
-            "max_page_bytes",
-            "max_page_size",
-            "max_scan_rows",
-            "max_streams_per_node",
-            "max_ws_frame_bytes",
-            "port",
-            "publish_burst",
-            "publish_rate_per_second",
-            "recall_burst",
-            "recall_rate_per_second",
-            "request_head_timeout_seconds",
-            "retention_batch_size",
-            "retention_interval_seconds",
-            "safety_poll_ms",
-            "stream_feed_bytes",
-            "stream_heartbeat_seconds",
-            "stream_queue_bytes",
-            "stream_queue_size",
-            "trusted_proxies",
-        ]
-    ),
-    "tls": frozenset(["cert", "client_auth", "client_ca", "insecure_http", "key"]),
+    table: frozenset(o.name for o in OPTIONS if o.table == table)
+    for table in dict.fromkeys(o.table for o in OPTIONS)
 }
+_BY_FIELD = {o.field: o for o in OPTIONS if o.field is not None}
+_SCALE = {"ms": 1 / 1000, "hours": 3600.0}
 
 
-TLS_CLIENT_AUTH = ("off", "optional", "required")
+def reference_table() -> str:
+    """The configuration reference of docs/operations.md, from the declarations."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{o.key}` | {o.shown_default()} | {o.meaning} |" for o in OPTIONS]
+    return "\n".join(rows) + "\n"
+
+
+def _default(name: str) -> Any:
+    """A Settings field's default, from its declaration (in Settings' units)."""
+    option = _BY_FIELD[name]
+    if option.kind in _SCALE:
+        return option.default * _SCALE[option.kind]
+    if option.kind == "float":
+        return float(option.default)
+    if option.kind == "path":
+        return Path(option.default)
+    return option.default
 
 
 @dataclass(frozen=True)
@@ -108,62 +245,82 @@ class TlsSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
-    keyring_path: Path = Path("var/keyring.json")
+    database_url: str = _default("database_url")
+    keyring_path: Path = _default("keyring_path")  # noqa: RUF009 (a Path never changes)
     config_dir: Path = Path("config")
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_body_bytes: int = 1024 * 1024
-    publish_rate_per_second: float = 200.0
-    publish_burst: int = 400
-    recall_rate_per_second: float = 1.0
-    recall_burst: int = 20
-    max_page_size: int = 500
-    max_scan_rows: int = 5000
-    stream_queue_size: int = 1000
-    stream_heartbeat_seconds: float = 15.0
-    max_ws_frame_bytes: int = 64 * 1024
-    allowed_origins: tuple[str, ...] = ()
-    max_page_bytes: int = 8 * 1024 * 1024
-    stream_queue_bytes: int = 16 * 1024 * 1024
+    host: str = _default("host")
+    port: int = _default("port")
+    max_body_bytes: int = _default("max_body_bytes")
+    publish_rate_per_second: float = _default("publish_rate_per_second")
+    publish_burst: int = _default("publish_burst")
+    recall_rate_per_second: float = _default("recall_rate_per_second")
+    recall_burst: int = _default("recall_burst")
+    max_page_size: int = _default("max_page_size")
+    max_scan_rows: int = _default("max_scan_rows")
+    stream_queue_size: int = _default("stream_queue_size")
+    stream_heartbeat_seconds: float = _default("stream_heartbeat_seconds")
+    max_ws_frame_bytes: int = _default("max_ws_frame_bytes")
+    allowed_origins: tuple[str, ...] = _default("allowed_origins")
+    max_page_bytes: int = _default("max_page_bytes")
+    stream_queue_bytes: int = _default("stream_queue_bytes")
     # The in-memory window of recent reports that live streams are served from (services.deliver).
-    stream_feed_bytes: int = 64 * 1024 * 1024
-    max_streams_per_node: int = 16
-    ack_flush_seconds: float = 0.5
-    auth_failures_per_second: float = 5.0
-    auth_failure_burst: int = 50
-    auth_failure_window_seconds: float = 10.0
+    stream_feed_bytes: int = _default("stream_feed_bytes")
+    max_streams_per_node: int = _default("max_streams_per_node")
+    ack_flush_seconds: float = _default("ack_flush_seconds")
+    auth_failures_per_second: float = _default("auth_failures_per_second")
+    auth_failure_burst: int = _default("auth_failure_burst")
+    auth_failure_window_seconds: float = _default("auth_failure_window_seconds")
     # Failing sources the limiter keeps a bucket for (the oldest is forgotten past it), and the
     # distinct sources one audit window counts by name (the rest are counted together).
-    auth_failure_max_sources: int = 20_000
+    auth_failure_max_sources: int = _default("auth_failure_max_sources")
     # Networks (CIDR) of reverse proxies whose X-Forwarded-For names the client's address.
-    trusted_proxies: tuple[str, ...] = ()
-    body_read_timeout_seconds: float = 30.0
-    request_head_timeout_seconds: float = 10.0
-    max_connections_per_source: int = 64
-    connection_cap_exempt: tuple[str, ...] = ()  # networks (CIDR) the per-source cap spares
-    change_poll_seconds: float = 0.05
-    safety_poll_seconds: float = 1.0
-    event_loop: str = "auto"
+    trusted_proxies: tuple[str, ...] = _default("trusted_proxies")
+    body_read_timeout_seconds: float = _default("body_read_timeout_seconds")
+    request_head_timeout_seconds: float = _default("request_head_timeout_seconds")
+    max_connections_per_source: int = _default("max_connections_per_source")
+    connection_cap_exempt: tuple[str, ...] = _default("connection_cap_exempt")
+    change_poll_seconds: float = _default("change_poll_seconds")
+    safety_poll_seconds: float = _default("safety_poll_seconds")
+    event_loop: str = _default("event_loop")
     # Deadlines on the database (PostgreSQL, and the group commit on both engines; SQLite
     # otherwise waits on its busy timeout): every wait of a request ends in a 503 within a few
     # seconds instead of hanging on a server that stopped answering (docs/operations.md).
-    db_connect_timeout_seconds: float = 3.0
-    db_statement_timeout_seconds: float = 5.0
-    db_pool_timeout_seconds: float = 2.0
-    db_transaction_timeout_seconds: float = 5.0
-    db_idle_in_transaction_timeout_seconds: float = 10.0
-    health_timeout_seconds: float = 1.0
+    db_connect_timeout_seconds: float = _default("db_connect_timeout_seconds")
+    db_statement_timeout_seconds: float = _default("db_statement_timeout_seconds")
+    db_pool_timeout_seconds: float = _default("db_pool_timeout_seconds")
+    db_transaction_timeout_seconds: float = _default("db_transaction_timeout_seconds")
+    db_idle_in_transaction_timeout_seconds: float = _default("db_idle_in_transaction_timeout_seconds")
+    health_timeout_seconds: float = _default("health_timeout_seconds")
     tls: TlsSettings = field(default_factory=lambda: TlsSettings())
-    audit_origin: str = "alliance-broker.example/audit"
-    checkpoint_every_events: int = 1000
-    checkpoint_every_seconds: float = 10.0
-    retention_interval_seconds: float = 60.0
-    retention_batch_size: int = 500
+    audit_origin: str = _default("audit_origin")
+    checkpoint_every_events: int = _default("checkpoint_every_events")
+    checkpoint_every_seconds: float = _default("checkpoint_every_seconds")
+    # Witnesses asked to cosign each checkpoint, and how many cosignatures make it witnessed.
+    witnesses: tuple[WitnessSettings, ...] = ()
+    witness_quorum: int = 0
+    witness_timeout_seconds: float = _default("witness_timeout_seconds")
+    retention_interval_seconds: float = _default("retention_interval_seconds")
+    retention_batch_size: int = _default("retention_batch_size")
     # New reports' data keys are wrapped under a KEK per period this long (services/shred.py).
-    kek_period_seconds: float = 86_400.0
+    kek_period_seconds: float = _default("kek_period_seconds")
     policy: Policy = DEFAULT_POLICY
     alliances: tuple[AllianceSeed, ...] = ()
+
+    def effective(self) -> dict[str, Any]:
+        """Every declared setting in force, by its broker.toml key and in the file's units."""
+        found: dict[str, Any] = {}
+        for option in OPTIONS:
+            if option.field is None:
+                continue
+            value = getattr(self, option.field)
+            if option.kind in _SCALE:
+                value = round(value / _SCALE[option.kind])
+            elif option.kind == "float" and float(value).is_integer():
+                value = int(value)
+            found[option.key] = (
+                list(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value
+            )
+        return found
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -179,121 +336,71 @@ class Settings:
                 problem="not found: run from the project's directory or set BROKER_CONFIG_DIR",
             )
         broker_file = config_dir / "broker.toml"
-        raw = _read_toml(broker_file) if broker_file.exists() else {}
+        raw = read_toml(broker_file) if broker_file.exists() else {}
         _no_unknown_keys(raw, broker_file)
-        database = _table(raw, "database", broker_file)
-        keyring = _table(raw, "keyring", broker_file)
-        server = _table(raw, "server", broker_file)
-        audit = _table(raw, "audit", broker_file)
-        tls = _table(raw, "tls", broker_file)
-        get = _Getter(broker_file)
+        tables = {table: toml_table(raw, table, broker_file) for table in KNOWN_KEYS}
+        values = {
+            o.field: _read(o, tables[o.table], broker_file, env) for o in OPTIONS if o.field is not None
+        }
+        witnesses, quorum = load_witnesses(tables["audit"], broker_file)
         return cls(
-            database_url=env.get("BROKER_DATABASE_URL")
-            or get.text(database, "database.url", DEFAULT_DATABASE_URL),
-            keyring_path=Path(
-                env.get("BROKER_KEYRING") or get.text(keyring, "keyring.path", "var/keyring.json")
-            ),
+            **values,
             config_dir=config_dir,
-            host=get.text(server, "server.host", "127.0.0.1"),
-            port=get.number(server, "server.port", 8080, 0, 65535),
-            max_body_bytes=get.number(server, "server.max_body_bytes", 1024 * 1024, 1024, 1 << 30),
-            publish_rate_per_second=float(
-                get.number(server, "server.publish_rate_per_second", 200, 1, 1_000_000)
-            ),
-            publish_burst=get.number(server, "server.publish_burst", 400, 1, 1_000_000),
-            recall_rate_per_second=float(
-                get.number(server, "server.recall_rate_per_second", 1, 1, 1_000_000)
-            ),
-            recall_burst=get.number(server, "server.recall_burst", 20, 1, 1_000_000),
-            max_page_size=get.number(server, "server.max_page_size", 500, 1, 10_000),
-            max_scan_rows=get.number(server, "server.max_scan_rows", 5000, 1, 1_000_000),
-            stream_queue_size=get.number(server, "server.stream_queue_size", 1000, 1, 1_000_000),
-            stream_heartbeat_seconds=float(
-                get.number(server, "server.stream_heartbeat_seconds", 15, 1, 3600)
-            ),
-            max_ws_frame_bytes=get.number(server, "server.max_ws_frame_bytes", 64 * 1024, 256, 1 << 26),
-            allowed_origins=_origins(server, broker_file),
-            max_page_bytes=get.number(server, "server.max_page_bytes", 8 << 20, 64 << 10, 1 << 30),
-            stream_queue_bytes=get.number(server, "server.stream_queue_bytes", 16 << 20, 64 << 10, 1 << 32),
-            stream_feed_bytes=get.number(server, "server.stream_feed_bytes", 64 << 20, 1 << 20, 1 << 36),
-            max_streams_per_node=get.number(server, "server.max_streams_per_node", 16, 1, 10_000),
-            ack_flush_seconds=get.number(server, "server.ack_flush_ms", 500, 10, 60_000) / 1000,
-            auth_failures_per_second=float(
-                get.number(server, "server.auth_failures_per_second", 5, 1, 1_000_000)
-            ),
-            auth_failure_burst=get.number(server, "server.auth_failure_burst", 50, 1, 1_000_000),
-            auth_failure_window_seconds=float(
-                get.number(server, "server.auth_failure_window_seconds", 10, 1, 3600)
-            ),
-            auth_failure_max_sources=get.number(
-                server, "server.auth_failure_max_sources", 20_000, 100, 10_000_000
-            ),
-            trusted_proxies=_networks(server, broker_file, "trusted_proxies"),
-            body_read_timeout_seconds=float(
-                get.number(server, "server.body_read_timeout_seconds", 30, 1, 3600)
-            ),
-            request_head_timeout_seconds=float(
-                get.number(server, "server.request_head_timeout_seconds", 10, 1, 3600)
-            ),
-            max_connections_per_source=get.number(
-                server, "server.max_connections_per_source", 64, 1, 1_000_000
-            ),
-            connection_cap_exempt=_networks(server, broker_file, "connection_cap_exempt"),
-            change_poll_seconds=get.number(server, "server.change_poll_ms", 50, 10, 10_000) / 1000,
-            safety_poll_seconds=get.number(server, "server.safety_poll_ms", 1000, 10, 60_000) / 1000,
-            event_loop=get.choice(server, "server.event_loop", "auto", ("auto", "asyncio")),
-            db_connect_timeout_seconds=get.number(database, "database.connect_timeout_ms", 3000, 100, 60_000)
-            / 1000,
-            db_statement_timeout_seconds=get.number(
-                database, "database.statement_timeout_ms", 5000, 100, 3_600_000
-            )
-            / 1000,
-            db_pool_timeout_seconds=get.number(database, "database.pool_timeout_ms", 2000, 100, 60_000)
-            / 1000,
-            db_transaction_timeout_seconds=get.number(
-                database, "database.transaction_timeout_ms", 5000, 100, 3_600_000
-            )
-            / 1000,
-            db_idle_in_transaction_timeout_seconds=get.number(
-                database, "database.idle_in_transaction_timeout_ms", 10_000, 100, 3_600_000
-            )
-            / 1000,
-            health_timeout_seconds=get.number(server, "server.health_timeout_ms", 1000, 100, 60_000) / 1000,
-            retention_interval_seconds=float(
-                get.number(server, "server.retention_interval_seconds", 60, 1, 86_400)
-            ),
-            retention_batch_size=get.number(server, "server.retention_batch_size", 500, 1, 10_000),
-            kek_period_seconds=3600.0 * get.number(server, "server.kek_period_hours", 24, 1, 24 * 366),
-            tls=_tls(tls, broker_file, get),
-            audit_origin=get.text(audit, "audit.origin", "alliance-broker.example/audit"),
-            checkpoint_every_events=get.number(audit, "audit.checkpoint_every_events", 1000, 1, 10**9),
-            checkpoint_every_seconds=float(
-                get.number(audit, "audit.checkpoint_every_seconds", 10, 1, 86_400)
-            ),
+            tls=_tls(tables["tls"], broker_file),
+            witnesses=witnesses,
+            witness_quorum=quorum,
             policy=load_policy(config_dir / "policy.toml"),
             alliances=load_alliances(config_dir / "alliances.toml"),
         )
 
 
+def _read(option: Option, table: Mapping[str, Any], path: Path, env: Mapping[str, str]) -> Any:
+    """The value of ``option`` in Settings' units: the environment's, the file's, or the default;
+    ConfigError naming file, key and problem when it is not one the option allows."""
+    if option.env is not None and env.get(option.env):
+        value: Any = env[option.env]
+    else:
+        value = table.get(option.name, option.default)
+    kind, problem = option.kind, None
+    if kind in ("int", "float", "ms", "hours"):
+        if isinstance(value, bool) or not isinstance(value, int) or not option.low <= value <= option.high:
+            problem = f"must be an integer in [{option.low}, {option.high}]"
+        elif kind in _SCALE:
+            return value * _SCALE[kind]
+        elif kind == "float":
+            return float(value)
+    elif kind in ("text", "path"):
+        if not isinstance(value, str) or not value:
+            problem = "must be a non-empty string"
+        elif kind == "path":
+            return Path(value)
+    elif kind == "choice":
+        if value not in option.choices:
+            problem = f"must be one of {', '.join(option.choices)}"
+    elif kind == "list":
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+            problem = "must be a list of non-empty strings"
+        else:
+            return tuple(value)
+    elif kind == "networks":
+        return _networks(value, path, option.key)
+    if problem is not None:
+        raise ConfigError(file=str(path), key=option.key, problem=problem)
+    return value
+
+
 def _no_unknown_keys(raw: Mapping[str, Any], path: Path) -> None:
     for table, body in raw.items():
         if table not in KNOWN_KEYS:
-            raise ConfigError(
-                file=str(path), key=table, problem=f"unknown table{_suggest(table, KNOWN_KEYS)}"
-            )
+            raise ConfigError(file=str(path), key=table, problem=f"unknown table{suggest(table, KNOWN_KEYS)}")
         if isinstance(body, Mapping):
             for key in body:
                 if key not in KNOWN_KEYS[table]:
-                    hint = _suggest(key, KNOWN_KEYS[table])
+                    hint = suggest(key, KNOWN_KEYS[table])
                     raise ConfigError(file=str(path), key=f"{table}.{key}", problem=f"unknown key{hint}")
 
 
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _tls(table: Mapping[str, Any], path: Path, get: _Getter) -> TlsSettings:
+def _tls(table: Mapping[str, Any], path: Path) -> TlsSettings:
     def optional_path(key: str) -> Path | None:
         value = table.get(key)
         if value is None:
@@ -314,166 +421,25 @@ def _tls(table: Mapping[str, Any], path: Path, get: _Getter) -> TlsSettings:
         cert=optional_path("cert"),
         key=optional_path("key"),
         client_ca=tuple(Path(c) for c in cas),
-        client_auth=get.choice(table, "tls.client_auth", "off", TLS_CLIENT_AUTH),
+        client_auth=_client_auth(table, path),
         insecure_http=insecure,
     )
 
 
-def _origins(server: Mapping[str, Any], path: Path) -> tuple[str, ...]:
-    value = server.get("allowed_origins", [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(file=str(path), key="server.allowed_origins", problem="must be a list of origins")
-    return tuple(value)
+def _client_auth(table: Mapping[str, Any], path: Path) -> str:
+    value = table.get("client_auth", "off")
+    if value not in TLS_CLIENT_AUTH:
+        raise ConfigError(
+            file=str(path), key="tls.client_auth", problem=f"must be one of {', '.join(TLS_CLIENT_AUTH)}"
+        )
+    return str(value)
 
 
-def _networks(server: Mapping[str, Any], path: Path, name: str) -> tuple[str, ...]:
-    value = server.get(name, [])
+def _networks(value: object, path: Path, key: str) -> tuple[str, ...]:
     problem = "must be a list of addresses or networks (CIDR), e.g. 10.0.0.5 or 10.0.0.0/24"
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(file=str(path), key=f"server.{name}", problem=problem)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(file=str(path), key=key, problem=problem)
     try:
         return tuple(str(ipaddress.ip_network(v, strict=False)) for v in value)
     except ValueError as exc:
-        raise ConfigError(file=str(path), key=f"server.{name}", problem=problem) from exc
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(file=str(path), key="-", problem=f"cannot read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(file=str(path), key="-", problem=f"not valid TOML: {exc}") from exc
-
-
-def _table(raw: Mapping[str, Any], key: str, path: Path) -> Mapping[str, Any]:
-    value = raw.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(file=str(path), key=key, problem="must be a table")
-    return value
-
-
-@dataclass(frozen=True)
-class _Getter:
-    path: Path
-
-    def text(self, table: Mapping[str, Any], dotted: str, default: str) -> str:
-        value = table.get(dotted.rsplit(".", 1)[-1], default)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(file=str(self.path), key=dotted, problem="must be a non-empty string")
-        return value
-
-    def choice(self, table: Mapping[str, Any], dotted: str, default: str, choices: tuple[str, ...]) -> str:
-        value = table.get(dotted.rsplit(".", 1)[-1], default)
-        if value not in choices:
-            raise ConfigError(file=str(self.path), key=dotted, problem=f"must be one of {', '.join(choices)}")
-        return str(value)
-
-    def number(self, table: Mapping[str, Any], dotted: str, default: int, low: int, high: int) -> int:
-        value = table.get(dotted.rsplit(".", 1)[-1], default)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError(
-                file=str(self.path), key=dotted, problem=f"must be an integer in [{low}, {high}]"
-            )
-        return value
-
-
-# Every key policy.toml may hold: anything else is refused (a misspelt ``retention`` table must
-# not leave reports kept forever without a word).
-POLICY_KEYS = frozenset(["id", "levels", "require_sealing_at_or_above", "retention"])
-# Longest retention period, in days (about a century); leave a level out to keep it forever.
-MAX_RETENTION_DAYS = 36_500
-
-
-def load_policy(path: Path) -> Policy:
-    """Read ``policy.toml``; the default policy when the file is absent."""
-    if not path.exists():
-        return DEFAULT_POLICY
-    raw = _read_toml(path)
-    for key in raw:
-        if key not in POLICY_KEYS:
-            raise ConfigError(file=str(path), key=key, problem=f"unknown key{_suggest(key, POLICY_KEYS)}")
-    levels = raw.get("levels")
-    if not isinstance(levels, list) or not levels or not all(isinstance(x, str) for x in levels):
-        raise ConfigError(file=str(path), key="levels", problem="must be a non-empty list of strings")
-    policy_id = raw.get("id", "ALLIANCE-BROKER")
-    seal = raw.get("require_sealing_at_or_above")
-    if not isinstance(policy_id, str) or not (seal is None or isinstance(seal, str)):
-        raise ConfigError(
-            file=str(path), key="id", problem="id and require_sealing_at_or_above must be strings"
-        )
-    retention = _retention(_table(raw, "retention", path), levels, path)
-    try:
-        return Policy(
-            id=policy_id, levels=tuple(levels), require_sealing_at_or_above=seal, retention=retention
-        )
-    except ValueError as exc:
-        raise ConfigError(file=str(path), key="levels", problem=str(exc)) from exc
-
-
-def _retention(table: Mapping[str, Any], levels: list[str], path: Path) -> tuple[tuple[str, timedelta], ...]:
-    """``[retention]``: a whole number of days per classification level (``SECRET = 365``)."""
-    periods = []
-    for level, days in table.items():
-        key = f"retention.{level}"
-        if level not in levels:
-            hint = _suggest(level, levels)
-            raise ConfigError(file=str(path), key=key, problem=f"not a level of this policy{hint}")
-        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_RETENTION_DAYS:
-            raise ConfigError(
-                file=str(path),
-                key=key,
-                problem=f"must be a whole number of days in [1, {MAX_RETENTION_DAYS}] "
-                "(leave the level out to keep its reports forever)",
-            )
-        periods.append((level, timedelta(days=days)))
-    return tuple(periods)
-
-
-def as_utc(value: object, *, file: Path, key: str) -> datetime:
-    """A TOML date or offset datetime as an aware UTC datetime (a date means 00:00 UTC)."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ConfigError(file=str(file), key=key, problem="datetime needs a UTC offset")
-        return value.astimezone(UTC)
-    if isinstance(value, date):
-        return datetime.combine(value, time(0), tzinfo=UTC)
-    raise ConfigError(file=str(file), key=key, problem="must be a date (YYYY-MM-DD)")
-
-
-def load_alliances(path: Path) -> tuple[AllianceSeed, ...]:
-    """Read ``alliances.toml`` into alliance seeds; nothing when the file is absent."""
-    if not path.exists():
-        return ()
-    table = _table(_read_toml(path), "alliances", path)
-    seeds = []
-    for alliance_id, body in table.items():
-        key = f"alliances.{alliance_id}"
-        try:
-            check_alliance_id(alliance_id)
-        except InvalidInput as exc:
-            raise ConfigError(file=str(path), key=key, problem=exc.message) from exc
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            raise ConfigError(file=str(path), key=f"{key}.name", problem="must be a string")
-        history = body.get("history", "full")
-        if history not in HISTORY_VALUES:
-            raise ConfigError(
-                file=str(path), key=f"{key}.history", problem=f"must be one of {HISTORY_VALUES}"
-            )
-        members = []
-        for i, row in enumerate(body.get("members", [])):
-            row_key = f"{key}.members[{i}]"
-            nation = row.get("nation") if isinstance(row, dict) else None
-            if not isinstance(nation, str) or not is_nation(nation):
-                raise ConfigError(
-                    file=str(path), key=f"{row_key}.nation", problem="not an ISO 3166-1 alpha-3 code"
-                )
-            joined = as_utc(row.get("joined"), file=path, key=f"{row_key}.joined")
-            left = None if row.get("left") is None else as_utc(row["left"], file=path, key=f"{row_key}.left")
-            if left is not None and left <= joined:
-                raise ConfigError(file=str(path), key=f"{row_key}.left", problem="must be after joined")
-            members.append(Membership(alliance=alliance_id, nation=nation, joined=joined, left=left))
-        alliance = Alliance(id=alliance_id, name=body["name"], history=history)
-        seeds.append(AllianceSeed(alliance=alliance, members=tuple(members)))
-    return tuple(seeds)
+        raise ConfigError(file=str(path), key=key, problem=problem) from exc

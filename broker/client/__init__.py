@@ -8,27 +8,34 @@ Errors::
     ├── SignatureError    a report's signature is missing or does not verify: never yielded
     ├── SealedError       a sealed payload cannot be opened with this node's key
     ├── StreamClosed      the broker closed the stream for good (revoked, bad message)
-    └── Unreachable       no connection (refused, TLS failure, timeout; a stream: past give_up_after)
+    ├── Unreachable       no connection (refused, TLS failure, timeout; a stream: past give_up_after)
+    └── WitnessError      a checkpoint lacks the log's signature or the witness quorum (verify_witnessed)
 """
 
 from broker.client.sdk import (
     ApiError,
     BrokerClient,
     ClientError,
+    Recall,
     Received,
     SealedError,
     SignatureError,
     StreamClosed,
     Unreachable,
+    WitnessError,
+    verify_witnessed,
 )
 
 __all__ = [
     "ApiError",
     "BrokerClient",
     "ClientError",
+    "Recall",
     "Received",
     "SealedError",
     "SignatureError",
     "StreamClosed",
     "Unreachable",
+    "WitnessError",
+    "verify_witnessed",
 ]

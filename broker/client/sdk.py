@@ -8,7 +8,7 @@ import random
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from broker.crypto import seal, signing
+from broker.crypto import cosignature, quorum, seal, signing
 from broker.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from broker.domain.canonical import canonical
 
@@ -47,6 +47,33 @@ class SignatureError(ClientError):
 
 class SealedError(ClientError):
     pass
+
+
+class WitnessError(ClientError):
+    """A checkpoint is not signed by the pinned log key or lacks the quorum of witness
+    cosignatures; ``verdict`` says which witnesses are missing."""
+
+    def __init__(self, message: str, verdict: quorum.QuorumVerdict | None = None) -> None:
+        self.verdict = verdict
+        super().__init__(message)
+
+
+def verify_witnessed(
+    note: str, *, log_key: str, witnesses: Sequence[str], quorum_size: int
+) -> quorum.QuorumVerdict:
+    """Check a checkpoint note (as ``GET /v1/audit/checkpoints/latest`` serves it): signed by the
+    log key (its vkey, ``broker audit key``) and cosigned by ``quorum_size`` of the witness vkeys.
+    Returns the verdict; WitnessError if it does not hold or the inputs are unusable."""
+    try:
+        public = cosignature.parse_vkey(log_key, kind=cosignature.NOTE_TYPE).public
+        verdict = quorum.check(
+            note, log_public=public, witnesses=quorum.parse_witnesses(witnesses), quorum=quorum_size
+        )
+    except (cosignature.CosignatureError, quorum.QuorumInputError) as exc:
+        raise WitnessError(str(exc)) from None
+    if not verdict.ok:
+        raise WitnessError(verdict.message, verdict)
+    return verdict
 
 
 class StreamClosed(ClientError):
@@ -94,6 +121,15 @@ class Received:
     was_sealed: bool
 
 
+@dataclass(frozen=True)
+class Recall:
+    """A recall notice: the report ``id`` (stream sequence ``sequence``) was recalled or erased
+    at the broker; any copy of it must be dropped."""
+
+    id: str
+    sequence: int
+
+
 def _retry_after(headers: Mapping[str, str] | None) -> float:
     """The seconds a ``Retry-After`` header asks for (0 when absent or a date)."""
     raw = (headers or {}).get("Retry-After", "")
@@ -118,6 +154,7 @@ class BrokerClient:
         reconnect_delay: float = 0.2,
         max_reconnect_delay: float = 10.0,
         give_up_after: float | None = 300.0,
+        keep: int = 1000,
     ) -> None:
         """``trusted_keys`` maps node ids to Ed25519 public keys (base64) learnt out of band; a
         node not in it has its key fetched from the broker (which then has to be trusted).
@@ -126,7 +163,10 @@ class BrokerClient:
         TLS, where the certificate identifies the node and ``token`` may be left out. Streams
         reconnect with exponential backoff and jitter (``reconnect_delay`` doubling up to
         ``max_reconnect_delay``) and raise ``Unreachable`` after ``give_up_after`` seconds
-        without a connection (None: never)."""
+        without a connection (None: never).
+
+        ``held``: the last ``keep`` reports its streams yielded, by id; a recall notice removes
+        the recalled report from it (and is passed to the stream's ``on_recall``)."""
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._ssl = None if tls is None else tls_context(tls)
@@ -138,6 +178,8 @@ class BrokerClient:
         self._fetched: dict[str, str | None] = {}
         self._delay = reconnect_delay
         self._session: aiohttp.ClientSession | None = None
+        self._keep = keep
+        self.held: OrderedDict[str, Received] = OrderedDict()
 
     async def __aenter__(self) -> BrokerClient:
         connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
@@ -202,6 +244,16 @@ class BrokerClient:
             body["signature"] = signing.sign(private_key=self._signing_key, message=message)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return dict(await self._call("POST", "/v1/reports", body=body, headers=headers))
+
+    async def witnessed_checkpoint(
+        self, *, log_key: str, witnesses: Sequence[str], quorum_size: int
+    ) -> dict[str, Any]:
+        """The latest checkpoint (role audit), returned only if ``verify_witnessed`` holds."""
+        checkpoint: dict[str, Any] = await self._call("GET", "/v1/audit/checkpoints/latest")
+        verify_witnessed(
+            str(checkpoint.get("note", "")), log_key=log_key, witnesses=witnesses, quorum_size=quorum_size
+        )
+        return checkpoint
 
     async def read(self, report_id: str) -> Received:
         return await self.open(await self._call("GET", f"/v1/reports/{report_id}"))
@@ -279,6 +331,7 @@ class BrokerClient:
         name: str = "default",
         ack: bool = True,
         reconnect: bool = True,
+        on_recall: Callable[[Recall], None] | None = None,
     ) -> AsyncGenerator[Received, None]:
         """Yield reports as they arrive, forever. ``after=None`` resumes after the last ack on
         ``name``. On a dropped connection (or a slow-consumer close) it reconnects from the last
@@ -288,7 +341,9 @@ class BrokerClient:
         A handshake refused with 408, 429 or 5xx (an overloaded broker, a proxy in front that is
         briefly unwell) is retried like a dropped connection, waiting at least its
         ``Retry-After``; any other refusal (and any refusal when ``reconnect`` is False) raises
-        ``ApiError`` with the broker's problem document."""
+        ``ApiError`` with the broker's problem document.
+
+        A recall notice drops the report from ``held`` and is passed to ``on_recall``."""
         last, seen = after, OrderedDict[str, None]()
         attempt, since = 0, time.monotonic()  # failures in a row, and since when
         while True:
@@ -306,6 +361,8 @@ class BrokerClient:
                         if message.type != aiohttp.WSMsgType.TEXT:
                             break
                         frame = json.loads(message.data)
+                        if frame.get("type") == "recall":
+                            self._recalled(frame, on_recall)
                         if frame.get("type") != "report":
                             continue
                         report = frame["report"]
@@ -314,6 +371,7 @@ class BrokerClient:
                             seen[report["id"]] = None
                             if len(seen) > DEDUP_WINDOW:
                                 seen.popitem(last=False)
+                            self._hold(opened)
                             yield opened
                         last = int(report["sequence"])
                         if ack:
@@ -335,6 +393,18 @@ class BrokerClient:
                 return
             attempt += 1
             await asyncio.sleep(max(self._backoff(attempt), min(wait_at_least, self._max_delay)))
+
+    def _hold(self, report: Received) -> None:
+        if self._keep > 0:
+            self.held[report.id] = report
+            while len(self.held) > self._keep:
+                self.held.popitem(last=False)
+
+    def _recalled(self, frame: Mapping[str, Any], on_recall: Callable[[Recall], None] | None) -> None:
+        notice = Recall(id=str(frame["id"]), sequence=int(frame["sequence"]))
+        self.held.pop(notice.id, None)
+        if on_recall is not None:
+            on_recall(notice)
 
     async def _open_or_resume(self, report: dict[str, Any], *, reconnect: bool) -> Received:
         """``open(report)``; when that fails for a passing reason (fetching the originator's key

@@ -12,13 +12,16 @@ note or export line that is malformed, or a trusted checkpoint the key did not s
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from broker.crypto import merkle, notes
+from broker.crypto import cosignature, merkle, notes
 from broker.crypto.chain import GENESIS, event_hash
+from broker.crypto.quorum import QuorumInputError
+from broker.crypto.quorum import check as check_quorum
 from broker.errors import InvalidInput
 
 # Kinds that say the input could not be checked, not that it was tampered with.
@@ -29,11 +32,13 @@ UNCHECKABLE = frozenset({"malformed", "untrusted"})
 class Finding:
     ok: bool
     # intact; tampered: altered | inserted | removed | reordered | truncated | signature |
-    # checkpoint | rolled_back | inconsistent; uncheckable: malformed | untrusted
+    # checkpoint | rolled_back | inconsistent | unwitnessed; uncheckable: malformed | untrusted
     kind: str
     message: str
     seq: int | None = None
     line: int | None = None
+    # The note of the export's final checkpoint, cosignature lines included (not for display).
+    final_note: str | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def exit_code(self) -> int:
@@ -126,9 +131,39 @@ def _check_chain(events: list[tuple[int, dict[str, Any]]]) -> Finding | None:
     return None
 
 
-def verify(lines: Iterable[str], *, public_key: bytes, trusted: str | None = None) -> Finding:
+def verify(
+    lines: Iterable[str],
+    *,
+    public_key: bytes,
+    trusted: str | None = None,
+    witnesses: Sequence[cosignature.VerifierKey] = (),
+    quorum: int = 0,
+) -> Finding:
     """Check an NDJSON export (event lines, then ``{"checkpoint": {...}}`` lines). ``trusted``:
-    the text of a checkpoint the auditor saved earlier, which the export must extend."""
+    the text of a checkpoint the auditor saved earlier, which the export must extend. With
+    ``quorum`` > 0 the export's final checkpoint must also carry that many valid cosignatures
+    from ``witnesses`` (kind ``unwitnessed`` otherwise)."""
+    finding = _verify_log(lines, public_key=public_key, trusted=trusted)
+    if not finding.ok or quorum == 0:
+        return finding
+    return _witnessed(finding, public_key, witnesses, quorum)
+
+
+def _witnessed(
+    intact: Finding, public_key: bytes, witnesses: Sequence[cosignature.VerifierKey], quorum: int
+) -> Finding:
+    try:
+        verdict = check_quorum(
+            intact.final_note or "", log_public=public_key, witnesses=witnesses, quorum=quorum
+        )
+    except QuorumInputError as exc:
+        return _fail("malformed", str(exc))
+    if not verdict.ok:
+        return _fail("unwitnessed", f"{intact.message}; but the {verdict.message}")
+    return Finding(ok=True, kind="intact", message=f"{intact.message}, {verdict.message}")
+
+
+def _verify_log(lines: Iterable[str], *, public_key: bytes, trusted: str | None) -> Finding:
     if not notes.valid_public_key(public_key):
         return _fail("malformed", "the public key is not an Ed25519 public key (32 bytes, a curve point)")
     anchor: notes.CheckpointBody | None = None
@@ -144,6 +179,7 @@ def verify(lines: Iterable[str], *, public_key: bytes, trusted: str | None = Non
     if not checkpoint_lines:
         return _fail("signature", "the export carries no signed checkpoint")
     signed: list[tuple[int, notes.CheckpointBody]] = []
+    final_note, final_size = "", -1
     for line, obj in checkpoint_lines:
         record = obj["checkpoint"]
         if not isinstance(record, dict):
@@ -160,10 +196,12 @@ def verify(lines: Iterable[str], *, public_key: bytes, trusted: str | None = Non
         if finding is not None:
             return finding
         signed.append((line, body))
+        if body.size > final_size:
+            final_note, final_size = str(record["note"]), body.size
     finding = _check_order(events) or _check_chain(events)
     if finding is not None:
         return finding
-    return _check_tree(events, signed, anchor)
+    return dataclasses.replace(_check_tree(events, signed, anchor), final_note=final_note)
 
 
 def _verify_note(note: object, public_key: bytes) -> tuple[notes.CheckpointBody, bytes]:

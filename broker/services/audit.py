@@ -105,8 +105,7 @@ def batcher(ctx: Context) -> Batcher:
     here until its events are committed (``Stale`` when the security state moved meanwhile)."""
     if ctx.audit_batcher is None:
         ctx.audit_batcher = Batcher(ctx)
-    found: Batcher = ctx.audit_batcher
-    return found
+    return ctx.audit_batcher
 
 
 # -- for the auditor page -----------------------------------------------------------------

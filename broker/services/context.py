@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from broker.crypto import keyring as keyring_file
 from broker.crypto import notes
@@ -25,6 +26,11 @@ from broker.storage import keyringcheck
 from broker.storage.database import Database
 from broker.storage.db import Deadlines, create_engine, redacted
 from broker.storage.repos import WriteTx
+
+if TYPE_CHECKING:  # they import this module: named here for the type checker only
+    from broker.domain.records import ReportRecord
+    from broker.services.audit import Batcher
+    from broker.services.reports import PublishAct
 
 
 def open_database(settings: Settings) -> Database:
@@ -69,9 +75,11 @@ class Context:
     auth_failures: AuthFailures = field(init=False, repr=False)
     recalls: TokenBucket = field(init=False, repr=False)  # per-node recall limit
     # Publishes in flight share transactions (see services.reports._publisher).
-    publishes: GroupCommit[Any, Any] | None = field(default=None, repr=False)
+    publishes: GroupCommit[PublishAct, ReportRecord] | None = field(default=None, repr=False)
     # Audit events of reads, listings and deliveries share group commits (services.audit.batcher).
-    audit_batcher: Any = field(default=None, repr=False)
+    audit_batcher: Batcher | None = field(default=None, repr=False)
+    # Set (each of them) whenever this process signs a checkpoint: the witness loops wait on them.
+    checkpoint_waiters: set[asyncio.Event] = field(default_factory=set, repr=False)
     _counter: int = field(default=-1, repr=False)
     _directory: Directory = field(default_factory=Directory, repr=False)
 

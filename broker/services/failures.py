@@ -4,19 +4,12 @@ node and act (see services.auth)."""
 
 from __future__ import annotations
 
-import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from broker.domain.records import AuditDraft, NodeRecord
-
-
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    stamp: float
-
+from broker.services.limits import TokenBucket
 
 # Where a window's failures from sources past ``max_sources`` are counted together.
 OTHER_SOURCES = "other"
@@ -45,25 +38,19 @@ class AuthFailures:
     rate: float
     burst: float
     max_sources: int = 20_000
-    # Oldest failure first: a failure moves its source to the end.
-    _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
+    _buckets: TokenBucket = field(init=False)
     _counts: dict[tuple[str, str | None, str | None], Counter[str]] = field(default_factory=dict)
     _since: datetime | None = None
     # (node, nation, act, role): only authenticated nodes get here, so this stays as small as
     # the node table times the acts.
     _refusals: dict[tuple[str, str, str, str], _Refusals] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._buckets = TokenBucket(rate=self.rate, burst=self.burst, max_keys=self.max_sources)
+
     def allowed(self, source: str) -> bool:
         """False when ``source`` has used up its failures: refuse it without any write."""
-        bucket = self._buckets.get(source)
-        if bucket is None:
-            return True
-        now = time.monotonic()
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
-        bucket.stamp = now
-        if bucket.tokens >= self.burst:
-            del self._buckets[source]  # full again: forget it (memory stays bounded)
-        return bucket.tokens >= 1
+        return self._buckets.allowed(source)
 
     @property
     def sources(self) -> int:
@@ -71,14 +58,7 @@ class AuthFailures:
         return len(self._buckets)
 
     def note(self, source: str, reason: str, node: NodeRecord | None, *, now: datetime) -> None:
-        bucket = self._buckets.get(source)
-        if bucket is None:
-            bucket = self._buckets[source] = _Bucket(self.burst, time.monotonic())
-            if len(self._buckets) > self.max_sources:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(source)
-        bucket.tokens -= 1
+        self._buckets.spend(source)
         key = (source, None if node is None else node.id, None if node is None else node.nation)
         if key not in self._counts and len(self._counts) >= self.max_sources:
             key = (OTHER_SOURCES, None, None)

@@ -7,9 +7,10 @@ through SQLAlchemy's public synchronous API (``sqlite+pysqlite``, a ``NullPool``
 pragmas as every other SQLite connection (db.SQLITE_PRAGMAS) and ``BEGIN IMMEDIATE``. An
 ``asyncio.Lock`` queues the process's write transactions in front of it, so they never wait in
 SQLite's busy handler, which sleeps and ruins tail latency; other processes queue on BEGIN
-IMMEDIATE and the busy timeout. Read transactions (``read_transaction``) run on a second thread
-with a connection of its own that begins a plain (deferred) transaction: a WAL snapshot that
-neither takes nor waits for the write lock.
+IMMEDIATE and the busy timeout. Read transactions (``read_transaction``) run on reader threads,
+each with a connection of its own that begins a plain (deferred) transaction: a WAL snapshot that
+neither takes nor waits for the write lock. Several readers run at once (SQLite releases the GIL
+while it works), so a long listing or an auditor's export does not queue every other read.
 
 On PostgreSQL the same bodies run through ``AsyncConnection.run_sync`` on a pooled connection;
 writers serialise on the ``log_head`` row, and reads are ordinary transactions. A group-committed
@@ -44,6 +45,9 @@ from broker.storage.repos import Tx
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 _Job = tuple[Callable[[Connection], Any], asyncio.Future[Any]] | None
+# Reader threads on SQLite: enough that one long read (a 5,000-row listing scan, an export page)
+# leaves others free; each holds one connection and its page cache.
+SQLITE_READERS = 4
 
 
 class ConnectionThread:
@@ -122,16 +126,21 @@ class Database:
         # Several broker processes serve one PostgreSQL database; a SQLite file has one broker.
         self.shared = not sqlite
         self._writer: ConnectionThread | None = None
-        self._reader: ConnectionThread | None = None
+        self._readers: list[ConnectionThread] = []
+        self._idle_readers: asyncio.Queue[ConnectionThread] = asyncio.Queue()
         self._serial = asyncio.Lock()
         # Called with the seconds each write transaction held the write lock (the head row on
         # PostgreSQL, from when ``lock_head`` returned; the whole write transaction on SQLite),
         # through its commit or rollback: the hot spot every publish and audit event queues on.
         self.on_lock_held: Callable[[float], None] | None = None
-        self._read_serial = asyncio.Lock()
         if sqlite:
             self._writer = _sqlite_thread(engine, name="sqlite-writer", read_only=False)
-            self._reader = _sqlite_thread(engine, name="sqlite-reader", read_only=True)
+            self._readers = [
+                _sqlite_thread(engine, name=f"sqlite-reader-{n}", read_only=True)
+                for n in range(SQLITE_READERS)
+            ]
+            for reader in self._readers:
+                self._idle_readers.put_nowait(reader)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
@@ -170,12 +179,24 @@ class Database:
         snapshot on a connection of its own (``query_only``: a write in it fails), so it neither
         takes nor waits for the write lock, and writers do not wait for it."""
         async with _mapped_errors():
-            if self._reader is None:
+            if not self._readers:
                 async with self._pooled() as tx:
                     yield tx
-            else:
-                async with self._read_serial, _ended(Tx(self._reader.run, postgresql=False)) as tx:
+                return
+            reader = await self._free_reader()
+            try:
+                async with _ended(Tx(reader.run, postgresql=False)) as tx:
                     yield tx
+            finally:
+                self._idle_readers.put_nowait(reader)
+
+    async def _free_reader(self) -> ConnectionThread:
+        """A reader thread nobody is using, waited for within the deadline (503 after it)."""
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await self._idle_readers.get()
+        except TimeoutError:
+            raise Unavailable("no database reader free in time") from None
 
     @asynccontextmanager
     async def _pooled(self, *, measure: bool = False) -> AsyncIterator[Tx]:
@@ -198,7 +219,7 @@ class Database:
             self._committed(tx)
 
     async def dispose(self) -> None:
-        for thread in (self._writer, self._reader):
+        for thread in (self._writer, *self._readers):
             if thread is not None:
                 await thread.close()
         await self.engine.dispose()

@@ -94,6 +94,9 @@ class NodeRow(Base):
     token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A federation link's audience (nations, alliance ids) and the originator nations it carries.
+    audience: Mapped[list[str]] = mapped_column(JSON, server_default="[]")
+    origins: Mapped[list[str]] = mapped_column(JSON, server_default="[]")
 
 
 class ReportRow(Base):
@@ -107,6 +110,9 @@ class ReportRow(Base):
         Index("ix_reports_originator_created", "originator_node", "created_at"),
         # Where a TAXII ``added_after`` starts (storage/collections.py).
         Index("ix_reports_created", "created_at"),
+        # Which reports a stream must send recall notices for (services/deliver.py).
+        Index("ix_reports_recalled_at", "recalled_at"),
+        Index("ix_reports_erased_at", "erased_at"),
     )
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     id: Mapped[str] = mapped_column(String(36), unique=True)
@@ -202,6 +208,29 @@ class CheckpointRow(Base):
     root: Mapped[str] = mapped_column(String(64))
     time: Mapped[datetime] = mapped_column(UTCDateTime)
     note: Mapped[str] = mapped_column(Text)
+
+
+class WitnessCosignatureRow(Base):
+    """A witness's C2SP cosignature line on the checkpoint of ``size`` events (verified first)."""
+
+    __tablename__ = "witness_cosignatures"
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    witness: Mapped[str] = mapped_column(String(200), primary_key=True)
+    line: Mapped[str] = mapped_column(Text)
+    timestamp: Mapped[int] = mapped_column(BigInteger)  # the witness's, inside the line
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WitnessStateRow(Base):
+    """Per witness: the size it last cosigned, and its latest refusal while that stands."""
+
+    __tablename__ = "witness_state"
+    witness: Mapped[str] = mapped_column(String(200), primary_key=True)
+    cosigned_size: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    refused_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    refused_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    refused_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class CollectionRow(Base):

@@ -12,7 +12,7 @@ from aiohttp import web
 from broker.domain.records import NodeRecord
 from broker.domain.time import parse_time
 from broker.errors import BadRequest, InvalidInput, RateLimited
-from broker.services import admin, auth, reports
+from broker.services import admin, auth, reports, witnessing
 from broker.services.context import Context
 from broker.services.limits import TokenBucket
 from broker.storage.db import ping
@@ -101,7 +101,19 @@ async def index(_request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     await ping(ctx.db.engine, seconds=ctx.settings.health_timeout_seconds)
-    return web.json_response({"status": "ok"})
+    if not ctx.settings.witnesses:
+        return web.json_response({"status": "ok"})
+    # Readiness stays the database's: an unwitnessed log is reported, not a reason to stop serving.
+    state = await witnessing.status(ctx)
+    return web.json_response(
+        {
+            "status": "ok",
+            "witnessed": state.witnessed,
+            "witness_quorum": state.quorum,
+            "cosigners": state.cosigners,
+            "refused_by": list(state.refused_by),
+        }
+    )
 
 
 async def publish(request: web.Request) -> web.Response:

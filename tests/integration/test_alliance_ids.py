@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from broker.config_files import AllianceSeed
 from broker.domain.alliances import Alliance, Membership
 from broker.errors import InvalidInput
 from broker.services import admin
 from broker.services.context import Context
-from broker.settings import AllianceSeed
 
 
 async def test_alliance_named_like_a_nation_is_refused(ctx: Context) -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from broker import __main__ as cli
+import broker.cli as cli
 from broker.demo import DEMO_NODES, prepare
 from broker.domain.access import ROLES
 from broker.services.context import Context
@@ -193,7 +193,7 @@ def _leaf(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> argparse.Ar
 def test_every_option_names_its_default_and_valid_values() -> None:
     """Every argument is explained; every optional one says what happens without it; every one
     with choices names them."""
-    root = cli._parser()
+    root = cli.build_parser()
     commands = list(_subcommands(root))
     assert ("node", "add") in commands and ("pki", "init-ca") in commands and ("serve",) in commands
     for path in commands:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import __main__ as cli
+import broker.cli as cli
 from broker.crypto import notes
 from broker.crypto.keys import load_sealing_key, load_signing_key, public_b64
 from broker.demo import prepare

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from broker.domain.records import AuditDraft
-from broker.services import admin, audit
+from broker.services import admin, audit, ledger
 from broker.services import reports as report_service
 from broker.services.auth import authenticate
 from broker.services.context import Context
@@ -153,3 +153,20 @@ async def test_a_cancelled_transaction_is_rolled_back_before_the_next(sqlite_ctx
         await task
     async with ctx.db.transaction() as tx:
         assert await tx.change_counter() == counter
+
+
+async def test_reads_run_side_by_side_and_beside_an_open_write(sqlite_ctx: Context) -> None:
+    """Several SQLite readers: a read in progress does not hold up another read, and an auditor's
+    query (events, proofs, export pages, the checkpoint poll) reads a snapshot instead of queueing
+    behind a write transaction that is still open."""
+    ctx = sqlite_ctx
+    await admin.add_node(
+        ctx, {"id": "usa-1", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]}, actor="t"
+    )
+    async with asyncio.timeout(5):  # the old single reader (or the write lock) would hold these for good
+        async with ctx.db.read_transaction() as first, ctx.db.read_transaction() as second:
+            assert await first.audit_size() == await second.audit_size() >= 1
+        async with ctx.db.write_transaction() as tx:
+            await tx.lock_head()
+            page = await ledger.events(ctx, after=0, limit=10, filters={})
+            assert page["events"] and page["events"][0]["seq"] == 1

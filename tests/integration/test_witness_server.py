@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from broker.__main__ import main
+from broker.cli import main
 from broker.crypto.cosignature import NOTE_TYPE, parse_vkey
 from broker.witness import directory, protocol, server
 from tests.integration import c2sp

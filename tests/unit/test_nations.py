@@ -8,12 +8,12 @@ from typing import Any
 import pycountry
 import pytest
 
+from broker.config_files import load_alliances
 from broker.domain import nations
 from broker.domain.labels import CAVEAT, DEFAULT_POLICY, parse_label
 from broker.domain.nations import ALLIANCE_ID, NATIONS, is_nation
 from broker.errors import ConfigError, InvalidInput
 from broker.services.admin import NODE_ID
-from broker.settings import load_alliances
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 

@@ -11,11 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker.config_files import load_policy
 from broker.domain.labels import DEFAULT_POLICY, Policy
 from broker.errors import ConfigError
 from broker.services import metrics
 from broker.services.retention import ACTOR, REASON, Step, plan
-from broker.settings import Settings, load_policy
+from broker.settings import Settings
 from broker.storage.retention import StoredAge
 from tests.conftest import CONFIG
 
