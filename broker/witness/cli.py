@@ -12,7 +12,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from broker.cli.common import log_options
 from broker.crypto import cosignature
 from broker.errors import BrokerError
 from broker.settings import TlsSettings
@@ -50,7 +49,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port (default: %(default)s; 0: any)")
     serve.add_argument(
-        "--log", action="append", required=True, metavar="VKEY", dest="logs", help="a log's vkey (repeatable)"
+        "--log",
+        action="append",
+        required=True,
+        metavar="VKEY",
+        dest="logs",
+        help="a log's vkey, type 0x01 (repeatable; required)",
     )
     _serve_options(serve)
 
@@ -59,15 +63,13 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--tls-cert", metavar="PEM", help="server certificate chain; enables TLS (default: none)"
     )
-    serve.add_argument(
-        "--tls-key", metavar="PEM", help="the server certificate's private key (default: none)"
-    )
+    serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (default: none)")
     serve.add_argument(
         "--tls-client-ca",
         action="append",
         default=[],
         metavar="PEM",
-        help="CA for client certificates, repeatable (default: none)",
+        help="CA for client certificates (default: none)",
     )
     serve.add_argument(
         "--tls-client-auth",
@@ -78,7 +80,18 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--insecure-http", action="store_true", help="allow plain HTTP off loopback (default: refused)"
     )
-    log_options(serve)
+    serve.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="least severe log records written: debug, info, warning or error (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text, or json: one object per line (default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

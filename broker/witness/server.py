@@ -31,6 +31,7 @@ MAX_BODY_BYTES = 64 * 1024
 BODY_SECONDS = 10.0
 HEAD_SECONDS = 10.0
 KEEPALIVE_SECONDS = 75.0
+LINGER_SECONDS = 2.0
 PER_SOURCE = 256  # a log asks over a few kept-alive connections; this only stops a flood
 SIZE_TYPE = "text/x.tlog.size"
 
@@ -67,19 +68,20 @@ class Witness:
 
 
 WITNESS = web.AppKey("witness", Witness)
+BODY_DEADLINE = web.AppKey("body_deadline", float)
 
 
 async def add_checkpoint(request: web.Request) -> web.Response:
     witness = request.app[WITNESS]
     try:
-        async with asyncio.timeout(BODY_SECONDS):
+        async with asyncio.timeout(request.app[BODY_DEADLINE]):
             body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         log.info("witness_refused status=413 reason=body_too_large")
-        return web.Response(status=413, text=f"the body exceeds {MAX_BODY_BYTES} bytes\n")
+        return _closing(413, f"the body exceeds {MAX_BODY_BYTES} bytes\n")
     except TimeoutError:
         log.info("witness_refused status=408 reason=body_timeout")
-        return web.Response(status=408, text="the body did not arrive in time\n")
+        return _closing(408, "the body did not arrive in time\n")
     try:
         submission = read(body, witness.logs)
         line = await witness.add(submission, body)
@@ -92,6 +94,13 @@ async def add_checkpoint(request: web.Request) -> web.Response:
         submission.old_size,
     )
     return web.Response(text=line, content_type="text/plain", charset="utf-8")
+
+
+def _closing(status: int, text: str) -> web.Response:
+    """An answer after which the connection closes: the rest of the body is never read."""
+    response = web.Response(status=status, text=text)
+    response.force_close()
+    return response
 
 
 def _refusal(refused: Refused, body: bytes) -> web.Response:
@@ -114,21 +123,35 @@ async def monitoring_checkpoint(request: web.Request) -> web.Response:
     return web.Response(text=note, content_type="text/plain", charset="utf-8")
 
 
-def create_app(witness: Witness) -> web.Application:
-    """The witness's aiohttp application: the two routes, a bounded body, a request-head deadline."""
+def create_app(
+    witness: Witness, *, head_seconds: float = HEAD_SECONDS, body_seconds: float = BODY_SECONDS
+) -> web.Application:
+    """The witness's aiohttp application: the two routes, a bounded body that must arrive within
+    ``body_seconds``, and a request head within ``head_seconds``."""
     app = web.Application(middlewares=[head_arrived], client_max_size=MAX_BODY_BYTES)
-    app[CONNECTIONS] = ConnectionGuard(head_seconds=HEAD_SECONDS, per_source=PER_SOURCE)
+    app[CONNECTIONS] = ConnectionGuard(head_seconds=head_seconds, per_source=PER_SOURCE)
     app[WITNESS] = witness
+    app[BODY_DEADLINE] = body_seconds
     app.router.add_post("/add-checkpoint", add_checkpoint)
     app.router.add_get("/{origin_hash:[0-9a-f]{64}}/checkpoint", monitoring_checkpoint)
     return app
 
 
 async def start(
-    witness: Witness, *, host: str, port: int, ssl_context: ssl.SSLContext | None
+    witness: Witness,
+    *,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    head_seconds: float = HEAD_SECONDS,
+    body_seconds: float = BODY_SECONDS,
 ) -> tuple[web.AppRunner, int]:
     """Serve ``witness`` until the runner is cleaned up; the port listened on (0 picks one)."""
-    runner = web.AppRunner(create_app(witness), keepalive_timeout=KEEPALIVE_SECONDS, access_log=None)
+    app = create_app(witness, head_seconds=head_seconds, body_seconds=body_seconds)
+    # lingering_time: after a 408 or 413, the unread rest of a body is drained for at most this
+    runner = web.AppRunner(
+        app, keepalive_timeout=KEEPALIVE_SECONDS, lingering_time=LINGER_SECONDS, access_log=None
+    )
     await runner.setup()
     site = GuardedSite(runner, host, port, ssl_context=ssl_context)
     try:

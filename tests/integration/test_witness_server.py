@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ class Harness:
     tree: Tree
     fork: Tree
     public: bytes
+    running: server.Witness
 
     async def post(self, body: bytes) -> tuple[int, str, bytes]:
         async with self.session.post(f"{self.url}/add-checkpoint", data=body) as resp:
@@ -65,7 +67,9 @@ async def witness(tmp_path: Path) -> AsyncIterator[Harness]:
     _, _, public = c2sp.parse_vkey(identity.vkey)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            harness = Harness(f"http://127.0.0.1:{port}", folder, session, log, other, tree, fork, public)
+            harness = Harness(
+                f"http://127.0.0.1:{port}", folder, session, log, other, tree, fork, public, running
+            )
             assert (await harness.submit(0, 5))[0] == 200  # every test starts from size 5 cosigned
             yield harness
     finally:
@@ -255,3 +259,64 @@ async def test_concurrent_requests_from_one_old_size_cosign_exactly_one(witness:
     won = next(size for size, answer in zip(range(6, 26), answers, strict=True) if answer[0] == 200)
     assert {body for status, _, body in answers if status == 409} == {f"{won}\n".encode()}
     assert (await witness.monitored())[1].startswith(f"{ORIGIN}\n{won}\n")
+
+
+async def test_mutated_requests_never_get_a_500_nor_move_the_state_off_the_true_tree(
+    witness: Harness,
+) -> None:
+    rng = random.Random(24)
+    base = _base(witness)
+    for _ in range(300):
+        body = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(body))
+            choice = rng.random()
+            if choice < 0.4:
+                body[at] = rng.randrange(256)
+            elif choice < 0.7:
+                del body[at : at + rng.randint(1, 8)]
+            else:
+                body[at:at] = bytes(rng.choice(b"\n 0=+A\xe2\x80\x94") for _ in range(rng.randint(1, 4)))
+        status, _, _ = await witness.post(bytes(body))
+        assert status in (200, 400, 403, 404, 409, 422), (status, bytes(body))
+    _, note = await witness.monitored()
+    size, root = note.split("\n")[1:3]
+    assert base64.b64decode(root) == witness.tree.root(int(size))
+
+
+async def _closed(reader: asyncio.StreamReader) -> bytes:
+    """What the server sent before it closed the connection (bounded: the test's own deadline)."""
+    async with asyncio.timeout(5):
+        return await reader.read()
+
+
+async def test_slow_heads_and_bodies_are_cut_off_and_connections_are_kept_alive(witness: Harness) -> None:
+    runner, port = await server.start(
+        witness.running, host="127.0.0.1", port=0, ssl_context=None, head_seconds=0.3, body_seconds=0.3
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /add-checkpoint HTTP/1.1\r\nHost: w\r\n")  # and never the rest
+        assert await _closed(reader) == b""
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /add-checkpoint HTTP/1.1\r\nHost: w\r\nContent-Length: 100\r\n\r\nold 5\n")
+        async with asyncio.timeout(5):
+            assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 408 ")
+        assert await _closed(reader)  # the rest of the answer, then the end (no more body read)
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = _base(witness)
+        for _ in range(2):  # two requests, one connection
+            writer.write(
+                b"POST /add-checkpoint HTTP/1.1\r\nHost: w\r\nContent-Length: %d\r\n\r\n" % len(body)
+            )
+            writer.write(body)
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+            assert head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.1 409 "))
+        writer.close()
+    finally:
+        await runner.cleanup()
