@@ -241,6 +241,10 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         "the export must extend it (exit 1 if it was rolled back or rewritten) (default: none)",
     )
     audit.add_parser("key", parents=[common], help="print the checkpoint public key auditors pin")
+    from broker import federation_cli
+
+    federation_cli.register_audit(audit, common)
+    federation_cli.register(sub, common)
 
     report = sub.add_parser("report", help="reports").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -402,6 +406,10 @@ def _command(args: argparse.Namespace, settings: Settings) -> Callable[[Context]
         ("audit", "export"): lambda c: _export(c, Path(args.file)),
         ("audit", "key"): lambda c: asyncio.sleep(0, ledger.public_key(c)),
     }
+    if args.command == "peer":
+        from broker import federation_cli
+
+        return federation_cli.command(args)
     return table[key]
 
 
@@ -464,6 +472,13 @@ def _checkpoint_public_key(key: str | None, settings: Settings | None) -> bytes:
             + (" that are not a curve point" if len(public) == 32 else ", not 32")
         )
     return public
+
+
+def _local_log_key(settings: Settings | None) -> tuple[str, bytes] | None:
+    """This broker's audit origin and checkpoint key, when a keyring is at hand."""
+    if settings is None or not settings.keyring_path.exists():
+        return None
+    return settings.audit_origin, notes.public_key(keyring.load(settings.keyring_path).checkpoint_key)
 
 
 def _vkey_public(vkey: str) -> bytes:
@@ -937,6 +952,10 @@ def _main(words: list[str], *, as_json: bool) -> int:
         return _pki_main(args)
     _configure_logging(args)
     try:
+        if args.command == "audit" and args.action == "trace":
+            from broker import federation_cli
+
+            return federation_cli.trace(args, _local_log_key(_settings_if_any()))
         if args.command == "audit" and args.action == "verify":
             # Offline: the export and the key are enough; the configuration only finds a keyring.
             return _verify(args, None if args.key is not None else _settings_if_any())
