@@ -140,12 +140,14 @@ class StreamDouble:
         self.acked = asyncio.Event()
         self._pki = found
         self._runner: web.AppRunner | None = None
+        self._open: set[web.WebSocketResponse] = set()
         self.port = 0
 
     async def _stream(self, request: web.Request) -> web.WebSocketResponse:
         self.queries.append(dict(request.query))
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        self._open.add(ws)
         after = int(request.query.get("after", "0"))
         for frame in self.frames:
             sequence = frame.get("report", {}).get("sequence", after + 1)
@@ -175,5 +177,7 @@ class StreamDouble:
             assert await wait_event(self.acked, max(deadline - loop.time(), 0.0)), f"no ack of {sequence}"
 
     async def stop(self) -> None:
+        for ws in list(self._open):
+            await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
