@@ -35,7 +35,7 @@ from broker.web.tls import check_bind, is_loopback, server_context
 CLI_ACTOR = "cli"
 
 
-ROLES = "publish, subscribe, audit, admin"
+ROLES = "publish, subscribe, audit, admin, federate (a link to another broker, alone)"
 HISTORY_HELP = (
     "full: members see every report released to the alliance; since-join: only reports created "
     "after they joined (default: %(default)s)"
@@ -145,6 +145,7 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     add.add_argument("--clearance", required=True, help=f"highest level it may read: {levels}")
     add.add_argument("--roles", required=True, help=f"comma-separated, any of: {ROLES}")
     add.add_argument("--caveats", default="", help="comma-separated caveats it holds (default: none)")
+    _link_options(add)
     _key_options(add)
     add.add_argument(
         "--certificate",
@@ -188,6 +189,7 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     upd.add_argument("--clearance", help=f"one of: {levels} (default: unchanged)")
     upd.add_argument("--caveats", help="comma-separated; empty for none (default: unchanged)")
     upd.add_argument("--roles", help=f"comma-separated, any of: {ROLES} (default: unchanged)")
+    _link_options(upd, unchanged=True)
     _key_options(upd, unchanged=True)
     pin = upd.add_mutually_exclusive_group()
     pin.add_argument(
@@ -590,6 +592,19 @@ async def _erase(ctx: Context, report_id: str) -> dict[str, Any]:
     return {"id": await reports.erase(ctx, report_id, actor=CLI_ACTOR), "erased": True}
 
 
+def _link_options(parser: argparse.ArgumentParser, *, unchanged: bool = False) -> None:
+    default = "unchanged" if unchanged else "none"
+    parser.add_argument(
+        "--audience",
+        help="federate links: comma-separated nations and alliance ids it receives for (e.g. NATO,FRA; "
+        f"default: {default})",
+    )
+    parser.add_argument(
+        "--origins",
+        help=f"federate links: comma-separated originator nations it carries (e.g. USA; default: {default})",
+    )
+
+
 def _node_changes(args: argparse.Namespace) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if args.clearance:
@@ -598,6 +613,9 @@ def _node_changes(args: argparse.Namespace) -> dict[str, Any]:
         changes["caveats"] = _csv(args.caveats)
     if args.roles is not None:
         changes["roles"] = _csv(args.roles)
+    for key in ("audience", "origins"):
+        if getattr(args, key) is not None:
+            changes[key] = _csv(getattr(args, key))
     for key in ("ed25519_public_key", "x25519_public_key"):
         if getattr(args, key):
             changes[key] = getattr(args, key)
@@ -608,6 +626,7 @@ def _node_changes(args: argparse.Namespace) -> dict[str, Any]:
     if not changes:
         raise InvalidInput(
             f"nothing to change for {args.id}: give one or more of --clearance, --caveats, --roles, "
+            "--audience, --origins, "
             "--ed25519-public-key, --x25519-public-key, --certificate, --no-certificate",
             code="invalid_node",
         )
@@ -640,6 +659,9 @@ def _node_spec(args: argparse.Namespace) -> dict[str, Any]:
         "roles": _csv(args.roles),
         "caveats": _csv(args.caveats),
     }
+    for key in ("audience", "origins"):
+        if getattr(args, key) is not None:
+            spec[key] = _csv(getattr(args, key))
     if args.ed25519_public_key:
         spec["ed25519_public_key"] = args.ed25519_public_key
     if args.x25519_public_key:

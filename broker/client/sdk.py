@@ -8,7 +8,7 @@ import random
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -94,6 +94,15 @@ class Received:
     was_sealed: bool
 
 
+@dataclass(frozen=True)
+class Recall:
+    """A recall notice: the report ``id`` (stream sequence ``sequence``) was recalled or erased
+    at the broker; any copy of it must be dropped."""
+
+    id: str
+    sequence: int
+
+
 def _retry_after(headers: Mapping[str, str] | None) -> float:
     """The seconds a ``Retry-After`` header asks for (0 when absent or a date)."""
     raw = (headers or {}).get("Retry-After", "")
@@ -118,6 +127,7 @@ class BrokerClient:
         reconnect_delay: float = 0.2,
         max_reconnect_delay: float = 10.0,
         give_up_after: float | None = 300.0,
+        keep: int = 1000,
     ) -> None:
         """``trusted_keys`` maps node ids to Ed25519 public keys (base64) learnt out of band; a
         node not in it has its key fetched from the broker (which then has to be trusted).
@@ -126,7 +136,10 @@ class BrokerClient:
         TLS, where the certificate identifies the node and ``token`` may be left out. Streams
         reconnect with exponential backoff and jitter (``reconnect_delay`` doubling up to
         ``max_reconnect_delay``) and raise ``Unreachable`` after ``give_up_after`` seconds
-        without a connection (None: never)."""
+        without a connection (None: never).
+
+        ``held``: the last ``keep`` reports its streams yielded, by id; a recall notice removes
+        the recalled report from it (and is passed to the stream's ``on_recall``)."""
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._ssl = None if tls is None else tls_context(tls)
@@ -138,6 +151,8 @@ class BrokerClient:
         self._fetched: dict[str, str | None] = {}
         self._delay = reconnect_delay
         self._session: aiohttp.ClientSession | None = None
+        self._keep = keep
+        self.held: OrderedDict[str, Received] = OrderedDict()
 
     async def __aenter__(self) -> BrokerClient:
         connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
@@ -279,6 +294,7 @@ class BrokerClient:
         name: str = "default",
         ack: bool = True,
         reconnect: bool = True,
+        on_recall: Callable[[Recall], None] | None = None,
     ) -> AsyncGenerator[Received, None]:
         """Yield reports as they arrive, forever. ``after=None`` resumes after the last ack on
         ``name``. On a dropped connection (or a slow-consumer close) it reconnects from the last
@@ -288,7 +304,9 @@ class BrokerClient:
         A handshake refused with 408, 429 or 5xx (an overloaded broker, a proxy in front that is
         briefly unwell) is retried like a dropped connection, waiting at least its
         ``Retry-After``; any other refusal (and any refusal when ``reconnect`` is False) raises
-        ``ApiError`` with the broker's problem document."""
+        ``ApiError`` with the broker's problem document.
+
+        A recall notice drops the report from ``held`` and is passed to ``on_recall``."""
         last, seen = after, OrderedDict[str, None]()
         attempt, since = 0, time.monotonic()  # failures in a row, and since when
         while True:
@@ -306,6 +324,8 @@ class BrokerClient:
                         if message.type != aiohttp.WSMsgType.TEXT:
                             break
                         frame = json.loads(message.data)
+                        if frame.get("type") == "recall":
+                            self._recalled(frame, on_recall)
                         if frame.get("type") != "report":
                             continue
                         report = frame["report"]
@@ -314,6 +334,7 @@ class BrokerClient:
                             seen[report["id"]] = None
                             if len(seen) > DEDUP_WINDOW:
                                 seen.popitem(last=False)
+                            self._hold(opened)
                             yield opened
                         last = int(report["sequence"])
                         if ack:
@@ -335,6 +356,18 @@ class BrokerClient:
                 return
             attempt += 1
             await asyncio.sleep(max(self._backoff(attempt), min(wait_at_least, self._max_delay)))
+
+    def _hold(self, report: Received) -> None:
+        if self._keep > 0:
+            self.held[report.id] = report
+            while len(self.held) > self._keep:
+                self.held.popitem(last=False)
+
+    def _recalled(self, frame: Mapping[str, Any], on_recall: Callable[[Recall], None] | None) -> None:
+        notice = Recall(id=str(frame["id"]), sequence=int(frame["sequence"]))
+        self.held.pop(notice.id, None)
+        if on_recall is not None:
+            on_recall(notice)
 
     async def _open_or_resume(self, report: dict[str, Any], *, reconnect: bool) -> Received:
         """``open(report)``; when that fails for a passing reason (fetching the originator's key

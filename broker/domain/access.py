@@ -23,8 +23,10 @@ MISSING_CAVEAT = "missing_caveat"
 NOT_RELEASABLE = "not_releasable"
 RECALLED = "recalled"
 SEALING_REQUIRED = "sealing_required"
+ORIGIN_NOT_CARRIED = "origin_not_carried"
 
-ROLES = frozenset({"publish", "subscribe", "audit", "admin"})
+FEDERATE = "federate"
+ROLES = frozenset({"publish", "subscribe", "audit", "admin", FEDERATE})
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,15 @@ class Subject:
     roles: frozenset[str]
     revoked: bool = False
     can_open_sealed: bool = False  # has an X25519 key
+    # A federation link (role ``federate``): the nations and alliance ids it receives for, and
+    # the originator nations it may carry. Empty for every other node.
+    audience: frozenset[str] = frozenset()
+    origins: frozenset[str] = frozenset()
+
+
+def receiving_role(roles: frozenset[str] | tuple[str, ...]) -> str:
+    """The role a node receives reports under: ``federate`` for a link, else ``subscribe``."""
+    return FEDERATE if FEDERATE in roles else "subscribe"
 
 
 @dataclass(frozen=True)
@@ -63,18 +74,43 @@ def _deny(reason: str) -> Decision:
 def _releasable(
     *, node: Subject, label: SecurityLabel, facts: ReportFacts, directory: Directory, now: datetime
 ) -> bool:
-    if node.nation == facts.originator_nation or node.nation in label.releasable_to:
+    if node.nation == facts.originator_nation:
+        return True
+    return _releasable_to_nation(node.nation, label=label, facts=facts, directory=directory, now=now)
+
+
+def _releasable_to_nation(
+    nation: str, *, label: SecurityLabel, facts: ReportFacts, directory: Directory, now: datetime
+) -> bool:
+    """Whether ``label`` names ``nation``, or an alliance it is a member of at ``now``
+    (honouring ``since-join``); the originator's-own-nation clause is the caller's."""
+    if nation in label.releasable_to:
         return True
     for entry in label.releasable_to:
         if is_nation(entry):  # a nation, never an alliance, even if one was stored under its code
             continue
-        membership = directory.membership_at(entry, node.nation, now)
+        membership = directory.membership_at(entry, nation, now)
         if membership is None:
             continue
         alliance = directory.alliances.get(entry)
         if alliance is not None and alliance.history == "since-join" and membership.joined > facts.created:
             continue
         return True
+    return False
+
+
+def _releasable_to_audience(
+    *, node: Subject, label: SecurityLabel, facts: ReportFacts, directory: Directory, now: datetime
+) -> bool:
+    """A link's audience covers the label when one entry does: a nation as an ordinary node of
+    that nation would (never through the originator's-own-nation clause), an alliance only
+    where the label names it literally (never through one of its members' nations)."""
+    for entry in node.audience:
+        if is_nation(entry):
+            if _releasable_to_nation(entry, label=label, facts=facts, directory=directory, now=now):
+                return True
+        elif entry in label.releasable_to:
+            return True
     return False
 
 
@@ -96,6 +132,11 @@ def decide(
     alliance's ``since-join`` history); the report is not recalled; and, where the policy
     requires sealing at the report's level, the node has a key to open it.
     Every denial carries a stable reason code.
+
+    With ``role="federate"`` (a federation link) releasability is judged for the link's
+    audience instead of its nation (``_releasable_to_audience``), and the originator's nation
+    must be one of the link's ``origins`` (``origin_not_carried`` otherwise); levels the policy
+    delivers only sealed never cross a link.
     """
     if node.revoked:
         return _deny(NODE_REVOKED)
@@ -116,10 +157,18 @@ def decide(
         return _deny(INSUFFICIENT_CLEARANCE)
     if not label.caveats <= node.caveats:
         return _deny(MISSING_CAVEAT)
-    if not _releasable(node=node, label=label, facts=report, directory=directory, now=now):
+    if role == FEDERATE:
+        if report.originator_nation not in node.origins:
+            return _deny(ORIGIN_NOT_CARRIED)
+        if not _releasable_to_audience(node=node, label=label, facts=report, directory=directory, now=now):
+            return _deny(NOT_RELEASABLE)
+    elif not _releasable(node=node, label=label, facts=report, directory=directory, now=now):
         return _deny(NOT_RELEASABLE)
     if report.recalled:
         return _deny(RECALLED)
-    if policy.requires_sealing(label.classification) and not node.can_open_sealed:
+    # A link's frames carry the payload in clear (its broker re-encrypts and seals for its own
+    # nodes), so a level that must only travel sealed never crosses a link, key or no key.
+    sealed_only = policy.requires_sealing(label.classification)
+    if sealed_only and (role == FEDERATE or not node.can_open_sealed):
         return _deny(SEALING_REQUIRED)
     return Decision(allowed=True, reason=ALLOWED)

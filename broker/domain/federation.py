@@ -65,3 +65,9 @@ class Imported:
     provenance: tuple[dict[str, Any], ...]
     attestations: tuple[dict[str, Any], ...]
     origin_signer: str
+    recall: tuple[dict[str, Any], ...] | None = None  # the recall statement chain, once recalled
+
+    @property
+    def brokers(self) -> frozenset[str]:
+        """Every broker on the report's path, this one included."""
+        return frozenset(str(hop["broker"]) for hop in self.provenance)

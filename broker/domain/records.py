@@ -65,6 +65,9 @@ class NodeRecord:
     tls_fingerprint: str | None = None
     # When the token stops authenticating the node (None: never).
     token_expires_at: datetime | None = None
+    # A federation link's audience (nations and alliance ids) and the origins it may carry.
+    audience: tuple[str, ...] = ()
+    origins: tuple[str, ...] = ()
     # The database's change counter when this record was read (-1: unknown). Every change to a
     # node bumps the counter, so an act whose transaction still reads this value may trust the
     # record; any other value means "read it again" (services.auth.recheck).
@@ -82,6 +85,8 @@ class NodeRecord:
             roles=frozenset(self.roles),
             revoked=self.revoked_at is not None,
             can_open_sealed=self.x25519_public_key is not None,
+            audience=frozenset(self.audience),
+            origins=frozenset(self.origins),
         )
 
     def public(self) -> dict[str, Any]:
@@ -98,6 +103,8 @@ class NodeRecord:
             "revoked": None if self.revoked_at is None else self.revoked_at.isoformat(),
             "certificate_sha256": self.tls_fingerprint,
             "token_expires": None if self.token_expires_at is None else self.token_expires_at.isoformat(),
+            "audience": list(self.audience),
+            "origins": list(self.origins),
         }
 
 

@@ -11,10 +11,10 @@ from typing import Any
 from broker.crypto import pki
 from broker.crypto.signing import check_public_key
 from broker.crypto.tokens import hash_token, new_token
-from broker.domain.access import ROLES
+from broker.domain.access import FEDERATE, ROLES
 from broker.domain.alliances import HISTORY_VALUES, Alliance, Membership
 from broker.domain.labels import CAVEAT
-from broker.domain.nations import check_alliance_id, is_nation
+from broker.domain.nations import ALLIANCE_ID, check_alliance_id, is_nation
 from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import Conflict, InvalidInput, NotFound
 from broker.services import audit, shred
@@ -34,6 +34,8 @@ NODE_FIELDS = frozenset(
         "x25519_public_key",
         "certificate",
         "token_days",
+        "audience",
+        "origins",
     }
 )
 MAX_TOKEN_DAYS = 3650
@@ -72,6 +74,7 @@ def parse_node_spec(spec: Mapping[str, Any], *, ctx: Context) -> NodeRecord:
     caveats = _str_list(spec.get("caveats", []), name="caveats")
     if not all(CAVEAT.fullmatch(c) for c in caveats):
         raise InvalidInput(f"caveats must match {CAVEAT.pattern}", code="invalid_node")
+    audience, origins = _link_fields(spec, roles=roles)
     return NodeRecord(
         id=node_id,
         nation=nation,
@@ -84,7 +87,36 @@ def parse_node_spec(spec: Mapping[str, Any], *, ctx: Context) -> NodeRecord:
         x25519_public_key=_optional_key(spec, "x25519_public_key"),
         tls_fingerprint=_pin(spec.get("certificate"), node_id),
         token_expires_at=token_expiry(spec.get("token_days"), now=ctx.now()),
+        audience=audience,
+        origins=origins,
     )
+
+
+def _link_fields(
+    spec: Mapping[str, Any], *, roles: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A federation link's audience (nations and alliance ids) and origins (nations). A link
+    only receives, so ``federate`` takes no other role, and it needs both lists; other nodes
+    have neither (they are decided by their nation)."""
+    audience = _str_list(spec.get("audience", []), name="audience")
+    origins = _str_list(spec.get("origins", []), name="origins")
+    if FEDERATE not in roles:
+        if audience or origins:
+            raise InvalidInput("audience and origins are for federate links only", code="invalid_node")
+        return (), ()
+    if set(roles) != {FEDERATE}:
+        raise InvalidInput("a federate link takes no other role: it only receives", code="invalid_node")
+    if not audience or not origins:
+        raise InvalidInput("a federate link needs an audience and origins", code="invalid_node")
+    for entry in audience:
+        if not is_nation(entry) and ALLIANCE_ID.fullmatch(entry) is None:
+            raise InvalidInput(
+                f"audience entry {entry!r} is neither a nation nor an alliance id", code="invalid_node"
+            )
+    for nation in origins:
+        if not is_nation(nation):
+            raise InvalidInput(_not_a_nation(nation, "origins"), code="unknown_nation")
+    return audience, origins
 
 
 def token_expiry(days: object, *, now: datetime) -> datetime | None:
@@ -486,7 +518,16 @@ async def rotate_token(
 
 
 UPDATABLE = frozenset(
-    {"clearance", "caveats", "roles", "ed25519_public_key", "x25519_public_key", "certificate"}
+    {
+        "clearance",
+        "caveats",
+        "roles",
+        "ed25519_public_key",
+        "x25519_public_key",
+        "certificate",
+        "audience",
+        "origins",
+    }
 )
 
 
@@ -518,6 +559,8 @@ async def update_node(
             ed25519_public_key=parsed.ed25519_public_key,
             x25519_public_key=parsed.x25519_public_key,
             tls_fingerprint=pin,
+            audience=parsed.audience,
+            origins=parsed.origins,
         )
         await tx.update_node(updated)
         before, after = node.public(), updated.public()

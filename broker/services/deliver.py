@@ -24,19 +24,22 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from broker.crypto.keyring import Keyring
+from broker.domain.access import receiving_role
 from broker.domain.alliances import Directory
 from broker.domain.canonical import canonical
-from broker.domain.records import NODE_REVOKED, NodeRecord, ReportRecord, credential_lapsed
+from broker.domain.records import NODE_REVOKED, AuditDraft, NodeRecord, ReportRecord, credential_lapsed
 from broker.errors import Stale, Unauthenticated
-from broker.services import audit
+from broker.services import audit, federation
 from broker.services.context import Context
 from broker.services.reports import STALE_RETRIES, allow_draft, decide_for, document, documents, open_payload
+from broker.storage.federation import provenance_of
 
 REFRESH_BATCH = 500
+RECALL_SLACK = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -227,17 +230,36 @@ class Feed:
         )
         return report_frame(doc)
 
+    @property
+    def report_changes(self) -> int | None:
+        """The head's ``report_changes`` at the last refresh (None: not read yet)."""
+        return self._report_changes
+
     async def next_batch(
-        self, node: NodeRecord, *, after: int, topics: Sequence[str], limit: int = 100
+        self,
+        node: NodeRecord,
+        *,
+        after: int,
+        topics: Sequence[str],
+        limit: int = 100,
+        skip_broker: str | None = None,
     ) -> Batch:
         """The next reports ``node`` may receive above ``after``, audited. Decisions are
         made on the feed's copy of the security state and committed only if it is still current
         (services.audit); otherwise the feed reloads and decides again.
 
         ``node``: as the stream authenticated it. Raises ``Lapsed`` when its credential no longer
-        authenticates it, or it lost the subscribe role: the stream must close."""
+        authenticates it, or it lost the subscribe role: the stream must close.
+
+        A federation link reads from the database (its frames carry attestations made per
+        delivery); ``skip_broker``: its receiving broker, to which no report that already passed
+        through it is sent."""
         for _ in range(STALE_RETRIES):
             try:
+                if federation.attest_links(node):
+                    return await fetch(
+                        self.ctx, node, after=after, topics=topics, limit=limit, skip_broker=skip_broker
+                    )
                 return await self._next_batch(node, after=after, topics=topics, limit=limit)
             except Stale:
                 await self.refresh()
@@ -268,7 +290,13 @@ class Feed:
 
 
 async def fetch(
-    ctx: Context, opened: NodeRecord, *, after: int, topics: Sequence[str], limit: int = 100
+    ctx: Context,
+    opened: NodeRecord,
+    *,
+    after: int,
+    topics: Sequence[str],
+    limit: int = 100,
+    skip_broker: str | None = None,
 ) -> Batch:
     """Eligible reports above ``after`` read from the database, decided afresh (node and
     memberships read now) in a read transaction, sealed after it, and audited (one ``deliver``
@@ -276,7 +304,8 @@ async def fetch(
     security state changed after the decision.
 
     Raises ``Lapsed`` when the credential ``opened`` authenticated with no longer holds: the
-    stream must close.
+    stream must close. For a federation link the frames carry attestations (services/federation.py)
+    and reports that already passed through ``skip_broker`` are left out, undecided.
     """
     async with ctx.db.read_transaction() as tx:
         counter, reports_at = await tx.decision_state()
@@ -287,12 +316,39 @@ async def fetch(
         directory = await ctx.directory_at(tx, counter)
         keyring = ctx.keyring  # as of this read: it can open what was read
         rows = await tx.reports_after(after=after, topics=topics, limit=limit)
-    allowed = [r for r in rows if r.erased_at is None and decide_for(ctx, node, r, directory).allowed]
-    frames = [report_frame(doc) for doc in await documents(ctx, node, allowed, keyring)]
+        link = federation.attest_links(node)
+        imported = await provenance_of(tx, [r.seq for r in rows]) if link else {}
+    candidates = [
+        r
+        for r in rows
+        if not (link and skip_broker in federation.provenance_brokers(ctx, imported.get(r.seq)))
+    ]
+    decided = [(r, decide_for(ctx, node, r, directory)) for r in candidates if r.erased_at is None]
+    allowed = [r for r, decision in decided if decision.allowed]
     drafts = [allow_draft(node, report, "deliver") for report in allowed]
+    if link:
+        # What a link may not carry is on the record at the sender: the other broker's operator
+        # is outside this broker's trust, so every refusal to send it something is audited.
+        drafts += [_link_denial(node, r, d.reason) for r, d in decided if not d.allowed]
+        frames = await federation.report_frames(ctx, allowed, keyring)
+    else:
+        frames = [report_frame(doc) for doc in await documents(ctx, node, allowed, keyring)]
     gone = await audit.batcher(ctx).append(drafts, decided_at=counter, reports_at=reports_at)
     cursor = rows[-1].seq if rows else after
     return _batch(list(zip(allowed, frames, strict=True)), gone, cursor=cursor, more=len(rows) == limit)
+
+
+def _link_denial(node: NodeRecord, report: ReportRecord, reason: str) -> AuditDraft:
+    return AuditDraft(
+        action="deliver",
+        actor=node.id,
+        report=report.id,
+        node=node.id,
+        nation=node.nation,
+        decision="deny",
+        reason=reason,
+        details={"sequence": report.seq},
+    )
 
 
 def _batch(picked: list[tuple[ReportRecord, str]], gone: frozenset[str], *, cursor: int, more: bool) -> Batch:
@@ -313,13 +369,53 @@ class Lapsed(Unauthenticated):
 
 def held(ctx: Context, current: NodeRecord, opened: NodeRecord) -> NodeRecord:
     """``current`` (the node's record now) if the credential ``opened`` came with still
-    authenticates it and it still holds the subscribe role; else ``Lapsed``."""
+    authenticates it and it still holds the role it opened the stream with (subscribe, or
+    federate for a link); else ``Lapsed``."""
     reason = credential_lapsed(current, opened.credential, now=ctx.now())
-    if reason is None and "subscribe" not in current.roles:
+    if reason is None and receiving_role(opened.roles) not in current.roles:
         reason = "missing_role"
     if reason is not None:
         raise Lapsed(reason)
     return current
+
+
+async def recall_notices(
+    ctx: Context, opened: NodeRecord, *, since: datetime, upto: int, sent: set[str]
+) -> tuple[list[str], int]:
+    """Recall notices for a stream that has passed sequence ``upto``: one for each report up to
+    it, recalled or erased at or after ``since``, that the node could have received (the rule
+    allows it but for the recall) and was not already told of (``sent``, updated). Returns the
+    frames and the head's ``report_changes`` they are complete up to. ``Lapsed`` as ``fetch``."""
+    async with ctx.db.read_transaction() as tx:
+        counter, changes = await tx.decision_state()  # first: what is read after is as new
+        node = await tx.node(opened.id)
+        if node is None:
+            raise Lapsed(NODE_REVOKED)
+        node = held(ctx, node, opened)
+        directory = await ctx.directory_at(tx, counter)
+        rows = await tx.withdrawn_since(since, upto=upto)
+        link = federation.attest_links(node)
+        imported = await provenance_of(tx, [r.seq for r in rows]) if link else {}
+    frames: list[str] = []
+    for report in rows:
+        if report.id in sent:
+            continue
+        if decide_for(ctx, node, replace(report, recalled_at=None), directory).allowed:
+            sent.add(report.id)
+            frames.append(federation.recall_notice(ctx, node, report, imported.get(report.seq)))
+    return frames, changes
+
+
+async def recalls_since(ctx: Context, node: NodeRecord, name: str) -> datetime:
+    """From when a stream sends recall notices: the last time its named cursor was stored (a
+    recall while it was away reaches it on reconnect), else now; less ``RECALL_SLACK`` for
+    clocks of other broker processes (a notice sent twice is harmless, one missed is not)."""
+    since = ctx.now()
+    async with ctx.db.read_transaction() as tx:
+        for cursor_name, _, at in await tx.cursors(node=node.id):
+            if cursor_name == name:
+                since = min(since, at)
+    return since - RECALL_SLACK
 
 
 async def resume_point(ctx: Context, node: NodeRecord, name: str) -> int:

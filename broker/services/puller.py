@@ -1,5 +1,5 @@
 """One puller per peer: the upstream's ``GET /v1/stream`` over the link's mutual TLS, each frame
-imported (services/federation.py) and then acked upstream.
+imported (services/importer.py) and then acked upstream.
 
 ``Links.run`` (a supervised loop of ``broker serve``) reads the peers table every
 ``PEER_SCAN_SECONDS`` and starts or stops pullers as peers are added or removed, by this process
@@ -25,7 +25,7 @@ from prometheus_client import Gauge
 from broker.domain.federation import PEER_STATES, PeerRecord
 from broker.domain.time import parse_time
 from broker.errors import BrokerError
-from broker.services import federation, peers
+from broker.services import importer, peers
 from broker.services.context import Context
 from broker.storage import federation as store
 from broker.waiting import wait_event
@@ -142,14 +142,14 @@ class Links:
             sequence = frame.get("report", {}).get("sequence")
             if type(sequence) is int and sequence <= cursor:
                 return cursor  # replayed below our cursor (the upstream's own resumed past it)
-            await federation.import_report(self._ctx, peer, frame)
+            await importer.import_report(self._ctx, peer, frame)
             if type(sequence) is int:
                 cursor = sequence
                 await ws.send_json({"type": "ack", "sequence": sequence})
             status.lag = _lag(self._ctx, frame)
             LAG.labels(peer.name).set(status.lag)
         elif kind == "recall":
-            await federation.import_recall(self._ctx, peer, frame)
+            await importer.import_recall(self._ctx, peer, frame)
         elif kind == "heartbeat":
             status.lag = 0.0
             LAG.labels(peer.name).set(0.0)

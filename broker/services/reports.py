@@ -16,7 +16,7 @@ from broker.crypto import cursors, envelope, seal, signing
 from broker.crypto import keyring as keyring_file
 from broker.crypto.keyring import Keyring
 from broker.domain import stix
-from broker.domain.access import Decision, decide
+from broker.domain.access import Decision, decide, receiving_role
 from broker.domain.canonical import canonical, sha256_hex
 from broker.domain.ids import canonical_report_id, scoped_report_id
 from broker.domain.labels import SecurityLabel, parse_label
@@ -465,8 +465,15 @@ def allow_draft(node: NodeRecord, report: ReportRecord, action: str) -> AuditDra
 
 
 def decide_for(ctx: Context, node: NodeRecord, report: ReportRecord, directory: Any) -> Decision:
+    """The access rule for ``node`` receiving ``report`` now, under the role it receives with
+    (a federation link by its audience and origins, any other node by its nation)."""
     return decide(
-        node=node.subject(), report=report.facts(), directory=directory, policy=ctx.policy, now=ctx.now()
+        node=node.subject(),
+        report=report.facts(),
+        directory=directory,
+        policy=ctx.policy,
+        now=ctx.now(),
+        role=receiving_role(node.roles),
     )
 
 

@@ -109,6 +109,7 @@ async def provenance_of(tx: Tx, seqs: Collection[int]) -> dict[int, Imported]:
                 provenance=tuple(r.provenance),
                 attestations=tuple(r.attestations),
                 origin_signer=r.origin_signer,
+                recall=None if r.recall is None else tuple(r.recall),
             )
             for r in c.execute(statement)
         }
@@ -123,3 +124,9 @@ async def is_foreign(tx: Tx, node_id: str) -> bool:
 
 async def mark_foreign(tx: Tx, node_id: str, *, peer: str) -> None:
     await tx.run(lambda c: c.execute(insert(FOREIGN), {"node_id": node_id, "peer": peer}))
+
+
+async def set_recall_chain(tx: Tx, report_seq: int, chain: list[Any]) -> None:
+    """The verified recall statement chain of an imported report (forwarded on by a hub)."""
+    statement = update(PROVENANCE).where(PROVENANCE.c.report_seq == report_seq).values(recall=chain)
+    await tx.run(lambda c: c.execute(statement))

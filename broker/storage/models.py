@@ -95,6 +95,9 @@ class NodeRow(Base):
     token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A federation link's audience (nations, alliance ids) and the originator nations it carries.
+    audience: Mapped[list[str]] = mapped_column(JSON, server_default="[]")
+    origins: Mapped[list[str]] = mapped_column(JSON, server_default="[]")
 
 
 class ReportRow(Base):
@@ -108,6 +111,9 @@ class ReportRow(Base):
         Index("ix_reports_originator_created", "originator_node", "created_at"),
         # Where a TAXII ``added_after`` starts (storage/collections.py).
         Index("ix_reports_created", "created_at"),
+        # Which reports a stream must send recall notices for (services/deliver.py).
+        Index("ix_reports_recalled_at", "recalled_at"),
+        Index("ix_reports_erased_at", "erased_at"),
     )
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     id: Mapped[str] = mapped_column(String(36), unique=True)
@@ -294,6 +300,7 @@ class ReportProvenanceRow(Base):
     provenance: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     attestations: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     origin_signer: Mapped[str] = mapped_column(String(300))
+    recall: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
 
 class ForeignOriginatorRow(Base):

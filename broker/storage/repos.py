@@ -332,6 +332,29 @@ class Tx:
         )
         return {int(row.seq): (row.recalled_at, row.erased_at) for row in await self._all(statement)}
 
+    async def withdrawn_since(self, since: datetime, *, upto: int) -> list[ReportRecord]:
+        """Reports up to sequence ``upto`` recalled or erased at or after ``since``, by sequence:
+        what a stream that has passed them must send recall notices for."""
+        r = st.REPORTS.c
+        query = (
+            select(st.REPORTS)
+            .where(r.seq <= upto, or_(r.recalled_at >= since, r.erased_at >= since))
+            .order_by(r.seq)
+        )
+        return [st.report_of(row) for row in await self._all(query)]
+
+    async def publish_event_hash(self, report_id: str) -> str | None:
+        """The hash of the audit event that accepted ``report_id``'s publication."""
+        a = st.EVENTS.c
+        query = (
+            select(a.hash)
+            .where(a.report == report_id, a.action == "publish", a.decision == "allow")
+            .order_by(a.seq)
+            .limit(1)
+        )
+        row = await self._first(query)
+        return None if row is None else str(row[0])
+
     async def save_head(self, head: Head) -> None:
         self._queue(st.SAVE_HEAD, st.head_values(head))
 

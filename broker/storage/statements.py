@@ -198,6 +198,8 @@ def node_values(node: NodeRecord) -> dict[str, Any]:
         "tls_fingerprint": node.tls_fingerprint,
         "token_expires_at": node.token_expires_at,
         "created_at": node.created_at,
+        "audience": list(node.audience),
+        "origins": list(node.origins),
     }
 
 
@@ -216,6 +218,8 @@ def node_of(row: Any) -> NodeRecord:
         revoked_at=row.revoked_at,
         tls_fingerprint=row.tls_fingerprint,
         token_expires_at=row.token_expires_at,
+        audience=tuple(row.audience or ()),
+        origins=tuple(row.origins or ()),
     )
 
 

@@ -163,6 +163,11 @@ SCHEMAS: dict[str, Any] = {
             "x25519_public_key": {"type": "string"},
             "certificate": {"type": "string", "description": "PEM client certificate to pin the node to"},
             "token_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+            "audience": {
+                **_STR_LIST,
+                "description": "federate links: nations and alliance ids it receives for",
+            },
+            "origins": {**_STR_LIST, "description": "federate links: originator nations it may carry"},
         },
     },
     "NodeKeys": {
@@ -404,15 +409,23 @@ PATHS: dict[str, Any] = {
     },
     "/v1/stream": {
         "get": _op(
-            "Websocket (role subscribe): replays eligible reports above `after` (default: after the "
-            'last ack on stream `name`), then live. Server frames: {"type": "report", "report": '
-            'Report} and {"type": "heartbeat"}; client frames: {"type": "ack", "sequence": N}. '
+            "Websocket (role subscribe, or federate for a link): replays eligible reports above "
+            "`after` (default: after the last ack on stream `name`), then live. Server frames: "
+            '{"type": "report", "report": Report} (for a link also "federation": {"label_json", '
+            '"attestations"}), {"type": "recall", "id", "sequence"} and {"type": "heartbeat"}; '
+            'client frames: {"type": "ack", "sequence": N}. `broker`: a link\'s receiving broker '
+            "name, whose reports are not sent back to it. "
             "Close codes: 1001 shutting down, 4001 revoked, 4008 slow consumer (resume from cursor), "
             "4400 bad client message.",
             {"101": {"description": "switching to the websocket protocol"}, **_problems(400, 401, 403)},
             parameters=[
                 {"name": n, "in": "query", "schema": {"type": t}}
-                for n, t in (("after", "integer"), ("topics", "string"), ("name", "string"))
+                for n, t in (
+                    ("after", "integer"),
+                    ("topics", "string"),
+                    ("name", "string"),
+                    ("broker", "string"),
+                )
             ],
         )
     },
@@ -605,6 +618,8 @@ PATHS: dict[str, Any] = {
                                 "ed25519_public_key": {"type": ["string", "null"]},
                                 "x25519_public_key": {"type": ["string", "null"]},
                                 "certificate": {"type": ["string", "null"]},
+                                "audience": _STR_LIST,
+                                "origins": _STR_LIST,
                             },
                         }
                     }

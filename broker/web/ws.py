@@ -6,12 +6,16 @@ Close codes (also in the README):
 - 1011 the broker failed while serving the stream (logged as ``stream_failed``): reconnect and
   resume from the cursor.
 - 4001 the credential the stream was opened with no longer authenticates the node (revoked, token
-  rotated or expired, certificate no longer the pinned one) or the node lost the subscribe role:
-  do not reconnect with it.
+  rotated or expired, certificate no longer the pinned one) or the node lost the role it streams
+  with (subscribe, or federate for a link): do not reconnect with it.
 - 4008 slow consumer: the connection's queue (frames or bytes) overflowed; reconnect and resume
   from the cursor.
 - 4400 the client sent something that is not a valid message, or acked a sequence above the
   highest one delivered on this connection (never stored: one bad ack must not stop a cursor).
+
+Besides report frames the stream sends ``{"type": "recall", "id", "sequence"}`` when a report
+the node received, or could have, is recalled or erased (for a federation link with a signed
+recall statement, services/federation.py), and ``{"type": "heartbeat"}``.
 
 Acks are coalesced: only the newest one is kept, and stored at most every ``ack_flush_ms`` and
 once more when the connection ends, so a flood of acks costs memory updates, not transactions.
@@ -24,9 +28,11 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from aiohttp import WSMsgType, web
 
+from broker.domain.access import receiving_role
 from broker.domain.records import NodeRecord
 from broker.errors import AccessDenied, BadRequest, RateLimited, Stale, Unauthenticated
 from broker.realtime.hub import Hub
@@ -42,6 +48,7 @@ STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams")
 PER_NODE: web.AppKey[dict[str, int]] = web.AppKey("streams_per_node")
 SESSIONS: web.AppKey[set[StreamSession]] = web.AppKey("stream_sessions")
 STREAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # always fullmatch
+MAX_BROKER_NAME = 255
 
 STALE_PAUSE_SECONDS = 0.05
 CLOSE_GOING_AWAY = 1001
@@ -67,11 +74,15 @@ class StreamSession:
     name: str
     topics: list[str]
     cursor: int
+    recalls_since: datetime  # recall notices cover recalls from then on (deliver.recalls_since)
+    skip_broker: str | None = None  # a link's receiving broker (``broker=``)
     queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     queued_bytes: int = 0
     delivered: int = 0  # acks up to here are accepted: the start, then the last frame's sequence
     acked: int = 0  # the newest ack received
     saved: int = 0  # the newest ack stored
+    recalls_at: int | None = None  # the report_changes the recall notices are complete up to
+    recalled: set[str] = field(default_factory=set)  # ids a recall notice was sent for
 
     def __post_init__(self) -> None:
         self.delivered = self.saved = self.acked = self.cursor
@@ -92,7 +103,10 @@ class StreamSession:
         while True:
             wake = self.hub.event()
             try:
-                batch = await self.feed.next_batch(self.node, after=self.cursor, topics=self.topics)
+                batch = await self.feed.next_batch(
+                    self.node, after=self.cursor, topics=self.topics, skip_broker=self.skip_broker
+                )
+                notices = await self._recall_notices(upto=batch.cursor)
             except deliver.Lapsed as exc:
                 raise _Closed(CLOSE_REVOKED, "credential no longer valid", exc.reason) from None
             except Unauthenticated:
@@ -102,7 +116,7 @@ class StreamSession:
                 # pause (or the next change), never close the stream for it.
                 await wait_event(wake, STALE_PAUSE_SECONDS)
                 continue
-            for frame in batch.frames:
+            for frame in (*batch.frames, *notices):
                 self._enqueue(frame)
             self.delivered = max(self.delivered, batch.delivered)
             self.cursor = batch.cursor
@@ -112,6 +126,17 @@ class StreamSession:
             # and the stream's close answer then waited for this pump (broker/waiting.py).
             if not await wait_event(wake, self._wait_seconds(heartbeat)):
                 self._enqueue('{"type": "heartbeat"}')
+
+    async def _recall_notices(self, *, upto: int) -> list[str]:
+        """Notices for what was recalled or erased up to ``upto`` since the last look, when the
+        head's report changes moved (the hub wakes the stream for it)."""
+        changes = self.feed.report_changes
+        if changes is not None and changes == self.recalls_at:
+            return []
+        frames, self.recalls_at = await deliver.recall_notices(
+            self.ctx, self.node, since=self.recalls_since, upto=upto, sent=self.recalled
+        )
+        return frames
 
     def _wait_seconds(self, heartbeat: float) -> float:
         """The heartbeat interval, or less when the stream's token expires sooner: its expiry
@@ -212,12 +237,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
     """Authenticate at the handshake (errors are ordinary problem documents), then stream."""
     ctx = request.app[CONTEXT]
     node = await authenticated_node(request)
-    await auth.require_role(ctx, node, "subscribe", act="stream")
+    await auth.require_role(ctx, node, receiving_role(node.roles), act="stream")
     _check_origin(request, ctx.settings.allowed_origins)
     name = request.query.get("name", "default")
     if not STREAM_NAME.fullmatch(name):
         raise BadRequest("name must be 1-64 letters, digits, '.', '_' or '-'", code="invalid_parameter")
     topics = topics_param(request)
+    skip_broker = request.query.get("broker")
+    if skip_broker is not None and not 0 < len(skip_broker) <= MAX_BROKER_NAME:
+        raise BadRequest(f"broker must be 1-{MAX_BROKER_NAME} characters", code="invalid_parameter")
     if "after" in request.query:
         after = int_param(request, "after", 0, 0, 2**62)
     else:
@@ -253,6 +281,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
             name=name,
             topics=topics,
             cursor=after,
+            recalls_since=await deliver.recalls_since(ctx, node, name),
+            skip_broker=skip_broker,
             queue=asyncio.Queue(maxsize=ctx.settings.stream_queue_size),
         )
         request.app[SESSIONS].add(session)

@@ -98,7 +98,7 @@ def test_the_signed_bytes_checked_independently() -> None:
     report = _report()
     a0, a1 = _chain(report)
     for item in (a0, a1):
-        name, key_id, encoded = item["signer"].split("+")
+        name, key_id, encoded = item["signer"].split("+", 2)
         raw = base64.b64decode(encoded)
         assert raw[0] == 1 and name == item["broker"]
         assert hashlib.sha256(name.encode() + b"\n" + raw).digest()[:4].hex() == key_id
@@ -251,7 +251,7 @@ def test_recall_chains() -> None:
         "nato.example",
     )
     body = {k: v for k, v in r0.items() if k != "sig"}
-    Ed25519PublicKey.from_public_bytes(base64.b64decode(r0["signer"].split("+")[2])[1:]).verify(
+    Ed25519PublicKey.from_public_bytes(base64.b64decode(r0["signer"].split("+", 2)[2])[1:]).verify(
         base64.b64decode(r0["sig"]), b"alliance-broker/v1/recall\n" + _jcs(body)
     )
     with pytest.raises(attest.AttestationInvalid):  # another report

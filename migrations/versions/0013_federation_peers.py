@@ -1,19 +1,19 @@
 """Federation, receiving side: peers, the provenance of imported reports, foreign originators.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-06
 
 ``peers``: the upstream brokers this broker pulls from (``broker peer add``). The link's client
 key and token are secrets the broker must present, not verify, so they are stored sealed under a
-key derived from the keyring (crypto/secrets.py), never in the clear; the CA and certificate are
+key derived from the keyring (crypto/secrets_at_rest.py), never in the clear; the CA and certificate are
 public. ``broker_key`` pins the upstream's checkpoint vkey; ``cursor`` is the last upstream
 sequence imported, written in the import's own transaction so a restart resumes exactly there.
 ``state``, ``lag`` and ``last_error`` let ``broker peer list`` (another process) show the link.
 
 ``report_provenance``: for an imported report, its path (origin first, this broker last) and the
-attestation chain that came with it (forwarded on by a hub), and the origin broker's vkey (only
-that broker may recall it).
+attestation chain that came with it (forwarded on by a hub), the origin broker's vkey (only
+that broker may recall it) and, once recalled, the recall statement chain (forwarded on too).
 
 ``foreign_originators``: the originators of imported reports are rows of ``nodes`` (reports
 reference their originator) holding no role and no usable credential; this table says which
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0012"
-down_revision: str | None = "0011"
+revision: str = "0013"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("provenance", sa.JSON(), nullable=False),
         sa.Column("attestations", sa.JSON(), nullable=False),
         sa.Column("origin_signer", sa.String(300), nullable=False),
+        sa.Column("recall", sa.JSON(), nullable=True),
         sa.ForeignKeyConstraint(
             ["report_seq"], ["reports.seq"], name="fk_report_provenance_report_seq_reports"
         ),
