@@ -5,19 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import shutil
+import signal
+import socket
 import ssl
+import subprocess
+import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import WSMsgType, web
 
 from broker.crypto import attest, pki, signing
 from broker.crypto.keys import new_signing_key, public_b64
 from broker.domain.canonical import canonical
+from broker.services import admin, peers
+from broker.services.context import Context
+from broker.settings import Settings
 from broker.waiting import wait_event
+from tests.conftest import CONFIG
 
 CREATED = "2026-11-25T12:00:00+00:00"
 
@@ -181,3 +193,126 @@ class StreamDouble:
             await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+# -- brokers as processes ------------------------------------------------------------------
+
+
+@dataclass
+class BrokerProcess:
+    """One `broker serve` process with its own database, keyring, config dir (audit origin =
+    its federation name) and TLS (server certificate from the shared development CA)."""
+
+    name: str
+    folder: Path
+    database_url: str
+    found: Pki
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"{self.name}.example/broker"
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "BROKER_CONFIG_DIR": str(self.folder / "config"),
+            "BROKER_DATABASE_URL": self.database_url,
+            "BROKER_KEYRING": str(self.folder / "keyring.json"),
+        }
+
+    def settings(self) -> Settings:
+        return Settings.load(env=self.env)
+
+    def prepare(self) -> None:
+        shutil.copytree(CONFIG, self.folder / "config")
+        toml = self.folder / "config" / "broker.toml"
+        text = toml.read_text().replace(
+            'origin = "alliance-broker.example/audit"', f'origin = "{self.origin}"'
+        )
+        toml.write_text(text)
+        self.port = free_port()
+
+    def start(self) -> None:
+        cert, key = self.found.server()
+        with (self.folder / "stderr.log").open("ab") as log:
+            self.proc = self._popen(cert, key, log)
+
+    def _popen(self, cert: Path, key: Path, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "broker", "serve", "--port", str(self.port), "--tls-cert", str(cert)]
+            + ["--tls-key", str(key), "--tls-client-ca", str(self.found.ca), "--tls-client-auth", "optional"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+    async def healthy(self, seconds: float = 30.0) -> dict[str, Any]:
+        context = ssl.create_default_context(cafile=str(self.found.ca))
+        deadline = time.monotonic() + seconds
+        async with aiohttp.ClientSession() as session:
+            while True:
+                assert self.proc is not None and self.proc.poll() is None, f"{self.name} exited"
+                try:
+                    async with session.get(f"{self.url}/v1/health", ssl=context) as response:
+                        if response.status == 200:
+                            found: dict[str, Any] = await response.json()
+                            return found
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, f"{self.name} did not become healthy"
+                await asyncio.sleep(0.05)  # a process starting has no event to wait on
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def add_link(ctx: Context, found: Pki, link_id: str, **spec: Any) -> tuple[Path, Path]:
+    """A federate node at a sending broker, pinned to a fresh certificate; its cert and key."""
+    cert, key = found.client(link_id)
+    full = {
+        "id": link_id,
+        "roles": ["federate"],
+        "clearance": "SECRET",
+        "certificate": cert.read_text(),
+        **spec,
+    }
+    await admin.add_node(ctx, full, actor="test")
+    return cert, key
+
+
+async def add_peer(
+    ctx: Context, found: Pki, upstream: BrokerProcess, link: tuple[Path, Path], origins: list[str]
+) -> dict[str, Any]:
+    """The receiving half of a link: the upstream's key is fetched over mutual TLS and pinned."""
+    spec = {
+        "name": upstream.name,
+        "url": upstream.url,
+        "ca": found.ca.read_text(),
+        "cert": link[0].read_text(),
+        "key": link[1].read_text(),
+        "origins": origins,
+    }
+    return await peers.add_peer(ctx, spec, actor="test")
