@@ -246,8 +246,11 @@ class BrokerProcess:
 
     def _popen(self, cert: Path, key: Path, log: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "broker", "serve", "--port", str(self.port), "--tls-cert", str(cert)]
-            + ["--tls-key", str(key), "--tls-client-ca", str(self.found.ca), "--tls-client-auth", "optional"],
+            [
+                *(sys.executable, "-m", "broker", "serve", "--port", str(self.port)),
+                *("--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(self.found.ca)),
+                *("--tls-client-auth", "optional"),
+            ],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=log,

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from broker.client import BrokerClient, Received, Recall
+from broker.client import BrokerClient, Recall, Received
 from broker.crypto.keys import new_signing_key, public_b64
 from broker.services import admin
 from broker.services.context import Context
@@ -238,3 +238,184 @@ async def test_a_nato_report_reaches_fra_through_the_hub_as_published(federation
             assert stored is not None
             labels.append(stored.label_json)
     assert labels[0] == labels[1] == labels[2]  # byte-identical at every hop
+
+
+async def test_labels_decide_what_crosses_each_link(federation: Federation) -> None:
+    fed = federation
+    usa_gbr = {"classification": "SECRET", "releasable_to": ["USA", "GBR"], "caveats": []}
+    top = {"classification": "TOP_SECRET", "releasable_to": ["NATO"], "caveats": []}
+    fvey_only = {"classification": "SECRET", "releasable_to": ["FVEY"], "caveats": []}
+    both = {"classification": "SECRET", "releasable_to": ["NATO", "FVEY"], "caveats": []}
+    async with inbox(fed, "fra", "fra-1") as fra, inbox(fed, "fvey", "fvey-1") as fvey:
+        refused = [await publish(fed, usa_gbr), await publish(fed, top)]
+        to_fvey = await publish(fed, fvey_only)
+        marker = await publish(fed, both)  # streams are in order: once it is in, the rest was decided
+        await fra.until(lambda: marker in fra.reports)
+        await fvey.until(lambda: marker in fvey.reports and to_fvey in fvey.reports)
+    for report_id in refused:
+        assert await held(fed, "nato", report_id) == (False, False)  # not stored, not even in its log
+        assert await held(fed, "fra", report_id) == (False, False)
+    assert await held(fed, "fvey", to_fvey) == (True, True)
+    assert await held(fed, "nato", to_fvey) == (False, False)
+    assert await held(fed, "fra", to_fvey) == (False, False)
+    async with fed.ctx("usa") as usa, usa.db.read_transaction() as tx:  # each refusal audited at the sender
+        denied = {
+            (e.draft.report, e.draft.node, e.draft.reason)
+            for e in await tx.events(limit=50, action="deliver", decision="deny")
+        }
+    assert (refused[0], "nato-link", "not_releasable") in denied
+    assert (refused[1], "nato-link", "insufficient_clearance") in denied
+
+
+async def test_a_recall_at_usa_removes_the_report_at_nato_and_fra_within_a_second(
+    federation: Federation,
+) -> None:
+    fed = federation
+    async with inbox(fed, "fra", "fra-1") as fra, inbox(fed, "nato", "nato-1") as nato:
+        report_id = await publish(fed, SECRET_NATO)
+        await fra.until(lambda: report_id in fra.reports)
+        loop = asyncio.get_running_loop()
+        async with fed.client("usa", "usa-1") as usa:
+            await usa.recall(report_id)
+        recalled_at = loop.time()
+        await fra.until(lambda: report_id in fra.recalls, seconds=5)
+        await nato.until(lambda: report_id in nato.recalls, seconds=5)
+    assert fra.recalls[report_id] - recalled_at <= 1.0
+    assert nato.recalls[report_id] - recalled_at <= 1.0
+    for broker, node in (("nato", "nato-1"), ("fra", "fra-1")):
+        async with fed.client(broker, node) as client:
+            status, _ = await _status(client, f"/v1/reports/{report_id}")
+        assert status == 404
+
+
+async def _status(client: BrokerClient, path: str) -> tuple[int, Any]:
+    from broker.client import ApiError
+
+    try:
+        return 200, await client._call("GET", path)
+    except ApiError as exc:
+        return exc.status, None
+
+
+async def test_fra_leaving_nato_at_the_hub_stops_the_flow_to_fra(federation: Federation) -> None:
+    fed = federation
+    nato_env = fed.brokers["nato"].env
+    left = run_cli("alliance", "leave", "NATO", "FRA", "--json", env=nato_env)
+    assert left.returncode == 0, left.stderr
+    try:
+        async with inbox(fed, "fra", "fra-1") as fra:
+            stopped = await publish(fed, SECRET_NATO)
+            marker = await publish(
+                fed, {"classification": "SECRET", "releasable_to": ["NATO", "FRA"], "caveats": []}
+            )
+            await fra.until(lambda: marker in fra.reports)
+        assert stopped not in fra.reports
+        assert await held(fed, "fra", stopped) == (False, False)
+        assert (await held(fed, "nato", stopped))[0]
+    finally:
+        joined = run_cli("alliance", "join", "NATO", "FRA", "--json", env=nato_env)
+        assert joined.returncode == 0, joined.stderr
+
+
+async def test_a_second_path_delivers_once_and_nothing_returns_to_its_origin(federation: Federation) -> None:
+    fed = federation
+    found, b = fed.found, fed.brokers
+    async with fed.ctx("usa") as usa:
+        direct = await add_link(usa, found, "fra-direct", nation="FRA", audience=["FRA"], origins=["USA"])
+    async with fed.ctx("nato") as nato:
+        back = await add_link(nato, found, "usa-link", nation="USA", audience=["USA"], origins=["USA", "FRA"])
+    async with fed.ctx("fra") as fra_ctx:
+        await add_peer(fra_ctx, found, b["usa"], direct, ["USA"])
+    async with fed.ctx("usa") as usa:
+        await add_peer(usa, found, b["nato"], back, ["USA", "FRA"])
+    try:
+        async with inbox(fed, "fra", "fra-1") as fra:
+            sent = [await publish(fed, SECRET_NATO, n) for n in range(5)]
+            await fra.until(lambda: all(s in fra.reports for s in sent))
+        async with fed.ctx("fra") as fra_ctx, fra_ctx.db.read_transaction() as tx:
+            imported = [e.draft.report for e in await tx.events(limit=500, action="import", decision="allow")]
+        assert all(imported.count(s) == 1 for s in sent)
+        async with fed.ctx("usa") as usa, usa.db.read_transaction() as tx:
+            back_home = [e for e in await tx.events(limit=500, action="import") if e.draft.report in sent]
+        assert back_home == []  # nato never offered usa its own reports
+    finally:
+        assert run_cli("peer", "remove", "usa", "--json", env=b["fra"].env).returncode == 0
+        assert run_cli("peer", "remove", "nato", "--json", env=b["usa"].env).returncode == 0
+
+
+async def test_kill_9_of_the_hub_under_8_publishers_loses_and_repeats_nothing(federation: Federation) -> None:
+    fed = federation
+    acknowledged: list[str] = []
+    half = asyncio.Event()
+
+    async def publisher(k: int) -> None:
+        async with fed.client("usa", "usa-1", signing_key=fed.usa_key) as usa:
+            for n in range(12):
+                receipt = await usa.publish(
+                    label=SECRET_NATO, payload={"p": k, "n": n}, topics=["ransomware"]
+                )
+                acknowledged.append(str(receipt["id"]))
+                if len(acknowledged) >= 40:
+                    half.set()
+
+    async with inbox(fed, "fra", "fra-1") as fra:
+        tasks = [asyncio.create_task(publisher(k)) for k in range(8)]
+        assert await wait_event(half, WAIT)
+        fed.brokers["nato"].kill()
+        fed.brokers["nato"].start()
+        await fed.brokers["nato"].healthy()
+        await asyncio.gather(*tasks)
+        await fra.until(lambda: all(a in fra.reports for a in acknowledged), seconds=60)
+    async with fed.ctx("fra") as fra_ctx, fra_ctx.db.read_transaction() as tx:
+        imported = [e.draft.report for e in await tx.events(limit=5000, action="import", decision="allow")]
+    assert len(acknowledged) == 96
+    assert all(imported.count(a) == 1 for a in acknowledged)
+
+
+async def test_audit_trace_follows_a_report_across_the_four_exports(
+    federation: Federation, tmp_path: Path
+) -> None:
+    fed = federation
+    async with inbox(fed, "fra", "fra-1") as fra:
+        report_id = await publish(fed, SECRET_NATO)
+        await fra.until(lambda: report_id in fra.reports)
+    files, keys = [], []
+    from broker.services import ledger
+
+    for name in NAMES:
+        async with fed.ctx(name) as ctx:
+            path = tmp_path / f"{name}.ndjson"
+            with path.open("w") as fh:
+                async for line in ledger.export(ctx):
+                    fh.write(line)
+            files.append(str(path))
+            keys += ["--key", ledger.public_key(ctx)["vkey"]]
+    traced = run_cli("audit", "trace", report_id, *files, *keys, "--json", env=fed.brokers["fra"].env)
+    assert traced.returncode == 0, traced.stdout + traced.stderr
+    hops = json.loads(traced.stdout)["hops"]
+    assert [(h["broker"], h["action"]) for h in hops] == [
+        (fed.brokers["usa"].origin, "publish"),
+        (fed.brokers["nato"].origin, "import"),
+        (fed.brokers["fra"].origin, "import"),
+    ]
+    tampered = Path(files[1]).read_text().replace('"action":"import"', '"action":"imp0rt"', 1)
+    Path(files[1]).write_text(tampered)
+    again = run_cli("audit", "trace", report_id, *files, *keys, env=fed.brokers["fra"].env)
+    assert again.returncode == 1 and "does not verify" in again.stdout
+
+
+async def test_a_revoked_link_closes_at_once(federation: Federation) -> None:
+    fed = federation
+    revoked = run_cli("node", "revoke", "fra-link", "--json", env=fed.brokers["nato"].env)
+    assert revoked.returncode == 0, revoked.stderr
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while True:
+        health = await fed.brokers["fra"].healthy()
+        if health["peers"]["nato"]["state"] == "refused":
+            break
+        assert loop.time() < deadline, health
+        await asyncio.sleep(0.05)  # another process's state: nothing to wait on but its answer
+    listed = run_cli("peer", "list", "--json", env=fed.brokers["fra"].env)
+    [nato] = json.loads(listed.stdout)
+    assert nato["state"] == "refused" and nato["last_error"]
