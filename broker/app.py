@@ -94,7 +94,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
             await listener.wait_ready(5)
         LISTENER_CONNECTED.set_function(lambda: float(listener is not None and listener.connected))
         hub.start(lambda watch: supervise("hub-watch", watch, stop))
-        links = app[LINKS] = Links(ctx)
+        links = app[LINKS] = Links(ctx, wake)
         loops = {
             "federation": lambda: links.run(stop),
             "checkpointer": lambda: ledger.checkpointer(ctx, stop),

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +52,11 @@ class Status:
 class Links:
     """The pullers of this process, by peer name."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, wake: Callable[[], None] = lambda: None) -> None:
+        """``wake``: called after each import commits, so this process's open streams (and
+        links, for a hub) send it at once instead of at their next poll."""
         self._ctx = ctx
+        self._wake = wake
         self._tasks: dict[str, tuple[PeerRecord, asyncio.Task[None]]] = {}
         self.status: dict[str, Status] = {}
 
@@ -143,6 +147,7 @@ class Links:
             if type(sequence) is int and sequence <= cursor:
                 return cursor  # replayed below our cursor (the upstream's own resumed past it)
             await importer.import_report(self._ctx, peer, frame)
+            self._wake()
             if type(sequence) is int:
                 cursor = sequence
                 await ws.send_json({"type": "ack", "sequence": sequence})
@@ -150,6 +155,7 @@ class Links:
             LAG.labels(peer.name).set(status.lag)
         elif kind == "recall":
             await importer.import_recall(self._ctx, peer, frame)
+            self._wake()
         elif kind == "heartbeat":
             status.lag = 0.0
             LAG.labels(peer.name).set(0.0)

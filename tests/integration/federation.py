@@ -106,7 +106,7 @@ def report_frame(
     }
     label_json = json.dumps(label)
     message = signing.signing_message(canonical_label=canonical(label), canonical_payload=canonical(payload))
-    report = {
+    report: dict[str, Any] = {
         "id": report_id or str(uuid.uuid4()),
         "sequence": sequence,
         "originator": {"node": originator.node, "nation": originator.nation},
