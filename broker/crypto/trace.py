@@ -10,6 +10,7 @@ import's upstream event is found where it says."""
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -134,20 +135,28 @@ def _ordered(found: dict[str, Hop], problems: list[str]) -> tuple[Hop, ...]:
 
 
 def key_of(text: str) -> tuple[str | None, bytes]:
-    """A ``--key`` value: ``BROKER=KEY`` or a bare vkey (its name is the broker); KEY a vkey or
-    a raw public key in base64. ValueError when it is neither."""
-    head = text.split("+", 1)[0]
-    name, key = (text.split("=", 1)) if "=" in head else ("", text)
-    if key.count("+") >= 2:
-        vname, key_id, encoded = key.split("+", 2)
+    """A ``--key`` value: a vkey (its name is the broker), a raw public key in base64 (no name),
+    or ``BROKER=`` either. ValueError when it is none of these."""
+    try:
+        return _key(text)
+    except (ValueError, binascii.Error):
+        if "=" not in text:
+            raise ValueError("neither a checkpoint vkey nor an Ed25519 public key in base64") from None
+    name, key = text.split("=", 1)
+    return name, _key(key)[1]
+
+
+def _key(text: str) -> tuple[str | None, bytes]:
+    if text.count("+") >= 2:
+        name, key_id, encoded = text.split("+", 2)
         raw = base64.b64decode(encoded, validate=True)
-        if len(raw) != 33 or raw[0] != 1 or notes.key_id(vname, raw[1:]).hex() != key_id.lower():
+        if len(raw) != 33 or raw[0] != 1 or notes.key_id(name, raw[1:]).hex() != key_id.lower():
             raise ValueError("not a checkpoint vkey (NAME+KEYID+BASE64, type 0x01)")
-        return (name or vname), raw[1:]
-    raw = base64.b64decode(key, validate=True)
+        return name, raw[1:]
+    raw = base64.b64decode(text, validate=True)
     if not notes.valid_public_key(raw):
         raise ValueError("not an Ed25519 public key")
-    return (name or None), raw
+    return None, raw
 
 
 def as_json(result: Trace) -> dict[str, Any]:

@@ -51,6 +51,9 @@ async def test_hostile_peer_is_refused_and_audited_each_time(api: Api, tmp_path:
         private_key=upstream.key,
     )
     looped["federation"]["attestations"].append(hop)
+    ops = await api.node("ops", "BEL", roles=("admin", "audit"))
+    _, text = await api.get("/metrics", ops)
+    imports_before = {d: _sample(text, d) for d in ("allow", "deny")}
     double = StreamDouble(found)
     double.frames = [good, forged, widened, foreign, replay, looped]
     url = await double.start()
@@ -95,5 +98,24 @@ async def test_hostile_peer_is_refused_and_audited_each_time(api: Api, tmp_path:
     assert status == 200
     assert [h["broker"] for h in doc["provenance"]] == [upstream.name, own]
     assert doc["provenance"][-1]["event_hash"] == imports[0]["hash"]
-    listed = await peers.list_peers(api.ctx)
-    assert listed[0]["cursor"] == 6 and "key" not in json.dumps(listed).replace("broker_key", "")
+    status, listed = await api.get("/v1/admin/peers", ops)
+    assert status == 200
+    [usa_peer] = listed["peers"]
+    assert usa_peer["cursor"] == 6 and usa_peer["origins"] == ["USA"]
+    assert "BEGIN" not in json.dumps(listed)  # no certificate, key or token in the answer
+    status, health = await api.get("/v1/health")
+    assert health["peers"]["usa"]["state"] in ("connecting", "error")  # the double is gone
+    status, text = await api.get("/metrics", ops)
+    assert _sample(text, "allow") - imports_before["allow"] == 1
+    assert _sample(text, "deny") - imports_before["deny"] == 5
+    assert 'broker_peer_state{peer="usa",state=' in text
+    status, _ = await api.call("DELETE", "/v1/admin/peers/usa", ops)
+    assert status == 200
+    assert await peers.list_peers(api.ctx) == []
+
+
+def _sample(metrics: str, decision: str) -> float:
+    """broker_peer_imports_total for the peer usa and ``decision`` (0 before the first)."""
+    prefix = f'broker_peer_imports_total{{decision="{decision}",peer="usa"}} '
+    found = [line[len(prefix) :] for line in metrics.splitlines() if line.startswith(prefix)]
+    return float(found[0]) if found else 0.0
