@@ -26,7 +26,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     add.add_argument("--cert", required=True, metavar="PEM", help="the link's client certificate")
     add.add_argument("--key", required=True, metavar="PEM", help="the link's client key (stored sealed)")
-    add.add_argument("--token", help="the link node's token, if the upstream wants one (stored sealed)")
+    add.add_argument(
+        "--token", help="the link node's token, if the upstream wants one (stored sealed) (default: none)"
+    )
     add.add_argument(
         "--origins",
         default="",
@@ -40,7 +42,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     peer.add_parser("list", parents=[common], help="peers with their state, lag and last error")
     peer.add_parser("remove", parents=[common], help="stop pulling from a peer").add_argument(
-        "name", metavar="NAME"
+        "name", metavar="NAME", help="the peer to forget"
     )
 
 
@@ -51,14 +53,15 @@ def register_audit(audit: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="a report's path across brokers' exports, each verified (exit 1 if not)",
     )
-    trace.add_argument("report", metavar="REPORT_ID")
+    trace.add_argument("report", metavar="REPORT_ID", help="the report whose path to follow")
     trace.add_argument("exports", metavar="EXPORT", nargs="+", help="NDJSON exports of the brokers")
     trace.add_argument(
         "--key",
         action="append",
         default=[],
         metavar="BROKER=LOGKEY",
-        help="a broker's checkpoint key (vkey or base64; a vkey names its broker itself); repeat",
+        help="a broker's checkpoint key (vkey or base64; a vkey names its broker itself); repeat "
+        "(default: only the local keyring's key, for the local broker)",
     )
 
 
