@@ -15,13 +15,14 @@ from broker.realtime.hub import Hub
 from broker.services import auth, deliver, ledger, metrics, retention, shred, witnessing
 from broker.services.context import Context, utc_now
 from broker.services.limits import TokenBucket
+from broker.services.puller import Links
 from broker.services.supervisor import supervise
 from broker.settings import Settings
 from broker.storage.listen import ChangeListener, is_postgresql
 from broker.waiting import wait_event
 from broker.web.accesslog import AccessLogger
 from broker.web.connections import CONNECTIONS, ConnectionGuard, GuardedSite, head_arrived
-from broker.web.handlers import CONTEXT, LIMITER, WAKE
+from broker.web.handlers import CONTEXT, LIMITER, LINKS, WAKE
 from broker.web.middleware import BODY_TIMEOUT, problems, same_origin_only, server_header
 from broker.web.routes import add_routes
 from broker.web.sources import TRUSTED_PROXIES, networks
@@ -94,7 +95,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
             await listener.wait_ready(5)
         LISTENER_CONNECTED.set_function(lambda: float(listener is not None and listener.connected))
         hub.start(lambda watch: supervise("hub-watch", watch, stop))
+        links = app[LINKS] = Links(ctx, wake)
         loops = {
+            "federation": lambda: links.run(stop),
             "checkpointer": lambda: ledger.checkpointer(ctx, stop),
             "auth-failures": lambda: _flush_failures(ctx, stop),
             "retention": lambda: retention.expirer(ctx, stop),

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from broker import __version__
-from broker.cli import alliance, audit, database, node, pki, serve, store
+from broker.cli import alliance, audit, database, node, peer, pki, serve, store
 from broker.cli.common import Parser, UsageError, configure_logging, fail, print_result
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     store.add_parsers(sub, common, levels=levels)
     audit.add_parsers(sub, common)
     pki.add_parsers(sub, common)
+    peer.register(sub, common)
     from broker.witness import cli as witness_cli  # its own program beside the broker
 
     witness_cli.register(sub, common)
@@ -105,6 +106,8 @@ def _run(args: argparse.Namespace) -> Any:
         from broker.witness.cli import run
 
         return run(args)
+    if args.command == "audit" and args.action == "trace":
+        return peer.trace(args, audit.local_log_key(_settings_if_any()))
     if args.command == "audit" and args.action == "verify":
         # Offline: the export and the key are enough; the configuration only finds a keyring.
         return audit.verify(args, None if args.key is not None else _settings_if_any())
@@ -117,7 +120,12 @@ def _run(args: argparse.Namespace) -> Any:
         return serve.demo(args, settings)
     if args.command == "db":
         return asyncio.run(database.upgrade(settings))
-    groups = {"node": node.command, "alliance": alliance.command, "audit": audit.command}
+    groups = {
+        "node": node.command,
+        "alliance": alliance.command,
+        "audit": audit.command,
+        "peer": peer.command,
+    }
     work = groups.get(args.command, store.command)(args)
     return asyncio.run(database.with_context(settings, work))
 

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from broker.cli import peer
 from broker.cli.common import actions, read_text
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "(exit 1 naming the missing ones) (default: every --witness)",
     )
     audit.add_parser("key", parents=[common], help="print the checkpoint public key auditors pin")
+    peer.register_audit(audit, common)
 
 
 def command(args: argparse.Namespace) -> Callable[[Context], Awaitable[Any]]:
@@ -145,6 +147,15 @@ def _checkpoint_public_key(key: str | None, settings: Settings | None) -> bytes:
             + (" that are not a curve point" if len(public) == 32 else ", not 32")
         )
     return public
+
+
+def local_log_key(settings: Settings | None) -> tuple[str, bytes] | None:
+    """This broker's audit origin and checkpoint key, when a keyring is at hand."""
+    from broker.crypto import keyring, notes
+
+    if settings is None or not settings.keyring_path.exists():
+        return None
+    return settings.audit_origin, notes.public_key(keyring.load(settings.keyring_path).checkpoint_key)
 
 
 def _vkey_public(vkey: str) -> bytes:

@@ -55,6 +55,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, *, settings: Settings
         help="where the demo database, keyring and certificates live: a new or empty directory, or "
         "one an earlier demo made (its files are replaced) (default: %(default)s)",
     )
+    demo.add_argument(
+        "--federation",
+        action="store_true",
+        help="start three linked brokers (usa, a nato hub, fra) on PORT..PORT+2 in --dir "
+        "(default there: var/federation) and show a report crossing them",
+    )
     log_options(demo)
 
 
@@ -182,6 +188,13 @@ def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
 def demo(args: argparse.Namespace, settings: Settings) -> None:
     from broker import demo_witnesses
     from broker.demo import DEMO_NODES, demo_pki, exchange, prepare
+
+    if args.federation:
+        from broker import demo_federation
+
+        folder = Path("var/federation" if args.dir == "var/demo" else args.dir).resolve()
+        demo_federation.run(folder, port=args.port, config_dir=settings.config_dir)
+        return
 
     folder = Path(args.dir).resolve()  # absolute: the printed paths work from any directory
     _check_demo_dir(folder, given=args.dir)

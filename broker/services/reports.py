@@ -27,6 +27,7 @@ from broker.services.auth import NodeGone, RoleLost, recheck, refuse_gone, requi
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
 from broker.services.scanhints import ScanHint
+from broker.storage.federation import provenance_of
 from broker.storage.repos import WriteTx
 
 TOPIC = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # always fullmatch
@@ -575,10 +576,13 @@ async def _read_once(ctx: Context, node: NodeRecord, report_id: str | None) -> d
         directory = await ctx.directory_at(tx, counter)
         keyring = ctx.keyring  # as of this read: it can open what was read
         report = None if report_id is None else await tx.report(report_id)
+        imported = None if report is None else await provenance_of(tx, [report.seq])
     reason = _read_denial(ctx, node, report, directory)
     log = audit.batcher(ctx)
     if reason is None and report is not None:
         doc = document(ctx, node, report, keyring=keyring)
+        if imported:  # an imported report shows the path it came by, origin first
+            doc["provenance"] = list(imported[report.seq].provenance)
         if not await log.append(
             [allow_draft(node, report, "read")], decided_at=counter, reports_at=reports_at
         ):

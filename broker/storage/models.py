@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -292,3 +293,42 @@ class KeyringBindingRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     checkpoint_public_key: Mapped[str] = mapped_column(String(64))
     bound_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PeerRow(Base):
+    """An upstream broker this one pulls reports from (migration 0012 says why each column)."""
+
+    __tablename__ = "peers"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    ca_pem: Mapped[str] = mapped_column(Text)
+    cert_pem: Mapped[str] = mapped_column(Text)
+    key_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    token_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    origins: Mapped[list[str]] = mapped_column(JSON)
+    broker_key: Mapped[str] = mapped_column(String(300))
+    cursor: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    lag: Mapped[float] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ReportProvenanceRow(Base):
+    """An imported report's path (origin first, this broker last) and attestation chain."""
+
+    __tablename__ = "report_provenance"
+    report_seq: Mapped[int] = mapped_column(ForeignKey("reports.seq"), primary_key=True)
+    peer: Mapped[str] = mapped_column(String(64))
+    provenance: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    attestations: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    origin_signer: Mapped[str] = mapped_column(String(300))
+    recall: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+
+
+class ForeignOriginatorRow(Base):
+    """A node row that stands for another broker's originator (no role, no credential)."""
+
+    __tablename__ = "foreign_originators"
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    peer: Mapped[str] = mapped_column(String(64))

@@ -125,6 +125,19 @@ SCHEMAS: dict[str, Any] = {
                 "required": ["enc", "ct"],
                 "properties": {"enc": {"type": "string"}, "ct": {"type": "string"}},
             },
+            "provenance": {
+                "type": "array",
+                "description": "an imported report's path, origin first, this broker last",
+                "items": {
+                    "type": "object",
+                    "required": ["broker", "sequence", "event_hash"],
+                    "properties": {
+                        "broker": {"type": "string"},
+                        "sequence": {"type": "integer"},
+                        "event_hash": {"type": "string"},
+                    },
+                },
+            },
         },
         "oneOf": [{"required": ["payload"]}, {"required": ["sealed"]}],
     },
@@ -294,6 +307,11 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"id": {"type": "string"}, "token": {"type": "string"}, "expires": {"type": "string"}},
     },
     "Node": {"type": "object", "required": ["id", "nation", "clearance", "roles", "caveats"]},
+    "Peer": {
+        "type": "object",
+        "required": ["name", "url", "origins", "broker_key", "state", "lag", "last_error"],
+        "properties": {"state": {"enum": ["connected", "connecting", "refused", "error"]}},
+    },
     "Membership": {
         "type": "object",
         "required": ["alliance", "nation"],
@@ -678,6 +696,34 @@ PATHS: dict[str, Any] = {
             {"200": _json(_ref("Membership"), "left"), **_problems(400, 401, 403, 404, 422)},
             parameters=[_PATH_ID, _NATION],
         ),
+    },
+    "/v1/admin/peers": {
+        "post": _op(
+            "Add an upstream peer to pull from: name, url, ca, cert, key (PEM), token?, origins?, "
+            "broker_key? (fetched over the link and pinned when absent) (role admin; audited)",
+            {"201": _json(_ref("Peer"), "added"), **_problems(400, 401, 403, 409, 422, 503)},
+            requestBody={"required": True, "content": {JSON: {"schema": {"type": "object"}}}},
+        ),
+        "get": _op(
+            "Peers with their state, lag and last error (role admin)",
+            {
+                "200": _json(
+                    {"type": "object", "properties": {"peers": {"type": "array", "items": _ref("Peer")}}},
+                    "peers",
+                ),
+                **_problems(401, 403),
+            },
+        ),
+    },
+    "/v1/admin/peers/{name}": {
+        "delete": _op(
+            "Remove a peer; its puller stops (role admin; audited)",
+            {
+                "200": _json({"type": "object", "required": ["name", "removed"]}, "removed"),
+                **_problems(403, 404),
+            },
+            parameters=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        )
     },
     "/metrics": {
         "get": _op(
