@@ -11,7 +11,7 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from broker import __version__
@@ -120,7 +120,7 @@ def _run(args: argparse.Namespace) -> Any:
         return serve.demo(args, settings)
     if args.command == "db":
         return asyncio.run(database.upgrade(settings))
-    groups = {
+    groups: dict[str, Callable[[argparse.Namespace], Callable[[Any], Awaitable[Any]]]] = {
         "node": node.command,
         "alliance": alliance.command,
         "audit": audit.command,
