@@ -19,6 +19,7 @@ from broker.cli import alliance, audit, database, node, peer, pki, serve, store
 from broker.cli.common import Parser, UsageError, configure_logging, fail, print_result
 
 if TYPE_CHECKING:
+    from broker.services.context import Context
     from broker.settings import Settings
 
 
@@ -120,13 +121,16 @@ def _run(args: argparse.Namespace) -> Any:
         return serve.demo(args, settings)
     if args.command == "db":
         return asyncio.run(database.upgrade(settings))
-    groups: dict[str, Callable[[argparse.Namespace], Callable[[Any], Awaitable[Any]]]] = {
+    groups: dict[str, Callable[[argparse.Namespace], Callable[[Context], Awaitable[Any]]]] = {
         "node": node.command,
         "alliance": alliance.command,
         "audit": audit.command,
         "peer": peer.command,
+        "keys": store.command,
+        "report": store.command,
+        "collection": store.command,
     }
-    work = groups.get(args.command, store.command)(args)
+    work = groups[args.command](args)
     return asyncio.run(database.with_context(settings, work))
 
 
