@@ -142,15 +142,20 @@ def _role(value: str) -> str:
     return value
 
 
-Clearance = Annotated[str, AfterValidator(_clearance), Refusal("invalid_node", "clearance must be a level")]
+CLEARANCE = Refusal("invalid_node", "clearance must be one of the policy's levels")
+ROLES_REFUSAL = Refusal("invalid_node", f"roles must be a non-empty subset of {sorted(ROLES)}")
+CAVEATS_REFUSAL = Refusal("invalid_node", f"caveats must match {CAVEAT.pattern}")
+AUDIENCE = Refusal("invalid_node", "audience must be a list of strings")
+ORIGINS = Refusal("invalid_node", "origins must be a list of strings")
+Clearance = Annotated[str, AfterValidator(_clearance), CLEARANCE]
 Roles = Annotated[
     list[Annotated[str, AfterValidator(_role), Schema({"enum": sorted(ROLES)})]],
     Field(min_length=1),
-    Refusal("invalid_node", f"roles must be a non-empty subset of {sorted(ROLES)}"),
+    ROLES_REFUSAL,
 ]
 Caveats = Annotated[
     list[Annotated[str, StringConstraints(pattern=CAVEAT.pattern)]],
-    Refusal("invalid_node", f"caveats must match {CAVEAT.pattern}"),
+    CAVEATS_REFUSAL,
 ]
 Certificate = Annotated[
     str | None,
@@ -182,12 +187,12 @@ X25519Key = Annotated[
 Audience = Annotated[
     list[str],
     Field(description="federate links: nations and alliance ids it receives for"),
-    Refusal("invalid_node", "audience must be a list of strings"),
+    AUDIENCE,
 ]
 Origins = Annotated[
     list[str],
     Field(description="federate links: originator nations it may carry"),
-    Refusal("invalid_node", "origins must be a list of strings"),
+    ORIGINS,
 ]
 
 
@@ -222,14 +227,14 @@ class NodeUpdate(Wire):
 
     model_config = ConfigDict(json_schema_extra={"minProperties": 1})
 
-    clearance: Clearance | None = None
-    caveats: Caveats | None = None
-    roles: Roles | None = None
+    clearance: Annotated[Clearance | None, CLEARANCE] = None
+    caveats: Annotated[Caveats | None, CAVEATS_REFUSAL] = None
+    roles: Annotated[Roles | None, ROLES_REFUSAL] = None
     ed25519_public_key: Ed25519Key = None
     x25519_public_key: X25519Key = None
     certificate: Certificate = None
-    audience: Audience | None = None
-    origins: Origins | None = None
+    audience: Annotated[Audience | None, AUDIENCE] = None
+    origins: Annotated[Origins | None, ORIGINS] = None
 
 
 NodeUpdate.UNKNOWN = Refusal("invalid_node", f"give one or more of {sorted(NodeUpdate.model_fields)}")
@@ -263,6 +268,7 @@ class MembershipRequest(Wire):
         datetime | None,
         PlainValidator(refusing(_date)),
         Schema({"type": ["string", "null"], "description": "ISO-8601 date or date-time (default: now)"}),
+        Refusal("invalid_date", "date must be an ISO-8601 string"),
     ] = None
 
 
