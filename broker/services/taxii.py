@@ -46,11 +46,12 @@ from broker.services.auth import recheck
 from broker.services.collections import can_read, can_write
 from broker.services.context import Context
 from broker.services.scanhints import HintKey, ScanHint
+from broker.services.wire.decode import decode
+from broker.services.wire.requests import MAX_OBJECTS_PER_POST, Envelope
 from broker.storage import collections as store
 from broker.storage.database import Database
 from broker.storage.repos import Tx, WriteTx
 
-MAX_OBJECTS_PER_POST = 1000
 ROWS_PER_SCAN_ROW = 10  # rows a page may read for each payload it may decrypt (settings.max_scan_rows)
 _VALIDATION = ValidationOptions(version="2.1")
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
@@ -752,14 +753,7 @@ async def publishes_in(ctx: Context, node: NodeRecord, envelope: object) -> int:
 
 
 def _check_envelope(envelope: object) -> list[Any]:
-    if not isinstance(envelope, Mapping) or set(envelope) - {"objects", "more", "next"}:
-        raise InvalidInput("the body must be a TAXII envelope", code="invalid_envelope")
-    objects = envelope.get("objects")
-    if not isinstance(objects, list) or not 0 < len(objects) <= MAX_OBJECTS_PER_POST:
-        raise InvalidInput(
-            f"the envelope must hold 1 to {MAX_OBJECTS_PER_POST} objects", code="invalid_envelope"
-        )
-    return objects
+    return decode(Envelope, envelope).objects
 
 
 def _validate(objects: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:

@@ -17,9 +17,12 @@ from aiohttp import web
 
 from broker.domain import stix
 from broker.domain.records import NodeRecord
-from broker.errors import BadRequest, BrokerError, InvalidInput, RateLimited, Unauthenticated
+from broker.errors import BadRequest, BrokerError, RateLimited, Unauthenticated
 from broker.services import auth, collections, taxii
 from broker.services.context import Context
+from broker.services.wire import requests as rq
+from broker.services.wire import responses as rs
+from broker.services.wire.decode import Wire
 from broker.web.handlers import CONTEXT, INTEGER, LIMITER, WAKE
 from broker.web.middleware import REQUEST_ID, read_json
 from broker.web.sources import source_address
@@ -28,6 +31,7 @@ from broker.web.tls import peer_certificate
 API_ROOT = "/taxii2/api/"
 CHALLENGE = 'Basic realm="alliance-broker", Bearer realm="alliance-broker"'
 TAXII_TYPE = "application/taxii+json"
+JSON_TYPE = "application/json"
 DEFAULT_LIMIT = 100
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -336,8 +340,6 @@ async def admin_list_collections(request: web.Request) -> web.Response:
 async def admin_add_collection(request: web.Request) -> web.Response:
     actor = await _admin(request)
     body = await read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object", code="invalid_body")
     return web.json_response(
         await collections.add_collection(_ctx(request), body, actor=actor.id), status=201
     )
@@ -368,19 +370,29 @@ ROUTES = [
 
 
 # -- the OpenAPI description of these routes (merged into /v1/openapi.json by routes.py) ----------
+# Models these routes name; web.openapi puts their schemas into the document's components.
+OPENAPI_MODELS: set[type[Wire]] = {rs.Problem, rs.CollectionList, rs.Created, rs.Removed}
+OPENAPI_MODELS |= {rq.CollectionSpec, rq.Envelope}
+
+
+def _schema(model: type[Wire]) -> dict[str, str]:
+    assert model in OPENAPI_MODELS
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
 def _problem_responses(*statuses: int) -> dict[str, Any]:
-    schema = {"$ref": "#/components/schemas/Problem"}
+    schema = _schema(rs.Problem)
     content = {"application/problem+json": {"schema": schema}}
     return {str(s): {"description": "problem", "content": content} for s in statuses}
 
 
-def _admin_op(summary: str, ok: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def _admin_op(summary: str, ok: str, model: type[Wire], **extra: Any) -> dict[str, Any]:
     statuses = (400, 401, 403, 404, 408, 422, 429, 503)
     return {
         "summary": summary,
         "security": [{"bearer": []}],
         "responses": {
-            ok: {"description": "ok", "content": {"application/json": {"schema": schema}}},
+            ok: {"description": "ok", "content": {JSON_TYPE: {"schema": _schema(model)}}},
             **_problem_responses(*statuses),
         },
         **extra,
@@ -398,7 +410,6 @@ def _taxii_op(summary: str, ok: str = "200", **extra: Any) -> dict[str, Any]:
     }
 
 
-_OBJ = {"type": "object"}
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _COLL = {"name": "collection", "in": "path", "required": True, "schema": {"type": "string"}}
 _OBJECT = {"name": "object", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -414,26 +425,26 @@ _QUERY = [
         "match[spec_version]",
     )
 ]
-_BODY = {"required": True, "content": {stix.TAXII_MEDIA: {"schema": {"type": "object"}}}}
+_BODY = {"required": True, "content": {stix.TAXII_MEDIA: {"schema": _schema(rq.Envelope)}}}
 OPENAPI_PATHS: dict[str, Any] = {
     "/v1/admin/collections": {
         "get": _admin_op(
             "TAXII collections (role admin)",
             "200",
-            {"type": "object", "required": ["collections"], "properties": {"collections": {"type": "array"}}},
+            rs.CollectionList,
         ),
         "post": _admin_op(
             "Define a TAXII collection: title, topics, label, description (role admin; audited)",
             "201",
-            {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
-            requestBody={"required": True, "content": {"application/json": {"schema": _OBJ}}},
+            rs.Created,
+            requestBody={"required": True, "content": {JSON_TYPE: {"schema": _schema(rq.CollectionSpec)}}},
         ),
     },
     "/v1/admin/collections/{id}": {
         "delete": _admin_op(
             "Remove a TAXII collection; its reports stay (role admin; audited)",
             "200",
-            {"type": "object", "required": ["id", "removed"]},
+            rs.Removed,
             parameters=[_ID],
         )
     },
