@@ -82,16 +82,7 @@ async def _exclude_once(
             await audit.record(tx, drafts, now=now, report_changed=True, decided_at=counter)
             return
         refusal = _refusal(chosen)
-        draft = AuditDraft(
-            action="recall",
-            actor=node.id,
-            node=node.id,
-            nation=node.nation,
-            decision="deny",
-            reason=refusal.code,
-            report=chosen[0][0].id if chosen else None,
-        )
-        await audit.record(tx, [draft], now=now, decided_at=counter)
+        await audit.record(tx, [_denied(node, refusal, chosen)], now=now, decided_at=counter)
     raise refusal
 
 
@@ -113,6 +104,18 @@ def _refusal(chosen: Held) -> BrokerError:
     if chosen:
         return AccessDenied("only the originator may remove a version", code="not_originator")
     return NotFound("no such object", code="not_found")
+
+
+def _denied(node: NodeRecord, refusal: BrokerError, chosen: Held) -> AuditDraft:
+    return AuditDraft(
+        action="recall",
+        actor=node.id,
+        node=node.id,
+        nation=node.nation,
+        decision="deny",
+        reason=refusal.code,
+        report=chosen[0][0].id if chosen else None,
+    )
 
 
 async def _carriers(
