@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,32 +361,55 @@ def _read(option: Option, table: Mapping[str, Any], path: Path, env: Mapping[str
         value: Any = env[option.env]
     else:
         value = table.get(option.name, option.default)
-    kind, problem = option.kind, None
-    if kind in ("int", "float", "ms", "hours"):
-        if isinstance(value, bool) or not isinstance(value, int) or not option.low <= value <= option.high:
-            problem = f"must be an integer in [{option.low}, {option.high}]"
-        elif kind in _SCALE:
-            return value * _SCALE[kind]
-        elif kind == "float":
-            return float(value)
-    elif kind in ("text", "path"):
-        if not isinstance(value, str) or not value:
-            problem = "must be a non-empty string"
-        elif kind == "path":
-            return Path(value)
-    elif kind == "choice":
-        if value not in option.choices:
-            problem = f"must be one of {', '.join(option.choices)}"
-    elif kind == "list":
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
-            problem = "must be a list of non-empty strings"
-        else:
-            return tuple(value)
-    elif kind == "networks":
+    if option.kind == "networks":
         return _networks(value, path, option.key)
+    check = _CHECKS.get(option.kind)
+    if check is None:
+        return value
+    converted, problem = check(option, value)
     if problem is not None:
         raise ConfigError(file=str(path), key=option.key, problem=problem)
-    return value
+    return converted
+
+
+# Each kind's check: the value in Settings' units, or the problem with it.
+Checked = tuple[Any, str | None]
+
+
+def _number(option: Option, value: Any) -> Checked:
+    if isinstance(value, bool) or not isinstance(value, int) or not option.low <= value <= option.high:
+        return value, f"must be an integer in [{option.low}, {option.high}]"
+    if option.kind in _SCALE:
+        return value * _SCALE[option.kind], None
+    return (float(value) if option.kind == "float" else value), None
+
+
+def _text(option: Option, value: Any) -> Checked:
+    if not isinstance(value, str) or not value:
+        return value, "must be a non-empty string"
+    return (Path(value) if option.kind == "path" else value), None
+
+
+def _choice(option: Option, value: Any) -> Checked:
+    return value, None if value in option.choices else f"must be one of {', '.join(option.choices)}"
+
+
+def _strings(option: Option, value: Any) -> Checked:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        return value, "must be a list of non-empty strings"
+    return tuple(value), None
+
+
+_CHECKS: dict[str, Callable[[Option, Any], Checked]] = {
+    "int": _number,
+    "float": _number,
+    "ms": _number,
+    "hours": _number,
+    "text": _text,
+    "path": _text,
+    "choice": _choice,
+    "list": _strings,
+}
 
 
 def _no_unknown_keys(raw: Mapping[str, Any], path: Path) -> None:

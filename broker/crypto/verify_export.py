@@ -290,6 +290,28 @@ def _check_tree(
 ) -> Finding:
     signed.sort(key=lambda item: item[1].size)
     last = signed[-1][1]
+    finding = _check_length(events, last) or _check_roots(events, signed, anchor, last)
+    if finding is not None:
+        return finding
+    if anchor is not None and anchor.size > last.size:
+        return _fail(
+            "rolled_back",
+            f"the export covers {last.size} events but the trusted checkpoint covers {anchor.size}: "
+            f"the export was rolled back (events {last.size + 1}..{anchor.size} and the checkpoints "
+            f"after size {last.size} are missing)",
+            last.size + 1,
+        )
+    extends = "" if anchor is None else f", and extend the trusted checkpoint at size {anchor.size}"
+    return Finding(
+        ok=True,
+        kind="intact",
+        message=f"intact: {len(events)} events, chain and Merkle root match "
+        f"the checkpoint signed at size {last.size}{extends}",
+    )
+
+
+def _check_length(events: list[tuple[int, dict[str, Any]]], last: notes.CheckpointBody) -> Finding | None:
+    """The export holds exactly the events the last signed checkpoint covers."""
     if len(events) < last.size:
         after = events[-1][1]["seq"] if events else 0
         return _fail(
@@ -306,6 +328,17 @@ def _check_tree(
             event["seq"],
             line,
         )
+    return None
+
+
+def _check_roots(
+    events: list[tuple[int, dict[str, Any]]],
+    signed: list[tuple[int, notes.CheckpointBody]],
+    anchor: notes.CheckpointBody | None,
+    last: notes.CheckpointBody,
+) -> Finding | None:
+    """Each signed checkpoint, and the trusted one within the export, is the root of the events
+    up to its size."""
     # Walk the checkpoints by size, the trusted one after an export one of the same size.
     stops: list[tuple[int, bool, int | None, notes.CheckpointBody]] = [
         (body.size, False, line, body) for line, body in signed
@@ -339,18 +372,4 @@ def _check_tree(
             first,
             at,
         )
-    if anchor is not None and anchor.size > last.size:
-        return _fail(
-            "rolled_back",
-            f"the export covers {last.size} events but the trusted checkpoint covers {anchor.size}: "
-            f"the export was rolled back (events {last.size + 1}..{anchor.size} and the checkpoints "
-            f"after size {last.size} are missing)",
-            last.size + 1,
-        )
-    extends = "" if anchor is None else f", and extend the trusted checkpoint at size {anchor.size}"
-    return Finding(
-        ok=True,
-        kind="intact",
-        message=f"intact: {len(events)} events, chain and Merkle root match "
-        f"the checkpoint signed at size {last.size}{extends}",
-    )
+    return None

@@ -24,7 +24,7 @@ from broker.domain import federation as fed
 from broker.domain.canonical import canonical, sha256_hex
 from broker.domain.federation import Imported, PeerRecord
 from broker.domain.labels import parse_label
-from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
+from broker.domain.records import AuditDraft, Head, NodeRecord, ReportRecord
 from broker.domain.time import parse_time
 from broker.errors import BrokerError
 from broker.services import journal
@@ -139,23 +139,51 @@ async def _store(
     chain: attest.VerifiedChain,
     *,
     now: datetime,
-    head: Any,
+    head: Head,
 ) -> None:
     report = frame.report
     origin = report["originator"]
     await _originator(tx, peer, origin["node"], origin["nation"], chain.originator_key, now=now)
     created = parse_time(report["created"], name="created")
     assert created is not None
+    record = _record(ctx, peer, frame, seq=head.report_seq + 1, created=created)
+    await tx.insert_reports([(record, None)])
+    await tx.insert_objects(index_rows(ctx, record, report["payload"]))
+    draft = _imported_draft(peer, record, chain)
+    stamp = created if head.report_created is None or created > head.report_created else head.report_created
+    head = replace(head, report_seq=record.seq, report_created=stamp)
+    events, _nodes, _head = journal.chain(head, [draft], now=now)
+    own = {"broker": ctx.settings.audit_origin, "sequence": record.seq, "event_hash": events[0].hash}
+    path = tuple({"broker": h.broker, "sequence": h.sequence, "event_hash": h.event_hash} for h in chain.hops)
+    await store.insert_provenance(
+        tx,
+        Imported(
+            report_seq=record.seq,
+            peer=peer.name,
+            provenance=(*path, own),
+            attestations=tuple(frame.attestations),
+            origin_signer=chain.origin_signer,
+        ),
+    )
+    await store.advance_peer(tx, peer.name, cursor=frame.upstream_sequence, lag=_lag(now, created))
+    await tx.notify_change()
+    await journal.record(tx, [draft], now=now, head=head)
+
+
+def _record(ctx: Context, peer: PeerRecord, frame: Frame, *, seq: int, created: datetime) -> ReportRecord:
+    """The imported report as stored at ``seq``: its payload encrypted under this broker's
+    keyring, its label and originator as the frame carried them."""
+    report = frame.report
+    origin = report["originator"]
     label = json.loads(frame.label_json)
     canonical_label, canonical_payload = canonical(label), canonical(report["payload"])
-    seq = head.report_seq + 1
     stored = envelope.encrypt_payload(
         plaintext=canonical_payload,
         report_id=report["id"],
         canonical_label=canonical_label,
         keyring=ctx.keyring,
     )
-    record = ReportRecord(
+    return ReportRecord(
         seq=seq,
         id=report["id"],
         originator_node=origin["node"],
@@ -172,10 +200,12 @@ async def _store(
         wrapped_key=stored.wrapped_key,
         kek_id=stored.kek_id,
     )
-    await tx.insert_reports([(record, None)])
-    await tx.insert_objects(index_rows(ctx, record, report["payload"]))
+
+
+def _imported_draft(peer: PeerRecord, record: ReportRecord, chain: attest.VerifiedChain) -> AuditDraft:
+    """The ``import`` event: the peer, the hop it came from, and the broker it started at."""
     last = chain.hops[-1]
-    draft = AuditDraft(
+    return AuditDraft(
         action="import",
         actor=peer.name,
         report=record.id,
@@ -192,24 +222,6 @@ async def _store(
             "label_hash": record.label_hash,
         },
     )
-    stamp = created if head.report_created is None or created > head.report_created else head.report_created
-    head = replace(head, report_seq=seq, report_created=stamp)
-    events, _nodes, _head = journal.chain(head, [draft], now=now)
-    own = {"broker": ctx.settings.audit_origin, "sequence": seq, "event_hash": events[0].hash}
-    path = tuple({"broker": h.broker, "sequence": h.sequence, "event_hash": h.event_hash} for h in chain.hops)
-    await store.insert_provenance(
-        tx,
-        Imported(
-            report_seq=seq,
-            peer=peer.name,
-            provenance=(*path, own),
-            attestations=tuple(frame.attestations),
-            origin_signer=chain.origin_signer,
-        ),
-    )
-    await store.advance_peer(tx, peer.name, cursor=frame.upstream_sequence, lag=_lag(now, created))
-    await tx.notify_change()
-    await journal.record(tx, [draft], now=now, head=head)
 
 
 def _lag(now: datetime, created: datetime) -> float:
@@ -259,7 +271,7 @@ async def _deny_in(
     sequence: int | None,
     *,
     now: datetime,
-    head: Any,
+    head: Head,
 ) -> None:
     report_id = report.get("id") if isinstance(report.get("id"), str) else None
     draft = AuditDraft(
