@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from broker.config_files import AllianceSeed, load_alliances, load_policy, read_toml, suggest, toml_table
 from broker.domain.labels import DEFAULT_POLICY, Policy
 from broker.errors import ConfigError
+from broker.witness_settings import WitnessSettings, load_witnesses
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/broker.db"
 
@@ -185,6 +186,15 @@ OPTIONS: tuple[Option, ...] = (
         "sign a checkpoint after this many events"),
     _o("audit.checkpoint_every_seconds", "checkpoint_every_seconds", 10, 1, 86_400,
         "... or this long after the last one", "float"),
+    Option("audit.witnesses", None, (),
+        "`[[audit.witnesses]]` tables, one per witness asked to cosign each checkpoint (below, "
+        "[Witnesses](#witnesses))", kind="own"),
+    Option("audit.witness_quorum", None, 0,
+        "cosignatures that make a checkpoint witnessed, 0 to the number of witnesses; `/v1/health` says "
+        "`\"witnessed\": false` below it", kind="own"),
+    _o("audit.witness_timeout_ms", "witness_timeout_seconds", 5000, 100, 600_000,
+        "one add-checkpoint request to a witness, connection included; each is tried 3 times with backoff",
+        "ms"),
 )
 # fmt: on
 
@@ -285,6 +295,10 @@ class Settings:
     audit_origin: str = _default("audit_origin")
     checkpoint_every_events: int = _default("checkpoint_every_events")
     checkpoint_every_seconds: float = _default("checkpoint_every_seconds")
+    # Witnesses asked to cosign each checkpoint, and how many cosignatures make it witnessed.
+    witnesses: tuple[WitnessSettings, ...] = ()
+    witness_quorum: int = 0
+    witness_timeout_seconds: float = _default("witness_timeout_seconds")
     retention_interval_seconds: float = _default("retention_interval_seconds")
     retention_batch_size: int = _default("retention_batch_size")
     # New reports' data keys are wrapped under a KEK per period this long (services/shred.py).
@@ -328,10 +342,13 @@ class Settings:
         values = {
             o.field: _read(o, tables[o.table], broker_file, env) for o in OPTIONS if o.field is not None
         }
+        witnesses, quorum = load_witnesses(tables["audit"], broker_file)
         return cls(
             **values,
             config_dir=config_dir,
             tls=_tls(tables["tls"], broker_file),
+            witnesses=witnesses,
+            witness_quorum=quorum,
             policy=load_policy(config_dir / "policy.toml"),
             alliances=load_alliances(config_dir / "alliances.toml"),
         )
@@ -344,32 +361,55 @@ def _read(option: Option, table: Mapping[str, Any], path: Path, env: Mapping[str
         value: Any = env[option.env]
     else:
         value = table.get(option.name, option.default)
-    kind, problem = option.kind, None
-    if kind in ("int", "float", "ms", "hours"):
-        if isinstance(value, bool) or not isinstance(value, int) or not option.low <= value <= option.high:
-            problem = f"must be an integer in [{option.low}, {option.high}]"
-        elif kind in _SCALE:
-            return value * _SCALE[kind]
-        elif kind == "float":
-            return float(value)
-    elif kind in ("text", "path"):
-        if not isinstance(value, str) or not value:
-            problem = "must be a non-empty string"
-        elif kind == "path":
-            return Path(value)
-    elif kind == "choice":
-        if value not in option.choices:
-            problem = f"must be one of {', '.join(option.choices)}"
-    elif kind == "list":
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
-            problem = "must be a list of non-empty strings"
-        else:
-            return tuple(value)
-    elif kind == "networks":
+    if option.kind == "networks":
         return _networks(value, path, option.key)
+    check = _CHECKS.get(option.kind)
+    if check is None:
+        return value
+    converted, problem = check(option, value)
     if problem is not None:
         raise ConfigError(file=str(path), key=option.key, problem=problem)
-    return value
+    return converted
+
+
+# Each kind's check: the value in Settings' units, or the problem with it.
+Checked = tuple[Any, str | None]
+
+
+def _number(option: Option, value: Any) -> Checked:
+    if isinstance(value, bool) or not isinstance(value, int) or not option.low <= value <= option.high:
+        return value, f"must be an integer in [{option.low}, {option.high}]"
+    if option.kind in _SCALE:
+        return value * _SCALE[option.kind], None
+    return (float(value) if option.kind == "float" else value), None
+
+
+def _text(option: Option, value: Any) -> Checked:
+    if not isinstance(value, str) or not value:
+        return value, "must be a non-empty string"
+    return (Path(value) if option.kind == "path" else value), None
+
+
+def _choice(option: Option, value: Any) -> Checked:
+    return value, None if value in option.choices else f"must be one of {', '.join(option.choices)}"
+
+
+def _strings(option: Option, value: Any) -> Checked:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        return value, "must be a list of non-empty strings"
+    return tuple(value), None
+
+
+_CHECKS: dict[str, Callable[[Option, Any], Checked]] = {
+    "int": _number,
+    "float": _number,
+    "ms": _number,
+    "hours": _number,
+    "text": _text,
+    "path": _text,
+    "choice": _choice,
+    "list": _strings,
+}
 
 
 def _no_unknown_keys(raw: Mapping[str, Any], path: Path) -> None:

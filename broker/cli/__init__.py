@@ -11,14 +11,15 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from broker import __version__
-from broker.cli import alliance, audit, database, node, pki, serve, store
+from broker.cli import alliance, audit, database, node, peer, pki, serve, store
 from broker.cli.common import Parser, UsageError, configure_logging, fail, print_result
 
 if TYPE_CHECKING:
+    from broker.services.context import Context
     from broker.settings import Settings
 
 
@@ -48,6 +49,10 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     store.add_parsers(sub, common, levels=levels)
     audit.add_parsers(sub, common)
     pki.add_parsers(sub, common)
+    peer.register(sub, common)
+    from broker.witness import cli as witness_cli  # its own program beside the broker
+
+    witness_cli.register(sub, common)
     return parser
 
 
@@ -98,6 +103,12 @@ def _run(args: argparse.Namespace) -> Any:
 
     from broker.settings import Settings
 
+    if args.command == "witness":  # no broker configuration: a witness runs apart from it
+        from broker.witness.cli import run
+
+        return run(args)
+    if args.command == "audit" and args.action == "trace":
+        return peer.trace(args, audit.local_log_key(_settings_if_any()))
     if args.command == "audit" and args.action == "verify":
         # Offline: the export and the key are enough; the configuration only finds a keyring.
         return audit.verify(args, None if args.key is not None else _settings_if_any())
@@ -110,8 +121,16 @@ def _run(args: argparse.Namespace) -> Any:
         return serve.demo(args, settings)
     if args.command == "db":
         return asyncio.run(database.upgrade(settings))
-    groups = {"node": node.command, "alliance": alliance.command, "audit": audit.command}
-    work = groups.get(args.command, store.command)(args)
+    groups: dict[str, Callable[[argparse.Namespace], Callable[[Context], Awaitable[Any]]]] = {
+        "node": node.command,
+        "alliance": alliance.command,
+        "audit": audit.command,
+        "peer": peer.command,
+        "keys": store.command,
+        "report": store.command,
+        "collection": store.command,
+    }
+    work = groups[args.command](args)
     return asyncio.run(database.with_context(settings, work))
 
 

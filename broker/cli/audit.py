@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from broker.cli import peer
 from broker.cli.common import actions, read_text
 
 if TYPE_CHECKING:
@@ -33,7 +34,23 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="a file holding a checkpoint note saved earlier (the note, or JSON holding it): "
         "the export must extend it (exit 1 if it was rolled back or rewritten) (default: none)",
     )
+    verify.add_argument(
+        "--witness",
+        metavar="VKEY",
+        action="append",
+        default=[],
+        help="a witness's cosigner vkey (NAME+KEYID+BASE64, type 0x04) the final checkpoint's "
+        "cosignatures are checked against; repeat for each (default: none)",
+    )
+    verify.add_argument(
+        "--quorum",
+        metavar="K",
+        type=int,
+        help="valid cosignatures from the --witness keys the final checkpoint must carry "
+        "(exit 1 naming the missing ones) (default: every --witness)",
+    )
     audit.add_parser("key", parents=[common], help="print the checkpoint public key auditors pin")
+    peer.register_audit(audit, common)
 
 
 def command(args: argparse.Namespace) -> Callable[[Context], Awaitable[Any]]:
@@ -70,24 +87,37 @@ async def _export(ctx: Context, path: Path) -> dict[str, Any]:
 def verify(args: argparse.Namespace, settings: Settings | None) -> int:
     """Offline: no database. Exit 0 when intact, 1 when tampered (naming the place), 2 when the
     key, the export or the trusted checkpoint cannot be read or is malformed (one line on stderr)."""
-    from broker.crypto import verify_export
+    from broker.crypto import quorum, verify_export
     from broker.errors import BrokerError
 
     public = _checkpoint_public_key(args.key, settings)
+    try:
+        witnesses = quorum.parse_witnesses(args.witness)
+    except quorum.QuorumInputError as exc:
+        raise BrokerError(f"--witness: {exc}") from None
+    required = len(witnesses) if args.quorum is None else args.quorum
+    if not 0 <= required <= len(witnesses):
+        raise BrokerError(
+            f"--quorum {required} needs at least that many --witness keys (given {len(witnesses)})"
+        )
     trusted = None
     if args.trusted_checkpoint is not None:
         trusted = read_text(Path(args.trusted_checkpoint))
     try:
         with Path(args.file).open(encoding="utf-8") as fh:
-            finding = verify_export.verify(fh, public_key=public, trusted=trusted)
+            finding = verify_export.verify(
+                fh, public_key=public, trusted=trusted, witnesses=witnesses, quorum=required
+            )
     except OSError as exc:
         raise BrokerError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
     if finding.exit_code == 2:
         raise BrokerError(" ".join(f"cannot verify {args.file}: {finding.message}".splitlines()))
     if args.json:
-        print(json.dumps(finding.__dict__, indent=2))
+        shown = {k: v for k, v in finding.__dict__.items() if k != "final_note"}
+        print(json.dumps(shown, indent=2))
     else:
-        print(("OK " if finding.ok else "TAMPERED ") + finding.message)
+        verdict = "OK" if finding.ok else "UNWITNESSED" if finding.kind == "unwitnessed" else "TAMPERED"
+        print(f"{verdict} {finding.message}")
     return finding.exit_code
 
 
@@ -117,6 +147,15 @@ def _checkpoint_public_key(key: str | None, settings: Settings | None) -> bytes:
             + (" that are not a curve point" if len(public) == 32 else ", not 32")
         )
     return public
+
+
+def local_log_key(settings: Settings | None) -> tuple[str, bytes] | None:
+    """This broker's audit origin and checkpoint key, when a keyring is at hand."""
+    from broker.crypto import keyring, notes
+
+    if settings is None or not settings.keyring_path.exists():
+        return None
+    return settings.audit_origin, notes.public_key(keyring.load(settings.keyring_path).checkpoint_key)
 
 
 def _vkey_public(vkey: str) -> bytes:

@@ -30,6 +30,7 @@ DEMO_FILES = (
     "keyring.json",
     ".keyring.json.lock",
     "pki",
+    *("witness-fra", "witness-fra.log", "witness-deu", "witness-deu.log"),  # demo_witnesses.FILES
 )
 
 
@@ -53,6 +54,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, *, settings: Settings
         default="var/demo",
         help="where the demo database, keyring and certificates live: a new or empty directory, or "
         "one an earlier demo made (its files are replaced) (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--federation",
+        action="store_true",
+        help="start three linked brokers (usa, a nato hub, fra) on PORT..PORT+2 in --dir "
+        "(default there: var/federation) and show a report crossing them",
     )
     log_options(demo)
 
@@ -179,7 +186,15 @@ def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
 
 
 def demo(args: argparse.Namespace, settings: Settings) -> None:
+    from broker import demo_witnesses
     from broker.demo import DEMO_NODES, demo_pki, exchange, prepare
+
+    if args.federation:
+        from broker import demo_federation
+
+        folder = Path("var/federation" if args.dir == "var/demo" else args.dir).resolve()
+        demo_federation.run(folder, port=args.port, config_dir=settings.config_dir)
+        return
 
     folder = Path(args.dir).resolve()  # absolute: the printed paths work from any directory
     _check_demo_dir(folder, given=args.dir)
@@ -199,7 +214,22 @@ def demo(args: argparse.Namespace, settings: Settings) -> None:
     guide, live = asyncio.run(with_context(settings, lambda c: prepare(c, settings, certificates)))
     print(guide, flush=True)
     base = f"https://{settings.host}:{settings.port}"
-    serve(settings, alongside=lambda: exchange(base, live, lambda line: print(line, flush=True)))
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    with demo_witnesses.witnesses(settings, folder) as pinned:
+        # Two nations' witnesses cosign every checkpoint; one is signed every 2 s in the demo.
+        settings = replace(settings, witnesses=pinned, witness_quorum=2, checkpoint_every_seconds=2.0)
+        key = demo_witnesses.log_vkey(settings)
+
+        async def alongside() -> None:
+            await exchange(base, live, say)
+            await demo_witnesses.show_witnessed(
+                base, live.tls("auditor"), log_vkey=key, pinned=pinned, say=say
+            )
+
+        serve(settings, alongside=alongside)
 
 
 def _check_demo_dir(folder: Path, *, given: str) -> None:

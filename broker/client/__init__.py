@@ -8,7 +8,8 @@ Errors::
     ├── SignatureError    a report's signature is missing or does not verify: never yielded
     ├── SealedError       a sealed payload cannot be opened with this node's key
     ├── StreamClosed      the broker closed the stream for good (revoked, bad message)
-    └── Unreachable       no connection (refused, TLS failure, timeout; a stream: past give_up_after)
+    ├── Unreachable       no connection (refused, TLS failure, timeout; a stream: past give_up_after)
+    └── WitnessError      a checkpoint lacks the log's signature or the witness quorum (verify_witnessed)
 """
 
 from broker.client.sdk import (
@@ -21,6 +22,8 @@ from broker.client.sdk import (
     SignatureError,
     StreamClosed,
     Unreachable,
+    WitnessError,
+    verify_witnessed,
 )
 
 __all__ = [
@@ -33,4 +36,6 @@ __all__ = [
     "SignatureError",
     "StreamClosed",
     "Unreachable",
+    "WitnessError",
+    "verify_witnessed",
 ]

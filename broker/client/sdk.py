@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 
-from broker.crypto import seal, signing
+from broker.crypto import cosignature, quorum, seal, signing
 from broker.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from broker.domain.canonical import canonical
 
@@ -47,6 +48,33 @@ class SignatureError(ClientError):
 
 class SealedError(ClientError):
     pass
+
+
+class WitnessError(ClientError):
+    """A checkpoint is not signed by the pinned log key or lacks the quorum of witness
+    cosignatures; ``verdict`` says which witnesses are missing."""
+
+    def __init__(self, message: str, verdict: quorum.QuorumVerdict | None = None) -> None:
+        self.verdict = verdict
+        super().__init__(message)
+
+
+def verify_witnessed(
+    note: str, *, log_key: str, witnesses: Sequence[str], quorum_size: int
+) -> quorum.QuorumVerdict:
+    """Check a checkpoint note (as ``GET /v1/audit/checkpoints/latest`` serves it): signed by the
+    log key (its vkey, ``broker audit key``) and cosigned by ``quorum_size`` of the witness vkeys.
+    Returns the verdict; WitnessError if it does not hold or the inputs are unusable."""
+    try:
+        public = cosignature.parse_vkey(log_key, kind=cosignature.NOTE_TYPE).public
+        verdict = quorum.check(
+            note, log_public=public, witnesses=quorum.parse_witnesses(witnesses), quorum=quorum_size
+        )
+    except (cosignature.CosignatureError, quorum.QuorumInputError) as exc:
+        raise WitnessError(str(exc)) from None
+    if not verdict.ok:
+        raise WitnessError(verdict.message, verdict)
+    return verdict
 
 
 class StreamClosed(ClientError):
@@ -110,6 +138,19 @@ def _retry_after(headers: Mapping[str, str] | None) -> float:
         return min(max(float(raw), 0.0), MAX_RETRY_AFTER)
     except ValueError:
         return 0.0
+
+
+@dataclass
+class _Resume:
+    """Where a stream resumes after a dropped connection, and the ids it yielded lately."""
+
+    last: int | None
+    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def saw(self, report_id: str) -> None:
+        self.seen[report_id] = None
+        if len(self.seen) > DEDUP_WINDOW:
+            self.seen.popitem(last=False)
 
 
 class BrokerClient:
@@ -218,6 +259,16 @@ class BrokerClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return dict(await self._call("POST", "/v1/reports", body=body, headers=headers))
 
+    async def witnessed_checkpoint(
+        self, *, log_key: str, witnesses: Sequence[str], quorum_size: int
+    ) -> dict[str, Any]:
+        """The latest checkpoint (role audit), returned only if ``verify_witnessed`` holds."""
+        checkpoint: dict[str, Any] = await self._call("GET", "/v1/audit/checkpoints/latest")
+        verify_witnessed(
+            str(checkpoint.get("note", "")), log_key=log_key, witnesses=witnesses, quorum_size=quorum_size
+        )
+        return checkpoint
+
     async def read(self, report_id: str) -> Received:
         return await self.open(await self._call("GET", f"/v1/reports/{report_id}"))
 
@@ -307,12 +358,12 @@ class BrokerClient:
         ``ApiError`` with the broker's problem document.
 
         A recall notice drops the report from ``held`` and is passed to ``on_recall``."""
-        last, seen = after, OrderedDict[str, None]()
+        resume = _Resume(after)
         attempt, since = 0, time.monotonic()  # failures in a row, and since when
         while True:
             params = {"name": name}
-            if last is not None:
-                params["after"] = str(last)
+            if resume.last is not None:
+                params["after"] = str(resume.last)
             if topics:
                 params["topics"] = ",".join(topics)
             try:
@@ -320,25 +371,10 @@ class BrokerClient:
                     self.base_url + "/v1/stream", headers=self._headers, params=params, autoping=True
                 ) as ws:
                     attempt, since = 0, time.monotonic()
-                    async for message in ws:
-                        if message.type != aiohttp.WSMsgType.TEXT:
-                            break
-                        frame = json.loads(message.data)
-                        if frame.get("type") == "recall":
-                            self._recalled(frame, on_recall)
-                        if frame.get("type") != "report":
-                            continue
-                        report = frame["report"]
-                        if report["id"] not in seen:
-                            opened = await self._open_or_resume(report, reconnect=reconnect)
-                            seen[report["id"]] = None
-                            if len(seen) > DEDUP_WINDOW:
-                                seen.popitem(last=False)
-                            self._hold(opened)
+                    received = self._received(ws, resume, ack=ack, reconnect=reconnect, on_recall=on_recall)
+                    async with contextlib.aclosing(received):
+                        async for opened in received:
                             yield opened
-                        last = int(report["sequence"])
-                        if ack:
-                            await ws.send_json({"type": "ack", "sequence": last})
                     code = ws.close_code or 1006
             except aiohttp.WSServerHandshakeError as exc:
                 if not reconnect or (exc.status not in RETRY_STATUSES and exc.status < 500):
@@ -356,6 +392,35 @@ class BrokerClient:
                 return
             attempt += 1
             await asyncio.sleep(max(self._backoff(attempt), min(wait_at_least, self._max_delay)))
+
+    async def _received(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        resume: _Resume,
+        *,
+        ack: bool,
+        reconnect: bool,
+        on_recall: Callable[[Recall], None] | None,
+    ) -> AsyncGenerator[Received, None]:
+        """The reports one connection delivers, each opened and yielded once, and acked when the
+        caller asks for the next; recall notices passed on."""
+        async for message in ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                break
+            frame = json.loads(message.data)
+            if frame.get("type") == "recall":
+                self._recalled(frame, on_recall)
+            if frame.get("type") != "report":
+                continue
+            report = frame["report"]
+            if report["id"] not in resume.seen:
+                opened = await self._open_or_resume(report, reconnect=reconnect)
+                resume.saw(report["id"])
+                self._hold(opened)
+                yield opened
+            resume.last = int(report["sequence"])
+            if ack:
+                await ws.send_json({"type": "ack", "sequence": resume.last})
 
     def _hold(self, report: Received) -> None:
         if self._keep > 0:

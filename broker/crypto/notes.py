@@ -16,6 +16,7 @@ import base64
 import contextlib
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -100,6 +101,29 @@ def verify_signature(note: str, *, name: str, public: bytes) -> tuple[Checkpoint
             raise NoteError("the checkpoint signature does not verify") from None
         return body, raw[4:]
     raise NoteError(f"no signature by key {name!r} ({wanted.hex()}) on the note")
+
+
+def signed_by(note: str, keys: Sequence[tuple[str, bytes]]) -> tuple[CheckpointBody, list[str]]:
+    """Check ``note`` against trusted ``keys`` (key name, raw Ed25519 public key) as signed-note
+    asks of a verifier: lines by other keys are ignored, every line naming one of the keys (name
+    and key id) must verify, and at least one must. Return the checkpoint and the lines that
+    verified. MalformedNote if it is no checkpoint note; NoteError if a line by a trusted key
+    fails, or none is there."""
+    text, body, signatures = parse(note)
+    trusted = {(name, key_id(name, public)): public for name, public in keys}
+    verified: list[str] = []
+    for signer, raw in signatures:
+        public = trusted.get((signer, raw[:4]))
+        if public is None:
+            continue
+        try:
+            Ed25519PublicKey.from_public_bytes(public).verify(raw[4:], text.encode())
+        except (InvalidSignature, ValueError):
+            raise NoteError(f"the signature by {signer} does not verify") from None
+        verified.append(f"{DASH} {signer} {base64.b64encode(raw).decode()}\n")
+    if not verified:
+        raise NoteError("no signature by a trusted key on the note")
+    return body, verified
 
 
 def parse(note: object) -> tuple[str, CheckpointBody, list[tuple[str, bytes]]]:

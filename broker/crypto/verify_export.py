@@ -12,13 +12,16 @@ note or export line that is malformed, or a trusted checkpoint the key did not s
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from broker.crypto import merkle, notes
+from broker.crypto import cosignature, merkle, notes
 from broker.crypto.chain import GENESIS, event_hash
+from broker.crypto.quorum import QuorumInputError
+from broker.crypto.quorum import check as check_quorum
 from broker.errors import InvalidInput
 
 # Kinds that say the input could not be checked, not that it was tampered with.
@@ -29,11 +32,13 @@ UNCHECKABLE = frozenset({"malformed", "untrusted"})
 class Finding:
     ok: bool
     # intact; tampered: altered | inserted | removed | reordered | truncated | signature |
-    # checkpoint | rolled_back | inconsistent; uncheckable: malformed | untrusted
+    # checkpoint | rolled_back | inconsistent | unwitnessed; uncheckable: malformed | untrusted
     kind: str
     message: str
     seq: int | None = None
     line: int | None = None
+    # The note of the export's final checkpoint, cosignature lines included (not for display).
+    final_note: str | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def exit_code(self) -> int:
@@ -126,9 +131,39 @@ def _check_chain(events: list[tuple[int, dict[str, Any]]]) -> Finding | None:
     return None
 
 
-def verify(lines: Iterable[str], *, public_key: bytes, trusted: str | None = None) -> Finding:
+def verify(
+    lines: Iterable[str],
+    *,
+    public_key: bytes,
+    trusted: str | None = None,
+    witnesses: Sequence[cosignature.VerifierKey] = (),
+    quorum: int = 0,
+) -> Finding:
     """Check an NDJSON export (event lines, then ``{"checkpoint": {...}}`` lines). ``trusted``:
-    the text of a checkpoint the auditor saved earlier, which the export must extend."""
+    the text of a checkpoint the auditor saved earlier, which the export must extend. With
+    ``quorum`` > 0 the export's final checkpoint must also carry that many valid cosignatures
+    from ``witnesses`` (kind ``unwitnessed`` otherwise)."""
+    finding = _verify_log(lines, public_key=public_key, trusted=trusted)
+    if not finding.ok or quorum == 0:
+        return finding
+    return _witnessed(finding, public_key, witnesses, quorum)
+
+
+def _witnessed(
+    intact: Finding, public_key: bytes, witnesses: Sequence[cosignature.VerifierKey], quorum: int
+) -> Finding:
+    try:
+        verdict = check_quorum(
+            intact.final_note or "", log_public=public_key, witnesses=witnesses, quorum=quorum
+        )
+    except QuorumInputError as exc:
+        return _fail("malformed", str(exc))
+    if not verdict.ok:
+        return _fail("unwitnessed", f"{intact.message}; but the {verdict.message}")
+    return Finding(ok=True, kind="intact", message=f"{intact.message}, {verdict.message}")
+
+
+def _verify_log(lines: Iterable[str], *, public_key: bytes, trusted: str | None) -> Finding:
     if not notes.valid_public_key(public_key):
         return _fail("malformed", "the public key is not an Ed25519 public key (32 bytes, a curve point)")
     anchor: notes.CheckpointBody | None = None
@@ -144,6 +179,7 @@ def verify(lines: Iterable[str], *, public_key: bytes, trusted: str | None = Non
     if not checkpoint_lines:
         return _fail("signature", "the export carries no signed checkpoint")
     signed: list[tuple[int, notes.CheckpointBody]] = []
+    final_note, final_size = "", -1
     for line, obj in checkpoint_lines:
         record = obj["checkpoint"]
         if not isinstance(record, dict):
@@ -160,10 +196,12 @@ def verify(lines: Iterable[str], *, public_key: bytes, trusted: str | None = Non
         if finding is not None:
             return finding
         signed.append((line, body))
+        if body.size > final_size:
+            final_note, final_size = str(record["note"]), body.size
     finding = _check_order(events) or _check_chain(events)
     if finding is not None:
         return finding
-    return _check_tree(events, signed, anchor)
+    return dataclasses.replace(_check_tree(events, signed, anchor), final_note=final_note)
 
 
 def _verify_note(note: object, public_key: bytes) -> tuple[notes.CheckpointBody, bytes]:
@@ -252,6 +290,28 @@ def _check_tree(
 ) -> Finding:
     signed.sort(key=lambda item: item[1].size)
     last = signed[-1][1]
+    finding = _check_length(events, last) or _check_roots(events, signed, anchor, last)
+    if finding is not None:
+        return finding
+    if anchor is not None and anchor.size > last.size:
+        return _fail(
+            "rolled_back",
+            f"the export covers {last.size} events but the trusted checkpoint covers {anchor.size}: "
+            f"the export was rolled back (events {last.size + 1}..{anchor.size} and the checkpoints "
+            f"after size {last.size} are missing)",
+            last.size + 1,
+        )
+    extends = "" if anchor is None else f", and extend the trusted checkpoint at size {anchor.size}"
+    return Finding(
+        ok=True,
+        kind="intact",
+        message=f"intact: {len(events)} events, chain and Merkle root match "
+        f"the checkpoint signed at size {last.size}{extends}",
+    )
+
+
+def _check_length(events: list[tuple[int, dict[str, Any]]], last: notes.CheckpointBody) -> Finding | None:
+    """The export holds exactly the events the last signed checkpoint covers."""
     if len(events) < last.size:
         after = events[-1][1]["seq"] if events else 0
         return _fail(
@@ -268,6 +328,17 @@ def _check_tree(
             event["seq"],
             line,
         )
+    return None
+
+
+def _check_roots(
+    events: list[tuple[int, dict[str, Any]]],
+    signed: list[tuple[int, notes.CheckpointBody]],
+    anchor: notes.CheckpointBody | None,
+    last: notes.CheckpointBody,
+) -> Finding | None:
+    """Each signed checkpoint, and the trusted one within the export, is the root of the events
+    up to its size."""
     # Walk the checkpoints by size, the trusted one after an export one of the same size.
     stops: list[tuple[int, bool, int | None, notes.CheckpointBody]] = [
         (body.size, False, line, body) for line, body in signed
@@ -301,18 +372,4 @@ def _check_tree(
             first,
             at,
         )
-    if anchor is not None and anchor.size > last.size:
-        return _fail(
-            "rolled_back",
-            f"the export covers {last.size} events but the trusted checkpoint covers {anchor.size}: "
-            f"the export was rolled back (events {last.size + 1}..{anchor.size} and the checkpoints "
-            f"after size {last.size} are missing)",
-            last.size + 1,
-        )
-    extends = "" if anchor is None else f", and extend the trusted checkpoint at size {anchor.size}"
-    return Finding(
-        ok=True,
-        kind="intact",
-        message=f"intact: {len(events)} events, chain and Merkle root match "
-        f"the checkpoint signed at size {last.size}{extends}",
-    )
+    return None

@@ -2,104 +2,53 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from broker.config_files import AllianceSeed
 from broker.crypto import pki
-from broker.crypto.signing import check_public_key
 from broker.crypto.tokens import hash_token, new_token
-from broker.domain.access import FEDERATE, ROLES
+from broker.domain.access import FEDERATE
 from broker.domain.alliances import HISTORY_VALUES, Alliance, Membership
-from broker.domain.labels import CAVEAT
 from broker.domain.nations import ALLIANCE_ID, check_alliance_id, is_nation
 from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import Conflict, InvalidInput, NotFound
 from broker.services import audit, shred
 from broker.services.context import Context
-
-# Match with ``fullmatch``: with ``match`` the ``$`` would also accept a trailing newline.
-NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-NODE_FIELDS = frozenset(
-    {
-        "id",
-        "nation",
-        "clearance",
-        "roles",
-        "caveats",
-        "ed25519_public_key",
-        "x25519_public_key",
-        "certificate",
-        "token_days",
-        "audience",
-        "origins",
-    }
-)
-MAX_TOKEN_DAYS = 3650
+from broker.services.wire.decode import decode
+from broker.services.wire.requests import NodeSpec, NodeUpdate, TokenRequest, not_a_nation
 
 
-def _str_list(value: object, *, name: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidInput(f"{name} must be a list of strings", code="invalid_node")
-    return tuple(dict.fromkeys(value))
-
-
-def _optional_key(spec: Mapping[str, Any], name: str) -> str | None:
-    value = spec.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"{name} must be base64", code="invalid_key")
-    return check_public_key(value, what=name)
-
-
-def parse_node_spec(spec: Mapping[str, Any], *, ctx: Context) -> NodeRecord:
-    """Validate a new node's fields; the token hash is filled in by ``add_node``."""
-    unknown = set(spec) - NODE_FIELDS
-    if unknown:
-        raise InvalidInput(f"unknown fields: {sorted(unknown)}", code="invalid_node")
-    node_id, nation, clearance = spec.get("id"), spec.get("nation"), spec.get("clearance")
-    if not isinstance(node_id, str) or NODE_ID.fullmatch(node_id) is None:
-        raise InvalidInput(f"id must match {NODE_ID.pattern}", code="invalid_node")
-    if not isinstance(nation, str) or not is_nation(nation):
-        raise InvalidInput(_not_a_nation(nation, "nation"), code="unknown_nation")
-    if not isinstance(clearance, str) or not ctx.policy.is_level(clearance):
-        raise InvalidInput(f"clearance must be one of {list(ctx.policy.levels)}", code="invalid_node")
-    roles = _str_list(spec.get("roles", []), name="roles")
-    if not roles or not set(roles) <= ROLES:
-        raise InvalidInput(f"roles must be a non-empty subset of {sorted(ROLES)}", code="invalid_node")
-    caveats = _str_list(spec.get("caveats", []), name="caveats")
-    if not all(CAVEAT.fullmatch(c) for c in caveats):
-        raise InvalidInput(f"caveats must match {CAVEAT.pattern}", code="invalid_node")
-    audience, origins = _link_fields(spec, roles=roles)
+def parse_node_spec(spec: object, *, ctx: Context) -> NodeRecord:
+    """Validate a new node's fields (``wire.requests.NodeSpec``); the token hash is filled in by
+    ``add_node``."""
+    fields = decode(NodeSpec, spec, context={"policy": ctx.policy})
+    roles = tuple(dict.fromkeys(fields.roles))
+    audience, origins = _link_fields(fields, roles=roles)
     return NodeRecord(
-        id=node_id,
-        nation=nation,
-        clearance=clearance,
-        caveats=caveats,
+        id=fields.id,
+        nation=fields.nation,
+        clearance=fields.clearance,
+        caveats=tuple(dict.fromkeys(fields.caveats)),
         roles=roles,
         token_hash="",
         created_at=ctx.now(),
-        ed25519_public_key=_optional_key(spec, "ed25519_public_key"),
-        x25519_public_key=_optional_key(spec, "x25519_public_key"),
-        tls_fingerprint=_pin(spec.get("certificate"), node_id),
-        token_expires_at=token_expiry(spec.get("token_days"), now=ctx.now()),
+        ed25519_public_key=fields.ed25519_public_key,
+        x25519_public_key=fields.x25519_public_key,
+        tls_fingerprint=_pin(fields.certificate, fields.id),
+        token_expires_at=token_expiry(fields.token_days, now=ctx.now()),
         audience=audience,
         origins=origins,
     )
 
 
-def _link_fields(
-    spec: Mapping[str, Any], *, roles: tuple[str, ...]
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _link_fields(spec: NodeSpec, *, roles: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """A federation link's audience (nations and alliance ids) and origins (nations). A link
     only receives, so ``federate`` takes no other role, and it needs both lists; other nodes
     have neither (they are decided by their nation)."""
-    audience = _str_list(spec.get("audience", []), name="audience")
-    origins = _str_list(spec.get("origins", []), name="origins")
+    audience: tuple[str, ...] = tuple(dict.fromkeys(spec.audience))
+    origins: tuple[str, ...] = tuple(dict.fromkeys(spec.origins))
     if FEDERATE not in roles:
         if audience or origins:
             raise InvalidInput("audience and origins are for federate links only", code="invalid_node")
@@ -115,25 +64,19 @@ def _link_fields(
             )
     for nation in origins:
         if not is_nation(nation):
-            raise InvalidInput(_not_a_nation(nation, "origins"), code="unknown_nation")
+            raise InvalidInput(not_a_nation(nation, "origins"), code="unknown_nation")
     return audience, origins
 
 
-def token_expiry(days: object, *, now: datetime) -> datetime | None:
+def token_expiry(days: int | None, *, now: datetime) -> datetime | None:
     """When a token issued now for ``days`` days stops working (None: ``days`` is None)."""
-    if days is None:
-        return None
-    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_TOKEN_DAYS:
-        raise InvalidInput(f"token_days must be an integer from 1 to {MAX_TOKEN_DAYS}", code="invalid_node")
-    return now + timedelta(days=days)
+    return None if days is None else now + timedelta(days=days)
 
 
-def _pin(pem: object, node_id: str) -> str | None:
+def _pin(pem: str | None, node_id: str) -> str | None:
     """The SHA-256 fingerprint of a node's client certificate (PEM), which must name the node."""
     if pem is None:
         return None
-    if not isinstance(pem, str):
-        raise InvalidInput("certificate must be a PEM string", code="invalid_certificate")
     try:
         der = pki.certificate_der(pki.load_certificate(pem.encode()))
     except ValueError as exc:
@@ -145,7 +88,7 @@ def _pin(pem: object, node_id: str) -> str | None:
     return pki.fingerprint_sha256(der)
 
 
-async def add_node(ctx: Context, spec: Mapping[str, Any], *, actor: str) -> dict[str, Any]:
+async def add_node(ctx: Context, spec: object, *, actor: str) -> dict[str, Any]:
     """Register a node; returns its id and token. The token is shown only here, once."""
     node = parse_node_spec(spec, ctx=ctx)
     token = new_token()
@@ -225,16 +168,8 @@ async def revoke_node(ctx: Context, node_id: str, *, actor: str) -> dict[str, An
 
 def _nation(value: str) -> str:
     if not is_nation(value):
-        raise InvalidInput(_not_a_nation(value, "nation"), code="unknown_nation")
+        raise InvalidInput(not_a_nation(value, "nation"), code="unknown_nation")
     return value
-
-
-def _not_a_nation(value: object, name: str) -> str:
-    """Why ``value`` is no nation, with the code meant when only its case is wrong."""
-    text = f"{name} {value!r} is not an ISO 3166-1 alpha-3 code (e.g. USA, GBR, SWE)"
-    if isinstance(value, str) and is_nation(value.upper()):
-        return f"{text}: codes are upper case, {value.upper()}"
-    return text
 
 
 def _history(alliance_id: str, nation: str, periods: list[Membership]) -> str:
@@ -499,7 +434,8 @@ async def rotate_token(
     expiry); the old one stops working when this commits (the change counter moves, so every
     act re-checks the node, on every instance)."""
     token = new_token()
-    expires = token_expiry(token_days, now=ctx.now())
+    days = decode(TokenRequest, {"token_days": token_days}).token_days  # the CLI's too
+    expires = token_expiry(days, now=ctx.now())
     async with ctx.db.transaction() as tx:
         node = await tx.node(node_id)
         if node is None:
@@ -517,40 +453,26 @@ async def rotate_token(
     return answer
 
 
-UPDATABLE = frozenset(
-    {
-        "clearance",
-        "caveats",
-        "roles",
-        "ed25519_public_key",
-        "x25519_public_key",
-        "certificate",
-        "audience",
-        "origins",
-    }
-)
-
-
-async def update_node(
-    ctx: Context, node_id: str, changes: Mapping[str, Any], *, actor: str
-) -> dict[str, Any]:
+async def update_node(ctx: Context, node_id: str, changes: object, *, actor: str) -> dict[str, Any]:
     """Change a live node's clearance, caveats, roles, public keys or certificate pin
     (``certificate``: a PEM to pin, or None to unpin). Validated like a new node; audited with
     what changed; every act re-checks the node from the moment this commits."""
-    unknown = set(changes) - UPDATABLE
-    if unknown or not changes:
-        raise InvalidInput(f"give one or more of {sorted(UPDATABLE)}", code="invalid_node")
+    update = decode(NodeUpdate, changes, context={"policy": ctx.policy})
+    if not update.model_fields_set:
+        raise NodeUpdate.UNKNOWN.error()
+    changed = update.model_dump(include=update.model_fields_set)
     async with ctx.db.transaction() as tx:
         node = await tx.node(node_id)
         if node is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
         if node.revoked_at is not None:
             raise Conflict(f"node {node_id!r} was revoked", code="node_revoked")
-        spec = {k: v for k, v in node.public().items() if k in NODE_FIELDS - {"token_days"}} | {
-            k: v for k, v in changes.items() if k != "certificate"
+        kept = NodeSpec.model_fields.keys() - {"token_days", "certificate"}
+        spec = {k: v for k, v in node.public().items() if k in kept} | {
+            k: v for k, v in changed.items() if k != "certificate"
         }
         parsed = parse_node_spec(spec, ctx=ctx)
-        pin = _pin(changes["certificate"], node_id) if "certificate" in changes else node.tls_fingerprint
+        pin = _pin(update.certificate, node_id) if "certificate" in changed else node.tls_fingerprint
         updated = replace(
             node,
             clearance=parsed.clearance,

@@ -3,53 +3,33 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
-from broker.domain.labels import parse_label
 from broker.domain.records import AuditDraft, NodeRecord
 from broker.domain.stix import CollectionRecord
-from broker.errors import InvalidInput, NotFound
+from broker.errors import NotFound
 from broker.services import audit
 from broker.services.context import Context
-from broker.services.reports import MAX_TOPICS, TOPIC
+from broker.services.wire.decode import decode
+from broker.services.wire.requests import CollectionSpec
 from broker.storage import collections as store
 
-FIELDS = frozenset({"title", "description", "topics", "label"})
 
-
-def parse_collection(spec: Mapping[str, Any], *, ctx: Context, known_alliances: Any) -> CollectionRecord:
-    """Validate a new collection: a title, 1-16 topics, and a label as publishers write them."""
-    unknown = set(spec) - FIELDS
-    if unknown:
-        raise InvalidInput(f"unknown fields: {sorted(unknown)}", code="invalid_collection")
-    title, description, topics = spec.get("title"), spec.get("description"), spec.get("topics")
-    if not isinstance(title, str) or not 0 < len(title) <= 200:
-        raise InvalidInput("title must be 1-200 characters", code="invalid_collection")
-    if description is not None and (not isinstance(description, str) or len(description) > 2000):
-        raise InvalidInput("description must be at most 2000 characters", code="invalid_collection")
-    if (
-        not isinstance(topics, list)
-        or not 0 < len(topics) <= MAX_TOPICS
-        or not all(isinstance(t, str) and TOPIC.fullmatch(t) for t in topics)
-    ):
-        raise InvalidInput(
-            f"topics must be 1-{MAX_TOPICS} tags matching {TOPIC.pattern}", code="invalid_collection"
-        )
-    label = spec.get("label")
-    parse_label(label, policy=ctx.policy, known_alliances=known_alliances)
-    assert isinstance(label, Mapping)  # parse_label refuses anything else
+def parse_collection(spec: object, *, ctx: Context, known_alliances: Any) -> CollectionRecord:
+    """Validate a new collection (``wire.requests.CollectionSpec``): a title, 1-16 topics, and a
+    label as publishers write them."""
+    fields = decode(CollectionSpec, spec, context={"policy": ctx.policy, "known_alliances": known_alliances})
     return CollectionRecord(
         id=str(uuid.uuid4()),
-        title=title,
-        description=description,
-        topics=tuple(dict.fromkeys(topics)),
-        label=dict(label),
+        title=fields.title,
+        description=fields.description,
+        topics=tuple(dict.fromkeys(fields.topics)),
+        label=fields.label.raw,
         created_at=ctx.now(),
     )
 
 
-async def add_collection(ctx: Context, spec: Mapping[str, Any], *, actor: str) -> dict[str, Any]:
+async def add_collection(ctx: Context, spec: object, *, actor: str) -> dict[str, Any]:
     """Define a collection; returns its id."""
     async with ctx.db.transaction() as tx:
         directory = await ctx.directory(tx)

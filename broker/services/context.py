@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -77,6 +78,8 @@ class Context:
     publishes: GroupCommit[PublishAct, ReportRecord] | None = field(default=None, repr=False)
     # Audit events of reads, listings and deliveries share group commits (services.audit.batcher).
     audit_batcher: Batcher | None = field(default=None, repr=False)
+    # Set (each of them) whenever this process signs a checkpoint: the witness loops wait on them.
+    checkpoint_waiters: set[asyncio.Event] = field(default_factory=set, repr=False)
     _counter: int = field(default=-1, repr=False)
     _directory: Directory = field(default_factory=Directory, repr=False)
 

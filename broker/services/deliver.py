@@ -36,6 +36,7 @@ from broker.errors import Stale, Unauthenticated
 from broker.services import audit, federation
 from broker.services.context import Context
 from broker.services.reports import STALE_RETRIES, allow_draft, decide_for, document, documents, open_payload
+from broker.storage.federation import provenance_of
 
 REFRESH_BATCH = 500
 RECALL_SLACK = timedelta(seconds=5)
@@ -315,8 +316,13 @@ async def fetch(
         directory = await ctx.directory_at(tx, counter)
         keyring = ctx.keyring  # as of this read: it can open what was read
         rows = await tx.reports_after(after=after, topics=topics, limit=limit)
-    link = federation.attest_links(node)
-    candidates = [r for r in rows if not (link and skip_broker in federation.provenance_brokers(ctx, r))]
+        link = federation.attest_links(node)
+        imported = await provenance_of(tx, [r.seq for r in rows]) if link else {}
+    candidates = [
+        r
+        for r in rows
+        if not (link and skip_broker in federation.provenance_brokers(ctx, imported.get(r.seq)))
+    ]
     decided = [(r, decide_for(ctx, node, r, directory)) for r in candidates if r.erased_at is None]
     allowed = [r for r, decision in decided if decision.allowed]
     drafts = [allow_draft(node, report, "deliver") for report in allowed]
@@ -388,13 +394,15 @@ async def recall_notices(
         node = held(ctx, node, opened)
         directory = await ctx.directory_at(tx, counter)
         rows = await tx.withdrawn_since(since, upto=upto)
+        link = federation.attest_links(node)
+        imported = await provenance_of(tx, [r.seq for r in rows]) if link else {}
     frames: list[str] = []
     for report in rows:
         if report.id in sent:
             continue
         if decide_for(ctx, node, replace(report, recalled_at=None), directory).allowed:
             sent.add(report.id)
-            frames.append(federation.recall_notice(ctx, node, report))
+            frames.append(federation.recall_notice(ctx, node, report, imported.get(report.seq)))
     return frames, changes
 
 

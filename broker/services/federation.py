@@ -6,8 +6,9 @@ receiving broker stores it encrypted under its own keys and seals for its own no
     "federation": {"label_json": <the label exactly as stored>, "attestations": [A0, ...]}
 
 A0 is this broker's signed statement of one of its own reports (crypto/attest.py), made at
-delivery with the checkpoint key. A recall notice to a link carries this broker's signed recall
-statement the same way. The receiving side extends both chains for reports it imported.
+delivery with the checkpoint key; a report this broker imported (services/importer.py) goes on
+with the chain it came with plus this broker's hop. A recall notice to a link carries the signed
+recall statement the same way.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Any
 
 from broker.crypto import attest
 from broker.crypto.keyring import Keyring
+from broker.domain.federation import Imported
 from broker.domain.records import NodeRecord, ReportRecord
 from broker.services.context import Context
 from broker.services.reports import open_payload
+from broker.storage.federation import provenance_of
 from broker.storage.repos import Tx
 
 
@@ -29,10 +32,25 @@ def own_name(ctx: Context) -> str:
     return ctx.settings.audit_origin
 
 
-def provenance_brokers(ctx: Context, report: ReportRecord) -> frozenset[str]:
-    """The brokers a report has passed through (its origin at least): it is never sent to a
-    link whose receiving broker is among them."""
-    return frozenset({own_name(ctx)})
+def provenance_brokers(ctx: Context, imported: Imported | None) -> frozenset[str]:
+    """The brokers a report has passed through (this one at least; for an imported report
+    every hop of its provenance): it is never sent to a link whose receiving broker is among
+    them."""
+    return frozenset({own_name(ctx)}) | (frozenset() if imported is None else imported.brokers)
+
+
+def forward_chain(ctx: Context, imported: Imported) -> list[dict[str, Any]]:
+    """The attestation chain an imported report travels on with from this broker (a hub): the
+    chain it arrived with, plus this broker's hop naming its own sequence and import event."""
+    own = imported.provenance[-1]
+    hop = attest.attest_hop(
+        broker=own_name(ctx),
+        sequence=int(own["sequence"]),
+        event_hash=str(own["event_hash"]),
+        previous=imported.attestations[-1],
+        private_key=ctx.keyring.checkpoint_key,
+    )
+    return [*imported.attestations, hop]
 
 
 def report_document(report: ReportRecord, *, plaintext: bytes) -> dict[str, Any]:
@@ -78,23 +96,31 @@ async def report_frames(ctx: Context, reports: Sequence[ReportRecord], keyring: 
     """The frames of ``reports`` for a link, each with its label_json and attestation chain."""
     frames: list[str] = []
     async with ctx.db.read_transaction() as tx:
+        imported = await provenance_of(tx, [r.seq for r in reports])
         for report in reports:
             doc = report_document(report, plaintext=open_payload(ctx, report, keyring))
-            chain = [await _origin_attestation(ctx, tx, report, doc)]
+            came = imported.get(report.seq)
+            chain = forward_chain(ctx, came) if came else [await _origin_attestation(ctx, tx, report, doc)]
             federation = {"label_json": report.label_json, "attestations": chain}
             frames.append(json.dumps({"type": "report", "report": doc, "federation": federation}))
     return frames
 
 
-def recall_notice(ctx: Context, node: NodeRecord, report: ReportRecord) -> str:
-    """``{"type": "recall", "id", "sequence"}``; for a link with this broker's signed recall
-    statement as ``federation.attestations``."""
+def recall_notice(
+    ctx: Context, node: NodeRecord, report: ReportRecord, imported: Imported | None = None
+) -> str:
+    """``{"type": "recall", "id", "sequence"}``; for a link with the signed recall statement as
+    ``federation.attestations``: this broker's own for its own report, or for an imported one
+    the chain it was recalled by, extended with this broker's hop."""
     notice: dict[str, Any] = {"type": "recall", "id": report.id, "sequence": report.seq}
     if attest_links(node):
-        statement = attest.recall_origin(
-            broker=own_name(ctx), report_id=report.id, private_key=ctx.keyring.checkpoint_key
-        )
-        notice["federation"] = {"attestations": [statement]}
+        key = ctx.keyring.checkpoint_key
+        if imported is not None and imported.recall:
+            hop = attest.recall_hop(broker=own_name(ctx), previous=imported.recall[-1], private_key=key)
+            chain = [*imported.recall, hop]
+        else:
+            chain = [attest.recall_origin(broker=own_name(ctx), report_id=report.id, private_key=key)]
+        notice["federation"] = {"attestations": chain}
     return json.dumps(notice)
 
 

@@ -6,20 +6,23 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from broker.crypto import merkle, notes
+from broker.crypto import cosignature, merkle, notes
 from broker.domain.records import AuditEvent, Checkpoint, event_document, format_time
 from broker.domain.time import parse_time as parse_time  # the edge's parser, kept under its old name
+from broker.domain.witnessing import Cosignature
 from broker.errors import BrokerError, InvalidInput, NotFound
 from broker.services import metrics
 from broker.services.context import Context
+from broker.storage import witnessing as witnessed
 from broker.storage.repos import Tx
 from broker.waiting import wait_event
 
 log = logging.getLogger(__name__)
 EXPORT_PAGE = 1000
+WITNESS_POLL_SECONDS = 1.0  # how often a witness loop looks for checkpoints other processes signed
 
 
 class LogInconsistent(BrokerError):
@@ -39,18 +42,22 @@ def _public(ctx: Context) -> bytes:
     return notes.public_key(ctx.keyring.checkpoint_key)
 
 
-def checkpoint_json(ctx: Context, checkpoint: Checkpoint) -> dict[str, Any]:
-    """The contract's fields (size, head, time, key_id, signature) plus the signed note."""
+def checkpoint_json(ctx: Context, checkpoint: Checkpoint, held: Sequence[Cosignature] = ()) -> dict[str, Any]:
+    """The contract's fields (size, head, root, time, key_id, signature) plus the signed note
+    with every witness cosignature line stored for it (``held``), and those witnesses."""
     name = ctx.settings.audit_origin
     stamp = base64.b64decode(checkpoint.note.rsplit(" ", 1)[-1])
     return {
         "size": checkpoint.size,
         "head": checkpoint.root.hex(),
+        "root": checkpoint.root.hex(),
         "time": format_time(checkpoint.time),
         "key_id": notes.key_id(name, _public(ctx)).hex(),
         "signature": base64.b64encode(stamp[4:]).decode(),
         "origin": name,
-        "note": checkpoint.note,
+        "note": cosignature.merge(checkpoint.note, "".join(c.line for c in held)),
+        "cosigners": [{"name": c.witness, "timestamp": c.timestamp} for c in held],
+        "witness_quorum": ctx.settings.witness_quorum,
     }
 
 
@@ -92,15 +99,20 @@ async def sign_checkpoint(ctx: Context) -> Checkpoint:
         checkpoint = Checkpoint(size=head.audit_seq, root=root, time=ctx.now(), note=note)
         metrics.checkpoint_signed(checkpoint.time.timestamp())
         await tx.insert_checkpoint(checkpoint)
+    for waiter in ctx.checkpoint_waiters:  # the witness loops (services/witnessing.py)
+        waiter.set()
     return checkpoint
 
 
 async def latest(ctx: Context) -> dict[str, Any]:
+    """The latest checkpoint with the witness cosignatures it has gathered so far."""
     async with ctx.db.read_transaction() as tx:
         checkpoint = await tx.latest_checkpoint()
     if checkpoint is None:
         checkpoint = await sign_checkpoint(ctx)
-    return checkpoint_json(ctx, checkpoint)
+    async with ctx.db.read_transaction() as tx:
+        held = await witnessed.cosignatures(tx, checkpoint.size)
+    return checkpoint_json(ctx, checkpoint, held)
 
 
 async def checkpointer(ctx: Context, stop: asyncio.Event) -> None:
@@ -173,9 +185,35 @@ async def consistency(ctx: Context, *, first: int, second: int) -> dict[str, Any
     }
 
 
+async def _await_quorum(ctx: Context, size: int) -> None:
+    """With a witness quorum configured, give the witnesses (asked by the serving brokers' witness
+    loops, maybe in other processes) until their deadline to cosign the checkpoint an export ends
+    with, so the export carries the cosignatures an offline ``audit verify --quorum`` needs. Ends
+    early once the quorum is there or refusals of this checkpoint make it unreachable."""
+    settings = ctx.settings
+    if settings.witness_quorum == 0:
+        return
+    names = {w.name for w in settings.witnesses}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.witness_timeout_seconds + WITNESS_POLL_SECONDS
+    while True:
+        async with ctx.db.read_transaction() as tx:
+            held = {c.witness for c in await witnessed.cosignatures(tx, size)} & names
+            states = await witnessed.states(tx)
+        refused = {name for name, s in states.items() if name in names and s.refused_size == size}
+        if len(held) >= settings.witness_quorum or len(names) - len(refused) < settings.witness_quorum:
+            return
+        if loop.time() >= deadline:
+            log.warning("export_unwitnessed size=%s cosigners=%s", size, len(held))
+            return
+        await asyncio.sleep(settings.change_poll_seconds)  # other processes' writes: polled
+
+
 async def export(ctx: Context) -> AsyncIterator[str]:
-    """NDJSON lines: every event up to a freshly signed checkpoint, then every checkpoint."""
+    """NDJSON lines: every event up to a freshly signed checkpoint, then every checkpoint with
+    the witness cosignatures stored for it."""
     checkpoint = await sign_checkpoint(ctx)
+    await _await_quorum(ctx, checkpoint.size)
     after = 0
     while after < checkpoint.size:
         async with ctx.db.read_transaction() as tx:
@@ -187,5 +225,7 @@ async def export(ctx: Context) -> AsyncIterator[str]:
         after = page[-1].seq
     async with ctx.db.read_transaction() as tx:
         signed = await tx.checkpoints(upto=checkpoint.size)
+        held = await witnessed.cosignatures_upto(tx, checkpoint.size)
     for item in signed:
-        yield json.dumps({"checkpoint": checkpoint_json(ctx, item)}, separators=(",", ":")) + "\n"
+        record = checkpoint_json(ctx, item, held.get(item.size, []))
+        yield json.dumps({"checkpoint": record}, separators=(",", ":")) + "\n"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -19,7 +18,7 @@ from broker.domain import stix
 from broker.domain.access import Decision, decide, receiving_role
 from broker.domain.canonical import canonical, sha256_hex
 from broker.domain.ids import canonical_report_id, scoped_report_id
-from broker.domain.labels import SecurityLabel, parse_label
+from broker.domain.labels import SecurityLabel
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.errors import AccessDenied, BrokerError, Conflict, InvalidInput, NotFound, RateLimited, Stale
 from broker.services import audit, metrics, shred
@@ -27,11 +26,11 @@ from broker.services.auth import NodeGone, RoleLost, recheck, refuse_gone, requi
 from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
 from broker.services.scanhints import ScanHint
+from broker.services.wire.decode import decode
+from broker.services.wire.requests import PublishRequest
+from broker.storage.federation import provenance_of
 from broker.storage.repos import WriteTx
 
-TOPIC = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # always fullmatch
-MAX_TOPICS = 16
-BODY_KEYS = frozenset({"id", "label", "topics", "payload", "signature"})
 # How often an act is decided again when the security state changed under it (services.audit
 # raises Stale) before the client is told to retry (503).
 STALE_RETRIES = 5
@@ -54,57 +53,32 @@ class Submission:
 
 
 def parse_submission(body: object, *, ctx: Context, known_alliances: Collection[str]) -> Submission:
-    """Validate a publish body; InvalidInput (422) names the first problem."""
-    if not isinstance(body, Mapping):
-        raise InvalidInput("the body must be a JSON object", code="invalid_body")
-    unknown = set(body) - BODY_KEYS
-    if unknown:
-        raise InvalidInput(f"unknown fields: {sorted(unknown)}", code="invalid_body")
-    report_id = body.get("id")
-    if report_id is not None:
-        report_id = _uuid(report_id)
-    label = parse_label(body.get("label"), policy=ctx.policy, known_alliances=known_alliances)
-    payload = body.get("payload")
-    if not isinstance(payload, Mapping):
-        raise InvalidInput("payload must be a JSON object", code="invalid_payload")
-    signature = body.get("signature")
-    if signature is not None and not isinstance(signature, str):
-        raise InvalidInput("signature must be a base64 string", code="invalid_signature")
-    label_raw = dict(body["label"])
-    topics = _topics(body.get("topics", []))
-    canonical_label, canonical_payload = canonical(label_raw), canonical(payload)
+    """Validate a publish body (``wire.requests.PublishRequest``); InvalidInput (422) names the
+    first problem."""
+    request = decode(PublishRequest, body, context={"policy": ctx.policy, "known_alliances": known_alliances})
+    label_raw, topics = request.label.raw, tuple(dict.fromkeys(request.topics))
+    canonical_label, canonical_payload = canonical(label_raw), canonical(request.payload)
     request_hash = sha256_hex(
         canonical(
             {
-                "id": report_id,
+                "id": request.id,
                 "label": label_raw,
                 "topics": list(topics),
                 "payload": sha256_hex(canonical_payload),
-                "signature": signature,
+                "signature": request.signature,
             }
         )
     )
     return Submission(
-        report_id, label_raw, label, canonical_label, topics, canonical_payload, signature, request_hash
+        request.id,
+        label_raw,
+        request.label.label,
+        canonical_label,
+        topics,
+        canonical_payload,
+        request.signature,
+        request_hash,
     )
-
-
-def _uuid(value: object) -> str:
-    if not isinstance(value, str):
-        raise InvalidInput("id must be a UUID string", code="invalid_id")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError as exc:
-        raise InvalidInput("id must be a UUID string", code="invalid_id") from exc
-
-
-def _topics(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or len(value) > MAX_TOPICS:
-        raise InvalidInput(f"topics must be a list of at most {MAX_TOPICS} tags", code="invalid_topics")
-    for topic in value:
-        if not isinstance(topic, str) or not TOPIC.fullmatch(topic):
-            raise InvalidInput(f"topic {topic!r} must match {TOPIC.pattern}", code="invalid_topics")
-    return tuple(dict.fromkeys(value))
 
 
 def _check_publisher(node: NodeRecord, sub: Submission, *, ctx: Context) -> None:
@@ -575,10 +549,13 @@ async def _read_once(ctx: Context, node: NodeRecord, report_id: str | None) -> d
         directory = await ctx.directory_at(tx, counter)
         keyring = ctx.keyring  # as of this read: it can open what was read
         report = None if report_id is None else await tx.report(report_id)
+        imported = None if report is None else await provenance_of(tx, [report.seq])
     reason = _read_denial(ctx, node, report, directory)
     log = audit.batcher(ctx)
     if reason is None and report is not None:
         doc = document(ctx, node, report, keyring=keyring)
+        if imported:  # an imported report shows the path it came by, origin first
+            doc["provenance"] = list(imported[report.seq].provenance)
         if not await log.append(
             [allow_draft(node, report, "read")], decided_at=counter, reports_at=reports_at
         ):

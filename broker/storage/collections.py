@@ -139,15 +139,21 @@ async def indexed(tx: Tx, digests: Sequence[str]) -> list[tuple[int, Indexed]]:
     ]
 
 
-async def indexed_at(tx: Tx, seqs: Sequence[int]) -> list[tuple[int, Indexed]]:
-    """Every object the index holds for the reports ``seqs`` (its primary key)."""
+async def indexed_with(tx: Tx, seqs: Sequence[int]) -> list[tuple[int, Indexed]]:
+    """Every version the index holds of every object the reports ``seqs`` carry (theirs among
+    them), in one query: the reports' digests by the primary key, their rows by
+    ix_taxii_objects_digest."""
     if not seqs:
         return []
     o = OBJECTS.c
-    query = select(OBJECTS).where(o.report_seq.in_(sorted(set(seqs)))).order_by(o.report_seq, o.position)
+    carried = select(o.digest).where(o.report_seq.in_(sorted(set(seqs))))
+    query = select(OBJECTS).where(o.digest.in_(carried)).order_by(o.report_seq, o.position)
     rows = await tx.run(lambda c: c.execute(query).all())
     return [
-        (int(r.report_seq), Indexed(r.position, r.digest, r.version, r.spec_version, bool(r.excluded_at)))
+        (
+            int(r.report_seq),
+            Indexed(r.position, r.digest, r.version, r.spec_version, r.excluded_at is not None),
+        )
         for r in rows
     ]
 

@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -210,6 +211,29 @@ class CheckpointRow(Base):
     note: Mapped[str] = mapped_column(Text)
 
 
+class WitnessCosignatureRow(Base):
+    """A witness's C2SP cosignature line on the checkpoint of ``size`` events (verified first)."""
+
+    __tablename__ = "witness_cosignatures"
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    witness: Mapped[str] = mapped_column(String(200), primary_key=True)
+    line: Mapped[str] = mapped_column(Text)
+    timestamp: Mapped[int] = mapped_column(BigInteger)  # the witness's, inside the line
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WitnessStateRow(Base):
+    """Per witness: the size it last cosigned, and its latest refusal while that stands."""
+
+    __tablename__ = "witness_state"
+    witness: Mapped[str] = mapped_column(String(200), primary_key=True)
+    cosigned_size: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    refused_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    refused_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    refused_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
 class CollectionRow(Base):
     """A TAXII collection defined by an admin: the reports carrying one of ``topics``, and the
     label (as given, JSON) that writes through it get."""
@@ -269,3 +293,42 @@ class KeyringBindingRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     checkpoint_public_key: Mapped[str] = mapped_column(String(64))
     bound_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PeerRow(Base):
+    """An upstream broker this one pulls reports from (migration 0012 says why each column)."""
+
+    __tablename__ = "peers"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    ca_pem: Mapped[str] = mapped_column(Text)
+    cert_pem: Mapped[str] = mapped_column(Text)
+    key_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    token_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    origins: Mapped[list[str]] = mapped_column(JSON)
+    broker_key: Mapped[str] = mapped_column(String(300))
+    cursor: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    lag: Mapped[float] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ReportProvenanceRow(Base):
+    """An imported report's path (origin first, this broker last) and attestation chain."""
+
+    __tablename__ = "report_provenance"
+    report_seq: Mapped[int] = mapped_column(ForeignKey("reports.seq"), primary_key=True)
+    peer: Mapped[str] = mapped_column(String(64))
+    provenance: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    attestations: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    origin_signer: Mapped[str] = mapped_column(String(300))
+    recall: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+
+
+class ForeignOriginatorRow(Base):
+    """A node row that stands for another broker's originator (no role, no credential)."""
+
+    __tablename__ = "foreign_originators"
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    peer: Mapped[str] = mapped_column(String(64))

@@ -10,11 +10,13 @@ from typing import Any
 from aiohttp import web
 
 from broker.domain.records import NodeRecord
-from broker.domain.time import parse_time
-from broker.errors import BadRequest, InvalidInput, RateLimited
-from broker.services import admin, auth, reports
+from broker.errors import BadRequest, RateLimited
+from broker.services import admin, auth, reports, witnessing
 from broker.services.context import Context
 from broker.services.limits import TokenBucket
+from broker.services.puller import Links
+from broker.services.wire.decode import decode
+from broker.services.wire.requests import MAX_TOPICS, TOPIC, MembershipRequest, TokenRequest
 from broker.storage.db import ping
 from broker.web.middleware import NODE_ID, read_json
 from broker.web.sources import source_address
@@ -27,6 +29,8 @@ INTEGER = re.compile(r"-?[0-9]{1,19}")
 LIMITER = web.AppKey("limiter", TokenBucket)
 # Set by create_app to the hub's nudge(): after a publish, the feed loads it and streams wake.
 WAKE: web.AppKey[Callable[[], None]] = web.AppKey("wake")
+# Set by create_app: this process's peer pullers (their state and lag show in /v1/health).
+LINKS = web.AppKey("links", Links)
 
 
 def _ctx(request: web.Request) -> Context:
@@ -81,7 +85,7 @@ def int_param(request: web.Request, name: str, default: int, low: int, high: int
 def topics_param(request: web.Request) -> list[str]:
     raw = request.query.get("topics", "")
     topics = [t for t in raw.split(",") if t]
-    if len(topics) > reports.MAX_TOPICS or not all(reports.TOPIC.fullmatch(t) for t in topics):
+    if len(topics) > MAX_TOPICS or not all(TOPIC.fullmatch(t) for t in topics):
         raise BadRequest("topics must be comma-separated tags", code="invalid_parameter")
     return topics
 
@@ -101,7 +105,20 @@ async def index(_request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     await ping(ctx.db.engine, seconds=ctx.settings.health_timeout_seconds)
-    return web.json_response({"status": "ok"})
+    answer: dict[str, Any] = {"status": "ok"}
+    if ctx.settings.witnesses:
+        # Readiness stays the database's: an unwitnessed log is reported, not a reason to stop serving.
+        state = await witnessing.status(ctx)
+        answer.update(
+            witnessed=state.witnessed,
+            witness_quorum=state.quorum,
+            cosigners=state.cosigners,
+            refused_by=list(state.refused_by),
+        )
+    links = request.app.get(LINKS)
+    if links is not None and links.status:
+        answer["peers"] = links.health()  # state and lag only: never a URL or a credential
+    return web.json_response(answer)
 
 
 async def publish(request: web.Request) -> web.Response:
@@ -145,48 +162,42 @@ async def recall(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-async def _admin(request: web.Request) -> NodeRecord:
+async def require_admin(request: web.Request) -> NodeRecord:
     node = await authenticated_node(request)
     await auth.require_role(_ctx(request), node, "admin", act="admin")
     return node
 
 
 async def admin_add_node(request: web.Request) -> web.Response:
-    actor = await _admin(request)
+    actor = await require_admin(request)
     body = await read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object", code="invalid_body")
     return web.json_response(await admin.add_node(_ctx(request), body, actor=actor.id), status=201)
 
 
 async def admin_list_nodes(request: web.Request) -> web.Response:
-    await _admin(request)
+    await require_admin(request)
     return web.json_response({"nodes": await admin.list_nodes(_ctx(request))})
 
 
 async def admin_revoke_node(request: web.Request) -> web.Response:
-    actor = await _admin(request)
+    actor = await require_admin(request)
     result = await admin.revoke_node(_ctx(request), request.match_info["id"], actor=actor.id)
     request.app[WAKE]()  # the node's open streams here close at once (other brokers: NOTIFY or poll)
     return web.json_response(result)
 
 
 async def admin_update_node(request: web.Request) -> web.Response:
-    actor = await _admin(request)
+    actor = await require_admin(request)
     body = await read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object", code="invalid_body")
     result = await admin.update_node(_ctx(request), request.match_info["id"], body, actor=actor.id)
     request.app[WAKE]()  # open streams decide with the new clearance, caveats and keys at once
     return web.json_response(result)
 
 
 async def admin_rotate_token(request: web.Request) -> web.Response:
-    actor = await _admin(request)
+    actor = await require_admin(request)
     body = await _optional_body(request)
-    if body is not None and (not isinstance(body, dict) or set(body) - {"token_days"}):
-        raise InvalidInput('the body may only hold {"token_days": N}', code="invalid_body")
-    days = None if body is None else body.get("token_days")
+    days = None if body is None else decode(TokenRequest, body).token_days
     result = await admin.rotate_token(
         _ctx(request), request.match_info["id"], actor=actor.id, token_days=days
     )
@@ -195,32 +206,19 @@ async def admin_rotate_token(request: web.Request) -> web.Response:
 
 
 async def admin_node_cursors(request: web.Request) -> web.Response:
-    actor = await _admin(request)
+    actor = await require_admin(request)
     node_id = request.match_info["id"]
     return web.json_response(await admin.stream_cursors(_ctx(request), node_id, actor=actor.id))
 
 
 async def admin_reset_cursor(request: web.Request) -> web.Response:
-    actor = await _admin(request)
+    actor = await require_admin(request)
     node_id, name = request.match_info["id"], request.match_info["name"]
     return web.json_response(await admin.reset_cursor(_ctx(request), node_id, name, actor=actor.id))
 
 
-def _date_param(body: Any) -> datetime | None:
-    if body is None:
-        return None
-    if not isinstance(body, dict) or set(body) - {"date"}:
-        raise InvalidInput('the body may only hold {"date": ISO-8601}', code="invalid_body")
-    return parse_date(body.get("date"))
-
-
-def parse_date(value: object) -> datetime | None:
-    """An ISO-8601 date or datetime as aware UTC (domain.time); a date alone means 00:00 UTC."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput("date must be an ISO-8601 string", code="invalid_date")
-    return parse_time(value, name="date")
+def _date_param(body: object) -> datetime | None:
+    return None if body is None else decode(MembershipRequest, body).date
 
 
 async def _optional_body(request: web.Request) -> Any:
@@ -228,7 +226,7 @@ async def _optional_body(request: web.Request) -> Any:
 
 
 async def admin_join(request: web.Request) -> web.Response:
-    actor = await _admin(request)
+    actor = await require_admin(request)
     at = _date_param(await _optional_body(request))
     result = await admin.join(
         _ctx(request), request.match_info["id"], request.match_info["nation"], at=at, actor=actor.id
@@ -238,7 +236,7 @@ async def admin_join(request: web.Request) -> web.Response:
 
 
 async def admin_leave(request: web.Request) -> web.Response:
-    actor = await _admin(request)
+    actor = await require_admin(request)
     at = _date_param(await _optional_body(request))
     result = await admin.leave(
         _ctx(request), request.match_info["id"], request.match_info["nation"], at=at, actor=actor.id

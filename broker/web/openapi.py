@@ -3,309 +3,49 @@ and that real responses validate against its schemas."""
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from aiohttp import web
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
 from broker import __version__
+from broker.services.wire import requests as rq
+from broker.services.wire import responses as rs
+from broker.services.wire.decode import Wire
 from broker.web import taxii as taxii_web
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
+REF = "#/components/schemas/{model}"
+# Every model a path names (and Label, which request bodies name through their validators).
+MODELS: set[type[Wire]] = {rq.Label, rs.Problem}
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+def _ref(model: type[Wire]) -> dict[str, str]:
+    MODELS.add(model)
+    return {"$ref": REF.format(model=model.__name__)}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
+def _json(model: type[Wire], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": _ref(model)}}}
+
+
+def _body(model: type[Wire], *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {JSON: {"schema": _ref(model)}}}
 
 
 def _problems(*statuses: int) -> dict[str, Any]:
     return {
-        str(s): {"description": "problem", "content": {PROBLEM: {"schema": _ref("Problem")}}}
+        str(s): {"description": "problem", "content": {PROBLEM: {"schema": _ref(rs.Problem)}}}
         for s in statuses
     }
 
 
-_STR_LIST = {"type": "array", "items": {"type": "string"}}
-_ORIGINATOR = {
-    "type": "object",
-    "required": ["node", "nation"],
-    "properties": {"node": {"type": "string"}, "nation": {"type": "string"}},
-}
 _PATH_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _NATION = {"name": "nation", "in": "path", "required": True, "schema": {"type": "string"}}
 _SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
-
-SCHEMAS: dict[str, Any] = {
-    "Cursors": {
-        "type": "object",
-        "required": ["node", "cursors"],
-        "properties": {
-            "node": {"type": "string"},
-            "cursors": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name", "sequence", "updated"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "sequence": {"type": "integer"},
-                        "updated": {"type": "string"},
-                    },
-                },
-            },
-        },
-    },
-    "Problem": {
-        "type": "object",
-        "required": ["type", "title", "status", "detail"],
-        "properties": {
-            "type": {"type": "string"},
-            "title": {"type": "string"},
-            "status": {"type": "integer"},
-            "detail": {"type": "string"},
-            "request_id": {"type": "string"},
-        },
-    },
-    "Label": {
-        "type": "object",
-        "required": ["classification"],
-        "additionalProperties": False,
-        "properties": {
-            "policy": {"type": "string"},
-            "classification": {"type": "string"},
-            "releasable_to": _STR_LIST,
-            "caveats": _STR_LIST,
-            "tlp": {"enum": ["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]},
-        },
-    },
-    "PublishRequest": {
-        "type": "object",
-        "required": ["label", "payload"],
-        "additionalProperties": False,
-        "properties": {
-            "id": {"type": "string", "format": "uuid"},
-            "label": _ref("Label"),
-            "topics": _STR_LIST,
-            "payload": {"type": "object"},
-            "signature": {"type": "string"},
-        },
-    },
-    "Receipt": {
-        "type": "object",
-        "required": ["id", "sequence", "created"],
-        "properties": {
-            "id": {"type": "string"},
-            "sequence": {"type": "integer"},
-            "created": {"type": "string"},
-            "notice": {
-                "type": "string",
-                "description": "present when the label releases the report to nobody "
-                "(releasable_to empty): only the originator's nation can read it",
-            },
-        },
-    },
-    "Report": {
-        "type": "object",
-        "required": ["id", "sequence", "originator", "label", "topics", "created", "signature"],
-        "properties": {
-            "id": {"type": "string"},
-            "sequence": {"type": "integer"},
-            "originator": _ORIGINATOR,
-            "label": {"type": "object"},
-            "topics": _STR_LIST,
-            "created": {"type": "string"},
-            "signature": {"type": ["string", "null"]},
-            "payload": {"type": "object"},
-            "sealed": {
-                "type": "object",
-                "required": ["enc", "ct"],
-                "properties": {"enc": {"type": "string"}, "ct": {"type": "string"}},
-            },
-        },
-        "oneOf": [{"required": ["payload"]}, {"required": ["sealed"]}],
-    },
-    "ReportPage": {
-        "type": "object",
-        "required": ["reports", "next_after"],
-        "properties": {
-            "reports": {"type": "array", "items": _ref("Report")},
-            "next_after": {"type": "integer"},
-        },
-    },
-    "NodeSpec": {
-        "type": "object",
-        "required": ["id", "nation", "clearance", "roles"],
-        "additionalProperties": False,
-        "properties": {
-            "id": {"type": "string"},
-            "nation": {"type": "string"},
-            "clearance": {"type": "string"},
-            "roles": _STR_LIST,
-            "caveats": _STR_LIST,
-            "ed25519_public_key": {"type": "string"},
-            "x25519_public_key": {"type": "string"},
-            "certificate": {"type": "string", "description": "PEM client certificate to pin the node to"},
-            "token_days": {"type": "integer", "minimum": 1, "maximum": 3650},
-            "audience": {
-                **_STR_LIST,
-                "description": "federate links: nations and alliance ids it receives for",
-            },
-            "origins": {**_STR_LIST, "description": "federate links: originator nations it may carry"},
-        },
-    },
-    "NodeKeys": {
-        "type": "object",
-        "required": ["id", "nation", "ed25519_public_key", "x25519_public_key"],
-        "properties": {
-            "id": {"type": "string"},
-            "nation": {"type": "string"},
-            "ed25519_public_key": {"type": ["string", "null"]},
-            "x25519_public_key": {"type": ["string", "null"]},
-        },
-    },
-    "Event": {
-        "type": "object",
-        "required": [
-            "seq",
-            "time",
-            "actor",
-            "action",
-            "report",
-            "node",
-            "nation",
-            "decision",
-            "reason",
-            "details",
-            "prev_hash",
-            "hash",
-        ],
-        "properties": {
-            "seq": {"type": "integer"},
-            "time": {"type": "string"},
-            "actor": {"type": ["string", "null"]},
-            "action": {"type": "string"},
-            "report": {"type": ["string", "null"]},
-            "node": {"type": ["string", "null"]},
-            "nation": {"type": ["string", "null"]},
-            "decision": {"type": ["string", "null"]},
-            "reason": {"type": ["string", "null"]},
-            "details": {"type": "object"},
-            "prev_hash": {"type": "string"},
-            "hash": {"type": "string"},
-        },
-    },
-    "EventPage": {
-        "type": "object",
-        "required": ["events", "next_after"],
-        "properties": {
-            "events": {"type": "array", "items": _ref("Event")},
-            "next_after": {"type": "integer"},
-        },
-    },
-    "Checkpoint": {
-        "type": "object",
-        "required": ["size", "head", "time", "key_id", "signature", "origin", "note"],
-        "properties": {
-            "size": {"type": "integer"},
-            "head": {"type": "string"},
-            "time": {"type": "string"},
-            "key_id": {"type": "string"},
-            "signature": {"type": "string"},
-            "origin": {"type": "string"},
-            "note": {"type": "string"},
-        },
-    },
-    "Whoami": {
-        "type": "object",
-        "required": ["id", "nation", "roles"],
-        "properties": {"id": {"type": "string"}, "nation": {"type": "string"}, "roles": _STR_LIST},
-    },
-    "ReportMetadata": {
-        "type": "object",
-        "required": [
-            "id",
-            "sequence",
-            "originator",
-            "label",
-            "label_hash",
-            "topics",
-            "created",
-            "recalled",
-            "erased",
-            "payload_sha256",
-            "signature",
-        ],
-        "properties": {
-            "id": {"type": "string"},
-            "sequence": {"type": "integer"},
-            "originator": _ORIGINATOR,
-            "label": {"type": "object"},
-            "label_hash": {"type": "string"},
-            "topics": _STR_LIST,
-            "created": {"type": "string"},
-            "recalled": {"type": ["string", "null"]},
-            "erased": {"type": ["string", "null"]},
-            "payload_sha256": {"type": ["string", "null"]},
-            "signature": {
-                "type": "object",
-                "required": ["present", "verified", "detail", "value"],
-                "properties": {
-                    "present": {"type": "boolean"},
-                    "verified": {"type": ["boolean", "null"]},
-                    "detail": {"type": "string"},
-                    "value": {"type": ["string", "null"]},
-                },
-            },
-        },
-        "not": {"anyOf": [{"required": ["payload"]}, {"required": ["sealed"]}]},
-    },
-    "CheckpointKey": {
-        "type": "object",
-        "required": ["name", "public_key", "key_id", "vkey"],
-        "properties": {k: {"type": "string"} for k in ("name", "public_key", "key_id", "vkey")},
-    },
-    "InclusionProof": {
-        "type": "object",
-        "required": ["seq", "leaf_index", "tree_size", "leaf_hash", "root", "path"],
-        "properties": {"path": {"type": "array", "items": {"type": "string"}}},
-    },
-    "ConsistencyProof": {
-        "type": "object",
-        "required": ["first", "second", "first_root", "second_root", "path"],
-        "properties": {"path": {"type": "array", "items": {"type": "string"}}},
-    },
-    "NodeToken": {
-        "type": "object",
-        "required": ["id", "token"],
-        "properties": {"id": {"type": "string"}, "token": {"type": "string"}, "expires": {"type": "string"}},
-    },
-    "Node": {"type": "object", "required": ["id", "nation", "clearance", "roles", "caveats"]},
-    "Membership": {
-        "type": "object",
-        "required": ["alliance", "nation"],
-        "properties": {
-            "alliance": {"type": "string"},
-            "nation": {"type": "string"},
-            "joined": {"type": "string"},
-            "left": {"type": "string"},
-        },
-    },
-    "Alliance": {
-        "type": "object",
-        "required": ["id", "name", "history", "members", "memberships"],
-        "properties": {
-            "id": {"type": "string"},
-            "name": {"type": "string"},
-            "history": {"enum": ["full", "since-join"]},
-            "members": _STR_LIST,
-            "memberships": {"type": "array"},
-        },
-    },
-}
 
 
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -328,47 +68,35 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "Readiness: the database answers",
             "security": [],
-            "responses": {"200": _json({"type": "object", "required": ["status"]}, "ok"), **_problems(503)},
+            "responses": {"200": _json(rs.Health, "ok"), **_problems(503)},
         }
     },
     "/": {
         "get": {
             "summary": "Where to go: the auditor page, this document, the health check",
             "security": [],
-            "responses": {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["service", "audit_page", "openapi", "health"],
-                        "properties": {
-                            "service": {"type": "string"},
-                            "audit_page": {"type": "string"},
-                            "openapi": {"type": "string"},
-                            "health": {"type": "string"},
-                        },
-                    },
-                    "links",
-                )
-            },
+            "responses": {"200": _json(rs.Links, "links")},
         }
     },
     "/v1/openapi.json": {
         "get": {
             "summary": "This document",
             "security": [],
-            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+            "responses": {
+                "200": {"description": "OpenAPI 3.1", "content": {JSON: {"schema": {"type": "object"}}}}
+            },
         }
     },
     "/v1/reports": {
         "post": _op(
             "Publish a report (role publish)",
-            {"201": _json(_ref("Receipt"), "stored durably"), **_problems(400, 401, 403, 409, 413, 422, 429)},
-            requestBody={"required": True, "content": {JSON: {"schema": _ref("PublishRequest")}}},
+            {"201": _json(rs.Receipt, "stored durably"), **_problems(400, 401, 403, 409, 413, 422, 429)},
+            requestBody=_body(rq.PublishRequest),
             parameters=[{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}],
         ),
         "get": _op(
             "Reports above a sequence that the caller may see (role subscribe)",
-            {"200": _json(_ref("ReportPage"), "a page"), **_problems(400, 401, 403)},
+            {"200": _json(rs.ReportPage, "a page"), **_problems(400, 401, 403)},
             parameters=[
                 {"name": n, "in": "query", "schema": {"type": t}}
                 for n, t in (("after", "integer"), ("limit", "integer"), ("topics", "string"))
@@ -378,14 +106,14 @@ PATHS: dict[str, Any] = {
     "/v1/reports/{id}": {
         "get": _op(
             "One report; 404 when absent or not releasable to the caller",
-            {"200": _json(_ref("Report"), "the report"), **_problems(401, 403, 404)},
+            {"200": _json(rs.Report, "the report"), **_problems(401, 403, 404)},
             parameters=[_PATH_ID],
         )
     },
     "/v1/reports/{id}/recall": {
         "post": _op(
             "Recall a report (originator only)",
-            {"200": _json({"type": "object"}, "recalled"), **_problems(401, 403, 404)},
+            {"200": _json(rs.Recalled, "recalled"), **_problems(401, 403, 404)},
             parameters=[_PATH_ID],
         )
     },
@@ -414,7 +142,7 @@ PATHS: dict[str, Any] = {
     "/v1/nodes/{id}": {
         "get": _op(
             "A node's nation and public keys (any authenticated node): to verify signatures",
-            {"200": _json(_ref("NodeKeys"), "the node"), **_problems(401, 404)},
+            {"200": _json(rs.NodeKeys, "the node"), **_problems(401, 404)},
             parameters=[_PATH_ID],
         )
     },
@@ -427,7 +155,7 @@ PATHS: dict[str, Any] = {
             "is then the seq of the oldest event returned, to be passed as the next page's "
             "`before`; an empty page (`next_after` = the request's `after`) means nothing older "
             "is left.",
-            {"200": _json(_ref("EventPage"), "a page"), **_problems(400, 401, 403, 422)},
+            {"200": _json(rs.EventPage, "a page"), **_problems(400, 401, 403, 422)},
             parameters=[
                 {"name": n, "in": "query", "schema": {"type": t}}
                 for n, t in (
@@ -449,7 +177,7 @@ PATHS: dict[str, Any] = {
     "/v1/audit/whoami": {
         "get": _op(
             "The signed-in auditor's node id, nation and roles (role audit)",
-            {"200": _json(_ref("Whoami"), "the auditor"), **_problems(401, 403)},
+            {"200": _json(rs.Whoami, "the auditor"), **_problems(401, 403)},
         )
     },
     "/v1/audit/reports/{id}": {
@@ -457,7 +185,7 @@ PATHS: dict[str, Any] = {
             "A report's metadata for auditors (role audit; audited): label, topics, originator, "
             "times, payload hash and whether its signature verifies against the originator's "
             "current Ed25519 key. Never the payload.",
-            {"200": _json(_ref("ReportMetadata"), "the metadata"), **_problems(400, 401, 403, 404)},
+            {"200": _json(rs.ReportMetadata, "the metadata"), **_problems(400, 401, 403, 404)},
             parameters=[_PATH_ID],
         )
     },
@@ -478,27 +206,27 @@ PATHS: dict[str, Any] = {
     "/v1/audit/checkpoints/latest": {
         "get": _op(
             "The latest signed checkpoint (role audit)",
-            {"200": _json(_ref("Checkpoint"), "checkpoint"), **_problems(401, 403)},
+            {"200": _json(rs.Checkpoint, "checkpoint"), **_problems(401, 403)},
         )
     },
     "/v1/audit/checkpoints": {
         "post": _op(
             "Sign a checkpoint now (role audit)",
-            {"201": _json(_ref("Checkpoint"), "checkpoint"), **_problems(401, 403, 500)},
+            {"201": _json(rs.Checkpoint, "checkpoint"), **_problems(401, 403, 500)},
         )
     },
     "/v1/audit/proofs/inclusion": {
         "get": _op(
             "RFC 9162 inclusion proof of event `seq` in the tree of `size` events "
             "(default: the latest checkpoint)",
-            {"200": _json(_ref("InclusionProof"), "proof"), **_problems(400, 401, 403, 404)},
+            {"200": _json(rs.InclusionProof, "proof"), **_problems(400, 401, 403, 404)},
             parameters=[{"name": n, "in": "query", "schema": {"type": "integer"}} for n in ("seq", "size")],
         )
     },
     "/v1/audit/proofs/consistency": {
         "get": _op(
             "RFC 9162 consistency proof between tree sizes `first` and `second`",
-            {"200": _json(_ref("ConsistencyProof"), "proof"), **_problems(400, 401, 403, 422)},
+            {"200": _json(rs.ConsistencyProof, "proof"), **_problems(400, 401, 403, 422)},
             parameters=[
                 {"name": n, "in": "query", "schema": {"type": "integer"}} for n in ("first", "second")
             ],
@@ -508,7 +236,7 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "The public key that signs checkpoints (name, raw key, key id, C2SP vkey)",
             "security": [],
-            "responses": {"200": _json(_ref("CheckpointKey"), "key")},
+            "responses": {"200": _json(rs.CheckpointKey, "key")},
         }
     },
     "/audit/": {
@@ -545,13 +273,7 @@ PATHS: dict[str, Any] = {
         "get": _op(
             "Alliances with current members and history",
             {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "properties": {"alliances": {"type": "array", "items": _ref("Alliance")}},
-                    },
-                    "alliances",
-                ),
+                "200": _json(rs.AllianceList, "alliances"),
                 **_problems(401),
             },
         )
@@ -559,16 +281,13 @@ PATHS: dict[str, Any] = {
     "/v1/admin/nodes": {
         "post": _op(
             "Register a node (role admin); the token is shown once",
-            {"201": _json(_ref("NodeToken"), "created"), **_problems(400, 401, 403, 409, 422)},
-            requestBody={"required": True, "content": {JSON: {"schema": _ref("NodeSpec")}}},
+            {"201": _json(rs.NodeToken, "created"), **_problems(400, 401, 403, 409, 422)},
+            requestBody=_body(rq.NodeSpec),
         ),
         "get": _op(
             "List nodes (role admin)",
             {
-                "200": _json(
-                    {"type": "object", "properties": {"nodes": {"type": "array", "items": _ref("Node")}}},
-                    "nodes",
-                ),
+                "200": _json(rs.NodeList, "nodes"),
                 **_problems(401, 403),
             },
         ),
@@ -576,69 +295,37 @@ PATHS: dict[str, Any] = {
     "/v1/admin/nodes/{id}/revoke": {
         "post": _op(
             "Revoke a node (role admin)",
-            {"200": _json({"type": "object"}, "revoked"), **_problems(401, 403, 404)},
+            {"200": _json(rs.Revoked, "revoked"), **_problems(401, 403, 404)},
             parameters=[_PATH_ID],
         )
     },
     "/v1/admin/nodes/{id}": {
         "patch": _op(
             "Change a node's clearance, caveats, roles, public keys or certificate pin (role admin; audited)",
-            {"200": _json(_ref("Node"), "updated"), **_problems(403, 404, 409, 413, 422)},
+            {"200": _json(rs.Node, "updated"), **_problems(403, 404, 409, 413, 422)},
             parameters=[_PATH_ID],
-            requestBody={
-                "required": True,
-                "content": {
-                    JSON: {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "minProperties": 1,
-                            "properties": {
-                                "clearance": {"type": "string"},
-                                "caveats": _STR_LIST,
-                                "roles": _STR_LIST,
-                                "ed25519_public_key": {"type": ["string", "null"]},
-                                "x25519_public_key": {"type": ["string", "null"]},
-                                "certificate": {"type": ["string", "null"]},
-                                "audience": _STR_LIST,
-                                "origins": _STR_LIST,
-                            },
-                        }
-                    }
-                },
-            },
+            requestBody=_body(rq.NodeUpdate),
         )
     },
     "/v1/admin/nodes/{id}/rotate-token": {
         "post": _op(
             "A new token for a node, shown once; the old one stops working at once (role admin; audited)",
-            {"200": _json(_ref("NodeToken"), "rotated"), **_problems(403, 404, 409, 413, 422)},
+            {"200": _json(rs.NodeToken, "rotated"), **_problems(403, 404, 409, 413, 422)},
             parameters=[_PATH_ID],
-            requestBody={
-                "required": False,
-                "content": {
-                    JSON: {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {"token_days": {"type": "integer", "minimum": 1, "maximum": 3650}},
-                        }
-                    }
-                },
-            },
+            requestBody=_body(rq.TokenRequest, required=False),
         )
     },
     "/v1/admin/nodes/{id}/cursors": {
         "get": _op(
             "A node's durable stream cursors (role admin; audited)",
-            {"200": _json(_ref("Cursors"), "cursors"), **_problems(403, 404)},
+            {"200": _json(rs.Cursors, "cursors"), **_problems(403, 404)},
             parameters=[_PATH_ID],
         )
     },
     "/v1/admin/nodes/{id}/cursors/{name}": {
         "delete": _op(
             "Forget one stream cursor of a node (role admin; audited with the sequence it held)",
-            {"200": _json({"type": "object", "required": ["reset"]}, "reset"), **_problems(403, 404)},
+            {"200": _json(rs.CursorReset, "reset"), **_problems(403, 404)},
             parameters=[
                 _PATH_ID,
                 {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -648,13 +335,15 @@ PATHS: dict[str, Any] = {
     "/v1/admin/alliances/{id}/members/{nation}": {
         "put": _op(
             'A nation joins (role admin); optional body {"date": ISO-8601}',
-            {"201": _json(_ref("Membership"), "joined"), **_problems(400, 401, 403, 404, 409, 422)},
+            {"201": _json(rs.Membership, "joined"), **_problems(400, 401, 403, 404, 409, 422)},
             parameters=[_PATH_ID, _NATION],
+            requestBody=_body(rq.MembershipRequest, required=False),
         ),
         "delete": _op(
             'A nation leaves (role admin); optional body {"date": ISO-8601}',
-            {"200": _json(_ref("Membership"), "left"), **_problems(400, 401, 403, 404, 422)},
+            {"200": _json(rs.Membership, "left"), **_problems(400, 401, 403, 404, 422)},
             parameters=[_PATH_ID, _NATION],
+            requestBody=_body(rq.MembershipRequest, required=False),
         ),
     },
     "/metrics": {
@@ -663,16 +352,61 @@ PATHS: dict[str, Any] = {
             {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
         )
     },
+    "/v1/admin/peers": {
+        "post": _op(
+            "Add an upstream peer to pull from: name, url, ca, cert, key (PEM), token?, origins?, "
+            "broker_key? (fetched over the link and pinned when absent) (role admin; audited)",
+            {"201": _json(rs.Peer, "added"), **_problems(400, 401, 403, 409, 422, 503)},
+            requestBody={"required": True, "content": {JSON: {"schema": {"type": "object"}}}},
+        ),
+        "get": _op(
+            "Peers with their state, lag and last error (role admin)",
+            {"200": _json(rs.PeerList, "peers"), **_problems(401, 403)},
+        ),
+    },
+    "/v1/admin/peers/{name}": {
+        "delete": _op(
+            "Remove a peer; its puller stops (role admin; audited)",
+            {"200": _json(rs.PeerRemoved, "removed"), **_problems(403, 404)},
+            parameters=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        )
+    },
     # TAXII 2.1 and the collection admin routes describe themselves beside their handlers.
     **taxii_web.OPENAPI_PATHS,
 }
+
+
+class _Schema(GenerateJsonSchema):
+    """Pydantic's JSON Schema without a title on every property (the names say it)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def components(models: set[type[Wire]]) -> dict[str, Any]:
+    """The JSON Schema of ``models`` and of every model they name, by name."""
+    ordered = sorted(models, key=lambda m: m.__name__)
+    _, schemas = models_json_schema(
+        [(m, "validation") for m in ordered], ref_template=REF, schema_generator=_Schema
+    )
+    found = schemas.get("$defs", {})
+    # Only what the document names: pydantic also describes the types behind custom validators.
+    named: set[str] = set()
+    todo = [m.__name__ for m in ordered]
+    while todo:
+        name = todo.pop()
+        if name not in named:
+            named.add(name)
+            todo += re.findall(r'"#/components/schemas/(\w+)"', json.dumps(found[name]))
+    return {name: found[name] for name in sorted(named)}
+
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "Alliance Broker", "version": __version__},
     "paths": PATHS,
     "components": {
-        "schemas": SCHEMAS,
+        "schemas": components(MODELS | taxii_web.OPENAPI_MODELS),
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
     },
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.web import audit, handlers, taxii, ws
+from broker.web import audit, handlers, peers, taxii, ws
 from broker.web.metrics import metrics
 from broker.web.openapi import openapi
 
@@ -43,6 +43,7 @@ def add_routes(app: web.Application) -> None:
             web.delete("/v1/admin/nodes/{id}/cursors/{name}", handlers.admin_reset_cursor),
             web.put("/v1/admin/alliances/{id}/members/{nation}", handlers.admin_join),
             web.delete("/v1/admin/alliances/{id}/members/{nation}", handlers.admin_leave),
+            *peers.ROUTES,
             *taxii.ROUTES,
             web.get("/metrics", metrics),
         ]

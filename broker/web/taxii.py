@@ -17,9 +17,12 @@ from aiohttp import web
 
 from broker.domain import stix
 from broker.domain.records import NodeRecord
-from broker.errors import BadRequest, BrokerError, InvalidInput, RateLimited, Unauthenticated
+from broker.errors import BadRequest, BrokerError, RateLimited, Unauthenticated
 from broker.services import auth, collections, taxii
 from broker.services.context import Context
+from broker.services.wire import requests as rq
+from broker.services.wire import responses as rs
+from broker.services.wire.decode import Wire
 from broker.web.handlers import CONTEXT, INTEGER, LIMITER, WAKE
 from broker.web.middleware import REQUEST_ID, read_json
 from broker.web.sources import source_address
@@ -28,6 +31,7 @@ from broker.web.tls import peer_certificate
 API_ROOT = "/taxii2/api/"
 CHALLENGE = 'Basic realm="alliance-broker", Bearer realm="alliance-broker"'
 TAXII_TYPE = "application/taxii+json"
+JSON_TYPE = "application/json"
 DEFAULT_LIMIT = 100
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -204,10 +208,18 @@ async def collection(request: web.Request) -> web.StreamResponse:
 
 
 # -- objects ---------------------------------------------------------------------------------------
+def _filters_scope(query: Mapping[str, str]) -> str:
+    """The query a ``next`` was answered for, bar the cursor and the page size: a ``next``
+    resumed under other filters would start at a place decided for those it was made with, so it
+    is refused (400) like any ``next`` this broker did not answer for this scope."""
+    kept = sorted((k, v) for k, v in query.items() if k not in ("next", "limit"))
+    return "&".join(f"{k}={v}" for k, v in kept)
+
+
 async def _page(request: web.Request) -> tuple[taxii.Page, str | None]:
     """The page of a collection that objects and manifest both answer from, and its ``next``."""
     ctx, node = _ctx(request), await authenticated(request)
-    scope = (request.match_info["collection"],)
+    scope = (request.match_info["collection"], _filters_scope(request.query))
     found = await taxii.page(
         ctx,
         node,
@@ -243,7 +255,7 @@ async def _by_id(
     """One object's page (by-id or versions: each its own cursor scope), and its ``next``."""
     ctx, node = _ctx(request), await authenticated(request)
     object_id = request.match_info["object"]
-    scope = (request.match_info["collection"], object_id, endpoint)
+    scope = (request.match_info["collection"], object_id, endpoint, _filters_scope(query))
     found = await taxii.by_id(
         ctx,
         node,
@@ -328,8 +340,6 @@ async def admin_list_collections(request: web.Request) -> web.Response:
 async def admin_add_collection(request: web.Request) -> web.Response:
     actor = await _admin(request)
     body = await read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object", code="invalid_body")
     return web.json_response(
         await collections.add_collection(_ctx(request), body, actor=actor.id), status=201
     )
@@ -360,19 +370,29 @@ ROUTES = [
 
 
 # -- the OpenAPI description of these routes (merged into /v1/openapi.json by routes.py) ----------
+# Models these routes name; web.openapi puts their schemas into the document's components.
+OPENAPI_MODELS: set[type[Wire]] = {rs.Problem, rs.CollectionList, rs.Created, rs.Removed}
+OPENAPI_MODELS |= {rq.CollectionSpec, rq.Envelope}
+
+
+def _schema(model: type[Wire]) -> dict[str, str]:
+    assert model in OPENAPI_MODELS
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
 def _problem_responses(*statuses: int) -> dict[str, Any]:
-    schema = {"$ref": "#/components/schemas/Problem"}
+    schema = _schema(rs.Problem)
     content = {"application/problem+json": {"schema": schema}}
     return {str(s): {"description": "problem", "content": content} for s in statuses}
 
 
-def _admin_op(summary: str, ok: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def _admin_op(summary: str, ok: str, model: type[Wire], **extra: Any) -> dict[str, Any]:
     statuses = (400, 401, 403, 404, 408, 422, 429, 503)
     return {
         "summary": summary,
         "security": [{"bearer": []}],
         "responses": {
-            ok: {"description": "ok", "content": {"application/json": {"schema": schema}}},
+            ok: {"description": "ok", "content": {JSON_TYPE: {"schema": _schema(model)}}},
             **_problem_responses(*statuses),
         },
         **extra,
@@ -390,7 +410,6 @@ def _taxii_op(summary: str, ok: str = "200", **extra: Any) -> dict[str, Any]:
     }
 
 
-_OBJ = {"type": "object"}
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _COLL = {"name": "collection", "in": "path", "required": True, "schema": {"type": "string"}}
 _OBJECT = {"name": "object", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -406,26 +425,26 @@ _QUERY = [
         "match[spec_version]",
     )
 ]
-_BODY = {"required": True, "content": {stix.TAXII_MEDIA: {"schema": {"type": "object"}}}}
+_BODY = {"required": True, "content": {stix.TAXII_MEDIA: {"schema": _schema(rq.Envelope)}}}
 OPENAPI_PATHS: dict[str, Any] = {
     "/v1/admin/collections": {
         "get": _admin_op(
             "TAXII collections (role admin)",
             "200",
-            {"type": "object", "required": ["collections"], "properties": {"collections": {"type": "array"}}},
+            rs.CollectionList,
         ),
         "post": _admin_op(
             "Define a TAXII collection: title, topics, label, description (role admin; audited)",
             "201",
-            {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
-            requestBody={"required": True, "content": {"application/json": {"schema": _OBJ}}},
+            rs.Created,
+            requestBody={"required": True, "content": {JSON_TYPE: {"schema": _schema(rq.CollectionSpec)}}},
         ),
     },
     "/v1/admin/collections/{id}": {
         "delete": _admin_op(
             "Remove a TAXII collection; its reports stay (role admin; audited)",
             "200",
-            {"type": "object", "required": ["id", "removed"]},
+            rs.Removed,
             parameters=[_ID],
         )
     },

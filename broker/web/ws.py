@@ -38,6 +38,7 @@ from broker.errors import AccessDenied, BadRequest, RateLimited, Stale, Unauthen
 from broker.realtime.hub import Hub
 from broker.services import auth, deliver
 from broker.services.context import Context
+from broker.settings import Settings
 from broker.waiting import wait_event
 from broker.web.handlers import CONTEXT, WS_PROTOCOL, authenticated_node, int_param, topics_param
 
@@ -233,12 +234,8 @@ def _check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
         raise AccessDenied("this Origin may not open a stream", code="origin_not_allowed")
 
 
-async def stream(request: web.Request) -> web.StreamResponse:
-    """Authenticate at the handshake (errors are ordinary problem documents), then stream."""
-    ctx = request.app[CONTEXT]
-    node = await authenticated_node(request)
-    await auth.require_role(ctx, node, receiving_role(node.roles), act="stream")
-    _check_origin(request, ctx.settings.allowed_origins)
+def _parameters(request: web.Request) -> tuple[str, list[str], str | None]:
+    """The stream's name, its topics, and the broker whose reports it skips (a peer's own)."""
     name = request.query.get("name", "default")
     if not STREAM_NAME.fullmatch(name):
         raise BadRequest("name must be 1-64 letters, digits, '.', '_' or '-'", code="invalid_parameter")
@@ -246,21 +243,35 @@ async def stream(request: web.Request) -> web.StreamResponse:
     skip_broker = request.query.get("broker")
     if skip_broker is not None and not 0 < len(skip_broker) <= MAX_BROKER_NAME:
         raise BadRequest(f"broker must be 1-{MAX_BROKER_NAME} characters", code="invalid_parameter")
-    if "after" in request.query:
-        after = int_param(request, "after", 0, 0, 2**62)
-    else:
-        after = await deliver.resume_point(ctx, node, name)
+    return name, topics, skip_broker
+
+
+def _websocket(settings: Settings) -> web.WebSocketResponse:
     # autoclose off: a client's close is answered only after its newest ack is stored (run()).
     # heartbeat: a ping each interval without traffic from the client, and the connection is
     # dropped when its pong is not back within half an interval, so a peer whose network
     # vanished gives its slot and queue back within two intervals, not when TCP gives up.
-    ws = web.WebSocketResponse(
+    return web.WebSocketResponse(
         compress=False,
-        max_msg_size=ctx.settings.max_ws_frame_bytes,
+        max_msg_size=settings.max_ws_frame_bytes,
         autoclose=False,
         protocols=(WS_PROTOCOL,),
-        heartbeat=ctx.settings.stream_heartbeat_seconds,
+        heartbeat=settings.stream_heartbeat_seconds,
     )
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Authenticate at the handshake (errors are ordinary problem documents), then stream."""
+    ctx = request.app[CONTEXT]
+    node = await authenticated_node(request)
+    await auth.require_role(ctx, node, receiving_role(node.roles), act="stream")
+    _check_origin(request, ctx.settings.allowed_origins)
+    name, topics, skip_broker = _parameters(request)
+    if "after" in request.query:
+        after = int_param(request, "after", 0, 0, 2**62)
+    else:
+        after = await deliver.resume_point(ctx, node, name)
+    ws = _websocket(ctx.settings)
     if not ws.can_prepare(request).ok:  # a plain GET: refused before it is counted
         raise BadRequest("this resource is a websocket: send an Upgrade handshake", code="websocket_required")
     per_node = request.app[PER_NODE]

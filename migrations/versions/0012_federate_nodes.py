@@ -35,6 +35,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_reports_erased_at", table_name="reports")
     op.drop_index("ix_reports_recalled_at", table_name="reports")
-    with op.batch_alter_table("nodes") as batch:
-        batch.drop_column("origins")
-        batch.drop_column("audience")
+    # Plain ALTER TABLE DROP COLUMN (SQLite 3.35+), not a batch copy: rebuilding ``nodes`` would
+    # drop the table reports refer to, which SQLite's enforced foreign keys refuse.
+    op.drop_column("nodes", "origins")
+    op.drop_column("nodes", "audience")

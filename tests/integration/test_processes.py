@@ -197,6 +197,12 @@ def test_demo_command_starts_a_broker_with_printed_tokens(tmp_path: Path) -> Non
                 live.append(line)
         assert "published report" in live[0]
         assert "sealed=True signature verified=True" in live[1], live
+        witnessed = ""
+        deadline = time.monotonic() + 40
+        while not witnessed.startswith("witness: checkpoint") and time.monotonic() < deadline:
+            witnessed = proc.stdout.readline()
+        # Two nations' witnesses (broker witness serve processes) cosigned, the SDK verified it.
+        assert "cosigned by witness.deu.demo/w1, witness.fra.demo/w1 (quorum 2" in witnessed, witnessed
     finally:
         proc.terminate()
         proc.wait(timeout=10)

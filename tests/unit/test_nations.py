@@ -13,7 +13,7 @@ from broker.domain import nations
 from broker.domain.labels import CAVEAT, DEFAULT_POLICY, parse_label
 from broker.domain.nations import ALLIANCE_ID, NATIONS, is_nation
 from broker.errors import ConfigError, InvalidInput
-from broker.services.admin import NODE_ID
+from broker.services.wire.requests import NODE_ID
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 

@@ -52,3 +52,22 @@ def test_every_declared_key_is_known_and_nothing_else(tmp_path: Path) -> None:
     assert {f"{t}.{k}" for t, keys in KNOWN_KEYS.items() for k in keys} == {o.key for o in OPTIONS}
     with pytest.raises(ConfigError, match="did you mean max_body_bytes"):
         _load(tmp_path, "[server]\nmax_body_byte = 2048\n")
+
+
+_WRONG = {"text": '""', "path": "3", "choice": '"neither"', "list": '["ok", ""]'}
+
+
+@pytest.mark.parametrize(
+    "option", [o for o in OPTIONS if o.field is not None and o.kind in _WRONG], ids=lambda o: o.key
+)
+def test_every_other_kind_refuses_what_it_cannot_hold(tmp_path: Path, option: object) -> None:
+    from broker.settings import Option
+
+    assert isinstance(option, Option)
+    with pytest.raises(ConfigError) as refused:
+        _load(tmp_path, f"[{option.table}]\n{option.name} = {_WRONG[option.kind]}\n")
+    assert option.key in str(refused.value)
+    good = {"text": '"x"', "path": '"x"', "choice": f'"{option.choices[-1] if option.choices else ""}"'}
+    if option.kind in good:
+        loaded = _load(tmp_path, f"[{option.table}]\n{option.name} = {good[option.kind]}\n")
+        assert str(loaded.effective()[option.key]) == good[option.kind].strip('"')

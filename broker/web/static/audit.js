@@ -11,6 +11,7 @@ const CHART_CAP = 50000; // the charts read at most this many events (the captio
 const PROOF_CONCURRENCY = 4;
 const PIN_KEY = "auditPinnedCheckpointKey";
 const SEEN_KEY = "auditLastVerifiedCheckpoint";
+const WITNESS_KEY = "auditPinnedWitnesses"; // {vkeys: [...], quorum: K}
 const SVG_NS = "http://www.w3.org/2000/svg";
 const LOG_KEY = "auditWholeLog"; // + ":" + the pinned key: the last whole-log verdict with it
 const GENESIS = "0".repeat(64); // the prev_hash of event 1
@@ -327,6 +328,100 @@ async function verifyNote(note, pin) {
   return { ok: false, why: "the note carries no signature by the pinned key", body };
 }
 
+// -- witness cosignatures (C2SP tlog-cosignature, Ed25519 type 0x04) -----------------------
+
+async function cosignerKeyId(name, publicKey) {
+  return (await sha256(concat(utf8(name + "\n"), Uint8Array.of(4), publicKey))).slice(0, 4);
+}
+
+// A witness pin is a cosigner vkey "<name>+<hex key id>+<base64(0x04 || key)>".
+async function parseWitness(text) {
+  const parts = (text || "").trim().split("+");
+  if (parts.length < 3 || !parts[0]) throw new Error("a witness key is a vkey NAME+KEYID+BASE64");
+  const name = parts[0];
+  const raw = fromB64(parts.slice(2).join("+"));
+  if (raw.length !== 33 || raw[0] !== 4) throw new Error("the vkey of " + name + " is not a cosigner key (type 0x04)");
+  const publicKey = raw.slice(1);
+  if (toHex(await cosignerKeyId(name, publicKey)) !== parts[1].toLowerCase()) {
+    throw new Error("the vkey of " + name + ": its key id does not match its key");
+  }
+  return { name, publicKey, text: text.trim() };
+}
+
+let witnesses = { keys: [], quorum: 0 };
+
+async function loadWitnesses() {
+  witnesses = { keys: [], quorum: 0 };
+  try {
+    const stored = JSON.parse(localStorage.getItem(WITNESS_KEY) || "null");
+    if (stored) {
+      const keys = [];
+      for (const vkey of stored.vkeys) keys.push(await parseWitness(vkey));
+      witnesses = { keys, quorum: stored.quorum };
+    }
+  } catch (e) { localStorage.removeItem(WITNESS_KEY); }
+  $("pinned-witnesses").textContent = witnesses.keys.length
+    ? witnesses.keys.map((k) => k.name).join(", ") + " (quorum " + witnesses.quorum + ")"
+    : "none";
+}
+
+// One cosignature line checked against a pinned witness: its timestamp, or null if it fails.
+async function cosignatureTime(body, sig, key) {
+  if (sig.raw.length !== 76 || !equal(sig.raw.slice(0, 4), await cosignerKeyId(key.name, key.publicKey))) return undefined;
+  let stamp = 0n;
+  for (const b of sig.raw.slice(4, 12)) stamp = (stamp << 8n) | BigInt(b);
+  const message = utf8("cosignature/v1\ntime " + stamp.toString() + "\n" + body.text);
+  const verifier = await crypto.subtle.importKey("raw", key.publicKey, { name: "Ed25519" }, false, ["verify"]);
+  const ok = stamp > 0n && await crypto.subtle.verify({ name: "Ed25519" }, verifier, sig.raw.slice(12), message);
+  return ok ? Number(stamp) : null;
+}
+
+// Each cosigner the note names, checked in this browser against the pinned witness keys, and
+// whether the pinned quorum is met. Lines by witnesses nobody pinned are shown, not counted.
+async function showCosigners(body, logSigner) {
+  const list = $("cosigners");
+  list.textContent = "";
+  const verdict = $("witness-verdict");
+  const valid = new Set();
+  const failed = new Set();
+  for (const sig of body.signatures) {
+    if (sig.name === logSigner) continue;
+    const key = witnesses.keys.find((k) => k.name === sig.name);
+    const item = document.createElement("li");
+    item.className = "mono";
+    let stamp;
+    if (key) stamp = await cosignatureTime(body, sig, key);
+    if (key && typeof stamp === "number") {
+      valid.add(sig.name);
+      item.textContent = sig.name + " \u2713 cosigned at " + new Date(stamp * 1000).toISOString() + " (verified here)";
+      item.classList.add("ok");
+    } else if (key) {
+      failed.add(sig.name);
+      item.textContent = sig.name + " \u2717 its cosignature does NOT verify with the pinned key";
+      item.classList.add("bad");
+    } else {
+      item.textContent = sig.name + " ? not a pinned witness: not checked, not counted";
+      item.classList.add("muted");
+    }
+    item.dataset.state = valid.has(sig.name) ? "verified" : failed.has(sig.name) ? "failed" : "unpinned";
+    list.appendChild(item);
+  }
+  const missing = witnesses.keys.map((k) => k.name).filter((n) => !valid.has(n));
+  if (!witnesses.keys.length) {
+    say(verdict, "Witness cosignatures NOT verified: no witness keys pinned", "muted");
+    verdict.dataset.state = "unpinned";
+  } else if (valid.size >= witnesses.quorum && !failed.size) {
+    say(verdict, "Witnessed \u2713 " + valid.size + " of " + witnesses.keys.length + " pinned witnesses cosigned this " +
+      "checkpoint (quorum " + witnesses.quorum + "), verified in this browser", "ok");
+    verdict.dataset.state = "witnessed";
+  } else {
+    say(verdict, "Quorum NOT met \u2717 " + valid.size + " valid cosignature" + (valid.size === 1 ? "" : "s") + " of the " +
+      witnesses.quorum + " required" + (missing.length ? "; missing: " + missing.join(", ") : "") +
+      (failed.size ? "; failing: " + [...failed].join(", ") : ""), "bad");
+    verdict.dataset.state = "unwitnessed";
+  }
+}
+
 let pin = null; // the parsed pinned key
 let checkpoint = null; // { verified, size, root, origin, rootHex } of the latest one loaded
 
@@ -422,6 +517,7 @@ async function useCheckpoint(cp) {
     fact(box, "Signed by", result.signer, "mono");
     fact(box, "Signed at (unsigned field)", cp.time, "muted");
     say(verdict, "Signature by the pinned key verified in this browser \u2713", "ok");
+    await showCosigners(b, result.signer);
     try {
       const [state, text] = await checkConsistency(checkpoint);
       say(consistency, text, state === "verified" ? "ok" : state === "failed" ? "bad" : "warn");
@@ -437,6 +533,9 @@ async function useCheckpoint(cp) {
     // Nothing pinned is "not yet", grey; a pinned key the note does not verify with is a failure.
     if (pin) say(verdict, "Signature NOT verified: " + result.why + " \u2717", "bad");
     else say(verdict, "Signature NOT verified yet: no key pinned", "muted");
+    $("cosigners").textContent = "";
+    say($("witness-verdict"), "Witness cosignatures NOT checked: the log's own signature is not verified", "muted");
+    $("witness-verdict").dataset.state = "unverified";
     consistency.dataset.state = "unverified";
   }
   verdict.dataset.state = checkpoint.verified ? "verified" : "unverified";
@@ -1507,6 +1606,7 @@ async function start() {
   $("who").textContent = "Signed in as " + me.id + " (" + me.nation + ")";
   $("who").title = "roles: " + me.roles.join(", ");
   await loadPin();
+  await loadWitnesses();
   banner("unverified", "Not yet verified: loading the signed checkpoint\u2026");
   const linked = reportInLocation();
   if (linked) showReport(linked);
@@ -1553,6 +1653,30 @@ $("pin-form").addEventListener("submit", async (ev) => {
   }
   await loadPin();
   await showAnnouncedKey();
+  await loadCheckpoint(false);
+});
+
+$("witness-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const vkeys = $("witness-input").value.split("\n").map((l) => l.trim()).filter((l) => l);
+  const quorum = Number($("quorum-input").value);
+  try {
+    const names = new Set();
+    for (const vkey of vkeys) {
+      const key = await parseWitness(vkey);
+      if (names.has(key.name)) throw new Error(key.name + " is pinned twice");
+      names.add(key.name);
+    }
+    if (!Number.isInteger(quorum) || quorum < 0 || quorum > vkeys.length) {
+      throw new Error("the quorum must be 0 to " + vkeys.length + ", the number of witness keys");
+    }
+    localStorage.setItem(WITNESS_KEY, JSON.stringify({ vkeys, quorum }));
+    say($("page-error"), "", "error");
+  } catch (e) {
+    say($("page-error"), "Witness keys not pinned: " + e.message, "error");
+    return;
+  }
+  await loadWitnesses();
   await loadCheckpoint(false);
 });
 

@@ -1,0 +1,327 @@
+"""Importing what a peer's stream carries: reports (verified against their attestation chain,
+stored as this broker's own with their provenance) and recall notices.
+
+Every frame ends in exactly one audit event, written in the same transaction as its effect and
+as the peer's cursor: ``import`` allowed (the report stored), or ``import`` denied with a stable
+reason (nothing stored). Either way the cursor moves past it, so a refused report is not offered
+again; the caller acks upstream only after this commit.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import Counter
+
+from broker.crypto import attest, envelope
+from broker.crypto.tokens import hash_token
+from broker.domain import federation as fed
+from broker.domain.canonical import canonical, sha256_hex
+from broker.domain.federation import Imported, PeerRecord
+from broker.domain.labels import parse_label
+from broker.domain.records import AuditDraft, Head, NodeRecord, ReportRecord
+from broker.domain.time import parse_time
+from broker.errors import BrokerError
+from broker.services import journal
+from broker.services.context import Context
+from broker.services.reports import index_rows
+from broker.storage import federation as store
+from broker.storage.repos import WriteTx
+
+IMPORTS = Counter(
+    "broker_peer_imports", "Frames imported from peers, by peer and decision", ["peer", "decision"]
+)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A report frame from a peer, parsed; ``chain`` verified (None when refused before that)."""
+
+    report: dict[str, Any]
+    label_json: str
+    attestations: list[Any]
+    upstream_sequence: int
+
+
+class Refused(Exception):
+    """A frame this broker will not import; ``reason`` is the audit reason code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def parse_frame(frame: Mapping[str, Any]) -> Frame:
+    report, federation = frame.get("report"), frame.get("federation")
+    if not isinstance(report, dict) or not isinstance(federation, dict):
+        raise Refused(fed.MALFORMED, "a report frame from a peer carries report and federation")
+    label_json, chain, sequence = (
+        federation.get("label_json"),
+        federation.get("attestations"),
+        report.get("sequence"),
+    )
+    if not isinstance(label_json, str) or not isinstance(chain, list) or type(sequence) is not int:
+        raise Refused(fed.MALFORMED, "federation needs label_json and attestations; report a sequence")
+    if not isinstance(report.get("id"), str) or not isinstance(report.get("payload"), dict):
+        raise Refused(fed.MALFORMED, "the report has no id or no payload in clear")
+    return Frame(report, label_json, chain, sequence)
+
+
+def verify(ctx: Context, peer: PeerRecord, frame: Frame) -> attest.VerifiedChain:
+    """The checks that need no database: the chain from the pinned key down to the origin, the
+    report against what the origin attested, the origins this link may carry, loops, and that
+    the label is one this broker can decide."""
+    try:
+        chain = attest.verify_chain(
+            frame.attestations, pinned_vkey=peer.broker_key, report=frame.report, label_json=frame.label_json
+        )
+    except attest.AttestationError as exc:
+        raise Refused(exc.reason, str(exc)) from None
+    if frame.report["originator"]["nation"] not in peer.origins:
+        raise Refused(fed.ORIGIN_NOT_CARRIED, "this link may not speak for the originator's nation")
+    own = ctx.settings.audit_origin
+    if any(hop.broker == own for hop in chain.hops):
+        raise Refused(fed.LOOP, "the report has already passed through this broker")
+    return chain
+
+
+async def import_report(ctx: Context, peer: PeerRecord, raw: Mapping[str, Any]) -> str:
+    """Import one report frame; the decision's reason (``imported`` or why it was refused)."""
+    upstream = raw.get("report", {}).get("sequence") if isinstance(raw.get("report"), dict) else None
+    try:
+        frame = parse_frame(raw)
+        chain = verify(ctx, peer, frame)
+    except Refused as exc:
+        await _refuse(ctx, peer, raw, exc.reason, upstream)
+        return exc.reason
+    async with ctx.db.transaction() as tx:
+        head = await tx.lock_head()
+        directory = await ctx.directory_at(tx, head.change_counter)
+        reason = await _conflict(tx, frame)
+        if reason is None:
+            try:
+                parse_label(
+                    json.loads(frame.label_json), policy=ctx.policy, known_alliances=directory.alliances
+                )
+            except (BrokerError, ValueError) as exc:
+                reason = getattr(exc, "code", "invalid_label")
+        now = ctx.now()
+        if reason is not None:
+            await _deny_in(tx, peer, frame.report, reason, frame.upstream_sequence, now=now, head=head)
+        else:
+            await _store(ctx, tx, peer, frame, chain, now=now, head=head)
+    decision = "imported" if reason is None else reason
+    IMPORTS.labels(peer.name, "allow" if reason is None else "deny").inc()
+    return decision
+
+
+async def _conflict(tx: WriteTx, frame: Frame) -> str | None:
+    """``duplicate`` when the id is held already (the second path of a diamond), and
+    ``originator_conflict`` when the originator's id is one of this broker's own nodes."""
+    if await tx.report(frame.report["id"]) is not None:
+        return fed.DUPLICATE
+    node = await tx.node(frame.report["originator"]["node"])
+    if node is not None and not await store.is_foreign(tx, node.id):
+        return fed.ORIGINATOR_CONFLICT
+    return None
+
+
+async def _store(
+    ctx: Context,
+    tx: WriteTx,
+    peer: PeerRecord,
+    frame: Frame,
+    chain: attest.VerifiedChain,
+    *,
+    now: datetime,
+    head: Head,
+) -> None:
+    report = frame.report
+    origin = report["originator"]
+    await _originator(tx, peer, origin["node"], origin["nation"], chain.originator_key, now=now)
+    created = parse_time(report["created"], name="created")
+    assert created is not None
+    record = _record(ctx, peer, frame, seq=head.report_seq + 1, created=created)
+    await tx.insert_reports([(record, None)])
+    await tx.insert_objects(index_rows(ctx, record, report["payload"]))
+    draft = _imported_draft(peer, record, chain)
+    stamp = created if head.report_created is None or created > head.report_created else head.report_created
+    head = replace(head, report_seq=record.seq, report_created=stamp)
+    events, _nodes, _head = journal.chain(head, [draft], now=now)
+    own = {"broker": ctx.settings.audit_origin, "sequence": record.seq, "event_hash": events[0].hash}
+    path = tuple({"broker": h.broker, "sequence": h.sequence, "event_hash": h.event_hash} for h in chain.hops)
+    await store.insert_provenance(
+        tx,
+        Imported(
+            report_seq=record.seq,
+            peer=peer.name,
+            provenance=(*path, own),
+            attestations=tuple(frame.attestations),
+            origin_signer=chain.origin_signer,
+        ),
+    )
+    await store.advance_peer(tx, peer.name, cursor=frame.upstream_sequence, lag=_lag(now, created))
+    await tx.notify_change()
+    await journal.record(tx, [draft], now=now, head=head)
+
+
+def _record(ctx: Context, peer: PeerRecord, frame: Frame, *, seq: int, created: datetime) -> ReportRecord:
+    """The imported report as stored at ``seq``: its payload encrypted under this broker's
+    keyring, its label and originator as the frame carried them."""
+    report = frame.report
+    origin = report["originator"]
+    label = json.loads(frame.label_json)
+    canonical_label, canonical_payload = canonical(label), canonical(report["payload"])
+    stored = envelope.encrypt_payload(
+        plaintext=canonical_payload,
+        report_id=report["id"],
+        canonical_label=canonical_label,
+        keyring=ctx.keyring,
+    )
+    return ReportRecord(
+        seq=seq,
+        id=report["id"],
+        originator_node=origin["node"],
+        originator_nation=origin["nation"],
+        label_json=frame.label_json,
+        label=label,
+        label_hash=sha256_hex(canonical_label),
+        topics=tuple(report["topics"]),
+        created_at=created,
+        payload_sha256=sha256_hex(canonical_payload),
+        signature=report.get("signature"),
+        request_hash=sha256_hex(canonical({"import": report["id"], "peer": peer.name})),
+        ciphertext=stored.ciphertext,
+        wrapped_key=stored.wrapped_key,
+        kek_id=stored.kek_id,
+    )
+
+
+def _imported_draft(peer: PeerRecord, record: ReportRecord, chain: attest.VerifiedChain) -> AuditDraft:
+    """The ``import`` event: the peer, the hop it came from, and the broker it started at."""
+    last = chain.hops[-1]
+    return AuditDraft(
+        action="import",
+        actor=peer.name,
+        report=record.id,
+        node=record.originator_node,
+        nation=record.originator_nation,
+        decision="allow",
+        reason="imported",
+        details={
+            "peer": peer.name,
+            "upstream_broker": last.broker,
+            "upstream_sequence": last.sequence,
+            "upstream_event_hash": last.event_hash,
+            "origin": chain.hops[0].broker,
+            "label_hash": record.label_hash,
+        },
+    )
+
+
+def _lag(now: datetime, created: datetime) -> float:
+    return max((now - created).total_seconds(), 0.0)
+
+
+async def _originator(
+    tx: WriteTx, peer: PeerRecord, node_id: str, nation: str, key: str | None, *, now: datetime
+) -> None:
+    """The node row standing for another broker's originator: no role, a token nobody holds,
+    the Ed25519 key the origin broker attested (so local nodes' SDKs verify the signature)."""
+    existing = await tx.node(node_id)
+    if existing is None:
+        node = NodeRecord(
+            id=node_id,
+            nation=nation,
+            clearance="UNCLASSIFIED",
+            caveats=(),
+            roles=(),
+            token_hash=hash_token(secrets.token_urlsafe(32)),
+            created_at=now,
+            ed25519_public_key=key,
+        )
+        await tx.insert_node(node)
+        await store.mark_foreign(tx, node_id, peer=peer.name)
+    elif key is not None and existing.ed25519_public_key != key:
+        await tx.update_node(replace(existing, ed25519_public_key=key))
+
+
+async def _refuse(
+    ctx: Context, peer: PeerRecord, raw: Mapping[str, Any], reason: str, upstream: object
+) -> None:
+    async with ctx.db.transaction() as tx:
+        head = await tx.lock_head()
+        found = raw.get("report")
+        report: Mapping[str, Any] = found if isinstance(found, dict) else {}
+        sequence = upstream if type(upstream) is int else None
+        await _deny_in(tx, peer, report, reason, sequence, now=ctx.now(), head=head)
+    IMPORTS.labels(peer.name, "deny").inc()
+
+
+async def _deny_in(
+    tx: WriteTx,
+    peer: PeerRecord,
+    report: Mapping[str, Any],
+    reason: str,
+    sequence: int | None,
+    *,
+    now: datetime,
+    head: Head,
+) -> None:
+    report_id = report.get("id") if isinstance(report.get("id"), str) else None
+    draft = AuditDraft(
+        action="import",
+        actor=peer.name,
+        report=report_id if report_id and len(report_id) <= 36 else None,
+        decision="deny",
+        reason=reason,
+        details={"peer": peer.name, "upstream_sequence": sequence},
+    )
+    if sequence is not None:
+        await store.advance_peer(tx, peer.name, cursor=sequence, lag=0.0)
+    await journal.record(tx, [draft], now=now, head=head)
+
+
+async def import_recall(ctx: Context, peer: PeerRecord, raw: Mapping[str, Any]) -> str:
+    """A recall notice from a peer: verified against the origin broker that attested the report,
+    then the report is recalled here (which notifies local streams and downstream links)."""
+    report_id = raw.get("id")
+    federation = raw.get("federation")
+    chain = federation.get("attestations") if isinstance(federation, dict) else None
+    async with ctx.db.transaction() as tx:
+        head = await tx.lock_head()
+        report = await tx.report(report_id) if isinstance(report_id, str) else None
+        imported = None if report is None else (await store.provenance_of(tx, [report.seq])).get(report.seq)
+        reason = "recalled"
+        if report is None or imported is None:
+            reason = "not_found"
+        else:
+            try:
+                attest.verify_recall(
+                    chain,
+                    pinned_vkey=peer.broker_key,
+                    report_id=report.id,
+                    origin_signer=imported.origin_signer,
+                )
+            except attest.AttestationError as exc:
+                reason = exc.reason
+        now = ctx.now()
+        changed = reason == "recalled" and report is not None and report.recalled_at is None
+        draft = AuditDraft(
+            action="recall",
+            actor=peer.name,
+            report=None if report is None else report.id,
+            decision="allow" if reason == "recalled" else "deny",
+            reason=reason,
+            details={"peer": peer.name},
+        )
+        if changed and report is not None:
+            await tx.set_recalled(report.id, at=now)
+            await store.set_recall_chain(tx, report.seq, list(chain or []))
+        await journal.record(tx, [draft], now=now, head=head, report_changed=changed)
+    return reason

@@ -1,0 +1,203 @@
+"""The witness's own state: per log the latest checkpoint it cosigned, and refused requests kept
+as evidence. One SQLite file beside the key (stdlib sqlite3: the witness is a program apart from
+the broker and shares nothing with its storage), in WAL mode with ``synchronous=FULL`` so that a
+commit has reached the disk before the witness answers.
+
+The check and the update are one ``BEGIN IMMEDIATE`` transaction: two requests for one log can
+never both compare against the same stored size (C2SP tlog-witness: otherwise a late request
+rolls the stored size back), even from two processes on one directory.
+
+The database is made by ``create`` for one key, whose key id it stores; ``open`` refuses a
+missing, empty or foreign database (``LostState``): a witness that forgot what it cosigned could
+cosign a fork.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from broker.witness.protocol import Latest, Refused, Submission, check
+
+SCHEMA_VERSION = "1"
+MAX_EVIDENCE = 10_000
+BUSY_SECONDS = 10.0
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # size as decimal text: a checkpoint size may exceed SQLite's signed 64-bit integers
+    "CREATE TABLE checkpoints (origin TEXT PRIMARY KEY, origin_hash TEXT NOT NULL UNIQUE,"
+    " size TEXT NOT NULL, root BLOB NOT NULL, note TEXT NOT NULL, cosigned_at INTEGER NOT NULL)",
+    # one row per checkpoint refused (by the SHA-256 of its note text): a replayed request, or
+    # one log-signed checkpoint sent with ever new proofs, cannot push other evidence out
+    "CREATE TABLE refused (id INTEGER PRIMARY KEY AUTOINCREMENT, origin TEXT NOT NULL,"
+    " checkpoint BLOB NOT NULL UNIQUE, received_at INTEGER NOT NULL, status INTEGER NOT NULL,"
+    " reason TEXT NOT NULL, body BLOB NOT NULL)",
+)
+
+
+class StateError(Exception):
+    """The state database cannot be made or used."""
+
+
+class LostState(StateError):
+    """The state database is missing, empty or not this key's: the witness must not start."""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A refused request for a known log whose signature verified."""
+
+    origin: str
+    received_at: int
+    status: int
+    reason: str
+    body: bytes
+
+
+def origin_hash(origin: str) -> str:
+    """The lowercase hex SHA-256 of a log origin: its monitoring path (C2SP tlog-witness)."""
+    return hashlib.sha256(origin.encode()).hexdigest()
+
+
+def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
+    mode = "rwc" if create else "rw"
+    conn = sqlite3.connect(
+        f"file:{quote(str(path.resolve()))}?mode={mode}",
+        uri=True,
+        isolation_level=None,
+        timeout=BUSY_SECONDS,
+        check_same_thread=False,
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def create(path: Path, *, key_id: str, name: str, vkey: str) -> None:
+    """Make the state database for one witness key; FileExistsError if ``path`` exists."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # 0600 from the start
+    conn = _connect(path, create=True)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        meta = {"schema": SCHEMA_VERSION, "key_id": key_id, "name": name, "vkey": vkey}
+        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+class State:
+    """An open state database. Not thread-safe: the server uses it from one thread."""
+
+    def __init__(self, conn: sqlite3.Connection, meta: dict[str, str]) -> None:
+        self._conn = conn
+        self.meta = meta
+
+    @classmethod
+    def open(cls, path: Path, *, key_id: str) -> State:
+        """Open the database made for ``key_id``; LostState (saying what is wrong) otherwise."""
+        if not path.is_file():
+            raise LostState(f"the state database {path} is missing")
+        if path.stat().st_size == 0:
+            raise LostState(f"the state database {path} is empty")
+        try:
+            conn = _connect(path, create=False)
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise LostState(f"the state database {path} is unreadable ({exc})") from None
+        if meta.get("key_id") != key_id:
+            conn.close()
+            raise LostState(f"the state database {path} was made for another key ({meta.get('key_id')})")
+        return cls(conn, meta)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def add(self, submission: Submission, *, body: bytes, now: int, cosign: Callable[[], str]) -> str:
+        """Check ``submission`` against the stored checkpoint and, if it passes, store it with the
+        cosignature line ``cosign()`` makes, and return that line: one transaction, committed
+        before this returns. A refusal (all are of log-signed checkpoints) is stored as evidence,
+        once per checkpoint (the newest MAX_EVIDENCE kept), then raised."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            latest = self._latest(submission.origin)
+            try:
+                check(submission, latest)
+            except Refused as refused:
+                self._keep(submission, refused, body=body, now=now)
+                conn.execute("COMMIT")
+                raise
+            line = cosign()
+            note = submission.text + "\n" + "".join(submission.log_lines) + line
+            conn.execute(
+                "INSERT INTO checkpoints (origin, origin_hash, size, root, note, cosigned_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (origin) DO UPDATE SET size = excluded.size,"
+                " root = excluded.root, note = excluded.note, cosigned_at = excluded.cosigned_at",
+                (
+                    submission.origin,
+                    origin_hash(submission.origin),
+                    str(submission.checkpoint.size),
+                    submission.checkpoint.root,
+                    note,
+                    now,
+                ),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return line
+
+    def _latest(self, origin: str) -> Latest | None:
+        row = self._conn.execute("SELECT size, root FROM checkpoints WHERE origin = ?", (origin,)).fetchone()
+        return None if row is None else Latest(size=int(row[0]), root=bytes(row[1]))
+
+    def _keep(self, submission: Submission, refused: Refused, *, body: bytes, now: int) -> None:
+        cursor = self._conn.execute(
+            "INSERT INTO refused (origin, checkpoint, received_at, status, reason, body)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (checkpoint) DO NOTHING",
+            (
+                submission.origin,
+                hashlib.sha256(submission.text.encode()).digest(),
+                now,
+                refused.status,
+                refused.reason,
+                body,
+            ),
+        )
+        if cursor.rowcount == 1 and cursor.lastrowid is not None and cursor.lastrowid > MAX_EVIDENCE:
+            self._conn.execute("DELETE FROM refused WHERE id <= ?", (cursor.lastrowid - MAX_EVIDENCE,))
+
+    def note(self, hashed_origin: str) -> str | None:
+        """The latest cosigned checkpoint (log and witness signatures) for a log, by origin hash."""
+        row = self._conn.execute(
+            "SELECT note FROM checkpoints WHERE origin_hash = ?", (hashed_origin,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def logs(self) -> list[dict[str, Any]]:
+        """Every log's latest cosigned checkpoint: origin, size, root (base64), cosigned_at."""
+        rows = self._conn.execute("SELECT origin, size, note, cosigned_at FROM checkpoints ORDER BY origin")
+        return [
+            {"origin": origin, "size": int(size), "root": note.split("\n")[2], "cosigned_at": at}
+            for origin, size, note, at in rows
+        ]
+
+    def evidence(self, limit: int) -> list[Evidence]:
+        """The newest ``limit`` refused requests kept, newest first."""
+        rows = self._conn.execute(
+            "SELECT origin, received_at, status, reason, body FROM refused ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [
+            Evidence(origin=o, received_at=t, status=s, reason=r, body=bytes(b)) for o, t, s, r, b in rows
+        ]

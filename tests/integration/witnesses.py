@@ -1,0 +1,80 @@
+"""`broker witness` processes for the broker's witnessing tests: init, serve on a port of its
+choosing (read from its "serving on" line), stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+SERVING = re.compile(r"serving on (https?)://[^:]+:(\d+)")
+
+
+@dataclass
+class WitnessProcess:
+    name: str
+    vkey: str
+    url: str
+    port: int
+
+
+def init(folder: Path, name: str) -> str:
+    """``broker witness init``: the witness's vkey."""
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "witness", "init", "--dir", str(folder), "--name", name, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    return str(json.loads(result.stdout)["vkey"])
+
+
+@asynccontextmanager
+async def serve(
+    folder: Path, name: str, vkey: str, log_vkey: str, port: int = 0, tls: tuple[str, ...] = ()
+) -> AsyncIterator[WitnessProcess]:
+    """``broker witness serve`` until the block ends (SIGTERM, then waited for, bounded)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker", "witness", "serve", "--dir", str(folder),
+        "--port", str(port), "--log", log_vkey, *tls,
+        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    drain: asyncio.Task[None] | None = None
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                line = (await proc.stderr.readline()).decode()
+                assert line, "the witness ended before serving"
+                if found := SERVING.search(line):
+                    break
+        drain = asyncio.create_task(_drain(proc.stderr))
+        scheme, bound = found.group(1), int(found.group(2))
+        yield WitnessProcess(name=name, vkey=vkey, url=f"{scheme}://127.0.0.1:{bound}", port=bound)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            async with asyncio.timeout(30):
+                await proc.wait()
+        if drain is not None:
+            drain.cancel()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
