@@ -136,8 +136,11 @@ class PgClones:
     def close(self) -> None:
         """Drop the clones made and never taken; wait for every drop."""
         for made in self._ready:
-            self._thread.submit(lambda made=made: self._drop(made.result()))
+            self._thread.submit(self._drop_made, made)
         self._thread.shutdown(wait=True)
+
+    def _drop_made(self, made: Future[str]) -> None:
+        self._drop(made.result())
 
 
 @pytest.fixture(scope="session")
