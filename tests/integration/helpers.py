@@ -178,6 +178,10 @@ class Cli:
             self.monkeypatch.setenv(f"BROKER_{name}", value)
         return self
 
+    def like(self, env: dict[str, str]) -> Cli:
+        """The ``BROKER_*`` variables of ``env`` (another process's environment), and only those."""
+        return self.use(**{k.removeprefix("BROKER_"): v for k, v in env.items() if k.startswith("BROKER_")})
+
     def __call__(self, *argv: str) -> Ran:
         self.capsys.readouterr()
         try:
@@ -190,6 +194,10 @@ class Cli:
     async def run(self, *argv: str) -> Ran:
         """The command from an async test: in a thread, as ``main`` runs an event loop of its own."""
         return await asyncio.to_thread(self, *argv)
+
+    async def run_ok(self, *argv: str) -> Ran:
+        """:meth:`ok` from an async test."""
+        return await asyncio.to_thread(self.ok, *argv)
 
     def ok(self, *argv: str) -> Ran:
         """The command, which must exit 0."""

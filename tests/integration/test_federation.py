@@ -28,7 +28,7 @@ from broker.services.context import Context
 from broker.waiting import wait_event
 from tests.conftest import PG_DEFAULT, _pg_exec
 from tests.integration.federation import BrokerProcess, Pki, add_link, add_peer, make_pki
-from tests.integration.helpers import run_cli
+from tests.integration.helpers import Cli, run_cli
 
 NAMES = ("usa", "fra", "nato", "fvey")
 SECRET_NATO = {"classification": "SECRET", "releasable_to": ["NATO"], "caveats": []}
@@ -297,11 +297,10 @@ async def _status(client: BrokerClient, path: str) -> tuple[int, Any]:
         return exc.status, None
 
 
-async def test_fra_leaving_nato_at_the_hub_stops_the_flow_to_fra(federation: Federation) -> None:
+async def test_fra_leaving_nato_at_the_hub_stops_the_flow_to_fra(federation: Federation, cli: Cli) -> None:
     fed = federation
-    nato_env = fed.brokers["nato"].env
-    left = run_cli("alliance", "leave", "NATO", "FRA", "--json", env=nato_env)
-    assert left.returncode == 0, left.stderr
+    cli.like(fed.brokers["nato"].env)
+    await cli.run_ok("alliance", "leave", "NATO", "FRA", "--json")
     try:
         async with inbox(fed, "fra", "fra-1") as fra:
             stopped = await publish(fed, SECRET_NATO)
@@ -313,11 +312,12 @@ async def test_fra_leaving_nato_at_the_hub_stops_the_flow_to_fra(federation: Fed
         assert await held(fed, "fra", stopped) == (False, False)
         assert (await held(fed, "nato", stopped))[0]
     finally:
-        joined = run_cli("alliance", "join", "NATO", "FRA", "--json", env=nato_env)
-        assert joined.returncode == 0, joined.stderr
+        await cli.like(fed.brokers["nato"].env).run_ok("alliance", "join", "NATO", "FRA", "--json")
 
 
-async def test_a_second_path_delivers_once_and_nothing_returns_to_its_origin(federation: Federation) -> None:
+async def test_a_second_path_delivers_once_and_nothing_returns_to_its_origin(
+    federation: Federation, cli: Cli
+) -> None:
     fed = federation
     found, b = fed.found, fed.brokers
     async with fed.ctx("usa") as usa:
@@ -339,8 +339,8 @@ async def test_a_second_path_delivers_once_and_nothing_returns_to_its_origin(fed
             back_home = [e for e in await tx.events(limit=500, action="import") if e.draft.report in sent]
         assert back_home == []  # nato never offered usa its own reports
     finally:
-        assert run_cli("peer", "remove", "usa", "--json", env=b["fra"].env).returncode == 0
-        assert run_cli("peer", "remove", "nato", "--json", env=b["usa"].env).returncode == 0
+        await cli.like(b["fra"].env).run_ok("peer", "remove", "usa", "--json")
+        await cli.like(b["usa"].env).run_ok("peer", "remove", "nato", "--json")
 
 
 async def test_kill_9_of_the_hub_under_8_publishers_loses_and_repeats_nothing(federation: Federation) -> None:
@@ -373,7 +373,7 @@ async def test_kill_9_of_the_hub_under_8_publishers_loses_and_repeats_nothing(fe
 
 
 async def test_audit_trace_follows_a_report_across_the_four_exports(
-    federation: Federation, tmp_path: Path
+    federation: Federation, tmp_path: Path, cli: Cli
 ) -> None:
     fed = federation
     async with inbox(fed, "fra", "fra-1") as fra:
@@ -390,7 +390,8 @@ async def test_audit_trace_follows_a_report_across_the_four_exports(
                     fh.write(line)
             files.append(str(path))
             keys += ["--key", ledger.public_key(ctx)["vkey"]]
-    traced = run_cli("audit", "trace", report_id, *files, *keys, "--json", env=fed.brokers["fra"].env)
+    cli.like(fed.brokers["fra"].env)
+    traced = await cli.run("audit", "trace", report_id, *files, *keys, "--json")
     assert traced.returncode == 0, traced.stdout + traced.stderr
     hops = json.loads(traced.stdout)["hops"]
     assert [(h["broker"], h["action"]) for h in hops] == [
@@ -400,14 +401,13 @@ async def test_audit_trace_follows_a_report_across_the_four_exports(
     ]
     tampered = Path(files[1]).read_text().replace('"action":"import"', '"action":"imp0rt"', 1)
     Path(files[1]).write_text(tampered)
-    again = run_cli("audit", "trace", report_id, *files, *keys, env=fed.brokers["fra"].env)
+    again = await cli.run("audit", "trace", report_id, *files, *keys)
     assert again.returncode == 1 and "does not verify" in again.stdout
 
 
-async def test_a_revoked_link_closes_at_once(federation: Federation) -> None:
+async def test_a_revoked_link_closes_at_once(federation: Federation, cli: Cli) -> None:
     fed = federation
-    revoked = run_cli("node", "revoke", "fra-link", "--json", env=fed.brokers["nato"].env)
-    assert revoked.returncode == 0, revoked.stderr
+    await cli.like(fed.brokers["nato"].env).run_ok("node", "revoke", "fra-link", "--json")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WAIT
     while True:
@@ -416,6 +416,6 @@ async def test_a_revoked_link_closes_at_once(federation: Federation) -> None:
             break
         assert loop.time() < deadline, health
         await asyncio.sleep(0.05)  # another process's state: nothing to wait on but its answer
-    listed = run_cli("peer", "list", "--json", env=fed.brokers["fra"].env)
+    listed = await cli.like(fed.brokers["fra"].env).run_ok("peer", "list", "--json")
     [nato] = json.loads(listed.stdout)
     assert nato["state"] == "refused" and nato["last_error"]
