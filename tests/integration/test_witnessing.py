@@ -30,7 +30,7 @@ from tests.conftest import PG_DEFAULT, _pg_exec
 from tests.integration import c2sp_reference as c2sp
 from tests.integration import witnesses
 from tests.integration.conftest import Api, StartServer
-from tests.integration.helpers import body, cli_env, run_cli
+from tests.integration.helpers import Cli, body
 
 TIMEOUT = 2.0
 
@@ -106,16 +106,17 @@ async def export(api: Api, auditor: str, path: Path) -> Path:
     return path
 
 
-def verify(path: Path, key: str, witnesses: list[str], quorum: int) -> tuple[int, str]:
+async def verify(cli: Cli, path: Path, key: str, witnesses: list[str], quorum: int) -> tuple[int, str]:
+    """`broker audit verify`, offline: no configuration, database or keyring behind it."""
     args = ["audit", "verify", str(path), "--key", key, "--quorum", str(quorum)]
     for vkey in witnesses:
         args += ["--witness", vkey]
-    result = run_cli(*args, env=cli_env("sqlite+aiosqlite:///unused.db", Path("unused")))
+    result = await cli.use().run(*args)
     return result.returncode, result.stdout + result.stderr
 
 
 async def test_two_witnesses_cosign_and_the_lines_verify_independently(
-    start_server: StartServer, settings: Settings, ctx: Context, tmp_path: Path
+    start_server: StartServer, settings: Settings, ctx: Context, tmp_path: Path, cli: Cli
 ) -> None:
     """Two nations' witnesses, two implementations: ``broker witness serve`` and the reference."""
     key = ledger.public_key(ctx)["vkey"]
@@ -152,11 +153,11 @@ async def test_two_witnesses_cosign_and_the_lines_verify_independently(
         exported = await export(api, auditor, tmp_path / "export.ndjson")
     final = json.loads(exported.read_text().splitlines()[-1])["checkpoint"]
     assert c2sp.cosigned_by(final["note"], fra.vkey) and c2sp.cosigned_by(final["note"], deu.vkey)
-    code, out = await asyncio.to_thread(verify, exported, key, [fra.vkey, deu.vkey], 2)
+    code, out = await verify(cli, exported, key, [fra.vkey, deu.vkey], 2)
     assert code == 0, out
     assert "cosigned by 2 of 2" in out
     stranger = c2sp.ReferenceWitness("witness.swe/x", log_vkey=key)
-    code, out = await asyncio.to_thread(verify, exported, key, [fra.vkey, stranger.vkey], 2)
+    code, out = await verify(cli, exported, key, [fra.vkey, stranger.vkey], 2)
     assert code == 1 and "missing: witness.swe/x" in out, out
 
 
@@ -196,7 +197,7 @@ def refusals(text: str, witness: str) -> float:
 
 
 async def test_the_fork_is_caught(
-    start_server: StartServer, settings: Settings, ctx: Context, tmp_path: Path
+    start_server: StartServer, settings: Settings, ctx: Context, tmp_path: Path, cli: Cli
 ) -> None:
     key = ledger.public_key(ctx)["vkey"]
     pair = names(settings)
@@ -244,9 +245,9 @@ async def test_the_fork_is_caught(
         assert {e["details"]["witness"] for e in events["events"]} == {fra.name, deu.name}
         forked = await export(api, auditor, tmp_path / "forked.ndjson")
 
-    code, out = await asyncio.to_thread(verify, forked, key, [fra.vkey, deu.vkey], 1)
+    code, out = await verify(cli, forked, key, [fra.vkey, deu.vkey], 1)
     assert code == 1 and f"missing: {fra.name}, {deu.name}" in out, out
-    code, out = await asyncio.to_thread(verify, original, key, [fra.vkey, deu.vkey], 2)
+    code, out = await verify(cli, original, key, [fra.vkey, deu.vkey], 2)
     assert code == 0, out
 
 
