@@ -127,7 +127,9 @@ class Database:
         self.shared = not sqlite
         self._writer: ConnectionThread | None = None
         self._readers: list[ConnectionThread] = []
-        self._idle_readers: asyncio.Queue[ConnectionThread] = asyncio.Queue()
+        # Last in, first out: reads one after another keep to one reader, whose page cache and
+        # statement cache are warm; only reads that overlap spread to the others.
+        self._idle_readers: asyncio.LifoQueue[ConnectionThread] = asyncio.LifoQueue()
         self._serial = asyncio.Lock()
         # Called with the seconds each write transaction held the write lock (the head row on
         # PostgreSQL, from when ``lock_head`` returned; the whole write transaction on SQLite),

@@ -53,6 +53,11 @@ def _fuzz_operation(
             return
         if real and case.path_parameters and "collection" in case.path_parameters:
             case.path_parameters = {**case.path_parameters, "collection": collection}
+            if real <= 3 and case.method == "GET":
+                # Some reads with no generated filter at all: random filters (an added_after in
+                # the future, a match on a generated id) select nothing, and a run made only of
+                # those would never reach an object to decide.
+                case.query = {}
         call_and_check(case, token, tokens[token], base_url, session, label, findings)
 
     send()
