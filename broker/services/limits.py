@@ -76,8 +76,6 @@ class ReportMarks:
     for a head now at ``seq``. Marks are kept ``spacing`` apart, each window holding a few."""
 
     spacing: timedelta
-    # Whether the last batch needed its count: then the next one reads it in its lock's trip.
-    counting: bool = True
     _marks: deque[tuple[datetime, int]] = field(default_factory=deque)
 
     def note(self, created: datetime | None, seq: int) -> None:

@@ -324,22 +324,19 @@ class _RateWindow:
 
     async def lock(self, tx: WriteTx, acts: Sequence[PublishAct]) -> PublishReads:
         """Lock the head and read what ``acts`` must be checked against, counts included."""
-        nodes = {a.node.id for a in acts}
-        counted = self.since if self.marks.counting else None  # the last batch needed a count
-        reads = await tx.lock_head_for_publish(
+        head = await tx.lock_head()
+        self.marks.note(head.report_created, head.report_seq)
+        since = self.since
+        if since is not None:
+            bound = self.marks.bound(since, head.report_seq)
+            if bound is not None and bound + len(acts) <= self.burst:
+                since = None  # no node can reach the limit: nothing to count
+        reads = await tx.publish_reads(
             keys={(a.node.id, a.idempotency_key) for a in acts if a.idempotency_key is not None},
             ids={_stored_id(a.node, a.sub) for a in acts if a.sub.report_id is not None},
-            nodes=nodes,
-            since=counted,
+            nodes={a.node.id for a in acts},
+            since=since,
         )
-        head = reads.head
-        self.marks.note(head.report_created, head.report_seq)
-        if self.since is not None:
-            bound = self.marks.bound(self.since, head.report_seq)
-            needed = bound is None or bound + len(acts) > self.burst
-            if needed and counted is None:
-                reads.recent = await tx.recent_publishes(nodes=nodes, since=self.since)
-            self.marks.counting = needed
         self.counts = dict(reads.recent)
         return reads
 

@@ -63,7 +63,7 @@ class Runner(Protocol):
 
 @dataclass
 class PublishReads:
-    """What ``Tx.lock_head_for_publish`` read under the head lock."""
+    """What ``Tx.publish_reads`` read under the head lock."""
 
     head: Head
     by_key: dict[tuple[str, str], ReportRecord] = field(default_factory=dict)
@@ -195,6 +195,7 @@ class Tx:
         # lock, taken by ``lock_head``; on SQLite the database's write lock, set by ``Database``.
         self.locked_at: float | None = None
         self._committed: list[Callable[[], None]] = []
+        self._head: Head | None = None  # as locked, then as saved
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once this transaction has committed (never if it does not)."""
@@ -251,13 +252,15 @@ class Tx:
     # -- the head row: sequence numbers, audit chain head, change counter ----------------
     async def lock_head(self) -> Head:
         """Lock the head row until commit (on SQLite, BEGIN IMMEDIATE already serialised the
-        writers) and return it."""
-        row = await self._first(st.LOCK_HEAD)
-        if self.locked_at is None:
-            self.locked_at = time.perf_counter()
-        return st.head_of(row)
+        writers) and return it. Locked once: later calls answer the head as this transaction
+        has it (``save_head`` included) without a trip."""
+        if self._head is None:
+            self._head = st.head_of(await self._first(st.LOCK_HEAD))
+            if self.locked_at is None:
+                self.locked_at = time.perf_counter()
+        return self._head
 
-    async def lock_head_for_publish(
+    async def publish_reads(
         self,
         *,
         keys: Collection[tuple[str, str]],
@@ -265,16 +268,17 @@ class Tx:
         nodes: Collection[str],
         since: datetime | None,
     ) -> PublishReads:
-        """``lock_head``, and in the same trip, under the lock, what a batch of publishes must
-        check: the reports already stored under these (node, idempotency key) pairs and ids (one
-        statement), and (``since`` given) how many reports each node published after ``since``.
+        """``lock_head``, then, under the lock, what a batch of publishes must check: the
+        reports already stored under these (node, idempotency key) pairs and ids (one statement),
+        and (``since`` given) how many reports each node published after ``since`` (another).
+        No trip beyond the lock's when there is nothing to read.
 
         The reads are statements of their own, after the lock was granted: a statement's
         snapshot is taken before it waits for the lock, so a read inside the locking statement
         would miss what the transactions queued ahead committed."""
 
         def body(c: Connection) -> PublishReads:
-            found = PublishReads(st.head_of(c.execute(st.LOCK_HEAD).first()))
+            found = PublishReads(head)
             if keys or ids:
                 wanted = {"keys": sorted(keys), "ids": sorted(ids)}
                 for row in c.execute(st.REPORTS_BY_KEYS_OR_IDS, wanted):
@@ -287,10 +291,8 @@ class Tx:
                 found.recent = _recent(c, nodes, since)
             return found
 
-        found = await self.run(body)
-        if self.locked_at is None:
-            self.locked_at = time.perf_counter()
-        return found
+        head = await self.lock_head()
+        return await self.run(body) if keys or ids or since is not None else PublishReads(head)
 
     async def recent_publishes(self, *, nodes: Collection[str], since: datetime) -> dict[str, int]:
         """How many reports each of ``nodes`` published after ``since`` (one statement)."""
@@ -354,6 +356,7 @@ class Tx:
 
     async def save_head(self, head: Head) -> None:
         self._queue(st.SAVE_HEAD, st.head_values(head))
+        self._head = head
 
     async def notify_change(self) -> None:
         """On PostgreSQL, wake the other broker processes when this transaction commits
