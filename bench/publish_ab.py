@@ -2,17 +2,22 @@
 ``git archive <rev> | tar -x -C /tmp/before``), on SQLite and PostgreSQL, with one and two
 brokers, every server running throughout.
 
-    .venv/bin/python -m bench.publish_ab --before /tmp/before [--rounds 8] [--seq 100] [--n 400]
+    .venv/bin/python -m bench.publish_ab --before /tmp/before [--rounds 8] [--seq 200] [--n 800]
 
-Each side gets a SQLite database with one ``broker serve`` and a PostgreSQL database with two
-(both checkouts must share the migration head). A round runs every case on both sides, in an
-order that alternates between rounds: sequential publishes on SQLite and on PostgreSQL (one
-broker), and from 16 clients on PostgreSQL to one broker and to both (request i to broker
-i mod 2). Per case and side it prints the median over rounds of the rate and of the brokers'
-CPU per publish (user and system time from /proc, summed over the side's PostgreSQL brokers:
-on a shared machine it drifts far less than the wall clock), write transactions per publish
-(from the brokers' ``/metrics``), and the ratios the targets of issue 20 are stated in, paired
-round by round. A new connection per request, as ``bench.peer``. Not a test: nothing asserted.
+Each side gets a SQLite database with one ``broker serve``, a PostgreSQL database with two, and
+a second PostgreSQL database with one more (both checkouts must share the migration head). A
+round runs every case on both sides, in an order that alternates between rounds: sequential
+publishes and publishes from 16 clients on SQLite, sequential publishes on PostgreSQL (one
+broker), and from 16 clients on PostgreSQL to one
+broker, to two on one database (request i to broker i mod 2) and, as a control, to two brokers on
+two databases: processes that share nothing, so what they cost beyond one broker is the load's
+split over two processes on the same cores, not work one adds for the other.
+
+Per case and side it prints the median over rounds of the rate, of the CPU the brokers used per
+publish (user and system time from /proc, summed over the brokers of the case: on a shared
+machine it drifts far less than the wall clock) and of the write transactions per publish (from
+the brokers' ``/metrics``), then the ratios the targets of issue 20 are stated in, paired round
+by round. A new connection per request, as ``bench.peer``. Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import argparse
 import asyncio
 import statistics
 import tempfile
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,52 +44,68 @@ from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
 
-CASES = ("sqlite sequential", "pg sequential", "pg 16 clients, 1 broker", "pg 16 clients, 2 brokers")
+# Each case: the brokers it publishes to (request i to the i mod n-th) and how many clients.
+CASES = {
+    "sqlite sequential": (("sqlite",), 1),
+    "sqlite 16 clients": (("sqlite",), 16),
+    "pg sequential": (("pg0",), 1),
+    "pg 16 clients, 1 broker": (("pg0",), 16),
+    "pg 16 clients, 2 brokers": (("pg0", "pg1"), 16),
+    "pg 16 clients, 2 brokers, 2 databases": (("pg0", "apart"), 16),
+}
+# Databases of a side and the brokers serving each.
+DATABASES = (("sqlite", ("sqlite",)), ("postgres", ("pg0", "pg1")), ("postgres", ("apart",)))
+
+
+@dataclass
+class Broker:
+    proc: Any
+    base: str
+    publisher: str  # tokens on its database
+    auditor: str
 
 
 class Side:
-    """One checkout's brokers: one on SQLite, two on one PostgreSQL database."""
+    """One checkout's brokers: one on SQLite, two on one PostgreSQL database and, as a control
+    (two processes that share nothing), one on a second PostgreSQL database."""
 
     def __init__(self, name: str, tree: Path, folder: Path) -> None:
         self.name, self.tree, self.folder = name, tree, folder
-        self.procs: dict[str, list[Any]] = {}
-        self.bases: dict[str, list[str]] = {}
-        self.tokens: dict[str, tuple[str, str]] = {}  # engine -> (publisher, auditor)
+        self.brokers: dict[str, Broker] = {}
 
     async def start(self, stack: AsyncExitStack) -> None:
-        for engine, count in (("sqlite", 1), ("postgres", 2)):
-            folder = self.folder / f"{self.name}-{engine}"
+        for engine, names in DATABASES:
+            folder = self.folder / f"{self.name}-{names[0]}"
             folder.mkdir()
             url = await stack.enter_async_context(fresh_database(engine, folder, f"ab_{self.name}"))
             env = broker_env(folder, url)
-            self.tokens[engine] = await _seed(env)
-            self.procs[engine], self.bases[engine] = [], []
-            for i in range(count):
-                proc, base = serve(self.tree, env, folder / f"broker-{i}.log")
+            publisher, auditor = await _seed(env)
+            for name in names:
+                proc, base = serve(self.tree, env, folder / f"{name}.log")
                 stack.callback(stop, proc)
-                self.procs[engine].append(proc)
-                self.bases[engine].append(base)
+                self.brokers[name] = Broker(proc, base, publisher, auditor)
 
-    def poster(self, engine: str, count: int) -> Any:
-        headers = {"Authorization": f"Bearer {self.tokens[engine][0]}"}
-        bases = self.bases[engine][:count]
+    def poster(self, names: Sequence[str]) -> Any:
+        targets = [self.brokers[name] for name in names]
 
         async def post(session: aiohttp.ClientSession, i: int) -> None:
-            async with session.post(f"{bases[i % count]}/v1/reports", json=BODY, headers=headers) as r:
+            broker = targets[i % len(targets)]
+            headers = {"Authorization": f"Bearer {broker.publisher}"}
+            async with session.post(f"{broker.base}/v1/reports", json=BODY, headers=headers) as r:
                 assert r.status == 201, await r.text()
 
         return post
 
-    def cpu(self, engine: str) -> float:
-        return sum(cpu_seconds(p.pid) for p in self.procs[engine])
+    def cpu(self, names: Sequence[str]) -> float:
+        return sum(cpu_seconds(self.brokers[name].proc.pid) for name in names)
 
-    async def transactions(self, engine: str) -> float:
+    async def transactions(self, names: Sequence[str]) -> float:
         """Write transactions so far (``broker_write_lock_seconds``' count), summed over brokers."""
         total = 0.0
-        headers = {"Authorization": f"Bearer {self.tokens[engine][1]}"}
         async with aiohttp.ClientSession() as session:
-            for base in self.bases[engine]:
-                async with session.get(f"{base}/metrics", headers=headers) as r:
+            for broker in (self.brokers[name] for name in names):
+                headers = {"Authorization": f"Bearer {broker.auditor}"}
+                async with session.get(f"{broker.base}/metrics", headers=headers) as r:
                     total += sum(float(v) for kind, v in HOLD.findall(await r.text()) if kind == "count")
         return total
 
@@ -102,15 +125,14 @@ async def _seed(env: dict[str, str]) -> tuple[str, str]:
 
 
 async def one_case(side: Side, case: str, seq: int, n: int) -> dict[str, float]:
-    engine = "sqlite" if case.startswith("sqlite") else "postgres"
-    count, clients = (2, 16) if "2 brokers" in case else (1, 16 if "16" in case else 1)
+    names, clients = CASES[case]
     total = n if clients > 1 else seq
-    transactions = await side.transactions(engine)
-    used = side.cpu(engine)
-    result = await load(total, clients, side.poster(engine, count))
-    cpu = side.cpu(engine) - used
+    transactions = await side.transactions(names)
+    used = side.cpu(names)
+    result = await load(total, clients, side.poster(names))
+    cpu = side.cpu(names) - used
     done = result["rate"] and total  # every request answered or the case timed out
-    xact = (await side.transactions(engine) - transactions) / done
+    xact = (await side.transactions(names) - transactions) / done
     return {"rate": result["rate"], "cpu_ms": cpu / done * 1000, "xact": xact}
 
 
@@ -118,8 +140,8 @@ async def rounds(
     sides: list[Side], n_rounds: int, seq: int, n: int
 ) -> dict[tuple[str, str], list[dict[str, float]]]:
     for side in sides:
-        for engine, count in (("sqlite", 1), ("postgres", 2)):
-            await load(WARMUP, 1, side.poster(engine, count))
+        for name in side.brokers:
+            await load(WARMUP, 1, side.poster([name]))
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     for i in range(n_rounds):
         order = sides if i % 2 == 0 else list(reversed(sides))
@@ -154,12 +176,17 @@ def report(results: dict[tuple[str, str], list[dict[str, float]]], names: list[s
                 f"| {case} | {name} | {rates} | {_spread([r['cpu_ms'] for r in runs], 2)} "
                 f"| {med(r['xact'] for r in runs):.2f} |"
             )
-    print("\n| side | PG/SQLite sequential rate | 2 brokers/1 broker CPU per publish |")
-    print("|---|---|---|")
+    print(
+        "\n| side | PG/SQLite sequential rate | 2 brokers/1 broker CPU per publish "
+        "| the same, 2 brokers on 2 databases |"
+    )
+    print("|---|---|---|---|")
     for name in names:
-        seq = _paired(results[(name, CASES[1])], results[(name, CASES[0])], "rate")
-        cpu = _paired(results[(name, CASES[3])], results[(name, CASES[2])], "cpu_ms")
-        print(f"| {name} | {seq} | {cpu} |")
+        seq = _paired(results[(name, "pg sequential")], results[(name, "sqlite sequential")], "rate")
+        one = results[(name, "pg 16 clients, 1 broker")]
+        cpu = _paired(results[(name, "pg 16 clients, 2 brokers")], one, "cpu_ms")
+        apart = _paired(results[(name, "pg 16 clients, 2 brokers, 2 databases")], one, "cpu_ms")
+        print(f"| {name} | {seq} | {cpu} | {apart} |")
     print("(ratios paired round by round: median and range)")
 
 
@@ -167,8 +194,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=100, help="sequential publishes per case and round")
-    parser.add_argument("--n", type=int, default=400, help="publishes from 16 clients per case and round")
+    parser.add_argument("--seq", type=int, default=200, help="sequential publishes per case and round")
+    parser.add_argument("--n", type=int, default=800, help="publishes from 16 clients per case and round")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
