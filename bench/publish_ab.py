@@ -9,9 +9,10 @@ a second PostgreSQL database with one more (both checkouts must share the migrat
 round runs every case on both sides, in an order that alternates between rounds: sequential
 publishes and publishes from 16 clients on SQLite, sequential publishes on PostgreSQL (one
 broker), and from 16 clients on PostgreSQL to one
-broker, to two on one database (request i to broker i mod 2) and, as a control, to two brokers on
-two databases: processes that share nothing, so what they cost beyond one broker is the load's
-split over two processes on the same cores, not work one adds for the other.
+broker, to two on one database (request i to broker i mod 2) and, as controls, to two brokers on
+two databases (processes that share nothing: what they cost beyond one broker is the load's
+split over two processes on the same cores, not work one adds for the other) and from 8 clients
+to one broker (the concurrency each of two brokers sees at 16).
 
 Per case and side it prints the median over rounds of the rate, of the CPU the brokers used per
 publish (user and system time from /proc, summed over the brokers of the case: on a shared
@@ -50,6 +51,7 @@ CASES = {
     "sqlite 16 clients": (("sqlite",), 16),
     "pg sequential": (("pg0",), 1),
     "pg 16 clients, 1 broker": (("pg0",), 16),
+    "pg 8 clients, 1 broker": (("pg0",), 8),
     "pg 16 clients, 2 brokers": (("pg0", "pg1"), 16),
     "pg 16 clients, 2 brokers, 2 databases": (("pg0", "apart"), 16),
 }
@@ -126,7 +128,7 @@ async def _seed(env: dict[str, str]) -> tuple[str, str]:
 
 async def one_case(side: Side, case: str, seq: int, n: int) -> dict[str, float]:
     names, clients = CASES[case]
-    total = n if clients > 1 else seq
+    total = n * clients // 16 if clients > 1 else seq
     transactions = await side.transactions(names)
     used = side.cpu(names)
     result = await load(total, clients, side.poster(names))
@@ -177,16 +179,22 @@ def report(results: dict[tuple[str, str], list[dict[str, float]]], names: list[s
                 f"| {med(r['xact'] for r in runs):.2f} |"
             )
     print(
-        "\n| side | PG/SQLite sequential rate | 2 brokers/1 broker CPU per publish "
-        "| the same, 2 brokers on 2 databases |"
+        "\n| side | PG/SQLite sequential rate | CPU per publish, 2 brokers / 1 broker "
+        "| the same, 2 brokers on 2 databases | the same, 1 broker at 8 clients |"
     )
-    print("|---|---|---|---|")
+    print("|---|---|---|---|---|")
     for name in names:
         seq = _paired(results[(name, "pg sequential")], results[(name, "sqlite sequential")], "rate")
         one = results[(name, "pg 16 clients, 1 broker")]
-        cpu = _paired(results[(name, "pg 16 clients, 2 brokers")], one, "cpu_ms")
-        apart = _paired(results[(name, "pg 16 clients, 2 brokers, 2 databases")], one, "cpu_ms")
-        print(f"| {name} | {seq} | {cpu} | {apart} |")
+        ratios = [
+            _paired(results[(name, case)], one, "cpu_ms")
+            for case in (
+                "pg 16 clients, 2 brokers",
+                "pg 16 clients, 2 brokers, 2 databases",
+                "pg 8 clients, 1 broker",
+            )
+        ]
+        print(f"| {name} | {seq} | {' | '.join(ratios)} |")
     print("(ratios paired round by round: median and range)")
 
 

@@ -4,9 +4,6 @@ Each caller waits until the transaction holding its act has committed, so an ans
 means "durably stored"; a burst of N concurrent acts costs about one transaction (one lock of
 the head, one fsync) instead of N. A caller alone pays nothing extra: its act commits at once.
 
-The batch is cut once the transaction holds the head lock (every act here appends to the log
-under it): what arrived while the transaction began and waited for the lock joins it.
-
 Every wait has a deadline (``Database.deadline``): a caller whose act is not committed in time
 gets 503 (an act not yet taken into a transaction is withdrawn; one in flight may still commit,
 as for a caller that went away, so a client retries with its idempotency key), and a flush that
@@ -65,20 +62,13 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let acts scheduled in this same tick join
-        if not self._pending:
+        batch = self._pending[: self._max_batch]
+        del self._pending[: len(batch)]
+        if not batch:
             return
-        batch: list[tuple[Item, asyncio.Future[Result]]] = []
-
-        def take() -> list[Item]:
-            batch.extend(self._pending[: self._max_batch])
-            del self._pending[: len(batch)]
-            return [item for item, _ in batch]
-
         try:
-            outcomes = await self._run(take)
+            outcomes = await self._run([item for item, _ in batch])
         except Exception as exc:
-            if not batch:  # failed before the batch was cut: every act waiting shares the failure
-                take()
             if len(batch) == 1 or isinstance(exc, Unavailable):
                 # The database is down or locked out: one attempt each would only fail slower.
                 for _, future in batch:
@@ -88,33 +78,23 @@ class GroupCommit(Generic[Item, Result]):
             # ago): give each its own transaction, so only that one fails.
             for item, future in batch:
                 try:
-                    _settle(future, (await self._run(_alone(item)))[0])
+                    _settle(future, (await self._run([item]))[0])
                 except Exception as single:
                     _settle(future, single)
             return
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             _settle(future, outcome)
 
-    async def _run(self, take: Callable[[], list[Item]]) -> list[Result | BrokerError]:
-        """One transaction: lock the head, then cut the batch with ``take`` and apply it. Cut
-        after the lock, the batch holds every act that arrived while the transaction began and
-        waited for the head (another process's commit holding it), not only those that were
-        waiting when it began."""
+    async def _run(self, items: list[Item]) -> list[Result | BrokerError]:
         try:
             with metrics.COMMIT_SECONDS.time():
                 async with asyncio.timeout(self._db.deadline), self._db.write_transaction() as tx:
-                    await tx.lock_head()
-                    items = take()
-                    outcomes = await self._apply(tx, items) if items else []
+                    outcomes = await self._apply(tx, items)
         except TimeoutError as exc:  # abandoned (rolled back by _ended), so the lock is free again
             raise Unavailable("the database did not commit in time") from exc
         self.transactions += 1
         self.acts += len(items)
         return outcomes
-
-
-def _alone(item: Item) -> Callable[[], list[Item]]:
-    return lambda: [item]
 
 
 def _settle(future: asyncio.Future[Result], outcome: Result | BaseException) -> None:
