@@ -139,7 +139,7 @@ async def one_case(side: Side, case: str, seq: int, n: int) -> dict[str, float]:
 
 
 async def rounds(
-    sides: list[Side], n_rounds: int, seq: int, n: int
+    sides: list[Side], cases: Sequence[str], n_rounds: int, seq: int, n: int
 ) -> dict[tuple[str, str], list[dict[str, float]]]:
     for side in sides:
         for name in side.brokers:
@@ -147,7 +147,7 @@ async def rounds(
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     for i in range(n_rounds):
         order = sides if i % 2 == 0 else list(reversed(sides))
-        for case in CASES:
+        for case in cases:
             for side in order:
                 results.setdefault((side.name, case), []).append(await one_case(side, case, seq, n))
         print(f"  round {i + 1} of {n_rounds} done", flush=True)
@@ -164,13 +164,15 @@ def _paired(above: list[dict[str, float]], below: list[dict[str, float]], key: s
     return _spread([a[key] / b[key] for a, b in zip(above, below, strict=True)], 2)
 
 
-def report(results: dict[tuple[str, str], list[dict[str, float]]], names: list[str]) -> None:
+def report(
+    results: dict[tuple[str, str], list[dict[str, float]]], names: list[str], cases: Sequence[str]
+) -> None:
     med = statistics.median
     print(
         "\n| case | side | publishes/s, median (range) | broker CPU ms/publish | write transactions/publish |"
     )
     print("|---|---|---|---|---|")
-    for case in CASES:
+    for case in cases:
         for name in names:
             runs = results[(name, case)]
             rates = _spread([r["rate"] for r in runs], 0)
@@ -178,23 +180,27 @@ def report(results: dict[tuple[str, str], list[dict[str, float]]], names: list[s
                 f"| {case} | {name} | {rates} | {_spread([r['cpu_ms'] for r in runs], 2)} "
                 f"| {med(r['xact'] for r in runs):.2f} |"
             )
-    print(
-        "\n| side | PG/SQLite sequential rate | CPU per publish, 2 brokers / 1 broker "
-        "| the same, 2 brokers on 2 databases | the same, 1 broker at 8 clients |"
-    )
-    print("|---|---|---|---|---|")
+    columns = ["PG/SQLite sequential rate"]
+    if "pg 16 clients, 1 broker" in cases:
+        columns += [
+            "CPU per publish, 2 brokers / 1 broker",
+            "the same, 2 brokers on 2 databases",
+            "the same, 1 broker at 8 clients",
+        ]
+    print(f"\n| side | {' | '.join(columns)} |")
+    print("|---" * (len(columns) + 1) + "|")
     for name in names:
         seq = _paired(results[(name, "pg sequential")], results[(name, "sqlite sequential")], "rate")
-        one = results[(name, "pg 16 clients, 1 broker")]
-        ratios = [
-            _paired(results[(name, case)], one, "cpu_ms")
+        ratios = [seq]
+        if (name, "pg 16 clients, 1 broker") in results:
+            one = results[(name, "pg 16 clients, 1 broker")]
             for case in (
                 "pg 16 clients, 2 brokers",
                 "pg 16 clients, 2 brokers, 2 databases",
                 "pg 8 clients, 1 broker",
-            )
-        ]
-        print(f"| {name} | {seq} | {' | '.join(ratios)} |")
+            ):
+                ratios.append(_paired(results[(name, case)], one, "cpu_ms"))
+        print(f"| {name} | {' | '.join(ratios)} |")
     print("(ratios paired round by round: median and range)")
 
 
@@ -203,6 +209,7 @@ async def main() -> None:
     parser.add_argument("--before", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seq", type=int, default=200, help="sequential publishes per case and round")
+    parser.add_argument("--sequential", action="store_true", help="only the two sequential cases")
     parser.add_argument("--n", type=int, default=800, help="publishes from 16 clients per case and round")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -211,8 +218,9 @@ async def main() -> None:
         async with AsyncExitStack() as stack:
             for side in sides:
                 await side.start(stack)
-            results = await rounds(sides, args.rounds, args.seq, args.n)
-        report(results, [s.name for s in sides])
+            cases = [c for c in CASES if "sequential" in c or not args.sequential]
+            results = await rounds(sides, cases, args.rounds, args.seq, args.n)
+        report(results, [s.name for s in sides], cases)
 
 
 if __name__ == "__main__":
