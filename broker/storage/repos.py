@@ -294,10 +294,6 @@ class Tx:
         head = await self.lock_head()
         return await self.run(body) if keys or ids or since is not None else PublishReads(head)
 
-    async def recent_publishes(self, *, nodes: Collection[str], since: datetime) -> dict[str, int]:
-        """How many reports each of ``nodes`` published after ``since`` (one statement)."""
-        return await self.run(lambda c: _recent(c, nodes, since))
-
     async def change_counter(self) -> int:
         return (await self.head_state())[1]
 
