@@ -73,10 +73,12 @@ class ReportMarks:
     ``report_seq`` (a publish stamps strictly after it, an import raises it to the imported
     report's time when that is later). So when a mark (T, S) has T <= ``since``, every report
     created after ``since`` has a sequence above S, and there are at most ``seq - S`` of them
-    for a head now at ``seq``. Marks are kept ``spacing`` apart, each window holding a few."""
+    for a head now at ``seq``. Marks are kept ``spacing`` apart, each window holding a few, and
+    at most ``MAX_MARKS``: losing the oldest only loosens a bound (then the count is made)."""
 
+    MAX_MARKS = 32
     spacing: timedelta
-    _marks: deque[tuple[datetime, int]] = field(default_factory=deque)
+    _marks: deque[tuple[datetime, int]] = field(default_factory=lambda: deque(maxlen=ReportMarks.MAX_MARKS))
 
     def note(self, created: datetime | None, seq: int) -> None:
         """Remember the head's (``created``, ``seq``), if it is ``spacing`` past the last mark."""

@@ -325,9 +325,9 @@ class _RateWindow:
     async def lock(self, tx: WriteTx, acts: Sequence[PublishAct]) -> PublishReads:
         """Lock the head and read what ``acts`` must be checked against, counts included."""
         head = await tx.lock_head()
-        self.marks.note(head.report_created, head.report_seq)
         since = self.since
         if since is not None:
+            self.marks.note(head.report_created, head.report_seq)
             bound = self.marks.bound(since, head.report_seq)
             if bound is not None and bound + len(acts) <= self.burst:
                 since = None  # no node can reach the limit: nothing to count

@@ -67,3 +67,11 @@ def test_marks_from_another_log_are_forgotten() -> None:
     assert marks.bound(_at(5), 60) == 10
     marks.note(None, 0)  # an empty log has no mark to give
     assert marks.bound(_at(5), 60) == 10
+
+
+def test_marks_are_bounded_in_number() -> None:
+    marks = ReportMarks(spacing=timedelta(seconds=1))
+    for n in range(10_000):
+        marks.note(_at(n), n)
+    assert marks.bound(_at(0), 10_000) is None  # the oldest went: no bound from it
+    assert marks.bound(_at(9_990), 10_000) == 10
