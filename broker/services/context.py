@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,7 @@ from broker.errors import BrokerError
 from broker.services import journal
 from broker.services.failures import AuthFailures
 from broker.services.groupcommit import GroupCommit
-from broker.services.limits import TokenBucket
+from broker.services.limits import ReportMarks, TokenBucket
 from broker.services.scanhints import ScanHints
 from broker.settings import Settings
 from broker.storage import keyringcheck
@@ -74,6 +74,8 @@ class Context:
     scan_hints: ScanHints = field(default_factory=ScanHints, repr=False)
     auth_failures: AuthFailures = field(init=False, repr=False)
     recalls: TokenBucket = field(init=False, repr=False)  # per-node recall limit
+    # What the head showed of the report log: spares the shared publish limit its count.
+    report_marks: ReportMarks = field(init=False, repr=False)
     # Publishes in flight share transactions (see services.reports._publisher).
     publishes: GroupCommit[PublishAct, ReportRecord] | None = field(default=None, repr=False)
     # Audit events of reads, listings and deliveries share group commits (services.audit.batcher).
@@ -92,6 +94,8 @@ class Context:
         self.recalls = TokenBucket(
             rate=self.settings.recall_rate_per_second, burst=self.settings.recall_burst
         )
+        window = self.settings.publish_burst / self.settings.publish_rate_per_second
+        self.report_marks = ReportMarks(spacing=timedelta(seconds=window / 8))
 
     @classmethod
     def open(cls, settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> Context:

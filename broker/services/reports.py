@@ -29,7 +29,7 @@ from broker.services.scanhints import ScanHint
 from broker.services.wire.decode import decode
 from broker.services.wire.requests import PublishRequest
 from broker.storage.federation import provenance_of
-from broker.storage.repos import WriteTx
+from broker.storage.repos import PublishReads, WriteTx
 
 # How often an act is decided again when the security state changed under it (services.audit
 # raises Stale) before the client is told to retry (503).
@@ -202,15 +202,8 @@ async def store_publishes(
     ctx: Context, tx: WriteTx, acts: Sequence[PublishAct]
 ) -> list[ReportRecord | BrokerError]:
     """Store ``acts`` (the earlier receipt for a repeat) with their audit events, in ``tx``."""
-    now = ctx.now()
-    limits = _RateWindow(ctx, now)
-    reads = await tx.lock_head_for_publish(
-        keys={(a.node.id, a.idempotency_key) for a in acts if a.idempotency_key is not None},
-        ids={_stored_id(a.node, a.sub) for a in acts if a.sub.report_id is not None},
-        nodes={a.node.id for a in acts},
-        since=limits.since,
-        limit=limits.burst,
-    )
+    limits = _RateWindow(ctx, ctx.now())
+    reads = await limits.lock(tx, acts)
     head = reads.head
     now = ctx.now()  # read once the order is fixed: the lock is held to the commit
     stamp = head.report_created
@@ -220,7 +213,6 @@ async def store_publishes(
         checked = [await _current_act(ctx, tx, act, head.change_counter) for act in acts]
     seq = head.report_seq
     batch = _Batch(by_key=dict(reads.by_key), by_id=dict(reads.by_id))
-    limits.counts = dict(reads.recent)
     outcomes: list[ReportRecord | BrokerError] = []
     new: list[tuple[ReportRecord, str | None]] = []
     attached: list[tuple[Attachment, ReportRecord]] = []
@@ -289,14 +281,37 @@ class _RateWindow:
     most ``publish_burst`` reports in any ``publish_burst / publish_rate_per_second`` seconds,
     counted in the database under the head lock (so instances cannot each grant the full rate).
     A SQLite file is served by one broker, whose own token bucket (web.handlers) is the limit:
-    there ``since`` is None and nothing is counted."""
+    there ``since`` is None and nothing is counted.
+
+    The count is a statement of its own after the lock (a round trip), and it is skipped when
+    the head shows that no node can reach the limit: fewer reports in the whole log since the
+    window began (bounded by ``ctx.report_marks``) than the burst leaves room for this batch."""
 
     def __init__(self, ctx: Context, now: datetime) -> None:
         settings = ctx.settings
         self.burst = settings.publish_burst
         window = timedelta(seconds=settings.publish_burst / settings.publish_rate_per_second)
         self.since: datetime | None = now - window if ctx.db.shared else None
+        self.marks = ctx.report_marks
         self.counts: dict[str, int] = {}  # reports per node in the window, as read under the lock
+
+    async def lock(self, tx: WriteTx, acts: Sequence[PublishAct]) -> PublishReads:
+        """Lock the head and read what ``acts`` must be checked against, counts included."""
+        head = await tx.lock_head()
+        since = self.since
+        if since is not None:
+            self.marks.note(head.report_created, head.report_seq)
+            bound = self.marks.bound(since, head.report_seq)
+            if bound is not None and bound + len(acts) <= self.burst:
+                since = None  # no node can reach the limit: nothing to count
+        reads = await tx.publish_reads(
+            keys={(a.node.id, a.idempotency_key) for a in acts if a.idempotency_key is not None},
+            ids={_stored_id(a.node, a.sub) for a in acts if a.sub.report_id is not None},
+            nodes={a.node.id for a in acts},
+            since=since,
+        )
+        self.counts = dict(reads.recent)
+        return reads
 
     def exhausted(self, node: str) -> bool:
         """True when ``node`` may not publish one more report now; else count it."""

@@ -34,7 +34,7 @@ from broker.storage.statements import report_of as report_of
 
 @dataclass
 class PublishReads:
-    """What ``Tx.lock_head_for_publish`` read under the head lock."""
+    """What ``Tx.publish_reads`` read under the head lock."""
 
     head: Head
     by_key: dict[tuple[str, str], ReportRecord] = field(default_factory=dict)
@@ -48,53 +48,47 @@ class Tx(ReportQueries, DirectoryQueries, CursorQueries, AuditQueries):
     # -- the head row: sequence numbers, audit chain head, change counter ----------------
     async def lock_head(self) -> Head:
         """Lock the head row until commit (on SQLite, BEGIN IMMEDIATE already serialised the
-        writers) and return it."""
-        row = await self._first(st.LOCK_HEAD)
-        if self.locked_at is None:
-            self.locked_at = time.perf_counter()
-        return st.head_of(row)
+        writers) and return it. Locked once: later calls answer the head as this transaction
+        has it (``save_head`` included) without a trip."""
+        if self._head is None:
+            self._head = st.head_of(await self._first(st.LOCK_HEAD))
+            if self.locked_at is None:
+                self.locked_at = time.perf_counter()
+        return self._head
 
-    async def lock_head_for_publish(
+    async def publish_reads(
         self,
         *,
         keys: Collection[tuple[str, str]],
         ids: Collection[str],
         nodes: Collection[str],
         since: datetime | None,
-        limit: int | None = None,
     ) -> PublishReads:
-        """``lock_head``, and in the same trip, under the lock, what a batch of publishes must
-        check: the reports already stored under these (node, idempotency key) pairs and ids, and
-        (``since`` given) how many reports each node published after ``since``. One trip to take
-        the lock and read, one for the writes and the commit: the lock is held for two.
+        """``lock_head``, then, under the lock, what a batch of publishes must check: the
+        reports already stored under these (node, idempotency key) pairs and ids (one statement),
+        and (``since`` given) how many reports each node published after ``since`` (another).
+        No trip beyond the lock's when there is nothing to read.
 
-        ``limit`` is unused (the caller compares the counts itself); it is still accepted only
-        because services/reports.py passes it, and goes when that argument does."""
+        The reads are statements of their own, after the lock was granted: a statement's
+        snapshot is taken before it waits for the lock, so a read inside the locking statement
+        would miss what the transactions queued ahead committed."""
 
         def body(c: Connection) -> PublishReads:
-            found = PublishReads(st.head_of(c.execute(st.LOCK_HEAD).first()))
-            # Everything below is read by statements of its own, after the lock was granted: a
-            # statement's snapshot is taken before it waits for the lock, so a count inside the
-            # locking statement would miss what the transactions queued ahead committed.
-            for node, key in keys:
-                row = c.execute(st.REPORT_BY_KEY, {"node": node, "key": key}).first()
-                if row is not None:
-                    found.by_key[(node, key)] = st.report_of(row)
-            for report_id in ids:
-                row = c.execute(st.REPORT_BY_ID, {"id": report_id}).first()
-                if row is not None:
-                    found.by_id[report_id] = st.report_of(row)
+            found = PublishReads(head)
+            if keys or ids:
+                wanted = {"keys": sorted(keys), "ids": sorted(ids)}
+                for row in c.execute(st.REPORTS_BY_KEYS_OR_IDS, wanted):
+                    report = st.report_of(row)
+                    if report.id in ids:
+                        found.by_id[report.id] = report
+                    if (report.originator_node, row.idempotency_key) in keys:
+                        found.by_key[(report.originator_node, row.idempotency_key)] = report
             if since is not None:
-                for node in nodes:
-                    found.recent[node] = int(
-                        c.execute(st.RECENT_BY_NODE, {"node": node, "since": since}).scalar_one()
-                    )
+                found.recent = _recent(c, nodes, since)
             return found
 
-        found = await self.run(body)
-        if self.locked_at is None:
-            self.locked_at = time.perf_counter()
-        return found
+        head = await self.lock_head()
+        return await self.run(body) if keys or ids or since is not None else PublishReads(head)
 
     async def change_counter(self) -> int:
         return (await self.head_state())[1]
@@ -112,6 +106,12 @@ class Tx(ReportQueries, DirectoryQueries, CursorQueries, AuditQueries):
 
     async def save_head(self, head: Head) -> None:
         self._queue(st.SAVE_HEAD, st.head_values(head))
+        self._head = head
+
+
+def _recent(connection: Connection, nodes: Collection[str], since: datetime) -> dict[str, int]:
+    rows = connection.execute(st.RECENT_BY_NODES, {"nodes": sorted(nodes), "since": since})
+    return dict.fromkeys(nodes, 0) | {str(node): int(n) for node, n in rows}
 
 
 # What a group-committed act may do in its transaction: one implementation serves every engine.

@@ -16,7 +16,9 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    or_,
     select,
+    tuple_,
     update,
 )
 
@@ -77,16 +79,26 @@ CHANGE_CHANNEL = "alliance_broker_change"
 NOTIFY = select(func.pg_notify(CHANGE_CHANNEL, literal_column("''")))
 NODE_BY_ID = select(NODES).where(NODES.c.id == bindparam("id"))
 NODE_BY_TOKEN = select(NODES).where(NODES.c.token_hash == bindparam("token_hash"))
-# Reports a node published since a moment (index ix_reports_originator_created): the publish
+# Reports each node published since a moment (index ix_reports_originator_created): the publish
 # rate limit that holds across broker processes, counted under the head lock.
-RECENT_BY_NODE = (
-    select(func.count().label("n"))
-    .select_from(REPORTS)
+RECENT_BY_NODES = (
+    select(REPORTS.c.originator_node, func.count().label("n"))
     .where(
-        REPORTS.c.originator_node == bindparam("node"),
+        REPORTS.c.originator_node.in_(bindparam("nodes", expanding=True)),
         REPORTS.c.created_at > bindparam("since", type_=REPORTS.c.created_at.type),
     )
+    .group_by(REPORTS.c.originator_node)
 )
+
+
+# The reports stored under any of some (originator node, idempotency key) pairs or ids.
+REPORTS_BY_KEYS_OR_IDS = select(REPORTS).where(
+    or_(
+        tuple_(REPORTS.c.originator_node, REPORTS.c.idempotency_key).in_(bindparam("keys", expanding=True)),
+        REPORTS.c.id.in_(bindparam("ids", expanding=True)),
+    )
+)
+
 ALLIANCES = select(ALLIANCE_TABLE)
 MEMBERSHIPS = select(MEMBERSHIP_TABLE).order_by(MEMBERSHIP_TABLE.c.id)
 CURSOR = select(CURSORS.c.sequence).where(

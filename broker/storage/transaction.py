@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Executable
 from sqlalchemy.engine import Connection
 
+from broker.domain.records import Head
 from broker.storage import statements as st
 from broker.storage.combined import Write, flush
 
@@ -42,6 +43,7 @@ class TxBase:
         # lock, taken by ``lock_head``; on SQLite the database's write lock, set by ``Database``.
         self.locked_at: float | None = None
         self._committed: list[Callable[[], None]] = []
+        self._head: Head | None = None  # as locked, then as saved (storage.repos.Tx.lock_head)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once this transaction has committed (never if it does not)."""
