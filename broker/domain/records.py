@@ -127,6 +127,14 @@ class ReportRecord:
     ciphertext: bytes | None = None
     wrapped_key: bytes | None = None
     kek_id: str | None = None
+    added_at: datetime | None = None
+
+    @property
+    def added(self) -> datetime:
+        """When this broker stored the report, following its sequence (TAXII's date_added): its
+        ``created`` when published here; an import's own stamp, since the imported ``created``
+        (covered by the origin's attestation) may be older than reports stored before it."""
+        return self.created_at if self.added_at is None else self.added_at
 
     def facts(self) -> ReportFacts:
         return ReportFacts(
@@ -171,7 +179,7 @@ class Head:
     # Recalls and erasures: they change one report each, so they make stale only the decisions
     # that allowed that report (services.audit), where ``change_counter`` makes all stale.
     report_changes: int = 0
-    # The last report's ``created`` (None before the first): a report's stamp never goes below it.
+    # The last report's stamp, its ``added`` (None before the first): the next is never below it.
     report_created: datetime | None = None
 
 

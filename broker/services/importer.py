@@ -29,7 +29,7 @@ from broker.domain.time import parse_time
 from broker.errors import BrokerError
 from broker.services import journal
 from broker.services.context import Context
-from broker.services.reports import index_rows
+from broker.services.reports import index_rows, stamp_after
 from broker.storage import federation as store
 from broker.storage.repos import WriteTx
 
@@ -146,12 +146,12 @@ async def _store(
     await _originator(tx, peer, origin["node"], origin["nation"], chain.originator_key, now=now)
     created = parse_time(report["created"], name="created")
     assert created is not None
-    record = _record(ctx, peer, frame, seq=head.report_seq + 1, created=created)
+    added = stamp_after(head.report_created, now)  # the created it attested may be older
+    record = replace(_record(ctx, peer, frame, seq=head.report_seq + 1, created=created), added_at=added)
     await tx.insert_reports([(record, None)])
     await tx.insert_objects(index_rows(ctx, record, report["payload"]))
     draft = _imported_draft(peer, record, chain)
-    stamp = created if head.report_created is None or created > head.report_created else head.report_created
-    head = replace(head, report_seq=record.seq, report_created=stamp)
+    head = replace(head, report_seq=record.seq, report_created=added)
     events, _nodes, _head = journal.chain(head, [draft], now=now)
     own = {"broker": ctx.settings.audit_origin, "sequence": record.seq, "event_hash": events[0].hash}
     path = tuple({"broker": h.broker, "sequence": h.sequence, "event_hash": h.event_hash} for h in chain.hops)

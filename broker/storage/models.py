@@ -110,7 +110,7 @@ class ReportRow(Base):
         # A node's recent reports (publish rate limits shared by every broker instance).
         Index("ix_reports_originator_created", "originator_node", "created_at"),
         # Where a TAXII ``added_after`` starts (storage/collections.py).
-        Index("ix_reports_created", "created_at"),
+        Index("ix_reports_added", "added_at"),
         # Which reports a stream must send recall notices for (services/deliver.py).
         Index("ix_reports_recalled_at", "recalled_at"),
         Index("ix_reports_erased_at", "erased_at"),
@@ -123,6 +123,9 @@ class ReportRow(Base):
     label_hash: Mapped[str] = mapped_column(String(64))
     topics: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # When this broker stored it, never below an earlier report's (= created_at unless imported).
+    # Always written; nullable only so that migration 0015 needs no table rebuild on SQLite.
+    added_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     payload_sha256: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str | None] = mapped_column(Text, nullable=True)
     recalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -147,6 +147,7 @@ def report_rows(
             "label_hash": r.label_hash,
             "topics": list(r.topics),
             "created_at": r.created_at,
+            "added_at": r.added,
             "payload_sha256": r.payload_sha256,
             "signature": r.signature,
             "ciphertext": r.ciphertext,
@@ -243,6 +244,7 @@ def report_of(row: Any) -> ReportRecord:
         ciphertext=row.ciphertext,
         wrapped_key=row.wrapped_key,
         kek_id=row.kek_id,
+        added_at=row.added_at,
     )
 
 

@@ -98,6 +98,7 @@ def report_frame(
     label: dict[str, Any],
     payload: dict[str, Any] | None = None,
     report_id: str | None = None,
+    created: str = CREATED,
 ) -> dict[str, Any]:
     """A well-formed frame as an origin broker sends it: A0 over the report's facts."""
     payload = payload or {
@@ -112,7 +113,7 @@ def report_frame(
         "originator": {"node": originator.node, "nation": originator.nation},
         "label": label,
         "topics": ["ransomware"],
-        "created": CREATED,
+        "created": created,
         "signature": signing.sign(private_key=originator.key, message=message),
         "payload": payload,
     }
@@ -122,7 +123,7 @@ def report_frame(
         originator_nation=originator.nation,
         label_json=label_json,
         topics=report["topics"],
-        created=CREATED,
+        created=created,
         payload=payload,
         signature=report["signature"],
     )
