@@ -196,6 +196,27 @@ class StreamDouble:
             await self._runner.cleanup()
 
 
+async def import_frames(
+    ctx: Context, folder: Path, frames: list[dict[str, Any]], *, vkey: str, name: str = "usa"
+) -> None:
+    """Peer ``name`` (pinned to ``vkey``) at ``ctx``'s broker, fed ``frames`` by a double until
+    the last is acked; the peer is removed again."""
+    found = make_pki(folder)
+    double = StreamDouble(found)
+    double.frames = frames
+    url = await double.start()
+    cert, key = found.client("nato-link")
+    spec = {"name": name, "url": url, "ca": found.ca.read_text(), "cert": cert.read_text()}
+    try:
+        await peers.add_peer(
+            ctx, {**spec, "key": key.read_text(), "origins": ["USA"], "broker_key": vkey}, actor="test"
+        )
+        await double.wait_acked(frames[-1]["report"]["sequence"])
+    finally:
+        await double.stop()
+        await peers.remove_peer(ctx, name, actor="test")
+
+
 # -- brokers as processes ------------------------------------------------------------------
 
 

@@ -8,36 +8,14 @@ broker would (tests/integration/federation.py), so the test chooses each report'
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
-from broker.services import peers
 from tests.integration.conftest import Api
-from tests.integration.federation import Originator, StreamDouble, Upstream, make_pki, report_frame
+from tests.integration.federation import Originator, Upstream, import_frames, report_frame
 from tests.integration.test_taxii import bundle, collection_id, indicator, raw
 
 NATO = {"classification": "SECRET", "releasable_to": ["NATO"], "caveats": []}
 UPSTREAM = Upstream("usa.example/broker")
-
-
-async def import_frames(api: Api, tmp_path: Path, frames: list[dict[str, Any]], *, name: str = "usa") -> None:
-    """Peer ``name`` at ``api``'s broker, fed ``frames`` by a double until the last is acked."""
-    found = make_pki(tmp_path)
-    double = StreamDouble(found)
-    double.frames = frames
-    url = await double.start()
-    cert, key = found.client("nato-link")
-    spec = {"name": name, "url": url, "ca": found.ca.read_text(), "cert": cert.read_text()}
-    try:
-        await peers.add_peer(
-            api.ctx,
-            {**spec, "key": key.read_text(), "origins": ["USA"], "broker_key": UPSTREAM.vkey},
-            actor="test",
-        )
-        await double.wait_acked(frames[-1]["report"]["sequence"])
-    finally:
-        await double.stop()
-        await peers.remove_peer(api.ctx, name, actor="test")
 
 
 async def _objects(api: Api, token: str, cid: str, query: str) -> tuple[list[str], str | None]:
@@ -67,10 +45,10 @@ async def test_a_taxii_poller_resuming_by_added_after_sees_an_import_older_than_
     older = report_frame(
         UPSTREAM, usa, sequence=2, label=NATO, payload=bundle(second), created="2026-11-25T11:00:00+00:00"
     )
-    await import_frames(api, tmp_path, [newer])
+    await import_frames(api.ctx, tmp_path, [newer], vkey=UPSTREAM.vkey)
     seen, last = await _objects(api, fra, cid, "")
     assert seen == [first["id"]] and last is not None
-    await import_frames(api, tmp_path / "again", [newer, older], name="usa-again")
+    await import_frames(api.ctx, tmp_path / "again", [newer, older], vkey=UPSTREAM.vkey, name="usa-again")
 
     resumed, after = await _objects(api, fra, cid, f"?added_after={quote(last)}")
     assert resumed == [second["id"]]
