@@ -68,6 +68,9 @@ class NodeRecord:
     # A federation link's audience (nations and alliance ids) and the origins it may carry.
     audience: tuple[str, ...] = ()
     origins: tuple[str, ...] = ()
+    # Another broker's originator, stored for the reports imported from it (the peer it came
+    # from): it holds the attested key and nothing else, and never authenticates.
+    foreign_peer: str | None = None
     # The database's change counter when this record was read (-1: unknown). Every change to a
     # node bumps the counter, so an act whose transaction still reads this value may trust the
     # record; any other value means "read it again" (services.auth.recheck).
@@ -105,6 +108,8 @@ class NodeRecord:
             "token_expires": None if self.token_expires_at is None else self.token_expires_at.isoformat(),
             "audience": list(self.audience),
             "origins": list(self.origins),
+            "foreign": self.foreign_peer is not None,
+            "peer": self.foreign_peer,
         }
 
 

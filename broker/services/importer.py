@@ -126,7 +126,7 @@ async def _conflict(tx: WriteTx, frame: Frame) -> str | None:
     if await tx.report(frame.report["id"]) is not None:
         return fed.DUPLICATE
     node = await tx.node(frame.report["originator"]["node"])
-    if node is not None and not await store.is_foreign(tx, node.id):
+    if node is not None and node.foreign_peer is None:
         return fed.ORIGINATOR_CONFLICT
     return None
 
@@ -231,8 +231,9 @@ def _lag(now: datetime, created: datetime) -> float:
 async def _originator(
     tx: WriteTx, peer: PeerRecord, node_id: str, nation: str, key: str | None, *, now: datetime
 ) -> None:
-    """The node row standing for another broker's originator: no role, a token nobody holds,
-    the Ed25519 key the origin broker attested (so local nodes' SDKs verify the signature)."""
+    """The node row standing for another broker's originator, marked foreign (it never
+    authenticates): no role, a token nobody holds, the Ed25519 key the origin broker attested
+    (so local nodes' SDKs verify the signature)."""
     existing = await tx.node(node_id)
     if existing is None:
         node = NodeRecord(
@@ -244,9 +245,9 @@ async def _originator(
             token_hash=hash_token(secrets.token_urlsafe(32)),
             created_at=now,
             ed25519_public_key=key,
+            foreign_peer=peer.name,
         )
         await tx.insert_node(node)
-        await store.mark_foreign(tx, node_id, peer=peer.name)
     elif key is not None and existing.ed25519_public_key != key:
         await tx.update_node(replace(existing, ed25519_public_key=key))
 

@@ -98,6 +98,9 @@ class NodeRow(Base):
     # A federation link's audience (nations, alliance ids) and the originator nations it carries.
     audience: Mapped[list[str]] = mapped_column(JSON, server_default="[]")
     origins: Mapped[list[str]] = mapped_column(JSON, server_default="[]")
+    # Set on the row standing for another broker's originator (imported reports reference it):
+    # the peer it was first imported from. Such a node never authenticates (services/auth.py).
+    foreign_peer: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ReportRow(Base):
@@ -327,11 +330,3 @@ class ReportProvenanceRow(Base):
     attestations: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     origin_signer: Mapped[str] = mapped_column(String(300))
     recall: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
-
-
-class ForeignOriginatorRow(Base):
-    """A node row that stands for another broker's originator (no role, no credential)."""
-
-    __tablename__ = "foreign_originators"
-    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
-    peer: Mapped[str] = mapped_column(String(64))

@@ -201,6 +201,7 @@ def node_values(node: NodeRecord) -> dict[str, Any]:
         "created_at": node.created_at,
         "audience": list(node.audience),
         "origins": list(node.origins),
+        "foreign_peer": node.foreign_peer,
     }
 
 
@@ -221,6 +222,7 @@ def node_of(row: Any) -> NodeRecord:
         token_expires_at=row.token_expires_at,
         audience=tuple(row.audience or ()),
         origins=tuple(row.origins or ()),
+        foreign_peer=row.foreign_peer,
     )
 
 

@@ -7,9 +7,19 @@ broker would (tests/integration/federation.py), so the test chooses each report'
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from urllib.parse import quote
 
+import aiohttp
+from alembic import command
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from broker.crypto.tokens import hash_token, new_token
+from broker.services import admin
+from broker.storage import db
+from tests.integration import test_federation_send as send
 from tests.integration.conftest import Api
 from tests.integration.federation import Originator, Upstream, import_frames, report_frame
 from tests.integration.test_taxii import bundle, collection_id, indicator, raw
@@ -60,3 +70,61 @@ async def test_a_taxii_poller_resuming_by_added_after_sees_an_import_older_than_
     for frame in (newer, older):  # the report itself keeps what its origin attested
         status, doc = await api.get(f"/v1/reports/{frame['report']['id']}", fra)
         assert status == 200 and doc["created"].startswith(frame["report"]["created"][:19])
+
+
+sender = send.sender  # a broker serving TLS with client certificates (test_federation_send)
+
+
+async def test_a_foreign_originator_is_shown_foreign_and_never_authenticates(
+    sender: send.Sender, tmp_path: Path
+) -> None:
+    """The originator of an imported report is stored for its attested key. Admins see it as
+    another broker's (``foreign``, the peer it came from); a certificate that names it, from a
+    CA this broker trusts, is refused, and so is a token: none can be given to it either."""
+    frame = report_frame(UPSTREAM, Originator("usa-analyst", "USA"), sequence=1, label=NATO)
+    await import_frames(sender.ctx, tmp_path / "peer", [frame], vkey=UPSTREAM.vkey)
+    spec = {"id": "ops", "nation": "BEL", "clearance": "SECRET", "roles": ["admin"]}
+    ops = {"Authorization": f"Bearer {(await admin.add_node(sender.ctx, spec, actor='test'))['token']}"}
+    trust = ssl.create_default_context(cafile=str(sender.pki_dir / "ca.pem"))
+    report = f"{sender.base}/v1/reports/{frame['report']['id']}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{sender.base}/v1/admin/nodes", headers=ops, ssl=trust) as resp:
+            listed = {n["id"]: n for n in (await resp.json())["nodes"]}
+        assert listed["usa-analyst"]["foreign"] is True and listed["usa-analyst"]["peer"] == "usa"
+        assert listed["usa-analyst"]["roles"] == [] and listed["ops"]["foreign"] is False
+        async with session.get(report, ssl=sender.tls("usa-analyst")) as resp:
+            assert resp.status == 401 and "foreign_originator" in (await resp.json())["detail"]
+        for method, path, payload in (
+            ("POST", "/rotate-token", None),
+            ("PATCH", "", {"roles": ["subscribe"]}),
+        ):
+            url = f"{sender.base}/v1/admin/nodes/usa-analyst{path}"
+            async with session.request(method, url, headers=ops, json=payload, ssl=trust) as resp:
+                assert resp.status == 409 and (await resp.json())["type"].endswith(":foreign_originator")
+        token = new_token()  # as if a token reached its row some other way: still refused
+        async with sender.ctx.db.transaction() as tx:
+            assert await tx.set_token_hash("usa-analyst", hash_token(token))
+        bearer = {"Authorization": f"Bearer {token}"}
+        async with session.get(report, headers=bearer, ssl=trust) as resp:
+            assert resp.status == 401 and "foreign_originator" in (await resp.json())["detail"]
+
+
+async def test_migration_0016_keeps_foreign_originators_foreign(api: Api, tmp_path: Path) -> None:
+    """0014 listed foreign originators in a table of their own; 0016 moves the mark onto the
+    node row and back again on downgrade."""
+    frame = report_frame(UPSTREAM, Originator("usa-analyst", "USA"), sequence=1, label=NATO)
+    await import_frames(api.ctx, tmp_path, [frame], vkey=UPSTREAM.vkey)
+
+    def downgrade(connection: Connection) -> None:
+        cfg = db.alembic_config()
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, "0015")
+
+    async with api.ctx.db.engine.begin() as connection:
+        await connection.run_sync(downgrade)
+        held = (await connection.execute(text("SELECT node_id, peer FROM foreign_originators"))).all()
+    assert [tuple(row) for row in held] == [("usa-analyst", "usa")]
+    await db.upgrade(api.ctx.db.engine)
+    assert await db.schema_drift(api.ctx.db.engine) == []
+    listed = {n["id"]: n for n in await admin.list_nodes(api.ctx)}
+    assert (listed["usa-analyst"]["foreign"], listed["usa-analyst"]["peer"]) == (True, "usa")
