@@ -198,9 +198,9 @@ class StreamDouble:
 
 async def import_frames(
     ctx: Context, folder: Path, frames: list[dict[str, Any]], *, vkey: str, name: str = "usa"
-) -> None:
+) -> list[int]:
     """Peer ``name`` (pinned to ``vkey``) at ``ctx``'s broker, fed ``frames`` by a double until
-    the last is acked; the peer is removed again."""
+    the last is acked; the peer is removed again. The acks the double received."""
     found = make_pki(folder)
     double = StreamDouble(found)
     double.frames = frames
@@ -212,6 +212,7 @@ async def import_frames(
             ctx, {**spec, "key": key.read_text(), "origins": ["USA"], "broker_key": vkey}, actor="test"
         )
         await double.wait_acked(frames[-1]["report"]["sequence"])
+        return list(double.acks)
     finally:
         await double.stop()
         await peers.remove_peer(ctx, name, actor="test")

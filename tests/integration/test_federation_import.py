@@ -7,6 +7,7 @@ broker would (tests/integration/federation.py), so the test chooses each report'
 
 from __future__ import annotations
 
+import json
 import ssl
 from pathlib import Path
 from urllib.parse import quote
@@ -17,11 +18,16 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from broker.crypto.tokens import hash_token, new_token
-from broker.services import admin
+from broker.services import admin, ledger
 from broker.storage import db
 from tests.integration import test_federation_send as send
 from tests.integration.conftest import Api
-from tests.integration.federation import Originator, Upstream, import_frames, report_frame
+from tests.integration.federation import (
+    Originator,
+    Upstream,
+    import_frames,
+    report_frame,
+)
 from tests.integration.test_taxii import bundle, collection_id, indicator, raw
 
 NATO = {"classification": "SECRET", "releasable_to": ["NATO"], "caveats": []}
@@ -128,3 +134,27 @@ async def test_migration_0016_keeps_foreign_originators_foreign(api: Api, tmp_pa
     assert await db.schema_drift(api.ctx.db.engine) == []
     listed = {n["id"]: n for n in await admin.list_nodes(api.ctx)}
     assert (listed["usa-analyst"]["foreign"], listed["usa-analyst"]["peer"]) == (True, "usa")
+
+
+async def test_frames_received_together_are_imported_together_each_decided_alone(
+    api: Api, tmp_path: Path
+) -> None:
+    """A burst from the upstream is imported in a few transactions, each acked once committed
+    (so far fewer acks than frames), and every frame still gets its own decision and event: a
+    replay inside the burst is a duplicate, a label widened after attestation is refused."""
+    usa = Originator("usa-analyst", "USA")
+    frames = [report_frame(UPSTREAM, usa, sequence=n, label=NATO) for n in range(1, 33)]
+    replay = {**frames[3], "report": {**frames[3]["report"], "sequence": 33}}
+    widened = report_frame(UPSTREAM, usa, sequence=34, label={**NATO, "releasable_to": ["USA"]})
+    widened["report"]["label"] = NATO
+    widened["federation"]["label_json"] = json.dumps(NATO)
+    acks = await import_frames(api.ctx, tmp_path, [*frames, replay, widened], vkey=UPSTREAM.vkey)
+    assert acks == sorted(acks) and len(acks) <= 8, acks
+    async with api.ctx.db.read_transaction() as tx:
+        imports = [ledger.event_json(e) for e in await tx.events(limit=100, action="import")]
+    assert [(e["details"]["upstream_sequence"], e["reason"]) for e in imports] == [
+        *((n, "imported") for n in range(1, 33)),
+        (33, "duplicate"),
+        (34, "attestation_mismatch"),
+    ]
+    assert len({e["time"] for e in imports}) <= len(acks)  # one audit group per transaction
