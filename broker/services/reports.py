@@ -343,6 +343,7 @@ def build_report(
         label_hash=sha256_hex(sub.canonical_label),
         topics=sub.topics,
         created_at=now,
+        added_at=now,  # published here: added when created
         payload_sha256=sha256_hex(sub.canonical_payload),
         signature=sub.signature,
         request_hash=sub.request_hash,
