@@ -1,5 +1,6 @@
-"""One puller per peer: the upstream's ``GET /v1/stream`` over the link's mutual TLS, each frame
-imported (services/importer.py) and then acked upstream.
+"""One puller per peer: the upstream's ``GET /v1/stream`` over the link's mutual TLS, the frames
+imported (services/importer.py; those received together in one transaction) and then acked
+upstream.
 
 ``Links.run`` (a supervised loop of ``broker serve``) reads the peers table every
 ``PEER_SCAN_SECONDS`` and starts or stops pullers as peers are added or removed, by this process
