@@ -147,6 +147,8 @@ def key_of(text: str) -> tuple[str | None, bytes]:
 
 
 def _key(text: str) -> tuple[str | None, bytes]:
+    if (found := _raw_key(text)) is not None:  # base64 has '+' too: a raw key may hold two
+        return None, found
     if text.count("+") >= 2:
         name, key_id, encoded = text.split("+", 2)
         raw = base64.b64decode(encoded, validate=True)
@@ -157,6 +159,16 @@ def _key(text: str) -> tuple[str | None, bytes]:
     if not notes.valid_public_key(raw):
         raise ValueError("not an Ed25519 public key")
     return None, raw
+
+
+def _raw_key(text: str) -> bytes | None:
+    """``text`` as a raw Ed25519 public key in base64 (44 characters), or None. A vkey never
+    decodes to 32 bytes (it is at least 55 characters), so trying this first is unambiguous."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    return raw if len(raw) == 32 and notes.valid_public_key(raw) else None
 
 
 def as_json(result: Trace) -> dict[str, Any]:

@@ -68,6 +68,9 @@ class NodeRecord:
     # A federation link's audience (nations and alliance ids) and the origins it may carry.
     audience: tuple[str, ...] = ()
     origins: tuple[str, ...] = ()
+    # Another broker's originator, stored for the reports imported from it (the peer it came
+    # from): it holds the attested key and nothing else, and never authenticates.
+    foreign_peer: str | None = None
     # The database's change counter when this record was read (-1: unknown). Every change to a
     # node bumps the counter, so an act whose transaction still reads this value may trust the
     # record; any other value means "read it again" (services.auth.recheck).
@@ -105,6 +108,8 @@ class NodeRecord:
             "token_expires": None if self.token_expires_at is None else self.token_expires_at.isoformat(),
             "audience": list(self.audience),
             "origins": list(self.origins),
+            "foreign": self.foreign_peer is not None,
+            "peer": self.foreign_peer,
         }
 
 
@@ -127,6 +132,14 @@ class ReportRecord:
     ciphertext: bytes | None = None
     wrapped_key: bytes | None = None
     kek_id: str | None = None
+    added_at: datetime | None = None
+
+    @property
+    def added(self) -> datetime:
+        """When this broker stored the report, following its sequence (TAXII's date_added): its
+        ``created`` when published here; an import's own stamp, since the imported ``created``
+        (covered by the origin's attestation) may be older than reports stored before it."""
+        return self.created_at if self.added_at is None else self.added_at
 
     def facts(self) -> ReportFacts:
         return ReportFacts(
@@ -171,7 +184,7 @@ class Head:
     # Recalls and erasures: they change one report each, so they make stale only the decisions
     # that allowed that report (services.audit), where ``change_counter`` makes all stale.
     report_changes: int = 0
-    # The last report's ``created`` (None before the first): a report's stamp never goes below it.
+    # The last report's stamp, its ``added`` (None before the first): the next is never below it.
     report_created: datetime | None = None
 
 

@@ -440,6 +440,7 @@ async def rotate_token(
         node = await tx.node(node_id)
         if node is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
+        _not_foreign(node)
         if not await tx.set_token_hash(node_id, hash_token(token), expires_at=expires):
             raise Conflict(f"node {node_id!r} was revoked", code="node_revoked")
         draft = AuditDraft(
@@ -451,6 +452,15 @@ async def rotate_token(
     if expires is not None:
         answer["expires"] = expires.isoformat()
     return answer
+
+
+def _not_foreign(node: NodeRecord) -> None:
+    """Another broker's originator gets no token, role or certificate here: it never acts."""
+    if node.foreign_peer is not None:
+        raise Conflict(
+            f"node {node.id!r} is another broker's originator (imported from peer {node.foreign_peer!r})",
+            code="foreign_originator",
+        )
 
 
 async def update_node(ctx: Context, node_id: str, changes: object, *, actor: str) -> dict[str, Any]:
@@ -467,6 +477,7 @@ async def update_node(ctx: Context, node_id: str, changes: object, *, actor: str
             raise NotFound(f"no node {node_id!r}", code="not_found")
         if node.revoked_at is not None:
             raise Conflict(f"node {node_id!r} was revoked", code="node_revoked")
+        _not_foreign(node)
         kept = NodeSpec.model_fields.keys() - {"token_days", "certificate"}
         spec = {k: v for k, v in node.public().items() if k in kept} | {
             k: v for k, v in changed.items() if k != "certificate"

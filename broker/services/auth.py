@@ -85,6 +85,8 @@ async def _by_token(ctx: Context, token: str | None, *, source: str, rechecked: 
             ctx.remember(digest, node)
     if node is None or not token_matches(token=token, stored_hash=node.token_hash):
         _fail(ctx, source, reason="unknown_token")
+    if node.foreign_peer is not None:  # its token was never handed out: fail closed all the same
+        _fail(ctx, source, reason="foreign_originator", node=node)
     if node.revoked_at is not None:
         _fail(ctx, source, reason="node_revoked", node=node)
     if node.token_expires_at is not None and ctx.now() >= node.token_expires_at:
@@ -129,6 +131,8 @@ async def _by_certificate(
     pinned = pin is not None and hmac.compare_digest(pin, fingerprint)
     if not pinned:
         _limit(ctx, source)
+    if node.foreign_peer is not None:  # another broker's originator, whatever CA issued this
+        _fail(ctx, source, reason="foreign_originator", node=node)
     if node.revoked_at is not None:
         _fail(ctx, source, reason="node_revoked", node=node)
     if pin is not None and not pinned:
@@ -156,6 +160,7 @@ FAILURE_MESSAGES = {
     "certificate_not_pinned": "the client certificate is not the one pinned for its node: present "
     "the pinned certificate, or ask an admin to pin this one",
     "token_certificate_mismatch": "the token sent and the client certificate name different nodes",
+    "foreign_originator": "the credential names another broker's originator, which never authenticates here",
 }
 
 

@@ -401,8 +401,10 @@ async def recall_notices(
         if report.id in sent:
             continue
         if decide_for(ctx, node, replace(report, recalled_at=None), directory).allowed:
-            sent.add(report.id)
-            frames.append(federation.recall_notice(ctx, node, report, imported.get(report.seq)))
+            notice = federation.recall_notice(ctx, node, report, imported.get(report.seq))
+            if notice is not None:
+                sent.add(report.id)
+                frames.append(notice)
     return frames, changes
 
 

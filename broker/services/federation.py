@@ -108,12 +108,18 @@ async def report_frames(ctx: Context, reports: Sequence[ReportRecord], keyring: 
 
 def recall_notice(
     ctx: Context, node: NodeRecord, report: ReportRecord, imported: Imported | None = None
-) -> str:
+) -> str | None:
     """``{"type": "recall", "id", "sequence"}``; for a link with the signed recall statement as
     ``federation.attestations``: this broker's own for its own report, or for an imported one
-    the chain it was recalled by, extended with this broker's hop."""
+    the chain it was recalled by, extended with this broker's hop.
+
+    None for a link when there is no recall to sign: erasure is local (downstream brokers keep
+    their copies unless the origin recalls), and an imported report without its origin's recall
+    statement was not recalled by its origin (this broker never signs one in the origin's place)."""
     notice: dict[str, Any] = {"type": "recall", "id": report.id, "sequence": report.seq}
     if attest_links(node):
+        if report.recalled_at is None or (imported is not None and not imported.recall):
+            return None
         key = ctx.keyring.checkpoint_key
         if imported is not None and imported.recall:
             hop = attest.recall_hop(broker=own_name(ctx), previous=imported.recall[-1], private_key=key)

@@ -4,15 +4,16 @@ stored as this broker's own with their provenance) and recall notices.
 Every frame ends in exactly one audit event, written in the same transaction as its effect and
 as the peer's cursor: ``import`` allowed (the report stored), or ``import`` denied with a stable
 reason (nothing stored). Either way the cursor moves past it, so a refused report is not offered
-again; the caller acks upstream only after this commit.
+again; the caller acks upstream only after this commit. Frames received together are imported
+in one transaction (one audit group, one commit), each decided as if it came alone.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from prometheus_client import Counter
 from broker.crypto import attest, envelope
 from broker.crypto.tokens import hash_token
 from broker.domain import federation as fed
+from broker.domain.alliances import Directory
 from broker.domain.canonical import canonical, sha256_hex
 from broker.domain.federation import Imported, PeerRecord
 from broker.domain.labels import parse_label
@@ -29,7 +31,7 @@ from broker.domain.time import parse_time
 from broker.errors import BrokerError
 from broker.services import journal
 from broker.services.context import Context
-from broker.services.reports import index_rows
+from broker.services.reports import index_rows, stamp_after
 from broker.storage import federation as store
 from broker.storage.repos import WriteTx
 
@@ -92,82 +94,152 @@ def verify(ctx: Context, peer: PeerRecord, frame: Frame) -> attest.VerifiedChain
 
 async def import_report(ctx: Context, peer: PeerRecord, raw: Mapping[str, Any]) -> str:
     """Import one report frame; the decision's reason (``imported`` or why it was refused)."""
-    upstream = raw.get("report", {}).get("sequence") if isinstance(raw.get("report"), dict) else None
-    try:
-        frame = parse_frame(raw)
-        chain = verify(ctx, peer, frame)
-    except Refused as exc:
-        await _refuse(ctx, peer, raw, exc.reason, upstream)
-        return exc.reason
+    return (await import_reports(ctx, peer, [raw]))[0]
+
+
+async def import_reports(ctx: Context, peer: PeerRecord, raws: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Import report frames received together in one transaction and one audit group, each
+    decided as if it came alone, in order (one ``import`` event each), the peer's cursor moved
+    past the last. The caller acks upstream only once this has returned (committed). Returns
+    each frame's decision: ``imported`` or why it was refused."""
+    if not raws:
+        return []
+    checked = [_checked(ctx, peer, raw) for raw in raws]  # no database: outside the lock
+    decisions: list[str] = []
     async with ctx.db.transaction() as tx:
         head = await tx.lock_head()
         directory = await ctx.directory_at(tx, head.change_counter)
-        reason = await _conflict(tx, frame)
-        if reason is None:
-            try:
-                parse_label(
-                    json.loads(frame.label_json), policy=ctx.policy, known_alliances=directory.alliances
-                )
-            except (BrokerError, ValueError) as exc:
-                reason = getattr(exc, "code", "invalid_label")
-        now = ctx.now()
-        if reason is not None:
-            await _deny_in(tx, peer, frame.report, reason, frame.upstream_sequence, now=now, head=head)
-        else:
-            await _store(ctx, tx, peer, frame, chain, now=now, head=head)
-    decision = "imported" if reason is None else reason
-    IMPORTS.labels(peer.name, "allow" if reason is None else "deny").inc()
-    return decision
+        batch = _Batch(head=head, now=ctx.now())
+        for raw, found in zip(raws, checked, strict=True):
+            reason: str | None
+            if isinstance(found, Refused):
+                reason = found.reason
+            elif (reason := await _refusal(ctx, tx, directory, found[0])) is None:
+                await _store(ctx, tx, peer, batch, *found)
+                decisions.append("imported")
+                continue
+            assert reason is not None
+            batch.deny(peer, raw, reason)
+            decisions.append(reason)
+        await _commit(ctx, tx, peer, batch)
+    for decision in decisions:
+        IMPORTS.labels(peer.name, "allow" if decision == "imported" else "deny").inc()
+    return decisions
+
+
+def _checked(
+    ctx: Context, peer: PeerRecord, raw: Mapping[str, Any]
+) -> tuple[Frame, attest.VerifiedChain] | Refused:
+    try:
+        frame = parse_frame(raw)
+        return frame, verify(ctx, peer, frame)
+    except Refused as exc:
+        return exc
+
+
+async def _refusal(ctx: Context, tx: WriteTx, directory: Directory, frame: Frame) -> str | None:
+    """Why ``frame`` cannot be stored here now (None: it can): a conflict, or a label this
+    broker cannot decide (an unknown alliance id)."""
+    reason = await _conflict(tx, frame)
+    if reason is None:
+        try:
+            parse_label(json.loads(frame.label_json), policy=ctx.policy, known_alliances=directory.alliances)
+        except (BrokerError, ValueError) as exc:
+            reason = getattr(exc, "code", "invalid_label")
+    return reason
 
 
 async def _conflict(tx: WriteTx, frame: Frame) -> str | None:
-    """``duplicate`` when the id is held already (the second path of a diamond), and
-    ``originator_conflict`` when the originator's id is one of this broker's own nodes."""
+    """``duplicate`` when the id is held already (the second path of a diamond, or twice in one
+    batch: the earlier insert is visible here), and ``originator_conflict`` when the
+    originator's id is one of this broker's own nodes."""
     if await tx.report(frame.report["id"]) is not None:
         return fed.DUPLICATE
     node = await tx.node(frame.report["originator"]["node"])
-    if node is not None and not await store.is_foreign(tx, node.id):
+    if node is not None and node.foreign_peer is None:
         return fed.ORIGINATOR_CONFLICT
     return None
 
 
+@dataclass
+class _Batch:
+    """One transaction's imports: the audit drafts in order, the reports stored (each with the
+    position of its import event, whose hash its provenance names), the head as they leave it,
+    and the cursor and lag reached."""
+
+    head: Head
+    now: datetime
+    drafts: list[AuditDraft] = field(default_factory=list)
+    stored: list[tuple[int, ReportRecord, Frame, attest.VerifiedChain]] = field(default_factory=list)
+    cursor: int | None = None
+    lag: float = 0.0
+
+    def reach(self, sequence: object, *, lag: float) -> None:
+        if type(sequence) is int and (self.cursor is None or sequence > self.cursor):
+            self.cursor = sequence
+        self.lag = lag
+
+    def deny(self, peer: PeerRecord, raw: Mapping[str, Any], reason: str) -> None:
+        found = raw.get("report")
+        report: Mapping[str, Any] = found if isinstance(found, dict) else {}
+        sequence = report.get("sequence")
+        report_id = report.get("id") if isinstance(report.get("id"), str) else None
+        self.drafts.append(
+            AuditDraft(
+                action="import",
+                actor=peer.name,
+                report=report_id if report_id and len(report_id) <= 36 else None,
+                decision="deny",
+                reason=reason,
+                details={"peer": peer.name, "upstream_sequence": sequence if type(sequence) is int else None},
+            )
+        )
+        self.reach(sequence, lag=0.0)
+
+
 async def _store(
-    ctx: Context,
-    tx: WriteTx,
-    peer: PeerRecord,
-    frame: Frame,
-    chain: attest.VerifiedChain,
-    *,
-    now: datetime,
-    head: Head,
+    ctx: Context, tx: WriteTx, peer: PeerRecord, batch: _Batch, frame: Frame, chain: attest.VerifiedChain
 ) -> None:
     report = frame.report
     origin = report["originator"]
-    await _originator(tx, peer, origin["node"], origin["nation"], chain.originator_key, now=now)
+    await _originator(tx, peer, origin["node"], origin["nation"], chain.originator_key, now=batch.now)
     created = parse_time(report["created"], name="created")
     assert created is not None
-    record = _record(ctx, peer, frame, seq=head.report_seq + 1, created=created)
+    added = stamp_after(batch.head.report_created, batch.now)  # the created it attested may be older
+    record = replace(
+        _record(ctx, peer, frame, seq=batch.head.report_seq + 1, created=created), added_at=added
+    )
     await tx.insert_reports([(record, None)])
     await tx.insert_objects(index_rows(ctx, record, report["payload"]))
-    draft = _imported_draft(peer, record, chain)
-    stamp = created if head.report_created is None or created > head.report_created else head.report_created
-    head = replace(head, report_seq=record.seq, report_created=stamp)
-    events, _nodes, _head = journal.chain(head, [draft], now=now)
-    own = {"broker": ctx.settings.audit_origin, "sequence": record.seq, "event_hash": events[0].hash}
-    path = tuple({"broker": h.broker, "sequence": h.sequence, "event_hash": h.event_hash} for h in chain.hops)
-    await store.insert_provenance(
-        tx,
-        Imported(
-            report_seq=record.seq,
-            peer=peer.name,
-            provenance=(*path, own),
-            attestations=tuple(frame.attestations),
-            origin_signer=chain.origin_signer,
-        ),
-    )
-    await store.advance_peer(tx, peer.name, cursor=frame.upstream_sequence, lag=_lag(now, created))
-    await tx.notify_change()
-    await journal.record(tx, [draft], now=now, head=head)
+    batch.stored.append((len(batch.drafts), record, frame, chain))
+    batch.drafts.append(_imported_draft(peer, record, chain))
+    batch.head = replace(batch.head, report_seq=record.seq, report_created=added)
+    batch.reach(frame.upstream_sequence, lag=_lag(batch.now, created))
+
+
+async def _commit(ctx: Context, tx: WriteTx, peer: PeerRecord, batch: _Batch) -> None:
+    """The provenance of each report stored (its import event's hash, now that the group is
+    complete), the peer's cursor, and the audit group."""
+    if batch.stored:
+        events, _nodes, _head = journal.chain(batch.head, batch.drafts, now=batch.now)
+        own_name = ctx.settings.audit_origin
+        for index, record, frame, chain in batch.stored:
+            own = {"broker": own_name, "sequence": record.seq, "event_hash": events[index].hash}
+            path = tuple(
+                {"broker": h.broker, "sequence": h.sequence, "event_hash": h.event_hash} for h in chain.hops
+            )
+            imported = Imported(
+                report_seq=record.seq,
+                peer=peer.name,
+                provenance=(*path, own),
+                attestations=tuple(frame.attestations),
+                origin_signer=chain.origin_signer,
+            )
+            await store.insert_provenance(tx, imported)
+        await tx.notify_change()
+    if batch.cursor is not None:
+        await store.advance_peer(tx, peer.name, cursor=batch.cursor, lag=batch.lag)
+    await journal.record(tx, batch.drafts, now=batch.now, head=batch.head)
 
 
 def _record(ctx: Context, peer: PeerRecord, frame: Frame, *, seq: int, created: datetime) -> ReportRecord:
@@ -231,8 +303,9 @@ def _lag(now: datetime, created: datetime) -> float:
 async def _originator(
     tx: WriteTx, peer: PeerRecord, node_id: str, nation: str, key: str | None, *, now: datetime
 ) -> None:
-    """The node row standing for another broker's originator: no role, a token nobody holds,
-    the Ed25519 key the origin broker attested (so local nodes' SDKs verify the signature)."""
+    """The node row standing for another broker's originator, marked foreign (it never
+    authenticates): no role, a token nobody holds, the Ed25519 key the origin broker attested
+    (so local nodes' SDKs verify the signature)."""
     existing = await tx.node(node_id)
     if existing is None:
         node = NodeRecord(
@@ -244,47 +317,11 @@ async def _originator(
             token_hash=hash_token(secrets.token_urlsafe(32)),
             created_at=now,
             ed25519_public_key=key,
+            foreign_peer=peer.name,
         )
         await tx.insert_node(node)
-        await store.mark_foreign(tx, node_id, peer=peer.name)
     elif key is not None and existing.ed25519_public_key != key:
         await tx.update_node(replace(existing, ed25519_public_key=key))
-
-
-async def _refuse(
-    ctx: Context, peer: PeerRecord, raw: Mapping[str, Any], reason: str, upstream: object
-) -> None:
-    async with ctx.db.transaction() as tx:
-        head = await tx.lock_head()
-        found = raw.get("report")
-        report: Mapping[str, Any] = found if isinstance(found, dict) else {}
-        sequence = upstream if type(upstream) is int else None
-        await _deny_in(tx, peer, report, reason, sequence, now=ctx.now(), head=head)
-    IMPORTS.labels(peer.name, "deny").inc()
-
-
-async def _deny_in(
-    tx: WriteTx,
-    peer: PeerRecord,
-    report: Mapping[str, Any],
-    reason: str,
-    sequence: int | None,
-    *,
-    now: datetime,
-    head: Head,
-) -> None:
-    report_id = report.get("id") if isinstance(report.get("id"), str) else None
-    draft = AuditDraft(
-        action="import",
-        actor=peer.name,
-        report=report_id if report_id and len(report_id) <= 36 else None,
-        decision="deny",
-        reason=reason,
-        details={"peer": peer.name, "upstream_sequence": sequence},
-    )
-    if sequence is not None:
-        await store.advance_peer(tx, peer.name, cursor=sequence, lag=0.0)
-    await journal.record(tx, [draft], now=now, head=head)
 
 
 async def import_recall(ctx: Context, peer: PeerRecord, raw: Mapping[str, Any]) -> str:

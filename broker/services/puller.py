@@ -1,5 +1,6 @@
-"""One puller per peer: the upstream's ``GET /v1/stream`` over the link's mutual TLS, each frame
-imported (services/importer.py) and then acked upstream.
+"""One puller per peer: the upstream's ``GET /v1/stream`` over the link's mutual TLS, the frames
+imported (services/importer.py; those received together in one transaction) and then acked
+upstream.
 
 ``Links.run`` (a supervised loop of ``broker serve``) reads the peers table every
 ``PEER_SCAN_SECONDS`` and starts or stops pullers as peers are added or removed, by this process
@@ -16,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ MAX_BACKOFF = 5.0
 HEARTBEAT_SECONDS = 15.0
 REFUSED_CLOSE_CODES = frozenset({4001, 4003})
 STREAM_NAME = "federation"
+MAX_BATCH = 64  # report frames imported in one transaction at most
 STATE = Gauge("broker_peer_state", "1 for the state each peer link is in, else 0", ["peer", "state"])
 LAG = Gauge("broker_peer_lag", "Seconds from a report's creation upstream to its import here", ["peer"])
 
@@ -128,38 +130,58 @@ class Links:
                 raise
             async with ws:
                 await self._set(peer, "connected", None)
-                async for message in ws:
-                    if message.type != aiohttp.WSMsgType.TEXT:
-                        break
-                    cursor = await self._handle(peer, ws, json.loads(message.data), cursor)
+                async with contextlib.aclosing(_batches(ws)) as batches:
+                    async for frames in batches:
+                        cursor = await self._handle(peer, ws, frames, cursor)
                 code = ws.close_code
         if code in REFUSED_CLOSE_CODES:
             raise _Refused(f"the upstream closed the link: {code}")
         raise ConnectionError(f"the upstream closed the stream ({code})")
 
     async def _handle(
-        self, peer: PeerRecord, ws: aiohttp.ClientWebSocketResponse, frame: Any, cursor: int
+        self, peer: PeerRecord, ws: aiohttp.ClientWebSocketResponse, frames: list[Any], cursor: int
     ) -> int:
-        kind = frame.get("type") if isinstance(frame, dict) else None
-        status = self.status[peer.name]
-        if kind == "report":
-            sequence = frame.get("report", {}).get("sequence")
-            if type(sequence) is int and sequence <= cursor:
-                return cursor  # replayed below our cursor (the upstream's own resumed past it)
-            await importer.import_report(self._ctx, peer, frame)
-            self._wake()
-            if type(sequence) is int:
-                cursor = sequence
-                await ws.send_json({"type": "ack", "sequence": sequence})
-            status.lag = _lag(self._ctx, frame)
-            LAG.labels(peer.name).set(status.lag)
-        elif kind == "recall":
-            await importer.import_recall(self._ctx, peer, frame)
-            self._wake()
-        elif kind == "heartbeat":
-            status.lag = 0.0
-            LAG.labels(peer.name).set(0.0)
+        """Frames received together: runs of report frames are imported one transaction each,
+        acked once committed; a recall is imported after the reports before it."""
+        reports: list[dict[str, Any]] = []
+        for frame in frames:
+            kind = frame.get("type") if isinstance(frame, dict) else None
+            if kind == "report":
+                sequence = _sequence(frame)
+                if sequence is not None and sequence <= max(cursor, _top(reports)):
+                    continue  # replayed below our cursor (the upstream's own resumed past it)
+                reports.append(frame)
+                continue
+            cursor = await self._import(peer, ws, reports, cursor)
+            reports = []
+            if kind == "recall":
+                await importer.import_recall(self._ctx, peer, frame)
+                self._wake()
+            elif kind == "heartbeat":
+                self._lag(peer, 0.0)
+        return await self._import(peer, ws, reports, cursor)
+
+    async def _import(
+        self,
+        peer: PeerRecord,
+        ws: aiohttp.ClientWebSocketResponse,
+        reports: list[dict[str, Any]],
+        cursor: int,
+    ) -> int:
+        if not reports:
+            return cursor
+        await importer.import_reports(self._ctx, peer, reports)
+        self._wake()
+        top = _top(reports)
+        if top > cursor:
+            cursor = top
+            await ws.send_json({"type": "ack", "sequence": top})
+        self._lag(peer, _lag(self._ctx, reports[-1]))
         return cursor
+
+    def _lag(self, peer: PeerRecord, lag: float) -> None:
+        self.status[peer.name].lag = lag
+        LAG.labels(peer.name).set(lag)
 
     async def _set(self, peer: PeerRecord, state: str, error: str | None) -> None:
         status = self.status.setdefault(peer.name, Status())
@@ -172,6 +194,50 @@ class Links:
                 log.warning("peer_link_down peer=%s state=%s error=%s", peer.name, state, error)
             async with self._ctx.db.transaction() as tx:
                 await store.set_peer_state(tx, peer.name, state=state, last_error=error, lag=None)
+
+
+async def _batches(ws: aiohttp.ClientWebSocketResponse) -> AsyncGenerator[list[Any]]:
+    """The frames of ``ws``, parsed, in batches: one frame waited for, then whatever has already
+    arrived behind it (at most ``MAX_BATCH``), so a burst is imported in few transactions and a
+    lone frame at once. A reader task keeps receiving meanwhile, at most ``MAX_BATCH`` ahead."""
+    queue: asyncio.Queue[str | None] = asyncio.Queue(MAX_BATCH)
+
+    async def read() -> None:
+        try:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                await queue.put(message.data)
+        finally:
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():
+                await queue.put(None)  # the end, after every frame read
+
+    reader = asyncio.create_task(read(), name="peer-reader")
+    try:
+        while (first := await queue.get()) is not None:
+            batch = [json.loads(first)]
+            while len(batch) < MAX_BATCH and not queue.empty():
+                data = queue.get_nowait()
+                if data is None:
+                    yield batch
+                    return
+                batch.append(json.loads(data))
+            yield batch
+    finally:
+        reader.cancel()
+
+
+def _sequence(frame: dict[str, Any]) -> int | None:
+    """A report frame's upstream sequence, if it has one (the importer refuses it otherwise)."""
+    report = frame.get("report")
+    sequence = report.get("sequence") if isinstance(report, dict) else None
+    return sequence if type(sequence) is int else None
+
+
+def _top(reports: list[dict[str, Any]]) -> int:
+    """The highest upstream sequence among ``reports`` (0 when none has one)."""
+    return max((s for s in map(_sequence, reports) if s is not None), default=0)
 
 
 class _Refused(Exception):

@@ -234,7 +234,7 @@ async def store_publishes(
             outcomes.append(RateLimited("too many reports per second from this node", code="rate_limited"))
             continue
         seq += 1
-        stamp = _stamp_after(stamp, now)
+        stamp = stamp_after(stamp, now)
         report, draft = build_report(ctx, act.node, act.sub, seq=seq, now=stamp)
         new.append((report, act.idempotency_key))
         indexed += index_rows(ctx, report, json.loads(act.sub.canonical_payload))
@@ -258,7 +258,7 @@ async def store_publishes(
 def index_rows(ctx: Context, report: ReportRecord, payload: object) -> list[dict[str, Any]]:
     """TAXII's object index for a report (``models.TaxiiObjectRow``), written with it."""
     key = cursors.index_key(ctx.keyring.checkpoint_key)
-    found = stix.index_of(payload, key=key, date_added=stix.timestamp(report.created_at))
+    found = stix.index_of(payload, key=key, date_added=stix.timestamp(report.added))
     return [
         {"report_seq": report.seq, "position": o.position, "digest": o.digest}
         | {"version": o.version, "spec_version": o.spec_version}
@@ -266,11 +266,11 @@ def index_rows(ctx: Context, report: ReportRecord, payload: object) -> list[dict
     ]
 
 
-def _stamp_after(previous: datetime | None, now: datetime) -> datetime:
-    """A report's ``created``: ``now``, or just after the previous report's when that is not
-    earlier. So ``created`` strictly follows the sequence: TAXII's ``added_after`` and retention
-    read the sequence by it, and a poller resuming from the last stamp it saw misses nothing even
-    when another broker's clock is behind or this one steps back."""
+def stamp_after(previous: datetime | None, now: datetime) -> datetime:
+    """A report's stamp (``created`` of a publish, ``added_at`` of an import): ``now``, or just
+    after the previous report's when that is not earlier. So it strictly follows the sequence:
+    TAXII's ``added_after`` reads the sequence by it, and a poller resuming from the last stamp
+    it saw misses nothing even when another broker's clock is behind or this one steps back."""
     if previous is None or now > previous:
         return now
     return previous + timedelta(microseconds=1)
@@ -358,6 +358,7 @@ def build_report(
         label_hash=sha256_hex(sub.canonical_label),
         topics=sub.topics,
         created_at=now,
+        added_at=now,  # published here: added when created
         payload_sha256=sha256_hex(sub.canonical_payload),
         signature=sub.signature,
         request_hash=sub.request_hash,

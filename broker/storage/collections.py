@@ -65,8 +65,8 @@ async def delete_collection(tx: Tx, collection_id: str) -> bool:
 
 
 async def first_seq_added_after(tx: Tx, moment: datetime) -> int | None:
-    """The lowest sequence of a report created after ``moment`` (index ix_reports_created)."""
-    query = select(func.min(REPORTS.c.seq)).where(REPORTS.c.created_at > moment)
+    """The lowest sequence of a report added after ``moment`` (index ix_reports_added)."""
+    query = select(func.min(REPORTS.c.seq)).where(REPORTS.c.added_at > moment)
     value = await tx.run(lambda c: c.execute(query).scalar())
     return None if value is None else int(value)
 

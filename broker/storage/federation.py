@@ -1,4 +1,4 @@
-"""Peers, imported reports' provenance and foreign originators (migration 0012), on a ``Tx``."""
+"""Peers and imported reports' provenance (migration 0014), on a ``Tx``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from broker.domain.federation import Imported, PeerRecord
-from broker.storage.models import ForeignOriginatorRow, PeerRow, ReportProvenanceRow
+from broker.storage.models import PeerRow, ReportProvenanceRow
 from broker.storage.repos import Tx
 from broker.storage.statements import table
 
 PEERS = table(PeerRow)
 PROVENANCE = table(ReportProvenanceRow)
-FOREIGN = table(ForeignOriginatorRow)
 
 
 def _peer_of(row: Any) -> PeerRecord:
@@ -115,15 +114,6 @@ async def provenance_of(tx: Tx, seqs: Collection[int]) -> dict[int, Imported]:
         }
 
     return await tx.run(body)
-
-
-async def is_foreign(tx: Tx, node_id: str) -> bool:
-    statement = select(FOREIGN.c.node_id).where(FOREIGN.c.node_id == node_id)
-    return await tx.run(lambda c: c.execute(statement).first() is not None)
-
-
-async def mark_foreign(tx: Tx, node_id: str, *, peer: str) -> None:
-    await tx.run(lambda c: c.execute(insert(FOREIGN), {"node_id": node_id, "peer": peer}))
 
 
 async def set_recall_chain(tx: Tx, report_seq: int, chain: list[Any]) -> None:

@@ -98,6 +98,9 @@ class NodeRow(Base):
     # A federation link's audience (nations, alliance ids) and the originator nations it carries.
     audience: Mapped[list[str]] = mapped_column(JSON, server_default="[]")
     origins: Mapped[list[str]] = mapped_column(JSON, server_default="[]")
+    # Set on the row standing for another broker's originator (imported reports reference it):
+    # the peer it was first imported from. Such a node never authenticates (services/auth.py).
+    foreign_peer: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ReportRow(Base):
@@ -110,7 +113,7 @@ class ReportRow(Base):
         # A node's recent reports (publish rate limits shared by every broker instance).
         Index("ix_reports_originator_created", "originator_node", "created_at"),
         # Where a TAXII ``added_after`` starts (storage/collections.py).
-        Index("ix_reports_created", "created_at"),
+        Index("ix_reports_added", "added_at"),
         # Which reports a stream must send recall notices for (services/deliver.py).
         Index("ix_reports_recalled_at", "recalled_at"),
         Index("ix_reports_erased_at", "erased_at"),
@@ -123,6 +126,9 @@ class ReportRow(Base):
     label_hash: Mapped[str] = mapped_column(String(64))
     topics: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # When this broker stored it, never below an earlier report's (= created_at unless imported).
+    # Always written; nullable only so that migration 0015 needs no table rebuild on SQLite.
+    added_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     payload_sha256: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str | None] = mapped_column(Text, nullable=True)
     recalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -324,11 +330,3 @@ class ReportProvenanceRow(Base):
     attestations: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     origin_signer: Mapped[str] = mapped_column(String(300))
     recall: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
-
-
-class ForeignOriginatorRow(Base):
-    """A node row that stands for another broker's originator (no role, no credential)."""
-
-    __tablename__ = "foreign_originators"
-    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
-    peer: Mapped[str] = mapped_column(String(64))

@@ -159,6 +159,7 @@ def report_rows(
             "label_hash": r.label_hash,
             "topics": list(r.topics),
             "created_at": r.created_at,
+            "added_at": r.added,
             "payload_sha256": r.payload_sha256,
             "signature": r.signature,
             "ciphertext": r.ciphertext,
@@ -212,6 +213,7 @@ def node_values(node: NodeRecord) -> dict[str, Any]:
         "created_at": node.created_at,
         "audience": list(node.audience),
         "origins": list(node.origins),
+        "foreign_peer": node.foreign_peer,
     }
 
 
@@ -232,6 +234,7 @@ def node_of(row: Any) -> NodeRecord:
         token_expires_at=row.token_expires_at,
         audience=tuple(row.audience or ()),
         origins=tuple(row.origins or ()),
+        foreign_peer=row.foreign_peer,
     )
 
 
@@ -255,6 +258,7 @@ def report_of(row: Any) -> ReportRecord:
         ciphertext=row.ciphertext,
         wrapped_key=row.wrapped_key,
         kek_id=row.kek_id,
+        added_at=row.added_at,
     )
 
 

@@ -98,6 +98,7 @@ def report_frame(
     label: dict[str, Any],
     payload: dict[str, Any] | None = None,
     report_id: str | None = None,
+    created: str = CREATED,
 ) -> dict[str, Any]:
     """A well-formed frame as an origin broker sends it: A0 over the report's facts."""
     payload = payload or {
@@ -112,7 +113,7 @@ def report_frame(
         "originator": {"node": originator.node, "nation": originator.nation},
         "label": label,
         "topics": ["ransomware"],
-        "created": CREATED,
+        "created": created,
         "signature": signing.sign(private_key=originator.key, message=message),
         "payload": payload,
     }
@@ -122,7 +123,7 @@ def report_frame(
         originator_nation=originator.nation,
         label_json=label_json,
         topics=report["topics"],
-        created=CREATED,
+        created=created,
         payload=payload,
         signature=report["signature"],
     )
@@ -193,6 +194,28 @@ class StreamDouble:
             await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+async def import_frames(
+    ctx: Context, folder: Path, frames: list[dict[str, Any]], *, vkey: str, name: str = "usa"
+) -> list[int]:
+    """Peer ``name`` (pinned to ``vkey``) at ``ctx``'s broker, fed ``frames`` by a double until
+    the last is acked; the peer is removed again. The acks the double received."""
+    found = make_pki(folder)
+    double = StreamDouble(found)
+    double.frames = frames
+    url = await double.start()
+    cert, key = found.client("nato-link")
+    spec = {"name": name, "url": url, "ca": found.ca.read_text(), "cert": cert.read_text()}
+    try:
+        await peers.add_peer(
+            ctx, {**spec, "key": key.read_text(), "origins": ["USA"], "broker_key": vkey}, actor="test"
+        )
+        await double.wait_acked(frames[-1]["report"]["sequence"])
+        return list(double.acks)
+    finally:
+        await double.stop()
+        await peers.remove_peer(ctx, name, actor="test")
 
 
 # -- brokers as processes ------------------------------------------------------------------

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from broker.client import BrokerClient, Recall, Received
 from broker.crypto.keys import new_signing_key, public_b64
-from broker.services import admin
+from broker.services import admin, reports
 from broker.services.context import Context
 from broker.waiting import wait_event
 from tests.conftest import PG_DEFAULT, _pg_exec
@@ -286,6 +286,30 @@ async def test_a_recall_at_usa_removes_the_report_at_nato_and_fra_within_a_secon
         async with fed.client(broker, node) as client:
             status, _ = await _status(client, f"/v1/reports/{report_id}")
         assert status == 404
+
+
+async def test_an_erasure_at_the_hub_stays_at_the_hub(federation: Federation) -> None:
+    """Erasure is local: fra keeps its copy of a report the hub erased, and is sent no recall
+    for it (which it would refuse and audit), even when its puller reconnects and so is owed
+    every notice since it left."""
+    fed = federation
+    async with inbox(fed, "fra", "fra-1") as fra:
+        report_id = await publish(fed, SECRET_NATO)
+        await fra.until(lambda: report_id in fra.reports)
+    async with fed.ctx("nato") as nato:
+        await reports.erase(nato, report_id, actor="test")
+    fed.brokers["fra"].kill()
+    fed.brokers["fra"].start()
+    await fed.brokers["fra"].healthy()
+    async with inbox(fed, "fra", "fra-1") as fra:
+        for n in (1, 2):  # the second is sent after any notice the stream owed with the first
+            marker = await publish(fed, SECRET_NATO, n)
+            await fra.until(lambda: marker in fra.reports)  # noqa: B023 (awaited in the loop)
+    async with fed.ctx("fra") as ctx, ctx.db.read_transaction() as tx:
+        kept = await tx.report(report_id)
+        recalls = await tx.events(limit=10, action="recall", report=report_id)
+    assert kept is not None and kept.recalled_at is None and kept.erased_at is None
+    assert recalls == []
 
 
 async def _status(client: BrokerClient, path: str) -> tuple[int, Any]:

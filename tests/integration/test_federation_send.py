@@ -27,13 +27,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from broker.app import create_app
 from broker.client import BrokerClient, Recall
 from broker.crypto import pki
-from broker.services import admin, ledger
+from broker.services import admin, ledger, reports
 from broker.services.context import Context
 from broker.settings import Settings, TlsSettings
 from broker.waiting import wait_event
 from broker.web.handlers import CONTEXT
 from broker.web.tls import server_context
 from tests.conftest import FakeClock
+from tests.integration.federation import Originator, Upstream, import_frames, report_frame
 from tests.integration.helpers import Cli, body, events
 
 TIMEOUT = 20
@@ -284,6 +285,39 @@ async def test_recall_notices_reach_subscribers_links_and_the_sdk(sender: Sender
         async with asyncio.timeout(TIMEOUT):
             first = json.loads((await looped.receive()).data)
         assert first["type"] == "recall" and first["id"] == doomed
+
+
+async def test_an_erasure_sends_no_recall_over_a_link(sender: Sender, tmp_path: Path) -> None:
+    """Erasure is local: neither a report published here nor one imported from a peer sends a
+    recall notice over a link once erased (downstream brokers keep their copies unless the origin
+    recalls; a hub never signs a recall in the origin's place, which downstream would refuse)."""
+    upstream = Upstream("usa.example/broker")
+    frame = report_frame(upstream, Originator("usa-analyst", "USA"), sequence=1, label=body()["label"])
+    await import_frames(sender.ctx, tmp_path / "peer", [frame], vkey=upstream.vkey)
+    imported = frame["report"]["id"]
+    async with contextlib.AsyncExitStack() as stack:
+        publish, _ = await _usa(sender, stack)
+        nato = await sender.link("nato-link", ["NATO"])
+        local = await publish()
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        link_ws = await stack.enter_async_context(session.ws_connect(f"{sender.base}/v1/stream", ssl=nato))
+        seen = await frames_until(link_ws, local)
+        assert _ids(seen) == [imported, local]
+        for report_id in (imported, local):
+            await reports.erase(sender.ctx, report_id, actor="test")
+        # a link that reconnects is owed the notices since it left, and a live one those of
+        # the changes it is woken for: both are read
+        resumed = f"{sender.base}/v1/stream?after={seen[-1]['report']['sequence']}"
+        again = await stack.enter_async_context(session.ws_connect(resumed, ssl=nato))
+        # a stream sends the notices it owes after the reports of the same pass: read on
+        # until a report published once the first marker was received
+        first = await publish()
+        after = {ws: await frames_until(ws, first) for ws in (link_ws, again)}
+        second = await publish()
+        for ws in (link_ws, again):
+            after[ws] += await frames_until(ws, second)
+    for frames in after.values():
+        assert [f["type"] for f in frames] == ["report", "report"] and _ids(frames) == [first, second]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -41,3 +41,16 @@ def test_trace_keys_name_their_broker() -> None:
     assert key_of(f"nato.example/broker={raw}") == ("nato.example/broker", public)
     with pytest.raises(ValueError, match="vkey"):
         key_of(vkey[:-4] + "AAAA")
+
+
+def test_a_raw_trace_key_with_two_plus_signs_is_a_raw_key() -> None:
+    """Base64 has '+' in its alphabet: about one raw key in seven has two of them, and such a
+    key was read as a vkey (NAME+KEYID+BASE64) and refused."""
+    import base64
+    import hashlib
+
+    seeds = (hashlib.sha256(bytes([n])).digest() for n in range(256))
+    public = next(p for p in map(notes.public_key, seeds) if base64.b64encode(p).count(b"+") >= 2)
+    raw = base64.b64encode(public).decode()
+    assert key_of(raw) == (None, public)
+    assert key_of(f"fra.example/broker={raw}") == ("fra.example/broker", public)

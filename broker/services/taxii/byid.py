@@ -114,7 +114,7 @@ def _versions_page(
     for report, row in counted:
         if (report.seq, row.position) < (start.seq, start.index):
             continue
-        added = stix.timestamp(report.created_at)
+        added = stix.timestamp(report.added)
         probe = Entry({}, stix.timestamp(row.version), added, report.seq, row.position)
         if not kept_indexed(probe, row.version, filters.versions, every):
             continue

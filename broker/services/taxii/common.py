@@ -167,7 +167,7 @@ def counts(
     return (
         report.erased_at is None
         and bool(set(report.topics) & set(collection.topics))
-        and (filters.added_after is None or report.created_at > filters.added_after)
+        and (filters.added_after is None or report.added > filters.added_after)
         and reports.decide_for(ctx, node, report, directory).allowed
     )
 

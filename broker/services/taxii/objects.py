@@ -86,7 +86,7 @@ def report_entries(
     the payload was decrypted for it. Payload objects at the broker's reserved ids, or naming
     the broker as their creator, are never served (a report stored before they were refused, or
     published through REST, may carry them)."""
-    added = stix.timestamp(report.created_at)
+    added = stix.timestamp(report.added)
     markings = stix.markings_of(report.label)
     found: list[Entry] = []
     if filters.wants_markings():

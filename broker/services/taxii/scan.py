@@ -107,7 +107,7 @@ class Scan:
             return True
         if not reports.decide_for(self.ctx, self.node, report, self.directory).allowed:
             return False
-        if self.filters.added_after is not None and report.created_at <= self.filters.added_after:
+        if self.filters.added_after is not None and report.added <= self.filters.added_after:
             self.page.next = Position(report.seq + 1, 0)
             return False
         return True

@@ -129,7 +129,7 @@ async def add_objects(ctx: Context, node: NodeRecord, collection_id: str, envelo
             collection_id=found.id,
             report_id=report.id,
             at=ctx.now(),
-            outcome=outcome.at(report.created_at),
+            outcome=outcome.at(report.added),
         )
 
     receipt = await reports.publish(ctx, node, body, idempotency_key=None, attach=store_status)

@@ -128,6 +128,9 @@ class Node(Wire):
     token_expires: str | None
     audience: list[str]
     origins: list[str]
+    # Another broker's originator of imported reports (never authenticates), and its peer.
+    foreign: bool
+    peer: str | None
 
 
 class NodeList(Wire):

@@ -62,7 +62,7 @@ class DirectoryQueries(TxBase):
     async def update_node(self, node: NodeRecord) -> None:
         """Store a node's clearance, caveats, roles, public keys and certificate pin."""
         values = st.node_values(node)
-        for fixed in ("id", "nation", "token_hash", "token_expires_at", "created_at"):
+        for fixed in ("id", "nation", "token_hash", "token_expires_at", "created_at", "foreign_peer"):
             del values[fixed]
         await self._count(update(st.NODES).where(st.NODES.c.id == node.id).values(values))
 

@@ -1,0 +1,160 @@
+"""What an imported report is at the receiving broker, beyond the import itself: its place in
+TAXII's time (``date_added`` follows this broker's sequence, whatever ``created`` the origin
+attested), and its originator (shown as foreign, never able to authenticate).
+
+The upstream is a test double speaking the stream protocol over mutual TLS, signing as an origin
+broker would (tests/integration/federation.py), so the test chooses each report's ``created``."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+from alembic import command
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from broker.crypto.tokens import hash_token, new_token
+from broker.services import admin, ledger
+from broker.storage import db
+from tests.integration import test_federation_send as send
+from tests.integration.conftest import Api
+from tests.integration.federation import (
+    Originator,
+    Upstream,
+    import_frames,
+    report_frame,
+)
+from tests.integration.test_taxii import bundle, collection_id, indicator, raw
+
+NATO = {"classification": "SECRET", "releasable_to": ["NATO"], "caveats": []}
+UPSTREAM = Upstream("usa.example/broker")
+
+
+async def _objects(api: Api, token: str, cid: str, query: str) -> tuple[list[str], str | None]:
+    status, headers, answer = await raw(
+        api, "GET", f"/taxii2/api/collections/{cid}/objects/{query}", token=token
+    )
+    assert status == 200, answer
+    return [o["id"] for o in answer.get("objects", []) if o["type"] == "indicator"], headers.get(
+        "X-TAXII-Date-Added-Last"
+    )
+
+
+async def test_a_taxii_poller_resuming_by_added_after_sees_an_import_older_than_what_it_saw(
+    api: Api, tmp_path: Path
+) -> None:
+    """The origin attested ``created`` for each report; the second is an hour older than the
+    first (published at the origin earlier, or by a broker whose clock is behind). A poller that
+    read the first and resumes with ``added_after`` = its ``date_added`` still gets the second,
+    and each report keeps the ``created`` its origin attested."""
+    cid = await collection_id(api)
+    fra = await api.node("fra-1", "FRA", roles=("subscribe",))
+    usa = Originator("usa-analyst", "USA")
+    first, second = indicator(1), indicator(2)
+    newer = report_frame(
+        UPSTREAM, usa, sequence=1, label=NATO, payload=bundle(first), created="2026-11-25T12:10:00+00:00"
+    )
+    older = report_frame(
+        UPSTREAM, usa, sequence=2, label=NATO, payload=bundle(second), created="2026-11-25T11:00:00+00:00"
+    )
+    await import_frames(api.ctx, tmp_path, [newer], vkey=UPSTREAM.vkey)
+    seen, last = await _objects(api, fra, cid, "")
+    assert seen == [first["id"]] and last is not None
+    await import_frames(api.ctx, tmp_path / "again", [newer, older], vkey=UPSTREAM.vkey, name="usa-again")
+
+    resumed, after = await _objects(api, fra, cid, f"?added_after={quote(last)}")
+    assert resumed == [second["id"]]
+    assert after is not None and after > last
+    status, _, manifest = await raw(api, "GET", f"/taxii2/api/collections/{cid}/manifest/", token=fra)
+    assert status == 200, manifest
+    added = {m["id"]: m["date_added"] for m in manifest["objects"]}
+    assert added[second["id"]] > added[first["id"]]
+    for frame in (newer, older):  # the report itself keeps what its origin attested
+        status, doc = await api.get(f"/v1/reports/{frame['report']['id']}", fra)
+        assert status == 200 and doc["created"].startswith(frame["report"]["created"][:19])
+
+
+sender = send.sender  # a broker serving TLS with client certificates (test_federation_send)
+
+
+async def test_a_foreign_originator_is_shown_foreign_and_never_authenticates(
+    sender: send.Sender, tmp_path: Path
+) -> None:
+    """The originator of an imported report is stored for its attested key. Admins see it as
+    another broker's (``foreign``, the peer it came from); a certificate that names it, from a
+    CA this broker trusts, is refused, and so is a token: none can be given to it either."""
+    frame = report_frame(UPSTREAM, Originator("usa-analyst", "USA"), sequence=1, label=NATO)
+    await import_frames(sender.ctx, tmp_path / "peer", [frame], vkey=UPSTREAM.vkey)
+    spec = {"id": "ops", "nation": "BEL", "clearance": "SECRET", "roles": ["admin"]}
+    ops = {"Authorization": f"Bearer {(await admin.add_node(sender.ctx, spec, actor='test'))['token']}"}
+    trust = ssl.create_default_context(cafile=str(sender.pki_dir / "ca.pem"))
+    report = f"{sender.base}/v1/reports/{frame['report']['id']}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{sender.base}/v1/admin/nodes", headers=ops, ssl=trust) as resp:
+            listed = {n["id"]: n for n in (await resp.json())["nodes"]}
+        assert listed["usa-analyst"]["foreign"] is True and listed["usa-analyst"]["peer"] == "usa"
+        assert listed["usa-analyst"]["roles"] == [] and listed["ops"]["foreign"] is False
+        async with session.get(report, ssl=sender.tls("usa-analyst")) as resp:
+            assert resp.status == 401 and "foreign_originator" in (await resp.json())["detail"]
+        for method, path, payload in (
+            ("POST", "/rotate-token", None),
+            ("PATCH", "", {"roles": ["subscribe"]}),
+        ):
+            url = f"{sender.base}/v1/admin/nodes/usa-analyst{path}"
+            async with session.request(method, url, headers=ops, json=payload, ssl=trust) as resp:
+                assert resp.status == 409 and (await resp.json())["type"].endswith(":foreign_originator")
+        token = new_token()  # as if a token reached its row some other way: still refused
+        async with sender.ctx.db.transaction() as tx:
+            assert await tx.set_token_hash("usa-analyst", hash_token(token))
+        bearer = {"Authorization": f"Bearer {token}"}
+        async with session.get(report, headers=bearer, ssl=trust) as resp:
+            assert resp.status == 401 and "foreign_originator" in (await resp.json())["detail"]
+
+
+async def test_migration_0016_keeps_foreign_originators_foreign(api: Api, tmp_path: Path) -> None:
+    """0014 listed foreign originators in a table of their own; 0016 moves the mark onto the
+    node row and back again on downgrade."""
+    frame = report_frame(UPSTREAM, Originator("usa-analyst", "USA"), sequence=1, label=NATO)
+    await import_frames(api.ctx, tmp_path, [frame], vkey=UPSTREAM.vkey)
+
+    def downgrade(connection: Connection) -> None:
+        cfg = db.alembic_config()
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, "0015")
+
+    async with api.ctx.db.engine.begin() as connection:
+        await connection.run_sync(downgrade)
+        held = (await connection.execute(text("SELECT node_id, peer FROM foreign_originators"))).all()
+    assert [tuple(row) for row in held] == [("usa-analyst", "usa")]
+    await db.upgrade(api.ctx.db.engine)
+    assert await db.schema_drift(api.ctx.db.engine) == []
+    listed = {n["id"]: n for n in await admin.list_nodes(api.ctx)}
+    assert (listed["usa-analyst"]["foreign"], listed["usa-analyst"]["peer"]) == (True, "usa")
+
+
+async def test_frames_received_together_are_imported_together_each_decided_alone(
+    api: Api, tmp_path: Path
+) -> None:
+    """A burst from the upstream is imported in a few transactions, each acked once committed
+    (so far fewer acks than frames), and every frame still gets its own decision and event: a
+    replay inside the burst is a duplicate, a label widened after attestation is refused."""
+    usa = Originator("usa-analyst", "USA")
+    frames = [report_frame(UPSTREAM, usa, sequence=n, label=NATO) for n in range(1, 33)]
+    replay = {**frames[3], "report": {**frames[3]["report"], "sequence": 33}}
+    widened = report_frame(UPSTREAM, usa, sequence=34, label={**NATO, "releasable_to": ["USA"]})
+    widened["report"]["label"] = NATO
+    widened["federation"]["label_json"] = json.dumps(NATO)
+    acks = await import_frames(api.ctx, tmp_path, [*frames, replay, widened], vkey=UPSTREAM.vkey)
+    assert acks == sorted(acks) and len(acks) <= 8, acks
+    async with api.ctx.db.read_transaction() as tx:
+        imports = [ledger.event_json(e) for e in await tx.events(limit=100, action="import")]
+    assert [(e["details"]["upstream_sequence"], e["reason"]) for e in imports] == [
+        *((n, "imported") for n in range(1, 33)),
+        (33, "duplicate"),
+        (34, "attestation_mismatch"),
+    ]
+    assert len({e["time"] for e in imports}) <= len(acks)  # one audit group per transaction
