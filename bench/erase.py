@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from broker.services import admin, auth, reports
+from broker.services import admin, auth, publishing, reports
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -65,12 +65,12 @@ async def _one(engine: str, n: int, workdir: Path) -> float:
             "topics": ["ransomware"],
             "payload": {"type": "indicator", "pattern": "[ipv4-addr:value = '198.51.100.7']"},
         }
-        sub = reports.parse_submission(body, ctx=ctx, known_alliances=directory.alliances)
+        sub = publishing.parse_submission(body, ctx=ctx, known_alliances=directory.alliances)
         first: str | None = None
         for start in range(0, n, BATCH):
-            acts = [reports.PublishAct(node=node, sub=sub, idempotency_key=None)] * min(BATCH, n - start)
+            acts = [publishing.PublishAct(node=node, sub=sub, idempotency_key=None)] * min(BATCH, n - start)
             async with ctx.db.transaction() as tx:
-                stored = await reports.store_publishes(ctx, tx, acts)
+                stored = await publishing.store_publishes(ctx, tx, acts)
             if first is None:
                 first = getattr(stored[0], "id")  # noqa: B009 (a report, or the error to raise)
         assert first is not None

@@ -39,7 +39,7 @@ import aiohttp
 from bench.procs import broker_env, free_port, rss_kb, start_broker, start_process, stop, wait_for
 from bench.throughput import BODY, INDICATOR, ROOT, _commit, append_results, bench_nodes, fresh_database
 from broker.domain.records import ReportRecord
-from broker.services import admin, collections, reports
+from broker.services import admin, collections, publishing
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -222,10 +222,10 @@ async def fill_ours(ctx: Context, node_token: str, n: int, batch: int = 1000, fi
                     "objects": [indicator(STORED_BASE + i)],
                 },
             }
-            sub = reports.parse_submission(body, ctx=ctx, known_alliances=directory.alliances)
-            acts.append(reports.PublishAct(node, sub, None))
+            sub = publishing.parse_submission(body, ctx=ctx, known_alliances=directory.alliances)
+            acts.append(publishing.PublishAct(node, sub, None))
         async with ctx.db.transaction() as tx:
-            outcomes = await reports.store_publishes(ctx, tx, acts)
+            outcomes = await publishing.store_publishes(ctx, tx, acts)
         for outcome in outcomes:
             if not isinstance(outcome, ReportRecord):
                 raise RuntimeError(f"fill refused: {outcome}")

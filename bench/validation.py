@@ -32,7 +32,7 @@ from typing import Any
 from broker.domain.canonical import canonical, sha256_hex
 from broker.domain.labels import DEFAULT_POLICY, parse_label
 from broker.errors import InvalidInput
-from broker.services import reports
+from broker.services import publishing
 from broker.services.wire.decode import decode
 from broker.services.wire.requests import PublishRequest
 
@@ -107,7 +107,7 @@ def declared_check(body: object, known: Collection[str]) -> object:
 
 
 def declared_parse(body: object, known: Collection[str]) -> object:
-    return reports.parse_submission(body, ctx=CTX, known_alliances=known)
+    return publishing.parse_submission(body, ctx=CTX, known_alliances=known)
 
 
 # -- the corpus -------------------------------------------------------------------------------------

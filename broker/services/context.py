@@ -30,7 +30,7 @@ from broker.storage.repos import WriteTx
 if TYPE_CHECKING:  # they import this module: named here for the type checker only
     from broker.domain.records import ReportRecord
     from broker.services.audit import Batcher
-    from broker.services.reports import PublishAct
+    from broker.services.publishing import PublishAct
 
 
 def open_database(settings: Settings) -> Database:

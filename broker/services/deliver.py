@@ -35,7 +35,14 @@ from broker.domain.records import NODE_REVOKED, AuditDraft, NodeRecord, ReportRe
 from broker.errors import Stale, Unauthenticated
 from broker.services import audit, federation
 from broker.services.context import Context
-from broker.services.reports import STALE_RETRIES, allow_draft, decide_for, document, documents, open_payload
+from broker.services.decisions import (
+    STALE_RETRIES,
+    allow_draft,
+    decide_for,
+    document,
+    documents,
+    open_payload,
+)
 from broker.storage.federation import provenance_of
 
 REFRESH_BATCH = 500

@@ -22,7 +22,7 @@ from broker.crypto.keyring import Keyring
 from broker.domain.federation import Imported
 from broker.domain.records import NodeRecord, ReportRecord
 from broker.services.context import Context
-from broker.services.reports import open_payload
+from broker.services.decisions import open_payload
 from broker.storage.federation import provenance_of
 from broker.storage.repos import Tx
 

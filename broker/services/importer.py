@@ -31,7 +31,7 @@ from broker.domain.time import parse_time
 from broker.errors import BrokerError
 from broker.services import journal
 from broker.services.context import Context
-from broker.services.reports import index_rows, stamp_after
+from broker.services.publishing import index_rows, stamp_after
 from broker.storage import federation as store
 from broker.storage.repos import WriteTx
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from broker.domain.records import NodeRecord
 from broker.errors import BadRequest, RateLimited
-from broker.services import admin, auth, reports, witnessing
+from broker.services import admin, auth, publishing, reports, witnessing
 from broker.services.context import Context
 from broker.services.limits import TokenBucket
 from broker.services.puller import Links
@@ -128,7 +128,7 @@ async def publish(request: web.Request) -> web.Response:
     if not request.app[LIMITER].take(node.id):
         raise RateLimited("too many reports per second from this node", code="rate_limited")
     body = await read_json(request)
-    receipt = await reports.publish(
+    receipt = await publishing.publish(
         _ctx(request), node, body, idempotency_key=request.headers.get("Idempotency-Key")
     )
     request.app[WAKE]()

@@ -18,7 +18,7 @@ from sqlalchemy import event
 import broker.cli
 from broker.crypto import merkle
 from broker.crypto.chain import GENESIS, event_hash
-from broker.services import auth, ledger, reports
+from broker.services import auth, ledger, publishing
 from broker.services.context import Context
 from tests.conftest import CONFIG
 
@@ -230,15 +230,15 @@ def statements_seen(ctx: Context) -> list[str]:
     return seen
 
 
-async def publish_acts(ctx: Context, token: str, count: int) -> list[reports.PublishAct]:
+async def publish_acts(ctx: Context, token: str, count: int) -> list[publishing.PublishAct]:
     """``count`` checked publish acts of ``body()`` for the node holding ``token``, as the
-    group commit hands them to ``reports.store_publishes``."""
+    group commit hands them to ``publishing.store_publishes``."""
     node = await auth.authenticate(ctx, token, source="test", rechecked=True)
     directory = await ctx.cached_directory()
     return [
-        reports.PublishAct(
+        publishing.PublishAct(
             node=node,
-            sub=reports.parse_submission(body(), ctx=ctx, known_alliances=directory.alliances),
+            sub=publishing.parse_submission(body(), ctx=ctx, known_alliances=directory.alliances),
             idempotency_key=None,
         )
         for _ in range(count)

@@ -12,8 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from broker.crypto import merkle, notes
-from broker.services import ledger
-from broker.services import reports as report_service
+from broker.services import ledger, publishing
 from broker.services.auth import authenticate
 from broker.services.context import Context
 from broker.settings import Settings
@@ -124,7 +123,7 @@ async def test_concurrent_writers_on_two_brokers_keep_one_chain(settings: Settin
 
         async def writer(c: Context, node: object) -> None:
             for _ in range(15):
-                await report_service.publish(c, node, body(), idempotency_key=None)  # type: ignore[arg-type]
+                await publishing.publish(c, node, body(), idempotency_key=None)  # type: ignore[arg-type]
 
         await asyncio.gather(
             *(writer(c, n) for c, n in zip((ctx, other, ctx, other), nodes * 2, strict=True))

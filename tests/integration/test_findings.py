@@ -20,7 +20,7 @@ import pytest
 
 from broker.client import BrokerClient
 from broker.crypto.tokens import hash_token
-from broker.services import admin, reports
+from broker.services import admin, publishing
 from tests.integration.conftest import Api, StartServer
 from tests.integration.faults import stream_slots
 from tests.integration.helpers import Cli, body, events, eventually, publish_acts, report_count, streaming
@@ -392,7 +392,7 @@ async def test_the_publish_limit_counts_what_committed_while_it_waited_for_the_l
     acts = await publish_acts(ctx, usa, 5)
     waiting: asyncio.Task[tuple[int, Any]] | None = None
     async with ctx.db.transaction() as tx:
-        stored = await reports.store_publishes(ctx, tx, acts)
+        stored = await publishing.store_publishes(ctx, tx, acts)
         assert all(not isinstance(r, Exception) for r in stored)
         waiting = asyncio.create_task(other.publish(usa, body()))  # queues on the head row
         await asyncio.sleep(0.5)  # an absence over a bounded window: the publish still waits

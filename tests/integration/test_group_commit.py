@@ -13,7 +13,7 @@ import pytest
 from broker.domain.ids import scoped_report_id
 from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import BrokerError, Conflict, Stale, Unavailable
-from broker.services import admin, audit
+from broker.services import admin, audit, publishing
 from broker.services import reports as report_service
 from broker.services.auth import authenticate
 from broker.services.context import Context
@@ -32,7 +32,7 @@ async def test_concurrent_publishes_share_transactions_in_order(ctx: Context) ->
     n = 64
     receipts = await asyncio.gather(
         *(
-            report_service.publish(ctx, (usa, gbr)[i % 2], body(payload={"n": i}), idempotency_key=None)
+            publishing.publish(ctx, (usa, gbr)[i % 2], body(payload={"n": i}), idempotency_key=None)
             for i in range(n)
         )
     )
@@ -55,9 +55,9 @@ async def test_repeats_inside_one_batch(ctx: Context) -> None:
     usa, gbr = await _node(ctx, "usa-1", "USA"), await _node(ctx, "gbr-1", "GBR")
     directory = await ctx.cached_directory()
 
-    def act(node: NodeRecord, raw: dict[str, Any], key: str | None = None) -> report_service.PublishAct:
-        sub = report_service.parse_submission(raw, ctx=ctx, known_alliances=directory.alliances)
-        return report_service.PublishAct(node=node, sub=sub, idempotency_key=key)
+    def act(node: NodeRecord, raw: dict[str, Any], key: str | None = None) -> publishing.PublishAct:
+        sub = publishing.parse_submission(raw, ctx=ctx, known_alliances=directory.alliances)
+        return publishing.PublishAct(node=node, sub=sub, idempotency_key=key)
 
     before = await chain_holds(ctx)
     with_id = {**body(), "id": "0b7e8f8c-6a55-4d49-9a0c-2d1d2f0c9a11"}
@@ -71,7 +71,7 @@ async def test_repeats_inside_one_batch(ctx: Context) -> None:
         act(gbr, with_id),  # the same id chosen by another node: a report of its own
     ]
     async with ctx.db.transaction() as tx:
-        outcomes = await report_service.store_publishes(ctx, tx, acts)
+        outcomes = await publishing.store_publishes(ctx, tx, acts)
     first, again, reused, own, by_id, by_id_again, taken = outcomes
     assert not isinstance(first, BrokerError) and not isinstance(again, BrokerError)
     assert again.seq == first.seq
@@ -85,7 +85,7 @@ async def test_repeats_inside_one_batch(ctx: Context) -> None:
     assert await chain_holds(ctx) == before + 4  # four publish events, no more
     # Across transactions the same rules hold: the stored report answers the repeat.
     async with ctx.db.transaction() as tx:
-        later = await report_service.store_publishes(ctx, tx, [act(usa, body(), "k1"), act(gbr, with_id)])
+        later = await publishing.store_publishes(ctx, tx, [act(usa, body(), "k1"), act(gbr, with_id)])
     assert not isinstance(later[0], BrokerError) and later[0].seq == first.seq
     assert not isinstance(later[1], BrokerError) and later[1].seq == taken.seq
 
@@ -204,7 +204,7 @@ async def test_a_recall_after_a_decision_turns_only_its_own_delivery_into_a_deni
     very report, which is recorded as denied (``recalled``) and named for the caller to drop."""
     usa = await _node(ctx, "usa-1", "USA")
     ids = [
-        (await report_service.publish(ctx, usa, body(payload={"n": i}), idempotency_key=None))["id"]
+        (await publishing.publish(ctx, usa, body(payload={"n": i}), idempotency_key=None))["id"]
         for i in range(2)
     ]
     batcher = audit.Batcher(ctx)

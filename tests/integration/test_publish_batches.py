@@ -18,7 +18,7 @@ from sqlalchemy.exc import StatementError
 
 from broker.domain.records import AuditDraft
 from broker.errors import BadRequest
-from broker.services import admin, audit, reports
+from broker.services import admin, audit, publishing
 from broker.services.context import Context
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body, chain_holds, events, publish_acts, report_count
@@ -98,9 +98,9 @@ async def test_a_client_chosen_id_already_stored_is_found(api: Api) -> None:
     assert await report_count(api.ctx) == 2
 
 
-async def _acts(api: Api, token: str, count: int) -> tuple[Context, list[reports.PublishAct]]:
+async def _acts(api: Api, token: str, count: int) -> tuple[Context, list[publishing.PublishAct]]:
     """Another process's view of the database (the limit of 5 in 5 s), and ``count`` publish
-    acts for the node holding ``token``, ready for ``reports.store_publishes``."""
+    acts for the node holding ``token``, ready for ``publishing.store_publishes``."""
     limits = replace(api.ctx.settings, publish_burst=5, publish_rate_per_second=1.0)
     ctx = replace(api.ctx, settings=limits)
     return ctx, await publish_acts(ctx, token, count)
@@ -115,7 +115,7 @@ async def test_reports_another_process_stored_count_in_the_rate_window(
     assert (await api.publish(usa, body()))[0] == 201
     ctx, acts = await _acts(api, usa, 4)
     async with ctx.db.transaction() as tx:
-        assert all(not isinstance(r, Exception) for r in await reports.store_publishes(ctx, tx, acts))
+        assert all(not isinstance(r, Exception) for r in await publishing.store_publishes(ctx, tx, acts))
     assert (await api.publish(usa, body()))[0] == 429
     assert await report_count(api.ctx) == 5
     assert {e["reason"] for e in await events(api.ctx, action="publish", decision="deny")} == {"rate_limited"}
@@ -160,7 +160,7 @@ async def test_a_publish_that_waited_for_the_lock_counts_what_committed_meanwhil
     assert (await api.publish(usa, body()))[0] == 201
     ctx, acts = await _acts(api, usa, 4)
     async with ctx.db.transaction() as tx:
-        stored = await reports.store_publishes(ctx, tx, acts)
+        stored = await publishing.store_publishes(ctx, tx, acts)
         assert all(not isinstance(r, Exception) for r in stored)
         waiting = asyncio.create_task(api.publish(usa, body()))
         await _blocked(database_url)

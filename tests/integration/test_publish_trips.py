@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from broker.services import reports
+from broker.services import publishing
 from broker.services.context import Context
 from tests.conftest import FakeClock
 from tests.integration.conftest import Api, StartServer
@@ -93,7 +93,7 @@ async def test_a_burst_another_process_stored_after_a_quiet_spell_is_counted(
     other = replace(api.ctx, settings=limits)  # another process's view, with the same limit
     acts = await publish_acts(other, usa, 4)
     async with other.db.transaction() as tx:
-        assert all(not isinstance(r, Exception) for r in await reports.store_publishes(other, tx, acts))
+        assert all(not isinstance(r, Exception) for r in await publishing.store_publishes(other, tx, acts))
     trips = _trips(api.server_ctx)
     assert (await api.publish(usa, body()))[0] == 429
     assert trips.count("SELECT reports") == 1  # counted

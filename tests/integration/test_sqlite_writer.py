@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from broker.domain.records import AuditDraft
-from broker.services import admin, audit, ledger
+from broker.services import admin, audit, ledger, publishing
 from broker.services import reports as report_service
 from broker.services.auth import authenticate
 from broker.services.context import Context
@@ -47,10 +47,10 @@ async def test_what_it_writes_sqlalchemy_reads_back_unchanged(sqlite_ctx: Contex
     node = await authenticate(ctx, (await admin.add_node(ctx, spec, actor="t"))["token"], source="test")
     directory = await ctx.cached_directory()
     raw = body(topics=["c2", "ransomware"], payload={"n": 1, "text": "é\u2028\U0001f600"})
-    sub = report_service.parse_submission(raw, ctx=ctx, known_alliances=directory.alliances)
-    act = report_service.PublishAct(node=node, sub=sub, idempotency_key="key-1")
+    sub = publishing.parse_submission(raw, ctx=ctx, known_alliances=directory.alliances)
+    act = publishing.PublishAct(node=node, sub=sub, idempotency_key="key-1")
     async with ctx.db.write_transaction() as tx:
-        (written,) = await report_service.store_publishes(ctx, tx, [act])
+        (written,) = await publishing.store_publishes(ctx, tx, [act])
     async with ctx.db.engine.connect() as conn:  # SQLAlchemy's async engine, another connection
         row = (await conn.execute(st.REPORT_BY_ID, {"id": written.id})).one()
         topics = (await conn.execute(select(st.TOPICS.c.topic).order_by(st.TOPICS.c.topic))).scalars()
@@ -72,9 +72,9 @@ async def test_two_trips_per_publish(sqlite_ctx: Context, request: pytest.Fixtur
     ctx = sqlite_ctx
     spec = {"id": "usa-1", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]}
     node = await authenticate(ctx, (await admin.add_node(ctx, spec, actor="t"))["token"], source="test")
-    await report_service.publish(ctx, node, body(), idempotency_key=None)  # caches warm
+    await publishing.publish(ctx, node, body(), idempotency_key=None)  # caches warm
     trips: list[str] = request.getfixturevalue("sqlite_trips")  # counting from here on
-    await report_service.publish(ctx, node, body(), idempotency_key=None)
+    await publishing.publish(ctx, node, body(), idempotency_key=None)
     assert trips == ["sqlite-writer", "sqlite-writer"]  # begin + lock the head; the writes + commit
     assert await report_count(ctx) == 2
 

@@ -13,8 +13,7 @@ import pytest
 
 from broker.client import ApiError, BrokerClient, Received, SealedError, SignatureError, StreamClosed
 from broker.crypto.keys import new_sealing_key, new_signing_key, public_b64
-from broker.services import admin
-from broker.services import reports as report_service
+from broker.services import admin, publishing
 from broker.web.ws import StreamSession
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body, events, streaming
@@ -294,7 +293,7 @@ async def test_a_report_published_by_another_process_reaches_open_streams(api: A
             stream = client.stream(after=0)
             consumer = asyncio.create_task(take(stream, 1))
             await streaming(api, auditor, ["swe-1"])
-            receipt = await report_service.publish(other, node, body(), idempotency_key=None)
+            receipt = await publishing.publish(other, node, body(), idempotency_key=None)
             got = await consumer
             await stream.aclose()
         assert got[0].id == receipt["id"]

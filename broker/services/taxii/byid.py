@@ -12,7 +12,7 @@ from broker.domain import stix
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.domain.stix import CollectionRecord, Entry, Filters, Position
 from broker.errors import NotFound
-from broker.services import audit, reports
+from broker.services import audit, decisions
 from broker.services.auth import recheck
 from broker.services.context import Context
 from broker.services.taxii.common import (
@@ -58,7 +58,7 @@ async def by_id(
             await refuse(ctx, node, "read", NotFound("no such object", code="not_found"))
         return found
     attempt = partial(_by_id_once, ctx, node, collection, object_id, filters, limit, start)
-    return await reports.decided(ctx, "read", attempt)
+    return await decisions.decided(ctx, "read", attempt)
 
 
 async def _by_id_once(
@@ -123,7 +123,7 @@ def _versions_page(
             break
         if report.seq not in payloads:
             payloads[report.seq] = open_served(ctx, report, keyring)
-            drafts.append(reports.allow_draft(node, report, "read"))
+            drafts.append(decisions.allow_draft(node, report, "read"))
         obj = payloads[report.seq][row.position]
         refs = [m["id"] for m in stix.markings_of(report.label)]
         version = stix.version_of(obj, date_added=added)

@@ -15,7 +15,7 @@ from broker.domain import stix
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.domain.stix import CollectionRecord, Entry, Filters, Position
 from broker.errors import AccessDenied, BrokerError, NotFound
-from broker.services import audit, reports
+from broker.services import audit, decisions, publishing
 from broker.services.collections import can_read, can_write
 from broker.services.context import Context
 from broker.storage import collections as store
@@ -135,8 +135,8 @@ async def ensure_indexed(ctx: Context) -> None:
         while below:
             found = await store.unindexed(tx, after=after, below=below, limit=500)
             for report in found:
-                payload = json.loads(reports.open_payload(ctx, report))
-                await store.add_indexed(tx, reports.index_rows(ctx, report, payload))
+                payload = json.loads(decisions.open_payload(ctx, report))
+                await store.add_indexed(tx, publishing.index_rows(ctx, report, payload))
             if len(found) < 500:
                 await store.set_pending_below(tx, 0)
                 break
@@ -168,7 +168,7 @@ def counts(
         report.erased_at is None
         and bool(set(report.topics) & set(collection.topics))
         and (filters.added_after is None or report.added > filters.added_after)
-        and reports.decide_for(ctx, node, report, directory).allowed
+        and decisions.decide_for(ctx, node, report, directory).allowed
     )
 
 

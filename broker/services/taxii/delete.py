@@ -12,7 +12,7 @@ from broker.domain import stix
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.domain.stix import CollectionRecord, Entry, Filters
 from broker.errors import AccessDenied, BrokerError, NotFound
-from broker.services import audit, reports
+from broker.services import audit, decisions, reports
 from broker.services.auth import recheck
 from broker.services.collections import can_read
 from broker.services.context import Context
@@ -34,11 +34,11 @@ async def delete(
     if "all" not in filters.versions or filters.spec_versions:
         # Removing some versions of an object must leave its others (and the rest of their
         # reports): a recall would take the whole report, whatever version it also holds.
-        await reports.decided(
+        await decisions.decided(
             ctx, "recall", partial(_exclude_once, ctx, node, collection, object_id, filters)
         )
         return
-    carriers = await reports.decided(
+    carriers = await decisions.decided(
         ctx, "recall", partial(_carriers, ctx, node, collection, object_id, filters)
     )
     own = [r for r in carriers if r.originator_node == node.id]
@@ -76,7 +76,7 @@ async def _exclude_once(
         if own:
             await store.exclude(tx, [(report.seq, row.position) for report, row in own], at=now)
             drafts = [
-                replace(reports.allow_draft(node, report, "recall"), reason="version_excluded")
+                replace(decisions.allow_draft(node, report, "recall"), reason="version_excluded")
                 for report in {r.seq: r for r, _ in own}.values()
             ]
             await audit.record(tx, drafts, now=now, report_changed=True, decided_at=counter)

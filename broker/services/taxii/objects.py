@@ -15,7 +15,7 @@ from broker.crypto.keyring import Keyring
 from broker.domain import stix
 from broker.domain.records import ReportRecord
 from broker.domain.stix import Entry, Filters, Position
-from broker.services import reports
+from broker.services import decisions
 from broker.services.context import Context
 
 PAYLOADS_OPENED = Counter(
@@ -73,7 +73,7 @@ PAYLOADS = PayloadIndex()
 
 def open_served(ctx: Context, report: ReportRecord, keyring: Keyring | None = None) -> list[dict[str, Any]]:
     """The objects ``report``'s payload serves, decrypted (and counted) now."""
-    served = stix.served_objects(json.loads(reports.open_payload(ctx, report, keyring)))
+    served = stix.served_objects(json.loads(decisions.open_payload(ctx, report, keyring)))
     PAYLOADS_OPENED.inc()
     return served
 

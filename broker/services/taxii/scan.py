@@ -13,7 +13,7 @@ from broker.crypto.keyring import Keyring
 from broker.domain import stix
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.domain.stix import CollectionRecord, Entry, Filters, Position
-from broker.services import audit, reports
+from broker.services import audit, decisions
 from broker.services.auth import recheck
 from broker.services.context import Context
 from broker.services.scanhints import HintKey, ScanHint
@@ -69,7 +69,7 @@ class Scan:
         else:
             self.page.next = Position(report.seq + 1, 0)
         if served:
-            self.drafts.append(reports.allow_draft(self.node, report, "read"))
+            self.drafts.append(decisions.allow_draft(self.node, report, "read"))
 
     async def run(self, tx: Tx, position: int, start: Position) -> tuple[int, bool]:
         """Scan the collection's reports from sequence ``position`` until the page is full or a
@@ -105,7 +105,7 @@ class Scan:
             return False
         if self._counts.get(report.seq):
             return True
-        if not reports.decide_for(self.ctx, self.node, report, self.directory).allowed:
+        if not decisions.decide_for(self.ctx, self.node, report, self.directory).allowed:
             return False
         if self.filters.added_after is not None and report.added <= self.filters.added_after:
             self.page.next = Position(report.seq + 1, 0)
@@ -200,7 +200,7 @@ async def page(
     """Up to ``limit`` objects of the collection ``node`` may see, from ``start``; audited."""
     collection = await readable(ctx, node, collection_id)
     attempt = partial(_page_once, ctx, node, collection, filters, limit, start, per_report_versions)
-    return await reports.decided(ctx, "read", attempt)
+    return await decisions.decided(ctx, "read", attempt)
 
 
 async def _page_once(

@@ -21,7 +21,7 @@ from broker.domain import stix
 from broker.domain.records import NodeRecord, ReportRecord
 from broker.domain.stix import CollectionRecord
 from broker.errors import AccessDenied, InvalidInput, NotFound, PayloadTooLarge
-from broker.services import reports
+from broker.services import publishing
 from broker.services.collections import can_write
 from broker.services.context import Context
 from broker.services.taxii.common import collection, is_uuid, refuse
@@ -103,7 +103,7 @@ def _version(obj: Mapping[str, Any], now: str) -> str:
 
 async def add_objects(ctx: Context, node: NodeRecord, collection_id: str, envelope: object) -> dict[str, Any]:
     """Validate an envelope's objects and publish those accepted as one report under the
-    collection's label and topics (``reports.publish``: its checks, limits and audit); return
+    collection's label and topics (``publishing.publish``: its checks, limits and audit); return
     the status resource, which is also stored for ``status``."""
     found = await _writable(ctx, node, collection_id)
     try:
@@ -132,7 +132,7 @@ async def add_objects(ctx: Context, node: NodeRecord, collection_id: str, envelo
             outcome=outcome.at(report.added),
         )
 
-    receipt = await reports.publish(ctx, node, body, idempotency_key=None, attach=store_status)
+    receipt = await publishing.publish(ctx, node, body, idempotency_key=None, attach=store_status)
     return outcome.at(datetime.fromisoformat(receipt["created"]))
 
 
