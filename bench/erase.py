@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from broker.services import admin, auth, publishing, reports
+from broker.services import admin, alliances, auth, publishing, reports
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -54,7 +54,7 @@ async def _one(engine: str, n: int, workdir: Path) -> float:
     ctx = Context.open(settings)
     try:
         await db.upgrade(ctx.db.engine)
-        await admin.seed_alliances(ctx, settings.alliances)
+        await alliances.seed_alliances(ctx, settings.alliances)
         await ctx.check_keyring()
         spec = {"id": "usa-1", "nation": "USA", "clearance": "SECRET", "roles": ["publish"], "caveats": []}
         token = str((await admin.add_node(ctx, spec, actor="bench"))["token"])

@@ -30,7 +30,7 @@ from bench.throughput import BODY, _commit, append_results, fresh_database
 from broker.crypto import seal
 from broker.crypto.keys import new_sealing_key, public_b64
 from broker.domain.canonical import canonical
-from broker.services import admin
+from broker.services import admin, alliances
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -155,7 +155,7 @@ async def main() -> None:
             settings = Settings.load(env=env)
             ctx = Context.open(settings)
             await db.upgrade(ctx.db.engine)
-            await admin.seed_alliances(ctx, settings.alliances)
+            await alliances.seed_alliances(ctx, settings.alliances)
             await ctx.close()
             for n in (int(x) for x in args.subscribers.split(",")):
                 for sealed in (False, True):

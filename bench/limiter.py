@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.procs import bench_config, broker_env, start_broker, stop
-from broker.services import admin
+from broker.services import admin, alliances
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -50,7 +50,7 @@ async def _prepare(env: dict[str, str]) -> dict[str, str]:
     ctx = Context.open(settings)
     try:
         await db.upgrade(ctx.db.engine)
-        await admin.seed_alliances(ctx, settings.alliances)
+        await alliances.seed_alliances(ctx, settings.alliances)
         tokens = {}
         for role in ("audit", "subscribe"):
             spec = {"id": f"bench-{role}", "nation": "USA", "clearance": "SECRET", "roles": [role]}

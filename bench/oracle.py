@@ -25,7 +25,7 @@ import aiohttp
 
 from bench.procs import broker_env, start_broker, stop
 from bench.throughput import _commit, append_results, fresh_database
-from broker.services import admin
+from broker.services import admin, alliances
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -36,7 +36,7 @@ async def _nodes(env: dict[str, str]) -> tuple[str, str]:
     ctx = Context.open(settings)
     try:
         await db.upgrade(ctx.db.engine)
-        await admin.seed_alliances(ctx, settings.alliances)
+        await alliances.seed_alliances(ctx, settings.alliances)
         tokens = []
         for node, nation in (("usa", "USA"), ("rus", "RUS")):
             spec = {"id": node, "nation": nation, "clearance": "SECRET", "roles": ["publish", "subscribe"]}

@@ -39,7 +39,7 @@ import aiohttp
 from bench.procs import broker_env, free_port, rss_kb, start_broker, start_process, stop, wait_for
 from bench.throughput import BODY, INDICATOR, ROOT, _commit, append_results, bench_nodes, fresh_database
 from broker.domain.records import ReportRecord
-from broker.services import admin, collections, publishing
+from broker.services import alliances, collections, publishing
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -244,7 +244,7 @@ async def ours(
     ctx = Context.open(settings)
     try:
         await db.upgrade(ctx.db.engine)
-        await admin.seed_alliances(ctx, settings.alliances)
+        await alliances.seed_alliances(ctx, settings.alliances)
         pub, sub = await bench_nodes(ctx)
         spec = {"title": "bench", "topics": BODY["topics"], "label": BODY["label"]}
         collection = (await collections.add_collection(ctx, spec, actor="bench"))["id"]

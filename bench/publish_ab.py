@@ -40,7 +40,7 @@ from bench.procs import ROOT, broker_env, stop
 from bench.scale import HOLD
 from bench.taxii_ab import cpu_seconds, serve
 from bench.throughput import BODY, bench_nodes, fresh_database
-from broker.services import admin
+from broker.services import admin, alliances
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -118,7 +118,7 @@ async def _seed(env: dict[str, str]) -> tuple[str, str]:
     ctx = Context.open(settings)
     try:
         await db.upgrade(ctx.db.engine)
-        await admin.seed_alliances(ctx, settings.alliances)
+        await alliances.seed_alliances(ctx, settings.alliances)
         publisher = (await bench_nodes(ctx))[0]
         spec = {"id": "aud", "nation": "BEL", "clearance": "SECRET", "roles": ["audit"]}
         return publisher, (await admin.add_node(ctx, spec, actor="bench"))["token"]

@@ -43,7 +43,7 @@ from bench.peer import WARMUP, load, medallion_calls, ratio, start_medallion
 from bench.procs import broker_env, rss_kb, start_broker, stop
 from bench.throughput import BODY, _commit, append_results, bench_nodes, fresh_database
 from broker.crypto.keys import new_sealing_key, public_b64
-from broker.services import admin
+from broker.services import admin, alliances
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -70,7 +70,7 @@ class Brokers:
         ctx = Context.open(settings)
         try:
             await db.upgrade(ctx.db.engine)
-            await admin.seed_alliances(ctx, settings.alliances)
+            await alliances.seed_alliances(ctx, settings.alliances)
             self.tokens["pub"], self.tokens["sub"] = await bench_nodes(ctx)
             for node_id, nation, roles, keys in (
                 ("aud", "BEL", ["audit"], {}),

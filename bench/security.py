@@ -50,7 +50,7 @@ import aiohttp
 
 from bench.procs import broker_env, start_broker, stop
 from bench.throughput import _commit, append_results, fresh_database
-from broker.services import admin, ledger
+from broker.services import admin, alliances, ledger
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -81,7 +81,7 @@ async def _prepare(env: dict[str, str]) -> dict[str, str]:
     ctx = Context.open(settings)
     try:
         await db.upgrade(ctx.db.engine)
-        await admin.seed_alliances(ctx, settings.alliances)
+        await alliances.seed_alliances(ctx, settings.alliances)
         tokens = {}
         for role, nation in (("admin", "USA"), ("audit", "USA"), ("publish", "USA")):
             spec = {"id": f"bench-{role}", "nation": nation, "clearance": "SECRET", "roles": [role]}

@@ -29,7 +29,7 @@ import aiohttp
 
 from bench.procs import broker_env, rss_kb, start_broker, stop
 from bench.throughput import _commit, append_results, fresh_database
-from broker.services import admin
+from broker.services import admin, alliances
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -49,7 +49,7 @@ async def _prepare(
     ctx = Context.open(settings)
     try:
         await db.upgrade(ctx.db.engine)
-        await admin.seed_alliances(ctx, settings.alliances)
+        await alliances.seed_alliances(ctx, settings.alliances)
 
         async def add(node_id: str, role: str) -> str:
             spec = {"id": node_id, "nation": "GBR", "clearance": "SECRET", "roles": [role]}

@@ -27,7 +27,7 @@ import aiohttp
 from bench.peer import STORED_BASE, TAXII, Call, fill_ours, indicator, load, spread
 from bench.procs import ROOT, broker_env, free_port, rss_kb, stop, wait_for
 from bench.throughput import BODY, bench_nodes, fresh_database
-from broker.services import admin, collections
+from broker.services import alliances, collections
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -119,7 +119,7 @@ async def main() -> None:
             ctx = Context.open(settings)
             try:
                 await db.upgrade(ctx.db.engine)
-                await admin.seed_alliances(ctx, settings.alliances)
+                await alliances.seed_alliances(ctx, settings.alliances)
                 pub, sub = await bench_nodes(ctx)
                 spec = {"title": "bench", "topics": BODY["topics"], "label": BODY["label"]}
                 collection = (await collections.add_collection(ctx, spec, actor="bench"))["id"]

@@ -31,7 +31,7 @@ from aiohttp import web
 from sqlalchemy.engine import make_url
 
 from broker.app import create_app
-from broker.services import admin
+from broker.services import admin, alliances
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -178,7 +178,7 @@ async def _bench_url(
     ctx = Context.open(settings)
     try:
         await db.upgrade(ctx.db.engine)
-        await admin.seed_alliances(ctx, settings.alliances)
+        await alliances.seed_alliances(ctx, settings.alliances)
         pub, sub = await bench_nodes(ctx)
         runner, base = await _start(create_app(settings))
         try:

@@ -21,7 +21,7 @@ import aiohttp
 from broker.client import BrokerClient
 from broker.crypto.keys import new_signing_key, public_b64
 from broker.demo import demo_pki
-from broker.services import admin, peers
+from broker.services import admin, alliances, peers
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -79,7 +79,7 @@ async def _setup(envs: dict[str, dict[str, str]], pki_dir: Path, key: Any) -> di
         try:
             await db.upgrade(ctx.db.engine)
             await ctx.check_keyring()
-            await admin.seed_alliances(ctx, settings.alliances)
+            await alliances.seed_alliances(ctx, settings.alliances)
             for spec in nodes[name]:
                 tokens[spec["id"]] = (await admin.add_node(ctx, spec, actor="demo"))["token"]
         finally:

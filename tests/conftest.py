@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from broker.services import admin
+from broker.services import alliances
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -59,7 +59,7 @@ async def _migrate_and_seed(url: str, keyring: Path) -> None:
     ctx = Context.open(settings, clock=FakeClock(datetime(2026, 1, 1, tzinfo=UTC)))
     try:
         await db.upgrade(ctx.db.engine)
-        await admin.seed_alliances(ctx, settings.alliances)
+        await alliances.seed_alliances(ctx, settings.alliances)
     finally:
         await ctx.close()
 

@@ -33,15 +33,15 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> Callable[[Context], Awaitable[Any]]:
     from broker.domain.time import parse_time
-    from broker.services import admin
+    from broker.services import alliances
 
     date = parse_time(getattr(args, "date", None), name="date")
     table: dict[str, Callable[[Context], Awaitable[Any]]] = {
-        "create": lambda c: admin.create_alliance(
+        "create": lambda c: alliances.create_alliance(
             c, args.id, name=args.name, history=args.history, actor=CLI_ACTOR
         ),
-        "join": lambda c: admin.join(c, args.id, args.nation, at=date, actor=CLI_ACTOR),
-        "leave": lambda c: admin.leave(c, args.id, args.nation, at=date, actor=CLI_ACTOR),
-        "list": admin.list_alliances,
+        "join": lambda c: alliances.join(c, args.id, args.nation, at=date, actor=CLI_ACTOR),
+        "leave": lambda c: alliances.leave(c, args.id, args.nation, at=date, actor=CLI_ACTOR),
+        "list": alliances.list_alliances,
     }
     return table[args.action]

@@ -77,7 +77,7 @@ def refuse_missing_sqlite(url: str) -> None:
 
 async def upgrade(settings: Settings) -> dict[str, Any]:
     """Migrate the database and seed the configured alliances into an empty one."""
-    from broker.services import admin
+    from broker.services import alliances
     from broker.services.context import Context
     from broker.storage import db
 
@@ -85,7 +85,7 @@ async def upgrade(settings: Settings) -> dict[str, Any]:
     try:
         await db.upgrade(ctx.db.engine)
         await ctx.check_keyring()  # binds a new database to this keyring
-        seeded = await admin.seed_alliances(ctx, settings.alliances)
+        seeded = await alliances.seed_alliances(ctx, settings.alliances)
     finally:
         await ctx.close()
     return {"migrated": True, "alliances_seeded": seeded}

@@ -12,6 +12,7 @@ from aiohttp import web
 from broker.domain.records import NodeRecord
 from broker.errors import BadRequest, RateLimited
 from broker.services import admin, auth, publishing, reports, witnessing
+from broker.services import alliances as memberships
 from broker.services.context import Context
 from broker.services.limits import TokenBucket
 from broker.services.puller import Links
@@ -228,7 +229,7 @@ async def _optional_body(request: web.Request) -> Any:
 async def admin_join(request: web.Request) -> web.Response:
     actor = await require_admin(request)
     at = _date_param(await _optional_body(request))
-    result = await admin.join(
+    result = await memberships.join(
         _ctx(request), request.match_info["id"], request.match_info["nation"], at=at, actor=actor.id
     )
     request.app[WAKE]()
@@ -238,7 +239,7 @@ async def admin_join(request: web.Request) -> web.Response:
 async def admin_leave(request: web.Request) -> web.Response:
     actor = await require_admin(request)
     at = _date_param(await _optional_body(request))
-    result = await admin.leave(
+    result = await memberships.leave(
         _ctx(request), request.match_info["id"], request.match_info["nation"], at=at, actor=actor.id
     )
     request.app[WAKE]()
@@ -247,7 +248,7 @@ async def admin_leave(request: web.Request) -> web.Response:
 
 async def alliances(request: web.Request) -> web.Response:
     await authenticated_node(request)
-    return web.json_response({"alliances": await admin.list_alliances(_ctx(request))})
+    return web.json_response({"alliances": await memberships.list_alliances(_ctx(request))})
 
 
 async def node_keys(request: web.Request) -> web.Response:

@@ -10,26 +10,26 @@ import pytest
 from broker.config_files import AllianceSeed
 from broker.domain.alliances import Alliance, Membership
 from broker.errors import InvalidInput
-from broker.services import admin
+from broker.services import admin, alliances
 from broker.services.context import Context
 
 
 async def test_alliance_named_like_a_nation_is_refused(ctx: Context) -> None:
     with pytest.raises(InvalidInput) as caught:
-        await admin.create_alliance(ctx, "UKR", name="Not Ukraine", actor="t")
+        await alliances.create_alliance(ctx, "UKR", name="Not Ukraine", actor="t")
     assert caught.value.code == "alliance_id_is_nation"
     assert caught.value.status == 422
-    assert "UKR" not in {a["id"] for a in await admin.list_alliances(ctx)}
+    assert "UKR" not in {a["id"] for a in await alliances.list_alliances(ctx)}
 
 
 async def test_alliance_id_with_trailing_newline_is_refused(ctx: Context) -> None:
     with pytest.raises(InvalidInput) as caught:
-        await admin.create_alliance(ctx, "NORDEFCO\n", name="Nordic", actor="t")
+        await alliances.create_alliance(ctx, "NORDEFCO\n", name="Nordic", actor="t")
     assert caught.value.code == "invalid_alliance"
 
 
 async def test_ukraine_can_join_an_alliance(ctx: Context) -> None:
-    joined = await admin.join(ctx, "NATO", "UKR", at=None, actor="t")
+    joined = await alliances.join(ctx, "NATO", "UKR", at=None, actor="t")
     assert joined["nation"] == "UKR"
 
 
@@ -40,7 +40,7 @@ async def test_seeding_refuses_alliance_named_like_a_nation(ctx: Context) -> Non
         members=(Membership(alliance="UKR", nation="RUS", joined=joined),),
     )
     with pytest.raises(InvalidInput) as caught:
-        await admin.seed_alliances(ctx, (seed,))
+        await alliances.seed_alliances(ctx, (seed,))
     assert caught.value.code == "alliance_id_is_nation"
 
 
@@ -63,5 +63,5 @@ async def test_legacy_alliance_named_like_a_nation_takes_no_members(ctx: Context
     async with ctx.db.transaction() as tx:  # as an older broker may have stored it
         await tx.insert_alliance(Alliance(id="UKR", name="Not Ukraine"), at=ctx.now())
     with pytest.raises(InvalidInput) as caught:
-        await admin.join(ctx, "UKR", "RUS", at=None, actor="t")
+        await alliances.join(ctx, "UKR", "RUS", at=None, actor="t")
     assert caught.value.code == "alliance_id_is_nation"

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from broker.app import create_app
 from broker.client import BrokerClient, Recall
 from broker.crypto import pki
-from broker.services import admin, ledger, reports
+from broker.services import admin, alliances, ledger, reports
 from broker.services.context import Context
 from broker.settings import Settings, TlsSettings
 from broker.waiting import wait_event
@@ -225,7 +225,7 @@ async def test_revoking_a_link_closes_its_stream_and_a_membership_change_binds_f
         nato_ws = await stack.enter_async_context(session.ws_connect(f"{sender.base}/v1/stream", ssl=nato))
         first = await publish()
         assert _ids(await frames_until(fra_ws, first)) == [first]
-        await admin.leave(sender.ctx, "NATO", "FRA", at=None, actor="test")
+        await alliances.leave(sender.ctx, "NATO", "FRA", at=None, actor="test")
         after_leaving = await publish()
         marker = await publish(to=["FRA"])
         assert _ids(await frames_until(fra_ws, marker)) == [marker]

@@ -13,7 +13,7 @@ import pytest
 from broker.domain.ids import scoped_report_id
 from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import BrokerError, Conflict, Stale, Unavailable
-from broker.services import admin, audit, publishing
+from broker.services import admin, alliances, audit, publishing
 from broker.services import reports as report_service
 from broker.services.auth import authenticate
 from broker.services.context import Context
@@ -187,7 +187,7 @@ async def test_decisions_made_before_a_change_are_not_recorded(ctx: Context) -> 
     batcher = audit.Batcher(ctx)
     async with ctx.db.transaction() as tx:
         counter = await tx.change_counter()
-    await admin.create_alliance(ctx, "NORDEFCO", name="Nordic Defence Cooperation", actor="t")
+    await alliances.create_alliance(ctx, "NORDEFCO", name="Nordic Defence Cooperation", actor="t")
     before = await chain_holds(ctx)
     current, stale = await asyncio.gather(
         batcher.append([AuditDraft(action="deliver", node="now")], decided_at=counter + 1),

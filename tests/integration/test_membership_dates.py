@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from broker.errors import InvalidInput
-from broker.services import admin
+from broker.services import alliances
 from tests.integration.conftest import Api
 from tests.integration.helpers import events
 
@@ -33,7 +33,7 @@ async def test_a_leave_dated_before_the_join_is_refused(api: Api) -> None:
 
     # The command line goes through the same service.
     with pytest.raises(InvalidInput) as refused:
-        await admin.leave(api.ctx, "NATO", "SWE", at=datetime(2020, 1, 1, tzinfo=UTC), actor="cli")
+        await alliances.leave(api.ctx, "NATO", "SWE", at=datetime(2020, 1, 1, tzinfo=UTC), actor="cli")
     assert refused.value.code == "leave_before_join"
 
     # On the join date itself, or after it, a leave is accepted.

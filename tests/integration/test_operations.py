@@ -13,7 +13,7 @@ from alembic import command
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
-from broker.services import admin
+from broker.services import alliances
 from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
@@ -51,7 +51,7 @@ async def test_two_upgrades_started_together_both_succeed(empty_database_url: st
         assert await db.schema_drift(ctx.db.engine) == []
         # Seeded and bound exactly once: six alliances, six seed events, one binding, one
         # intact chain.
-        assert len(await admin.list_alliances(ctx)) == 6
+        assert len(await alliances.list_alliances(ctx)) == 6
         assert len(await events(ctx, action="alliance_seed")) == 6
         assert len(await events(ctx, action="keyring_bind")) == 1
         assert await chain_holds(ctx) == 7

@@ -13,7 +13,7 @@ from typing import Any
 
 from broker.crypto.keys import new_sealing_key, public_b64
 from broker.domain.records import AuditDraft
-from broker.services import admin, audit
+from broker.services import admin, alliances, audit
 from broker.services.context import Context
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body, events, eventually
@@ -84,7 +84,7 @@ class _LeaveFirst(audit.Batcher):
     ) -> frozenset[str]:
         if not self.left:
             self.left = True
-            await admin.leave(self.other, "NATO", "GBR", at=None, actor="test")
+            await alliances.leave(self.other, "NATO", "GBR", at=None, actor="test")
         return await super().append(drafts, decided_at=decided_at, reports_at=reports_at)
 
 

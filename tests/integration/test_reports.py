@@ -106,14 +106,14 @@ async def test_membership_changes_apply_to_the_next_decision(api: Api, clock: Fa
 
 
 async def test_since_join_alliance_hides_earlier_reports(api: Api, clock: FakeClock) -> None:
-    from broker.services import admin
+    from broker.services import alliances
 
-    await admin.create_alliance(api.ctx, "NORDEFCO", name="Nordic", history="since-join", actor="t")
-    await admin.join(api.ctx, "NORDEFCO", "NOR", at=None, actor="t")
+    await alliances.create_alliance(api.ctx, "NORDEFCO", name="Nordic", history="since-join", actor="t")
+    await alliances.join(api.ctx, "NORDEFCO", "NOR", at=None, actor="t")
     nor, fin = await api.node("nor-1", "NOR"), await api.node("fin-1", "FIN")
     _, before = await api.publish(nor, body(to=["NORDEFCO"]))
     clock.advance(minutes=1)
-    await admin.join(api.ctx, "NORDEFCO", "FIN", at=None, actor="t")
+    await alliances.join(api.ctx, "NORDEFCO", "FIN", at=None, actor="t")
     clock.advance(minutes=1)
     _, after = await api.publish(nor, body(to=["NORDEFCO"]))
     assert (await api.get(f"/v1/reports/{before['id']}", fin))[0] == 404

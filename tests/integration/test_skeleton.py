@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from broker.services import admin
+from broker.services import alliances
 from broker.services.context import Context
 from broker.storage import db
 from tests.integration.conftest import Api
@@ -18,25 +18,25 @@ async def test_models_and_migrations_agree(ctx: Context) -> None:
 
 
 async def test_shipped_alliances_are_seeded(ctx: Context) -> None:
-    alliances = {a["id"]: a for a in await admin.list_alliances(ctx)}
-    assert set(alliances) == {"NATO", "FVEY", "AU", "ASEAN", "GCC", "EU"}
-    assert len(alliances["NATO"]["members"]) == 32
-    assert alliances["FVEY"]["members"] == ["AUS", "CAN", "GBR", "NZL", "USA"]
-    assert len(alliances["AU"]["members"]) == 55
-    assert len(alliances["ASEAN"]["members"]) == 11
-    assert len(alliances["GCC"]["members"]) == 6
-    assert len(alliances["EU"]["members"]) == 27
-    assert "GBR" not in alliances["EU"]["members"]  # history kept, membership ended
-    joined = {m["nation"]: m["joined"][:10] for m in alliances["NATO"]["memberships"]}
+    found = {a["id"]: a for a in await alliances.list_alliances(ctx)}
+    assert set(found) == {"NATO", "FVEY", "AU", "ASEAN", "GCC", "EU"}
+    assert len(found["NATO"]["members"]) == 32
+    assert found["FVEY"]["members"] == ["AUS", "CAN", "GBR", "NZL", "USA"]
+    assert len(found["AU"]["members"]) == 55
+    assert len(found["ASEAN"]["members"]) == 11
+    assert len(found["GCC"]["members"]) == 6
+    assert len(found["EU"]["members"]) == 27
+    assert "GBR" not in found["EU"]["members"]  # history kept, membership ended
+    joined = {m["nation"]: m["joined"][:10] for m in found["NATO"]["memberships"]}
     assert joined["FIN"] == "2023-04-04"
     assert joined["SWE"] == "2024-03-07"
     assert joined["MKD"] == "2020-03-27"
-    eu_gbr = [m for m in alliances["EU"]["memberships"] if m["nation"] == "GBR"]
+    eu_gbr = [m for m in found["EU"]["memberships"] if m["nation"] == "GBR"]
     assert eu_gbr[0]["left"][:10] == "2020-02-01"
 
 
 async def test_seeding_twice_adds_nothing(ctx: Context) -> None:
-    assert await admin.seed_alliances(ctx, ctx.settings.alliances) == 0
+    assert await alliances.seed_alliances(ctx, ctx.settings.alliances) == 0
 
 
 async def test_health(api: Api) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from broker.client import ApiError, BrokerClient, Received, SealedError, SignatureError, StreamClosed
 from broker.crypto.keys import new_sealing_key, new_signing_key, public_b64
-from broker.services import admin, publishing
+from broker.services import admin, alliances, publishing
 from broker.web.ws import StreamSession
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body, events, streaming
@@ -142,7 +142,7 @@ async def test_membership_change_applies_to_an_open_stream(api: Api) -> None:
         stream = client.stream(after=0)
         before = await publish_many(api, usa, 1)
         assert [r.id for r in await take(stream, 1)] == before
-        await admin.leave(api.ctx, "NATO", "SWE", at=None, actor="test")
+        await alliances.leave(api.ctx, "NATO", "SWE", at=None, actor="test")
         hidden = await publish_many(api, usa, 1)
         marker = await publish_many(api, usa, 1, to=["SWE"])
         got = await take(stream, 1)
