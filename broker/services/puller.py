@@ -74,15 +74,17 @@ class Links:
                 self._reconcile(configured)
                 await wait_event(stop, PEER_SCAN_SECONDS)
         finally:
-            self._reconcile({})
+            # Stopped, every puller goes with its state; restarted by the supervisor after a
+            # failure, the pullers stop but the links' last known states stay in health.
+            self._reconcile({}, forget=stop.is_set())
 
-    def _reconcile(self, configured: dict[str, PeerRecord]) -> None:
+    def _reconcile(self, configured: dict[str, PeerRecord], *, forget: bool = True) -> None:
         for name, (peer, task) in list(self._tasks.items()):
             now = configured.get(name)
             if now is None or now.created_at != peer.created_at or task.done():
                 task.cancel()
                 del self._tasks[name]
-                if now is None:
+                if now is None and forget:
                     self.status.pop(name, None)
                     for state in PEER_STATES:
                         with contextlib.suppress(KeyError):
