@@ -12,7 +12,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +175,7 @@ def run(folder: Path, *, port: int, config_dir: Path) -> None:
                     subprocess.Popen(argv, env={**_base_env(), **envs[name]}, stdout=log, stderr=log)  # noqa: S603
                 )
         asyncio.run(_start(urls, procs, trust, envs, pki_dir, tokens, key))
-        stop = _stop_on_interrupt()  # before "ready": a Ctrl-C from then on is a clean stop
+        stopping = _hold_interrupts()  # before "ready": a Ctrl-C from then on is a clean stop
         print("demo federation ready: " + ", ".join(f"{n} {u}" for n, u in urls.items()), flush=True)
         for name, token in tokens.items():
             if not name.endswith("-link"):
@@ -185,8 +184,7 @@ def run(folder: Path, *, port: int, config_dir: Path) -> None:
             f"CA: {pki_dir / 'ca.pem'}; logs: {folder}/<broker>/broker.log. Ctrl-C stops all three.",
             flush=True,
         )
-        while not stop.wait(3600):
-            continue
+        signal.sigwait(stopping)
     finally:
         for proc in procs:
             proc.terminate()
@@ -213,9 +211,10 @@ def _base_env() -> dict[str, str]:
     return dict(os.environ)
 
 
-def _stop_on_interrupt() -> threading.Event:
-    """An event set by Ctrl-C or SIGTERM."""
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
+def _hold_interrupts() -> set[signal.Signals]:
+    """Hold Ctrl-C and SIGTERM pending, for ``signal.sigwait`` to take. Not a handler setting a
+    threading.Event: a handler runs in the main thread, and one that arrives while that thread
+    holds the event's lock (entering its wait) deadlocks on it."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    return signals

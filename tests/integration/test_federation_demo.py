@@ -41,8 +41,13 @@ def test_demo_federation_shows_a_report_crossing_and_stops_on_ctrl_c(tmp_path: P
         assert "usa.example/broker -> nato.example/broker -> fra.example/broker" in text, text
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
-        if proc.stdout is not None:
-            proc.stdout.close()
+        try:
+            assert proc.wait(30) == 0
+        finally:  # a demo that did not stop is killed, not left to other tests
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
     logs = [(tmp_path / "fed" / name / "broker.log").read_text() for name in ("usa", "nato", "fra")]
     assert all("Traceback" not in log for log in logs)
