@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from broker.cli.common import log_options, port
 from broker.crypto import cosignature
 from broker.errors import BrokerError
 from broker.settings import TlsSettings
@@ -19,16 +20,6 @@ from broker.witness import directory
 
 log = logging.getLogger("broker.witness")
 DEFAULT_PORT = 7380
-
-
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number: give 0-65535") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number: give 0-65535")
-    return port
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -47,7 +38,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     serve = actions.add_parser("serve", parents=[common], help="answer POST /add-checkpoint")
     serve.add_argument("--dir", required=True, type=Path, help="the witness's directory (from init)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port (default: %(default)s; 0: any)")
+    serve.add_argument("--port", type=port, default=DEFAULT_PORT, help="port (default: %(default)s; 0: any)")
     serve.add_argument(
         "--log",
         action="append",
@@ -80,18 +71,7 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--insecure-http", action="store_true", help="allow plain HTTP off loopback (default: refused)"
     )
-    serve.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default="info",
-        help="least severe log records written: debug, info, warning or error (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="text, or json: one object per line (default: %(default)s)",
-    )
+    log_options(serve)
 
 
 def run(args: argparse.Namespace) -> int:
