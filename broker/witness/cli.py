@@ -142,14 +142,14 @@ def _serve(args: argparse.Namespace) -> None:
     witness = server.Witness(identity, logs, state)
 
     async def main() -> None:
-        runner, port = await server.start(witness, host=args.host, port=args.port, ssl_context=ssl_context)
+        runner, bound = await server.start(witness, host=args.host, port=args.port, ssl_context=ssl_context)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         scheme = "https" if ssl_context is not None else "http"
         log.info("witness %s (%s) for logs %s", identity.name, identity.vkey, ", ".join(sorted(logs)))
-        log.info("serving on %s://%s:%s", scheme, args.host, port)
+        log.info("serving on %s://%s:%s", scheme, args.host, bound)
         try:
             await stop.wait()
         finally:
