@@ -22,12 +22,14 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 from aiohttp import web
 
-from broker.web.middleware import Handler
+# A request handler, as aiohttp's middlewares see it (defined here, where the witness's server can
+# import it without the broker's middlewares).
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,13 +23,13 @@ from broker.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from broker.web.connections import Handler
 from broker.web.sources import source_address
 from broker.web.tls import peer_certificate
 
 log = logging.getLogger(__name__)
 PROBLEM_BASE = "urn:alliance-broker:problem:"
 CHALLENGE = 'Bearer realm="alliance-broker"'
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)
 # The authenticated node's id, for the access log (set by handlers.authenticated_node).
 NODE_ID = web.RequestKey("node_id", str)

@@ -4,18 +4,13 @@ report under the collection's label and topics, and the status resource that ans
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-from stix2validator import (  # type: ignore[import-untyped]  # the package ships no types
-    ValidationError,
-    ValidationOptions,
-    validate_instance,
-)
 
 from broker.domain import stix
 from broker.domain.records import NodeRecord, ReportRecord
@@ -30,7 +25,6 @@ from broker.services.wire.requests import MAX_OBJECTS_PER_POST, Envelope
 from broker.storage import collections as store
 from broker.storage.repos import WriteTx
 
-_VALIDATION = ValidationOptions(version="2.1")
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 
 
@@ -83,18 +77,38 @@ def _validate(objects: Sequence[Any]) -> tuple[list[dict[str, Any]], list[dict[s
             failures.append({"id": ident, "version": version, "message": claim})
             messages.append(claim)
             continue
-        try:
-            result = validate_instance(obj, _VALIDATION)
-        except ValidationError as exc:
-            failures.append({"id": ident, "version": version, "message": "invalid_stix"})
-            messages.append(str(exc)[:500])
-            continue
-        if result.is_valid:
+        refusal = oasis_validator()(obj)
+        if refusal is None:
             accepted.append(obj)
         else:
             failures.append({"id": ident, "version": version, "message": "invalid_stix"})
-            messages.append("; ".join(str(e) for e in result.errors)[:500])
+            messages.append(refusal[:500])
     return accepted, failures, messages
+
+
+@functools.cache
+def oasis_validator() -> Callable[[Any], str | None]:
+    """The OASIS STIX 2.1 validator as a function: None for a valid object, else its messages.
+
+    Imported on first use, on the validating thread: loading it (jsonschema's format checkers
+    build an RFC 3987 grammar) takes over a second of CPU, which every broker process would
+    otherwise pay at start whether or not it ever receives a TAXII write."""
+    from stix2validator import (  # type: ignore[import-untyped]  # the package ships no types
+        ValidationError,
+        ValidationOptions,
+        validate_instance,
+    )
+
+    options = ValidationOptions(version="2.1")
+
+    def check(obj: Any) -> str | None:
+        try:
+            result = validate_instance(obj, options)
+        except ValidationError as exc:
+            return str(exc)
+        return None if result.is_valid else "; ".join(str(e) for e in result.errors)
+
+    return check
 
 
 def _version(obj: Mapping[str, Any], now: str) -> str:
