@@ -116,11 +116,15 @@ def marks(driver: Any, table: str) -> list[str]:
 
 def wait_for(driver: Any, test: Callable[[Any], Any], timeout: float = 30) -> Any:
     """Wait until ``test(driver)`` is truthy; on a timeout, fail with what the page shows."""
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # An element the page re-rendered between being found and being read is looked up again.
+    waiting = WebDriverWait(
+        driver, timeout, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+    )
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(test)
+        return waiting.until(test)
     except TimeoutException:
         state = driver.execute_script(
             "return {errors: [...document.querySelectorAll('.error')].map((e) => e.textContent),"
