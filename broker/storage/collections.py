@@ -18,7 +18,8 @@ from broker.domain.records import ReportRecord
 from broker.domain.stix import CollectionRecord, Indexed
 from broker.storage import statements as st
 from broker.storage.models import CollectionRow, TaxiiIndexStateRow, TaxiiStatusRow
-from broker.storage.repos import Tx, report_of
+from broker.storage.repos import Tx
+from broker.storage.statements import report_of
 
 COLLECTIONS, STATUSES = st.table(CollectionRow), st.table(TaxiiStatusRow)
 REPORTS, TOPICS, OBJECTS = st.REPORTS, st.TOPICS, st.TAXII_OBJECTS

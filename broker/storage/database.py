@@ -163,9 +163,6 @@ class Database:
                         self._held(tx)
                     self._committed(tx)
 
-    # Publishes, reads and deliveries with their audit events: the same transaction.
-    write_transaction = transaction
-
     def _committed(self, tx: Tx) -> None:
         """``tx`` committed: run its callbacks. Never raises (a caller would take the committed
         transaction for failed)."""

@@ -1,7 +1,7 @@
 """PostgreSQL LISTEN/NOTIFY: wake this process when another one commits a change.
 
 Every transaction that publishes or changes security state sends a NOTIFY on
-``repos.CHANGE_CHANNEL`` (delivered at its commit, never for a rollback). The listener holds one
+``statements.CHANGE_CHANNEL`` (delivered at its commit, never for a rollback). The listener holds one
 connection of its own (made from the database URL as the engine's are, query included: a
 ``?ssl=require`` or a Unix-socket ``?host=`` binds it too) and calls ``on_change`` for each
 notification; the hub then reads the head from the database. A notification is a wake-up and
@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from broker.storage.repos import CHANGE_CHANNEL
+from broker.storage.statements import CHANGE_CHANNEL
 from broker.waiting import wait_event
 
 log = logging.getLogger(__name__)

@@ -27,10 +27,6 @@ from broker.storage.queries.cursors import CursorQueries
 from broker.storage.queries.directory import DirectoryQueries
 from broker.storage.queries.reports import ReportQueries
 
-# Re-exported for storage/listen.py and storage/collections.py.
-from broker.storage.statements import CHANGE_CHANNEL as CHANGE_CHANNEL
-from broker.storage.statements import report_of as report_of
-
 
 @dataclass
 class PublishReads:
@@ -112,7 +108,3 @@ class Tx(ReportQueries, DirectoryQueries, CursorQueries, AuditQueries):
 def _recent(connection: Connection, nodes: Collection[str], since: datetime) -> dict[str, int]:
     rows = connection.execute(st.RECENT_BY_NODES, {"nodes": sorted(nodes), "since": since})
     return dict.fromkeys(nodes, 0) | {str(node): int(n) for node, n in rows}
-
-
-# What a group-committed act may do in its transaction: one implementation serves every engine.
-WriteTx = Tx

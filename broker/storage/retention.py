@@ -56,23 +56,6 @@ async def scan(tx: Tx, *, after: int, limit: int) -> list[StoredAge]:
     return [_age_of(r) for r in await tx.run(lambda c: c.execute(query).all())]
 
 
-async def lock_unerased(tx: Tx, seqs: Sequence[int]) -> list[StoredAge]:
-    """Of the reports ``seqs``, those not erased yet, locked until commit, in sequence order.
-
-    On PostgreSQL the rows are locked in sequence order (so two brokers cannot deadlock on them)
-    and a row that another transaction erased meanwhile is re-checked once that one commits:
-    it no longer matches and is left out. On SQLite the writer already holds the database."""
-    if not seqs:
-        return []
-    query = (
-        select(*_COLUMNS)
-        .where(REPORTS.c.seq.in_(list(seqs)), REPORTS.c.erased_at.is_(None))
-        .order_by(REPORTS.c.seq)
-        .with_for_update()
-    )
-    return [_age_of(r) for r in await tx.run(lambda c: c.execute(query).all())]
-
-
 @dataclass(frozen=True)
 class Wrapped:
     """A stored report's wrapped data key."""

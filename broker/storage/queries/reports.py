@@ -41,25 +41,6 @@ class ReportQueries(TxBase):
     async def set_recalled(self, report_id: str, *, at: datetime) -> None:
         await self._count(update(st.REPORTS).where(st.REPORTS.c.id == report_id).values(recalled_at=at))
 
-    async def erase(self, report_id: str, *, at: datetime) -> None:
-        """Crypto-shred: drop the wrapped data key and the ciphertext."""
-        shred = {"erased_at": at, "wrapped_key": None, "ciphertext": None, "kek_id": None}
-        await self._count(update(st.REPORTS).where(st.REPORTS.c.id == report_id).values(shred))
-
-    async def reports_wrapped_not_by(self, kek_id: str, *, limit: int) -> list[ReportRecord]:
-        r = st.REPORTS.c
-        query = (
-            select(st.REPORTS).where(r.kek_id.is_not(None), r.kek_id != kek_id).order_by(r.seq).limit(limit)
-        )
-        return [st.report_of(row) for row in await self._all(query)]
-
-    async def set_wrapped_key(self, seq: int, *, wrapped_key: bytes, kek_id: str) -> bool:
-        """Re-wrap a report's data key; False (nothing written) when it was erased meanwhile: a
-        shredded report never gets a wrapped key back."""
-        r = st.REPORTS.c
-        rewrap = update(st.REPORTS).where(r.seq == seq, r.erased_at.is_(None))
-        return await self._count(rewrap.values(wrapped_key=wrapped_key, kek_id=kek_id)) == 1
-
     async def withdrawn(self, ids: Collection[str]) -> dict[str, str]:
         """Of the reports ``ids``, those recalled or erased: id -> ``erased`` or ``recalled``."""
         if not ids:
