@@ -27,25 +27,11 @@ INDEX_STATE = st.table(TaxiiIndexStateRow)
 
 
 def _record(row: Any) -> CollectionRecord:
-    return CollectionRecord(
-        id=row.id,
-        title=row.title,
-        description=row.description,
-        topics=tuple(row.topics),
-        label=json.loads(row.label_json),
-        created_at=row.created_at,
-    )
+    return st.record_of(CollectionRecord, row, label=json.loads(row.label_json))
 
 
 async def insert_collection(tx: Tx, collection: CollectionRecord) -> None:
-    values = {
-        "id": collection.id,
-        "title": collection.title,
-        "description": collection.description,
-        "topics": list(collection.topics),
-        "label_json": json.dumps(collection.label),
-        "created_at": collection.created_at,
-    }
+    values = st.values_of(collection, COLLECTIONS, label_json=json.dumps(collection.label))
     await tx.run(lambda c: c.execute(insert(COLLECTIONS), values))
 
 

@@ -17,32 +17,11 @@ from broker.storage.repos import Tx
 COSIGNATURES, STATE = st.table(WitnessCosignatureRow), st.table(WitnessStateRow)
 
 
-def _cosignature(row: Any) -> Cosignature:
-    return Cosignature(
-        size=row.size,
-        witness=row.witness,
-        line=row.line,
-        timestamp=row.timestamp,
-        received_at=row.received_at,
-    )
-
-
-def _state(row: Any) -> WitnessState:
-    return WitnessState(
-        witness=row.witness,
-        cosigned_size=row.cosigned_size,
-        updated_at=row.updated_at,
-        refused_size=row.refused_size,
-        refused_status=row.refused_status,
-        refused_reason=row.refused_reason,
-    )
-
-
 async def cosignatures(tx: Tx, size: int) -> list[Cosignature]:
     """The stored cosignatures on the checkpoint of ``size`` events, by witness name."""
     c = COSIGNATURES.c
     query = select(COSIGNATURES).where(c.size == size).order_by(c.witness)
-    return [_cosignature(r) for r in await tx.run(lambda conn: conn.execute(query).all())]
+    return [st.record_of(Cosignature, r) for r in await tx.run(lambda conn: conn.execute(query).all())]
 
 
 async def cosignatures_upto(tx: Tx, size: int) -> dict[int, list[Cosignature]]:
@@ -51,20 +30,14 @@ async def cosignatures_upto(tx: Tx, size: int) -> dict[int, list[Cosignature]]:
     query = select(COSIGNATURES).where(c.size <= size).order_by(c.size, c.witness)
     found: dict[int, list[Cosignature]] = {}
     for row in await tx.run(lambda conn: conn.execute(query).all()):
-        found.setdefault(row.size, []).append(_cosignature(row))
+        found.setdefault(row.size, []).append(st.record_of(Cosignature, row))
     return found
 
 
 async def store_cosignature(tx: Tx, cosignature: Cosignature) -> None:
     """Keep one cosignature (replacing that witness's earlier line on the same checkpoint)."""
     c = COSIGNATURES.c
-    values = {
-        "size": cosignature.size,
-        "witness": cosignature.witness,
-        "line": cosignature.line,
-        "timestamp": cosignature.timestamp,
-        "received_at": cosignature.received_at,
-    }
+    values = st.values_of(cosignature, COSIGNATURES)
     gone = delete(COSIGNATURES).where(c.size == cosignature.size, c.witness == cosignature.witness)
 
     def body(conn: Any) -> None:
@@ -76,19 +49,12 @@ async def store_cosignature(tx: Tx, cosignature: Cosignature) -> None:
 
 async def states(tx: Tx) -> dict[str, WitnessState]:
     rows = await tx.run(lambda conn: conn.execute(select(STATE)).all())
-    return {row.witness: _state(row) for row in rows}
+    return {row.witness: st.record_of(WitnessState, row) for row in rows}
 
 
 async def save_state(tx: Tx, state: WitnessState) -> None:
     """Replace one witness's state."""
-    values = {
-        "witness": state.witness,
-        "cosigned_size": state.cosigned_size,
-        "updated_at": state.updated_at,
-        "refused_size": state.refused_size,
-        "refused_status": state.refused_status,
-        "refused_reason": state.refused_reason,
-    }
+    values = st.values_of(state, STATE)
     gone = delete(STATE).where(STATE.c.witness == state.witness)
 
     def body(conn: Any) -> None:

@@ -110,10 +110,5 @@ class AuditQueries(TxBase):
         return [st.checkpoint_of(r) for r in await self._all(query)]
 
     async def insert_checkpoint(self, checkpoint: Checkpoint) -> None:
-        values = {
-            "size": checkpoint.size,
-            "root": checkpoint.root.hex(),
-            "time": checkpoint.time,
-            "note": checkpoint.note,
-        }
+        values = st.values_of(checkpoint, st.CHECKPOINTS, root=checkpoint.root.hex())
         await self.run(lambda c: c.execute(insert(st.CHECKPOINTS), values))

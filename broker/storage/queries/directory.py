@@ -26,16 +26,11 @@ class DirectoryQueries(TxBase):
         return int((await self._first(select(func.count()).select_from(st.ALLIANCE_TABLE)))[0])
 
     async def insert_alliance(self, alliance: Alliance, *, at: datetime) -> None:
-        values = {"id": alliance.id, "name": alliance.name, "history": alliance.history, "created_at": at}
+        values = st.values_of(alliance, st.ALLIANCE_TABLE, created_at=at)
         await self.run(lambda c: c.execute(insert(st.ALLIANCE_TABLE), values))
 
     async def insert_membership(self, membership: Membership) -> None:
-        values = {
-            "alliance_id": membership.alliance,
-            "nation": membership.nation,
-            "joined": membership.joined,
-            "left": membership.left,
-        }
+        values = st.values_of(membership, st.MEMBERSHIP_TABLE, alliance_id=membership.alliance)
         await self.run(lambda c: c.execute(insert(st.MEMBERSHIP_TABLE), values))
 
     async def close_membership(self, *, alliance: str, nation: str, at: datetime) -> bool:
@@ -45,24 +40,34 @@ class DirectoryQueries(TxBase):
         return bool(await self._count(update(st.MEMBERSHIP_TABLE).where(*open_period).values(left=at)))
 
     async def insert_node(self, node: NodeRecord) -> None:
-        values = st.node_values(node)
+        values = st.values_of(node, st.NODES)
         await self.run(lambda c: c.execute(insert(st.NODES), values))
 
     async def node(self, node_id: str) -> NodeRecord | None:
         row = await self._first(st.NODE_BY_ID, {"id": node_id})
-        return None if row is None else st.node_of(row)
+        return None if row is None else st.record_of(NodeRecord, row)
 
     async def node_by_token_hash(self, token_hash: str) -> NodeRecord | None:
         row = await self._first(st.NODE_BY_TOKEN, {"token_hash": token_hash})
-        return None if row is None else st.node_of(row)
+        return None if row is None else st.record_of(NodeRecord, row)
 
     async def nodes(self) -> list[NodeRecord]:
-        return [st.node_of(r) for r in await self._all(select(st.NODES).order_by(st.NODES.c.id))]
+        return [
+            st.record_of(NodeRecord, r) for r in await self._all(select(st.NODES).order_by(st.NODES.c.id))
+        ]
 
     async def update_node(self, node: NodeRecord) -> None:
         """Store a node's clearance, caveats, roles, public keys and certificate pin."""
-        values = st.node_values(node)
-        for fixed in ("id", "nation", "token_hash", "token_expires_at", "created_at", "foreign_peer"):
+        values = st.values_of(node, st.NODES)
+        for fixed in (
+            "id",
+            "nation",
+            "token_hash",
+            "token_expires_at",
+            "created_at",
+            "foreign_peer",
+            "revoked_at",
+        ):
             del values[fixed]
         await self._count(update(st.NODES).where(st.NODES.c.id == node.id).values(values))
 
