@@ -119,7 +119,7 @@ class Context:
         try:
             if not settings.keyring_path.exists():
                 async with database.read_transaction() as tx:
-                    bound = await keyringcheck.binding_if_migrated(tx)
+                    bound = await keyringcheck.binding(tx, if_migrated=True)
                     used = bound is None and await keyringcheck.holds_data(tx)
                 if used:  # from before the binding (migration 0007): its keyring is somewhere
                     raise BrokerError(

@@ -5,8 +5,8 @@ Each query is a plain synchronous SQLAlchemy Core body run on the transaction's 
 one trip (``TxBase.run``): on SQLite to the thread that owns the connection, on PostgreSQL
 through ``AsyncConnection.run_sync``. The same code serves both engines. A queued write's error
 surfaces at the next trip or at the commit and fails the transaction alike. The queries
-themselves live in ``storage.queries``, one module per concern, and ``storage.repos.Tx``
-assembles them.
+themselves are ``storage.repos.Tx``'s methods, and functions on a ``Tx`` in the modules of
+``storage`` named after their concern.
 """
 
 from __future__ import annotations
@@ -83,20 +83,25 @@ class TxBase:
         self._queued = []
         return self._run(_rollback) if self.tripped else _nothing()
 
-    def _queue(self, statement: Executable, rows: Sequence[dict[str, Any]] | dict[str, Any]) -> None:
-        """Queue a write whose result nobody reads (no trip now)."""
+    def queue(self, statement: Executable, rows: Sequence[dict[str, Any]] | dict[str, Any]) -> None:
+        """Queue a write whose result nobody reads (no trip now; nothing for no rows)."""
         if rows:
             self._queued.append(Write(statement, [rows] if isinstance(rows, dict) else list(rows)))
 
-    async def _all(self, statement: Executable, params: dict[str, Any] | None = None) -> list[Any]:
+    async def rows(self, statement: Executable, params: dict[str, Any] | None = None) -> list[Any]:
         return await self.run(lambda c: list(c.execute(statement, params)))
 
-    async def _first(self, statement: Executable, params: dict[str, Any] | None = None) -> Any:
+    async def row(self, statement: Executable, params: dict[str, Any] | None = None) -> Any:
+        """The first row, or None."""
         return await self.run(lambda c: c.execute(statement, params).first())
 
-    async def _count(self, statement: Executable) -> int:
+    async def scalar(self, statement: Executable, params: dict[str, Any] | None = None) -> Any:
+        """The first column of the first row, or None."""
+        return await self.run(lambda c: c.execute(statement, params).scalar())
+
+    async def execute(self, statement: Executable, params: Any = None) -> int:
         """Run a write now; the rows it matched."""
-        return int(await self.run(lambda c: c.execute(statement).rowcount))
+        return int(await self.run(lambda c: c.execute(statement, params).rowcount))
 
     async def notify_change(self) -> None:
         """On PostgreSQL, wake the other broker processes when this transaction commits
