@@ -11,6 +11,7 @@ themselves are ``storage.repos.Tx``'s methods, and functions on a ``Tx`` in the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -22,6 +23,7 @@ from broker.storage import statements as st
 from broker.storage.combined import Write, flush
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
@@ -50,10 +52,14 @@ class TxBase:
         self._committed.append(callback)
 
     def committed(self) -> None:
-        """Called by ``Database`` when the commit succeeded."""
+        """Called by ``Database`` when the commit succeeded. Never raises: a caller would take the
+        committed transaction for failed."""
         callbacks, self._committed = self._committed, []
         for callback in callbacks:
-            callback()
+            try:
+                callback()
+            except Exception:
+                log.exception("after_commit_callback_failed")
 
     async def run(self, body: Callable[[Connection], T]) -> T:
         """Run ``body(connection)`` in this transaction, after the queued writes, in one trip.
