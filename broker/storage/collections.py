@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from broker.domain.records import ReportRecord
@@ -67,18 +67,15 @@ async def reports_from(tx: Tx, *, start: int, topics: Sequence[str], limit: int)
             )
             seqs.update(int(s) for s in connection.execute(query).scalars())
         wanted = sorted(seqs)[:limit]
-        return list(connection.execute(_at(wanted))) if wanted else []
+        query = select(REPORTS).where(REPORTS.c.seq.in_(wanted)).order_by(REPORTS.c.seq)
+        return list(connection.execute(query)) if wanted else []
 
     return [st.report_of(r) for r in await tx.run(body)]
 
 
-def _at(seqs: Sequence[int]) -> Select[Any]:
-    return select(REPORTS).where(REPORTS.c.seq.in_(sorted(set(seqs)))).order_by(REPORTS.c.seq)
-
-
 async def reports_at(tx: Tx, seqs: Sequence[int]) -> list[ReportRecord]:
     """The reports with these sequences, in sequence order."""
-    return [st.report_of(r) for r in await tx.rows(_at(seqs))] if seqs else []
+    return await tx.reports(REPORTS.c.seq.in_(sorted(set(seqs)))) if seqs else []
 
 
 async def insert_status(
@@ -151,8 +148,7 @@ async def pending_below(tx: Tx, *, lock: bool = False) -> int:
 async def unindexed(tx: Tx, *, after: int, below: int, limit: int) -> list[ReportRecord]:
     """Reports with ``after`` < sequence < ``below`` holding a payload, in sequence order."""
     r = REPORTS.c
-    query = select(REPORTS).where(r.seq > after, r.seq < below, r.ciphertext.is_not(None))
-    return [st.report_of(row) for row in await tx.rows(query.order_by(r.seq).limit(limit))]
+    return await tx.reports(r.seq > after, r.seq < below, r.ciphertext.is_not(None), limit=limit)
 
 
 async def add_indexed(tx: Tx, rows: Sequence[dict[str, object]]) -> None:

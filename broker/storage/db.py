@@ -1,4 +1,4 @@
-"""Engines, sessions and migrations.
+"""Engines, their URLs, migrations and the health ping.
 
 SQLite: WAL, ``synchronous=FULL`` (a 201 survives kill -9), foreign keys on, and every
 transaction opened with ``BEGIN IMMEDIATE`` so writers queue on the lock instead of failing

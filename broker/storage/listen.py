@@ -74,9 +74,6 @@ class ChangeListener:
         await wait_event(self._ready, seconds)
         return self.connected
 
-    def _notified(self, _connection: object, _pid: int, _channel: str, _payload: str) -> None:
-        self._on_change()
-
     async def run(self) -> None:
         """Listen, reconnecting with backoff when the server or the network drops the connection.
         Anything else (a configuration error such as a bad ``ssl`` mode, a bug) is raised, for
@@ -93,7 +90,7 @@ class ChangeListener:
                 continue
             try:
                 connection.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await connection.add_listener(CHANGE_CHANNEL, self._notified)
+                await connection.add_listener(CHANGE_CHANNEL, lambda *_: self._on_change())  # payload unread
                 self.connected, delay = True, 0.1
                 self._ready.set()
                 self._on_change()  # anything committed while not listening is looked at now

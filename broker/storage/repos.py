@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from broker.domain.alliances import Alliance, Directory, Membership
@@ -132,12 +132,16 @@ class Tx(TxBase):
         row = await self.row(st.REPORT_BY_ID, {"id": report_id})
         return None if row is None else st.report_of(row)
 
-    async def reports_after(self, *, after: int, topics: Sequence[str], limit: int) -> list[ReportRecord]:
-        query = select(st.REPORTS).where(R.seq > after).order_by(R.seq).limit(limit)
-        if topics:
-            tagged = select(st.TOPICS.c.report_seq).where(st.TOPICS.c.topic.in_(topics))
-            query = query.where(R.seq.in_(tagged))
+    async def reports(self, *where: ColumnElement[bool], limit: int | None = None) -> list[ReportRecord]:
+        """The reports matching ``where``, in sequence order, at most ``limit``."""
+        query = select(st.REPORTS).where(*where).order_by(R.seq).limit(limit)
         return [st.report_of(row) for row in await self.rows(query)]
+
+    async def reports_after(self, *, after: int, topics: Sequence[str], limit: int) -> list[ReportRecord]:
+        if not topics:
+            return await self.reports(R.seq > after, limit=limit)
+        tagged = select(st.TOPICS.c.report_seq).where(st.TOPICS.c.topic.in_(topics))
+        return await self.reports(R.seq > after, R.seq.in_(tagged), limit=limit)
 
     async def set_recalled(self, report_id: str, *, at: datetime) -> None:
         await self.execute(update(st.REPORTS).where(R.id == report_id).values(recalled_at=at))
@@ -157,9 +161,7 @@ class Tx(TxBase):
     async def withdrawn_since(self, since: datetime, *, upto: int) -> list[ReportRecord]:
         """Reports up to sequence ``upto`` recalled or erased at or after ``since``, by sequence:
         what a stream that has passed them must send recall notices for."""
-        changed = or_(R.recalled_at >= since, R.erased_at >= since)
-        query = select(st.REPORTS).where(R.seq <= upto, changed).order_by(R.seq)
-        return [st.report_of(row) for row in await self.rows(query)]
+        return await self.reports(R.seq <= upto, or_(R.recalled_at >= since, R.erased_at >= since))
 
     # -- alliances, memberships and nodes ---------------------------------------------------
     async def load_directory(self) -> Directory:

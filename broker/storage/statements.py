@@ -76,9 +76,6 @@ INSERT_OBJECTS = insert(TAXII_OBJECTS)
 COMBINABLE = {t.name: t for t in (REPORTS, TOPICS, TAXII_OBJECTS, EVENTS, MERKLE)}
 
 REPORT_BY_ID = select(REPORTS).where(REPORTS.c.id == bindparam("id"))
-REPORT_BY_KEY = select(REPORTS).where(
-    REPORTS.c.originator_node == bindparam("node"), REPORTS.c.idempotency_key == bindparam("key")
-)
 # The channel every broker process LISTENs on (storage/listen.py). A notification means only
 # "look at the head again": it carries no payload, and one a notifier adds is never read (any
 # role that can connect may NOTIFY, table privileges or not).

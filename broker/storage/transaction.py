@@ -39,7 +39,6 @@ class TxBase:
         self._run = run
         self._postgresql = postgresql
         self._queued: list[Write] = []
-        self._fresh = True
         self.tripped = False  # whether anything ran on the connection (then there is work to end)
         # When this transaction got the write lock (perf_counter): on PostgreSQL the head row's
         # lock, taken by ``lock_head``; on SQLite the database's write lock, set by ``Database``.
@@ -67,8 +66,7 @@ class TxBase:
         ``body`` is synchronous SQLAlchemy: it must not commit, roll back or keep the
         connection."""
         queued, self._queued = self._queued, []
-        fresh, self._fresh = self._fresh, False
-        self.tripped = True
+        fresh, self.tripped = not self.tripped, True
 
         def trip(connection: Connection) -> T:
             if fresh and connection.in_transaction():  # left open by an abandoned transaction
@@ -81,13 +79,13 @@ class TxBase:
     async def commit(self) -> None:
         """Run the queued writes and commit (no trip when nothing ran and nothing is queued)."""
         if self._queued or self.tripped:
-            await self.run(_commit)
+            await self.run(Connection.commit)
 
     def rollback(self) -> Awaitable[None]:
         """Drop the queued writes and roll back what ran. Not a coroutine: the rollback is
         handed to the runner at the call (on SQLite: queued to the thread at once)."""
         self._queued = []
-        return self._run(_rollback) if self.tripped else _nothing()
+        return self._run(Connection.rollback) if self.tripped else _nothing()
 
     def queue(self, statement: Executable, rows: Sequence[dict[str, Any]] | dict[str, Any]) -> None:
         """Queue a write whose result nobody reads (no trip now; nothing for no rows)."""
@@ -114,14 +112,6 @@ class TxBase:
         (LISTEN/NOTIFY delivers at commit, never for a rollback); on SQLite they poll."""
         if self._postgresql:
             self._queued.append(Write(st.NOTIFY, []))
-
-
-def _commit(connection: Connection) -> None:
-    connection.commit()
-
-
-def _rollback(connection: Connection) -> None:
-    connection.rollback()
 
 
 async def _nothing() -> None:

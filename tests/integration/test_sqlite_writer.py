@@ -61,8 +61,8 @@ async def test_what_it_writes_sqlalchemy_reads_back_unchanged(sqlite_ctx: Contex
     assert got["payload"] == {"n": 1, "text": "é\u2028\U0001f600"}
     async with ctx.db.read_transaction() as tx:  # and the reader thread reads the same
         assert await tx.report(written.id) == written
-        by_key = await tx.run(lambda c: c.execute(st.REPORT_BY_KEY, {"node": "usa-1", "key": "key-1"}).one())
-        assert st.report_of(by_key) == written
+        keyed = st.REPORTS.c.idempotency_key == "key-1"
+        assert await tx.reports(st.REPORTS.c.originator_node == "usa-1", keyed) == [written]
         assert await tx.reports_after(after=0, topics=["ransomware"], limit=10) == [written]
         assert await tx.report("no-such-id") is None
     await chain_holds(ctx)
