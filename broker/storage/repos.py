@@ -2,11 +2,8 @@
 
 Records (``broker.domain.records``) go in and come out; no row or ORM object leaves here. Each
 method is a plain synchronous SQLAlchemy Core body run on the transaction's connection, in one
-trip (``storage.transaction``); the same code serves both engines.
-
-Writes whose results nobody reads (the head, new reports, audit events, Merkle nodes, NOTIFY)
-are queued and run at the front of the next trip, or of the commit (``storage.combined``): a
-publish is one trip to lock the head and one for its writes and the commit.
+trip (``storage.transaction``); the same code serves both engines. Writes nobody reads back are
+queued: a publish is one trip to lock the head and one for its writes and the commit.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ INSERT_TOPICS = insert(TOPICS)
 INSERT_EVENTS = insert(EVENTS)
 INSERT_NODES = insert(MERKLE)
 INSERT_OBJECTS = insert(TAXII_OBJECTS)
-# The tables whose queued inserts may be combined into one statement on PostgreSQL (repos._flush).
+# The tables whose queued inserts may be combined into one statement on PostgreSQL (transaction.flush).
 COMBINABLE = {t.name: t for t in (REPORTS, TOPICS, TAXII_OBJECTS, EVENTS, MERKLE)}
 
 REPORT_BY_ID = select(REPORTS).where(REPORTS.c.id == bindparam("id"))
