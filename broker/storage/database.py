@@ -1,7 +1,7 @@
 """``Database``: hands out transactions, and on SQLite owns the thread its writes run on.
 
 SQLite admits one writer. Every write transaction of this process runs on one connection owned
-by one thread (``ConnectionThread``): a transaction's bodies (``repos.Tx.run``) are queued to it
+by one thread (``ConnectionThread``): a transaction's bodies (``Tx.run``) are queued to it
 and their results handed back to the event loop, one trip per body. The connection is opened
 through SQLAlchemy's public synchronous API (``sqlite+pysqlite``, a ``NullPool``), with the same
 pragmas as every other SQLite connection (db.SQLITE_PRAGMAS) and ``BEGIN IMMEDIATE``. An
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import queue
 import threading
 import time
@@ -43,7 +42,6 @@ from broker.storage.db import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite
 from broker.storage.repos import Tx
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 _Job = tuple[Callable[[Connection], Any], asyncio.Future[Any]] | None
 # Reader threads on SQLite: enough that one long read (a 5,000-row listing scan, an export page)
 # leaves others free; each holds one connection and its page cache.

@@ -175,21 +175,17 @@ def configure_sqlite(engine: Engine, *, read_only: bool = False) -> None:
         connection.exec_driver_sql(begin)
 
 
-def migrations_location() -> Path:
-    """The alembic environment: the top-level ``migrations`` package beside ``broker``, where the
-    wheel installs it and where it is in a checkout. Found by path, not by import: ``python -m
-    broker`` puts the working directory first on ``sys.path``, so run from another project's
-    directory, an import would find that project's ``migrations`` and run it on our database."""
+def alembic_config() -> Config:
+    """Alembic's configuration without an ini file. The environment is the top-level
+    ``migrations`` package beside ``broker``, where the wheel installs it and where it is in a
+    checkout. Found by path, not by import: ``python -m broker`` puts the working directory first
+    on ``sys.path``, so run from another project's directory, an import would find that project's
+    ``migrations`` and run it on our database."""
     location = Path(__file__).resolve().parents[2] / "migrations"
     if not (location / "env.py").is_file() or not (location / "versions").is_dir():
         raise RuntimeError(f"the broker's migrations are not installed beside it (looked in {location})")
-    return location
-
-
-def alembic_config() -> Config:
-    """Alembic's configuration without an ini file (the environment: ``migrations_location``)."""
     cfg = Config()
-    cfg.set_main_option("script_location", str(migrations_location()))
+    cfg.set_main_option("script_location", str(location))
     return cfg
 
 
