@@ -111,22 +111,29 @@ CURSOR = select(CURSORS.c.sequence).where(
 
 
 @functools.cache
-def _fields(kind: type[DataclassInstance]) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(kind) if f.init)
+def _fields(kind: type[DataclassInstance], table: Table | None = None) -> tuple[str, ...]:
+    """The init fields of ``kind`` (those that are columns of ``table`` when given)."""
+    return tuple(f.name for f in fields(kind) if f.init and (table is None or f.name in table.c))
 
 
 def values_of(record: DataclassInstance, table: Table, **extra: Any) -> dict[str, Any]:
     """The fields of ``record`` that are columns of ``table`` (tuples as lists: JSON), then ``extra``."""
-    values = {name: getattr(record, name) for name in _fields(type(record)) if name in table.c}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()} | extra
+    values = {name: getattr(record, name) for name in _fields(type(record), table)}
+    for name, value in values.items():
+        if isinstance(value, tuple):
+            values[name] = list(value)
+    return values | extra
 
 
 def record_of(kind: type[R], row: Any, **extra: Any) -> R:
     """A ``kind`` from the columns of ``row`` named as its fields (lists as tuples: JSON), then
     ``extra``; a field the row lacks keeps its default."""
-    found = row._mapping  # public API: the underscore only keeps it apart from column names
+    found = dict(zip(row._fields, row, strict=True))  # Row._fields: public, as a namedtuple's
     values = {name: found[name] for name in _fields(kind) if name in found}
-    return kind(**({k: tuple(v) if isinstance(v, list) else v for k, v in values.items()} | extra))
+    for name, value in values.items():
+        if isinstance(value, list):
+            values[name] = tuple(value)
+    return kind(**(values | extra))
 
 
 def head_of(row: Any) -> Head:
