@@ -48,14 +48,9 @@ class Wrapped:
 
 def _age_of(row: Any) -> StoredAge:
     label = json.loads(row.label_json)
-    classification = label.get("classification") if isinstance(label, dict) else None
-    return StoredAge(
-        seq=int(row.seq),
-        id=row.id,
-        classification=classification if isinstance(classification, str) else None,
-        created_at=row.created_at,
-        erased=row.erased_at is not None,
-    )
+    level = label.get("classification") if isinstance(label, dict) else None
+    level = level if isinstance(level, str) else None
+    return st.record_of(StoredAge, row, classification=level, erased=row.erased_at is not None)
 
 
 async def scan(tx: Tx, *, after: int, limit: int) -> list[StoredAge]:
