@@ -24,12 +24,12 @@ from broker.services.context import Context
 from broker.services.groupcommit import GroupCommit
 from broker.services.journal import chain as chain
 from broker.services.journal import record as record
-from broker.storage.repos import WriteTx
+from broker.storage.repos import Tx
 
 
 async def record_alone(ctx: Context, drafts: Sequence[AuditDraft]) -> None:
     """Append events in a transaction of their own: for acts that failed and changed nothing."""
-    async with ctx.db.write_transaction() as tx:
+    async with ctx.db.transaction() as tx:
         await record(tx, drafts, now=ctx.now())
 
 
@@ -65,7 +65,7 @@ class Batcher:
             return frozenset()
         return await self._group.submit(Decided(decided_at, reports_at, tuple(drafts)))
 
-    async def _append(self, tx: WriteTx, batch: Sequence[Decided]) -> list[frozenset[str] | BrokerError]:
+    async def _append(self, tx: Tx, batch: Sequence[Decided]) -> list[frozenset[str] | BrokerError]:
         head = await tx.lock_head()
         current = [d for d in batch if d.counter == head.change_counter]
         unsure = [d for d in current if d.reports_at != head.report_changes]

@@ -22,7 +22,7 @@ from broker.domain.records import NODE_REVOKED, AuditDraft, Credential, NodeReco
 from broker.errors import AccessDenied, RateLimited, Unauthenticated
 from broker.services.audit import record_alone
 from broker.services.context import Context
-from broker.storage.repos import WriteTx
+from broker.storage.repos import Tx
 
 MAX_TOKEN_LENGTH = 256
 # What our tokens are made of (crypto.tokens): anything else is malformed, and is refused before
@@ -171,7 +171,7 @@ def _fail(ctx: Context, source: str, *, reason: str, node: NodeRecord | None = N
 
 
 async def recheck(
-    tx: WriteTx, node: NodeRecord, counter: int, *, now: datetime | None = None, role: str | None = None
+    tx: Tx, node: NodeRecord, counter: int, *, now: datetime | None = None, role: str | None = None
 ) -> NodeRecord:
     """``node`` as of the change counter ``counter`` that the caller read in ``tx``: the same
     record when nothing changed since it was read, else the row read again here, still carrying

@@ -25,7 +25,7 @@ from broker.settings import Settings
 from broker.storage import keyringcheck
 from broker.storage.database import Database
 from broker.storage.db import Deadlines, create_engine, redacted
-from broker.storage.repos import WriteTx
+from broker.storage.repos import Tx
 
 if TYPE_CHECKING:  # they import this module: named here for the type checker only
     from broker.domain.records import ReportRecord
@@ -119,7 +119,7 @@ class Context:
         try:
             if not settings.keyring_path.exists():
                 async with database.read_transaction() as tx:
-                    bound = await keyringcheck.binding_if_migrated(tx)
+                    bound = await keyringcheck.binding(tx, if_migrated=True)
                     used = bound is None and await keyringcheck.holds_data(tx)
                 if used:  # from before the binding (migration 0007): its keyring is somewhere
                     raise BrokerError(
@@ -225,11 +225,11 @@ class Context:
             code="keyring_mismatch",
         )
 
-    async def directory(self, tx: WriteTx) -> Directory:
+    async def directory(self, tx: Tx) -> Directory:
         """The current alliance directory, reloaded when the change counter moved."""
         return await self.directory_at(tx, await tx.change_counter())
 
-    async def directory_at(self, tx: WriteTx, counter: int) -> Directory:
+    async def directory_at(self, tx: Tx, counter: int) -> Directory:
         """As ``directory``, for a caller that already read the change counter (with the head)."""
         if counter != self._counter:
             self._directory = await tx.load_directory()

@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 from broker.errors import BrokerError, Unavailable
 from broker.services import metrics
 from broker.storage.database import Database
-from broker.storage.repos import WriteTx
+from broker.storage.repos import Tx
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -29,7 +29,7 @@ Result = TypeVar("Result")
 # the list fails that act alone (it must have written nothing); an exception raised fails the
 # whole transaction, and each act is then retried in a transaction of its own (unless the
 # database is unavailable: then every act of the batch fails with that).
-Apply = Callable[[WriteTx, Sequence[Item]], Awaitable[list["Result | BrokerError"]]]
+Apply = Callable[[Tx, Sequence[Item]], Awaitable[list["Result | BrokerError"]]]
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -88,7 +88,7 @@ class GroupCommit(Generic[Item, Result]):
     async def _run(self, items: list[Item]) -> list[Result | BrokerError]:
         try:
             with metrics.COMMIT_SECONDS.time():
-                async with asyncio.timeout(self._db.deadline), self._db.write_transaction() as tx:
+                async with asyncio.timeout(self._db.deadline), self._db.transaction() as tx:
                     outcomes = await self._apply(tx, items)
         except TimeoutError as exc:  # abandoned (rolled back by _ended), so the lock is free again
             raise Unavailable("the database did not commit in time") from exc

@@ -33,7 +33,7 @@ from broker.services import journal
 from broker.services.context import Context
 from broker.services.publishing import index_rows, stamp_after
 from broker.storage import federation as store
-from broker.storage.repos import WriteTx
+from broker.storage.repos import Tx
 
 IMPORTS = Counter(
     "broker_peer_imports", "Frames imported from peers, by peer and decision", ["peer", "decision"]
@@ -137,7 +137,7 @@ def _checked(
         return exc
 
 
-async def _refusal(ctx: Context, tx: WriteTx, directory: Directory, frame: Frame) -> str | None:
+async def _refusal(ctx: Context, tx: Tx, directory: Directory, frame: Frame) -> str | None:
     """Why ``frame`` cannot be stored here now (None: it can): a conflict, or a label this
     broker cannot decide (an unknown alliance id)."""
     reason = await _conflict(tx, frame)
@@ -149,7 +149,7 @@ async def _refusal(ctx: Context, tx: WriteTx, directory: Directory, frame: Frame
     return reason
 
 
-async def _conflict(tx: WriteTx, frame: Frame) -> str | None:
+async def _conflict(tx: Tx, frame: Frame) -> str | None:
     """``duplicate`` when the id is held already (the second path of a diamond, or twice in one
     batch: the earlier insert is visible here), and ``originator_conflict`` when the
     originator's id is one of this broker's own nodes."""
@@ -198,7 +198,7 @@ class _Batch:
 
 
 async def _store(
-    ctx: Context, tx: WriteTx, peer: PeerRecord, batch: _Batch, frame: Frame, chain: attest.VerifiedChain
+    ctx: Context, tx: Tx, peer: PeerRecord, batch: _Batch, frame: Frame, chain: attest.VerifiedChain
 ) -> None:
     report = frame.report
     origin = report["originator"]
@@ -217,7 +217,7 @@ async def _store(
     batch.reach(frame.upstream_sequence, lag=_lag(batch.now, created))
 
 
-async def _commit(ctx: Context, tx: WriteTx, peer: PeerRecord, batch: _Batch) -> None:
+async def _commit(ctx: Context, tx: Tx, peer: PeerRecord, batch: _Batch) -> None:
     """The provenance of each report stored (its import event's hash, now that the group is
     complete), the peer's cursor, and the audit group."""
     if batch.stored:
@@ -301,7 +301,7 @@ def _lag(now: datetime, created: datetime) -> float:
 
 
 async def _originator(
-    tx: WriteTx, peer: PeerRecord, node_id: str, nation: str, key: str | None, *, now: datetime
+    tx: Tx, peer: PeerRecord, node_id: str, nation: str, key: str | None, *, now: datetime
 ) -> None:
     """The node row standing for another broker's originator, marked foreign (it never
     authenticates): no role, a token nobody holds, the Ed25519 key the origin broker attested

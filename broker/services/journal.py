@@ -14,7 +14,7 @@ from broker.crypto.chain import event_hash
 from broker.domain.records import AuditDraft, AuditEvent, Head, event_document
 from broker.errors import Stale
 from broker.services import metrics
-from broker.storage.repos import WriteTx
+from broker.storage.repos import Tx
 
 
 def chain(
@@ -34,7 +34,7 @@ def chain(
 
 
 async def record(
-    tx: WriteTx,
+    tx: Tx,
     drafts: Sequence[AuditDraft],
     *,
     now: datetime,

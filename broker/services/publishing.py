@@ -25,7 +25,7 @@ from broker.services.decisions import deny_draft, label_details
 from broker.services.groupcommit import GroupCommit
 from broker.services.wire.decode import decode
 from broker.services.wire.requests import PublishRequest
-from broker.storage.repos import PublishReads, WriteTx
+from broker.storage.repos import PublishReads, Tx
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ async def publish(
 
 # Rows that belong with a new report, written from it in its transaction: both are stored or
 # neither (a status resource apart from its report could answer for a report that is not there).
-Attachment = Callable[[WriteTx, ReportRecord], Awaitable[None]]
+Attachment = Callable[[Tx, ReportRecord], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def _publisher(ctx: Context) -> GroupCommit[PublishAct, ReportRecord]:
 
 
 async def store_publishes(
-    ctx: Context, tx: WriteTx, acts: Sequence[PublishAct]
+    ctx: Context, tx: Tx, acts: Sequence[PublishAct]
 ) -> list[ReportRecord | BrokerError]:
     """Store ``acts`` (the earlier receipt for a repeat) with their audit events, in ``tx``."""
     limits = _RateWindow(ctx, ctx.now())
@@ -296,7 +296,7 @@ class _RateWindow:
         self.marks = ctx.report_marks
         self.counts: dict[str, int] = {}  # reports per node in the window, as read under the lock
 
-    async def lock(self, tx: WriteTx, acts: Sequence[PublishAct]) -> PublishReads:
+    async def lock(self, tx: Tx, acts: Sequence[PublishAct]) -> PublishReads:
         """Lock the head and read what ``acts`` must be checked against, counts included."""
         head = await tx.lock_head()
         since = self.since
@@ -324,7 +324,7 @@ class _RateWindow:
         return False
 
 
-async def _current_act(ctx: Context, tx: WriteTx, act: PublishAct, counter: int) -> PublishAct | BrokerError:
+async def _current_act(ctx: Context, tx: Tx, act: PublishAct, counter: int) -> PublishAct | BrokerError:
     """``act`` with its node read again under the head lock (something changed since it
     authenticated): refused when the node was revoked meanwhile, checked again when its
     clearance, caveats or keys changed; its credential and role are checked again too."""

@@ -39,7 +39,7 @@ from broker.services import journal
 from broker.services.context import Context
 from broker.storage import keyringcheck
 from broker.storage import retention as store
-from broker.storage.repos import WriteTx
+from broker.storage.repos import Tx
 from broker.storage.retention import StoredAge
 from broker.waiting import wait_event
 
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 CHECK_SECONDS = 60.0
 
 
-async def erase(ctx: Context, tx: WriteTx, seqs: Sequence[int], *, now: datetime) -> list[StoredAge]:
+async def erase(ctx: Context, tx: Tx, seqs: Sequence[int], *, now: datetime) -> list[StoredAge]:
     """Crypto-shred the reports ``seqs`` that are not erased yet, in ``tx``, and return them.
 
     The caller records their ``erase`` events in ``tx`` with ``changed=True`` (the re-wrapped

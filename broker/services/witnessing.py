@@ -207,7 +207,7 @@ async def _cosigned(
         await _refused(ctx, witness, checkpoint, state, 200, "witness_bad_cosignature", None)
         return
     now = ctx.now()
-    async with ctx.db.write_transaction() as tx:
+    async with ctx.db.transaction() as tx:
         await store.store_cosignature(
             tx,
             Cosignature(
@@ -260,7 +260,7 @@ async def _refused(
     details: dict[str, Any] = {"witness": witness.name, "status": status, "size": checkpoint.size}
     if witness_size is not None:
         details["witness_size"] = witness_size
-    async with ctx.db.write_transaction() as tx:
+    async with ctx.db.transaction() as tx:
         known = (await store.states(tx)).get(witness.name) or state
         cosigned = 0 if known is None else known.cosigned_size
         new = WitnessState(

@@ -1,8 +1,5 @@
-"""Queries for TAXII collections and status resources, and the report scan behind a collection.
-
-Functions take the caller's ``Tx`` (the transaction its act decides and audits in) and run plain
-synchronous SQLAlchemy Core on it through ``Tx.run``, like every other repository method.
-"""
+"""Queries for TAXII collections and status resources, and the report scan behind a collection,
+on the caller's ``Tx`` (the transaction its act decides and audits in)."""
 
 from __future__ import annotations
 
@@ -11,14 +8,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from broker.domain.records import ReportRecord
 from broker.domain.stix import CollectionRecord, Indexed
 from broker.storage import statements as st
 from broker.storage.models import CollectionRow, TaxiiIndexStateRow, TaxiiStatusRow
-from broker.storage.repos import Tx, report_of
+from broker.storage.repos import Tx
 
 COLLECTIONS, STATUSES = st.table(CollectionRow), st.table(TaxiiStatusRow)
 REPORTS, TOPICS, OBJECTS = st.REPORTS, st.TOPICS, st.TAXII_OBJECTS
@@ -26,48 +23,31 @@ INDEX_STATE = st.table(TaxiiIndexStateRow)
 
 
 def _record(row: Any) -> CollectionRecord:
-    return CollectionRecord(
-        id=row.id,
-        title=row.title,
-        description=row.description,
-        topics=tuple(row.topics),
-        label=json.loads(row.label_json),
-        created_at=row.created_at,
-    )
+    return st.record_of(CollectionRecord, row, label=json.loads(row.label_json))
 
 
 async def insert_collection(tx: Tx, collection: CollectionRecord) -> None:
-    values = {
-        "id": collection.id,
-        "title": collection.title,
-        "description": collection.description,
-        "topics": list(collection.topics),
-        "label_json": json.dumps(collection.label),
-        "created_at": collection.created_at,
-    }
-    await tx.run(lambda c: c.execute(insert(COLLECTIONS), values))
+    values = st.values_of(collection, COLLECTIONS, label_json=json.dumps(collection.label))
+    await tx.execute(insert(COLLECTIONS), values)
 
 
 async def collections(tx: Tx) -> list[CollectionRecord]:
     query = select(COLLECTIONS).order_by(COLLECTIONS.c.created_at, COLLECTIONS.c.id)
-    return [_record(r) for r in await tx.run(lambda c: c.execute(query).all())]
+    return [_record(r) for r in await tx.rows(query)]
 
 
 async def collection(tx: Tx, collection_id: str) -> CollectionRecord | None:
-    query = select(COLLECTIONS).where(COLLECTIONS.c.id == collection_id)
-    row = await tx.run(lambda c: c.execute(query).first())
+    row = await tx.row(select(COLLECTIONS).where(COLLECTIONS.c.id == collection_id))
     return None if row is None else _record(row)
 
 
 async def delete_collection(tx: Tx, collection_id: str) -> bool:
-    statement = delete(COLLECTIONS).where(COLLECTIONS.c.id == collection_id)
-    return bool(await tx.run(lambda c: c.execute(statement).rowcount))
+    return bool(await tx.execute(delete(COLLECTIONS).where(COLLECTIONS.c.id == collection_id)))
 
 
 async def first_seq_added_after(tx: Tx, moment: datetime) -> int | None:
     """The lowest sequence of a report added after ``moment`` (index ix_reports_added)."""
-    query = select(func.min(REPORTS.c.seq)).where(REPORTS.c.added_at > moment)
-    value = await tx.run(lambda c: c.execute(query).scalar())
+    value = await tx.scalar(select(func.min(REPORTS.c.seq)).where(REPORTS.c.added_at > moment))
     return None if value is None else int(value)
 
 
@@ -87,12 +67,15 @@ async def reports_from(tx: Tx, *, start: int, topics: Sequence[str], limit: int)
             )
             seqs.update(int(s) for s in connection.execute(query).scalars())
         wanted = sorted(seqs)[:limit]
-        if not wanted:
-            return []
-        rows = select(REPORTS).where(REPORTS.c.seq.in_(wanted)).order_by(REPORTS.c.seq)
-        return list(connection.execute(rows).all())
+        query = select(REPORTS).where(REPORTS.c.seq.in_(wanted)).order_by(REPORTS.c.seq)
+        return list(connection.execute(query)) if wanted else []
 
-    return [report_of(r) for r in await tx.run(body)]
+    return [st.report_of(r) for r in await tx.run(body)]
+
+
+async def reports_at(tx: Tx, seqs: Sequence[int]) -> list[ReportRecord]:
+    """The reports with these sequences, in sequence order."""
+    return await tx.reports(REPORTS.c.seq.in_(sorted(set(seqs)))) if seqs else []
 
 
 async def insert_status(
@@ -113,30 +96,19 @@ async def insert_status(
         "created_at": at,
         "outcome": outcome,
     }
-    await tx.run(lambda c: c.execute(insert(STATUSES), values))
+    await tx.execute(insert(STATUSES), values)
 
 
 async def status(tx: Tx, status_id: str) -> tuple[str, str, dict[str, Any]] | None:
     """(node, collection id, outcome) of a status resource."""
-    row = await tx.run(lambda c: c.execute(select(STATUSES).where(STATUSES.c.id == status_id)).first())
+    row = await tx.row(select(STATUSES).where(STATUSES.c.id == status_id))
     return None if row is None else (row.node_id, row.collection_id, dict(row.outcome))
 
 
 # -- the object index (models.TaxiiObjectRow) ----------------------------------------------------
 async def indexed(tx: Tx, digests: Sequence[str]) -> list[tuple[int, Indexed]]:
     """Every (report sequence, object) the index holds under ``digests`` (ix_taxii_objects_digest)."""
-    if not digests:
-        return []
-    o = OBJECTS.c
-    query = select(OBJECTS).where(o.digest.in_(sorted(set(digests)))).order_by(o.report_seq, o.position)
-    rows = await tx.run(lambda c: c.execute(query).all())
-    return [
-        (
-            int(r.report_seq),
-            Indexed(r.position, r.digest, r.version, r.spec_version, r.excluded_at is not None),
-        )
-        for r in rows
-    ]
+    return await _indexed(tx, OBJECTS.c.digest.in_(sorted(set(digests)))) if digests else []
 
 
 async def indexed_with(tx: Tx, seqs: Sequence[int]) -> list[tuple[int, Indexed]]:
@@ -145,17 +117,14 @@ async def indexed_with(tx: Tx, seqs: Sequence[int]) -> list[tuple[int, Indexed]]
     ix_taxii_objects_digest."""
     if not seqs:
         return []
+    carried = select(OBJECTS.c.digest).where(OBJECTS.c.report_seq.in_(sorted(set(seqs))))
+    return await _indexed(tx, OBJECTS.c.digest.in_(carried))
+
+
+async def _indexed(tx: Tx, wanted: ColumnElement[bool]) -> list[tuple[int, Indexed]]:
     o = OBJECTS.c
-    carried = select(o.digest).where(o.report_seq.in_(sorted(set(seqs))))
-    query = select(OBJECTS).where(o.digest.in_(carried)).order_by(o.report_seq, o.position)
-    rows = await tx.run(lambda c: c.execute(query).all())
-    return [
-        (
-            int(r.report_seq),
-            Indexed(r.position, r.digest, r.version, r.spec_version, r.excluded_at is not None),
-        )
-        for r in rows
-    ]
+    rows = await tx.rows(select(OBJECTS).where(wanted).order_by(o.report_seq, o.position))
+    return [(int(r.report_seq), st.record_of(Indexed, r, excluded=r.excluded_at is not None)) for r in rows]
 
 
 async def exclude(tx: Tx, places: Sequence[tuple[int, int]], *, at: datetime) -> None:
@@ -170,40 +139,22 @@ async def exclude(tx: Tx, places: Sequence[tuple[int, int]], *, at: datetime) ->
     await tx.run(body)
 
 
-async def reports_at(tx: Tx, seqs: Sequence[int]) -> list[ReportRecord]:
-    """The reports with these sequences, in sequence order."""
-    if not seqs:
-        return []
-    query = select(REPORTS).where(REPORTS.c.seq.in_(sorted(set(seqs)))).order_by(REPORTS.c.seq)
-    return [report_of(r) for r in await tx.run(lambda c: c.execute(query).all())]
-
-
 async def pending_below(tx: Tx, *, lock: bool = False) -> int:
     """The sequence below which reports still wait to be indexed (0: none)."""
     query = select(INDEX_STATE.c.pending_below).where(INDEX_STATE.c.id == 1)
-    if lock:
-        query = query.with_for_update()
-    value = await tx.run(lambda c: c.execute(query).scalar())
-    return 0 if value is None else int(value)
+    return int(await tx.scalar(query.with_for_update() if lock else query) or 0)
 
 
 async def unindexed(tx: Tx, *, after: int, below: int, limit: int) -> list[ReportRecord]:
     """Reports with ``after`` < sequence < ``below`` holding a payload, in sequence order."""
     r = REPORTS.c
-    query = (
-        select(REPORTS)
-        .where(r.seq > after, r.seq < below, r.ciphertext.is_not(None))
-        .order_by(r.seq)
-        .limit(limit)
-    )
-    return [report_of(row) for row in await tx.run(lambda c: c.execute(query).all())]
+    return await tx.reports(r.seq > after, r.seq < below, r.ciphertext.is_not(None), limit=limit)
 
 
 async def add_indexed(tx: Tx, rows: Sequence[dict[str, object]]) -> None:
     if rows:
-        await tx.run(lambda c: c.execute(insert(OBJECTS), list(rows)))
+        await tx.execute(insert(OBJECTS), list(rows))
 
 
 async def set_pending_below(tx: Tx, value: int) -> None:
-    statement = update(INDEX_STATE).where(INDEX_STATE.c.id == 1).values(pending_below=value)
-    await tx.run(lambda c: c.execute(statement))
+    await tx.execute(update(INDEX_STATE).where(INDEX_STATE.c.id == 1).values(pending_below=value))

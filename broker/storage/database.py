@@ -1,7 +1,7 @@
 """``Database``: hands out transactions, and on SQLite owns the thread its writes run on.
 
 SQLite admits one writer. Every write transaction of this process runs on one connection owned
-by one thread (``ConnectionThread``): a transaction's bodies (``repos.Tx.run``) are queued to it
+by one thread (``ConnectionThread``): a transaction's bodies (``Tx.run``) are queued to it
 and their results handed back to the event loop, one trip per body. The connection is opened
 through SQLAlchemy's public synchronous API (``sqlite+pysqlite``, a ``NullPool``), with the same
 pragmas as every other SQLite connection (db.SQLITE_PRAGMAS) and ``BEGIN IMMEDIATE``. An
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import queue
 import threading
 import time
@@ -43,7 +42,6 @@ from broker.storage.db import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite
 from broker.storage.repos import Tx
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 _Job = tuple[Callable[[Connection], Any], asyncio.Future[Any]] | None
 # Reader threads on SQLite: enough that one long read (a 5,000-row listing scan, an export page)
 # leaves others free; each holds one connection and its page cache.
@@ -80,9 +78,9 @@ class ConnectionThread:
                         connection = self._engine.connect()
                     outcome = body(connection)
                 except BaseException as exc:
-                    future.get_loop().call_soon_threadsafe(_fail, future, exc)
+                    future.get_loop().call_soon_threadsafe(_settle, future, None, exc)
                 else:
-                    future.get_loop().call_soon_threadsafe(_settle, future, outcome)
+                    future.get_loop().call_soon_threadsafe(_settle, future, outcome, None)
         finally:
             if connection is not None:
                 connection.close()
@@ -94,13 +92,12 @@ class ConnectionThread:
             await asyncio.to_thread(self._thread.join)
 
 
-def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
-    if not future.done():  # its caller went away; the body ran all the same
+def _settle(future: asyncio.Future[Any], outcome: Any, exc: BaseException | None) -> None:
+    if future.done():  # its caller went away; the body ran all the same
+        return
+    if exc is None:
         future.set_result(outcome)
-
-
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
+    else:
         future.set_exception(exc)
 
 
@@ -161,15 +158,7 @@ class Database:
                             yield tx
                     finally:
                         self._held(tx)
-                    self._committed(tx)
-
-    # Publishes, reads and deliveries with their audit events: the same transaction.
-    write_transaction = transaction
-
-    def _committed(self, tx: Tx) -> None:
-        """``tx`` committed: run its callbacks. Never raises (a caller would take the committed
-        transaction for failed)."""
-        _quietly(tx.committed)
+                    tx.committed()
 
     def _held(self, tx: Tx) -> None:
         if tx.locked_at is not None and self.on_lock_held is not None:
@@ -218,20 +207,13 @@ class Database:
             finally:
                 if measure:
                     self._held(tx)
-            self._committed(tx)
+            tx.committed()
 
     async def dispose(self) -> None:
         for thread in (self._writer, *self._readers):
             if thread is not None:
                 await thread.close()
         await self.engine.dispose()
-
-
-def _quietly(callback: Callable[..., object], *args: object) -> None:
-    try:
-        callback(*args)
-    except Exception:
-        log.exception("after_commit_callback_failed")
 
 
 @asynccontextmanager
@@ -259,8 +241,12 @@ async def _mapped_errors() -> AsyncIterator[None]:
     except DataError as exc:  # a value the edge let through and the database refuses (NUL...)
         raise _refused_value() from exc
     except OperationalError as exc:
-        if _statement_refused(exc.orig):
-            raise  # a missing table or column: no outage, a fault (500, logged with its traceback)
+        # SQLite's primary result code 1 is an SQL error or a missing table or column: no outage
+        # but a fault (500, logged with its traceback). Its other codes (busy, locked, I/O,
+        # cannot open, full) are the database unavailable.
+        code = getattr(exc.orig, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF == 1:
+            raise
         raise Unavailable("database unavailable") from exc
     except (InterfaceError, OSError) as exc:
         raise Unavailable("database unavailable") from exc
@@ -269,24 +255,15 @@ async def _mapped_errors() -> AsyncIterator[None]:
     except TimeoutError as exc:  # asyncpg's command_timeout: a server that stopped answering
         raise Unavailable("the database did not answer in time") from exc
     except DBAPIError as exc:
-        # The asyncpg dialect raises a plain DBAPIError for PostgreSQL's data exceptions, and for
-        # a connection lost mid-statement (its backend terminated, the server shut down).
-        sqlstate = getattr(exc.orig, "sqlstate", None)
-        if exc.connection_invalidated or _lost(sqlstate):
+        # The asyncpg dialect raises a plain DBAPIError for PostgreSQL's data exceptions (SQLSTATE
+        # class 22: too long, out of range, not encodable), and for a connection lost mid-statement
+        # (class 08, or 57: its backend terminated, the server shutting down).
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+        if exc.connection_invalidated or sqlstate[:2] in ("08", "57"):
             raise Unavailable("database connection lost") from exc
-        if _data_exception(sqlstate):
+        if sqlstate[:2] == "22":
             raise _refused_value() from exc
         raise
-
-
-# SQLite's primary result code for an SQL error or missing database object (``no such table``);
-# its other OperationalErrors (busy, locked, I/O, cannot open, full) are the database unavailable.
-_SQLITE_ERROR = 1
-
-
-def _statement_refused(orig: object) -> bool:
-    code = getattr(orig, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF == _SQLITE_ERROR
 
 
 async def _abandon(connection: AsyncConnection, driver: Any) -> None:
@@ -307,17 +284,6 @@ def _interrupted(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__
     return False
-
-
-def _lost(sqlstate: object) -> bool:
-    """SQLSTATE class 08 (connection exception) or 57 (operator intervention: a terminated
-    backend, a server shutting down): the database is unavailable to this statement."""
-    return isinstance(sqlstate, str) and sqlstate[:2] in ("08", "57")
-
-
-def _data_exception(sqlstate: object) -> bool:
-    """SQLSTATE class 22: a value the database refuses (too long, out of range, not encodable)."""
-    return isinstance(sqlstate, str) and sqlstate.startswith("22")
 
 
 def _refused_value() -> BadRequest:

@@ -1,4 +1,4 @@
-"""Engines, sessions and migrations.
+"""Engines, their URLs, migrations and the health ping.
 
 SQLite: WAL, ``synchronous=FULL`` (a 201 survives kill -9), foreign keys on, and every
 transaction opened with ``BEGIN IMMEDIATE`` so writers queue on the lock instead of failing
@@ -21,7 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from broker.errors import ConfigError, Unavailable
@@ -111,48 +111,45 @@ def create_engine(url: str, deadlines: Deadlines | None = None) -> AsyncEngine:
     """An async engine for ``url`` with the durability settings and ``deadlines`` applied."""
     deadlines = deadlines or Deadlines()
     parsed = check_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
+    if parsed.get_backend_name() == "sqlite":
         path = sqlite_file(url)
         if path is not None:
             _create_private(path)
         engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         configure_sqlite(engine.sync_engine)
         return engine
-    if backend == "postgresql":
-        engine = create_async_engine(
-            url,
-            pool_size=10,
-            pool_timeout=deadlines.pool,
-            # Connections are replaced after 5 minutes: a connection that died silently (a NAT or
-            # firewall idle timeout: no closed socket for _refuse_closed to see) fails at most
-            # the one transaction that meets it (503), and rarely.
-            pool_recycle=300,
-            # The head row is locked, or compared and set in one statement, under READ COMMITTED:
-            # a stricter default set on the database or role would turn a write that meets
-            # another broker's commit into a serialization error (a 500) instead of a wait.
-            # The server ends a statement (or an abandoned transaction) on its own; the client
-            # gives up on a server that does not answer at all (``command_timeout``).
-            connect_args={
-                "timeout": deadlines.connect,
-                "command_timeout": deadlines.statement,
-                "server_settings": {
-                    "synchronous_commit": "on",
-                    "default_transaction_isolation": "read committed",
-                    "statement_timeout": str(round(deadlines.statement * 1000)),
-                    "idle_in_transaction_session_timeout": str(round(deadlines.idle_in_transaction * 1000)),
-                },
+    engine = create_async_engine(
+        url,
+        pool_size=10,
+        pool_timeout=deadlines.pool,
+        # Connections are replaced after 5 minutes: a connection that died silently (a NAT or
+        # firewall idle timeout: no closed socket for _refuse_closed to see) fails at most the
+        # one transaction that meets it (503), and rarely.
+        pool_recycle=300,
+        # The head row is locked, or compared and set in one statement, under READ COMMITTED: a
+        # stricter default set on the database or role would turn a write that meets another
+        # broker's commit into a serialization error (a 500) instead of a wait. The server ends
+        # a statement (or an abandoned transaction) on its own; the client gives up on a server
+        # that does not answer at all (``command_timeout``).
+        connect_args={
+            "timeout": deadlines.connect,
+            "command_timeout": deadlines.statement,
+            "server_settings": {
+                "synchronous_commit": "on",
+                "default_transaction_isolation": "read committed",
+                "statement_timeout": str(round(deadlines.statement * 1000)),
+                "idle_in_transaction_session_timeout": str(round(deadlines.idle_in_transaction * 1000)),
             },
-        )
-        event.listen(engine.sync_engine.pool, "checkout", _refuse_closed)
-        return engine
-    raise ConfigError(file="BROKER_DATABASE_URL", key="url", problem=f"unsupported backend {backend!r}")
+        },
+    )
+    event.listen(engine.sync_engine.pool, "checkout", _refuse_closed)
+    return engine
 
 
 def _refuse_closed(_dbapi: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
     """A pooled connection the server closed (a restart, an administrator's terminate) is
     replaced before use. asyncpg notices the closed socket by itself, so this costs no round trip,
-    where SQLAlchemy's ``pool_pre_ping`` sent one with every checkout (about 5 % of a publish)."""
+    where SQLAlchemy's ``pool_pre_ping`` sends one with every checkout."""
     driver = record.driver_connection
     if driver is not None and driver.is_closed():
         raise DisconnectionError("the server closed this connection")
@@ -178,25 +175,17 @@ def configure_sqlite(engine: Engine, *, read_only: bool = False) -> None:
         connection.exec_driver_sql(begin)
 
 
-def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
-
-
-def migrations_location() -> Path:
-    """The alembic environment: the top-level ``migrations`` package beside ``broker``, where the
-    wheel installs it and where it is in a checkout. Found by path, not by import: ``python -m
-    broker`` puts the working directory first on ``sys.path``, so run from another project's
-    directory, an import would find that project's ``migrations`` and run it on our database."""
+def alembic_config() -> Config:
+    """Alembic's configuration without an ini file. The environment is the top-level
+    ``migrations`` package beside ``broker``, where the wheel installs it and where it is in a
+    checkout. Found by path, not by import: ``python -m broker`` puts the working directory first
+    on ``sys.path``, so run from another project's directory, an import would find that project's
+    ``migrations`` and run it on our database."""
     location = Path(__file__).resolve().parents[2] / "migrations"
     if not (location / "env.py").is_file() or not (location / "versions").is_dir():
         raise RuntimeError(f"the broker's migrations are not installed beside it (looked in {location})")
-    return location
-
-
-def alembic_config() -> Config:
-    """Alembic's configuration without an ini file (the environment: ``migrations_location``)."""
     cfg = Config()
-    cfg.set_main_option("script_location", str(migrations_location()))
+    cfg.set_main_option("script_location", str(location))
     return cfg
 
 

@@ -17,9 +17,8 @@ from sqlalchemy.engine import Connection
 from broker.storage import statements as st
 from broker.storage.models import KeyringBindingRow
 from broker.storage.repos import Tx
-from broker.storage.statements import table
 
-BINDING = table(KeyringBindingRow)
+BINDING = st.table(KeyringBindingRow)
 _ROW = select(BINDING.c.checkpoint_public_key, BINDING.c.bound_at).where(BINDING.c.id == 1)
 
 
@@ -29,26 +28,16 @@ class Binding:
     bound_at: datetime
 
 
-def _binding(connection: Connection) -> Binding | None:
-    row = connection.execute(_ROW).first()
-    if row is None:
-        return None
-    return Binding(checkpoint_public_key=base64.b64decode(row[0]), bound_at=row[1])
-
-
-async def binding(tx: Tx) -> Binding | None:
-    """The database's binding; None when it is not bound yet."""
-    return await tx.run(_binding)
-
-
-async def binding_if_migrated(tx: Tx) -> Binding | None:
-    """As ``binding``, and None as well when the database has no binding table yet (empty, or
-    not migrated to 0007): for the check made before the keyring is loaded."""
+async def binding(tx: Tx, *, if_migrated: bool = False) -> Binding | None:
+    """The database's binding; None when it is not bound yet, or (``if_migrated``: for the check
+    made before the keyring is loaded) when it has no binding table yet (empty, or not migrated
+    to 0007)."""
 
     def body(connection: Connection) -> Binding | None:
-        if not inspect(connection).has_table(BINDING.name):
+        if if_migrated and not inspect(connection).has_table(BINDING.name):
             return None
-        return _binding(connection)
+        row = connection.execute(_ROW).first()
+        return None if row is None else Binding(base64.b64decode(row[0]), row[1])
 
     return await tx.run(body)
 
@@ -60,10 +49,11 @@ async def holds_data(tx: Tx) -> bool:
 
     def body(connection: Connection) -> bool:
         inspector = inspect(connection)
-        for stored in (st.REPORTS, st.CHECKPOINTS):
-            if inspector.has_table(stored.name) and connection.execute(select(stored).limit(1)).first():
-                return True
-        return False
+        return any(
+            inspector.has_table(stored.name)
+            and connection.execute(select(stored).limit(1)).first() is not None
+            for stored in (st.REPORTS, st.CHECKPOINTS)
+        )
 
     return await tx.run(body)
 
@@ -85,15 +75,11 @@ _KEK_IDS = text(
 
 async def kek_ids_in_use(tx: Tx) -> list[str]:
     """Every KEK id that wraps a stored report's data key."""
-    return await tx.run(lambda c: [str(row[0]) for row in c.execute(_KEK_IDS)])
+    return [str(row[0]) for row in await tx.rows(_KEK_IDS)]
 
 
 async def bind(tx: Tx, *, checkpoint_public_key: bytes, at: datetime) -> None:
     """Bind the database to a keyring. The caller holds the head lock and found no binding; a
     second binder that did not would fail on the primary key rather than rebind."""
-    values = {
-        "id": 1,
-        "checkpoint_public_key": base64.b64encode(checkpoint_public_key).decode(),
-        "bound_at": at,
-    }
-    await tx.run(lambda c: c.execute(insert(BINDING), values))
+    key = base64.b64encode(checkpoint_public_key).decode()
+    await tx.execute(insert(BINDING), {"id": 1, "checkpoint_public_key": key, "bound_at": at})

@@ -1,7 +1,7 @@
 """PostgreSQL LISTEN/NOTIFY: wake this process when another one commits a change.
 
 Every transaction that publishes or changes security state sends a NOTIFY on
-``repos.CHANGE_CHANNEL`` (delivered at its commit, never for a rollback). The listener holds one
+``statements.CHANGE_CHANNEL`` (delivered at its commit, never for a rollback). The listener holds one
 connection of its own (made from the database URL as the engine's are, query included: a
 ``?ssl=require`` or a Unix-socket ``?host=`` binds it too) and calls ``on_change`` for each
 notification; the hub then reads the head from the database. A notification is a wake-up and
@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from broker.storage.repos import CHANGE_CHANNEL
+from broker.storage.statements import CHANGE_CHANNEL
 from broker.waiting import wait_event
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,6 @@ class ChangeListener:
         await wait_event(self._ready, seconds)
         return self.connected
 
-    def _notified(self, _connection: object, _pid: int, _channel: str, _payload: str) -> None:
-        self._on_change()
-
     async def run(self) -> None:
         """Listen, reconnecting with backoff when the server or the network drops the connection.
         Anything else (a configuration error such as a bad ``ssl`` mode, a bug) is raised, for
@@ -93,7 +90,7 @@ class ChangeListener:
                 continue
             try:
                 connection.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await connection.add_listener(CHANGE_CHANNEL, self._notified)
+                await connection.add_listener(CHANGE_CHANNEL, lambda *_: self._on_change())  # payload unread
                 self.connected, delay = True, 0.1
                 self._ready.set()
                 self._on_change()  # anything committed while not listening is looked at now

@@ -32,12 +32,6 @@ NAMING = {
 }
 
 
-def refuse_naive(value: datetime) -> None:
-    """A naive datetime would be stored shifted by the server's time zone: ValueError."""
-    if value.tzinfo is None:
-        raise ValueError("naive datetime refused: the broker stores UTC only")
-
-
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes on every engine (SQLite hands back naive values otherwise)."""
 
@@ -47,7 +41,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        refuse_naive(value)
+        if value.tzinfo is None:  # it would be stored shifted by the server's time zone
+            raise ValueError("naive datetime refused: the broker stores UTC only")
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 

@@ -6,9 +6,11 @@ import and SQLAlchemy's compiled cache hits on every execution.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     Table,
@@ -22,8 +24,8 @@ from sqlalchemy import (
     update,
 )
 
-from broker.domain.alliances import Alliance, Directory, History, Membership
-from broker.domain.records import AuditDraft, AuditEvent, Checkpoint, Head, NodeRecord, ReportRecord
+from broker.domain.alliances import Alliance, Directory, Membership
+from broker.domain.records import AuditDraft, AuditEvent, Checkpoint, Head, ReportRecord
 from broker.storage.models import (
     AllianceRow,
     AuditEventRow,
@@ -37,6 +39,11 @@ from broker.storage.models import (
     StreamCursorRow,
     TaxiiObjectRow,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
 
 
 def table(model: type[object]) -> Table:
@@ -65,13 +72,10 @@ INSERT_TOPICS = insert(TOPICS)
 INSERT_EVENTS = insert(EVENTS)
 INSERT_NODES = insert(MERKLE)
 INSERT_OBJECTS = insert(TAXII_OBJECTS)
-# The tables whose queued inserts may be combined into one statement on PostgreSQL (repos._flush).
+# The tables whose queued inserts may be combined into one statement on PostgreSQL (transaction.flush).
 COMBINABLE = {t.name: t for t in (REPORTS, TOPICS, TAXII_OBJECTS, EVENTS, MERKLE)}
 
 REPORT_BY_ID = select(REPORTS).where(REPORTS.c.id == bindparam("id"))
-REPORT_BY_KEY = select(REPORTS).where(
-    REPORTS.c.originator_node == bindparam("node"), REPORTS.c.idempotency_key == bindparam("key")
-)
 # The channel every broker process LISTENs on (storage/listen.py). A notification means only
 # "look at the head again": it carries no payload, and one a notifier adds is never read (any
 # role that can connect may NOTIFY, table privileges or not).
@@ -106,42 +110,49 @@ CURSOR = select(CURSORS.c.sequence).where(
 )
 
 
+@functools.cache
+def _fields(kind: type[DataclassInstance], table: Table | None = None) -> tuple[str, ...]:
+    """The init fields of ``kind`` (those that are columns of ``table`` when given)."""
+    return tuple(f.name for f in fields(kind) if f.init and (table is None or f.name in table.c))
+
+
+def values_of(record: DataclassInstance, table: Table, **extra: Any) -> dict[str, Any]:
+    """The fields of ``record`` that are columns of ``table`` (tuples as lists: JSON), then ``extra``."""
+    values = {name: getattr(record, name) for name in _fields(type(record), table)}
+    for name, value in values.items():
+        if isinstance(value, tuple):
+            values[name] = list(value)
+    return values | extra
+
+
+def record_of(kind: type[R], row: Any, **extra: Any) -> R:
+    """A ``kind`` from the columns of ``row`` named as its fields (lists as tuples: JSON), then
+    ``extra``; a field the row lacks keeps its default."""
+    found = dict(zip(row._fields, row, strict=True))  # Row._fields: public, as a namedtuple's
+    values = {name: found[name] for name in _fields(kind) if name in found}
+    for name, value in values.items():
+        if isinstance(value, list):
+            values[name] = tuple(value)
+    return kind(**(values | extra))
+
+
 def head_of(row: Any) -> Head:
     frontier = tuple((int(lvl), int(idx), bytes.fromhex(h)) for lvl, idx, h in json.loads(row.audit_frontier))
-    return Head(
-        row.report_seq,
-        row.audit_seq,
-        row.audit_hash,
-        row.change_counter,
-        frontier,
-        row.report_changes,
-        row.report_created,
-    )
+    return record_of(Head, row, frontier=frontier)
 
 
 def head_values(head: Head) -> dict[str, Any]:
-    return {
-        "report_seq": head.report_seq,
-        "audit_seq": head.audit_seq,
-        "audit_hash": head.audit_hash,
-        "change_counter": head.change_counter,
-        "report_changes": head.report_changes,
-        "report_created": head.report_created,
-        "audit_frontier": json.dumps([[lvl, idx, h.hex()] for lvl, idx, h in head.frontier]),
-    }
-
-
-def history_of(value: str) -> History:
-    return "since-join" if value == "since-join" else "full"
+    frontier = json.dumps([[lvl, idx, h.hex()] for lvl, idx, h in head.frontier])
+    return values_of(head, HEAD, audit_frontier=frontier)
 
 
 def directory_of(alliances: Sequence[Any], memberships: Sequence[Any]) -> Directory:
-    by_id = {r.id: Alliance(id=r.id, name=r.name, history=history_of(r.history)) for r in alliances}
+    by_id = {
+        r.id: Alliance(r.id, r.name, "since-join" if r.history == "since-join" else "full") for r in alliances
+    }
     members: dict[str, list[Membership]] = {a: [] for a in by_id}
     for m in memberships:
-        members[m.alliance_id].append(
-            Membership(alliance=m.alliance_id, nation=m.nation, joined=m.joined, left=m.left)
-        )
+        members[m.alliance_id].append(Membership(m.alliance_id, m.nation, m.joined, m.left))
     return Directory(alliances=by_id, memberships={k: tuple(v) for k, v in members.items()})
 
 
@@ -149,132 +160,26 @@ def report_rows(
     reports: Sequence[tuple[ReportRecord, str | None]],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows of the reports table (with their idempotency keys) and of the topics table."""
-    rows = [
-        {
-            "seq": r.seq,
-            "id": r.id,
-            "originator_node": r.originator_node,
-            "originator_nation": r.originator_nation,
-            "label_json": r.label_json,
-            "label_hash": r.label_hash,
-            "topics": list(r.topics),
-            "created_at": r.created_at,
-            "added_at": r.added,
-            "payload_sha256": r.payload_sha256,
-            "signature": r.signature,
-            "ciphertext": r.ciphertext,
-            "wrapped_key": r.wrapped_key,
-            "kek_id": r.kek_id,
-            "idempotency_key": key,
-            "request_hash": r.request_hash,
-        }
-        for r, key in reports
-    ]
+    rows = [values_of(r, REPORTS, added_at=r.added, idempotency_key=key) for r, key in reports]
     return rows, [{"topic": t, "report_seq": r.seq} for r, _ in reports for t in r.topics]
 
 
 def event_rows(events: Sequence[AuditEvent]) -> list[dict[str, Any]]:
-    return [
-        {
-            "seq": e.seq,
-            "time": e.time,
-            "actor": e.draft.actor,
-            "action": e.draft.action,
-            "report": e.draft.report,
-            "node": e.draft.node,
-            "nation": e.draft.nation,
-            "decision": e.draft.decision,
-            "reason": e.draft.reason,
-            "details": e.draft.details,
-            "prev_hash": e.prev_hash,
-            "hash": e.hash,
-        }
-        for e in events
-    ]
+    return [values_of(e, EVENTS) | values_of(e.draft, EVENTS) for e in events]
 
 
 def node_rows(nodes: Sequence[tuple[int, int, bytes]]) -> list[dict[str, Any]]:
     return [{"level": lvl, "idx": idx, "hash": h.hex()} for lvl, idx, h in nodes]
 
 
-def node_values(node: NodeRecord) -> dict[str, Any]:
-    """The columns of the nodes table that a node's record sets (all but ``revoked_at``)."""
-    return {
-        "id": node.id,
-        "nation": node.nation,
-        "clearance": node.clearance,
-        "caveats": list(node.caveats),
-        "roles": list(node.roles),
-        "token_hash": node.token_hash,
-        "ed25519_public_key": node.ed25519_public_key,
-        "x25519_public_key": node.x25519_public_key,
-        "tls_fingerprint": node.tls_fingerprint,
-        "token_expires_at": node.token_expires_at,
-        "created_at": node.created_at,
-        "audience": list(node.audience),
-        "origins": list(node.origins),
-        "foreign_peer": node.foreign_peer,
-    }
-
-
-def node_of(row: Any) -> NodeRecord:
-    """From an ORM row or a Core row of the nodes table."""
-    return NodeRecord(
-        id=row.id,
-        nation=row.nation,
-        clearance=row.clearance,
-        caveats=tuple(row.caveats),
-        roles=tuple(row.roles),
-        token_hash=row.token_hash,
-        created_at=row.created_at,
-        ed25519_public_key=row.ed25519_public_key,
-        x25519_public_key=row.x25519_public_key,
-        revoked_at=row.revoked_at,
-        tls_fingerprint=row.tls_fingerprint,
-        token_expires_at=row.token_expires_at,
-        audience=tuple(row.audience or ()),
-        origins=tuple(row.origins or ()),
-        foreign_peer=row.foreign_peer,
-    )
-
-
 def report_of(row: Any) -> ReportRecord:
-    """From an ORM row or a Core row of the reports table."""
-    return ReportRecord(
-        seq=row.seq,
-        id=row.id,
-        originator_node=row.originator_node,
-        originator_nation=row.originator_nation,
-        label_json=row.label_json,
-        label=json.loads(row.label_json),
-        label_hash=row.label_hash,
-        topics=tuple(row.topics),
-        created_at=row.created_at,
-        payload_sha256=row.payload_sha256,
-        signature=row.signature,
-        request_hash=row.request_hash,
-        recalled_at=row.recalled_at,
-        erased_at=row.erased_at,
-        ciphertext=row.ciphertext,
-        wrapped_key=row.wrapped_key,
-        kek_id=row.kek_id,
-        added_at=row.added_at,
-    )
+    """From a row of the reports table."""
+    return record_of(ReportRecord, row, label=json.loads(row.label_json))
 
 
 def checkpoint_of(row: Any) -> Checkpoint:
-    return Checkpoint(size=row.size, root=bytes.fromhex(row.root), time=row.time, note=row.note)
+    return record_of(Checkpoint, row, root=bytes.fromhex(row.root))
 
 
 def event_of(row: Any) -> AuditEvent:
-    draft = AuditDraft(
-        action=row.action,
-        actor=row.actor,
-        report=row.report,
-        node=row.node,
-        nation=row.nation,
-        decision=row.decision,
-        reason=row.reason,
-        details=dict(row.details),
-    )
-    return AuditEvent(seq=row.seq, time=row.time, draft=draft, prev_hash=row.prev_hash, hash=row.hash)
+    return record_of(AuditEvent, row, draft=record_of(AuditDraft, row))

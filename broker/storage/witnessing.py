@@ -1,13 +1,9 @@
-"""Queries for witness cosignatures and per-witness state (services/witnessing.py).
-
-Functions take the caller's ``Tx`` and run plain synchronous SQLAlchemy Core through ``Tx.run``.
-"""
+"""Queries for witness cosignatures and per-witness state (services/witnessing.py), on a ``Tx``."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import delete, insert, select
+from sqlalchemy import ColumnElement, Table, delete, insert, select
+from sqlalchemy.engine import Connection
 
 from broker.domain.witnessing import Cosignature, WitnessState
 from broker.storage import statements as st
@@ -15,84 +11,43 @@ from broker.storage.models import WitnessCosignatureRow, WitnessStateRow
 from broker.storage.repos import Tx
 
 COSIGNATURES, STATE = st.table(WitnessCosignatureRow), st.table(WitnessStateRow)
-
-
-def _cosignature(row: Any) -> Cosignature:
-    return Cosignature(
-        size=row.size,
-        witness=row.witness,
-        line=row.line,
-        timestamp=row.timestamp,
-        received_at=row.received_at,
-    )
-
-
-def _state(row: Any) -> WitnessState:
-    return WitnessState(
-        witness=row.witness,
-        cosigned_size=row.cosigned_size,
-        updated_at=row.updated_at,
-        refused_size=row.refused_size,
-        refused_status=row.refused_status,
-        refused_reason=row.refused_reason,
-    )
+C = COSIGNATURES.c
 
 
 async def cosignatures(tx: Tx, size: int) -> list[Cosignature]:
     """The stored cosignatures on the checkpoint of ``size`` events, by witness name."""
-    c = COSIGNATURES.c
-    query = select(COSIGNATURES).where(c.size == size).order_by(c.witness)
-    return [_cosignature(r) for r in await tx.run(lambda conn: conn.execute(query).all())]
+    query = select(COSIGNATURES).where(C.size == size).order_by(C.witness)
+    return [st.record_of(Cosignature, r) for r in await tx.rows(query)]
 
 
 async def cosignatures_upto(tx: Tx, size: int) -> dict[int, list[Cosignature]]:
     """Every stored cosignature on checkpoints of at most ``size`` events, by size."""
-    c = COSIGNATURES.c
-    query = select(COSIGNATURES).where(c.size <= size).order_by(c.size, c.witness)
     found: dict[int, list[Cosignature]] = {}
-    for row in await tx.run(lambda conn: conn.execute(query).all()):
-        found.setdefault(row.size, []).append(_cosignature(row))
+    for row in await tx.rows(select(COSIGNATURES).where(C.size <= size).order_by(C.size, C.witness)):
+        found.setdefault(row.size, []).append(st.record_of(Cosignature, row))
     return found
 
 
 async def store_cosignature(tx: Tx, cosignature: Cosignature) -> None:
     """Keep one cosignature (replacing that witness's earlier line on the same checkpoint)."""
-    c = COSIGNATURES.c
-    values = {
-        "size": cosignature.size,
-        "witness": cosignature.witness,
-        "line": cosignature.line,
-        "timestamp": cosignature.timestamp,
-        "received_at": cosignature.received_at,
-    }
-    gone = delete(COSIGNATURES).where(c.size == cosignature.size, c.witness == cosignature.witness)
-
-    def body(conn: Any) -> None:
-        conn.execute(gone)
-        conn.execute(insert(COSIGNATURES), values)
-
-    await tx.run(body)
+    mine = (C.size == cosignature.size, C.witness == cosignature.witness)
+    await _replace(tx, COSIGNATURES, mine, st.values_of(cosignature, COSIGNATURES))
 
 
 async def states(tx: Tx) -> dict[str, WitnessState]:
-    rows = await tx.run(lambda conn: conn.execute(select(STATE)).all())
-    return {row.witness: _state(row) for row in rows}
+    return {row.witness: st.record_of(WitnessState, row) for row in await tx.rows(select(STATE))}
 
 
 async def save_state(tx: Tx, state: WitnessState) -> None:
     """Replace one witness's state."""
-    values = {
-        "witness": state.witness,
-        "cosigned_size": state.cosigned_size,
-        "updated_at": state.updated_at,
-        "refused_size": state.refused_size,
-        "refused_status": state.refused_status,
-        "refused_reason": state.refused_reason,
-    }
-    gone = delete(STATE).where(STATE.c.witness == state.witness)
+    await _replace(tx, STATE, (STATE.c.witness == state.witness,), st.values_of(state, STATE))
 
-    def body(conn: Any) -> None:
-        conn.execute(gone)
-        conn.execute(insert(STATE), values)
+
+async def _replace(
+    tx: Tx, table: Table, where: tuple[ColumnElement[bool], ...], values: dict[str, object]
+) -> None:
+    def body(connection: Connection) -> None:
+        connection.execute(delete(table).where(*where))
+        connection.execute(insert(table), values)
 
     await tx.run(body)

@@ -151,7 +151,7 @@ async def _fill(api: Api, reports: list[str]) -> int:
     log's times never go back), in transactions of about 1,000 events; return the log size."""
     timeline = _timeline(reports)
     for first in range(0, len(timeline), 1_000):
-        async with api.ctx.db.write_transaction() as tx:
+        async with api.ctx.db.transaction() as tx:
             for _, moment in groupby(timeline[first : first + 1_000], key=lambda item: item[0]):
                 group = list(moment)
                 await audit.record(tx, [draft for _, draft in group], now=group[0][0])

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from broker.storage.listen import ChangeListener
-from broker.storage.repos import CHANGE_CHANNEL
+from broker.storage.statements import CHANGE_CHANNEL
 from broker.waiting import wait_event
 from tests.integration.faults import TcpProxy
 

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from broker.client import BrokerClient, Received
-from broker.storage.repos import CHANGE_CHANNEL
+from broker.storage.statements import CHANGE_CHANNEL
 from tests.integration.conftest import Api
 from tests.integration.helpers import body, chain_holds
 

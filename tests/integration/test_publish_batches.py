@@ -223,7 +223,7 @@ async def test_a_value_the_database_refuses_is_the_clients_and_writes_nothing(
     size = await chain_holds(ctx)
 
     async def append(reason: str) -> None:
-        async with ctx.db.write_transaction() as tx:
+        async with ctx.db.transaction() as tx:
             await audit.record(tx, [AuditDraft(action="test", actor="a", reason=reason)], now=ctx.now())
 
     with pytest.raises(BadRequest):
@@ -238,6 +238,6 @@ async def test_a_naive_datetime_is_refused_and_writes_nothing(ctx: Context) -> N
     # time zone), on both engines and in the combined write.
     size = await chain_holds(ctx)
     with pytest.raises(StatementError, match="naive datetime"):
-        async with ctx.db.write_transaction() as tx:
+        async with ctx.db.transaction() as tx:
             await audit.record(tx, [AuditDraft(action="test", actor="a")], now=datetime(2026, 11, 25, 12))  # noqa: DTZ001
     assert await chain_holds(ctx) == size

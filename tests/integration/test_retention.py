@@ -186,7 +186,7 @@ async def test_two_brokers_never_erase_a_report_twice(api: Api, settings: Settin
     await chain_holds(api.ctx)
 
 
-async def test_lock_unerased_leaves_out_what_is_already_erased(api: Api, clock: FakeClock) -> None:
+async def test_lock_for_erasure_leaves_out_what_is_already_erased(api: Api, clock: FakeClock) -> None:
     usa = await api.node("usa-1", "USA")
     first, second = await _publish(api, usa, "SECRET"), await _publish(api, usa, "SECRET")
     await reports.erase(api.ctx, first, actor="test")
@@ -196,8 +196,8 @@ async def test_lock_unerased_leaves_out_what_is_already_erased(api: Api, clock: 
             (first, "SECRET", True),
             (second, "SECRET", False),
         ]
-        locked = await store.lock_unerased(tx, [r.seq for r in rows])
-    assert [r.id for r in locked] == [second]
+        locked = await store.lock_for_erasure(tx, [r.seq for r in rows], set())
+    assert [(age.id, kek is not None) for age, kek in locked] == [(second, True)]
 
 
 def test_bad_retention_stops_the_broker_with_file_key_and_problem(

@@ -19,6 +19,7 @@ from broker.crypto import seal, signing
 from broker.domain.canonical import canonical
 from broker.services import admin, reports
 from broker.settings import Settings
+from broker.storage import retention
 from tests.integration.conftest import Api
 from tests.integration.helpers import body, events, report_count
 
@@ -166,9 +167,8 @@ async def test_a_rewrap_never_gives_an_erased_report_its_key_back(api: Api) -> N
     assert before is not None and before.wrapped_key is not None
     await reports.erase(api.ctx, receipt["id"], actor="test")
     async with api.ctx.db.transaction() as tx:
-        written = await tx.set_wrapped_key(before.seq, wrapped_key=before.wrapped_key, kek_id="kek-x")
+        await retention.set_wrapped(tx, [retention.Wrapped(before.seq, "kek-x", before.wrapped_key)])
         after = await tx.report(receipt["id"])
-    assert written is False
     assert after is not None and after.wrapped_key is None and after.kek_id is None
 
 

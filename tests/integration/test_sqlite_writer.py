@@ -49,7 +49,7 @@ async def test_what_it_writes_sqlalchemy_reads_back_unchanged(sqlite_ctx: Contex
     raw = body(topics=["c2", "ransomware"], payload={"n": 1, "text": "é\u2028\U0001f600"})
     sub = publishing.parse_submission(raw, ctx=ctx, known_alliances=directory.alliances)
     act = publishing.PublishAct(node=node, sub=sub, idempotency_key="key-1")
-    async with ctx.db.write_transaction() as tx:
+    async with ctx.db.transaction() as tx:
         (written,) = await publishing.store_publishes(ctx, tx, [act])
     async with ctx.db.engine.connect() as conn:  # SQLAlchemy's async engine, another connection
         row = (await conn.execute(st.REPORT_BY_ID, {"id": written.id})).one()
@@ -61,8 +61,8 @@ async def test_what_it_writes_sqlalchemy_reads_back_unchanged(sqlite_ctx: Contex
     assert got["payload"] == {"n": 1, "text": "é\u2028\U0001f600"}
     async with ctx.db.read_transaction() as tx:  # and the reader thread reads the same
         assert await tx.report(written.id) == written
-        by_key = await tx.run(lambda c: c.execute(st.REPORT_BY_KEY, {"node": "usa-1", "key": "key-1"}).one())
-        assert st.report_of(by_key) == written
+        keyed = st.REPORTS.c.idempotency_key == "key-1"
+        assert await tx.reports(st.REPORTS.c.originator_node == "usa-1", keyed) == [written]
         assert await tx.reports_after(after=0, topics=["ransomware"], limit=10) == [written]
         assert await tx.report("no-such-id") is None
     await chain_holds(ctx)
@@ -95,7 +95,7 @@ async def test_a_failed_transaction_leaves_nothing(sqlite_ctx: Context) -> None:
     before = await chain_holds(ctx)
 
     async def fails() -> None:
-        async with ctx.db.write_transaction() as tx:
+        async with ctx.db.transaction() as tx:
             await audit.record(tx, [AuditDraft(action="lost")], now=ctx.now())
             await tx.lock_head()  # the queued writes have run: now they must be undone
             raise RuntimeError("boom")
@@ -103,7 +103,7 @@ async def test_a_failed_transaction_leaves_nothing(sqlite_ctx: Context) -> None:
     with pytest.raises(RuntimeError):
         await fails()
     assert await chain_holds(ctx) == before
-    async with ctx.db.write_transaction() as tx:
+    async with ctx.db.transaction() as tx:
         await audit.record(tx, [AuditDraft(action="kept")], now=ctx.now())
     assert [e["action"] for e in await events(ctx)][-1] == "kept"
     assert await chain_holds(ctx) == before + 1
@@ -111,7 +111,7 @@ async def test_a_failed_transaction_leaves_nothing(sqlite_ctx: Context) -> None:
 
 async def test_a_queued_write_that_fails_fails_the_commit(sqlite_ctx: Context) -> None:
     ctx = sqlite_ctx
-    async with ctx.db.write_transaction() as tx:
+    async with ctx.db.transaction() as tx:
         await audit.record(tx, [AuditDraft(action="first")], now=ctx.now())
     before = await chain_holds(ctx)
     async with ctx.db.read_transaction() as tx:
@@ -120,7 +120,7 @@ async def test_a_queued_write_that_fails_fails_the_commit(sqlite_ctx: Context) -
     assert first is not None
 
     async def duplicate() -> None:
-        async with ctx.db.write_transaction() as tx:
+        async with ctx.db.transaction() as tx:
             head = await tx.lock_head()
             await tx.save_head(replace(head, change_counter=head.change_counter + 5))
             await tx.insert_events([first])  # the same sequence again: fails at the commit
@@ -166,7 +166,7 @@ async def test_reads_run_side_by_side_and_beside_an_open_write(sqlite_ctx: Conte
     async with asyncio.timeout(5):  # the old single reader (or the write lock) would hold these for good
         async with ctx.db.read_transaction() as first, ctx.db.read_transaction() as second:
             assert await first.audit_size() == await second.audit_size() >= 1
-        async with ctx.db.write_transaction() as tx:
+        async with ctx.db.transaction() as tx:
             await tx.lock_head()
             page = await ledger.events(ctx, after=0, limit=10, filters={})
             assert page["events"] and page["events"][0]["seq"] == 1

@@ -23,7 +23,7 @@ from broker.services.taxii.common import collection, is_uuid, refuse
 from broker.services.wire.decode import decode
 from broker.services.wire.requests import MAX_OBJECTS_PER_POST, Envelope
 from broker.storage import collections as store
-from broker.storage.repos import WriteTx
+from broker.storage.repos import Tx
 
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 
@@ -134,7 +134,7 @@ async def add_objects(ctx: Context, node: NodeRecord, collection_id: str, envelo
     }
     outcome = _Status(str(uuid.uuid4()), stix.timestamp(ctx.now()), len(objects), accepted, failures)
 
-    async def store_status(tx: WriteTx, report: ReportRecord) -> None:
+    async def store_status(tx: Tx, report: ReportRecord) -> None:
         # In the report's transaction: never a report without its status, nor the reverse.
         await store.insert_status(
             tx,
