@@ -116,7 +116,9 @@ class Links:
 
     async def _pull(self, peer: PeerRecord, cursor: int) -> int:
         """One connection: import and ack until it closes; the cursor reached."""
-        await self._set(peer, "connecting", self.status[peer.name].last_error)
+        status = self.status[peer.name]
+        if status.state not in ("refused", "error"):  # a retry keeps the last failure until it connects
+            await self._set(peer, "connecting", status.last_error)
         context, headers = peers.link_context(self._ctx, peer)
         params = {"after": str(cursor), "name": STREAM_NAME, "broker": self._ctx.settings.audit_origin}
         connector = aiohttp.TCPConnector(ssl=context)

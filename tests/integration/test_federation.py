@@ -440,6 +440,12 @@ async def test_a_revoked_link_closes_at_once(federation: Federation, cli: Cli) -
             break
         assert loop.time() < deadline, health
         await asyncio.sleep(0.05)  # another process's state: nothing to wait on but its answer
+    # It stays refused while the puller retries (backoff 0.1 s doubling: several attempts here).
+    until = loop.time() + 1.5
+    while loop.time() < until:
+        health = await fed.brokers["fra"].healthy()
+        assert health["peers"]["nato"]["state"] == "refused", health
+        await asyncio.sleep(0.02)  # sampling another process's state across its retries
     listed = await cli.like(fed.brokers["fra"].env).run_ok("peer", "list", "--json")
     [nato] = json.loads(listed.stdout)
     assert nato["state"] == "refused" and nato["last_error"]
