@@ -157,6 +157,7 @@ async def add_peer(ctx: Context, spec: Mapping[str, Any], *, actor: str) -> dict
         created_at=ctx.now(),
     )
     async with ctx.db.transaction() as tx:
+        await tx.lock_head()  # before the peers table, as an import and a removal take them
         if await store.peer(tx, name) is not None:
             raise Conflict(f"peer {name!r} already exists", code="peer_exists")
         await store.insert_peer(tx, peer)
@@ -176,6 +177,8 @@ async def list_peers(ctx: Context) -> list[dict[str, Any]]:
 async def remove_peer(ctx: Context, name: str, *, actor: str) -> dict[str, Any]:
     """Forget a peer: its puller stops (``services.puller`` watches the table)."""
     async with ctx.db.transaction() as tx:
+        # The head first, as an import takes it before its peer's cursor: never the reverse order.
+        await tx.lock_head()
         if not await store.delete_peer(tx, name):
             raise NotFound(f"no peer {name!r}", code="not_found")
         draft = AuditDraft(action="peer_remove", actor=actor, decision="allow", details={"peer": name})

@@ -7,27 +7,33 @@ broker would (tests/integration/federation.py), so the test chooses each report'
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
+import pytest
 from alembic import command
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from broker.crypto.tokens import hash_token, new_token
-from broker.services import admin, ledger
+from broker.services import admin, ledger, peers
+from broker.services.context import Context
 from broker.storage import db
+from broker.storage import federation as federation_store
 from tests.integration import test_federation_send as send
 from tests.integration.conftest import Api
 from tests.integration.federation import (
     Originator,
     Upstream,
     import_frames,
+    make_pki,
     report_frame,
 )
+from tests.integration.helpers import eventually
 from tests.integration.test_taxii import bundle, collection_id, indicator, raw
 
 NATO = {"classification": "SECRET", "releasable_to": ["NATO"], "caveats": []}
@@ -158,3 +164,34 @@ async def test_frames_received_together_are_imported_together_each_decided_alone
         (34, "attestation_mismatch"),
     ]
     assert len({e["time"] for e in imports}) <= len(acks)  # one audit group per transaction
+
+
+# Row locks and their order are PostgreSQL's (SQLite serialises every writer at BEGIN IMMEDIATE).
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_removing_a_peer_takes_the_head_before_the_peer_row(ctx: Context, tmp_path: Path) -> None:
+    """An import locks the head, then moves its peer's cursor. Removing the peer deleted the row
+    first and locked the head after (for its audit event): with an import in flight, PostgreSQL
+    found a deadlock and `peer remove` failed ("deadlock detected"). Here a transaction holds the
+    head while the removal starts, then moves the peer's cursor as an import would."""
+    found = make_pki(tmp_path)
+    cert, key = found.client("nato-link")
+    spec = {"name": "usa", "url": "https://127.0.0.1:1", "ca": found.ca.read_text(), "cert": cert.read_text()}
+    vkey = Upstream("usa.example/broker").vkey
+    await peers.add_peer(
+        ctx, {**spec, "key": key.read_text(), "origins": ["USA"], "broker_key": vkey}, actor="t"
+    )
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+
+    async def removal_waits() -> bool:
+        async with ctx.db.read_transaction() as probe:
+            return bool(await probe.scalar(waiting))
+
+    async with ctx.db.transaction() as importing:
+        await importing.lock_head()
+        removing = asyncio.create_task(peers.remove_peer(ctx, "usa", actor="t"))
+        await eventually(removal_waits)
+        await federation_store.advance_peer(importing, "usa", cursor=1, lag=0.0)
+    assert await removing == {"name": "usa", "removed": True}
