@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from broker.errors import BadRequest, Unavailable
-from broker.storage.db import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite
+from broker.storage.db import SQLITE_BUSY_TIMEOUT_MS, configure_sqlite, ping
 from broker.storage.repos import Tx
 
 T = TypeVar("T")
@@ -163,6 +163,20 @@ class Database:
     def _held(self, tx: Tx) -> None:
         if tx.locked_at is not None and self.on_lock_held is not None:
             self.on_lock_held(time.perf_counter() - tx.locked_at)
+
+    async def ping(self, *, seconds: float) -> None:
+        """Raise Unavailable unless the database answers a read within ``seconds``. On SQLite the
+        read is a WAL snapshot on a reader thread: it never waits for the write lock, so a long
+        write does not make a healthy database look down."""
+        if not self._readers:
+            await ping(self.engine, seconds=seconds)
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                async with self.read_transaction() as tx:
+                    await tx.scalar(select(1))
+        except TimeoutError:
+            raise Unavailable("database did not answer in time") from None
 
     @asynccontextmanager
     async def read_transaction(self) -> AsyncIterator[Tx]:

@@ -18,7 +18,6 @@ from broker.services.limits import TokenBucket
 from broker.services.puller import Links
 from broker.services.wire.decode import decode
 from broker.services.wire.requests import MAX_TOPICS, TOPIC, MembershipRequest, TokenRequest
-from broker.storage.db import ping
 from broker.web.middleware import NODE_ID, read_json
 from broker.web.sources import source_address
 from broker.web.tls import peer_certificate
@@ -105,7 +104,7 @@ async def index(_request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    await ping(ctx.db.engine, seconds=ctx.settings.health_timeout_seconds)
+    await ctx.db.ping(seconds=ctx.settings.health_timeout_seconds)
     answer: dict[str, Any] = {"status": "ok"}
     if ctx.settings.witnesses:
         # Readiness stays the database's: an unwitnessed log is reported, not a reason to stop serving.

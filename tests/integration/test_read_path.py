@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+
 from broker.crypto.keys import new_sealing_key, public_b64
 from broker.domain.records import AuditDraft
 from broker.services import admin, alliances, audit
@@ -138,3 +140,16 @@ async def test_a_page_read_before_a_rewrap_is_opened_with_the_keyring_it_was_rea
         server.db.read_transaction = original  # type: ignore[method-assign]
     assert not armed
     assert status == 200 and len(page["reports"]) == 3
+
+
+# SQLite's write lock: PostgreSQL's health read never waited for a writer.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_health_reads_beside_a_long_write(start_server: StartServer, ctx: Context) -> None:
+    """The health check's database probe opened a write transaction (``BEGIN IMMEDIATE``) on
+    SQLite, so any write held longer than the health deadline made a healthy broker answer 503
+    (seen in CI under load). It reads a WAL snapshot now: a held write does not delay it."""
+    api = await start_server(health_timeout_seconds=0.5)
+    async with ctx.db.transaction() as writing:
+        await writing.lock_head()  # SQLite's write lock, held across the probe
+        status, answer = await api.get("/v1/health")
+    assert (status, answer["status"]) == (200, "ok")
