@@ -93,6 +93,19 @@ def open_payload(ctx: Context, report: ReportRecord, keyring: Keyring | None = N
     )
 
 
+def report_fields(report: ReportRecord) -> dict[str, Any]:
+    """A report's fields as the contract shows them, without its payload."""
+    return {
+        "id": report.id,
+        "sequence": report.seq,
+        "originator": {"node": report.originator_node, "nation": report.originator_nation},
+        "label": report.label,
+        "topics": list(report.topics),
+        "created": report.created_at.isoformat(),
+        "signature": report.signature,
+    }
+
+
 def document(
     ctx: Context,
     node: NodeRecord,
@@ -107,15 +120,7 @@ def document(
     rule already refused nodes without a key where the policy requires sealing)."""
     if plaintext is None:
         plaintext = open_payload(ctx, report, keyring)
-    doc: dict[str, Any] = {
-        "id": report.id,
-        "sequence": report.seq,
-        "originator": {"node": report.originator_node, "nation": report.originator_nation},
-        "label": report.label,
-        "topics": list(report.topics),
-        "created": report.created_at.isoformat(),
-        "signature": report.signature,
-    }
+    doc = report_fields(report)
     if node.x25519_public_key:
         with metrics.SEAL_SECONDS.time():
             doc["sealed"] = seal.seal(

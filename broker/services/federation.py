@@ -22,7 +22,7 @@ from broker.crypto.keyring import Keyring
 from broker.domain.federation import Imported
 from broker.domain.records import NodeRecord, ReportRecord
 from broker.services.context import Context
-from broker.services.decisions import open_payload
+from broker.services.decisions import open_payload, report_fields
 from broker.storage.federation import provenance_of
 from broker.storage.repos import Tx
 
@@ -55,16 +55,7 @@ def forward_chain(ctx: Context, imported: Imported) -> list[dict[str, Any]]:
 
 def report_document(report: ReportRecord, *, plaintext: bytes) -> dict[str, Any]:
     """The report as ``GET /v1/reports/{id}`` shows it, payload in clear."""
-    return {
-        "id": report.id,
-        "sequence": report.seq,
-        "originator": {"node": report.originator_node, "nation": report.originator_nation},
-        "label": report.label,
-        "topics": list(report.topics),
-        "created": report.created_at.isoformat(),
-        "signature": report.signature,
-        "payload": json.loads(plaintext),
-    }
+    return {**report_fields(report), "payload": json.loads(plaintext)}
 
 
 async def _origin_attestation(
