@@ -15,6 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from broker.domain.alliances import Alliance, Directory, Membership
@@ -238,16 +240,19 @@ class Tx(TxBase):
         return await self.run(body)
 
     async def save_cursor(self, *, node: str, name: str, sequence: int, at: datetime) -> None:
-        """Store the acknowledged sequence; a cursor never moves backwards."""
+        """Store the acknowledged sequence; a cursor never moves backwards. One upsert: two first
+        acks at once (two streams, two instances) both store, where an insert after a read raced."""
+        values = {"node_id": node, "name": name, "sequence": sequence, "updated_at": at}
 
         def body(connection: Connection) -> None:
-            row = connection.execute(st.CURSOR, {"node": node, "name": name}).first()
-            if row is None:
-                values = {"node_id": node, "name": name, "sequence": sequence, "updated_at": at}
-                connection.execute(insert(st.CURSORS), values)
-            elif sequence > row[0]:
-                mine = update(st.CURSORS).where(C.node_id == node, C.name == name)
-                connection.execute(mine.values(sequence=sequence, updated_at=at))
+            upsert = (pg_insert if connection.dialect.name == "postgresql" else sqlite_insert)(st.CURSORS)
+            new = upsert.excluded
+            statement = upsert.values(values).on_conflict_do_update(
+                index_elements=[C.node_id, C.name],
+                set_={"sequence": new.sequence, "updated_at": new.updated_at},
+                where=C.sequence < new.sequence,
+            )
+            connection.execute(statement)
 
         await self.run(body)
 
