@@ -93,6 +93,7 @@ async def add_node(ctx: Context, spec: object, *, actor: str) -> dict[str, Any]:
     token = new_token()
     node = NodeRecord(**{**node.__dict__, "token_hash": hash_token(token)})
     async with ctx.db.transaction() as tx:
+        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
         existing = await tx.node(node.id)
         if existing is not None and existing.revoked_at is not None:
             raise Conflict(
@@ -139,13 +140,14 @@ async def node_keys(ctx: Context, node_id: str) -> dict[str, Any]:
 
 
 async def list_nodes(ctx: Context) -> list[dict[str, Any]]:
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         return [n.public() for n in await tx.nodes()]
 
 
 async def revoke_node(ctx: Context, node_id: str, *, actor: str) -> dict[str, Any]:
     """Revoke a node: its token stops working at once."""
     async with ctx.db.transaction() as tx:
+        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
         node = await tx.node(node_id)
         if node is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
@@ -211,6 +213,7 @@ async def reset_cursor(ctx: Context, node_id: str, name: str, *, actor: str) -> 
     """Forget one stream cursor of a node (its next stream without ``after`` starts at 0); audited
     with the sequence it held."""
     async with ctx.db.transaction() as tx:
+        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
         if await tx.node(node_id) is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
         held = await tx.delete_cursor(node=node_id, name=name)
@@ -234,6 +237,7 @@ async def rotate_token(
     days = decode(TokenRequest, {"token_days": token_days}).token_days  # the CLI's too
     expires = token_expiry(days, now=ctx.now())
     async with ctx.db.transaction() as tx:
+        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
         node = await tx.node(node_id)
         if node is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
@@ -269,6 +273,7 @@ async def update_node(ctx: Context, node_id: str, changes: object, *, actor: str
         raise NodeUpdate.UNKNOWN.error()
     changed = update.model_dump(include=update.model_fields_set)
     async with ctx.db.transaction() as tx:
+        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
         node = await tx.node(node_id)
         if node is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")

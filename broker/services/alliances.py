@@ -47,6 +47,7 @@ async def create_alliance(
         history="since-join" if history == "since-join" else "full",
     )
     async with ctx.db.transaction() as tx:
+        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
         if alliance.id in (await tx.load_directory()).alliances:
             raise Conflict(f"alliance {alliance.id!r} already exists", code="alliance_exists")
         now = ctx.now()
@@ -77,6 +78,7 @@ async def join(
     if is_nation(alliance_id):
         check_alliance_id(alliance_id)
     async with ctx.db.transaction() as tx:
+        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
         directory = await tx.load_directory()
         if alliance_id not in directory.alliances:
             raise NotFound(f"no alliance {alliance_id!r}", code="not_found")
@@ -129,6 +131,7 @@ async def leave(
     erasing a membership under which the nation may already have received reports."""
     nation = _nation(nation)
     async with ctx.db.transaction() as tx:
+        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
         now = ctx.now()
         left = at or now
         directory = await tx.load_directory()

@@ -32,6 +32,7 @@ def parse_collection(spec: object, *, ctx: Context, known_alliances: Any) -> Col
 async def add_collection(ctx: Context, spec: object, *, actor: str) -> dict[str, Any]:
     """Define a collection; returns its id."""
     async with ctx.db.transaction() as tx:
+        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
         directory = await ctx.directory(tx)
         collection = parse_collection(spec, ctx=ctx, known_alliances=directory.alliances)
         await store.insert_collection(tx, collection)
@@ -42,13 +43,14 @@ async def add_collection(ctx: Context, spec: object, *, actor: str) -> dict[str,
 
 
 async def list_collections(ctx: Context) -> list[dict[str, Any]]:
-    async with ctx.db.transaction() as tx:
+    async with ctx.db.read_transaction() as tx:
         return [c.public() for c in await store.collections(tx)]
 
 
 async def remove_collection(ctx: Context, collection_id: str, *, actor: str) -> dict[str, Any]:
     """Remove a collection (its reports stay: a collection is only a window on them)."""
     async with ctx.db.transaction() as tx:
+        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
         if not await store.delete_collection(tx, collection_id):
             raise NotFound(f"no collection {collection_id!r}", code="not_found")
         draft = AuditDraft(

@@ -143,7 +143,7 @@ async def recall(ctx: Context, node: NodeRecord, report_id: str) -> dict[str, An
 
 async def _recall_once(ctx: Context, node: NodeRecord, report_id: str | None) -> dict[str, Any]:
     async with ctx.db.transaction() as tx:
-        counter = await tx.change_counter()
+        counter = (await tx.lock_head()).change_counter  # first: ``Tx.lock_head``'s lock order
         node = await recheck(tx, node, counter, now=ctx.now(), role="publish")
         directory = await ctx.directory_at(tx, counter)
         report = None if report_id is None else await tx.report(report_id)

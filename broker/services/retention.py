@@ -89,7 +89,6 @@ def _draft(policy: Policy, row: StoredAge) -> AuditDraft:
 async def _shred(ctx: Context, due: Sequence[StoredAge]) -> int:
     """Erase ``due`` (those still unerased) with their audit events, in one transaction."""
     async with ctx.db.transaction() as tx:
-        # Rows first, then the head: the order a manual erase takes them in (services/shred.py).
         now = ctx.now()
         rows = await shred.erase(ctx, tx, [row.seq for row in due], now=now)
         if not rows:

@@ -54,7 +54,8 @@ async def erase(ctx: Context, tx: Tx, seqs: Sequence[int], *, now: datetime) -> 
 
     The caller records their ``erase`` events in ``tx`` with ``changed=True`` (the re-wrapped
     reports need the new keyring in every process) and, once ``tx`` committed, calls
-    ``destroy_retiring``."""
+    ``destroy_retiring``. The head is locked first (``Tx.lock_head``), then the rows."""
+    await tx.lock_head()
     keks = await store.kek_ids(tx, seqs)
     while True:
         locked = await store.lock_for_erasure(tx, seqs, keks)
@@ -64,7 +65,6 @@ async def erase(ctx: Context, tx: Tx, seqs: Sequence[int], *, now: datetime) -> 
         keks |= found  # re-wrapped by another transaction since the hint: lock those too
     if not locked:
         return []
-    await tx.lock_head()
     doomed = {kek for _age, kek in locked if kek is not None}
     replacements = {kek: keyring_file.new_kek_id(now) for kek in sorted(doomed)}
     ring = await asyncio.to_thread(
@@ -127,17 +127,17 @@ async def destroy_retiring(ctx: Context, *, actor: str, every_unused: bool = Fal
 
 async def rewrap_all(ctx: Context, *, batch: int) -> int:
     """Re-wrap every stored data key under the keyring's current KEK, ``batch`` reports per
-    transaction; return how many. Each batch locks its rows, then the head, and reads the
+    transaction; return how many. Each batch locks the head, then its rows, and reads the
     keyring file again under that lock: an erasure that made another KEK current (or condemned
     this one) meanwhile is seen, and no data key is ever written under a KEK that is gone."""
     rewrapped = 0
     while True:
         async with ctx.db.transaction() as tx:
+            await tx.lock_head()
             target = ctx.keyring.current
             rows = await store.lock_wrapped_not_by(tx, target, limit=batch)
             if not rows:
                 return rewrapped
-            await tx.lock_head()
             ring = await asyncio.to_thread(keyring_file.load, ctx.keyring_path)
             ctx.keyring = ring
             if ring.current != target:

@@ -271,12 +271,12 @@ async def _refused(
             refused_status=status,
             refused_reason=reason,
         )
-        await store.save_state(tx, new)
-        if known is None or known.refused_reason != reason:
+        if known is None or known.refused_reason != reason:  # the head before the state's row
             draft = AuditDraft(
                 action="witness", actor="broker", decision="deny", reason=reason, details=details
             )
             await journal.record(tx, [draft], now=now)
+        await store.save_state(tx, new)
 
 
 async def status(ctx: Context) -> Witnessing:

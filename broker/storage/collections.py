@@ -136,7 +136,7 @@ async def exclude(tx: Tx, places: Sequence[tuple[int, int]], *, at: datetime) ->
             where = (o.report_seq == seq, o.position == position)
             connection.execute(update(OBJECTS).where(*where).values(excluded_at=at))
 
-    await tx.run(body)
+    await tx.write(body)
 
 
 async def pending_below(tx: Tx, *, lock: bool = False) -> int:

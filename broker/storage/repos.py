@@ -39,6 +39,10 @@ NODE_SETTINGS = (
 )
 
 
+class LockOrder(RuntimeError):
+    """A transaction wanted the head after writing a row (a programming error: see ``lock_head``)."""
+
+
 @dataclass
 class PublishReads:
     """What ``Tx.publish_reads`` read under the head lock."""
@@ -56,8 +60,15 @@ class Tx(TxBase):
     async def lock_head(self) -> Head:
         """Lock the head row until commit (on SQLite, BEGIN IMMEDIATE already serialised the
         writers) and return it. Locked once: later calls answer the head as this transaction
-        has it (``save_head`` included) without a trip."""
+        has it (``save_head`` included) without a trip.
+
+        The head is the first row a writing transaction locks: an import, a publish and every
+        audited act take it before the rows they change. A transaction that wrote a row and then
+        wanted the head would deadlock on PostgreSQL with one that holds the head and wants that
+        row, so that order is refused here (``LockOrder``), on both engines, where tests see it."""
         if self._head is None:
+            if self.wrote:
+                raise LockOrder("the head is locked before any row is written (lock order)")
             self._head = st.head_of(await self.row(st.LOCK_HEAD))
             if self.locked_at is None:
                 self.locked_at = time.perf_counter()
@@ -237,7 +248,7 @@ class Tx(TxBase):
             connection.execute(delete(st.CURSORS).where(C.node_id == node, C.name == name))
             return int(row[0])
 
-        return await self.run(body)
+        return await self.write(body)
 
     async def save_cursor(self, *, node: str, name: str, sequence: int, at: datetime) -> None:
         """Store the acknowledged sequence; a cursor never moves backwards. One upsert: two first
@@ -254,7 +265,7 @@ class Tx(TxBase):
             )
             connection.execute(statement)
 
-        await self.run(body)
+        await self.write(body)
 
     # -- audit events, Merkle nodes and checkpoints -----------------------------------------
     async def events(

@@ -81,7 +81,8 @@ async def lock_for_erasure(
         wanted = or_(wanted, R.kek_id.in_(sorted(kek_ids)))
     query = select(*_COLUMNS, R.kek_id).where(wanted, R.erased_at.is_(None)).order_by(R.seq)
     chosen = set(seqs)
-    return [(_age_of(r), r.kek_id) for r in await tx.rows(query.with_for_update()) if r.seq in chosen]
+    rows = await tx.write(lambda c: list(c.execute(query.with_for_update())))  # a row lock: a write
+    return [(_age_of(r), r.kek_id) for r in rows if r.seq in chosen]
 
 
 async def shred(tx: Tx, seqs: Sequence[int], *, at: datetime) -> None:
@@ -106,7 +107,10 @@ async def _wrapped(
 ) -> list[Wrapped]:
     query = select(R.seq, R.kek_id, R.wrapped_key).where(*where, R.erased_at.is_(None)).order_by(R.seq)
     query = query.limit(limit)
-    rows = await tx.rows(query.with_for_update() if lock else query)
+    if lock:  # a row lock counts as a write (``Tx.lock_head``)
+        rows = await tx.write(lambda c: list(c.execute(query.with_for_update())))
+    else:
+        rows = await tx.rows(query)
     return [Wrapped(int(row[0]), str(row[1]), bytes(row[2])) for row in rows]
 
 

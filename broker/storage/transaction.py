@@ -66,6 +66,7 @@ class TxBase:
         self.locked_at: float | None = None
         self._committed: list[Callable[[], None]] = []
         self._head: Head | None = None  # as locked, then as saved (storage.repos.Tx.lock_head)
+        self.wrote = False  # whether a row was written now (``write``), not queued
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once this transaction has committed (never if it does not)."""
@@ -126,7 +127,12 @@ class TxBase:
 
     async def execute(self, statement: Executable, params: Any = None) -> int:
         """Run a write now; the rows it matched."""
-        return int(await self.run(lambda c: c.execute(statement, params).rowcount))
+        return int(await self.write(lambda c: c.execute(statement, params).rowcount))
+
+    async def write(self, body: Callable[[Connection], T]) -> T:
+        """``run`` for a body that writes rows (noted: ``storage.repos.Tx.lock_head``)."""
+        self.wrote = True
+        return await self.run(body)
 
     async def notify_change(self) -> None:
         """On PostgreSQL, wake the other broker processes when this transaction commits

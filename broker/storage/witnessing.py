@@ -50,4 +50,4 @@ async def _replace(
         connection.execute(delete(table).where(*where))
         connection.execute(insert(table), values)
 
-    await tx.run(body)
+    await tx.write(body)

@@ -59,7 +59,7 @@ async def _exclude_once(
     nodes' reports hold them, 404 when none the node may see does (both recorded)."""
     await ensure_indexed(ctx)
     async with ctx.db.transaction() as tx:
-        counter = await tx.change_counter()
+        counter = (await tx.lock_head()).change_counter  # first: ``Tx.lock_head``'s lock order
         node = await recheck(tx, node, counter, now=ctx.now(), role="publish")
         directory = await ctx.directory_at(tx, counter)
         seen = [
