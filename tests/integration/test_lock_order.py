@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from sqlalchemy import text
 from broker.crypto.tokens import hash_token, new_token
 from broker.domain.records import NodeRecord
 from broker.errors import Conflict
-from broker.services import admin
+from broker.services import admin, alliances
 from broker.services.context import Context
 from broker.storage.repos import LockOrder, Tx
 from tests.integration.helpers import eventually
@@ -40,16 +41,18 @@ async def _while_an_import_holds_the_head(
     """Start ``act`` while a transaction holds the head; once it waits on a lock, run ``then``
     in the holding transaction (as an import writes its originator's row) and commit."""
 
-    async def act_waits() -> bool:
-        async with ctx.db.read_transaction() as probe:
-            return bool(await probe.scalar(WAITING))
-
     async with ctx.db.transaction() as importing:
         await importing.lock_head()
         acting = asyncio.ensure_future(act)
-        await eventually(act_waits)
+        await eventually(lambda: _waiting(ctx, 1))
         await then(importing)
     return await acting
+
+
+async def _waiting(ctx: Context, count: int) -> bool:
+    """Whether ``count`` transactions wait on a lock."""
+    async with ctx.db.read_transaction() as probe:
+        return int(await probe.scalar(WAITING)) >= count
 
 
 async def _new_key(tx: Tx) -> None:
@@ -102,3 +105,27 @@ async def test_a_row_written_before_the_head_is_refused(ctx: Context) -> None:
     with pytest.raises(LockOrder):
         await wrong_order()
     assert (await admin.node_keys(ctx, "usa-9"))["ed25519_public_key"] != NEW_KEY  # rolled back
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_two_joins_of_one_nation_at_once_store_one_period(ctx: Context) -> None:
+    """Each join read the directory, found no period and inserted one, before it locked the head:
+    two joins at once (two operators, two dates) both committed, and the nation held two
+    overlapping periods. Under the head, the second finds the first's period and is refused."""
+
+    async def join(at: datetime) -> Any:
+        try:
+            return await alliances.join(ctx, "NATO", "UKR", at=at, actor="t")
+        except Conflict as refused:
+            return refused.code
+
+    async def second_join(_tx: Tx) -> None:
+        second.append(asyncio.ensure_future(join(datetime(2026, 2, 1, tzinfo=UTC))))
+        await eventually(lambda: _waiting(ctx, 2))
+
+    second: list[asyncio.Future[Any]] = []
+    first = await _while_an_import_holds_the_head(ctx, join(datetime(2026, 1, 1, tzinfo=UTC)), second_join)
+    answers = [first, await second[0]]
+    assert sorted(map(str, answers)) == sorted([str(first), "already_member"]), answers
+    listed = next(a for a in await alliances.list_alliances(ctx) if a["id"] == "NATO")
+    assert [m["joined"][:10] for m in listed["memberships"] if m["nation"] == "UKR"] == ["2026-01-01"]
