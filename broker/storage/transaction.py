@@ -66,7 +66,7 @@ class TxBase:
         self.locked_at: float | None = None
         self._committed: list[Callable[[], None]] = []
         self._head: Head | None = None  # as locked, then as saved (storage.repos.Tx.lock_head)
-        self.wrote = False  # whether a row was written now (``write``), not queued
+        self.wrote = False  # whether a row was written (``write``) or queued (``queue``)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once this transaction has committed (never if it does not)."""
@@ -112,6 +112,7 @@ class TxBase:
     def queue(self, statement: Executable, rows: Sequence[dict[str, Any]] | dict[str, Any]) -> None:
         """Queue a write whose result nobody reads (no trip now; nothing for no rows)."""
         if rows:
+            self.wrote = True  # it runs before the next trip's statement (``lock_head``'s too)
             self._queued.append(Write(statement, [rows] if isinstance(rows, dict) else list(rows)))
 
     async def rows(self, statement: Executable, params: dict[str, Any] | None = None) -> list[Any]:
