@@ -13,7 +13,7 @@ from broker.domain.access import FEDERATE
 from broker.domain.nations import ALLIANCE_ID, is_nation
 from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import Conflict, InvalidInput, NotFound
-from broker.services import audit, shred
+from broker.services import audit, auth, shred
 from broker.services.context import Context
 from broker.services.wire.decode import decode
 from broker.services.wire.requests import NodeSpec, NodeUpdate, TokenRequest, not_a_nation
@@ -87,13 +87,14 @@ def _pin(pem: str | None, node_id: str) -> str | None:
     return pki.fingerprint_sha256(der)
 
 
-async def add_node(ctx: Context, spec: object, *, actor: str) -> dict[str, Any]:
-    """Register a node; returns its id and token. The token is shown only here, once."""
+async def add_node(ctx: Context, spec: object, *, actor: str, by: NodeRecord | None = None) -> dict[str, Any]:
+    """Register a node; returns its id and token. The token is shown only here, once. ``by``:
+    the admin node that asked, re-checked under the head lock (``auth.confirm_admin``)."""
     node = parse_node_spec(spec, ctx=ctx)
     token = new_token()
     node = NodeRecord(**{**node.__dict__, "token_hash": hash_token(token)})
-    async with ctx.db.transaction() as tx:
-        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
+    async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
+        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
         existing = await tx.node(node.id)
         if existing is not None and existing.revoked_at is not None:
             raise Conflict(
@@ -144,10 +145,12 @@ async def list_nodes(ctx: Context) -> list[dict[str, Any]]:
         return [n.public() for n in await tx.nodes()]
 
 
-async def revoke_node(ctx: Context, node_id: str, *, actor: str) -> dict[str, Any]:
+async def revoke_node(
+    ctx: Context, node_id: str, *, actor: str, by: NodeRecord | None = None
+) -> dict[str, Any]:
     """Revoke a node: its token stops working at once."""
-    async with ctx.db.transaction() as tx:
-        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
+    async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
+        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
         node = await tx.node(node_id)
         if node is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
@@ -197,9 +200,12 @@ async def _audit_change(ctx: Context, action: str, details: dict[str, Any]) -> N
         )
 
 
-async def stream_cursors(ctx: Context, node_id: str, *, actor: str) -> dict[str, Any]:
+async def stream_cursors(
+    ctx: Context, node_id: str, *, actor: str, by: NodeRecord | None = None
+) -> dict[str, Any]:
     """A node's durable stream cursors (what a stream without ``after`` resumes from); audited."""
-    async with ctx.db.transaction() as tx:
+    async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
+        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
         if await tx.node(node_id) is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
         found = await tx.cursors(node=node_id)
@@ -209,11 +215,13 @@ async def stream_cursors(ctx: Context, node_id: str, *, actor: str) -> dict[str,
     return {"node": node_id, "cursors": cursors}
 
 
-async def reset_cursor(ctx: Context, node_id: str, name: str, *, actor: str) -> dict[str, Any]:
+async def reset_cursor(
+    ctx: Context, node_id: str, name: str, *, actor: str, by: NodeRecord | None = None
+) -> dict[str, Any]:
     """Forget one stream cursor of a node (its next stream without ``after`` starts at 0); audited
     with the sequence it held."""
-    async with ctx.db.transaction() as tx:
-        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
+    async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
+        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
         if await tx.node(node_id) is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
         held = await tx.delete_cursor(node=node_id, name=name)
@@ -228,7 +236,12 @@ async def reset_cursor(ctx: Context, node_id: str, name: str, *, actor: str) -> 
 
 
 async def rotate_token(
-    ctx: Context, node_id: str, *, actor: str, token_days: int | None = None
+    ctx: Context,
+    node_id: str,
+    *,
+    actor: str,
+    token_days: int | None = None,
+    by: NodeRecord | None = None,
 ) -> dict[str, Any]:
     """Give a node a new token, shown only here (valid for ``token_days`` days, or without
     expiry); the old one stops working when this commits (the change counter moves, so every
@@ -236,8 +249,8 @@ async def rotate_token(
     token = new_token()
     days = decode(TokenRequest, {"token_days": token_days}).token_days  # the CLI's too
     expires = token_expiry(days, now=ctx.now())
-    async with ctx.db.transaction() as tx:
-        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
+    async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
+        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
         node = await tx.node(node_id)
         if node is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
@@ -264,7 +277,9 @@ def _not_foreign(node: NodeRecord) -> None:
         )
 
 
-async def update_node(ctx: Context, node_id: str, changes: object, *, actor: str) -> dict[str, Any]:
+async def update_node(
+    ctx: Context, node_id: str, changes: object, *, actor: str, by: NodeRecord | None = None
+) -> dict[str, Any]:
     """Change a live node's clearance, caveats, roles, public keys or certificate pin
     (``certificate``: a PEM to pin, or None to unpin). Validated like a new node; audited with
     what changed; every act re-checks the node from the moment this commits."""
@@ -272,8 +287,8 @@ async def update_node(ctx: Context, node_id: str, changes: object, *, actor: str
     if not update.model_fields_set:
         raise NodeUpdate.UNKNOWN.error()
     changed = update.model_dump(include=update.model_fields_set)
-    async with ctx.db.transaction() as tx:
-        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
+    async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
+        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
         node = await tx.node(node_id)
         if node is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")

@@ -9,9 +9,9 @@ from typing import Any
 from broker.config_files import AllianceSeed
 from broker.domain.alliances import HISTORY_VALUES, Alliance, Membership
 from broker.domain.nations import check_alliance_id, is_nation
-from broker.domain.records import AuditDraft
+from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import Conflict, InvalidInput, NotFound
-from broker.services import audit
+from broker.services import audit, auth
 from broker.services.context import Context
 from broker.services.wire.requests import not_a_nation
 
@@ -69,7 +69,13 @@ async def create_alliance(
 
 
 async def join(
-    ctx: Context, alliance_id: str, nation: str, *, at: datetime | None, actor: str
+    ctx: Context,
+    alliance_id: str,
+    nation: str,
+    *,
+    at: datetime | None,
+    actor: str,
+    by: NodeRecord | None = None,
 ) -> dict[str, Any]:
     """Record that ``nation`` joins ``alliance_id`` at ``at`` (default: now). 409 when it is
     already a member. An alliance named like a nation (left from before that was refused)
@@ -77,8 +83,8 @@ async def join(
     nation = _nation(nation)
     if is_nation(alliance_id):
         check_alliance_id(alliance_id)
-    async with ctx.db.transaction() as tx:
-        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
+    async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
+        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
         directory = await tx.load_directory()
         if alliance_id not in directory.alliances:
             raise NotFound(f"no alliance {alliance_id!r}", code="not_found")
@@ -124,14 +130,20 @@ def _join_refusal(alliance_id: str, nation: str, joined: datetime, periods: list
 
 
 async def leave(
-    ctx: Context, alliance_id: str, nation: str, *, at: datetime | None, actor: str
+    ctx: Context,
+    alliance_id: str,
+    nation: str,
+    *,
+    at: datetime | None,
+    actor: str,
+    by: NodeRecord | None = None,
 ) -> dict[str, Any]:
     """Record that ``nation`` leaves ``alliance_id``; it stops receiving at once. A leave dated
     before the open period's join is refused (422): the period would then hold no moment at all,
     erasing a membership under which the nation may already have received reports."""
     nation = _nation(nation)
-    async with ctx.db.transaction() as tx:
-        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
+    async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
+        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
         now = ctx.now()
         left = at or now
         directory = await tx.load_directory()

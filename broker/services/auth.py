@@ -12,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import NoReturn
 
 from broker.crypto import pki
 from broker.crypto.tokens import hash_token, token_matches
-from broker.domain.records import NODE_REVOKED, AuditDraft, Credential, NodeRecord, credential_lapsed
+from broker.domain.records import NODE_REVOKED, AuditDraft, Credential, Head, NodeRecord, credential_lapsed
 from broker.errors import AccessDenied, RateLimited, Unauthenticated
 from broker.services.audit import record_alone
 from broker.services.context import Context
@@ -191,6 +193,31 @@ async def recheck(
     if role is not None and role not in node.roles:
         raise RoleLost(node, role)
     return node
+
+
+async def confirm_admin(tx: Tx, by: NodeRecord | None, *, now: datetime) -> Head:
+    """Lock the head (first: ``Tx.lock_head``'s lock order) for an admin act and, when an admin
+    node asked for it over the API (``by``, as it authenticated; None for the command line),
+    re-check that node under the lock at the current change counter: ``NodeGone`` when its
+    credential no longer authenticates it, ``RoleLost`` without the admin role. Its request was
+    authenticated in a transaction of its own, before its body arrived: a revocation or a role
+    taken away that committed since binds the act (see ``admin_act``)."""
+    head = await tx.lock_head()
+    if by is not None:
+        await recheck(tx, by, head.change_counter, now=now, role="admin")
+    return head
+
+
+@asynccontextmanager
+async def admin_act(ctx: Context, by: NodeRecord | None) -> AsyncIterator[None]:
+    """Around an admin act's transaction: its admin refused by ``confirm_admin`` is audited
+    (action ``admin``, once the act's transaction has rolled back) and the refusal raised."""
+    try:
+        yield
+    except (NodeGone, RoleLost) as exc:
+        if by is None:
+            raise
+        await refuse_gone(ctx, exc, act="admin")
 
 
 class NodeGone(Unauthenticated):

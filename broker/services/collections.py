@@ -8,7 +8,7 @@ from typing import Any
 from broker.domain.records import AuditDraft, NodeRecord
 from broker.domain.stix import CollectionRecord
 from broker.errors import NotFound
-from broker.services import audit
+from broker.services import audit, auth
 from broker.services.context import Context
 from broker.services.wire.decode import decode
 from broker.services.wire.requests import CollectionSpec
@@ -29,10 +29,12 @@ def parse_collection(spec: object, *, ctx: Context, known_alliances: Any) -> Col
     )
 
 
-async def add_collection(ctx: Context, spec: object, *, actor: str) -> dict[str, Any]:
+async def add_collection(
+    ctx: Context, spec: object, *, actor: str, by: NodeRecord | None = None
+) -> dict[str, Any]:
     """Define a collection; returns its id."""
-    async with ctx.db.transaction() as tx:
-        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
+    async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
+        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
         directory = await ctx.directory(tx)
         collection = parse_collection(spec, ctx=ctx, known_alliances=directory.alliances)
         await store.insert_collection(tx, collection)
@@ -47,10 +49,12 @@ async def list_collections(ctx: Context) -> list[dict[str, Any]]:
         return [c.public() for c in await store.collections(tx)]
 
 
-async def remove_collection(ctx: Context, collection_id: str, *, actor: str) -> dict[str, Any]:
+async def remove_collection(
+    ctx: Context, collection_id: str, *, actor: str, by: NodeRecord | None = None
+) -> dict[str, Any]:
     """Remove a collection (its reports stay: a collection is only a window on them)."""
-    async with ctx.db.transaction() as tx:
-        await tx.lock_head()  # first: ``Tx.lock_head``'s lock order
+    async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
+        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
         if not await store.delete_collection(tx, collection_id):
             raise NotFound(f"no collection {collection_id!r}", code="not_found")
         draft = AuditDraft(

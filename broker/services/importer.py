@@ -28,7 +28,7 @@ from broker.domain.federation import Imported, PeerRecord
 from broker.domain.labels import parse_label
 from broker.domain.records import AuditDraft, Head, NodeRecord, ReportRecord
 from broker.domain.time import parse_time
-from broker.errors import BrokerError
+from broker.errors import BrokerError, Conflict
 from broker.services import journal
 from broker.services.context import Context
 from broker.services.publishing import index_rows, stamp_after
@@ -108,6 +108,7 @@ async def import_reports(ctx: Context, peer: PeerRecord, raws: Sequence[Mapping[
     decisions: list[str] = []
     async with ctx.db.transaction() as tx:
         head = await tx.lock_head()
+        await _still_configured(tx, peer)
         directory = await ctx.directory_at(tx, head.change_counter)
         batch = _Batch(head=head, now=ctx.now())
         for raw, found in zip(raws, checked, strict=True):
@@ -125,6 +126,17 @@ async def import_reports(ctx: Context, peer: PeerRecord, raws: Sequence[Mapping[
     for decision in decisions:
         IMPORTS.labels(peer.name, "allow" if decision == "imported" else "deny").inc()
     return decisions
+
+
+async def _still_configured(tx: Tx, peer: PeerRecord) -> None:
+    """Under the head lock: ``peer`` (as its puller read it, a scan ago and maybe in another
+    process) is still the configured peer of its name, with the key and origins the frames were
+    verified against. Otherwise (removed, or removed and added again) ``Conflict`` and nothing is
+    written, acked or audited: the puller stops at its next scan of the peers table."""
+    current = await store.peer(tx, peer.name)
+    pinned = (peer.created_at, peer.url, peer.broker_key, peer.origins)
+    if current is None or (current.created_at, current.url, current.broker_key, current.origins) != pinned:
+        raise Conflict(f"peer {peer.name!r} was removed or replaced", code="peer_gone")
 
 
 def _checked(
@@ -332,6 +344,7 @@ async def import_recall(ctx: Context, peer: PeerRecord, raw: Mapping[str, Any]) 
     chain = federation.get("attestations") if isinstance(federation, dict) else None
     async with ctx.db.transaction() as tx:
         head = await tx.lock_head()
+        await _still_configured(tx, peer)
         report = await tx.report(report_id) if isinstance(report_id, str) else None
         imported = None if report is None else (await store.provenance_of(tx, [report.seq])).get(report.seq)
         reason = "recalled"

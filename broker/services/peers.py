@@ -17,9 +17,9 @@ from broker.crypto.cosignature import CosignatureError, parse_vkey
 from broker.crypto.secrets_at_rest import open_secret, seal_secret
 from broker.domain.federation import PEER_NAME, PeerRecord
 from broker.domain.nations import is_nation
-from broker.domain.records import AuditDraft
+from broker.domain.records import AuditDraft, NodeRecord
 from broker.errors import Conflict, InvalidInput, NotFound, Unavailable
-from broker.services import audit
+from broker.services import audit, auth
 from broker.services.context import Context
 from broker.storage import federation as store
 
@@ -119,7 +119,9 @@ async def fetch_vkey(url: str, context: ssl.SSLContext, headers: Mapping[str, st
     return _vkey(found)
 
 
-async def add_peer(ctx: Context, spec: Mapping[str, Any], *, actor: str) -> dict[str, Any]:
+async def add_peer(
+    ctx: Context, spec: Mapping[str, Any], *, actor: str, by: NodeRecord | None = None
+) -> dict[str, Any]:
     """Store a peer. Without ``broker_key`` the upstream's vkey is fetched once over the link's
     mutual TLS and pinned. Returns the peer as ``list_peers`` shows it."""
     unknown = set(spec) - PEER_FIELDS
@@ -156,8 +158,9 @@ async def add_peer(ctx: Context, spec: Mapping[str, Any], *, actor: str) -> dict
         last_error=None,
         created_at=ctx.now(),
     )
-    async with ctx.db.transaction() as tx:
-        await tx.lock_head()  # before the peers table, as an import and a removal take them
+    async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
+        # Before the peers table, as an import and a removal take them.
+        await auth.confirm_admin(tx, by, now=ctx.now())
         if await store.peer(tx, name) is not None:
             raise Conflict(f"peer {name!r} already exists", code="peer_exists")
         await store.insert_peer(tx, peer)
@@ -174,11 +177,11 @@ async def list_peers(ctx: Context) -> list[dict[str, Any]]:
         return [p.public() for p in await store.peers(tx)]
 
 
-async def remove_peer(ctx: Context, name: str, *, actor: str) -> dict[str, Any]:
+async def remove_peer(ctx: Context, name: str, *, actor: str, by: NodeRecord | None = None) -> dict[str, Any]:
     """Forget a peer: its puller stops (``services.puller`` watches the table)."""
-    async with ctx.db.transaction() as tx:
+    async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
         # The head first, as an import takes it before its peer's cursor: never the reverse order.
-        await tx.lock_head()
+        await auth.confirm_admin(tx, by, now=ctx.now())
         if not await store.delete_peer(tx, name):
             raise NotFound(f"no peer {name!r}", code="not_found")
         draft = AuditDraft(action="peer_remove", actor=actor, decision="allow", details={"peer": name})

@@ -171,7 +171,7 @@ async def require_admin(request: web.Request) -> NodeRecord:
 async def admin_add_node(request: web.Request) -> web.Response:
     actor = await require_admin(request)
     body = await read_json(request)
-    return web.json_response(await admin.add_node(_ctx(request), body, actor=actor.id), status=201)
+    return web.json_response(await admin.add_node(_ctx(request), body, actor=actor.id, by=actor), status=201)
 
 
 async def admin_list_nodes(request: web.Request) -> web.Response:
@@ -181,7 +181,7 @@ async def admin_list_nodes(request: web.Request) -> web.Response:
 
 async def admin_revoke_node(request: web.Request) -> web.Response:
     actor = await require_admin(request)
-    result = await admin.revoke_node(_ctx(request), request.match_info["id"], actor=actor.id)
+    result = await admin.revoke_node(_ctx(request), request.match_info["id"], actor=actor.id, by=actor)
     request.app[WAKE]()  # the node's open streams here close at once (other brokers: NOTIFY or poll)
     return web.json_response(result)
 
@@ -189,7 +189,7 @@ async def admin_revoke_node(request: web.Request) -> web.Response:
 async def admin_update_node(request: web.Request) -> web.Response:
     actor = await require_admin(request)
     body = await read_json(request)
-    result = await admin.update_node(_ctx(request), request.match_info["id"], body, actor=actor.id)
+    result = await admin.update_node(_ctx(request), request.match_info["id"], body, actor=actor.id, by=actor)
     request.app[WAKE]()  # open streams decide with the new clearance, caveats and keys at once
     return web.json_response(result)
 
@@ -199,7 +199,7 @@ async def admin_rotate_token(request: web.Request) -> web.Response:
     body = await _optional_body(request)
     days = None if body is None else decode(TokenRequest, body).token_days
     result = await admin.rotate_token(
-        _ctx(request), request.match_info["id"], actor=actor.id, token_days=days
+        _ctx(request), request.match_info["id"], actor=actor.id, token_days=days, by=actor
     )
     request.app[WAKE]()  # streams opened with the old token re-check the node at once
     return web.json_response(result)
@@ -208,13 +208,13 @@ async def admin_rotate_token(request: web.Request) -> web.Response:
 async def admin_node_cursors(request: web.Request) -> web.Response:
     actor = await require_admin(request)
     node_id = request.match_info["id"]
-    return web.json_response(await admin.stream_cursors(_ctx(request), node_id, actor=actor.id))
+    return web.json_response(await admin.stream_cursors(_ctx(request), node_id, actor=actor.id, by=actor))
 
 
 async def admin_reset_cursor(request: web.Request) -> web.Response:
     actor = await require_admin(request)
     node_id, name = request.match_info["id"], request.match_info["name"]
-    return web.json_response(await admin.reset_cursor(_ctx(request), node_id, name, actor=actor.id))
+    return web.json_response(await admin.reset_cursor(_ctx(request), node_id, name, actor=actor.id, by=actor))
 
 
 def _date_param(body: object) -> datetime | None:
@@ -229,7 +229,7 @@ async def admin_join(request: web.Request) -> web.Response:
     actor = await require_admin(request)
     at = _date_param(await _optional_body(request))
     result = await memberships.join(
-        _ctx(request), request.match_info["id"], request.match_info["nation"], at=at, actor=actor.id
+        _ctx(request), request.match_info["id"], request.match_info["nation"], at=at, actor=actor.id, by=actor
     )
     request.app[WAKE]()
     return web.json_response(result, status=201)
@@ -239,7 +239,7 @@ async def admin_leave(request: web.Request) -> web.Response:
     actor = await require_admin(request)
     at = _date_param(await _optional_body(request))
     result = await memberships.leave(
-        _ctx(request), request.match_info["id"], request.match_info["nation"], at=at, actor=actor.id
+        _ctx(request), request.match_info["id"], request.match_info["nation"], at=at, actor=actor.id, by=actor
     )
     request.app[WAKE]()
     return web.json_response(result)

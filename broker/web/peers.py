@@ -15,7 +15,9 @@ async def add(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", code="invalid_body")
-    return web.json_response(await peers.add_peer(request.app[CONTEXT], body, actor=actor.id), status=201)
+    return web.json_response(
+        await peers.add_peer(request.app[CONTEXT], body, actor=actor.id, by=actor), status=201
+    )
 
 
 async def listing(request: web.Request) -> web.Response:
@@ -26,7 +28,7 @@ async def listing(request: web.Request) -> web.Response:
 async def remove(request: web.Request) -> web.Response:
     actor = await require_admin(request)
     name = request.match_info["name"]
-    return web.json_response(await peers.remove_peer(request.app[CONTEXT], name, actor=actor.id))
+    return web.json_response(await peers.remove_peer(request.app[CONTEXT], name, actor=actor.id, by=actor))
 
 
 ROUTES = [

@@ -341,13 +341,15 @@ async def admin_add_collection(request: web.Request) -> web.Response:
     actor = await _admin(request)
     body = await read_json(request)
     return web.json_response(
-        await collections.add_collection(_ctx(request), body, actor=actor.id), status=201
+        await collections.add_collection(_ctx(request), body, actor=actor.id, by=actor), status=201
     )
 
 
 async def admin_remove_collection(request: web.Request) -> web.Response:
     actor = await _admin(request)
-    result = await collections.remove_collection(_ctx(request), request.match_info["id"], actor=actor.id)
+    result = await collections.remove_collection(
+        _ctx(request), request.match_info["id"], actor=actor.id, by=actor
+    )
     return web.json_response(result)
 
 
