@@ -146,9 +146,15 @@ async def pending_below(tx: Tx, *, lock: bool = False) -> int:
 
 
 async def unindexed(tx: Tx, *, after: int, below: int, limit: int) -> list[ReportRecord]:
-    """Reports with ``after`` < sequence < ``below`` holding a payload, in sequence order."""
+    """Unerased reports with ``after`` < sequence < ``below`` holding a payload, in sequence
+    order, at most ``limit``, locked FOR SHARE until commit: an erasure under way is waited for
+    (and its report then left out), a later one waits for this transaction and deletes the index
+    rows it wrote. A row lock counts as a write (``Tx.lock_head``). Fewer than ``limit`` does
+    not mean the last: a report erased while this waited is left out of its page."""
     r = REPORTS.c
-    return await tx.reports(r.seq > after, r.seq < below, r.ciphertext.is_not(None), limit=limit)
+    where = (r.seq > after, r.seq < below, r.ciphertext.is_not(None), r.erased_at.is_(None))
+    query = select(REPORTS).where(*where).order_by(r.seq).limit(limit).with_for_update(read=True)
+    return [st.report_of(row) for row in await tx.write(lambda c: list(c.execute(query)))]
 
 
 async def add_indexed(tx: Tx, rows: Sequence[dict[str, object]]) -> None:

@@ -126,7 +126,8 @@ def position_of(ctx: Context, node: NodeRecord, scope: Sequence[str], token: str
 # -- the object index ----------------------------------------------------------------------------
 async def ensure_indexed(ctx: Context) -> None:
     """Index the reports stored before the object index existed (migration 0011 names them),
-    once per database: decrypting each, in one transaction that holds the index's state row."""
+    once per database: decrypting each, in one transaction that holds the index's state row and
+    the reports it indexes (an erasure at once deletes what it indexed, or is skipped)."""
     if ctx.db in _INDEXED:
         return
     async with ctx.db.transaction() as tx:
@@ -134,12 +135,12 @@ async def ensure_indexed(ctx: Context) -> None:
         after = 0
         while below:
             found = await store.unindexed(tx, after=after, below=below, limit=500)
+            if not found:
+                await store.set_pending_below(tx, 0)
+                break
             for report in found:
                 payload = json.loads(decisions.open_payload(ctx, report))
                 await store.add_indexed(tx, publishing.index_rows(ctx, report, payload))
-            if len(found) < 500:
-                await store.set_pending_below(tx, 0)
-                break
             after = found[-1].seq
     _INDEXED.add(ctx.db)
 
