@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Table, delete, insert, select
+from typing import Any
+
+from sqlalchemy import Column, Table, case, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from broker.domain.witnessing import Cosignature, WitnessState
@@ -30,8 +34,7 @@ async def cosignatures_upto(tx: Tx, size: int) -> dict[int, list[Cosignature]]:
 
 async def store_cosignature(tx: Tx, cosignature: Cosignature) -> None:
     """Keep one cosignature (replacing that witness's earlier line on the same checkpoint)."""
-    mine = (C.size == cosignature.size, C.witness == cosignature.witness)
-    await _replace(tx, COSIGNATURES, mine, st.values_of(cosignature, COSIGNATURES))
+    await _upsert(tx, COSIGNATURES, st.values_of(cosignature, COSIGNATURES))
 
 
 async def states(tx: Tx) -> dict[str, WitnessState]:
@@ -39,15 +42,25 @@ async def states(tx: Tx) -> dict[str, WitnessState]:
 
 
 async def save_state(tx: Tx, state: WitnessState) -> None:
-    """Replace one witness's state."""
-    await _replace(tx, STATE, (STATE.c.witness == state.witness,), st.values_of(state, STATE))
+    """Replace one witness's state, except its ``cosigned_size``, which never goes down (a
+    process may save a state it read before another stored a larger size)."""
+    kept = STATE.c.cosigned_size
+    await _upsert(tx, STATE, st.values_of(state, STATE), larger=kept)
 
 
-async def _replace(
-    tx: Tx, table: Table, where: tuple[ColumnElement[bool], ...], values: dict[str, object]
-) -> None:
+async def _upsert(tx: Tx, table: Table, values: dict[str, Any], *, larger: Column[Any] | None = None) -> None:
+    """Insert ``values``, or set them on the row with their primary key, in one statement: every
+    broker process runs the witness loops, and two stores at once must both succeed (a delete
+    then an insert had the second hit the primary key). ``larger`` keeps the greater of the
+    stored and the new value."""
+    keys = [c.name for c in table.primary_key.columns]
+
     def body(connection: Connection) -> None:
-        connection.execute(delete(table).where(*where))
-        connection.execute(insert(table), values)
+        upsert = (pg_insert if connection.dialect.name == "postgresql" else sqlite_insert)(table)
+        new = upsert.excluded
+        changed: dict[str, Any] = {name: new[name] for name in values if name not in keys}
+        if larger is not None:
+            changed[larger.name] = case((larger > new[larger.name], larger), else_=new[larger.name])
+        connection.execute(upsert.values(values).on_conflict_do_update(index_elements=keys, set_=changed))
 
     await tx.write(body)
