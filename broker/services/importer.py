@@ -115,7 +115,7 @@ async def import_reports(ctx: Context, peer: PeerRecord, raws: Sequence[Mapping[
             reason: str | None
             if isinstance(found, Refused):
                 reason = found.reason
-            elif (reason := await _refusal(ctx, tx, directory, found[0])) is None:
+            elif (reason := await _refusal(ctx, tx, directory, peer, *found)) is None:
                 await _store(ctx, tx, peer, batch, *found)
                 decisions.append("imported")
                 continue
@@ -149,10 +149,12 @@ def _checked(
         return exc
 
 
-async def _refusal(ctx: Context, tx: Tx, directory: Directory, frame: Frame) -> str | None:
+async def _refusal(
+    ctx: Context, tx: Tx, directory: Directory, peer: PeerRecord, frame: Frame, chain: attest.VerifiedChain
+) -> str | None:
     """Why ``frame`` cannot be stored here now (None: it can): a conflict, or a label this
     broker cannot decide (an unknown alliance id)."""
-    reason = await _conflict(tx, frame)
+    reason = await _conflict(tx, peer, frame, chain.originator_key)
     if reason is None:
         try:
             parse_label(json.loads(frame.label_json), policy=ctx.policy, known_alliances=directory.alliances)
@@ -161,14 +163,22 @@ async def _refusal(ctx: Context, tx: Tx, directory: Directory, frame: Frame) -> 
     return reason
 
 
-async def _conflict(tx: Tx, frame: Frame) -> str | None:
+async def _conflict(tx: Tx, peer: PeerRecord, frame: Frame, key: str | None) -> str | None:
     """``duplicate`` when the id is held already (the second path of a diamond, or twice in one
     batch: the earlier insert is visible here), and ``originator_conflict`` when the
-    originator's id is one of this broker's own nodes."""
+    originator's id is one of this broker's own nodes, or another broker's originator that the
+    frame names under another nation, or attests another key for through a peer other than the
+    one that introduced it (which would re-key it for every report it signed: the other peer's
+    would no longer verify at local SDKs, and this peer's would verify under its id)."""
     if await tx.report(frame.report["id"]) is not None:
         return fed.DUPLICATE
-    node = await tx.node(frame.report["originator"]["node"])
-    if node is not None and node.foreign_peer is None:
+    origin = frame.report["originator"]
+    node = await tx.node(origin["node"])
+    if node is None:
+        return None
+    if node.foreign_peer is None or node.nation != origin["nation"]:
+        return fed.ORIGINATOR_CONFLICT
+    if node.foreign_peer != peer.name and key is not None and key != node.ed25519_public_key:
         return fed.ORIGINATOR_CONFLICT
     return None
 

@@ -56,9 +56,10 @@ def plan(
     long as asked, so more may follow) for ``level`` at ``now``."""
     due: list[StoredAge] = []
     for row in rows:
-        # A report created at row.created_at with this level's period: not yet expired means
-        # nothing from here on is due yet (reports are created in sequence order).
-        if not policy.is_expired(level, row.created_at, now):
+        # A report aged from row.aged_from with this level's period: not yet expired means
+        # nothing from here on is due yet (reports are stored in sequence order, and none is
+        # aged from after it was stored: an import's attested created may lie anywhere).
+        if not policy.is_expired(level, row.aged_from, now):
             return Step(tuple(due), after, done=True)
         after = row.seq
         if row.classification == level and not row.erased:
@@ -79,7 +80,7 @@ def _draft(policy: Policy, row: StoredAge) -> AuditDraft:
         "classification": row.classification,
         "created": format_time(row.created_at),
     }
-    expiry = None if row.classification is None else policy.expires_at(row.classification, row.created_at)
+    expiry = None if row.classification is None else policy.expires_at(row.classification, row.aged_from)
     details["expired"] = None if expiry is None else format_time(expiry)
     return AuditDraft(
         action="erase", actor=ACTOR, report=row.id, decision="allow", reason=REASON, details=details

@@ -23,7 +23,7 @@ from broker.storage.repos import Tx
 
 REPORTS, R = st.REPORTS, st.REPORTS.c
 STATUSES = st.table(TaxiiStatusRow)
-_COLUMNS = (R.seq, R.id, R.created_at, R.label_json, R.erased_at)
+_COLUMNS = (R.seq, R.id, R.created_at, R.added_at, R.label_json, R.erased_at)
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,18 @@ class StoredAge:
     classification: str | None  # None: a stored label without one (never expected)
     created_at: datetime
     erased: bool
+    added_at: datetime | None = None  # when this broker stored it (an import: not its created)
+
+    @property
+    def aged_from(self) -> datetime:
+        """What its retention period counts from: ``created``, but never after this broker
+        stored it. An imported report's ``created`` is what its origin attested, which may lie
+        anywhere (far in the future: it would never expire, and the walk, which stops at the
+        first report not yet expired, would stop there for good); the stamp this broker gave it
+        follows the sequence, so no report can hold the walk back longer than its own period."""
+        if self.added_at is None:
+            return self.created_at
+        return min(self.created_at, self.added_at)
 
 
 @dataclass(frozen=True)

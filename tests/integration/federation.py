@@ -197,10 +197,17 @@ class StreamDouble:
 
 
 async def import_frames(
-    ctx: Context, folder: Path, frames: list[dict[str, Any]], *, vkey: str, name: str = "usa"
+    ctx: Context,
+    folder: Path,
+    frames: list[dict[str, Any]],
+    *,
+    vkey: str,
+    name: str = "usa",
+    origins: tuple[str, ...] = ("USA",),
 ) -> list[int]:
-    """Peer ``name`` (pinned to ``vkey``) at ``ctx``'s broker, fed ``frames`` by a double until
-    the last is acked; the peer is removed again. The acks the double received."""
+    """Peer ``name`` (pinned to ``vkey``, carrying ``origins``) at ``ctx``'s broker, fed
+    ``frames`` by a double until the last is acked; the peer is removed again. The acks the
+    double received."""
     found = make_pki(folder)
     double = StreamDouble(found)
     double.frames = frames
@@ -209,7 +216,7 @@ async def import_frames(
     spec = {"name": name, "url": url, "ca": found.ca.read_text(), "cert": cert.read_text()}
     try:
         await peers.add_peer(
-            ctx, {**spec, "key": key.read_text(), "origins": ["USA"], "broker_key": vkey}, actor="test"
+            ctx, {**spec, "key": key.read_text(), "origins": list(origins), "broker_key": vkey}, actor="test"
         )
         await double.wait_acked(frames[-1]["report"]["sequence"])
         return list(double.acks)
