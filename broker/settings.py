@@ -105,7 +105,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("server.body_read_timeout_seconds", "body_read_timeout_seconds", 30, 1, 3600,
         "a body still arriving after this gets 408", "float"),
     _o("server.request_head_timeout_seconds", "request_head_timeout_seconds", 10, 1, 3600,
-        "a TLS handshake, or a request head, not complete after this: the connection is closed", "float"),
+        "a TLS handshake, or a request head, not complete after this: the connection is closed "
+        "(and a peer link's upstream must accept the stream within it)", "float"),
     _o("server.max_connections_per_source", "max_connections_per_source", 64, 1, 1_000_000,
         "open connections per source address; more are closed at once"),
     Option("server.connection_cap_exempt", "connection_cap_exempt", (),

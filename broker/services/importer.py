@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -26,12 +27,14 @@ from broker.domain.alliances import Directory
 from broker.domain.canonical import canonical, sha256_hex
 from broker.domain.federation import Imported, PeerRecord
 from broker.domain.labels import parse_label
+from broker.domain.nations import is_nation
 from broker.domain.records import AuditDraft, Head, NodeRecord, ReportRecord
 from broker.domain.time import parse_time
 from broker.errors import BrokerError, Conflict
 from broker.services import journal
 from broker.services.context import Context
 from broker.services.publishing import index_rows, stamp_after
+from broker.services.wire.requests import MAX_TOPICS, NODE_ID, TOPIC
 from broker.storage import federation as store
 from broker.storage.repos import Tx
 
@@ -71,7 +74,48 @@ def parse_frame(frame: Mapping[str, Any]) -> Frame:
         raise Refused(fed.MALFORMED, "federation needs label_json and attestations; report a sequence")
     if not isinstance(report.get("id"), str) or not isinstance(report.get("payload"), dict):
         raise Refused(fed.MALFORMED, "the report has no id or no payload in clear")
+    _check_storable(report, label_json)
     return Frame(report, label_json, chain, sequence)
+
+
+def _check_storable(report: dict[str, Any], label_json: str) -> None:
+    """What this broker could not store, or a local publish could not carry, refused before the
+    import's transaction: there it would fail the whole batch, and the link would be offered the
+    same frame forever. The id a canonical UUID (another spelling of one would pass as another
+    report), the originator a node id and a nation, the topics a publish's, ``created`` a
+    moment; the label and payload readable and canonical."""
+    origin = report.get("originator")
+    topics = report.get("topics")
+    if _canonical_uuid(report["id"]) != report["id"]:
+        raise Refused(fed.MALFORMED, "the report id is not a canonical UUID")
+    if not (
+        isinstance(origin, dict)
+        and isinstance(origin.get("node"), str)
+        and NODE_ID.fullmatch(origin["node"])
+        and isinstance(origin.get("nation"), str)
+        and is_nation(origin["nation"])
+    ):
+        raise Refused(fed.MALFORMED, "the originator is not a node id and a nation")
+    if not isinstance(topics, list) or len(topics) > MAX_TOPICS:
+        raise Refused(fed.MALFORMED, f"topics must be a list of at most {MAX_TOPICS}")
+    if not all(isinstance(t, str) and TOPIC.fullmatch(t) for t in topics):
+        raise Refused(fed.MALFORMED, f"every topic must match {TOPIC.pattern}")
+    if not isinstance(report.get("signature"), str | None):
+        raise Refused(fed.MALFORMED, "the signature is not a string")
+    try:
+        if parse_time(report.get("created"), name="created") is None:
+            raise Refused(fed.MALFORMED, "the report has no created")
+        canonical(json.loads(label_json))
+        canonical(report["payload"])
+    except (BrokerError, ValueError, TypeError, RecursionError) as exc:
+        raise Refused(fed.MALFORMED, f"the report cannot be stored: {exc}") from None
+
+
+def _canonical_uuid(value: str) -> str | None:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
 
 
 def verify(ctx: Context, peer: PeerRecord, frame: Frame) -> attest.VerifiedChain:

@@ -40,6 +40,8 @@ HEARTBEAT_SECONDS = 15.0
 REFUSED_CLOSE_CODES = frozenset({4001, 4003})
 STREAM_NAME = "federation"
 MAX_BATCH = 64  # report frames imported in one transaction at most
+MAX_BATCH_BYTES = 8 << 20  # and at most this much of them, as received (one frame may be more)
+FRAME_OVERHEAD_BYTES = 64 << 10  # a frame beyond its report: attestations (16 at most), label
 STATE = Gauge("broker_peer_state", "1 for the state each peer link is in, else 0", ["peer", "state"])
 LAG = Gauge("broker_peer_lag", "Seconds from a report's creation upstream to its import here", ["peer"])
 
@@ -123,11 +125,19 @@ class Links:
         params = {"after": str(cursor), "name": STREAM_NAME, "broker": self._ctx.settings.audit_origin}
         connector = aiohttp.TCPConnector(ssl=context)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        settings = self._ctx.settings
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             try:
-                ws = await session.ws_connect(
-                    peer.url + "/v1/stream", headers=headers, params=params, heartbeat=HEARTBEAT_SECONDS
-                )
+                # An upstream that accepts the connection and never answers is a failed link, and a
+                # frame larger than a publish may be (with room for its attestations) is not read.
+                async with asyncio.timeout(settings.request_head_timeout_seconds):
+                    ws = await session.ws_connect(
+                        peer.url + "/v1/stream",
+                        headers=headers,
+                        params=params,
+                        heartbeat=HEARTBEAT_SECONDS,
+                        max_msg_size=settings.max_body_bytes + FRAME_OVERHEAD_BYTES,
+                    )
             except aiohttp.WSServerHandshakeError as exc:
                 if exc.status in (401, 403):
                     raise _Refused(f"the upstream refused the link: {exc.status}") from exc
@@ -220,16 +230,26 @@ async def _batches(ws: aiohttp.ClientWebSocketResponse) -> AsyncGenerator[list[A
     reader = asyncio.create_task(read(), name="peer-reader")
     try:
         while (first := await queue.get()) is not None:
-            batch = [json.loads(first)]
-            while len(batch) < MAX_BATCH and not queue.empty():
+            batch, size = [_parsed(first)], len(first)
+            while len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES and not queue.empty():
                 data = queue.get_nowait()
                 if data is None:
                     yield batch
                     return
-                batch.append(json.loads(data))
+                batch.append(_parsed(data))
+                size += len(data)
             yield batch
     finally:
         reader.cancel()
+
+
+def _parsed(data: str) -> Any:
+    """A frame's JSON; ``ValueError`` (the link fails and is retried) for one that is not, or is
+    nested too deeply to read."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("a frame nested too deeply to read") from None
 
 
 def _sequence(frame: dict[str, Any]) -> int | None:

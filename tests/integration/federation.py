@@ -99,6 +99,7 @@ def report_frame(
     payload: dict[str, Any] | None = None,
     report_id: str | None = None,
     created: str = CREATED,
+    topics: list[str] | None = None,
 ) -> dict[str, Any]:
     """A well-formed frame as an origin broker sends it: A0 over the report's facts."""
     payload = payload or {
@@ -112,7 +113,7 @@ def report_frame(
         "sequence": sequence,
         "originator": {"node": originator.node, "nation": originator.nation},
         "label": label,
-        "topics": ["ransomware"],
+        "topics": ["ransomware"] if topics is None else topics,
         "created": created,
         "signature": signing.sign(private_key=originator.key, message=message),
         "payload": payload,
