@@ -5,7 +5,9 @@ Every frame ends in exactly one audit event, written in the same transaction as 
 as the peer's cursor: ``import`` allowed (the report stored), or ``import`` denied with a stable
 reason (nothing stored). Either way the cursor moves past it, so a refused report is not offered
 again; the caller acks upstream only after this commit. Frames received together are imported
-in one transaction (one audit group, one commit), each decided as if it came alone.
+in one transaction (one audit group, one commit), each decided as if it came alone. A frame at
+or below the peer's stored cursor was decided already (every broker process pulls every peer):
+acked, and not decided again, so it has one event whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class Frame:
     label_json: str
     attestations: list[Any]
     upstream_sequence: int
+
+
+ALREADY_DECIDED = "already_decided"  # a frame at or below the peer's stored cursor: no event
 
 
 class Refused(Exception):
@@ -152,11 +157,16 @@ async def import_reports(ctx: Context, peer: PeerRecord, raws: Sequence[Mapping[
     decisions: list[str] = []
     async with ctx.db.transaction() as tx:
         head = await tx.lock_head()
-        await _still_configured(tx, peer)
+        decided = (await _still_configured(tx, peer)).cursor
         directory = await ctx.directory_at(tx, head.change_counter)
         batch = _Batch(head=head, now=ctx.now())
         for raw, found in zip(raws, checked, strict=True):
             reason: str | None
+            if _upstream_sequence(raw) <= decided:
+                # Decided already, by another broker process pulling this peer too (each does):
+                # on the record once, so acked and not decided again.
+                decisions.append(ALREADY_DECIDED)
+                continue
             if isinstance(found, Refused):
                 reason = found.reason
             elif (reason := await _refusal(ctx, tx, directory, peer, *found)) is None:
@@ -168,11 +178,19 @@ async def import_reports(ctx: Context, peer: PeerRecord, raws: Sequence[Mapping[
             decisions.append(reason)
         await _commit(ctx, tx, peer, batch)
     for decision in decisions:
-        IMPORTS.labels(peer.name, "allow" if decision == "imported" else "deny").inc()
+        if decision != ALREADY_DECIDED:
+            IMPORTS.labels(peer.name, "allow" if decision == "imported" else "deny").inc()
     return decisions
 
 
-async def _still_configured(tx: Tx, peer: PeerRecord) -> None:
+def _upstream_sequence(raw: Mapping[str, Any]) -> int | float:
+    """A frame's upstream sequence; infinity when it has none (it is decided, and refused)."""
+    report = raw.get("report")
+    sequence = report.get("sequence") if isinstance(report, dict) else None
+    return sequence if type(sequence) is int else float("inf")
+
+
+async def _still_configured(tx: Tx, peer: PeerRecord) -> PeerRecord:
     """Under the head lock: ``peer`` (as its puller read it, a scan ago and maybe in another
     process) is still the configured peer of its name, with the key and origins the frames were
     verified against. Otherwise (removed, or removed and added again) ``Conflict`` and nothing is
@@ -181,6 +199,7 @@ async def _still_configured(tx: Tx, peer: PeerRecord) -> None:
     pinned = (peer.created_at, peer.url, peer.broker_key, peer.origins)
     if current is None or (current.created_at, current.url, current.broker_key, current.origins) != pinned:
         raise Conflict(f"peer {peer.name!r} was removed or replaced", code="peer_gone")
+    return current
 
 
 def _checked(

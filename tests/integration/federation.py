@@ -147,11 +147,15 @@ class StreamDouble:
     """A loopback TLS server answering ``GET /v1/stream`` with the frames it is given (from
     after the requested sequence), recording acks and the query of each connection."""
 
-    def __init__(self, found: Pki) -> None:
+    def __init__(self, found: Pki, *, together: int = 1) -> None:
+        """``together``: connections that must be open before any is sent a frame (several
+        broker processes pulling at once)."""
         self.frames: list[dict[str, Any]] = []
         self.acks: list[int] = []
         self.queries: list[dict[str, str]] = []
         self.acked = asyncio.Event()
+        self._together = together
+        self._all_open = asyncio.Event()
         self._pki = found
         self._runner: web.AppRunner | None = None
         self._open: set[web.WebSocketResponse] = set()
@@ -162,6 +166,9 @@ class StreamDouble:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self._open.add(ws)
+        if len(self.queries) >= self._together:
+            self._all_open.set()
+        await self._all_open.wait()
         after = int(request.query.get("after", "0"))
         for frame in self.frames:
             sequence = frame.get("report", {}).get("sequence", after + 1)

@@ -25,9 +25,10 @@ from broker.services.context import Context
 from broker.storage import db
 from broker.storage import federation as federation_store
 from tests.integration import test_federation_send as send
-from tests.integration.conftest import Api
+from tests.integration.conftest import Api, StartServer
 from tests.integration.federation import (
     Originator,
+    StreamDouble,
     Upstream,
     import_frames,
     make_pki,
@@ -195,3 +196,44 @@ async def test_removing_a_peer_takes_the_head_before_the_peer_row(ctx: Context, 
         await eventually(removal_waits)
         await federation_store.advance_peer(importing, "usa", cursor=1, lag=0.0)
     assert await removing == {"name": "usa", "removed": True}
+
+
+# Several broker processes share a PostgreSQL database; a SQLite file has one.
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_two_brokers_pulling_one_peer_record_each_frame_once(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Every broker process pulls every peer, so both receive each frame. The second to import a
+    frame found its id held and recorded a ``duplicate`` refusal: each report was in the log as
+    imported by one process and refused by the other. A frame at or below the peer's stored
+    cursor (read under the head lock) was decided already: acked, not decided again."""
+    first = await start_server()
+    await start_server()  # a second broker process on the same database
+    found = make_pki(tmp_path)
+    double = StreamDouble(found, together=2)
+    double.frames = [
+        report_frame(UPSTREAM, Originator("usa-analyst", "USA"), sequence=n, label=NATO) for n in (1, 2, 3)
+    ]
+    url = await double.start()
+    cert, key = found.client("nato-link")
+    spec = {"name": "usa", "url": url, "ca": found.ca.read_text(), "cert": cert.read_text()}
+    try:
+        await peers.add_peer(
+            first.ctx,
+            {**spec, "key": key.read_text(), "origins": ["USA"], "broker_key": UPSTREAM.vkey},
+            actor="t",
+        )
+
+        async def both_acked() -> bool:
+            return double.acks.count(3) == 2
+
+        await eventually(both_acked)
+    finally:
+        await double.stop()
+    async with first.ctx.db.read_transaction() as tx:
+        imports = [ledger.event_json(e) for e in await tx.events(limit=100, action="import")]
+    assert [(e["details"]["upstream_sequence"], e["decision"]) for e in imports] == [
+        (1, "allow"),
+        (2, "allow"),
+        (3, "allow"),
+    ]
