@@ -22,11 +22,18 @@ async def test_a_full_page_costs_the_same_whatever_follows(api: Api, sqlite_trip
     path = f"/taxii2/api/collections/{cid}/objects/?limit=100"
 
     async def page_trips() -> tuple[int, bool]:
+        """The fewest trips of three pages: the broker's background loops (the peers scan, the
+        checkpointer) make trips of their own now and then, which only ever add to a page's."""
         await raw(api, "GET", path, token=usa)  # caches warm (node, directory, index state)
-        before = len(sqlite_trips)
-        status, _, answer = await raw(api, "GET", path, token=usa)
-        assert status == 200 and len(answer["objects"]) == 100
-        return len(sqlite_trips) - before, answer["more"]
+        counts, more = [], set()
+        for _ in range(3):
+            before = len(sqlite_trips)
+            status, _, answer = await raw(api, "GET", path, token=usa)
+            assert status == 200 and len(answer["objects"]) == 100
+            counts.append(len(sqlite_trips) - before)
+            more.add(answer["more"])
+        assert len(more) == 1
+        return min(counts), more.pop()
 
     await _publish(api, usa, 0, 100)
     alone, more = await page_trips()
