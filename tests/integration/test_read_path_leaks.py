@@ -1,0 +1,55 @@
+"""Read-path red team (a hostile member node): what it is sent must not depend on reports it may
+not see, and every refusal it meets is on the record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import aiohttp
+
+from tests.integration.conftest import StartServer
+from tests.integration.helpers import body
+
+HEARTBEAT = 0.8
+
+
+async def _frames_while(api: Any, token: str, seconds: float, during: Any) -> list[dict[str, Any]]:
+    """The frames a stream of ``token``'s node receives in ``seconds`` while ``during`` runs."""
+    frames: list[dict[str, Any]] = []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{api.base_url}/v1/stream", headers={"Authorization": f"Bearer {token}"}) as ws,
+    ):
+        task = asyncio.create_task(during())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                async for message in ws:
+                    frames.append(json.loads(message.data))
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return frames
+
+
+async def test_heartbeats_keep_their_pace_while_hidden_reports_are_published(
+    start_server: StartServer,
+) -> None:
+    # A wake-up for a report the node may not see once put its next heartbeat off by a whole
+    # interval: a run of hidden publishes silenced its stream, and the first heartbeat after it
+    # came one interval after the last of them (when, to the millisecond, they were published).
+    api = await start_server(stream_heartbeat_seconds=HEARTBEAT)
+    usa = await api.node("usa", "USA")
+    gbr = await api.node("gbr", "GBR")
+
+    async def hidden() -> None:
+        while True:  # SECRET REL USA: GBR may not see it
+            status, _ = await api.publish(usa, body(to=["USA"]))
+            assert status == 201
+            await asyncio.sleep(0.1)
+
+    frames = await _frames_while(api, gbr, 5 * HEARTBEAT, hidden)
+    assert all(f == {"type": "heartbeat"} for f in frames), frames
+    assert len(frames) >= 3, frames  # about one per interval, as with nothing published
