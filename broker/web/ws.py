@@ -99,8 +99,14 @@ class StreamSession:
         self.queued_bytes += size
 
     async def pump(self) -> None:
-        """Read what is eligible above the cursor, queue it, then wait for a wake-up."""
+        """Read what is eligible above the cursor, queue it, then wait for a wake-up.
+
+        A heartbeat goes out one interval after the last frame queued, whatever woke the stream
+        meanwhile: a wake-up for a report the node may not see (or any other change) must not
+        put it off, or the heartbeats' timing would tell the node when hidden reports came."""
         heartbeat = self.ctx.settings.stream_heartbeat_seconds
+        loop = asyncio.get_running_loop()
+        beat_at = loop.time() + heartbeat
         while True:
             wake = self.hub.event()
             try:
@@ -119,14 +125,17 @@ class StreamSession:
                 continue
             for frame in (*batch.frames, *notices):
                 self._enqueue(frame)
+                beat_at = loop.time() + heartbeat
             self.delivered = max(self.delivered, batch.delivered)
             self.cursor = batch.cursor
             if batch.more:
                 continue
             # Not asyncio.wait_for: on 3.11 it loses a cancel that arrives with the wake-up,
             # and the stream's close answer then waited for this pump (broker/waiting.py).
-            if not await wait_event(wake, self._wait_seconds(heartbeat)):
+            woken = await wait_event(wake, self._wait_seconds(max(0.0, beat_at - loop.time())))
+            if not woken and loop.time() >= beat_at:
                 self._enqueue('{"type": "heartbeat"}')
+                beat_at = loop.time() + heartbeat
 
     async def _recall_notices(self, *, upto: int) -> list[str]:
         """Notices for what was recalled or erased up to ``upto`` since the last look, when the
@@ -140,8 +149,9 @@ class StreamSession:
         return frames
 
     def _wait_seconds(self, heartbeat: float) -> float:
-        """The heartbeat interval, or less when the stream's token expires sooner: its expiry
-        must close the stream when it comes, not at the next report."""
+        """``heartbeat`` (the time left until the next heartbeat is due), or less when the
+        stream's token expires sooner: its expiry must close the stream when it comes, not at
+        the next report."""
         credential = self.node.credential
         by_token = credential is None or credential.token_hash is not None
         expires = self.node.token_expires_at if by_token else None

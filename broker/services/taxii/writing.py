@@ -201,9 +201,12 @@ class _Status:
 
 
 async def status(ctx: Context, node: NodeRecord, status_id: str) -> dict[str, Any]:
-    """A status resource, for the node that made it (404 for everyone else)."""
+    """A status resource, for the node that made it (404 for everyone else, audited as a
+    denied ``read`` like an absent one: another node's status is a refusal, and on the record)."""
     async with ctx.db.read_transaction() as tx:
         found = None if not is_uuid(status_id) else await store.status(tx, status_id)
     if found is None or found[0] != node.id:
-        raise NotFound("no such status", code="not_found")
+        refusal = NotFound("no such status", code="not_found")
+        await refuse(ctx, node, "read", refusal)
+        raise refusal  # not reached: ``refuse`` raises it
     return found[2]
