@@ -75,3 +75,27 @@ async def test_another_nodes_status_is_404_and_on_the_record(start_server: Start
     assert theirs[2]["error_code"] == absent[2]["error_code"] == "not_found"
     denials = [e for e in await events(api.ctx, decision="deny") if e["node"] == "gbr"]
     assert [(e["action"], e["reason"]) for e in denials] == [("read", "not_found")] * 2
+
+
+async def test_an_unknown_collection_is_404_and_on_the_record(start_server: StartServer) -> None:
+    """Every collection is listed to every node, so a 404 for an unknown one reveals nothing; but
+    it is a refusal, and every refusal is audited (it was not)."""
+    api = await start_server()
+    usa = await api.node("usa", "USA", roles=("publish", "subscribe"))
+    unknown = f"/taxii2/api/collections/{uuid.uuid4()}"
+    envelope = json.dumps({"objects": [indicator(1)]}).encode()
+    post = {"Content-Type": TAXII}
+    answers = [
+        await raw(api, "GET", f"{unknown}/", token=usa),
+        await raw(api, "GET", f"{unknown}/objects/", token=usa),
+        await raw(api, "POST", f"{unknown}/objects/", token=usa, headers=post, data=envelope),
+        await raw(api, "DELETE", f"{unknown}/objects/{indicator(1)['id']}/", token=usa),
+    ]
+    assert [status for status, _, _ in answers] == [404] * 4
+    denials = [e for e in await events(api.ctx, decision="deny") if e["node"] == "usa"]
+    assert [(e["action"], e["reason"]) for e in denials] == [
+        ("read", "not_found"),
+        ("read", "not_found"),
+        ("publish", "not_found"),
+        ("recall", "not_found"),
+    ]

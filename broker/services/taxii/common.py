@@ -24,12 +24,14 @@ from broker.storage.repos import Tx
 
 
 # -- the collection and the refusals -------------------------------------------------------------
-async def collection(ctx: Context, collection_id: str) -> CollectionRecord:
-    """The collection ``collection_id`` names (404 for anything else)."""
+async def collection(ctx: Context, node: NodeRecord, collection_id: str, *, act: str) -> CollectionRecord:
+    """The collection ``collection_id`` names (404 for anything else, audited as ``node``'s
+    ``act`` refused)."""
     async with ctx.db.read_transaction() as tx:
         found = None if not is_uuid(collection_id) else await store.collection(tx, collection_id)
     if found is None:
-        raise NotFound("no such collection", code="not_found")
+        await refuse(ctx, node, act, NotFound("no such collection", code="not_found"))
+        raise AssertionError("unreachable: refuse raises")
     return found
 
 
@@ -56,7 +58,7 @@ async def collections_for(ctx: Context, node: NodeRecord) -> dict[str, Any]:
 
 async def collection_for(ctx: Context, node: NodeRecord, collection_id: str) -> dict[str, Any]:
     """One collection, as ``node`` sees it (404 when there is none)."""
-    return collection_resource(ctx, node, await collection(ctx, collection_id))
+    return collection_resource(ctx, node, await collection(ctx, node, collection_id, act="read"))
 
 
 def is_uuid(value: str) -> bool:
@@ -69,7 +71,7 @@ def is_uuid(value: str) -> bool:
 
 async def readable(ctx: Context, node: NodeRecord, collection_id: str) -> CollectionRecord:
     """The collection, once ``node`` may read objects through TAXII (refusals audited)."""
-    found = await collection(ctx, collection_id)
+    found = await collection(ctx, node, collection_id, act="read")
     if not can_read(node):
         await refuse(
             ctx, node, "read", AccessDenied("this act needs the 'subscribe' role", code="missing_role")

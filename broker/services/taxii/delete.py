@@ -26,7 +26,7 @@ async def delete(
 ) -> None:
     """Recall the reports of ``node`` that carry the object (the whole report: every object posted
     with it). 403 when only other nodes' reports carry it, 404 when none the node may see does."""
-    collection = await collection_of(ctx, collection_id)
+    collection = await collection_of(ctx, node, collection_id, act="recall")
     if not can_read(node) or "publish" not in node.roles:
         await refuse(
             ctx, node, "recall", AccessDenied("this act needs the 'publish' role", code="missing_role")

@@ -152,7 +152,7 @@ async def add_objects(ctx: Context, node: NodeRecord, collection_id: str, envelo
 
 async def _writable(ctx: Context, node: NodeRecord, collection_id: str) -> CollectionRecord:
     """The collection, once ``node`` may write objects to it through TAXII (refusals audited)."""
-    found = await collection(ctx, collection_id)
+    found = await collection(ctx, node, collection_id, act="publish")
     if not can_write(ctx, node, found):
         await refuse(
             ctx, node, "publish", AccessDenied("you may not write to this collection", code="not_writable")
