@@ -26,7 +26,7 @@ from broker.web.handlers import CONTEXT, LIMITER, LINKS, WAKE
 from broker.web.middleware import BODY_TIMEOUT, problems, same_origin_only, server_header
 from broker.web.routes import add_routes
 from broker.web.sources import TRUSTED_PROXIES, networks
-from broker.web.ws import FEED, HUB, PER_NODE, SESSIONS, STREAMS, close_all
+from broker.web.ws import FEED, HUB, PER_NODE, SESSIONS, STREAMS, StreamSocket, close_all
 from broker.witness_settings import WitnessSettings
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class _Live:
     """The live side: the feed streams read, the hub that wakes them, and on PostgreSQL the
     listener that hears other processes' changes."""
 
-    def __init__(self, ctx: Context, streams: set[web.WebSocketResponse]) -> None:
+    def __init__(self, ctx: Context, streams: set[StreamSocket]) -> None:
         self._settings = ctx.settings
         self._streams = streams
         self.feed = deliver.Feed(ctx)

@@ -185,13 +185,23 @@ async def _post(witness: WitnessSettings, session: aiohttp.ClientSession, body: 
             delay *= 2
         try:
             async with session.post(witness.endpoint, data=body) as response:
-                text = (await response.content.read(MAX_ANSWER_BYTES)).decode("utf-8", "replace")
+                text = (await _answer_bytes(response)).decode("utf-8", "replace")
                 if response.status < 500:
                     return _Answer(status=response.status, body=text, content_type=response.content_type)
                 problem = f"HTTP {response.status}"
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             problem = f"{type(exc).__name__}: {exc}"
     raise _Unreachable(problem)
+
+
+async def _answer_bytes(response: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, whole, up to ``MAX_ANSWER_BYTES``: ``read(n)`` returns what has arrived
+    so far, and an answer arriving in pieces was cut at the first (a cosignature taken for a bad
+    one, a refusal reported for a witness that cosigned). Within the request's deadline."""
+    body = bytearray()
+    while len(body) < MAX_ANSWER_BYTES and (piece := await response.content.readany()):
+        body += piece
+    return bytes(body[:MAX_ANSWER_BYTES])
 
 
 async def _cosigned(

@@ -45,7 +45,7 @@ from broker.web.handlers import CONTEXT, WS_PROTOCOL, authenticated_node, int_pa
 log = logging.getLogger(__name__)
 HUB = web.AppKey("hub", Hub)
 FEED = web.AppKey("feed", deliver.Feed)
-STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams")
+STREAMS: web.AppKey[set[StreamSocket]] = web.AppKey("streams")
 PER_NODE: web.AppKey[dict[str, int]] = web.AppKey("streams_per_node")
 SESSIONS: web.AppKey[set[StreamSession]] = web.AppKey("stream_sessions")
 STREAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # always fullmatch
@@ -56,6 +56,38 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_REVOKED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_BAD_MESSAGE = 4400
+
+
+class StreamSocket(web.WebSocketResponse):
+    """A stream's websocket, closed within a deadline. The close frame waits behind whatever the
+    client has not read, and aiohttp's close waits for it to be written with no limit (its
+    heartbeat is off once closing): a client that stopped reading with its connection open held
+    its connection, and the close, for as long as it lived."""
+
+    transport: asyncio.Transport | None = None  # the request's, set before prepare
+
+    async def close_within(self, seconds: float, *, code: int, message: bytes) -> None:
+        """Close, or cut the connection when the close is not done within ``seconds``. A
+        cancellation of the caller still propagates (the connection cut)."""
+        task = asyncio.current_task()
+        try:
+            async with asyncio.timeout(seconds):
+                await self.close(code=code, message=message)
+            return
+        except TimeoutError:
+            log.info("stream_close_timeout code=%s: connection cut", code)
+        except asyncio.CancelledError:
+            if task is not None and task.cancelling():
+                self._cut()
+                raise
+            # Not this task's cancellation: aiohttp shares one wait for the socket to drain per
+            # connection, and the sender, cancelled while it waited, cancelled it.
+            log.info("stream_close_blocked code=%s: connection cut", code)
+        self._cut()
+
+    def _cut(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()  # not close(): it would wait to send what nobody reads
 
 
 class _Closed(Exception):
@@ -70,7 +102,7 @@ class StreamSession:
     ctx: Context
     hub: Hub
     feed: deliver.Feed
-    ws: web.WebSocketResponse
+    ws: StreamSocket
     node: NodeRecord
     name: str
     topics: list[str]
@@ -214,7 +246,9 @@ class StreamSession:
                     await self.save_ack()
                 except Exception:
                     log.warning("ack_save_failed node=%s stream=%s", self.node.id, self.name, exc_info=True)
-            await self.ws.close(code=code, message=reason.encode())
+            await self.ws.close_within(
+                self.ctx.settings.stream_heartbeat_seconds, code=code, message=reason.encode()
+            )
 
     async def _record_refusal(self, reason: str) -> None:
         try:
@@ -256,12 +290,13 @@ def _parameters(request: web.Request) -> tuple[str, list[str], str | None]:
     return name, topics, skip_broker
 
 
-def _websocket(settings: Settings) -> web.WebSocketResponse:
+def _websocket(settings: Settings) -> StreamSocket:
     # autoclose off: a client's close is answered only after its newest ack is stored (run()).
     # heartbeat: a ping each interval without traffic from the client, and the connection is
     # dropped when its pong is not back within half an interval, so a peer whose network
-    # vanished gives its slot and queue back within two intervals, not when TCP gives up.
-    return web.WebSocketResponse(
+    # vanished gives its slot and queue back within two intervals, not when TCP gives up; a
+    # close the client does not take within an interval cuts the connection (close_within).
+    return StreamSocket(
         compress=False,
         max_msg_size=settings.max_ws_frame_bytes,
         autoclose=False,
@@ -282,6 +317,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     else:
         after = await deliver.resume_point(ctx, node, name)
     ws = _websocket(ctx.settings)
+    ws.transport = request.transport
     if not ws.can_prepare(request).ok:  # a plain GET: refused before it is counted
         raise BadRequest("this resource is a websocket: send an Upgrade handshake", code="websocket_required")
     per_node = request.app[PER_NODE]
@@ -319,7 +355,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def close_all(app: web.Application) -> None:
-    """On shutdown: tell every open stream to reconnect later."""
-    open_streams: set[web.WebSocketResponse] = app[STREAMS]
-    for ws in list(open_streams):
-        await ws.close(code=CLOSE_GOING_AWAY, message=b"broker shutting down")
+    """On shutdown: tell every open stream to reconnect later, all at once, each within the
+    heartbeat interval (a client that does not take the close has its connection cut)."""
+    seconds = app[CONTEXT].settings.stream_heartbeat_seconds
+    message = b"broker shutting down"
+    open_streams: set[StreamSocket] = app[STREAMS]
+    closes = [ws.close_within(seconds, code=CLOSE_GOING_AWAY, message=message) for ws in list(open_streams)]
+    await asyncio.gather(*closes)

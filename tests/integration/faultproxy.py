@@ -2,7 +2,8 @@
 
 Paused, it stops forwarding bytes in both directions and holds new connections unanswered, as a
 server (or a network) that stops answering without closing anything; cut, it aborts every open
-connection, as a restarted server; slowed, it delays every chunk it forwards.
+connection, as a restarted server; slowed, it delays every chunk it forwards (and with
+``chunk_bytes`` small, hands over what it forwards in pieces that small).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class FaultProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.delay = 0.0  # seconds added before each forwarded chunk
+        self.chunk_bytes = 65536  # the most forwarded in one piece
         self.accepted = 0
         self.arrived = asyncio.Event()  # set by each connection accepted (a test clears it)
         self.port = 0
@@ -81,7 +83,7 @@ class FaultProxy:
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
-            while chunk := await reader.read(65536):
+            while chunk := await reader.read(self.chunk_bytes):
                 await self._flowing.wait()  # paused: the chunk is held, as by a silent network
                 if self.delay:
                     await asyncio.sleep(self.delay)
