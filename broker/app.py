@@ -30,6 +30,8 @@ from broker.web.ws import FEED, HUB, PER_NODE, SESSIONS, STREAMS, StreamSocket, 
 from broker.witness_settings import WitnessSettings
 
 log = logging.getLogger(__name__)
+# How long the background loops have to end after a stop (a container's grace is 10 s by default).
+STOP_GRACE_SECONDS = 5.0
 IDLE = (-1, -1)  # what the hub's probe answers while no stream is open
 KEEPALIVE_SECONDS = 75.0  # an idle keep-alive connection closes after this (aiohttp's run_app default)
 LISTENER_CONNECTED = Gauge(
@@ -94,7 +96,13 @@ async def _lifetime(
     stop.set()
     try:
         # Each finishes the transaction it is in (the flush writes what was counted), then
-        # returns. Whatever one of them raised, the cleanup below still runs.
+        # returns; one still running after STOP_GRACE_SECONDS (in a call to a witness or a peer
+        # that does not answer) is cancelled. Whatever one of them raised, the cleanup below
+        # still runs.
+        _, running = await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS)
+        for task in running:
+            log.warning("background_task_cancelled_at_stop task=%s", task.get_name())
+            task.cancel()
         for outcome in await asyncio.gather(*tasks, return_exceptions=True):
             if isinstance(outcome, Exception):
                 log.error("background_task_stop_failed", exc_info=outcome)
