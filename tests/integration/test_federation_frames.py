@@ -22,6 +22,7 @@ from broker.services import ledger, peers
 from tests.integration.conftest import Api, StartServer
 from tests.integration.federation import (
     Originator,
+    Pki,
     StreamDouble,
     Upstream,
     import_frames,
@@ -69,24 +70,12 @@ async def test_a_frame_larger_than_a_publish_may_be_is_not_read(
     double = StreamDouble(found)
     double.frames = [big]
     url = await double.start()
-    cert, key = found.client("nato-link")
-    spec: dict[str, Any] = {"name": "usa", "url": url, "ca": found.ca.read_text(), "cert": cert.read_text()}
     try:
-        await peers.add_peer(
-            api.ctx,
-            {**spec, "key": key.read_text(), "origins": ["USA"], "broker_key": UPSTREAM.vkey},
-            actor="t",
-        )
-
-        async def failed() -> bool:
-            return [p["state"] for p in await peers.list_peers(api.ctx)] == ["error"]
-
-        await eventually(failed)
+        listed = await _link_fails(api, found, url, seconds=10.0)
     finally:
         await double.stop()
     assert double.acks == []
     assert await report_count(api.ctx) == 0
-    listed = (await peers.list_peers(api.ctx))[0]
     assert "too big" in (listed["last_error"] or "").lower() or "1009" in (listed["last_error"] or ""), listed
 
 
@@ -111,20 +100,24 @@ async def test_an_upstream_that_never_answers_the_stream_fails_the_link_in_time(
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context(found))
     await site.start()
     url = f"https://127.0.0.1:{runner.addresses[0][1]}"
-    cert, key = found.client("nato-link")
-    spec: dict[str, Any] = {"name": "usa", "url": url, "ca": found.ca.read_text(), "cert": cert.read_text()}
     try:
-        await peers.add_peer(
-            api.ctx,
-            {**spec, "key": key.read_text(), "origins": ["USA"], "broker_key": UPSTREAM.vkey},
-            actor="t",
-        )
-
-        async def failed() -> bool:
-            return [p["state"] for p in await peers.list_peers(api.ctx)] == ["error"]
-
-        await eventually(failed, seconds=5.0)
+        listed = await _link_fails(api, found, url, seconds=5.0)
     finally:
         never.set()
         await runner.cleanup()
-    assert "Timeout" in ((await peers.list_peers(api.ctx))[0]["last_error"] or "")
+    assert "Timeout" in (listed["last_error"] or "")
+
+
+async def _link_fails(api: Api, found: Pki, url: str, *, seconds: float) -> dict[str, Any]:
+    """Peer ``usa`` at ``url``, once ``broker peer list`` shows its link failed (within
+    ``seconds``): the peer as listed."""
+    cert, key = found.client("nato-link")
+    spec = {"name": "usa", "url": url, "ca": found.ca.read_text(), "cert": cert.read_text()}
+    link = {**spec, "key": key.read_text(), "origins": ["USA"], "broker_key": UPSTREAM.vkey}
+    await peers.add_peer(api.ctx, link, actor="t")
+
+    async def failed() -> bool:
+        return [p["state"] for p in await peers.list_peers(api.ctx)] == ["error"]
+
+    await eventually(failed, seconds=seconds)
+    return (await peers.list_peers(api.ctx))[0]

@@ -28,15 +28,8 @@ async def test_a_witness_that_never_answers_does_not_hold_the_shutdown(
 ) -> None:
     name = f"witness.fra/{secrets.token_hex(3)}"
     vkey = await asyncio.to_thread(witnesses.init, tmp_path / "fra", name)
-    accepted: list[asyncio.StreamWriter] = []
-
-    async def never_answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer)  # reads nothing, answers nothing, keeps the socket open
-
-    stalled = await asyncio.start_server(never_answer, "127.0.0.1", 0)
-    port = stalled.sockets[0].getsockname()[1]
-    witness = WitnessSettings(name=name, url=f"http://127.0.0.1:{port}", vkey=vkey)
-    try:
+    async with witnesses.never_answering() as (port, accepted):
+        witness = WitnessSettings(name=name, url=f"http://127.0.0.1:{port}", vkey=vkey)
         api = await start_server(witnesses=(witness,), witness_quorum=1, witness_timeout_seconds=60.0)
         auditor = await api.node("usa-aud", "USA", roles=("audit",))
         assert (await api.call("POST", "/v1/audit/checkpoints", auditor))[0] == 201
@@ -50,8 +43,3 @@ async def test_a_witness_that_never_answers_does_not_hold_the_shutdown(
         async with asyncio.timeout(STOP_GRACE_SECONDS + 10):
             await api.client.close()
         assert loop.time() - started < STOP_GRACE_SECONDS + 3
-    finally:
-        for writer in accepted:
-            writer.close()
-        stalled.close()
-        await stalled.wait_closed()

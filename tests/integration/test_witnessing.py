@@ -259,35 +259,24 @@ async def test_a_stalled_witness_blocks_no_publish_and_the_quorum_catches_up(
     fra_name, deu_name = names(settings)
     fra_vkey = await asyncio.to_thread(witnesses.init, tmp_path / "fra", fra_name)
     deu_vkey = await asyncio.to_thread(witnesses.init, tmp_path / "deu", deu_name)
-    accepted: list[asyncio.StreamWriter] = []
-
-    async def never_answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer)  # reads nothing, answers nothing, keeps the socket open
-
-    stalled = await asyncio.start_server(never_answer, "127.0.0.1", 0)
-    port = stalled.sockets[0].getsockname()[1]
     async with witnesses.serve(tmp_path / "fra", fra_name, fra_vkey, key) as fra:
-        deu_settings = WitnessSettings(name=deu_name, url=f"http://127.0.0.1:{port}", vkey=deu_vkey)
-        both = (as_settings(fra), deu_settings)
-        api = await start_server(witnesses=both, witness_quorum=2, witness_timeout_seconds=0.5)
-        publisher = await api.node("usa-pub", "USA")
-        auditor = await api.node("usa-aud", "USA", roles=("audit",))
-        size = await sign_now(api, auditor)
-        await eventually(lambda: _true_when(bool(accepted)))  # the broker is stuck on the stalled one
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for _ in range(20):
-            assert (await api.publish(publisher, body()))[0] == 201
-        assert loop.time() - started < 5.0  # nothing waits for the witness's deadline
-        latest = await witnessed_at(api, auditor, size, 1)
-        assert [c["name"] for c in latest["cosigners"]] == [fra_name]
-        state = await health(api)
-        assert state["witnessed"] is False and state["cosigners"] == 1 and state["refused_by"] == []
-
-        stalled.close()
-        for writer in accepted:
-            writer.close()
-        await stalled.wait_closed()
+        async with witnesses.never_answering() as (port, accepted):
+            deu_settings = WitnessSettings(name=deu_name, url=f"http://127.0.0.1:{port}", vkey=deu_vkey)
+            both = (as_settings(fra), deu_settings)
+            api = await start_server(witnesses=both, witness_quorum=2, witness_timeout_seconds=0.5)
+            publisher = await api.node("usa-pub", "USA")
+            auditor = await api.node("usa-aud", "USA", roles=("audit",))
+            size = await sign_now(api, auditor)
+            await eventually(lambda: _true_when(bool(accepted)))  # the broker is stuck on the stalled one
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for _ in range(20):
+                assert (await api.publish(publisher, body()))[0] == 201
+            assert loop.time() - started < 5.0  # nothing waits for the witness's deadline
+            latest = await witnessed_at(api, auditor, size, 1)
+            assert [c["name"] for c in latest["cosigners"]] == [fra_name]
+            state = await health(api)
+            assert state["witnessed"] is False and state["cosigners"] == 1 and state["refused_by"] == []
         async with witnesses.serve(tmp_path / "deu", deu_name, deu_vkey, key, port=port):
             latest = await witnessed_at(api, auditor, size, 2)
 

@@ -78,3 +78,22 @@ async def serve(
 async def _drain(stream: asyncio.StreamReader) -> None:
     while await stream.readline():
         pass
+
+
+@asynccontextmanager
+async def never_answering() -> AsyncIterator[tuple[int, list[asyncio.StreamWriter]]]:
+    """A witness that accepts connections and then reads nothing, answers nothing and keeps the
+    socket open: its port, and the connections accepted so far."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def never_answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    stalled = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    try:
+        yield stalled.sockets[0].getsockname()[1], accepted
+    finally:
+        stalled.close()
+        for writer in accepted:
+            writer.close()
+        await stalled.wait_closed()
