@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import random
@@ -17,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from broker.crypto import cosignature, quorum, seal, signing
+from broker.crypto import cosignature, notes, quorum, seal, signing
 from broker.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from broker.domain.canonical import canonical
 
@@ -75,6 +76,34 @@ def verify_witnessed(
     if not verdict.ok:
         raise WitnessError(verdict.message, verdict)
     return verdict
+
+
+def _agrees_with_note(checkpoint: Mapping[str, Any], body: notes.CheckpointBody) -> None:
+    """WitnessError unless the unsigned fields served beside a verified note say what it says:
+    a broker could otherwise pair a genuine witnessed note with another size or root."""
+
+    def same_root(value: object) -> bool:
+        if not isinstance(value, str):
+            return False
+        if value.lower() == body.root.hex():
+            return True
+        try:
+            return base64.b64decode(value, validate=True) == body.root
+        except ValueError:  # binascii.Error, or characters outside ASCII
+            return False
+
+    checks: dict[str, Callable[[object], bool]] = {
+        "size": lambda v: type(v) is int and v == body.size,
+        "head": lambda v: isinstance(v, str) and v.lower() == body.root.hex(),
+        "root": same_root,
+        "origin": lambda v: v == body.origin,
+    }
+    for name, agrees in checks.items():
+        if name in checkpoint and not agrees(checkpoint[name]):
+            raise WitnessError(
+                f"the checkpoint's {name} field does not match its signed note "
+                f"(size {body.size}): the broker's answer was altered"
+            )
 
 
 class StreamClosed(ClientError):
@@ -262,12 +291,17 @@ class BrokerClient:
     async def witnessed_checkpoint(
         self, *, log_key: str, witnesses: Sequence[str], quorum_size: int
     ) -> dict[str, Any]:
-        """The latest checkpoint (role audit), returned only if ``verify_witnessed`` holds."""
-        checkpoint: dict[str, Any] = await self._call("GET", "/v1/audit/checkpoints/latest")
-        verify_witnessed(
-            str(checkpoint.get("note", "")), log_key=log_key, witnesses=witnesses, quorum_size=quorum_size
-        )
-        return checkpoint
+        """The latest checkpoint (role audit), returned only if ``verify_witnessed`` holds and
+        the fields beside its note (``size``, ``head``, ``root``, ``origin``) say what the note
+        says; ``cosigners`` is replaced by the witnesses whose cosignatures verified."""
+        checkpoint = await self._call("GET", "/v1/audit/checkpoints/latest")
+        if not isinstance(checkpoint, dict):
+            raise WitnessError("the broker's checkpoint is not a JSON object")
+        note = str(checkpoint.get("note", ""))
+        verdict = verify_witnessed(note, log_key=log_key, witnesses=witnesses, quorum_size=quorum_size)
+        _agrees_with_note(checkpoint, notes.parse(note)[1])
+        cosigners = sorted(verdict.cosigners.items())
+        return {**checkpoint, "cosigners": [{"name": n, "timestamp": t} for n, t in cosigners]}
 
     async def read(self, report_id: str) -> Received:
         return await self.open(await self._call("GET", f"/v1/reports/{report_id}"))

@@ -223,9 +223,15 @@ async def export(ctx: Context) -> AsyncIterator[str]:
         for event in page:
             yield json.dumps(event_json(event), separators=(",", ":")) + "\n"
         after = page[-1].seq
-    async with ctx.db.read_transaction() as tx:
-        signed = await tx.checkpoints(upto=checkpoint.size)
-        held = await witnessed.cosignatures_upto(tx, checkpoint.size)
-    for item in signed:
-        record = checkpoint_json(ctx, item, held.get(item.size, []))
-        yield json.dumps({"checkpoint": record}, separators=(",", ":")) + "\n"
+    # The checkpoints in pages too: one every few seconds of activity adds up to millions.
+    above = -1
+    while True:
+        async with ctx.db.read_transaction() as tx:
+            signed = await tx.checkpoints(upto=checkpoint.size, above=above, limit=EXPORT_PAGE)
+            held = await witnessed.cosignatures_upto(tx, signed[-1].size, above=above) if signed else {}
+        for item in signed:
+            record = checkpoint_json(ctx, item, held.get(item.size, []))
+            yield json.dumps({"checkpoint": record}, separators=(",", ":")) + "\n"
+        if len(signed) < EXPORT_PAGE:
+            return
+        above = signed[-1].size

@@ -346,9 +346,10 @@ class Tx(TxBase):
         row = await self.row(select(st.CHECKPOINTS).order_by(st.CHECKPOINTS.c.size.desc()).limit(1))
         return None if row is None else st.checkpoint_of(row)
 
-    async def checkpoints(self, *, upto: int) -> list[Checkpoint]:
+    async def checkpoints(self, *, upto: int, above: int = -1, limit: int | None = None) -> list[Checkpoint]:
+        """Checkpoints of more than ``above`` and at most ``upto`` events, smallest first."""
         c = st.CHECKPOINTS.c
-        query = select(st.CHECKPOINTS).where(c.size <= upto).order_by(c.size)
+        query = select(st.CHECKPOINTS).where(c.size > above, c.size <= upto).order_by(c.size).limit(limit)
         return [st.checkpoint_of(r) for r in await self.rows(query)]
 
     async def insert_checkpoint(self, checkpoint: Checkpoint) -> None:

@@ -24,10 +24,12 @@ async def cosignatures(tx: Tx, size: int) -> list[Cosignature]:
     return [st.record_of(Cosignature, r) for r in await tx.rows(query)]
 
 
-async def cosignatures_upto(tx: Tx, size: int) -> dict[int, list[Cosignature]]:
-    """Every stored cosignature on checkpoints of at most ``size`` events, by size."""
+async def cosignatures_upto(tx: Tx, size: int, *, above: int = -1) -> dict[int, list[Cosignature]]:
+    """Every stored cosignature on checkpoints of more than ``above`` and at most ``size``
+    events, by size."""
     found: dict[int, list[Cosignature]] = {}
-    for row in await tx.rows(select(COSIGNATURES).where(C.size <= size).order_by(C.size, C.witness)):
+    query = select(COSIGNATURES).where(C.size > above, C.size <= size).order_by(C.size, C.witness)
+    for row in await tx.rows(query):
         found.setdefault(row.size, []).append(st.record_of(Cosignature, row))
     return found
 
