@@ -107,15 +107,18 @@ def signed_by(note: str, keys: Sequence[tuple[str, bytes]]) -> tuple[CheckpointB
     """Check ``note`` against trusted ``keys`` (key name, raw Ed25519 public key) as signed-note
     asks of a verifier: lines by other keys are ignored, every line naming one of the keys (name
     and key id) must verify, and at least one must. Return the checkpoint and the lines that
-    verified. MalformedNote if it is no checkpoint note; NoteError if a line by a trusted key
-    fails, or none is there."""
+    verified, each once: copies of a line (in any base64 spelling) are neither verified again
+    nor returned again. MalformedNote if it is no checkpoint note; NoteError if a line by a
+    trusted key fails, or none is there."""
     text, body, signatures = parse(note)
     trusted = {(name, key_id(name, public)): public for name, public in keys}
     verified: list[str] = []
+    seen: set[tuple[str, bytes]] = set()
     for signer, raw in signatures:
         public = trusted.get((signer, raw[:4]))
-        if public is None:
-            continue
+        if public is None or (signer, raw) in seen:
+            continue  # a copy of a verified line (or another base64 spelling of it): verified once
+        seen.add((signer, raw))
         try:
             Ed25519PublicKey.from_public_bytes(public).verify(raw[4:], text.encode())
         except (InvalidSignature, ValueError):

@@ -3,8 +3,8 @@
 A request is read in two steps. ``read`` needs no state: the body's shape (400), the log it names
 (404) and the log's signature (403). ``check`` runs inside the state's transaction, against the
 latest checkpoint this witness cosigned for the log: the old size (400 above the new size, 409
-unlike the stored one), then consistency (422: a size-0 checkpoint whose root is not the empty
-tree's, a proof with old size 0, the same size with another root, a proof that fails).
+unlike the stored one), then consistency (409: the same size with another root; 422: a size-0
+checkpoint whose root is not the empty tree's, a proof with old size 0, a proof that fails).
 Each refusal is a ``Refused`` carrying the status the specification names.
 """
 
@@ -105,8 +105,8 @@ def check(submission: Submission, latest: Latest | None) -> None:
         return
     if latest is None:  # old == stored > 0 implies a stored checkpoint
         raise AssertionError("a stored size without a stored checkpoint")
-    if old == new.size and new.root != latest.root:
-        raise Refused(422, f"size {old} again, with another root", signed=True)
+    if old == new.size and new.root != latest.root:  # C2SP tlog-witness: a 409, naming the size held
+        raise Refused(409, f"size {old} again, with another root", latest_size=old, signed=True)
     consistent = merkle.verify_consistency(
         first=old, second=new.size, first_root=latest.root, second_root=new.root, proof=submission.proof
     )

@@ -146,7 +146,7 @@ REFUSALS: list[tuple[str, Case, int, bool]] = [
     ("old above size", lambda h: _signed(h, 6, 4, h.tree.root(4), []), 400, True),
     ("forked tree", lambda h: _signed(h, 5, 9, h.fork.root(9), h.fork.proof(5, 9)), 422, True),
     ("fork with the true proof", lambda h: _signed(h, 5, 9, h.fork.root(9), h.tree.proof(5, 9)), 422, True),
-    ("same size other root", lambda h: _signed(h, 5, 5, h.fork.root(5), []), 422, True),
+    ("same size other root", lambda h: _signed(h, 5, 5, h.fork.root(5), []), 409, True),
     ("same size with a proof", lambda h: _signed(h, 5, 5, h.tree.root(5), [h.tree.root(1)]), 422, True),
     ("truncated proof", lambda h: _signed(h, 5, 9, h.tree.root(9), h.tree.proof(5, 9)[:-1]), 422, True),
     ("no proof", lambda h: _signed(h, 5, 9, h.tree.root(9), []), 422, True),

@@ -42,7 +42,7 @@ CASES = [
     ("proof from 0", _body(0, 8, TREE.root(8), [TREE.root(1)]), None, 422),
     ("extends", _body(8, 12, TREE.root(12), TREE.proof(8, 12)), AT_8, 200),
     ("same again", _body(8, 8, TREE.root(8), []), AT_8, 200),
-    ("same size, other root", _body(8, 8, FORK.root(8), []), AT_8, 422),
+    ("same size, other root", _body(8, 8, FORK.root(8), []), AT_8, 409),
     ("fork", _body(8, 12, FORK.root(12), FORK.proof(8, 12)), AT_8, 422),
     ("stale old", _body(0, 12, TREE.root(12), []), AT_8, 409),
     ("old above size", _body(9, 8, TREE.root(8), []), AT_8, 400),

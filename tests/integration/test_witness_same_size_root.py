@@ -1,0 +1,58 @@
+"""C2SP tlog-witness: "If the old size matches the checkpoint size, the witness MUST check that
+the root hashes are also identical. If they don't match, the witness MUST respond with a 409
+Conflict" (with the size it holds, as ``text/x.tlog.size``). A log-signed checkpoint of the size
+the witness cosigned, with another root, is a fork the witness refuses this way, and keeps."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from broker.crypto.cosignature import NOTE_TYPE, parse_vkey
+from broker.witness import directory, protocol, server
+from tests.integration import c2sp
+from tests.integration.witness_log import forked_trees
+
+ORIGIN = "log.example/same"
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[str, c2sp.Log, aiohttp.ClientSession, Path]]:
+    folder = tmp_path / "w"
+    directory.init(folder, name="witness.example/same")
+    log = c2sp.Log(ORIGIN)
+    logs = protocol.logs_by_origin([parse_vkey(log.vkey, kind=NOTE_TYPE)])
+    identity, state = directory.load(folder)
+    running = server.Witness(identity, logs, state)
+    runner, port = await server.start(running, host="127.0.0.1", port=0, ssl_context=None)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            yield f"http://127.0.0.1:{port}", log, session, folder
+    finally:
+        await runner.cleanup()
+        running.close()
+
+
+async def test_the_cosigned_size_with_another_root_is_a_409_naming_that_size(
+    served: tuple[str, c2sp.Log, aiohttp.ClientSession, Path],
+) -> None:
+    url, log, session, folder = served
+    tree, fork = forked_trees(shared=3, size=10, seed=b"same")
+    first = c2sp.add_checkpoint_body(0, [], log.checkpoint(7, tree.root(7)))
+    async with session.post(f"{url}/add-checkpoint", data=first) as resp:
+        assert resp.status == 200
+    forked = c2sp.add_checkpoint_body(7, [], log.checkpoint(7, fork.root(7)))
+    async with session.post(f"{url}/add-checkpoint", data=forked) as resp:
+        answer = (resp.status, resp.content_type, await resp.read())
+    assert answer == (409, "text/x.tlog.size", b"7\n")
+    _, state = directory.load(folder)
+    try:
+        kept = state.evidence(10)
+        assert [(e.status, e.body) for e in kept] == [(409, forked)]
+        assert [log_["root"] for log_ in state.logs()] == [base64.b64encode(tree.root(7)).decode()]
+    finally:
+        state.close()
