@@ -148,7 +148,7 @@ class ReferenceWitness:
         if old > size:
             return web.Response(status=400)
         held_size, held_root = self.state.get(origin, (0, hashlib.sha256(b"").digest()))
-        if old != held_size:
+        if old != held_size or (old == size and root != held_root):  # both 409 in tlog-witness
             return web.Response(status=409, text=f"{held_size}\n", content_type="text/x.tlog.size")
         if (old == 0 and proof) or not consistent(old, size, held_root, root, proof):
             return web.Response(status=422)
