@@ -124,8 +124,10 @@ async def publish(
     writes what belongs with a new report (TAXII's status resource) in that same transaction.
     """
     await require_role(ctx, node, "publish", act="publish")
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
-        raise InvalidInput("Idempotency-Key must be 1 to 200 characters", code="invalid_idempotency_key")
+    if idempotency_key is not None and not _usable_key(idempotency_key):
+        raise InvalidInput(
+            "Idempotency-Key must be 1 to 200 characters of UTF-8", code="invalid_idempotency_key"
+        )
     try:
         sub = await _parse_fresh(ctx, body)
         _check_publisher(node, sub, ctx=ctx)
@@ -155,6 +157,19 @@ async def publish(
             await audit.record_alone(ctx, [deny_draft(node, None, exc.code, "publish")])
         raise
     return _receipt(report)
+
+
+def _usable_key(key: str) -> bool:
+    """1 to 200 characters the database can store. Header bytes that are not UTF-8 reach us as
+    lone surrogates: refused here, they would fail the group commit's shared transaction (and so
+    every other node's publish in it would be retried alone)."""
+    if not 0 < len(key) <= 200:
+        return False
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # Rows that belong with a new report, written from it in its transaction: both are stored or
