@@ -308,12 +308,21 @@ def served_objects(payload: object) -> list[dict[str, Any]]:
     return [o for o in objects_of(payload) if reserved_claim(o) is None]
 
 
+# The index's spec_version column holds 8 characters (models.TaxiiObjectRow). A longer value is
+# kept cut to 8: it matches no filter whole or cut (filters name SPEC_VERSIONS), and a value
+# PostgreSQL refuses would fail the publish's shared transaction, every other act of it too.
+INDEX_SPEC_VERSION_CHARS = 8
+
+
 def index_of(payload: object, *, key: bytes, date_added: str) -> list[Indexed]:
     """What the index holds for a report's payload (``date_added``: the report's ``created``, the
     version of an object that has neither ``modified`` nor ``created``)."""
     return [
         Indexed(
-            i, id_digest(key, str(o["id"])), instant(version_of(o, date_added=date_added)), spec_version_of(o)
+            i,
+            id_digest(key, str(o["id"])),
+            instant(version_of(o, date_added=date_added)),
+            spec_version_of(o)[:INDEX_SPEC_VERSION_CHARS],
         )
         for i, o in enumerate(served_objects(payload))
     ]
