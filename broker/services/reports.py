@@ -182,12 +182,13 @@ async def erase(ctx: Context, report_id: str, *, actor: str) -> str:
                 action="erase", actor=actor, report=report.id, decision="deny", reason="already_erased"
             )
             await audit.record(tx, [draft], now=now)
-            return report.id
-        await audit.record(
-            tx,
-            [AuditDraft(action="erase", actor=actor, report=report.id, decision="allow", reason="erased")],
-            now=now,
-            changed=True,  # a KEK was replaced (services/shred.py): every process reloads its keyring
-        )
+        else:
+            draft = AuditDraft(
+                action="erase", actor=actor, report=report.id, decision="allow", reason="erased"
+            )
+            # changed: a KEK was replaced (services/shred.py): every process reloads its keyring
+            await audit.record(tx, [draft], now=now, changed=True)
+    # Also when it was erased already: an erasure killed after its commit left its KEK in the
+    # keyring file, and erasing again is what an operator does about it.
     await shred.destroy_retiring(ctx, actor=actor)
     return report.id

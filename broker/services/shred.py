@@ -14,7 +14,9 @@ erase` and for retention alike), in one transaction:
 
 After the commit ``destroy_retiring`` deletes the retiring KEKs from the keyring file, under the
 head lock and only once no stored report uses them. A crash between the commit and that step
-leaves a retiring KEK in the file; the next erasure (or `broker keys rotate --rewrap`) deletes it.
+leaves a retiring KEK in the file; the next erasure (of any report, the same one included), the
+KEK task of every running broker (``destroy_left_behind``) or `broker keys rotate --rewrap`
+deletes it.
 
 A re-wrap costs one AES key unwrap and wrap per report sharing the KEK, so new reports are
 wrapped under a KEK per period (``rotate_if_due``): an erasure re-wraps at most one period's.
@@ -125,6 +127,21 @@ async def destroy_retiring(ctx: Context, *, actor: str, every_unused: bool = Fal
     return destroyed
 
 
+async def destroy_left_behind(ctx: Context, *, actor: str) -> list[str]:
+    """``destroy_retiring``, when the keyring file holds a retiring KEK no stored report uses:
+    one an erasure left behind when its process died between its commit and
+    ``destroy_retiring``. Cheap when there is none: a file read, and a read transaction only
+    when some KEK is retiring."""
+    ring = await asyncio.to_thread(keyring_file.load, ctx.keyring_path)
+    if not ring.retiring:
+        return []
+    async with ctx.db.read_transaction() as tx:
+        used = set(await keyringcheck.kek_ids_in_use(tx))
+    if ring.retiring <= used:
+        return []  # an erasure that never committed: its KEK still wraps reports
+    return await destroy_retiring(ctx, actor=actor)
+
+
 async def rewrap_all(ctx: Context, *, batch: int) -> int:
     """Re-wrap every stored data key under the keyring's current KEK, ``batch`` reports per
     transaction; return how many. Each batch locks the head, then its rows, and reads the
@@ -192,12 +209,14 @@ def _due(ring: Keyring, now: datetime, period: timedelta) -> bool:
 
 
 async def rotator(ctx: Context, stop: asyncio.Event) -> None:
-    """``rotate_if_due`` every ``CHECK_SECONDS`` (or period, if shorter) until ``stop``."""
+    """``rotate_if_due`` and ``destroy_left_behind`` every ``CHECK_SECONDS`` (or period, if
+    shorter) until ``stop``."""
     period = timedelta(seconds=ctx.settings.kek_period_seconds)
     while not stop.is_set():
         if await wait_event(stop, min(CHECK_SECONDS, period.total_seconds())):
             return
         try:
             await rotate_if_due(ctx, period=period)
+            await destroy_left_behind(ctx, actor="broker")
         except Exception:  # the database may be down: try again next time
             log.warning("kek_rotation_failed", exc_info=True)
