@@ -74,9 +74,10 @@ def decide_for(ctx: Context, node: NodeRecord, report: ReportRecord, directory: 
 
 
 def open_payload(ctx: Context, report: ReportRecord, keyring: Keyring | None = None) -> bytes:
-    """The report's canonical payload bytes, decrypted; NotFound when it was erased. ``keyring``:
-    the one current when ``report`` was read (a re-wrap may retire its KEK from the process's
-    keyring meanwhile); the process's own by default."""
+    """The report's canonical payload bytes, decrypted; NotFound when it was erased; ``Stale``
+    (read it again) when its KEK was destroyed since it was read. ``keyring``: the one current
+    when ``report`` was read (a re-wrap may retire its KEK from the process's keyring
+    meanwhile); the process's own by default."""
     if report.ciphertext is None or report.wrapped_key is None or report.kek_id is None:
         raise NotFound("no such report", code="not_found")
     keyring = ctx.keyring if keyring is None else keyring
@@ -85,6 +86,11 @@ def open_payload(ctx: Context, report: ReportRecord, keyring: Keyring | None = N
         # re-wrapped its period's data keys (services/shred.py) between the counter read and the
         # row read. The file holds it.
         keyring = keyring_file.load(ctx.keyring_path)
+    if report.kek_id not in keyring.keks:
+        # Or the row is older than the keyring: an erasure of another report committed after
+        # the row was read (a SQLite snapshot, a feed's held copy), re-wrapping this one's data
+        # key under a replacement, and its KEK was destroyed. The row as it is now opens.
+        raise Stale("the report's key-encryption key was replaced since it was read")
     return envelope.decrypt_payload(
         stored=envelope.StoredPayload(report.ciphertext, report.wrapped_key, report.kek_id),
         report_id=report.id,
