@@ -94,7 +94,7 @@ async def add_node(ctx: Context, spec: object, *, actor: str, by: NodeRecord | N
     token = new_token()
     node = NodeRecord(**{**node.__dict__, "token_hash": hash_token(token)})
     async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
-        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
+        await auth.confirm_admin(tx, by, now=ctx.now())
         existing = await tx.node(node.id)
         if existing is not None and existing.revoked_at is not None:
             raise Conflict(
@@ -150,7 +150,7 @@ async def revoke_node(
 ) -> dict[str, Any]:
     """Revoke a node: its token stops working at once."""
     async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
-        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
+        await auth.confirm_admin(tx, by, now=ctx.now())
         node = await tx.node(node_id)
         if node is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
@@ -205,7 +205,7 @@ async def stream_cursors(
 ) -> dict[str, Any]:
     """A node's durable stream cursors (what a stream without ``after`` resumes from); audited."""
     async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
-        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
+        await auth.confirm_admin(tx, by, now=ctx.now())
         if await tx.node(node_id) is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
         found = await tx.cursors(node=node_id)
@@ -221,7 +221,7 @@ async def reset_cursor(
     """Forget one stream cursor of a node (its next stream without ``after`` starts at 0); audited
     with the sequence it held."""
     async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
-        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
+        await auth.confirm_admin(tx, by, now=ctx.now())
         if await tx.node(node_id) is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
         held = await tx.delete_cursor(node=node_id, name=name)
@@ -250,7 +250,7 @@ async def rotate_token(
     days = decode(TokenRequest, {"token_days": token_days}).token_days  # the CLI's too
     expires = token_expiry(days, now=ctx.now())
     async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
-        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
+        await auth.confirm_admin(tx, by, now=ctx.now())
         node = await tx.node(node_id)
         if node is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")
@@ -288,7 +288,7 @@ async def update_node(
         raise NodeUpdate.UNKNOWN.error()
     changed = update.model_dump(include=update.model_fields_set)
     async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
-        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
+        await auth.confirm_admin(tx, by, now=ctx.now())
         node = await tx.node(node_id)
         if node is None:
             raise NotFound(f"no node {node_id!r}", code="not_found")

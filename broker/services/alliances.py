@@ -84,7 +84,7 @@ async def join(
     if is_nation(alliance_id):
         check_alliance_id(alliance_id)
     async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
-        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
+        await auth.confirm_admin(tx, by, now=ctx.now())
         directory = await tx.load_directory()
         if alliance_id not in directory.alliances:
             raise NotFound(f"no alliance {alliance_id!r}", code="not_found")
@@ -143,7 +143,7 @@ async def leave(
     erasing a membership under which the nation may already have received reports."""
     nation = _nation(nation)
     async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
-        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
+        await auth.confirm_admin(tx, by, now=ctx.now())
         now = ctx.now()
         left = at or now
         directory = await tx.load_directory()

@@ -34,7 +34,7 @@ async def add_collection(
 ) -> dict[str, Any]:
     """Define a collection; returns its id."""
     async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
-        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
+        await auth.confirm_admin(tx, by, now=ctx.now())
         directory = await ctx.directory(tx)
         collection = parse_collection(spec, ctx=ctx, known_alliances=directory.alliances)
         await store.insert_collection(tx, collection)
@@ -54,7 +54,7 @@ async def remove_collection(
 ) -> dict[str, Any]:
     """Remove a collection (its reports stay: a collection is only a window on them)."""
     async with auth.admin_act(ctx, by), ctx.db.transaction() as tx:
-        await auth.confirm_admin(tx, by, now=ctx.now())  # first: ``Tx.lock_head``'s lock order
+        await auth.confirm_admin(tx, by, now=ctx.now())
         if not await store.delete_collection(tx, collection_id):
             raise NotFound(f"no collection {collection_id!r}", code="not_found")
         draft = AuditDraft(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -28,6 +27,7 @@ from broker.domain import federation as fed
 from broker.domain.alliances import Directory
 from broker.domain.canonical import canonical, sha256_hex
 from broker.domain.federation import Imported, PeerRecord
+from broker.domain.ids import canonical_report_id
 from broker.domain.labels import parse_label
 from broker.domain.nations import is_nation
 from broker.domain.records import AuditDraft, Head, NodeRecord, ReportRecord
@@ -91,7 +91,7 @@ def _check_storable(report: dict[str, Any], label_json: str) -> None:
     moment; the label and payload readable and canonical."""
     origin = report.get("originator")
     topics = report.get("topics")
-    if _canonical_uuid(report["id"]) != report["id"]:
+    if canonical_report_id(report["id"]) != report["id"]:
         raise Refused(fed.MALFORMED, "the report id is not a canonical UUID")
     if not (
         isinstance(origin, dict)
@@ -114,13 +114,6 @@ def _check_storable(report: dict[str, Any], label_json: str) -> None:
         canonical(report["payload"])
     except (BrokerError, ValueError, TypeError, RecursionError) as exc:
         raise Refused(fed.MALFORMED, f"the report cannot be stored: {exc}") from None
-
-
-def _canonical_uuid(value: str) -> str | None:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
 
 
 def verify(ctx: Context, peer: PeerRecord, frame: Frame) -> attest.VerifiedChain:

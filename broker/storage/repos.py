@@ -15,8 +15,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from broker.domain.alliances import Alliance, Directory, Membership
@@ -256,7 +254,7 @@ class Tx(TxBase):
         values = {"node_id": node, "name": name, "sequence": sequence, "updated_at": at}
 
         def body(connection: Connection) -> None:
-            upsert = (pg_insert if connection.dialect.name == "postgresql" else sqlite_insert)(st.CURSORS)
+            upsert = st.upsert_into(connection, st.CURSORS)
             new = upsert.excluded
             statement = upsert.values(values).on_conflict_do_update(
                 index_elements=[C.node_id, C.name],

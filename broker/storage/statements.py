@@ -23,6 +23,8 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 
 from broker.domain.alliances import Alliance, Directory, Membership
 from broker.domain.records import AuditDraft, AuditEvent, Checkpoint, Head, ReportRecord
@@ -50,6 +52,11 @@ def table(model: type[object]) -> Table:
     found = getattr(model, "__table__", None)
     assert isinstance(found, Table)
     return found
+
+
+def upsert_into(connection: Connection, into: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into ``into`` in ``connection``'s dialect, which can take ``ON CONFLICT``."""
+    return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(into)
 
 
 HEAD = table(LogHeadRow)

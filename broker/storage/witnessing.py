@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Column, Table, case, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from broker.domain.witnessing import Cosignature, WitnessState
@@ -58,7 +56,7 @@ async def _upsert(tx: Tx, table: Table, values: dict[str, Any], *, larger: Colum
     keys = [c.name for c in table.primary_key.columns]
 
     def body(connection: Connection) -> None:
-        upsert = (pg_insert if connection.dialect.name == "postgresql" else sqlite_insert)(table)
+        upsert = st.upsert_into(connection, table)
         new = upsert.excluded
         changed: dict[str, Any] = {name: new[name] for name in values if name not in keys}
         if larger is not None:

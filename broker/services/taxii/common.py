@@ -8,7 +8,7 @@ import uuid
 import weakref
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from broker.crypto import cursors
 from broker.domain import stix
@@ -31,7 +31,6 @@ async def collection(ctx: Context, node: NodeRecord, collection_id: str, *, act:
         found = None if not is_uuid(collection_id) else await store.collection(tx, collection_id)
     if found is None:
         await refuse(ctx, node, act, NotFound("no such collection", code="not_found"))
-        raise AssertionError("unreachable: refuse raises")
     return found
 
 
@@ -90,7 +89,7 @@ async def readable(ctx: Context, node: NodeRecord, collection_id: str) -> Collec
     return found
 
 
-async def refuse(ctx: Context, node: NodeRecord, act: str, exc: BrokerError) -> None:
+async def refuse(ctx: Context, node: NodeRecord, act: str, exc: BrokerError) -> NoReturn:
     """Record ``node``'s ``act`` as denied for ``exc``'s reason, then raise ``exc``."""
     draft = AuditDraft(
         action=act, actor=node.id, node=node.id, nation=node.nation, decision="deny", reason=exc.code

@@ -206,7 +206,5 @@ async def status(ctx: Context, node: NodeRecord, status_id: str) -> dict[str, An
     async with ctx.db.read_transaction() as tx:
         found = None if not is_uuid(status_id) else await store.status(tx, status_id)
     if found is None or found[0] != node.id:
-        refusal = NotFound("no such status", code="not_found")
-        await refuse(ctx, node, "read", refusal)
-        raise refusal  # not reached: ``refuse`` raises it
+        await refuse(ctx, node, "read", NotFound("no such status", code="not_found"))
     return found[2]
