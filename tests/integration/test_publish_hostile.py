@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from broker.errors import InvalidInput
 from broker.services import publishing
@@ -40,21 +41,10 @@ async def test_an_idempotency_key_that_is_not_utf8_is_a_422(api: Api) -> None:
 async def test_an_idempotency_key_that_is_not_utf8_does_not_split_others_batch(api: Api) -> None:
     """It used to reach the database inside the group commit, fail the shared transaction, and
     so make every honest publish of the batch retry in a transaction of its own."""
-    await api.node("usa-1", "USA")
-    await api.node("gbr-1", "GBR")
-    ctx = api.server_ctx
-    async with ctx.db.transaction() as tx:
-        usa, gbr = await tx.node("usa-1"), await tx.node("gbr-1")
-    assert usa is not None and gbr is not None
-    await publishing.publish(ctx, gbr, body(), idempotency_key=None)  # caches warm
-    before = ctx.publishes.transactions if ctx.publishes is not None else 0
-    honest = [publishing.publish(ctx, gbr, body(payload={"n": i}), idempotency_key=None) for i in range(20)]
-    hostile = publishing.publish(ctx, usa, body(), idempotency_key="key-\udcff")
-    outcomes = await asyncio.gather(*honest, hostile, return_exceptions=True)
+    outcomes, transactions = await _beside_twenty_honest(api, body(), "key-\udcff")
     assert all(isinstance(o, dict) for o in outcomes[:-1])
     assert isinstance(outcomes[-1], InvalidInput) and outcomes[-1].code == "invalid_idempotency_key"
-    assert ctx.publishes is not None
-    assert ctx.publishes.transactions - before <= 2
+    assert transactions <= 2
 
 
 async def test_a_payload_object_with_a_long_spec_version_does_not_split_others_batch(api: Api) -> None:
@@ -62,22 +52,32 @@ async def test_a_payload_object_with_a_long_spec_version_does_not_split_others_b
     a longer one failed the shared transaction, and every honest publish of the batch was
     retried alone, and the report itself answered 400 (SQLite, which does not enforce string
     lengths, stored it)."""
+    odd = {
+        "type": "indicator",
+        "id": "indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f",
+        "spec_version": "2.1" + "x" * 300,
+    }
+    outcomes, transactions = await _beside_twenty_honest(api, body(payload=odd), None)
+    assert all(isinstance(o, dict) for o in outcomes), outcomes[-1]  # the odd one is stored too
+    assert transactions <= 2
+
+
+async def _beside_twenty_honest(
+    api: Api, hostile: dict[str, Any], key: str | None
+) -> tuple[list[object], int]:
+    """Twenty honest publishes from gbr-1 and ``hostile`` (with ``key``) from usa-1, at once:
+    each outcome (the hostile one last), and the write transactions they took."""
     await api.node("usa-1", "USA")
     await api.node("gbr-1", "GBR")
     ctx = api.server_ctx
     async with ctx.db.transaction() as tx:
         usa, gbr = await tx.node("usa-1"), await tx.node("gbr-1")
     assert usa is not None and gbr is not None
-    await publishing.publish(ctx, gbr, body(), idempotency_key=None)  # caches warm
-    before = ctx.publishes.transactions if ctx.publishes is not None else 0
-    odd = {
-        "type": "indicator",
-        "id": "indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f",
-        "spec_version": "2.1" + "x" * 300,
-    }
-    honest = [publishing.publish(ctx, gbr, body(payload={"n": i}), idempotency_key=None) for i in range(20)]
-    hostile = publishing.publish(ctx, usa, body(payload=odd), idempotency_key=None)
-    outcomes = await asyncio.gather(*honest, hostile, return_exceptions=True)
-    assert all(isinstance(o, dict) for o in outcomes), outcomes[-1]  # the odd one is stored too
+    await publishing.publish(ctx, gbr, body(), idempotency_key=None)  # caches warm, group commit made
     assert ctx.publishes is not None
-    assert ctx.publishes.transactions - before <= 2
+    before = ctx.publishes.transactions
+    honest = [publishing.publish(ctx, gbr, body(payload={"n": i}), idempotency_key=None) for i in range(20)]
+    outcomes = await asyncio.gather(
+        *honest, publishing.publish(ctx, usa, hostile, idempotency_key=key), return_exceptions=True
+    )
+    return list(outcomes), ctx.publishes.transactions - before

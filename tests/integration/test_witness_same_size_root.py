@@ -12,9 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from broker.crypto.cosignature import NOTE_TYPE, parse_vkey
-from broker.witness import directory, protocol, server
-from tests.integration import c2sp
+from broker.witness import directory
+from tests.integration import c2sp, witnesses
 from tests.integration.witness_log import forked_trees
 
 ORIGIN = "log.example/same"
@@ -22,19 +21,8 @@ ORIGIN = "log.example/same"
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[str, c2sp.Log, aiohttp.ClientSession, Path]]:
-    folder = tmp_path / "w"
-    directory.init(folder, name="witness.example/same")
-    log = c2sp.Log(ORIGIN)
-    logs = protocol.logs_by_origin([parse_vkey(log.vkey, kind=NOTE_TYPE)])
-    identity, state = directory.load(folder)
-    running = server.Witness(identity, logs, state)
-    runner, port = await server.start(running, host="127.0.0.1", port=0, ssl_context=None)
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            yield f"http://127.0.0.1:{port}", log, session, folder
-    finally:
-        await runner.cleanup()
-        running.close()
+    async with witnesses.in_process(tmp_path / "w", ORIGIN) as (url, log, session):
+        yield url, log, session, tmp_path / "w"
 
 
 async def test_the_cosigned_size_with_another_root_is_a_409_naming_that_size(

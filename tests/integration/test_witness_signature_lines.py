@@ -17,9 +17,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.crypto import notes
-from broker.crypto.cosignature import NOTE_TYPE, parse_vkey
-from broker.witness import directory, protocol, server
-from tests.integration import c2sp
+from broker.witness import server
+from tests.integration import c2sp, witnesses
 from tests.integration.witness_log import Tree
 
 ORIGIN = "log.example/dup"
@@ -45,19 +44,8 @@ class _Counting:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[str, c2sp.Log, aiohttp.ClientSession]]:
-    folder = tmp_path / "w"
-    directory.init(folder, name="witness.example/dup")
-    log = c2sp.Log(ORIGIN)
-    logs = protocol.logs_by_origin([parse_vkey(log.vkey, kind=NOTE_TYPE)])
-    identity, state = directory.load(folder)
-    running = server.Witness(identity, logs, state)
-    runner, port = await server.start(running, host="127.0.0.1", port=0, ssl_context=None)
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            yield f"http://127.0.0.1:{port}", log, session
-    finally:
-        await runner.cleanup()
-        running.close()
+    async with witnesses.in_process(tmp_path / "w", ORIGIN) as served:
+        yield served
 
 
 def _variants(line: str) -> list[str]:

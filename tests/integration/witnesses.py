@@ -13,7 +13,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
+from broker.crypto.cosignature import NOTE_TYPE, parse_vkey
+from broker.witness import directory, protocol, server
 from tests.conftest import ROOT
+from tests.integration import c2sp
 
 SERVING = re.compile(r"serving on (https?)://[^:]+:(\d+)")
 
@@ -97,3 +102,21 @@ async def never_answering() -> AsyncIterator[tuple[int, list[asyncio.StreamWrite
         for writer in accepted:
             writer.close()
         await stalled.wait_closed()
+
+
+@asynccontextmanager
+async def in_process(folder: Path, origin: str) -> AsyncIterator[tuple[str, c2sp.Log, aiohttp.ClientSession]]:
+    """A witness in ``folder`` served in this process, for one reference log named ``origin``:
+    its base URL, the log (to sign checkpoints) and a client session with a deadline."""
+    directory.init(folder, name=f"witness.example/{origin.rsplit('/', 1)[-1]}")
+    log = c2sp.Log(origin)
+    logs = protocol.logs_by_origin([parse_vkey(log.vkey, kind=NOTE_TYPE)])
+    identity, state = directory.load(folder)
+    running = server.Witness(identity, logs, state)
+    runner, port = await server.start(running, host="127.0.0.1", port=0, ssl_context=None)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            yield f"http://127.0.0.1:{port}", log, session
+    finally:
+        await runner.cleanup()
+        running.close()
