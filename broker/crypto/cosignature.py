@@ -173,8 +173,9 @@ def parse_add_checkpoint(body: bytes) -> AddCheckpoint:
     if not sep:
         raise CosignatureError("no empty line between the proof and the checkpoint")
     lines = head.split("\n")
-    if not lines[0].startswith("old ") or not _DECIMAL.fullmatch(lines[0][4:]):
-        raise CosignatureError("the first line must be 'old <decimal size>'")
+    old = lines[0][4:]
+    if not lines[0].startswith("old ") or not _DECIMAL.fullmatch(old) or int(old) > notes.MAX_SIZE:
+        raise CosignatureError("the first line must be 'old <decimal size below 2^64>'")
     if len(lines) - 1 > MAX_PROOF_LINES:
         raise CosignatureError(f"more than {MAX_PROOF_LINES} consistency proof lines")
     proof: list[bytes] = []
@@ -186,4 +187,4 @@ def parse_add_checkpoint(body: bytes) -> AddCheckpoint:
         if len(digest) != 32:
             raise CosignatureError("a consistency proof line is not the base64 of a 32-byte hash")
         proof.append(digest)
-    return AddCheckpoint(old_size=int(lines[0][4:]), proof=tuple(proof), note=note)
+    return AddCheckpoint(old_size=int(old), proof=tuple(proof), note=note)

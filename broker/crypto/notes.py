@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 DASH = "\u2014"
 ROOT_BYTES = 32
 _SIZE = re.compile(r"0|[1-9][0-9]{0,19}")
+# Sizes are uint64 (C2SP tlog-checkpoint): 20 digits also spell numbers a Go verifier refuses.
+MAX_SIZE = 2**64 - 1
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 
@@ -149,8 +151,8 @@ def parse(note: object) -> tuple[str, CheckpointBody, list[tuple[str, bytes]]]:
     lines = text.split("\n")[:-1]
     if len(lines) < 3 or not all(lines):
         raise MalformedNote("a checkpoint needs origin, size and root lines")
-    if not _SIZE.fullmatch(lines[1]):
-        raise MalformedNote(f"the size line {lines[1][:40]!r} is not a decimal number")
+    if not _SIZE.fullmatch(lines[1]) or int(lines[1]) > MAX_SIZE:
+        raise MalformedNote(f"the size line {lines[1][:40]!r} is not a decimal number below 2^64")
     try:
         root = base64.b64decode(lines[2], validate=True)
     except ValueError:  # binascii.Error, or characters outside ASCII

@@ -50,6 +50,8 @@ def test_a_line_by_the_pinned_key_that_fails_is_an_error_not_a_skip() -> None:
         b"old 1\nx",
         b"new 1\n\nx",
         b"\xff\n\nx",
+        b"old 18446744073709551616\n\nx",  # 2^64: a Go witness's uint64 cannot hold it
+        b"old 99999999999999999999\n\nx",
         ("old 1\n" + "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n" * 64 + "\nx").encode(),
     ],
 )
@@ -65,3 +67,13 @@ def test_add_checkpoint_round_trip() -> None:
         cosignature.format_add_checkpoint(old_size=3, proof=proof, note=note)
     )
     assert (parsed.old_size, list(parsed.proof), parsed.note) == (3, proof, note)
+
+
+def test_sizes_past_uint64_are_not_a_checkpoint() -> None:
+    """C2SP sizes are uint64: 2^64 - 1 parses, 2^64 and above (20 digits fit the pattern) do not."""
+    biggest = notes.CheckpointBody(origin="example.org/log", size=2**64 - 1, root=bytes(32))
+    note, _ = notes.sign(biggest, name="example.org/log", private_key=os.urandom(32))
+    assert notes.parse(note)[1].size == 2**64 - 1
+    for size in ("18446744073709551616", "99999999999999999999"):
+        with pytest.raises(notes.MalformedNote):
+            notes.parse(note.replace("18446744073709551615", size, 1))
