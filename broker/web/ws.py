@@ -53,6 +53,8 @@ MAX_BROKER_NAME = 255
 
 STALE_PAUSE_SECONDS = 0.05
 CLOSE_GOING_AWAY = 1001
+# At most this long for open streams to take the shutdown's close (then their connections are cut).
+SHUTDOWN_CLOSE_SECONDS = 2.0
 CLOSE_REVOKED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_BAD_MESSAGE = 4400
@@ -356,8 +358,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 async def close_all(app: web.Application) -> None:
     """On shutdown: tell every open stream to reconnect later, all at once, each within the
-    heartbeat interval (a client that does not take the close has its connection cut)."""
-    seconds = app[CONTEXT].settings.stream_heartbeat_seconds
+    heartbeat interval or ``SHUTDOWN_CLOSE_SECONDS`` if shorter (a client that does not take the
+    close has its connection cut): the background loops' stop comes after, and the whole must
+    end within a container's stop grace (10 s by default)."""
+    seconds = min(app[CONTEXT].settings.stream_heartbeat_seconds, SHUTDOWN_CLOSE_SECONDS)
     message = b"broker shutting down"
     open_streams: set[StreamSocket] = app[STREAMS]
     closes = [ws.close_within(seconds, code=CLOSE_GOING_AWAY, message=message) for ws in list(open_streams)]

@@ -12,6 +12,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import pytest
+
 from broker.web.ws import SESSIONS
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body
@@ -23,6 +25,7 @@ HEARTBEAT = 3.0
 PAYLOAD = "x" * 200_000  # a frame of about 200 kB
 TIMEOUT = 20
 POLL_SECONDS = 0.02
+GRACE = 10.0 - 2.0  # Docker's default stop grace, less the process's own start-up of the stop
 
 
 @asynccontextmanager
@@ -113,3 +116,23 @@ async def test_shutdown_with_a_subscriber_that_stopped_reading_ends_within_a_hea
         async with asyncio.timeout(2 * HEARTBEAT):
             await api.client.close()  # SIGTERM: the on_shutdown close of every stream, then cleanup
         print(f"shut down in {time.monotonic() - start:.2f} s (heartbeat {HEARTBEAT} s)")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the engine plays no part
+async def test_shutdown_with_a_stuck_subscriber_ends_within_a_container_grace(
+    start_server: StartServer,
+) -> None:
+    """With the default heartbeat (15 s), a subscriber that does not take the close must not hold
+    shutdown past a container's default grace (10 s, then SIGKILL), background loops included."""
+    api = await start_server()
+    swe = await api.node("swe-1", "SWE")
+    port = api.client.port
+    assert port is not None
+    async with stuck_subscriber(port, swe):
+        await fill(api, swe, 8)
+        sessions = api.client.server.app[SESSIONS]
+        await until(lambda: any(s.queue.qsize() for s in sessions), HEARTBEAT / 2)
+        start = time.monotonic()
+        async with asyncio.timeout(GRACE):
+            await api.client.close()
+        print(f"shut down in {time.monotonic() - start:.2f} s (container grace {GRACE} s)")
