@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import random
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from broker.domain.access import ReportFacts, Subject, decide
 from broker.domain.alliances import Alliance, Directory, Membership
 from broker.domain.labels import DEFAULT_POLICY
+from tests.unit import access_worlds as worlds
 
 LEVELS = DEFAULT_POLICY.levels
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -127,9 +129,8 @@ def test_membership_is_judged_at_the_moment_of_decision() -> None:
 
 # -- reference model ------------------------------------------------------------------------
 NATIONS = ["USA", "GBR", "SWE", "FIN", "NGA"]
-ALLIANCES = ["A1", "A2"]
-CAVEATS = ["X", "Y"]
-DAYS = st.integers(min_value=0, max_value=60)
+ALLIANCES = worlds.ALLIANCES
+CAVEATS = worlds.CAVEATS
 
 
 def reference(subject: Subject, facts: ReportFacts, directory: Directory, now: datetime) -> str:
@@ -152,42 +153,25 @@ def reference(subject: Subject, facts: ReportFacts, directory: Directory, now: d
     return "deny" if facts.recalled else "allow"
 
 
-@st.composite
-def worlds(draw: st.DrawFn) -> tuple[Subject, ReportFacts, Directory, datetime]:
-    alliances = {a: Alliance(a, a, history=draw(st.sampled_from(["full", "since-join"]))) for a in ALLIANCES}
-    memberships: dict[str, tuple[Membership, ...]] = {}
-    for a in ALLIANCES:
-        rows = []
-        for nation in draw(st.lists(st.sampled_from(NATIONS), unique=True)):
-            joined = T0 + timedelta(days=draw(DAYS))
-            left = draw(st.none() | DAYS.map(lambda d, j=joined: j + timedelta(days=d + 1)))
-            rows.append(Membership(a, nation, joined, left))
-        memberships[a] = tuple(rows)
+def world(rng: random.Random) -> tuple[Subject, ReportFacts, Directory, datetime]:
     subject = Subject(
         id="n",
-        nation=draw(st.sampled_from(NATIONS)),
-        clearance=draw(st.sampled_from(LEVELS)),
-        caveats=frozenset(draw(st.lists(st.sampled_from(CAVEATS), unique=True))),
-        roles=frozenset(draw(st.lists(st.sampled_from(["subscribe", "publish", "audit"]), unique=True))),
-        revoked=draw(st.booleans()),
+        nation=rng.choice(NATIONS),
+        clearance=worlds.clearance(rng, LEVELS),
+        caveats=frozenset(worlds.subset(rng, CAVEATS)),
+        roles=worlds.roles(rng, "subscribe", ["publish", "audit"]),
+        revoked=worlds.rarely(rng),
     )
-    label = {
-        "classification": draw(st.sampled_from(LEVELS)),
-        "releasable_to": draw(st.lists(st.sampled_from(NATIONS + ALLIANCES), unique=True)),
-        "caveats": draw(st.lists(st.sampled_from(CAVEATS), unique=True)),
-    }
-    facts = ReportFacts(
-        originator_nation=draw(st.sampled_from(NATIONS)),
-        label=label,
-        created=T0 + timedelta(days=draw(DAYS)),
-        recalled=draw(st.booleans()),
-    )
-    now = T0 + timedelta(days=draw(st.integers(0, 130)))
-    return subject, facts, Directory(alliances=alliances, memberships=memberships), now
+    directory = worlds.directory(rng, NATIONS)
+    facts = worlds.report(rng, NATIONS, LEVELS, directory, subject.nation)
+    return subject, facts, directory, worlds.moment(rng, directory, subject.nation)
+
+
+WORLDS = worlds.SEEDS.map(world)
 
 
 @settings(max_examples=2000, deadline=None)
-@given(worlds())
+@given(WORLDS)
 def test_decide_matches_reference_model(world: tuple[Subject, ReportFacts, Directory, datetime]) -> None:
     subject, facts, directory, now = world
     decision = decide(node=subject, report=facts, directory=directory, policy=DEFAULT_POLICY, now=now)
@@ -196,7 +180,7 @@ def test_decide_matches_reference_model(world: tuple[Subject, ReportFacts, Direc
 
 
 @settings(max_examples=500, deadline=None)
-@given(worlds(), st.sampled_from(LEVELS))
+@given(WORLDS, st.sampled_from(LEVELS))
 def test_raising_clearance_never_removes_access(
     world: tuple[Subject, ReportFacts, Directory, datetime], higher: str
 ) -> None:
