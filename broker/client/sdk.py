@@ -63,13 +63,18 @@ class WitnessError(ClientError):
 def verify_witnessed(
     note: str, *, log_key: str, witnesses: Sequence[str], quorum_size: int
 ) -> quorum.QuorumVerdict:
-    """Check a checkpoint note (as ``GET /v1/audit/checkpoints/latest`` serves it): signed by the
-    log key (its vkey, ``broker audit key``) and cosigned by ``quorum_size`` of the witness vkeys.
+    """Check a checkpoint note (as ``GET /v1/audit/checkpoints/latest`` serves it): a checkpoint
+    of the log ``log_key`` names (its vkey, ``broker audit key``: the note's origin must be the
+    vkey's name), signed by that key and cosigned by ``quorum_size`` of the witness vkeys.
     Returns the verdict; WitnessError if it does not hold or the inputs are unusable."""
     try:
-        public = cosignature.parse_vkey(log_key, kind=cosignature.NOTE_TYPE).public
+        log = cosignature.parse_vkey(log_key, kind=cosignature.NOTE_TYPE)
         verdict = quorum.check(
-            note, log_public=public, witnesses=quorum.parse_witnesses(witnesses), quorum=quorum_size
+            note,
+            log_name=log.name,
+            log_public=log.public,
+            witnesses=quorum.parse_witnesses(witnesses),
+            quorum=quorum_size,
         )
     except (cosignature.CosignatureError, quorum.QuorumInputError) as exc:
         raise WitnessError(str(exc)) from None
