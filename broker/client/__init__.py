@@ -12,19 +12,17 @@ Errors::
     └── WitnessError      a checkpoint lacks the log's signature or the witness quorum (verify_witnessed)
 """
 
-from broker.client.sdk import (
+from broker.client.checkpoints import verify_witnessed
+from broker.client.errors import (
     ApiError,
-    BrokerClient,
     ClientError,
-    Recall,
-    Received,
     SealedError,
     SignatureError,
     StreamClosed,
     Unreachable,
     WitnessError,
-    verify_witnessed,
 )
+from broker.client.sdk import BrokerClient, Recall, Received
 
 __all__ = [
     "ApiError",

@@ -1,9 +1,9 @@
-"""The SDK's implementation (see ``broker.client`` for the error tree)."""
+"""The SDK's client (see ``broker.client`` for the error tree; the errors are in
+``broker.client.errors``, the checkpoint checks in ``broker.client.checkpoints``)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import random
@@ -18,7 +18,17 @@ from typing import Any
 
 import aiohttp
 
-from broker.crypto import cosignature, notes, quorum, seal, signing
+from broker.client.checkpoints import agrees_with_note, verify_witnessed
+from broker.client.errors import (
+    ApiError,
+    ClientError,
+    SealedError,
+    SignatureError,
+    StreamClosed,
+    Unreachable,
+    WitnessError,
+)
+from broker.crypto import notes, seal, signing
 from broker.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from broker.domain.canonical import canonical
 
@@ -31,99 +41,8 @@ MAX_RETRY_AFTER = 3600.0
 DEDUP_WINDOW = 100_000
 
 
-class ClientError(Exception):
-    """Base of the SDK's errors."""
-
-
-class ApiError(ClientError):
-    def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
-        self.status = status
-        self.code = str(problem.get("type", "")).rsplit(":", 1)[-1]
-        self.problem = dict(problem)
-        super().__init__(f"{status} {self.code}: {problem.get('detail', '')}")
-
-
-class SignatureError(ClientError):
-    pass
-
-
-class SealedError(ClientError):
-    pass
-
-
-class WitnessError(ClientError):
-    """A checkpoint is not signed by the pinned log key or lacks the quorum of witness
-    cosignatures; ``verdict`` says which witnesses are missing."""
-
-    def __init__(self, message: str, verdict: quorum.QuorumVerdict | None = None) -> None:
-        self.verdict = verdict
-        super().__init__(message)
-
-
-def verify_witnessed(
-    note: str, *, log_key: str, witnesses: Sequence[str], quorum_size: int
-) -> quorum.QuorumVerdict:
-    """Check a checkpoint note (as ``GET /v1/audit/checkpoints/latest`` serves it): a checkpoint
-    of the log ``log_key`` names (its vkey, ``broker audit key``: the note's origin must be the
-    vkey's name), signed by that key and cosigned by ``quorum_size`` of the witness vkeys.
-    Returns the verdict; WitnessError if it does not hold or the inputs are unusable."""
-    try:
-        log = cosignature.parse_vkey(log_key, kind=cosignature.NOTE_TYPE)
-        verdict = quorum.check(
-            note,
-            log_name=log.name,
-            log_public=log.public,
-            witnesses=quorum.parse_witnesses(witnesses),
-            quorum=quorum_size,
-        )
-    except (cosignature.CosignatureError, quorum.QuorumInputError) as exc:
-        raise WitnessError(str(exc)) from None
-    if not verdict.ok:
-        raise WitnessError(verdict.message, verdict)
-    return verdict
-
-
-def _agrees_with_note(checkpoint: Mapping[str, Any], body: notes.CheckpointBody) -> None:
-    """WitnessError unless the unsigned fields served beside a verified note say what it says:
-    a broker could otherwise pair a genuine witnessed note with another size or root."""
-
-    def same_root(value: object) -> bool:
-        if not isinstance(value, str):
-            return False
-        if value.lower() == body.root.hex():
-            return True
-        try:
-            return base64.b64decode(value, validate=True) == body.root
-        except ValueError:  # binascii.Error, or characters outside ASCII
-            return False
-
-    checks: dict[str, Callable[[object], bool]] = {
-        "size": lambda v: type(v) is int and v == body.size,
-        "head": lambda v: isinstance(v, str) and v.lower() == body.root.hex(),
-        "root": same_root,
-        "origin": lambda v: v == body.origin,
-    }
-    for name, agrees in checks.items():
-        if name in checkpoint and not agrees(checkpoint[name]):
-            raise WitnessError(
-                f"the checkpoint's {name} field does not match its signed note "
-                f"(size {body.size}): the broker's answer was altered"
-            )
-
-
-class StreamClosed(ClientError):
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        super().__init__(f"stream closed by the broker: {code} {reason}")
-
-
 class _Interrupted(Exception):
     """A stream's report could not be opened for a passing reason: reconnect and resume."""
-
-
-class Unreachable(ClientError):
-    """The broker could not be reached (connection refused, TLS failure, timeout); for a stream,
-    not within ``give_up_after`` seconds of trying."""
 
 
 Tls = ssl.SSLContext | tuple[str | Path, str | Path, str | Path]
@@ -304,7 +223,7 @@ class BrokerClient:
             raise WitnessError("the broker's checkpoint is not a JSON object")
         note = str(checkpoint.get("note", ""))
         verdict = verify_witnessed(note, log_key=log_key, witnesses=witnesses, quorum_size=quorum_size)
-        _agrees_with_note(checkpoint, notes.parse(note)[1])
+        agrees_with_note(checkpoint, notes.parse(note)[1])
         cosigners = sorted(verdict.cosigners.items())
         return {**checkpoint, "cosigners": [{"name": n, "timestamp": t} for n, t in cosigners]}
 
