@@ -1,14 +1,18 @@
-"""Checking the broker's checkpoints in the SDK: a witnessed note of the pinned log, and the
-fields served beside it."""
+"""Checking the broker's checkpoints in the SDK: a witnessed note of the pinned log, the fields
+served beside it, and whether it extends the largest checkpoint the client verified before.
+
+Pure: the client fetches the checkpoint and the consistency proof, these functions judge them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from broker.client.errors import WitnessError
-from broker.crypto import cosignature, notes, quorum
+from broker.crypto import cosignature, merkle, notes, quorum
 
 
 def verify_witnessed(
@@ -60,3 +64,81 @@ def agrees_with_note(checkpoint: Mapping[str, Any], body: notes.CheckpointBody) 
                 f"the checkpoint's {name} field does not match its signed note "
                 f"(size {body.size}): the broker's answer was altered"
             )
+
+
+class Remembered:
+    """The note of the largest checkpoint a client verified (``note``; None before the first),
+    seeded with one verified before. ``lock``: one check against it at a time, so a checkpoint
+    checked concurrently never replaces a larger one."""
+
+    def __init__(self, note: str | None) -> None:
+        if note is not None:
+            try:
+                notes.parse(note)
+            except notes.MalformedNote as exc:
+                raise WitnessError(f"the trusted checkpoint is not a checkpoint note: {exc}") from None
+        self.note = note
+        self.lock = asyncio.Lock()
+
+    def known(self, *, log_key: str) -> notes.CheckpointBody | None:
+        """The remembered checkpoint, verified as one of the log ``log_key`` names (a seed is
+        first checked here, once the log key is known); WitnessError if it is not."""
+        if self.note is None:
+            return None
+        try:
+            log = cosignature.parse_vkey(log_key, kind=cosignature.NOTE_TYPE)
+        except cosignature.CosignatureError as exc:
+            raise WitnessError(str(exc)) from None
+        try:
+            return notes.verify_checkpoint(self.note, name=log.name, public=log.public)[0]
+        except notes.NoteError as exc:
+            raise WitnessError(f"the trusted checkpoint is not one of the log {log.name!r}: {exc}") from None
+
+
+def needs_proof(known: notes.CheckpointBody, new: notes.CheckpointBody) -> bool:
+    """Whether ``new`` needs a consistency proof from ``known``, the checkpoint verified before:
+    not when it is that one, nor from the empty tree; WitnessError for a smaller one (a rollback)
+    or another root at the same size (a fork)."""
+    if new.size < known.size:
+        raise WitnessError(
+            f"rollback: the broker's checkpoint has size {new.size}, smaller than the checkpoint of "
+            f"size {known.size} this client verified before"
+        )
+    if new.size == known.size:
+        if new.root != known.root:
+            raise WitnessError(
+                f"fork: the broker's checkpoint at size {new.size} has root {new.root.hex()}, but the "
+                f"one this client verified at that size has root {known.root.hex()}: the log's key "
+                f"signed two histories"
+            )
+        return False
+    return known.size > 0  # the empty tree is a prefix of every tree
+
+
+def check_consistency(known: notes.CheckpointBody, new: notes.CheckpointBody, answer: object) -> None:
+    """WitnessError unless ``answer`` (the broker's ``GET /v1/audit/proofs/consistency`` from
+    ``known.size`` to ``new.size``) proves that ``new`` extends ``known``. Only its ``path`` is
+    used: the roots it is checked against are the two signed ones."""
+    proof = _hashes(answer.get("path") if isinstance(answer, dict) else None)
+    if proof is None:
+        raise WitnessError(
+            f"the broker's consistency proof from size {known.size} to {new.size} is malformed "
+            f"(a path of hex SHA-256 hashes expected)"
+        )
+    if not merkle.verify_consistency(
+        first=known.size, second=new.size, first_root=known.root, second_root=new.root, proof=proof
+    ):
+        raise WitnessError(
+            f"fork: the checkpoint at size {new.size} does not extend the one at size {known.size} "
+            f"this client verified before (the broker's consistency proof does not join them)"
+        )
+
+
+def _hashes(path: object) -> list[bytes] | None:
+    """A proof's path as hashes; None unless it is a list of 64 hex digits each."""
+    if not isinstance(path, list) or not all(isinstance(h, str) and len(h) == 64 for h in path):
+        return None
+    try:
+        return [bytes.fromhex(h) for h in path]
+    except ValueError:
+        return None

@@ -29,8 +29,9 @@ class SealedError(ClientError):
 
 
 class WitnessError(ClientError):
-    """A checkpoint is not signed by the pinned log key or lacks the quorum of witness
-    cosignatures; ``verdict`` says which witnesses are missing."""
+    """A checkpoint is not signed by the pinned log key, is another log's (its origin is not the
+    key's name), lacks the quorum of witness cosignatures (``verdict`` says which witnesses are
+    missing), or does not extend the checkpoint the client verified before (a rollback, a fork)."""
 
     def __init__(self, message: str, verdict: quorum.QuorumVerdict | None = None) -> None:
         self.verdict = verdict

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from broker.client import checkpoints
 from broker.client.checkpoints import agrees_with_note, verify_witnessed
 from broker.client.errors import (
     ApiError,
@@ -122,6 +123,7 @@ class BrokerClient:
         max_reconnect_delay: float = 10.0,
         give_up_after: float | None = 300.0,
         keep: int = 1000,
+        trusted_checkpoint: str | None = None,
     ) -> None:
         """``trusted_keys`` maps node ids to Ed25519 public keys (base64) learnt out of band; a
         node not in it has its key fetched from the broker (which then has to be trusted).
@@ -133,7 +135,12 @@ class BrokerClient:
         without a connection (None: never).
 
         ``held``: the last ``keep`` reports its streams yielded, by id; a recall notice removes
-        the recalled report from it (and is passed to the stream's ``on_recall``)."""
+        the recalled report from it (and is passed to the stream's ``on_recall``).
+
+        ``trusted_checkpoint``: a checkpoint note this auditor verified before (an earlier
+        client's ``trusted_checkpoint``), which ``witnessed_checkpoint`` then requires the
+        broker's checkpoints to extend; WitnessError now if it is no checkpoint note, and at the
+        first ``witnessed_checkpoint`` if it is not one of that log."""
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._ssl = None if tls is None else tls_context(tls)
@@ -147,6 +154,7 @@ class BrokerClient:
         self._session: aiohttp.ClientSession | None = None
         self._keep = keep
         self.held: OrderedDict[str, Received] = OrderedDict()
+        self._checkpoint = checkpoints.Remembered(trusted_checkpoint)
 
     async def __aenter__(self) -> BrokerClient:
         connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
@@ -158,6 +166,13 @@ class BrokerClient:
     ) -> None:
         if self._session is not None:
             await self._session.close()
+
+    @property
+    def trusted_checkpoint(self) -> str | None:
+        """The note of the largest checkpoint this client verified (or was given): save it, and
+        pass it as ``trusted_checkpoint`` to the next client, so that a broker cannot roll its log
+        back or fork it between two runs either. None before the first."""
+        return self._checkpoint.note
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -215,17 +230,33 @@ class BrokerClient:
     async def witnessed_checkpoint(
         self, *, log_key: str, witnesses: Sequence[str], quorum_size: int
     ) -> dict[str, Any]:
-        """The latest checkpoint (role audit), returned only if ``verify_witnessed`` holds and
-        the fields beside its note (``size``, ``head``, ``root``, ``origin``) say what the note
-        says; ``cosigners`` is replaced by the witnesses whose cosignatures verified."""
+        """The latest checkpoint (role audit), returned only if ``verify_witnessed`` holds, the
+        fields beside its note (``size``, ``head``, ``root``, ``origin``) say what the note says,
+        and it extends ``trusted_checkpoint``, the largest one this client verified before, which
+        it then replaces. WitnessError for a smaller one (a rollback), another root at the same
+        size, or a larger one the broker's consistency proof does not join to it (a fork); the
+        broker's refusal to give that proof is raised as ApiError. ``cosigners`` is replaced by
+        the witnesses whose cosignatures verified."""
         checkpoint = await self._call("GET", "/v1/audit/checkpoints/latest")
         if not isinstance(checkpoint, dict):
             raise WitnessError("the broker's checkpoint is not a JSON object")
         note = str(checkpoint.get("note", ""))
         verdict = verify_witnessed(note, log_key=log_key, witnesses=witnesses, quorum_size=quorum_size)
-        agrees_with_note(checkpoint, notes.parse(note)[1])
+        body = notes.parse(note)[1]
+        agrees_with_note(checkpoint, body)
+        await self._remember(note, body, log_key=log_key)
         cosigners = sorted(verdict.cosigners.items())
         return {**checkpoint, "cosigners": [{"name": n, "timestamp": t} for n, t in cosigners]}
+
+    async def _remember(self, note: str, body: notes.CheckpointBody, *, log_key: str) -> None:
+        """Remember ``note`` once it extends the checkpoint remembered (WitnessError if not)."""
+        async with self._checkpoint.lock:
+            known = self._checkpoint.known(log_key=log_key)
+            if known is not None and checkpoints.needs_proof(known, body):
+                params = {"first": str(known.size), "second": str(body.size)}
+                answer = await self._call("GET", "/v1/audit/proofs/consistency", params=params)
+                checkpoints.check_consistency(known, body, answer)
+            self._checkpoint.note = note
 
     async def read(self, report_id: str) -> Received:
         return await self.open(await self._call("GET", f"/v1/reports/{report_id}"))
