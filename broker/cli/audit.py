@@ -27,7 +27,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "verify", parents=[common], help="verify an export offline (exit 1 if tampered)"
     )
     verify.add_argument("file", help="an NDJSON export (from audit export or GET /v1/audit/export)")
-    verify.add_argument("--key", help="the broker's checkpoint public key, base64 (default: local keyring's)")
+    verify.add_argument(
+        "--key",
+        help="the broker's checkpoint key: its vkey (NAME+KEYID+BASE64, as `audit key` prints it), "
+        "whose name the checkpoints' origin must be, or the bare public key in base64, which names "
+        "no log (default: the local keyring's, named by this broker's [audit] origin)",
+    )
     verify.add_argument(
         "--trusted-checkpoint",
         metavar="NOTE",
@@ -90,7 +95,7 @@ def verify(args: argparse.Namespace, settings: Settings | None) -> int:
     from broker.crypto import quorum, verify_export
     from broker.errors import BrokerError
 
-    public = _checkpoint_public_key(args.key, settings)
+    origin, public = _checkpoint_key(args.key, settings)
     try:
         witnesses = quorum.parse_witnesses(args.witness)
     except quorum.QuorumInputError as exc:
@@ -106,7 +111,7 @@ def verify(args: argparse.Namespace, settings: Settings | None) -> int:
     try:
         with Path(args.file).open(encoding="utf-8") as fh:
             finding = verify_export.verify(
-                fh, public_key=public, trusted=trusted, witnesses=witnesses, quorum=required
+                fh, public_key=public, origin=origin, trusted=trusted, witnesses=witnesses, quorum=required
             )
     except OSError as exc:
         raise BrokerError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
@@ -121,9 +126,10 @@ def verify(args: argparse.Namespace, settings: Settings | None) -> int:
     return finding.exit_code
 
 
-def _checkpoint_public_key(key: str | None, settings: Settings | None) -> bytes:
-    """The raw Ed25519 key checkpoints must be signed by: ``--key`` (the key in base64, or the
-    vkey ``audit key`` prints), else the local keyring's."""
+def _checkpoint_key(key: str | None, settings: Settings | None) -> tuple[str | None, bytes]:
+    """The log's name (the checkpoints' origin) and the raw Ed25519 key checkpoints must be
+    signed by: ``--key`` (the vkey ``audit key`` prints, or the bare key in base64, which names
+    no log: None), else the local keyring's, named by this broker's ``[audit] origin``."""
     from broker.crypto import keyring, notes
     from broker.errors import BrokerError
 
@@ -133,9 +139,10 @@ def _checkpoint_public_key(key: str | None, settings: Settings | None) -> bytes:
             raise BrokerError(
                 f"no keyring{where}: pass --key (the public key or vkey `broker audit key` prints)"
             )
-        return notes.public_key(keyring.load(settings.keyring_path).checkpoint_key)
+        return settings.audit_origin, notes.public_key(keyring.load(settings.keyring_path).checkpoint_key)
+    name: str | None = None
     if key.count("+") >= 2 and not key.endswith("="):  # a raw key in base64 ends with "="
-        public = _vkey_public(key)
+        name, public = _vkey_public(key)
     else:
         try:
             public = base64.b64decode(key, validate=True)
@@ -146,7 +153,7 @@ def _checkpoint_public_key(key: str | None, settings: Settings | None) -> bytes:
             f"--key is not an Ed25519 public key: {len(public)} bytes"
             + (" that are not a curve point" if len(public) == 32 else ", not 32")
         )
-    return public
+    return name, public
 
 
 def local_log_key(settings: Settings | None) -> tuple[str, bytes] | None:
@@ -158,9 +165,9 @@ def local_log_key(settings: Settings | None) -> tuple[str, bytes] | None:
     return settings.audit_origin, notes.public_key(keyring.load(settings.keyring_path).checkpoint_key)
 
 
-def _vkey_public(vkey: str) -> bytes:
-    """The raw public key of a C2SP vkey ``NAME+KEYID+base64(0x01 || key)``; the key id must be
-    the one its name and key make, so a vkey edited by hand is not taken at its word."""
+def _vkey_public(vkey: str) -> tuple[str, bytes]:
+    """The name and raw public key of a C2SP vkey ``NAME+KEYID+base64(0x01 || key)``; the key id
+    must be the one its name and key make, so a vkey edited by hand is not taken at its word."""
     from broker.crypto import notes
     from broker.errors import BrokerError
 
@@ -177,4 +184,4 @@ def _vkey_public(vkey: str) -> bytes:
             f"--key: the vkey's key id {key_id} is not the one of name {name} and its key "
             f"({notes.key_id(name, public).hex()})"
         )
-    return public
+    return name, public

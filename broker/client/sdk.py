@@ -1,9 +1,9 @@
-"""The SDK's implementation (see ``broker.client`` for the error tree)."""
+"""The SDK's client (see ``broker.client`` for the error tree; the errors are in
+``broker.client.errors``, the checkpoint checks in ``broker.client.checkpoints``)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import random
@@ -18,7 +18,18 @@ from typing import Any
 
 import aiohttp
 
-from broker.crypto import cosignature, notes, quorum, seal, signing
+from broker.client import checkpoints
+from broker.client.checkpoints import agrees_with_note, verify_witnessed
+from broker.client.errors import (
+    ApiError,
+    ClientError,
+    SealedError,
+    SignatureError,
+    StreamClosed,
+    Unreachable,
+    WitnessError,
+)
+from broker.crypto import notes, seal, signing
 from broker.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from broker.domain.canonical import canonical
 
@@ -31,94 +42,8 @@ MAX_RETRY_AFTER = 3600.0
 DEDUP_WINDOW = 100_000
 
 
-class ClientError(Exception):
-    """Base of the SDK's errors."""
-
-
-class ApiError(ClientError):
-    def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
-        self.status = status
-        self.code = str(problem.get("type", "")).rsplit(":", 1)[-1]
-        self.problem = dict(problem)
-        super().__init__(f"{status} {self.code}: {problem.get('detail', '')}")
-
-
-class SignatureError(ClientError):
-    pass
-
-
-class SealedError(ClientError):
-    pass
-
-
-class WitnessError(ClientError):
-    """A checkpoint is not signed by the pinned log key or lacks the quorum of witness
-    cosignatures; ``verdict`` says which witnesses are missing."""
-
-    def __init__(self, message: str, verdict: quorum.QuorumVerdict | None = None) -> None:
-        self.verdict = verdict
-        super().__init__(message)
-
-
-def verify_witnessed(
-    note: str, *, log_key: str, witnesses: Sequence[str], quorum_size: int
-) -> quorum.QuorumVerdict:
-    """Check a checkpoint note (as ``GET /v1/audit/checkpoints/latest`` serves it): signed by the
-    log key (its vkey, ``broker audit key``) and cosigned by ``quorum_size`` of the witness vkeys.
-    Returns the verdict; WitnessError if it does not hold or the inputs are unusable."""
-    try:
-        public = cosignature.parse_vkey(log_key, kind=cosignature.NOTE_TYPE).public
-        verdict = quorum.check(
-            note, log_public=public, witnesses=quorum.parse_witnesses(witnesses), quorum=quorum_size
-        )
-    except (cosignature.CosignatureError, quorum.QuorumInputError) as exc:
-        raise WitnessError(str(exc)) from None
-    if not verdict.ok:
-        raise WitnessError(verdict.message, verdict)
-    return verdict
-
-
-def _agrees_with_note(checkpoint: Mapping[str, Any], body: notes.CheckpointBody) -> None:
-    """WitnessError unless the unsigned fields served beside a verified note say what it says:
-    a broker could otherwise pair a genuine witnessed note with another size or root."""
-
-    def same_root(value: object) -> bool:
-        if not isinstance(value, str):
-            return False
-        if value.lower() == body.root.hex():
-            return True
-        try:
-            return base64.b64decode(value, validate=True) == body.root
-        except ValueError:  # binascii.Error, or characters outside ASCII
-            return False
-
-    checks: dict[str, Callable[[object], bool]] = {
-        "size": lambda v: type(v) is int and v == body.size,
-        "head": lambda v: isinstance(v, str) and v.lower() == body.root.hex(),
-        "root": same_root,
-        "origin": lambda v: v == body.origin,
-    }
-    for name, agrees in checks.items():
-        if name in checkpoint and not agrees(checkpoint[name]):
-            raise WitnessError(
-                f"the checkpoint's {name} field does not match its signed note "
-                f"(size {body.size}): the broker's answer was altered"
-            )
-
-
-class StreamClosed(ClientError):
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        super().__init__(f"stream closed by the broker: {code} {reason}")
-
-
 class _Interrupted(Exception):
     """A stream's report could not be opened for a passing reason: reconnect and resume."""
-
-
-class Unreachable(ClientError):
-    """The broker could not be reached (connection refused, TLS failure, timeout); for a stream,
-    not within ``give_up_after`` seconds of trying."""
 
 
 Tls = ssl.SSLContext | tuple[str | Path, str | Path, str | Path]
@@ -198,6 +123,7 @@ class BrokerClient:
         max_reconnect_delay: float = 10.0,
         give_up_after: float | None = 300.0,
         keep: int = 1000,
+        trusted_checkpoint: str | None = None,
     ) -> None:
         """``trusted_keys`` maps node ids to Ed25519 public keys (base64) learnt out of band; a
         node not in it has its key fetched from the broker (which then has to be trusted).
@@ -209,7 +135,12 @@ class BrokerClient:
         without a connection (None: never).
 
         ``held``: the last ``keep`` reports its streams yielded, by id; a recall notice removes
-        the recalled report from it (and is passed to the stream's ``on_recall``)."""
+        the recalled report from it (and is passed to the stream's ``on_recall``).
+
+        ``trusted_checkpoint``: a checkpoint note this auditor verified before (an earlier
+        client's ``trusted_checkpoint``), which ``witnessed_checkpoint`` then requires the
+        broker's checkpoints to extend; WitnessError now if it is no checkpoint note, and at the
+        first ``witnessed_checkpoint`` if it is not one of that log."""
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._ssl = None if tls is None else tls_context(tls)
@@ -223,6 +154,7 @@ class BrokerClient:
         self._session: aiohttp.ClientSession | None = None
         self._keep = keep
         self.held: OrderedDict[str, Received] = OrderedDict()
+        self._checkpoint = checkpoints.Remembered(trusted_checkpoint)
 
     async def __aenter__(self) -> BrokerClient:
         connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
@@ -234,6 +166,13 @@ class BrokerClient:
     ) -> None:
         if self._session is not None:
             await self._session.close()
+
+    @property
+    def trusted_checkpoint(self) -> str | None:
+        """The note of the largest checkpoint this client verified (or was given): save it, and
+        pass it as ``trusted_checkpoint`` to the next client, so that a broker cannot roll its log
+        back or fork it between two runs either. None before the first."""
+        return self._checkpoint.note
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -291,17 +230,33 @@ class BrokerClient:
     async def witnessed_checkpoint(
         self, *, log_key: str, witnesses: Sequence[str], quorum_size: int
     ) -> dict[str, Any]:
-        """The latest checkpoint (role audit), returned only if ``verify_witnessed`` holds and
-        the fields beside its note (``size``, ``head``, ``root``, ``origin``) say what the note
-        says; ``cosigners`` is replaced by the witnesses whose cosignatures verified."""
+        """The latest checkpoint (role audit), returned only if ``verify_witnessed`` holds, the
+        fields beside its note (``size``, ``head``, ``root``, ``origin``) say what the note says,
+        and it extends ``trusted_checkpoint``, the largest one this client verified before, which
+        it then replaces. WitnessError for a smaller one (a rollback), another root at the same
+        size, or a larger one the broker's consistency proof does not join to it (a fork); the
+        broker's refusal to give that proof is raised as ApiError. ``cosigners`` is replaced by
+        the witnesses whose cosignatures verified."""
         checkpoint = await self._call("GET", "/v1/audit/checkpoints/latest")
         if not isinstance(checkpoint, dict):
             raise WitnessError("the broker's checkpoint is not a JSON object")
         note = str(checkpoint.get("note", ""))
         verdict = verify_witnessed(note, log_key=log_key, witnesses=witnesses, quorum_size=quorum_size)
-        _agrees_with_note(checkpoint, notes.parse(note)[1])
+        body = notes.parse(note)[1]
+        agrees_with_note(checkpoint, body)
+        await self._remember(note, body, log_key=log_key)
         cosigners = sorted(verdict.cosigners.items())
         return {**checkpoint, "cosigners": [{"name": n, "timestamp": t} for n, t in cosigners]}
+
+    async def _remember(self, note: str, body: notes.CheckpointBody, *, log_key: str) -> None:
+        """Remember ``note`` once it extends the checkpoint remembered (WitnessError if not)."""
+        async with self._checkpoint.lock:
+            known = self._checkpoint.known(log_key=log_key)
+            if known is not None and checkpoints.needs_proof(known, body):
+                params = {"first": str(known.size), "second": str(body.size)}
+                answer = await self._call("GET", "/v1/audit/proofs/consistency", params=params)
+                checkpoints.check_consistency(known, body, answer)
+            self._checkpoint.note = note
 
     async def read(self, report_id: str) -> Received:
         return await self.open(await self._call("GET", f"/v1/reports/{report_id}"))

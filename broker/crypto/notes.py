@@ -8,6 +8,10 @@ A checkpoint note is::
 
 The signature covers the text before the blank line. The key id is the first four bytes of
 SHA-256(key name || "\\n" || 0x01 || public key), 0x01 naming Ed25519.
+
+A log's checkpoints carry its name as their origin, and the log's key has that name (C2SP
+tlog-checkpoint): a verifier pins the key with its name (``verify_checkpoint``), so a note of
+another log signed with the same key is not taken for one of this log.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ class NoteError(Exception):
 
 class MalformedNote(NoteError):
     """The text is not a well-formed checkpoint note: nothing about any signature can be said."""
+
+
+class WrongOrigin(NoteError):
+    """The note's origin is not the name of the log it is checked for: another log's checkpoint."""
 
 
 class MalformedKey(ValueError):
@@ -103,6 +111,18 @@ def verify_signature(note: str, *, name: str, public: bytes) -> tuple[Checkpoint
             raise NoteError("the checkpoint signature does not verify") from None
         return body, raw[4:]
     raise NoteError(f"no signature by key {name!r} ({wanted.hex()}) on the note")
+
+
+def verify_checkpoint(note: str, *, name: str, public: bytes) -> tuple[CheckpointBody, bytes]:
+    """As ``verify_signature``, for the checkpoint of the log named ``name``: the note's origin
+    must be that name (WrongOrigin), whatever key signed it under whatever name."""
+    body = parse(note)[1]
+    if body.origin != name:
+        raise WrongOrigin(
+            f"the checkpoint's origin {body.origin!r} is not {name!r}, the name of the log's key: "
+            f"a checkpoint of another log"
+        )
+    return verify_signature(note, name=name, public=public)
 
 
 def signed_by(note: str, keys: Sequence[tuple[str, bytes]]) -> tuple[CheckpointBody, list[str]]:

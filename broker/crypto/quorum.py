@@ -1,10 +1,10 @@
 """Does a checkpoint carry a quorum of witness cosignatures? One pure check, used by
 ``broker audit verify --witness ... --quorum K``, the SDK and the tests.
 
-Fails closed: a note the log key did not sign is never witnessed, whatever cosigns it; a
-cosignature line that names a pinned witness and its key id but does not verify makes the note
-malformed (C2SP signed-note), not merely one cosigner short; lines by witnesses nobody pinned
-are ignored.
+Fails closed: a note the log key did not sign, or one whose origin is not the log's name (another
+log's, maybe signed with the same key), is never witnessed, whatever cosigns it; a cosignature
+line that names a pinned witness and its key id but does not verify makes the note malformed
+(C2SP signed-note), not merely one cosigner short; lines by witnesses nobody pinned are ignored.
 """
 
 from __future__ import annotations
@@ -44,20 +44,28 @@ def parse_witnesses(vkeys: Sequence[str]) -> list[cosignature.VerifierKey]:
 
 
 def check(
-    note: str, *, log_public: bytes, witnesses: Sequence[cosignature.VerifierKey], quorum: int
+    note: str,
+    *,
+    log_name: str,
+    log_public: bytes,
+    witnesses: Sequence[cosignature.VerifierKey],
+    quorum: int,
 ) -> QuorumVerdict:
-    """Whether ``note`` is signed by the log and cosigned by ``quorum`` of ``witnesses``.
-    QuorumInputError when the inputs cannot be checked (a malformed note, an impossible quorum);
-    a verdict otherwise (``ok`` False: which witnesses are missing, or what failed)."""
+    """Whether ``note`` is a checkpoint of the log named ``log_name`` (its origin), signed by the
+    log's key and cosigned by ``quorum`` of ``witnesses``. QuorumInputError when the inputs
+    cannot be checked (a malformed note, an impossible quorum); a verdict otherwise (``ok``
+    False: which witnesses are missing, or what failed)."""
     if not 0 <= quorum <= len(witnesses):
         raise QuorumInputError(f"a quorum of {quorum} needs that many witnesses (given {len(witnesses)})")
     try:
-        origin = notes.parse(note)[1].origin
+        notes.parse(note)
     except notes.MalformedNote as exc:
         raise QuorumInputError(f"not a checkpoint note: {exc}") from None
     names = tuple(w.name for w in witnesses)
     try:
-        size = notes.verify(note, name=origin, public=log_public).size
+        size = notes.verify_checkpoint(note, name=log_name, public=log_public)[0].size
+    except notes.WrongOrigin as exc:
+        return QuorumVerdict(False, 0, quorum, {}, names, str(exc))
     except notes.NoteError as exc:
         return QuorumVerdict(False, 0, quorum, {}, names, f"log signature does not verify: {exc}")
     try:

@@ -2,6 +2,11 @@
 checkpoints. Names the first event that was altered, inserted, removed or reordered, or says
 the tail was truncated. Pure: the caller reads the file and supplies the broker's public key.
 
+The checkpoints must be the log's: their origin is the name the key is pinned under (a vkey's
+name, the local broker's ``[audit] origin``), so another log's checkpoints signed with the same
+key are refused. A bare key names no log: the checkpoints (and the trusted one) must then carry
+one origin, the first one read.
+
 An export alone cannot show that it was rolled back to an earlier checkpoint (events and later
 checkpoints cut off): it is a smaller, valid export. A checkpoint the auditor saved earlier (the
 ``trusted`` note) can: the export must reach its size and reproduce its root there.
@@ -32,7 +37,8 @@ UNCHECKABLE = frozenset({"malformed", "untrusted"})
 class Finding:
     ok: bool
     # intact; tampered: altered | inserted | removed | reordered | truncated | signature |
-    # checkpoint | rolled_back | inconsistent | unwitnessed; uncheckable: malformed | untrusted
+    # origin | checkpoint | rolled_back | inconsistent | unwitnessed; uncheckable: malformed |
+    # untrusted
     kind: str
     message: str
     seq: int | None = None
@@ -135,15 +141,18 @@ def verify(
     lines: Iterable[str],
     *,
     public_key: bytes,
+    origin: str | None = None,
     trusted: str | None = None,
     witnesses: Sequence[cosignature.VerifierKey] = (),
     quorum: int = 0,
 ) -> Finding:
-    """Check an NDJSON export (event lines, then ``{"checkpoint": {...}}`` lines). ``trusted``:
-    the text of a checkpoint the auditor saved earlier, which the export must extend. With
-    ``quorum`` > 0 the export's final checkpoint must also carry that many valid cosignatures
-    from ``witnesses`` (kind ``unwitnessed`` otherwise)."""
-    finding = _verify_log(lines, public_key=public_key, trusted=trusted)
+    """Check an NDJSON export (event lines, then ``{"checkpoint": {...}}`` lines) of the log
+    named ``origin`` (the name ``public_key`` is pinned under; None: the key names no log, and
+    every note must carry the first one's origin). ``trusted``: the text of a checkpoint the
+    auditor saved earlier, which the export must extend. With ``quorum`` > 0 the export's final
+    checkpoint must also carry that many valid cosignatures from ``witnesses`` (kind
+    ``unwitnessed`` otherwise)."""
+    finding = _verify_log(lines, public_key=public_key, origin=origin, trusted=trusted)
     if not finding.ok or quorum == 0:
         return finding
     return _witnessed(finding, public_key, witnesses, quorum)
@@ -152,10 +161,13 @@ def verify(
 def _witnessed(
     intact: Finding, public_key: bytes, witnesses: Sequence[cosignature.VerifierKey], quorum: int
 ) -> Finding:
+    note = intact.final_note or ""
     try:
-        verdict = check_quorum(
-            intact.final_note or "", log_public=public_key, witnesses=witnesses, quorum=quorum
-        )
+        # The log's name: every note in the export already carries it (see _verify_log).
+        name = notes.parse(note)[1].origin
+        verdict = check_quorum(note, log_name=name, log_public=public_key, witnesses=witnesses, quorum=quorum)
+    except notes.MalformedNote as exc:
+        return _fail("malformed", f"not a checkpoint note: {exc}")
     except QuorumInputError as exc:
         return _fail("malformed", str(exc))
     if not verdict.ok:
@@ -163,23 +175,40 @@ def _witnessed(
     return Finding(ok=True, kind="intact", message=f"{intact.message}, {verdict.message}")
 
 
-def _verify_log(lines: Iterable[str], *, public_key: bytes, trusted: str | None) -> Finding:
+def _verify_log(
+    lines: Iterable[str], *, public_key: bytes, origin: str | None, trusted: str | None
+) -> Finding:
     if not notes.valid_public_key(public_key):
         return _fail("malformed", "the public key is not an Ed25519 public key (32 bytes, a curve point)")
     anchor: notes.CheckpointBody | None = None
     if trusted is not None:
-        checked = _trusted(trusted, public_key)
+        checked = _trusted(trusted, public_key, origin)
         if isinstance(checked, Finding):
             return checked
-        anchor = checked
+        anchor, origin = checked, checked.origin
     try:
         events, checkpoint_lines = _parse(lines)
     except ValueError as exc:
         return _fail("malformed", f"not an audit export: {exc}")
     if not checkpoint_lines:
         return _fail("signature", "the export carries no signed checkpoint")
-    signed: list[tuple[int, notes.CheckpointBody]] = []
-    final_note, final_size = "", -1
+    signed = _signed(checkpoint_lines, public_key, origin)
+    if isinstance(signed, Finding):
+        return signed
+    finding = _check_order(events) or _check_chain(events)
+    if finding is not None:
+        return finding
+    final_note = max(signed, key=lambda item: item[1].size)[2]
+    checkpoints = [(line, body) for line, body, _note in signed]
+    return dataclasses.replace(_check_tree(events, checkpoints, anchor), final_note=final_note)
+
+
+def _signed(
+    checkpoint_lines: list[tuple[int, dict[str, Any]]], public_key: bytes, origin: str | None
+) -> list[tuple[int, notes.CheckpointBody, str]] | Finding:
+    """Each checkpoint line's verified checkpoint and note, checkpoints of the log ``origin``
+    (None: of the first line's origin); the finding for the first line that is not."""
+    signed: list[tuple[int, notes.CheckpointBody, str]] = []
     for line, obj in checkpoint_lines:
         record = obj["checkpoint"]
         if not isinstance(record, dict):
@@ -187,30 +216,29 @@ def _verify_log(lines: Iterable[str], *, public_key: bytes, trusted: str | None)
         if "note" not in record:
             return _fail("malformed", f"line {line}: the checkpoint record has no note", line=line)
         try:
-            body, signature = _verify_note(record.get("note"), public_key)
+            body, signature = _verify_note(record.get("note"), public_key, origin)
         except notes.MalformedNote as exc:
             return _fail("malformed", f"line {line}: malformed checkpoint note: {exc}", line=line)
+        except notes.WrongOrigin as exc:
+            return _fail("origin", f"line {line}: {exc}", line=line)
         except notes.NoteError as exc:
             return _fail("signature", f"line {line}: checkpoint signature invalid: {exc}", line=line)
         finding = _check_fields(line, record, body, signature)
         if finding is not None:
             return finding
-        signed.append((line, body))
-        if body.size > final_size:
-            final_note, final_size = str(record["note"]), body.size
-    finding = _check_order(events) or _check_chain(events)
-    if finding is not None:
-        return finding
-    return dataclasses.replace(_check_tree(events, signed, anchor), final_note=final_note)
+        signed.append((line, body, str(record["note"])))
+        origin = body.origin
+    return signed
 
 
-def _verify_note(note: object, public_key: bytes) -> tuple[notes.CheckpointBody, bytes]:
-    """The checkpoint a note states and its signature, checked under the key named by its origin."""
-    origin = notes.parse(note)[1].origin
-    return notes.verify_signature(str(note), name=origin, public=public_key)
+def _verify_note(note: object, public_key: bytes, origin: str | None) -> tuple[notes.CheckpointBody, bytes]:
+    """The checkpoint a note states and its signature, checked as a checkpoint of the log
+    ``origin`` (None: of the log its own origin names, when the key names no log)."""
+    name = notes.parse(note)[1].origin if origin is None else origin
+    return notes.verify_checkpoint(str(note), name=name, public=public_key)
 
 
-def _trusted(text: str, public_key: bytes) -> notes.CheckpointBody | Finding:
+def _trusted(text: str, public_key: bytes, origin: str | None) -> notes.CheckpointBody | Finding:
     """The checkpoint the auditor trusts: a note as the broker serves it, as it is written in an
     export (a JSON string, or its text between the quotes), or a JSON object holding one (an
     export's checkpoint line, or ``GET /v1/audit/checkpoints/latest``). Only the note counts:
@@ -219,9 +247,11 @@ def _trusted(text: str, public_key: bytes) -> notes.CheckpointBody | Finding:
     if note is None:
         return _fail("malformed", "the trusted checkpoint holds no checkpoint note")
     try:
-        return _verify_note(note, public_key)[0]
+        return _verify_note(note, public_key, origin)[0]
     except notes.MalformedNote as exc:
         return _fail("malformed", f"the trusted checkpoint is not a checkpoint note: {exc}")
+    except notes.WrongOrigin as exc:
+        return _fail("untrusted", f"the trusted checkpoint is not of the log the key is pinned for: {exc}")
     except notes.NoteError as exc:
         return _fail("untrusted", f"the trusted checkpoint does not verify under the public key: {exc}")
 

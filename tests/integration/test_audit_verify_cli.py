@@ -1,6 +1,7 @@
 """`broker audit verify` as an auditor runs it: a later export checked against a checkpoint saved
-earlier, a rolled-back export, checkpoint fields that disagree with their signed note, and inputs
-that cannot be checked at all (exit 2, one line, no traceback)."""
+earlier, a rolled-back export, checkpoint fields that disagree with their signed note, checkpoints
+of another log signed with the same key, and inputs that cannot be checked at all (exit 2, one
+line, no traceback)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import base64
 import json
 import secrets
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,12 @@ from broker.crypto import notes
 from broker.services import admin
 from broker.services.context import Context
 from broker.settings import Settings
+from tests.conftest import CONFIG
 from tests.integration.helpers import Cli, Ran
+from tests.unit.test_verify_export import KEY as LOG_PRIVATE
 from tests.unit.test_verify_export import ORIGIN, PUBLIC, build
+
+OTHER = "other-broker.example/audit"
 
 
 async def _add_nodes(ctx: Context, *names: str) -> None:
@@ -95,6 +101,7 @@ def _export_file(tmp_path: Path, lines: list[str]) -> Path:
 
 
 KEY = base64.b64encode(PUBLIC).decode()
+VKEY = notes.vkey(ORIGIN, PUBLIC)
 
 
 @pytest.mark.parametrize(
@@ -156,3 +163,71 @@ def test_offline_verdicts_and_json(tmp_path: Path, cli: Cli) -> None:
     removed = _offline(cli, tmp_path, "audit", "verify", str(path), "--key", KEY)
     assert removed.returncode == 1
     assert removed.stdout.startswith("TAMPERED line 9: event 9 is missing")
+
+
+def _of_log(line: str, origin: str) -> str:
+    """An export's checkpoint line signed again, with the same key, as a checkpoint of the log
+    named ``origin`` (a key reused by another broker, or another instance with another origin)."""
+    record = json.loads(line)
+    body = notes.parse(record["checkpoint"]["note"])[1]
+    moved = notes.CheckpointBody(origin, body.size, body.root)
+    note, signature = notes.sign(moved, name=origin, private_key=LOG_PRIVATE)
+    record["checkpoint"].update(
+        note=note,
+        origin=origin,
+        key_id=notes.key_id(origin, PUBLIC).hex(),
+        signature=base64.b64encode(signature).decode(),
+    )
+    return json.dumps(record)
+
+
+def test_checkpoints_of_another_log_are_refused(tmp_path: Path, cli: Cli) -> None:
+    """A vkey names the log: an export whose checkpoints are another log's is refused (exit 1,
+    kind ``origin``), and so is a trusted checkpoint of another log (exit 2). A bare base64 key
+    names no log: the export's checkpoints must then be of one log."""
+    lines = build()  # events on lines 1-12, checkpoints on lines 13 and 14
+    path = _export_file(tmp_path, [*lines[:12], *(_of_log(line, OTHER) for line in lines[12:])])
+    other = _offline(cli, tmp_path, "audit", "verify", str(path), "--key", VKEY, "--json")
+    assert other.returncode == 1, other.stderr
+    finding = json.loads(other.stdout)
+    assert (finding["kind"], finding["line"]) == ("origin", 13)
+    assert f"origin {OTHER!r} is not {ORIGIN!r}" in finding["message"]
+    assert _offline(cli, tmp_path, "audit", "verify", str(path), "--key", KEY).returncode == 0
+
+    mixed = _export_file(tmp_path, [*lines[:13], _of_log(lines[13], OTHER)])
+    result = _offline(cli, tmp_path, "audit", "verify", str(mixed), "--key", KEY, "--json")
+    assert result.returncode == 1, result.stderr
+    assert (json.loads(result.stdout)["kind"], json.loads(result.stdout)["line"]) == ("origin", 14)
+
+    own = _export_file(tmp_path, lines)
+    assert _offline(cli, tmp_path, "audit", "verify", str(own), "--key", VKEY).stdout.startswith("OK ")
+    trusted = tmp_path / "trusted.note"
+    trusted.write_text(json.loads(_of_log(lines[12], OTHER))["checkpoint"]["note"])
+    refused = _offline(
+        cli, tmp_path, "audit", "verify", str(own), "--key", VKEY, "--trusted-checkpoint", str(trusted)
+    )
+    assert refused.returncode == 2 and refused.stdout == "", refused.stdout
+    assert "trusted checkpoint" in refused.stderr and "origin" in refused.stderr
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_without_key_the_local_brokers_origin_is_pinned(
+    ctx: Context, settings: Settings, tmp_path: Path, cli: Cli
+) -> None:
+    """Without --key the local keyring's key is pinned under this broker's [audit] origin: an
+    export under another origin is not this broker's log, though the key signed it."""
+    cli.use(settings.database_url, settings.keyring_path)
+    await _add_nodes(ctx, "usa-1")
+    export = tmp_path / "export.ndjson"
+    await _export(cli, export)
+    assert (await cli.run("audit", "verify", str(export))).returncode == 0
+    config = tmp_path / "config"
+    shutil.copytree(CONFIG, config)
+    toml = config / "broker.toml"
+    pinned = f'origin = "{settings.audit_origin}"'
+    assert pinned in toml.read_text()
+    toml.write_text(toml.read_text().replace(pinned, f'origin = "{OTHER}"'))
+    cli.use(settings.database_url, settings.keyring_path, CONFIG_DIR=str(config))
+    renamed = await cli.run("audit", "verify", str(export), "--json")
+    assert renamed.returncode == 1, renamed.stderr
+    assert json.loads(renamed.stdout)["kind"] == "origin"
