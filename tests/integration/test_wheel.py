@@ -12,9 +12,15 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CONFIG, ROOT
+
+# One worker runs this module (make test: --dist loadgroup), so its module fixture is made once.
+pytestmark = pytest.mark.xdist_group("test_wheel")
 
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "broker", "migrations")
 REVISIONS = sorted(p.name for p in (ROOT / "migrations" / "versions").glob("*.py"))
@@ -35,8 +41,17 @@ def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess
     return done
 
 
-def _build_wheel(tmp_path: Path) -> Path:
-    """Build from a copy of the sources, so the checkout gets no build/ or egg-info litter."""
+@dataclass(frozen=True)
+class Built:
+    wheel: Path
+    output: str  # what pip -v printed while building it
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The wheel, built once for this module's tests from a copy of the sources, so the checkout
+    gets no build/ or egg-info litter."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     source = tmp_path / "source"
     source.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -46,13 +61,13 @@ def _build_wheel(tmp_path: Path) -> Path:
         else:
             shutil.copy2(ROOT / name, source / name)
     out = tmp_path / "wheel"
-    _run("-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(source), cwd=source)
+    done = _run("-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(source), cwd=source)
     (wheel,) = out.glob("*.whl")
-    return wheel
+    return Built(wheel, done.stdout + done.stderr)
 
 
-def test_db_upgrade_runs_from_an_installed_wheel(tmp_path: Path) -> None:
-    wheel = _build_wheel(tmp_path)
+def test_db_upgrade_runs_from_an_installed_wheel(built: Built, tmp_path: Path) -> None:
+    wheel = built.wheel
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"migrations/__init__.py", "migrations/env.py", "migrations/script.py.mako"} <= names
     assert {f"migrations/versions/{name}" for name in REVISIONS} <= names
@@ -93,19 +108,7 @@ def test_the_image_copies_every_package_the_wheel_ships() -> None:
     assert "COPY pyproject.toml README.md LICENSE ./" in dockerfile  # license-files needs it
 
 
-def test_building_prints_no_setuptools_warning(tmp_path: Path) -> None:
-    source = tmp_path / "source"
-    source.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in SOURCES:
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name, ignore=ignore)
-        else:
-            shutil.copy2(ROOT / name, source / name)
-    done = _run(
-        "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path / "wheel"), str(source), cwd=source
-    )
-    output = done.stdout + done.stderr
+def test_building_prints_no_setuptools_warning(built: Built) -> None:
+    output = built.output
     assert "BuildBackendWarning" not in output and "SetuptoolsDeprecationWarning" not in output, output
-    (wheel,) = (tmp_path / "wheel").glob("*.whl")
-    assert any(name.endswith("licenses/LICENSE") for name in zipfile.ZipFile(wheel).namelist())
+    assert any(name.endswith("licenses/LICENSE") for name in zipfile.ZipFile(built.wheel).namelist())
