@@ -99,10 +99,9 @@ async def test_a_slow_consumer_that_stopped_reading_is_cut_off_within_a_heartbea
         assert await slots(api, auditor) == {}
 
 
-async def test_shutdown_with_a_subscriber_that_stopped_reading_ends_within_a_heartbeat(
-    start_server: StartServer,
-) -> None:
-    api = await start_server(stream_heartbeat_seconds=HEARTBEAT)
+async def shut_down_under_a_stuck_subscriber(api: Api, *, within: float) -> float:
+    """Stop the broker (as SIGTERM does: the on_shutdown close of every stream, then cleanup)
+    while a stream's client has stopped reading; the seconds it took, at most ``within``."""
     swe = await api.node("swe-1", "SWE")
     port = api.client.port
     assert port is not None
@@ -113,9 +112,17 @@ async def test_shutdown_with_a_subscriber_that_stopped_reading_ends_within_a_hea
         sessions = api.client.server.app[SESSIONS]
         await until(lambda: any(s.queue.qsize() for s in sessions), HEARTBEAT / 2)
         start = time.monotonic()
-        async with asyncio.timeout(2 * HEARTBEAT):
-            await api.client.close()  # SIGTERM: the on_shutdown close of every stream, then cleanup
-        print(f"shut down in {time.monotonic() - start:.2f} s (heartbeat {HEARTBEAT} s)")
+        async with asyncio.timeout(within):
+            await api.client.close()
+        return time.monotonic() - start
+
+
+async def test_shutdown_with_a_subscriber_that_stopped_reading_ends_within_a_heartbeat(
+    start_server: StartServer,
+) -> None:
+    api = await start_server(stream_heartbeat_seconds=HEARTBEAT)
+    took = await shut_down_under_a_stuck_subscriber(api, within=2 * HEARTBEAT)
+    print(f"shut down in {took:.2f} s (heartbeat {HEARTBEAT} s)")
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the engine plays no part
@@ -124,15 +131,5 @@ async def test_shutdown_with_a_stuck_subscriber_ends_within_a_container_grace(
 ) -> None:
     """With the default heartbeat (15 s), a subscriber that does not take the close must not hold
     shutdown past a container's default grace (10 s, then SIGKILL), background loops included."""
-    api = await start_server()
-    swe = await api.node("swe-1", "SWE")
-    port = api.client.port
-    assert port is not None
-    async with stuck_subscriber(port, swe):
-        await fill(api, swe, 8)
-        sessions = api.client.server.app[SESSIONS]
-        await until(lambda: any(s.queue.qsize() for s in sessions), HEARTBEAT / 2)
-        start = time.monotonic()
-        async with asyncio.timeout(GRACE):
-            await api.client.close()
-        print(f"shut down in {time.monotonic() - start:.2f} s (container grace {GRACE} s)")
+    took = await shut_down_under_a_stuck_subscriber(await start_server(), within=GRACE)
+    print(f"shut down in {took:.2f} s (container grace {GRACE} s)")
