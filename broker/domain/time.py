@@ -19,7 +19,9 @@ from broker.errors import InvalidInput
 
 _DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{8}"
 _TIME = r"[0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2}(?:[.,][0-9]{1,9})?)?)?"
-_OFFSET = r"[Zz]|[+-][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2}(?:[.,][0-9]{1,6})?)?)?"
+# Offsets to the second, never a fraction of one: none is ISO 8601, and Python's parser dropped
+# the fraction, reading another instant than the one written.
+_OFFSET = r"[Zz]|[+-][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2})?)?"
 ISO_8601 = re.compile(rf"(?:{_DATE})(?:[Tt ](?:{_TIME})(?:{_OFFSET})?)?")
 
 
