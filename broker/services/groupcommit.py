@@ -49,10 +49,16 @@ class GroupCommit(Generic[Item, Result]):
         try:
             async with asyncio.timeout(self._db.deadline):
                 while not future.done():
-                    async with self._lock:
-                        if not future.done():
-                            # Shielded: a caller that goes away mid-commit must not abort the others'.
-                            await asyncio.shield(self._flush())
+                    await self._lock.acquire()
+                    if future.done():
+                        self._lock.release()
+                        break
+                    # A task that holds the lock until it ends, and shielded: a caller that goes
+                    # away mid-commit neither aborts the others' acts nor lets the next flush
+                    # begin beside this one.
+                    flush = asyncio.ensure_future(self._flush())
+                    flush.add_done_callback(lambda _: self._lock.release())
+                    await asyncio.shield(flush)
         except TimeoutError:
             self._pending = [waiting for waiting in self._pending if waiting[1] is not future]
             if not future.done():
