@@ -37,7 +37,7 @@ browser:
 	fi
 
 test: lint browser
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider --junitxml=var/junit.xml
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider --junitxml=var/junit.xml
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -30,9 +30,6 @@ from tests.conftest import PG_DEFAULT, _pg_exec
 from tests.integration.federation import BrokerProcess, Pki, add_link, add_peer, make_pki
 from tests.integration.helpers import Cli, run_cli
 
-# One worker runs this module (make test: --dist loadgroup), so its module fixture is made once.
-pytestmark = pytest.mark.xdist_group("test_federation")
-
 NAMES = ("usa", "fra", "nato", "fvey")
 SECRET_NATO = {"classification": "SECRET", "releasable_to": ["NATO"], "caveats": []}
 WAIT = 15.0

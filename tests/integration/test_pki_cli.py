@@ -14,9 +14,6 @@ from broker.crypto import pki
 from tests.integration.helpers import Cli, Ran
 from tests.unit.test_pki import Files, client_context, handshake, server_context
 
-# One worker runs this module (make test: --dist loadgroup), so its module fixture is made once.
-pytestmark = pytest.mark.xdist_group("test_pki_cli")
-
 
 @pytest.fixture
 def env(tmp_path: Path, cli: Cli) -> Cli:

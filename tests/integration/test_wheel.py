@@ -19,9 +19,6 @@ import pytest
 
 from tests.conftest import CONFIG, ROOT
 
-# One worker runs this module (make test: --dist loadgroup), so its module fixture is made once.
-pytestmark = pytest.mark.xdist_group("test_wheel")
-
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "broker", "migrations")
 REVISIONS = sorted(p.name for p in (ROOT / "migrations" / "versions").glob("*.py"))
 WHERE = """
