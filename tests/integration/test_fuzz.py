@@ -26,7 +26,10 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from tests.integration.conftest import Api
 from tests.integration.helpers import body
 
-EXAMPLES = 25  # per operation and generation mode (valid, invalid)
+# Per operation and generation mode (valid, invalid). 25 took the REST run to its budget under
+# CI load (40 s, operations left unreached) and the two fuzzers about 80 s of the suite's worker
+# time on a quiet machine; 15 reaches every operation within the budget on a loaded one.
+EXAMPLES = 15
 BUDGET = 40.0  # seconds of sending per engine; operations not reached by then are printed, not failed
 TIMEOUT = 10.0
 SKIPPED_PATHS = {"/v1/stream"}  # a websocket upgrade, not an HTTP answer
