@@ -323,7 +323,14 @@ async function verifyNote(note, pin) {
     if (pin.name !== null && s.name !== pin.name) continue;
     if (s.raw.length !== 68 || !equal(s.raw.slice(0, 4), await keyId(s.name, pin.publicKey))) continue;
     const ok = await crypto.subtle.verify({ name: "Ed25519" }, key, s.raw.slice(4), utf8(body.text));
-    return { ok, why: ok ? "" : "the signature by the pinned key does NOT verify", body, signer: s.name };
+    if (!ok) return { ok, why: "the signature by the pinned key does NOT verify", body, signer: s.name };
+    // A log's checkpoints carry its name as their origin (C2SP tlog-checkpoint): a note of
+    // another origin, even signed by this key under this name, is another log's checkpoint.
+    if (body.origin !== s.name) {
+      return { ok: false, why: "the checkpoint's origin " + JSON.stringify(body.origin) +
+        " is not " + JSON.stringify(s.name) + ", the name of the log's key: another log's checkpoint", body };
+    }
+    return { ok, why: "", body, signer: s.name };
   }
   return { ok: false, why: "the note carries no signature by the pinned key", body };
 }
