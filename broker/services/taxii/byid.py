@@ -3,27 +3,20 @@ index, so only the reports holding it are read and decrypted."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 from broker.crypto.keyring import Keyring
-from broker.domain import stix
+from broker.domain import stix, versioning
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
 from broker.domain.stix import CollectionRecord, Entry, Filters, Position
+from broker.domain.versioning import Held
 from broker.errors import NotFound
 from broker.services import audit, decisions
 from broker.services.auth import recheck
 from broker.services.context import Context
-from broker.services.taxii.common import (
-    counts,
-    ensure_indexed,
-    holders,
-    kept_indexed,
-    readable,
-    refuse,
-    spec_ok,
-)
+from broker.services.taxii.common import ensure_indexed, held, holders, may_see, readable, refuse
 from broker.services.taxii.objects import Page, open_served
 from broker.services.taxii.scan import page
 
@@ -39,9 +32,10 @@ async def by_id(
     start: Position,
 ) -> Page:
     """The versions of one object the node may see in the collection that ``filters`` keep
-    (``match[version]`` judged across them all), in the order they were added, ``limit`` from
-    ``start``; audited. Found through the object index: only the reports holding the object are
-    read and decrypted. 404 (audited) when the node may see no version of it at all."""
+    (only its creator's, and ``match[version]`` judged across them: ``domain.versioning``), in
+    the order they were added, ``limit`` from ``start``; audited. Found through the object index:
+    only the reports holding the object are read and decrypted. 404 (audited) when the node may
+    be served no version of it at all."""
     fixed = {o["id"]: o for o in stix.fixed_objects()} | {
         stix.TLP_IDS[level]: stix.tlp_marking(level) for level in stix.TLP_ORDER
     }
@@ -77,22 +71,19 @@ async def _by_id_once(
         node = await recheck(tx, node, counter)
         directory = await ctx.directory_at(tx, counter)
         keyring = ctx.keyring
-        unfiltered = Filters()
         seen = [
             (report, row)
             for report, row in await holders(ctx, tx, object_id)
-            if not row.excluded and counts(ctx, node, collection, report, directory, unfiltered)
+            if may_see(ctx, node, collection, report, directory)
         ]
-        counted = [
-            (report, row)
-            for report, row in seen
-            if counts(ctx, node, collection, report, directory, filters)
-            and spec_ok(filters, row.spec_version)
-        ]
-        if seen:
-            found, drafts = _versions_page(ctx, node, keyring, counted, filters, limit, start)
+        versions = [held(report, row, filters) for report, row in seen]
+        present = bool(versioning.visible(versions))
+        if present:
+            reports = {report.seq: report for report, _ in seen}
+            shown = versioning.shown(versions, filters.versions)
+            found, drafts = _versions_page(ctx, node, keyring, reports, shown, limit, start)
     await audit.batcher(ctx).append(drafts, decided_at=counter)
-    if not seen:
+    if not present:
         await refuse(ctx, node, "read", NotFound("no such object", code="not_found"))
     return found
 
@@ -101,31 +92,28 @@ def _versions_page(
     ctx: Context,
     node: NodeRecord,
     keyring: Keyring,
-    counted: Sequence[tuple[ReportRecord, stix.Indexed]],
-    filters: Filters,
+    reports: Mapping[int, ReportRecord],
+    shown: Sequence[Held],
     limit: int,
     start: Position,
 ) -> tuple[Page, list[AuditDraft]]:
-    """Up to ``limit`` of the ``counted`` versions that ``filters`` keep, from ``start``, each
-    report decrypted once; and the read each report served is recorded as."""
+    """Up to ``limit`` of the ``shown`` versions (in ``reports``), from ``start``, each report
+    decrypted once; and the read each report served is recorded as."""
     found, drafts = Page(), list[AuditDraft]()
-    every = [(row.version, report.seq, row.position) for report, row in counted]
     payloads: dict[int, list[dict[str, Any]]] = {}
-    for report, row in counted:
-        if (report.seq, row.position) < (start.seq, start.index):
+    for version in shown:
+        if (version.seq, version.position) < (start.seq, start.index):
             continue
-        added = stix.timestamp(report.added)
-        probe = Entry({}, stix.timestamp(row.version), added, report.seq, row.position)
-        if not kept_indexed(probe, row.version, filters.versions, every):
-            continue
+        report = reports[version.seq]
         if len(found.entries) == limit:
-            found.more, found.next = True, Position(report.seq, row.position)
+            found.more, found.next = True, Position(report.seq, version.position)
             break
         if report.seq not in payloads:
             payloads[report.seq] = open_served(ctx, report, keyring)
             drafts.append(decisions.allow_draft(node, report, "read"))
-        obj = payloads[report.seq][row.position]
+        obj = payloads[report.seq][version.position]
         refs = [m["id"] for m in stix.markings_of(report.label)]
-        version = stix.version_of(obj, date_added=added)
-        found.entries.append(Entry(stix.marked(obj, refs), version, added, report.seq, row.position))
+        added = stix.timestamp(report.added)
+        stamp = stix.version_of(obj, date_added=added)
+        found.entries.append(Entry(stix.marked(obj, refs), stamp, added, report.seq, version.position))
     return found, drafts

@@ -7,13 +7,13 @@ import json
 import uuid
 import weakref
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, NoReturn
 
 from broker.crypto import cursors
 from broker.domain import stix
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
-from broker.domain.stix import CollectionRecord, Entry, Filters, Position
+from broker.domain.stix import CollectionRecord, Filters, Position
+from broker.domain.versioning import Held
 from broker.errors import AccessDenied, BrokerError, NotFound
 from broker.services import audit, decisions, publishing
 from broker.services.collections import can_read, can_write
@@ -157,6 +157,18 @@ async def holders(ctx: Context, tx: Tx, object_id: str) -> list[tuple[ReportReco
 
 
 # -- which versions count ------------------------------------------------------------------------
+def may_see(
+    ctx: Context, node: NodeRecord, collection: CollectionRecord, report: ReportRecord, directory: Any
+) -> bool:
+    """Whether ``report`` is in ``node``'s view of the collection, before a request's filters:
+    its versions are what ``domain.versioning`` decides the node's view of an object from."""
+    return (
+        report.erased_at is None
+        and bool(set(report.topics) & set(collection.topics))
+        and decisions.decide_for(ctx, node, report, directory).allowed
+    )
+
+
 def counts(
     ctx: Context,
     node: NodeRecord,
@@ -166,12 +178,12 @@ def counts(
     filters: Filters,
 ) -> bool:
     """Whether ``report``'s versions count for ``node`` in the collection under ``filters``."""
-    return (
-        report.erased_at is None
-        and bool(set(report.topics) & set(collection.topics))
-        and (filters.added_after is None or report.added > filters.added_after)
-        and decisions.decide_for(ctx, node, report, directory).allowed
-    )
+    return added_after(filters, report) and may_see(ctx, node, collection, report, directory)
+
+
+def added_after(filters: Filters, report: ReportRecord) -> bool:
+    """Whether ``added_after`` keeps ``report``."""
+    return filters.added_after is None or report.added > filters.added_after
 
 
 def spec_ok(filters: Filters, spec_version: str) -> bool:
@@ -179,15 +191,14 @@ def spec_ok(filters: Filters, spec_version: str) -> bool:
     return not filters.spec_versions or spec_version in filters.spec_versions
 
 
-def kept_indexed(
-    entry: Entry, version: datetime, versions: Sequence[str], every: list[tuple[datetime, int, int]]
-) -> bool:
-    """Whether ``match[version]`` keeps an entry known by its index row alone, given every
-    version of its object that counts (``every``: version, report, place)."""
-    if "all" in versions:
-        return True
-    stamps = {stix.instant(v) for v in versions if v not in stix.VERSION_KEYWORDS}
-    if version in stamps:
-        return True
-    mine = (version, entry.report_seq, entry.position)
-    return ("last" in versions and mine == max(every)) or ("first" in versions and mine == min(every))
+def held(report: ReportRecord, row: stix.Indexed, filters: Filters) -> Held:
+    """A version of an object in a report the node may see, as the versioning rule takes it."""
+    kept = added_after(filters, report) and spec_ok(filters, row.spec_version)
+    return Held(
+        report.seq,
+        row.position,
+        report.originator_node,
+        row.version,
+        removed=row.excluded,
+        filtered=not kept,
+    )

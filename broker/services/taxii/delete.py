@@ -8,16 +8,17 @@ from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 
-from broker.domain import stix
+from broker.domain import versioning
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
-from broker.domain.stix import CollectionRecord, Entry, Filters
+from broker.domain.stix import CollectionRecord, Filters
+from broker.domain.versioning import Held
 from broker.errors import AccessDenied, BrokerError, NotFound
 from broker.services import audit, decisions, reports
 from broker.services.auth import recheck
 from broker.services.collections import can_read
 from broker.services.context import Context
 from broker.services.taxii.common import collection as collection_of
-from broker.services.taxii.common import counts, ensure_indexed, holders, kept_indexed, refuse, spec_ok
+from broker.services.taxii.common import counts, ensure_indexed, held, holders, may_see, refuse, spec_ok
 from broker.storage import collections as store
 
 
@@ -53,10 +54,11 @@ async def delete(
 async def _exclude_once(
     ctx: Context, node: NodeRecord, collection: CollectionRecord, object_id: str, filters: Filters
 ) -> None:
-    """Remove the versions of an object ``match[version]`` names among those the node may see:
-    each is marked excluded in the object index, its report untouched (one signed, encrypted
-    unit), and recorded as a ``recall`` with reason ``version_excluded``. 403 when only other
-    nodes' reports hold them, 404 when none the node may see does (both recorded)."""
+    """Remove the versions of an object ``match[version]`` names among those reads serve the node
+    (``domain.versioning``: only the object's creator's count): each is marked excluded in the
+    object index, its report untouched (one signed, encrypted unit), and recorded as a ``recall``
+    with reason ``version_excluded``. 403 when only other nodes' reports hold them, 404 when
+    none the node may see does (both recorded)."""
     await ensure_indexed(ctx)
     async with ctx.db.transaction() as tx:
         counter = (await tx.lock_head()).change_counter  # first: ``Tx.lock_head``'s lock order
@@ -65,48 +67,34 @@ async def _exclude_once(
         seen = [
             (report, row)
             for report, row in await holders(ctx, tx, object_id)
-            if not row.excluded
-            and not report.recalled_at
-            and counts(ctx, node, collection, report, directory, filters)
-            and spec_ok(filters, row.spec_version)
+            if not report.recalled_at and may_see(ctx, node, collection, report, directory)
         ]
-        chosen = _chosen(seen, filters.versions)
-        own = [(report, row) for report, row in chosen if report.originator_node == node.id]
+        reports_at = {report.seq: report for report, _ in seen}
+        chosen = versioning.shown([held(report, row, filters) for report, row in seen], filters.versions)
+        own = [version for version in chosen if version.publisher == node.id]
         now = ctx.now()
         if own:
-            await store.exclude(tx, [(report.seq, row.position) for report, row in own], at=now)
+            await store.exclude(tx, [(version.seq, version.position) for version in own], at=now)
             drafts = [
-                replace(decisions.allow_draft(node, report, "recall"), reason="version_excluded")
-                for report in {r.seq: r for r, _ in own}.values()
+                replace(decisions.allow_draft(node, reports_at[seq], "recall"), reason="version_excluded")
+                for seq in sorted({version.seq for version in own})
             ]
             await audit.record(tx, drafts, now=now, report_changed=True, decided_at=counter)
             return
         refusal = _refusal(chosen)
-        await audit.record(tx, [_denied(node, refusal, chosen)], now=now, decided_at=counter)
+        first = reports_at[chosen[0].seq] if chosen else None
+        await audit.record(tx, [_denied(node, refusal, first)], now=now, decided_at=counter)
     raise refusal
 
 
-Held = Sequence[tuple[ReportRecord, stix.Indexed]]
-
-
-def _chosen(seen: Held, versions: Sequence[str]) -> list[tuple[ReportRecord, stix.Indexed]]:
-    """Of the versions ``seen``, those ``match[version]`` names (judged across them all)."""
-    every = [(row.version, report.seq, row.position) for report, row in seen]
-    return [
-        (report, row)
-        for report, row in seen
-        if kept_indexed(Entry({}, "", "", report.seq, row.position), row.version, versions, every)
-    ]
-
-
-def _refusal(chosen: Held) -> BrokerError:
+def _refusal(chosen: Sequence[Held]) -> BrokerError:
     """Why removing versions of which the node owns none is refused."""
     if chosen:
         return AccessDenied("only the originator may remove a version", code="not_originator")
     return NotFound("no such object", code="not_found")
 
 
-def _denied(node: NodeRecord, refusal: BrokerError, chosen: Held) -> AuditDraft:
+def _denied(node: NodeRecord, refusal: BrokerError, report: ReportRecord | None) -> AuditDraft:
     return AuditDraft(
         action="recall",
         actor=node.id,
@@ -114,7 +102,7 @@ def _denied(node: NodeRecord, refusal: BrokerError, chosen: Held) -> AuditDraft:
         nation=node.nation,
         decision="deny",
         reason=refusal.code,
-        report=chosen[0][0].id if chosen else None,
+        report=None if report is None else report.id,
     )
 
 

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import partial
 from typing import Any
 
 from broker.crypto.keyring import Keyring
-from broker.domain import stix
+from broker.domain import stix, versioning
 from broker.domain.records import AuditDraft, NodeRecord, ReportRecord
-from broker.domain.stix import CollectionRecord, Entry, Filters, Position
+from broker.domain.stix import VERSION_KEYWORDS, CollectionRecord, Entry, Filters, Position
 from broker.services import audit, decisions
 from broker.services.auth import recheck
 from broker.services.context import Context
 from broker.services.scanhints import HintKey, ScanHint
 from broker.services.taxii import common
-from broker.services.taxii.common import ensure_indexed, index_key, readable, spec_ok
+from broker.services.taxii.common import ensure_indexed, index_key, readable
 from broker.services.taxii.objects import PAYLOADS, Page, report_entries
 from broker.storage import collections as store
 from broker.storage.repos import Tx
@@ -42,8 +41,10 @@ class Scan:
     opened: int = 0  # payloads decrypted
     directory: Any = None
     _seen: set[tuple[str, str]] = field(default_factory=set)
-    _counts: dict[int, bool] = field(default_factory=dict)  # report seq -> its versions count
+    # report seq -> the report, when the node may see it in the collection (before the filters)
+    _holders: dict[int, ReportRecord | None] = field(default_factory=dict)
     _held: dict[str, list[tuple[int, stix.Indexed]]] = field(default_factory=dict)  # by digest
+    _shown: dict[str, set[tuple[int, int]]] = field(default_factory=dict)  # by digest: (seq, position)
     _digest_at: dict[tuple[int, int], str] = field(default_factory=dict)  # (seq, position)
     index_key: bytes = b""
 
@@ -103,11 +104,13 @@ class Scan:
         if report.erased_at is not None:
             PAYLOADS.forget(report.id)  # what an erased payload carried is not kept either
             return False
-        if self._counts.get(report.seq):
-            return True
-        if not decisions.decide_for(self.ctx, self.node, report, self.directory).allowed:
+        if report.seq in self._holders:
+            allowed = self._holders[report.seq] is not None
+        else:
+            allowed = decisions.decide_for(self.ctx, self.node, report, self.directory).allowed
+        if not allowed:
             return False
-        if self.filters.added_after is not None and report.added <= self.filters.added_after:
+        if not common.added_after(self.filters, report):
             self.page.next = Position(report.seq + 1, 0)
             return False
         return True
@@ -133,58 +136,58 @@ class Scan:
         read: Sequence[tuple[int, stix.Indexed]] | None = None,
     ) -> None:
         """Every version of the objects ``digests`` name (``read``: already read), and whether
-        each report holding one counts for this page (``_counts``), read once per scan."""
+        the node may see each report holding one (``_holders``), read once per scan."""
         unknown = {d for d in digests if d not in self._held}
         for d in unknown:
             self._held[d] = []
         for seq, row in read if read is not None else await store.indexed(tx, sorted(unknown)):
             if row.digest in unknown:
                 self._held[row.digest].append((seq, row))
-        if "all" in self.filters.versions:
-            return
-        seqs = {seq for d in digests for seq, _ in self._held[d]} - set(self._counts)
+        seqs = {seq for d in digests for seq, _ in self._held[d]} - set(self._holders)
         records = [r for r in known if r.seq in seqs]
         records += await store.reports_at(tx, sorted(seqs - {r.seq for r in records}))
         for other in records:
-            self._counts[other.seq] = common.counts(
-                self.ctx, self.node, self.collection, other, self.directory, self.filters
-            )
+            seen = common.may_see(self.ctx, self.node, self.collection, other, self.directory)
+            self._holders[other.seq] = other if seen else None
 
     async def _versions(self, tx: Tx, report: ReportRecord, entries: list[Entry]) -> list[Entry]:
         """The entries ``match[version]`` keeps, judged per object across every version the node
-        may see in the collection under the same filters (the object index), not per report."""
-        versions = self.filters.versions
+        may see in the collection (the object index), not per report: only the versions of the
+        node that published the first of them count (``domain.versioning``)."""
         digests: dict[int, str] = {}
         for e in entries:
             if e.position >= 0:
                 found_digest = self._digest_at.get((report.seq, e.position))
                 digests[e.position] = found_digest or stix.id_digest(self.index_key, str(e.obj["id"]))
         await self._hold(tx, set(digests.values()))
-        held = [item for d in set(digests.values()) for item in self._held[d]]
-        removed = {(seq, row.position) for seq, row in held if row.excluded}
-        entries = [e for e in entries if (e.report_seq, e.position) not in removed]
-        if "all" in versions or not entries:
-            return entries
-        self._counts[report.seq] = True  # decided and taken by the scan
-        found: dict[str, list[tuple[datetime, int, int]]] = {}
-        for seq, row in held:
-            if self._counts.get(seq) and not row.excluded and spec_ok(self.filters, row.spec_version):
-                found.setdefault(row.digest, []).append((row.version, seq, row.position))
-        return [e for e in entries if kept(e, versions, found.get(digests.get(e.position, ""), []))]
+        kept = set[tuple[int, int]]()
+        for digest in set(digests.values()):
+            kept |= self._shown_of(digest)
+        versions = self.filters.versions
+        return [
+            e
+            for e in entries
+            if (e.report_seq, e.position) in kept or (e.position < 0 and _marking_kept(e, versions))
+        ]
+
+    def _shown_of(self, digest: str) -> set[tuple[int, int]]:
+        """The places of the versions of one object served under the page's filters."""
+        if digest not in self._shown:
+            versions = [
+                common.held(holder, row, self.filters)
+                for seq, row in self._held[digest]
+                if (holder := self._holders.get(seq)) is not None
+            ]
+            shown = versioning.shown(versions, self.filters.versions)
+            self._shown[digest] = {(version.seq, version.position) for version in shown}
+        return self._shown[digest]
 
 
-def kept(entry: Entry, versions: Sequence[str], others: list[tuple[datetime, int, int]]) -> bool:
-    """Whether ``match[version]`` keeps ``entry`` given every version of its object that counts
-    (``others``, as the index orders them: version, then report, then place). A broker marking
-    has one version."""
-    moment = stix.instant(entry.version)
-    if any(v not in stix.VERSION_KEYWORDS and stix.instant(v) == moment for v in versions):
+def _marking_kept(entry: Entry, versions: Sequence[str]) -> bool:
+    """Whether ``match[version]`` keeps a broker marking in a listing: it has one version."""
+    if VERSION_KEYWORDS & set(versions):
         return True
-    if entry.position < 0:
-        return "first" in versions or "last" in versions
-    mine = (moment, entry.report_seq, entry.position)
-    every = [*others, mine]
-    return ("last" in versions and mine == max(every)) or ("first" in versions and mine == min(every))
+    return any(stix.instant(v) == stix.instant(entry.version) for v in versions)
 
 
 async def page(
