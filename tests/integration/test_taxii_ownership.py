@@ -17,6 +17,7 @@ from tests.conftest import FakeClock
 from tests.integration.conftest import Api
 from tests.integration.helpers import body
 from tests.integration.test_taxii import TAXII, bundle, collection_id, indicator, raw
+from tests.integration.test_taxii_markings import TLP_GREEN
 
 POST = {"Content-Type": TAXII}
 FIRST, LATER, LATEST = "2026-01-02T00:00:00.000Z", "2026-01-03T00:00:00.000Z", "2026-01-04T00:00:00.000Z"
@@ -253,15 +254,7 @@ ATTACK_PATTERN = {  # MITRE ATT&CK T1566 as ATT&CK publishes it: every nation co
         }
     ],
 }
-TLP1_GREEN = {  # STIX 2.1's TLP 1.0 marking-definition, exactly as the specification states it
-    "type": "marking-definition",
-    "spec_version": "2.1",
-    "id": "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da",
-    "created": "2017-01-20T00:00:00.000Z",
-    "definition_type": "tlp",
-    "name": "TLP:GREEN",
-    "definition": {"tlp": "green"},
-}
+TLP1_GREEN = TLP_GREEN  # the STIX 2.1 TLP 1.0 marking-definition
 
 
 async def test_a_bundle_carrying_ids_others_published_is_stored_whole(api: Api) -> None:
