@@ -23,16 +23,25 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()  # RFC 6962 section 2.1: the hash of t
 class Refused(Exception):
     """An add-checkpoint request the witness does not cosign: ``status`` is the HTTP answer;
     ``latest_size`` the size it last cosigned (the 409 body); ``signed``: the log's signature
-    verified, so the request is evidence about the log worth keeping."""
+    verified, so the request is evidence about the log worth keeping; ``fork``: the log signed a
+    checkpoint that cannot extend the one cosigned (another root at its size, an impossible empty
+    tree, a consistency proof that fails): evidence that it signed two histories."""
 
     def __init__(
-        self, status: int, reason: str, *, latest_size: int | None = None, signed: bool = False
+        self,
+        status: int,
+        reason: str,
+        *,
+        latest_size: int | None = None,
+        signed: bool = False,
+        fork: bool = False,
     ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.latest_size = latest_size
         self.signed = signed
+        self.fork = fork
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ def check(submission: Submission, latest: Latest | None) -> None:
     if old != stored:
         raise Refused(409, f"old size {old} is not {stored}", latest_size=stored, signed=True)
     if new.size == 0 and new.root != EMPTY_ROOT:
-        raise Refused(422, "a checkpoint of size 0 must have the empty tree's root", signed=True)
+        raise Refused(422, "a checkpoint of size 0 must have the empty tree's root", signed=True, fork=True)
     if old == 0:
         if submission.proof:
             raise Refused(422, "a consistency proof from size 0 must be empty", signed=True)
@@ -106,7 +115,7 @@ def check(submission: Submission, latest: Latest | None) -> None:
     if latest is None:  # old == stored > 0 implies a stored checkpoint
         raise AssertionError("a stored size without a stored checkpoint")
     if old == new.size and new.root != latest.root:  # C2SP tlog-witness: a 409, naming the size held
-        raise Refused(409, f"size {old} again, with another root", latest_size=old, signed=True)
+        raise Refused(409, f"size {old} again, with another root", latest_size=old, signed=True, fork=True)
     consistent = merkle.verify_consistency(
         first=old, second=new.size, first_root=latest.root, second_root=new.root, proof=submission.proof
     )

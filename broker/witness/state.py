@@ -28,6 +28,14 @@ from broker.witness.protocol import Latest, Refused, Submission, check
 SCHEMA_VERSION = "1"
 MAX_EVIDENCE = 10_000
 BUSY_SECONDS = 10.0
+# Refusals that prove the log signed two histories (``Refused.fork``) are kept apart from the
+# others: anyone can replay the log's genuine checkpoints with a stale old size, each refused and
+# kept, and MAX_EVIDENCE of those must not push such a proof out. Added to a database made before
+# them when it is opened (the column's default: not a fork).
+_FORKS = (
+    "ALTER TABLE refused ADD COLUMN fork INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX refused_by_kind ON refused (fork, id)",
+)
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     # size as decimal text: a checkpoint size may exceed SQLite's signed 64-bit integers
@@ -38,6 +46,7 @@ _SCHEMA = (
     "CREATE TABLE refused (id INTEGER PRIMARY KEY AUTOINCREMENT, origin TEXT NOT NULL,"
     " checkpoint BLOB NOT NULL UNIQUE, received_at INTEGER NOT NULL, status INTEGER NOT NULL,"
     " reason TEXT NOT NULL, body BLOB NOT NULL)",
+    *_FORKS,
 )
 
 
@@ -94,6 +103,26 @@ def create(path: Path, *, key_id: str, name: str, vkey: str) -> None:
         conn.close()
 
 
+def _add_forks(conn: sqlite3.Connection) -> None:
+    """Give a database made before fork evidence was kept apart its column and index (once,
+    under the write lock: witnesses opening one directory together add them once)."""
+    if "fork" in _columns(conn):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "fork" not in _columns(conn):
+            for statement in _FORKS:
+                conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _columns(conn: sqlite3.Connection) -> set[str]:
+    return {str(row[1]) for row in conn.execute("PRAGMA table_info(refused)")}
+
+
 class State:
     """An open state database. Not thread-safe: the server uses it from one thread."""
 
@@ -116,6 +145,7 @@ class State:
         if meta.get("key_id") != key_id:
             conn.close()
             raise LostState(f"the state database {path} was made for another key ({meta.get('key_id')})")
+        _add_forks(conn)
         return cls(conn, meta)
 
     def close(self) -> None:
@@ -163,9 +193,16 @@ class State:
         return None if row is None else Latest(size=int(row[0]), root=bytes(row[1]))
 
     def _keep(self, submission: Submission, refused: Refused, *, body: bytes, now: int) -> None:
+        """Keep a refusal: the newest MAX_EVIDENCE of the others, the first MAX_EVIDENCE forks
+        (any one of them proves the fork; only the log can sign more)."""
+        fork = int(refused.fork)
+        if fork:
+            (forks,) = self._conn.execute("SELECT count(*) FROM refused WHERE fork = 1").fetchone()
+            if forks >= MAX_EVIDENCE:
+                return
         cursor = self._conn.execute(
-            "INSERT INTO refused (origin, checkpoint, received_at, status, reason, body)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (checkpoint) DO NOTHING",
+            "INSERT INTO refused (origin, checkpoint, received_at, status, reason, body, fork)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (checkpoint) DO NOTHING",
             (
                 submission.origin,
                 hashlib.sha256(submission.text.encode()).digest(),
@@ -173,10 +210,15 @@ class State:
                 refused.status,
                 refused.reason,
                 body,
+                fork,
             ),
         )
-        if cursor.rowcount == 1 and cursor.lastrowid is not None and cursor.lastrowid > MAX_EVIDENCE:
-            self._conn.execute("DELETE FROM refused WHERE id <= ?", (cursor.lastrowid - MAX_EVIDENCE,))
+        if cursor.rowcount == 1 and not fork:
+            self._conn.execute(
+                "DELETE FROM refused WHERE fork = 0 AND id <= (SELECT id FROM refused WHERE fork = 0"
+                " ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (MAX_EVIDENCE,),
+            )
 
     def note(self, hashed_origin: str) -> str | None:
         """The latest cosigned checkpoint (log and witness signatures) for a log, by origin hash."""

@@ -44,3 +44,55 @@ async def test_the_cosigned_size_with_another_root_is_a_409_naming_that_size(
         assert [log_["root"] for log_ in state.logs()] == [base64.b64encode(tree.root(7)).decode()]
     finally:
         state.close()
+
+
+async def test_a_flood_of_stale_requests_does_not_push_a_fork_out_of_the_evidence(
+    served: tuple[str, c2sp.Log, aiohttp.ClientSession, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log itself can send ever new signed checkpoints with a stale old size (each refused
+    409 and kept): past the bound on kept refusals they must push out other stale ones, never the
+    proof that the log signed two histories."""
+    from broker.witness import state
+
+    monkeypatch.setattr(state, "MAX_EVIDENCE", 5)  # the bound, small enough to pass in a test
+    url, log, session, folder = served
+    tree, fork = forked_trees(shared=3, size=40, seed=b"flood")
+    sent = [
+        c2sp.add_checkpoint_body(0, [], log.checkpoint(7, tree.root(7))),
+        forked := c2sp.add_checkpoint_body(7, [], log.checkpoint(7, fork.root(7))),
+        *(c2sp.add_checkpoint_body(3, [], log.checkpoint(n, tree.root(n))) for n in range(8, 40)),
+    ]
+    statuses = []
+    for request in sent:
+        async with session.post(f"{url}/add-checkpoint", data=request) as resp:
+            statuses.append(resp.status)
+    assert statuses == [200, 409] + [409] * 32
+    _, kept = directory.load(folder)
+    try:
+        bodies = [e.body for e in kept.evidence(100)]
+    finally:
+        kept.close()
+    assert forked in bodies, "the fork's evidence was pushed out by stale requests"
+    assert len(bodies) == 5 + 1  # the newest stale ones within the bound, and the fork
+
+
+def test_a_state_database_made_before_forks_were_kept_apart_gains_them_when_opened(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    directory.init(tmp_path / "w", name="witness.example/old")
+    made = tmp_path / "w" / directory.STATE_FILE
+    with sqlite3.connect(made) as old:  # the schema before, holding one refusal
+        old.execute("DROP INDEX refused_by_kind")
+        old.execute("ALTER TABLE refused DROP COLUMN fork")
+        old.execute(
+            "INSERT INTO refused (origin, checkpoint, received_at, status, reason, body)"
+            " VALUES ('o', x'00', 1, 409, 'old size 3 is not 7', x'00')"
+        )
+    for _ in range(2):  # opened again: nothing more to add
+        directory.load(tmp_path / "w")[1].close()
+    with sqlite3.connect(made) as reopened:
+        assert reopened.execute("SELECT status, fork FROM refused").fetchall() == [(409, 0)]
+        indexes = reopened.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+        assert ("refused_by_kind",) in indexes
