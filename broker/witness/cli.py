@@ -104,6 +104,7 @@ def _show(folder: Path, limit: int) -> dict[str, Any]:
                 "status": e.status,
                 "reason": e.reason,
                 "body": base64.b64encode(e.body).decode(),
+                "fork": e.fork,
             }
             for e in state.evidence(max(limit, 0))
         ]

@@ -67,6 +67,7 @@ class Evidence:
     status: int
     reason: str
     body: bytes
+    fork: bool = False  # the log signed a checkpoint contradicting one cosigned (Refused.fork)
 
 
 def origin_hash(origin: str) -> str:
@@ -236,10 +237,14 @@ class State:
         ]
 
     def evidence(self, limit: int) -> list[Evidence]:
-        """The newest ``limit`` refused requests kept, newest first."""
+        """``limit`` refused requests kept: proofs of a fork first, then the others, each newest
+        first."""
         rows = self._conn.execute(
-            "SELECT origin, received_at, status, reason, body FROM refused ORDER BY id DESC LIMIT ?", (limit,)
+            "SELECT origin, received_at, status, reason, body, fork FROM refused"
+            " ORDER BY fork DESC, id DESC LIMIT ?",
+            (limit,),
         )
         return [
-            Evidence(origin=o, received_at=t, status=s, reason=r, body=bytes(b)) for o, t, s, r, b in rows
+            Evidence(origin=o, received_at=t, status=s, reason=r, body=bytes(b), fork=bool(f))
+            for o, t, s, r, b, f in rows
         ]

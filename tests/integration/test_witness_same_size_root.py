@@ -70,10 +70,12 @@ async def test_a_flood_of_stale_requests_does_not_push_a_fork_out_of_the_evidenc
     _, kept = directory.load(folder)
     try:
         bodies = [e.body for e in kept.evidence(100)]
+        first = kept.evidence(1)  # what `broker witness show --refused 1` shows
     finally:
         kept.close()
     assert forked in bodies, "the fork's evidence was pushed out by stale requests"
     assert len(bodies) == 5 + 1  # the newest stale ones within the bound, and the fork
+    assert [(e.body, e.fork) for e in first] == [(forked, True)]  # a proof of a fork comes first
 
 
 def test_a_state_database_made_before_forks_were_kept_apart_gains_them_when_opened(
