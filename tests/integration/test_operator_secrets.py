@@ -1,10 +1,13 @@
 """What the command line shows and writes on the operator's side: a database password given in
-the URL's query is hidden like one given before the host, and a URL the broker cannot read is
-one line naming no part of it."""
+the URL's query is hidden like one given before the host, a URL the broker cannot read is one
+line naming no part of it, and an audit export is written like the broker's other files (a new
+file, 0600, renamed into place), never through a link someone else planted at its name."""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -40,3 +43,33 @@ def test_a_url_that_does_not_parse_is_one_line_without_its_password(tmp_path: Pa
     for command in (["config", "check"], ["node", "list"]):
         line = cli.refused(*command)
         assert SECRET not in line and "BROKER_DATABASE_URL" in line, line
+
+
+# What an export is written through plays no part in the engine: SQLite only.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_audit_export_refuses_a_planted_link_and_is_private(
+    database_url: str, tmp_path: Path, cli: Cli
+) -> None:
+    """Someone who may write in the export's directory (a shared exports folder) links the
+    export's name to a file of the operator's, here the keyring: the export must not write
+    through the link (that would destroy every key), and what it writes only its owner reads."""
+    keyring = tmp_path / "keyring.json"
+    cli.use(database_url, keyring)
+    cli.ok("audit", "key")  # the keyring exists and is bound
+    before = keyring.read_bytes()
+    shared = tmp_path / "exports"
+    shared.mkdir()
+    planted = shared / "audit.ndjson"
+    planted.symlink_to(keyring)
+    assert "symbolic link" in cli.refused("audit", "export", str(planted))
+    assert keyring.read_bytes() == before
+    planted.unlink()
+
+    planted.write_text("an earlier export\n")
+    planted.chmod(0o644)  # readable by all
+    old = os.stat(planted).st_ino
+    cli.ok("audit", "export", str(planted))
+    assert json.loads(planted.read_text().splitlines()[-1])["checkpoint"]["size"] > 0
+    assert stat.S_IMODE(planted.stat().st_mode) == 0o600
+    assert os.stat(planted).st_ino != old
+    assert sorted(p.name for p in shared.iterdir()) == ["audit.ndjson"]  # no temporary file left
