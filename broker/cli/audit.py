@@ -64,28 +64,35 @@ def command(args: argparse.Namespace) -> Callable[[Context], Awaitable[Any]]:
     async def key(ctx: Context) -> dict[str, str]:
         return ledger.public_key(ctx)
 
-    table: dict[str, Callable[[Context], Awaitable[Any]]] = {
-        "export": lambda c: _export(c, Path(args.file)),
-        "key": key,
-    }
-    return table[args.action]
+    if args.action == "export":
+        target = _export_target(args.file)  # before the database is opened
+        return lambda c: _export(c, target)
+    return key
 
 
-async def _export(ctx: Context, path: Path) -> dict[str, Any]:
-    """Written like the keyring: a new file (0600: the log says who received what) renamed over
-    ``path``, so nothing is ever written through a link planted at that name in a shared
-    folder, and a failed export leaves the previous one. A link or a device at ``path`` is
-    refused rather than replaced (``/dev/stdout`` is a link too)."""
-    from broker.crypto.files import replacing
+def _export_target(file: str) -> Path:
+    """Where to write an export: a new name or a regular file, which is replaced. A link or a
+    device is refused rather than replaced (``/dev/stdout`` is a link too)."""
     from broker.errors import BrokerError
-    from broker.services import ledger
 
+    path = Path(file)
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise BrokerError(
             f"{path} is a symbolic link or not a regular file: give a regular file's path "
             "(GET /v1/audit/export streams the export)",
             code="invalid_input",
         )
+    return path
+
+
+async def _export(ctx: Context, path: Path) -> dict[str, Any]:
+    """Written like the keyring: a new file (0600: the log says who received what) renamed over
+    ``path``, so nothing is ever written through a link planted at that name in a shared
+    folder, and a failed export leaves the previous one."""
+    from broker.crypto.files import replacing
+    from broker.errors import BrokerError
+    from broker.services import ledger
+
     lines = 0
     try:
         with replacing(path, mode=0o600) as fh:
