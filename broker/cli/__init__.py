@@ -210,6 +210,7 @@ def _config_summary(settings: Settings) -> dict[str, Any]:
     """`broker config check`: everything loaded and valid (unknown keys are refused on load)."""
     from broker.storage import db
 
+    db.check_url(settings.database_url)  # a URL the broker cannot use is not a valid configuration
     return {
         "config_dir": str(settings.config_dir),
         "database": db.redacted(settings.database_url),

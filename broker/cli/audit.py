@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     audit = actions(sub, "audit", "the audit log")
     audit.add_parser("export", parents=[common], help="write an NDJSON export").add_argument(
-        "file", help="file to write (replaced)"
+        "file", help="file to write (replaced; mode 0600)"
     )
     verify = audit.add_parser(
         "verify", parents=[common], help="verify an export offline (exit 1 if tampered)"
@@ -64,28 +64,45 @@ def command(args: argparse.Namespace) -> Callable[[Context], Awaitable[Any]]:
     async def key(ctx: Context) -> dict[str, str]:
         return ledger.public_key(ctx)
 
-    table: dict[str, Callable[[Context], Awaitable[Any]]] = {
-        "export": lambda c: _export(c, Path(args.file)),
-        "key": key,
-    }
-    return table[args.action]
+    if args.action == "export":
+        target = _export_target(args.file)  # before the database is opened
+        return lambda c: _export(c, target)
+    return key
+
+
+def _export_target(file: str) -> Path:
+    """Where to write an export: a new name or a regular file, which is replaced. A link or a
+    device is refused rather than replaced (``/dev/stdout`` is a link too)."""
+    from broker.errors import BrokerError
+
+    path = Path(file)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise BrokerError(
+            f"{path} is a symbolic link or not a regular file: give a regular file's path "
+            "(GET /v1/audit/export streams the export)",
+            code="invalid_input",
+        )
+    return path
 
 
 async def _export(ctx: Context, path: Path) -> dict[str, Any]:
+    """Written like the keyring: a new file (0600: the log says who received what) renamed over
+    ``path``, so nothing is ever written through a link planted at that name in a shared
+    folder, and a failed export leaves the previous one."""
+    from broker.crypto.files import replacing
     from broker.errors import BrokerError
     from broker.services import ledger
 
     lines = 0
     try:
-        fh = path.open("w")
+        with replacing(path, mode=0o600) as fh:
+            async for line in ledger.export(ctx):
+                fh.write(line.encode())
+                lines += 1
+                if lines % 10_000 == 0:
+                    print(f"exported {lines} lines...", file=sys.stderr)
     except OSError as exc:
         raise BrokerError(f"cannot write {path}: {exc.strerror or exc}", code="invalid_input") from exc
-    with fh:
-        async for line in ledger.export(ctx):
-            fh.write(line)
-            lines += 1
-            if lines % 10_000 == 0:
-                print(f"exported {lines} lines...", file=sys.stderr)
     return {"file": str(path), "lines": lines}
 
 

@@ -46,7 +46,7 @@ def _origin(lines: Sequence[str]) -> str | None:
     for line in reversed(lines):
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # verify names the line
             continue
         note = record.get("checkpoint", {}).get("note") if isinstance(record, dict) else None
         if isinstance(note, str):
@@ -88,7 +88,14 @@ def trace(report_id: str, files: Sequence[Path], keys: Mapping[str, bytes]) -> T
     problems: list[str] = []
     exports: dict[str, str] = {}
     for path in files:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            problems.append(f"{path}: not UTF-8 text, so not an audit export")
+            continue
+        except OSError as exc:
+            problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+            continue
         broker = _origin(lines)
         if broker is None:
             problems.append(f"{path}: no signed checkpoint, so no broker to name")

@@ -58,6 +58,24 @@ def _fail(kind: str, message: str, seq: int | None = None, line: int | None = No
     return Finding(ok=False, kind=kind, message=message, seq=seq, line=line)
 
 
+class _KeyTwice(ValueError):
+    """A JSON object holding one key twice: the broker writes each once, and readers disagree
+    on which one counts (``json.loads`` keeps the last; a person or grep sees the first)."""
+
+    def __init__(self, key: str, line: int = 0) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _KeyTwice(key)
+        obj[key] = value
+    return obj
+
+
 def _parse(lines: Iterable[str]) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, dict[str, Any]]]]:
     events: list[tuple[int, dict[str, Any]]] = []
     checkpoints: list[tuple[int, dict[str, Any]]] = []
@@ -65,9 +83,11 @@ def _parse(lines: Iterable[str]) -> tuple[list[tuple[int, dict[str, Any]]], list
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_once)
         except RecursionError:
             raise ValueError(f"line {number} is nested too deeply") from None
+        except _KeyTwice as exc:
+            raise _KeyTwice(exc.key, number) from None
         if not isinstance(obj, dict):
             raise ValueError(f"line {number} is not a JSON object")
         (checkpoints if "checkpoint" in obj else events).append((number, obj))
@@ -188,6 +208,12 @@ def _verify_log(
         anchor, origin = checked, checked.origin
     try:
         events, checkpoint_lines = _parse(lines)
+    except _KeyTwice as exc:
+        return _fail(
+            "altered",
+            f"line {exc.line} holds the key {exc.key!r} twice: not as the broker wrote it",
+            line=exc.line,
+        )
     except ValueError as exc:
         return _fail("malformed", f"not an audit export: {exc}")
     if not checkpoint_lines:

@@ -57,11 +57,14 @@ class Deadlines:
 
 
 def redacted(url: str) -> str:
-    """``url`` with its password hidden, for messages (an unparsable URL is not shown at all)."""
+    """``url`` with its password hidden, for messages (an unparsable URL is not shown at all).
+    asyncpg takes a password from the query too (``?password=``): hidden alike."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except SQLAlchemyError:
+        parsed = make_url(url)
+    except (SQLAlchemyError, ValueError):  # ValueError: a port that is not a number
         return "BROKER_DATABASE_URL"
+    hidden = {key: "***" for key in parsed.query if "password" in key.lower()}
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
 # What a refused URL is told to look like.
@@ -87,6 +90,13 @@ def check_url(url: str) -> URL:
         parsed = make_url(url)
     except SQLAlchemyError as exc:
         raise ConfigError(file="BROKER_DATABASE_URL", key="url", problem=f"{exc}; give {URL_FORMS}") from exc
+    except ValueError:  # its text quotes the URL, which may be the password's
+        raise ConfigError(
+            file="BROKER_DATABASE_URL",
+            key="url",
+            problem="the port is not a number (is an '@' or ':' in the password not percent-encoded?); "
+            f"give {URL_FORMS}",
+        ) from None
     if parsed.drivername in ("sqlite+aiosqlite", "postgresql+asyncpg"):
         return parsed
     raise ConfigError(

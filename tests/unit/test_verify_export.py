@@ -378,3 +378,20 @@ def test_exit_codes_name_tampering_only() -> None:
     del lines[8]
     assert verify(lines, public_key=PUBLIC).exit_code == 1
     assert verify(["not json"], public_key=PUBLIC).exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("at", "key", "forged"),
+    [(0, "action", "publish"), (3, "actor", "gbr-1"), (12, "checkpoint", {"size": 999})],
+    ids=["event action", "event actor", "checkpoint record"],
+)
+def test_a_key_written_twice_is_not_intact(at: int, key: str, forged: object) -> None:
+    """The broker writes every key once. A line that holds one twice says two things, and a
+    reader that takes the first (a person, grep, a strict parser) sees the forged one, while
+    json.loads kept the last, the genuine one, and found its hash intact."""
+    lines = build()
+    lines[at] = "{" + json.dumps(key) + ": " + json.dumps(forged) + ", " + lines[at][1:]
+    finding = verify(lines, public_key=PUBLIC)
+    assert not finding.ok, finding.message
+    assert (finding.kind, finding.line, finding.exit_code) == ("altered", at + 1, 1)
+    assert f"'{key}' twice" in finding.message
