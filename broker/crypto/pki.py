@@ -127,6 +127,15 @@ def load_certificate(pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem)
 
 
+def certificate_expires_at(cert_der: bytes) -> datetime | None:
+    """When a DER certificate stops being valid (its notAfter, UTC), or None when the bytes are
+    no certificate. Like ``node_id_from_certificate``, for what a verified connection presented."""
+    try:
+        return x509.load_der_x509_certificate(cert_der).not_valid_after_utc
+    except ValueError:
+        return None
+
+
 def fingerprint_sha256(cert: bytes) -> str:
     """Lower-case hex SHA-256 of the DER certificate; ``cert`` is PEM (first one) or DER.
 

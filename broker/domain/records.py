@@ -14,16 +14,19 @@ NODE_REVOKED = "node_revoked"
 TOKEN_REPLACED = "token_replaced"  # noqa: S105 (a reason code, not a secret)
 TOKEN_EXPIRED = "token_expired"  # noqa: S105 (a reason code, not a secret)
 CERTIFICATE_NOT_PINNED = "certificate_not_pinned"
+CERTIFICATE_EXPIRED = "certificate_expired"
 
 
 @dataclass(frozen=True)
 class Credential:
     """What a request or stream authenticated with: the hash of the token it presented and the
-    SHA-256 (hex) of its client certificate, either or both. Every later act of the same
-    request or stream is decided against this, not against whatever the node holds now."""
+    SHA-256 (hex) of its client certificate (and when that certificate stops being valid), either
+    or both. Every later act of the same request or stream is decided against this, not against
+    whatever the node holds now."""
 
     token_hash: str | None = None
     certificate: str | None = None
+    certificate_expires_at: datetime | None = None  # its notAfter: the handshake checked it once
 
 
 def credential_lapsed(node: NodeRecord, credential: Credential | None, *, now: datetime) -> str | None:
@@ -31,8 +34,9 @@ def credential_lapsed(node: NodeRecord, credential: Credential | None, *, now: d
     ``now``, or None while it still does.
 
     A token stops at revocation, rotation (the node's hash is another) and expiry; a certificate
-    at revocation and when the node is pinned to another certificate. ``credential`` None (a
-    record not obtained by authentication) is held to revocation and expiry only."""
+    at revocation, when the node is pinned to another certificate, and at its own expiry (a
+    connection outlives the handshake that checked it). ``credential`` None (a record not
+    obtained by authentication) is held to revocation and expiry only."""
     if node.revoked_at is not None:
         return NODE_REVOKED
     if credential is None:
@@ -46,6 +50,9 @@ def credential_lapsed(node: NodeRecord, credential: Credential | None, *, now: d
     pin, presented = node.tls_fingerprint, credential.certificate
     if pin is not None and presented is not None and not hmac.compare_digest(pin, presented):
         return CERTIFICATE_NOT_PINNED
+    ends = credential.certificate_expires_at
+    if presented is not None and ends is not None and now >= ends:
+        return CERTIFICATE_EXPIRED
     return None
 
 

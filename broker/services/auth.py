@@ -20,7 +20,15 @@ from typing import NoReturn
 
 from broker.crypto import pki
 from broker.crypto.tokens import hash_token, token_matches
-from broker.domain.records import NODE_REVOKED, AuditDraft, Credential, Head, NodeRecord, credential_lapsed
+from broker.domain.records import (
+    CERTIFICATE_EXPIRED,
+    NODE_REVOKED,
+    AuditDraft,
+    Credential,
+    Head,
+    NodeRecord,
+    credential_lapsed,
+)
 from broker.errors import AccessDenied, RateLimited, Unauthenticated
 from broker.services.audit import record_alone
 from broker.services.context import Context
@@ -101,10 +109,12 @@ async def _by_certificate(
 ) -> NodeRecord:
     """The node a verified client certificate names (SAN ``urn:alliance-broker:node:<id>``).
 
-    The TLS handshake already checked the chain to a configured CA and the validity dates; here:
-    the node exists and is not revoked, the certificate is the pinned one when the node has a pin,
-    and a token sent as well names the same node. Cached by the certificate's fingerprint like a
-    token (the certificate is parsed once), under the same version rule.
+    The TLS handshake already checked the chain to a configured CA and the validity dates, once,
+    when the connection opened; here: the node exists and is not revoked, the certificate is the
+    pinned one when the node has a pin, it has not expired since (a kept-alive connection or a
+    stream outlives its handshake), and a token sent as well names the same node. The node is
+    cached by the certificate's fingerprint like a token, under the same version rule (the node
+    id is read from the certificate once, its notAfter at each authentication).
 
     The failure limit of ``source`` applies unless the certificate is the one pinned to its
     node: such a client is not refused for its neighbours' failures (behind one NAT or proxy).
@@ -140,13 +150,17 @@ async def _by_certificate(
     if pin is not None and not pinned:
         ctx.tokens.pop(key, None)
         _fail(ctx, source, reason="certificate_not_pinned", node=node)
+    expires_at = pki.certificate_expires_at(der)
+    if expires_at is None or ctx.now() >= expires_at:
+        _fail(ctx, source, reason=CERTIFICATE_EXPIRED, node=node)
     token_hash = None
     if token:
         by_token = await _by_token(ctx, token, source=source, rechecked=rechecked)
         if by_token.id != node.id:
             _fail(ctx, source, reason="token_certificate_mismatch", node=node)
         token_hash = by_token.token_hash
-    return replace(node, credential=Credential(token_hash=token_hash, certificate=fingerprint))
+    credential = Credential(token_hash=token_hash, certificate=fingerprint, certificate_expires_at=expires_at)
+    return replace(node, credential=credential)
 
 
 # What a refused client is told: the reason the audit log records, so that the holder of a
@@ -161,6 +175,7 @@ FAILURE_MESSAGES = {
     "unknown_certificate": "the client certificate names a node this broker does not know",
     "certificate_not_pinned": "the client certificate is not the one pinned for its node: present "
     "the pinned certificate, or ask an admin to pin this one",
+    "certificate_expired": "the client certificate has expired: present a current one",
     "token_certificate_mismatch": "the token sent and the client certificate name different nodes",
     "foreign_originator": "the credential names another broker's originator, which never authenticates here",
 }

@@ -6,8 +6,8 @@ Close codes (also in the README):
 - 1011 the broker failed while serving the stream (logged as ``stream_failed``): reconnect and
   resume from the cursor.
 - 4001 the credential the stream was opened with no longer authenticates the node (revoked, token
-  rotated or expired, certificate no longer the pinned one) or the node lost the role it streams
-  with (subscribe, or federate for a link): do not reconnect with it.
+  rotated or expired, certificate no longer the pinned one or expired) or the node lost the role
+  it streams with (subscribe, or federate for a link): do not reconnect with it.
 - 4008 slow consumer: the connection's queue (frames or bytes) overflowed; reconnect and resume
   from the cursor.
 - 4400 the client sent something that is not a valid message, or acked a sequence above the
@@ -184,11 +184,13 @@ class StreamSession:
 
     def _wait_seconds(self, heartbeat: float) -> float:
         """``heartbeat`` (the time left until the next heartbeat is due), or less when the
-        stream's token expires sooner: its expiry must close the stream when it comes, not at
-        the next report."""
+        stream's token or certificate expires sooner: its expiry must close the stream when it
+        comes, not at the next report."""
         credential = self.node.credential
         by_token = credential is None or credential.token_hash is not None
-        expires = self.node.token_expires_at if by_token else None
+        ends = [self.node.token_expires_at if by_token else None]
+        ends.append(None if credential is None else credential.certificate_expires_at)
+        expires = min((end for end in ends if end is not None), default=None)
         if expires is None:
             return heartbeat
         return max(0.0, min(heartbeat, (expires - self.ctx.now()).total_seconds() + 0.001))

@@ -260,3 +260,58 @@ async def test_a_moved_pin_closes_the_stream_and_refuses_the_old_certificate(
     assert await broker.call("GET", "/v1/reports", cert=new) == 200
     refused = await events(broker.ctx, node="swe-1", action="stream", decision="deny")
     assert [e["reason"] for e in refused] == ["certificate_not_pinned"]
+
+
+async def _status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
+    """One keep-alive GET on an open connection: its status (the body is read and dropped)."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    async with asyncio.timeout(10):
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+    return status
+
+
+async def test_an_expired_certificate_authenticates_nothing_more_on_its_open_connections(
+    tls_broker: Any, dev_pki: Pki, clock: FakeClock
+) -> None:
+    """The handshake checks a certificate's validity once, when the connection opens: past its
+    notAfter, a kept-alive connection went on authenticating requests with it and a stream opened
+    with it went on delivering, for as long as the client kept them open. Short-lived
+    certificates (the alliance CA publishes no revocation list) bound nothing then."""
+    broker: TlsBroker = await tls_broker()
+    await _add(broker.ctx, "swe-1", "SWE")
+    usa_token = await _add(broker.ctx, "usa-1", "USA")
+    ends = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    issued = pki.issue_node_certificate("swe-1", ca=dev_pki.ca, not_after=ends)
+    cert = pki.save_issued(dev_pki.directory, "swe-1-short", issued)
+    clock.moment = ends - timedelta(minutes=1)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", int(broker.base.rsplit(":", 1)[1]), ssl=broker.client(cert), server_hostname="localhost"
+    )
+    try:
+        assert await _status(reader, writer, "/v1/reports") == 200
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(f"{broker.base}/v1/stream?after=0", ssl=broker.client(cert))
+            assert await broker.call("POST", "/v1/reports", token=usa_token, json=body()) == 201
+            async with asyncio.timeout(20):
+                assert (await ws.receive_json())["type"] == "report"
+            clock.moment = ends  # notAfter: the certificate is no longer valid
+            assert await broker.call("POST", "/v1/reports", token=usa_token, json=body()) == 201
+            reports = 0
+            async with asyncio.timeout(20):
+                while True:
+                    message = await ws.receive()
+                    if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                        break
+                    reports += message.json()["type"] == "report"
+            assert (ws.close_code, reports) == (4001, 0)
+            await ws.close()
+        assert await _status(reader, writer, "/v1/reports") == 401  # the same connection
+    finally:
+        writer.close()
+    refused = await events(broker.ctx, node="swe-1", action="stream", decision="deny")
+    assert [e["reason"] for e in refused] == ["certificate_expired"]
