@@ -11,12 +11,9 @@ passes every call through unchanged; the ``head_arrived`` middleware tells it wh
 complete (aiohttp only dispatches a request whose head it has parsed) and when the request was
 handled. A head's deadline runs from the connection's start, and on a kept-alive connection
 from the first byte after a handled request: an idle kept-alive connection is left to aiohttp's
-keep-alive timeout. A connection is counted from its TCP accept: with TLS, the site listens
-for plain TCP and each admitted connection does its handshake through ``loop.start_tls`` (with
-asyncio's ``ssl_handshake_timeout`` as its deadline), so a source that opens connections and
-never sends a ClientHello holds no more of them than any other source. (Listening with
-``ssl=`` hands a connection to the protocol only once its handshake is done, and the cap once
-counted nothing before that.)
+keep-alive timeout. The TLS handshake deadline is asyncio's own ``ssl_handshake_timeout``. A
+connection is counted once its handshake is done (before that asyncio does not hand it to the
+protocol), so during the handshake only the deadline bounds it.
 """
 
 from __future__ import annotations
@@ -48,19 +45,10 @@ class ConnectionGuard:
         self._exempt = tuple(ipaddress.ip_network(n) for n in exempt)
         self._open: dict[str, int] = {}
         self._connections: dict[asyncio.BaseTransport, _Guarded] = {}
-        self._handshakes: set[asyncio.Task[None]] = set()
 
-    def protocols(
-        self, make: Callable[[], asyncio.Protocol], tls: ssl.SSLContext | None = None
-    ) -> Callable[[], asyncio.Protocol]:
-        """A protocol factory for ``loop.create_server`` (plain TCP): ``make``'s protocols,
-        guarded, each behind a TLS handshake with ``tls`` when given."""
-        return lambda: _Guarded(self, make(), tls)
-
-    def abandon_handshakes(self) -> None:
-        """Cut the connections still in their TLS handshake (the site stopped listening)."""
-        for handshake in list(self._handshakes):
-            handshake.cancel()
+    def protocols(self, make: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for ``loop.create_server``: ``make``'s protocols, guarded."""
+        return lambda: _Guarded(self, make())
 
     def head_arrived(self, transport: asyncio.BaseTransport | None) -> None:
         """A request head on ``transport`` is complete: no deadline until the next one starts."""
@@ -74,22 +62,15 @@ class ConnectionGuard:
         if connection is not None:
             connection.between_requests = True
 
-    def admit(self, source: str) -> bool:
+    def admit(self, source: str, connection: _Guarded, transport: asyncio.BaseTransport) -> bool:
         """Count a new connection from ``source``; False (count nothing) when it is one too many."""
         count = self._open.get(source, 0)
         if count >= self.per_source and not self._exempted(source):
             log.debug("connection_refused source=%s open=%d", source, count)  # a flood must not flood the log
             return False
         self._open[source] = count + 1
-        return True
-
-    def serving(self, connection: _Guarded, transport: asyncio.BaseTransport) -> None:
-        """``connection`` hands aiohttp ``transport`` (its requests' transport) from now on."""
         self._connections[transport] = connection
-
-    def handshaking(self, handshake: asyncio.Task[None]) -> None:
-        self._handshakes.add(handshake)
-        handshake.add_done_callback(self._handshakes.discard)
+        return True
 
     def _exempted(self, source: str) -> bool:
         try:
@@ -98,9 +79,8 @@ class ConnectionGuard:
             return False
         return any(address in network for network in self._exempt)
 
-    def release(self, source: str, transport: asyncio.BaseTransport | None) -> None:
-        if transport is not None:
-            self._connections.pop(transport, None)
+    def release(self, source: str, transport: asyncio.BaseTransport) -> None:
+        self._connections.pop(transport, None)
         count = self._open.get(source, 0) - 1
         if count > 0:
             self._open[source] = count
@@ -109,16 +89,13 @@ class ConnectionGuard:
 
 
 class _Guarded(asyncio.Protocol):
-    """aiohttp's protocol for one connection, admitted and timed by a ConnectionGuard, behind a
-    TLS handshake of its own when the site has a context."""
+    """aiohttp's protocol for one connection, admitted and timed by a ConnectionGuard."""
 
-    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol, tls: ssl.SSLContext | None) -> None:
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
         self._guard = guard
         self._inner = inner
-        self._tls = tls
-        self._source: str | None = None  # None: refused (or not yet made), or released
-        self._transport: asyncio.Transport | None = None  # what aiohttp was handed: None before
-        self._early: list[bytes] = []  # decrypted before the handshake's task handed the transport on
+        self._source: str | None = None  # None: refused (or not yet made)
+        self._transport: asyncio.Transport | None = None
         self._deadline: asyncio.TimerHandle | None = None
         # An idle keep-alive connection has no head deadline (aiohttp's keep-alive timeout
         # applies); its next byte starts one.
@@ -128,48 +105,12 @@ class _Guarded(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         source = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
         stream = cast(asyncio.Transport, transport)
-        if not self._guard.admit(source):
+        if not self._guard.admit(source, self, transport):
             stream.abort()  # at once: no answer, nothing to flush
             return
-        self._source = source
-        if self._tls is None:
-            self._serve(stream)
-            return
-        stream.pause_reading()  # the ClientHello waits in the socket for the TLS layer
-        self._guard.handshaking(asyncio.get_running_loop().create_task(self._handshake(stream, self._tls)))
-
-    async def _handshake(self, raw: asyncio.Transport, tls: ssl.SSLContext) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            secured = await loop.start_tls(
-                raw, self, tls, server_side=True, ssl_handshake_timeout=self._guard.head_seconds
-            )
-        except OSError:  # timed out (ConnectionAbortedError), refused (ssl.SSLError), cut
-            raw.abort()
-            self._release()
-            return
-        except asyncio.CancelledError:  # the site stopped
-            raw.abort()
-            self._release()
-            raise
-        if secured is None or self._source is None:  # lost as the handshake ended
-            self._release()
-            return
-        self._serve(secured)
-        early, self._early = self._early, []
-        for data in early:
-            self.data_received(data)
-
-    def _serve(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._guard.serving(self, transport)
+        self._source, self._transport = source, stream
         self._start_deadline()
         self._inner.connection_made(transport)
-
-    def _release(self) -> None:
-        if self._source is not None:
-            self._guard.release(self._source, self._transport)
-            self._source = None
 
     def _start_deadline(self) -> None:
         loop = asyncio.get_running_loop()
@@ -188,17 +129,14 @@ class _Guarded(asyncio.Protocol):
             self._transport.abort()  # not close(): a peer that reads nothing must not hold it either
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._source is None or self._transport is None:
+            return  # refused: aiohttp never saw it
         self.head_arrived()  # no deadline any more
-        served = self._transport is not None
-        self._release()
-        if served:
-            self._inner.connection_lost(exc)
+        self._guard.release(self._source, self._transport)
+        self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._source is None:
-            return
-        if self._transport is None:  # the TLS layer's first bytes, before the handshake's task ran
-            self._early.append(data)
             return
         if self.between_requests:
             self.between_requests = False
@@ -206,7 +144,7 @@ class _Guarded(asyncio.Protocol):
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._transport is not None else None
+        return self._inner.eof_received() if self._source is not None else None
 
     def pause_writing(self) -> None:
         self._inner.pause_writing()
@@ -231,8 +169,8 @@ async def head_arrived(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 class GuardedSite(web.BaseSite):
-    """A TCP site whose connections the app's ConnectionGuard admits and times (and, when there
-    is a context, puts through a TLS handshake once admitted)."""
+    """A TCP site whose connections the app's ConnectionGuard admits and times (the TLS
+    handshake too, when there is a context)."""
 
     __slots__ = ("_bound", "_guard", "_host", "_port")
 
@@ -266,15 +204,13 @@ class GuardedSite(web.BaseSite):
             raise RuntimeError("call runner.setup() before starting a site")
         loop = asyncio.get_running_loop()
         listening = await loop.create_server(
-            self._guard.protocols(server, self._ssl_context),  # TLS per connection, once admitted
+            self._guard.protocols(server),
             self._host,
             self._port,
+            ssl=self._ssl_context,
             backlog=self._backlog,
+            ssl_handshake_timeout=self._guard.head_seconds if self._ssl_context is not None else None,
         )
         self._server = listening
         if listening.sockets:
             self._bound = int(listening.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        await super().stop()
-        self._guard.abandon_handshakes()
