@@ -3,12 +3,16 @@
 Format (JSON)::
 
     {"version": 1, "current": "kek-...", "keks": {"kek-...": "<base64 32 bytes>", ...},
-     "retiring": ["kek-...", ...], "checkpoint_key": "<base64 32-byte Ed25519 private key>"}
+     "retiring": ["kek-...", ...], "checkpoint_key": "<base64 32-byte Ed25519 private key>",
+     "unrecorded": ["kek-...", ...]}
 
 ``retiring`` (absent in older files) lists KEKs an erasure condemned: each wrapped an erased
 report's data key, its other data keys were re-wrapped under a replacement, and it is deleted
 from the file as soon as no stored report uses it (``broker.services.shred``). A retiring KEK is
-never made current again.
+never made current again. ``unrecorded`` (present only when not empty) names KEKs already
+deleted whose ``keys_destroy`` audit event may not have committed: a KEK leaves the file before
+its event commits (an event claiming a destruction that a crash then stopped would be false), and
+the id stays here until the event is in the log, so a crash between the two is recorded later.
 
 The file is written atomically (temporary file + rename) so a crash never leaves half a keyring;
 creation links the finished file into place, so of several processes creating it at once exactly
@@ -43,6 +47,7 @@ class Keyring:
     # Ed25519 private key (raw 32 bytes) that signs audit-log checkpoints.
     checkpoint_key: bytes = b""
     retiring: frozenset[str] = frozenset()
+    unrecorded: frozenset[str] = frozenset()  # ids of KEKs deleted, their event maybe not logged
 
     def kek(self, kek_id: str) -> bytes:
         """The KEK named ``kek_id``; KeyError when it was destroyed or never existed."""
@@ -76,6 +81,15 @@ class Keyring:
             return self
         keks = {k: v for k, v in self.keks.items() if k not in gone}
         return replace(self, keks=keks, retiring=self.retiring - gone)
+
+    def destroying(self, kek_ids: frozenset[str]) -> Keyring:
+        """``without`` those KEKs, their ids noted as ``unrecorded`` until their event is logged."""
+        gone = (kek_ids - {self.current}) & set(self.keks)
+        return replace(self.without(gone), unrecorded=self.unrecorded | gone) if gone else self
+
+    def recorded(self, kek_ids: frozenset[str]) -> Keyring:
+        """The keyring once the destruction of ``kek_ids`` is in the audit log."""
+        return replace(self, unrecorded=self.unrecorded - kek_ids)
 
     def only_current(self) -> Keyring:
         """A keyring without retired KEKs (after every data key was re-wrapped)."""
@@ -167,6 +181,7 @@ def load(path: Path) -> Keyring:
         current = str(raw["current"])
         checkpoint_key = base64.b64decode(raw.get("checkpoint_key", ""), validate=True)
         retiring = frozenset(str(k) for k in raw.get("retiring", []))
+        unrecorded = frozenset(str(k) for k in raw.get("unrecorded", []))
     except KeyError as exc:  # str() of a KeyError is the key's repr
         raise ConfigError(
             file=str(path), key=str(exc.args[0]), problem="missing: this is not a keyring the broker wrote"
@@ -187,7 +202,13 @@ def load(path: Path) -> Keyring:
         raise ConfigError(file=str(path), key="checkpoint_key", problem="must be 32 bytes")
     if current in retiring:
         raise ConfigError(file=str(path), key="retiring", problem="the current KEK cannot be retiring")
-    return Keyring(current=current, keks=keks, checkpoint_key=checkpoint_key, retiring=retiring & set(keks))
+    return Keyring(
+        current=current,
+        keks=keks,
+        checkpoint_key=checkpoint_key,
+        retiring=retiring & set(keks),
+        unrecorded=unrecorded - set(keks),
+    )
 
 
 def save(path: Path, ring: Keyring) -> None:
@@ -215,13 +236,13 @@ def update(path: Path, change: Callable[[Keyring], Keyring]) -> Keyring:
 
 
 def _body(ring: Keyring) -> bytes:
-    return json.dumps(
-        {
-            "version": 1,
-            "current": ring.current,
-            "keks": {k: base64.b64encode(v).decode() for k, v in ring.keks.items()},
-            "retiring": sorted(ring.retiring),
-            "checkpoint_key": base64.b64encode(ring.checkpoint_key).decode(),
-        },
-        indent=2,
-    ).encode()
+    body = {
+        "version": 1,
+        "current": ring.current,
+        "keks": {k: base64.b64encode(v).decode() for k, v in ring.keks.items()},
+        "retiring": sorted(ring.retiring),
+        "checkpoint_key": base64.b64encode(ring.checkpoint_key).decode(),
+    }
+    if ring.unrecorded:
+        body["unrecorded"] = sorted(ring.unrecorded)
+    return json.dumps(body, indent=2).encode()

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 # How often `broker serve` looks whether the current KEK's period is over.
 CHECK_SECONDS = 60.0
+# How many of the newest keys_destroy events are searched for a destruction the file says may be
+# unrecorded (one process killed between the two at a time leaves one such event at most).
+RECENT_DESTROY_EVENTS = 100
 
 
 async def erase(ctx: Context, tx: Tx, seqs: Sequence[int], *, now: datetime) -> list[StoredAge]:
@@ -113,18 +116,57 @@ async def destroy_retiring(ctx: Context, *, actor: str, every_unused: bool = Fal
     def change(ring: Keyring) -> Keyring:
         doomed = frozenset((set(ring.keks) if every_unused else ring.retiring) - used - {ring.current})
         destroyed[:] = sorted(doomed & set(ring.keks))
-        return ring.without(doomed)
+        return ring.destroying(doomed)  # their ids stay in the file until the event is logged
 
     async with ctx.db.transaction() as tx:
         head = await tx.lock_head()
         used.update(await keyringcheck.kek_ids_in_use(tx))
         ctx.keyring = await asyncio.to_thread(keyring_file.update, ctx.keyring_path, change)
         if destroyed:
-            draft = AuditDraft(
-                action="keys_destroy", actor=actor, decision="allow", details={"kek_ids": destroyed}
-            )
+            draft = _destroy_event(actor, destroyed)
             await journal.record(tx, [draft], now=ctx.now(), head=head, changed=True)
+    if destroyed:
+        await _logged(ctx, destroyed)
     return destroyed
+
+
+def _destroy_event(actor: str, kek_ids: list[str], reason: str | None = None) -> AuditDraft:
+    return AuditDraft(
+        action="keys_destroy", actor=actor, decision="allow", reason=reason, details={"kek_ids": kek_ids}
+    )
+
+
+async def _logged(ctx: Context, kek_ids: list[str]) -> None:
+    """Their destruction is in the audit log: no longer ``unrecorded`` in the keyring file."""
+    gone = frozenset(kek_ids)
+    ctx.keyring = await asyncio.to_thread(keyring_file.update, ctx.keyring_path, lambda r: r.recorded(gone))
+
+
+async def record_unrecorded(ctx: Context, *, actor: str) -> list[str]:
+    """Log the destruction of KEKs the keyring file says were deleted without their event known
+    to be committed (a process killed between the two), unless the log has it already (killed
+    after the commit); return the ids recorded now. Under the head lock, so processes doing it
+    at once record each once. Cheap when there is none: a file read."""
+    if not (await asyncio.to_thread(keyring_file.load, ctx.keyring_path)).unrecorded:
+        return []
+    async with ctx.db.transaction() as tx:
+        head = await tx.lock_head()
+        pending = (await asyncio.to_thread(keyring_file.load, ctx.keyring_path)).unrecorded
+        if not pending:
+            return []
+        logged = {
+            str(k)
+            for event in await tx.events(action="keys_destroy", limit=RECENT_DESTROY_EVENTS, descending=True)
+            for k in (event.draft.details or {}).get("kek_ids", [])
+        }
+        missing = sorted(pending - logged)
+        if missing:
+            # ``changed``: the killed process never moved the counter, so others may still hold
+            # the deleted KEKs in memory; this makes every process reload the file.
+            draft = _destroy_event(actor, missing, reason="recorded_late")
+            await journal.record(tx, [draft], now=ctx.now(), head=head, changed=True)
+    await _logged(ctx, sorted(pending))
+    return missing
 
 
 async def destroy_left_behind(ctx: Context, *, actor: str) -> list[str]:
@@ -132,6 +174,7 @@ async def destroy_left_behind(ctx: Context, *, actor: str) -> list[str]:
     one an erasure left behind when its process died between its commit and
     ``destroy_retiring``. Cheap when there is none: a file read, and a read transaction only
     when some KEK is retiring."""
+    await record_unrecorded(ctx, actor=actor)
     ring = await asyncio.to_thread(keyring_file.load, ctx.keyring_path)
     if not ring.retiring:
         return []

@@ -7,13 +7,14 @@ the job; neither did (the KEK survived until some other report happened to be er
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from broker.crypto import envelope
 from broker.crypto import keyring as keyring_file
-from broker.services import reports, shred
+from broker.services import journal, reports, shred
 from broker.services.context import Context
 from broker.settings import Settings
 from tests.integration.conftest import Api, StartServer
@@ -86,3 +87,52 @@ async def test_a_running_broker_destroys_a_kek_a_crashed_erasure_left_behind(
     await eventually(destroyed, seconds=20)
     assert await _destroyed(api.ctx) == [("broker", {"kek_ids": [doomed]})]
     assert doomed not in keyring_file.load(settings.keyring_path).keks
+
+
+async def _destroy_killed_before_its_event(ctx: Context) -> None:
+    """``destroy_retiring`` killed once the keyring file changed, before its event committed."""
+
+    async def killed(*_args: Any, **_kwargs: Any) -> None:
+        raise Killed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(journal, "record", killed)
+        with pytest.raises(Killed):
+            await shred.destroy_retiring(ctx, actor="cli")
+
+
+async def test_a_kek_destroyed_by_a_process_killed_before_its_event_is_recorded_later(
+    api: Api, settings: Settings
+) -> None:
+    """The KEK leaves the file first (an event before would claim a destruction a crash could
+    stop); a crash before the event commits must not leave the destruction out of the log."""
+    usa = await api.node("usa-1", "USA")
+    erased = await _publish(api, usa, 0)
+    doomed = keyring_file.load(settings.keyring_path).current
+    await _erase_killed_after_commit(api.ctx, erased)
+    await _destroy_killed_before_its_event(api.ctx)
+    assert doomed not in keyring_file.load(settings.keyring_path).keks  # destroyed, not logged
+    assert await _destroyed(api.ctx) == []
+
+    await shred.destroy_left_behind(api.ctx, actor="broker")  # what every running broker does
+
+    assert await _destroyed(api.ctx) == [("broker", {"kek_ids": [doomed]})]
+    assert not keyring_file.load(settings.keyring_path).unrecorded
+    await shred.destroy_left_behind(api.ctx, actor="broker")  # once: nothing left to record
+    assert len(await _destroyed(api.ctx)) == 1
+
+
+async def test_a_destruction_already_in_the_log_is_not_recorded_twice(api: Api, settings: Settings) -> None:
+    """Killed after the event committed, before the file said so: found in the log, not logged
+    again."""
+    usa = await api.node("usa-1", "USA")
+    erased = await _publish(api, usa, 0)
+    doomed = keyring_file.load(settings.keyring_path).current
+    await reports.erase(api.ctx, erased, actor="cli")
+    assert await _destroyed(api.ctx) == [("cli", {"kek_ids": [doomed]})]
+    keyring_file.update(settings.keyring_path, lambda r: replace(r, unrecorded=frozenset({doomed})))
+
+    await shred.destroy_left_behind(api.ctx, actor="broker")
+
+    assert await _destroyed(api.ctx) == [("cli", {"kek_ids": [doomed]})]
+    assert not keyring_file.load(settings.keyring_path).unrecorded
