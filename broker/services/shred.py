@@ -16,7 +16,9 @@ After the commit ``destroy_retiring`` deletes the retiring KEKs from the keyring
 head lock and only once no stored report uses them. A crash between the commit and that step
 leaves a retiring KEK in the file; the next erasure (of any report, the same one included), the
 KEK task of every running broker (``destroy_left_behind``) or `broker keys rotate --rewrap`
-deletes it.
+deletes it. A KEK leaves the file before its ``keys_destroy`` event commits, its id kept in the
+file (``unrecorded``) until the event is logged; a crash between the two is logged by the same
+paths (``record_unrecorded``).
 
 A re-wrap costs one AES key unwrap and wrap per report sharing the KEK, so new reports are
 wrapped under a KEK per period (``rotate_if_due``): an erasure re-wraps at most one period's.
@@ -110,6 +112,7 @@ async def destroy_retiring(ctx: Context, *, actor: str, every_unused: bool = Fal
     ``every_unused``: every KEK but the current one that no stored report uses); audited, change
     counter moved; return their ids. Under the head lock, so no erasure or re-wrap can wrap a
     data key under a KEK between the check and the deletion."""
+    await record_unrecorded(ctx, actor=actor)  # one an earlier process deleted, then was killed
     destroyed: list[str] = []
     used: set[str] = set()
 
