@@ -256,13 +256,18 @@ class RoleLost(AccessDenied):
 async def refuse_gone(ctx: Context, exc: NodeGone | RoleLost, *, act: str) -> NoReturn:
     """Audit an act refused because its node's credential lapsed while it was under way (or,
     for ``RoleLost``, its role was taken away), and raise."""
+    await record_gone(ctx, exc, act=act)
+    raise exc
+
+
+async def record_gone(ctx: Context, exc: NodeGone | RoleLost, *, act: str) -> None:
+    """Audit what ``refuse_gone`` audits, for an act cut off after its answer began."""
     node = exc.node
     reason = exc.reason if isinstance(exc, NodeGone) else "missing_role"
     draft = AuditDraft(
         action=act, actor=node.id, node=node.id, nation=node.nation, decision="deny", reason=reason
     )
     await record_alone(ctx, [draft])
-    raise exc
 
 
 async def record_stream_refusal(ctx: Context, node: NodeRecord, reason: str) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from broker.crypto import cosignature, merkle, notes
@@ -209,14 +209,18 @@ async def _await_quorum(ctx: Context, size: int) -> None:
         await asyncio.sleep(settings.change_poll_seconds)  # other processes' writes: polled
 
 
-async def export(ctx: Context) -> AsyncIterator[str]:
+async def export(ctx: Context, *, check: Callable[[Tx], Awaitable[None]] | None = None) -> AsyncIterator[str]:
     """NDJSON lines: every event up to a freshly signed checkpoint, then every checkpoint with
-    the witness cosignatures stored for it."""
+    the witness cosignatures stored for it. ``check`` runs in each page's read transaction before
+    the page is read (the API's export re-checks its auditor there: one revoked meanwhile gets no
+    further page); what it raises ends the export."""
     checkpoint = await sign_checkpoint(ctx)
     await _await_quorum(ctx, checkpoint.size)
     after = 0
     while after < checkpoint.size:
         async with ctx.db.read_transaction() as tx:
+            if check is not None:
+                await check(tx)
             page = await tx.events(after=after, limit=EXPORT_PAGE, upto=checkpoint.size)
         if not page:
             break
@@ -227,6 +231,8 @@ async def export(ctx: Context) -> AsyncIterator[str]:
     above = -1
     while True:
         async with ctx.db.read_transaction() as tx:
+            if check is not None:
+                await check(tx)
             signed = await tx.checkpoints(upto=checkpoint.size, above=above, limit=EXPORT_PAGE)
             held = await witnessed.cosignatures_upto(tx, signed[-1].size, above=above) if signed else {}
         for item in signed:

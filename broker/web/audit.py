@@ -6,16 +6,19 @@ import re
 import uuid
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from broker.domain.records import AuditDraft
+from broker.domain.records import AuditDraft, NodeRecord
 from broker.domain.time import parse_time
 from broker.errors import BadRequest
 from broker.services import audit, auth, ledger
 from broker.services.context import Context
 from broker.web.handlers import CONTEXT, authenticated_node, int_param
+
+if TYPE_CHECKING:
+    from broker.storage.repos import Tx
 
 STATIC = resources.files("broker") / "web" / "static"
 PAGE = (STATIC / "audit.html").read_text()
@@ -32,10 +35,15 @@ HEADERS = {
 
 
 async def _auditor(request: web.Request, act: str) -> tuple[Context, str]:
+    ctx, node = await _auditor_node(request, act)
+    return ctx, node.id
+
+
+async def _auditor_node(request: web.Request, act: str) -> tuple[Context, NodeRecord]:
     ctx = request.app[CONTEXT]
     node = await authenticated_node(request)
     await auth.require_role(ctx, node, "audit", act=act)
-    return ctx, node.id
+    return ctx, node
 
 
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{32}"
@@ -154,9 +162,12 @@ async def report_metadata(request: web.Request) -> web.Response:
 
 
 async def export(request: web.Request) -> web.StreamResponse:
-    ctx, auditor = await _auditor(request, "audit_export")
+    """The whole log, streamed. Each page is read only once the auditor is re-checked (a long
+    export outlives a revocation or a role taken away): one no longer allowed has its connection
+    cut, the export left without its checkpoints (so it does not verify), and is audited."""
+    ctx, auditor = await _auditor_node(request, "audit_export")
     await audit.record_alone(
-        ctx, [AuditDraft(action="audit_export", actor=auditor, node=auditor, decision="allow")]
+        ctx, [AuditDraft(action="audit_export", actor=auditor.id, node=auditor.id, decision="allow")]
     )
     response = web.StreamResponse(
         headers={
@@ -165,8 +176,18 @@ async def export(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    async for line in ledger.export(ctx):
-        await response.write(line.encode())
+
+    async def still_auditor(tx: Tx) -> None:
+        await auth.recheck(tx, auditor, await tx.change_counter(), now=ctx.now(), role="audit")
+
+    try:
+        async for line in ledger.export(ctx, check=still_auditor):
+            await response.write(line.encode())
+    except (auth.NodeGone, auth.RoleLost) as exc:
+        await auth.record_gone(ctx, exc, act="audit_export")
+        if request.transport is not None:
+            request.transport.abort()
+        return response
     await response.write_eof()
     return response
 
