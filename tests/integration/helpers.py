@@ -243,3 +243,17 @@ async def publish_acts(ctx: Context, token: str, count: int) -> list[publishing.
         )
         for _ in range(count)
     ]
+
+
+async def keep_alive_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
+    """One keep-alive GET on an open connection: its status (the body is read and dropped)."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    await writer.drain()
+    async with asyncio.timeout(10):
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+    return status

@@ -32,7 +32,7 @@ from broker.waiting import wait_event
 from broker.web.handlers import CONTEXT
 from broker.web.tls import server_context
 from tests.conftest import CONFIG, FakeClock
-from tests.integration.helpers import body, events, report_count
+from tests.integration.helpers import body, events, keep_alive_get, report_count
 from tests.integration.test_tls import Pki, TlsBroker, dev_pki
 
 __all__ = ["dev_pki"]  # the development CA fixture of test_tls
@@ -226,16 +226,7 @@ async def _closed_by_server(reader: asyncio.StreamReader, within: float, since: 
 
 async def _health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
     """One keep-alive GET /v1/health on an open connection: its status."""
-    writer.write(HEALTH)
-    await writer.drain()
-    async with asyncio.timeout(5):
-        status = int((await reader.readline()).split()[1])
-        length = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        await reader.readexactly(length)
-    return status
+    return await keep_alive_get(reader, writer, "/v1/health")
 
 
 async def _trickle(writer: asyncio.StreamWriter, stop: asyncio.Event) -> None:

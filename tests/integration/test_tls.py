@@ -30,7 +30,7 @@ from broker.settings import Settings, TlsSettings
 from broker.web.handlers import CONTEXT
 from broker.web.tls import server_context
 from tests.conftest import FakeClock
-from tests.integration.helpers import body, events
+from tests.integration.helpers import body, events, keep_alive_get
 
 
 @dataclass
@@ -247,13 +247,7 @@ async def test_a_moved_pin_closes_the_stream_and_refuses_the_old_certificate(
             assert (await ws.receive_json())["type"] == "report"
         await admin.update_node(broker.ctx, "swe-1", {"certificate": new[0].read_text()}, actor="test")
         assert await broker.call("POST", "/v1/reports", token=usa_token, json=body()) == 201
-        reports = 0
-        async with asyncio.timeout(20):
-            while True:
-                message = await ws.receive()
-                if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
-                    break
-                reports += message.json()["type"] == "report"
+        reports = await _reports_until_closed(ws)
         assert (ws.close_code, reports) == (4001, 0)
         await ws.close()
     assert await broker.call("GET", "/v1/reports", cert=old) == 401
@@ -262,17 +256,15 @@ async def test_a_moved_pin_closes_the_stream_and_refuses_the_old_certificate(
     assert [e["reason"] for e in refused] == ["certificate_not_pinned"]
 
 
-async def _status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
-    """One keep-alive GET on an open connection: its status (the body is read and dropped)."""
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-    async with asyncio.timeout(10):
-        status = int((await reader.readline()).split()[1])
-        length = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        await reader.readexactly(length)
-    return status
+async def _reports_until_closed(ws: aiohttp.ClientWebSocketResponse) -> int:
+    """How many reports a stream delivers before the broker closes it (within 20 s)."""
+    reports = 0
+    async with asyncio.timeout(20):
+        while True:
+            message = await ws.receive()
+            if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                return reports
+            reports += message.json()["type"] == "report"
 
 
 async def test_an_expired_certificate_authenticates_nothing_more_on_its_open_connections(
@@ -293,7 +285,7 @@ async def test_an_expired_certificate_authenticates_nothing_more_on_its_open_con
         "127.0.0.1", int(broker.base.rsplit(":", 1)[1]), ssl=broker.client(cert), server_hostname="localhost"
     )
     try:
-        assert await _status(reader, writer, "/v1/reports") == 200
+        assert await keep_alive_get(reader, writer, "/v1/reports") == 200
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(f"{broker.base}/v1/stream?after=0", ssl=broker.client(cert))
             assert await broker.call("POST", "/v1/reports", token=usa_token, json=body()) == 201
@@ -301,16 +293,10 @@ async def test_an_expired_certificate_authenticates_nothing_more_on_its_open_con
                 assert (await ws.receive_json())["type"] == "report"
             clock.moment = ends  # notAfter: the certificate is no longer valid
             assert await broker.call("POST", "/v1/reports", token=usa_token, json=body()) == 201
-            reports = 0
-            async with asyncio.timeout(20):
-                while True:
-                    message = await ws.receive()
-                    if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
-                        break
-                    reports += message.json()["type"] == "report"
+            reports = await _reports_until_closed(ws)
             assert (ws.close_code, reports) == (4001, 0)
             await ws.close()
-        assert await _status(reader, writer, "/v1/reports") == 401  # the same connection
+        assert await keep_alive_get(reader, writer, "/v1/reports") == 401  # the same connection
     finally:
         writer.close()
     refused = await events(broker.ctx, node="swe-1", action="stream", decision="deny")
