@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json as _json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -9,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
+import uvloop
 from aiohttp.test_utils import TestClient, TestServer
 
 from broker.app import create_app
@@ -20,6 +22,18 @@ from broker.web.handlers import CONTEXT
 from tests.conftest import FakeClock
 from tests.integration.helpers import Cli
 from tests.integration.openapi_check import check_response
+
+# `broker serve` runs on uvloop where it is installed (a dependency); the in-process tests run on
+# asyncio's own loop. The two differ where the broker meets the transport (TLS handshakes, the
+# connection guard, head deadlines): a change whose tests passed on one once broke every TLS
+# handshake on the other. These modules run each async test on both loops.
+ON_BOTH_LOOPS = frozenset({"test_tls.py", "test_edge_security.py"})
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    if item.path.name in ON_BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}  # one factory: no id added
 
 
 @dataclass
