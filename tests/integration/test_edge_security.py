@@ -32,7 +32,7 @@ from broker.waiting import wait_event
 from broker.web.handlers import CONTEXT
 from broker.web.tls import server_context
 from tests.conftest import CONFIG, FakeClock
-from tests.integration.helpers import body, events, keep_alive_get, report_count
+from tests.integration.helpers import body, events, eventually, keep_alive_get, report_count
 from tests.integration.test_tls import Pki, TlsBroker, dev_pki
 
 __all__ = ["dev_pki"]  # the development CA fixture of test_tls
@@ -363,3 +363,51 @@ def test_the_connection_settings_are_read_and_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.load(env={"BROKER_CONFIG_DIR": str(folder)})
     assert info.value.key == "server.connection_cap_exempt"
+
+
+@SQLITE_ONLY
+async def test_connections_in_their_tls_handshake_count_against_the_cap(serve: Serve, dev_pki: Pki) -> None:
+    """A TLS connection was counted only once its handshake was done: a source that opened TCP
+    connections and sent no ClientHello held as many descriptors as it could open within the
+    handshake deadline, whatever ``max_connections_per_source`` said."""
+    cap, extra = 3, 4
+    tls = _tls(dev_pki)
+    port, _app = await serve(
+        server_context(tls), tls=tls, max_connections_per_source=cap, request_head_timeout_seconds=30
+    )
+    silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(cap + extra)]
+    trust = ssl.create_default_context(cafile=str(dev_pki.directory / "ca.pem"))
+    try:
+        watch = {asyncio.create_task(_closed_by_server(c[0], 30)): n for n, c in enumerate(silent)}
+        done: set[asyncio.Task[float]] = set()
+        async with asyncio.timeout(MARGIN):  # the excess is closed at once, before any handshake
+            while len(done) < extra:
+                finished, _ = await asyncio.wait(set(watch) - done, return_when=asyncio.FIRST_COMPLETED)
+                done |= finished
+        pending = set(watch) - done
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        kept = [c for n, c in enumerate(silent) if n not in {watch[t] for t in done}]
+        assert len(kept) == cap
+        for reader, writer in kept:  # the admitted ones finish their handshake and are served
+            await writer.start_tls(trust, server_hostname="localhost")
+            assert await _health(reader, writer) == 200
+    finally:
+        for _reader, writer in silent:
+            writer.close()
+
+    async def served_again() -> bool:  # closed connections, handshaken or not, count no more
+        fresh = [await asyncio.open_connection("127.0.0.1", port) for _ in range(cap)]
+        try:
+            for reader, writer in fresh:
+                await writer.start_tls(trust, server_hostname="localhost")
+                assert await _health(reader, writer) == 200
+            return True
+        except (ConnectionError, ssl.SSLError):
+            return False
+        finally:
+            for _reader, writer in fresh:
+                writer.close()
+
+    await eventually(served_again)
