@@ -251,7 +251,8 @@ class _Listening(asyncio.AbstractServer):
     @classmethod
     async def open(cls, host: str, port: int, *, backlog: int) -> _Listening:
         loop = asyncio.get_running_loop()
-        found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        # An empty host is every interface, as for loop.create_server.
+        found = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         sockets: list[socket.socket] = []
         try:
             for family, kind, proto, _name, address in dict.fromkeys(found):
