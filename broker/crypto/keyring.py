@@ -23,6 +23,7 @@ under a lock file (``.<name>.lock`` beside it), so concurrent changes do not dro
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import hashlib
 import json
@@ -223,7 +224,13 @@ def update(path: Path, change: Callable[[Keyring], Keyring]) -> Keyring:
     """Apply ``change`` to the keyring on disk and save the result, with concurrent updates
     from other processes serialised on a lock file, so none of them loses another's KEK."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock_path = path.with_name(f".{path.name}.lock")
+    try:
+        # Never through a link planted at its name: O_CREAT would make or open the link's target.
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        problem = "is a symbolic link: remove it" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise ConfigError(file=str(lock_path), key="-", problem=f"the keyring's lock file {problem}") from exc
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         ring = load(path)

@@ -153,3 +153,16 @@ def test_a_kek_name_carries_when_it_was_made() -> None:
     at = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
     assert keyring.created_at(keyring.new_kek_id(at)) == at
     assert keyring.created_at("kek-legacy") is None
+
+
+def test_a_link_planted_at_the_lock_files_name_is_refused(tmp_path: Path) -> None:
+    """``update`` opens ``.<name>.lock`` beside the keyring with O_CREAT: a symbolic link planted
+    there (a writable folder) made it create or open the link's target, as the broker's user."""
+    path = tmp_path / "keyring.json"
+    keyring.load_or_create(path)
+    target = tmp_path / "elsewhere"
+    (tmp_path / ".keyring.json.lock").symlink_to(target)
+    with pytest.raises(ConfigError) as info:
+        keyring.update(path, lambda r: r.with_new_kek())
+    assert "link" in str(info.value)
+    assert not target.exists()
