@@ -306,23 +306,32 @@ async def test_a_tls_handshake_must_finish_in_time(serve: Serve, dev_pki: Pki) -
         head_writer.close()
 
 
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _left_open(connections: list[Connection], *, closed: int) -> list[Connection]:
+    """The connections the broker leaves open once it has closed ``closed`` of them (within
+    MARGIN, without a request being sent)."""
+    watch = {asyncio.create_task(_closed_by_server(c[0], 30)): n for n, c in enumerate(connections)}
+    done: set[asyncio.Task[float]] = set()
+    async with asyncio.timeout(MARGIN):
+        while len(done) < closed:
+            finished, _ = await asyncio.wait(set(watch) - done, return_when=asyncio.FIRST_COMPLETED)
+            done |= finished
+    pending = set(watch) - done
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return [c for n, c in enumerate(connections) if n not in {watch[t] for t in done}]
+
+
 @SQLITE_ONLY
 async def test_connections_per_source_are_capped(serve: Serve) -> None:
     cap, extra = 4, 3
     port, _app = await serve(max_connections_per_source=cap, request_head_timeout_seconds=30)
     connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(cap + extra)]
     try:
-        watch = {asyncio.create_task(_closed_by_server(c[0], 30)): n for n, c in enumerate(connections)}
-        done: set[asyncio.Task[float]] = set()
-        async with asyncio.timeout(MARGIN):  # the excess is closed at once
-            while len(done) < extra:
-                finished, _ = await asyncio.wait(set(watch) - done, return_when=asyncio.FIRST_COMPLETED)
-                done |= finished
-        pending = set(watch) - done
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        kept = [c for n, c in enumerate(connections) if n not in {watch[t] for t in done}]
+        kept = await _left_open(connections, closed=extra)  # the excess is closed at once
         assert len(kept) == cap
         for reader, writer in kept:  # the admitted ones are open and served
             assert await _health(reader, writer) == 200
@@ -378,17 +387,7 @@ async def test_connections_in_their_tls_handshake_count_against_the_cap(serve: S
     silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(cap + extra)]
     trust = ssl.create_default_context(cafile=str(dev_pki.directory / "ca.pem"))
     try:
-        watch = {asyncio.create_task(_closed_by_server(c[0], 30)): n for n, c in enumerate(silent)}
-        done: set[asyncio.Task[float]] = set()
-        async with asyncio.timeout(MARGIN):  # the excess is closed at once, before any handshake
-            while len(done) < extra:
-                finished, _ = await asyncio.wait(set(watch) - done, return_when=asyncio.FIRST_COMPLETED)
-                done |= finished
-        pending = set(watch) - done
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        kept = [c for n, c in enumerate(silent) if n not in {watch[t] for t in done}]
+        kept = await _left_open(silent, closed=extra)  # closed at once, before any handshake
         assert len(kept) == cap
         for reader, writer in kept:  # the admitted ones finish their handshake and are served
             await writer.start_tls(trust, server_hostname="localhost")
