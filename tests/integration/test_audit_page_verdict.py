@@ -22,8 +22,7 @@ from tests.integration.helpers import body
 from tests.integration.test_audit_page import browser, marks, needs_browser, shot, sign_in, wait_for
 
 # What these check is the page's own judgement in the browser, the same whichever engine served
-# the events (the audit endpoints and the export are checked on both in their own tests); the
-# headless browser made this module the suite's costliest on two engines (70 worker-seconds).
+# the events (the audit endpoints and the export are checked on both in their own tests).
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 LATER_READS = 110  # more than the table's first page (100 rows), all newer than the edited event

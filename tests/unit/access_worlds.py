@@ -1,14 +1,13 @@
 """Random worlds for the access rule's reference-model tests: alliances with membership periods,
 a report and a moment, drawn from one seed.
 
-Hypothesis draws only the seed. Drawing each membership, label entry and date through Hypothesis
-cost about 10 ms an example (three quarters of those tests' time, profiled); a seeded
-``random.Random`` builds a world in a few microseconds. The worlds lean towards the cases where
-rules differ: a denial for revocation, recall or a missing role is drawn rarely (each still some
-hundred times a run), so most examples get as far as membership, and the moments and creation
-dates fall often on a day the subject's nation joined or left an alliance, where a rule off by
-one differs (uniform days met those boundaries about once in 20,000 examples). A failure shows
-the seed's world, unshrunk."""
+Hypothesis draws only the seed, and a seeded ``random.Random`` builds the world: drawing each
+membership, label entry and date through Hypothesis cost most of those tests' time. The worlds
+lean towards the cases where rules differ: a denial for revocation, recall or a missing role is
+drawn rarely (each still some hundred times a run), so most examples get as far as membership,
+and the moments and creation dates fall often on a day the subject's nation joined or left an
+alliance, where a rule off by one differs (uniform days meet those boundaries too rarely to
+notice). A failure shows the seed's world, unshrunk."""
 
 from __future__ import annotations
 

@@ -216,8 +216,7 @@ WORLDS = worlds.SEEDS.map(world)
 
 
 # More examples than the node rule's test: a link's boundaries matter only when its audience is
-# reached through an alliance (measured: an off-by-one at a membership's end shows in about one
-# example in 1,200 here, against one in 120 there).
+# reached through an alliance, so an off-by-one at a membership's end shows in fewer examples.
 @settings(max_examples=6000, deadline=None)
 @given(WORLDS)
 def test_federate_decide_matches_reference_model(
