@@ -20,6 +20,7 @@ overwrites a CA it did not mean to (``force``).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -127,9 +128,11 @@ def load_certificate(pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem)
 
 
+@functools.lru_cache(maxsize=4096)
 def certificate_expires_at(cert_der: bytes) -> datetime | None:
     """When a DER certificate stops being valid (its notAfter, UTC), or None when the bytes are
-    no certificate. Like ``node_id_from_certificate``, for what a verified connection presented."""
+    no certificate. Like ``node_id_from_certificate``, for what a verified connection presented;
+    remembered per certificate, since every request on its connection asks again."""
     try:
         return x509.load_der_x509_certificate(cert_der).not_valid_after_utc
     except ValueError:

@@ -289,8 +289,9 @@ class _Listening(asyncio.AbstractServer):
         while True:
             try:
                 conn, peer = await loop.sock_accept(sock)
-            except OSError as exc:  # out of descriptors, or a connection reset before its accept
-                log.warning("accept_failed error=%s", type(exc).__name__)
+            except Exception as exc:  # out of descriptors, a reset before the accept: never the end
+                unexpected = not isinstance(exc, OSError)
+                log.warning("accept_failed error=%s", type(exc).__name__, exc_info=unexpected)
                 await asyncio.sleep(ACCEPT_RETRY_SECONDS)
                 continue
             source = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
