@@ -330,6 +330,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports free now, below the system's ephemeral
+    range: a port next to one the system handed out may be any outgoing connection's own port
+    (another test's) by the time it is bound."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+        lowest = int(ranges.read().split()[0])
+    for _ in range(100):
+        base = secrets.randbelow(lowest - 10_000 - count) + 10_000
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError(f"no {count} consecutive free ports below {lowest}")
+
+
 async def add_link(ctx: Context, found: Pki, link_id: str, **spec: Any) -> tuple[Path, Path]:
     """A federate node at a sending broker, pinned to a fresh certificate; its cert and key."""
     cert, key = found.client(link_id)

@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.federation import free_port
+from tests.integration.federation import free_ports
 
 
 def test_demo_federation_shows_a_report_crossing_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
+    port = free_ports(3)  # usa, nato and fra listen on port, port + 1, port + 2
     proc = subprocess.Popen(
         [
             sys.executable,
