@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from broker import __version__
-from broker.cli import alliance, audit, database, node, peer, pki, serve, store
 from broker.cli.common import Parser, UsageError, configure_logging, fail, print_result
 
 if TYPE_CHECKING:
@@ -26,6 +25,7 @@ if TYPE_CHECKING:
 def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     """The command line. Help texts name valid values and defaults; the classification levels
     and the server's defaults are those of ``settings`` (the built-in ones when not given)."""
+    from broker.cli import alliance, audit, database, node, peer, pki, serve, store
     from broker.settings import Settings
 
     settings = settings or Settings()
@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in words
     words = [w for w in words if w != "--json"] + (["--json"] if as_json and _takes_json(words) else [])
+    if words == ["--version"]:  # answered before the parser and its imports are built
+        print(f"broker {__version__}")
+        return 0
     try:
         return _main(words, as_json=as_json)
     except BrokenPipeError:  # `broker node list | head`: the reader went away, which is fine
@@ -101,6 +104,7 @@ def _run(args: argparse.Namespace) -> Any:
     status of its own, else the result to print."""
     import asyncio
 
+    from broker.cli import alliance, audit, database, node, peer, serve, store
     from broker.settings import Settings
 
     if args.command == "witness":  # no broker configuration: a witness runs apart from it
@@ -137,6 +141,7 @@ def _run(args: argparse.Namespace) -> Any:
 def _offline(args: argparse.Namespace) -> int:
     """``broker pki ...`` and ``broker node keygen``: files only, no settings or database. Exit
     2 with one line on error."""
+    from broker.cli import node, pki
     from broker.errors import BrokerError
 
     try:
