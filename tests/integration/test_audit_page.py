@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import os
 import shutil
@@ -101,15 +102,25 @@ class Chromium:
 
     def alive(self) -> bool:
         from selenium.common.exceptions import WebDriverException
+        from urllib3.exceptions import HTTPError
 
+        if self.driver is None:
+            return False
         try:
             self.driver.window_handles  # noqa: B018 (a round trip to the browser)
-        except WebDriverException:
+        except (WebDriverException, HTTPError):  # the browser, or chromedriver itself, is gone
             return False
         return True
 
     def quit(self) -> None:
-        self.driver.quit()
+        """Quit the browser, if it can still be reached (once is enough)."""
+        from selenium.common.exceptions import WebDriverException
+        from urllib3.exceptions import HTTPError
+
+        driver, self.driver = self.driver, None
+        if driver is not None:
+            with contextlib.suppress(WebDriverException, HTTPError):
+                driver.quit()
 
 
 _SHARED = pytest.StashKey[Chromium]()
@@ -123,6 +134,8 @@ def chromium_fixture(
     as the session ends. The other page modules import it."""
     shared = request.config.stash.get(_SHARED, None)
     if shared is None or not shared.alive():
+        if shared is not None:
+            shared.quit()
         shared = request.config.stash[_SHARED] = Chromium(tmp_path_factory.mktemp("chromium"))
         request.config.add_cleanup(shared.quit)
     yield shared
