@@ -64,21 +64,23 @@ def _start(profile: Path) -> Any:
 
 class Chromium:
     """One headless Chromium for the page tests of a worker: starting a browser for each test cost
-    more than most of the pages it was started for. A test gets no state another left behind: the
-    origins a test opened are cleared as it ends (a later test's broker may listen on the same
-    port), and its tabs closed."""
+    more than most of the pages it was started for. A test gets no state another left behind: as
+    it ends, its page is left and what the origins it opened stored is cleared (a later test's
+    broker may listen on the same port)."""
 
     def __init__(self, profile: Path) -> None:
         self.driver = _start(profile)
         self._origins: set[str] = set()
 
     def tab(self, base: str, *, height: int = 1000) -> Any:
-        """The driver, on a new tab (the others closed) of a window ``height`` pixels tall. What the
-        page keeps in localStorage for ``base`` (the pinned key, the last checkpoint verified) is
-        still there, as in a browser restarted with the same profile; sessionStorage (the token)
-        is not: it belongs to the tab closed."""
+        """The driver, on a window ``height`` pixels tall, for pages of ``base``. The test's first
+        tab is blank, nothing stored for any origin. A later one is a new tab (the others closed):
+        what the page keeps in localStorage (the pinned key, the last checkpoint verified) is still
+        there, as in a browser restarted with the same profile; sessionStorage (the token) is not,
+        it belonged to the tab closed."""
+        if self._origins:
+            self._fresh_tab()
         self._origins.add(base)
-        self._fresh_tab()
         self.driver.set_window_size(1400, height)
         return self.driver
 
@@ -92,8 +94,9 @@ class Chromium:
         self.driver.switch_to.window(new)
 
     def forget(self) -> None:
-        """Close the test's pages (none may keep calling its broker) and clear what they stored."""
-        self._fresh_tab()
+        """Leave the test's page (none may keep calling its broker) and clear what its origins
+        stored, sessionStorage included."""
+        self.driver.get("about:blank")
         for origin in self._origins:
             self.driver.execute_cdp_cmd(
                 "Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"}
