@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,8 @@ needs_browser = pytest.mark.skipif(
 )
 
 
-@contextmanager
-def browser(profile: Path, *, height: int = 1000) -> Iterator[Any]:
-    """A headless Chromium driven through chromedriver; quit on the way out."""
+def _start(profile: Path) -> Any:
+    """A headless Chromium driven through chromedriver."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -56,15 +55,94 @@ def browser(profile: Path, *, height: int = 1000) -> Iterator[Any]:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        f"--window-size=1400,{height}",
+        "--window-size=1400,1000",
         f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+class Chromium:
+    """One headless Chromium for the page tests of a worker: starting a browser for each test cost
+    more than most of the pages it was started for. A test gets no state another left behind: as
+    it ends, its page is left and what the origins it opened stored is cleared (a later test's
+    broker may listen on the same port)."""
+
+    def __init__(self, profile: Path) -> None:
+        self.driver = _start(profile)
+        self._origins: set[str] = set()
+
+    def tab(self, base: str, *, height: int = 1000) -> Any:
+        """The driver, on a window ``height`` pixels tall, for pages of ``base``. The test's first
+        tab is blank, nothing stored for any origin. A later one is a new tab (the others closed):
+        what the page keeps in localStorage (the pinned key, the last checkpoint verified) is still
+        there, as in a browser restarted with the same profile; sessionStorage (the token) is not,
+        it belonged to the tab closed."""
+        if self._origins:
+            self._fresh_tab()
+        self._origins.add(base)
+        self.driver.set_window_size(1400, height)
+        return self.driver
+
+    def _fresh_tab(self) -> None:
+        old = self.driver.window_handles
+        self.driver.switch_to.new_window("tab")
+        new = self.driver.current_window_handle
+        for handle in old:
+            self.driver.switch_to.window(handle)
+            self.driver.close()
+        self.driver.switch_to.window(new)
+
+    def forget(self) -> None:
+        """Leave the test's page (none may keep calling its broker) and clear what its origins
+        stored, sessionStorage included."""
+        self.driver.get("about:blank")
+        for origin in self._origins:
+            self.driver.execute_cdp_cmd(
+                "Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"}
+            )
+        self._origins.clear()
+
+    def alive(self) -> bool:
+        from selenium.common.exceptions import WebDriverException
+        from urllib3.exceptions import HTTPError
+
+        if self.driver is None:
+            return False
+        try:
+            self.driver.window_handles  # noqa: B018 (a round trip to the browser)
+        except (WebDriverException, HTTPError):  # the browser, or chromedriver itself, is gone
+            return False
+        return True
+
+    def quit(self) -> None:
+        """Quit the browser, if it can still be reached (once is enough)."""
+        from selenium.common.exceptions import WebDriverException
+        from urllib3.exceptions import HTTPError
+
+        driver, self.driver = self.driver, None
+        if driver is not None:
+            with contextlib.suppress(WebDriverException, HTTPError):
+                driver.quit()
+
+
+_SHARED = pytest.StashKey[Chromium]()
+
+
+@pytest.fixture(name="chromium")
+def chromium_fixture(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Chromium]:
+    """The worker's Chromium: started by the first test that asks for it (again if it died), quit
+    as the session ends. The other page modules import it."""
+    shared = request.config.stash.get(_SHARED, None)
+    if shared is None or not shared.alive():
+        if shared is not None:
+            shared.quit()
+        shared = request.config.stash[_SHARED] = Chromium(tmp_path_factory.mktemp("chromium"))
+        request.config.add_cleanup(shared.quit)
+    yield shared
+    shared.forget()
 
 
 def shot(driver: Any, name: str, element: Any = None) -> Path:
@@ -135,185 +213,195 @@ def wait_for(driver: Any, test: Callable[[Any], Any], timeout: float = 30) -> An
 
 
 def texts(driver: Any, css: str) -> list[str]:
-    from selenium.webdriver.common.by import By
+    """The rendered text of each element ``css`` selects, as WebDriver's element text has it (a row's
+    cells separated by one space), read in one round trip to the browser: one per element took
+    seconds on a table of a hundred rows."""
+    return list(
+        driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0])]"
+            ".map((e) => e.innerText.replace(/\\t+/g, ' ').trim())",
+            css,
+        )
+    )
 
-    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, css)]
 
-
-def _drive(base: str, token: str, vkey: str, report_id: str, profile: Path) -> dict[str, Any]:
+def _drive(chromium: Chromium, base: str, token: str, vkey: str, report_id: str) -> dict[str, Any]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     out: dict[str, Any] = {}
-    with browser(profile) as driver:
-        # WebCrypto Ed25519 in this Chromium: the page relies on it.
-        out["ed25519"] = driver.execute_async_script(
-            "const done = arguments[0];"
-            "crypto.subtle.importKey('raw', new Uint8Array(32).fill(7), {name: 'Ed25519'}, false, ['verify'])"
-            ".then(() => done('supported'), (e) => done('unsupported: ' + e.name));"
-        )
+    driver = chromium.tab(base)
+    # A wrong token: the sign-in panel says so, and nothing else shows.
+    sign_in(driver, base, "abk_not-a-token")
+    wait_for(driver, lambda d: "Sign-in failed" in d.find_element(By.ID, "signin-error").text)
+    out["signin_error"] = driver.find_element(By.ID, "signin-error").text
+    out["events_hidden"] = not driver.find_element(By.ID, "events-panel").is_displayed()
 
-        # A wrong token: the sign-in panel says so, and nothing else shows.
-        sign_in(driver, base, "abk_not-a-token")
-        wait_for(driver, lambda d: "Sign-in failed" in d.find_element(By.ID, "signin-error").text)
-        out["signin_error"] = driver.find_element(By.ID, "signin-error").text
-        out["events_hidden"] = not driver.find_element(By.ID, "events-panel").is_displayed()
+    # WebCrypto Ed25519 in this Chromium (on the page: a blank tab is no secure context): the page
+    # relies on it.
+    out["ed25519"] = driver.execute_async_script(
+        "const done = arguments[0];"
+        "crypto.subtle.importKey('raw', new Uint8Array(32).fill(7), {name: 'Ed25519'}, false, ['verify'])"
+        ".then(() => done('supported'), (e) => done('unsupported: ' + e.name));"
+    )
 
-        # Signed in, no key pinned yet: nothing may claim to be verified.
-        sign_in(driver, base, token)
-        wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) > 3)
-        wait_for(driver, lambda d: d.find_element(By.ID, "checkpoint-verdict").text)
-        wait_for(driver, lambda d: set(marks(d, "#events")) == {"unverified"})
-        out["who"] = driver.find_element(By.ID, "who").text
-        out["unpinned_verdict"] = driver.find_element(By.ID, "checkpoint-verdict").text
-        out["unpinned_ticks"] = driver.execute_script(
-            "return document.body.innerText.split('\\u2713').length - 1"
-        )
+    # Signed in, no key pinned yet: nothing may claim to be verified.
+    sign_in(driver, base, token)
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) > 3)
+    wait_for(driver, lambda d: d.find_element(By.ID, "checkpoint-verdict").text)
+    wait_for(driver, lambda d: set(marks(d, "#events")) == {"unverified"})
+    out["who"] = driver.find_element(By.ID, "who").text
+    out["unpinned_verdict"] = driver.find_element(By.ID, "checkpoint-verdict").text
+    out["unpinned_ticks"] = driver.execute_script(
+        "return document.body.innerText.split('\\u2713').length - 1"
+    )
 
-        # Pin the key (as an auditor would paste it): the checkpoint verifies, it becomes the
-        # baseline, and the rows it covers are proven included.
-        driver.find_element(By.ID, "pin-input").send_keys(vkey)
-        driver.find_element(By.CSS_SELECTOR, "#pin-form button[type=submit]").click()
-        wait_for(driver, lambda d: "\u2713" in d.find_element(By.ID, "checkpoint-verdict").text)
-        out["first_consistency"] = wait_for(
-            driver, lambda d: d.find_element(By.ID, "consistency-verdict").text
-        )
-        wait_for(
-            driver, lambda d: "verified" in marks(d, "#events") and "unverified" not in marks(d, "#events")
-        )
-        out["marks_before_sign"] = marks(driver, "#events")
+    # Pin the key (as an auditor would paste it): the checkpoint verifies, it becomes the
+    # baseline, and the rows it covers are proven included.
+    driver.find_element(By.ID, "pin-input").send_keys(vkey)
+    driver.find_element(By.CSS_SELECTOR, "#pin-form button[type=submit]").click()
+    wait_for(driver, lambda d: "\u2713" in d.find_element(By.ID, "checkpoint-verdict").text)
+    out["first_consistency"] = wait_for(driver, lambda d: d.find_element(By.ID, "consistency-verdict").text)
+    wait_for(driver, lambda d: "verified" in marks(d, "#events") and "unverified" not in marks(d, "#events"))
+    out["marks_before_sign"] = marks(driver, "#events")
 
-        # A new checkpoint: consistent with the one seen before, and it covers every row. (One
-        # more audited query first, so that the log has grown past the checkpoint just verified.)
-        driver.execute_async_script("api('/v1/audit/events?limit=1').then(arguments[0])")
-        driver.find_element(By.ID, "sign-checkpoint").click()
-        wait_for(driver, lambda d: "Consistent with" in d.find_element(By.ID, "consistency-verdict").text)
-        out["second_consistency"] = driver.find_element(By.ID, "consistency-verdict").text
-        wait_for(driver, lambda d: set(marks(d, "#events")) == {"verified"})
-        out["marks"] = marks(driver, "#events")
-        out["seqs"] = [int(s) for s in texts(driver, "#events tbody tr[data-seq] td:nth-child(2)")]
-        out["end_of_log"] = texts(driver, "#events tbody tr.end-of-log")
-        out["headers"] = texts(driver, "#events thead th")
-        out["details"] = texts(driver, "#events tbody td.details")
-        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#failures tbody tr[data-seq]"))
-        out["failures"] = texts(driver, "#failures tbody tr")
-        wait_for(driver, lambda d: "All " in d.find_element(By.ID, "charts-coverage").text)
-        out["legend_reason"] = driver.find_element(By.ID, "legend-reason").text
-        out["legend_nation"] = driver.find_element(By.ID, "legend-nation").text
-        out["bars"] = len(driver.find_elements(By.CSS_SELECTOR, "#chart-reason rect"))
-        out["shot_page"] = shot(driver, "audit-page.png")
-        out["shot_table"] = shot(driver, "audit-events.png", driver.find_element(By.ID, "events"))
-        out["shot_charts"] = shot(driver, "audit-charts.png", driver.find_element(By.ID, "charts-panel"))
+    # A new checkpoint: consistent with the one seen before, and it covers every row. (One
+    # more audited query first, so that the log has grown past the checkpoint just verified.)
+    driver.execute_async_script("api('/v1/audit/events?limit=1').then(arguments[0])")
+    driver.find_element(By.ID, "sign-checkpoint").click()
+    wait_for(driver, lambda d: "Consistent with" in d.find_element(By.ID, "consistency-verdict").text)
+    out["second_consistency"] = driver.find_element(By.ID, "consistency-verdict").text
+    wait_for(driver, lambda d: set(marks(d, "#events")) == {"verified"})
+    out["marks"] = marks(driver, "#events")
+    out["seqs"] = [int(s) for s in texts(driver, "#events tbody tr[data-seq] td:nth-child(2)")]
+    out["end_of_log"] = texts(driver, "#events tbody tr.end-of-log")
+    out["headers"] = texts(driver, "#events thead th")
+    out["details"] = texts(driver, "#events tbody td.details")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#failures tbody tr[data-seq]"))
+    out["failures"] = texts(driver, "#failures tbody tr")
+    wait_for(driver, lambda d: "All " in d.find_element(By.ID, "charts-coverage").text)
+    out["legend_reason"] = driver.find_element(By.ID, "legend-reason").text
+    out["legend_nation"] = driver.find_element(By.ID, "legend-nation").text
+    out["bars"] = len(driver.find_elements(By.CSS_SELECTOR, "#chart-reason rect"))
+    out["shot_page"] = shot(driver, "audit-page.png")
+    out["shot_table"] = shot(driver, "audit-events.png", driver.find_element(By.ID, "events"))
+    out["shot_charts"] = shot(driver, "audit-charts.png", driver.find_element(By.ID, "charts-panel"))
 
-        # A malformed filter: the broker's problem message shows by the filters; the table stays.
-        rows_before = len(driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]"))
-        driver.find_element(By.CSS_SELECTOR, "#filters input[name=since]").send_keys("yesterday")
-        driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
-        wait_for(driver, lambda d: d.find_element(By.ID, "filter-error").text)
-        out["filter_error"] = driver.find_element(By.ID, "filter-error").text
-        out["filter_error_shown"] = driver.find_element(By.ID, "filter-error").is_displayed()
-        out["rows_kept"] = (
-            len(driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) == rows_before
-        )
-        out["shot_filter_error"] = shot(driver, "audit-filter-error.png")
-        driver.find_element(By.CSS_SELECTOR, "#filters input[name=since]").clear()
+    # A malformed filter: the broker's problem message shows by the filters; the table stays.
+    rows_before = len(driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]"))
+    driver.find_element(By.CSS_SELECTOR, "#filters input[name=since]").send_keys("yesterday")
+    driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "filter-error").text)
+    out["filter_error"] = driver.find_element(By.ID, "filter-error").text
+    out["filter_error_shown"] = driver.find_element(By.ID, "filter-error").is_displayed()
+    out["rows_kept"] = len(driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) == rows_before
+    out["shot_filter_error"] = shot(driver, "audit-filter-error.png")
+    driver.find_element(By.CSS_SELECTOR, "#filters input[name=since]").clear()
 
-        # Denials only.
-        Select(driver.find_element(By.CSS_SELECTOR, "#filters select[name=decision]")).select_by_value("deny")
-        driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
-        wait_for(
-            driver,
-            lambda d: (
-                not d.find_element(By.ID, "filter-error").text
-                and set(texts(d, "#events tbody tr[data-seq] td:nth-child(9)")) == {"deny"}
-            ),
-        )
-        out["denied_rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]"))
+    # Denials only.
+    Select(driver.find_element(By.CSS_SELECTOR, "#filters select[name=decision]")).select_by_value("deny")
+    driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+    wait_for(
+        driver,
+        lambda d: (
+            not d.find_element(By.ID, "filter-error").text
+            and set(texts(d, "#events tbody tr[data-seq] td:nth-child(9)")) == {"deny"}
+        ),
+    )
+    out["denied_rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]"))
 
-        # The page's RFC 9162 verifiers against the broker's proofs, for every pair of sizes up
-        # to 20: each proof must verify, and a proof with one hash changed must not.
-        out["merkle_failures"] = driver.execute_async_script(MERKLE_CHECK, 20)
+    # The page's RFC 9162 verifiers against the broker's proofs, for every pair of sizes up
+    # to 20: each proof must verify, and a proof with one hash changed must not.
+    out["merkle_failures"] = driver.execute_async_script(MERKLE_CHECK, 20, 4)
 
-        # The report: label, topics, signature status, who received it, every event.
-        driver.find_element(By.CSS_SELECTOR, f"#events td.report[title='{report_id}']").click()
-        wait_for(driver, lambda d: d.find_element(By.ID, "report-progress").get_attribute("data-complete"))
-        wait_for(driver, lambda d: "checking" not in d.find_element(By.ID, "report-meta").text)
-        out["report_meta"] = driver.find_element(By.ID, "report-meta").text
-        out["report_glance"] = driver.find_element(By.ID, "report-glance").text
-        out["recipients"] = {
-            row.get_attribute("data-node"): row.text
-            for row in driver.find_elements(By.CSS_SELECTOR, "#report-recipients tbody tr")
-        }
-        out["report_events"] = int(
-            driver.find_element(By.ID, "report-progress").get_attribute("data-complete") or 0
-        )
-        wait_for(driver, lambda d: set(marks(d, "#report-events")) == {"verified"})
-        out["shot_report"] = shot(driver, "audit-report.png", driver.find_element(By.ID, "report-panel"))
+    # The report: label, topics, signature status, who received it, every event.
+    driver.find_element(By.CSS_SELECTOR, f"#events td.report[title='{report_id}']").click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "report-progress").get_attribute("data-complete"))
+    wait_for(driver, lambda d: "checking" not in d.find_element(By.ID, "report-meta").text)
+    out["report_meta"] = driver.find_element(By.ID, "report-meta").text
+    out["report_glance"] = driver.find_element(By.ID, "report-glance").text
+    out["recipients"] = {
+        row.get_attribute("data-node"): row.text
+        for row in driver.find_elements(By.CSS_SELECTOR, "#report-recipients tbody tr")
+    }
+    out["report_events"] = int(
+        driver.find_element(By.ID, "report-progress").get_attribute("data-complete") or 0
+    )
+    wait_for(driver, lambda d: set(marks(d, "#report-events")) == {"verified"})
+    out["shot_report"] = shot(driver, "audit-report.png", driver.find_element(By.ID, "report-panel"))
     return out
 
 
 MERKLE_CHECK = """
-const [limit, done] = arguments;
+const [limit, lanes, done] = arguments;
 (async () => {
   const bad = [];
   const size = Math.min(limit, (await api("/v1/audit/events?order=desc&limit=1")).events[0].seq);
+  const checks = [];
   for (let second = 1; second <= size; second++) {
     for (let first = 1; first <= second; first++) {
-      const p = await api(`/v1/audit/proofs/consistency?first=${first}&second=${second}`);
-      const path = p.path.map(fromHex), one = fromHex(p.first_root), two = fromHex(p.second_root);
-      const ok = await consistencyHolds(first, second, one, two, path);
-      if (!ok) bad.push(`consistency ${first}/${second}`);
-      if (path.length) {
-        path[path.length - 1] = await sha256(path[path.length - 1]);
-        if (await consistencyHolds(first, second, one, two, path)) bad.push(`forged ${first}/${second}`);
-      }
+      checks.push(async () => {
+        const p = await api(`/v1/audit/proofs/consistency?first=${first}&second=${second}`);
+        const path = p.path.map(fromHex), one = fromHex(p.first_root), two = fromHex(p.second_root);
+        const ok = await consistencyHolds(first, second, one, two, path);
+        if (!ok) bad.push(`consistency ${first}/${second}`);
+        if (path.length) {
+          path[path.length - 1] = await sha256(path[path.length - 1]);
+          if (await consistencyHolds(first, second, one, two, path)) bad.push(`forged ${first}/${second}`);
+        }
+      });
     }
     for (let seq = 1; seq <= second; seq++) {
-      const p = await api(`/v1/audit/proofs/inclusion?seq=${seq}&size=${second}`);
-      const path = p.path.map(fromHex);
-      const root = await inclusionRoot(seq - 1, second, fromHex(p.leaf_hash), path);
-      if (!root || toHex(root) !== p.root) bad.push(`inclusion ${seq}/${second}`);
-      if (path.length) {
-        path[0] = await sha256(path[0]);
-        const forged = await inclusionRoot(seq - 1, second, fromHex(p.leaf_hash), path);
-        if (forged && toHex(forged) === p.root) bad.push(`forged inclusion ${seq}/${second}`);
-      }
+      checks.push(async () => {
+        const p = await api(`/v1/audit/proofs/inclusion?seq=${seq}&size=${second}`);
+        const path = p.path.map(fromHex);
+        const root = await inclusionRoot(seq - 1, second, fromHex(p.leaf_hash), path);
+        if (!root || toHex(root) !== p.root) bad.push(`inclusion ${seq}/${second}`);
+        if (path.length) {
+          path[0] = await sha256(path[0]);
+          const forged = await inclusionRoot(seq - 1, second, fromHex(p.leaf_hash), path);
+          if (forged && toHex(forged) === p.root) bad.push(`forged inclusion ${seq}/${second}`);
+        }
+      });
     }
   }
-  done(size < 12 ? [`only ${size} events`] : bad);
+  // A few checks in flight at once: one after another, each waited a round trip to the broker.
+  const lane = async () => { while (checks.length) await checks.shift()(); };
+  await Promise.all(Array.from({length: lanes}, lane));
+  done(size < 12 ? [`only ${size} events`] : bad.sort());
 })().catch((e) => done(["error: " + e.message]));
 """
 
 
-def _tampered(base: str, token: str, seq: int, profile: Path) -> list[str]:
-    """With the same browser profile (the key and last checkpoint are remembered): the row of
+def _tampered(chromium: Chromium, base: str, token: str, seq: int) -> list[str]:
+    """In a new tab of the same browser (the key and last checkpoint are remembered): the row of
     an altered event is marked failed, the others still verify."""
     from selenium.webdriver.common.by import By
 
-    with browser(profile) as driver:
-        sign_in(driver, base, token)
-        wait_for(driver, lambda d: "\u2713" in d.find_element(By.ID, "checkpoint-verdict").text)
-        wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) > 5)
-        driver.find_element(By.ID, "sign-checkpoint").click()  # covering every row shown
-        wait_for(driver, lambda d: "Consistent with" in d.find_element(By.ID, "consistency-verdict").text)
-        wait_for(driver, lambda d: "failed" in marks(d, "#events") and "pending" not in marks(d, "#events"))
-        rows = driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")
-        states = {int(r.get_attribute("data-seq")): marks(driver, "#events")[i] for i, r in enumerate(rows)}
-        shot(driver, "audit-tampered.png", driver.find_element(By.ID, "events"))
-        found = [f"{s}:{states[s]}" for s in sorted(states)]
-        # A remembered checkpoint the broker's log does not extend: the page must say so.
-        driver.execute_script(
-            "const seen = JSON.parse(localStorage.getItem('auditLastVerifiedCheckpoint'));"
-            "seen.size -= 1; seen.root = btoa('x'.repeat(32));"
-            "localStorage.setItem('auditLastVerifiedCheckpoint', JSON.stringify(seen));"
-        )
-        driver.find_element(By.ID, "reload-checkpoint").click()
-        wait_for(driver, lambda d: "NOT an extension" in d.find_element(By.ID, "consistency-verdict").text)
-        return found
+    driver = chromium.tab(base)
+    sign_in(driver, base, token)
+    wait_for(driver, lambda d: "\u2713" in d.find_element(By.ID, "checkpoint-verdict").text)
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) > 5)
+    driver.find_element(By.ID, "sign-checkpoint").click()  # covering every row shown
+    wait_for(driver, lambda d: "Consistent with" in d.find_element(By.ID, "consistency-verdict").text)
+    wait_for(driver, lambda d: "failed" in marks(d, "#events") and "pending" not in marks(d, "#events"))
+    rows = driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")
+    states = {int(r.get_attribute("data-seq")): marks(driver, "#events")[i] for i, r in enumerate(rows)}
+    shot(driver, "audit-tampered.png", driver.find_element(By.ID, "events"))
+    found = [f"{s}:{states[s]}" for s in sorted(states)]
+    # A remembered checkpoint the broker's log does not extend: the page must say so.
+    driver.execute_script(
+        "const seen = JSON.parse(localStorage.getItem('auditLastVerifiedCheckpoint'));"
+        "seen.size -= 1; seen.root = btoa('x'.repeat(32));"
+        "localStorage.setItem('auditLastVerifiedCheckpoint', JSON.stringify(seen));"
+    )
+    driver.find_element(By.ID, "reload-checkpoint").click()
+    wait_for(driver, lambda d: "NOT an extension" in d.find_element(By.ID, "consistency-verdict").text)
+    return found
 
 
 @needs_browser
-async def test_auditor_page_in_headless_chromium(api: Api, tmp_path: Path) -> None:
+async def test_auditor_page_in_headless_chromium(api: Api, chromium: Chromium) -> None:
     key = Ed25519PrivateKey.generate()
     usa, swe, nga = (
         await api.node("usa-1", "USA", ed25519_public_key=_raw_public(key)),
@@ -332,8 +420,7 @@ async def test_auditor_page_in_headless_chromium(api: Api, tmp_path: Path) -> No
     await api.flush_auth_failures()
     _, pinned = await api.get("/.well-known/alliance-broker/checkpoint-key")
 
-    profile = tmp_path / "profile"
-    result = await asyncio.to_thread(_drive, api.base_url, auditor, pinned["vkey"], receipt["id"], profile)
+    result = await asyncio.to_thread(_drive, chromium, api.base_url, auditor, pinned["vkey"], receipt["id"])
 
     assert result["ed25519"] == "supported", result["ed25519"]
     assert "Sign-in failed" in result["signin_error"] and "401" in result["signin_error"]
@@ -383,7 +470,7 @@ async def test_auditor_page_in_headless_chromium(api: Api, tmp_path: Path) -> No
             connection.execute(update(st.EVENTS).where(st.EVENTS.c.seq == target.seq).values(reason="edited"))
 
         await tx.run(alter)  # committed as the block ends
-    states = await asyncio.to_thread(_tampered, api.base_url, auditor, target.seq, profile)
+    states = await asyncio.to_thread(_tampered, chromium, api.base_url, auditor, target.seq)
     assert f"{target.seq}:failed" in states, states
     assert sum(s.endswith(":failed") for s in states) == 1, states
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +15,15 @@ from sqlalchemy import delete, update
 from broker.storage import statements as st
 from tests.integration.conftest import Api
 from tests.integration.helpers import body
-from tests.integration.test_audit_page import browser, marks, needs_browser, shot, sign_in, wait_for
+from tests.integration.test_audit_page import (
+    Chromium,
+    chromium_fixture,  # noqa: F401 (the fixture)
+    marks,
+    needs_browser,
+    shot,
+    sign_in,
+    wait_for,
+)
 
 # The page's own judgement in the browser, the same whichever engine served the events.
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -34,46 +41,46 @@ def _report_rows(driver: Any) -> dict[int, tuple[str, str]]:
     return {int(seq): (state, title) for seq, state, title in rows}
 
 
-def _open_report(base: str, token: str, vkey: str | None, report_id: str, profile: Path) -> dict[str, Any]:
+def _open_report(
+    chromium: Chromium, base: str, token: str, vkey: str | None, report_id: str
+) -> dict[str, Any]:
     """Sign in (pinning ``vkey`` unless the profile remembers it), wait for the latest checkpoint
     to verify, open the report's view and wait until no row but one beyond the log is pending."""
     from selenium.webdriver.common.by import By
 
-    with browser(profile) as driver:
-        sign_in(driver, base, token)
-        wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) > 3)
-        wait_for(driver, lambda d: d.find_element(By.ID, "checkpoint-verdict").text)
-        if vkey is not None:
-            driver.find_element(By.ID, "pin-input").send_keys(vkey)
-            driver.find_element(By.CSS_SELECTOR, "#pin-form button[type=submit]").click()
-        wait_for(driver, lambda d: "\u2713" in d.find_element(By.ID, "checkpoint-verdict").text)
-        # Set in the same step that re-verifies the rows against this checkpoint.
-        wait_for(driver, lambda d: d.find_element(By.ID, "consistency-verdict").text)
-        driver.find_element(By.CSS_SELECTOR, f"#events td.report[title='{report_id}']").click()
-        wait_for(driver, lambda d: d.find_element(By.ID, "report-progress").get_attribute("data-complete"))
-        wait_for(
-            driver,
-            lambda d: (
-                [s for seq, (s, _) in _report_rows(d).items() if seq < MOVED_TO and s == "pending"] == []
-            ),
-        )
-        chain = driver.find_elements(By.ID, "report-chain")
-        out = {
-            "rows": _report_rows(driver),
-            "chain": chain[0].text if chain else None,
-            "chain_state": chain[0].get_attribute("data-state") if chain else None,
-            "marks": marks(driver, "#report-events"),
-        }
-        shot(
-            driver,
-            f"audit-report-chain-{'pinned' if vkey else 'tampered'}.png",
-            driver.find_element(By.ID, "report-panel"),
-        )
+    driver = chromium.tab(base)
+    sign_in(driver, base, token)
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) > 3)
+    wait_for(driver, lambda d: d.find_element(By.ID, "checkpoint-verdict").text)
+    if vkey is not None:
+        driver.find_element(By.ID, "pin-input").send_keys(vkey)
+        driver.find_element(By.CSS_SELECTOR, "#pin-form button[type=submit]").click()
+    wait_for(driver, lambda d: "\u2713" in d.find_element(By.ID, "checkpoint-verdict").text)
+    # Set in the same step that re-verifies the rows against this checkpoint.
+    wait_for(driver, lambda d: d.find_element(By.ID, "consistency-verdict").text)
+    driver.find_element(By.CSS_SELECTOR, f"#events td.report[title='{report_id}']").click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "report-progress").get_attribute("data-complete"))
+    wait_for(
+        driver,
+        lambda d: [s for seq, (s, _) in _report_rows(d).items() if seq < MOVED_TO and s == "pending"] == [],
+    )
+    chain = driver.find_elements(By.ID, "report-chain")
+    out = {
+        "rows": _report_rows(driver),
+        "chain": chain[0].text if chain else None,
+        "chain_state": chain[0].get_attribute("data-state") if chain else None,
+        "marks": marks(driver, "#report-events"),
+    }
+    shot(
+        driver,
+        f"audit-report-chain-{'pinned' if vkey else 'tampered'}.png",
+        driver.find_element(By.ID, "report-panel"),
+    )
     return out
 
 
 @needs_browser
-async def test_report_view_flags_a_removed_and_a_moved_event(api: Api, tmp_path: Path) -> None:
+async def test_report_view_flags_a_removed_and_a_moved_event(api: Api, chromium: Chromium) -> None:
     usa, swe = await api.node("usa-1", "USA"), await api.node("swe-1", "SWE")
     auditor = await api.node("aud", "BEL", roles=("audit",))
     _, mine = await api.publish(usa, body())
@@ -86,11 +93,10 @@ async def test_report_view_flags_a_removed_and_a_moved_event(api: Api, tmp_path:
     assert len(seqs) == 5 and all(b - a == 2 for a, b in itertools.pairwise(seqs))
     published, first_read, second_read, third_read, last_read = seqs
     _, pinned = await api.get("/.well-known/alliance-broker/checkpoint-key")
-    profile = tmp_path / "profile"
     # Each time, a checkpoint covering every event the test made (the page loads the latest).
     assert (await api.call("POST", "/v1/audit/checkpoints", auditor))[0] == 201
 
-    whole = await asyncio.to_thread(_open_report, api.base_url, auditor, pinned["vkey"], mine["id"], profile)
+    whole = await asyncio.to_thread(_open_report, chromium, api.base_url, auditor, pinned["vkey"], mine["id"])
     assert set(whole["marks"]) == {"verified"} and len(whole["marks"]) == 5, whole["rows"]
 
     # Remove one read, and move the last one far beyond the log's end.
@@ -103,7 +109,7 @@ async def test_report_view_flags_a_removed_and_a_moved_event(api: Api, tmp_path:
         await tx.run(tamper)  # committed as the block ends
 
     assert (await api.call("POST", "/v1/audit/checkpoints", auditor))[0] == 201
-    seen = await asyncio.to_thread(_open_report, api.base_url, auditor, None, mine["id"], profile)
+    seen = await asyncio.to_thread(_open_report, chromium, api.base_url, auditor, None, mine["id"])
     rows = seen["rows"]
     assert set(rows) == {published, second_read, third_read, MOVED_TO}, rows
     # Each remaining row still verifies alone; the rows next to each hole fail, saying where it is.

@@ -10,14 +10,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker.crypto import notes
 from tests.integration.conftest import Api
-from tests.integration.test_audit_page import browser, needs_browser, sign_in, wait_for
+from tests.integration.test_audit_page import (
+    Chromium,
+    chromium_fixture,  # noqa: F401 (the fixture)
+    needs_browser,
+    sign_in,
+    wait_for,
+)
 
 VERIFY = """
 const [pinText, note, done] = arguments;
@@ -29,13 +34,13 @@ const [pinText, note, done] = arguments;
 LOG = "broker.example/audit"
 
 
-def _verdicts(base: str, token: str, cases: list[tuple[str, str]], profile: Path) -> list[Any]:
+def _verdicts(chromium: Chromium, base: str, token: str, cases: list[tuple[str, str]]) -> list[Any]:
     from selenium.webdriver.common.by import By
 
-    with browser(profile) as driver:
-        sign_in(driver, base, token)
-        wait_for(driver, lambda d: d.find_element(By.ID, "checkpoint-verdict").text)
-        return [driver.execute_async_script(VERIFY, pin, note) for pin, note in cases]
+    driver = chromium.tab(base)
+    sign_in(driver, base, token)
+    wait_for(driver, lambda d: d.find_element(By.ID, "checkpoint-verdict").text)
+    return [driver.execute_async_script(VERIFY, pin, note) for pin, note in cases]
 
 
 def _note(origin: str, *, signer: str, key: bytes) -> str:
@@ -46,7 +51,7 @@ def _note(origin: str, *, signer: str, key: bytes) -> str:
 @needs_browser
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the page's own check
 async def test_the_page_refuses_a_checkpoint_of_another_log_signed_with_the_pinned_key(
-    api: Api, tmp_path: Path
+    api: Api, chromium: Chromium
 ) -> None:
     auditor = await api.node("aud", "BEL", roles=("audit",))
     key = os.urandom(32)
@@ -58,7 +63,7 @@ async def test_the_page_refuses_a_checkpoint_of_another_log_signed_with_the_pinn
         (bare, _note(LOG, signer=LOG, key=key)),
         (bare, _note("other.example/audit", signer=LOG, key=key)),  # the key's name is not its origin
     ]
-    found = await asyncio.to_thread(_verdicts, api.base_url, auditor, cases, tmp_path / "profile")
+    found = await asyncio.to_thread(_verdicts, chromium, api.base_url, auditor, cases)
     assert found[0] == [True, ""] and found[2] == [True, ""], found
     for ok, why in (found[1], found[3]):
         assert not ok and "origin" in why, found

@@ -8,7 +8,6 @@ import asyncio
 import time
 from datetime import datetime, timedelta
 from itertools import groupby
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,8 @@ from tests.conftest import START, FakeClock
 from tests.integration.conftest import Api
 from tests.integration.helpers import body
 from tests.integration.test_audit_page import (
-    browser,
+    Chromium,
+    chromium_fixture,  # noqa: F401 (the fixture)
     colour_pixels,
     ink,
     marks,
@@ -193,125 +193,113 @@ def _axis(driver: Any) -> dict[str, Any]:
     }
 
 
-def _drive(base: str, token: str, vkey: str, big_report: str, profile: Path) -> dict[str, Any]:
+def _drive(chromium: Chromium, base: str, token: str, vkey: str, big_report: str) -> dict[str, Any]:
     from selenium.webdriver.common.by import By
 
     out: dict[str, Any] = {}
-    with browser(profile, height=1100) as driver:
-        # The key was pasted once before (it is kept in localStorage).
-        driver.get(f"{base}/audit/")
-        driver.execute_script("localStorage.setItem('auditPinnedCheckpointKey', arguments[0])", vkey)
-        driver.execute_script(
-            "window.longTasks = [];"
-            "new PerformanceObserver((list) => {"
-            "  for (const e of list.getEntries()) window.longTasks.push(e.duration);"
-            "}).observe({type: 'longtask', buffered: true});"
-        )
-        driver.find_element(By.ID, "token").send_keys(token)
-        clicked = time.perf_counter()
-        driver.find_element(By.CSS_SELECTOR, "#signin button").click()
-        wait_for(
-            driver, lambda d: d.execute_script("return window.auditTimings.firstRender !== undefined"), 60
-        )
-        out["wall_first_render_ms"] = (time.perf_counter() - clicked) * 1000
-        out["rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]"))
-        out["bars_first"] = len(driver.find_elements(By.CSS_SELECTOR, "#chart-reason rect"))
-        wait_for(driver, lambda d: "All " in d.find_element(By.ID, "charts-coverage").text, 60)
-        wait_for(driver, lambda d: "\u2713" in d.find_element(By.ID, "checkpoint-verdict").text)
-        # Sign a checkpoint covering everything shown: every row on the page is then checked.
-        driver.find_element(By.ID, "sign-checkpoint").click()
-        wait_for(driver, lambda d: set(marks(d, "#events")) == {"verified"}, 60)
-        out["all_verified_ms"] = (time.perf_counter() - clicked) * 1000
-        out["timings"] = driver.execute_script("return window.auditTimings")
-        out["long_tasks"] = driver.execute_script("return window.longTasks")
-        out["coverage"] = driver.find_element(By.ID, "charts-coverage").text
-        out["seqs"] = [int(s) for s in texts(driver, "#events tbody tr[data-seq] td:nth-child(2)")]
-        out["who"] = driver.find_element(By.ID, "who").text
-        out["legend_reason"] = driver.find_element(By.ID, "legend-reason").text
-        out["legend_nation"] = driver.find_element(By.ID, "legend-nation").text
-        out["bars"] = _bars(driver, "#chart-reason")
-        out["bars_nation"] = _bars(driver, "#chart-nation")
-        out["axis"] = _axis(driver)
-        out["failures"] = len(driver.find_elements(By.CSS_SELECTOR, "#failures tbody tr[data-seq]"))
-        out["shot_page"] = shot(driver, "audit-scale-page.png")
-        out["shot_charts"] = shot(
-            driver, "audit-scale-charts.png", driver.find_element(By.ID, "charts-panel")
-        )
+    driver = chromium.tab(base, height=1100)
+    # The key was pasted once before (it is kept in localStorage).
+    driver.get(f"{base}/audit/")
+    driver.execute_script("localStorage.setItem('auditPinnedCheckpointKey', arguments[0])", vkey)
+    driver.execute_script(
+        "window.longTasks = [];"
+        "new PerformanceObserver((list) => {"
+        "  for (const e of list.getEntries()) window.longTasks.push(e.duration);"
+        "}).observe({type: 'longtask', buffered: true});"
+    )
+    driver.find_element(By.ID, "token").send_keys(token)
+    clicked = time.perf_counter()
+    driver.find_element(By.CSS_SELECTOR, "#signin button").click()
+    wait_for(driver, lambda d: d.execute_script("return window.auditTimings.firstRender !== undefined"), 60)
+    out["wall_first_render_ms"] = (time.perf_counter() - clicked) * 1000
+    out["rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]"))
+    out["bars_first"] = len(driver.find_elements(By.CSS_SELECTOR, "#chart-reason rect"))
+    wait_for(driver, lambda d: "All " in d.find_element(By.ID, "charts-coverage").text, 60)
+    wait_for(driver, lambda d: "\u2713" in d.find_element(By.ID, "checkpoint-verdict").text)
+    # Sign a checkpoint covering everything shown: every row on the page is then checked.
+    driver.find_element(By.ID, "sign-checkpoint").click()
+    wait_for(driver, lambda d: set(marks(d, "#events")) == {"verified"}, 60)
+    out["all_verified_ms"] = (time.perf_counter() - clicked) * 1000
+    out["timings"] = driver.execute_script("return window.auditTimings")
+    out["long_tasks"] = driver.execute_script("return window.longTasks")
+    out["coverage"] = driver.find_element(By.ID, "charts-coverage").text
+    out["seqs"] = [int(s) for s in texts(driver, "#events tbody tr[data-seq] td:nth-child(2)")]
+    out["who"] = driver.find_element(By.ID, "who").text
+    out["legend_reason"] = driver.find_element(By.ID, "legend-reason").text
+    out["legend_nation"] = driver.find_element(By.ID, "legend-nation").text
+    out["bars"] = _bars(driver, "#chart-reason")
+    out["bars_nation"] = _bars(driver, "#chart-nation")
+    out["axis"] = _axis(driver)
+    out["failures"] = len(driver.find_elements(By.CSS_SELECTOR, "#failures tbody tr[data-seq]"))
+    out["shot_page"] = shot(driver, "audit-scale-page.png")
+    out["shot_charts"] = shot(driver, "audit-scale-charts.png", driver.find_element(By.ID, "charts-panel"))
 
-        # Clicking a bar (the burst's) narrows the filters to its time span; the charts follow,
-        # now a bar a minute.
-        driver.execute_script(
-            "const bars = [...document.querySelectorAll('#chart-reason g.bar:not(.earlier)')];"
-            "const top = bars.reduce((a, b) => (+b.dataset.total > +a.dataset.total ? b : a));"
-            "top.querySelector('rect').dispatchEvent(new MouseEvent('click', {bubbles: true}))"
-        )
-        wait_for(
-            driver,
-            lambda d: (
-                "All " in d.find_element(By.ID, "charts-coverage").text
-                and d.find_element(By.ID, "charts-coverage").text != out["coverage"]
-            ),
-        )
-        # The coverage line can change before the bars are drawn again (seen once on a loaded
-        # machine: 18 of the zoomed hour's minutes): wait until the bars hold what it counts.
-        wait_for(driver, lambda d: sum(b["total"] for b in _bars(d, "#chart-reason")) == _counted(d))
-        out["zoomed_coverage"] = driver.find_element(By.ID, "charts-coverage").text
-        out["zoomed_bars"] = _bars(driver, "#chart-reason")
-        out["zoomed_axis"] = _axis(driver)
-        out["zoomed_since"] = driver.find_element(
-            By.CSS_SELECTOR, "#filters input[name=since]"
-        ).get_attribute("value")
-        out["zoomed_until"] = driver.find_element(
-            By.CSS_SELECTOR, "#filters input[name=until]"
-        ).get_attribute("value")
-        out["shot_zoomed"] = shot(
-            driver, "audit-scale-zoomed.png", driver.find_element(By.ID, "charts-panel")
-        )
-        driver.find_element(By.ID, "clear-filters").click()
-        wait_for(
-            driver,
-            lambda d: (
-                len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) == 100
-                and int(texts(d, "#events tbody tr[data-seq] td:nth-child(2)")[0]) > out["seqs"][0]
-            ),
-        )
-        out["seqs_cleared"] = [int(s) for s in texts(driver, "#events tbody tr[data-seq] td:nth-child(2)")]
+    # Clicking a bar (the burst's) narrows the filters to its time span; the charts follow,
+    # now a bar a minute.
+    driver.execute_script(
+        "const bars = [...document.querySelectorAll('#chart-reason g.bar:not(.earlier)')];"
+        "const top = bars.reduce((a, b) => (+b.dataset.total > +a.dataset.total ? b : a));"
+        "top.querySelector('rect').dispatchEvent(new MouseEvent('click', {bubbles: true}))"
+    )
+    wait_for(
+        driver,
+        lambda d: (
+            "All " in d.find_element(By.ID, "charts-coverage").text
+            and d.find_element(By.ID, "charts-coverage").text != out["coverage"]
+        ),
+    )
+    # The coverage line can change before the bars are drawn again (seen once on a loaded
+    # machine: 18 of the zoomed hour's minutes): wait until the bars hold what it counts.
+    wait_for(driver, lambda d: sum(b["total"] for b in _bars(d, "#chart-reason")) == _counted(d))
+    out["zoomed_coverage"] = driver.find_element(By.ID, "charts-coverage").text
+    out["zoomed_bars"] = _bars(driver, "#chart-reason")
+    out["zoomed_axis"] = _axis(driver)
+    out["zoomed_since"] = driver.find_element(By.CSS_SELECTOR, "#filters input[name=since]").get_attribute(
+        "value"
+    )
+    out["zoomed_until"] = driver.find_element(By.CSS_SELECTOR, "#filters input[name=until]").get_attribute(
+        "value"
+    )
+    out["shot_zoomed"] = shot(driver, "audit-scale-zoomed.png", driver.find_element(By.ID, "charts-panel"))
+    driver.find_element(By.ID, "clear-filters").click()
+    wait_for(
+        driver,
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) == 100
+            and int(texts(d, "#events tbody tr[data-seq] td:nth-child(2)")[0]) > out["seqs"][0]
+        ),
+    )
+    out["seqs_cleared"] = [int(s) for s in texts(driver, "#events tbody tr[data-seq] td:nth-child(2)")]
 
-        # The next page of older events continues where the first one stopped.
-        driver.find_element(By.ID, "older").click()
-        wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) == 200)
-        out["seqs_two_pages"] = [int(s) for s in texts(driver, "#events tbody tr[data-seq] td:nth-child(2)")]
+    # The next page of older events continues where the first one stopped.
+    driver.find_element(By.ID, "older").click()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]")) == 200)
+    out["seqs_two_pages"] = [int(s) for s in texts(driver, "#events tbody tr[data-seq] td:nth-child(2)")]
 
-        # A narrow filter reaches the end of the log.
-        driver.find_element(By.CSS_SELECTOR, "#filters input[name=action]").send_keys("publish")
-        driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
-        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#events tbody tr.end-of-log"))
-        out["publish_rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]"))
-        out["end_of_log"] = texts(driver, "#events tbody tr.end-of-log")
+    # A narrow filter reaches the end of the log.
+    driver.find_element(By.CSS_SELECTOR, "#filters input[name=action]").send_keys("publish")
+    driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#events tbody tr.end-of-log"))
+    out["publish_rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#events tbody tr[data-seq]"))
+    out["end_of_log"] = texts(driver, "#events tbody tr.end-of-log")
 
-        # The busy report: every one of its events, over several pages, verified as shown.
-        started = time.perf_counter()
-        driver.find_element(By.CSS_SELECTOR, f"#events td.report[title='{big_report}']").click()
-        wait_for(
-            driver, lambda d: d.find_element(By.ID, "report-progress").get_attribute("data-complete"), 60
-        )
-        out["report_ms"] = (time.perf_counter() - started) * 1000
-        out["report_events"] = int(
-            driver.find_element(By.ID, "report-progress").get_attribute("data-complete")
-        )
-        out["report_progress"] = driver.find_element(By.ID, "report-progress").text
-        out["report_rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#report-events tbody tr[data-seq]"))
-        wait_for(driver, lambda d: marks(d, "#report-events")[:5] == ["verified"] * 5)
-        out["report_marks"] = marks(driver, "#report-events")
-        out["recipients"] = texts(driver, "#report-recipients tbody tr")
-        out["report_glance"] = driver.find_element(By.ID, "report-glance").text
-        out["shot_report"] = shot(
-            driver, "audit-scale-report.png", driver.find_element(By.ID, "report-panel")
-        )
+    # The busy report: every one of its events, over several pages, verified as shown.
+    started = time.perf_counter()
+    driver.find_element(By.CSS_SELECTOR, f"#events td.report[title='{big_report}']").click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "report-progress").get_attribute("data-complete"), 60)
+    out["report_ms"] = (time.perf_counter() - started) * 1000
+    out["report_events"] = int(driver.find_element(By.ID, "report-progress").get_attribute("data-complete"))
+    out["report_progress"] = driver.find_element(By.ID, "report-progress").text
+    out["report_rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#report-events tbody tr[data-seq]"))
+    wait_for(driver, lambda d: marks(d, "#report-events")[:5] == ["verified"] * 5)
+    out["report_marks"] = marks(driver, "#report-events")
+    out["recipients"] = texts(driver, "#report-recipients tbody tr")
+    out["report_glance"] = driver.find_element(By.ID, "report-glance").text
+    out["shot_report"] = shot(driver, "audit-scale-report.png", driver.find_element(By.ID, "report-panel"))
     return out
 
 
-async def test_auditor_page_at_ten_thousand_events(api: Api, clock: FakeClock, tmp_path: Path) -> None:
+async def test_auditor_page_at_ten_thousand_events(api: Api, clock: FakeClock, chromium: Chromium) -> None:
     tokens = {node: await api.node(node, nation) for node, nation in NATIONS.items()}
     auditor = await api.node("aud", "BEL", roles=("audit",))
     reports = []
@@ -327,7 +315,7 @@ async def test_auditor_page_at_ten_thousand_events(api: Api, clock: FakeClock, t
     clock.moment = START + timedelta(hours=FILL_HOURS, minutes=1)  # the auditor looks after it all
     _, key = await api.get("/.well-known/alliance-broker/checkpoint-key")
 
-    result = await asyncio.to_thread(_drive, api.base_url, auditor, key["vkey"], reports[0], tmp_path / "p")
+    result = await asyncio.to_thread(_drive, chromium, api.base_url, auditor, key["vkey"], reports[0])
 
     t = result["timings"]
     print(

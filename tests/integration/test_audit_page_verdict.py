@@ -10,16 +10,24 @@ from __future__ import annotations
 import asyncio
 import colorsys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import delete, update
 
+from broker.services import auth, reports
 from broker.storage import statements as st
 from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body
-from tests.integration.test_audit_page import browser, marks, needs_browser, shot, sign_in, wait_for
+from tests.integration.test_audit_page import (
+    Chromium,
+    chromium_fixture,  # noqa: F401 (the fixture)
+    marks,
+    needs_browser,
+    shot,
+    sign_in,
+    wait_for,
+)
 
 # What these check is the page's own judgement in the browser, the same whichever engine served
 # the events (the audit endpoints and the export are checked on both in their own tests).
@@ -51,8 +59,10 @@ async def _log(api: Api) -> Log:
     assert (await api.get(f"/v1/reports/{receipt['id']}", swe))[0] == 200
     assert (await api.get(f"/v1/reports/{receipt['id']}", nga))[0] == 404
     assert (await api.call("POST", f"/v1/reports/{receipt['id']}/recall", swe))[0] == 403
-    for _ in range(LATER_READS):
-        assert (await api.get(f"/v1/reports/{receipt['id']}", swe))[0] == 200
+    # The later reads through the service, all at once: the group commit writes them together,
+    # where one HTTP round trip and one commit each took most of the setup.
+    reader = await auth.authenticate(api.ctx, swe, source="127.0.0.1")
+    await asyncio.gather(*(reports.read(api.ctx, reader, receipt["id"]) for _ in range(LATER_READS)))
     async with api.ctx.db.transaction() as tx:
         reads = await tx.events(report=receipt["id"], action="read", decision="allow", limit=1)
     assert (await api.call("POST", "/v1/audit/checkpoints", auditor))[0] == 201
@@ -126,73 +136,71 @@ def _sign_in_and_wait(driver: Any, base: str, token: str) -> None:
     wait_for(driver, lambda d: d.find_element(By.ID, "checkpoint-verdict").text)
 
 
-def _verdicts(base: str, log: Log, profile: Path, after_edit: bool) -> dict[str, Any]:
+def _verdicts(chromium: Chromium, base: str, log: Log, after_edit: bool) -> dict[str, Any]:
     from selenium.webdriver.common.by import By
 
     out: dict[str, Any] = {}
     name = "tampered" if after_edit else "intact"
     # Tall enough that one screenshot holds the banner, the checkpoint, the charts and the table's
     # first rows.
-    with browser(profile, height=2300) as driver:
-        _sign_in_and_wait(driver, base, log.auditor)
-        if not after_edit:
-            # (c) No key pinned yet: grey "not yet verified", nothing red, nothing ticked.
-            wait_for(driver, lambda d: set(marks(d, "#events")) == {"unverified"})
-            out["unpinned"] = _banner(driver)
-            out["unpinned_mark_colours"] = _mark_colours(driver)
-            out["unpinned_verdict_colour"] = driver.execute_script(
-                "return getComputedStyle(document.getElementById('checkpoint-verdict')).color"
-            )
-            driver.execute_script("window.scrollTo(0, 0)")
-            out["shot_unpinned"] = shot(driver, "audit-verdict-unpinned.png")
-            driver.find_element(By.ID, "pin-input").send_keys(log.vkey)
-            driver.find_element(By.CSS_SELECTOR, "#pin-form button[type=submit]").click()
-        wait_for(driver, lambda d: _banner(d)["state"] in ("intact", "tampered", "failed"), timeout=60)
-        # Settled: each row verified or failed, or newer than the checkpoint (an audited query of
-        # the page's own may land before the table's).
-        wait_for(driver, lambda d: "pending" not in _settled(d))
-        out["banner"] = _banner(driver)
-        out["marks"] = _settled(driver)
-        out["seqs"] = [
-            int(s)
-            for s in driver.execute_script(
-                "return [...document.querySelectorAll('#events tbody tr[data-seq]')]"
-                ".map((tr) => tr.dataset.seq)"
-            )
-        ]
+    driver = chromium.tab(base, height=2300)
+    _sign_in_and_wait(driver, base, log.auditor)
+    if not after_edit:
+        # (c) No key pinned yet: grey "not yet verified", nothing red, nothing ticked.
+        wait_for(driver, lambda d: set(marks(d, "#events")) == {"unverified"})
+        out["unpinned"] = _banner(driver)
+        out["unpinned_mark_colours"] = _mark_colours(driver)
+        out["unpinned_verdict_colour"] = driver.execute_script(
+            "return getComputedStyle(document.getElementById('checkpoint-verdict')).color"
+        )
         driver.execute_script("window.scrollTo(0, 0)")
-        out["shot"] = shot(driver, f"audit-verdict-{name}.png")
-        if after_edit:
-            # The banner's button shows the first bad event in the table, flagged there too.
-            driver.find_element(By.ID, "show-first-bad").click()
-            wait_for(
-                driver,
-                lambda d: d.execute_script(
-                    "const tr = document.querySelector('#events tbody tr[data-seq]');"
-                    "return tr && tr.dataset.seq === arguments[0]"
-                    " && tr.querySelector('td.mark').dataset.state === 'failed'",
-                    str(log.first_read),
-                ),
-            )
-            out["shot_first_bad"] = shot(
-                driver, "audit-verdict-tampered-first-bad.png", driver.find_element(By.ID, "events-panel")
-            )
-        # Reloaded: the verdict for this checkpoint is remembered, not recomputed.
-        driver.get(f"{base}/audit/")
-        wait_for(driver, lambda d: _banner(d)["state"] in ("intact", "tampered", "failed"), timeout=60)
-        out["reloaded"] = _banner(driver)
+        out["shot_unpinned"] = shot(driver, "audit-verdict-unpinned.png")
+        driver.find_element(By.ID, "pin-input").send_keys(log.vkey)
+        driver.find_element(By.CSS_SELECTOR, "#pin-form button[type=submit]").click()
+    wait_for(driver, lambda d: _banner(d)["state"] in ("intact", "tampered", "failed"), timeout=60)
+    # Settled: each row verified or failed, or newer than the checkpoint (an audited query of
+    # the page's own may land before the table's).
+    wait_for(driver, lambda d: "pending" not in _settled(d))
+    out["banner"] = _banner(driver)
+    out["marks"] = _settled(driver)
+    out["seqs"] = [
+        int(s)
+        for s in driver.execute_script(
+            "return [...document.querySelectorAll('#events tbody tr[data-seq]')].map((tr) => tr.dataset.seq)"
+        )
+    ]
+    driver.execute_script("window.scrollTo(0, 0)")
+    out["shot"] = shot(driver, f"audit-verdict-{name}.png")
+    if after_edit:
+        # The banner's button shows the first bad event in the table, flagged there too.
+        driver.find_element(By.ID, "show-first-bad").click()
+        wait_for(
+            driver,
+            lambda d: d.execute_script(
+                "const tr = document.querySelector('#events tbody tr[data-seq]');"
+                "return tr && tr.dataset.seq === arguments[0]"
+                " && tr.querySelector('td.mark').dataset.state === 'failed'",
+                str(log.first_read),
+            ),
+        )
+        out["shot_first_bad"] = shot(
+            driver, "audit-verdict-tampered-first-bad.png", driver.find_element(By.ID, "events-panel")
+        )
+    # Reloaded: the verdict for this checkpoint is remembered, not recomputed.
+    driver.get(f"{base}/audit/")
+    wait_for(driver, lambda d: _banner(d)["state"] in ("intact", "tampered", "failed"), timeout=60)
+    out["reloaded"] = _banner(driver)
     return out
 
 
 @needs_browser
 async def test_one_banner_for_the_whole_log_names_an_edited_event_off_the_first_page(
-    start_server: StartServer, tmp_path: Path
+    start_server: StartServer, chromium: Chromium
 ) -> None:
     # No checkpoint but the test's own: a reload must meet the checkpoint it verified.
     api = await start_server(checkpoint_every_seconds=86_400.0, checkpoint_every_events=10**9)
     log = await _log(api)
-    profile = tmp_path / "profile"
-    intact = await asyncio.to_thread(_verdicts, api.base_url, log, profile, False)
+    intact = await asyncio.to_thread(_verdicts, chromium, api.base_url, log, False)
 
     unpinned = intact["unpinned"]
     assert unpinned["shown"] and unpinned["state"] == "unverified", unpinned
@@ -210,7 +218,7 @@ async def test_one_banner_for_the_whole_log_names_an_edited_event_off_the_first_
     # One event older than the first page is edited; a new checkpoint covers everything.
     await _edit(api, log.first_read)
     assert (await api.call("POST", "/v1/audit/checkpoints", log.auditor))[0] == 201
-    tampered = await asyncio.to_thread(_verdicts, api.base_url, log, profile, True)
+    tampered = await asyncio.to_thread(_verdicts, chromium, api.base_url, log, True)
     assert log.first_read not in tampered["seqs"] and len(tampered["seqs"]) == 100, "the edited row is shown"
     # Every row on the first page verifies: only the banner can tell the log was edited.
     assert set(tampered["marks"]) <= {"verified", "newer"} and "verified" in tampered["marks"], tampered[
@@ -229,19 +237,19 @@ async def test_one_banner_for_the_whole_log_names_an_edited_event_off_the_first_
         assert path.exists()
 
 
-def _first_verdict(base: str, log: Log, profile: Path) -> dict[str, Any]:
+def _first_verdict(chromium: Chromium, base: str, log: Log) -> dict[str, Any]:
     from selenium.webdriver.common.by import By
 
-    with browser(profile) as driver:
-        _sign_in_and_wait(driver, base, log.auditor)
-        driver.find_element(By.ID, "pin-input").send_keys(log.vkey)
-        driver.find_element(By.CSS_SELECTOR, "#pin-form button[type=submit]").click()
-        wait_for(driver, lambda d: _banner(d)["state"] in ("intact", "tampered", "failed"), timeout=60)
-        return _banner(driver)
+    driver = chromium.tab(base)
+    _sign_in_and_wait(driver, base, log.auditor)
+    driver.find_element(By.ID, "pin-input").send_keys(log.vkey)
+    driver.find_element(By.CSS_SELECTOR, "#pin-form button[type=submit]").click()
+    wait_for(driver, lambda d: _banner(d)["state"] in ("intact", "tampered", "failed"), timeout=60)
+    return _banner(driver)
 
 
 @needs_browser
-async def test_the_banner_names_an_event_removed_from_the_database(api: Api, tmp_path: Path) -> None:
+async def test_the_banner_names_an_event_removed_from_the_database(api: Api, chromium: Chromium) -> None:
     log = await _log(api)
     async with api.ctx.db.transaction() as tx:
 
@@ -249,41 +257,39 @@ async def test_the_banner_names_an_event_removed_from_the_database(api: Api, tmp
             connection.execute(delete(st.EVENTS).where(st.EVENTS.c.seq == log.first_read))
 
         await tx.run(remove)  # committed as the block ends
-    banner = await asyncio.to_thread(_first_verdict, api.base_url, log, tmp_path / "profile")
+    banner = await asyncio.to_thread(_first_verdict, chromium, api.base_url, log)
     assert banner["state"] == "tampered" and banner["firstBad"] == str(log.first_read), banner
     assert f"no event at seq {log.first_read}" in banner["text"], banner
 
 
-def _charts(base: str, token: str, profile: Path) -> dict[str, Any]:
+def _charts(chromium: Chromium, base: str, token: str) -> dict[str, Any]:
     from selenium.webdriver.common.by import By
 
-    with browser(profile) as driver:
-        _sign_in_and_wait(driver, base, token)
-        wait_for(
-            driver,
-            lambda d: (
-                "All " in d.execute_script("return document.getElementById('charts-coverage').textContent")
-            ),
+    driver = chromium.tab(base)
+    _sign_in_and_wait(driver, base, token)
+    wait_for(
+        driver,
+        lambda d: "All " in d.execute_script("return document.getElementById('charts-coverage').textContent"),
+    )
+    legends = {}
+    for chart in ("reason", "nation"):
+        legends[chart] = driver.execute_script(
+            "return [...document.querySelectorAll('#legend-' + arguments[0] + ' > span')]"
+            ".map((s) => [s.dataset.series, s.textContent,"
+            " s.querySelector('rect').getAttribute('fill')])",
+            chart,
         )
-        legends = {}
-        for chart in ("reason", "nation"):
-            legends[chart] = driver.execute_script(
-                "return [...document.querySelectorAll('#legend-' + arguments[0] + ' > span')]"
-                ".map((s) => [s.dataset.series, s.textContent,"
-                " s.querySelector('rect').getAttribute('fill')])",
-                chart,
-            )
-        shot(driver, "audit-verdict-charts.png", driver.find_element(By.ID, "charts-panel"))
+    shot(driver, "audit-verdict-charts.png", driver.find_element(By.ID, "charts-panel"))
     return legends
 
 
 @needs_browser
 async def test_charts_keep_allow_and_deny_apart_and_never_count_an_altered_event_as_allowed(
-    api: Api, tmp_path: Path
+    api: Api, chromium: Chromium
 ) -> None:
     log = await _log(api)
     await _edit(api, log.first_read)
-    legends = await asyncio.to_thread(_charts, api.base_url, log.auditor, tmp_path / "profile")
+    legends = await asyncio.to_thread(_charts, chromium, api.base_url, log.auditor)
     for chart, items in legends.items():
         series = {name: (text, fill) for name, text, fill in items}
         assert any(name.endswith("allow") or name.startswith("allow") for name in series), series
@@ -304,63 +310,61 @@ async def test_charts_keep_allow_and_deny_apart_and_never_count_an_altered_event
         assert altered == ["altered event (1)"], series
 
 
-def _links(base: str, token: str, report: str, profile: Path) -> dict[str, Any]:
+def _links(chromium: Chromium, base: str, token: str, report: str) -> dict[str, Any]:
     from selenium.webdriver.common.by import By
 
     out: dict[str, Any] = {}
-    with browser(profile) as driver:
-        _sign_in_and_wait(driver, base, token)
-        links = driver.find_elements(By.CSS_SELECTOR, f"#events td.report[title='{report}'] a[href]")
-        out["hrefs"] = {a.get_attribute("href") for a in links}
-        # The link opened as a link would be (pasted, or from a bookmark) shows the report.
-        driver.get(next(iter(out["hrefs"])) if out["hrefs"] else f"{base}/audit/#report={report}")
-        driver.refresh()
-        wait_for(driver, lambda d: d.find_element(By.ID, "report-id").text == report)
-        wait_for(driver, lambda d: d.find_element(By.ID, "report-progress").get_attribute("data-complete"))
-        out["opened"] = driver.find_element(By.ID, "report-id").text
+    driver = chromium.tab(base)
+    _sign_in_and_wait(driver, base, token)
+    links = driver.find_elements(By.CSS_SELECTOR, f"#events td.report[title='{report}'] a[href]")
+    out["hrefs"] = {a.get_attribute("href") for a in links}
+    # The link opened as a link would be (pasted, or from a bookmark) shows the report.
+    driver.get(next(iter(out["hrefs"])) if out["hrefs"] else f"{base}/audit/#report={report}")
+    driver.refresh()
+    wait_for(driver, lambda d: d.find_element(By.ID, "report-id").text == report)
+    wait_for(driver, lambda d: d.find_element(By.ID, "report-progress").get_attribute("data-complete"))
+    out["opened"] = driver.find_element(By.ID, "report-id").text
     return out
 
 
 @needs_browser
-async def test_report_ids_are_real_links(api: Api, tmp_path: Path) -> None:
+async def test_report_ids_are_real_links(api: Api, chromium: Chromium) -> None:
     log = await _log(api)
-    out = await asyncio.to_thread(_links, api.base_url, log.auditor, log.report, tmp_path / "profile")
+    out = await asyncio.to_thread(_links, chromium, api.base_url, log.auditor, log.report)
     assert out["hrefs"] and all(h.endswith(f"/audit/#report={log.report}") for h in out["hrefs"]), out
     assert out["opened"] == log.report
 
 
-def _glance(base: str, token: str, report: str, profile: Path) -> dict[str, Any]:
+def _glance(chromium: Chromium, base: str, token: str, report: str) -> dict[str, Any]:
     from selenium.webdriver.common.by import By
 
-    with browser(profile) as driver:
-        _sign_in_and_wait(driver, base, token)
-        driver.find_element(By.CSS_SELECTOR, f"#events td.report[title='{report}']").click()
-        wait_for(driver, lambda d: d.find_element(By.ID, "report-progress").get_attribute("data-complete"))
-        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#report-recipients tbody tr"))
-        out = {
-            "glance": driver.find_element(By.ID, "report-glance").text,
-            "lines": driver.execute_script(
-                "return Object.fromEntries([...document.querySelectorAll('#report-glance [data-list]')]"
-                ".map((p) => [p.dataset.list, p.textContent]))"
-            ),
-            "headers": [
-                th.text for th in driver.find_elements(By.CSS_SELECTOR, "#report-recipients thead th")
-            ],
-            "rows": {
-                row.get_attribute("data-node"): row.text
-                for row in driver.find_elements(By.CSS_SELECTOR, "#report-recipients tbody tr")
-            },
-        }
-        shot(driver, "audit-verdict-report.png", driver.find_element(By.ID, "report-panel"))
+    driver = chromium.tab(base)
+    _sign_in_and_wait(driver, base, token)
+    driver.find_element(By.CSS_SELECTOR, f"#events td.report[title='{report}']").click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "report-progress").get_attribute("data-complete"))
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#report-recipients tbody tr"))
+    out = {
+        "glance": driver.find_element(By.ID, "report-glance").text,
+        "lines": driver.execute_script(
+            "return Object.fromEntries([...document.querySelectorAll('#report-glance [data-list]')]"
+            ".map((p) => [p.dataset.list, p.textContent]))"
+        ),
+        "headers": [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#report-recipients thead th")],
+        "rows": {
+            row.get_attribute("data-node"): row.text
+            for row in driver.find_elements(By.CSS_SELECTOR, "#report-recipients tbody tr")
+        },
+    }
+    shot(driver, "audit-verdict-report.png", driver.find_element(By.ID, "report-panel"))
     return out
 
 
 @needs_browser
 async def test_report_view_keeps_refusals_of_receiving_apart_from_other_refusals(
-    api: Api, tmp_path: Path
+    api: Api, chromium: Chromium
 ) -> None:
     log = await _log(api)
-    out = await asyncio.to_thread(_glance, api.base_url, log.auditor, log.report, tmp_path / "profile")
+    out = await asyncio.to_thread(_glance, chromium, api.base_url, log.auditor, log.report)
     lines = out["lines"]
     assert "swe-1 (SWE)" in lines.get("received", ""), out
     # nga-1 was refused the report; swe-1 received it and was only refused its recall.

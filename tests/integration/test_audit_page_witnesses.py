@@ -6,7 +6,6 @@ witnesses (the reference C2SP implementation, in process) cosign the broker's ch
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +13,14 @@ import pytest
 from broker.witness_settings import WitnessSettings
 from tests.integration import c2sp_reference as c2sp
 from tests.integration.conftest import StartServer
-from tests.integration.test_audit_page import browser, needs_browser, shot, sign_in, wait_for
+from tests.integration.test_audit_page import (
+    Chromium,
+    chromium_fixture,  # noqa: F401 (the fixture)
+    needs_browser,
+    shot,
+    sign_in,
+    wait_for,
+)
 from tests.integration.test_witnessing import serving, sign_now, witnessed_at
 
 
@@ -44,34 +50,34 @@ def _pin_witnesses(driver: Any, vkeys: list[str], quorum: int) -> dict[str, Any]
 
 
 def _drive(
-    base: str, token: str, log_vkey: str, pinned: list[str], stranger: str, profile: Path
+    chromium: Chromium, base: str, token: str, log_vkey: str, pinned: list[str], stranger: str
 ) -> dict[str, Any]:
     from selenium.webdriver.common.by import By
 
     out: dict[str, Any] = {}
-    with browser(profile) as driver:
-        sign_in(driver, base, token)
-        wait_for(driver, lambda d: d.find_element(By.ID, "checkpoint-verdict").text)
-        out["unpinned"] = driver.find_element(By.ID, "witness-verdict").text
-        driver.find_element(By.ID, "pin-input").send_keys(log_vkey)
-        driver.find_element(By.CSS_SELECTOR, "#pin-form button[type=submit]").click()
-        wait_for(driver, lambda d: "\u2713" in d.find_element(By.ID, "checkpoint-verdict").text)
-        wait_for(
-            driver,
-            lambda d: d.find_element(By.ID, "witness-verdict").get_attribute("data-state") == "unpinned",
-        )
-        out["no_witness_pinned"] = driver.find_element(By.ID, "witness-verdict").text
-        out["both"] = _pin_witnesses(driver, pinned, 2)
-        shot(driver, "audit-witnessed", driver.find_element(By.ID, "checkpoint-panel"))
-        out["short"] = _pin_witnesses(driver, [pinned[0], stranger], 2)
-        shot(driver, "audit-quorum-not-met", driver.find_element(By.ID, "checkpoint-panel"))
+    driver = chromium.tab(base)
+    sign_in(driver, base, token)
+    wait_for(driver, lambda d: d.find_element(By.ID, "checkpoint-verdict").text)
+    out["unpinned"] = driver.find_element(By.ID, "witness-verdict").text
+    driver.find_element(By.ID, "pin-input").send_keys(log_vkey)
+    driver.find_element(By.CSS_SELECTOR, "#pin-form button[type=submit]").click()
+    wait_for(driver, lambda d: "\u2713" in d.find_element(By.ID, "checkpoint-verdict").text)
+    wait_for(
+        driver,
+        lambda d: d.find_element(By.ID, "witness-verdict").get_attribute("data-state") == "unpinned",
+    )
+    out["no_witness_pinned"] = driver.find_element(By.ID, "witness-verdict").text
+    out["both"] = _pin_witnesses(driver, pinned, 2)
+    shot(driver, "audit-witnessed", driver.find_element(By.ID, "checkpoint-panel"))
+    out["short"] = _pin_witnesses(driver, [pinned[0], stranger], 2)
+    shot(driver, "audit-quorum-not-met", driver.find_element(By.ID, "checkpoint-panel"))
     return out
 
 
 @needs_browser
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_the_page_verifies_each_cosigner_and_says_when_the_quorum_is_not_met(
-    start_server: StartServer, tmp_path: Path
+    start_server: StartServer, chromium: Chromium
 ) -> None:
     fra, deu = (
         c2sp.ReferenceWitness("witness.fra/w1", log_vkey=""),
@@ -89,7 +95,7 @@ async def test_the_page_verifies_each_cosigner_and_says_when_the_quorum_is_not_m
         await witnessed_at(api, auditor, await sign_now(api, auditor), 2)
         stranger = c2sp.ReferenceWitness("witness.swe/w1", log_vkey=key["vkey"]).vkey
         out = await asyncio.to_thread(
-            _drive, api.base_url, auditor, key["vkey"], [fra.vkey, deu.vkey], stranger, tmp_path / "profile"
+            _drive, chromium, api.base_url, auditor, key["vkey"], [fra.vkey, deu.vkey], stranger
         )
     assert "no witness keys pinned" in out["no_witness_pinned"]
     both = out["both"]
