@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import multiprocessing
+import multiprocessing.forkserver
 import os
 import re
+import runpy
+import selectors
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import event
@@ -20,7 +30,7 @@ from broker.crypto import merkle
 from broker.crypto.chain import GENESIS, event_hash
 from broker.services import auth, ledger, publishing
 from broker.services.context import Context
-from tests.conftest import CONFIG
+from tests.conftest import CONFIG, ROOT
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Api
@@ -257,3 +267,205 @@ async def keep_alive_get(reader: asyncio.StreamReader, writer: asyncio.StreamWri
                 length = int(line.split(b":")[1])
         await reader.readexactly(length)
     return status
+
+
+# What the broker's processes import, imported once by the fork server that forks them: this
+# module (the broker's command line, services and storage, and this module's function that a
+# forked process runs), the web application, TLS, and the witness's server.
+FORK_PRELOAD = ("tests.integration.helpers", "broker.app", "broker.web.tls", "broker.witness.server")
+
+
+def fork_server() -> ForkServerContext:
+    """multiprocessing's fork server, which imports :data:`FORK_PRELOAD` once (when this worker
+    first starts a process from it) and forks every process from there: a process of its own,
+    without a new interpreter importing the broker again."""
+    context = multiprocessing.get_context("forkserver")
+    _start_fork_server()
+    return context
+
+
+@functools.cache
+def _start_fork_server() -> None:
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(FORK_PRELOAD))
+    # The server finds the preloaded modules on the sys.path of a new interpreter, whose first
+    # entry is its working directory: the project's, whatever directory a test has moved to.
+    with contextlib.chdir(ROOT):
+        multiprocessing.forkserver.ensure_running()
+
+
+def _forked_main(
+    args: list[str], env: dict[str, str], cwd: str | None, stdio: list[Connection | None]
+) -> None:
+    """In the forked process: its standard streams, environment and working directory, then
+    ``python ARGS`` for ``-m MODULE ...`` and ``-c CODE ...``, as the interpreter runs them."""
+    for fd, end in enumerate(stdio):
+        if end is None:
+            end_fd = os.open(os.devnull, os.O_RDWR)
+            os.dup2(end_fd, fd)
+            os.close(end_fd)
+        else:
+            os.dup2(end.fileno(), fd)
+            end.close()
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 -- the process's stdin, as Python opens it
+    os.environ.clear()
+    os.environ.update(env)
+    if cwd is not None:
+        os.chdir(cwd)
+    option, target, *rest = args
+    if option == "-m":
+        sys.argv = [target, *rest]
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+    else:
+        assert option == "-c", args
+        sys.argv = ["-c", *rest]
+        exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102
+
+
+class Forked:
+    """``[sys.executable, *args]`` as :class:`subprocess.Popen` runs it (the same keyword
+    arguments, attributes and methods, as far as the tests use them), for ``-m MODULE ...`` and
+    ``-c CODE ...``: a process of its own, which kill -9 kills alone and which races other
+    processes on the same files and databases, forked from :func:`fork_server`.
+
+    It differs from a new interpreter in its start-up only: it imports nothing the fork server
+    imported, and its ``sys.path`` is this process's (``python -m`` would put the working
+    directory first). A test of those starts the real binary (:func:`run_cli`)."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | str | None = None,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+        text: bool = False,
+    ) -> None:
+        self.args = [sys.executable, *args]
+        self.returncode: int | None = None
+        self.text = text
+        ours: list[int] = []  # this process's ends of the pipes
+        theirs: list[int | None] = []  # the child's ends, closed here once it has them
+        for fd, how in enumerate((stdin, stdout, stderr)):
+            if how == subprocess.PIPE:
+                read, write = os.pipe()
+                ours.append(write if fd == 0 else read)
+                theirs.append(read if fd == 0 else write)
+            elif how == subprocess.STDOUT:
+                assert fd == 2, "only stderr goes to stdout"
+                theirs.append(None if theirs[1] is None else os.dup(theirs[1]))
+            elif how == subprocess.DEVNULL:
+                theirs.append(None)
+            else:
+                assert how is None, how
+                theirs.append(os.dup(fd) if fd else None)  # this process's stdout and stderr
+        ends = [None if fd is None else Connection(fd) for fd in theirs]
+        self._process = fork_server().Process(
+            target=_forked_main,
+            args=(
+                list(args),
+                dict(os.environ if env is None else env),
+                None if cwd is None else str(cwd),
+                ends,
+            ),
+            daemon=True,  # one left running when this worker exits is terminated
+        )
+        try:
+            self._process.start()
+        finally:
+            for end in ends:
+                if end is not None:
+                    end.close()
+        assert self._process.pid is not None
+        self.pid: int = self._process.pid
+        mode = "" if text else "b"
+        self.stdin: IO[Any] | None = None
+        self.stdout: IO[Any] | None = None
+        self.stderr: IO[Any] | None = None
+        for fd, how in enumerate((stdin, stdout, stderr)):
+            if how == subprocess.PIPE:
+                pipe = os.fdopen(ours.pop(0), ("w" if fd == 0 else "r") + mode)
+                setattr(self, ("stdin", "stdout", "stderr")[fd], pipe)
+        self._output: dict[int, list[bytes]] = {}
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._process.exitcode is not None:
+            self.returncode = self._process.exitcode
+            self._process.close()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self._process.join(timeout)
+            if self.poll() is None:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple[Any, Any]:
+        """Close stdin, read stdout and stderr to their ends (from the pipes, as Popen does),
+        wait for the exit: what they held. TimeoutExpired leaves what was read for the next call."""
+        if self.stdin is not None and not self.stdin.closed:
+            self.stdin.close()
+        pipes = [p for p in (self.stdout, self.stderr) if p is not None and not p.closed]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            for pipe in pipes:
+                self._output.setdefault(pipe.fileno(), [])
+                selector.register(pipe.fileno(), selectors.EVENT_READ, pipe)
+            while selector.get_map():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise subprocess.TimeoutExpired(self.args, timeout or 0)
+                for key, _events in selector.select(left):
+                    chunk = os.read(key.fd, 65536)
+                    if chunk:
+                        self._output[key.fd].append(chunk)
+                    else:
+                        selector.unregister(key.fd)
+        found = []
+        for pipe in (self.stdout, self.stderr):
+            if pipe is None:
+                found.append(None)
+                continue
+            data = b"".join(self._output.pop(pipe.fileno(), []))
+            pipe.close()
+            found.append(data.decode().replace("\r\n", "\n").replace("\r", "\n") if self.text else data)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return found[0], found[1]
+
+    def __enter__(self) -> Forked:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Popen's: close the pipes, wait for the exit."""
+        for pipe in (self.stdin, self.stdout, self.stderr):
+            if pipe is not None:
+                pipe.close()
+        self.wait()
+
+
+def run_forked(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """:func:`subprocess.run` of ``[sys.executable, *args]`` through :class:`Forked`, text and
+    output captured; killed (and TimeoutExpired) after ``timeout``."""
+    proc = Forked(args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.wait(), out, err)

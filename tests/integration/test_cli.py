@@ -1,7 +1,8 @@
 """The command line as a user meets it: one line and exit 2 for every failure, --json anywhere
 (errors included), --version, and a configuration check. Commands run in this process through
-``main(argv)``; a subprocess only where the real binary is the point (its start-up, its logging
-on stderr, the working directory on its ``sys.path``)."""
+``main(argv)``; in a process of their own where its logging on stderr is the point, forked
+(:class:`Forked`); the real binary where its start-up or the working directory on its
+``sys.path`` is."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import shlex
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +26,7 @@ from broker.domain.access import ROLES
 from broker.services.context import Context
 from broker.settings import Settings
 from tests.conftest import CONFIG
-from tests.integration.helpers import Cli, Ran, cli_env, one_line, run_cli
+from tests.integration.helpers import Cli, Forked, Ran, cli_env, one_line, run_cli
 
 
 def test_version() -> None:
@@ -58,14 +58,9 @@ def test_a_port_in_use_is_one_line_before_anything_is_printed(database_url: str,
         port = str(taken.getsockname()[1])
         commands = (["serve", "--port", port], ["demo", "--port", port, "--dir", str(tmp_path / "demo")])
         procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "broker", *args],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
+            Forked(["-m", "broker", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for args in commands
-        ]  # both at once: the real binary, its logging on stderr included
+        ]  # both at once, processes of their own: their logging on stderr included
         outcomes = [(proc.wait(timeout=120), *proc.communicate()) for proc in procs]
     for code, out, err in outcomes:
         assert code == 2
@@ -100,9 +95,8 @@ def test_serve_logs_json_lines_at_the_level_asked(database_url: str, tmp_path: P
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = str(free.getsockname()[1])
-    proc = subprocess.Popen(
+    proc = Forked(
         [
-            sys.executable,
             "-m",
             "broker",
             "serve",

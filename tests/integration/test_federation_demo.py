@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.integration.federation import free_ports
+from tests.integration.helpers import Forked
 
 
 def test_demo_federation_shows_a_report_crossing_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = free_ports(3)  # usa, nato and fra listen on port, port + 1, port + 2
-    proc = subprocess.Popen(
+    proc = Forked(  # the demo's process, forked; the brokers it starts are the real binary
         [
-            sys.executable,
             "-m",
             "broker",
             "demo",

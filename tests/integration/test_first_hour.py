@@ -12,7 +12,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from broker.demo import prepare
 from broker.services.context import Context
 from broker.settings import Settings
 from tests.conftest import CONFIG
-from tests.integration.helpers import Cli
+from tests.integration.helpers import Cli, Forked, run_forked
 from tests.unit.test_verify_export import ORIGIN, PUBLIC, build
 
 
@@ -42,8 +41,8 @@ def _one_error(err: str) -> str:
 
 def _demo(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`broker demo --dir FOLDER`, stopped after 60 s if it starts serving (the old behaviour)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broker", "demo", "--dir", str(folder), "--port", str(_free_port())],
+    proc = Forked(
+        ["-m", "broker", "demo", "--dir", str(folder), "--port", str(_free_port())],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -65,14 +64,8 @@ def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path, what: str) -> 
     (folder / "keyring.json").write_text("{}")
     env = {**os.environ, "BROKER_CONFIG_DIR": str(CONFIG)}
     if what == "the working directory":
-        done = subprocess.run(
-            [sys.executable, "-m", "broker", "demo", "--dir", ".", "--port", str(_free_port())],
-            env=env,
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        done = run_forked(
+            "-m", "broker", "demo", "--dir", ".", "--port", str(_free_port()), env=env, cwd=folder, timeout=60
         )
     else:
         done = _demo(folder, env)
@@ -253,8 +246,8 @@ def test_demo_reuses_a_directory_it_marked_and_keeps_what_else_is_there(tmp_path
     (folder / ".broker-demo").write_text("made by `broker demo`\n")
     (folder / "broker.db").write_text("an earlier demo's database")
     (folder / "notes.txt").write_text("mine")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broker", "demo", "--dir", str(folder), "--port", str(_free_port())],
+    proc = Forked(
+        ["-m", "broker", "demo", "--dir", str(folder), "--port", str(_free_port())],
         env={**os.environ, "BROKER_CONFIG_DIR": str(CONFIG)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -19,7 +18,7 @@ from broker.services import ledger
 from broker.services.context import Context
 from broker.storage import keyringcheck
 from tests.integration.conftest import Api
-from tests.integration.helpers import Cli, Ran, body, cli_env, one_line, run_cli
+from tests.integration.helpers import Cli, Forked, Ran, body, cli_env, one_line, run_forked
 
 
 def _free_port() -> str:
@@ -29,10 +28,10 @@ def _free_port() -> str:
 
 
 def _command(cli: Cli, *args: str) -> Ran | subprocess.CompletedProcess[str]:
-    """The command in this process, in the environment ``cli.use`` set; `serve` as the real
-    binary, whose run times out if a refusal regressed into serving (here it would not end)."""
+    """The command in this process, in the environment ``cli.use`` set; `serve` in a process of
+    its own, whose run times out if a refusal regressed into serving (here it would not end)."""
     if args[0] == "serve":
-        return run_cli(*args, env=dict(os.environ))
+        return run_forked("-m", "broker", *args, env=dict(os.environ))
     return cli(*args)
 
 
@@ -111,8 +110,8 @@ def test_two_upgrades_with_different_keyrings_started_together_agree(
     for ring in rings:
         keyring.load_or_create(ring)
     procs = [  # two processes: the race between two brokers is the point
-        subprocess.Popen(
-            [sys.executable, "-m", "broker", "db", "upgrade"],
+        Forked(
+            ["-m", "broker", "db", "upgrade"],
             env=cli_env(empty_database_url, ring),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

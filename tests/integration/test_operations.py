@@ -18,7 +18,7 @@ from broker.services.context import Context
 from broker.settings import Settings
 from broker.storage import db
 from tests.conftest import CONFIG
-from tests.integration.helpers import chain_holds, cli_env, events
+from tests.integration.helpers import Forked, chain_holds, cli_env, events
 
 INDEX = "ix_reports_originator_created"
 
@@ -33,8 +33,8 @@ async def test_two_upgrades_started_together_both_succeed(empty_database_url: st
     keyring = tmp_path / "keys" / "keyring.json"
     env = cli_env(empty_database_url, keyring)
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "broker", "db", "upgrade"],
+        Forked(
+            ["-m", "broker", "db", "upgrade"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -80,8 +80,8 @@ asyncio.run(main())
 
 def test_migrations_run_by_three_processes_at_once_all_succeed(empty_database_url: str) -> None:
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", MIGRATE_ONLY, empty_database_url],
+        Forked(
+            ["-c", MIGRATE_ONLY, empty_database_url],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -1,4 +1,6 @@
-"""The broker as a process: demo, serve, kill -9 durability, bad configuration, health."""
+"""The broker as a process: demo, serve, kill -9 durability, bad configuration, health. The
+processes are forked from the fork server (:class:`Forked`): processes of their own, which kill -9
+kills, without a new interpreter importing the broker for each."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +25,7 @@ import pytest
 from broker.errors import ConfigError
 from broker.settings import Settings
 from tests.conftest import CONFIG
-from tests.integration.helpers import Cli, cli_env
+from tests.integration.helpers import Cli, Forked, cli_env
 
 
 def _free_port() -> int:
@@ -49,7 +50,7 @@ def _http(
 
 
 def _wait_healthy(
-    base: str, proc: subprocess.Popen[str], seconds: float = 30, context: ssl.SSLContext | None = None
+    base: str, proc: Forked, seconds: float = 30, context: ssl.SSLContext | None = None
 ) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -70,11 +71,11 @@ def _env(url: str, tmp_path: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def _serving(
     env: dict[str, str], port: int, *, kill: bool = False, log: list[str] | None = None
-) -> Iterator[subprocess.Popen[str]]:
+) -> Iterator[Forked]:
     """`broker serve` on ``port`` until the block ends (SIGKILL with ``kill``, else SIGTERM);
     what it printed goes into ``log``."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broker", "serve", "--port", str(port)],
+    proc = Forked(
+        ["-m", "broker", "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -133,8 +134,8 @@ def test_demo_command_starts_a_broker_with_printed_tokens(tmp_path: Path) -> Non
     workdir.mkdir()
     shutil.copytree(CONFIG, workdir / "config")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broker", "demo", "--port", str(port)],
+    proc = Forked(
+        ["-m", "broker", "demo", "--port", str(port)],
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,

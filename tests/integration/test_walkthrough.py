@@ -1,7 +1,11 @@
 """A fresh clone as a newcomer meets it: the README from top to bottom, each shell command as
 printed, run in a temporary directory holding only what a clone brings (config/), against a
 loopback port, each bounded in time. What cannot run here is listed, with the reason, so that a
-new command in the README is either run or consciously left out."""
+new command in the README is either run or consciously left out.
+
+`broker serve` runs as the real binary, stopped with Ctrl-C; the other commands run in processes
+forked from the fork server (:class:`Forked`), each in the clone with the newcomer's environment:
+the clone holds no Python module that the working directory on ``sys.path`` could bring in."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from tests.conftest import CONFIG, ROOT
+from tests.integration.helpers import run_forked
 
 NOT_RUN = {
     "make demo": "builds .venv and serves until interrupted: test_first_hour runs `broker demo`'s parts",
@@ -103,9 +108,12 @@ def test_a_fresh_clone_walks_through_the_readme(tmp_path: Path) -> None:
             _serve(argv, clone, env, port)
             ran.append(command)
             continue
-        done = subprocess.run(
-            argv, cwd=clone, env=env, capture_output=True, text=True, timeout=120, check=False
-        )
+        if argv[:3] == [sys.executable, "-m", "broker"]:
+            done = run_forked(*argv[1:], cwd=clone, env=env)
+        else:
+            done = subprocess.run(
+                argv, cwd=clone, env=env, capture_output=True, text=True, timeout=120, check=False
+            )
         ran.append(command)
         if "REPORT_ID" in command:  # a fresh install holds no report: refused in one line
             assert done.returncode == 2 and "no such report" in done.stderr, done.stderr
@@ -133,10 +141,7 @@ def test_the_readme_verifies_an_export_with_the_key_it_printed(tmp_path: Path) -
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
 
     def broker(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "broker", *args], cwd=clone, env=env, capture_output=True, text=True,
-            timeout=120, check=False,
-        )  # fmt: skip
+        return run_forked("-m", "broker", *args, cwd=clone, env=env)
 
     assert broker("db", "upgrade").returncode == 0
     key = json.loads(broker("audit", "key", "--json").stdout)

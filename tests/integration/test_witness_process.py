@@ -1,5 +1,9 @@
 """The witness as a process (``python -m broker witness ...``): init, TLS, refusing to start on
-lost state, and kill -9 right after it receives a checkpoint, against a log that forks at random."""
+lost state, and kill -9 right after it receives a checkpoint, against a log that forks at random.
+
+The TLS test starts the real binary; the others fork their processes from the fork server
+(:class:`Forked`), which imported the broker once: a hundred kill -9 rounds start a hundred
+witness processes."""
 
 from __future__ import annotations
 
@@ -21,28 +25,30 @@ import pytest
 from broker.crypto import merkle, pki
 from broker.witness import directory
 from tests.integration import c2sp
-from tests.integration.witness_log import (
-    EMPTY_ROOT,
-    ROOT,
-    Tree,
-    start_witness,
-    witness_command,
-    witness_env,
-)
+from tests.integration.helpers import Forked, run_forked
+from tests.integration.witness_log import EMPTY_ROOT, ROOT, Tree, read_until, start_witness, witness_env
 
 NAME = "witness.example/w1"
 
 
 def _cli(*words: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        witness_command(*words),
-        capture_output=True,
-        text=True,
+    """``broker witness WORDS`` in a process of its own: a refusal to serve that regressed into
+    serving times out rather than hanging the test."""
+    return run_forked("-m", "broker", "witness", *words, env=witness_env(), cwd=ROOT, timeout=30)
+
+
+def _forked_witness(folder: Path, log: str) -> tuple[Forked, int]:
+    """:func:`start_witness`, its process forked: the process and its port, once it listens."""
+    proc = Forked(
+        ["-m", "broker", "witness", "serve", "--dir", str(folder), "--port", "0", "--log", log],
         env=witness_env(),
         cwd=ROOT,
-        timeout=30,
-        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
+    marker = b"://127.0.0.1:"
+    output = read_until(proc, b"serving on", seconds=20)  # type: ignore[arg-type]
+    return proc, int(output.rsplit(marker, 1)[1].split(b"\n", 1)[0])
 
 
 def _init(folder: Path, name: str = NAME) -> str:
@@ -54,9 +60,9 @@ def _init(folder: Path, name: str = NAME) -> str:
 
 
 @contextlib.contextmanager
-def _killed_at_exit(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+def _killed_at_exit(proc: subprocess.Popen[bytes] | Forked) -> Iterator[None]:
     try:
-        yield proc
+        yield
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -212,7 +218,7 @@ def test_kill_9_after_a_checkpoint_never_cosigns_two_inconsistent_checkpoints(tm
     cosigned: set[tuple[int, bytes]] = set()
     statuses: dict[int, int] = {}
     for _ in range(100):
-        proc, port = start_witness(tmp_path / "w", log.log.vkey, light=True)
+        proc, port = _forked_witness(tmp_path / "w", log.log.vkey)
         with _killed_at_exit(proc):
             note = _monitored(port, log.log.origin)
             held = _checked(note, public=public) if note is not None else (0, EMPTY_ROOT)

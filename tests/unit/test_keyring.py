@@ -15,6 +15,7 @@ import pytest
 
 from broker.crypto import keyring
 from broker.errors import ConfigError
+from tests.integration.helpers import fork_server
 
 RACERS = 8
 
@@ -29,7 +30,9 @@ def _race(path: str, barrier: Barrier, results: multiprocessing.Queue[object]) -
 
 
 def _run_racers(path: Path) -> list[object]:
-    mp = multiprocessing.get_context("spawn")
+    """``RACERS`` processes of their own, forked from the fork server, which imported the keyring
+    module once, each creating or upgrading the keyring at ``path`` once all have started."""
+    mp = fork_server()
     barrier = mp.Barrier(RACERS)
     results: multiprocessing.Queue[object] = mp.Queue()
     procs = [mp.Process(target=_race, args=(str(path), barrier, results)) for _ in range(RACERS)]
