@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
+import runpy
 import secrets
 import shutil
-import signal
 import socket
 import ssl
-import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +237,29 @@ async def import_frames(
 
 # -- brokers as processes ------------------------------------------------------------------
 
+# `python -m broker serve` spends most of its start importing the broker. Each broker process is
+# forked from a server process that imported it once (multiprocessing's forkserver: no thread and
+# no event loop in it yet), then runs `python -m broker ARGS` itself: what runs is the command,
+# and it is a process of its own, killed and restarted as one.
+_PRELOAD = ["broker.app", "broker.cli", "broker.cli.serve", "tests.integration.federation"]
+_LAUNCHER = multiprocessing.get_context("forkserver")
+
+
+def _run_broker(argv: list[str], env: dict[str, str], stderr: str) -> None:
+    """In the forked process: ``python -m broker ARGV`` with ``env`` as its whole environment,
+    stdout discarded and stderr appended to the file ``stderr``."""
+    for fd, path, flags in (
+        (1, os.devnull, os.O_WRONLY),
+        (2, stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND),
+    ):
+        opened = os.open(path, flags, 0o600)
+        os.dup2(opened, fd)
+        os.close(opened)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["broker", *argv]
+    runpy.run_module("broker", run_name="__main__", alter_sys=True)
+
 
 @dataclass
 class BrokerProcess:
@@ -246,7 +271,7 @@ class BrokerProcess:
     database_url: str
     found: Pki
     port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+    proc: BaseProcess | None = None
 
     @property
     def origin(self) -> str:
@@ -279,27 +304,27 @@ class BrokerProcess:
 
     def start(self) -> None:
         cert, key = self.found.server()
-        with (self.folder / "stderr.log").open("ab") as log:
-            self.proc = self._popen(cert, key, log)
+        argv = [
+            *("serve", "--port", str(self.port)),
+            *("--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(self.found.ca)),
+            *("--tls-client-auth", "optional"),
+        ]
+        _LAUNCHER.set_forkserver_preload(_PRELOAD)  # read when the server starts, once per worker
+        log = str(self.folder / "stderr.log")
+        # daemon: a worker that ends (a test failed mid-way) ends the brokers it left running
+        self.proc = _LAUNCHER.Process(target=_run_broker, args=(argv, self.env, log), daemon=True)
+        self.proc.start()
 
-    def _popen(self, cert: Path, key: Path, log: Any) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                *(sys.executable, "-m", "broker", "serve", "--port", str(self.port)),
-                *("--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(self.found.ca)),
-                *("--tls-client-auth", "optional"),
-            ],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.exitcode is None
 
     async def healthy(self, seconds: float = 30.0) -> dict[str, Any]:
         context = ssl.create_default_context(cafile=str(self.found.ca))
         deadline = time.monotonic() + seconds
         async with aiohttp.ClientSession() as session:
             while True:
-                assert self.proc is not None and self.proc.poll() is None, f"{self.name} exited"
+                assert self.running, f"{self.name} exited"
                 try:
                     async with session.get(f"{self.url}/v1/health", ssl=context) as response:
                         if response.status == 200:
@@ -311,17 +336,25 @@ class BrokerProcess:
                 await asyncio.sleep(0.05)  # a process starting has no event to wait on
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None and self.running:
+            self.proc.kill()
+            self.proc.join(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_all([self])
+
+
+def stop_all(brokers: Iterable[BrokerProcess]) -> None:
+    """SIGTERM to every broker at once, then wait for each (SIGKILL past 15 s)."""
+    running = [b for b in brokers if b.proc is not None and b.running]
+    for broker in running:
+        assert broker.proc is not None
+        broker.proc.terminate()
+    deadline = time.monotonic() + 15
+    for broker in running:
+        assert broker.proc is not None
+        broker.proc.join(max(deadline - time.monotonic(), 0.0))
+        broker.kill()
 
 
 def free_port() -> int:

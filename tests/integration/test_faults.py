@@ -158,13 +158,13 @@ async def test_a_paused_database_answers_503_in_time_and_publishing_resumes(
     async def pause(load: Load) -> None:
         proxy.pause()
         try:
-            loop = asyncio.get_running_loop()
-            ends = loop.time() + 8.0
             status, seconds, retry_after = await health(api)
             assert (status, retry_after) == (503, "1") and seconds < 1.0, (status, seconds)
             refused = load.refused()  # every publisher is answered 503 in time
             await load.wait_for(lambda: load.refused() >= refused + PUBLISHERS, DEADLINE + MARGIN + 1)
-            await asyncio.sleep(max(0.0, ends - loop.time()))  # the outage lasts 8 s
+            # The outage lasts until the retries sent into it are answered 503 in time too; the
+            # retries sent after those are in flight when the database answers again.
+            await load.wait_for(lambda: load.refused() >= refused + 2 * PUBLISHERS, DEADLINE + MARGIN + 1)
         finally:
             proxy.resume()
 
@@ -257,7 +257,7 @@ async def test_checkpoint_signing_failures_are_logged_restarted_and_counted(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    # Below the configurable 1 s, so the five failures come sooner: the interval is not the point.
+    # Below the configurable 1 s, so the failures come sooner: the interval is not the point.
     api = await start_server(checkpoint_every_seconds=0.2, checkpoint_every_events=1)
     auditor = await api.node("aud-usa", "USA", roles=("audit",))
     publisher = await api.node("pub-usa", "USA", roles=("publish",))
@@ -268,15 +268,16 @@ async def test_checkpoint_signing_failures_are_logged_restarted_and_counted(
     await run_sql(api.ctx, REFUSE[dialect])
     assert (await api.publish(publisher, body()))[0] == 201
 
-    async def refused_five_times() -> bool:
-        return (await metric(api, auditor, restarts) or 0.0) >= before + 5
+    # Three failures: the loop restarted after a failure that itself followed a restart.
+    async def refused_three_times() -> bool:
+        return (await metric(api, auditor, restarts) or 0.0) >= before + 3
 
     async def signed() -> bool:  # the newest checkpoint covers the log
         async with api.ctx.db.read_transaction() as tx:
             size, last = await tx.audit_size(), await tx.latest_checkpoint()
         return last is not None and last.size == size
 
-    await eventually(refused_five_times, 30)
+    await eventually(refused_three_times, 30)
     drop = "DROP TRIGGER refuse_checkpoint"
     await run_sql(api.ctx, [drop + (" ON checkpoints" if dialect == "postgresql" else "")])
     assert (await api.publish(publisher, body()))[0] == 201
@@ -284,7 +285,7 @@ async def test_checkpoint_signing_failures_are_logged_restarted_and_counted(
     counted = (await metric(api, auditor, restarts) or 0.0) - before
     logged = f"background_task_failed task={task} "
     failures = [r for r in caplog.records if r.getMessage().startswith(logged)]
-    assert len(failures) == counted >= 5  # each failure logged once, and counted
+    assert len(failures) == counted >= 3  # each failure logged once, and counted
     assert all(r.levelno == logging.ERROR and r.exc_info for r in failures)
 
 

@@ -18,6 +18,9 @@ from tests.integration.faults import TcpProxy, http_503, stream_slots
 from tests.integration.helpers import body
 
 TIMEOUT = 20
+# Abandoned handshakes: a broker that kept the slot of one whose client left before the upgrade
+# was answered (the bug this guards) kept about one in twenty of these.
+HANDSHAKES = 300
 POLL_SECONDS = 0.02  # between two scrapes of /metrics while waiting for a count to settle
 
 
@@ -96,7 +99,7 @@ async def _abandon(port: int, token: str, rng: random.Random) -> str:
     return how
 
 
-async def test_a_thousand_abandoned_handshakes_leave_no_slot(start_server: StartServer) -> None:
+async def test_three_hundred_abandoned_handshakes_leave_no_slot(start_server: StartServer) -> None:
     api = await start_server(max_streams_per_node=64)
     swe, auditor = await api.node("swe-1", "SWE"), await api.node("aud", "BEL", roles=("audit",))
     usa = await api.node("usa-1", "USA")
@@ -109,7 +112,7 @@ async def test_a_thousand_abandoned_handshakes_leave_no_slot(start_server: Start
         async with gate:
             return await _abandon(port, swe, random.Random(seed))
 
-    kinds = await asyncio.gather(*(one(rng.getrandbits(32)) for _ in range(1000)))
+    kinds = await asyncio.gather(*(one(rng.getrandbits(32)) for _ in range(HANDSHAKES)))
     assert {"cut", "sent", "answered", "plain"} == set(kinds)
     await slots_settle(api, auditor, {}, 15)
     _, receipt = await api.publish(usa, body())
@@ -127,13 +130,16 @@ async def test_the_sdk_stream_rides_through_503_at_the_handshake(start_server: S
     _, receipt = await api.publish(usa, body())
     port = api.client.port
     assert port is not None
-    proxy = TcpProxy("127.0.0.1", port, refusals=[http_503(), http_503(), http_503()])
+    # The first asks for a second (Retry-After), the others for none.
+    proxy = TcpProxy("127.0.0.1", port, refusals=[http_503(1), http_503(0), http_503(0)])
     front = await proxy.start()
     try:
         async with BrokerClient(f"http://127.0.0.1:{front}", swe, reconnect_delay=0.05) as client:
             stream = client.stream(after=0)
+            started = time.monotonic()
             async with asyncio.timeout(TIMEOUT):
                 got = await anext(stream)
+            assert time.monotonic() - started >= 1.0  # the Retry-After was waited for
             assert got.id == receipt["id"]
             assert proxy.refused == 3 and proxy.forwarded >= 1
             assert await slots(api, auditor) == {"swe-1": 1}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import secrets
@@ -21,14 +22,15 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
+from broker.cli import main as broker_main
 from broker.client import BrokerClient, Recall, Received
 from broker.crypto.keys import new_signing_key, public_b64
 from broker.services import admin, reports
 from broker.services.context import Context
 from broker.waiting import wait_event
 from tests.conftest import PG_DEFAULT, _pg_exec
-from tests.integration.federation import BrokerProcess, Pki, add_link, add_peer, make_pki
-from tests.integration.helpers import Cli, run_cli
+from tests.integration.federation import BrokerProcess, Pki, add_link, add_peer, make_pki, stop_all
+from tests.integration.helpers import Cli
 
 NAMES = ("usa", "fra", "nato", "fvey")
 SECRET_NATO = {"classification": "SECRET", "releasable_to": ["NATO"], "caveats": []}
@@ -103,30 +105,32 @@ async def _nodes(fed: Federation) -> None:
     del b
 
 
+def _cli(env: dict[str, str], *argv: str) -> tuple[int, str]:
+    """`broker ARGV` in this process with the ``BROKER_*`` variables of ``env`` (the ``cli``
+    fixture's way, for a module's fixture): its exit status and what it printed."""
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
+        for name in [n for n in os.environ if n.startswith("BROKER_")]:
+            patch.delenv(name)
+        for name, value in env.items():
+            if name.startswith("BROKER_"):
+                patch.setenv(name, value)
+        code = broker_main(list(argv))
+    return code, out.getvalue()
+
+
 async def _peers(fed: Federation) -> None:
     links = fed.links  # type: ignore[attr-defined]
     b = fed.brokers
     # nato pulls from usa through the CLI, as an operator would.
     cert, key = links["nato"]
-    added = run_cli(
-        "peer",
-        "add",
-        "usa",
-        "--url",
-        b["usa"].url,
-        "--ca",
-        str(fed.found.ca),
-        "--cert",
-        str(cert),
-        "--key",
-        str(key),
-        "--origins",
-        "USA",
-        "--json",
-        env=b["nato"].env,
+    code, out = await asyncio.to_thread(
+        _cli,
+        b["nato"].env,
+        *("peer", "add", "usa", "--url", b["usa"].url, "--ca", str(fed.found.ca)),
+        *("--cert", str(cert), "--key", str(key), "--origins", "USA", "--json"),
     )
-    assert added.returncode == 0, added.stderr
-    assert json.loads(added.stdout)["broker_key"].startswith(b["usa"].origin + "+")
+    assert code == 0, out
+    assert json.loads(out)["broker_key"].startswith(b["usa"].origin + "+")
     async with fed.ctx("fvey") as fvey:
         await add_peer(fvey, fed.found, b["usa"], links["fvey"], ["USA"])
     async with fed.ctx("fra") as fra:
@@ -156,8 +160,7 @@ def federation(
         asyncio.run(up())
         yield fed
     finally:
-        for broker in brokers.values():
-            broker.stop()
+        stop_all(brokers.values())
         server = os.environ.get("BROKER_TEST_DATABASE_URL", PG_DEFAULT)
         for db in dropped:
             asyncio.run(_pg_exec(server, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))

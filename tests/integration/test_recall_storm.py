@@ -16,6 +16,7 @@ from tests.integration.conftest import Api, StartServer
 from tests.integration.helpers import body, events
 
 TIMEOUT = 60
+OWN = 50  # the storming node's reports: each recalled twice
 
 
 async def _counter(api: Api) -> int:
@@ -60,9 +61,11 @@ async def test_a_recall_storm_leaves_other_nodes_listings_and_streams_alone(
         await api.node("usa-1", "USA"),
         await api.node("swe-1", "SWE"),
     )
-    own = [(await api.publish(storm, body(payload={"n": i})))[1]["id"] for i in range(150)]
+    published = [api.publish(storm, body(payload={"n": i})) for i in range(OWN)]
+    own = [answer["id"] for _, answer in await asyncio.gather(*published)]
     stop = asyncio.Event()
     recalled = 0
+    progress = asyncio.Event()  # set by each recall answered
 
     async def recall_loop() -> None:
         nonlocal recalled
@@ -71,6 +74,12 @@ async def test_a_recall_storm_leaves_other_nodes_listings_and_streams_alone(
             status, _ = await api.call("POST", f"/v1/reports/{own[i % len(own)]}/recall", storm)
             assert status == 200
             recalled += 1
+            progress.set()
+
+    async def storm_at(count: int) -> None:
+        while recalled < count:
+            progress.clear()
+            await progress.wait()
 
     statuses: list[int] = []
     latencies: list[float] = []
@@ -92,9 +101,9 @@ async def test_a_recall_storm_leaves_other_nodes_listings_and_streams_alone(
         listing = asyncio.create_task(list_loop())
         received: list[int] = []
         async with asyncio.timeout(TIMEOUT):
-            for i in range(20):
+            for i in range(20):  # spread over the whole storm, the real recalls and the repeats
+                await storm_at(i * 2 * len(own) // 20)
                 assert (await api.publish(usa, body(payload={"m": i})))[0] == 201
-                await asyncio.sleep(0.02)  # spread over the storm (pacing, not synchronisation)
             while len(received) < 20:
                 message = await ws.receive()
                 assert message.type == aiohttp.WSMsgType.TEXT, (message.type, ws.close_code)

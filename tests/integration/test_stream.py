@@ -16,7 +16,7 @@ from broker.crypto.keys import new_sealing_key, new_signing_key, public_b64
 from broker.services import admin, alliances, publishing
 from broker.web.ws import StreamSession
 from tests.integration.conftest import Api, StartServer
-from tests.integration.helpers import body, events, streaming
+from tests.integration.helpers import body, events, eventually, streaming
 
 TIMEOUT = 20
 
@@ -169,14 +169,19 @@ async def test_slow_consumer_is_closed_with_4008_and_resumes_losing_nothing(
 ) -> None:
     api = await start_server(stream_queue_size=2)
     usa, swe = await api.node("usa-1", "USA"), await api.node("swe-1", "SWE")
-    ids = await publish_many(api, usa, 40, blob="x" * 400_000)
+    # The frame bound (2) is what overflows, whatever the frames' size: the broker queues the
+    # reports it takes for a stream together, before the client could read any of them.
+    ids = await publish_many(api, usa, 40, blob="x" * 4000)
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(
             f"{api.base_url}/v1/stream?after=0", headers={"Authorization": f"Bearer {swe}"}, max_msg_size=0
         )
-        # A consumer that does not read, the behaviour under test (not a synchronisation): the
-        # socket buffers fill, then the queue overflows.
-        await asyncio.sleep(1.5)
+
+        async def taken() -> bool:  # each report the broker took for the stream has its deliver event
+            return len(await events(api.ctx, node="swe-1", action="deliver")) == len(ids)
+
+        # A consumer that reads nothing until the broker has taken every report for it.
+        await eventually(taken)
         frames = []
         async with asyncio.timeout(TIMEOUT):
             async for message in ws:
@@ -185,7 +190,9 @@ async def test_slow_consumer_is_closed_with_4008_and_resumes_losing_nothing(
         assert ws.close_code == 4008
     delivered = [f["report"]["id"] for f in frames if f["type"] == "report"]
     assert delivered == ids[: len(delivered)] and len(delivered) < len(ids)
-    async with BrokerClient(api.base_url, swe) as client:
+    # Each connection of the resumed stream overflows too (two frames each): reconnections
+    # paced by the SDK's public delay, at its shortest.
+    async with BrokerClient(api.base_url, swe, reconnect_delay=0.02) as client:
         rest = await take(
             client.stream(after=frames[-1]["report"]["sequence"] if delivered else 0),
             len(ids) - len(delivered),

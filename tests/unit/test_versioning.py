@@ -150,7 +150,11 @@ def test_against_the_reference_model(items: list[Held], versions: list[str]) -> 
     assert shown(items, versions) == reference(items, versions)
 
 
-@settings(max_examples=500, deadline=None)
+# The example counts below are what finds each of these properties' mutants (a creator taken
+# by version or by last report, removed or filtered versions skipped when choosing it, a later
+# copy served, the first version in the given order taking the object) in every run, with room;
+# the reference model needs its thousand (an order without the report's place is rarer to show).
+@settings(max_examples=100, deadline=None)
 @given(worlds(), MATCHES, st.randoms(use_true_random=False))
 def test_the_order_it_is_given_the_versions_in_changes_only_the_order_served(
     items: list[Held], versions: list[str], rng: random.Random
@@ -162,7 +166,7 @@ def test_the_order_it_is_given_the_versions_in_changes_only_the_order_served(
     )
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(worlds(), worlds(), MATCHES)
 def test_copies_stored_after_the_creators_first_version_change_nothing_served(
     items: list[Held], copies: list[Held], versions: list[str]
@@ -180,7 +184,7 @@ def test_copies_stored_after_the_creators_first_version_change_nothing_served(
     assert all(h.publisher == creator for h in shown(both, versions))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(worlds(), st.sampled_from([T1, T2, T3, T4]))
 def test_the_creators_later_version_is_the_last(items: list[Held], version: object) -> None:
     assert isinstance(version, type(T1))
@@ -191,7 +195,7 @@ def test_the_creators_later_version_is_the_last(items: list[Held], version: obje
     assert shown([*items, newest], ["last"]) == [newest]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(worlds())
 def test_removing_or_filtering_versions_never_changes_whose_they_are(items: list[Held]) -> None:
     stripped = [replace(h, removed=True, filtered=True) for h in items]
