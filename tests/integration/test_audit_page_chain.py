@@ -44,7 +44,7 @@ def _report_rows(driver: Any) -> dict[int, tuple[str, str]]:
 def _open_report(
     chromium: Chromium, base: str, token: str, vkey: str | None, report_id: str
 ) -> dict[str, Any]:
-    """Sign in (pinning ``vkey`` unless the profile remembers it), wait for the latest checkpoint
+    """Sign in (pinning ``vkey`` unless the page remembers it), wait for the latest checkpoint
     to verify, open the report's view and wait until no row but one beyond the log is pending."""
     from selenium.webdriver.common.by import By
 
