@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from PIL import Image
+from PIL import Image, ImageChops
 from sqlalchemy import update
 
 from broker.crypto import signing
@@ -165,10 +165,14 @@ def ink(path: Path) -> int:
 
 
 def colour_pixels(path: Path) -> int:
-    """Strongly coloured pixels (chart bars and legend swatches)."""
-    raw = Image.open(io.BytesIO(path.read_bytes())).convert("RGB").tobytes()
-    pixels = zip(raw[0::3], raw[1::3], raw[2::3], strict=True)
-    return sum(1 for r, g, b in pixels if max(r, g, b) - min(r, g, b) > 60)
+    """Strongly coloured pixels (chart bars and legend swatches): their brightest and darkest
+    channels more than 60 apart. Counted by Pillow, not pixel by pixel in Python (a second of
+    CPU for one screenshot)."""
+    with Image.open(io.BytesIO(path.read_bytes())) as image:
+        r, g, b = image.convert("RGB").split()
+    brightest = ImageChops.lighter(ImageChops.lighter(r, g), b)
+    darkest = ImageChops.darker(ImageChops.darker(r, g), b)
+    return sum(ImageChops.subtract(brightest, darkest).histogram()[61:])
 
 
 def sign_in(driver: Any, base: str, token: str) -> None:
