@@ -25,7 +25,7 @@ from tests.integration.helpers import body
 
 PUBLISHERS = {"usa-1": "USA", "usa-2": "USA", "can-1": "CAN"}
 READERS = {"tur-1": "TUR", "tur-2": "TUR", "nor-1": "NOR", "gbr-1": "GBR", "fra-1": "FRA"}
-RUN_SECONDS = 3.0
+RUN_SECONDS = 2.0
 
 
 @dataclass
