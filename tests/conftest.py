@@ -64,11 +64,11 @@ async def _migrate_and_seed(url: str, keyring: Path) -> None:
         await ctx.close()
 
 
-async def _pg_exec(server_url: str, *statements: str) -> None:
+async def _pg_connect(server_url: str) -> Any:
     import asyncpg
 
     url = make_url(server_url)
-    conn = await asyncpg.connect(
+    return await asyncpg.connect(
         host=url.host,
         port=url.port or 5432,
         user=url.username,
@@ -76,11 +76,45 @@ async def _pg_exec(server_url: str, *statements: str) -> None:
         database=url.database or "postgres",
         timeout=5,
     )
+
+
+async def _pg_exec(server_url: str, *statements: str) -> None:
+    conn = await _pg_connect(server_url)
     try:
         for statement in statements:
             await conn.execute(statement)
     finally:
         await conn.close()
+
+
+class _PgSession:
+    """One connection to the server, kept for the statements of one thread (on an event loop of
+    its own): a statement costs no connection, and no server process started for it."""
+
+    def __init__(self, server: str) -> None:
+        self._server = server
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: Any = None
+
+    def run(self, statement: str) -> None:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        if self._conn is None or self._conn.is_closed():
+            self._conn = self._loop.run_until_complete(_pg_connect(self._server))
+        try:
+            self._loop.run_until_complete(self._conn.execute(statement))
+        except BaseException:
+            self.close()  # the next statement connects again
+            raise
+
+    def close(self) -> None:
+        if self._loop is None:
+            return
+        if self._conn is not None and not self._conn.is_closed():
+            self._loop.run_until_complete(self._conn.close())
+        self._conn = None
+        self._loop.close()
+        self._loop = None
 
 
 @pytest.fixture(scope="session")
@@ -105,23 +139,27 @@ def pg_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 class PgClones:
     """Databases cloned from the worker's template ahead of the tests that take them, and dropped
-    behind them, in a thread of this worker's own: a test waits for neither. CREATE DATABASE and
-    DROP DATABASE wait mostly on the server's disk, not on this worker's CPU."""
+    behind them, in threads of this worker's own: a test waits for neither. CREATE DATABASE and
+    DROP DATABASE wait mostly on the server's disk, not on this worker's CPU. The drops have a
+    thread of their own: a clone a test waits for is never queued behind them (a module that
+    used several databases leaves several drops at once)."""
 
     AHEAD = 2  # clones ready before they are asked for
 
     def __init__(self, server: str, template: str) -> None:
         self._server, self._template = server, template
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-clones")
+        self._dropper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-drops")
+        self._creating, self._dropping = _PgSession(server), _PgSession(server)  # one per thread
         self._ready: deque[Future[str]] = deque()
 
     def _create(self) -> str:
         name = f"broker_t_{secrets.token_hex(6)}"
-        asyncio.run(_pg_exec(self._server, f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"'))
+        self._creating.run(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
         return name
 
     def _drop(self, name: str) -> None:
-        asyncio.run(_pg_exec(self._server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self._dropping.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def take(self) -> str:
         """A fresh clone of the template, for one test."""
@@ -131,12 +169,15 @@ class PgClones:
 
     def drop(self, name: str) -> None:
         """Drop a clone taken (its test is over), behind the next tests."""
-        self._thread.submit(self._drop, name)
+        self._dropper.submit(self._drop, name)
 
     def close(self) -> None:
         """Drop the clones made and never taken; wait for every drop."""
         for made in self._ready:
-            self._thread.submit(self._drop_made, made)
+            self._dropper.submit(self._drop_made, made)
+        self._dropper.submit(self._dropping.close)
+        self._thread.submit(self._creating.close)
+        self._dropper.shutdown(wait=True)
         self._thread.shutdown(wait=True)
 
     def _drop_made(self, made: Future[str]) -> None:

@@ -14,7 +14,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from broker.crypto.keys import new_signing_key, public_b64
 from broker.services import admin, reports
 from broker.services.context import Context
 from broker.waiting import wait_event
-from tests.conftest import PG_DEFAULT, _pg_exec
+from tests.conftest import PG_DEFAULT, PgClones
 from tests.integration.federation import BrokerProcess, Pki, add_link, add_peer, make_pki, stop_all
 from tests.integration.helpers import Cli
 
@@ -62,22 +62,28 @@ def _ssl(found: Pki) -> Any:
     return ssl.create_default_context(cafile=str(found.ca))
 
 
-def _databases(engine: str, request: pytest.FixtureRequest, folder: Path) -> tuple[dict[str, str], list[str]]:
-    urls, dropped = {}, []
+def _databases(
+    engine: str, request: pytest.FixtureRequest, folder: Path
+) -> tuple[dict[str, str], Callable[[], None]]:
+    """A database for each broker, and what drops them afterwards."""
+    urls = {}
     if engine == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
         for name in NAMES:
             shutil.copyfile(template, folder / f"{name}.db")
             urls[name] = f"sqlite+aiosqlite:///{folder / f'{name}.db'}"
-        return urls, dropped
-    template_name: str = request.getfixturevalue("pg_template")
+        return urls, lambda: None
+    clones: PgClones = request.getfixturevalue("pg_clones")  # cloned ahead, dropped behind
     server = os.environ.get("BROKER_TEST_DATABASE_URL", PG_DEFAULT)
-    for name in NAMES:
-        db = f"broker_f_{name}_{secrets.token_hex(4)}"
-        asyncio.run(_pg_exec(server, f'CREATE DATABASE "{db}" TEMPLATE "{template_name}"'))
+    taken = [clones.take() for _ in NAMES]
+    for name, db in zip(NAMES, taken, strict=True):
         urls[name] = make_url(server).set(database=db).render_as_string(hide_password=False)
-        dropped.append(db)
-    return urls, dropped
+
+    def drop() -> None:
+        for db in taken:
+            clones.drop(db)
+
+    return urls, drop
 
 
 async def _nodes(fed: Federation) -> None:
@@ -143,7 +149,7 @@ def federation(
 ) -> Iterator[Federation]:
     folder = tmp_path_factory.mktemp("federation")
     found = make_pki(folder / "pki")
-    urls, dropped = _databases(request.param, request, folder)
+    urls, drop_databases = _databases(request.param, request, folder)
     brokers = {n: BrokerProcess(n, folder / n, urls[n], found) for n in NAMES}
     fed = Federation(brokers, found)
     try:
@@ -161,9 +167,7 @@ def federation(
         yield fed
     finally:
         stop_all(brokers.values())
-        server = os.environ.get("BROKER_TEST_DATABASE_URL", PG_DEFAULT)
-        for db in dropped:
-            asyncio.run(_pg_exec(server, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        drop_databases()
 
 
 class Inbox:
