@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,12 +179,27 @@ def configure_sqlite(engine: Engine, *, read_only: bool = False) -> None:
         dbapi_connection.isolation_level = None  # no implicit BEGIN from the driver
         cursor = dbapi_connection.cursor()
         for pragma in pragmas:
-            cursor.execute(pragma)
+            _execute_pragma(cursor, pragma)
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         connection.exec_driver_sql(begin)
+
+
+def _execute_pragma(cursor: Any, pragma: str) -> None:
+    """Run ``pragma``; "database is locked" is retried until the busy timeout. SQLite answers it at
+    once, without its busy handler, to a connection that asks for WAL on a new file while another
+    process is switching that file to WAL (processes started together on one new database)."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute(pragma)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def alembic_config() -> Config:
