@@ -13,6 +13,7 @@ import shutil
 import socket
 import ssl
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable
@@ -32,6 +33,7 @@ from broker.services.context import Context
 from broker.settings import Settings
 from broker.waiting import wait_event
 from tests.conftest import CONFIG
+from tests.integration.helpers import Ran
 
 CREATED = "2026-11-25T12:00:00+00:00"
 
@@ -245,14 +247,11 @@ _PRELOAD = ["broker.app", "broker.cli", "broker.cli.serve", "tests.integration.f
 _LAUNCHER = multiprocessing.get_context("forkserver")
 
 
-def _run_broker(argv: list[str], env: dict[str, str], stderr: str) -> None:
+def _run_broker(argv: list[str], env: dict[str, str], stderr: str, stdout: str = os.devnull) -> None:
     """In the forked process: ``python -m broker ARGV`` with ``env`` as its whole environment,
-    stdout discarded and stderr appended to the file ``stderr``."""
-    for fd, path, flags in (
-        (1, os.devnull, os.O_WRONLY),
-        (2, stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND),
-    ):
-        opened = os.open(path, flags, 0o600)
+    stdout and stderr appended to the files named."""
+    for fd, path in ((1, stdout), (2, stderr)):
+        opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(opened, fd)
         os.close(opened)
     os.environ.clear()
@@ -342,6 +341,22 @@ class BrokerProcess:
 
     def stop(self) -> None:
         stop_all([self])
+
+
+def run_broker(*argv: str, env: dict[str, str]) -> Ran:
+    """`python -m broker ARGV` to completion in a process of its own, forked as the brokers
+    above are (for a command another process must run): its exit status and what it printed."""
+    _LAUNCHER.set_forkserver_preload(_PRELOAD)
+    with tempfile.TemporaryDirectory() as folder:
+        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+        proc = _LAUNCHER.Process(target=_run_broker, args=(list(argv), env, str(err), str(out)), daemon=True)
+        proc.start()
+        proc.join(120)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+            raise AssertionError(f"broker {' '.join(argv)} did not end within 120 s")
+        return Ran(proc.exitcode, out.read_text(), err.read_text())
 
 
 def stop_all(brokers: Iterable[BrokerProcess]) -> None:

@@ -28,7 +28,8 @@ from broker.settings import Settings
 from broker.waiting import wait_event
 from tests.integration.conftest import Api, StartServer
 from tests.integration.faultproxy import FaultProxy
-from tests.integration.helpers import body, cli_env, run_cli
+from tests.integration.federation import run_broker
+from tests.integration.helpers import body, cli_env
 
 DEADLINE = 2.0
 MARGIN = 1.5  # scheduling, a checkout that waited behind a request at its own deadline
@@ -298,7 +299,9 @@ async def test_an_unexpected_database_error_is_logged_with_its_traceback_and_not
         ctx, {"id": "n-usa", "nation": "USA", "clearance": "SECRET", "roles": ["publish"]}, actor="test"
     )
     await run_sql(ctx, ["ALTER TABLE nodes RENAME TO nodes_gone"])
-    done = run_cli("node", "list", env=cli_env(database_url, settings.keyring_path))
+    done = await asyncio.to_thread(
+        run_broker, "node", "list", env=cli_env(database_url, settings.keyring_path)
+    )
     assert done.returncode == 2
     assert "database unavailable" not in done.stderr
     assert "nodes" in done.stderr.splitlines()[-1]  # the one line names what is wrong

@@ -16,6 +16,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from broker.services import ledger, peers
@@ -61,6 +62,10 @@ async def test_frames_the_broker_cannot_store_are_refused_and_the_link_goes_on(
     assert await report_count(api.ctx) == 1
 
 
+# The link fails in the puller's websocket reader (the frame's size) or its HTTP client (the
+# silent upstream), before any import transaction: one engine is enough. The failed state is
+# written by the same statement as every link state (test_federation sees it on both engines).
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_frame_larger_than_a_publish_may_be_is_not_read(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -79,6 +84,7 @@ async def test_a_frame_larger_than_a_publish_may_be_is_not_read(
     assert "too big" in (listed["last_error"] or "").lower() or "1009" in (listed["last_error"] or ""), listed
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_an_upstream_that_never_answers_the_stream_fails_the_link_in_time(
     start_server: StartServer, tmp_path: Path
 ) -> None:
