@@ -13,7 +13,6 @@ import shutil
 import socket
 import ssl
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable
@@ -33,7 +32,6 @@ from broker.services.context import Context
 from broker.settings import Settings
 from broker.waiting import wait_event
 from tests.conftest import CONFIG
-from tests.integration.helpers import Ran
 
 CREATED = "2026-11-25T12:00:00+00:00"
 
@@ -341,22 +339,6 @@ class BrokerProcess:
 
     def stop(self) -> None:
         stop_all([self])
-
-
-def run_broker(*argv: str, env: dict[str, str]) -> Ran:
-    """`python -m broker ARGV` to completion in a process of its own, forked as the brokers
-    above are (for a command another process must run): its exit status and what it printed."""
-    _LAUNCHER.set_forkserver_preload(_PRELOAD)
-    with tempfile.TemporaryDirectory() as folder:
-        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-        proc = _LAUNCHER.Process(target=_run_broker, args=(list(argv), env, str(err), str(out)), daemon=True)
-        proc.start()
-        proc.join(120)
-        if proc.exitcode is None:
-            proc.kill()
-            proc.join()
-            raise AssertionError(f"broker {' '.join(argv)} did not end within 120 s")
-        return Ran(proc.exitcode, out.read_text(), err.read_text())
 
 
 def stop_all(brokers: Iterable[BrokerProcess]) -> None:

@@ -28,8 +28,7 @@ from broker.settings import Settings
 from broker.waiting import wait_event
 from tests.integration.conftest import Api, StartServer
 from tests.integration.faultproxy import FaultProxy
-from tests.integration.federation import run_broker
-from tests.integration.helpers import body, cli_env
+from tests.integration.helpers import body, cli_env, run_forked
 
 DEADLINE = 2.0
 MARGIN = 1.5  # scheduling, a checkout that waited behind a request at its own deadline
@@ -300,7 +299,7 @@ async def test_an_unexpected_database_error_is_logged_with_its_traceback_and_not
     )
     await run_sql(ctx, ["ALTER TABLE nodes RENAME TO nodes_gone"])
     done = await asyncio.to_thread(
-        run_broker, "node", "list", env=cli_env(database_url, settings.keyring_path)
+        run_forked, "-m", "broker", "node", "list", env=cli_env(database_url, settings.keyring_path)
     )
     assert done.returncode == 2
     assert "database unavailable" not in done.stderr

@@ -18,8 +18,7 @@ from broker.domain import stix as ours
 from broker.services import admin
 from tests.conftest import FakeClock
 from tests.integration.conftest import Api
-from tests.integration.federation import run_broker
-from tests.integration.helpers import cli_env, events
+from tests.integration.helpers import cli_env, events, run_forked
 from tests.integration.test_taxii import NATO_SECRET, TAXII, bundle, collection_id, indicator, publish, raw
 
 POST = {"Content-Type": TAXII}
@@ -76,7 +75,7 @@ async def _revoke_by_cli(api: Api, node: str) -> None:
     """``python -m broker node revoke`` in a process of its own, against the same database."""
     settings = api.server_ctx.settings
     env = cli_env(settings.database_url, settings.keyring_path)
-    done = await asyncio.to_thread(run_broker, "node", "revoke", node, env=env)
+    done = await asyncio.to_thread(run_forked, "-m", "broker", "node", "revoke", node, env=env)
     assert done.returncode == 0, done.stderr
 
 
