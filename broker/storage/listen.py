@@ -60,7 +60,7 @@ class ChangeListener:
         self._connect_args = connect_options(url)
         self._on_change = on_change
         self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+        self._tried = asyncio.Event()  # the first attempt to listen has ended, either way
         self.connected = False
 
     def start(self, runner: Runner | None = None) -> None:
@@ -70,8 +70,9 @@ class ChangeListener:
             self._task = asyncio.create_task(loop, name="change-listener")
 
     async def wait_ready(self, seconds: float) -> bool:
-        """Wait until listening (True), or ``seconds`` (False)."""
-        await wait_event(self._ready, seconds)
+        """Wait until the first attempt to listen has ended, or ``seconds``; True if listening. A
+        server that refuses the connection is not waited for: the broker polls until it answers."""
+        await wait_event(self._tried, seconds)
         return self.connected
 
     async def run(self) -> None:
@@ -85,6 +86,7 @@ class ChangeListener:
                 connection = await asyncpg.connect(**self._connect_args)
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 log.warning("listen_connect_failed error=%s retry_in=%.1fs", type(exc).__name__, delay)
+                self._tried.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -92,7 +94,7 @@ class ChangeListener:
                 connection.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await connection.add_listener(CHANGE_CHANNEL, lambda *_: self._on_change())  # payload unread
                 self.connected, delay = True, 0.1
-                self._ready.set()
+                self._tried.set()
                 self._on_change()  # anything committed while not listening is looked at now
                 await lost.wait()
                 log.warning("listen_connection_lost")
