@@ -36,8 +36,12 @@ browser:
 	    || [ "$$CI" != "true" ]; \
 	fi
 
+# Byte-code caches stay on for the tests even where PYTHONDONTWRITEBYTECODE is set (as on this
+# project's CI machines): without them every worker rewrites the asserts of every test module
+# again and every process a test starts compiles the broker again (collection alone 10.8 s a
+# worker instead of 6.7 s).
 test: lint browser
-	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider --junitxml=var/junit.xml
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider --junitxml=var/junit.xml
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
