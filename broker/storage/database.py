@@ -83,8 +83,7 @@ class ConnectionThread:
                     future.get_loop().call_soon_threadsafe(_settle, future, outcome, None)
         finally:
             if connection is not None:
-                connection.close()
-            self._engine.dispose()
+                connection.close()  # a NullPool's engine holds no other connection to dispose of
 
     async def close(self) -> None:
         if self._thread.is_alive():
@@ -101,14 +100,16 @@ def _settle(future: asyncio.Future[Any], outcome: Any, exc: BaseException | None
         future.set_exception(exc)
 
 
-def _sqlite_thread(engine: AsyncEngine, *, name: str, read_only: bool) -> ConnectionThread:
+def _sqlite_engine(engine: AsyncEngine, *, read_only: bool) -> Engine:
+    """The synchronous engine of the writer thread or of the reader threads (one for all of
+    them: each statement is compiled once for every reader, not once per reader)."""
     sync = create_engine(
         engine.url.set(drivername="sqlite+pysqlite"),
-        poolclass=NullPool,  # the one connection lives and dies with its thread
+        poolclass=NullPool,  # each thread's one connection lives and dies with its thread
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
     )
     configure_sqlite(sync, read_only=read_only)
-    return ConnectionThread(sync, name)
+    return sync
 
 
 class Database:
@@ -133,11 +134,9 @@ class Database:
         # through its commit or rollback: the hot spot every publish and audit event queues on.
         self.on_lock_held: Callable[[float], None] | None = None
         if sqlite:
-            self._writer = _sqlite_thread(engine, name="sqlite-writer", read_only=False)
-            self._readers = [
-                _sqlite_thread(engine, name=f"sqlite-reader-{n}", read_only=True)
-                for n in range(SQLITE_READERS)
-            ]
+            self._writer = ConnectionThread(_sqlite_engine(engine, read_only=False), "sqlite-writer")
+            readers = _sqlite_engine(engine, read_only=True)
+            self._readers = [ConnectionThread(readers, f"sqlite-reader-{n}") for n in range(SQLITE_READERS)]
             for reader in self._readers:
                 self._idle_readers.put_nowait(reader)
 
