@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, update
 
+from broker.crypto.chain import event_hash
 from broker.services import auth, reports
 from broker.storage import statements as st
 from tests.integration.conftest import Api, StartServer
@@ -377,3 +378,57 @@ async def test_report_view_keeps_refusals_of_receiving_apart_from_other_refusals
     swe = out["rows"]["swe-1"]
     assert "recall: not_originator" in swe and "not_releasable" not in swe, swe
     assert "read: not_releasable" in out["rows"]["nga-1"]
+
+
+def _verdict_and_charts(chromium: Chromium, base: str, log: Log) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The whole-log verdict once the key is pinned, and the charts' legends once both are done
+    (the verdict redraws charts already drawn; charts drawn after it use its faults)."""
+    from selenium.webdriver.common.by import By
+
+    driver = chromium.tab(base)
+    _sign_in_and_wait(driver, base, log.auditor)
+    driver.find_element(By.ID, "pin-input").send_keys(log.vkey)
+    driver.find_element(By.CSS_SELECTOR, "#pin-form button[type=submit]").click()
+    wait_for(driver, lambda d: _banner(d)["state"] in ("intact", "tampered", "failed"), timeout=60)
+    wait_for(
+        driver,
+        lambda d: "All " in d.execute_script("return document.getElementById('charts-coverage').textContent"),
+    )
+    legends = {
+        chart: driver.execute_script(
+            "return [...document.querySelectorAll('#legend-' + arguments[0] + ' > span')]"
+            ".map((s) => [s.dataset.series, s.textContent])",
+            chart,
+        )
+        for chart in ("reason", "nation")
+    }
+    return _banner(driver), legends
+
+
+@needs_browser
+async def test_an_event_edited_and_rehashed_is_named_first_and_never_charted_under_its_decision(
+    api: Api, chromium: Chromium
+) -> None:
+    """An event edited and given the hash of its new fields hashes to its hash: only the next
+    event's link shows the break, and either of the two may be the edited one. Both are charted
+    as altered, and the banner names the first of them, as `broker audit verify` does."""
+    log = await _log(api)
+    _, page = await api.get(f"/v1/audit/events?after={log.first_read - 1}&limit=1", log.auditor)
+    (event,) = page["events"]
+    assert event["seq"] == log.first_read and event["decision"] == "allow"
+    forged = {**event, "reason": "edited"}
+    async with api.ctx.db.transaction() as tx:
+
+        def rehash(connection: Any) -> None:
+            values = {"reason": "edited", "hash": event_hash(forged)}
+            connection.execute(update(st.EVENTS).where(st.EVENTS.c.seq == log.first_read).values(**values))
+
+        await tx.run(rehash)  # committed as the block ends
+    _, after = await api.get(f"/v1/audit/events?after={log.first_read - 1}&limit=1", log.auditor)
+    assert event_hash(after["events"][0]) == after["events"][0]["hash"]  # it hashes to its hash
+    banner, legends = await asyncio.to_thread(_verdict_and_charts, chromium, api.base_url, log)
+    assert banner["state"] == "tampered" and banner["firstBad"] == str(log.first_read), banner
+    for chart, items in legends.items():
+        series = dict(items)
+        assert not any("edited" in name for name in series), f"{chart}: the edited event charted as {series}"
+        assert [text for name, text in series.items() if "altered" in name] == ["altered event (2)"], series

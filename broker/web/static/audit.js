@@ -676,6 +676,13 @@ async function verifyWholeLog(cp, inconsistent, again) {
         }
         if (toHex(leaf) !== event.hash) fault(event.seq, "its fields do not hash to its hash (altered)");
         else if (event.prev_hash !== prevHash) {
+          // Either may be the edited one (an event edited and re-hashed hashes to its hash): both
+          // are at fault, the earlier one first, as `broker audit verify` names it. After a gap the
+          // gap is the fault, not the event before it.
+          if (event.seq === expect && expect > 1) {
+            fault(expect - 1, "its hash is not the prev_hash of event " + event.seq +
+              ": one of the two was altered, or re-hashed (the chain is broken there)");
+          }
           fault(event.seq, "its prev_hash is not the hash of event " + (event.seq - 1) +
             ": one of the two was altered (the chain is broken there)");
         }
