@@ -29,6 +29,8 @@ from broker.crypto.quorum import QuorumInputError
 from broker.crypto.quorum import check as check_quorum
 from broker.errors import InvalidInput
 
+# Leaves folded into the tree at once (the nodes completed on the way are dropped after each).
+_LEAVES_AT_ONCE = 4096
 # Kinds that say the input could not be checked, not that it was tampered with.
 UNCHECKABLE = frozenset({"malformed", "untrusted"})
 
@@ -76,9 +78,21 @@ def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _parse(lines: Iterable[str]) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, dict[str, Any]]]]:
-    events: list[tuple[int, dict[str, Any]]] = []
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """What the checks need of one event line, judged as it is read: an export of a million
+    events is not held as a million parsed objects."""
+
+    line: int
+    seq: Any  # as written: checked to be an integer by ``_check_order``
+    hash: bytes | None  # its leaf hash, when its fields hash to the hash it carries
+    links: bool  # its prev_hash is the hash carried by the event before it in the file
+
+
+def _parse(lines: Iterable[str]) -> tuple[list[_Event], list[tuple[int, dict[str, Any]]]]:
+    events: list[_Event] = []
     checkpoints: list[tuple[int, dict[str, Any]]] = []
+    carried: Any = GENESIS  # the hash the event before carries
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -90,14 +104,26 @@ def _parse(lines: Iterable[str]) -> tuple[list[tuple[int, dict[str, Any]]], list
             raise _KeyTwice(exc.key, number) from None
         if not isinstance(obj, dict):
             raise ValueError(f"line {number} is not a JSON object")
-        (checkpoints if "checkpoint" in obj else events).append((number, obj))
+        if "checkpoint" in obj:
+            checkpoints.append((number, obj))
+            continue
+        try:
+            computed: str | None = event_hash(obj)
+        except InvalidInput:  # a value the broker could not have hashed: NaN, a lone surrogate
+            computed = None
+        hashes = computed is not None and computed == obj.get("hash")
+        leaf = bytes.fromhex(computed) if hashes and computed is not None else None
+        events.append(_Event(number, obj.get("seq"), leaf, obj.get("prev_hash") == carried))
+        carried = obj.get("hash")
     return events, checkpoints
 
 
-def _check_order(events: list[tuple[int, dict[str, Any]]]) -> Finding | None:
+def _check_order(events: list[_Event]) -> Finding | None:
+    if all(type(event.seq) is int and event.seq == position for position, event in enumerate(events, 1)):
+        return None  # in order, none missing: no seq can be there twice
     where: dict[int, int] = {}
-    for line, event in events:
-        seq = event.get("seq")
+    for event in events:
+        seq, line = event.seq, event.line
         if not isinstance(seq, int) or isinstance(seq, bool):
             return _fail("malformed", f"line {line}: event without an integer seq", line=line)
         if seq in where:
@@ -109,43 +135,38 @@ def _check_order(events: list[tuple[int, dict[str, Any]]]) -> Finding | None:
                 line,
             )
         where[seq] = line
-    for position, (line, event) in enumerate(events, start=1):
-        if event["seq"] == position:
+    for position, event in enumerate(events, start=1):
+        if event.seq == position:
             continue
         if position in where:
             return _fail(
                 "reordered",
-                f"line {line}: event {event['seq']} stands where event {position} "
+                f"line {event.line}: event {event.seq} stands where event {position} "
                 f"belongs (event {position} is on line {where[position]}): events were reordered",
-                event["seq"],
-                line,
+                event.seq,
+                event.line,
             )
         return _fail(
             "removed",
-            f"line {line}: event {position} is missing (the next present is "
-            f"{event['seq']}): events were removed",
+            f"line {event.line}: event {position} is missing (the next present is "
+            f"{event.seq}): events were removed",
             position,
-            line,
+            event.line,
         )
     return None
 
 
-def _check_chain(events: list[tuple[int, dict[str, Any]]]) -> Finding | None:
-    prev = GENESIS
-    for line, event in events:
-        seq = event["seq"]
-        try:
-            computed: str | None = event_hash(event)
-        except InvalidInput:  # a value the broker could not have hashed: NaN, a lone surrogate
-            computed = None
-        if computed is None or computed != event.get("hash"):
+def _check_chain(events: list[_Event]) -> Finding | None:
+    for event in events:
+        seq, line = event.seq, event.line
+        if event.hash is None:
             return _fail(
                 "altered",
                 f"line {line}: event {seq} was altered: its content does not match its hash",
                 seq,
                 line,
             )
-        if event.get("prev_hash") != prev:
+        if not event.links:
             return _fail(
                 "altered",
                 f"line {line}: event {seq} does not link to event {seq - 1}: event "
@@ -153,7 +174,6 @@ def _check_chain(events: list[tuple[int, dict[str, Any]]]) -> Finding | None:
                 seq - 1,
                 line,
             )
-        prev = event["hash"]
     return None
 
 
@@ -340,7 +360,7 @@ def _check_fields(
 
 
 def _check_tree(
-    events: list[tuple[int, dict[str, Any]]],
+    events: list[_Event],
     signed: list[tuple[int, notes.CheckpointBody]],
     anchor: notes.CheckpointBody | None,
 ) -> Finding:
@@ -366,10 +386,10 @@ def _check_tree(
     )
 
 
-def _check_length(events: list[tuple[int, dict[str, Any]]], last: notes.CheckpointBody) -> Finding | None:
+def _check_length(events: list[_Event], last: notes.CheckpointBody) -> Finding | None:
     """The export holds exactly the events the last signed checkpoint covers."""
     if len(events) < last.size:
-        after = events[-1][1]["seq"] if events else 0
+        after = events[-1].seq if events else 0
         return _fail(
             "truncated",
             f"the export ends at event {after} but the signed checkpoint covers "
@@ -377,18 +397,19 @@ def _check_length(events: list[tuple[int, dict[str, Any]]], last: notes.Checkpoi
             after + 1,
         )
     if len(events) > last.size:
-        line, event = events[last.size]
+        event = events[last.size]
         return _fail(
             "inserted",
-            f"line {line}: event {event['seq']} and those after it are not covered by any signed checkpoint",
-            event["seq"],
-            line,
+            f"line {event.line}: event {event.seq} and those after it are not covered by any signed "
+            "checkpoint",
+            event.seq,
+            event.line,
         )
     return None
 
 
 def _check_roots(
-    events: list[tuple[int, dict[str, Any]]],
+    events: list[_Event],
     signed: list[tuple[int, notes.CheckpointBody]],
     anchor: notes.CheckpointBody | None,
     last: notes.CheckpointBody,
@@ -405,8 +426,11 @@ def _check_roots(
     frontier: list[merkle.Node] = []
     size, verified = 0, []
     for target, is_anchor, at, body in stops:
-        leaves = [bytes.fromhex(e["hash"]) for _, e in events[size:target]]
-        frontier, _ = merkle.append(frontier, leaves, size)
+        # A slice at a time: ``merkle.append`` also returns every node it completes. Every event
+        # has its leaf here (the chain is checked first); one without would change the root.
+        for start in range(size, target, _LEAVES_AT_ONCE):
+            stretch = events[start : min(start + _LEAVES_AT_ONCE, target)]
+            frontier, _ = merkle.append(frontier, [e.hash for e in stretch if e.hash is not None], start)
         size = target
         if merkle.root_of(frontier) == body.root:
             if not is_anchor:
