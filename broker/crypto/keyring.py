@@ -173,9 +173,19 @@ def _create(path: Path, ring: Keyring) -> Keyring | None:
 
 def load(path: Path) -> Keyring:
     """Load and validate the keyring; ConfigError names what is wrong."""
-    mode = path.stat().st_mode & 0o777
+    status = path.stat()
+    mode = status.st_mode & 0o777
     if mode & 0o077:
         raise ConfigError(file=str(path), key="-", problem=f"mode {mode:o} lets others read keys; chmod 600")
+    runs_as = os.geteuid() if hasattr(os, "geteuid") else None
+    if runs_as is not None and status.st_uid not in (runs_as, 0):
+        # Its owner may rewrite it: replace the checkpoint key, or the KEKs new reports are sealed under.
+        raise ConfigError(
+            file=str(path),
+            key="-",
+            problem=f"owned by uid {status.st_uid}, who may replace its keys; the broker runs as uid "
+            f"{runs_as}: chown it to that user (or to root)",
+        )
     try:
         raw = json.loads(path.read_text())
         keks = {str(k): base64.b64decode(v, validate=True) for k, v in raw["keks"].items()}

@@ -169,3 +169,18 @@ def test_a_link_planted_at_the_lock_files_name_is_refused(tmp_path: Path) -> Non
         keyring.update(path, lambda r: r.with_new_kek())
     assert "link" in str(info.value)
     assert not target.exists()
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only root can give a file to another user"
+)
+def test_a_keyring_another_user_owns_is_refused(tmp_path: Path) -> None:
+    # Its owner may rewrite it (mode 600 is the owner's): swap the checkpoint key, or the KEK
+    # new reports are sealed under. Refused unless the broker's own user or root owns it.
+    path = tmp_path / "keyring.json"
+    ring = keyring.load_or_create(path)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(ConfigError, match="owned by uid 65534, who may replace its keys"):
+        keyring.load(path)
+    os.chown(path, 0, 0)
+    assert keyring.load(path) == ring
