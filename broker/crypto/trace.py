@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,20 +41,31 @@ class Trace:
         return not self.problems and bool(self.hops)
 
 
-def _origin(lines: Sequence[str]) -> str | None:
-    """The broker an export belongs to: its checkpoint note's origin line."""
-    for line in reversed(lines):
+def _lines(path: Path) -> Iterator[str]:
+    """An export's lines, read as they are needed, as ``broker audit verify`` reads them (an
+    export may be larger than memory; each pass reads the file again)."""
+    with path.open(encoding="utf-8") as fh:
+        yield from fh
+
+
+def _origin(lines: Iterable[str]) -> str | None:
+    """The broker an export belongs to: its last checkpoint note's origin line."""
+    origin = None
+    for line in lines:
+        if "checkpoint" not in line:  # an event line: not parsed (a checkpoint key spelled with
+            continue  # escapes names no broker here, and fails as "no signed checkpoint")
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):  # verify names the line
             continue
-        note = record.get("checkpoint", {}).get("note") if isinstance(record, dict) else None
+        checkpoint = record.get("checkpoint") if isinstance(record, dict) else None
+        note = checkpoint.get("note") if isinstance(checkpoint, dict) else None
         if isinstance(note, str):
-            return note.split("\n", 1)[0]
-    return None
+            origin = note.split("\n", 1)[0]
+    return origin
 
 
-def _event_of(lines: Sequence[str], broker: str, report_id: str) -> Hop | None:
+def _event_of(lines: Iterable[str], broker: str, report_id: str) -> Hop | None:
     for line in lines:
         try:
             event = json.loads(line)
@@ -89,30 +100,38 @@ def trace(report_id: str, files: Sequence[Path], keys: Mapping[str, bytes]) -> T
     exports: dict[str, str] = {}
     for path in files:
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            followed = _follow(path, report_id, keys)
         except UnicodeDecodeError:
             problems.append(f"{path}: not UTF-8 text, so not an audit export")
             continue
         except OSError as exc:
             problems.append(f"{path}: cannot read: {exc.strerror or exc}")
             continue
-        broker = _origin(lines)
-        if broker is None:
-            problems.append(f"{path}: no signed checkpoint, so no broker to name")
+        if isinstance(followed, str):
+            problems.append(followed)
             continue
-        key = keys.get(broker)
-        if key is None:
-            problems.append(f"{path}: no --key for broker {broker}")
-            continue
-        finding = verify_export.verify(lines, public_key=key)
+        broker, finding, hop = followed
         exports[str(path)] = f"{broker}: {'OK' if finding.ok else 'TAMPERED'} {finding.message}"
         if not finding.ok:
             problems.append(f"{path} ({broker}) does not verify: {finding.message}")
-            continue
-        hop = _event_of(lines, broker, report_id)
-        if hop is not None:
+        elif hop is not None:
             found[broker] = hop
     return Trace(_ordered(found, problems), tuple(problems), exports)
+
+
+def _follow(
+    path: Path, report_id: str, keys: Mapping[str, bytes]
+) -> tuple[str, verify_export.Finding, Hop | None] | str:
+    """One export's broker, verification and the report's event in it; or the problem that
+    stops it. Raises what reading the file raises."""
+    broker = _origin(_lines(path))
+    if broker is None:
+        return f"{path}: no signed checkpoint, so no broker to name"
+    key = keys.get(broker)
+    if key is None:
+        return f"{path}: no --key for broker {broker}"
+    finding = verify_export.verify(_lines(path), public_key=key)
+    return broker, finding, _event_of(_lines(path), broker, report_id) if finding.ok else None
 
 
 def _ordered(found: dict[str, Hop], problems: list[str]) -> tuple[Hop, ...]:
