@@ -78,15 +78,18 @@ def test_audit_export_refuses_a_planted_link_and_is_private(
     assert sorted(p.name for p in shared.iterdir()) == ["audit.ndjson"]  # no temporary file left
 
 
-@pytest.mark.parametrize("case", ["not UTF-8", "nested too deeply"])
+@pytest.mark.parametrize("case", ["not UTF-8", "nested too deeply", "not a JSON object"])
 def test_audit_trace_of_a_hostile_export_is_a_problem(case: str, tmp_path: Path, cli: Cli) -> None:
-    """`audit trace` reads exports someone else made: one that is not text, or whose checkpoint
-    line nests deeper than Python's parser goes, is reported like any unusable export."""
+    """`audit trace` reads exports someone else made: one that is not text, whose checkpoint
+    line nests deeper than Python's parser goes, or whose checkpoint is not an object, is reported
+    like any unusable export."""
     lines = build()
     if case == "not UTF-8":
         body = ("\n".join(lines) + "\n").encode().replace(b'"read"', b'"r\xffad"', 1)
-    else:
+    elif case == "nested too deeply":
         body = ("\n".join(lines) + "\n" + '{"checkpoint": {"note": ' + "[" * 100_000 + "\n").encode()
+    else:
+        body = ("\n".join(lines) + "\n" + '{"checkpoint": "a note"}\n').encode()
     export = tmp_path / "export.ndjson"
     export.write_bytes(body)
     cli.use(KEYRING=str(tmp_path / "absent-keyring.json"), CONFIG_DIR=str(tmp_path / "absent"))
@@ -94,4 +97,4 @@ def test_audit_trace_of_a_hostile_export_is_a_problem(case: str, tmp_path: Path,
     assert "Traceback" not in done.stderr and "Error" not in done.stdout + done.stderr, done.stderr
     assert (done.returncode, done.stderr) == (1, "")
     assert done.stdout.endswith("NOT VERIFIED\n")
-    assert ("not UTF-8" if case == "not UTF-8" else "nested too deeply") in done.stdout, done.stdout
+    assert case in done.stdout, done.stdout
