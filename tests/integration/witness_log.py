@@ -67,24 +67,16 @@ def forked_trees(*, shared: int, size: int, seed: bytes) -> tuple[Tree, Tree]:
     return Tree(a), Tree(b)
 
 
-def witness_command(*words: str, light: bool = False) -> list[str]:
-    """``python -m broker witness WORDS``, or (``light``) the same command as ``python -m
-    broker.witness WORDS``, which starts in about half the time (the kill -9 rounds restart often)."""
-    if light:
-        return [sys.executable, "-m", "broker.witness", *words]
-    return [sys.executable, "-m", "broker", "witness", *words]
-
-
 def witness_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def start_witness(
-    folder: Path, *logs: str, extra: tuple[str, ...] = (), light: bool = False, seconds: float = 20
+    folder: Path, *logs: str, extra: tuple[str, ...] = (), seconds: float = 20
 ) -> tuple[subprocess.Popen[bytes], int]:
     """``python -m broker witness serve`` on a free loopback port; the process and its port,
     once it logged that it listens. AssertionError with its output if it ends or takes longer."""
-    args = witness_command("serve", "--dir", str(folder), "--port", "0", *extra, light=light)
+    args = [sys.executable, "-m", "broker", "witness", "serve", "--dir", str(folder), "--port", "0", *extra]
     for log in logs:
         args += ["--log", log]
     proc = subprocess.Popen(
