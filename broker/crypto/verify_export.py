@@ -166,6 +166,14 @@ def _check_chain(events: list[_Event]) -> Finding | None:
                 seq,
                 line,
             )
+        if not event.links and seq == 1:
+            return _fail(
+                "altered",
+                f"line {line}: event 1 does not start the chain: its prev_hash is not the genesis "
+                "value (64 zeros): event 1 was altered and re-hashed",
+                seq,
+                line,
+            )
         if not event.links:
             return _fail(
                 "altered",

@@ -83,6 +83,15 @@ def test_altered_and_rehashed_is_named_by_the_broken_link() -> None:
     assert (finding.kind, finding.seq) == ("altered", 4)
 
 
+def test_the_first_event_re_linked_and_rehashed_is_named_itself() -> None:
+    # Its prev_hash must be the genesis value: there is no event 0 to blame for the broken link.
+    lines = build()
+    lines[0] = rehash(lines[0], prev_hash="1" * 64)
+    finding = verify(lines, public_key=PUBLIC)
+    assert (finding.kind, finding.seq, finding.line) == ("altered", 1, 1)
+    assert "event 0" not in finding.message and "genesis" in finding.message, finding.message
+
+
 def test_rewritten_tail_is_caught_by_the_checkpoint_root() -> None:
     lines = build()
     prev = json.loads(lines[7])["prev_hash"]
