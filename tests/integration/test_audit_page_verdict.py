@@ -432,3 +432,54 @@ async def test_an_event_edited_and_rehashed_is_named_first_and_never_charted_und
         series = dict(items)
         assert not any("edited" in name for name in series), f"{chart}: the edited event charted as {series}"
         assert [text for name, text in series.items() if "altered" in name] == ["altered event (2)"], series
+
+
+@needs_browser
+async def test_events_rewritten_with_every_later_hash_are_never_charted_under_their_decision(
+    api: Api, chromium: Chromium
+) -> None:
+    """An event edited and every hash after it recomputed: each event hashes to its hash and links
+    to the one before, and only the signed root shows the rewrite. The page cannot tell which
+    event was edited, so none up to the checkpoint is charted under its decision."""
+    log = await _log(api)
+    _, page = await api.get(f"/v1/audit/events?after={log.first_read - 1}&limit=1000", log.auditor)
+    events = page["events"]
+    assert events[0]["seq"] == log.first_read
+    rewritten, prev = [], events[0]["prev_hash"]
+    for event in events:
+        forged = {**event, "prev_hash": prev, **({"reason": "edited"} if event is events[0] else {})}
+        forged["hash"] = event_hash({k: v for k, v in forged.items() if k != "hash"})
+        rewritten.append(forged)
+        prev = forged["hash"]
+    async with api.ctx.db.transaction() as tx:
+
+        def rewrite(connection: Any) -> None:
+            for forged in rewritten:
+                values = {key: forged[key] for key in ("prev_hash", "hash", "reason")}
+                connection.execute(update(st.EVENTS).where(st.EVENTS.c.seq == forged["seq"]).values(**values))
+
+        await tx.run(rewrite)  # committed as the block ends
+    banner, legends = await asyncio.to_thread(_verdict_and_charts, chromium, api.base_url, log)
+    assert banner["state"] == "tampered" and "rewritten" in banner["text"], banner
+    for chart, items in legends.items():
+        series = dict(items)
+        assert not any("edited" in name for name in series), f"{chart}: the edited event charted as {series}"
+        assert "altered event" in series, series
+
+
+@needs_browser
+async def test_an_event_whose_decision_was_removed_is_charted_as_altered(
+    api: Api, chromium: Chromium
+) -> None:
+    """An event edited to carry no decision is not left out of the charts: it is charted as altered."""
+    log = await _log(api)
+    async with api.ctx.db.transaction() as tx:
+
+        def blank(connection: Any) -> None:
+            connection.execute(update(st.EVENTS).where(st.EVENTS.c.seq == log.first_read).values(decision=""))
+
+        await tx.run(blank)  # committed as the block ends
+    banner, legends = await asyncio.to_thread(_verdict_and_charts, chromium, api.base_url, log)
+    assert banner["state"] == "tampered" and banner["firstBad"] == str(log.first_read), banner
+    for items in legends.values():
+        assert dict(items).get("altered event") == "altered event (1)", items

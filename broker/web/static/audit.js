@@ -571,6 +571,10 @@ async function loadCheckpoint(sign) {
 // size and root, so reloading the page for the same checkpoint does not read the log again.
 
 const badSeqs = new Map(); // seq -> why, from the whole-log check of the checkpoint shown
+// Set when the events up to the checkpoint do not hash to its root although each hashes to its hash
+// and links to the one before (rewritten with every hash after the edit): any of them may be the
+// rewritten one, so none of them is charted under its decision.
+let rewrittenUpTo = 0;
 let logGen = 0;
 
 function banner(state, text, extra) {
@@ -610,7 +614,11 @@ function logMemoKey() {
 
 function showLogVerdict(memo, remembered) {
   badSeqs.clear();
-  for (const f of memo.faults) badSeqs.set(f.seq, f.why);
+  rewrittenUpTo = 0;
+  for (const f of memo.faults) {
+    badSeqs.set(f.seq, f.why);
+    if (f.rewritten) rewrittenUpTo = Math.max(rewrittenUpTo, f.seq);
+  }
   const when = remembered ? " (verified in this browser at " + memo.at + "; remembered for this checkpoint)" : "";
   if (memo.state === "intact") {
     banner("intact", "Log intact \u2713 every event up to the signed checkpoint (" + memo.size + " events) was read and " +
@@ -628,6 +636,7 @@ function showLogVerdict(memo, remembered) {
 async function verifyWholeLog(cp, inconsistent, again) {
   const gen = ++logGen;
   badSeqs.clear();
+  rewrittenUpTo = 0;
   if (!pin) {
     banner("unverified", "Not yet verified: no checkpoint key is pinned. Pin the broker's key (obtained out of band) " +
       "to verify the whole log in this browser.");
@@ -655,7 +664,11 @@ async function verifyWholeLog(cp, inconsistent, again) {
       (memo.state === "intact" ? "intact." : "TAMPERED, first bad event " + memo.faults[0].seq + ".")
     : "";
   const faults = [];
-  const fault = (seq, why) => { faults.push({ seq, why }); badSeqs.set(seq, why); };
+  const fault = (seq, why, rewritten) => {
+    faults.push(rewritten ? { seq, why, rewritten } : { seq, why });
+    badSeqs.set(seq, why);
+    if (rewritten) rewrittenUpTo = seq;
+  };
   const stack = [];
   let expect = 1, prevHash = GENESIS;
   const progress = () => banner("pending", "Not yet verified: reading the whole log up to the signed checkpoint \u2026 " +
@@ -694,7 +707,10 @@ async function verifyWholeLog(cp, inconsistent, again) {
     }
     if (expect <= cp.size) fault(expect, "the log has no event from seq " + expect + " to the signed size " + cp.size);
     if (!faults.length && !equal(await frontierRoot(stack), cp.root)) {
-      fault(cp.size, "the events read do not hash to the signed root");
+      fault(cp.size, "the events up to it do not hash to the signed root, though each hashes to its hash and " +
+        "links to the one before: events were rewritten, each hash after the first edit recomputed. This page " +
+        "cannot tell which (none is charted under its decision); `broker audit verify` on an export locates " +
+        "them between its earlier checkpoints", true);
     }
   } catch (e) {
     if (gen === logGen) {
@@ -1185,7 +1201,9 @@ let lastChart = null; // the points last charted, redrawn when the whole-log che
 function drawCharts(points, undated) {
   lastChart = { points, undated };
   // An event the whole-log check found at fault is charted as altered, never as its decision.
-  for (const p of points) if (!p.altered && badSeqs.has(p.seq)) p.altered = true;
+  for (const p of points) if (!p.altered && (badSeqs.has(p.seq) || p.seq <= rewrittenUpTo)) p.altered = true;
+  // An event with no decision is charted only if altered (its decision may be what was removed).
+  points = points.filter((p) => p.altered || p.decision);
   const began = performance.now();
   try { drawBothCharts(points, undated); } finally {
     timings.chartDrawMax = Math.max(timings.chartDrawMax || 0, performance.now() - began);
@@ -1219,7 +1237,7 @@ async function loadCharts() {
   params.set("order", "desc");
   params.set("limit", CHART_PAGE);
   const points = [];
-  let read = 0, undated = 0, complete = false, pages = 0;
+  let read = 0, undated = 0, decided = 0, complete = false, pages = 0;
   const coverage = $("charts-coverage");
   say(coverage, "Reading events for the charts\u2026", "muted");
   while (read < CHART_CAP) {
@@ -1235,12 +1253,13 @@ async function loadCharts() {
     // An event whose fields no longer hash to its hash was edited: its decision is not trusted.
     page.events.forEach((e) => {
       read++;
-      if (!e.decision) return;
+      if (e.decision) decided++;
+      const altered = toHex(leafHashSync(e)) !== e.hash;
+      // Kept without a decision too: the whole-log check may yet find it at fault (drawCharts).
       const t = eventMillis(e.time);
       if (Number.isNaN(t)) undated++;
       else {
-        points.push({ t, seq: e.seq, decision: e.decision, reason: e.reason, nation: e.nation,
-          altered: toHex(leafHashSync(e)) !== e.hash });
+        points.push({ t, seq: e.seq, decision: e.decision, reason: e.reason, nation: e.nation, altered });
       }
     });
     complete = page.events.length < CHART_PAGE;
@@ -1248,7 +1267,7 @@ async function loadCharts() {
       drawCharts(points, undated);
       mark("charts");
       say(coverage, (complete ? "All " : "So far the newest ") + read + " matching events read, " +
-        points.length + " with a decision" + (complete ? "." : "\u2026"), "muted");
+        decided + " with a decision" + (complete ? "." : "\u2026"), "muted");
     }
     if (complete) break;
     params.set("before", page.next_after);
@@ -1256,7 +1275,7 @@ async function loadCharts() {
   if (!complete) {
     drawCharts(points, undated);
     say(coverage, "The newest " + read + " matching events only (the charts read at most " + CHART_CAP +
-      "): narrow the filters to chart older ones. " + points.length + " with a decision.", "warn");
+      "): narrow the filters to chart older ones. " + decided + " with a decision.", "warn");
   }
   mark("chartsComplete");
 }
