@@ -52,8 +52,8 @@ def _origin(lines: Iterable[str]) -> str | None:
     """The broker an export belongs to: its last checkpoint note's origin line."""
     origin = None
     for line in lines:
-        if "checkpoint" not in line:  # an event line: not parsed (a checkpoint key spelled with
-            continue  # escapes names no broker here, and fails as "no signed checkpoint")
+        if "checkpoint" not in line and "\\" not in line:  # an event line (a key spelled with
+            continue  # escapes has a backslash): not parsed here
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):  # verify names the line

@@ -446,3 +446,16 @@ def test_a_trace_reads_each_export_as_it_goes(tmp_path: Path) -> None:
         f"the checkpoint signed at size {n}"
     }, found
     assert peak < 500 * n, f"{peak / n:.0f} bytes an event at the peak"  # 340 measured; 750 before
+
+
+def test_a_trace_finds_a_checkpoint_key_written_with_escapes(tmp_path: Path) -> None:
+    # JSON may spell the key "checkpoint" with escapes; `audit verify` reads it, and so must trace.
+    from broker.crypto.trace import trace
+
+    lines = [line.replace('"checkpoint"', '"\\u0063heckpoint"', 1) for line in build()]
+    export = tmp_path / "export.ndjson"
+    export.write_text("\n".join(lines) + "\n")
+    verified = verify(lines, public_key=PUBLIC)
+    assert verified.ok, verified
+    found = trace("r7", [export], {ORIGIN: PUBLIC})
+    assert list(found.exports.values()) == [f"{ORIGIN}: OK {verified.message}"], found
