@@ -38,8 +38,7 @@ browser:
 
 # Byte-code caches stay on for the tests even where PYTHONDONTWRITEBYTECODE is set (as on this
 # project's CI machines): without them every worker rewrites the asserts of every test module
-# again and every process a test starts compiles the broker again (collection alone 10.8 s a
-# worker instead of 6.7 s).
+# again and every process a test starts compiles the broker again.
 test: lint browser
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider --junitxml=var/junit.xml
 

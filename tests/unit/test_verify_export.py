@@ -408,9 +408,8 @@ def test_a_key_written_twice_is_not_intact(at: int, key: str, forged: object) ->
 
 
 def test_an_export_is_verified_without_holding_its_events() -> None:
-    """What is kept of each event is what the checks need (about 220 bytes, measured): an export
-    of a million events is verified in a few hundred MB, not in gigabytes (about 2.2 kB an event
-    when each was kept parsed, and the tree's every node at once)."""
+    """What is kept of each event is what the checks need, not the parsed event, and the tree is
+    folded a slice at a time: an export of a million events is verified in a few hundred MB."""
     import tracemalloc
 
     n = 10_000
@@ -426,8 +425,8 @@ def test_an_export_is_verified_without_holding_its_events() -> None:
 
 
 def test_a_trace_reads_each_export_as_it_goes(tmp_path: Path) -> None:
-    """`broker audit trace` reads its exports line by line, as `audit verify` does (it held each
-    whole file as text and as a list of lines: 750 bytes an event at the peak, 340 now)."""
+    """`broker audit trace` reads its exports line by line, as `audit verify` does, never a whole
+    file as text and a list of lines."""
     import tracemalloc
 
     from broker.crypto.trace import trace
@@ -445,7 +444,7 @@ def test_a_trace_reads_each_export_as_it_goes(tmp_path: Path) -> None:
         str(export): f"{ORIGIN}: OK intact: {n} events, chain and Merkle root match "
         f"the checkpoint signed at size {n}"
     }, found
-    assert peak < 500 * n, f"{peak / n:.0f} bytes an event at the peak"  # 340 measured; 750 before
+    assert peak < 500 * n, f"{peak / n:.0f} bytes an event at the peak"
 
 
 def test_a_trace_finds_a_checkpoint_key_written_with_escapes(tmp_path: Path) -> None:
